@@ -1,0 +1,235 @@
+//! tailscope's configuration: one typed struct, loaded from TOML, then overridden by command-line flags.
+//!
+//! Every field has a default, so an empty file (or none) is a working local setup: data in `./tailscope-data`,
+//! every port on loopback. Unknown keys are refused, so a typo in a budget name is an error at start, not a
+//! silently ignored setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cost::{AlertsConfig, BudgetConfig, PricingConfig};
+use crate::error::ConfigError;
+
+/// The whole configuration of a tailscope process.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the WAL, Parquet files and alert state live.
+    pub data_dir: PathBuf,
+    /// Listening addresses.
+    pub server: ServerConfig,
+    /// Limits on what one request and the ingest queue may hold.
+    pub ingest: IngestConfig,
+    /// WAL and Parquet flushing.
+    pub storage: StorageConfig,
+    /// Query limits.
+    pub query: QueryConfig,
+    /// Price tables and egress rules.
+    pub pricing: PricingConfig,
+    /// Budget guardrails: `[[budget]]` tables.
+    #[serde(rename = "budget")]
+    pub budgets: Vec<BudgetConfig>,
+    /// Where alerts go.
+    pub alerts: AlertsConfig,
+    /// Live tail-latency windows.
+    pub live: LiveConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("tailscope-data"),
+            server: ServerConfig::default(),
+            ingest: IngestConfig::default(),
+            storage: StorageConfig::default(),
+            query: QueryConfig::default(),
+            pricing: PricingConfig::default(),
+            budgets: Vec::new(),
+            alerts: AlertsConfig::default(),
+            live: LiveConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses a TOML document; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: source.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+            field: field.to_string(),
+            reason,
+        };
+        if self.ingest.max_body_bytes == 0 {
+            return Err(invalid("ingest.max_body_bytes", "must be greater than 0".into()));
+        }
+        if self.storage.flush_max_bytes == 0 {
+            return Err(invalid("storage.flush_max_bytes", "must be greater than 0".into()));
+        }
+        if self.storage.flush_max_bytes > self.ingest.max_buffer_bytes {
+            return Err(invalid(
+                "storage.flush_max_bytes",
+                format!(
+                    "({}) must not exceed ingest.max_buffer_bytes ({}), or ingest would stall before a flush starts",
+                    self.storage.flush_max_bytes, self.ingest.max_buffer_bytes
+                ),
+            ));
+        }
+        if self.storage.row_group_rows == 0 {
+            return Err(invalid("storage.row_group_rows", "must be greater than 0".into()));
+        }
+        if !(1..=22).contains(&self.storage.zstd_level) {
+            return Err(invalid("storage.zstd_level", format!("{} is outside 1..=22", self.storage.zstd_level)));
+        }
+        if self.query.max_concurrent == 0 {
+            return Err(invalid("query.max_concurrent", "must be greater than 0".into()));
+        }
+        for (i, budget) in self.budgets.iter().enumerate() {
+            budget
+                .validate()
+                .map_err(|reason| invalid(&format!("budget[{i}] ({})", budget.name), reason))?;
+        }
+        Ok(())
+    }
+}
+
+/// Listening addresses. Loopback by default: exposing a collector is a deliberate act.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// OTLP/gRPC.
+    pub otlp_grpc: SocketAddr,
+    /// OTLP/HTTP.
+    pub otlp_http: SocketAddr,
+    /// Health, Prometheus metrics, SQL, live windows, alerts and guardrails.
+    pub api: SocketAddr,
+    /// Arrow Flight SQL.
+    pub flight: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            otlp_grpc: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            otlp_http: SocketAddr::from(([127, 0, 0, 1], 4318)),
+            api: SocketAddr::from(([127, 0, 0, 1], 4319)),
+            flight: SocketAddr::from(([127, 0, 0, 1], 4320)),
+        }
+    }
+}
+
+/// Limits that keep memory bounded under any load.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Largest accepted request body after decompression (the OTLP spec's 413 / RESOURCE_EXHAUSTED beyond it).
+    pub max_body_bytes: usize,
+    /// Normalised-but-unflushed data held in memory. Past it, ingest answers 503 / UNAVAILABLE with a retry
+    /// delay until a flush frees room: backpressure instead of memory growth.
+    pub max_buffer_bytes: usize,
+    /// The delay suggested to clients in `Retry-After` / `RetryInfo` when backpressure applies.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_body_bytes: 64 * 1024 * 1024,
+            max_buffer_bytes: 1024 * 1024 * 1024,
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// WAL and Parquet settings.
+///
+/// The defaults favour large files: a flush happens at 256 MiB of buffered Arrow data or after 10 minutes,
+/// whichever comes first, giving files of tens of MiB and row groups of up to a million rows. Large row groups
+/// compress better (zstd and dictionaries see more repetition) and make scans cheaper (fewer footers and pages);
+/// freshness does not suffer, because queries read the unflushed buffer too.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Flush when this much Arrow data is buffered (all signals together).
+    pub flush_max_bytes: usize,
+    /// Flush at least this often while anything is buffered.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// zstd level for Parquet pages.
+    pub zstd_level: i32,
+    /// fsync the WAL before acknowledging. Turning this off trades durability on power loss for throughput;
+    /// a process crash still loses nothing that was written.
+    pub wal_fsync: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            flush_max_bytes: 256 * 1024 * 1024,
+            flush_interval: Duration::from_secs(600),
+            row_group_rows: 1024 * 1024,
+            zstd_level: 3,
+            wal_fsync: true,
+        }
+    }
+}
+
+/// Bounds on SQL queries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// A query running longer is cancelled.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// DataFusion's memory pool per query, in MiB; operators that can spill do so beyond it.
+    pub memory_limit_mb: usize,
+    /// Queries running at once; more wait for a slot (and time out waiting).
+    pub max_concurrent: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            timeout: Duration::from_secs(60),
+            memory_limit_mb: 2048,
+            max_concurrent: 8,
+        }
+    }
+}
+
+/// Live tail-latency windows and the SLOs that colour them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LiveConfig {
+    /// p99 above this (ms) is shown as an SLO breach in the dashboard.
+    pub slo_p99_ms: f64,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig { slo_p99_ms: 5000.0 }
+    }
+}

@@ -1,0 +1,120 @@
+//! The collector's errors, each carrying what a user needs to act on it.
+//!
+//! One place ([`IngestError::grpc_status`], [`IngestError::http_status`]) decides how an ingest failure maps to
+//! gRPC codes and HTTP statuses, following the OTLP specification: retryable conditions are UNAVAILABLE / 503,
+//! bad input is INVALID_ARGUMENT / 400, too much is RESOURCE_EXHAUSTED / 413.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// A configuration that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The file is not valid TOML for tailscope's config.
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value parses but cannot work.
+    #[error("invalid config value {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+/// Why an export request was not accepted.
+#[derive(Debug, Error)]
+pub enum IngestError {
+    /// The body could not be decoded.
+    #[error("malformed {format} body: {detail}")]
+    Malformed { format: &'static str, detail: String },
+    /// The body is larger than `ingest.max_body_bytes` (after decompression).
+    #[error("request body exceeds the {limit}-byte limit (ingest.max_body_bytes); split the batch or raise the limit")]
+    TooLarge { limit: usize },
+    /// The content type is not one OTLP/HTTP defines.
+    #[error("unsupported content type {0:?}: send application/x-protobuf or application/json")]
+    UnsupportedMediaType(String),
+    /// The content encoding is not supported.
+    #[error("unsupported content encoding {0:?}: send identity or gzip")]
+    UnsupportedEncoding(String),
+    /// The write path is behind; the client should retry after the suggested delay.
+    #[error("tailscope is applying backpressure: the write buffer is full ({buffered} of {limit} bytes); retry later")]
+    Backpressure { buffered: usize, limit: usize },
+    /// The WAL could not be written (disk full, read-only, I/O error). Nothing of the request was acknowledged.
+    #[error("cannot write to the WAL ({0}); nothing was stored, retry later")]
+    Storage(String),
+    /// The collector is shutting down.
+    #[error("tailscope is shutting down; retry against another collector or later")]
+    ShuttingDown,
+}
+
+impl IngestError {
+    /// Whether the client may send the same request again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, IngestError::Backpressure { .. } | IngestError::Storage(_) | IngestError::ShuttingDown)
+    }
+
+    /// The gRPC status code for this error.
+    pub fn grpc_code(&self) -> tonic::Code {
+        match self {
+            IngestError::Malformed { .. } | IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => {
+                tonic::Code::InvalidArgument
+            }
+            IngestError::TooLarge { .. } => tonic::Code::ResourceExhausted,
+            IngestError::Backpressure { .. } | IngestError::Storage(_) | IngestError::ShuttingDown => {
+                tonic::Code::Unavailable
+            }
+        }
+    }
+
+    /// The HTTP status for this error.
+    pub fn http_status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            IngestError::Malformed { .. } | IngestError::UnsupportedEncoding(_) => S::BAD_REQUEST,
+            IngestError::UnsupportedMediaType(_) => S::UNSUPPORTED_MEDIA_TYPE,
+            IngestError::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
+            IngestError::Backpressure { .. } | IngestError::Storage(_) | IngestError::ShuttingDown => {
+                S::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    /// A short label for the `reason` of rejection counters.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IngestError::Malformed { .. } => "malformed",
+            IngestError::TooLarge { .. } => "too_large",
+            IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
+            IngestError::UnsupportedEncoding(_) => "unsupported_encoding",
+            IngestError::Backpressure { .. } => "backpressure",
+            IngestError::Storage(_) => "storage",
+            IngestError::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// A failure of the storage path (WAL, Parquet).
+#[derive(Debug, Error)]
+pub enum StorageError {
+    /// An I/O operation on a file failed.
+    #[error("{action} {path}: {source}")]
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    /// A WAL segment is damaged beyond its last complete record.
+    #[error("WAL segment {path} is corrupt at byte {offset}: {detail}")]
+    CorruptWal { path: PathBuf, offset: u64, detail: String },
+    /// Arrow or Parquet failed to encode or decode.
+    #[error("{context}: {source}")]
+    Arrow { context: String, source: datafusion::arrow::error::ArrowError },
+    /// Parquet failed to encode or decode.
+    #[error("{context}: {source}")]
+    Parquet { context: String, source: datafusion::parquet::errors::ParquetError },
+}
+
+impl StorageError {
+    /// Wraps an I/O error with what was being done to which file.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StorageError {
+        let path = path.into();
+        move |source| StorageError::Io { action, path, source }
+    }
+}

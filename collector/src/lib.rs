@@ -1,0 +1,16 @@
+//! The tailscope collector: receives OTLP (gRPC and HTTP, protobuf and JSON), normalises agent spans to one
+//! columnar schema ([`schema`]), prices them ([`cost`]), makes them durable in a write-ahead log ([`wal`]) before
+//! acknowledging, and flushes them to Parquet in a hive layout ([`writer`]). The [`catalog`] tells queries which
+//! files and buffered rows exist.
+//!
+//! Data path: `grpc`/`http` receive -> [`normalize`] -> [`ingest`] (WAL group commit, buffer, backpressure)
+//! -> [`writer`] (Parquet) -> [`catalog`] (what queries see).
+
+pub mod catalog;
+pub mod config;
+pub mod cost;
+pub mod error;
+pub mod observe;
+pub mod schema;
+pub mod telemetry;
+pub mod writer;

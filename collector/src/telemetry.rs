@@ -1,0 +1,145 @@
+//! tailscope's own metrics, served in the Prometheus text format on `GET /metrics`.
+//!
+//! Counters are labelled by `signal` (spans, metrics, logs) and, for rejections, by `reason`, so an operator
+//! can tell "clients send garbage" from "we are applying backpressure" from "the disk is full".
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels for per-signal counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalLabel {
+    /// `spans`, `metrics` or `logs`.
+    pub signal: String,
+}
+
+/// Labels for rejection counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabel {
+    /// `spans`, `metrics` or `logs`.
+    pub signal: String,
+    /// Why: `malformed`, `too_large`, `backpressure`, `storage`, `invalid_trace_id`, ...
+    pub reason: String,
+}
+
+/// Every metric tailscope exports about itself.
+pub struct Metrics {
+    registry: Registry,
+    /// Items (spans, data points, log records) received in requests.
+    pub received: Family<SignalLabel, Counter>,
+    /// Items acknowledged (durable in the WAL).
+    pub accepted: Family<SignalLabel, Counter>,
+    /// Items rejected, by reason. Whole-request rejections count every item of the request when it could be
+    /// decoded, or one per request otherwise (counted under `requests_rejected`).
+    pub rejected: Family<RejectLabel, Counter>,
+    /// Requests rejected whole, by reason.
+    pub requests_rejected: Family<RejectLabel, Counter>,
+    /// Requests refused because the buffer was full (also in `requests_rejected{reason="backpressure"}`).
+    pub backpressure: Counter,
+    /// Bytes written to the WAL.
+    pub wal_bytes: Counter,
+    /// WAL fsyncs (one per group commit).
+    pub wal_syncs: Counter,
+    /// Bytes currently in WAL segments not yet flushed to Parquet.
+    pub wal_pending_bytes: Gauge,
+    /// Arrow bytes buffered in memory, not yet in Parquet.
+    pub buffered_bytes: Gauge,
+    /// Completed flushes.
+    pub flushes: Counter,
+    /// Failed flush attempts (retried).
+    pub flush_errors: Counter,
+    /// Flush duration in seconds.
+    pub flush_seconds: Histogram,
+    /// Parquet bytes written.
+    pub parquet_bytes: Counter,
+    /// Spans whose model has no price (cost NULL, `price_source = 'unknown'`).
+    pub unpriced_spans: Counter,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("tailscope");
+        let received = Family::<SignalLabel, Counter>::default();
+        let accepted = Family::<SignalLabel, Counter>::default();
+        let rejected = Family::<RejectLabel, Counter>::default();
+        let requests_rejected = Family::<RejectLabel, Counter>::default();
+        let backpressure = Counter::default();
+        let wal_bytes = Counter::default();
+        let wal_syncs = Counter::default();
+        let wal_pending_bytes = Gauge::default();
+        let buffered_bytes = Gauge::default();
+        let flushes = Counter::default();
+        let flush_errors = Counter::default();
+        let flush_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let parquet_bytes = Counter::default();
+        let unpriced_spans = Counter::default();
+        registry.register("items_received", "Spans, data points and log records received", received.clone());
+        registry.register("items_accepted", "Items acknowledged after the WAL fsync", accepted.clone());
+        registry.register("items_rejected", "Items rejected, by reason", rejected.clone());
+        registry.register("requests_rejected", "Export requests rejected whole, by reason", requests_rejected.clone());
+        registry.register("backpressure_rejections", "Requests refused because the write buffer was full", backpressure.clone());
+        registry.register("wal_written_bytes", "Bytes written to the write-ahead log", wal_bytes.clone());
+        registry.register("wal_syncs", "WAL fsyncs (group commits)", wal_syncs.clone());
+        registry.register("wal_pending_bytes", "WAL bytes not yet flushed to Parquet", wal_pending_bytes.clone());
+        registry.register("buffered_bytes", "Arrow bytes buffered in memory awaiting flush", buffered_bytes.clone());
+        registry.register("flushes", "Completed Parquet flushes", flushes.clone());
+        registry.register("flush_errors", "Failed flush attempts (retried)", flush_errors.clone());
+        registry.register("flush_duration_seconds", "Time to write one flush", flush_seconds.clone());
+        registry.register("parquet_written_bytes", "Parquet bytes written", parquet_bytes.clone());
+        registry.register("unpriced_spans", "Spans with tokens whose model has no price", unpriced_spans.clone());
+        Arc::new(Metrics {
+            registry,
+            received,
+            accepted,
+            rejected,
+            requests_rejected,
+            backpressure,
+            wal_bytes,
+            wal_syncs,
+            wal_pending_bytes,
+            buffered_bytes,
+            flushes,
+            flush_errors,
+            flush_seconds,
+            parquet_bytes,
+            unpriced_spans,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts `n` items of `signal` under a per-signal family.
+    pub fn count(family: &Family<SignalLabel, Counter>, signal: crate::schema::Signal, n: u64) {
+        family.get_or_create(&SignalLabel { signal: signal.table_name().into() }).inc_by(n);
+    }
+
+    /// Counts `n` rejected items of `signal` for `reason`.
+    pub fn reject(&self, signal: crate::schema::Signal, reason: &str, n: u64) {
+        self.rejected
+            .get_or_create(&RejectLabel { signal: signal.table_name().into(), reason: reason.into() })
+            .inc_by(n);
+    }
+
+    /// Counts one whole-request rejection.
+    pub fn reject_request(&self, signal: crate::schema::Signal, reason: &str) {
+        self.requests_rejected
+            .get_or_create(&RejectLabel { signal: signal.table_name().into(), reason: reason.into() })
+            .inc();
+        if reason == "backpressure" {
+            self.backpressure.inc();
+        }
+    }
+}

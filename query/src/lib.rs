@@ -1,0 +1,1 @@
+//! SQL over tailscope's telemetry. (Placeholder.)

@@ -1,0 +1,58 @@
+//! `tailscope`: one binary for the collector, SQL, the live dashboard and the demo.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Telemetry pipeline for multi-cloud AI agents: tail latency per provider and region, cost per session,
+/// and budget guardrails for egress and hedged inference.
+#[derive(Debug, Parser)]
+#[command(name = "tailscope", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the collector: OTLP in (gRPC :4317, HTTP :4318), Parquet out, SQL/metrics API (:4319), Flight SQL (:4320).
+    Serve(cmd::serve::Args),
+    /// Run one SQL statement over the stored telemetry (or an interactive shell when none is given).
+    Query(cmd::query::Args),
+    /// Open the live terminal dashboard.
+    Tui(cmd::tui::Args),
+    /// Start a collector, drive a simulated multi-cloud agent fleet into it and open the dashboard.
+    Demo(cmd::demo::Args),
+    /// Send a simulated multi-cloud agent fleet's telemetry to any OTLP endpoint.
+    Simulate(cmd::simulate::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // The dashboard owns the terminal: log lines would tear its frames.
+    let log_to_stderr = !matches!(cli.command, Command::Tui(_)) && !cmd::demo::owns_terminal(&cli.command);
+    cmd::init_logging(log_to_stderr);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => cmd::serve::run(args).await,
+            Command::Query(args) => cmd::query::run(args).await,
+            Command::Tui(args) => cmd::tui::run(args).await,
+            Command::Demo(args) => cmd::demo::run(args).await,
+            Command::Simulate(args) => cmd::simulate::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

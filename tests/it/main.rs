@@ -1,0 +1,3 @@
+//! Integration tests: one binary that drives the real `tailscope` over real sockets.
+
+mod support;

@@ -1,0 +1,1 @@
+//! Shared helpers: start the real binary on free ports, wait for it, export with the official SDK.
