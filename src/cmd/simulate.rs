@@ -1,12 +1,121 @@
-//! `tailscope simulate`. (Placeholder: filled in by the simulate work.)
+//! `tailscope simulate`: a simulated multi-cloud agent fleet exporting to any OTLP endpoint.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::CmdResult;
+use crate::sim::{self, SimConfig, SimStats, Transport};
 
 /// Flags of `tailscope simulate`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// OTLP endpoint: for gRPC the server URL (`http://127.0.0.1:4317`), for HTTP the base URL to which
+    /// `/v1/traces`, `/v1/metrics` and `/v1/logs` are appended (`http://127.0.0.1:4318`).
+    #[arg(long, default_value = "http://127.0.0.1:4317")]
+    pub endpoint: String,
+    /// OTLP transport.
+    #[arg(long, value_enum, default_value_t = Transport::Grpc)]
+    pub protocol: Transport,
+    /// Spans per second, on average.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// Stop after this long (e.g. `90s`, `10m`); runs until Ctrl-C when absent.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Seed: the same seed sends the same turns, ids and attributes.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Agent conversations open at once (each runs a few turns, then a new one starts).
+    #[arg(long, default_value_t = 40)]
+    pub sessions: usize,
+    /// Print a progress line this often.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub report_every: Duration,
+}
 
-/// Runs `tailscope simulate`.
-pub async fn run(_args: Args) -> CmdResult {
-    Err("not built yet".into())
+impl Args {
+    /// The simulator settings these flags describe.
+    pub fn sim_config(&self) -> SimConfig {
+        SimConfig {
+            endpoint: self.endpoint.clone(),
+            transport: self.protocol,
+            rate: self.rate,
+            duration: self.duration,
+            seed: self.seed,
+            sessions: self.sessions,
+            metric_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Runs `tailscope simulate` until `--duration` or Ctrl-C / SIGTERM.
+pub async fn run(args: Args) -> CmdResult {
+    let stats = Arc::new(SimStats::default());
+    let started = Instant::now();
+    let progress = {
+        let stats = stats.clone();
+        let every = args.report_every;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                eprintln!("{}", stats.line(started.elapsed()));
+            }
+        })
+    };
+    eprintln!(
+        "simulating an agent fleet: {} spans/s over OTLP/{} to {} (seed {})",
+        args.rate,
+        match args.protocol {
+            Transport::Grpc => "gRPC",
+            Transport::Http => "HTTP",
+        },
+        args.endpoint,
+        args.seed
+    );
+    let report = sim::run(args.sim_config(), stats.clone(), shutdown_signal()).await;
+    progress.abort();
+    let report = report?;
+    eprintln!("{}", stats.line(report.elapsed));
+    let mut problems = stats.export_failures();
+    problems.extend(report.shutdown_errors.iter().cloned());
+    if problems.is_empty() {
+        eprintln!("done: {} spans in {} turns, all exported", report.spans, report.traces);
+        Ok(())
+    } else {
+        for p in &problems {
+            eprintln!("  {p}");
+        }
+        Err(format!(
+            "{} of {} spans were not acknowledged by {}: is the endpoint up and speaking OTLP/{:?}?",
+            report.spans.saturating_sub(report.exported_spans),
+            report.spans,
+            args.endpoint,
+            args.protocol
+        )
+        .into())
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
 }
