@@ -1,1 +1,28 @@
-//! SQL over tailscope's telemetry. (Placeholder.)
+//! SQL over tailscope's telemetry: Apache DataFusion over the collector's Parquet files and its unflushed buffer.
+//!
+//! - [`Engine`]: read-only SQL with a timeout, a memory limit and bounded concurrency, over the `spans`, `metrics`,
+//!   `logs` and `alerts` tables and the views (`llm_calls`, `sessions`, `provider_latency`, the cost views).
+//! - [`router`]: `POST /api/v1/query` (JSON, CSV or Arrow IPC), merged into the API server.
+//! - [`flight::serve`]: Arrow Flight SQL for ADBC, JDBC (DBeaver) and Grafana.
+//! - [`format`]: rendering results as a table, CSV, JSON, Arrow IPC or Parquet (CLI and HTTP share it).
+
+mod alerts;
+mod cost_views;
+mod engine;
+mod error;
+pub mod fixture;
+pub mod flight;
+pub mod format;
+mod http;
+mod quantile;
+mod table;
+#[cfg(test)]
+mod tests;
+mod views;
+
+pub use engine::{CATALOG_NAME, Engine, QueryOutput, Relation, SCHEMA_NAME};
+pub use error::QueryError;
+pub use http::router;
+pub use quantile::{QUANTILE_EXACT, quantile_linear};
+pub use table::{ScanCounters, table_schema};
+pub use views::INFERENCE_OPERATIONS;

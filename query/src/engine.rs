@@ -1,0 +1,277 @@
+//! [`Engine`]: read-only SQL over a [`Catalog`], with a timeout, a memory limit and a bound on concurrency.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use tokio::sync::Semaphore;
+
+use collector::catalog::Catalog;
+use collector::config::QueryConfig;
+use collector::schema::Signal;
+
+use crate::alerts::AlertsTable;
+use crate::error::QueryError;
+use crate::quantile::quantile_exact_udaf;
+use crate::table::{ScanCounters, SignalTable};
+
+/// The catalog name clients see (Flight SQL `GetCatalogs`, `information_schema`).
+pub const CATALOG_NAME: &str = "tailscope";
+/// The schema holding every table and view.
+pub const SCHEMA_NAME: &str = "public";
+
+/// The result of one statement, fully collected.
+#[derive(Debug, Clone)]
+pub struct QueryOutput {
+    /// Column names and types (also valid when there are no rows).
+    pub schema: SchemaRef,
+    /// The rows.
+    pub batches: Vec<RecordBatch>,
+}
+
+impl QueryOutput {
+    /// Number of rows over all batches.
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+/// A table or view as listed by `\d` and Flight SQL `GetTables`.
+#[derive(Debug, Clone)]
+pub struct Relation {
+    /// Name in SQL.
+    pub name: String,
+    /// `TABLE` or `VIEW`.
+    pub kind: &'static str,
+    /// Its columns.
+    pub schema: SchemaRef,
+}
+
+impl Relation {
+    fn new(name: &str, kind: &'static str, schema: SchemaRef) -> Relation {
+        Relation {
+            name: name.to_string(),
+            kind,
+            schema,
+        }
+    }
+}
+
+/// SQL over tailscope's tables. Cheap to clone: every clone shares the tables, the slots and the limits.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Tables, views and functions; each query runs in a copy with its own memory pool.
+    base: SessionState,
+    config: QueryConfig,
+    slots: Semaphore,
+    counters: Arc<ScanCounters>,
+    relations: Vec<Relation>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Builds the engine over a live catalog: the three signal tables, `alerts`, the base views, then the cost
+    /// views.
+    pub async fn new(catalog: Catalog, config: QueryConfig) -> Result<Engine, QueryError> {
+        let session = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME);
+        let ctx = SessionContext::new_with_config(session);
+        ctx.register_udaf(quantile_exact_udaf());
+
+        let counters = Arc::new(ScanCounters::default());
+        let mut relations = Vec::new();
+        let internal = |e: std::io::Error| QueryError::Internal(format!("cannot resolve the data dir: {e}"));
+        for signal in Signal::ALL {
+            let table = Arc::new(SignalTable::new(signal, catalog.clone(), counters.clone()).map_err(internal)?);
+            relations.push(Relation::new(signal.table_name(), "TABLE", table.schema()));
+            ctx.register_table(signal.table_name(), table)?;
+        }
+        let alerts = Arc::new(AlertsTable::new(catalog.data_dir()));
+        relations.push(Relation::new("alerts", "TABLE", alerts.schema()));
+        ctx.register_table("alerts", alerts)?;
+
+        let cost_views = crate::cost_views::COST_VIEWS.iter().map(|(n, s)| (*n, s.to_string()));
+        for (name, sql) in crate::views::base_views().into_iter().chain(cost_views) {
+            let view = ctx
+                .sql(&sql)
+                .await
+                .map_err(|e| QueryError::Internal(format!("view {name} does not plan: {e}")))?
+                .into_view();
+            relations.push(Relation::new(name, "VIEW", view.schema()));
+            ctx.register_table(name, view)?;
+        }
+
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                base: ctx.state(),
+                slots: Semaphore::new(config.max_concurrent.max(1)),
+                config,
+                counters,
+                relations,
+            }),
+        })
+    }
+
+    /// An engine over the files under `data_dir` as they are now (no running collector): the CLI's `--data-dir`.
+    pub async fn open(data_dir: impl Into<std::path::PathBuf>, config: QueryConfig) -> Result<Engine, QueryError> {
+        let data_dir = data_dir.into();
+        let catalog = Catalog::open(&data_dir)
+            .map_err(|e| QueryError::Internal(format!("cannot list {}: {e}", data_dir.display())))?;
+        Engine::new(catalog, config).await
+    }
+
+    /// The limits this engine enforces.
+    pub fn config(&self) -> &QueryConfig {
+        &self.inner.config
+    }
+
+    /// What scans did so far (files listed, files read, buffered rows read).
+    pub fn counters(&self) -> &ScanCounters {
+        &self.inner.counters
+    }
+
+    /// The query slots, so tests can occupy them.
+    #[cfg(test)]
+    pub(crate) fn inner_slots(&self) -> &Semaphore {
+        &self.inner.slots
+    }
+
+    /// Every table and view, tables first.
+    pub fn relations(&self) -> &[Relation] {
+        &self.inner.relations
+    }
+
+    /// Runs one read-only statement and collects its rows, within the configured timeout, memory and slots.
+    pub async fn sql(&self, sql: &str) -> Result<QueryOutput, QueryError> {
+        self.with_limits(async |ctx: SessionContext| {
+            let plan = self.plan(&ctx, sql).await?;
+            let df = ctx.execute_logical_plan(plan).await?;
+            let schema = Arc::new(df.schema().as_arrow().clone());
+            let batches = df.collect().await?;
+            Ok(QueryOutput { schema, batches })
+        })
+        .await
+    }
+
+    /// The schema a statement would produce, without running it (Flight SQL `GetFlightInfo`).
+    pub async fn schema_of(&self, sql: &str) -> Result<SchemaRef, QueryError> {
+        let ctx = self.context()?;
+        let plan = self.plan(&ctx, sql).await?;
+        Ok(Arc::new(plan.schema().as_arrow().clone()))
+    }
+
+    /// A query context: the shared tables and functions with a memory pool of its own.
+    fn context(&self) -> Result<SessionContext, QueryError> {
+        let limit = self.inner.config.memory_limit_mb.saturating_mul(1024 * 1024);
+        let mut runtime = RuntimeEnv::clone(self.inner.base.runtime_env());
+        runtime.memory_pool = Arc::new(TrackConsumersPool::new(
+            FairSpillPool::new(limit),
+            NonZeroUsize::new(3).expect("3 > 0"),
+        ));
+        let state = SessionStateBuilder::new_from_existing(self.inner.base.clone())
+            .with_runtime_env(Arc::new(runtime))
+            .build();
+        Ok(SessionContext::new_with_state(state))
+    }
+
+    /// Parses and plans, refusing anything that is not a read.
+    async fn plan(&self, ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, QueryError> {
+        if sql.trim().trim_end_matches(';').trim().is_empty() {
+            return Err(QueryError::InvalidSql("empty statement: give one SQL query".into()));
+        }
+        let plan = ctx.state().create_logical_plan(sql).await?;
+        refuse_writes(&plan)?;
+        // Belt and braces: DataFusion's own check, in case a new plan kind appears.
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|e| QueryError::ReadOnly {
+                statement: e.strip_backtrace(),
+            })?;
+        Ok(plan)
+    }
+
+    /// Waits for a slot and runs `work` in a fresh context, all within the timeout.
+    async fn with_limits<T>(
+        &self,
+        work: impl AsyncFnOnce(SessionContext) -> Result<T, QueryError>,
+    ) -> Result<T, QueryError> {
+        let timeout = self.inner.config.timeout;
+        let started = Instant::now();
+        let _permit = match tokio::time::timeout(timeout, self.inner.slots.acquire()).await {
+            Ok(permit) => permit.map_err(|_| QueryError::Internal("query slots closed".into()))?,
+            Err(_) => {
+                return Err(QueryError::TooBusy {
+                    max_concurrent: self.inner.config.max_concurrent,
+                    waited: timeout,
+                });
+            }
+        };
+        let remaining = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+        let ctx = self.context()?;
+        // Dropping the future on timeout drops DataFusion's streams, which cancels their tasks.
+        match tokio::time::timeout(remaining, work(ctx)).await {
+            Ok(result) => result,
+            Err(_) => Err(QueryError::Timeout { timeout }),
+        }
+    }
+}
+
+/// Refuses DDL, DML, `COPY` and session statements (`SET`, transactions, `PREPARE`), naming what was refused.
+fn refuse_writes(plan: &LogicalPlan) -> Result<(), QueryError> {
+    let mut refused = None;
+    plan.apply_with_subqueries(|node| {
+        let what = match node {
+            LogicalPlan::Ddl(ddl) => Some(words(ddl.name())),
+            LogicalPlan::Dml(dml) => Some(dml.op.to_string().to_uppercase()),
+            LogicalPlan::Copy(_) => Some("COPY ... TO".to_string()),
+            LogicalPlan::Statement(stmt) => Some(words(stmt.name())),
+            _ => None,
+        };
+        Ok(match what {
+            Some(what) => {
+                refused = Some(what);
+                TreeNodeRecursion::Stop
+            }
+            None => TreeNodeRecursion::Continue,
+        })
+    })?;
+    match refused {
+        Some(statement) => Err(QueryError::ReadOnly { statement }),
+        None => Ok(()),
+    }
+}
+
+/// `CreateMemoryTable` -> `CREATE MEMORY TABLE`.
+fn words(camel: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.extend(c.to_uppercase());
+    }
+    out
+}

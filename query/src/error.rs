@@ -1,0 +1,120 @@
+//! What can go wrong with a query, each kind mapped once to an HTTP status and a Flight (gRPC) code.
+
+use std::time::Duration;
+
+use datafusion::error::DataFusionError;
+
+/// A query that did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The SQL does not parse or does not plan: a syntax error, an unknown table or column, a type mismatch.
+    /// The message is DataFusion's, which names the offending column or function.
+    #[error("{0}")]
+    InvalidSql(String),
+    /// The statement would write or change something; tailscope's SQL is read-only.
+    #[error(
+        "tailscope's SQL is read-only: {statement} is refused (only SELECT, WITH, EXPLAIN, SHOW and DESCRIBE run)"
+    )]
+    ReadOnly {
+        /// What was refused, e.g. `CREATE TABLE`, `INSERT`, `COPY`, `SET`.
+        statement: String,
+    },
+    /// The query ran longer than `query.timeout` and was cancelled.
+    #[error(
+        "query cancelled after {timeout:?} (query.timeout in the config): narrow the time range with a predicate on \
+         start_time/time or date/hour, or raise the timeout"
+    )]
+    Timeout {
+        /// The configured limit.
+        timeout: Duration,
+    },
+    /// Every query slot stayed busy for the whole timeout.
+    #[error(
+        "too many concurrent queries: all {max_concurrent} slots (query.max_concurrent) stayed busy for {waited:?}; \
+         retry later"
+    )]
+    TooBusy {
+        /// The configured number of slots.
+        max_concurrent: usize,
+        /// How long this query waited.
+        waited: Duration,
+    },
+    /// The query needed more memory than `query.memory_limit_mb` and could not spill.
+    #[error("{0} (the limit is query.memory_limit_mb in the config)")]
+    ResourcesExhausted(String),
+    /// Anything else: an unreadable file, a bug.
+    #[error("internal error while running the query: {0}")]
+    Internal(String),
+}
+
+impl QueryError {
+    /// Classifies a DataFusion error: planning and parsing errors are the user's, the rest are ours.
+    pub fn from_datafusion(e: DataFusionError) -> QueryError {
+        match e.find_root() {
+            DataFusionError::SQL(..)
+            | DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_) => QueryError::InvalidSql(e.strip_backtrace()),
+            DataFusionError::ResourcesExhausted(_) => QueryError::ResourcesExhausted(e.strip_backtrace()),
+            // Type errors at execution (e.g. a bad cast of a literal) are still about the SQL text.
+            DataFusionError::ArrowError(inner, _)
+                if matches!(
+                    **inner,
+                    datafusion::arrow::error::ArrowError::CastError(_)
+                        | datafusion::arrow::error::ArrowError::ParseError(_)
+                        | datafusion::arrow::error::ArrowError::DivideByZero
+                        | datafusion::arrow::error::ArrowError::InvalidArgumentError(_)
+                ) =>
+            {
+                QueryError::InvalidSql(e.strip_backtrace())
+            }
+            DataFusionError::Execution(msg) if msg.contains("quantile_exact") => {
+                QueryError::InvalidSql(e.strip_backtrace())
+            }
+            _ => QueryError::Internal(e.strip_backtrace()),
+        }
+    }
+
+    /// A short machine-readable name of the kind, used in JSON error bodies.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            QueryError::InvalidSql(_) => "invalid_sql",
+            QueryError::ReadOnly { .. } => "read_only",
+            QueryError::Timeout { .. } => "timeout",
+            QueryError::TooBusy { .. } => "too_busy",
+            QueryError::ResourcesExhausted(_) => "resources_exhausted",
+            QueryError::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status for this error.
+    pub fn http_status(&self) -> http::StatusCode {
+        use http::StatusCode;
+        match self {
+            QueryError::InvalidSql(_) | QueryError::ReadOnly { .. } => StatusCode::BAD_REQUEST,
+            QueryError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            QueryError::TooBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            QueryError::ResourcesExhausted(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The gRPC status for this error (Flight SQL).
+    pub fn grpc_status(&self) -> tonic::Status {
+        let message = self.to_string();
+        match self {
+            QueryError::InvalidSql(_) => tonic::Status::invalid_argument(message),
+            QueryError::ReadOnly { .. } => tonic::Status::permission_denied(message),
+            QueryError::Timeout { .. } => tonic::Status::deadline_exceeded(message),
+            QueryError::TooBusy { .. } => tonic::Status::unavailable(message),
+            QueryError::ResourcesExhausted(_) => tonic::Status::resource_exhausted(message),
+            QueryError::Internal(_) => tonic::Status::internal(message),
+        }
+    }
+}
+
+impl From<DataFusionError> for QueryError {
+    fn from(e: DataFusionError) -> Self {
+        QueryError::from_datafusion(e)
+    }
+}

@@ -1,0 +1,150 @@
+//! Span rows built by hand and written in the collector's on-disk layout, for tests and benchmarks.
+//!
+//! Files get tailscope's own names (`WALSEQ_MINNS_MAXNS_NONCE.parquet` under `spans/date=…/hour=…/`), so the
+//! catalog knows their time range exactly as it does for files the collector writes.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int64Array, MapBuilder, RecordBatch, StringArray, StringBuilder,
+    TimestampNanosecondArray, new_null_array,
+};
+use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::parquet::arrow::ArrowWriter;
+
+use collector::catalog::ParquetFile;
+use collector::schema::Signal;
+use collector::writer::FileName;
+
+/// One span with the columns queries care about; every other column is NULL (or an empty map).
+#[derive(Debug, Clone, Default)]
+pub struct SpanRow {
+    /// 32 hex characters.
+    pub trace_id: String,
+    /// 16 hex characters.
+    pub span_id: String,
+    /// Span name.
+    pub name: String,
+    /// Start, ns since the epoch.
+    pub start_ns: i64,
+    /// Duration in ns.
+    pub duration_ns: i64,
+    /// `error` when true, else `ok`.
+    pub error: bool,
+    /// `service.name`.
+    pub service_name: String,
+    /// The caller's cloud region.
+    pub cloud_region: Option<String>,
+    /// `gen_ai.provider.name`.
+    pub gen_ai_provider: Option<String>,
+    /// `gen_ai.operation.name`.
+    pub gen_ai_operation: Option<String>,
+    /// `gen_ai.request.model`.
+    pub request_model: Option<String>,
+    /// Input tokens.
+    pub input_tokens: Option<i64>,
+    /// Output tokens.
+    pub output_tokens: Option<i64>,
+    /// `session.id`.
+    pub session_id: Option<String>,
+    /// Tool name for `execute_tool` spans.
+    pub tool_name: Option<String>,
+    /// Total cost in USD.
+    pub cost_usd: Option<f64>,
+}
+
+/// A `spans` batch in the stored schema.
+pub fn spans_batch(rows: &[SpanRow]) -> RecordBatch {
+    let schema = Signal::Spans.schema();
+    let n = rows.len();
+    let text = |f: fn(&SpanRow) -> Option<&str>| -> ArrayRef { Arc::new(rows.iter().map(f).collect::<StringArray>()) };
+    let int = |f: fn(&SpanRow) -> Option<i64>| -> ArrayRef { Arc::new(rows.iter().map(f).collect::<Int64Array>()) };
+    let ts = |f: fn(&SpanRow) -> i64| -> ArrayRef {
+        Arc::new(TimestampNanosecondArray::from(rows.iter().map(f).collect::<Vec<_>>()).with_timezone("UTC"))
+    };
+    let columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|field| match field.name().as_str() {
+            "trace_id" => text(|r| Some(&r.trace_id)),
+            "span_id" => text(|r| Some(&r.span_id)),
+            "name" => text(|r| Some(&r.name)),
+            "kind" => text(|r| Some(if r.gen_ai_provider.is_some() { "client" } else { "internal" })),
+            "start_time" => ts(|r| r.start_ns),
+            "end_time" => ts(|r| r.start_ns + r.duration_ns),
+            "duration_ns" => int(|r| Some(r.duration_ns)),
+            "status_code" => text(|r| Some(if r.error { "error" } else { "ok" })),
+            "service_name" => text(|r| Some(&r.service_name)),
+            "cloud_region" => text(|r| r.cloud_region.as_deref()),
+            "gen_ai_provider" => text(|r| r.gen_ai_provider.as_deref()),
+            "gen_ai_operation" => text(|r| r.gen_ai_operation.as_deref()),
+            "request_model" => text(|r| r.request_model.as_deref()),
+            "input_tokens" => int(|r| r.input_tokens),
+            "output_tokens" => int(|r| r.output_tokens),
+            "session_id" => text(|r| r.session_id.as_deref()),
+            "tool_name" => text(|r| r.tool_name.as_deref()),
+            "cost_usd" => Arc::new(rows.iter().map(|r| r.cost_usd).collect::<Float64Array>()),
+            "error_type" => text(|r| r.error.then_some("timeout")),
+            "hedge_winner" => Arc::new(BooleanArray::from(vec![None::<bool>; n])),
+            _ => match field.data_type() {
+                DataType::Map(..) => empty_maps(n),
+                other => new_null_array(other, n),
+            },
+        })
+        .collect();
+    RecordBatch::try_new(schema, columns).expect("fixture columns follow the stored schema")
+}
+
+fn empty_maps(n: usize) -> ArrayRef {
+    let names = datafusion::arrow::array::MapFieldNames {
+        entry: "entries".into(),
+        key: "keys".into(),
+        value: "values".into(),
+    };
+    let mut builder = MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new())
+        .with_values_field(Arc::new(Field::new("values", DataType::Utf8, true)));
+    for _ in 0..n {
+        builder.append(true).expect("empty map");
+    }
+    Arc::new(builder.finish())
+}
+
+/// Writes `batch` (one signal's rows, all in one hour) as a file in the collector's layout under `data_dir`, and
+/// returns its catalog entry.
+pub fn write_parquet(data_dir: &Path, signal: Signal, batch: &RecordBatch, wal_seq: u64) -> std::io::Result<ParquetFile> {
+    let time = batch
+        .column_by_name(signal.time_column())
+        .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
+        .ok_or_else(|| std::io::Error::other("batch has no time column"))?;
+    let min = time.iter().flatten().min().ok_or_else(|| std::io::Error::other("empty batch"))?;
+    let max = time.iter().flatten().max().unwrap_or(min);
+    let start = chrono::DateTime::from_timestamp_nanos(min);
+    if chrono::DateTime::from_timestamp_nanos(max).format("%Y-%m-%d %H").to_string()
+        != start.format("%Y-%m-%d %H").to_string()
+    {
+        return Err(std::io::Error::other("a file holds one hour of rows"));
+    }
+    let name = FileName {
+        wal_seq,
+        min_time_ns: min,
+        max_time_ns: max,
+        nonce: (wal_seq as u32).wrapping_mul(2654435761),
+    };
+    let relative = Path::new(signal.table_name())
+        .join(format!("date={}", start.format("%Y-%m-%d")))
+        .join(format!("hour={}", start.format("%H")))
+        .join(name.to_string());
+    let path = data_dir.join(&relative);
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    let file = std::fs::File::create(&path)?;
+    let props = datafusion::parquet::file::properties::WriterProperties::builder()
+        .set_compression(datafusion::parquet::basic::Compression::ZSTD(Default::default()))
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .build();
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(std::io::Error::other)?;
+    writer.write(batch).map_err(std::io::Error::other)?;
+    writer.close().map_err(std::io::Error::other)?;
+    let size = std::fs::metadata(&path)?.len();
+    ParquetFile::from_relative_path(&relative, size).ok_or_else(|| std::io::Error::other("not in the layout"))
+}

@@ -1,0 +1,327 @@
+//! Arrow Flight SQL, so ADBC, JDBC (DBeaver) and Grafana's Flight SQL data source can query tailscope.
+//!
+//! Statements and prepared statements are stateless: the handle and the ticket carry the SQL itself, so any
+//! server instance can answer any ticket and nothing leaks when a client forgets to close a statement. Metadata
+//! calls (`GetCatalogs`, `GetDbSchemas`, `GetTables`, `GetTableTypes`, `GetSqlInfo`) answer from the engine's
+//! relations. Writes are refused as in every other surface. There is no authentication: the listener is on
+//! loopback by default; put it behind a TLS-terminating proxy to expose it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::LazyLock;
+
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
+use arrow_flight::sql::server::FlightSqlService;
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+    Any, CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandPreparedStatementQuery, CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{
+    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
+    SchemaAsIpc, Ticket,
+};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ipc::writer::IpcWriteOptions;
+use datafusion::arrow::record_batch::RecordBatch;
+use futures::{Stream, TryStreamExt};
+use prost::Message;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::engine::{CATALOG_NAME, Engine, SCHEMA_NAME};
+use crate::error::QueryError;
+
+static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
+    let mut builder = SqlInfoDataBuilder::new();
+    builder.append(SqlInfo::FlightSqlServerName, "tailscope");
+    builder.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+    // The Arrow IPC format version (Schema.fbs MetadataVersion V5).
+    builder.append(SqlInfo::FlightSqlServerArrowVersion, "1.5");
+    builder.append(SqlInfo::FlightSqlServerReadOnly, true);
+    builder.append(SqlInfo::FlightSqlServerSql, true);
+    builder.append(SqlInfo::FlightSqlServerSubstrait, false);
+    builder.append(SqlInfo::FlightSqlServerTransaction, 0i32);
+    builder.append(SqlInfo::FlightSqlServerCancel, false);
+    builder.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+    builder.append(SqlInfo::SqlDdlCatalog, false);
+    builder.append(SqlInfo::SqlDdlSchema, false);
+    builder.append(SqlInfo::SqlDdlTable, false);
+    builder.build().expect("static SqlInfo is well-formed")
+});
+
+/// The Flight SQL service over an [`Engine`].
+#[derive(Clone)]
+pub struct FlightSqlServer {
+    engine: Engine,
+}
+
+impl FlightSqlServer {
+    /// A service answering from `engine`.
+    pub fn new(engine: Engine) -> FlightSqlServer {
+        FlightSqlServer { engine }
+    }
+
+    /// The tonic service, to add to a `tonic::transport::Server`.
+    pub fn into_service(self) -> FlightServiceServer<FlightSqlServer> {
+        FlightServiceServer::new(self).max_decoding_message_size(64 * 1024 * 1024)
+    }
+}
+
+/// Serves Flight SQL on `listener` until `shutdown` completes.
+///
+/// Bind the listener first (`tokio::net::TcpListener::bind(config.server.flight)`), so a port in use is an error
+/// at start, not in a background task.
+pub async fn serve(
+    engine: Engine,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(FlightSqlServer::new(engine).into_service())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+type DoGetStream = <FlightSqlServer as FlightService>::DoGetStream;
+
+fn sql_from_bytes(bytes: &[u8]) -> Result<&str, Status> {
+    std::str::from_utf8(bytes).map_err(|_| Status::invalid_argument("statement handle is not UTF-8 SQL"))
+}
+
+fn flight_info(schema: &SchemaRef, ticket: Vec<u8>, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+    Ok(FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(format!("cannot encode the schema: {e}")))?
+        .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+        .with_descriptor(descriptor)
+        .with_ordered(true))
+}
+
+fn stream_batches(schema: SchemaRef, batches: Vec<RecordBatch>) -> Response<DoGetStream> {
+    let stream = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(futures::stream::iter(batches.into_iter().map(Ok)))
+        .map_err(Status::from);
+    Response::new(Box::pin(stream))
+}
+
+fn one_batch<E: std::fmt::Display>(schema: SchemaRef, batch: Result<RecordBatch, E>) -> Response<DoGetStream> {
+    match batch {
+        Ok(batch) => stream_batches(schema, vec![batch]),
+        Err(e) => {
+            let status = Status::internal(format!("cannot build the metadata batch: {e}"));
+            Response::new(Box::pin(futures::stream::once(async move { Err(status) })))
+        }
+    }
+}
+
+impl FlightSqlServer {
+    async fn run(&self, sql: &str) -> Result<Response<DoGetStream>, Status> {
+        let output = self.engine.sql(sql).await.map_err(|e| log_error(sql, e))?;
+        Ok(stream_batches(output.schema, output.batches))
+    }
+
+    async fn schema_of(&self, sql: &str) -> Result<SchemaRef, Status> {
+        self.engine.schema_of(sql).await.map_err(|e| log_error(sql, e))
+    }
+}
+
+fn log_error(sql: &str, e: QueryError) -> Status {
+    tracing::info!(error = %e, kind = e.kind(), sql, "flight sql query refused or failed");
+    e.grpc_status()
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for FlightSqlServer {
+    type FlightService = FlightSqlServer;
+
+    /// There is no authentication; answering the handshake lets clients configured with a user name connect.
+    async fn do_handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
+        let response = HandshakeResponse {
+            protocol_version: 0,
+            payload: Default::default(),
+        };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(response)]))))
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = self.schema_of(&query.query).await?;
+        let ticket = TicketStatementQuery {
+            statement_handle: query.query.into_bytes().into(),
+        };
+        let info = flight_info(&schema, ticket.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.run(sql_from_bytes(&ticket.statement_handle)?).await
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let schema = self.schema_of(&query.query).await?;
+        let IpcMessage(dataset_schema) = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
+            .try_into()
+            .map_err(|e: datafusion::arrow::error::ArrowError| Status::internal(format!("cannot encode the schema: {e}")))?;
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: query.query.into_bytes().into(),
+            dataset_schema,
+            parameter_schema: Default::default(),
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        _query: ActionClosePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<(), Status> {
+        // Stateless handles: nothing to free.
+        Ok(())
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = self.schema_of(sql_from_bytes(&cmd.prepared_statement_handle)?).await?;
+        let info = flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.run(sql_from_bytes(&cmd.prepared_statement_handle)?).await
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        builder.append(CATALOG_NAME);
+        let schema = builder.schema();
+        Ok(one_batch(schema, builder.build()))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        builder.append(CATALOG_NAME, SCHEMA_NAME);
+        let schema = builder.schema();
+        Ok(one_batch(schema, builder.build()))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        // The builder applies the client's catalog, schema, name-pattern and type filters.
+        let mut builder = query.into_builder();
+        for relation in self.engine.relations() {
+            builder
+                .append(CATALOG_NAME, SCHEMA_NAME, &relation.name, relation.kind, &relation.schema)
+                .map_err(|e| Status::internal(format!("cannot list table {}: {e}", relation.name)))?;
+        }
+        let schema = builder.schema();
+        Ok(one_batch(schema, builder.build()))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        builder.append("TABLE");
+        builder.append("VIEW");
+        let schema = builder.schema();
+        Ok(one_batch(schema, builder.build()))
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder(&SQL_INFO).schema();
+        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let builder = query.into_builder(&SQL_INFO);
+        let schema = builder.schema();
+        Ok(one_batch(schema, builder.build()))
+    }
+
+    async fn do_get_fallback(&self, _request: Request<Ticket>, message: Any) -> Result<Response<DoGetStream>, Status> {
+        Err(Status::unimplemented(format!("tailscope does not answer {} tickets", message.type_url)))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}

@@ -1,0 +1,350 @@
+//! The `spans`, `metrics` and `logs` tables: the catalog's committed Parquet files plus its unflushed batches.
+//!
+//! Each scan takes a fresh [`Catalog::snapshot`], so a file committed a moment ago and a span acknowledged a moment
+//! ago are both in the next query, with no listing cache to expire (DataFusion's `ListingTable` caches its listing
+//! since 52). Files are pruned before they are opened: a file's `date`/`hour` and the time range of its rows
+//! (known from the catalog) are the statistics of a [`PruningPredicate`] built from the query's filters, so
+//! `WHERE start_time > now() - INTERVAL '1 hour'` opens only the last hour's files.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampNanosecondArray, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::pruning::PruningStatistics;
+use datafusion::common::{Column, DFSchema, Result, ScalarValue, project_schema};
+use datafusion::datasource::TableType;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::{DataSourceExec, MemorySourceConfig};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
+
+use collector::catalog::{Catalog, ParquetFile};
+use collector::schema::{PARTITION_COLUMNS, Signal};
+
+/// Counts of what scans did, for tests and `/metrics`: how many files the catalog listed and how many were read.
+#[derive(Debug, Default)]
+pub struct ScanCounters {
+    /// Files in the catalog at scan time, summed over scans.
+    pub files_listed: AtomicU64,
+    /// Files handed to the Parquet reader, summed over scans (the rest were pruned, never opened).
+    pub files_scanned: AtomicU64,
+    /// Buffered (unflushed) rows included, summed over scans.
+    pub buffered_rows_scanned: AtomicU64,
+}
+
+/// The query-time schema of a signal: the stored columns, then `date` and `hour`.
+pub fn table_schema(signal: Signal) -> SchemaRef {
+    let stored = signal.schema();
+    let mut fields: Vec<FieldRef> = stored.fields().iter().cloned().collect();
+    fields.extend(partition_fields());
+    Arc::new(Schema::new_with_metadata(fields, stored.metadata().clone()))
+}
+
+fn partition_fields() -> Vec<FieldRef> {
+    PARTITION_COLUMNS.iter().map(|name| Arc::new(Field::new(*name, DataType::Utf8, false))).collect()
+}
+
+/// One signal's table over a live [`Catalog`].
+#[derive(Debug)]
+pub struct SignalTable {
+    signal: Signal,
+    catalog: Catalog,
+    /// The catalog's data dir made absolute once, for object-store paths.
+    data_dir: PathBuf,
+    schema: SchemaRef,
+    counters: Arc<ScanCounters>,
+}
+
+impl SignalTable {
+    /// The table of `signal` over `catalog`.
+    pub fn new(signal: Signal, catalog: Catalog, counters: Arc<ScanCounters>) -> std::io::Result<SignalTable> {
+        let data_dir = std::path::absolute(catalog.data_dir())?;
+        Ok(SignalTable {
+            signal,
+            catalog,
+            data_dir,
+            schema: table_schema(signal),
+            counters,
+        })
+    }
+
+    /// The files of `files` that the filters cannot rule out.
+    fn prune<'a>(
+        &self,
+        state: &dyn Session,
+        filters: &[Expr],
+        files: &'a [ParquetFile],
+    ) -> Result<Vec<&'a ParquetFile>> {
+        let Some(predicate) = conjunction(filters.iter().cloned()) else {
+            return Ok(files.iter().collect());
+        };
+        if files.is_empty() {
+            return Ok(Vec::new());
+        }
+        let df_schema = DFSchema::try_from(self.schema.clone())?;
+        let physical = state.create_physical_expr(predicate, &df_schema)?;
+        // A predicate the pruner cannot use (e.g. a UDF over every column) prunes nothing: it is not an error.
+        let Ok(pruning) = PruningPredicateBuilder::new().with_file_schema(self.schema.clone()).try_build(physical) else {
+            return Ok(files.iter().collect());
+        };
+        if pruning.always_true() {
+            return Ok(files.iter().collect());
+        }
+        let keep = pruning.prune(&FileStatistics {
+            files,
+            time_column: self.signal.time_column(),
+        })?;
+        Ok(files.iter().zip(keep).filter_map(|(f, keep)| keep.then_some(f)).collect())
+    }
+
+    fn parquet_scan(
+        &self,
+        state: &dyn Session,
+        files: Vec<&ParquetFile>,
+        filters: &[Expr],
+        projection: Option<&Vec<usize>>,
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let table_schema = TableSchema::builder(self.signal.schema()).with_table_partition_cols(partition_fields()).build();
+        let mut source = ParquetSource::new(table_schema)
+            .with_table_parquet_options(state.table_options().parquet.clone());
+        // Row-group and page pruning inside each file, from the filters over stored columns only.
+        let stored = self.signal.schema();
+        let file_filters: Vec<Expr> = filters
+            .iter()
+            .filter(|f| f.column_refs().iter().all(|c| stored.field_with_name(&c.name).is_ok()))
+            .cloned()
+            .collect();
+        if let Some(predicate) = conjunction(file_filters) {
+            let df_schema = DFSchema::try_from(self.schema.clone())?;
+            source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
+        }
+        let groups = balanced_groups(&self.data_dir, files, state.config().target_partitions());
+        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+            .with_file_groups(groups)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+
+    fn buffer_scan(
+        &self,
+        batches: Vec<RecordBatch>,
+        projection: Option<&Vec<usize>>,
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let with_partitions = batches
+            .iter()
+            .map(|b| add_partition_columns(b, self.signal, &self.schema))
+            .collect::<Result<Vec<_>>>()?;
+        let source = MemorySourceConfig::try_new(&[with_partitions], self.schema.clone(), projection.cloned())?
+            .with_limit(limit);
+        Ok(DataSourceExec::from_data_source(source))
+    }
+}
+
+#[tonic::async_trait]
+impl TableProvider for SignalTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Pruning is by file and row group, so DataFusion still filters the rows it gets.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let snapshot = self.catalog.snapshot(self.signal);
+        let files = self.prune(state, filters, &snapshot.files)?;
+        self.counters.files_listed.fetch_add(snapshot.files.len() as u64, Ordering::Relaxed);
+        self.counters.files_scanned.fetch_add(files.len() as u64, Ordering::Relaxed);
+        let buffered: usize = snapshot.batches.iter().map(|b| b.num_rows()).sum();
+        self.counters.buffered_rows_scanned.fetch_add(buffered as u64, Ordering::Relaxed);
+        tracing::debug!(
+            table = self.signal.table_name(),
+            files = snapshot.files.len(),
+            scanned = files.len(),
+            buffered_rows = buffered,
+            "scan"
+        );
+
+        let mut inputs = Vec::with_capacity(2);
+        if !files.is_empty() {
+            inputs.push(self.parquet_scan(state, files, filters, projection, limit)?);
+        }
+        if buffered > 0 {
+            inputs.push(self.buffer_scan(snapshot.batches, projection, limit)?);
+        }
+        if inputs.is_empty() {
+            return Ok(Arc::new(EmptyExec::new(project_schema(&self.schema, projection)?)));
+        }
+        UnionExec::try_new(inputs)
+    }
+}
+
+/// Splits files into at most `partitions` groups of similar total size, so every core gets a share.
+fn balanced_groups(data_dir: &Path, files: Vec<&ParquetFile>, partitions: usize) -> Vec<FileGroup> {
+    let n = partitions.max(1).min(files.len().max(1));
+    let mut sorted = files;
+    sorted.sort_by_key(|f| std::cmp::Reverse(f.size));
+    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..n).map(|_| (0, Vec::new())).collect();
+    for file in sorted {
+        let lightest = groups.iter_mut().min_by_key(|(bytes, _)| *bytes).expect("n >= 1");
+        lightest.0 += file.size;
+        let path = data_dir.join(&file.relative_path);
+        let location = path.to_string_lossy().trim_start_matches('/').to_string();
+        lightest.1.push(PartitionedFile::new(location, file.size).with_partition_values(vec![
+            ScalarValue::Utf8(Some(file.date.clone())),
+            ScalarValue::Utf8(Some(file.hour.clone())),
+        ]));
+    }
+    groups.into_iter().filter(|(_, g)| !g.is_empty()).map(|(_, g)| FileGroup::new(g)).collect()
+}
+
+/// Appends `date` and `hour` computed from the time column, as the writer names the directories.
+fn add_partition_columns(batch: &RecordBatch, signal: Signal, schema: &SchemaRef) -> Result<RecordBatch> {
+    let time = batch
+        .column_by_name(signal.time_column())
+        .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
+        .ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal(format!(
+                "buffered {signal} batch has no nanosecond `{}` column",
+                signal.time_column()
+            ))
+        })?;
+    let mut dates = Vec::with_capacity(time.len());
+    let mut hours = Vec::with_capacity(time.len());
+    for ns in time.iter() {
+        let t = chrono::DateTime::from_timestamp_nanos(ns.unwrap_or(0));
+        dates.push(t.format("%Y-%m-%d").to_string());
+        hours.push(t.format("%H").to_string());
+    }
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    columns.push(Arc::new(StringArray::from(dates)));
+    columns.push(Arc::new(StringArray::from(hours)));
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// Per-file statistics for the pruner: `date`/`hour` are exact, the time column's min/max come from the catalog.
+struct FileStatistics<'a> {
+    files: &'a [ParquetFile],
+    time_column: &'static str,
+}
+
+impl FileStatistics<'_> {
+    fn partition_values(&self, column: &Column) -> Option<StringArray> {
+        match column.name.as_str() {
+            "date" => Some(self.files.iter().map(|f| Some(f.date.as_str())).collect()),
+            "hour" => Some(self.files.iter().map(|f| Some(f.hour.as_str())).collect()),
+            _ => None,
+        }
+    }
+
+    fn time_bound(&self, column: &Column, pick: fn((i64, i64)) -> i64) -> Option<ArrayRef> {
+        (column.name == self.time_column).then(|| {
+            let values: TimestampNanosecondArray = self.files.iter().map(|f| f.time_range_ns.map(pick)).collect();
+            Arc::new(values.with_timezone("UTC")) as ArrayRef
+        })
+    }
+}
+
+impl PruningStatistics for FileStatistics<'_> {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.partition_values(column)
+            .map(|a| Arc::new(a) as ArrayRef)
+            .or_else(|| self.time_bound(column, |(min, _)| min))
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.partition_values(column)
+            .map(|a| Arc::new(a) as ArrayRef)
+            .or_else(|| self.time_bound(column, |(_, max)| max))
+    }
+
+    fn num_containers(&self) -> usize {
+        self.files.len()
+    }
+
+    fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
+        // Partition values and the time column are never NULL.
+        (PARTITION_COLUMNS.contains(&column.name.as_str()) || column.name == self.time_column)
+            .then(|| Arc::new(UInt64Array::from(vec![0u64; self.files.len()])) as ArrayRef)
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        None
+    }
+
+    fn contained(&self, column: &Column, values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
+        let partition = self.partition_values(column)?;
+        Some(
+            partition
+                .iter()
+                .map(|v| Some(values.contains(&ScalarValue::Utf8(v.map(str::to_string)))))
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_columns_follow_the_time_column_in_utc() {
+        let schema = table_schema(Signal::Logs);
+        let stored = Signal::Logs.schema();
+        let columns: Vec<ArrayRef> = stored
+            .fields()
+            .iter()
+            .map(|f| {
+                if f.name() == "time" {
+                    // 2026-11-21T23:59:59.999Z and 2026-11-22T00:00:00Z straddle midnight.
+                    Arc::new(
+                        TimestampNanosecondArray::from(vec![1_795_305_599_999_000_000, 1_795_305_600_000_000_000])
+                            .with_timezone("UTC"),
+                    ) as ArrayRef
+                } else {
+                    datafusion::arrow::array::new_null_array(f.data_type(), 2)
+                }
+            })
+            .collect();
+        let unchecked_schema = Arc::new(Schema::new(
+            stored.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+        ));
+        let batch = RecordBatch::try_new(unchecked_schema, columns).unwrap();
+        let loose = Arc::new(Schema::new(
+            schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+        ));
+        let out = add_partition_columns(&batch, Signal::Logs, &loose).unwrap();
+        let date = out.column_by_name("date").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        let hour = out.column_by_name("hour").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!((date.value(0), hour.value(0)), ("2026-11-21", "23"));
+        assert_eq!((date.value(1), hour.value(1)), ("2026-11-22", "00"));
+    }
+}

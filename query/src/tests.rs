@@ -1,0 +1,376 @@
+//! Engine tests over real Parquet files in the collector's layout and real buffered batches.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use datafusion::arrow::array::{AsArray, StringArray};
+use datafusion::arrow::datatypes::{Float64Type, Int64Type};
+
+use collector::catalog::Catalog;
+use collector::config::QueryConfig;
+use collector::schema::Signal;
+
+use crate::fixture::{SpanRow, spans_batch, write_parquet};
+use crate::{Engine, QueryError, QueryOutput};
+
+/// 2026-11-21T09:00:00Z.
+const NINE: i64 = 1_795_251_600_000_000_000;
+const HOUR: i64 = 3_600_000_000_000;
+const MS: i64 = 1_000_000;
+
+fn span(i: usize, start_ns: i64, duration_ms: i64, provider: &str, model: &str) -> SpanRow {
+    SpanRow {
+        trace_id: format!("{:032x}", i + 1),
+        span_id: format!("{:016x}", i + 1),
+        name: format!("chat {model}"),
+        start_ns,
+        duration_ns: duration_ms * MS,
+        service_name: "agent".into(),
+        cloud_region: Some("us-east-1".into()),
+        gen_ai_provider: Some(provider.into()),
+        gen_ai_operation: Some("chat".into()),
+        request_model: Some(model.into()),
+        input_tokens: Some(100),
+        output_tokens: Some(10),
+        session_id: Some(format!("s{}", i % 3)),
+        ..Default::default()
+    }
+}
+
+fn config() -> QueryConfig {
+    QueryConfig {
+        timeout: Duration::from_secs(30),
+        memory_limit_mb: 256,
+        max_concurrent: 4,
+    }
+}
+
+async fn engine(catalog: &Catalog) -> Engine {
+    Engine::new(catalog.clone(), config()).await.expect("engine builds")
+}
+
+fn f64_col(out: &QueryOutput, name: &str) -> Vec<Option<f64>> {
+    let mut v = Vec::new();
+    for b in &out.batches {
+        let col = b.column_by_name(name).unwrap_or_else(|| panic!("no column {name}"));
+        let col = datafusion::arrow::compute::cast(col, &datafusion::arrow::datatypes::DataType::Float64).unwrap();
+        v.extend(col.as_primitive::<Float64Type>().iter());
+    }
+    v
+}
+
+fn i64_col(out: &QueryOutput, name: &str) -> Vec<i64> {
+    let mut v = Vec::new();
+    for b in &out.batches {
+        let col = b.column_by_name(name).unwrap_or_else(|| panic!("no column {name}"));
+        let col = datafusion::arrow::compute::cast(col, &datafusion::arrow::datatypes::DataType::Int64).unwrap();
+        v.extend(col.as_primitive::<Int64Type>().iter().map(|x| x.unwrap()));
+    }
+    v
+}
+
+fn str_col(out: &QueryOutput, name: &str) -> Vec<Option<String>> {
+    let mut v = Vec::new();
+    for b in &out.batches {
+        let col = b.column_by_name(name).unwrap_or_else(|| panic!("no column {name}"));
+        let col = datafusion::arrow::compute::cast(col, &datafusion::arrow::datatypes::DataType::Utf8).unwrap();
+        let col = col.as_any().downcast_ref::<StringArray>().unwrap();
+        v.extend(col.iter().map(|s| s.map(str::to_string)));
+    }
+    v
+}
+
+/// numpy's linear quantile by full sort: independent of the selection in `quantile.rs`.
+fn numpy_quantile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let h = (v.len() - 1) as f64 * q;
+    let lo = h.floor() as usize;
+    let hi = (lo + 1).min(v.len() - 1);
+    let g = h - lo as f64;
+    let d = v[hi] - v[lo];
+    if g >= 0.5 { v[hi] - d * (1.0 - g) } else { v[lo] + d * g }
+}
+
+#[tokio::test]
+async fn provider_latency_is_exact_over_files_and_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::new(dir.path());
+    // Durations with a long tail, different per provider, split between two files and the buffer.
+    let mut rows = Vec::new();
+    for i in 0..1000usize {
+        let (provider, model) = if i % 2 == 0 { ("aws.bedrock", "claude") } else { ("azure.ai.openai", "gpt") };
+        let ms = ((i * 7919) % 997) as i64 + if i % 50 == 0 { 5000 } else { 0 };
+        rows.push(span(i, NINE + (i as i64) * 1_000_000_000, ms, provider, model));
+    }
+    let (first, rest) = rows.split_at(400);
+    let (second, buffered) = rest.split_at(300);
+    let mut files = Vec::new();
+    files.push((Signal::Spans, write_parquet(dir.path(), Signal::Spans, &spans_batch(first), 1).unwrap()));
+    files.push((Signal::Spans, write_parquet(dir.path(), Signal::Spans, &spans_batch(second), 2).unwrap()));
+    catalog.commit_flush(files, 2);
+    catalog.add_batch(Signal::Spans, 3, spans_batch(buffered));
+
+    let engine = engine(&catalog).await;
+    let out = engine
+        .sql("SELECT gen_ai_provider, calls, p50_ms, p95_ms, p99_ms, p999_ms, max_ms FROM provider_latency ORDER BY 1")
+        .await
+        .unwrap();
+    let providers = str_col(&out, "gen_ai_provider");
+    assert_eq!(providers, vec![Some("aws.bedrock".into()), Some("azure.ai.openai".into())]);
+    for (row, provider) in providers.iter().enumerate() {
+        let durations: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.gen_ai_provider == *provider)
+            .map(|r| r.duration_ns as f64 / 1e6)
+            .collect();
+        assert_eq!(i64_col(&out, "calls")[row], durations.len() as i64);
+        for (col, q) in [("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99), ("p999_ms", 0.999)] {
+            let got = f64_col(&out, col)[row].unwrap();
+            let want = numpy_quantile(&durations, q);
+            assert_eq!(got, want, "{provider:?} {col}");
+        }
+        let max = durations.iter().copied().fold(f64::MIN, f64::max);
+        assert_eq!(f64_col(&out, "max_ms")[row].unwrap(), max);
+    }
+
+    // The approximate percentile stays available beside the exact one.
+    let approx = engine
+        .sql("SELECT approx_percentile_cont(duration_ns / 1e6, 0.5) AS p FROM llm_calls")
+        .await
+        .unwrap();
+    assert!(f64_col(&approx, "p")[0].unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn quantile_exact_matches_numpy_on_known_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&Catalog::new(dir.path())).await;
+    // np.quantile([15, 20, 35, 40, 50], [0.4, 0.95, 0.99]) == [29.0, 48.0, 49.6]; NULLs are ignored.
+    let out = engine
+        .sql(
+            "SELECT quantile_exact(x, 0.4) AS a, quantile_exact(x, 0.95) AS b, quantile_cont(x, 0.99) AS c, \
+             quantile_exact(CASE WHEN x > 100 THEN x END, 0.5) AS empty \
+             FROM (VALUES (40), (15), (NULL), (50), (35), (20)) AS t(x)",
+        )
+        .await
+        .unwrap();
+    assert_eq!(f64_col(&out, "a"), vec![Some(29.0)]);
+    assert_eq!(f64_col(&out, "b"), vec![Some(48.0)]);
+    assert!((f64_col(&out, "c")[0].unwrap() - 49.6).abs() < 1e-12);
+    assert_eq!(f64_col(&out, "empty"), vec![None]);
+
+    let err = engine.sql("SELECT quantile_exact(x, 1.5) FROM (VALUES (1)) AS t(x)").await.unwrap_err();
+    assert!(matches!(err, QueryError::InvalidSql(_)), "{err:?}");
+    assert!(err.to_string().contains("between 0 and 1"), "{err}");
+}
+
+#[tokio::test]
+async fn buffered_rows_get_partition_columns_and_join_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::new(dir.path());
+    let file = write_parquet(dir.path(), Signal::Spans, &spans_batch(&[span(1, NINE + 5, 10, "p", "m")]), 1).unwrap();
+    catalog.commit_flush(vec![(Signal::Spans, file)], 1);
+    let engine = engine(&catalog).await;
+    assert_eq!(i64_col(&engine.sql("SELECT count(*) AS n FROM spans").await.unwrap(), "n"), vec![1]);
+
+    // A span acknowledged after the engine was built is visible to the next query, with its partition values.
+    catalog.add_batch(Signal::Spans, 2, spans_batch(&[span(2, NINE + HOUR + 7, 10, "p", "m")]));
+    let out = engine.sql("SELECT date, hour FROM spans ORDER BY start_time").await.unwrap();
+    assert_eq!(str_col(&out, "date"), vec![Some("2026-11-21".into()), Some("2026-11-21".into())]);
+    assert_eq!(str_col(&out, "hour"), vec![Some("09".into()), Some("10".into())]);
+    let out = engine.sql("SELECT count(*) AS n FROM spans WHERE hour = '10'").await.unwrap();
+    assert_eq!(i64_col(&out, "n"), vec![1]);
+}
+
+#[tokio::test]
+async fn time_predicates_prune_files_before_they_are_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::new(dir.path());
+    let mut files = Vec::new();
+    for h in 0..3i64 {
+        let rows: Vec<_> = (0..10).map(|i| span(i, NINE + h * HOUR + i as i64 * MS, 5, "p", "m")).collect();
+        files.push((Signal::Spans, write_parquet(dir.path(), Signal::Spans, &spans_batch(&rows), h as u64 + 1).unwrap()));
+    }
+    // An unreadable file at 08:00, named like tailscope's: any query that opens it fails.
+    let rel = std::path::Path::new("spans/date=2026-11-21/hour=08")
+        .join(format!("{:020}_{}_{}_{:08x}.parquet", 9, NINE - HOUR, NINE - HOUR + 1000, 1));
+    std::fs::create_dir_all(dir.path().join(rel.parent().unwrap())).unwrap();
+    std::fs::write(dir.path().join(&rel), b"not parquet").unwrap();
+    let corrupt = collector::catalog::ParquetFile::from_relative_path(&rel, 11).unwrap();
+    files.push((Signal::Spans, corrupt));
+    catalog.commit_flush(files, 9);
+    let engine = engine(&catalog).await;
+
+    let scanned = || engine.counters().files_scanned.load(Ordering::Relaxed);
+    let before = scanned();
+    let out = engine
+        .sql("SELECT count(*) AS n FROM spans WHERE start_time >= '2026-11-21T10:00:00Z'")
+        .await
+        .unwrap();
+    assert_eq!(i64_col(&out, "n"), vec![20]);
+    assert_eq!(scanned() - before, 2, "only the 10:00 and 11:00 files are read");
+
+    let before = scanned();
+    let out = engine
+        .sql("SELECT count(*) AS n FROM spans WHERE date = '2026-11-21' AND hour IN ('09', '11')")
+        .await
+        .unwrap();
+    assert_eq!(i64_col(&out, "n"), vec![20]);
+    assert_eq!(scanned() - before, 2);
+
+    let before = scanned();
+    let out = engine
+        .sql(
+            "SELECT count(*) AS n FROM spans \
+             WHERE start_time BETWEEN '2026-11-21T09:00:00Z' AND '2026-11-21T09:59:59Z'",
+        )
+        .await
+        .unwrap();
+    assert_eq!(i64_col(&out, "n"), vec![10]);
+    assert_eq!(scanned() - before, 1);
+
+    // Without a predicate the unreadable file is opened, and the query says so: the pruning above is real.
+    let err = engine.sql("SELECT count(*) FROM spans").await.unwrap_err();
+    assert!(matches!(err, QueryError::Internal(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn writes_and_settings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&Catalog::new(dir.path())).await;
+    for sql in [
+        "CREATE TABLE t AS SELECT 1",
+        "CREATE VIEW v AS SELECT * FROM spans",
+        "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/tmp'",
+        "DROP VIEW llm_calls",
+        "INSERT INTO spans SELECT * FROM spans",
+        "DELETE FROM spans",
+        "COPY (SELECT 1) TO '/tmp/tailscope-copy-test.csv'",
+        "SET datafusion.execution.batch_size = 1",
+        "EXPLAIN CREATE TABLE t AS SELECT 1",
+    ] {
+        let err = engine.sql(sql).await.unwrap_err();
+        assert!(
+            matches!(err, QueryError::ReadOnly { .. } | QueryError::InvalidSql(_)),
+            "{sql}: {err:?}"
+        );
+        assert!(err.to_string().contains("read-only") || err.to_string().contains("not supported"), "{sql}: {err}");
+        assert_eq!(err.http_status(), http::StatusCode::BAD_REQUEST, "{sql}");
+    }
+    assert!(!std::path::Path::new("/tmp/tailscope-copy-test.csv").exists());
+    let err = engine.sql("CREATE TABLE t AS SELECT 1").await.unwrap_err();
+    assert!(matches!(err, QueryError::ReadOnly { ref statement } if statement == "CREATE MEMORY TABLE"), "{err:?}");
+    // The views are still there, and reads still run.
+    engine.sql("SELECT * FROM llm_calls").await.unwrap();
+    engine.sql("EXPLAIN SELECT * FROM spans").await.unwrap();
+    engine.sql("SHOW TABLES").await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_column_names_the_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&Catalog::new(dir.path())).await;
+    let err = engine.sql("SELECT no_such_column FROM spans").await.unwrap_err();
+    assert!(matches!(err, QueryError::InvalidSql(_)), "{err:?}");
+    assert!(err.to_string().contains("no_such_column"), "{err}");
+    assert_eq!(err.http_status(), http::StatusCode::BAD_REQUEST);
+    let err = engine.sql("SELEC 1").await.unwrap_err();
+    assert!(matches!(err, QueryError::InvalidSql(_)), "{err:?}");
+    let err = engine.sql("  ; ").await.unwrap_err();
+    assert!(matches!(err, QueryError::InvalidSql(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn slow_queries_time_out_and_busy_slots_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::new(dir.path());
+    let engine = Engine::new(
+        catalog,
+        QueryConfig {
+            timeout: Duration::from_millis(200),
+            memory_limit_mb: 64,
+            max_concurrent: 1,
+        },
+    )
+    .await
+    .unwrap();
+    let err = engine.sql("SELECT sum(value) FROM range(10000000000)").await.unwrap_err();
+    assert!(matches!(err, QueryError::Timeout { .. }), "{err:?}");
+    assert_eq!(err.http_status(), http::StatusCode::GATEWAY_TIMEOUT);
+
+    // Hold the only slot, as a long query would.
+    let permit = engine.inner_slots().acquire().await.unwrap();
+    let err = engine.sql("SELECT 1").await.unwrap_err();
+    assert!(matches!(err, QueryError::TooBusy { max_concurrent: 1, .. }), "{err:?}");
+    assert_eq!(err.http_status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    drop(permit);
+    engine.sql("SELECT 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn memory_limit_is_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::new(
+        Catalog::new(dir.path()),
+        QueryConfig {
+            timeout: Duration::from_secs(30),
+            memory_limit_mb: 1,
+            max_concurrent: 1,
+        },
+    )
+    .await
+    .unwrap();
+    // Holding 2M distinct values for an exact quantile cannot fit in 1 MiB and cannot spill.
+    let err = engine
+        .sql("SELECT value % 3 AS g, quantile_exact(value, 0.5) FROM range(2000000) GROUP BY 1")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueryError::ResourcesExhausted(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn sessions_view_counts_per_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::new(dir.path());
+    let mut rows = vec![
+        span(0, NINE, 100, "aws.bedrock", "claude"),
+        span(3, NINE + 1000 * MS, 200, "gcp.vertex_ai", "gemini"),
+    ];
+    rows[1].session_id = rows[0].session_id.clone();
+    rows[1].error = true;
+    let mut tool = span(6, NINE + 500 * MS, 50, "x", "y");
+    tool.gen_ai_provider = None;
+    tool.gen_ai_operation = Some("execute_tool".into());
+    tool.tool_name = Some("search".into());
+    tool.input_tokens = None;
+    tool.output_tokens = None;
+    tool.session_id = rows[0].session_id.clone();
+    rows.push(tool);
+    catalog.add_batch(Signal::Spans, 1, spans_batch(&rows));
+    let engine = engine(&catalog).await;
+    let out = engine.sql("SELECT * FROM sessions").await.unwrap();
+    assert_eq!(out.num_rows(), 1);
+    assert_eq!(i64_col(&out, "steps"), vec![3]);
+    assert_eq!(i64_col(&out, "llm_calls"), vec![2]);
+    assert_eq!(i64_col(&out, "tool_calls"), vec![1]);
+    assert_eq!(i64_col(&out, "total_tokens"), vec![220]);
+    assert_eq!(i64_col(&out, "error_count"), vec![1]);
+    assert_eq!(f64_col(&out, "wall_duration_ms"), vec![Some(1200.0)]);
+    assert_eq!(str_col(&out, "providers"), vec![Some("aws.bedrock,gcp.vertex_ai".into())]);
+}
+
+#[tokio::test]
+async fn relations_list_tables_then_views() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&Catalog::new(dir.path())).await;
+    let names: Vec<_> = engine.relations().iter().map(|r| (r.name.as_str(), r.kind)).collect();
+    for expected in [("spans", "TABLE"), ("metrics", "TABLE"), ("logs", "TABLE"), ("alerts", "TABLE")] {
+        assert!(names.contains(&expected), "{names:?}");
+    }
+    for view in ["llm_calls", "sessions", "provider_latency"] {
+        assert!(names.contains(&(view, "VIEW")), "{names:?}");
+    }
+    let spans = engine.relations().iter().find(|r| r.name == "spans").unwrap().schema.clone();
+    assert!(spans.field_with_name("date").is_ok() && spans.field_with_name("hour").is_ok());
+}
