@@ -1,36 +1,308 @@
 //! Pricing at ingest (tokens x price, egress), hedged-request accounting, and budget guardrails.
 //!
-//! CONTRACT (owned by the cost work; the collector core calls only these names):
-//! - `PricingConfig`, `BudgetConfig` (+ `validate`), `AlertsConfig`: sections of [`crate::config::Config`].
-//! - `Pricer::from_config(&PricingConfig) -> Result<Pricer, CostError>` and `Pricer::price(&SpanFacts) -> SpanCost`,
-//!   called once per span by the normaliser.
+//! - [`Pricer`] prices every span once, in the normaliser: token cost from a LiteLLM-format model table
+//!   ([`prices`]), egress cost from per-cloud data-transfer prices ([`egress`]). The figures land in the span's
+//!   `token_cost_usd`, `egress_bytes`, `egress_cost_usd`, `cost_usd` and `price_source` columns.
+//! - [`BudgetEngine`] watches acknowledged spans ([`crate::observe::SpanObserver`]), keeps period-to-date spend per
+//!   `[[budget]]`, raises and resolves alerts (log, `GET /api/v1/alerts`, the `alerts` SQL table, webhooks) and
+//!   answers the hedging guardrail (`GET /api/v1/guardrails/hedging`).
+//!
+//! `docs/cost.md` documents the rules (token arithmetic, egress paths, the `hedge.*` convention, budgets).
+
+pub mod alerts;
+pub mod budget;
+pub mod egress;
+pub mod engine;
+pub mod prices;
+pub mod pricer;
+pub mod webhook;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
-/// Where prices come from. (Placeholder: the cost work fills this in.)
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub use alerts::{AlertEvent, alerts_schema, alerts_table};
+pub use budget::{BudgetKind, BudgetPeriod, BudgetStatus};
+pub use egress::{EgressPrice, EgressTable};
+pub use engine::{BudgetEngine, HedgingDecision, routes};
+pub use prices::{ModelPrice, PriceTable};
+pub use pricer::{Pricer, UNKNOWN};
+
+/// What went wrong in the cost module.
+#[derive(Debug, Error)]
+pub enum CostError {
+    /// A price file could not be read.
+    #[error("cannot read price file {path}: {source}")]
+    ReadFile { path: PathBuf, source: std::io::Error },
+    /// A price table is not in the expected format.
+    #[error("invalid price table {origin}: {detail}")]
+    PriceFile { origin: String, detail: String },
+    /// A configuration value cannot work.
+    #[error("invalid {field}: {reason}")]
+    Config { field: String, reason: String },
+    /// The alert state under the data dir cannot be read or written.
+    #[error("alert state {path}: {detail}")]
+    AlertState { path: PathBuf, detail: String },
+    /// Reading the stored spans to rebuild period-to-date spend failed.
+    #[error("cannot rebuild budget history from {path}: {detail}")]
+    History { path: PathBuf, detail: String },
+}
+
+/// `[pricing]`: where model and egress prices come from.
+///
+/// ```toml
+/// [pricing]
+/// model_files = ["/etc/tailscope/model_prices_and_context_window.json"]  # LiteLLM format, merged over the defaults
+/// egress_file = "/etc/tailscope/egress.json"
+/// aliases = { "prod-chat-*" = "gpt-4.1-mini" }           # model-name pattern -> priced model
+/// provider_clouds = { "my.gateway" = "gcp" }              # gen_ai.provider.name pattern -> cloud (or "internet")
+/// [pricing.models."my-finetune"]                          # inline entries, LiteLLM field names
+/// input_cost_per_token = 3e-6
+/// output_cost_per_token = 1.2e-5
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct PricingConfig {}
+pub struct PricingConfig {
+    /// LiteLLM-format JSON files merged over the built-in table, in order (a later entry replaces an earlier one
+    /// with the same name).
+    pub model_files: Vec<PathBuf>,
+    /// Start from an empty model table instead of the built-in one.
+    pub replace_default_models: bool,
+    /// Inline model entries (LiteLLM field names), merged last.
+    pub models: BTreeMap<String, serde_json::Value>,
+    /// Model-name patterns (`*` wildcard) mapped to a priced model name, tried before the normal matching:
+    /// for Azure deployment names and gateways that rename models.
+    pub aliases: BTreeMap<String, String>,
+    /// A JSON file of egress prices per cloud (`{"aws": {"internet_per_gb": 0.09, "cross_region_per_gb": 0.02}}`),
+    /// merged over the built-in figures.
+    pub egress_file: Option<PathBuf>,
+    /// Start from no egress prices instead of the built-in ones.
+    pub replace_default_egress: bool,
+    /// Inline egress prices per cloud, merged last.
+    pub egress: BTreeMap<String, EgressPrice>,
+    /// `gen_ai.provider.name` patterns mapped to the cloud serving them (`aws`, `azure`, `gcp`, ... or `internet`),
+    /// ahead of the built-in map (`aws.bedrock` -> aws, `azure.ai.*` -> azure, `gcp.*` -> gcp).
+    pub provider_clouds: BTreeMap<String, String>,
+    /// Bytes in the "GB" that egress prices are quoted per. Clouds meter in binary gigabytes (2^30), the default.
+    pub bytes_per_gb: u64,
+}
 
-/// One `[[budget]]` table. (Placeholder: the cost work fills this in.)
+impl Default for PricingConfig {
+    fn default() -> Self {
+        PricingConfig {
+            model_files: Vec::new(),
+            replace_default_models: false,
+            models: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+            egress_file: None,
+            replace_default_egress: false,
+            egress: BTreeMap::new(),
+            provider_clouds: BTreeMap::new(),
+            bytes_per_gb: 1 << 30,
+        }
+    }
+}
+
+impl PricingConfig {
+    /// Checks values that parse but cannot work (the files themselves are read by [`Pricer::from_config`]).
+    pub fn validate(&self) -> Result<(), CostError> {
+        if self.bytes_per_gb == 0 {
+            return Err(CostError::Config { field: "pricing.bytes_per_gb".into(), reason: "must be greater than 0".into() });
+        }
+        Ok(())
+    }
+}
+
+/// One `[[budget]]` table.
+///
+/// ```toml
+/// [[budget]]
+/// name = "egress-monthly"
+/// kind = "egress"            # egress | duplicate_inference | session_cost | total
+/// period = "month"           # day | month | a rolling window such as "24h" or "7d"
+/// cap_usd = 500
+/// warn_at = [0.5, 0.8, 1.0]  # fractions of the cap; 1.0 and above are breaches
+/// providers = ["aws.bedrock"] # optional filters: gen_ai_provider, cloud_region, service_name patterns
+/// ```
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
     /// The budget's name, unique.
     pub name: String,
+    /// What is counted.
+    pub kind: BudgetKind,
+    /// Over which time spend accumulates.
+    pub period: BudgetPeriod,
+    /// Cap in USD per period (per session for `session_cost`).
+    #[serde(default)]
+    pub cap_usd: Option<f64>,
+    /// For `duplicate_inference`: cap on duplicate spend as a share of inference spend (e.g. `0.05`).
+    #[serde(default)]
+    pub cap_share: Option<f64>,
+    /// Alert thresholds as fractions of the cap; each fires once per period. Those >= 1.0 are breaches.
+    #[serde(default = "default_warn_at")]
+    pub warn_at: Vec<f64>,
+    /// Only spans whose `gen_ai_provider` matches one of these patterns (`*` wildcard); empty = all.
+    #[serde(default)]
+    pub providers: Vec<String>,
+    /// Only spans whose `cloud_region` (the caller's) matches one of these patterns; empty = all.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// Only spans whose `service_name` matches one of these patterns; empty = all.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Warn when the burn rate projects a breach before the period ends (calendar periods only).
+    #[serde(default = "yes")]
+    pub forecast: bool,
+}
+
+fn default_warn_at() -> Vec<f64> {
+    vec![0.8, 1.0]
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl BudgetConfig {
     /// Checks the budget's values; the error says what is wrong.
     pub fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() {
+            return Err("name must not be empty".into());
+        }
+        if self.name.chars().any(|c| c.is_control() || c == '/') {
+            return Err(format!("name {:?} must not contain '/' or control characters", self.name));
+        }
+        let positive = |v: Option<f64>, what: &str| -> Result<(), String> {
+            match v {
+                Some(x) if !x.is_finite() || x <= 0.0 => Err(format!("{what} must be a positive number, got {x}")),
+                _ => Ok(()),
+            }
+        };
+        positive(self.cap_usd, "cap_usd")?;
+        positive(self.cap_share, "cap_share")?;
+        match self.kind {
+            BudgetKind::DuplicateInference => {
+                if self.cap_usd.is_none() && self.cap_share.is_none() {
+                    return Err("a duplicate_inference budget needs cap_usd, cap_share or both".into());
+                }
+                if self.cap_share.is_some_and(|s| s > 1.0) {
+                    return Err("cap_share is a fraction of inference spend and must be at most 1.0".into());
+                }
+            }
+            _ => {
+                if self.cap_share.is_some() {
+                    return Err(format!("cap_share applies to duplicate_inference budgets only, not {}", self.kind));
+                }
+                if self.cap_usd.is_none() {
+                    return Err(format!("a {} budget needs cap_usd", self.kind));
+                }
+            }
+        }
+        if self.warn_at.is_empty() {
+            return Err("warn_at must list at least one threshold (e.g. [0.8, 1.0])".into());
+        }
+        if let Some(bad) = self.warn_at.iter().find(|t| !t.is_finite() || **t <= 0.0 || **t > 10.0) {
+            return Err(format!("warn_at thresholds are fractions of the cap in (0, 10], got {bad}"));
+        }
+        if let BudgetPeriod::Rolling(window) = self.period {
+            if window < Duration::from_secs(60) {
+                return Err(format!("a rolling period must be at least 1m, got {}", humantime_serde::re::humantime::format_duration(window)));
+            }
+        }
+        for (what, patterns) in [("providers", &self.providers), ("regions", &self.regions), ("services", &self.services)] {
+            if patterns.iter().any(|p| p.is_empty()) {
+                return Err(format!("{what} must not contain an empty pattern"));
+            }
+        }
         Ok(())
     }
 }
 
-/// Alert delivery. (Placeholder: the cost work fills this in.)
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// Checks a whole `[[budget]]` list: each budget, and that names are unique.
+pub fn validate_budgets(budgets: &[BudgetConfig]) -> Result<(), CostError> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, b) in budgets.iter().enumerate() {
+        b.validate().map_err(|reason| CostError::Config { field: format!("budget[{i}] ({})", b.name), reason })?;
+        if !seen.insert(b.name.as_str()) {
+            return Err(CostError::Config {
+                field: format!("budget[{i}]"),
+                reason: format!("the name {:?} is used by two budgets; names identify alerts and must be unique", b.name),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `[alerts]`: where alerts go and how hard delivery tries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct AlertsConfig {}
+pub struct AlertsConfig {
+    /// Webhook URLs; each alert event is POSTed to each as JSON (Slack-compatible `text` field included).
+    /// This build sends plain `http://`; use a local relay for `https://` endpoints.
+    pub webhooks: Vec<String>,
+    /// Per-attempt timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts per event and webhook before the event is given up (and logged as an error).
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles each attempt (with jitter) up to `max_backoff`.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest delay between attempts.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Budgets are re-evaluated at least this often (period ends, rolling windows, forecasts), and at most
+    /// a few times a second while spans arrive.
+    #[serde(with = "humantime_serde")]
+    pub evaluate_interval: Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            webhooks: Vec::new(),
+            timeout: Duration::from_secs(5),
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(60),
+            evaluate_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), CostError> {
+        let invalid = |field: &str, reason: String| CostError::Config { field: format!("alerts.{field}"), reason };
+        for url in &self.webhooks {
+            let parsed = reqwest::Url::parse(url).map_err(|e| invalid("webhooks", format!("{url:?} is not a URL: {e}")))?;
+            match parsed.scheme() {
+                "http" => {}
+                "https" => {
+                    return Err(invalid(
+                        "webhooks",
+                        format!("{url:?}: this build sends webhooks over plain http only; point it at an http relay"),
+                    ));
+                }
+                other => return Err(invalid("webhooks", format!("{url:?}: unsupported scheme {other:?}"))),
+            }
+        }
+        if self.max_attempts == 0 {
+            return Err(invalid("max_attempts", "must be at least 1".into()));
+        }
+        if self.timeout.is_zero() {
+            return Err(invalid("timeout", "must be greater than 0".into()));
+        }
+        if self.evaluate_interval < Duration::from_millis(100) {
+            return Err(invalid("evaluate_interval", "must be at least 100ms".into()));
+        }
+        Ok(())
+    }
+}
 
 /// What the pricer needs to know about one span, borrowed from the normaliser's working state.
 #[derive(Debug, Clone, Copy, Default)]
@@ -65,32 +337,7 @@ pub struct SpanCost {
     pub egress_bytes: Option<i64>,
     pub egress_cost_usd: Option<f64>,
     pub cost_usd: Option<f64>,
-    /// Which price entry priced the tokens, or `unknown`; `None` when the span has no tokens to price.
+    /// Which price entry priced the tokens (`default:gpt-4o`, `<file name>:<key>`, `config:<key>`), or `unknown`;
+    /// `None` when the span has no tokens to price.
     pub price_source: Option<String>,
-}
-
-/// Prices spans. (Placeholder: the cost work fills this in.)
-#[derive(Debug, Clone, Default)]
-pub struct Pricer {}
-
-impl Pricer {
-    /// Builds the pricer from the defaults and the configured override files.
-    pub fn from_config(_config: &PricingConfig) -> Result<Pricer, String> {
-        Ok(Pricer {})
-    }
-
-    /// Prices one span.
-    pub fn price(&self, _facts: &SpanFacts<'_>) -> SpanCost {
-        SpanCost::default()
-    }
-}
-
-/// The schema of the `alerts` SQL table. (Placeholder: the cost work fills this in.)
-pub fn alerts_schema() -> datafusion::arrow::datatypes::SchemaRef {
-    std::sync::Arc::new(datafusion::arrow::datatypes::Schema::empty())
-}
-
-/// Every alert event recorded under `data_dir`, as the `alerts` table. (Placeholder: the cost work fills this in.)
-pub fn alerts_table(_data_dir: &std::path::Path) -> Result<datafusion::arrow::record_batch::RecordBatch, String> {
-    Ok(datafusion::arrow::record_batch::RecordBatch::new_empty(alerts_schema()))
 }

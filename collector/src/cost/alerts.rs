@@ -1,0 +1,609 @@
+//! Alert lifecycle and persistence.
+//!
+//! An *alert* is identified by `budget/period_key` (plus `/session=<id>` for a session budget's session and
+//! `/forecast` for the projection). It fires when utilisation crosses a threshold, fires again only for a
+//! *higher* threshold, and resolves when its period ends, its budget leaves the config, or (rolling windows)
+//! utilisation falls below 95% of the lowest threshold. Every transition is an [`AlertEvent`].
+//!
+//! Events are appended to `DATA/alerts/events.jsonl` (one JSON object per line, fsynced) before anything else
+//! sees them. That file is the only state: on start it is replayed to rebuild each alert's status, so after a
+//! restart an alert that already fired does not fire again. A torn last line (crash mid-write) is cut off.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampNanosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::{Deserialize, Serialize};
+
+use super::CostError;
+use super::budget::{Budget, BudgetKind, BudgetStatus, last_day, usd};
+
+/// The directory under the data dir that holds alert state.
+pub const ALERTS_DIR: &str = "alerts";
+/// The event log inside [`ALERTS_DIR`].
+pub const EVENTS_FILE: &str = "events.jsonl";
+
+/// A rolling-window alert resolves once utilisation is below this share of the lowest threshold, so a budget
+/// hovering at a threshold does not flap.
+pub const RESOLVE_MARGIN: f64 = 0.95;
+
+/// One alert transition: it fired (at a threshold or on a forecast) or it resolved.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AlertEvent {
+    /// Position in the event log, from 1.
+    pub seq: u64,
+    pub time: DateTime<Utc>,
+    /// `budget/period_key[/session=<id>|/forecast]`.
+    pub alert_id: String,
+    pub budget: String,
+    pub kind: BudgetKind,
+    /// The session for a `session_cost` budget.
+    pub scope: Option<String>,
+    /// `day`, `month` or the rolling window.
+    pub period: String,
+    pub period_key: String,
+    pub period_start: DateTime<Utc>,
+    pub period_end: Option<DateTime<Utc>>,
+    /// `firing` or `resolved`: the alert's state after this event.
+    pub state: String,
+    /// `warning`, `critical` (a breach) or `info` (resolved).
+    pub severity: String,
+    /// `threshold`, `forecast` or `resolved`.
+    pub event: String,
+    /// The threshold crossed (fraction of the cap).
+    pub threshold: Option<f64>,
+    pub spend_usd: f64,
+    pub cap_usd: Option<f64>,
+    pub cap_share: Option<f64>,
+    pub share: Option<f64>,
+    pub utilization: f64,
+    pub projected_usd: Option<f64>,
+    /// One line for humans (and Slack's `text`).
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct AlertState {
+    firing: bool,
+    /// The highest threshold fired in the current episode.
+    max_fired: f64,
+    last: Arc<AlertEvent>,
+}
+
+/// Every alert's current state plus the event log.
+#[derive(Debug)]
+pub struct AlertBook {
+    path: PathBuf,
+    file: File,
+    next_seq: u64,
+    states: BTreeMap<String, AlertState>,
+    events: Vec<Arc<AlertEvent>>,
+}
+
+impl AlertBook {
+    /// Opens (or creates) `data_dir/alerts/events.jsonl` and replays it.
+    pub fn open(data_dir: &Path) -> Result<AlertBook, CostError> {
+        let dir = data_dir.join(ALERTS_DIR);
+        let path = dir.join(EVENTS_FILE);
+        let err = |detail: String| CostError::AlertState { path: path.clone(), detail };
+        std::fs::create_dir_all(&dir).map_err(|e| err(format!("cannot create the directory: {e}")))?;
+        let (events, valid_len) = read_events(&path).map_err(|e| err(e.to_string()))?;
+        let file = OpenOptions::new().create(true).append(true).read(true).open(&path).map_err(|e| err(e.to_string()))?;
+        let len = file.metadata().map_err(|e| err(e.to_string()))?.len();
+        if valid_len < len {
+            tracing::warn!(path = %path.display(), kept = valid_len, len, "alert log ends in a torn line; cutting it off");
+            file.set_len(valid_len).map_err(|e| err(format!("cannot truncate the torn tail: {e}")))?;
+        }
+        let mut book = AlertBook { path, file, next_seq: 1, states: BTreeMap::new(), events: Vec::new() };
+        for e in events {
+            book.apply(Arc::new(e));
+        }
+        Ok(book)
+    }
+
+    fn apply(&mut self, e: Arc<AlertEvent>) {
+        self.next_seq = self.next_seq.max(e.seq + 1);
+        let state = self.states.entry(e.alert_id.clone()).or_insert_with(|| AlertState {
+            firing: false,
+            max_fired: 0.0,
+            last: e.clone(),
+        });
+        if e.state == "firing" {
+            state.max_fired = if state.firing { state.max_fired.max(e.threshold.unwrap_or(0.0)) } else { e.threshold.unwrap_or(0.0) };
+            state.firing = true;
+        } else {
+            state.firing = false;
+            state.max_fired = 0.0;
+        }
+        state.last = e.clone();
+        self.events.push(e);
+    }
+
+    /// Every event so far, oldest first.
+    pub fn events(&self) -> &[Arc<AlertEvent>] {
+        &self.events
+    }
+
+    /// The sequence number of the last event (0 when none).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// The latest event of each alert, most recent first; `firing_only` keeps alerts that are firing.
+    pub fn alerts(&self, firing_only: bool) -> Vec<Arc<AlertEvent>> {
+        let mut out: Vec<_> = self.states.values().filter(|s| s.firing || !firing_only).map(|s| s.last.clone()).collect();
+        out.sort_by(|a, b| b.seq.cmp(&a.seq));
+        out
+    }
+
+    /// Compares each budget's status with the alerts' states and records the transitions. Returns the new
+    /// events (already durable in the log).
+    pub fn evaluate(
+        &mut self,
+        budgets: &[(&Budget, BudgetStatus)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Arc<AlertEvent>>, CostError> {
+        let mut drafts: Vec<AlertEvent> = Vec::new();
+        let current: BTreeMap<&str, (&Budget, &BudgetStatus)> =
+            budgets.iter().map(|(b, s)| (b.config.name.as_str(), (*b, s))).collect();
+
+        for (budget, status) in budgets {
+            let levels = budget.levels();
+            let base = format!("{}/{}", status.name, status.period_key);
+            self.threshold(&mut drafts, &base, None, levels, status, status.utilization, status.spend_usd, now);
+            let mut scoped = BTreeSet::new();
+            for s in &status.sessions {
+                let id = format!("{base}/session={}", s.session_id);
+                self.threshold(&mut drafts, &id, Some(&s.session_id), levels, status, s.utilization, s.spend_usd, now);
+                scoped.insert(id);
+            }
+            // Sessions that dropped out of the list (rolling window) resolve like any other alert.
+            if status.kind == BudgetKind::SessionCost {
+                let prefix = format!("{base}/session=");
+                let lowest = levels.first().copied().unwrap_or(1.0);
+                for (id, st) in &self.states {
+                    if st.firing && id.starts_with(&prefix) && !scoped.contains(id) {
+                        let reason = "the session's spend left the window".to_string();
+                        drafts.push(resolved(&st.last, status, now, lowest, reason));
+                    }
+                }
+            }
+            self.forecast(&mut drafts, budget, &base, status, now);
+        }
+        // Alerts of ended periods and removed budgets.
+        for (id, st) in &self.states {
+            if !st.firing || drafts.iter().any(|d| &d.alert_id == id) {
+                continue;
+            }
+            let last = &st.last;
+            match current.get(last.budget.as_str()) {
+                None => drafts.push(resolved_plain(last, now, "the budget was removed from the config")),
+                Some((_, status)) if status.period_key != last.period_key => {
+                    drafts.push(resolved_plain(last, now, &format!("period {} ended", last.period_key)))
+                }
+                _ => {}
+            }
+        }
+        self.record(drafts)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn threshold(
+        &self,
+        drafts: &mut Vec<AlertEvent>,
+        id: &str,
+        scope: Option<&str>,
+        levels: &[f64],
+        status: &BudgetStatus,
+        utilization: f64,
+        spend: f64,
+        now: DateTime<Utc>,
+    ) {
+        let state = self.states.get(id).filter(|s| s.firing);
+        let top = levels.iter().copied().filter(|l| utilization >= *l).fold(None, |m: Option<f64>, l| Some(m.map_or(l, |m| m.max(l))));
+        match (top, state) {
+            (Some(top), None) => drafts.push(fired(id, scope, status, top, utilization, spend, now)),
+            (Some(top), Some(st)) if top > st.max_fired => drafts.push(fired(id, scope, status, top, utilization, spend, now)),
+            (None, Some(st)) => {
+                let lowest = levels.first().copied().unwrap_or(1.0);
+                if utilization < lowest * RESOLVE_MARGIN {
+                    let reason = format!("spend is back to {} ({:.0}% of the cap)", usd(spend), utilization * 100.0);
+                    drafts.push(resolved(&st.last, status, now, utilization, reason));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn forecast(&self, drafts: &mut Vec<AlertEvent>, budget: &Budget, base: &str, status: &BudgetStatus, now: DateTime<Utc>) {
+        if !budget.config.forecast || status.utilization >= 1.0 {
+            return;
+        }
+        let (Some(projected), Some(pu), Some(end)) = (status.projected_usd, status.projected_utilization, status.period_end) else {
+            return;
+        };
+        let id = format!("{base}/forecast");
+        if pu < 1.0 || self.states.contains_key(&id) {
+            return; // one forecast per period
+        }
+        let message = format!(
+            "{} projected to reach {} ({:.0}%) by {}; {} ({:.0}%) spent so far this {}",
+            status.name,
+            usd(projected),
+            pu * 100.0,
+            last_day(end),
+            usd(status.spend_usd),
+            status.utilization * 100.0,
+            status.period
+        );
+        let mut e = draft(&id, None, status, now, "firing", "warning", "forecast", None, status.utilization, status.spend_usd, message);
+        e.projected_usd = Some(projected);
+        drafts.push(e);
+    }
+
+    fn record(&mut self, drafts: Vec<AlertEvent>) -> Result<Vec<Arc<AlertEvent>>, CostError> {
+        if drafts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity(drafts.len());
+        let mut buf = Vec::new();
+        let mut seq = self.next_seq;
+        for mut e in drafts {
+            e.seq = seq;
+            seq += 1;
+            serde_json::to_writer(&mut buf, &e).expect("alert events serialise");
+            buf.push(b'\n');
+            out.push(Arc::new(e));
+        }
+        let err = |detail: String| CostError::AlertState { path: self.path.clone(), detail };
+        self.file.write_all(&buf).map_err(|e| err(format!("cannot append events: {e}")))?;
+        self.file.sync_data().map_err(|e| err(format!("cannot fsync events: {e}")))?;
+        for e in &out {
+            self.apply(e.clone());
+        }
+        Ok(out)
+    }
+}
+
+fn fired(
+    id: &str,
+    scope: Option<&str>,
+    status: &BudgetStatus,
+    threshold: f64,
+    utilization: f64,
+    spend: f64,
+    now: DateTime<Utc>,
+) -> AlertEvent {
+    let breach = threshold >= 1.0;
+    let what = match scope {
+        Some(session) => format!("session {session} of {}", status.name),
+        None => status.name.clone(),
+    };
+    let mut message = format!(
+        "{} {what}: {} of {} ({:.0}%) spent this {}{}",
+        if breach { "BREACH" } else { "WARNING" },
+        usd(spend),
+        status.cap_usd.map(usd).unwrap_or_else(|| "no USD cap".into()),
+        utilization * 100.0,
+        status.period,
+        if status.period_key == "rolling" { String::new() } else { format!(" ({})", status.period_key) },
+    );
+    if let (Some(share), Some(cap)) = (status.share, status.cap_share) {
+        message.push_str(&format!(
+            "; duplicate inference is {:.1}% of inference spend (cap {:.1}%)",
+            share * 100.0,
+            cap * 100.0
+        ));
+    }
+    message.push_str(&format!("; crossed the {:.0}% threshold", threshold * 100.0));
+    let severity = if breach { "critical" } else { "warning" };
+    let mut e = draft(id, scope, status, now, "firing", severity, "threshold", Some(threshold), utilization, spend, message);
+    e.projected_usd = status.projected_usd;
+    e
+}
+
+fn resolved(last: &AlertEvent, status: &BudgetStatus, now: DateTime<Utc>, utilization: f64, reason: String) -> AlertEvent {
+    let mut e = resolved_plain(last, now, &reason);
+    e.spend_usd = status.spend_usd;
+    e.utilization = utilization;
+    e.share = status.share;
+    e
+}
+
+fn resolved_plain(last: &AlertEvent, now: DateTime<Utc>, reason: &str) -> AlertEvent {
+    AlertEvent {
+        seq: 0,
+        time: now,
+        state: "resolved".into(),
+        severity: "info".into(),
+        event: "resolved".into(),
+        threshold: None,
+        projected_usd: None,
+        message: format!("RESOLVED {}: {reason}", last.alert_id),
+        ..last.clone()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn draft(
+    id: &str,
+    scope: Option<&str>,
+    status: &BudgetStatus,
+    now: DateTime<Utc>,
+    state: &str,
+    severity: &str,
+    event: &str,
+    threshold: Option<f64>,
+    utilization: f64,
+    spend: f64,
+    message: String,
+) -> AlertEvent {
+    AlertEvent {
+        seq: 0,
+        time: now,
+        alert_id: id.to_string(),
+        budget: status.name.clone(),
+        kind: status.kind,
+        scope: scope.map(str::to_string),
+        period: status.period.clone(),
+        period_key: status.period_key.clone(),
+        period_start: status.period_start,
+        period_end: status.period_end,
+        state: state.into(),
+        severity: severity.into(),
+        event: event.into(),
+        threshold,
+        spend_usd: spend,
+        cap_usd: status.cap_usd,
+        cap_share: status.cap_share,
+        share: status.share,
+        utilization,
+        projected_usd: None,
+        message,
+    }
+}
+
+/// Reads the events of a log and the byte length of its intact prefix (a torn last line is excluded).
+fn read_events(path: &Path) -> std::io::Result<(Vec<AlertEvent>, u64)> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(e),
+    };
+    let mut reader = BufReader::new(file);
+    let mut events = Vec::new();
+    let mut valid = 0u64;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break; // end, or a torn line
+        }
+        match serde_json::from_slice::<AlertEvent>(&line) {
+            Ok(e) => events.push(e),
+            Err(e) => tracing::warn!(path = %path.display(), offset = valid, "skipping an unreadable alert event: {e}"),
+        }
+        valid += n as u64;
+    }
+    Ok((events, valid))
+}
+
+/// The schema of the `alerts` SQL table: one row per alert event.
+pub fn alerts_schema() -> SchemaRef {
+    let ts = || DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("seq", DataType::Int64, false),
+        Field::new("time", ts(), false),
+        Field::new("alert_id", DataType::Utf8, false),
+        Field::new("budget", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("scope", DataType::Utf8, true),
+        Field::new("period", DataType::Utf8, false),
+        Field::new("period_key", DataType::Utf8, false),
+        Field::new("period_start", ts(), false),
+        Field::new("period_end", ts(), true),
+        Field::new("state", DataType::Utf8, false),
+        Field::new("severity", DataType::Utf8, false),
+        Field::new("event", DataType::Utf8, false),
+        Field::new("threshold", DataType::Float64, true),
+        Field::new("spend_usd", DataType::Float64, false),
+        Field::new("cap_usd", DataType::Float64, true),
+        Field::new("cap_share", DataType::Float64, true),
+        Field::new("share", DataType::Float64, true),
+        Field::new("utilization", DataType::Float64, false),
+        Field::new("projected_usd", DataType::Float64, true),
+        Field::new("message", DataType::Utf8, false),
+    ]))
+}
+
+/// Every alert event recorded under `data_dir`, as the `alerts` table. Reads the log afresh on each call (it
+/// is small: one line per alert transition).
+pub fn alerts_table(data_dir: &Path) -> Result<RecordBatch, String> {
+    let path = data_dir.join(ALERTS_DIR).join(EVENTS_FILE);
+    let (events, _) = read_events(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    events_batch(&events).map_err(|e| format!("cannot build the alerts table: {e}"))
+}
+
+/// Builds the `alerts` table from events.
+pub fn events_batch(events: &[AlertEvent]) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    let ns = |t: &DateTime<Utc>| t.timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let s = |f: &dyn Fn(&AlertEvent) -> String| -> ArrayRef { Arc::new(StringArray::from_iter_values(events.iter().map(f))) };
+    let os = |f: &dyn Fn(&AlertEvent) -> Option<String>| -> ArrayRef { Arc::new(StringArray::from(events.iter().map(f).collect::<Vec<_>>())) };
+    let f = |f: &dyn Fn(&AlertEvent) -> Option<f64>| -> ArrayRef { Arc::new(Float64Array::from(events.iter().map(f).collect::<Vec<_>>())) };
+    let t = |f: &dyn Fn(&AlertEvent) -> Option<i64>| -> ArrayRef {
+        Arc::new(TimestampNanosecondArray::from(events.iter().map(f).collect::<Vec<_>>()).with_timezone("UTC"))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.seq as i64))),
+        t(&|e| Some(ns(&e.time))),
+        s(&|e| e.alert_id.clone()),
+        s(&|e| e.budget.clone()),
+        s(&|e| e.kind.to_string()),
+        os(&|e| e.scope.clone()),
+        s(&|e| e.period.clone()),
+        s(&|e| e.period_key.clone()),
+        t(&|e| Some(ns(&e.period_start))),
+        t(&|e| e.period_end.as_ref().map(ns)),
+        s(&|e| e.state.clone()),
+        s(&|e| e.severity.clone()),
+        s(&|e| e.event.clone()),
+        f(&|e| e.threshold),
+        f(&|e| Some(e.spend_usd)),
+        f(&|e| e.cap_usd),
+        f(&|e| e.cap_share),
+        f(&|e| e.share),
+        f(&|e| Some(e.utilization)),
+        f(&|e| e.projected_usd),
+        s(&|e| e.message.clone()),
+    ];
+    RecordBatch::try_new(alerts_schema(), columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cost::budget::tests::{Row, batch, config, ns};
+    use crate::cost::budget::{BudgetPeriod, SpanColumns};
+
+    fn spend(b: &mut Budget, t: i64, usd: f64, now: i64) {
+        let rows = [Row { t, egress_cost: Some(usd), cost: Some(usd), ..Default::default() }];
+        b.add(&SpanColumns::from_batch(&batch(&rows)).unwrap(), now);
+    }
+
+    fn eval(book: &mut AlertBook, b: &Budget, now: i64) -> Vec<Arc<AlertEvent>> {
+        let status = b.status(now);
+        book.evaluate(&[(b, status)], DateTime::<Utc>::from_timestamp_nanos(now)).unwrap()
+    }
+
+    #[test]
+    fn lifecycle_fires_once_per_threshold_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = ns("2026-11-02T12:00:00Z");
+        let mut c = config("egress-monthly", BudgetKind::Egress, BudgetPeriod::Month, 100.0);
+        c.forecast = false;
+        let mut b = Budget::new(c, now);
+        let mut book = AlertBook::open(dir.path()).unwrap();
+        assert!(eval(&mut book, &b, now).is_empty());
+
+        spend(&mut b, now, 55.0, now);
+        let e = eval(&mut book, &b, now);
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].severity.as_str(), e[0].threshold), ("warning", Some(0.5)));
+        assert!(e[0].message.contains("$55.00 of $100.00 (55%)"), "{}", e[0].message);
+        assert!(eval(&mut book, &b, now).is_empty(), "de-duplicated");
+
+        // Jumping past two thresholds fires once, at the higher one.
+        spend(&mut b, now, 50.0, now);
+        let e = eval(&mut book, &b, now);
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].severity.as_str(), e[0].threshold, e[0].state.as_str()), ("critical", Some(1.0), "firing"));
+
+        // A restart replays the log: nothing fires again.
+        drop(book);
+        let mut book = AlertBook::open(dir.path()).unwrap();
+        assert_eq!(book.events().len(), 2);
+        assert!(eval(&mut book, &b, now).is_empty());
+        assert_eq!(book.alerts(true).len(), 1);
+
+        // The month ends: the alert resolves, once.
+        let next = ns("2026-12-01T00:00:05Z");
+        b.roll(next);
+        let e = eval(&mut book, &b, next);
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].event.as_str(), e[0].alert_id.as_str()), ("resolved", "egress-monthly/2026-11"));
+        assert!(eval(&mut book, &b, next).is_empty());
+
+        // The table mirrors the log.
+        let table = alerts_table(dir.path()).unwrap();
+        assert_eq!(table.num_rows(), 3);
+        assert_eq!(table.schema(), alerts_schema());
+    }
+
+    #[test]
+    fn rolling_alerts_resolve_when_spend_falls_and_can_fire_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = ns("2026-11-02T12:00:00Z");
+        let c = config("hourly", BudgetKind::Total, BudgetPeriod::Rolling(Duration::from_secs(3600)), 10.0);
+        let mut b = Budget::new(c, now);
+        let mut book = AlertBook::open(dir.path()).unwrap();
+        spend(&mut b, now, 12.0, now);
+        assert_eq!(eval(&mut book, &b, now)[0].severity, "critical");
+        let later = now + 2 * 3_600_000_000_000;
+        b.roll(later);
+        let e = eval(&mut book, &b, later);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].state, "resolved");
+        spend(&mut b, later, 6.0, later);
+        let e = eval(&mut book, &b, later);
+        assert_eq!((e.len(), e[0].threshold), (1, Some(0.5)), "a new episode");
+    }
+
+    #[test]
+    fn forecast_fires_once_per_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = ns("2026-11-16T00:00:00Z");
+        let mut b = Budget::new(config("egress-monthly", BudgetKind::Egress, BudgetPeriod::Month, 500.0), now);
+        for d in 1..=15 {
+            spend(&mut b, ns(&format!("2026-11-{d:02}T12:00:00Z")), 320.0 / 15.0, now);
+        }
+        let mut book = AlertBook::open(dir.path()).unwrap();
+        let e = eval(&mut book, &b, now);
+        // $320 is 64%: the 50% warning, plus the projection of $640 (128%) by 30 Nov.
+        assert_eq!(e.len(), 2, "{e:?}");
+        let f = e.iter().find(|e| e.event == "forecast").unwrap();
+        assert!(f.message.starts_with("egress-monthly projected to reach $640.00 (128%) by 30 Nov"), "{}", f.message);
+        assert_eq!(f.alert_id, "egress-monthly/2026-11/forecast");
+        assert!(eval(&mut book, &b, now + 3_600_000_000_000).is_empty());
+    }
+
+    #[test]
+    fn session_alerts_are_per_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = ns("2026-11-02T12:00:00Z");
+        let mut b = Budget::new(config("per-session", BudgetKind::SessionCost, BudgetPeriod::Day, 1.0), now);
+        let rows = [
+            Row { t: now, session: Some("s1"), cost: Some(1.5), ..Default::default() },
+            Row { t: now, session: Some("s2"), cost: Some(0.6), ..Default::default() },
+        ];
+        b.add(&SpanColumns::from_batch(&batch(&rows)).unwrap(), now);
+        let mut book = AlertBook::open(dir.path()).unwrap();
+        let e = eval(&mut book, &b, now);
+        let ids: BTreeSet<_> = e.iter().map(|e| e.alert_id.as_str()).collect();
+        assert!(ids.contains("per-session/2026-11-02/session=s1"));
+        assert!(ids.contains("per-session/2026-11-02/session=s2"));
+        assert!(ids.contains("per-session/2026-11-02"));
+        assert_eq!(e.iter().find(|e| e.scope.as_deref() == Some("s1")).unwrap().severity, "critical");
+    }
+
+    #[test]
+    fn torn_tail_is_cut_and_removed_budgets_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = ns("2026-11-02T12:00:00Z");
+        let mut b = Budget::new(config("gone", BudgetKind::Total, BudgetPeriod::Day, 1.0), now);
+        spend(&mut b, now, 2.0, now);
+        let mut book = AlertBook::open(dir.path()).unwrap();
+        assert_eq!(eval(&mut book, &b, now).len(), 1);
+        drop(book);
+        let path = dir.path().join(ALERTS_DIR).join(EVENTS_FILE);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"seq\": 2, \"ti").unwrap();
+        drop(f);
+        let mut book = AlertBook::open(dir.path()).unwrap();
+        assert_eq!(book.events().len(), 1);
+        let e = book.evaluate(&[], DateTime::<Utc>::from_timestamp_nanos(now)).unwrap();
+        assert_eq!(e.len(), 1);
+        assert!(e[0].message.contains("removed from the config"));
+        assert_eq!(e[0].seq, 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        assert!(text.lines().all(|l| serde_json::from_str::<AlertEvent>(l).is_ok()));
+    }
+}

@@ -1,0 +1,694 @@
+//! Budget accounting: period-to-date spend per `[[budget]]`, utilisation against its cap, and the burn-rate
+//! projection. Pure bookkeeping over spans; [`super::alerts`] turns the figures into alert events and
+//! [`super::engine`] feeds spans in and runs the evaluation.
+//!
+//! Spend is kept in time buckets (an hour for calendar periods, a minute for rolling windows) keyed by the span's
+//! `start_time`, so a status is a sum over at most a few thousand buckets, a rolling window slides by dropping
+//! old buckets, and the projection can read the recent burn rate.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampNanosecondArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use serde::{Deserialize, Serialize};
+
+use super::BudgetConfig;
+use super::prices::glob_match;
+
+/// What a budget counts.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetKind {
+    /// `egress_cost_usd`: data transfer.
+    Egress,
+    /// `cost_usd` of the non-winning copies of hedged requests (`hedge.id` set, `hedge.winner` not true).
+    DuplicateInference,
+    /// `cost_usd` per `session_id`: the cap applies to each session.
+    SessionCost,
+    /// `cost_usd` of everything.
+    #[default]
+    Total,
+}
+
+impl BudgetKind {
+    /// The name used in the config and in alerts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetKind::Egress => "egress",
+            BudgetKind::DuplicateInference => "duplicate_inference",
+            BudgetKind::SessionCost => "session_cost",
+            BudgetKind::Total => "total",
+        }
+    }
+}
+
+impl fmt::Display for BudgetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Over which time spend accumulates. Calendar periods are in UTC.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum BudgetPeriod {
+    /// The UTC calendar day.
+    Day,
+    /// The UTC calendar month.
+    #[default]
+    Month,
+    /// The trailing window ending now.
+    Rolling(Duration),
+}
+
+impl TryFrom<String> for BudgetPeriod {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.trim() {
+            "day" | "daily" => Ok(BudgetPeriod::Day),
+            "month" | "monthly" => Ok(BudgetPeriod::Month),
+            other => humantime_serde::re::humantime::parse_duration(other.strip_prefix("rolling:").unwrap_or(other))
+                .map(BudgetPeriod::Rolling)
+                .map_err(|e| format!("period {other:?} is not \"day\", \"month\" or a rolling window like \"24h\" ({e})")),
+        }
+    }
+}
+
+impl From<BudgetPeriod> for String {
+    fn from(p: BudgetPeriod) -> String {
+        p.to_string()
+    }
+}
+
+impl fmt::Display for BudgetPeriod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BudgetPeriod::Day => f.write_str("day"),
+            BudgetPeriod::Month => f.write_str("month"),
+            BudgetPeriod::Rolling(d) => write!(f, "{}", humantime_serde::re::humantime::format_duration(*d)),
+        }
+    }
+}
+
+const NS_PER_MIN: i64 = 60_000_000_000;
+const NS_PER_HOUR: i64 = 60 * NS_PER_MIN;
+const NS_PER_DAY: i64 = 24 * NS_PER_HOUR;
+
+/// The current period's bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeriodBounds {
+    /// Inclusive start, ns since the epoch.
+    pub start_ns: i64,
+    /// Exclusive end for calendar periods.
+    pub end_ns: Option<i64>,
+    /// `2026-11` for a month, `2026-11-22` for a day, `rolling` for a window.
+    pub key: String,
+}
+
+impl BudgetPeriod {
+    /// The period containing `now_ns`.
+    pub fn bounds(self, now_ns: i64) -> PeriodBounds {
+        let now = DateTime::<Utc>::from_timestamp_nanos(now_ns);
+        let date = now.date_naive();
+        let midnight = |d: NaiveDate| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        match self {
+            BudgetPeriod::Day => {
+                let start = midnight(date);
+                PeriodBounds { start_ns: start, end_ns: Some(start + NS_PER_DAY), key: date.format("%Y-%m-%d").to_string() }
+            }
+            BudgetPeriod::Month => {
+                let first = NaiveDate::from_ymd_opt(date.year(), date.month(), 1).expect("first of month exists");
+                let next = if date.month() == 12 {
+                    NaiveDate::from_ymd_opt(date.year() + 1, 1, 1)
+                } else {
+                    NaiveDate::from_ymd_opt(date.year(), date.month() + 1, 1)
+                }
+                .expect("first of next month exists");
+                PeriodBounds { start_ns: midnight(first), end_ns: Some(midnight(next)), key: date.format("%Y-%m").to_string() }
+            }
+            BudgetPeriod::Rolling(w) => PeriodBounds {
+                start_ns: now_ns.saturating_sub(w.as_nanos().min(i64::MAX as u128) as i64),
+                end_ns: None,
+                key: "rolling".to_string(),
+            },
+        }
+    }
+
+    fn bucket_ns(self) -> i64 {
+        match self {
+            BudgetPeriod::Rolling(_) => NS_PER_MIN,
+            _ => NS_PER_HOUR,
+        }
+    }
+}
+
+/// The columns of the `spans` schema a budget reads, borrowed from one batch.
+pub struct SpanColumns {
+    start: TimestampNanosecondArray,
+    service: StringArray,
+    region: StringArray,
+    provider: StringArray,
+    session: StringArray,
+    cost: Float64Array,
+    token_cost: Float64Array,
+    egress_cost: Float64Array,
+    hedge_id: StringArray,
+    hedge_winner: BooleanArray,
+}
+
+/// The `spans` columns budgets need, in the order [`SpanColumns::from_batch`] expects when reading history.
+pub const BUDGET_COLUMNS: [&str; 10] = [
+    "start_time",
+    "service_name",
+    "cloud_region",
+    "gen_ai_provider",
+    "session_id",
+    "cost_usd",
+    "token_cost_usd",
+    "egress_cost_usd",
+    "hedge_id",
+    "hedge_winner",
+];
+
+impl SpanColumns {
+    /// Reads the columns by name, casting view and dictionary string types to `Utf8`. `Err` names a column
+    /// missing or of the wrong type.
+    pub fn from_batch(batch: &RecordBatch) -> Result<SpanColumns, String> {
+        let get = |name: &str, ty: &DataType| -> Result<std::sync::Arc<dyn Array>, String> {
+            let col = batch.column_by_name(name).ok_or_else(|| format!("column {name} is missing"))?;
+            if col.data_type() == ty {
+                Ok(col.clone())
+            } else {
+                cast(col, ty).map_err(|e| format!("column {name}: {e}"))
+            }
+        };
+        let ts = DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
+        let s = |name: &str| get(name, &DataType::Utf8).map(|a| a.as_string::<i32>().clone());
+        let f = |name: &str| {
+            get(name, &DataType::Float64).map(|a| a.as_primitive::<datafusion::arrow::datatypes::Float64Type>().clone())
+        };
+        Ok(SpanColumns {
+            start: get("start_time", &ts)?
+                .as_primitive::<datafusion::arrow::datatypes::TimestampNanosecondType>()
+                .clone(),
+            service: s("service_name")?,
+            region: s("cloud_region")?,
+            provider: s("gen_ai_provider")?,
+            session: s("session_id")?,
+            cost: f("cost_usd")?,
+            token_cost: f("token_cost_usd")?,
+            egress_cost: f("egress_cost_usd")?,
+            hedge_id: s("hedge_id")?,
+            hedge_winner: get("hedge_winner", &DataType::Boolean)?.as_boolean().clone(),
+        })
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.start.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.start.is_empty()
+    }
+}
+
+fn opt_str(a: &StringArray, i: usize) -> Option<&str> {
+    a.is_valid(i).then(|| a.value(i))
+}
+
+fn opt_f64(a: &Float64Array, i: usize) -> Option<f64> {
+    a.is_valid(i).then(|| a.value(i)).filter(|v| v.is_finite())
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Tally {
+    spend: f64,
+    inference: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct SessionTally {
+    cost: f64,
+    last_ns: i64,
+}
+
+/// One session's figures against a `session_cost` budget.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SessionStatus {
+    pub session_id: String,
+    pub spend_usd: f64,
+    pub utilization: f64,
+}
+
+/// Where a budget stands now.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BudgetStatus {
+    pub name: String,
+    pub kind: BudgetKind,
+    /// `day`, `month` or the rolling window (`24h`).
+    pub period: String,
+    /// `2026-11`, `2026-11-22` or `rolling`.
+    pub period_key: String,
+    pub period_start: DateTime<Utc>,
+    pub period_end: Option<DateTime<Utc>>,
+    /// Spend counted by the budget this period (for `session_cost`: the most expensive session's).
+    pub spend_usd: f64,
+    pub cap_usd: Option<f64>,
+    /// `duplicate_inference`: all inference (token) spend in scope, and duplicate spend's share of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inference_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub share: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cap_share: Option<f64>,
+    /// Spend over cap (the larger of the USD and share ratios); 1.0 = cap reached.
+    pub utilization: f64,
+    /// Spend projected at the period's end from the recent burn rate (calendar periods, once enough of the
+    /// period has passed to say).
+    pub projected_usd: Option<f64>,
+    pub projected_utilization: Option<f64>,
+    /// `session_cost`: sessions at or above the lowest threshold, most expensive first (at most 100).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sessions: Vec<SessionStatus>,
+}
+
+/// A projection needs this share of the period behind it, so one early burst does not cry wolf.
+pub const FORECAST_MIN_ELAPSED: f64 = 0.05;
+/// The burn rate is measured over the trailing fifth of the period (or all of it so far, if less).
+pub const FORECAST_LOOKBACK: f64 = 0.2;
+const MAX_SESSIONS_REPORTED: usize = 100;
+
+/// One budget's running figures.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    /// Its configuration.
+    pub config: BudgetConfig,
+    levels: Vec<f64>,
+    buckets: BTreeMap<i64, Tally>,
+    sessions: HashMap<String, SessionTally>,
+    period_key: String,
+}
+
+impl Budget {
+    /// A budget with nothing counted yet. `config` must be valid.
+    pub fn new(config: BudgetConfig, now_ns: i64) -> Budget {
+        let mut levels = config.warn_at.clone();
+        levels.sort_by(f64::total_cmp);
+        levels.dedup();
+        let period_key = config.period.bounds(now_ns).key;
+        Budget { config, levels, buckets: BTreeMap::new(), sessions: HashMap::new(), period_key }
+    }
+
+    /// The thresholds, ascending.
+    pub fn levels(&self) -> &[f64] {
+        &self.levels
+    }
+
+    fn matches(&self, cols: &SpanColumns, i: usize) -> bool {
+        let test = |patterns: &[String], value: Option<&str>| {
+            patterns.is_empty() || value.is_some_and(|v| patterns.iter().any(|p| glob_match(p, v)))
+        };
+        test(&self.config.providers, opt_str(&cols.provider, i))
+            && test(&self.config.regions, opt_str(&cols.region, i))
+            && test(&self.config.services, opt_str(&cols.service, i))
+    }
+
+    /// Counts the rows of one batch that fall in the current period and match the filters.
+    pub fn add(&mut self, cols: &SpanColumns, now_ns: i64) {
+        let start_ns = self.config.period.bounds(now_ns).start_ns;
+        let width = self.config.period.bucket_ns();
+        for i in 0..cols.len() {
+            let t = cols.start.value(i);
+            if t < start_ns {
+                continue; // an earlier period, or outside the window
+            }
+            let cost = opt_f64(&cols.cost, i);
+            let (spend, inference) = match self.config.kind {
+                BudgetKind::Egress => (opt_f64(&cols.egress_cost, i).unwrap_or(0.0), 0.0),
+                BudgetKind::Total => (cost.unwrap_or(0.0), 0.0),
+                BudgetKind::DuplicateInference => {
+                    let duplicate = cols.hedge_id.is_valid(i)
+                        && !(cols.hedge_winner.is_valid(i) && cols.hedge_winner.value(i));
+                    (if duplicate { cost.unwrap_or(0.0) } else { 0.0 }, opt_f64(&cols.token_cost, i).unwrap_or(0.0))
+                }
+                BudgetKind::SessionCost => {
+                    let Some(session) = opt_str(&cols.session, i) else { continue };
+                    let Some(cost) = cost.filter(|c| *c != 0.0) else { continue };
+                    if !self.matches(cols, i) {
+                        continue;
+                    }
+                    let tally = self.sessions.entry(session.to_string()).or_default();
+                    tally.cost += cost;
+                    tally.last_ns = tally.last_ns.max(t);
+                    (cost, 0.0)
+                }
+            };
+            if spend == 0.0 && inference == 0.0 {
+                continue;
+            }
+            if self.config.kind != BudgetKind::SessionCost && !self.matches(cols, i) {
+                continue;
+            }
+            let b = self.buckets.entry(t.div_euclid(width) * width).or_default();
+            b.spend += spend;
+            b.inference += inference;
+        }
+    }
+
+    /// Starts a new calendar period when the old one ended and drops data that left a rolling window.
+    /// Returns the key of the period that ended, if one did.
+    pub fn roll(&mut self, now_ns: i64) -> Option<String> {
+        let bounds = self.config.period.bounds(now_ns);
+        let width = self.config.period.bucket_ns();
+        let keep_from = bounds.start_ns.div_euclid(width) * width;
+        self.buckets = self.buckets.split_off(&keep_from);
+        self.sessions.retain(|_, s| s.last_ns >= bounds.start_ns);
+        if bounds.key != self.period_key {
+            self.sessions.clear();
+            Some(std::mem::replace(&mut self.period_key, bounds.key))
+        } else {
+            None
+        }
+    }
+
+    /// The budget's figures at `now_ns`.
+    pub fn status(&self, now_ns: i64) -> BudgetStatus {
+        let c = &self.config;
+        let bounds = c.period.bounds(now_ns);
+        let width = c.period.bucket_ns();
+        let from = bounds.start_ns.div_euclid(width) * width;
+        let total = self.buckets.range(from..).fold(Tally::default(), |mut acc, (_, t)| {
+            acc.spend += t.spend;
+            acc.inference += t.inference;
+            acc
+        });
+        let ratio = |spend: f64, cap: Option<f64>| cap.map(|cap| spend / cap).unwrap_or(0.0);
+        let mut status = BudgetStatus {
+            name: c.name.clone(),
+            kind: c.kind,
+            period: c.period.to_string(),
+            period_key: bounds.key.clone(),
+            period_start: DateTime::<Utc>::from_timestamp_nanos(bounds.start_ns),
+            period_end: bounds.end_ns.map(DateTime::<Utc>::from_timestamp_nanos),
+            spend_usd: total.spend,
+            cap_usd: c.cap_usd,
+            inference_usd: None,
+            share: None,
+            cap_share: c.cap_share,
+            utilization: ratio(total.spend, c.cap_usd),
+            projected_usd: None,
+            projected_utilization: None,
+            sessions: Vec::new(),
+        };
+        match c.kind {
+            BudgetKind::DuplicateInference => {
+                let share = if total.inference > 0.0 { total.spend / total.inference } else { 0.0 };
+                status.inference_usd = Some(total.inference);
+                status.share = Some(share);
+                status.utilization = status.utilization.max(ratio(share, c.cap_share));
+            }
+            BudgetKind::SessionCost => {
+                let lowest = self.levels.first().copied().unwrap_or(1.0);
+                let mut sessions: Vec<SessionStatus> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.last_ns >= bounds.start_ns)
+                    .map(|(id, s)| SessionStatus {
+                        session_id: id.clone(),
+                        spend_usd: s.cost,
+                        utilization: ratio(s.cost, c.cap_usd),
+                    })
+                    .collect();
+                sessions.sort_by(|a, b| b.spend_usd.total_cmp(&a.spend_usd).then_with(|| a.session_id.cmp(&b.session_id)));
+                status.spend_usd = sessions.first().map(|s| s.spend_usd).unwrap_or(0.0);
+                status.utilization = sessions.first().map(|s| s.utilization).unwrap_or(0.0);
+                sessions.retain(|s| s.utilization >= lowest);
+                sessions.truncate(MAX_SESSIONS_REPORTED);
+                status.sessions = sessions;
+            }
+            _ => {}
+        }
+        if c.kind != BudgetKind::SessionCost {
+            if let (Some(end), Some(cap)) = (bounds.end_ns, c.cap_usd) {
+                status.projected_usd = self.project(bounds.start_ns, end, now_ns, total.spend);
+                status.projected_utilization = status.projected_usd.map(|p| p / cap);
+            }
+        }
+        status
+    }
+
+    /// Period-end spend at the recent burn rate: spend so far + rate over the trailing lookback x time left.
+    fn project(&self, start: i64, end: i64, now: i64, spend: f64) -> Option<f64> {
+        let length = (end - start) as f64;
+        let elapsed = now.saturating_sub(start);
+        if (elapsed as f64) < FORECAST_MIN_ELAPSED * length || now >= end {
+            return None;
+        }
+        let width = self.config.period.bucket_ns();
+        let lookback = (elapsed as f64).min(FORECAST_LOOKBACK * length) as i64;
+        let from = (now - lookback).div_euclid(width) * width;
+        let from = from.max(start);
+        let recent: f64 = self.buckets.range(from..).map(|(_, t)| t.spend).sum();
+        let rate = recent / (now - from).max(1) as f64;
+        Some(spend + rate * (end - now) as f64)
+    }
+}
+
+/// `$1,234.50`.
+pub fn usd(v: f64) -> String {
+    let cents = (v * 100.0).round() as i64;
+    let (whole, frac) = (cents.abs() / 100, cents.abs() % 100);
+    let digits = whole.to_string();
+    let mut grouped = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(ch);
+    }
+    format!("{}${grouped}.{frac:02}", if cents < 0 { "-" } else { "" })
+}
+
+/// The last day of the period, as in "by 30 Nov".
+pub fn last_day(end: DateTime<Utc>) -> String {
+    (end - chrono::Duration::nanoseconds(1)).format("%-d %b").to_string()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{ArrayRef, BooleanArray, Float64Array, StringArray, TimestampNanosecondArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+
+    use super::*;
+
+    /// A span for budget tests.
+    #[derive(Clone, Default)]
+    pub struct Row {
+        pub t: i64,
+        pub service: &'static str,
+        pub region: Option<&'static str>,
+        pub provider: Option<&'static str>,
+        pub session: Option<&'static str>,
+        pub cost: Option<f64>,
+        pub token_cost: Option<f64>,
+        pub egress_cost: Option<f64>,
+        pub hedge_id: Option<&'static str>,
+        pub winner: Option<bool>,
+    }
+
+    /// A batch with exactly the budget columns.
+    pub fn batch(rows: &[Row]) -> RecordBatch {
+        let ts = DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("start_time", ts, false),
+            Field::new("service_name", DataType::Utf8, false),
+            Field::new("cloud_region", DataType::Utf8, true),
+            Field::new("gen_ai_provider", DataType::Utf8, true),
+            Field::new("session_id", DataType::Utf8, true),
+            Field::new("cost_usd", DataType::Float64, true),
+            Field::new("token_cost_usd", DataType::Float64, true),
+            Field::new("egress_cost_usd", DataType::Float64, true),
+            Field::new("hedge_id", DataType::Utf8, true),
+            Field::new("hedge_winner", DataType::Boolean, true),
+        ]));
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(TimestampNanosecondArray::from(rows.iter().map(|r| r.t).collect::<Vec<_>>()).with_timezone("UTC")),
+            Arc::new(StringArray::from(rows.iter().map(|r| Some(r.service)).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(rows.iter().map(|r| r.region).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(rows.iter().map(|r| r.provider).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(rows.iter().map(|r| r.session).collect::<Vec<_>>())),
+            Arc::new(Float64Array::from(rows.iter().map(|r| r.cost).collect::<Vec<_>>())),
+            Arc::new(Float64Array::from(rows.iter().map(|r| r.token_cost).collect::<Vec<_>>())),
+            Arc::new(Float64Array::from(rows.iter().map(|r| r.egress_cost).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(rows.iter().map(|r| r.hedge_id).collect::<Vec<_>>())),
+            Arc::new(BooleanArray::from(rows.iter().map(|r| r.winner).collect::<Vec<_>>())),
+        ];
+        RecordBatch::try_new(schema, cols).unwrap()
+    }
+
+    pub fn ns(s: &str) -> i64 {
+        DateTime::parse_from_rfc3339(s).unwrap().timestamp_nanos_opt().unwrap()
+    }
+
+    pub fn config(name: &str, kind: BudgetKind, period: BudgetPeriod, cap: f64) -> BudgetConfig {
+        BudgetConfig {
+            name: name.into(),
+            kind,
+            period,
+            cap_usd: Some(cap),
+            warn_at: vec![0.5, 0.8, 1.0],
+            forecast: true,
+            ..Default::default()
+        }
+    }
+
+    fn add(b: &mut Budget, rows: &[Row], now: i64) {
+        b.add(&SpanColumns::from_batch(&batch(rows)).unwrap(), now);
+    }
+
+    #[test]
+    fn period_parsing_and_bounds() {
+        assert_eq!(BudgetPeriod::try_from("month".to_string()), Ok(BudgetPeriod::Month));
+        assert_eq!(BudgetPeriod::try_from("24h".to_string()), Ok(BudgetPeriod::Rolling(Duration::from_secs(86400))));
+        assert!(BudgetPeriod::try_from("weekly".to_string()).is_err());
+        let b = BudgetPeriod::Month.bounds(ns("2026-12-31T23:59:59Z"));
+        assert_eq!(b.key, "2026-12");
+        assert_eq!(b.end_ns, Some(ns("2027-01-01T00:00:00Z")));
+        let b = BudgetPeriod::Day.bounds(ns("2026-11-22T10:00:00Z"));
+        assert_eq!((b.start_ns, b.key.as_str()), (ns("2026-11-22T00:00:00Z"), "2026-11-22"));
+    }
+
+    #[test]
+    fn egress_budget_counts_the_current_month_and_matching_spans_only() {
+        let now = ns("2026-11-15T12:00:00Z");
+        let mut c = config("egress-monthly", BudgetKind::Egress, BudgetPeriod::Month, 500.0);
+        c.providers = vec!["aws.*".into()];
+        let mut b = Budget::new(c, now);
+        let row = |t: &str, p: &'static str, e: f64| Row {
+            t: ns(t),
+            provider: Some(p),
+            egress_cost: Some(e),
+            cost: Some(e + 1.0),
+            ..Default::default()
+        };
+        add(
+            &mut b,
+            &[
+                row("2026-11-01T00:00:00Z", "aws.bedrock", 100.0),
+                row("2026-11-15T11:00:00Z", "aws.bedrock", 150.0),
+                row("2026-10-31T23:59:59Z", "aws.bedrock", 1000.0), // last month
+                row("2026-11-10T00:00:00Z", "gcp.vertex_ai", 1000.0), // filtered out
+            ],
+            now,
+        );
+        let s = b.status(now);
+        assert_eq!(s.spend_usd, 250.0);
+        assert_eq!(s.utilization, 0.5);
+        assert_eq!(s.period_key, "2026-11");
+        // A new month starts from zero.
+        let later = ns("2026-12-01T00:00:01Z");
+        assert_eq!(b.roll(later).as_deref(), Some("2026-11"));
+        assert_eq!(b.status(later).spend_usd, 0.0);
+    }
+
+    #[test]
+    fn projection_uses_the_recent_burn_rate() {
+        // 30-day month; $10/day for 15 days = $150 so far; the last 6 days burned $10/day as well.
+        let now = ns("2026-11-16T00:00:00Z");
+        let mut b = Budget::new(config("egress-monthly", BudgetKind::Egress, BudgetPeriod::Month, 200.0), now);
+        let rows: Vec<Row> = (1..=15)
+            .map(|d| Row { t: ns(&format!("2026-11-{d:02}T12:00:00Z")), egress_cost: Some(10.0), ..Default::default() })
+            .collect();
+        add(&mut b, &rows, now);
+        let s = b.status(now);
+        assert_eq!(s.spend_usd, 150.0);
+        let p = s.projected_usd.unwrap();
+        assert!((p - 300.0).abs() < 1e-6, "{p}");
+        assert!((s.projected_utilization.unwrap() - 1.5).abs() < 1e-9);
+        assert_eq!(last_day(s.period_end.unwrap()), "30 Nov");
+        // Too early in the period to project.
+        let early = ns("2026-11-01T06:00:00Z");
+        assert_eq!(Budget::new(b.config.clone(), early).status(early).projected_usd, None);
+    }
+
+    #[test]
+    fn duplicate_inference_counts_losers_and_the_share() {
+        let now = ns("2026-11-15T12:00:00Z");
+        let mut c = config("dup", BudgetKind::DuplicateInference, BudgetPeriod::Day, 10.0);
+        c.cap_share = Some(0.1);
+        let mut b = Budget::new(c, now);
+        let t = ns("2026-11-15T11:00:00Z");
+        let r = |hedge: Option<&'static str>, winner: Option<bool>, cost: f64| Row {
+            t,
+            hedge_id: hedge,
+            winner,
+            cost: Some(cost),
+            token_cost: Some(cost),
+            ..Default::default()
+        };
+        add(
+            &mut b,
+            &[
+                r(Some("h1"), Some(true), 1.0),
+                r(Some("h1"), Some(false), 0.5),
+                r(Some("h2"), None, 0.25), // no winner flag: a loser
+                r(Some("h2"), Some(true), 1.0),
+                r(None, None, 2.25),
+            ],
+            now,
+        );
+        let s = b.status(now);
+        assert_eq!(s.spend_usd, 0.75);
+        assert_eq!(s.inference_usd, Some(5.0));
+        assert_eq!(s.share, Some(0.15));
+        // Share 15% against a 10% cap dominates 0.75/10.
+        assert!((s.utilization - 1.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn rolling_window_forgets_old_spend() {
+        let now = ns("2026-11-15T12:00:00Z");
+        let mut b = Budget::new(config("r", BudgetKind::Total, BudgetPeriod::Rolling(Duration::from_secs(3600)), 10.0), now);
+        add(
+            &mut b,
+            &[
+                Row { t: ns("2026-11-15T11:30:00Z"), cost: Some(4.0), ..Default::default() },
+                Row { t: ns("2026-11-15T10:30:00Z"), cost: Some(100.0), ..Default::default() },
+            ],
+            now,
+        );
+        assert_eq!(b.status(now).spend_usd, 4.0);
+        let later = ns("2026-11-15T12:31:00Z");
+        assert_eq!(b.roll(later), None);
+        assert_eq!(b.status(later).spend_usd, 0.0);
+        assert_eq!(b.status(later).projected_usd, None);
+    }
+
+    #[test]
+    fn session_cost_caps_each_session() {
+        let now = ns("2026-11-15T12:00:00Z");
+        let mut b = Budget::new(config("per-session", BudgetKind::SessionCost, BudgetPeriod::Day, 1.0), now);
+        let r = |s: &'static str, cost: f64| Row { t: now - 1, session: Some(s), cost: Some(cost), ..Default::default() };
+        add(&mut b, &[r("a", 0.3), r("a", 0.3), r("b", 1.2), r("c", 0.1)], now);
+        let s = b.status(now);
+        assert_eq!(s.spend_usd, 1.2);
+        assert!((s.utilization - 1.2).abs() < 1e-9);
+        let ids: Vec<_> = s.sessions.iter().map(|s| s.session_id.as_str()).collect();
+        assert_eq!(ids, ["b", "a"], "c is below the lowest threshold (0.5)");
+    }
+
+    #[test]
+    fn money_formatting() {
+        assert_eq!(usd(640.0), "$640.00");
+        assert_eq!(usd(1234567.891), "$1,234,567.89");
+        assert_eq!(usd(0.004), "$0.00");
+    }
+}

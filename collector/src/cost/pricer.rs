@@ -1,0 +1,497 @@
+//! The per-span pricer: tokens x model price, plus egress bytes x the paying cloud's rate.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use super::egress::{EgressTable, Endpoint, Path, ProviderClouds, path};
+use super::prices::{ModelPrice, PriceTable, TokenUsage, candidates, glob_match};
+use super::{CostError, PricingConfig, SpanCost, SpanFacts};
+
+/// `price_source` of a span whose model has no price.
+pub const UNKNOWN: &str = "unknown";
+
+/// Resolutions cached before the cache is reset (model names are few; this bounds a pathological client).
+const CACHE_LIMIT: usize = 8192;
+
+type CacheKey = (Option<String>, Option<String>, Option<String>, Option<String>);
+
+#[derive(Debug, Default)]
+struct Cache {
+    map: HashMap<u64, Vec<(CacheKey, Option<Arc<ModelPrice>>)>>,
+    len: usize,
+}
+
+/// Prices spans. Built once from [`PricingConfig`]; cheap to clone (shares its tables and resolution cache).
+#[derive(Debug, Clone)]
+pub struct Pricer {
+    models: Arc<PriceTable>,
+    aliases: Arc<Vec<(String, String)>>,
+    egress: Arc<EgressTable>,
+    provider_clouds: Arc<ProviderClouds>,
+    bytes_per_gb: f64,
+    cache: Arc<RwLock<Cache>>,
+}
+
+impl Default for Pricer {
+    /// The built-in tables with no overrides.
+    fn default() -> Self {
+        Pricer::from_config(&PricingConfig::default()).expect("the built-in pricing parses")
+    }
+}
+
+impl Pricer {
+    /// Builds the pricer from the built-in tables and the configured override files and entries.
+    pub fn from_config(config: &PricingConfig) -> Result<Pricer, CostError> {
+        config.validate()?;
+        let mut models = if config.replace_default_models { PriceTable::default() } else { PriceTable::builtin() };
+        for file in &config.model_files {
+            let text = std::fs::read_to_string(file)
+                .map_err(|source| CostError::ReadFile { path: file.clone(), source })?;
+            let origin = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
+            models.merge(PriceTable::from_litellm_json(&text, &origin)?);
+        }
+        if !config.models.is_empty() {
+            models.merge(PriceTable::from_entries(config.models.iter().map(|(k, v)| (k.as_str(), v)), "config")?);
+        }
+        let mut egress = if config.replace_default_egress { EgressTable::default() } else { EgressTable::builtin() };
+        if let Some(file) = &config.egress_file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|source| CostError::ReadFile { path: file.clone(), source })?;
+            let table = EgressTable::from_json(&text, &file.display().to_string())?;
+            egress.merge(table.entries().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>());
+        }
+        egress.merge(config.egress.clone());
+        Ok(Pricer {
+            models: Arc::new(models),
+            aliases: Arc::new(config.aliases.iter().map(|(k, v)| (k.to_lowercase(), v.clone())).collect()),
+            egress: Arc::new(egress),
+            provider_clouds: Arc::new(ProviderClouds::new(&config.provider_clouds)),
+            bytes_per_gb: config.bytes_per_gb as f64,
+            cache: Arc::default(),
+        })
+    }
+
+    /// The model price table in use.
+    pub fn models(&self) -> &PriceTable {
+        &self.models
+    }
+
+    /// The cloud that serves `gen_ai_provider`, if any.
+    pub fn provider_cloud(&self, gen_ai_provider: &str) -> Option<&str> {
+        self.provider_clouds.cloud_of(gen_ai_provider)
+    }
+
+    /// Prices one span.
+    pub fn price(&self, f: &SpanFacts<'_>) -> SpanCost {
+        let has_tokens = f.input_tokens.is_some()
+            || f.output_tokens.is_some()
+            || f.cache_read_tokens.is_some()
+            || f.cache_creation_tokens.is_some();
+        let (token_cost_usd, price_source) = if has_tokens {
+            match self.resolve(f) {
+                Some(price) => {
+                    let usage = TokenUsage {
+                        input: f.input_tokens.unwrap_or(0).max(0),
+                        output: f.output_tokens.unwrap_or(0).max(0),
+                        cache_read: f.cache_read_tokens.unwrap_or(0).max(0),
+                        cache_creation: f.cache_creation_tokens.unwrap_or(0).max(0),
+                        reasoning: f.reasoning_tokens.unwrap_or(0).max(0),
+                    };
+                    (Some(usage.cost(&price)), Some(price.label()))
+                }
+                None => (None, Some(UNKNOWN.to_string())),
+            }
+        } else {
+            (None, None)
+        };
+        let (egress_bytes, egress_cost_usd) = self.egress(f);
+        let unpriced = price_source.as_deref() == Some(UNKNOWN);
+        let cost_usd = if unpriced || (token_cost_usd.is_none() && egress_cost_usd.is_none()) {
+            None
+        } else {
+            Some(token_cost_usd.unwrap_or(0.0) + egress_cost_usd.unwrap_or(0.0))
+        };
+        SpanCost { token_cost_usd, egress_bytes, egress_cost_usd, cost_usd, price_source }
+    }
+
+    /// Egress bytes and their cost.
+    ///
+    /// Request bytes leave the caller and are charged by the caller's cloud; response bytes leave the
+    /// destination and are charged by the destination's cloud. `egress.bytes`, where set, replaces both: it is
+    /// charged by the caller's cloud along the caller -> destination path (or, when the caller runs on no known
+    /// cloud, by the destination's cloud at its internet rate).
+    pub fn egress(&self, f: &SpanFacts<'_>) -> (Option<i64>, Option<f64>) {
+        let src = Endpoint { cloud: f.cloud_provider, region: f.cloud_region };
+        let dst_cloud = f.peer_cloud_provider.or_else(|| f.gen_ai_provider.and_then(|p| self.provider_cloud(p)));
+        let dst = Endpoint { cloud: dst_cloud, region: f.peer_cloud_region };
+        let per_byte = |payer: Option<&str>, p: Path| -> f64 {
+            payer.and_then(|c| self.egress.rate(c, p)).unwrap_or(0.0) / self.bytes_per_gb
+        };
+        if let Some(bytes) = f.egress_bytes.filter(|b| *b >= 0) {
+            let rate = if src.cloud.is_some() {
+                per_byte(src.cloud, path(src, dst))
+            } else {
+                per_byte(dst.cloud, Path::Internet)
+            };
+            return (Some(bytes), Some(bytes as f64 * rate));
+        }
+        let req = f.request_bytes.filter(|b| *b >= 0);
+        let resp = f.response_bytes.filter(|b| *b >= 0);
+        if req.is_none() && resp.is_none() {
+            return (None, None);
+        }
+        let (req, resp) = (req.unwrap_or(0), resp.unwrap_or(0));
+        let cost = req as f64 * per_byte(src.cloud, path(src, dst)) + resp as f64 * per_byte(dst.cloud, path(dst, src));
+        (Some(req + resp), Some(cost))
+    }
+
+    /// The price entry for the span's model (response model first, it names the exact version), cached.
+    fn resolve(&self, f: &SpanFacts<'_>) -> Option<Arc<ModelPrice>> {
+        let region = f.peer_cloud_region.or(f.cloud_region);
+        let mut h = DefaultHasher::new();
+        (f.gen_ai_provider, region, f.response_model, f.request_model).hash(&mut h);
+        let hash = h.finish();
+        let same = |k: &CacheKey| {
+            k.0.as_deref() == f.gen_ai_provider
+                && k.1.as_deref() == region
+                && k.2.as_deref() == f.response_model
+                && k.3.as_deref() == f.request_model
+        };
+        if let Some(bucket) = self.cache.read().map.get(&hash) {
+            if let Some((_, r)) = bucket.iter().find(|(k, _)| same(k)) {
+                return r.clone();
+            }
+        }
+        let found = [f.response_model, f.request_model]
+            .into_iter()
+            .flatten()
+            .find_map(|m| self.lookup(f.gen_ai_provider, region, m))
+            .map(|p| Arc::new(p.clone()));
+        let mut cache = self.cache.write();
+        if cache.len >= CACHE_LIMIT {
+            cache.map.clear();
+            cache.len = 0;
+        }
+        let key = (
+            f.gen_ai_provider.map(str::to_string),
+            region.map(str::to_string),
+            f.response_model.map(str::to_string),
+            f.request_model.map(str::to_string),
+        );
+        cache.map.entry(hash).or_default().push((key, found.clone()));
+        cache.len += 1;
+        found
+    }
+
+    /// Resolves one model name: configured aliases first, then the name's [`candidates`], each tried with the
+    /// provider (and region) qualified keys before the bare name.
+    pub fn lookup(&self, provider: Option<&str>, region: Option<&str>, model: &str) -> Option<&ModelPrice> {
+        let lower = model.trim().to_lowercase();
+        if let Some((_, target)) = self.aliases.iter().find(|(pattern, _)| glob_match(pattern, &lower)) {
+            if let Some(p) = self.lookup_candidates(provider, region, target) {
+                return Some(p);
+            }
+        }
+        self.lookup_candidates(provider, region, model)
+    }
+
+    fn lookup_candidates(&self, provider: Option<&str>, region: Option<&str>, model: &str) -> Option<&ModelPrice> {
+        let prefixes = provider.map(provider_prefixes).unwrap_or_default();
+        for c in candidates(model) {
+            for p in &prefixes {
+                if let Some(r) = region {
+                    if let Some(hit) = self.models.get(&format!("{p}/{}/{c}", r.to_lowercase())) {
+                        return Some(hit);
+                    }
+                }
+                if let Some(hit) = self.models.get(&format!("{p}/{c}")) {
+                    return Some(hit);
+                }
+            }
+            if let Some(hit) = self.models.get(&c) {
+                return Some(hit);
+            }
+        }
+        None
+    }
+}
+
+/// The key prefixes a provider's entries may use: its OpenTelemetry name and LiteLLM's name for it.
+fn provider_prefixes(provider: &str) -> Vec<String> {
+    let p = provider.to_lowercase();
+    let litellm: &[&str] = match p.as_str() {
+        "aws.bedrock" => &["bedrock", "bedrock_converse"],
+        "azure.ai.openai" | "az.ai.openai" => &["azure"],
+        "azure.ai.inference" | "az.ai.inference" => &["azure_ai"],
+        "gcp.vertex_ai" | "vertex_ai" => &["vertex_ai"],
+        "gcp.gemini" => &["gemini"],
+        "gcp.gen_ai" => &["vertex_ai", "gemini"],
+        "mistral_ai" => &["mistral"],
+        _ => &[],
+    };
+    std::iter::once(p.clone()).chain(litellm.iter().map(|s| s.to_string())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EPS: f64 = 1e-12;
+
+    fn llm<'a>(provider: &'a str, model: &'a str, input: i64, output: i64) -> SpanFacts<'a> {
+        SpanFacts {
+            gen_ai_provider: Some(provider),
+            gen_ai_operation: Some("chat"),
+            request_model: Some(model),
+            input_tokens: Some(input),
+            output_tokens: Some(output),
+            ..SpanFacts::default()
+        }
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < EPS.max(b.abs() * 1e-9)
+    }
+
+    #[test]
+    fn plain_tokens() {
+        let p = Pricer::default();
+        let c = p.price(&llm("openai", "gpt-4o", 1_000_000, 100_000));
+        // $2.50/M in + $10/M out.
+        assert!(close(c.token_cost_usd.unwrap(), 2.5 + 1.0), "{c:?}");
+        assert_eq!(c.cost_usd, c.token_cost_usd);
+        assert_eq!(c.price_source.as_deref(), Some("default:gpt-4o"));
+        assert_eq!(c.egress_bytes, None);
+    }
+
+    #[test]
+    fn cached_tokens_are_not_billed_twice() {
+        let p = Pricer::default();
+        // claude-sonnet-4-5: $3/M input, $0.30/M cache read, $3.75/M cache write, $15/M output.
+        let f = SpanFacts {
+            cache_read_tokens: Some(80_000),
+            cache_creation_tokens: Some(10_000),
+            ..llm("anthropic", "claude-sonnet-4-5-20250929", 100_000, 2_000)
+        };
+        let c = p.price(&f);
+        let expected = 10_000.0 * 3e-6 + 80_000.0 * 0.3e-6 + 10_000.0 * 3.75e-6 + 2_000.0 * 15e-6;
+        assert!(close(c.token_cost_usd.unwrap(), expected), "{} vs {expected}", c.token_cost_usd.unwrap());
+        // The naive formula (input x full rate + cached on top) would have charged far more.
+        let naive = 100_000.0 * 3e-6 + 80_000.0 * 0.3e-6 + 10_000.0 * 3.75e-6 + 2_000.0 * 15e-6;
+        assert!(naive / expected > 2.5);
+        assert_eq!(c.price_source.as_deref(), Some("default:claude-sonnet-4-5"));
+    }
+
+    #[test]
+    fn input_reported_without_cache_is_detected() {
+        let p = Pricer::default();
+        // Anthropic's native shape: input_tokens = uncached only (50), cache read 5000.
+        let f = SpanFacts { cache_read_tokens: Some(5_000), ..llm("anthropic", "claude-haiku-4-5", 50, 10) };
+        let expected = 50.0 * 1e-6 + 5_000.0 * 0.1e-6 + 10.0 * 5e-6;
+        assert!(close(p.price(&f).token_cost_usd.unwrap(), expected));
+    }
+
+    #[test]
+    fn long_context_tier_applies_above_200k() {
+        let p = Pricer::default();
+        let below = p.price(&llm("anthropic", "claude-sonnet-4-5", 200_000, 1_000)).token_cost_usd.unwrap();
+        assert!(close(below, 200_000.0 * 3e-6 + 1_000.0 * 15e-6));
+        let above = p.price(&llm("anthropic", "claude-sonnet-4-5", 200_001, 1_000)).token_cost_usd.unwrap();
+        assert!(close(above, 200_001.0 * 6e-6 + 1_000.0 * 22.5e-6), "{above}");
+        // Cached tokens count toward the threshold and are priced at the tier's cache rate.
+        let f = SpanFacts { cache_read_tokens: Some(150_000), ..llm("gcp.gemini", "gemini-2.5-pro", 250_000, 0) };
+        let c = p.price(&f).token_cost_usd.unwrap();
+        assert!(close(c, 100_000.0 * 2.5e-6 + 150_000.0 * 0.625e-6), "{c}");
+    }
+
+    #[test]
+    fn reasoning_tokens_are_part_of_output() {
+        let mut config = PricingConfig::default();
+        config.models.insert(
+            "thinker".into(),
+            serde_json::json!({"input_cost_per_token": 1e-6, "output_cost_per_token": 4e-6, "output_cost_per_reasoning_token": 2e-6}),
+        );
+        let p = Pricer::from_config(&config).unwrap();
+        let f = SpanFacts { reasoning_tokens: Some(600), ..llm("x", "thinker", 0, 1_000) };
+        assert!(close(p.price(&f).token_cost_usd.unwrap(), 400.0 * 4e-6 + 600.0 * 2e-6));
+        // Without a reasoning rate, reasoning is billed as output and never double counted.
+        let f = SpanFacts { reasoning_tokens: Some(600), ..llm("openai", "o3", 0, 1_000) };
+        assert!(close(Pricer::default().price(&f).token_cost_usd.unwrap(), 1_000.0 * 8e-6));
+    }
+
+    #[test]
+    fn bedrock_prefixes_and_arns_resolve_to_the_base_model() {
+        let p = Pricer::default();
+        let base = p.price(&llm("anthropic", "claude-3-7-sonnet", 1000, 1000)).token_cost_usd.unwrap();
+        for model in [
+            "anthropic.claude-3-7-sonnet-20250219-v1:0",
+            "us.anthropic.claude-3-7-sonnet-20250219-v1:0",
+            "eu.anthropic.claude-3-7-sonnet-20250219-v1:0",
+            "apac.anthropic.claude-3-7-sonnet-20250219-v1:0",
+            "global.anthropic.claude-3-7-sonnet-20250219-v1:0",
+            "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-7-sonnet-20250219-v1:0",
+            "arn:aws:bedrock:us-west-2::foundation-model/anthropic.claude-3-7-sonnet-20250219-v1:0",
+        ] {
+            let c = p.price(&llm("aws.bedrock", model, 1000, 1000));
+            assert_eq!(c.price_source.as_deref(), Some("default:claude-3-7-sonnet"), "{model}");
+            assert!(close(c.token_cost_usd.unwrap(), base), "{model}");
+        }
+        let c = p.price(&llm("aws.bedrock", "us.amazon.nova-pro-v1:0", 1_000_000, 0));
+        assert!(close(c.token_cost_usd.unwrap(), 0.8));
+    }
+
+    #[test]
+    fn response_model_wins_and_dated_snapshots_keep_their_price() {
+        let p = Pricer::default();
+        let f = SpanFacts { response_model: Some("gpt-4o-2024-05-13"), ..llm("openai", "gpt-4o", 1_000_000, 0) };
+        assert!(close(p.price(&f).token_cost_usd.unwrap(), 5.0));
+        let f = SpanFacts { response_model: Some("gpt-4o-2024-08-06"), ..llm("openai", "gpt-4o", 1_000_000, 0) };
+        assert!(close(p.price(&f).token_cost_usd.unwrap(), 2.5));
+    }
+
+    #[test]
+    fn unknown_models_are_null_not_zero() {
+        let p = Pricer::default();
+        let f = SpanFacts { request_bytes: Some(1000), cloud_provider: Some("aws"), ..llm("acme", "mystery-9000", 10, 10) };
+        let c = p.price(&f);
+        assert_eq!(c.token_cost_usd, None);
+        assert_eq!(c.cost_usd, None);
+        assert_eq!(c.price_source.as_deref(), Some(UNKNOWN));
+        assert!(c.egress_cost_usd.is_some(), "egress is still priced");
+        // Tokens without any model name are unknown too.
+        let f = SpanFacts { input_tokens: Some(5), ..SpanFacts::default() };
+        assert_eq!(p.price(&f).price_source.as_deref(), Some(UNKNOWN));
+        // No tokens at all: not an LLM call, nothing to price.
+        let c = p.price(&SpanFacts::default());
+        assert_eq!(c, SpanCost::default());
+    }
+
+    #[test]
+    fn litellm_file_drops_in_with_provider_and_region_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("model_prices_and_context_window.json");
+        std::fs::write(
+            &file,
+            r#"{
+              "sample_spec": {"max_tokens": "LEGACY parameter", "input_cost_per_token": 0.0, "output_cost_per_token": 0.0},
+              "gpt-4o": {"max_tokens": 16384, "input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05,
+                         "cache_read_input_token_cost": 1.25e-06, "litellm_provider": "openai", "mode": "chat",
+                         "supports_vision": true},
+              "bedrock/eu-central-1/anthropic.claude-3-7-sonnet-20250219-v1:0": {"input_cost_per_token": "3.3e-06",
+                         "output_cost_per_token": 1.65e-05, "litellm_provider": "bedrock"},
+              "dall-e-3": {"input_cost_per_pixel": 1e-07, "litellm_provider": "openai", "mode": "image_generation"},
+              "gemini-1.5-pro": {"input_cost_per_token": 1.25e-06, "input_cost_per_token_above_128k_tokens": 2.5e-06,
+                         "output_cost_per_token": 5e-06, "output_cost_per_token_above_128k_tokens": 1e-05}
+            }"#,
+        )
+        .unwrap();
+        let config = PricingConfig { model_files: vec![file], replace_default_models: true, ..Default::default() };
+        let p = Pricer::from_config(&config).unwrap();
+        assert_eq!(p.models().len(), 3, "sample_spec and the image model are skipped");
+        let c = p.price(&llm("openai", "gpt-4o-2024-11-20", 1_000_000, 0));
+        assert_eq!(c.price_source.as_deref(), Some("model_prices_and_context_window.json:gpt-4o"));
+        let f = SpanFacts {
+            peer_cloud_region: Some("eu-central-1"),
+            ..llm("aws.bedrock", "eu.anthropic.claude-3-7-sonnet-20250219-v1:0", 1_000_000, 0)
+        };
+        let c = p.price(&f);
+        assert!(close(c.token_cost_usd.unwrap(), 3.3), "{c:?}");
+        // Same model in a region the file has no entry for: unknown (the file replaced the defaults).
+        let f = SpanFacts { peer_cloud_region: Some("us-east-1"), ..f };
+        assert_eq!(p.price(&f).price_source.as_deref(), Some(UNKNOWN));
+        let c = p.price(&llm("gcp.vertex_ai", "gemini-1.5-pro-002", 200_000, 1_000)).token_cost_usd.unwrap();
+        assert!(close(c, 200_000.0 * 2.5e-6 + 1_000.0 * 1e-5));
+    }
+
+    #[test]
+    fn aliases_map_deployment_names() {
+        let mut config = PricingConfig::default();
+        config.aliases.insert("prod-chat-*".into(), "gpt-4.1-mini".into());
+        let p = Pricer::from_config(&config).unwrap();
+        let c = p.price(&llm("azure.ai.openai", "prod-chat-eastus", 1_000_000, 0));
+        assert_eq!(c.price_source.as_deref(), Some("default:gpt-4.1-mini"));
+    }
+
+    fn egress_facts<'a>(
+        src: (Option<&'a str>, Option<&'a str>),
+        dst: (Option<&'a str>, Option<&'a str>),
+        provider: Option<&'a str>,
+        req: i64,
+        resp: i64,
+    ) -> SpanFacts<'a> {
+        SpanFacts {
+            cloud_provider: src.0,
+            cloud_region: src.1,
+            peer_cloud_provider: dst.0,
+            peer_cloud_region: dst.1,
+            gen_ai_provider: provider,
+            request_bytes: Some(req),
+            response_bytes: Some(resp),
+            ..SpanFacts::default()
+        }
+    }
+
+    const GIB: i64 = 1 << 30;
+
+    #[test]
+    fn egress_same_region_is_free() {
+        let p = Pricer::default();
+        let c = p.price(&egress_facts((Some("aws"), Some("us-east-1")), (Some("aws"), Some("us-east-1")), None, GIB, GIB));
+        assert_eq!(c.egress_bytes, Some(2 * GIB));
+        assert_eq!(c.egress_cost_usd, Some(0.0));
+        assert_eq!(c.cost_usd, Some(0.0));
+        assert_eq!(c.price_source, None);
+        // Bedrock in the caller's region, destination derived from the provider.
+        let c = p.price(&egress_facts((Some("aws"), Some("us-east-1")), (None, Some("us-east-1")), Some("aws.bedrock"), GIB, GIB));
+        assert_eq!(c.egress_cost_usd, Some(0.0));
+    }
+
+    #[test]
+    fn egress_cross_region_is_charged_both_ways_by_the_sender() {
+        let p = Pricer::default();
+        let c = p.price(&egress_facts((Some("aws"), Some("us-east-1")), (Some("aws"), Some("eu-west-1")), None, GIB, 3 * GIB));
+        assert!(close(c.egress_cost_usd.unwrap(), 4.0 * 0.02));
+    }
+
+    #[test]
+    fn egress_cross_cloud_each_cloud_charges_what_leaves_it() {
+        let p = Pricer::default();
+        // An agent on GCP calls Bedrock: request bytes leave GCP ($0.12), response bytes leave AWS ($0.09).
+        let c = p.price(&egress_facts((Some("gcp"), Some("us-central1")), (None, Some("us-east-1")), Some("aws.bedrock"), GIB, 2 * GIB));
+        assert!(close(c.egress_cost_usd.unwrap(), 0.12 + 2.0 * 0.09), "{c:?}");
+        // Azure OpenAI from AWS.
+        let c = p.price(&egress_facts((Some("aws"), None), (None, None), Some("azure.ai.openai"), GIB, GIB));
+        assert!(close(c.egress_cost_usd.unwrap(), 0.09 + 0.087));
+    }
+
+    #[test]
+    fn egress_to_the_internet() {
+        let p = Pricer::default();
+        // OpenAI's API is no cloud of ours: only the request bytes leave a cloud.
+        let c = p.price(&egress_facts((Some("azure"), Some("eastus")), (None, None), Some("openai"), GIB, 5 * GIB));
+        assert!(close(c.egress_cost_usd.unwrap(), 0.087));
+        // A laptop calling Vertex: only the response leaves a cloud.
+        let c = p.price(&egress_facts((None, None), (None, None), Some("gcp.vertex_ai"), GIB, GIB));
+        assert!(close(c.egress_cost_usd.unwrap(), 0.12));
+        // egress.bytes overrides the body sizes and is charged along the caller's path.
+        let f = SpanFacts { egress_bytes: Some(2 * GIB), ..egress_facts((Some("aws"), None), (Some("gcp"), None), None, 1, 1) };
+        let c = p.price(&f);
+        assert_eq!(c.egress_bytes, Some(2 * GIB));
+        assert!(close(c.egress_cost_usd.unwrap(), 2.0 * 0.09));
+    }
+
+    #[test]
+    fn tokens_and_egress_add_up() {
+        let p = Pricer::default();
+        let f = SpanFacts {
+            cloud_provider: Some("gcp"),
+            request_bytes: Some(GIB),
+            ..llm("openai", "gpt-4o-mini", 1_000_000, 0)
+        };
+        let c = p.price(&f);
+        assert!(close(c.cost_usd.unwrap(), 0.15 + 0.12));
+    }
+}

@@ -1,0 +1,470 @@
+//! Model price tables in LiteLLM's `model_prices_and_context_window.json` format, and model-name matching.
+//!
+//! The format is LiteLLM's so that users can drop their copy of that file in unchanged: a JSON object keyed by
+//! model name whose entries carry `input_cost_per_token`, `output_cost_per_token`, `cache_read_input_token_cost`,
+//! `cache_creation_input_token_cost`, `output_cost_per_reasoning_token` and tiered variants such as
+//! `input_cost_per_token_above_200k_tokens`. Every other key (context windows, capability flags, tailscope's own
+//! `source` / `as_of` citations) is ignored. Entries without a token price (image or audio models) are skipped.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::CostError;
+
+/// USD per token for each kind of token. `None` means the table does not say; see [`Rates::cache_read`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Rates {
+    /// Uncached input tokens.
+    pub input: Option<f64>,
+    /// Output tokens (reasoning tokens included, unless `reasoning` is set).
+    pub output: Option<f64>,
+    /// Input tokens read from the prompt cache; priced at `input` when absent.
+    pub cache_read: Option<f64>,
+    /// Input tokens written to the prompt cache; priced at `input` when absent.
+    pub cache_creation: Option<f64>,
+    /// Reasoning output tokens; priced at `output` when absent.
+    pub reasoning: Option<f64>,
+}
+
+impl Rates {
+    /// `self` with every rate `over` sets replaced.
+    fn overlay(self, over: &Rates) -> Rates {
+        Rates {
+            input: over.input.or(self.input),
+            output: over.output.or(self.output),
+            cache_read: over.cache_read.or(self.cache_read),
+            cache_creation: over.cache_creation.or(self.cache_creation),
+            reasoning: over.reasoning.or(self.reasoning),
+        }
+    }
+}
+
+/// Higher rates that apply to the whole request once its prompt exceeds `above_input_tokens`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tier {
+    /// Prompt size (input tokens, cached ones included) above which the tier applies.
+    pub above_input_tokens: i64,
+    /// The rates this tier changes.
+    pub rates: Rates,
+}
+
+/// One priced model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelPrice {
+    /// Where the entry came from (`default`, a file name, `config`), for `price_source`.
+    pub origin: String,
+    /// The key it has in its table.
+    pub key: String,
+    /// Base rates.
+    pub rates: Rates,
+    /// Long-context tiers, ascending by threshold.
+    pub tiers: Vec<Tier>,
+}
+
+impl ModelPrice {
+    /// The label written to `price_source`: `origin:key`.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.origin, self.key)
+    }
+
+    /// The rates for a request whose prompt has `prompt_tokens` tokens.
+    pub fn rates_for(&self, prompt_tokens: i64) -> Rates {
+        let mut rates = self.rates;
+        for tier in &self.tiers {
+            if prompt_tokens > tier.above_input_tokens {
+                rates = rates.overlay(&tier.rates);
+            }
+        }
+        rates
+    }
+}
+
+/// Tokens of one call, following the GenAI semantic conventions: `input` includes cached tokens, `output`
+/// includes reasoning tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenUsage {
+    pub input: i64,
+    pub output: i64,
+    pub cache_read: i64,
+    pub cache_creation: i64,
+    pub reasoning: i64,
+}
+
+impl TokenUsage {
+    /// The input tokens billed at the full input rate.
+    ///
+    /// `input` includes cached tokens, so the uncached part is `input - cache_read - cache_creation`. When the
+    /// cached tokens exceed `input`, the instrumentation evidently reported input *without* them (Anthropic's
+    /// native usage shape); `input` is then taken as the uncached count rather than clamped to zero.
+    pub fn uncached_input(&self) -> i64 {
+        let cached = self.cache_read + self.cache_creation;
+        if cached > self.input { self.input } else { self.input - cached }
+    }
+
+    /// The prompt size that selects a long-context tier: every input token, cached or not.
+    pub fn prompt_tokens(&self) -> i64 {
+        let cached = self.cache_read + self.cache_creation;
+        if cached > self.input { self.input + cached } else { self.input }
+    }
+
+    /// Cost in USD at `price`.
+    pub fn cost(&self, price: &ModelPrice) -> f64 {
+        let r = price.rates_for(self.prompt_tokens());
+        let input = r.input.unwrap_or(0.0);
+        let output = r.output.unwrap_or(0.0);
+        // Reasoning tokens are part of `output` per the conventions; a reasoning count larger than the output
+        // count means the instrumentation reported them separately.
+        let (plain_output, reasoning) = if self.reasoning <= self.output {
+            (self.output - self.reasoning, self.reasoning)
+        } else {
+            (self.output, self.reasoning)
+        };
+        self.uncached_input() as f64 * input
+            + self.cache_read as f64 * r.cache_read.unwrap_or(input)
+            + self.cache_creation as f64 * r.cache_creation.unwrap_or(input)
+            + plain_output as f64 * output
+            + reasoning as f64 * r.reasoning.unwrap_or(output)
+    }
+}
+
+/// A set of model prices keyed by model name (lowercase).
+#[derive(Debug, Clone, Default)]
+pub struct PriceTable {
+    entries: BTreeMap<String, ModelPrice>,
+}
+
+/// The built-in table, with a citation (`source`, `as_of`) on every entry.
+pub const DEFAULT_MODELS_JSON: &str = include_str!("../../prices/models.json");
+
+impl PriceTable {
+    /// The built-in table.
+    pub fn builtin() -> PriceTable {
+        PriceTable::from_litellm_json(DEFAULT_MODELS_JSON, "default").expect("the built-in price table parses")
+    }
+
+    /// Parses a LiteLLM-format JSON document; `origin` names it in `price_source` and errors.
+    pub fn from_litellm_json(text: &str, origin: &str) -> Result<PriceTable, CostError> {
+        let value: Value = serde_json::from_str(text).map_err(|e| CostError::PriceFile {
+            origin: origin.to_string(),
+            detail: e.to_string(),
+        })?;
+        let Value::Object(map) = value else {
+            return Err(CostError::PriceFile {
+                origin: origin.to_string(),
+                detail: "expected a JSON object keyed by model name".into(),
+            });
+        };
+        PriceTable::from_entries(map.iter().map(|(k, v)| (k.as_str(), v)), origin)
+    }
+
+    /// Builds a table from `(model, LiteLLM entry)` pairs.
+    pub fn from_entries<'a>(
+        entries: impl IntoIterator<Item = (&'a str, &'a Value)>,
+        origin: &str,
+    ) -> Result<PriceTable, CostError> {
+        let mut table = PriceTable::default();
+        for (key, entry) in entries {
+            if key == "sample_spec" {
+                continue; // LiteLLM's documentation entry
+            }
+            let Value::Object(fields) = entry else {
+                return Err(CostError::PriceFile {
+                    origin: origin.to_string(),
+                    detail: format!("entry {key:?} is not an object"),
+                });
+            };
+            if let Some(price) = parse_entry(key, fields, origin)? {
+                table.entries.insert(key.to_lowercase(), price);
+            }
+        }
+        Ok(table)
+    }
+
+    /// Adds every entry of `other`, replacing entries with the same name.
+    pub fn merge(&mut self, other: PriceTable) {
+        self.entries.extend(other.entries);
+    }
+
+    /// Number of priced models.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entry stored under exactly `key` (case-insensitive).
+    pub fn get(&self, key: &str) -> Option<&ModelPrice> {
+        self.entries.get(key).or_else(|| self.entries.get(&key.to_lowercase()))
+    }
+
+    /// Iterates the entries.
+    pub fn iter(&self) -> impl Iterator<Item = &ModelPrice> {
+        self.entries.values()
+    }
+}
+
+const TOKEN_FIELDS: [&str; 5] = [
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
+    "output_cost_per_reasoning_token",
+];
+
+fn parse_entry(
+    key: &str,
+    fields: &serde_json::Map<String, Value>,
+    origin: &str,
+) -> Result<Option<ModelPrice>, CostError> {
+    let num = |field: &str| -> Result<Option<f64>, CostError> {
+        match fields.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => number(v).map(Some).ok_or_else(|| CostError::PriceFile {
+                origin: origin.to_string(),
+                detail: format!("{key}.{field} must be a non-negative number, got {v}"),
+            }),
+        }
+    };
+    let rates = Rates {
+        input: num(TOKEN_FIELDS[0])?,
+        output: num(TOKEN_FIELDS[1])?,
+        cache_read: num(TOKEN_FIELDS[2])?,
+        cache_creation: num(TOKEN_FIELDS[3])?,
+        reasoning: num(TOKEN_FIELDS[4])?,
+    };
+    if rates.input.is_none() && rates.output.is_none() {
+        return Ok(None); // priced per image, second or character: not a token model
+    }
+    // Tiered fields: `<token field>_above_<N>k_tokens`.
+    let mut tiers: BTreeMap<i64, Rates> = BTreeMap::new();
+    for (field, value) in fields {
+        let Some((base, threshold)) = tier_field(field) else { continue };
+        let Some(v) = number(value) else {
+            return Err(CostError::PriceFile {
+                origin: origin.to_string(),
+                detail: format!("{key}.{field} must be a non-negative number, got {value}"),
+            });
+        };
+        let tier = tiers.entry(threshold).or_default();
+        match base {
+            "input_cost_per_token" => tier.input = Some(v),
+            "output_cost_per_token" => tier.output = Some(v),
+            "cache_read_input_token_cost" => tier.cache_read = Some(v),
+            "cache_creation_input_token_cost" => tier.cache_creation = Some(v),
+            _ => tier.reasoning = Some(v),
+        }
+    }
+    Ok(Some(ModelPrice {
+        origin: origin.to_string(),
+        key: key.to_string(),
+        rates,
+        tiers: tiers.into_iter().map(|(above_input_tokens, rates)| Tier { above_input_tokens, rates }).collect(),
+    }))
+}
+
+/// LiteLLM writes some figures as strings (`"1e-06"`); both are accepted.
+fn number(v: &Value) -> Option<f64> {
+    let n = match v {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => s.trim().parse().ok()?,
+        _ => return None,
+    };
+    (n.is_finite() && n >= 0.0).then_some(n)
+}
+
+/// `input_cost_per_token_above_200k_tokens` -> (`input_cost_per_token`, 200000).
+fn tier_field(field: &str) -> Option<(&'static str, i64)> {
+    for base in TOKEN_FIELDS {
+        let Some(rest) = field.strip_prefix(base).and_then(|r| r.strip_prefix("_above_")) else { continue };
+        let rest = rest.strip_suffix("_tokens")?;
+        let (digits, scale) = if let Some(d) = rest.strip_suffix('k') {
+            (d, 1_000)
+        } else if let Some(d) = rest.strip_suffix('m') {
+            (d, 1_000_000)
+        } else {
+            (rest, 1)
+        };
+        return digits.parse::<i64>().ok().map(|n| (base, n * scale));
+    }
+    None
+}
+
+/// Bedrock's cross-region inference-profile prefixes (`us.anthropic.claude-…`).
+const GEO_PREFIXES: [&str; 8] = ["us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca."];
+
+/// The names to try for `model`, most specific first.
+///
+/// 1. the name as given, then lowercased;
+/// 2. the last path segment (an ARN's `…/us.anthropic.claude-…`, LiteLLM's `bedrock/…`, `openai/gpt-4o`);
+/// 3. without a Bedrock geography prefix (`us.`, `eu.`, `apac.`, `global.`, …);
+/// 4. without trailing version tokens, one at a time (`:0`, `-v2`, `@20241022`, `-20250929`, `-2024-08-06`,
+///    `-latest`, `-002`), each also without a vendor namespace (`anthropic.`, `amazon.`, `meta.`).
+pub fn candidates(model: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut push = |s: &str| {
+        if !s.is_empty() && !out.iter().any(|o| o == s) {
+            out.push(s.to_string());
+        }
+    };
+    push(model.trim());
+    let lower = model.trim().to_lowercase();
+    push(&lower);
+    let mut name: &str = lower.rsplit('/').next().unwrap_or(&lower);
+    push(name);
+    for p in GEO_PREFIXES {
+        if let Some(rest) = name.strip_prefix(p) {
+            if rest.contains('.') || rest.contains('-') {
+                name = rest;
+                push(name);
+                break;
+            }
+        }
+    }
+    let mut current = name.to_string();
+    loop {
+        if let Some(v) = strip_vendor(&current) {
+            push(v);
+        }
+        match strip_version(&current) {
+            Some(shorter) => {
+                current = shorter.to_string();
+                push(&current);
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// `anthropic.claude-x` -> `claude-x`: a Bedrock vendor namespace is a dot before any dash.
+fn strip_vendor(name: &str) -> Option<&str> {
+    let dot = name.find('.')?;
+    let dash = name.find('-').unwrap_or(usize::MAX);
+    let vendor = &name[..dot];
+    (dot < dash && !vendor.is_empty() && vendor.chars().all(|c| c.is_ascii_alphanumeric()) && dot + 1 < name.len())
+        .then(|| &name[dot + 1..])
+}
+
+/// Removes one trailing version token, or returns `None`.
+fn strip_version(name: &str) -> Option<&str> {
+    if let Some(at) = name.rfind('@') {
+        return Some(&name[..at]).filter(|s| !s.is_empty());
+    }
+    if let Some(colon) = name.rfind(':') {
+        if name[colon + 1..].chars().all(|c| c.is_ascii_digit()) && colon > 0 {
+            return Some(&name[..colon]);
+        }
+    }
+    // `-YYYY-MM-DD`
+    if name.len() > 11 {
+        let (head, tail) = name.split_at(name.len() - 11);
+        let b = tail.as_bytes();
+        if b[0] == b'-'
+            && b[5] == b'-'
+            && b[8] == b'-'
+            && [1, 2, 3, 4, 6, 7, 9, 10].iter().all(|&i| b[i].is_ascii_digit())
+            && !head.is_empty()
+        {
+            return Some(head);
+        }
+    }
+    let dash = name.rfind('-')?;
+    let (head, token) = (&name[..dash], &name[dash + 1..]);
+    if head.is_empty() {
+        return None;
+    }
+    let digits = token.chars().all(|c| c.is_ascii_digit());
+    let versioned = (digits && (3..=4).contains(&token.len()))
+        || (digits && token.len() == 8 && token.starts_with("20"))
+        || (token.len() >= 2
+            && token.starts_with('v')
+            && token[1..].chars().all(|c| c.is_ascii_digit() || c == '.'))
+        || token == "latest";
+    versioned.then_some(head)
+}
+
+/// A minimal glob: `*` matches any run of characters, everything else literally (case-insensitive).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.to_lowercase().chars().collect();
+    let t: Vec<char> = text.to_lowercase().chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && p[pi] != '*' && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_resolve_bedrock_names_to_the_base_model() {
+        let c = candidates("us.anthropic.claude-sonnet-4-5-20250929-v1:0");
+        assert!(c.contains(&"claude-sonnet-4-5".to_string()), "{c:?}");
+        let c = candidates(
+            "arn:aws:bedrock:eu-central-1:123456789012:inference-profile/eu.anthropic.claude-3-7-sonnet-20250219-v1:0",
+        );
+        assert!(c.contains(&"anthropic.claude-3-7-sonnet-20250219-v1:0".to_string()), "{c:?}");
+        assert!(c.contains(&"claude-3-7-sonnet".to_string()), "{c:?}");
+        let c = candidates("claude-3-5-sonnet-v2@20241022");
+        assert!(c.contains(&"claude-3-5-sonnet".to_string()), "{c:?}");
+        let c = candidates("gpt-4o-2024-08-06");
+        assert_eq!(c.last().unwrap(), "gpt-4o");
+        // Names that merely end in a digit are not versions.
+        assert_eq!(candidates("gpt-5"), vec!["gpt-5"]);
+        assert_eq!(candidates("gpt-4o-mini"), vec!["gpt-4o-mini"]);
+    }
+
+    #[test]
+    fn tier_fields_parse() {
+        assert_eq!(tier_field("input_cost_per_token_above_200k_tokens"), Some(("input_cost_per_token", 200_000)));
+        assert_eq!(
+            tier_field("cache_read_input_token_cost_above_128k_tokens"),
+            Some(("cache_read_input_token_cost", 128_000))
+        );
+        assert_eq!(tier_field("input_cost_per_token_batches"), None);
+    }
+
+    #[test]
+    fn glob() {
+        assert!(glob_match("azure.ai.*", "azure.ai.openai"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("my-*-deploy", "MY-gpt-DEPLOY"));
+        assert!(!glob_match("gcp.*", "aws.bedrock"));
+        assert!(!glob_match("a*b", "acbd"));
+    }
+
+    #[test]
+    fn builtin_table_cites_every_entry() {
+        let v: Value = serde_json::from_str(DEFAULT_MODELS_JSON).unwrap();
+        for (k, e) in v.as_object().unwrap() {
+            let src = e.get("source").and_then(Value::as_str).unwrap_or("");
+            let as_of = e.get("as_of").and_then(Value::as_str).unwrap_or("");
+            assert!(src.starts_with("https://"), "{k} has no source");
+            assert!(as_of.starts_with("list price as of "), "{k} has no date");
+        }
+        assert!(PriceTable::builtin().len() >= 30);
+    }
+}
