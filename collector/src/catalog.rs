@@ -148,6 +148,19 @@ impl Catalog {
         }
     }
 
+    /// The buffered batches of every signal with WAL sequence numbers up to and including `through_seq`: what a
+    /// flush through that sequence writes.
+    pub fn batches_through(&self, through_seq: u64) -> BTreeMap<Signal, Vec<RecordBatch>> {
+        let tables = self.tables.read();
+        tables
+            .iter()
+            .map(|(signal, state)| {
+                let batches = state.batches.range(..=through_seq).flat_map(|(_, b)| b.iter().cloned()).collect();
+                (*signal, batches)
+            })
+            .collect()
+    }
+
     /// Number of buffered (unflushed) rows per signal, for `/metrics`.
     pub fn buffered_rows(&self, signal: Signal) -> usize {
         self.tables.read()[&signal].batches.values().flatten().map(|b| b.num_rows()).sum()

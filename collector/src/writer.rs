@@ -37,3 +37,217 @@ impl std::fmt::Display for FileName {
         write!(f, "{:020}_{}_{}_{:08x}.parquet", self.wal_seq, self.min_time_ns, self.max_time_ns, self.nonce)
     }
 }
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, TimestampNanosecondArray};
+use datafusion::arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use datafusion::parquet::schema::types::ColumnPath;
+
+use crate::catalog::ParquetFile;
+use crate::error::StorageError;
+use crate::schema::Signal;
+use crate::wal::sync_dir;
+
+const NS_PER_HOUR: i64 = 3_600_000_000_000;
+
+/// How Parquet files are encoded.
+#[derive(Debug, Clone)]
+pub struct ParquetOptions {
+    /// Rows per row group.
+    pub row_group_rows: usize,
+    /// zstd level.
+    pub zstd_level: i32,
+}
+
+impl ParquetOptions {
+    /// The writer properties for one signal's files.
+    ///
+    /// zstd with dictionaries for the many repetitive strings (service, provider, model, region), delta
+    /// encoding for timestamps (sorted, so deltas are small), page statistics for pruning, and a bloom filter on
+    /// `trace_id` so that looking up one trace skips the row groups that cannot hold it.
+    pub fn properties(&self, signal: Signal) -> Result<WriterProperties, StorageError> {
+        let level = ZstdLevel::try_new(self.zstd_level).map_err(|source| StorageError::Parquet {
+            context: "zstd level".into(),
+            source,
+        })?;
+        let mut b = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(level))
+            .set_max_row_group_row_count(Some(self.row_group_rows))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_created_by(concat!("tailscope ", env!("CARGO_PKG_VERSION")).to_string());
+        let time_columns: &[&str] = match signal {
+            Signal::Spans => &["start_time", "end_time"],
+            Signal::Metrics => &["time", "start_time"],
+            Signal::Logs => &["time", "observed_time"],
+        };
+        for c in time_columns {
+            let path = ColumnPath::from(*c);
+            b = b
+                .set_column_dictionary_enabled(path.clone(), false)
+                .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+        }
+        if signal == Signal::Spans {
+            b = b.set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true);
+        }
+        Ok(b.build())
+    }
+}
+
+/// Writes one flush's rows of one signal: splits them by hour, sorts each hour by time and writes one file per
+/// hour under `data_dir`, each to a temporary name, fsynced, then renamed into place (a reader never sees half a
+/// file). Returns the committed files. On error, temporary files are removed and nothing is visible.
+pub fn write_signal(
+    data_dir: &Path,
+    signal: Signal,
+    batches: &[RecordBatch],
+    wal_seq: u64,
+    options: &ParquetOptions,
+) -> Result<Vec<ParquetFile>, StorageError> {
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
+    let arrow = |context: &str| {
+        let context = context.to_string();
+        move |source| StorageError::Arrow { context, source }
+    };
+    let all = concat_batches(&signal.schema(), batches).map_err(arrow("concatenating buffered batches"))?;
+    let time_idx = all.schema().index_of(signal.time_column()).map_err(arrow("finding time column"))?;
+    let time = all
+        .column(time_idx)
+        .as_any()
+        .downcast_ref::<TimestampNanosecondArray>()
+        .expect("time column is Timestamp(ns)")
+        .clone();
+    let hours: ArrayRef = Arc::new(Int64Array::from_iter_values(time.values().iter().map(|t| t.div_euclid(NS_PER_HOUR))));
+    let order = lexsort_to_indices(
+        &[
+            SortColumn { values: hours.clone(), options: None },
+            SortColumn { values: Arc::new(time.clone()), options: None },
+        ],
+        None,
+    )
+    .map_err(arrow("sorting rows by time"))?;
+    let sorted = take_record_batch(&all, &order).map_err(arrow("sorting rows by time"))?;
+    let sorted_time = sorted.column(time_idx).as_any().downcast_ref::<TimestampNanosecondArray>().expect("time");
+
+    let props = options.properties(signal)?;
+    let mut written = Vec::new();
+    let mut start = 0;
+    while start < sorted.num_rows() {
+        let hour = sorted_time.value(start).div_euclid(NS_PER_HOUR);
+        let mut end = start + 1;
+        while end < sorted.num_rows() && sorted_time.value(end).div_euclid(NS_PER_HOUR) == hour {
+            end += 1;
+        }
+        let part = sorted.slice(start, end - start);
+        let min = sorted_time.value(start);
+        let max = sorted_time.value(end - 1);
+        match write_file(data_dir, signal, &part, hour, min, max, wal_seq, props.clone()) {
+            Ok(file) => written.push(file),
+            Err(e) => {
+                // Files already renamed carry `wal_seq`, above the checkpoint: recovery would remove them, and
+                // so does this, so that the retry does not store their rows twice.
+                for f in &written {
+                    let _ = std::fs::remove_file(data_dir.join(&f.relative_path));
+                }
+                return Err(e);
+            }
+        }
+        start = end;
+    }
+    Ok(written)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_file(
+    data_dir: &Path,
+    signal: Signal,
+    batch: &RecordBatch,
+    hour: i64,
+    min_time_ns: i64,
+    max_time_ns: i64,
+    wal_seq: u64,
+    props: WriterProperties,
+) -> Result<ParquetFile, StorageError> {
+    let start = chrono::DateTime::from_timestamp(hour * 3600, 0).unwrap_or_default();
+    let date = start.format("%Y-%m-%d").to_string();
+    let hh = start.format("%H").to_string();
+    let dir: PathBuf = data_dir.join(signal.table_name()).join(format!("date={date}")).join(format!("hour={hh}"));
+    std::fs::create_dir_all(&dir).map_err(StorageError::io("creating partition directory", &dir))?;
+    let name = FileName { wal_seq, min_time_ns, max_time_ns, nonce: rand::random() }.to_string();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let final_path = dir.join(&name);
+    let result = (|| {
+        let file = File::create(&tmp).map_err(StorageError::io("creating", &tmp))?;
+        let parquet = |source| StorageError::Parquet { context: format!("writing {}", tmp.display()), source };
+        let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(parquet)?;
+        writer.write(batch).map_err(parquet)?;
+        let file = writer.into_inner().map_err(parquet)?;
+        file.sync_all().map_err(StorageError::io("syncing", &tmp))?;
+        std::fs::rename(&tmp, &final_path).map_err(StorageError::io("renaming", &tmp))?;
+        sync_dir(&dir)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let size = std::fs::metadata(&final_path).map(|m| m.len()).unwrap_or(0);
+    let relative = final_path.strip_prefix(data_dir).unwrap_or(&final_path).to_path_buf();
+    Ok(ParquetFile { relative_path: relative, size, date, hour: hh, time_range_ns: Some((min_time_ns, max_time_ns)) })
+}
+
+/// Removes files of a flush that never committed (their WAL sequence is above the checkpoint) and leftover
+/// temporary files. Their rows are still in the WAL and will be written again.
+pub fn remove_uncommitted(data_dir: &Path, checkpoint: u64) -> Result<usize, StorageError> {
+    let mut removed = 0;
+    for signal in Signal::ALL {
+        let root = data_dir.join(signal.table_name());
+        for file in crate::catalog::list_parquet_files(data_dir, signal)
+            .map_err(StorageError::io("listing Parquet files", &root))?
+        {
+            let name = file.relative_path.file_name().and_then(|n| n.to_str()).and_then(FileName::parse);
+            if name.is_some_and(|n| n.wal_seq > checkpoint) {
+                let path = data_dir.join(&file.relative_path);
+                std::fs::remove_file(&path).map_err(StorageError::io("removing uncommitted file", &path))?;
+                removed += 1;
+            }
+        }
+        removed += remove_temp_files(&root)?;
+    }
+    Ok(removed)
+}
+
+fn remove_temp_files(dir: &Path) -> Result<usize, StorageError> {
+    let mut removed = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(0) };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            removed += remove_temp_files(&path)?;
+        } else if path.extension().is_some_and(|e| e == "tmp") {
+            std::fs::remove_file(&path).map_err(StorageError::io("removing temporary file", &path))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip() {
+        let n = FileName { wal_seq: 42, min_time_ns: 1_700_000_000_000_000_000, max_time_ns: 1_700_000_001_000_000_000, nonce: 0xdead_beef };
+        assert_eq!(FileName::parse(&n.to_string()), Some(n));
+        assert_eq!(FileName::parse("part-0.parquet"), None);
+    }
+}

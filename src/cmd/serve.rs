@@ -1,12 +1,230 @@
-//! `tailscope serve`.
+//! `tailscope serve`: the collector, the SQL/ops API and Flight SQL in one process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use collector::config::Config;
+use collector::server::Collector;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use super::CmdResult;
 
-/// Flags of `tailscope serve`.
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+/// Flags of `tailscope serve`. Each overrides the matching key of the TOML config file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Args {
+    /// TOML config file (see docs/config.md); flags override its values.
+    #[arg(long, short = 'c', value_name = "FILE", env = "TAILSCOPE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the WAL and Parquet files live [config: data_dir; default: ./tailscope-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// OTLP/gRPC listen address [config: server.otlp_grpc; default: 127.0.0.1:4317].
+    #[arg(long, value_name = "ADDR")]
+    pub otlp_grpc: Option<SocketAddr>,
+    /// OTLP/HTTP listen address [config: server.otlp_http; default: 127.0.0.1:4318].
+    #[arg(long, value_name = "ADDR")]
+    pub otlp_http: Option<SocketAddr>,
+    /// API listen address: health, Prometheus metrics, SQL, live windows, alerts [config: server.api;
+    /// default: 127.0.0.1:4319].
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<SocketAddr>,
+    /// Arrow Flight SQL listen address [config: server.flight; default: 127.0.0.1:4320].
+    #[arg(long, value_name = "ADDR")]
+    pub flight: Option<SocketAddr>,
+}
 
-/// Runs the collector until SIGTERM / Ctrl-C.
-pub async fn run(_args: Args) -> CmdResult {
-    Err("not built yet".into())
+impl Args {
+    /// The config file (or the defaults) with these flags applied, validated.
+    pub fn load_config(&self) -> Result<Config, collector::error::ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(d) = &self.data_dir {
+            config.data_dir = d.clone();
+        }
+        if let Some(a) = self.otlp_grpc {
+            config.server.otlp_grpc = a;
+        }
+        if let Some(a) = self.otlp_http {
+            config.server.otlp_http = a;
+        }
+        if let Some(a) = self.api {
+            config.server.api = a;
+        }
+        if let Some(a) = self.flight {
+            config.server.flight = a;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// A collector that is listening on every port. Dropping it does not stop it: call [`Running::shutdown`].
+pub struct Running {
+    /// The effective configuration.
+    pub config: Config,
+    /// The bound addresses (useful with port 0).
+    pub addrs: Addrs,
+    collector: Collector,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<Result<(), String>>,
+}
+
+/// The addresses a running collector listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    /// OTLP/gRPC.
+    pub otlp_grpc: SocketAddr,
+    /// OTLP/HTTP.
+    pub otlp_http: SocketAddr,
+    /// API (health, metrics, SQL, live, alerts).
+    pub api: SocketAddr,
+    /// Flight SQL.
+    pub flight: SocketAddr,
+}
+
+async fn bind(addr: SocketAddr, what: &str, key: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        format!("cannot listen on {addr} for {what}: {e}; choose another address with --{key} or server.{}", key.replace('-', "_"))
+    })
+}
+
+/// Recovers the data dir, binds every port and starts serving. Returns once everything listens.
+pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
+    // Bind first: a port in use is an error now, before recovery work, not a dying background task.
+    let grpc = bind(config.server.otlp_grpc, "OTLP/gRPC", "otlp-grpc").await?;
+    let http = bind(config.server.otlp_http, "OTLP/HTTP", "otlp-http").await?;
+    let api = bind(config.server.api, "the API", "api").await?;
+    let flight = bind(config.server.flight, "Flight SQL", "flight").await?;
+    let addrs = Addrs {
+        otlp_grpc: grpc.local_addr()?,
+        otlp_http: http.local_addr()?,
+        api: api.local_addr()?,
+        flight: flight.local_addr()?,
+    };
+
+    let (collector, report) = Collector::start(config.clone()).await?;
+    if report.records > 0 || report.removed_files > 0 {
+        tracing::info!(
+            replayed_records = report.records, replayed_rows = report.rows, removed_uncommitted_files = report.removed_files,
+            "recovered from the WAL"
+        );
+    }
+    let live = Arc::new(collector::live::LiveWindows::new(config.live.slo_p99_ms));
+    collector.add_observer(live.clone());
+
+    let engine = query::Engine::new(collector.catalog(), config.query.clone()).await?;
+    let api_router = collector
+        .ops_router()
+        .merge(query::router(engine.clone()))
+        .merge(collector::live::routes(live));
+
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = move || {
+        let mut rx = stopped.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = JoinSet::new();
+    {
+        let c = collector.clone();
+        let shutdown = until_stopped();
+        tasks.spawn(async move { c.serve_grpc(grpc, shutdown).await.map_err(|e| format!("OTLP/gRPC server: {e}")) });
+    }
+    {
+        let router = collector.otlp_http_router();
+        let shutdown = until_stopped();
+        tasks.spawn(async move {
+            axum::serve(http, router).with_graceful_shutdown(shutdown).await.map_err(|e| format!("OTLP/HTTP server: {e}"))
+        });
+    }
+    {
+        let shutdown = until_stopped();
+        tasks.spawn(async move {
+            axum::serve(api, api_router).with_graceful_shutdown(shutdown).await.map_err(|e| format!("API server: {e}"))
+        });
+    }
+    {
+        let shutdown = until_stopped();
+        tasks.spawn(async move {
+            query::flight::serve(engine, flight, shutdown).await.map_err(|e| format!("Flight SQL server: {e}"))
+        });
+    }
+    let flusher = collector.spawn_flusher();
+    tasks.spawn(async move { flusher.await.map_err(|e| format!("flusher: {e}")) });
+    tracing::info!(
+        otlp_grpc = %addrs.otlp_grpc, otlp_http = %addrs.otlp_http, api = %addrs.api, flight = %addrs.flight,
+        data_dir = %config.data_dir.display(), "tailscope is serving"
+    );
+    Ok(Running { config, addrs, collector, stop, tasks })
+}
+
+impl Running {
+    /// The collector core (catalog, metrics, write path).
+    pub fn collector(&self) -> &Collector {
+        &self.collector
+    }
+
+    /// Waits until a server task ends on its own (an error) or `signal` completes.
+    pub async fn serve_until(&mut self, signal: impl std::future::Future<Output = ()>) -> Result<(), String> {
+        tokio::select! {
+            _ = signal => Ok(()),
+            Some(done) = self.tasks.join_next() => match done {
+                Ok(Ok(())) => Err("a server stopped unexpectedly".into()),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(format!("a server task failed: {e}")),
+            },
+        }
+    }
+
+    /// Stops listening, lets in-flight requests finish (up to 10 s), flushes everything to Parquet.
+    pub async fn shutdown(mut self) -> CmdResult {
+        let _ = self.stop.send(true);
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+            tracing::warn!("in-flight requests did not finish within 10 s; flushing what was acknowledged");
+            self.tasks.abort_all();
+        }
+        self.collector.shutdown().await?;
+        tracing::info!("flushed; bye");
+        Ok(())
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Runs the collector until SIGTERM / Ctrl-C, then flushes and exits.
+pub async fn run(args: Args) -> CmdResult {
+    let config = args.load_config()?;
+    let mut running = start(config).await?;
+    let outcome = running.serve_until(shutdown_signal()).await;
+    tracing::info!("shutting down: flushing acknowledged data to Parquet");
+    running.shutdown().await?;
+    outcome.map_err(Into::into)
 }

@@ -1,1 +1,247 @@
-//! Shared helpers: start the real binary on free ports, wait for it, export with the official SDK.
+//! Shared helpers: start the real binary on free loopback ports, wait for it, export with the official SDK,
+//! query it back.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use opentelemetry::KeyValue;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+
+/// The `tailscope` binary under test.
+pub fn tailscope_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tailscope"))
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr")
+}
+
+/// A `tailscope serve` child process with its own temp data dir and ports.
+pub struct Server {
+    child: Option<Child>,
+    tmp: tempfile::TempDir,
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// OTLP/gRPC address.
+    pub grpc: SocketAddr,
+    /// OTLP/HTTP address.
+    pub http: SocketAddr,
+    /// API address.
+    pub api: SocketAddr,
+    /// Flight SQL address.
+    pub flight_addr: SocketAddr,
+    config_path: PathBuf,
+    log_path: PathBuf,
+}
+
+impl Server {
+    /// Starts a server with the default config.
+    pub async fn start() -> Server {
+        Server::start_with("").await
+    }
+
+    /// Starts a server whose config file holds `toml` (data dir and ports are given as flags).
+    pub async fn start_with(toml: &str) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let config_path = tmp.path().join("tailscope.toml");
+        std::fs::write(&config_path, toml).expect("write config");
+        let mut server = Server {
+            child: None,
+            data_dir: tmp.path().join("data"),
+            log_path: tmp.path().join("server.log"),
+            tmp,
+            grpc: free_addr(),
+            http: free_addr(),
+            api: free_addr(),
+            flight_addr: free_addr(),
+            config_path,
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
+        let child = Command::new(tailscope_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--otlp-grpc")
+            .arg(self.grpc.to_string())
+            .arg("--otlp-http")
+            .arg(self.http.to_string())
+            .arg("--api")
+            .arg(self.api.to_string())
+            .arg("--flight")
+            .arg(self.flight_addr.to_string())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tailscope serve");
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = format!("{}/readyz", self.api_url());
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("tailscope serve exited early ({status}); log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "tailscope serve not ready after 60 s; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The server's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The temp directory holding the config, the log and the data dir.
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// `http://ADDR` of OTLP/gRPC.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// `http://ADDR` of OTLP/HTTP.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// `http://ADDR` of the API.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        child.wait().expect("wait for tailscope")
+    }
+
+    /// Starts the server again on the same data dir, ports and config.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server before restarting it");
+        self.spawn().await;
+    }
+
+    /// Runs SQL through `POST /api/v1/query`; panics with the server's answer on failure.
+    pub async fn sql(&self, sql: &str) -> Vec<serde_json::Value> {
+        let (status, body) = self.sql_raw(sql).await;
+        assert!(status.is_success(), "query failed ({status}): {body}\nSQL: {sql}");
+        serde_json::from_str::<Vec<serde_json::Value>>(&body).unwrap_or_else(|e| panic!("bad JSON {e}: {body}"))
+    }
+
+    /// Runs SQL and returns the status and body as they came.
+    pub async fn sql_raw(&self, sql: &str) -> (reqwest::StatusCode, String) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/v1/query", self.api_url()))
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+            .await
+            .expect("query request");
+        let status = r.status();
+        (status, r.text().await.unwrap_or_default())
+    }
+
+    /// One number from `GET /metrics`: the sum of every sample whose line starts with `prefix`.
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.api_url())).await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Polls `sql` until its first row's `n` column equals `want` (rows become visible asynchronously only for
+    /// exporters' batching; once acknowledged they are queryable at once).
+    pub async fn wait_count(&self, sql: &str, want: i64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let rows = self.sql(sql).await;
+            let n = rows.first().and_then(|r| r["n"].as_i64()).unwrap_or(-1);
+            if n == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{sql}: got {n}, want {want}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// How the SDK exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// OTLP/gRPC (tonic).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies.
+    HttpProtobuf,
+}
+
+/// An official SDK tracer provider exporting to `server`, with `resource` attributes.
+pub fn tracer_provider(server: &Server, transport: Transport, resource: Vec<KeyValue>) -> SdkTracerProvider {
+    let exporter = match transport {
+        Transport::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(server.grpc_url())
+            .build()
+            .expect("gRPC exporter"),
+        Transport::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(format!("{}/v1/traces", server.http_url()))
+            .build()
+            .expect("HTTP exporter"),
+    };
+    SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(Resource::builder_empty().with_attributes(resource).build())
+        .build()
+}

@@ -1,0 +1,1175 @@
+//! OTLP requests -> Arrow record batches in tailscope's schema ([`crate::schema`]).
+//!
+//! Each export request becomes one batch per signal. Attributes that have a column of their own (GenAI
+//! conventions under both their current and their deprecated names, `cloud.*`, hedging, session ids) are moved
+//! into that column; every other key/value stays queryable in the `attributes` / `resource_attributes` maps.
+//! Items that cannot be stored (a trace id of the wrong length or all zeros, a missing start time) are rejected
+//! one by one and reported back through OTLP's `partial_success`, while the rest of the request is stored.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, MapBuilder, MapFieldNames, StringBuilder,
+    TimestampNanosecondBuilder,
+};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
+
+use crate::cost::{Pricer, SpanFacts};
+use crate::schema::Signal;
+
+/// The outcome of normalising one request.
+#[derive(Debug)]
+pub struct Normalized {
+    /// Which table the rows belong to.
+    pub signal: Signal,
+    /// The accepted rows.
+    pub batch: RecordBatch,
+    /// Items rejected one by one.
+    pub rejected: u64,
+    /// Why the first few were rejected, for `partial_success.error_message`.
+    pub reject_message: String,
+    /// Spans whose tokens could not be priced (unknown model).
+    pub unpriced: u64,
+}
+
+impl Normalized {
+    /// Items received: accepted plus rejected.
+    pub fn received(&self) -> u64 {
+        self.batch.num_rows() as u64 + self.rejected
+    }
+}
+
+/// Collects per-item rejections into a count and a readable message (the first few reasons, then a count).
+#[derive(Debug, Default)]
+struct Rejections {
+    count: u64,
+    message: String,
+}
+
+impl Rejections {
+    const SHOWN: u64 = 5;
+
+    fn add(&mut self, what: std::fmt::Arguments<'_>) {
+        self.count += 1;
+        if self.count <= Self::SHOWN {
+            if !self.message.is_empty() {
+                self.message.push_str("; ");
+            }
+            let _ = self.message.write_fmt(what);
+        }
+    }
+
+    fn finish(mut self) -> (u64, String) {
+        if self.count > Self::SHOWN {
+            let _ = write!(self.message, "; and {} more", self.count - Self::SHOWN);
+        }
+        (self.count, self.message)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Attribute values
+
+/// Renders an attribute value as the string stored in the attribute maps: scalars as themselves, bytes as hex,
+/// arrays and maps as JSON.
+pub fn any_value_to_string(value: &AnyValue) -> Option<String> {
+    match value.value.as_ref()? {
+        Value::StringValue(s) => Some(s.clone()),
+        Value::BoolValue(b) => Some(b.to_string()),
+        Value::IntValue(i) => Some(i.to_string()),
+        Value::DoubleValue(d) => Some(d.to_string()),
+        Value::BytesValue(b) => Some(hex(b)),
+        other => Some(any_value_to_json(&AnyValue { value: Some(other.clone()) }).to_string()),
+    }
+}
+
+/// An attribute value as JSON (used for arrays, maps, log bodies, events).
+pub fn any_value_to_json(value: &AnyValue) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value.value.as_ref() {
+        None => J::Null,
+        Some(Value::StringValue(s)) => J::String(s.clone()),
+        Some(Value::BoolValue(b)) => J::Bool(*b),
+        Some(Value::IntValue(i)) => J::from(*i),
+        Some(Value::DoubleValue(d)) => serde_json::Number::from_f64(*d).map(J::Number).unwrap_or(J::Null),
+        Some(Value::BytesValue(b)) => J::String(hex(b)),
+        Some(Value::ArrayValue(a)) => J::Array(a.values.iter().map(any_value_to_json).collect()),
+        Some(Value::KvlistValue(kv)) => J::Object(
+            kv.values
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.as_ref().map(any_value_to_json).unwrap_or(J::Null)))
+                .collect(),
+        ),
+        // A profiles-only reference into a string table that span, metric and log payloads do not carry.
+        Some(Value::StringValueStrindex(i)) => J::from(*i),
+    }
+}
+
+fn attributes_to_json(attributes: &[KeyValue]) -> serde_json::Value {
+    serde_json::Value::Object(
+        attributes
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.as_ref().map(any_value_to_json).unwrap_or(serde_json::Value::Null)))
+            .collect(),
+    )
+}
+
+fn as_str(value: Option<&AnyValue>) -> Option<&str> {
+    match value?.value.as_ref()? {
+        Value::StringValue(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// An attribute as a string, converting scalars (some SDKs send ids as ints).
+fn as_string(value: Option<&AnyValue>) -> Option<String> {
+    value.and_then(any_value_to_string)
+}
+
+/// An integer attribute; also accepts doubles with no fraction and numeric strings, as some SDKs send those.
+fn as_i64(value: Option<&AnyValue>) -> Option<i64> {
+    match value?.value.as_ref()? {
+        Value::IntValue(i) => Some(*i),
+        Value::DoubleValue(d) if d.fract() == 0.0 && d.is_finite() => Some(*d as i64),
+        Value::StringValue(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_f64(value: Option<&AnyValue>) -> Option<f64> {
+    match value?.value.as_ref()? {
+        Value::IntValue(i) => Some(*i as f64),
+        Value::DoubleValue(d) => Some(*d),
+        Value::StringValue(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_bool(value: Option<&AnyValue>) -> Option<bool> {
+    match value?.value.as_ref()? {
+        Value::BoolValue(b) => Some(*b),
+        Value::StringValue(s) => match s.as_str() {
+            "true" | "True" | "TRUE" | "1" => Some(true),
+            "false" | "False" | "FALSE" | "0" => Some(false),
+            _ => None,
+        },
+        Value::IntValue(i) => Some(*i != 0),
+        _ => None,
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 0xf) as usize] as char);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Resource columns, shared by the three tables
+
+/// The resource attributes that have columns; the rest stay in `resource_attributes`.
+mod resource_keys {
+    pub const SERVICE_NAME: &str = "service.name";
+    pub const SERVICE_VERSION: &str = "service.version";
+    pub const SERVICE_NAMESPACE: &str = "service.namespace";
+    pub const DEPLOYMENT_ENVIRONMENT: &str = "deployment.environment.name";
+    pub const DEPLOYMENT_ENVIRONMENT_OLD: &str = "deployment.environment";
+    pub const CLOUD_PROVIDER: &str = "cloud.provider";
+    pub const CLOUD_REGION: &str = "cloud.region";
+    pub const CLOUD_AZ: &str = "cloud.availability_zone";
+}
+
+/// One resource (and scope), decoded once and repeated on every row it covers.
+#[derive(Debug, Default, Clone)]
+struct ResourceRow {
+    service_name: String,
+    service_version: Option<String>,
+    service_namespace: Option<String>,
+    deployment_environment: Option<String>,
+    cloud_provider: Option<String>,
+    cloud_region: Option<String>,
+    cloud_availability_zone: Option<String>,
+    /// Remaining attributes, already rendered.
+    attributes: Vec<(String, Option<String>)>,
+    scope_name: Option<String>,
+    scope_version: Option<String>,
+}
+
+impl ResourceRow {
+    fn new(resource: Option<&Resource>) -> ResourceRow {
+        use resource_keys::*;
+        let mut row = ResourceRow::default();
+        let mut env_old = None;
+        for kv in resource.map(|r| r.attributes.as_slice()).unwrap_or_default() {
+            let v = kv.value.as_ref();
+            match kv.key.as_str() {
+                SERVICE_NAME => row.service_name = as_string(v).unwrap_or_default(),
+                SERVICE_VERSION => row.service_version = as_string(v),
+                SERVICE_NAMESPACE => row.service_namespace = as_string(v),
+                DEPLOYMENT_ENVIRONMENT => row.deployment_environment = as_string(v),
+                DEPLOYMENT_ENVIRONMENT_OLD => env_old = as_string(v),
+                CLOUD_PROVIDER => row.cloud_provider = as_string(v),
+                CLOUD_REGION => row.cloud_region = as_string(v),
+                CLOUD_AZ => row.cloud_availability_zone = as_string(v),
+                _ => row.attributes.push((kv.key.clone(), v.and_then(any_value_to_string))),
+            }
+        }
+        if row.deployment_environment.is_none() {
+            row.deployment_environment = env_old;
+        }
+        if row.service_name.is_empty() {
+            // The OTel SDK specification's fallback for a missing service.name.
+            row.service_name = "unknown_service".to_string();
+        }
+        row
+    }
+
+    fn with_scope(&self, scope: Option<&InstrumentationScope>) -> ResourceRow {
+        let mut row = self.clone();
+        row.scope_name = scope.map(|s| s.name.clone()).filter(|s| !s.is_empty());
+        row.scope_version = scope.map(|s| s.version.clone()).filter(|s| !s.is_empty());
+        row
+    }
+}
+
+type AttrMapBuilder = MapBuilder<StringBuilder, StringBuilder>;
+
+fn attr_map_builder(capacity: usize) -> AttrMapBuilder {
+    let names = MapFieldNames { entry: "entries".into(), key: "keys".into(), value: "values".into() };
+    MapBuilder::with_capacity(Some(names), StringBuilder::new(), StringBuilder::new(), capacity)
+}
+
+/// Builders for the resource columns, appended in schema order by [`ResourceBuilders::finish_into`].
+struct ResourceBuilders {
+    service_name: StringBuilder,
+    service_version: StringBuilder,
+    service_namespace: StringBuilder,
+    deployment_environment: StringBuilder,
+    cloud_provider: StringBuilder,
+    cloud_region: StringBuilder,
+    cloud_availability_zone: StringBuilder,
+    resource_attributes: AttrMapBuilder,
+    scope_name: StringBuilder,
+    scope_version: StringBuilder,
+}
+
+impl ResourceBuilders {
+    fn new(capacity: usize) -> Self {
+        ResourceBuilders {
+            service_name: StringBuilder::with_capacity(capacity, capacity * 8),
+            service_version: StringBuilder::new(),
+            service_namespace: StringBuilder::new(),
+            deployment_environment: StringBuilder::new(),
+            cloud_provider: StringBuilder::new(),
+            cloud_region: StringBuilder::new(),
+            cloud_availability_zone: StringBuilder::new(),
+            resource_attributes: attr_map_builder(capacity),
+            scope_name: StringBuilder::new(),
+            scope_version: StringBuilder::new(),
+        }
+    }
+
+    fn append(&mut self, r: &ResourceRow) {
+        self.service_name.append_value(&r.service_name);
+        self.service_version.append_option(r.service_version.as_deref());
+        self.service_namespace.append_option(r.service_namespace.as_deref());
+        self.deployment_environment.append_option(r.deployment_environment.as_deref());
+        self.cloud_provider.append_option(r.cloud_provider.as_deref());
+        self.cloud_region.append_option(r.cloud_region.as_deref());
+        self.cloud_availability_zone.append_option(r.cloud_availability_zone.as_deref());
+        for (k, v) in &r.attributes {
+            self.resource_attributes.keys().append_value(k);
+            self.resource_attributes.values().append_option(v.as_deref());
+        }
+        // Appending a map entry cannot fail when keys and values were appended in pairs.
+        let _ = self.resource_attributes.append(true);
+        self.scope_name.append_option(r.scope_name.as_deref());
+        self.scope_version.append_option(r.scope_version.as_deref());
+    }
+
+    fn finish_into(mut self, columns: &mut Vec<ArrayRef>) {
+        columns.push(Arc::new(self.service_name.finish()));
+        columns.push(Arc::new(self.service_version.finish()));
+        columns.push(Arc::new(self.service_namespace.finish()));
+        columns.push(Arc::new(self.deployment_environment.finish()));
+        columns.push(Arc::new(self.cloud_provider.finish()));
+        columns.push(Arc::new(self.cloud_region.finish()));
+        columns.push(Arc::new(self.cloud_availability_zone.finish()));
+        columns.push(Arc::new(self.resource_attributes.finish()));
+        columns.push(Arc::new(self.scope_name.finish()));
+        columns.push(Arc::new(self.scope_version.finish()));
+    }
+}
+
+fn build_batch(schema: SchemaRef, columns: Vec<ArrayRef>) -> RecordBatch {
+    // The builders above are written against the schema in `crate::schema`; a mismatch is a programming error
+    // caught by the unit tests, never by input.
+    RecordBatch::try_new(schema, columns).expect("normaliser columns match the schema")
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Spans
+
+/// Span attributes with a column of their own. Deprecated names are listed after the current ones: where both
+/// are present, the current name wins.
+pub mod span_keys {
+    pub const GEN_AI_PROVIDER: &str = "gen_ai.provider.name";
+    pub const GEN_AI_SYSTEM: &str = "gen_ai.system";
+    pub const GEN_AI_OPERATION: &str = "gen_ai.operation.name";
+    pub const REQUEST_MODEL: &str = "gen_ai.request.model";
+    pub const RESPONSE_MODEL: &str = "gen_ai.response.model";
+    pub const INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
+    pub const PROMPT_TOKENS: &str = "gen_ai.usage.prompt_tokens";
+    pub const OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
+    pub const COMPLETION_TOKENS: &str = "gen_ai.usage.completion_tokens";
+    pub const CACHE_READ: &[&str] = &[
+        "gen_ai.usage.cache_read.input_tokens",
+        "gen_ai.usage.cache_read_input_tokens",
+        "gen_ai.usage.input_tokens.cached",
+    ];
+    pub const CACHE_CREATION: &[&str] = &[
+        "gen_ai.usage.cache_creation.input_tokens",
+        "gen_ai.usage.cache_creation_input_tokens",
+        "gen_ai.usage.input_tokens.cache_write",
+    ];
+    pub const REASONING: &[&str] = &[
+        "gen_ai.usage.reasoning.output_tokens",
+        "gen_ai.usage.output_tokens.reasoning",
+        "gen_ai.usage.reasoning_tokens",
+    ];
+    pub const CONVERSATION_ID: &str = "gen_ai.conversation.id";
+    pub const SESSION_ID: &str = "session.id";
+    pub const AGENT_NAME: &str = "gen_ai.agent.name";
+    pub const AGENT_ID: &str = "gen_ai.agent.id";
+    pub const TOOL_NAME: &str = "gen_ai.tool.name";
+    pub const ERROR_TYPE: &str = "error.type";
+    /// Seconds, per the GenAI conventions; stored in milliseconds.
+    pub const TIME_TO_FIRST_CHUNK: &str = "gen_ai.response.time_to_first_chunk";
+    pub const TIME_TO_FIRST_TOKEN: &str = "gen_ai.response.time_to_first_token";
+    pub const PEER_CLOUD_PROVIDER: &str = "cloud.provider";
+    pub const PEER_CLOUD_REGION: &str = "cloud.region";
+    pub const HEDGE_ID: &str = "hedge.id";
+    pub const HEDGE_WINNER: &str = "hedge.winner";
+    /// Kept in `attributes` too: they are inputs of `egress_bytes`, not its value.
+    pub const REQUEST_BODY_SIZE: &str = "http.request.body.size";
+    pub const RESPONSE_BODY_SIZE: &str = "http.response.body.size";
+    pub const EGRESS_BYTES: &str = "egress.bytes";
+}
+
+/// The attributes of one span that feed columns, borrowed from the request.
+#[derive(Default)]
+struct SpanAttrs<'a> {
+    provider: Option<&'a AnyValue>,
+    system: Option<&'a AnyValue>,
+    operation: Option<&'a AnyValue>,
+    request_model: Option<&'a AnyValue>,
+    response_model: Option<&'a AnyValue>,
+    input_tokens: Option<&'a AnyValue>,
+    prompt_tokens: Option<&'a AnyValue>,
+    output_tokens: Option<&'a AnyValue>,
+    completion_tokens: Option<&'a AnyValue>,
+    cache_read: [Option<&'a AnyValue>; 3],
+    cache_creation: [Option<&'a AnyValue>; 3],
+    reasoning: [Option<&'a AnyValue>; 3],
+    conversation_id: Option<&'a AnyValue>,
+    session_id: Option<&'a AnyValue>,
+    agent_name: Option<&'a AnyValue>,
+    agent_id: Option<&'a AnyValue>,
+    tool_name: Option<&'a AnyValue>,
+    error_type: Option<&'a AnyValue>,
+    ttfc: Option<&'a AnyValue>,
+    ttft: Option<&'a AnyValue>,
+    peer_provider: Option<&'a AnyValue>,
+    peer_region: Option<&'a AnyValue>,
+    hedge_id: Option<&'a AnyValue>,
+    hedge_winner: Option<&'a AnyValue>,
+    request_bytes: Option<&'a AnyValue>,
+    response_bytes: Option<&'a AnyValue>,
+    egress_bytes: Option<&'a AnyValue>,
+}
+
+fn first_of<'a>(values: &[Option<&'a AnyValue>]) -> Option<i64> {
+    values.iter().find_map(|v| as_i64(*v))
+}
+
+impl<'a> SpanAttrs<'a> {
+    /// Sorts a span's attributes into columns; returns the attributes that stay in the map.
+    fn split(attributes: &'a [KeyValue], rest: &mut Vec<&'a KeyValue>) -> SpanAttrs<'a> {
+        use span_keys::*;
+        let mut a = SpanAttrs::default();
+        for kv in attributes {
+            let v = kv.value.as_ref();
+            let key = kv.key.as_str();
+            let slot = match key {
+                GEN_AI_PROVIDER => &mut a.provider,
+                GEN_AI_SYSTEM => &mut a.system,
+                GEN_AI_OPERATION => &mut a.operation,
+                REQUEST_MODEL => &mut a.request_model,
+                RESPONSE_MODEL => &mut a.response_model,
+                INPUT_TOKENS => &mut a.input_tokens,
+                PROMPT_TOKENS => &mut a.prompt_tokens,
+                OUTPUT_TOKENS => &mut a.output_tokens,
+                COMPLETION_TOKENS => &mut a.completion_tokens,
+                CONVERSATION_ID => &mut a.conversation_id,
+                SESSION_ID => &mut a.session_id,
+                AGENT_NAME => &mut a.agent_name,
+                AGENT_ID => &mut a.agent_id,
+                TOOL_NAME => &mut a.tool_name,
+                ERROR_TYPE => &mut a.error_type,
+                TIME_TO_FIRST_CHUNK => &mut a.ttfc,
+                TIME_TO_FIRST_TOKEN => &mut a.ttft,
+                PEER_CLOUD_PROVIDER => &mut a.peer_provider,
+                PEER_CLOUD_REGION => &mut a.peer_region,
+                HEDGE_ID => &mut a.hedge_id,
+                HEDGE_WINNER => &mut a.hedge_winner,
+                REQUEST_BODY_SIZE => {
+                    a.request_bytes = v;
+                    rest.push(kv);
+                    continue;
+                }
+                RESPONSE_BODY_SIZE => {
+                    a.response_bytes = v;
+                    rest.push(kv);
+                    continue;
+                }
+                EGRESS_BYTES => {
+                    a.egress_bytes = v;
+                    rest.push(kv);
+                    continue;
+                }
+                _ => {
+                    let lists: [(&[&str], &mut [Option<&'a AnyValue>; 3]); 3] = [
+                        (CACHE_READ, &mut a.cache_read),
+                        (CACHE_CREATION, &mut a.cache_creation),
+                        (REASONING, &mut a.reasoning),
+                    ];
+                    let mut matched = false;
+                    for (names, slots) in lists {
+                        if let Some(i) = names.iter().position(|n| *n == key) {
+                            slots[i] = v;
+                            matched = true;
+                        }
+                    }
+                    if !matched {
+                        rest.push(kv);
+                    }
+                    continue;
+                }
+            };
+            *slot = v;
+        }
+        a
+    }
+}
+
+/// Builders for the `spans` table, in schema order.
+struct SpanBuilders {
+    trace_id: StringBuilder,
+    span_id: StringBuilder,
+    parent_span_id: StringBuilder,
+    trace_state: StringBuilder,
+    name: StringBuilder,
+    kind: StringBuilder,
+    start_time: TimestampNanosecondBuilder,
+    end_time: TimestampNanosecondBuilder,
+    duration_ns: Int64Builder,
+    status_code: StringBuilder,
+    status_message: StringBuilder,
+    resource: ResourceBuilders,
+    peer_cloud_provider: StringBuilder,
+    peer_cloud_region: StringBuilder,
+    gen_ai_provider: StringBuilder,
+    gen_ai_operation: StringBuilder,
+    request_model: StringBuilder,
+    response_model: StringBuilder,
+    input_tokens: Int64Builder,
+    output_tokens: Int64Builder,
+    cache_read_tokens: Int64Builder,
+    cache_creation_tokens: Int64Builder,
+    reasoning_tokens: Int64Builder,
+    session_id: StringBuilder,
+    agent_name: StringBuilder,
+    agent_id: StringBuilder,
+    tool_name: StringBuilder,
+    error_type: StringBuilder,
+    time_to_first_token_ms: Float64Builder,
+    token_cost_usd: Float64Builder,
+    egress_bytes: Int64Builder,
+    egress_cost_usd: Float64Builder,
+    cost_usd: Float64Builder,
+    price_source: StringBuilder,
+    hedge_id: StringBuilder,
+    hedge_winner: BooleanBuilder,
+    attributes: AttrMapBuilder,
+    events: StringBuilder,
+    links: StringBuilder,
+}
+
+impl SpanBuilders {
+    fn new(n: usize) -> Self {
+        let ids = |bytes_each: usize| StringBuilder::with_capacity(n, n * bytes_each);
+        SpanBuilders {
+            trace_id: ids(32),
+            span_id: ids(16),
+            parent_span_id: ids(16),
+            trace_state: StringBuilder::new(),
+            name: ids(16),
+            kind: ids(8),
+            start_time: TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC"),
+            end_time: TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC"),
+            duration_ns: Int64Builder::with_capacity(n),
+            status_code: ids(5),
+            status_message: StringBuilder::new(),
+            resource: ResourceBuilders::new(n),
+            peer_cloud_provider: StringBuilder::new(),
+            peer_cloud_region: StringBuilder::new(),
+            gen_ai_provider: StringBuilder::new(),
+            gen_ai_operation: StringBuilder::new(),
+            request_model: StringBuilder::new(),
+            response_model: StringBuilder::new(),
+            input_tokens: Int64Builder::with_capacity(n),
+            output_tokens: Int64Builder::with_capacity(n),
+            cache_read_tokens: Int64Builder::with_capacity(n),
+            cache_creation_tokens: Int64Builder::with_capacity(n),
+            reasoning_tokens: Int64Builder::with_capacity(n),
+            session_id: StringBuilder::new(),
+            agent_name: StringBuilder::new(),
+            agent_id: StringBuilder::new(),
+            tool_name: StringBuilder::new(),
+            error_type: StringBuilder::new(),
+            time_to_first_token_ms: Float64Builder::with_capacity(n),
+            token_cost_usd: Float64Builder::with_capacity(n),
+            egress_bytes: Int64Builder::with_capacity(n),
+            egress_cost_usd: Float64Builder::with_capacity(n),
+            cost_usd: Float64Builder::with_capacity(n),
+            price_source: StringBuilder::new(),
+            hedge_id: StringBuilder::new(),
+            hedge_winner: BooleanBuilder::with_capacity(n),
+            attributes: attr_map_builder(n),
+            events: StringBuilder::new(),
+            links: StringBuilder::new(),
+        }
+    }
+
+    fn finish(mut self) -> RecordBatch {
+        let mut c: Vec<ArrayRef> = vec![
+            Arc::new(self.trace_id.finish()),
+            Arc::new(self.span_id.finish()),
+            Arc::new(self.parent_span_id.finish()),
+            Arc::new(self.trace_state.finish()),
+            Arc::new(self.name.finish()),
+            Arc::new(self.kind.finish()),
+            Arc::new(self.start_time.finish()),
+            Arc::new(self.end_time.finish()),
+            Arc::new(self.duration_ns.finish()),
+            Arc::new(self.status_code.finish()),
+            Arc::new(self.status_message.finish()),
+        ];
+        self.resource.finish_into(&mut c);
+        let rest: [ArrayRef; 27] = [
+            Arc::new(self.peer_cloud_provider.finish()),
+            Arc::new(self.peer_cloud_region.finish()),
+            Arc::new(self.gen_ai_provider.finish()),
+            Arc::new(self.gen_ai_operation.finish()),
+            Arc::new(self.request_model.finish()),
+            Arc::new(self.response_model.finish()),
+            Arc::new(self.input_tokens.finish()),
+            Arc::new(self.output_tokens.finish()),
+            Arc::new(self.cache_read_tokens.finish()),
+            Arc::new(self.cache_creation_tokens.finish()),
+            Arc::new(self.reasoning_tokens.finish()),
+            Arc::new(self.session_id.finish()),
+            Arc::new(self.agent_name.finish()),
+            Arc::new(self.agent_id.finish()),
+            Arc::new(self.tool_name.finish()),
+            Arc::new(self.error_type.finish()),
+            Arc::new(self.time_to_first_token_ms.finish()),
+            Arc::new(self.token_cost_usd.finish()),
+            Arc::new(self.egress_bytes.finish()),
+            Arc::new(self.egress_cost_usd.finish()),
+            Arc::new(self.cost_usd.finish()),
+            Arc::new(self.price_source.finish()),
+            Arc::new(self.hedge_id.finish()),
+            Arc::new(self.hedge_winner.finish()),
+            Arc::new(self.attributes.finish()),
+            Arc::new(self.events.finish()),
+            Arc::new(self.links.finish()),
+        ];
+        c.extend(rest);
+        build_batch(crate::schema::spans_schema(), c)
+    }
+}
+
+fn span_kind(kind: i32) -> &'static str {
+    // SpanKind: 0 unspecified, 1 internal, 2 server, 3 client, 4 producer, 5 consumer. Unspecified is treated
+    // as internal, as the specification says a span without a kind is internal.
+    match kind {
+        2 => "server",
+        3 => "client",
+        4 => "producer",
+        5 => "consumer",
+        _ => "internal",
+    }
+}
+
+fn status_code(code: i32) -> &'static str {
+    match code {
+        1 => "ok",
+        2 => "error",
+        _ => "unset",
+    }
+}
+
+/// Why a span cannot be stored, or `None` when it can.
+fn invalid_span(span: &OtlpSpan) -> Option<&'static str> {
+    if span.trace_id.len() != 16 {
+        return Some("trace_id must be 16 bytes (32 hex characters)");
+    }
+    if span.trace_id.iter().all(|b| *b == 0) {
+        return Some("trace_id is all zeros");
+    }
+    if span.span_id.len() != 8 {
+        return Some("span_id must be 8 bytes (16 hex characters)");
+    }
+    if span.span_id.iter().all(|b| *b == 0) {
+        return Some("span_id is all zeros");
+    }
+    if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 {
+        return Some("parent_span_id must be empty or 8 bytes");
+    }
+    if span.start_time_unix_nano == 0 {
+        return Some("start_time_unix_nano is missing");
+    }
+    if span.end_time_unix_nano < span.start_time_unix_nano {
+        return Some("end_time_unix_nano is before start_time_unix_nano");
+    }
+    if span.start_time_unix_nano > i64::MAX as u64 || span.end_time_unix_nano > i64::MAX as u64 {
+        return Some("timestamp is out of range");
+    }
+    None
+}
+
+fn events_json(span: &OtlpSpan) -> Option<String> {
+    if span.events.is_empty() {
+        return None;
+    }
+    let events: Vec<_> = span
+        .events
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "time_unix_nano": e.time_unix_nano,
+                "name": e.name,
+                "attributes": attributes_to_json(&e.attributes),
+            })
+        })
+        .collect();
+    Some(serde_json::Value::Array(events).to_string())
+}
+
+fn links_json(span: &OtlpSpan) -> Option<String> {
+    if span.links.is_empty() {
+        return None;
+    }
+    let links: Vec<_> = span
+        .links
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "trace_id": hex(&l.trace_id),
+                "span_id": hex(&l.span_id),
+                "trace_state": l.trace_state,
+                "attributes": attributes_to_json(&l.attributes),
+            })
+        })
+        .collect();
+    Some(serde_json::Value::Array(links).to_string())
+}
+
+/// Normalises a trace export request into the `spans` table, pricing each span.
+pub fn normalize_traces(request: &ExportTraceServiceRequest, pricer: &Pricer) -> Normalized {
+    let n: usize = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+    let mut b = SpanBuilders::new(n);
+    let mut rejections = Rejections::default();
+    let mut unpriced = 0;
+    let mut rest: Vec<&KeyValue> = Vec::with_capacity(32);
+    for rs in &request.resource_spans {
+        let resource = ResourceRow::new(rs.resource.as_ref());
+        for ss in &rs.scope_spans {
+            let row = resource.with_scope(ss.scope.as_ref());
+            for span in &ss.spans {
+                if let Some(reason) = invalid_span(span) {
+                    rejections.add(format_args!("span {:?} ({}): {reason}", span.name, hex(&span.span_id)));
+                    continue;
+                }
+                rest.clear();
+                let a = SpanAttrs::split(&span.attributes, &mut rest);
+                append_span(&mut b, span, &row, &a, &rest, pricer, &mut unpriced);
+            }
+        }
+    }
+    let (rejected, reject_message) = rejections.finish();
+    Normalized { signal: Signal::Spans, batch: b.finish(), rejected, reject_message, unpriced }
+}
+
+fn append_span(
+    b: &mut SpanBuilders,
+    span: &OtlpSpan,
+    resource: &ResourceRow,
+    a: &SpanAttrs<'_>,
+    rest: &[&KeyValue],
+    pricer: &Pricer,
+    unpriced: &mut u64,
+) {
+    let mut buf = [0u8; 32];
+    b.trace_id.append_value(hex_into(&span.trace_id, &mut buf));
+    b.span_id.append_value(hex_into(&span.span_id, &mut buf));
+    if span.parent_span_id.is_empty() || span.parent_span_id.iter().all(|x| *x == 0) {
+        b.parent_span_id.append_null();
+    } else {
+        b.parent_span_id.append_value(hex_into(&span.parent_span_id, &mut buf));
+    }
+    b.trace_state.append_option(Some(span.trace_state.as_str()).filter(|s| !s.is_empty()));
+    b.name.append_value(&span.name);
+    b.kind.append_value(span_kind(span.kind));
+    let start = span.start_time_unix_nano as i64;
+    let end = span.end_time_unix_nano as i64;
+    b.start_time.append_value(start);
+    b.end_time.append_value(end);
+    b.duration_ns.append_value(end - start);
+    let status = span.status.as_ref();
+    b.status_code.append_value(status_code(status.map(|s| s.code).unwrap_or(0)));
+    b.status_message.append_option(status.map(|s| s.message.as_str()).filter(|m| !m.is_empty()));
+    b.resource.append(resource);
+
+    let provider = as_str(a.provider).or_else(|| as_str(a.system));
+    let operation = as_str(a.operation);
+    let request_model = as_str(a.request_model);
+    let response_model = as_str(a.response_model);
+    let input_tokens = as_i64(a.input_tokens).or_else(|| as_i64(a.prompt_tokens));
+    let output_tokens = as_i64(a.output_tokens).or_else(|| as_i64(a.completion_tokens));
+    let cache_read = first_of(&a.cache_read);
+    let cache_creation = first_of(&a.cache_creation);
+    let reasoning = first_of(&a.reasoning);
+    let peer_provider = as_str(a.peer_provider);
+    let peer_region = as_str(a.peer_region);
+    b.peer_cloud_provider.append_option(peer_provider);
+    b.peer_cloud_region.append_option(peer_region);
+    b.gen_ai_provider.append_option(provider);
+    b.gen_ai_operation.append_option(operation);
+    b.request_model.append_option(request_model);
+    b.response_model.append_option(response_model);
+    b.input_tokens.append_option(input_tokens);
+    b.output_tokens.append_option(output_tokens);
+    b.cache_read_tokens.append_option(cache_read);
+    b.cache_creation_tokens.append_option(cache_creation);
+    b.reasoning_tokens.append_option(reasoning);
+    b.session_id.append_option(as_string(a.conversation_id).or_else(|| as_string(a.session_id)));
+    b.agent_name.append_option(as_str(a.agent_name));
+    b.agent_id.append_option(as_string(a.agent_id));
+    b.tool_name.append_option(as_str(a.tool_name));
+    b.error_type.append_option(as_str(a.error_type));
+    b.time_to_first_token_ms.append_option(as_f64(a.ttfc).or_else(|| as_f64(a.ttft)).map(|s| s * 1000.0));
+
+    let cost = pricer.price(&SpanFacts {
+        gen_ai_provider: provider,
+        gen_ai_operation: operation,
+        request_model,
+        response_model,
+        input_tokens,
+        output_tokens,
+        cache_read_tokens: cache_read,
+        cache_creation_tokens: cache_creation,
+        reasoning_tokens: reasoning,
+        cloud_provider: resource.cloud_provider.as_deref(),
+        cloud_region: resource.cloud_region.as_deref(),
+        peer_cloud_provider: peer_provider,
+        peer_cloud_region: peer_region,
+        request_bytes: as_i64(a.request_bytes),
+        response_bytes: as_i64(a.response_bytes),
+        egress_bytes: as_i64(a.egress_bytes),
+    });
+    if cost.price_source.as_deref() == Some("unknown") {
+        *unpriced += 1;
+    }
+    b.token_cost_usd.append_option(cost.token_cost_usd);
+    b.egress_bytes.append_option(cost.egress_bytes);
+    b.egress_cost_usd.append_option(cost.egress_cost_usd);
+    b.cost_usd.append_option(cost.cost_usd);
+    b.price_source.append_option(cost.price_source.as_deref());
+    b.hedge_id.append_option(as_string(a.hedge_id));
+    b.hedge_winner.append_option(as_bool(a.hedge_winner));
+
+    for kv in rest {
+        b.attributes.keys().append_value(&kv.key);
+        b.attributes.values().append_option(kv.value.as_ref().and_then(any_value_to_string));
+    }
+    let _ = b.attributes.append(true);
+    b.events.append_option(events_json(span));
+    b.links.append_option(links_json(span));
+}
+
+/// Lowercase hex of an id into a stack buffer (ids are at most 16 bytes), avoiding an allocation per id.
+fn hex_into<'b>(bytes: &[u8], buf: &'b mut [u8; 32]) -> &'b str {
+    let n = bytes.len().min(16);
+    for (i, b) in bytes[..n].iter().enumerate() {
+        buf[2 * i] = HEX[(b >> 4) as usize];
+        buf[2 * i + 1] = HEX[(b & 0xf) as usize];
+    }
+    // Only ASCII hex digits were written.
+    std::str::from_utf8(&buf[..2 * n]).expect("hex is ASCII")
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Metrics
+
+struct MetricBuilders {
+    time: TimestampNanosecondBuilder,
+    start_time: TimestampNanosecondBuilder,
+    metric_name: StringBuilder,
+    metric_description: StringBuilder,
+    metric_unit: StringBuilder,
+    metric_type: StringBuilder,
+    is_monotonic: BooleanBuilder,
+    aggregation_temporality: StringBuilder,
+    value: Float64Builder,
+    count: Int64Builder,
+    sum: Float64Builder,
+    min: Float64Builder,
+    max: Float64Builder,
+    buckets: StringBuilder,
+    attributes: AttrMapBuilder,
+    resource: ResourceBuilders,
+}
+
+/// One data point's type-specific values.
+#[derive(Default)]
+struct PointValues {
+    value: Option<f64>,
+    count: Option<i64>,
+    sum: Option<f64>,
+    min: Option<f64>,
+    max: Option<f64>,
+    buckets: Option<String>,
+}
+
+/// What every data point of one metric shares.
+struct MetricInfo<'a> {
+    name: &'a str,
+    description: &'a str,
+    unit: &'a str,
+    kind: &'static str,
+    monotonic: Option<bool>,
+    temporality: Option<&'static str>,
+}
+
+fn temporality(t: i32) -> Option<&'static str> {
+    match t {
+        1 => Some("delta"),
+        2 => Some("cumulative"),
+        _ => None,
+    }
+}
+
+impl MetricBuilders {
+    fn new(n: usize) -> Self {
+        MetricBuilders {
+            time: TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC"),
+            start_time: TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC"),
+            metric_name: StringBuilder::new(),
+            metric_description: StringBuilder::new(),
+            metric_unit: StringBuilder::new(),
+            metric_type: StringBuilder::new(),
+            is_monotonic: BooleanBuilder::new(),
+            aggregation_temporality: StringBuilder::new(),
+            value: Float64Builder::new(),
+            count: Int64Builder::new(),
+            sum: Float64Builder::new(),
+            min: Float64Builder::new(),
+            max: Float64Builder::new(),
+            buckets: StringBuilder::new(),
+            attributes: attr_map_builder(n),
+            resource: ResourceBuilders::new(n),
+        }
+    }
+
+    fn append(
+        &mut self,
+        info: &MetricInfo<'_>,
+        time: u64,
+        start: u64,
+        attributes: &[KeyValue],
+        v: PointValues,
+        resource: &ResourceRow,
+    ) {
+        self.time.append_value(time as i64);
+        self.start_time.append_option((start != 0).then_some(start as i64));
+        self.metric_name.append_value(info.name);
+        self.metric_description.append_option(Some(info.description).filter(|s| !s.is_empty()));
+        self.metric_unit.append_option(Some(info.unit).filter(|s| !s.is_empty()));
+        self.metric_type.append_value(info.kind);
+        self.is_monotonic.append_option(info.monotonic);
+        self.aggregation_temporality.append_option(info.temporality);
+        self.value.append_option(v.value);
+        self.count.append_option(v.count);
+        self.sum.append_option(v.sum);
+        self.min.append_option(v.min);
+        self.max.append_option(v.max);
+        self.buckets.append_option(v.buckets);
+        for kv in attributes {
+            self.attributes.keys().append_value(&kv.key);
+            self.attributes.values().append_option(kv.value.as_ref().and_then(any_value_to_string));
+        }
+        let _ = self.attributes.append(true);
+        self.resource.append(resource);
+    }
+
+    fn finish(mut self) -> RecordBatch {
+        let mut c: Vec<ArrayRef> = vec![
+            Arc::new(self.time.finish()),
+            Arc::new(self.start_time.finish()),
+            Arc::new(self.metric_name.finish()),
+            Arc::new(self.metric_description.finish()),
+            Arc::new(self.metric_unit.finish()),
+            Arc::new(self.metric_type.finish()),
+            Arc::new(self.is_monotonic.finish()),
+            Arc::new(self.aggregation_temporality.finish()),
+            Arc::new(self.value.finish()),
+            Arc::new(self.count.finish()),
+            Arc::new(self.sum.finish()),
+            Arc::new(self.min.finish()),
+            Arc::new(self.max.finish()),
+            Arc::new(self.buckets.finish()),
+            Arc::new(self.attributes.finish()),
+        ];
+        self.resource.finish_into(&mut c);
+        build_batch(crate::schema::metrics_schema(), c)
+    }
+}
+
+fn number_value(v: &Option<number_data_point::Value>) -> Option<f64> {
+    match v {
+        Some(number_data_point::Value::AsDouble(d)) => Some(*d),
+        Some(number_data_point::Value::AsInt(i)) => Some(*i as f64),
+        None => None,
+    }
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Normalises a metrics export request into the `metrics` table (one row per data point).
+pub fn normalize_metrics(request: &ExportMetricsServiceRequest) -> Normalized {
+    let mut b = MetricBuilders::new(64);
+    let mut rejections = Rejections::default();
+    for rm in &request.resource_metrics {
+        let resource = ResourceRow::new(rm.resource.as_ref());
+        for sm in &rm.scope_metrics {
+            let row = resource.with_scope(sm.scope.as_ref());
+            for m in &sm.metrics {
+                let Some(data) = &m.data else {
+                    // A metric with no data has no points to store (and none to reject).
+                    continue;
+                };
+                let mut info = MetricInfo {
+                    name: &m.name,
+                    description: &m.description,
+                    unit: &m.unit,
+                    kind: "gauge",
+                    monotonic: None,
+                    temporality: None,
+                };
+                let check = |time: u64, rejections: &mut Rejections| {
+                    if time == 0 || time > i64::MAX as u64 {
+                        rejections.add(format_args!("data point of {:?}: time_unix_nano is missing", m.name));
+                        false
+                    } else {
+                        true
+                    }
+                };
+                match data {
+                    Data::Gauge(g) => {
+                        for p in &g.data_points {
+                            if check(p.time_unix_nano, &mut rejections) {
+                                let v = PointValues { value: number_value(&p.value), ..Default::default() };
+                                b.append(&info, p.time_unix_nano, p.start_time_unix_nano, &p.attributes, v, &row);
+                            }
+                        }
+                    }
+                    Data::Sum(s) => {
+                        info.kind = "sum";
+                        info.monotonic = Some(s.is_monotonic);
+                        info.temporality = temporality(s.aggregation_temporality);
+                        for p in &s.data_points {
+                            if check(p.time_unix_nano, &mut rejections) {
+                                let v = PointValues { value: number_value(&p.value), ..Default::default() };
+                                b.append(&info, p.time_unix_nano, p.start_time_unix_nano, &p.attributes, v, &row);
+                            }
+                        }
+                    }
+                    Data::Histogram(h) => {
+                        info.kind = "histogram";
+                        info.temporality = temporality(h.aggregation_temporality);
+                        for p in &h.data_points {
+                            if check(p.time_unix_nano, &mut rejections) {
+                                let buckets = serde_json::json!({
+                                    "explicit_bounds": p.explicit_bounds,
+                                    "bucket_counts": p.bucket_counts,
+                                });
+                                let v = PointValues {
+                                    count: Some(i64_of(p.count)),
+                                    sum: p.sum,
+                                    min: p.min,
+                                    max: p.max,
+                                    buckets: Some(buckets.to_string()),
+                                    ..Default::default()
+                                };
+                                b.append(&info, p.time_unix_nano, p.start_time_unix_nano, &p.attributes, v, &row);
+                            }
+                        }
+                    }
+                    Data::ExponentialHistogram(h) => {
+                        info.kind = "exponential_histogram";
+                        info.temporality = temporality(h.aggregation_temporality);
+                        for p in &h.data_points {
+                            if check(p.time_unix_nano, &mut rejections) {
+                                let side = |b: &Option<_>| {
+                                    let b: &Option<opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets> = b;
+                                    b.as_ref().map(|b| serde_json::json!({"offset": b.offset, "bucket_counts": b.bucket_counts}))
+                                };
+                                let buckets = serde_json::json!({
+                                    "scale": p.scale,
+                                    "zero_count": p.zero_count,
+                                    "zero_threshold": p.zero_threshold,
+                                    "positive": side(&p.positive),
+                                    "negative": side(&p.negative),
+                                });
+                                let v = PointValues {
+                                    count: Some(i64_of(p.count)),
+                                    sum: p.sum,
+                                    min: p.min,
+                                    max: p.max,
+                                    buckets: Some(buckets.to_string()),
+                                    ..Default::default()
+                                };
+                                b.append(&info, p.time_unix_nano, p.start_time_unix_nano, &p.attributes, v, &row);
+                            }
+                        }
+                    }
+                    Data::Summary(s) => {
+                        info.kind = "summary";
+                        for p in &s.data_points {
+                            if check(p.time_unix_nano, &mut rejections) {
+                                let q: Vec<_> = p
+                                    .quantile_values
+                                    .iter()
+                                    .map(|q| serde_json::json!({"quantile": q.quantile, "value": q.value}))
+                                    .collect();
+                                let v = PointValues {
+                                    count: Some(i64_of(p.count)),
+                                    sum: Some(p.sum),
+                                    buckets: Some(serde_json::json!({ "quantiles": q }).to_string()),
+                                    ..Default::default()
+                                };
+                                b.append(&info, p.time_unix_nano, p.start_time_unix_nano, &p.attributes, v, &row);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let (rejected, reject_message) = rejections.finish();
+    Normalized { signal: Signal::Metrics, batch: b.finish(), rejected, reject_message, unpriced: 0 }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Logs
+
+/// Normalises a logs export request into the `logs` table. A record without a timestamp takes its observed time,
+/// and without either, the time it was received, as the OTLP data model allows.
+pub fn normalize_logs(request: &ExportLogsServiceRequest, received_ns: i64) -> Normalized {
+    let n: usize = request.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum();
+    let mut time = TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut observed = TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut severity_number = Int32Builder::with_capacity(n);
+    let mut severity_text = StringBuilder::new();
+    let mut body = StringBuilder::new();
+    let mut trace_id = StringBuilder::new();
+    let mut span_id = StringBuilder::new();
+    let mut event_name = StringBuilder::new();
+    let mut attributes = attr_map_builder(n);
+    let mut resource_b = ResourceBuilders::new(n);
+    let mut rejections = Rejections::default();
+    for rl in &request.resource_logs {
+        let resource = ResourceRow::new(rl.resource.as_ref());
+        for sl in &rl.scope_logs {
+            let row = resource.with_scope(sl.scope.as_ref());
+            for r in &sl.log_records {
+                if r.time_unix_nano > i64::MAX as u64 || r.observed_time_unix_nano > i64::MAX as u64 {
+                    rejections.add(format_args!("log record: timestamp is out of range"));
+                    continue;
+                }
+                if !r.trace_id.is_empty() && r.trace_id.len() != 16 {
+                    rejections.add(format_args!("log record: trace_id must be empty or 16 bytes"));
+                    continue;
+                }
+                let t = [r.time_unix_nano, r.observed_time_unix_nano].into_iter().find(|t| *t != 0);
+                time.append_value(t.map(|t| t as i64).unwrap_or(received_ns));
+                observed.append_option((r.observed_time_unix_nano != 0).then_some(r.observed_time_unix_nano as i64));
+                severity_number.append_option((r.severity_number != 0).then_some(r.severity_number));
+                severity_text.append_option(Some(r.severity_text.as_str()).filter(|s| !s.is_empty()));
+                body.append_option(r.body.as_ref().and_then(|b| match &b.value {
+                    Some(Value::StringValue(s)) => Some(s.clone()),
+                    Some(_) => Some(any_value_to_json(b).to_string()),
+                    None => None,
+                }));
+                trace_id.append_option((!r.trace_id.is_empty()).then(|| hex(&r.trace_id)));
+                span_id.append_option((!r.span_id.is_empty()).then(|| hex(&r.span_id)));
+                event_name.append_option(Some(r.event_name.as_str()).filter(|s| !s.is_empty()));
+                for kv in &r.attributes {
+                    attributes.keys().append_value(&kv.key);
+                    attributes.values().append_option(kv.value.as_ref().and_then(any_value_to_string));
+                }
+                let _ = attributes.append(true);
+                resource_b.append(&row);
+            }
+        }
+    }
+    let mut c: Vec<ArrayRef> = vec![
+        Arc::new(time.finish()),
+        Arc::new(observed.finish()),
+        Arc::new(severity_number.finish()),
+        Arc::new(severity_text.finish()),
+        Arc::new(body.finish()),
+        Arc::new(trace_id.finish()),
+        Arc::new(span_id.finish()),
+        Arc::new(event_name.finish()),
+        Arc::new(attributes.finish()),
+    ];
+    resource_b.finish_into(&mut c);
+    let (rejected, reject_message) = rejections.finish();
+    Normalized {
+        signal: Signal::Logs,
+        batch: build_batch(crate::schema::logs_schema(), c),
+        rejected,
+        reject_message,
+        unpriced: 0,
+    }
+}

@@ -1,0 +1,124 @@
+//! A running collector: the durable write path, the OTLP receivers, and its health and metrics endpoints.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use thiserror::Error;
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::cost::Pricer;
+use crate::error::StorageError;
+use crate::ingest::{Ingest, RecoveryReport};
+use crate::observe::SpanObserver;
+use crate::receiver::Receiver;
+use crate::telemetry::Metrics;
+
+/// Why the collector could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// The data dir or WAL could not be opened or recovered.
+    #[error("cannot open the data directory: {0}")]
+    Storage(#[from] StorageError),
+    /// The price tables could not be loaded.
+    #[error("cannot load prices: {0}")]
+    Pricing(String),
+}
+
+/// The collector's core, started but not yet serving.
+#[derive(Clone)]
+pub struct Collector {
+    ingest: Arc<Ingest>,
+    receiver: Receiver,
+    metrics: Arc<Metrics>,
+}
+
+impl Collector {
+    /// Recovers the data dir (replaying the WAL) and prepares the receivers. Nothing listens yet.
+    pub async fn start(config: Config) -> Result<(Collector, RecoveryReport), StartError> {
+        let pricer = Pricer::from_config(&config.pricing).map_err(|e| StartError::Pricing(e.to_string()))?;
+        let metrics = Metrics::new();
+        let (ingest, report) = Ingest::start(config, metrics.clone()).await?;
+        let receiver = Receiver::new(ingest.clone(), Arc::new(pricer));
+        Ok((Collector { ingest, receiver, metrics }, report))
+    }
+
+    /// What queries can see: committed files plus the acknowledged, unflushed buffer.
+    pub fn catalog(&self) -> Catalog {
+        self.ingest.catalog().clone()
+    }
+
+    /// The collector's own metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The write path.
+    pub fn ingest(&self) -> &Arc<Ingest> {
+        &self.ingest
+    }
+
+    /// Adds a consumer of acknowledged spans. Call before serving.
+    pub fn add_observer(&self, observer: Arc<dyn SpanObserver>) {
+        self.ingest.add_observer(observer);
+    }
+
+    /// The OTLP/HTTP routes (`/v1/traces`, `/v1/metrics`, `/v1/logs`).
+    pub fn otlp_http_router(&self) -> Router {
+        crate::otlp_http::router(self.receiver.clone())
+    }
+
+    /// Serves OTLP/gRPC on `listener` until `shutdown` completes.
+    pub async fn serve_grpc(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
+        crate::grpc::serve(self.receiver.clone(), listener, shutdown).await
+    }
+
+    /// `GET /healthz` (the process is up), `GET /readyz` (it accepts data: not shutting down and not applying
+    /// backpressure), `GET /metrics` (Prometheus).
+    pub fn ops_router(&self) -> Router {
+        Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(prometheus))
+            .with_state(self.clone())
+    }
+
+    /// Runs the periodic flusher until shutdown begins.
+    pub fn spawn_flusher(&self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.ingest.clone().run_flusher())
+    }
+
+    /// Stops accepting data and flushes everything to Parquet.
+    pub async fn shutdown(&self) -> Result<(), StorageError> {
+        self.ingest.shutdown().await
+    }
+}
+
+async fn readyz(State(c): State<Collector>) -> impl IntoResponse {
+    let ingest = &c.ingest;
+    if ingest.is_shutting_down() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".to_string());
+    }
+    let limit = ingest.config().ingest.max_buffer_bytes;
+    let buffered = ingest.buffered_bytes();
+    // Past 90% of the buffer, new data is about to be refused: tell load balancers to send it elsewhere.
+    if buffered as f64 > 0.9 * limit as f64 {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("write buffer {buffered} of {limit} bytes: applying backpressure\n"));
+    }
+    (StatusCode::OK, "ready\n".to_string())
+}
+
+async fn prometheus(State(c): State<Collector>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        c.metrics.encode(),
+    )
+}
