@@ -1,0 +1,428 @@
+//! Ingest benchmark: OTLP/gRPC over loopback with concurrent exporters, against the real `tailscope serve`
+//! (durability on) and, in the same run and with the same requests, a decode-only gRPC server (tonic + prost:
+//! decode, then drop). Reports spans/s, server CPU-seconds per million spans, spans per CPU-second, peak RSS and
+//! on-disk bytes per span next to the same requests as OTLP protobuf compressed with zstd.
+//!
+//! ```text
+//! cargo build --profile bench -p tailscope-benches --bin ingest && cargo build --profile bench --bin tailscope
+//! target/release/ingest --spans 2000000 --exporters 8
+//! ```
+//!
+//! Both servers run as child processes, so their CPU time and memory come from the kernel's accounting of
+//! exactly that process (the decode-only server is this binary re-executed with `--baseline-server`).
+
+#[path = "../ingest/corpus.rs"]
+mod corpus;
+#[path = "../ingest/process.rs"]
+mod process;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BufMut;
+use clap::Parser;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use prost::Message;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::Channel;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Ingest benchmark for tailscope.
+#[derive(Debug, Parser)]
+#[command(name = "ingest")]
+struct Args {
+    /// The `tailscope` binary to measure (default: next to this one, i.e. the same profile's build).
+    #[arg(long)]
+    tailscope: Option<PathBuf>,
+    /// Spans to send to each server.
+    #[arg(long, default_value_t = 2_000_000)]
+    spans: u64,
+    /// Concurrent exporters (each with its own connection, like separate services).
+    #[arg(long, default_value_t = 8)]
+    exporters: usize,
+    /// Spans per export request (the SDK batch processor's default batch is 512).
+    #[arg(long, default_value_t = 200)]
+    spans_per_request: usize,
+    /// Distinct requests in the corpus, sent round-robin (with unique trace ids per send).
+    #[arg(long, default_value_t = 64)]
+    corpus_requests: usize,
+    /// Only measure the decode-only baseline.
+    #[arg(long)]
+    skip_tailscope: bool,
+    /// Only measure tailscope.
+    #[arg(long)]
+    skip_baseline: bool,
+    /// Keep tailscope's data directory (printed) for inspection.
+    #[arg(long)]
+    keep_data: bool,
+    /// Internal: run as the decode-only baseline server on this address and print `LISTENING <addr>`.
+    #[arg(long, hide = true)]
+    baseline_server: Option<SocketAddr>,
+}
+
+fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    if let Some(addr) = args.baseline_server {
+        return run_baseline_server(addr);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(bench(args))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The decode-only baseline server.
+
+#[derive(Default)]
+struct DecodeOnly {
+    spans: AtomicU64,
+}
+
+#[tonic::async_trait]
+impl TraceService for DecodeOnly {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        // tonic + prost have decoded the whole request by now; count (so the decode cannot be optimised away)
+        // and drop it.
+        let n: usize = request.get_ref().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+        self.spans.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+fn run_baseline_server(addr: SocketAddr) -> Result<(), BoxError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        println!("LISTENING {local}");
+        std::io::stdout().flush()?;
+        let incoming = futures::stream::unfold(listener, |l| async move {
+            let r = l.accept().await.map(|(s, _)| {
+                let _ = s.set_nodelay(true);
+                s
+            });
+            Some((r, l))
+        });
+        let service = TraceServiceServer::new(DecodeOnly::default()).max_decoding_message_size(64 * 1024 * 1024);
+        tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await?;
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The client: pre-encoded requests through a pass-through codec.
+
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+#[derive(Debug, Clone, Copy, Default)]
+struct RawEncoder;
+#[derive(Debug, Clone, Copy, Default)]
+struct ResponseDecoder;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = RawEncoder;
+    type Decoder = ResponseDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> ResponseDecoder {
+        ResponseDecoder
+    }
+}
+
+impl Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for ResponseDecoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<ExportTraceServiceResponse>, tonic::Status> {
+        ExportTraceServiceResponse::decode(src).map(Some).map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+#[derive(Debug, Default)]
+struct Load {
+    acked_spans: AtomicU64,
+    rejected_spans: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// Sends `total` spans from `exporters` concurrent connections; returns the load counters and the wall time.
+async fn drive(
+    endpoint: &str,
+    corpus: Arc<corpus::Corpus>,
+    total: u64,
+    exporters: usize,
+) -> Result<(Arc<Load>, Duration), BoxError> {
+    let load = Arc::new(Load::default());
+    let next = Arc::new(AtomicU64::new(0));
+    let per_request = corpus.requests[0].spans as u64;
+    let requests_total = total.div_ceil(per_request);
+    let mut channels = Vec::new();
+    for _ in 0..exporters {
+        channels.push(Channel::from_shared(endpoint.to_string())?.tcp_nodelay(true).connect().await?);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for channel in channels {
+        let (load, next, corpus) = (load.clone(), next.clone(), corpus.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut grpc = tonic::client::Grpc::new(channel);
+            loop {
+                let seq = next.fetch_add(1, Ordering::Relaxed);
+                if seq >= requests_total {
+                    return Ok::<(), String>(());
+                }
+                let req = &corpus.requests[(seq % corpus.requests.len() as u64) as usize];
+                let body = req.stamped(seq);
+                loop {
+                    grpc.ready().await.map_err(|e| format!("connection lost: {e}"))?;
+                    let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
+                    match grpc.unary(tonic::Request::new(body.clone()), path, RawCodec).await {
+                        Ok(resp) => {
+                            let rejected =
+                                resp.get_ref().partial_success.as_ref().map(|p| p.rejected_spans as u64).unwrap_or(0);
+                            load.rejected_spans.fetch_add(rejected, Ordering::Relaxed);
+                            load.acked_spans.fetch_add(req.spans as u64 - rejected, Ordering::Relaxed);
+                            load.requests.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        // Backpressure: retry after a pause, as the OTLP spec tells exporters to.
+                        Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::ResourceExhausted) => {
+                            load.retries.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(s) => return Err(format!("export failed: {s}")),
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok((load, started.elapsed()))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Servers under test.
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_for_port(addr: SocketAddr, child: &mut Child, timeout: Duration) -> Result<(), BoxError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            return Err(format!("server exited before listening: {status}").into());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("server not listening on {addr} after {timeout:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What one server did with the load.
+#[derive(Debug)]
+struct Measured {
+    name: &'static str,
+    spans: u64,
+    wall: Duration,
+    cpu_seconds: f64,
+    peak_rss: u64,
+    retries: u64,
+    rejected: u64,
+    /// Parquet bytes and rows stored (tailscope only).
+    stored: Option<(u64, u64)>,
+}
+
+impl Measured {
+    fn spans_per_s(&self) -> f64 {
+        self.spans as f64 / self.wall.as_secs_f64()
+    }
+    fn cpu_per_million(&self) -> f64 {
+        self.cpu_seconds / self.spans as f64 * 1e6
+    }
+    fn spans_per_cpu_second(&self) -> f64 {
+        self.spans as f64 / self.cpu_seconds
+    }
+}
+
+async fn measure_baseline(args: &Args, corpus: Arc<corpus::Corpus>) -> Result<Measured, BoxError> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["--baseline-server", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
+    let addr: SocketAddr = line.trim().strip_prefix("LISTENING ").ok_or_else(|| format!("unexpected: {line}"))?.parse()?;
+    let cpu_before = process::cpu_seconds(child.id())?;
+    let (load, wall) = drive(&format!("http://{addr}"), corpus, args.spans, args.exporters).await?;
+    let exited = process::terminate(&mut child, Duration::from_secs(30))?;
+    Ok(Measured {
+        name: "decode-only (tonic + prost)",
+        spans: load.acked_spans.load(Ordering::Relaxed),
+        wall,
+        cpu_seconds: exited.cpu_seconds - cpu_before,
+        peak_rss: exited.max_rss_bytes,
+        retries: load.retries.load(Ordering::Relaxed),
+        rejected: load.rejected_spans.load(Ordering::Relaxed),
+        stored: None,
+    })
+}
+
+async fn measure_tailscope(args: &Args, binary: &Path, corpus: Arc<corpus::Corpus>) -> Result<Measured, BoxError> {
+    let dir = tempfile::Builder::new().prefix("tailscope-ingest-bench-").tempdir()?;
+    let data = dir.path().join("data");
+    let grpc: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let config = format!(
+        "data_dir = {data:?}\n[server]\notlp_grpc = \"{grpc}\"\notlp_http = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{}\"\nflight = \"127.0.0.1:{}\"\n",
+        free_port()?,
+        free_port()?,
+        free_port()?,
+    );
+    let config_path = dir.path().join("tailscope.toml");
+    std::fs::write(&config_path, config)?;
+    let log = std::fs::File::create(dir.path().join("serve.log"))?;
+    let mut child = Command::new(binary)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config_path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+    if let Err(e) = wait_for_port(grpc, &mut child, Duration::from_secs(60)).await {
+        let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+        return Err(format!("{e}\n{log}").into());
+    }
+    let cpu_before = process::cpu_seconds(child.id())?;
+    let (load, wall) = drive(&format!("http://{grpc}"), corpus, args.spans, args.exporters).await?;
+    // SIGTERM: tailscope flushes everything to Parquet and exits; its CPU time includes that flush.
+    let exited = process::terminate(&mut child, Duration::from_secs(300))?;
+    if !exited.clean {
+        let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+        return Err(format!("tailscope did not exit cleanly (wait status {}):\n{log}", exited.status).into());
+    }
+    let (bytes, files) = process::files_with_suffix(&data.join("spans"), ".parquet")?;
+    let mut rows = 0u64;
+    for f in &files {
+        use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+        let reader = SerializedFileReader::new(std::fs::File::open(f)?)?;
+        rows += reader.metadata().file_metadata().num_rows() as u64;
+    }
+    if args.keep_data {
+        eprintln!("tailscope data kept in {}", dir.keep().display());
+    }
+    Ok(Measured {
+        name: "tailscope serve (WAL fsync on)",
+        spans: load.acked_spans.load(Ordering::Relaxed),
+        wall,
+        cpu_seconds: exited.cpu_seconds - cpu_before,
+        peak_rss: exited.max_rss_bytes,
+        retries: load.retries.load(Ordering::Relaxed),
+        rejected: load.rejected_spans.load(Ordering::Relaxed),
+        stored: Some((bytes, rows)),
+    })
+}
+
+async fn bench(args: Args) -> Result<(), BoxError> {
+    let (cores, cpu) = process::machine();
+    eprintln!("building the corpus: {} requests x {} spans", args.corpus_requests, args.spans_per_request);
+    let corpus = Arc::new(corpus::build(args.corpus_requests, args.spans_per_request, 42));
+    let otlp_per_span = corpus.bytes() as f64 / corpus.spans() as f64;
+    let zstd_per_span = corpus.zstd_bytes_per_span(3)?;
+    let attrs = corpus.attributes_per_span();
+
+    let mut results = Vec::new();
+    if !args.skip_baseline {
+        eprintln!("decode-only baseline: {} spans, {} exporters", args.spans, args.exporters);
+        results.push(measure_baseline(&args, corpus.clone()).await?);
+    }
+    if !args.skip_tailscope {
+        let binary = match &args.tailscope {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?.with_file_name("tailscope"),
+        };
+        eprintln!("tailscope ({}): {} spans, {} exporters", binary.display(), args.spans, args.exporters);
+        results.push(measure_tailscope(&args, &binary, corpus.clone()).await?);
+    }
+
+    let command: Vec<String> = std::env::args().collect();
+    println!("Machine: {cores} cores ({cpu}); client and server share them.");
+    println!("Command: `{}`", command.join(" "));
+    println!(
+        "Corpus: {} distinct requests of {} spans; {:.1} attributes and {:.0} bytes of OTLP protobuf per span.",
+        args.corpus_requests, args.spans_per_request, attrs, otlp_per_span
+    );
+    println!();
+    println!("| server | spans | spans/s | server CPU-s per 1M spans | spans per CPU-second | peak RSS | retries (backpressure) | rejected |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for m in &results {
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.0} | {:.0} MiB | {} | {} |",
+            m.name,
+            m.spans,
+            m.spans_per_s(),
+            m.cpu_per_million(),
+            m.spans_per_cpu_second(),
+            m.peak_rss as f64 / (1024.0 * 1024.0),
+            m.retries,
+            m.rejected
+        );
+    }
+    println!();
+    println!("| storage | bytes per span |");
+    println!("|---|---:|");
+    println!("| OTLP protobuf, uncompressed | {otlp_per_span:.1} |");
+    println!("| OTLP protobuf, zstd level 3 per request | {zstd_per_span:.1} |");
+    let tailscope = results.iter().find(|m| m.stored.is_some());
+    if let Some(m) = tailscope {
+        let (bytes, rows) = m.stored.unwrap_or_default();
+        println!("| tailscope Parquet on disk (after SIGTERM flush; {rows} rows, {bytes} bytes) | {:.1} |", bytes as f64 / rows.max(1) as f64);
+        if rows != m.spans {
+            println!();
+            println!("WARNING: {} spans acknowledged but {rows} rows on disk", m.spans);
+        }
+    }
+    println!();
+    let baseline = results.iter().find(|m| m.stored.is_none());
+    if let (Some(t), Some(b)) = (tailscope, baseline) {
+        let (bytes, rows) = t.stored.unwrap_or_default();
+        println!(
+            "Ratios: tailscope spans per CPU-second / decode-only = {:.2} (target >= 0.5); \
+             Parquet bytes per span / OTLP+zstd = {:.2} (target <= 0.7); throughput tailscope / decode-only = {:.2}.",
+            t.spans_per_cpu_second() / b.spans_per_cpu_second(),
+            (bytes as f64 / rows.max(1) as f64) / zstd_per_span,
+            t.spans_per_s() / b.spans_per_s()
+        );
+    }
+    Ok(())
+}
