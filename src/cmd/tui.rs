@@ -1,12 +1,46 @@
-//! `tailscope tui`. (Placeholder: filled in by the tui work.)
+//! `tailscope tui`: the live terminal dashboard.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::CmdResult;
 
 /// Flags of `tailscope tui`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The tailscope server to read live figures and SQL from (its API address).
+    #[arg(long, default_value = "http://127.0.0.1:4319", env = "TAILSCOPE_SERVER", conflicts_with = "data_dir")]
+    pub server: String,
+    /// Browse the history in a data directory instead, without a server (SQL only: no live windows or alerts API).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Which screens: a default's name (overview, cost, hedging, alerts, session), a .toml file, or a directory of
+    /// them. All defaults when omitted.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub dashboard: Option<String>,
+    /// How often panels refresh, e.g. 1s, 500ms, 5s.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub refresh: Duration,
+    /// Give up on one fetch after this long (the panel shows the error; the screen never blocks).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
 
 /// Runs `tailscope tui`.
-pub async fn run(_args: Args) -> CmdResult {
-    Err("not built yet".into())
+pub async fn run(args: Args) -> CmdResult {
+    // Every screen is checked before the terminal is taken over: a bad file is an error on a normal terminal.
+    let screens = tui::dashboard::resolve(args.dashboard.as_deref())?;
+    if screens.is_empty() {
+        return Err(format!("no dashboards in {}", args.dashboard.unwrap_or_default()).into());
+    }
+    if args.refresh < Duration::from_millis(100) {
+        return Err("--refresh must be at least 100ms".into());
+    }
+    let source: Arc<dyn tui::DataSource> = match args.data_dir {
+        Some(dir) => Arc::new(tui::LocalSource::new(dir)?),
+        None => Arc::new(tui::HttpSource::new(&args.server, args.timeout)?),
+    };
+    tui::run(screens, source, args.refresh).await?;
+    Ok(())
 }

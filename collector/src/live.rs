@@ -1,0 +1,643 @@
+//! Live tail-latency windows: exact-to-3-significant-digits latency percentiles per route over the last minute,
+//! five minutes and hour, updated as spans are acknowledged and served on `GET /api/v1/live`.
+//!
+//! A *route* is (`gen_ai_provider`, `cloud_region`, `request_model`, `gen_ai_operation`); a missing value is
+//! `"none"`. Each route keeps, per window, a short ring of sub-window ("slice") HDR histograms that are merged on
+//! read, the way Prometheus summaries and HdrHistogram's own `Recorder`/interval pattern age out old samples:
+//!
+//! | window | slice | slices kept |
+//! |--------|-------|-------------|
+//! | `1m`   | 10 s  | 6           |
+//! | `5m`   | 30 s  | 10          |
+//! | `1h`   | 5 min | 12          |
+//!
+//! A window therefore covers the current (partial) slice plus the previous complete ones: between `window - slice`
+//! and `window` of history; rates divide by the time actually covered. The per-slice p99 of the window's slices is
+//! the sparkline series. Durations are recorded in microseconds with 3 significant digits (relative error
+//! < 0.1%), so a 45.2 ms call reads back as 45.2 ms, not 45 ms.
+//!
+//! Time is the acknowledgement time (wall clock when [`SpanObserver::observe`] runs), not the span's start time:
+//! the view answers "what is slow right now", and a late or replayed batch must not rewrite past slices.
+//!
+//! Memory: an HDR histogram's size grows with the largest value recorded into it (about 60 KiB once values reach
+//! tens of seconds), so an active route holds at most ~31 of them (< 2 MiB). Routes idle for longer than the
+//! longest window are dropped. At most [`MAX_ROUTES`] routes are tracked; spans of further routes are counted under
+//! provider `"(other)"` rather than growing memory without bound.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::Int64Type;
+use datafusion::arrow::record_batch::RecordBatch;
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::observe::SpanObserver;
+
+/// The most routes tracked at once; further routes are folded into one overflow route.
+pub const MAX_ROUTES: usize = 512;
+/// The value used for a missing key column.
+pub const NONE: &str = "none";
+/// The provider of the overflow route.
+pub const OVERFLOW: &str = "(other)";
+const SIGFIG: u8 = 3;
+const NS_PER_S: i64 = 1_000_000_000;
+
+/// One of the three live windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Window {
+    /// The last minute (10 s slices).
+    #[serde(rename = "1m")]
+    OneMinute,
+    /// The last five minutes (30 s slices).
+    #[serde(rename = "5m")]
+    FiveMinutes,
+    /// The last hour (5 min slices).
+    #[serde(rename = "1h")]
+    OneHour,
+}
+
+impl Window {
+    /// Every window, shortest first.
+    pub const ALL: [Window; 3] = [Window::OneMinute, Window::FiveMinutes, Window::OneHour];
+
+    /// `1m`, `5m` or `1h`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::OneMinute => "1m",
+            Window::FiveMinutes => "5m",
+            Window::OneHour => "1h",
+        }
+    }
+
+    /// Parses `1m`, `5m` or `1h`.
+    pub fn parse(s: &str) -> Option<Window> {
+        Window::ALL.into_iter().find(|w| w.as_str() == s)
+    }
+
+    fn tier(self) -> usize {
+        self as usize
+    }
+
+    /// Length of one slice.
+    pub fn slice_ns(self) -> i64 {
+        match self {
+            Window::OneMinute => 10 * NS_PER_S,
+            Window::FiveMinutes => 30 * NS_PER_S,
+            Window::OneHour => 300 * NS_PER_S,
+        }
+    }
+
+    /// Number of slices (the current one included) that make up the window.
+    pub fn slices(self) -> i64 {
+        match self {
+            Window::OneMinute => 6,
+            Window::FiveMinutes => 10,
+            Window::OneHour => 12,
+        }
+    }
+
+    /// Nominal length of the window.
+    pub fn length_ns(self) -> i64 {
+        self.slice_ns() * self.slices()
+    }
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The identity of a route: what the live view groups spans by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RouteKey {
+    /// `gen_ai_provider`, or `"none"`.
+    pub provider: String,
+    /// `cloud_region` (where the caller runs), or `"none"`.
+    pub region: String,
+    /// `request_model`, or `"none"`.
+    pub model: String,
+    /// `gen_ai_operation`, or `"none"`.
+    pub operation: String,
+}
+
+/// Which key columns a report groups by; the others are merged (their histograms added) and reported as `"*"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grouping {
+    /// Keep providers apart.
+    pub provider: bool,
+    /// Keep regions apart.
+    pub region: bool,
+    /// Keep models apart.
+    pub model: bool,
+    /// Keep operations apart.
+    pub operation: bool,
+}
+
+impl Default for Grouping {
+    fn default() -> Self {
+        Grouping { provider: true, region: true, model: true, operation: true }
+    }
+}
+
+impl Grouping {
+    /// Parses a comma-separated list of `provider`, `region`, `model`, `operation` (empty = everything merged).
+    pub fn parse(s: &str) -> Result<Grouping, String> {
+        let mut g = Grouping { provider: false, region: false, model: false, operation: false };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "provider" => g.provider = true,
+                "region" => g.region = true,
+                "model" => g.model = true,
+                "operation" => g.operation = true,
+                other => {
+                    return Err(format!(
+                        "unknown group column {other:?}: use a comma-separated list of provider, region, model, operation"
+                    ));
+                }
+            }
+        }
+        Ok(g)
+    }
+
+    fn project(&self, k: &RouteKey) -> RouteKey {
+        let pick = |keep: bool, v: &String| if keep { v.clone() } else { "*".to_string() };
+        RouteKey {
+            provider: pick(self.provider, &k.provider),
+            region: pick(self.region, &k.region),
+            model: pick(self.model, &k.model),
+            operation: pick(self.operation, &k.operation),
+        }
+    }
+}
+
+/// Exact-match filters on the key columns (`None` = any).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct RouteFilter {
+    /// Only this provider.
+    pub provider: Option<String>,
+    /// Only this region.
+    pub region: Option<String>,
+    /// Only this model.
+    pub model: Option<String>,
+    /// Only this operation.
+    pub operation: Option<String>,
+}
+
+impl RouteFilter {
+    fn matches(&self, k: &RouteKey) -> bool {
+        let ok = |f: &Option<String>, v: &String| f.as_ref().is_none_or(|f| f == v);
+        ok(&self.provider, &k.provider)
+            && ok(&self.region, &k.region)
+            && ok(&self.model, &k.model)
+            && ok(&self.operation, &k.operation)
+    }
+}
+
+/// One histogram bucket of a report: spans with a duration in `(previous le_ms, le_ms]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bucket {
+    /// Upper bound of the bucket, in ms.
+    pub le_ms: f64,
+    /// Spans in the bucket.
+    pub count: u64,
+}
+
+/// Latency figures of one (grouped) route over one window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveRow {
+    /// Provider, region, model and operation (`"*"` where merged by the grouping).
+    #[serde(flatten)]
+    pub key: RouteKey,
+    /// Spans in the window.
+    pub count: u64,
+    /// Spans per second over the time the window covers.
+    pub rate: f64,
+    /// Spans with `status_code = 'error'`.
+    pub errors: u64,
+    /// `errors / count` (0 when empty).
+    pub error_rate: f64,
+    /// Latency percentiles and extremes, in ms.
+    pub p50_ms: f64,
+    /// 95th percentile, ms.
+    pub p95_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// 99.9th percentile, ms.
+    pub p999_ms: f64,
+    /// Largest duration, ms.
+    pub max_ms: f64,
+    /// Mean duration, ms.
+    pub mean_ms: f64,
+    /// p99 of each slice of the window, oldest first, in ms (`null` for a slice without spans).
+    pub p99_series_ms: Vec<Option<f64>>,
+    /// Latency distribution in power-of-two ms buckets, starting at 1 ms (empty when buckets were not asked for).
+    pub buckets: Vec<Bucket>,
+}
+
+/// The answer of `GET /api/v1/live`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveReport {
+    /// The window asked for.
+    pub window: Window,
+    /// Seconds of history the window actually covers (less than nominal right after start).
+    pub covered_s: f64,
+    /// Seconds between two points of `p99_series_ms`.
+    pub series_step_s: f64,
+    /// The configured p99 objective in ms; rows above it are breaching.
+    pub slo_p99_ms: f64,
+    /// When the report was made (RFC 3339, UTC).
+    pub generated_at: String,
+    /// One row per route (grouped), busiest first.
+    pub rows: Vec<LiveRow>,
+}
+
+struct Slice {
+    index: i64,
+    hist: Histogram<u32>,
+    errors: u64,
+}
+
+#[derive(Default)]
+struct RouteState {
+    tiers: [VecDeque<Slice>; 3],
+    last_seen_ns: i64,
+}
+
+impl RouteState {
+    fn record(&mut self, now_ns: i64, micros: u64, error: bool) {
+        self.last_seen_ns = now_ns;
+        for window in Window::ALL {
+            let ring = &mut self.tiers[window.tier()];
+            let index = now_ns.div_euclid(window.slice_ns());
+            if ring.back().is_none_or(|s| s.index < index) {
+                ring.push_back(Slice { index, hist: new_histogram(), errors: 0 });
+            }
+            while ring.front().is_some_and(|s| s.index <= index - window.slices()) {
+                ring.pop_front();
+            }
+            // A clock step backwards lands in the newest slice rather than reopening an old one.
+            let slice = ring.back_mut().expect("pushed above");
+            // Auto-resizing histograms accept any u64; saturating keeps a pathological count from failing.
+            let _ = slice.hist.record(micros);
+            slice.errors += u64::from(error);
+        }
+    }
+}
+
+fn new_histogram() -> Histogram<u32> {
+    Histogram::new(SIGFIG).expect("3 significant digits is a valid precision")
+}
+
+/// The live windows of every route. Share one behind an `Arc`: the ingest path calls
+/// [`SpanObserver::observe`], the API calls [`LiveWindows::report`].
+pub struct LiveWindows {
+    routes: Mutex<HashMap<RouteKey, RouteState>>,
+    slo_p99_ms: f64,
+    started_ns: i64,
+}
+
+impl std::fmt::Debug for LiveWindows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveWindows")
+            .field("routes", &self.routes.lock().len())
+            .field("slo_p99_ms", &self.slo_p99_ms)
+            .finish()
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+impl LiveWindows {
+    /// Empty windows; `slo_p99_ms` (from `[live] slo_p99_ms`) is passed through to reports for colouring.
+    pub fn new(slo_p99_ms: f64) -> LiveWindows {
+        LiveWindows::new_at(slo_p99_ms, now_ns())
+    }
+
+    /// Empty windows as if started at `now_ns` (tests drive time explicitly).
+    pub fn new_at(slo_p99_ms: f64, now_ns: i64) -> LiveWindows {
+        LiveWindows { routes: Mutex::new(HashMap::new()), slo_p99_ms, started_ns: now_ns }
+    }
+
+    /// Records one batch in the `spans` schema as acknowledged at `now_ns`.
+    pub fn observe_at(&self, spans: &RecordBatch, now_ns: i64) {
+        let rows = spans.num_rows();
+        if rows == 0 {
+            return;
+        }
+        let str_col = |name: &str| spans.column_by_name(name).and_then(|c| c.as_string_opt::<i32>());
+        let (Some(durations), Some(status)) = (
+            spans.column_by_name("duration_ns").and_then(|c| c.as_primitive_opt::<Int64Type>()),
+            str_col("status_code"),
+        ) else {
+            tracing::warn!("live windows: batch without duration_ns/status_code columns ignored");
+            return;
+        };
+        let (provider, region, model, operation) = (
+            str_col("gen_ai_provider"),
+            str_col("cloud_region"),
+            str_col("request_model"),
+            str_col("gen_ai_operation"),
+        );
+        let value = |col: Option<&datafusion::arrow::array::StringArray>, i: usize| -> String {
+            match col {
+                Some(c) if c.is_valid(i) && !c.value(i).is_empty() => c.value(i).to_string(),
+                _ => NONE.to_string(),
+            }
+        };
+        // Keys are built outside the lock so the critical section is only histogram updates.
+        let mut samples = Vec::with_capacity(rows);
+        for i in 0..rows {
+            let key = RouteKey {
+                provider: value(provider, i),
+                region: value(region, i),
+                model: value(model, i),
+                operation: value(operation, i),
+            };
+            let ns = if durations.is_valid(i) { durations.value(i).max(0) as u64 } else { 0 };
+            let error = status.is_valid(i) && status.value(i) == "error";
+            samples.push((key, (ns + 500) / 1000, error));
+        }
+        let mut routes = self.routes.lock();
+        for (key, micros, error) in samples {
+            let key = if routes.len() >= MAX_ROUTES && !routes.contains_key(&key) {
+                RouteKey { provider: OVERFLOW.into(), region: NONE.into(), model: NONE.into(), operation: NONE.into() }
+            } else {
+                key
+            };
+            routes.entry(key).or_default().record(now_ns, micros, error);
+        }
+    }
+
+    /// The figures for `window`, grouped and filtered, as of `now_ns`. `buckets` adds each row's histogram.
+    pub fn report_at(
+        &self,
+        window: Window,
+        grouping: Grouping,
+        filter: &RouteFilter,
+        buckets: bool,
+        now_ns: i64,
+    ) -> LiveReport {
+        let slice_ns = window.slice_ns();
+        let current = now_ns.div_euclid(slice_ns);
+        let first = current - window.slices() + 1;
+        let covered_ns = (now_ns - first * slice_ns).min(now_ns - self.started_ns).max(1);
+        struct Acc {
+            total: Histogram<u32>,
+            errors: u64,
+            per_slice: Vec<Option<Histogram<u32>>>,
+        }
+        let mut groups: HashMap<RouteKey, Acc> = HashMap::new();
+        {
+            let mut routes = self.routes.lock();
+            let longest = Window::OneHour.length_ns() + Window::OneHour.slice_ns();
+            routes.retain(|_, r| r.last_seen_ns > now_ns - longest);
+            for (key, route) in routes.iter() {
+                if !filter.matches(key) {
+                    continue;
+                }
+                let slices: Vec<&Slice> = route.tiers[window.tier()]
+                    .iter()
+                    .filter(|s| s.index >= first && s.index <= current)
+                    .collect();
+                if slices.is_empty() {
+                    continue;
+                }
+                let acc = groups.entry(grouping.project(key)).or_insert_with(|| Acc {
+                    total: new_histogram(),
+                    errors: 0,
+                    per_slice: (0..window.slices()).map(|_| None).collect(),
+                });
+                for s in slices {
+                    let _ = acc.total.add(&s.hist);
+                    acc.errors += s.errors;
+                    let slot = &mut acc.per_slice[(s.index - first) as usize];
+                    match slot {
+                        Some(h) => {
+                            let _ = h.add(&s.hist);
+                        }
+                        None => *slot = Some(s.hist.clone()),
+                    }
+                }
+            }
+        }
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        let mut rows: Vec<LiveRow> = groups
+            .into_iter()
+            .filter(|(_, acc)| acc.total.len() > 0)
+            .map(|(key, acc)| {
+                let h = &acc.total;
+                let count = h.len();
+                LiveRow {
+                    key,
+                    count,
+                    rate: count as f64 / (covered_ns as f64 / NS_PER_S as f64),
+                    errors: acc.errors,
+                    error_rate: acc.errors as f64 / count as f64,
+                    p50_ms: ms(h.value_at_quantile(0.50)),
+                    p95_ms: ms(h.value_at_quantile(0.95)),
+                    p99_ms: ms(h.value_at_quantile(0.99)),
+                    p999_ms: ms(h.value_at_quantile(0.999)),
+                    max_ms: ms(h.max()),
+                    mean_ms: h.mean() / 1000.0,
+                    p99_series_ms: acc
+                        .per_slice
+                        .iter()
+                        .map(|s| s.as_ref().filter(|h| h.len() > 0).map(|h| ms(h.value_at_quantile(0.99))))
+                        .collect(),
+                    buckets: if buckets { log_buckets(h) } else { Vec::new() },
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
+        LiveReport {
+            window,
+            covered_s: covered_ns as f64 / NS_PER_S as f64,
+            series_step_s: slice_ns as f64 / NS_PER_S as f64,
+            slo_p99_ms: self.slo_p99_ms,
+            generated_at: chrono::DateTime::from_timestamp_nanos(now_ns).to_rfc3339(),
+            rows,
+        }
+    }
+
+    /// [`LiveWindows::report_at`] as of now.
+    pub fn report(&self, window: Window, grouping: Grouping, filter: &RouteFilter, buckets: bool) -> LiveReport {
+        self.report_at(window, grouping, filter, buckets, now_ns())
+    }
+
+    /// How many routes are tracked.
+    pub fn route_count(&self) -> usize {
+        self.routes.lock().len()
+    }
+}
+
+impl SpanObserver for LiveWindows {
+    fn observe(&self, spans: &RecordBatch) {
+        self.observe_at(spans, now_ns());
+    }
+}
+
+/// Power-of-two buckets from 1 ms up to the largest value (sub-millisecond spans fall in the first).
+fn log_buckets(h: &Histogram<u32>) -> Vec<Bucket> {
+    let mut out = Vec::new();
+    let mut le_us: u64 = 1000;
+    let mut below: u64 = 0;
+    let total = h.len();
+    loop {
+        let upto = h.count_between(0, le_us);
+        // count_between is inclusive of equivalent values; clamp to keep buckets disjoint.
+        let upto = upto.min(total);
+        out.push(Bucket { le_ms: le_us as f64 / 1000.0, count: upto - below });
+        below = upto;
+        if below >= total || le_us > h.max() {
+            break;
+        }
+        le_us = le_us.saturating_mul(2);
+    }
+    out
+}
+
+#[derive(Debug, Deserialize)]
+struct LiveParams {
+    window: Option<String>,
+    group: Option<String>,
+    buckets: Option<bool>,
+    #[serde(flatten)]
+    filter: RouteFilter,
+}
+
+/// `GET /api/v1/live?window=1m|5m|1h[&group=provider,region][&provider=…&region=…&model=…&operation=…][&buckets=false]`.
+///
+/// `group` names the key columns kept apart (default all four); merged columns read `"*"`. Filters are exact
+/// matches. Each row carries its histogram buckets unless `buckets=false`.
+pub fn routes(live: Arc<LiveWindows>) -> Router {
+    Router::new().route("/api/v1/live", get(live_handler)).with_state(live)
+}
+
+async fn live_handler(State(live): State<Arc<LiveWindows>>, Query(params): Query<LiveParams>) -> Response {
+    let window = match params.window.as_deref() {
+        None => Window::OneMinute,
+        Some(w) => match Window::parse(w) {
+            Some(w) => w,
+            None => {
+                return bad_request(format!("unknown window {w:?}: use window=1m, 5m or 1h"));
+            }
+        },
+    };
+    let grouping = match params.group.as_deref() {
+        None => Grouping::default(),
+        Some(g) => match Grouping::parse(g) {
+            Ok(g) => g,
+            Err(e) => return bad_request(e),
+        },
+    };
+    Json(live.report(window, grouping, &params.filter, params.buckets.unwrap_or(true))).into_response()
+}
+
+fn bad_request(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    fn batch(rows: &[(&str, &str, &str, i64, &str)]) -> RecordBatch {
+        let s = |f: &dyn Fn(&(&str, &str, &str, i64, &str)) -> Option<String>| -> ArrayRef {
+            Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+        };
+        let schema = Schema::new(vec![
+            Field::new("gen_ai_provider", DataType::Utf8, true),
+            Field::new("cloud_region", DataType::Utf8, true),
+            Field::new("request_model", DataType::Utf8, true),
+            Field::new("gen_ai_operation", DataType::Utf8, true),
+            Field::new("duration_ns", DataType::Int64, false),
+            Field::new("status_code", DataType::Utf8, false),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                s(&|r| (!r.0.is_empty()).then(|| r.0.to_string())),
+                s(&|r| Some(r.1.to_string())),
+                s(&|r| Some(r.2.to_string())),
+                s(&|_| Some("chat".to_string())),
+                Arc::new(Int64Array::from(rows.iter().map(|r| r.3).collect::<Vec<_>>())),
+                s(&|r| Some(r.4.to_string())),
+            ],
+        )
+        .unwrap()
+    }
+
+    const T0: i64 = 1_800_000_000 * NS_PER_S;
+
+    #[test]
+    fn percentiles_keep_three_significant_digits() {
+        let live = LiveWindows::new_at(1000.0, T0 - 3600 * NS_PER_S);
+        // 1..=1000 ms in 1 ms steps plus 45.2 ms: exact p50 is 500 ms, p99 990 ms.
+        let mut rows: Vec<_> = (1..=1000).map(|i| ("openai", "us-east-1", "gpt-4o", i * 1_000_000, "ok")).collect();
+        rows.push(("openai", "us-east-1", "gpt-4o", 45_200_000, "error"));
+        live.observe_at(&batch(&rows), T0);
+        let r = live.report_at(Window::OneMinute, Grouping::default(), &RouteFilter::default(), true, T0);
+        assert_eq!(r.rows.len(), 1);
+        let row = &r.rows[0];
+        assert_eq!(row.count, 1001);
+        assert_eq!(row.errors, 1);
+        for (got, want) in [(row.p50_ms, 500.0), (row.p99_ms, 990.0), (row.max_ms, 1000.0)] {
+            assert!((got - want).abs() / want < 0.001, "got {got}, want {want} within 0.1%");
+        }
+        let one = LiveWindows::new_at(0.0, T0);
+        one.observe_at(&batch(&[("x", "r", "m", 45_200_000, "ok")]), T0);
+        let p = one.report_at(Window::OneHour, Grouping::default(), &RouteFilter::default(), false, T0).rows[0].p99_ms;
+        assert!((p - 45.2).abs() < 0.05, "45.2 ms read back as {p}");
+        assert_eq!(row.buckets.iter().map(|b| b.count).sum::<u64>(), 1001);
+        assert_eq!(row.buckets.last().unwrap().le_ms, 1024.0);
+    }
+
+    #[test]
+    fn windows_age_out_and_group() {
+        let live = LiveWindows::new_at(0.0, T0 - 7200 * NS_PER_S);
+        live.observe_at(&batch(&[("openai", "eu-west-1", "gpt-4o", 100_000_000, "ok")]), T0);
+        live.observe_at(&batch(&[("openai", "eu-west-1", "gpt-4o-mini", 300_000_000, "error")]), T0 + 50 * NS_PER_S);
+        live.observe_at(&batch(&[("", "us-east-1", "", 10_000_000, "ok")]), T0 + 50 * NS_PER_S);
+        let now = T0 + 90 * NS_PER_S;
+        let none = RouteFilter::default();
+        let by_pr = Grouping::parse("provider,region").unwrap();
+        let m1 = live.report_at(Window::OneMinute, by_pr.clone(), &none, false, now);
+        // The first span is 90 s old: gone from 1m, still in 5m.
+        let openai = m1.rows.iter().find(|r| r.key.provider == "openai").unwrap();
+        assert_eq!((openai.count, openai.errors, openai.key.model.as_str()), (1, 1, "*"));
+        assert!(m1.rows.iter().any(|r| r.key.provider == NONE));
+        let m5 = live.report_at(Window::FiveMinutes, by_pr, &none, false, now);
+        let openai = m5.rows.iter().find(|r| r.key.provider == "openai").unwrap();
+        assert_eq!(openai.count, 2);
+        assert!((openai.p99_ms - 300.0).abs() < 0.5);
+        assert_eq!(openai.p99_series_ms.len(), 10);
+        assert_eq!(openai.p99_series_ms.iter().flatten().count(), 2);
+        let only = RouteFilter { model: Some("gpt-4o".into()), ..Default::default() };
+        let f = live.report_at(Window::OneHour, Grouping::default(), &only, false, now);
+        assert_eq!(f.rows.len(), 1);
+        // Everything is dropped once idle for longer than the longest window.
+        live.report_at(Window::OneHour, Grouping::default(), &none, false, T0 + 7200 * NS_PER_S);
+        assert_eq!(live.route_count(), 0);
+    }
+
+    #[test]
+    fn bad_group_is_refused() {
+        assert!(Grouping::parse("provider,zone").unwrap_err().contains("zone"));
+        assert_eq!(Window::parse("5m"), Some(Window::FiveMinutes));
+        assert_eq!(Window::parse("2m"), None);
+    }
+}

@@ -1,0 +1,364 @@
+//! Dashboards as files: a screen is a TOML file of rows of panels, each panel a title, a data source (SQL, the
+//! live latency windows or a JSON API path) and a widget.
+//!
+//! The default screens live in the repository's `dashboards/` directory and are compiled into the binary, so
+//! `tailscope tui` works from any directory. A file is checked completely before the dashboard starts: a typo is
+//! an error naming the file, line and column, never a half-drawn screen.
+//!
+//! ```toml
+//! title = "Overview"
+//! [[rows]]
+//! height = "60%"                 # lines ("12"), a share ("60%") or "fill" (the default)
+//! [[rows.panels]]
+//! title = "Tail latency"
+//! widget = "table"               # table | sparkline | bar | gauge | line | histogram | waterfall
+//! live = "provider,region"       # /api/v1/live grouped by these columns (needs a server)
+//! sql = "SELECT … WHERE start_time >= {since}"   # used without a server, or for windows over 1h
+//! ```
+//!
+//! SQL placeholders: `{since}` (start of the selected time window, a timestamp expression), `{window}` (its
+//! label, e.g. `'1h'`), `{session_id}` (the session picked with Enter, as a quoted literal).
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The default screens, in order: (file name, contents).
+pub const DEFAULTS: &[(&str, &str)] = &[
+    ("overview.toml", include_str!("../../dashboards/overview.toml")),
+    ("cost.toml", include_str!("../../dashboards/cost.toml")),
+    ("hedging.toml", include_str!("../../dashboards/hedging.toml")),
+    ("alerts.toml", include_str!("../../dashboards/alerts.toml")),
+    ("session.toml", include_str!("../../dashboards/session.toml")),
+];
+
+/// The placeholders a panel's SQL may use.
+pub const PLACEHOLDERS: &[&str] = &["since", "window", "window_seconds", "session_id"];
+
+/// A dashboard file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DashboardError {
+    /// The file could not be read.
+    #[error("cannot read dashboard {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not follow the dashboard format.
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the problem.
+        line: usize,
+        /// 1-based column of the problem.
+        column: usize,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// `--dashboard NAME` names neither a default nor a file.
+    #[error("no dashboard named {name:?}: use one of {known} or a path to a .toml file")]
+    Unknown {
+        /// What was asked for.
+        name: String,
+        /// The default names.
+        known: String,
+    },
+}
+
+/// The widget a panel draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Widget {
+    /// Rows and columns; Up/Down select a row, Enter drills in.
+    Table,
+    /// A sparkline of one numeric column.
+    Sparkline,
+    /// A bar chart: one bar per row (label column, value column).
+    Bar,
+    /// One gauge per row: value against max, coloured by state.
+    Gauge,
+    /// A line chart: x column against one or more y columns.
+    Line,
+    /// A histogram: bucket bounds and counts (or the selected live row's buckets).
+    Histogram,
+    /// A session's steps on a time axis.
+    Waterfall,
+}
+
+/// A size along one axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    /// Exactly this many lines / columns.
+    Fixed(u16),
+    /// This share of the space.
+    Percent(u16),
+    /// What is left, shared with other fills.
+    Fill,
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u16),
+            S(String),
+        }
+        let bad = || serde::de::Error::custom("a size is a number of cells (12), a share (\"40%\") or \"fill\"");
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Size::Fixed(n)),
+            Raw::S(s) if s == "fill" => Ok(Size::Fill),
+            Raw::S(s) => match s.strip_suffix('%').map(|p| p.trim().parse::<u16>()) {
+                Some(Ok(p)) if (1..=100).contains(&p) => Ok(Size::Percent(p)),
+                _ => s.trim().parse::<u16>().map(Size::Fixed).map_err(|_| bad()),
+            },
+        }
+    }
+}
+
+impl Default for Size {
+    fn default() -> Self {
+        Size::Fill
+    }
+}
+
+/// One panel: a title, where its data comes from, and how it is drawn.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Panel {
+    /// Shown in the panel's border.
+    pub title: String,
+    /// How the data is drawn.
+    pub widget: Widget,
+    /// SQL over the telemetry (placeholders: `{since}`, `{window}`, `{session_id}`).
+    pub sql: Option<String>,
+    /// Read the live latency windows grouped by these key columns (`provider,region,model,operation`).
+    pub live: Option<String>,
+    /// Read this API path (GET, JSON) of the server, e.g. `/api/v1/alerts`.
+    pub api: Option<String>,
+    /// JSON pointer to the array of rows inside the API's answer (e.g. `/budgets`); the whole answer by default.
+    pub pointer: Option<String>,
+    /// Width within its row.
+    #[serde(default)]
+    pub width: Size,
+    /// Table: the columns to show, in order (all scalar columns by default).
+    pub columns: Option<Vec<String>>,
+    /// The label column (bar, gauge, line x axis, histogram bucket bound).
+    pub label: Option<String>,
+    /// The value column (bar, gauge, sparkline, histogram count); line: the y columns, comma-separated.
+    pub value: Option<String>,
+    /// Gauge: the column holding the maximum (the cap).
+    pub max: Option<String>,
+    /// Gauge: a column with a state (`ok`, `warning`, `firing`/`breach`, …) that picks the colour.
+    pub state: Option<String>,
+    /// Table: Enter on a row opens the session screen for this column's value.
+    pub drill: Option<String>,
+    /// Table: colour a row when this column exceeds the SLO (live panels: the server's `slo_p99_ms`).
+    pub slo_column: Option<String>,
+    /// Table: the SLO for `slo_column` when the source does not provide one.
+    pub slo: Option<f64>,
+    /// Histogram: draw the buckets of the row selected in this screen's table instead of own data.
+    #[serde(default)]
+    pub selected: bool,
+}
+
+impl Panel {
+    /// Whether the SQL needs a session to have been picked.
+    pub fn needs_session(&self) -> bool {
+        self.sql.as_deref().is_some_and(|s| s.contains("{session_id}"))
+    }
+}
+
+/// A row of panels.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Row {
+    /// Height within the screen.
+    #[serde(default)]
+    pub height: Size,
+    /// The panels, left to right.
+    pub panels: Vec<toml::Spanned<Panel>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DashboardFile {
+    title: String,
+    #[serde(default)]
+    description: String,
+    rows: Vec<Row>,
+}
+
+/// A loaded, checked dashboard (one screen).
+#[derive(Debug, Clone)]
+pub struct Dashboard {
+    /// Where it came from (`dashboards/overview.toml` for a default).
+    pub origin: PathBuf,
+    /// The screen's name in the tab bar.
+    pub title: String,
+    /// A sentence for the help screen.
+    pub description: String,
+    /// The rows of panels, top to bottom.
+    pub rows: Vec<Row>,
+}
+
+impl Dashboard {
+    /// Parses and checks one dashboard; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Dashboard, DashboardError> {
+        let invalid = |span: Option<Range<usize>>, message: String| {
+            let (line, column) = line_col(text, span.map(|s| s.start).unwrap_or(0));
+            DashboardError::Invalid { path: origin.to_path_buf(), line, column, message }
+        };
+        let file: DashboardFile =
+            toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_string()))?;
+        if file.rows.is_empty() {
+            return Err(invalid(None, "a dashboard needs at least one [[rows]] table".into()));
+        }
+        for row in &file.rows {
+            if row.panels.is_empty() {
+                return Err(invalid(None, "every [[rows]] needs at least one [[rows.panels]] table".into()));
+            }
+            for spanned in &row.panels {
+                check_panel(spanned.get_ref()).map_err(|m| invalid(Some(spanned.span()), m))?;
+            }
+        }
+        Ok(Dashboard { origin: origin.to_path_buf(), title: file.title, description: file.description, rows: file.rows })
+    }
+
+    /// Reads and checks a dashboard file.
+    pub fn load(path: &Path) -> Result<Dashboard, DashboardError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| DashboardError::Read { path: path.to_path_buf(), source })?;
+        Dashboard::parse(&text, path)
+    }
+
+    /// The panels of the dashboard in reading order.
+    pub fn panels(&self) -> impl Iterator<Item = &Panel> {
+        self.rows.iter().flat_map(|r| r.panels.iter().map(|p| p.get_ref()))
+    }
+}
+
+fn check_panel(p: &Panel) -> Result<(), String> {
+    let title = &p.title;
+    if p.sql.is_none() && p.live.is_none() && p.api.is_none() && !(p.widget == Widget::Histogram && p.selected) {
+        return Err(format!("panel {title:?} has no data: give it `sql`, `live` or `api`"));
+    }
+    if let Some(group) = &p.live {
+        for part in group.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if !["provider", "region", "model", "operation"].contains(&part) {
+                return Err(format!(
+                    "panel {title:?}: live = {group:?} names {part:?}; use provider, region, model, operation"
+                ));
+            }
+        }
+    }
+    if let Some(api) = &p.api
+        && !api.starts_with('/')
+    {
+        return Err(format!("panel {title:?}: api = {api:?} must be a path starting with '/'"));
+    }
+    if let Some(sql) = &p.sql {
+        let mut rest = sql.as_str();
+        while let Some(open) = rest.find('{') {
+            let after = &rest[open + 1..];
+            let Some(close) = after.find('}') else { break };
+            let name = &after[..close];
+            let looks_like_placeholder = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if looks_like_placeholder && !PLACEHOLDERS.contains(&name) {
+                return Err(format!(
+                    "panel {title:?}: unknown placeholder {{{name}}} in sql; use {{since}}, {{window}} or {{session_id}}"
+                ));
+            }
+            rest = &after[close + 1..];
+        }
+    }
+    if matches!(p.widget, Widget::Gauge) && p.value.is_none() {
+        return Err(format!("panel {title:?}: a gauge needs `value` (and usually `max`) column names"));
+    }
+    if p.selected && p.widget != Widget::Histogram {
+        return Err(format!("panel {title:?}: `selected = true` only applies to widget = \"histogram\""));
+    }
+    Ok(())
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, column)
+}
+
+/// The default screens, parsed (they are checked by tests, so this cannot fail in a released binary).
+pub fn defaults() -> Result<Vec<Dashboard>, DashboardError> {
+    DEFAULTS
+        .iter()
+        .map(|(name, text)| Dashboard::parse(text, &Path::new("dashboards").join(name)))
+        .collect()
+}
+
+/// The screens for `--dashboard`: `None` = every default; a default's name (`overview`, `cost`, …) = that one;
+/// anything else is read as a file (a directory loads every `.toml` in it, by file name).
+pub fn resolve(choice: Option<&str>) -> Result<Vec<Dashboard>, DashboardError> {
+    let Some(choice) = choice else { return defaults() };
+    if let Some((name, text)) = DEFAULTS.iter().find(|(n, _)| n.trim_end_matches(".toml") == choice) {
+        return Ok(vec![Dashboard::parse(text, &Path::new("dashboards").join(name))?]);
+    }
+    let path = Path::new(choice);
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|source| DashboardError::Read { path: path.to_path_buf(), source })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        return files.iter().map(|f| Dashboard::load(f)).collect();
+    }
+    if path.exists() || choice.ends_with(".toml") || choice.contains('/') {
+        return Ok(vec![Dashboard::load(path)?]);
+    }
+    Err(DashboardError::Unknown {
+        name: choice.to_string(),
+        known: DEFAULTS.iter().map(|(n, _)| n.trim_end_matches(".toml")).collect::<Vec<_>>().join(", "),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse() {
+        let all = defaults().unwrap();
+        assert_eq!(
+            all.iter().map(|d| d.title.as_str()).collect::<Vec<_>>(),
+            ["Overview", "Cost", "Hedging", "Alerts", "Session"]
+        );
+    }
+
+    fn err(text: &str) -> String {
+        Dashboard::parse(text, Path::new("my.toml")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_files_name_file_line_and_problem() {
+        let e = err("title = \"x\"\n[[rows]]\n[[rows.panels]]\ntitle = \"a\"\nwidget = \"pie\"\nsql = \"select 1\"\n");
+        assert!(e.starts_with("my.toml:5:"), "{e}");
+        assert!(e.contains("pie"), "{e}");
+        let e = err("title = \"x\"\n[[rows]]\n[[rows.panels]]\ntitle = \"a\"\nwidht = 3\nwidget = \"table\"\n");
+        assert!(e.starts_with("my.toml:5:1: unknown field `widht`"), "{e}");
+        let e = err("title = \"x\"\n[[rows]]\n\n[[rows.panels]]\ntitle = \"a\"\nwidget = \"table\"\n");
+        assert!(e.starts_with("my.toml:4:") && e.contains("has no data"), "{e}");
+        let e = err("title = \"x\"\n[[rows]]\n[[rows.panels]]\ntitle = \"a\"\nwidget = \"table\"\nsql = \"select {sinse}\"\n");
+        assert!(e.contains("unknown placeholder {sinse}"), "{e}");
+        let e = err("title = \"x\"\nrows = [\n");
+        assert!(e.starts_with("my.toml:"), "{e}");
+        let e = err("title = \"x\"\n[[rows]]\nheight = \"lots\"\n[[rows.panels]]\ntitle = \"a\"\nwidget = \"table\"\nsql = \"s\"\n");
+        assert!(e.starts_with("my.toml:3:") && e.contains("size"), "{e}");
+        assert!(resolve(Some("nope")).unwrap_err().to_string().contains("overview"));
+    }
+}

@@ -1,0 +1,597 @@
+//! Drawing: one function from [`App`] to a frame. No I/O and no clock here, so frames are reproducible in tests.
+
+use ratatui::Frame;
+use ratatui::layout::{Alignment, Constraint, Direction, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style, Stylize};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{
+    Axis, Bar, BarChart, BarGroup, Block, Borders, Cell, Chart, Clear, Dataset, GraphType, LineGauge, Paragraph,
+    Row as TableRow, Sparkline, Table as TableWidget, TableState, Wrap,
+};
+use serde_json::Value;
+
+use crate::app::App;
+use crate::dashboard::{Panel, Size, Widget};
+use crate::data::{Table, as_number};
+
+const SPINNER: [&str; 4] = ["|", "/", "-", "\\"];
+const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+
+/// Draws the whole dashboard.
+pub fn draw(frame: &mut Frame, app: &App) {
+    let area = frame.area();
+    let banner = u16::from(app.offline.is_some());
+    let [top, banner_area, body, bottom] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(banner),
+        Constraint::Min(0),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    draw_tabs(frame, app, top);
+    if let Some(off) = &app.offline {
+        let text = format!(
+            " server {} unreachable: {} · retrying every {}s (r: now)",
+            app.source_label,
+            off.message,
+            off.delay.as_secs().max(1)
+        );
+        frame.render_widget(Paragraph::new(text).style(Style::new().fg(Color::White).bg(Color::Red)), banner_area);
+    }
+    draw_screen(frame, app, body);
+    draw_status(frame, app, bottom);
+    if app.help {
+        draw_help(frame, app, area);
+    }
+}
+
+fn draw_tabs(frame: &mut Frame, app: &App, area: Rect) {
+    let mut spans = Vec::new();
+    for (i, d) in app.screens.iter().enumerate() {
+        let label = format!(" {} {} ", i + 1, d.title);
+        spans.push(if i == app.current {
+            Span::styled(label, Style::new().fg(Color::Black).bg(Color::Cyan).add_modifier(Modifier::BOLD))
+        } else {
+            Span::raw(label)
+        });
+    }
+    frame.render_widget(Line::from(spans), area);
+    let spin = if app.loading() { SPINNER[(app.tick % 4) as usize] } else { " " };
+    let right = format!("{spin} {} ", app.window.label());
+    frame.render_widget(Line::from(right).right_aligned().bold(), area);
+}
+
+fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
+    let line = if let Some(input) = &app.input {
+        Line::from(vec![Span::styled("/", Style::new().fg(Color::Yellow)), Span::raw(format!("{input}_"))])
+    } else {
+        let mut spans = vec![Span::styled(
+            " 1-5 screen  j/k move  ⏎ drill  / filter  t window  r refresh  ? help  q quit",
+            Style::new().fg(Color::DarkGray),
+        )];
+        if !app.filter.is_empty() {
+            spans.insert(0, Span::styled(format!(" filter: {} (Esc clears) ", app.filter), Style::new().fg(Color::Yellow)));
+        }
+        if let Some(s) = &app.session {
+            spans.push(Span::styled(format!("  session {s}"), Style::new().fg(Color::DarkGray)));
+        }
+        Line::from(spans)
+    };
+    frame.render_widget(line, area);
+}
+
+fn constraint(size: Size) -> Constraint {
+    match size {
+        Size::Fixed(n) => Constraint::Length(n),
+        Size::Percent(p) => Constraint::Percentage(p),
+        Size::Fill => Constraint::Fill(1),
+    }
+}
+
+fn draw_screen(frame: &mut Frame, app: &App, area: Rect) {
+    let Some(dashboard) = app.screens.get(app.current) else { return };
+    let rows = Layout::vertical(dashboard.rows.iter().map(|r| constraint(r.height))).split(area);
+    let mut index = 0;
+    for (row, row_area) in dashboard.rows.iter().zip(rows.iter()) {
+        let cols = Layout::horizontal(row.panels.iter().map(|p| constraint(p.get_ref().width))).split(*row_area);
+        for (panel, cell) in row.panels.iter().zip(cols.iter()) {
+            draw_panel(frame, app, index, panel.get_ref(), *cell);
+            index += 1;
+        }
+    }
+}
+
+fn draw_panel(frame: &mut Frame, app: &App, index: usize, panel: &Panel, area: Rect) {
+    let focused = app.focused_panel(app.current) == Some(index);
+    let state = app.panel_state(app.current, index);
+    let mut block = Block::default().borders(Borders::ALL).title(Span::styled(
+        format!(" {} ", panel.title),
+        Style::new().add_modifier(Modifier::BOLD),
+    ));
+    if focused {
+        block = block.border_style(Style::new().fg(Color::Cyan));
+    }
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    if panel.selected {
+        draw_selected_histogram(frame, app, inner);
+        return;
+    }
+    let message = |frame: &mut Frame, text: String, style: Style| {
+        frame.render_widget(Paragraph::new(text).style(style).wrap(Wrap { trim: true }), inner);
+    };
+    if let Some(idle) = &state.idle {
+        return message(frame, idle.clone(), Style::new().fg(Color::DarkGray));
+    }
+    if let Some(error) = &state.error {
+        return message(frame, error.clone(), Style::new().fg(Color::Red));
+    }
+    let Some(table) = &state.data else {
+        return message(frame, "loading…".into(), Style::new().fg(Color::DarkGray));
+    };
+    if table.rows.is_empty() {
+        return message(frame, format!("no data in the last {}", app.window.label()), Style::new().fg(Color::DarkGray));
+    }
+    match panel.widget {
+        Widget::Table => draw_table(frame, app, panel, table, focused, inner),
+        Widget::Bar => draw_bar(frame, panel, table, inner),
+        Widget::Gauge => draw_gauges(frame, panel, table, inner),
+        Widget::Sparkline => draw_sparkline(frame, panel, table, inner),
+        Widget::Line => draw_line(frame, panel, table, inner),
+        Widget::Histogram => {
+            let buckets = table_buckets(panel, table);
+            draw_histogram(frame, &buckets, inner);
+        }
+        Widget::Waterfall => draw_waterfall(frame, table, inner),
+    }
+}
+
+/// A cell as display text, formatted by what the column name says it holds.
+pub fn format_cell(column: &str, v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::Bool(b) => if *b { "yes" } else { "no" }.into(),
+        Value::Array(items) => sparkline_text(items),
+        Value::Object(_) => v.to_string(),
+        Value::String(s) => {
+            // RFC 3339 timestamps: the date and time are what fits a cell.
+            if s.len() >= 19 && s.as_bytes().get(10) == Some(&b'T') && s.as_bytes().get(4) == Some(&b'-') {
+                format!("{} {}", &s[5..10], &s[11..19])
+            } else if column.ends_with("_usd") || column.ends_with("_ms") {
+                s.parse::<f64>().map(|x| format_number(column, x)).unwrap_or_else(|_| s.clone())
+            } else {
+                s.clone()
+            }
+        }
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) if !column.ends_with("_usd") && !column.ends_with("_ms") && !is_ratio(column) => {
+                i.to_string()
+            }
+            (_, Some(x)) => format_number(column, x),
+            _ => n.to_string(),
+        },
+    }
+}
+
+fn is_ratio(column: &str) -> bool {
+    column.ends_with("_rate") || column.ends_with("_share")
+}
+
+fn format_number(column: &str, x: f64) -> String {
+    if column.ends_with("_ms") {
+        if x >= 10_000.0 {
+            format!("{:.1}s", x / 1000.0)
+        } else if x >= 100.0 {
+            format!("{x:.0}")
+        } else {
+            format!("{x:.1}")
+        }
+    } else if column.ends_with("_usd") {
+        if x.abs() >= 100.0 {
+            format!("${x:.0}")
+        } else if x.abs() >= 0.01 || x == 0.0 {
+            format!("${x:.2}")
+        } else {
+            format!("${x:.4}")
+        }
+    } else if is_ratio(column) {
+        format!("{:.1}%", x * 100.0)
+    } else if column == "rate" {
+        format!("{x:.1}/s")
+    } else if column.ends_with("_pct") {
+        format!("{x:.1}%")
+    } else if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn header(column: &str) -> String {
+    match column {
+        "error_rate" => "err%".into(),
+        "p99_series_ms" => "p99 trend".into(),
+        "usd_per_1m_tokens" => "$/1M tok".into(),
+        c => c.trim_end_matches("_ms").replace("_usd", " $").replace('_', " "),
+    }
+}
+
+/// Numbers as block glyphs scaled to their own maximum (NULL = blank).
+pub fn sparkline_text(items: &[Value]) -> String {
+    let nums: Vec<Option<f64>> = items.iter().map(as_number).collect();
+    let max = nums.iter().flatten().cloned().fold(0.0_f64, f64::max);
+    nums.iter()
+        .map(|n| match n {
+            None => ' ',
+            Some(_) if max <= 0.0 => BARS[0],
+            Some(x) => BARS[((x / max) * 7.0).round().clamp(0.0, 7.0) as usize],
+        })
+        .collect()
+}
+
+fn table_columns(panel: &Panel, table: &Table) -> Vec<usize> {
+    match &panel.columns {
+        Some(names) => names.iter().filter_map(|n| table.column(n)).collect(),
+        None => (0..table.columns.len())
+            .filter(|&c| !table.rows.iter().any(|r| matches!(r[c], Value::Object(_))) && table.columns[c] != "buckets")
+            .collect(),
+    }
+}
+
+fn draw_table(frame: &mut Frame, app: &App, panel: &Panel, table: &Table, focused: bool, area: Rect) {
+    let cols = table_columns(panel, table);
+    let visible = app.visible_rows(table);
+    let slo = panel.slo.or(table.slo).filter(|s| *s > 0.0);
+    let slo_col = panel.slo_column.as_deref().and_then(|c| table.column(c));
+    let text: Vec<Vec<String>> =
+        visible.iter().map(|&r| cols.iter().map(|&c| format_cell(&table.columns[c], &table.rows[r][c])).collect()).collect();
+    let headers: Vec<String> = cols.iter().map(|&c| header(&table.columns[c])).collect();
+    let widths: Vec<Constraint> = (0..cols.len())
+        .map(|i| {
+            let w = text.iter().take(500).map(|r| r[i].chars().count()).max().unwrap_or(0).max(headers[i].len());
+            Constraint::Length(w.min(28) as u16)
+        })
+        .collect();
+    let numeric: Vec<bool> = cols
+        .iter()
+        .map(|&c| visible.iter().take(50).any(|&r| matches!(table.rows[r][c], Value::Number(_))))
+        .collect();
+    let align = |i: usize, s: String| -> Cell<'static> {
+        if numeric[i] { Cell::from(Line::from(s).right_aligned()) } else { Cell::from(s) }
+    };
+    let rows: Vec<TableRow> = visible
+        .iter()
+        .zip(text)
+        .map(|(&r, cells)| {
+            let breach = match (slo, slo_col) {
+                (Some(slo), Some(c)) => table.number(r, c).is_some_and(|v| v > slo),
+                _ => false,
+            };
+            let row = TableRow::new(cells.into_iter().enumerate().map(|(i, s)| align(i, s)));
+            if breach { row.style(Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)) } else { row }
+        })
+        .collect();
+    let head = TableRow::new(headers.into_iter().enumerate().map(|(i, s)| align(i, s)))
+        .style(Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD));
+    let widget = TableWidget::new(rows, widths)
+        .header(head)
+        .column_spacing(1)
+        .row_highlight_style(Style::new().bg(Color::DarkGray).add_modifier(Modifier::BOLD));
+    let mut state = TableState::default();
+    if focused && !visible.is_empty() {
+        state.select(Some((*app.selected.get(&app.current).unwrap_or(&0)).min(visible.len() - 1)));
+    }
+    frame.render_stateful_widget(widget, area, &mut state);
+}
+
+fn column_or(table: &Table, name: Option<&str>, want_number: bool) -> Option<usize> {
+    if let Some(n) = name {
+        return table.column(n);
+    }
+    (0..table.columns.len()).find(|&c| {
+        table.rows.first().is_some_and(|r| matches!(r[c], Value::Number(_)) == want_number && !r[c].is_null())
+    })
+}
+
+fn draw_bar(frame: &mut Frame, panel: &Panel, table: &Table, area: Rect) {
+    let (Some(lc), Some(vc)) = (column_or(table, panel.label.as_deref(), false), column_or(table, panel.value.as_deref(), true))
+    else {
+        return frame.render_widget(Paragraph::new("bar: needs a label and a value column").red(), area);
+    };
+    let value_name = table.columns[vc].clone();
+    let max = (0..table.rows.len()).filter_map(|r| table.number(r, vc)).fold(0.0_f64, f64::max);
+    let label_width = (area.width / 3).max(4) as usize;
+    let bars: Vec<Bar> = (0..table.rows.len().min(area.height as usize))
+        .map(|r| {
+            let v = table.number(r, vc).unwrap_or(0.0);
+            let label: String = format_cell(&table.columns[lc], &table.rows[r][lc]).chars().take(label_width).collect();
+            Bar::default()
+                .value(if max > 0.0 { (v / max * 1000.0).round() as u64 } else { 0 })
+                .label(Line::from(format!("{label:<label_width$}")))
+                .text_value(format_number(&value_name, v))
+                .style(Style::new().fg(Color::Cyan))
+                .value_style(Style::new().fg(Color::Black).bg(Color::Cyan))
+        })
+        .collect();
+    let chart = BarChart::default()
+        .direction(Direction::Horizontal)
+        .bar_width(1)
+        .bar_gap(0)
+        .max(1000)
+        .data(BarGroup::default().bars(&bars));
+    frame.render_widget(chart, area);
+}
+
+fn state_color(state: Option<&str>, ratio: f64) -> Color {
+    match state.map(str::to_ascii_lowercase).as_deref() {
+        Some("firing" | "breach" | "breached" | "exceeded" | "critical") => Color::Red,
+        Some("warning" | "warn" | "projected") => Color::Yellow,
+        Some("ok" | "resolved") => Color::Green,
+        _ if ratio >= 1.0 => Color::Red,
+        _ if ratio >= 0.8 => Color::Yellow,
+        _ => Color::Green,
+    }
+}
+
+fn draw_gauges(frame: &mut Frame, panel: &Panel, table: &Table, area: Rect) {
+    let lc = column_or(table, panel.label.as_deref(), false);
+    let vc = panel.value.as_deref().and_then(|v| table.column(v));
+    let mc = panel.max.as_deref().and_then(|m| table.column(m));
+    let sc = panel.state.as_deref().and_then(|s| table.column(s));
+    let proj = table.column("projected_usd");
+    let Some(vc) = vc else {
+        let name = panel.value.as_deref().unwrap_or("value");
+        return frame.render_widget(Paragraph::new(format!("gauge: no column {name:?} in the data")).red(), area);
+    };
+    let per = 2u16;
+    let n = ((area.height / per) as usize).min(table.rows.len());
+    let areas = Layout::vertical(vec![Constraint::Length(per); n]).split(area);
+    for (r, a) in areas.iter().enumerate() {
+        let value = table.number(r, vc).unwrap_or(0.0);
+        let max = mc.and_then(|c| table.number(r, c)).unwrap_or(0.0);
+        let ratio = if max > 0.0 { value / max } else { 0.0 };
+        let state = sc.and_then(|c| table.rows[r][c].as_str());
+        let color = state_color(state, ratio);
+        let label = lc.map(|c| format_cell(&table.columns[c], &table.rows[r][c])).unwrap_or_default();
+        let mut text = format!("{label}  ${value:.2} / ${max:.2}");
+        if let Some(p) = proj.and_then(|c| table.number(r, c)) {
+            text.push_str(&format!("  → ${p:.2}"));
+        }
+        if let Some(s) = state {
+            text.push_str(&format!("  [{s}]"));
+        }
+        let [l1, l2] = Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(*a);
+        frame.render_widget(Line::from(text).fg(color), l1);
+        let gauge = LineGauge::default()
+            .ratio(ratio.clamp(0.0, 1.0))
+            .label(format!("{:>4.0}%", ratio * 100.0))
+            .filled_style(Style::new().fg(color))
+            .unfilled_style(Style::new().fg(Color::DarkGray));
+        frame.render_widget(gauge, l2);
+    }
+}
+
+fn draw_sparkline(frame: &mut Frame, panel: &Panel, table: &Table, area: Rect) {
+    let Some(vc) = column_or(table, panel.value.as_deref(), true) else { return };
+    let vals: Vec<f64> = (0..table.rows.len()).map(|r| table.number(r, vc).unwrap_or(0.0)).collect();
+    let max = vals.iter().cloned().fold(0.0_f64, f64::max);
+    let data: Vec<u64> = vals.iter().map(|v| if max > 0.0 { (v / max * 100.0) as u64 } else { 0 }).collect();
+    let [label, spark] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(area);
+    let last = vals.last().copied().unwrap_or(0.0);
+    let name = &table.columns[vc];
+    frame.render_widget(Line::from(format!("last {}  max {}", format_number(name, last), format_number(name, max))), label);
+    frame.render_widget(Sparkline::default().data(&data).max(100).style(Style::new().fg(Color::Cyan)), spark);
+}
+
+fn draw_line(frame: &mut Frame, panel: &Panel, table: &Table, area: Rect) {
+    let xc = panel.label.as_deref().and_then(|l| table.column(l));
+    let ys: Vec<usize> = match &panel.value {
+        Some(v) => v.split(',').filter_map(|n| table.column(n.trim())).collect(),
+        None => (0..table.columns.len()).filter(|&c| Some(c) != xc && table.number(0, c).is_some()).collect(),
+    };
+    let colors = [Color::Cyan, Color::Magenta, Color::Yellow, Color::Green];
+    let series: Vec<Vec<(f64, f64)>> = ys
+        .iter()
+        .map(|&c| {
+            (0..table.rows.len())
+                .filter_map(|r| {
+                    let x = xc.and_then(|x| table.number(r, x)).unwrap_or(r as f64);
+                    table.number(r, c).map(|y| (x, y))
+                })
+                .collect()
+        })
+        .collect();
+    let all = series.iter().flatten();
+    let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0.0_f64);
+    for (x, y) in all {
+        x0 = x0.min(*x);
+        x1 = x1.max(*x);
+        y1 = y1.max(*y);
+    }
+    if x0 >= x1 {
+        x1 = x0 + 1.0;
+    }
+    let datasets: Vec<Dataset> = series
+        .iter()
+        .zip(&ys)
+        .enumerate()
+        .map(|(i, (pts, &c))| {
+            Dataset::default()
+                .name(header(&table.columns[c]))
+                .graph_type(GraphType::Line)
+                .style(Style::new().fg(colors[i % colors.len()]))
+                .data(pts)
+        })
+        .collect();
+    let name = ys.first().map(|&c| table.columns[c].clone()).unwrap_or_default();
+    let chart = Chart::new(datasets)
+        .x_axis(Axis::default().bounds([x0, x1]))
+        .y_axis(Axis::default().bounds([0.0, y1 * 1.1 + f64::EPSILON]).labels(vec![
+            Line::from("0"),
+            Line::from(format_number(&name, y1)),
+        ]));
+    frame.render_widget(chart, area);
+}
+
+fn table_buckets(panel: &Panel, table: &Table) -> Vec<(f64, u64)> {
+    let lc = column_or(table, panel.label.as_deref(), true);
+    let vc = panel.value.as_deref().and_then(|v| table.column(v)).or_else(|| table.column("count"));
+    match (lc, vc) {
+        (Some(l), Some(v)) => (0..table.rows.len())
+            .filter_map(|r| Some((table.number(r, l)?, table.number(r, v)? as u64)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn draw_selected_histogram(frame: &mut Frame, app: &App, area: Rect) {
+    let screen = app.current;
+    let found = app.selected_row(screen).and_then(|(panel, row)| {
+        let state = app.panels.get(&(screen, panel))?;
+        let table = state.data.as_ref()?;
+        let c = table.column("buckets")?;
+        let name = ["provider", "region", "model"]
+            .iter()
+            .filter_map(|k| table.column(k).and_then(|c| table.rows[row][c].as_str()))
+            .filter(|s| *s != "*")
+            .collect::<Vec<_>>()
+            .join(" / ");
+        let buckets: Vec<(f64, u64)> = table.rows[row][c]
+            .as_array()?
+            .iter()
+            .filter_map(|b| Some((as_number(b.get("le_ms")?)?, as_number(b.get("count")?)? as u64)))
+            .collect();
+        Some((name, buckets))
+    });
+    match found {
+        Some((name, buckets)) if !buckets.is_empty() => {
+            let [title, chart] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(area);
+            frame.render_widget(Line::from(format!("{name}: count per latency bucket (ms, upper bound)")).dark_gray(), title);
+            draw_histogram(frame, &buckets, chart);
+        }
+        _ => frame.render_widget(
+            Paragraph::new("select a row with live figures (needs a server and a window of 5m or 1h)").dark_gray(),
+            area,
+        ),
+    }
+}
+
+fn short_ms(ms: f64) -> String {
+    if ms >= 1000.0 { format!("{}s", (ms / 1000.0).round()) } else { format!("{ms}") }
+}
+
+fn draw_histogram(frame: &mut Frame, buckets: &[(f64, u64)], area: Rect) {
+    if buckets.is_empty() || area.width == 0 {
+        return;
+    }
+    let n = buckets.len() as u16;
+    let width = ((area.width.saturating_sub(n)) / n).clamp(1, 6);
+    let bars: Vec<Bar> = buckets
+        .iter()
+        .map(|(le, count)| {
+            Bar::default()
+                .value(*count)
+                .label(Line::from(short_ms(*le)))
+                .text_value(count.to_string())
+                .style(Style::new().fg(Color::Magenta))
+        })
+        .collect();
+    let chart = BarChart::default().bar_width(width).bar_gap(1).data(BarGroup::default().bars(&bars));
+    frame.render_widget(chart, area);
+}
+
+fn kind_color(kind: &str) -> Color {
+    match kind {
+        "llm" => Color::Magenta,
+        "tool" => Color::Yellow,
+        "memory" => Color::Cyan,
+        _ => Color::Gray,
+    }
+}
+
+fn draw_waterfall(frame: &mut Frame, table: &Table, area: Rect) {
+    let col = |n: &str| table.column(n);
+    let (Some(oc), Some(dc)) = (col("offset_ms"), col("duration_ms")) else {
+        return frame.render_widget(Paragraph::new("waterfall: needs offset_ms and duration_ms columns").red(), area);
+    };
+    let text = |r: usize, name: &str| -> String {
+        col(name).map(|c| format_cell(name, &table.rows[r][c])).unwrap_or_else(|| "-".into())
+    };
+    let total = (0..table.rows.len())
+        .filter_map(|r| Some(table.number(r, oc)? + table.number(r, dc)?))
+        .fold(0.0_f64, f64::max)
+        .max(0.001);
+    let wide = area.width >= 90;
+    let fixed: u16 = if wide { 14 + 7 + 8 + 3 + 14 + 7 + 8 + 3 } else { 14 + 7 + 8 + 2 };
+    let bar_w = area.width.saturating_sub(fixed).max(8) as usize;
+    let slowest = (0..table.rows.len())
+        .max_by(|&a, &b| table.number(a, dc).unwrap_or(0.0).total_cmp(&table.number(b, dc).unwrap_or(0.0)));
+    let mut lines = Vec::new();
+    let summary = match slowest {
+        Some(s) => format!(
+            "{} steps over {} · slowest: {} ({}) {}",
+            table.rows.len(),
+            format_number("x_ms", total),
+            text(s, "name"),
+            text(s, "kind"),
+            text(s, "duration_ms")
+        ),
+        None => String::new(),
+    };
+    lines.push(Line::from(summary).bold());
+    let axis = format!("{:<14} {:<6} {:>8} 0{:>w$}", "step", "kind", "took", format_number("x_ms", total), w = bar_w - 1);
+    lines.push(Line::from(axis).dark_gray());
+    for r in 0..table.rows.len().min(area.height.saturating_sub(2) as usize) {
+        let kind = text(r, "kind");
+        let off = table.number(r, oc).unwrap_or(0.0);
+        let dur = table.number(r, dc).unwrap_or(0.0);
+        let start = ((off / total) * bar_w as f64).floor() as usize;
+        let len = (((dur / total) * bar_w as f64).round() as usize).max(1).min(bar_w - start.min(bar_w - 1));
+        let start = start.min(bar_w - 1);
+        let name: String = text(r, "name").chars().take(14).collect();
+        let failed = col("status_code").and_then(|c| table.rows[r][c].as_str()) == Some("error");
+        let name_style = if failed { Style::new().fg(Color::Red) } else { Style::new() };
+        let mut spans = vec![
+            Span::styled(format!("{name:<14} "), name_style),
+            Span::styled(format!("{kind:<6} "), Style::new().fg(kind_color(&kind))),
+            Span::raw(format!("{:>8} ", text(r, "duration_ms"))),
+            Span::raw(" ".repeat(start)),
+            Span::styled("█".repeat(len), Style::new().fg(kind_color(&kind))),
+            Span::raw(" ".repeat(bar_w - start - len)),
+        ];
+        if wide {
+            let provider: String = text(r, "provider").chars().take(14).collect();
+            spans.push(Span::raw(format!(" {provider:<14} {:>7} {:>8}", text(r, "tokens"), text(r, "cost_usd"))));
+        }
+        lines.push(Line::from(spans));
+    }
+    frame.render_widget(Paragraph::new(lines), area);
+}
+
+fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
+    let w = area.width.min(70);
+    let h = area.height.min(20);
+    let popup = Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h };
+    let mut lines = vec![
+        Line::from("1-5, Tab     switch screen").bold(),
+        Line::from("↑↓ / j k     move the selection (PgUp PgDn g G)"),
+        Line::from("Enter        drill into the selected session"),
+        Line::from("Esc          back / clear the filter"),
+        Line::from("/            filter rows (provider, region, model, …)"),
+        Line::from(format!("t            time window (now {}: 5m, 1h, 24h, 7d)", app.window.label())),
+        Line::from("r            refresh now        q  quit"),
+        Line::from(""),
+        Line::from(format!("source: {}", app.source_label)).dark_gray(),
+    ];
+    for (i, d) in app.screens.iter().enumerate() {
+        lines.push(Line::from(format!("{} {}: {}", i + 1, d.title, d.description)).dark_gray());
+    }
+    frame.render_widget(Clear, popup);
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: true })
+            .alignment(Alignment::Left)
+            .block(Block::default().borders(Borders::ALL).title(" help (any key closes) ")),
+        popup,
+    );
+}
