@@ -71,8 +71,9 @@ impl IngestError {
     pub fn http_status(&self) -> http::StatusCode {
         use http::StatusCode as S;
         match self {
-            IngestError::Malformed { .. } | IngestError::UnsupportedEncoding(_) => S::BAD_REQUEST,
-            IngestError::UnsupportedMediaType(_) => S::UNSUPPORTED_MEDIA_TYPE,
+            IngestError::Malformed { .. } => S::BAD_REQUEST,
+            // RFC 7694: an unsupported content coding is answered with 415 too.
+            IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => S::UNSUPPORTED_MEDIA_TYPE,
             IngestError::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
             IngestError::Backpressure { .. } | IngestError::Storage(_) | IngestError::ShuttingDown => {
                 S::SERVICE_UNAVAILABLE

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 
 /// The `tailscope` binary under test.
 pub fn tailscope_bin() -> PathBuf {
@@ -50,12 +51,21 @@ impl Server {
 
     /// Starts a server whose config file holds `toml` (data dir and ports are given as flags).
     pub async fn start_with(toml: &str) -> Server {
+        Server::start_in(None, toml).await
+    }
+
+    /// Starts a server on the data dir `data_dir` (e.g. a small file system) with `toml` as its config.
+    pub async fn start_at(data_dir: PathBuf, toml: &str) -> Server {
+        Server::start_in(Some(data_dir), toml).await
+    }
+
+    async fn start_in(data_dir: Option<PathBuf>, toml: &str) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let config_path = tmp.path().join("tailscope.toml");
         std::fs::write(&config_path, toml).expect("write config");
         let mut server = Server {
             child: None,
-            data_dir: tmp.path().join("data"),
+            data_dir: data_dir.unwrap_or_else(|| tmp.path().join("data")),
             log_path: tmp.path().join("server.log"),
             tmp,
             grpc: free_addr(),
@@ -225,7 +235,30 @@ pub enum Transport {
     HttpProtobuf,
 }
 
-/// An official SDK tracer provider exporting to `server`, with `resource` attributes.
+/// The SDK's batch processor exports from its own thread with a plain executor; the OTLP clients (tonic,
+/// async reqwest) need the tokio reactor, so each export runs on the test's runtime.
+#[derive(Debug)]
+struct OnRuntime<E> {
+    inner: E,
+    handle: tokio::runtime::Handle,
+}
+
+impl<E: SpanExporter> SpanExporter for OnRuntime<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.handle.block_on(self.inner.export(batch))
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource)
+    }
+}
+
+/// An official SDK tracer provider (batch processor) exporting to `server`, with `resource` attributes.
 pub fn tracer_provider(server: &Server, transport: Transport, resource: Vec<KeyValue>) -> SdkTracerProvider {
     let exporter = match transport {
         Transport::Grpc => opentelemetry_otlp::SpanExporter::builder()
@@ -240,6 +273,7 @@ pub fn tracer_provider(server: &Server, transport: Transport, resource: Vec<KeyV
             .build()
             .expect("HTTP exporter"),
     };
+    let exporter = OnRuntime { inner: exporter, handle: tokio::runtime::Handle::current() };
     SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(Resource::builder_empty().with_attributes(resource).build())
