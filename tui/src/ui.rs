@@ -181,6 +181,8 @@ fn format_number(column: &str, x: f64) -> String {
     if column.ends_with("_ms") {
         if x >= 10_000.0 {
             format!("{:.1}s", x / 1000.0)
+        } else if x >= 1000.0 {
+            format!("{:.2}s", x / 1000.0)
         } else if x >= 100.0 {
             format!("{x:.0}")
         } else {

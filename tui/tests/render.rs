@@ -1,0 +1,119 @@
+//! Every default screen rendered with fixed data into ratatui's `TestBackend`, at 80x24 and 160x48, checked
+//! against insta snapshots (`cargo insta review` after an intended change).
+
+use std::time::Duration;
+
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use tui::App;
+use tui::data::Table;
+
+fn t(json: &str) -> Table {
+    Table::from_json_rows(json).unwrap()
+}
+
+const LIVE: &str = r#"[
+ {"provider":"openai","region":"us-east-1","model":"*","operation":"*","count":5400,"rate":18.0,"errors":54,"error_rate":0.01,
+  "p50_ms":812.0,"p95_ms":2210.0,"p99_ms":6120.0,"p999_ms":9010.0,"max_ms":11200.0,"mean_ms":950.2,
+  "p99_series_ms":[4100.0,4500.0,null,5200.0,6120.0,5900.0,6300.0,6000.0,5800.0,6120.0],
+  "buckets":[{"le_ms":1.0,"count":0},{"le_ms":256.0,"count":300},{"le_ms":512.0,"count":1200},{"le_ms":1024.0,"count":2500},
+             {"le_ms":2048.0,"count":1000},{"le_ms":4096.0,"count":300},{"le_ms":8192.0,"count":90},{"le_ms":16384.0,"count":10}]},
+ {"provider":"aws.bedrock","region":"eu-west-1","model":"*","operation":"*","count":2100,"rate":7.0,"errors":0,"error_rate":0.0,
+  "p50_ms":640.5,"p95_ms":1500.0,"p99_ms":2300.0,"p999_ms":3100.0,"max_ms":3900.0,"mean_ms":700.0,
+  "p99_series_ms":[2000.0,2100.0,2200.0,2300.0,2250.0,2310.0,2290.0,2300.0,2280.0,2300.0],
+  "buckets":[{"le_ms":512.0,"count":800},{"le_ms":1024.0,"count":1000},{"le_ms":2048.0,"count":280},{"le_ms":4096.0,"count":20}]},
+ {"provider":"gcp.vertex_ai","region":"us-central1","model":"*","operation":"*","count":900,"rate":3.0,"errors":27,"error_rate":0.03,
+  "p50_ms":45.2,"p95_ms":120.0,"p99_ms":310.0,"p999_ms":480.0,"max_ms":512.0,"mean_ms":60.0,
+  "p99_series_ms":[300.0,310.0,290.0,305.0,320.0,310.0,300.0,315.0,310.0,310.0],"buckets":[{"le_ms":64.0,"count":700},{"le_ms":512.0,"count":200}]}
+]"#;
+
+fn app() -> App {
+    let screens = tui::dashboard::defaults().unwrap();
+    let mut app = App::new(screens, "http://127.0.0.1:4319".into(), true, Duration::from_secs(1));
+    let mut live = t(LIVE);
+    live.slo = Some(5000.0);
+    app.set_data(0, 0, live);
+    app.set_data(1, 0, t(r#"[{"provider":"openai","cost_usd":412.5},{"provider":"aws.bedrock","cost_usd":233.1},{"provider":"gcp.vertex_ai","cost_usd":58.02}]"#));
+    app.set_data(1, 1, t(r#"[{"provider":"openai","model":"gpt-4o","calls":3100,"token_usd":380.2,"usd_per_1m_tokens":6.25},
+        {"provider":"aws.bedrock","model":"anthropic.claude-sonnet-4","calls":2000,"token_usd":221.9,"usd_per_1m_tokens":7.1},
+        {"provider":"gcp.vertex_ai","model":"gemini-2.5-flash","calls":900,"token_usd":51.0,"usd_per_1m_tokens":0.72}]"#));
+    let sessions = r#"[{"session_id":"sess-7f3a","steps":42,"tokens":183000,"cost_usd":4.12},
+        {"session_id":"sess-19bc","steps":17,"tokens":52000,"cost_usd":1.05},
+        {"session_id":"sess-0042","steps":5,"tokens":1200,"cost_usd":0.0031}]"#;
+    app.set_data(1, 2, t(sessions));
+    app.set_data(1, 3, t(r#"[{"name":"egress-monthly","spend_usd":410.0,"cap_usd":500.0,"projected_usd":640.0},
+        {"name":"dup-inference","spend_usd":12.5,"cap_usd":100.0},{"name":"total","spend_usd":1210.0,"cap_usd":1000.0}]"#));
+    app.set_data(2, 0, t(r#"[{"hedged_requests":310,"llm_calls":6000,"hedge_rate":0.103,"duplicate_usd":38.4,"inference_usd":703.6}]"#));
+    app.set_data(2, 1, t(r#"[{"provider":"openai","copies":320,"win_rate":0.41,"duplicate_usd":22.1,"cancel_p95_ms":180.5},
+        {"provider":"aws.bedrock","copies":300,"win_rate":0.59,"duplicate_usd":16.3,"cancel_p95_ms":95.0}]"#));
+    app.set_data(2, 2, t(r#"[{"provider":"aws.bedrock","win_pct":59.0},{"provider":"openai","win_pct":41.0}]"#));
+    app.set_data(3, 0, t(r#"[{"time":"2026-11-21T09:14:03.120Z","budget":"egress-monthly","state":"firing","severity":"warning","spend_usd":410.0,"cap_usd":500.0,"projected_usd":640.0,"message":"egress-monthly projected to reach $640 (128%) by 30 Nov"},
+        {"time":"2026-11-20T18:02:11Z","budget":"total","state":"firing","severity":"critical","spend_usd":1210.0,"cap_usd":1000.0,"projected_usd":null,"message":"total over cap: $1210 of $1000"}]"#));
+    app.set_data(4, 0, t(r#"[{"session_id":"sess-7f3a","started":"2026-11-21T09:10:00Z","wall_ms":48200.0,"steps":6,"errors":1,"cost_usd":4.12}]"#));
+    app.set_data(4, 1, t(r#"[
+        {"name":"invoke_agent","kind":"other","offset_ms":0.0,"duration_ms":48200.0,"provider":null,"tokens":0,"cost_usd":null,"status_code":"ok"},
+        {"name":"vector.search","kind":"memory","offset_ms":120.0,"duration_ms":850.0,"provider":null,"tokens":0,"cost_usd":null,"status_code":"ok"},
+        {"name":"chat gpt-4o","kind":"llm","offset_ms":1000.0,"duration_ms":21000.0,"provider":"openai","tokens":120000,"cost_usd":3.1,"status_code":"ok"},
+        {"name":"web_fetch","kind":"tool","offset_ms":22100.0,"duration_ms":9000.0,"provider":null,"tokens":0,"cost_usd":null,"status_code":"error"},
+        {"name":"chat claude","kind":"llm","offset_ms":31200.0,"duration_ms":16500.0,"provider":"aws.bedrock","tokens":63000,"cost_usd":1.02,"status_code":"ok"}]"#));
+    app.session = Some("sess-7f3a".into());
+    app
+}
+
+fn render(app: &App, w: u16, h: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+    terminal.draw(|f| tui::ui::draw(f, app)).unwrap();
+    format!("{}", terminal.backend())
+}
+
+#[test]
+fn every_default_screen_at_two_sizes() {
+    let mut app = app();
+    let names = ["overview", "cost", "hedging", "alerts", "session"];
+    for (i, name) in names.iter().enumerate() {
+        app.current = i;
+        for (w, h) in [(80u16, 24u16), (160, 48)] {
+            let screen = render(&app, w, h);
+            insta::assert_snapshot!(format!("{name}_{w}x{h}"), screen);
+        }
+    }
+}
+
+#[test]
+fn overview_marks_slo_breach_and_follows_selection() {
+    let mut app = app();
+    let screen = render(&app, 80, 24);
+    assert!(screen.contains("openai") && screen.contains("6.12s"), "{screen}");
+    // The histogram follows the selected row.
+    assert!(screen.contains("openai / us-east-1"), "{screen}");
+    app.selected.insert(0, 1);
+    let screen = render(&app, 80, 24);
+    assert!(screen.contains("aws.bedrock / eu-west-1"), "{screen}");
+    // The breaching row (p99 6120 ms > SLO 5000 ms) is red.
+    let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+    terminal.draw(|f| tui::ui::draw(f, &app)).unwrap();
+    let buf = terminal.backend().buffer().clone();
+    let row = (0..24).find(|&y| (0..80).map(|x| buf[(x, y)].symbol()).collect::<String>().contains("us-east-1")).unwrap();
+    assert_eq!(buf[(3, row)].fg, ratatui::style::Color::Red);
+}
+
+#[test]
+fn banner_help_and_filter() {
+    let mut app = app();
+    app.offline = Some(tui::app::Offline {
+        message: "cannot connect: Connection refused (os error 111)".into(),
+        retry_at: std::time::Instant::now(),
+        delay: Duration::from_secs(4),
+    });
+    app.filter = "bedrock".into();
+    let screen = render(&app, 80, 24);
+    assert!(screen.contains("unreachable: cannot connect"), "{screen}");
+    assert!(!screen.contains("gcp.vertex_ai") && screen.contains("aws.bedrock"), "{screen}");
+    app.help = true;
+    let screen = render(&app, 80, 24);
+    assert!(screen.contains("time window"), "{screen}");
+    // Tiny terminals do not panic.
+    for (w, h) in [(1, 1), (20, 5), (40, 10)] {
+        render(&app, w, h);
+    }
+}
