@@ -92,8 +92,6 @@ pub struct LogPlan {
 pub struct TracePlan {
     /// Non-zero trace id.
     pub trace_id: u128,
-    /// The conversation it belongs to.
-    pub session_id: String,
     /// The turn opened a new conversation.
     pub new_session: bool,
     /// Spans, root first.
@@ -380,7 +378,6 @@ impl Generator {
         let errors = turn.spans.iter().filter(|s| s.error.is_some()).count() as u32;
         TracePlan {
             trace_id,
-            session_id: conv.id,
             new_session,
             duration_ns: turn.spans.iter().map(|s| s.end_ns).max().unwrap_or(cursor),
             hedges: turn.hedges,
@@ -1015,7 +1012,7 @@ mod tests {
         let b = turns(7, 200);
         let c = turns(8, 200);
         let key = |t: &TracePlan| {
-            (t.trace_id, t.session_id.clone(), t.spans.iter().map(|s| (s.span_id, s.name.clone(), s.end_ns)).collect::<Vec<_>>())
+            (t.trace_id, t.spans.iter().map(|s| (s.span_id, s.name.clone(), s.end_ns)).collect::<Vec<_>>())
         };
         assert!(a.iter().zip(&b).all(|(x, y)| key(x) == key(y)));
         assert!(a.iter().zip(&c).any(|(x, y)| key(x) != key(y)));
