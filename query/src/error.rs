@@ -12,9 +12,7 @@ pub enum QueryError {
     #[error("{0}")]
     InvalidSql(String),
     /// The statement would write or change something; tailscope's SQL is read-only.
-    #[error(
-        "tailscope's SQL is read-only: {statement} is refused (only SELECT, WITH, EXPLAIN, SHOW and DESCRIBE run)"
-    )]
+    #[error("tailscope's SQL is read-only: {statement} is refused (only SELECT, WITH, EXPLAIN, SHOW and DESCRIBE run)")]
     ReadOnly {
         /// What was refused, e.g. `CREATE TABLE`, `INSERT`, `COPY`, `SET`.
         statement: String,

@@ -70,7 +70,13 @@ pub fn spans_batch(rows: &[SpanRow]) -> RecordBatch {
             "trace_id" => text(|r| Some(&r.trace_id)),
             "span_id" => text(|r| Some(&r.span_id)),
             "name" => text(|r| Some(&r.name)),
-            "kind" => text(|r| Some(if r.gen_ai_provider.is_some() { "client" } else { "internal" })),
+            "kind" => text(|r| {
+                Some(if r.gen_ai_provider.is_some() {
+                    "client"
+                } else {
+                    "internal"
+                })
+            }),
             "start_time" => ts(|r| r.start_ns),
             "end_time" => ts(|r| r.start_ns + r.duration_ns),
             "duration_ns" => int(|r| Some(r.duration_ns)),
@@ -112,15 +118,26 @@ fn empty_maps(n: usize) -> ArrayRef {
 
 /// Writes `batch` (one signal's rows, all in one hour) as a file in the collector's layout under `data_dir`, and
 /// returns its catalog entry.
-pub fn write_parquet(data_dir: &Path, signal: Signal, batch: &RecordBatch, wal_seq: u64) -> std::io::Result<ParquetFile> {
+pub fn write_parquet(
+    data_dir: &Path,
+    signal: Signal,
+    batch: &RecordBatch,
+    wal_seq: u64,
+) -> std::io::Result<ParquetFile> {
     let time = batch
         .column_by_name(signal.time_column())
         .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
         .ok_or_else(|| std::io::Error::other("batch has no time column"))?;
-    let min = time.iter().flatten().min().ok_or_else(|| std::io::Error::other("empty batch"))?;
+    let min = time
+        .iter()
+        .flatten()
+        .min()
+        .ok_or_else(|| std::io::Error::other("empty batch"))?;
     let max = time.iter().flatten().max().unwrap_or(min);
     let start = chrono::DateTime::from_timestamp_nanos(min);
-    if chrono::DateTime::from_timestamp_nanos(max).format("%Y-%m-%d %H").to_string()
+    if chrono::DateTime::from_timestamp_nanos(max)
+        .format("%Y-%m-%d %H")
+        .to_string()
         != start.format("%Y-%m-%d %H").to_string()
     {
         return Err(std::io::Error::other("a file holds one hour of rows"));

@@ -20,8 +20,8 @@ use arrow_flight::sql::{
     CommandPreparedStatementQuery, CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
-    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
-    SchemaAsIpc, Ticket,
+    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc,
+    Ticket,
 };
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
@@ -179,7 +179,9 @@ impl FlightSqlService for FlightSqlServer {
         let schema = self.schema_of(&query.query).await?;
         let IpcMessage(dataset_schema) = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
             .try_into()
-            .map_err(|e: datafusion::arrow::error::ArrowError| Status::internal(format!("cannot encode the schema: {e}")))?;
+            .map_err(|e: datafusion::arrow::error::ArrowError| {
+                Status::internal(format!("cannot encode the schema: {e}"))
+            })?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: query.query.into_bytes().into(),
             dataset_schema,
@@ -220,7 +222,11 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
+        Ok(Response::new(flight_info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?))
     }
 
     async fn do_get_catalogs(
@@ -240,7 +246,11 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
+        Ok(Response::new(flight_info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?))
     }
 
     async fn do_get_schemas(
@@ -260,7 +270,11 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
+        Ok(Response::new(flight_info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?))
     }
 
     async fn do_get_tables(
@@ -272,7 +286,13 @@ impl FlightSqlService for FlightSqlServer {
         let mut builder = query.into_builder();
         for relation in self.engine.relations() {
             builder
-                .append(CATALOG_NAME, SCHEMA_NAME, &relation.name, relation.kind, &relation.schema)
+                .append(
+                    CATALOG_NAME,
+                    SCHEMA_NAME,
+                    &relation.name,
+                    relation.kind,
+                    &relation.schema,
+                )
                 .map_err(|e| Status::internal(format!("cannot list table {}: {e}", relation.name)))?;
         }
         let schema = builder.schema();
@@ -285,7 +305,11 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
+        Ok(Response::new(flight_info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?))
     }
 
     async fn do_get_table_types(
@@ -306,7 +330,11 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder(&SQL_INFO).schema();
-        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
+        Ok(Response::new(flight_info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?))
     }
 
     async fn do_get_sql_info(
@@ -320,7 +348,10 @@ impl FlightSqlService for FlightSqlServer {
     }
 
     async fn do_get_fallback(&self, _request: Request<Ticket>, message: Any) -> Result<Response<DoGetStream>, Status> {
-        Err(Status::unimplemented(format!("tailscope does not answer {} tickets", message.type_url)))
+        Err(Status::unimplemented(format!(
+            "tailscope does not answer {} tickets",
+            message.type_url
+        )))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

@@ -44,7 +44,11 @@ impl std::str::FromStr for Format {
             "ndjson" | "jsonl" => Format::JsonLines,
             "arrow" => Format::Arrow,
             "parquet" => Format::Parquet,
-            other => return Err(format!("unknown format {other:?}: use table, csv, json, ndjson, arrow or parquet")),
+            other => {
+                return Err(format!(
+                    "unknown format {other:?}: use table, csv, json, ndjson, arrow or parquet"
+                ));
+            }
         })
     }
 }
@@ -93,7 +97,9 @@ pub fn write(format: Format, output: &QueryOutput, out: &mut (dyn Write + Send))
             writeln!(out, "{n} row{}", if n == 1 { "" } else { "s" })?;
         }
         Format::Csv => {
-            let mut writer = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut *out);
+            let mut writer = datafusion::arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut *out);
             let (schema, batches) = flatten_nested(output)?;
             if batches.is_empty() {
                 // The header alone still tells a reader the columns.
@@ -217,4 +223,63 @@ fn flatten_nested(output: &QueryOutput) -> Result<(SchemaRef, Vec<RecordBatch>),
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((schema, batches))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Float64Array, Int64Array, MapBuilder, StringBuilder};
+
+    fn output() -> QueryOutput {
+        let mut map = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+        map.keys().append_value("http.method");
+        map.values().append_value("POST");
+        map.append(true).unwrap();
+        map.append(true).unwrap();
+        let batch = RecordBatch::try_from_iter([
+            (
+                "p95_ms",
+                Arc::new(Float64Array::from(vec![Some(977.7499999999999), None])) as ArrayRef,
+            ),
+            ("n", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
+            ("attributes", Arc::new(map.finish()) as ArrayRef),
+        ])
+        .unwrap();
+        QueryOutput {
+            schema: batch.schema(),
+            batches: vec![batch],
+        }
+    }
+
+    #[test]
+    fn json_keeps_every_digit_and_every_column() {
+        let json = String::from_utf8(to_bytes(Format::Json, &output()).unwrap()).unwrap();
+        assert!(json.contains("977.7499999999999"), "{json}");
+        assert!(json.contains("\"p95_ms\":null"), "{json}");
+        assert!(json.contains("\"http.method\":\"POST\""), "{json}");
+        let empty = QueryOutput {
+            schema: output().schema,
+            batches: vec![],
+        };
+        assert_eq!(to_bytes(Format::Json, &empty).unwrap(), b"[]");
+    }
+
+    #[test]
+    fn csv_renders_nested_values_as_text() {
+        let csv = String::from_utf8(to_bytes(Format::Csv, &output()).unwrap()).unwrap();
+        assert_eq!(
+            csv,
+            "p95_ms,n,attributes\n977.7499999999999,1,{http.method: POST}\n,2,{}\n"
+        );
+    }
+
+    #[test]
+    fn arrow_round_trips_and_accept_picks_the_format() {
+        let bytes = to_bytes(Format::Arrow, &output()).unwrap();
+        let back = read_arrow_stream(&bytes).unwrap();
+        assert_eq!(back.batches, output().batches);
+        assert_eq!(Format::from_accept("text/csv; charset=utf-8"), Format::Csv);
+        assert_eq!(Format::from_accept(ARROW_STREAM_MEDIA_TYPE), Format::Arrow);
+        assert_eq!(Format::from_accept("*/*"), Format::Json);
+    }
 }

@@ -15,6 +15,7 @@ pub mod flight;
 pub mod format;
 mod http;
 mod quantile;
+pub mod shell;
 mod table;
 #[cfg(test)]
 mod tests;

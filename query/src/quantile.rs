@@ -22,8 +22,7 @@ use datafusion::common::{Result, ScalarValue, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, EmitTo, GroupsAccumulator, Signature,
-    Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, EmitTo, GroupsAccumulator, Signature, Volatility,
 };
 
 /// The SQL name of the exact quantile aggregate.
@@ -85,9 +84,7 @@ fn quantile_arg(args: &AccumulatorArgs) -> Result<f64> {
     let q = match expr.evaluate(&empty) {
         Ok(ColumnarValue::Scalar(ScalarValue::Float64(Some(q)))) => q,
         _ => {
-            return plan_err!(
-                "{QUANTILE_EXACT}(value, q): q must be a constant number between 0 and 1, e.g. 0.99"
-            );
+            return plan_err!("{QUANTILE_EXACT}(value, q): q must be a constant number between 0 and 1, e.g. 0.99");
         }
     };
     if !(0.0..=1.0).contains(&q) {
@@ -229,7 +226,11 @@ struct QuantileGroups {
 
 impl QuantileGroups {
     fn recount(&mut self) {
-        self.bytes = self.groups.iter().map(|g| g.capacity() * size_of::<f64>()).sum::<usize>()
+        self.bytes = self
+            .groups
+            .iter()
+            .map(|g| g.capacity() * size_of::<f64>())
+            .sum::<usize>()
             + self.groups.capacity() * size_of::<Vec<f64>>();
     }
 }
@@ -269,12 +270,7 @@ impl GroupsAccumulator for QuantileGroups {
         Ok(())
     }
 
-    fn merge_batch(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        total_num_groups: usize,
-    ) -> Result<()> {
+    fn merge_batch(&mut self, values: &[ArrayRef], group_indices: &[usize], total_num_groups: usize) -> Result<()> {
         self.groups.resize_with(total_num_groups, Vec::new);
         let lists = values[0].as_list::<i32>();
         let flat = lists.values().as_primitive::<Float64Type>();
@@ -355,7 +351,15 @@ mod tests {
     fn matches_numpy_on_known_data() {
         // Expected values printed by numpy 2.x: np.quantile([...], q) (method="linear").
         let data = [15.0, 20.0, 35.0, 40.0, 50.0];
-        let cases = [(0.0, 15.0), (0.25, 20.0), (0.4, 29.0), (0.5, 35.0), (0.95, 48.0), (0.99, 49.6), (1.0, 50.0)];
+        let cases = [
+            (0.0, 15.0),
+            (0.25, 20.0),
+            (0.4, 29.0),
+            (0.5, 35.0),
+            (0.95, 48.0),
+            (0.99, 49.6),
+            (1.0, 50.0),
+        ];
         for (q, expected) in cases {
             let got = quantile_linear(&mut data.to_vec(), q).unwrap();
             assert!((got - expected).abs() < 1e-9, "q={q}: got {got}, numpy says {expected}");
@@ -375,13 +379,19 @@ mod tests {
         // A deterministic LCG, so a failure reproduces.
         let mut state = 0x2545F4914F6CDD1Du64;
         let mut next = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 11) as f64 / (1u64 << 53) as f64
         };
         for n in [1usize, 2, 3, 10, 99, 100, 1000, 4097] {
             let values: Vec<f64> = (0..n).map(|_| (next() * 1000.0).exp2().ln() * 3.0).collect();
             for q in [0.0, 0.001, 0.1, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0] {
-                assert_eq!(quantile_linear(&mut values.clone(), q), by_sort(&values, q), "n={n} q={q}");
+                assert_eq!(
+                    quantile_linear(&mut values.clone(), q),
+                    by_sort(&values, q),
+                    "n={n} q={q}"
+                );
             }
         }
     }

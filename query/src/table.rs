@@ -54,7 +54,10 @@ pub fn table_schema(signal: Signal) -> SchemaRef {
 }
 
 fn partition_fields() -> Vec<FieldRef> {
-    PARTITION_COLUMNS.iter().map(|name| Arc::new(Field::new(*name, DataType::Utf8, false))).collect()
+    PARTITION_COLUMNS
+        .iter()
+        .map(|name| Arc::new(Field::new(*name, DataType::Utf8, false)))
+        .collect()
 }
 
 /// One signal's table over a live [`Catalog`].
@@ -97,7 +100,10 @@ impl SignalTable {
         let df_schema = DFSchema::try_from(self.schema.clone())?;
         let physical = state.create_physical_expr(predicate, &df_schema)?;
         // A predicate the pruner cannot use (e.g. a UDF over every column) prunes nothing: it is not an error.
-        let Ok(pruning) = PruningPredicateBuilder::new().with_file_schema(self.schema.clone()).try_build(physical) else {
+        let Ok(pruning) = PruningPredicateBuilder::new()
+            .with_file_schema(self.schema.clone())
+            .try_build(physical)
+        else {
             return Ok(files.iter().collect());
         };
         if pruning.always_true() {
@@ -107,7 +113,11 @@ impl SignalTable {
             files,
             time_column: self.signal.time_column(),
         })?;
-        Ok(files.iter().zip(keep).filter_map(|(f, keep)| keep.then_some(f)).collect())
+        Ok(files
+            .iter()
+            .zip(keep)
+            .filter_map(|(f, keep)| keep.then_some(f))
+            .collect())
     }
 
     fn parquet_scan(
@@ -118,9 +128,11 @@ impl SignalTable {
         projection: Option<&Vec<usize>>,
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let table_schema = TableSchema::builder(self.signal.schema()).with_table_partition_cols(partition_fields()).build();
-        let mut source = ParquetSource::new(table_schema)
-            .with_table_parquet_options(state.table_options().parquet.clone());
+        let table_schema = TableSchema::builder(self.signal.schema())
+            .with_table_partition_cols(partition_fields())
+            .build();
+        let mut source =
+            ParquetSource::new(table_schema).with_table_parquet_options(state.table_options().parquet.clone());
         // Row-group and page pruning inside each file, from the filters over stored columns only.
         let stored = self.signal.schema();
         let file_filters: Vec<Expr> = filters
@@ -181,10 +193,16 @@ impl TableProvider for SignalTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let snapshot = self.catalog.snapshot(self.signal);
         let files = self.prune(state, filters, &snapshot.files)?;
-        self.counters.files_listed.fetch_add(snapshot.files.len() as u64, Ordering::Relaxed);
-        self.counters.files_scanned.fetch_add(files.len() as u64, Ordering::Relaxed);
+        self.counters
+            .files_listed
+            .fetch_add(snapshot.files.len() as u64, Ordering::Relaxed);
+        self.counters
+            .files_scanned
+            .fetch_add(files.len() as u64, Ordering::Relaxed);
         let buffered: usize = snapshot.batches.iter().map(|b| b.num_rows()).sum();
-        self.counters.buffered_rows_scanned.fetch_add(buffered as u64, Ordering::Relaxed);
+        self.counters
+            .buffered_rows_scanned
+            .fetch_add(buffered as u64, Ordering::Relaxed);
         tracing::debug!(
             table = self.signal.table_name(),
             files = snapshot.files.len(),
@@ -218,12 +236,18 @@ fn balanced_groups(data_dir: &Path, files: Vec<&ParquetFile>, partitions: usize)
         lightest.0 += file.size;
         let path = data_dir.join(&file.relative_path);
         let location = path.to_string_lossy().trim_start_matches('/').to_string();
-        lightest.1.push(PartitionedFile::new(location, file.size).with_partition_values(vec![
-            ScalarValue::Utf8(Some(file.date.clone())),
-            ScalarValue::Utf8(Some(file.hour.clone())),
-        ]));
+        lightest
+            .1
+            .push(PartitionedFile::new(location, file.size).with_partition_values(vec![
+                ScalarValue::Utf8(Some(file.date.clone())),
+                ScalarValue::Utf8(Some(file.hour.clone())),
+            ]));
     }
-    groups.into_iter().filter(|(_, g)| !g.is_empty()).map(|(_, g)| FileGroup::new(g)).collect()
+    groups
+        .into_iter()
+        .filter(|(_, g)| !g.is_empty())
+        .map(|(_, g)| FileGroup::new(g))
+        .collect()
 }
 
 /// Appends `date` and `hour` computed from the time column, as the writer names the directories.
@@ -335,15 +359,33 @@ mod tests {
             })
             .collect();
         let unchecked_schema = Arc::new(Schema::new(
-            stored.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+            stored
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
         ));
         let batch = RecordBatch::try_new(unchecked_schema, columns).unwrap();
         let loose = Arc::new(Schema::new(
-            schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
         ));
         let out = add_partition_columns(&batch, Signal::Logs, &loose).unwrap();
-        let date = out.column_by_name("date").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
-        let hour = out.column_by_name("hour").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        let date = out
+            .column_by_name("date")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let hour = out
+            .column_by_name("hour")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         assert_eq!((date.value(0), hour.value(0)), ("2026-11-21", "23"));
         assert_eq!((date.value(1), hour.value(1)), ("2026-11-22", "00"));
     }

@@ -99,15 +99,25 @@ async fn provider_latency_is_exact_over_files_and_buffer() {
     // Durations with a long tail, different per provider, split between two files and the buffer.
     let mut rows = Vec::new();
     for i in 0..1000usize {
-        let (provider, model) = if i % 2 == 0 { ("aws.bedrock", "claude") } else { ("azure.ai.openai", "gpt") };
+        let (provider, model) = if i % 2 == 0 {
+            ("aws.bedrock", "claude")
+        } else {
+            ("azure.ai.openai", "gpt")
+        };
         let ms = ((i * 7919) % 997) as i64 + if i % 50 == 0 { 5000 } else { 0 };
         rows.push(span(i, NINE + (i as i64) * 1_000_000_000, ms, provider, model));
     }
     let (first, rest) = rows.split_at(400);
     let (second, buffered) = rest.split_at(300);
     let mut files = Vec::new();
-    files.push((Signal::Spans, write_parquet(dir.path(), Signal::Spans, &spans_batch(first), 1).unwrap()));
-    files.push((Signal::Spans, write_parquet(dir.path(), Signal::Spans, &spans_batch(second), 2).unwrap()));
+    files.push((
+        Signal::Spans,
+        write_parquet(dir.path(), Signal::Spans, &spans_batch(first), 1).unwrap(),
+    ));
+    files.push((
+        Signal::Spans,
+        write_parquet(dir.path(), Signal::Spans, &spans_batch(second), 2).unwrap(),
+    ));
     catalog.commit_flush(files, 2);
     catalog.add_batch(Signal::Spans, 3, spans_batch(buffered));
 
@@ -117,7 +127,10 @@ async fn provider_latency_is_exact_over_files_and_buffer() {
         .await
         .unwrap();
     let providers = str_col(&out, "gen_ai_provider");
-    assert_eq!(providers, vec![Some("aws.bedrock".into()), Some("azure.ai.openai".into())]);
+    assert_eq!(
+        providers,
+        vec![Some("aws.bedrock".into()), Some("azure.ai.openai".into())]
+    );
     for (row, provider) in providers.iter().enumerate() {
         let durations: Vec<f64> = rows
             .iter()
@@ -160,7 +173,10 @@ async fn quantile_exact_matches_numpy_on_known_values() {
     assert!((f64_col(&out, "c")[0].unwrap() - 49.6).abs() < 1e-12);
     assert_eq!(f64_col(&out, "empty"), vec![None]);
 
-    let err = engine.sql("SELECT quantile_exact(x, 1.5) FROM (VALUES (1)) AS t(x)").await.unwrap_err();
+    let err = engine
+        .sql("SELECT quantile_exact(x, 1.5) FROM (VALUES (1)) AS t(x)")
+        .await
+        .unwrap_err();
     assert!(matches!(err, QueryError::InvalidSql(_)), "{err:?}");
     assert!(err.to_string().contains("between 0 and 1"), "{err}");
 }
@@ -169,17 +185,35 @@ async fn quantile_exact_matches_numpy_on_known_values() {
 async fn buffered_rows_get_partition_columns_and_join_the_files() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = Catalog::new(dir.path());
-    let file = write_parquet(dir.path(), Signal::Spans, &spans_batch(&[span(1, NINE + 5, 10, "p", "m")]), 1).unwrap();
+    let file = write_parquet(
+        dir.path(),
+        Signal::Spans,
+        &spans_batch(&[span(1, NINE + 5, 10, "p", "m")]),
+        1,
+    )
+    .unwrap();
     catalog.commit_flush(vec![(Signal::Spans, file)], 1);
     let engine = engine(&catalog).await;
-    assert_eq!(i64_col(&engine.sql("SELECT count(*) AS n FROM spans").await.unwrap(), "n"), vec![1]);
+    assert_eq!(
+        i64_col(&engine.sql("SELECT count(*) AS n FROM spans").await.unwrap(), "n"),
+        vec![1]
+    );
 
     // A span acknowledged after the engine was built is visible to the next query, with its partition values.
     catalog.add_batch(Signal::Spans, 2, spans_batch(&[span(2, NINE + HOUR + 7, 10, "p", "m")]));
-    let out = engine.sql("SELECT date, hour FROM spans ORDER BY start_time").await.unwrap();
-    assert_eq!(str_col(&out, "date"), vec![Some("2026-11-21".into()), Some("2026-11-21".into())]);
+    let out = engine
+        .sql("SELECT date, hour FROM spans ORDER BY start_time")
+        .await
+        .unwrap();
+    assert_eq!(
+        str_col(&out, "date"),
+        vec![Some("2026-11-21".into()), Some("2026-11-21".into())]
+    );
     assert_eq!(str_col(&out, "hour"), vec![Some("09".into()), Some("10".into())]);
-    let out = engine.sql("SELECT count(*) AS n FROM spans WHERE hour = '10'").await.unwrap();
+    let out = engine
+        .sql("SELECT count(*) AS n FROM spans WHERE hour = '10'")
+        .await
+        .unwrap();
     assert_eq!(i64_col(&out, "n"), vec![1]);
 }
 
@@ -189,12 +223,22 @@ async fn time_predicates_prune_files_before_they_are_opened() {
     let catalog = Catalog::new(dir.path());
     let mut files = Vec::new();
     for h in 0..3i64 {
-        let rows: Vec<_> = (0..10).map(|i| span(i, NINE + h * HOUR + i as i64 * MS, 5, "p", "m")).collect();
-        files.push((Signal::Spans, write_parquet(dir.path(), Signal::Spans, &spans_batch(&rows), h as u64 + 1).unwrap()));
+        let rows: Vec<_> = (0..10)
+            .map(|i| span(i, NINE + h * HOUR + i as i64 * MS, 5, "p", "m"))
+            .collect();
+        files.push((
+            Signal::Spans,
+            write_parquet(dir.path(), Signal::Spans, &spans_batch(&rows), h as u64 + 1).unwrap(),
+        ));
     }
     // An unreadable file at 08:00, named like tailscope's: any query that opens it fails.
-    let rel = std::path::Path::new("spans/date=2026-11-21/hour=08")
-        .join(format!("{:020}_{}_{}_{:08x}.parquet", 9, NINE - HOUR, NINE - HOUR + 1000, 1));
+    let rel = std::path::Path::new("spans/date=2026-11-21/hour=08").join(format!(
+        "{:020}_{}_{}_{:08x}.parquet",
+        9,
+        NINE - HOUR,
+        NINE - HOUR + 1000,
+        1
+    ));
     std::fs::create_dir_all(dir.path().join(rel.parent().unwrap())).unwrap();
     std::fs::write(dir.path().join(&rel), b"not parquet").unwrap();
     let corrupt = collector::catalog::ParquetFile::from_relative_path(&rel, 11).unwrap();
@@ -255,12 +299,18 @@ async fn writes_and_settings_are_refused() {
             matches!(err, QueryError::ReadOnly { .. } | QueryError::InvalidSql(_)),
             "{sql}: {err:?}"
         );
-        assert!(err.to_string().contains("read-only") || err.to_string().contains("not supported"), "{sql}: {err}");
+        assert!(
+            err.to_string().contains("read-only") || err.to_string().contains("not supported"),
+            "{sql}: {err}"
+        );
         assert_eq!(err.http_status(), http::StatusCode::BAD_REQUEST, "{sql}");
     }
     assert!(!std::path::Path::new("/tmp/tailscope-copy-test.csv").exists());
     let err = engine.sql("CREATE TABLE t AS SELECT 1").await.unwrap_err();
-    assert!(matches!(err, QueryError::ReadOnly { ref statement } if statement == "CREATE MEMORY TABLE"), "{err:?}");
+    assert!(
+        matches!(err, QueryError::ReadOnly { ref statement } if statement == "CREATE MEMORY TABLE"),
+        "{err:?}"
+    );
     // The views are still there, and reads still run.
     engine.sql("SELECT * FROM llm_calls").await.unwrap();
     engine.sql("EXPLAIN SELECT * FROM spans").await.unwrap();
@@ -295,7 +345,10 @@ async fn slow_queries_time_out_and_busy_slots_are_reported() {
     )
     .await
     .unwrap();
-    let err = engine.sql("SELECT sum(value) FROM range(10000000000)").await.unwrap_err();
+    let err = engine
+        .sql("SELECT sum(value) FROM range(10000000000)")
+        .await
+        .unwrap_err();
     assert!(matches!(err, QueryError::Timeout { .. }), "{err:?}");
     assert_eq!(err.http_status(), http::StatusCode::GATEWAY_TIMEOUT);
 
@@ -357,7 +410,10 @@ async fn sessions_view_counts_per_session() {
     assert_eq!(i64_col(&out, "total_tokens"), vec![220]);
     assert_eq!(i64_col(&out, "error_count"), vec![1]);
     assert_eq!(f64_col(&out, "wall_duration_ms"), vec![Some(1200.0)]);
-    assert_eq!(str_col(&out, "providers"), vec![Some("aws.bedrock,gcp.vertex_ai".into())]);
+    assert_eq!(
+        str_col(&out, "providers"),
+        vec![Some("aws.bedrock,gcp.vertex_ai".into())]
+    );
 }
 
 #[tokio::test]
@@ -365,12 +421,39 @@ async fn relations_list_tables_then_views() {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine(&Catalog::new(dir.path())).await;
     let names: Vec<_> = engine.relations().iter().map(|r| (r.name.as_str(), r.kind)).collect();
-    for expected in [("spans", "TABLE"), ("metrics", "TABLE"), ("logs", "TABLE"), ("alerts", "TABLE")] {
+    for expected in [
+        ("spans", "TABLE"),
+        ("metrics", "TABLE"),
+        ("logs", "TABLE"),
+        ("alerts", "TABLE"),
+    ] {
         assert!(names.contains(&expected), "{names:?}");
     }
     for view in ["llm_calls", "sessions", "provider_latency"] {
         assert!(names.contains(&(view, "VIEW")), "{names:?}");
     }
-    let spans = engine.relations().iter().find(|r| r.name == "spans").unwrap().schema.clone();
+    let spans = engine
+        .relations()
+        .iter()
+        .find(|r| r.name == "spans")
+        .unwrap()
+        .schema
+        .clone();
     assert!(spans.field_with_name("date").is_ok() && spans.field_with_name("hour").is_ok());
+}
+
+#[tokio::test]
+async fn shell_meta_commands_answer_from_information_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&Catalog::new(dir.path())).await;
+    let out = engine.sql(&crate::shell::list_relations_sql()).await.unwrap();
+    let names = str_col(&out, "name");
+    assert!(
+        names.contains(&Some("provider_latency".into())) && names.contains(&Some("spans".into())),
+        "{names:?}"
+    );
+    let out = engine.sql(&crate::shell::describe_sql("spans")).await.unwrap();
+    let columns = str_col(&out, "column");
+    assert_eq!(columns.first(), Some(&Some("trace_id".to_string())));
+    assert_eq!(columns.last(), Some(&Some("hour".to_string())));
 }

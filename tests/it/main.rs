@@ -1,3 +1,4 @@
 //! Integration tests: one binary that drives the real `tailscope` over real sockets.
 
 mod support;
+mod query;
