@@ -31,10 +31,10 @@ pub fn draw(frame: &mut Frame, app: &App) {
     draw_tabs(frame, app, top);
     if let Some(off) = &app.offline {
         let text = format!(
-            " server {} unreachable: {} · retrying every {}s (r: now)",
+            " server {} unreachable · retrying every {}s (r: now) · {}",
             app.source_label,
-            off.message,
-            off.delay.as_secs().max(1)
+            off.delay.as_secs().max(1),
+            off.message
         );
         frame.render_widget(Paragraph::new(text).style(Style::new().fg(Color::White).bg(Color::Red)), banner_area);
     }

@@ -107,7 +107,7 @@ fn banner_help_and_filter() {
     });
     app.filter = "bedrock".into();
     let screen = render(&app, 80, 24);
-    assert!(screen.contains("unreachable: cannot connect"), "{screen}");
+    assert!(screen.contains("unreachable · retrying every 4s"), "{screen}");
     assert!(!screen.contains("gcp.vertex_ai") && screen.contains("aws.bedrock"), "{screen}");
     app.help = true;
     let screen = render(&app, 80, 24);
