@@ -3,3 +3,4 @@
 mod support;
 mod query;
 mod tui;
+mod budget;

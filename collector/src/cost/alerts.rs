@@ -137,7 +137,7 @@ impl AlertBook {
     /// The latest event of each alert, most recent first; `firing_only` keeps alerts that are firing.
     pub fn alerts(&self, firing_only: bool) -> Vec<Arc<AlertEvent>> {
         let mut out: Vec<_> = self.states.values().filter(|s| s.firing || !firing_only).map(|s| s.last.clone()).collect();
-        out.sort_by(|a, b| b.seq.cmp(&a.seq));
+        out.sort_by_key(|e| std::cmp::Reverse(e.seq));
         out
     }
 
@@ -252,10 +252,8 @@ impl AlertBook {
         }
         let mut out = Vec::with_capacity(drafts.len());
         let mut buf = Vec::new();
-        let mut seq = self.next_seq;
-        for mut e in drafts {
+        for (seq, mut e) in (self.next_seq..).zip(drafts) {
             e.seq = seq;
-            seq += 1;
             serde_json::to_writer(&mut buf, &e).expect("alert events serialise");
             buf.push(b'\n');
             out.push(Arc::new(e));

@@ -434,11 +434,11 @@ impl Budget {
             }
             _ => {}
         }
-        if c.kind != BudgetKind::SessionCost {
-            if let (Some(end), Some(cap)) = (bounds.end_ns, c.cap_usd) {
-                status.projected_usd = self.project(bounds.start_ns, end, now_ns, total.spend);
-                status.projected_utilization = status.projected_usd.map(|p| p / cap);
-            }
+        if c.kind != BudgetKind::SessionCost
+            && let (Some(end), Some(cap)) = (bounds.end_ns, c.cap_usd)
+        {
+            status.projected_usd = self.project(bounds.start_ns, end, now_ns, total.spend);
+            status.projected_utilization = status.projected_usd.map(|p| p / cap);
         }
         status
     }

@@ -394,6 +394,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn spend_is_rebuilt_from_parquet_files_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let now = now_ns();
+        let day = DateTime::<Utc>::from_timestamp_nanos(now);
+        let part = dir.path().join(format!("spans/date={}/hour={}", day.format("%Y-%m-%d"), day.format("%H")));
+        std::fs::create_dir_all(&part).unwrap();
+        let mut old = loser(5.0);
+        old.t = now - 3 * 86_400_000_000_000; // an earlier day: not counted
+        let data = batch(&[loser(0.4), loser(0.3), old]);
+        let file = std::fs::File::create(part.join("history.parquet")).unwrap();
+        let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(file, data.schema(), None).unwrap();
+        writer.write(&data).unwrap();
+        writer.close().unwrap();
+        let engine = BudgetEngine::start(&config, &Catalog::open(dir.path()).unwrap()).await.unwrap();
+        let spend = engine.statuses()[0].spend_usd;
+        assert!((spend - 0.7).abs() < 1e-9, "{spend}");
+    }
+
+    #[tokio::test]
     async fn spend_is_rebuilt_from_the_catalog_at_start() {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());

@@ -208,10 +208,11 @@ impl BudgetConfig {
         if let Some(bad) = self.warn_at.iter().find(|t| !t.is_finite() || **t <= 0.0 || **t > 10.0) {
             return Err(format!("warn_at thresholds are fractions of the cap in (0, 10], got {bad}"));
         }
-        if let BudgetPeriod::Rolling(window) = self.period {
-            if window < Duration::from_secs(60) {
-                return Err(format!("a rolling period must be at least 1m, got {}", humantime_serde::re::humantime::format_duration(window)));
-            }
+        if let BudgetPeriod::Rolling(window) = self.period
+            && window < Duration::from_secs(60)
+        {
+            let window = humantime_serde::re::humantime::format_duration(window);
+            return Err(format!("a rolling period must be at least 1m, got {window}"));
         }
         for (what, patterns) in [("providers", &self.providers), ("regions", &self.regions), ("services", &self.services)] {
             if patterns.iter().any(|p| p.is_empty()) {
@@ -340,4 +341,87 @@ pub struct SpanCost {
     /// Which price entry priced the tokens (`default:gpt-4o`, `<file name>:<key>`, `config:<key>`), or `unknown`;
     /// `None` when the span has no tokens to price.
     pub price_source: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn parse(toml: &str) -> Result<Config, String> {
+        Config::from_toml(toml, Path::new("test.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_issue_example_parses() {
+        let c = parse(
+            r#"
+            [pricing]
+            aliases = { "prod-chat-*" = "gpt-4.1-mini" }
+            provider_clouds = { "my.gateway" = "gcp" }
+            [pricing.models."my-finetune"]
+            input_cost_per_token = 3e-6
+            output_cost_per_token = 1.2e-5
+            [pricing.egress.aws]
+            internet_per_gb = 0.05
+            cross_region_per_gb = 0.02
+
+            [[budget]]
+            name = "egress-monthly"
+            kind = "egress"
+            period = "month"
+            cap_usd = 500
+            warn_at = [0.5, 0.8, 1.0]
+
+            [[budget]]
+            name = "hedging"
+            kind = "duplicate_inference"
+            period = "24h"
+            cap_share = 0.05
+
+            [alerts]
+            webhooks = ["http://relay.internal:8080/hook"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.budgets[0].cap_usd, Some(500.0));
+        assert_eq!(c.budgets[0].kind, BudgetKind::Egress);
+        assert_eq!(c.budgets[1].period, BudgetPeriod::Rolling(std::time::Duration::from_secs(86_400)));
+        assert_eq!(c.budgets[1].warn_at, vec![0.8, 1.0]);
+        c.alerts.validate().unwrap();
+        let p = Pricer::from_config(&c.pricing).unwrap();
+        assert_eq!(p.models().get("my-finetune").unwrap().rates.input, Some(3e-6));
+        assert_eq!(p.provider_cloud("my.gateway"), Some("gcp"));
+    }
+
+    #[test]
+    fn bad_budgets_are_refused_with_the_reason() {
+        let err = parse("[[budget]]\nname = \"x\"\nkind = \"egress\"\nperiod = \"month\"\n").unwrap_err();
+        assert!(err.contains("needs cap_usd"), "{err}");
+        let err = parse("[[budget]]\nname = \"x\"\nkind = \"egres\"\nperiod = \"month\"\ncap_usd = 1\n").unwrap_err();
+        assert!(err.contains("egres"), "{err}");
+        let err = parse("[[budget]]\nname = \"x\"\nkind = \"total\"\nperiod = \"weekly\"\ncap_usd = 1\n").unwrap_err();
+        assert!(err.contains("weekly"), "{err}");
+        let err = parse("[[budget]]\nname = \"x\"\nkind = \"total\"\nperiod = \"day\"\ncap_usd = 1\ncap = 2\n").unwrap_err();
+        assert!(err.contains("cap"), "{err}");
+        let err = parse("[[budget]]\nname = \"x\"\nkind = \"total\"\nperiod = \"day\"\ncap_usd = -1\n").unwrap_err();
+        assert!(err.contains("positive"), "{err}");
+        let err = parse("[[budget]]\nname = \"x\"\nkind = \"egress\"\nperiod = \"day\"\ncap_share = 0.1\ncap_usd = 1\n").unwrap_err();
+        assert!(err.contains("duplicate_inference budgets only"), "{err}");
+        let twice = BudgetConfig { name: "a".into(), cap_usd: Some(1.0), warn_at: vec![1.0], ..Default::default() };
+        let err = validate_budgets(&[twice.clone(), twice]).unwrap_err().to_string();
+        assert!(err.contains("unique"), "{err}");
+    }
+
+    #[test]
+    fn webhooks_must_be_plain_http_urls() {
+        let https = AlertsConfig { webhooks: vec!["https://hooks.slack.com/x".into()], ..Default::default() };
+        assert!(https.validate().unwrap_err().to_string().contains("relay"));
+        let junk = AlertsConfig { webhooks: vec!["not a url".into()], ..Default::default() };
+        assert!(junk.validate().unwrap_err().to_string().contains("not a URL"));
+        let pricing = PricingConfig { model_files: vec!["/nonexistent/prices.json".into()], ..Default::default() };
+        assert!(Pricer::from_config(&pricing).unwrap_err().to_string().contains("/nonexistent/prices.json"));
+    }
 }

@@ -17,10 +17,11 @@ pub const UNKNOWN: &str = "unknown";
 const CACHE_LIMIT: usize = 8192;
 
 type CacheKey = (Option<String>, Option<String>, Option<String>, Option<String>);
+type CacheBucket = Vec<(CacheKey, Option<Arc<ModelPrice>>)>;
 
 #[derive(Debug, Default)]
 struct Cache {
-    map: HashMap<u64, Vec<(CacheKey, Option<Arc<ModelPrice>>)>>,
+    map: HashMap<u64, CacheBucket>,
     len: usize,
 }
 
@@ -160,10 +161,10 @@ impl Pricer {
                 && k.2.as_deref() == f.response_model
                 && k.3.as_deref() == f.request_model
         };
-        if let Some(bucket) = self.cache.read().map.get(&hash) {
-            if let Some((_, r)) = bucket.iter().find(|(k, _)| same(k)) {
-                return r.clone();
-            }
+        if let Some(bucket) = self.cache.read().map.get(&hash)
+            && let Some((_, r)) = bucket.iter().find(|(k, _)| same(k))
+        {
+            return r.clone();
         }
         let found = [f.response_model, f.request_model]
             .into_iter()
@@ -190,10 +191,10 @@ impl Pricer {
     /// provider (and region) qualified keys before the bare name.
     pub fn lookup(&self, provider: Option<&str>, region: Option<&str>, model: &str) -> Option<&ModelPrice> {
         let lower = model.trim().to_lowercase();
-        if let Some((_, target)) = self.aliases.iter().find(|(pattern, _)| glob_match(pattern, &lower)) {
-            if let Some(p) = self.lookup_candidates(provider, region, target) {
-                return Some(p);
-            }
+        if let Some((_, target)) = self.aliases.iter().find(|(pattern, _)| glob_match(pattern, &lower))
+            && let Some(p) = self.lookup_candidates(provider, region, target)
+        {
+            return Some(p);
         }
         self.lookup_candidates(provider, region, model)
     }
@@ -202,10 +203,10 @@ impl Pricer {
         let prefixes = provider.map(provider_prefixes).unwrap_or_default();
         for c in candidates(model) {
             for p in &prefixes {
-                if let Some(r) = region {
-                    if let Some(hit) = self.models.get(&format!("{p}/{}/{c}", r.to_lowercase())) {
-                        return Some(hit);
-                    }
+                if let Some(r) = region
+                    && let Some(hit) = self.models.get(&format!("{p}/{}/{c}", r.to_lowercase()))
+                {
+                    return Some(hit);
                 }
                 if let Some(hit) = self.models.get(&format!("{p}/{c}")) {
                     return Some(hit);

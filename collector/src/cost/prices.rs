@@ -316,12 +316,12 @@ pub fn candidates(model: &str) -> Vec<String> {
     let mut name: &str = lower.rsplit('/').next().unwrap_or(&lower);
     push(name);
     for p in GEO_PREFIXES {
-        if let Some(rest) = name.strip_prefix(p) {
-            if rest.contains('.') || rest.contains('-') {
-                name = rest;
-                push(name);
-                break;
-            }
+        if let Some(rest) = name.strip_prefix(p)
+            && (rest.contains('.') || rest.contains('-'))
+        {
+            name = rest;
+            push(name);
+            break;
         }
     }
     let mut current = name.to_string();
@@ -354,10 +354,11 @@ fn strip_version(name: &str) -> Option<&str> {
     if let Some(at) = name.rfind('@') {
         return Some(&name[..at]).filter(|s| !s.is_empty());
     }
-    if let Some(colon) = name.rfind(':') {
-        if name[colon + 1..].chars().all(|c| c.is_ascii_digit()) && colon > 0 {
-            return Some(&name[..colon]);
-        }
+    if let Some(colon) = name.rfind(':')
+        && colon > 0
+        && name[colon + 1..].chars().all(|c| c.is_ascii_digit())
+    {
+        return Some(&name[..colon]);
     }
     // `-YYYY-MM-DD`
     if name.len() > 11 {
