@@ -4,3 +4,4 @@ mod support;
 mod query;
 mod tui;
 mod budget;
+mod demo;
