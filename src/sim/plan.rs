@@ -600,6 +600,10 @@ impl Generator {
             if service.legacy_names {
                 a.push(KeyValue::new("gen_ai.usage.prompt_tokens", t.input as i64));
                 a.push(KeyValue::new("gen_ai.usage.completion_tokens", t.output as i64));
+                if model.caches {
+                    // OpenLLMetry's name, from before the conventions had one.
+                    a.push(KeyValue::new("gen_ai.usage.cache_read_input_tokens", t.cache_read as i64));
+                }
             } else {
                 a.push(KeyValue::new("gen_ai.usage.input_tokens", t.input as i64));
                 a.push(KeyValue::new("gen_ai.usage.output_tokens", t.output as i64));
