@@ -305,6 +305,9 @@ async fn every_surface_answers_exact_percentiles_and_clear_errors() {
     let err = client.execute("DELETE FROM spans".into(), None).await.unwrap_err();
     assert!(err.to_string().contains("read-only"), "{err}");
 
+    // ADBC, the driver DBeaver-style and Python clients use (when `adbc_driver_flightsql` is installed).
+    adbc_agrees(&server.flight_addr.to_string(), &p99);
+
     // The CLI against the server: JSON rows.
     let out = Command::new(tailscope_bin())
         .args(["query", "--server", &server.api_url(), "--format", "json"])
@@ -377,7 +380,7 @@ async fn every_surface_answers_exact_percentiles_and_clear_errors() {
 
 fn duckdb_agrees(data_dir: &std::path::Path, want: u64) {
     let script = format!(
-        "import duckdb; print(duckdb.sql(\"SELECT count(*) FROM read_parquet('{}/spans/**/*.parquet', hive_partitioning=true) WHERE gen_ai_operation = 'chat'\").fetchone()[0])",
+        "import duckdb; print(duckdb.connect().execute(\"SELECT count(*) FROM read_parquet('{}/spans/**/*.parquet', hive_partitioning=true) WHERE gen_ai_operation = 'chat'\").fetchone()[0])",
         data_dir.display()
     );
     let out = Command::new("python3").args(["-c", &script]).output();
@@ -386,9 +389,43 @@ fn duckdb_agrees(data_dir: &std::path::Path, want: u64) {
             let n: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
             assert_eq!(n, want, "DuckDB reads the same rows");
         }
-        Ok(out) if std::env::var_os("TAILSCOPE_REQUIRE_DUCKDB").is_some() => {
+        Ok(out)
+            if std::env::var_os("TAILSCOPE_REQUIRE_DUCKDB").is_some()
+                || !String::from_utf8_lossy(&out.stderr).contains("ModuleNotFoundError") =>
+        {
             panic!("duckdb required but failed: {}", String::from_utf8_lossy(&out.stderr))
         }
         _ => eprintln!("note: python3 -m pip install duckdb to check that DuckDB reads the files"),
+    }
+}
+
+/// Python's ADBC Flight SQL driver: browse the catalog (GetObjects) and run the percentile query.
+fn adbc_agrees(flight_addr: &str, p99: &[f64]) {
+    let script = r#"
+import sys
+import adbc_driver_flightsql.dbapi as flight_sql
+with flight_sql.connect("grpc://" + sys.argv[1]) as conn:
+    objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
+    tables = sorted(t["table_name"] for c in objects for s in c["catalog_db_schemas"] for t in s["db_schema_tables"])
+    print(",".join(tables))
+    with conn.cursor() as cur:
+        cur.execute("SELECT gen_ai_provider, p99_ms FROM provider_latency ORDER BY gen_ai_provider")
+        for provider, p99 in cur.fetchall():
+            print(repr(p99))
+"#;
+    let out = Command::new("python3").args(["-c", script, flight_addr]).output();
+    match out {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut lines = text.lines();
+            let tables = lines.next().unwrap_or_default();
+            assert!(tables.contains("provider_latency") && tables.contains("spans"), "ADBC tables: {tables}");
+            let got: Vec<f64> = lines.map(|l| l.parse().unwrap()).collect();
+            assert_eq!(got, p99, "ADBC returns the exact same percentiles");
+        }
+        Ok(out) if std::env::var_os("TAILSCOPE_REQUIRE_ADBC").is_some() || !String::from_utf8_lossy(&out.stderr).contains("ModuleNotFoundError") => {
+            panic!("ADBC query failed: {}", String::from_utf8_lossy(&out.stderr))
+        }
+        _ => eprintln!("note: python3 -m pip install adbc-driver-flightsql pyarrow to test ADBC"),
     }
 }
