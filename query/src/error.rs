@@ -66,9 +66,6 @@ impl QueryError {
             {
                 QueryError::InvalidSql(e.strip_backtrace())
             }
-            DataFusionError::Execution(msg) if msg.contains("quantile_exact") => {
-                QueryError::InvalidSql(e.strip_backtrace())
-            }
             _ => QueryError::Internal(e.strip_backtrace()),
         }
     }
