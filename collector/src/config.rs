@@ -109,6 +109,13 @@ impl Config {
                 .validate()
                 .map_err(|reason| invalid(&format!("budget[{i}] ({})", budget.name), reason))?;
         }
+        let cost = |e: crate::cost::CostError| match e {
+            crate::cost::CostError::Config { field, reason } => ConfigError::Invalid { field, reason },
+            other => ConfigError::Invalid { field: "cost".into(), reason: other.to_string() },
+        };
+        crate::cost::validate_budgets(&self.budgets).map_err(cost)?;
+        self.alerts.validate().map_err(cost)?;
+        self.pricing.validate().map_err(cost)?;
         Ok(())
     }
 }
@@ -231,5 +238,33 @@ pub struct LiveConfig {
 impl Default for LiveConfig {
     fn default() -> Self {
         LiveConfig { slo_p99_ms: 5000.0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_matches_the_defaults_it_claims() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tailscope.example.toml"));
+        let text = std::fs::read_to_string(path).unwrap();
+        let config = Config::from_toml(&text, path).unwrap();
+        let defaults = Config::default();
+        assert_eq!(config.server, defaults.server);
+        assert_eq!(config.ingest, defaults.ingest);
+        assert_eq!(config.storage, defaults.storage);
+        assert_eq!(config.query, defaults.query);
+        assert_eq!(config.budgets.len(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_and_impossible_values_are_refused_with_their_name() {
+        let err = Config::from_toml("[storage]\nflush_intervall = \"1s\"\n", Path::new("t.toml")).unwrap_err();
+        assert!(err.to_string().contains("flush_intervall"), "{err}");
+        let err = Config::from_toml("[storage]\nzstd_level = 40\n", Path::new("t.toml")).unwrap_err();
+        assert!(err.to_string().contains("storage.zstd_level"), "{err}");
+        let err = Config::from_toml("[ingest]\nmax_buffer_bytes = 10\n", Path::new("t.toml")).unwrap_err();
+        assert!(err.to_string().contains("flush_max_bytes"), "{err}");
     }
 }

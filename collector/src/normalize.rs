@@ -114,6 +114,34 @@ pub fn any_value_to_json(value: &AnyValue) -> serde_json::Value {
     }
 }
 
+/// Appends an attribute value to a string column without an intermediate `String` for the common scalars.
+fn append_any_value(b: &mut StringBuilder, value: Option<&AnyValue>) {
+    match value.and_then(|v| v.value.as_ref()) {
+        None => b.append_null(),
+        Some(Value::StringValue(s)) => b.append_value(s),
+        Some(Value::BoolValue(v)) => b.append_value(if *v { "true" } else { "false" }),
+        Some(Value::IntValue(i)) => {
+            let _ = write!(b, "{i}");
+            b.append_value("");
+        }
+        Some(Value::DoubleValue(d)) => {
+            let _ = write!(b, "{d}");
+            b.append_value("");
+        }
+        Some(_) => b.append_option(value.and_then(any_value_to_string)),
+    }
+}
+
+/// Appends one attribute map entry list and closes the row's map.
+fn append_attributes<'a>(map: &mut AttrMapBuilder, attributes: impl IntoIterator<Item = &'a KeyValue>) {
+    for kv in attributes {
+        map.keys().append_value(&kv.key);
+        append_any_value(map.values(), kv.value.as_ref());
+    }
+    // Appending a map entry cannot fail when keys and values were appended in pairs.
+    let _ = map.append(true);
+}
+
 fn attributes_to_json(attributes: &[KeyValue]) -> serde_json::Value {
     serde_json::Value::Object(
         attributes
@@ -779,9 +807,10 @@ fn append_span(
     b.cache_read_tokens.append_option(cache_read);
     b.cache_creation_tokens.append_option(cache_creation);
     b.reasoning_tokens.append_option(reasoning);
-    b.session_id.append_option(as_string(a.conversation_id).or_else(|| as_string(a.session_id)));
+    let session = [a.conversation_id, a.session_id].into_iter().flatten().find(|v| v.value.is_some());
+    append_any_value(&mut b.session_id, session);
     b.agent_name.append_option(as_str(a.agent_name));
-    b.agent_id.append_option(as_string(a.agent_id));
+    append_any_value(&mut b.agent_id, a.agent_id);
     b.tool_name.append_option(as_str(a.tool_name));
     b.error_type.append_option(as_str(a.error_type));
     b.time_to_first_token_ms.append_option(as_f64(a.ttfc).or_else(|| as_f64(a.ttft)).map(|s| s * 1000.0));
@@ -812,14 +841,10 @@ fn append_span(
     b.egress_cost_usd.append_option(cost.egress_cost_usd);
     b.cost_usd.append_option(cost.cost_usd);
     b.price_source.append_option(cost.price_source.as_deref());
-    b.hedge_id.append_option(as_string(a.hedge_id));
+    append_any_value(&mut b.hedge_id, a.hedge_id);
     b.hedge_winner.append_option(as_bool(a.hedge_winner));
 
-    for kv in rest {
-        b.attributes.keys().append_value(&kv.key);
-        b.attributes.values().append_option(kv.value.as_ref().and_then(any_value_to_string));
-    }
-    let _ = b.attributes.append(true);
+    append_attributes(&mut b.attributes, rest.iter().copied());
     b.events.append_option(events_json(span));
     b.links.append_option(links_json(span));
 }
@@ -931,11 +956,7 @@ impl MetricBuilders {
         self.min.append_option(v.min);
         self.max.append_option(v.max);
         self.buckets.append_option(v.buckets);
-        for kv in attributes {
-            self.attributes.keys().append_value(&kv.key);
-            self.attributes.values().append_option(kv.value.as_ref().and_then(any_value_to_string));
-        }
-        let _ = self.attributes.append(true);
+        append_attributes(&mut self.attributes, attributes);
         self.resource.append(resource);
     }
 
@@ -1143,11 +1164,7 @@ pub fn normalize_logs(request: &ExportLogsServiceRequest, received_ns: i64) -> N
                 trace_id.append_option((!r.trace_id.is_empty()).then(|| hex(&r.trace_id)));
                 span_id.append_option((!r.span_id.is_empty()).then(|| hex(&r.span_id)));
                 event_name.append_option(Some(r.event_name.as_str()).filter(|s| !s.is_empty()));
-                for kv in &r.attributes {
-                    attributes.keys().append_value(&kv.key);
-                    attributes.values().append_option(kv.value.as_ref().and_then(any_value_to_string));
-                }
-                let _ = attributes.append(true);
+                append_attributes(&mut attributes, &r.attributes);
                 resource_b.append(&row);
             }
         }

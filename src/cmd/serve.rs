@@ -16,7 +16,7 @@ use super::CmdResult;
 /// Flags of `tailscope serve`. Each overrides the matching key of the TOML config file.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Args {
-    /// TOML config file (see docs/config.md); flags override its values.
+    /// TOML config file (every key is shown in tailscope.example.toml); flags override its values.
     #[arg(long, short = 'c', value_name = "FILE", env = "TAILSCOPE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where the WAL and Parquet files live [config: data_dir; default: ./tailscope-data].
@@ -117,12 +117,16 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
     }
     let live = Arc::new(collector::live::LiveWindows::new(config.live.slo_p99_ms));
     collector.add_observer(live.clone());
+    // After recovery, so that period-to-date spend is rebuilt from everything stored, replayed WAL included.
+    let budgets = collector::cost::BudgetEngine::start(&config, &collector.catalog()).await?;
+    collector.add_observer(budgets.clone());
 
     let engine = query::Engine::new(collector.catalog(), config.query.clone()).await?;
     let api_router = collector
         .ops_router()
         .merge(query::router(engine.clone()))
-        .merge(collector::live::routes(live));
+        .merge(collector::live::routes(live))
+        .merge(collector::cost::routes(budgets));
 
     let (stop, stopped) = watch::channel(false);
     let until_stopped = move || {

@@ -1,0 +1,89 @@
+//! In-process cost of tailscope's ingest work per span, against raw protobuf decoding of the same requests.
+//!
+//! ```text
+//! cargo run --profile bench -p tailscope-benches --bin normalize -- --rounds 20
+//! ```
+//!
+//! Stages, each timed over the same corpus (single thread): prost decode (the baseline every OTLP server pays),
+//! decode + normalise + price (Arrow batch), + WAL encoding (Arrow IPC), and the Parquet encoding a flush does.
+
+#[path = "../ingest/corpus.rs"]
+mod corpus;
+
+use std::time::Instant;
+
+use clap::Parser;
+use collector::cost::{Pricer, PricingConfig};
+use collector::normalize::normalize_traces;
+use collector::schema::Signal;
+use collector::writer::ParquetOptions;
+use datafusion::arrow::compute::concat_batches;
+use datafusion::parquet::arrow::ArrowWriter;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+
+/// Per-span cost of each ingest stage.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Passes over the corpus per stage.
+    #[arg(long, default_value_t = 10)]
+    rounds: usize,
+    /// Distinct requests in the corpus.
+    #[arg(long, default_value_t = 64)]
+    requests: usize,
+    /// Spans per request.
+    #[arg(long, default_value_t = 200)]
+    spans_per_request: usize,
+}
+
+fn main() {
+    let args = Args::parse();
+    let corpus = corpus::build(args.requests, args.spans_per_request, 42);
+    let spans = (corpus.spans() * args.rounds) as f64;
+    let pricer = Pricer::from_config(&PricingConfig::default()).expect("default prices");
+    println!("corpus: {} requests, {} spans, {:.0} bytes/span", corpus.requests.len(), corpus.spans(), corpus.bytes() as f64 / corpus.spans() as f64);
+
+    let time = |label: &str, f: &mut dyn FnMut()| {
+        let start = Instant::now();
+        for _ in 0..args.rounds {
+            f();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!("{label:<42} {:>10.0} spans/s  {:>7.2} µs/span", spans / secs, secs * 1e6 / spans);
+        spans / secs
+    };
+    let decode = time("decode (prost)", &mut || {
+        for r in &corpus.requests {
+            std::hint::black_box(ExportTraceServiceRequest::decode(&r.bytes[..]).unwrap());
+        }
+    });
+    let normalise = time("decode + normalise + price", &mut || {
+        for r in &corpus.requests {
+            let req = ExportTraceServiceRequest::decode(&r.bytes[..]).unwrap();
+            std::hint::black_box(normalize_traces(&req, &pricer));
+        }
+    });
+    let wal = time("decode + normalise + price + WAL encode", &mut || {
+        for r in &corpus.requests {
+            let req = ExportTraceServiceRequest::decode(&r.bytes[..]).unwrap();
+            let n = normalize_traces(&req, &pricer);
+            std::hint::black_box(collector::wal::encode_batch(&n.batch).unwrap());
+        }
+    });
+    let batches: Vec<_> = corpus
+        .requests
+        .iter()
+        .map(|r| normalize_traces(&ExportTraceServiceRequest::decode(&r.bytes[..]).unwrap(), &pricer).batch)
+        .collect();
+    let all = concat_batches(&Signal::Spans.schema(), &batches).unwrap();
+    let props = ParquetOptions { row_group_rows: 1 << 20, zstd_level: 3 }.properties(Signal::Spans).unwrap();
+    let mut parquet_bytes = 0;
+    let parquet = time("Parquet encode (zstd 3, flush)", &mut || {
+        let mut w = ArrowWriter::try_new(Vec::new(), all.schema(), Some(props.clone())).unwrap();
+        w.write(&all).unwrap();
+        parquet_bytes = w.into_inner().unwrap().len();
+    });
+    println!("parquet: {:.1} bytes/span", parquet_bytes as f64 / corpus.spans() as f64);
+    let end_to_end = 1.0 / (1.0 / wal + 1.0 / parquet);
+    println!("in-process ingest work: {:.0} spans/s per core = {:.2}x the decode-only rate ({:.2}x normalise alone)", end_to_end, end_to_end / decode, normalise / decode);
+}
