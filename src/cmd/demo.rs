@@ -6,6 +6,7 @@
 //! few seconds). At the end it flushes everything to Parquet and prints a summary computed with SQL over the
 //! stored files, the same statements anyone can rerun with `tailscope query --data-dir`.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,11 +65,12 @@ const EGRESS_USD_PER_SPAN: f64 = 1.1e-6;
 /// The demo's collector configuration: loopback with ephemeral ports, and example budgets.
 fn demo_config(args: &Args) -> Config {
     let mut config = Config { data_dir: args.data_dir.clone(), ..Config::default() };
-    let any_port = |_: SocketAddr| SocketAddr::from(([127, 0, 0, 1], 0));
-    config.server.otlp_grpc = any_port(config.server.otlp_grpc);
-    config.server.otlp_http = any_port(config.server.otlp_http);
-    config.server.api = any_port(config.server.api);
-    config.server.flight = any_port(config.server.flight);
+    // Ephemeral ports: the demo must not collide with a `tailscope serve` already on the default ports.
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.server.otlp_grpc = any_port;
+    config.server.otlp_http = any_port;
+    config.server.api = any_port;
+    config.server.flight = any_port;
     config.alerts.evaluate_interval = Duration::from_secs(5);
     let per_second = args.rate * USD_PER_SPAN;
     let budget = |name: &str, kind: BudgetKind, period: BudgetPeriod| BudgetConfig {
@@ -115,6 +117,9 @@ pub async fn run(args: Args) -> CmdResult {
     }
     if args.report_every < Duration::from_millis(200) {
         return Err("--report-every must be at least 200ms".into());
+    }
+    if !args.no_tui && !std::io::stdout().is_terminal() {
+        return Err("the dashboard needs a terminal: run `tailscope demo --no-tui` to run headless".into());
     }
     let earlier = stored_spans(&args.data_dir).await;
     let config = demo_config(&args);

@@ -6,9 +6,12 @@
 //! conversation id, destination cloud and body sizes), `execute_tool` calls and retrievals; about twenty
 //! attributes and ~800 bytes of OTLP per span.
 //!
-//! Sending pre-encoded bytes keeps the client's CPU out of the way of the servers being measured: per send, only
-//! the first 8 bytes of every trace id are overwritten with the send's sequence number (offsets found once), so
-//! every span the server sees has a unique (trace id, span id), as it would in production.
+//! Sending pre-encoded bytes keeps the client's CPU out of the way of the servers being measured. What must differ
+//! between sends, as in production, is rewritten in place per send (offsets found once): the first 8 bytes of
+//! every trace id become the send's sequence number (so every stored span is unique), span and parent ids are
+//! XORed with a per-send mask (the trace tree is kept), and every random hex identifier (response ids, tool-call
+//! ids, conversation ids, user ids) is re-randomised consistently within the request. Without the last two, a
+//! columnar store would see the corpus's few thousand distinct ids repeat and compress unrealistically well.
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value};
@@ -25,6 +28,10 @@ pub struct EncodedRequest {
     pub bytes: Vec<u8>,
     /// Byte offsets of the first byte of every trace-id field value (spans' trace ids).
     pub trace_id_offsets: Vec<usize>,
+    /// Byte offsets of every span-id and parent-span-id value (8 bytes each).
+    pub span_id_offsets: Vec<usize>,
+    /// (offset, length) of every random lowercase-hex run inside string values.
+    pub hex_runs: Vec<(usize, usize)>,
     /// Spans in the request.
     pub spans: usize,
 }
@@ -36,6 +43,26 @@ impl EncodedRequest {
         let stamp = seq.to_be_bytes();
         for &o in &self.trace_id_offsets {
             out[o..o + 8].copy_from_slice(&stamp);
+        }
+        let mask = splitmix64(seq);
+        for &o in &self.span_id_offsets {
+            for (i, b) in out[o..o + 8].iter_mut().enumerate() {
+                *b ^= (mask >> (i * 8)) as u8;
+            }
+        }
+        // A per-send substitution of each hex digit, by position: the same original id maps to the same new id
+        // within the request (a conversation id shared by a turn's spans stays shared).
+        let digits = splitmix64(mask);
+        for &(o, len) in &self.hex_runs {
+            for (i, b) in out[o..o + len].iter_mut().enumerate() {
+                let v = match *b {
+                    b'0'..=b'9' => *b - b'0',
+                    b'a'..=b'f' => *b - b'a' + 10,
+                    _ => continue,
+                };
+                let k = ((digits >> ((i % 16) * 4)) & 0xf) as u8;
+                *b = b"0123456789abcdef"[((v + k) & 0xf) as usize];
+            }
         }
         out
     }
@@ -134,8 +161,24 @@ const MODELS: [(&str, &str, &str, &str, &str, &str); 6] = [
 
 const TOOLS: [&str; 6] = ["lookup_order", "search_web", "run_sql", "create_ticket", "read_file", "get_invoice"];
 
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+thread_local! {
+    /// The random hex identifiers generated for the request being built, to locate in its bytes.
+    static HEX_IDS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn hex(rng: &mut StdRng, bytes: usize) -> String {
-    (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
+    let s: String = (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect();
+    if bytes >= 6 {
+        HEX_IDS.with(|h| h.borrow_mut().push(s.clone()));
+    }
+    s
 }
 
 /// Builds `requests` distinct requests of `spans_per_request` spans each, deterministically from `seed`.
@@ -144,6 +187,7 @@ pub fn build(requests: usize, spans_per_request: usize, seed: u64) -> Corpus {
     let base_ns: u64 = 1_790_000_000_000_000_000; // 2026-09: a fixed instant keeps the corpus reproducible
     let mut out = Vec::with_capacity(requests);
     for r in 0..requests {
+        HEX_IDS.with(|h| h.borrow_mut().clear());
         let svc = &SERVICES[r % SERVICES.len()];
         let resource = Resource {
             attributes: vec![
@@ -323,7 +367,30 @@ pub fn build(requests: usize, spans_per_request: usize, seed: u64) -> Corpus {
                 from += p + needle.len();
             }
         }
-        out.push(EncodedRequest { bytes, trace_id_offsets: offsets, spans: spans_per_request });
+        let spans_of = &req.resource_spans[0].scope_spans[0].spans;
+        let span_ids: std::collections::BTreeSet<Vec<u8>> = spans_of.iter().map(|s| s.span_id.clone()).collect();
+        let mut span_id_offsets = Vec::new();
+        for id in &span_ids {
+            // Field 2 (span_id, tag 0x12) and field 4 (parent_span_id, tag 0x22), 8 bytes each.
+            for tag in [0x12u8, 0x22] {
+                let needle: Vec<u8> = [&[tag, 0x08][..], id].concat();
+                let mut from = 0;
+                while let Some(p) = find(&bytes[from..], &needle) {
+                    span_id_offsets.push(from + p + 2);
+                    from += p + needle.len();
+                }
+            }
+        }
+        let mut hex_runs = Vec::new();
+        let ids: std::collections::BTreeSet<String> = HEX_IDS.with(|h| h.borrow().iter().cloned().collect());
+        for id in &ids {
+            let mut from = 0;
+            while let Some(p) = find(&bytes[from..], id.as_bytes()) {
+                hex_runs.push((from + p, id.len()));
+                from += p + id.len();
+            }
+        }
+        out.push(EncodedRequest { bytes, trace_id_offsets: offsets, span_id_offsets, hex_runs, spans: spans_per_request });
     }
     Corpus { requests: out }
 }
@@ -349,8 +416,15 @@ mod tests {
             for (x, y) in sa.iter().zip(sb) {
                 assert_eq!(&x.trace_id[..8], &7u64.to_be_bytes());
                 assert_ne!(x.trace_id, y.trace_id);
-                assert_eq!(x.span_id, y.span_id);
-                assert_eq!(x.attributes, y.attributes);
+                assert_ne!(x.span_id, y.span_id);
+                assert_eq!(x.attributes.len(), y.attributes.len());
+                assert_eq!(x.name, y.name);
+            }
+            // The tree survives: every parent is a span of the same request.
+            for spans in [sa, sb] {
+                for x in spans.iter().filter(|x| !x.parent_span_id.is_empty()) {
+                    assert!(spans.iter().any(|p| p.span_id == x.parent_span_id));
+                }
             }
         }
         let per_span = corpus.bytes() as f64 / corpus.spans() as f64;
