@@ -73,6 +73,7 @@ pub struct Running {
     collector: Collector,
     stop: watch::Sender<bool>,
     tasks: JoinSet<Result<(), String>>,
+    flusher: tokio::task::JoinHandle<()>,
 }
 
 /// The addresses a running collector listens on.
@@ -160,13 +161,13 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
             query::flight::serve(engine, flight, shutdown).await.map_err(|e| format!("Flight SQL server: {e}"))
         });
     }
+    // The flusher is not a server: it stops when the collector shuts down, after the servers drained.
     let flusher = collector.spawn_flusher();
-    tasks.spawn(async move { flusher.await.map_err(|e| format!("flusher: {e}")) });
     tracing::info!(
         otlp_grpc = %addrs.otlp_grpc, otlp_http = %addrs.otlp_http, api = %addrs.api, flight = %addrs.flight,
         data_dir = %config.data_dir.display(), "tailscope is serving"
     );
-    Ok(Running { config, addrs, collector, stop, tasks })
+    Ok(Running { config, addrs, collector, stop, tasks, flusher })
 }
 
 impl Running {
@@ -196,6 +197,7 @@ impl Running {
             self.tasks.abort_all();
         }
         self.collector.shutdown().await?;
+        self.flusher.abort();
         tracing::info!("flushed; bye");
         Ok(())
     }

@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource as PResource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as PSpan};
 use prost::Message;
 
-use crate::support::{Server, Transport, tracer_provider};
+use crate::support::{Server, Transport, logger_provider, meter_provider, tracer_provider};
 
 /// Every row of `table` in the Parquet files under `data_dir`, as JSON objects, ordered by `order_by`.
 pub async fn parquet_rows(data_dir: &std::path::Path, table: &str, order_by: &str) -> Vec<serde_json::Value> {
@@ -657,4 +657,64 @@ async fn a_full_disk_refuses_retryably_and_loses_nothing() {
     acked += 200;
     server.wait_count("SELECT count(*) AS n FROM spans WHERE service_name = 'disk'", acked).await;
     assert!(server.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_metrics_and_logs_are_stored_with_resource_columns() {
+    use opentelemetry::logs::{LogRecord as _, Logger as _, LoggerProvider as _, Severity};
+    use opentelemetry::metrics::MeterProvider as _;
+    let server = Server::start().await;
+    let resource = |transport: &str| {
+        vec![
+            KeyValue::new("service.name", format!("metrics-{transport}")),
+            KeyValue::new("cloud.provider", "gcp"),
+            KeyValue::new("cloud.region", "us-central1"),
+        ]
+    };
+    for (transport, label) in [(Transport::Grpc, "grpc"), (Transport::HttpProtobuf, "http")] {
+        let meters = meter_provider(&server, transport, resource(label));
+        let meter = meters.meter("it");
+        let tokens = meter.u64_histogram("gen_ai.client.token.usage").with_unit("{token}").build();
+        tokens.record(120, &[KeyValue::new("gen_ai.token.type", "input")]);
+        tokens.record(30, &[KeyValue::new("gen_ai.token.type", "output")]);
+        let calls = meter.u64_counter("agent.calls").build();
+        calls.add(3, &[KeyValue::new("agent", "planner")]);
+        meters.force_flush().expect("metrics export succeeds");
+        meters.shutdown().expect("metrics shutdown");
+
+        let loggers = logger_provider(&server, transport, resource(label));
+        let logger = loggers.logger("it");
+        let mut record = logger.create_log_record();
+        record.set_severity_number(Severity::Warn);
+        record.set_severity_text("WARN");
+        record.set_body(format!("tool timed out over {label}").into());
+        record.add_attribute("gen_ai.tool.name", "web_search");
+        logger.emit(record);
+        loggers.force_flush().expect("logs export succeeds");
+        loggers.shutdown().expect("logs shutdown");
+    }
+    let points = server
+        .sql("SELECT service_name, metric_name, metric_type, value, count, sum, cloud_provider, attributes FROM metrics ORDER BY service_name, metric_name, sum")
+        .await;
+    for label in ["grpc", "http"] {
+        let service = format!("metrics-{label}");
+        let mine: Vec<_> = points.iter().filter(|p| p["service_name"] == service.as_str()).collect();
+        let hist: Vec<_> = mine.iter().filter(|p| p["metric_name"] == "gen_ai.client.token.usage").collect();
+        // Cumulative temporality: each collection (force_flush, then shutdown) exports the same totals again.
+        assert!(hist.len() >= 2, "one point per token type: {points:#?}");
+        assert!(hist.iter().all(|p| p["metric_type"] == "histogram" && p["count"] == 1 && p["cloud_provider"] == "gcp"));
+        let mut sums: Vec<f64> = hist.iter().map(|p| p["sum"].as_f64().unwrap()).collect();
+        sums.dedup();
+        assert_eq!(sums, vec![30.0, 120.0], "{points:#?}");
+        let counters: Vec<_> = mine.iter().filter(|p| p["metric_name"] == "agent.calls").collect();
+        assert!(!counters.is_empty() && counters.iter().all(|p| p["metric_type"] == "sum" && p["value"] == 3.0));
+    }
+    let logs = server.sql("SELECT service_name, severity_number, severity_text, body, attributes FROM logs ORDER BY service_name").await;
+    assert_eq!(logs.len(), 2, "{logs:#?}");
+    assert_eq!(logs[0]["body"], "tool timed out over grpc");
+    assert_eq!(logs[1]["body"], "tool timed out over http");
+    assert_eq!(logs[0]["severity_number"], 13);
+    assert_eq!(logs[0]["severity_text"], "WARN");
+    assert!(logs[0]["attributes"].to_string().contains("web_search"));
+    assert_eq!(server.metric("tailscope_items_rejected_total").await, 0.0);
 }

@@ -12,6 +12,10 @@ use opentelemetry::KeyValue;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::logs::{LogBatch, LogExporter, SdkLoggerProvider};
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 
 /// The `tailscope` binary under test.
@@ -276,6 +280,76 @@ pub fn tracer_provider(server: &Server, transport: Transport, resource: Vec<KeyV
     let exporter = OnRuntime { inner: exporter, handle: tokio::runtime::Handle::current() };
     SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
+        .with_resource(Resource::builder_empty().with_attributes(resource).build())
+        .build()
+}
+
+impl<E: LogExporter> LogExporter for OnRuntime<E> {
+    async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
+        self.handle.block_on(self.inner.export(batch))
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource)
+    }
+}
+
+impl<E: PushMetricExporter> PushMetricExporter for OnRuntime<E> {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        self.handle.block_on(self.inner.export(metrics))
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+    fn temporality(&self) -> Temporality {
+        self.inner.temporality()
+    }
+}
+
+/// An official SDK meter provider exporting to `server` (call `force_flush` to export).
+pub fn meter_provider(server: &Server, transport: Transport, resource: Vec<KeyValue>) -> SdkMeterProvider {
+    let exporter = match transport {
+        Transport::Grpc => opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .with_endpoint(server.grpc_url())
+            .build()
+            .expect("gRPC metric exporter"),
+        Transport::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(format!("{}/v1/metrics", server.http_url()))
+            .build()
+            .expect("HTTP metric exporter"),
+    };
+    let reader = PeriodicReader::builder(OnRuntime { inner: exporter, handle: tokio::runtime::Handle::current() }).build();
+    SdkMeterProvider::builder()
+        .with_reader(reader)
+        .with_resource(Resource::builder_empty().with_attributes(resource).build())
+        .build()
+}
+
+/// An official SDK logger provider (batch processor) exporting to `server`.
+pub fn logger_provider(server: &Server, transport: Transport, resource: Vec<KeyValue>) -> SdkLoggerProvider {
+    let exporter = match transport {
+        Transport::Grpc => opentelemetry_otlp::LogExporter::builder()
+            .with_tonic()
+            .with_endpoint(server.grpc_url())
+            .build()
+            .expect("gRPC log exporter"),
+        Transport::HttpProtobuf => opentelemetry_otlp::LogExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(format!("{}/v1/logs", server.http_url()))
+            .build()
+            .expect("HTTP log exporter"),
+    };
+    SdkLoggerProvider::builder()
+        .with_batch_exporter(OnRuntime { inner: exporter, handle: tokio::runtime::Handle::current() })
         .with_resource(Resource::builder_empty().with_attributes(resource).build())
         .build()
 }

@@ -248,12 +248,14 @@ fn draw_table(frame: &mut Frame, app: &App, panel: &Panel, table: &Table, focuse
     let text: Vec<Vec<String>> =
         visible.iter().map(|&r| cols.iter().map(|&c| format_cell(&table.columns[c], &table.rows[r][c])).collect()).collect();
     let headers: Vec<String> = cols.iter().map(|&c| header(&table.columns[c])).collect();
-    let widths: Vec<Constraint> = (0..cols.len())
+    let mut lengths: Vec<u16> = (0..cols.len())
         .map(|i| {
             let w = text.iter().take(500).map(|r| r[i].chars().count()).max().unwrap_or(0).max(headers[i].len());
-            Constraint::Length(w.min(28) as u16)
+            w.min(28) as u16
         })
         .collect();
+    fit_widths(&mut lengths, area.width.saturating_sub(cols.len().saturating_sub(1) as u16));
+    let widths: Vec<Constraint> = lengths.into_iter().map(Constraint::Length).collect();
     let numeric: Vec<bool> = cols
         .iter()
         .map(|&c| visible.iter().take(50).any(|&r| matches!(table.rows[r][c], Value::Number(_))))
@@ -284,6 +286,23 @@ fn draw_table(frame: &mut Frame, app: &App, panel: &Panel, table: &Table, focuse
         state.select(Some((*app.selected.get(&app.current).unwrap_or(&0)).min(visible.len() - 1)));
     }
     frame.render_stateful_widget(widget, area, &mut state);
+}
+
+/// Shrinks the widest columns one cell at a time until they fit `available`. Leaving an over-full set of
+/// lengths to the layout solver would let it pick which column to cut, and its choice is not stable between runs.
+fn fit_widths(lengths: &mut [u16], available: u16) {
+    let mut total: u32 = lengths.iter().map(|w| u32::from(*w)).sum();
+    while total > u32::from(available) {
+        let Some(widest) = lengths.iter().enumerate().max_by_key(|(i, w)| (**w, std::cmp::Reverse(*i))).map(|(i, _)| i)
+        else {
+            return;
+        };
+        if lengths[widest] <= 1 {
+            return;
+        }
+        lengths[widest] -= 1;
+        total -= 1;
+    }
 }
 
 fn column_or(table: &Table, name: Option<&str>, want_number: bool) -> Option<usize> {
