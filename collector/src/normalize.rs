@@ -903,6 +903,12 @@ struct MetricInfo<'a> {
     temporality: Option<&'static str>,
 }
 
+impl PointValues {
+    fn histogram(count: u64, sum: Option<f64>, min: Option<f64>, max: Option<f64>, buckets: &serde_json::Value) -> Self {
+        PointValues { count: Some(i64_of(count)), sum, min, max, buckets: Some(buckets.to_string()), value: None }
+    }
+}
+
 fn temporality(t: i32) -> Option<&'static str> {
     match t {
         1 => Some("delta"),
@@ -1053,14 +1059,7 @@ pub fn normalize_metrics(request: &ExportMetricsServiceRequest) -> Normalized {
                                     "explicit_bounds": p.explicit_bounds,
                                     "bucket_counts": p.bucket_counts,
                                 });
-                                let v = PointValues {
-                                    count: Some(i64_of(p.count)),
-                                    sum: p.sum,
-                                    min: p.min,
-                                    max: p.max,
-                                    buckets: Some(buckets.to_string()),
-                                    ..Default::default()
-                                };
+                                let v = PointValues::histogram(p.count, p.sum, p.min, p.max, &buckets);
                                 b.append(&info, p.time_unix_nano, p.start_time_unix_nano, &p.attributes, v, &row);
                             }
                         }
@@ -1081,14 +1080,7 @@ pub fn normalize_metrics(request: &ExportMetricsServiceRequest) -> Normalized {
                                     "positive": side(&p.positive),
                                     "negative": side(&p.negative),
                                 });
-                                let v = PointValues {
-                                    count: Some(i64_of(p.count)),
-                                    sum: p.sum,
-                                    min: p.min,
-                                    max: p.max,
-                                    buckets: Some(buckets.to_string()),
-                                    ..Default::default()
-                                };
+                                let v = PointValues::histogram(p.count, p.sum, p.min, p.max, &buckets);
                                 b.append(&info, p.time_unix_nano, p.start_time_unix_nano, &p.attributes, v, &row);
                             }
                         }

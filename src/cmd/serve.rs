@@ -66,8 +66,6 @@ impl Args {
 
 /// A collector that is listening on every port. Dropping it does not stop it: call [`Running::shutdown`].
 pub struct Running {
-    /// The effective configuration.
-    pub config: Config,
     /// The bound addresses (useful with port 0).
     pub addrs: Addrs,
     collector: Collector,
@@ -167,7 +165,7 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
         otlp_grpc = %addrs.otlp_grpc, otlp_http = %addrs.otlp_http, api = %addrs.api, flight = %addrs.flight,
         data_dir = %config.data_dir.display(), "tailscope is serving"
     );
-    Ok(Running { config, addrs, collector, stop, tasks, flusher })
+    Ok(Running { addrs, collector, stop, tasks, flusher })
 }
 
 impl Running {

@@ -74,7 +74,7 @@ pub async fn run(args: Args) -> CmdResult {
         args.endpoint,
         args.seed
     );
-    let report = sim::run(args.sim_config(), stats.clone(), shutdown_signal()).await;
+    let report = sim::run(args.sim_config(), stats.clone(), super::serve::shutdown_signal()).await;
     progress.abort();
     let report = report?;
     eprintln!("{}", stats.line(report.elapsed));
@@ -98,24 +98,3 @@ pub async fn run(args: Args) -> CmdResult {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-}

@@ -542,7 +542,8 @@ async fn acknowledged_spans_survive_kill_9_without_duplicates() {
     assert_eq!(n, d, "a span was stored twice");
     // Unacknowledged requests in flight at the kill may or may not have been stored; acknowledged ones must be.
     assert!(n >= acked, "lost acknowledged spans: stored {n}, acknowledged {acked}");
-    assert!(n <= acked + 3 * 50, "stored {n} but only {acked} acknowledged plus 3 in flight");
+    // Each of the 3 kills can catch each of the 3 senders with one request of 50 spans in flight.
+    assert!(n <= acked + 3 * 3 * 50, "stored {n} but only {acked} acknowledged plus 9 requests in flight");
     assert!(server.terminate().success());
     let files = parquet_rows(&server.data_dir, "spans", "span_id").await;
     assert_eq!(files.len() as i64, n, "after a clean shutdown every row is in Parquet");

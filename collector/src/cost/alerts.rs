@@ -282,12 +282,15 @@ fn fired(
         Some(session) => format!("session {session} of {}", status.name),
         None => status.name.clone(),
     };
+    // A share-only cap has no USD figure: say what was spent, and the share sentence below says against what.
+    let against = match status.cap_usd {
+        Some(cap) => format!(" of {} ({:.0}%)", usd(cap), utilization * 100.0),
+        None => format!(" ({:.0}% of the cap)", utilization * 100.0),
+    };
     let mut message = format!(
-        "{} {what}: {} of {} ({:.0}%) spent this {}{}",
+        "{} {what}: {}{against} spent this {}{}",
         if breach { "BREACH" } else { "WARNING" },
         usd(spend),
-        status.cap_usd.map(usd).unwrap_or_else(|| "no USD cap".into()),
-        utilization * 100.0,
         status.period,
         if status.period_key == "rolling" { String::new() } else { format!(" ({})", status.period_key) },
     );
