@@ -243,7 +243,7 @@ pub fn validate_budgets(budgets: &[BudgetConfig]) -> Result<(), CostError> {
 #[serde(default, deny_unknown_fields)]
 pub struct AlertsConfig {
     /// Webhook URLs; each alert event is POSTed to each as JSON (Slack-compatible `text` field included).
-    /// This build sends plain `http://`; use a local relay for `https://` endpoints.
+    /// `http://` or `https://` (TLS with the system's root certificates).
     pub webhooks: Vec<String>,
     /// Per-attempt timeout.
     #[serde(with = "humantime_serde")]
@@ -282,13 +282,7 @@ impl AlertsConfig {
         for url in &self.webhooks {
             let parsed = reqwest::Url::parse(url).map_err(|e| invalid("webhooks", format!("{url:?} is not a URL: {e}")))?;
             match parsed.scheme() {
-                "http" => {}
-                "https" => {
-                    return Err(invalid(
-                        "webhooks",
-                        format!("{url:?}: this build sends webhooks over plain http only; point it at an http relay"),
-                    ));
-                }
+                "http" | "https" => {}
                 other => return Err(invalid("webhooks", format!("{url:?}: unsupported scheme {other:?}"))),
             }
         }
@@ -416,9 +410,11 @@ mod tests {
     }
 
     #[test]
-    fn webhooks_must_be_plain_http_urls() {
+    fn webhooks_must_be_http_or_https_urls() {
         let https = AlertsConfig { webhooks: vec!["https://hooks.slack.com/x".into()], ..Default::default() };
-        assert!(https.validate().unwrap_err().to_string().contains("relay"));
+        assert!(https.validate().is_ok());
+        let ftp = AlertsConfig { webhooks: vec!["ftp://example.com/x".into()], ..Default::default() };
+        assert!(ftp.validate().unwrap_err().to_string().contains("unsupported scheme"));
         let junk = AlertsConfig { webhooks: vec!["not a url".into()], ..Default::default() };
         assert!(junk.validate().unwrap_err().to_string().contains("not a URL"));
         let pricing = PricingConfig { model_files: vec!["/nonexistent/prices.json".into()], ..Default::default() };
