@@ -38,7 +38,7 @@ pub async fn run(args: Args) -> CmdResult {
         return Err("--refresh must be at least 100ms".into());
     }
     let source: Arc<dyn tui::DataSource> = match args.data_dir {
-        Some(dir) => Arc::new(tui::LocalSource::new(dir)?),
+        Some(dir) => Arc::new(tui::LocalSource::new(dir).await?),
         None => Arc::new(tui::HttpSource::new(&args.server, args.timeout)?),
     };
     tui::run(screens, source, args.refresh).await?;

@@ -6,11 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
-use datafusion::datasource::MemTable;
-use datafusion::arrow::datatypes::DataType;
-use datafusion::prelude::SessionContext;
 use futures::future::BoxFuture;
 
 use crate::data::Table;
@@ -133,48 +128,34 @@ impl DataSource for HttpSource {
     }
 }
 
-/// A data directory read in-process: the `spans`, `metrics` and `logs` tables over its Parquet files (listed
-/// again for every query, so new files show up) and the `alerts` table.
+/// A data directory read in-process through `query::Engine`: the same tables and views as a server's SQL API,
+/// over its Parquet files (listed again for every query, so new files show up) and its alert log.
 #[derive(Debug, Clone)]
 pub struct LocalSource {
     dir: Arc<PathBuf>,
+    catalog: collector::catalog::Catalog,
+    engine: query::Engine,
 }
 
 impl LocalSource {
-    /// A source over `dir`; fails when it is not a directory.
-    pub fn new(dir: PathBuf) -> Result<LocalSource, String> {
+    /// A source over `dir`, with the same tables and views as a server's SQL API; fails when `dir` is not a
+    /// directory.
+    pub async fn new(dir: PathBuf) -> Result<LocalSource, String> {
         if !dir.is_dir() {
             return Err(format!("--data-dir {} is not a directory", dir.display()));
         }
-        Ok(LocalSource { dir: Arc::new(dir) })
+        let catalog = collector::catalog::Catalog::open(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        let engine = query::Engine::new(catalog.clone(), collector::config::QueryConfig::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(LocalSource { dir: Arc::new(dir), catalog, engine })
     }
 
-    /// Runs `sql` and returns the record batches.
+    /// Runs `sql` and returns the record batches. The directory is listed again first, so files flushed by a
+    /// collector writing there appear without restarting the dashboard.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, String> {
-        let ctx = SessionContext::new();
-        for signal in collector::schema::Signal::ALL {
-            let path = self.dir.join(signal.table_name());
-            if !path.is_dir() {
-                let empty = MemTable::try_new(signal.schema(), vec![vec![]]).map_err(|e| e.to_string())?;
-                ctx.register_table(signal.table_name(), Arc::new(empty)).map_err(|e| e.to_string())?;
-                continue;
-            }
-            let url = ListingTableUrl::parse(format!("{}/", path.display())).map_err(|e| e.to_string())?;
-            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-                .with_file_extension(".parquet")
-                .with_table_partition_cols(vec![
-                    ("date".to_string(), DataType::Utf8),
-                    ("hour".to_string(), DataType::Utf8),
-                ]);
-            let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(signal.schema());
-            let table = ListingTable::try_new(config).map_err(|e| e.to_string())?;
-            ctx.register_table(signal.table_name(), Arc::new(table)).map_err(|e| e.to_string())?;
-        }
-        let alerts = collector::cost::alerts_table(&self.dir)?;
-        let alerts = MemTable::try_new(alerts.schema(), vec![vec![alerts]]).map_err(|e| e.to_string())?;
-        ctx.register_table("alerts", Arc::new(alerts)).map_err(|e| e.to_string())?;
-        let df = ctx.sql(sql).await.map_err(|e| e.to_string())?;
-        df.collect().await.map_err(|e| e.to_string())
+        self.catalog.rescan().map_err(|e| format!("cannot list {}: {e}", self.dir.display()))?;
+        Ok(self.engine.sql(sql).await.map_err(|e| e.to_string())?.batches)
     }
 }
 

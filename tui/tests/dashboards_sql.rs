@@ -55,7 +55,7 @@ fn fixture() -> tempfile::TempDir {
 #[tokio::test]
 async fn every_dashboard_sql_runs_on_a_fixture() {
     let dir = fixture();
-    let source = LocalSource::new(dir.path().to_path_buf()).unwrap();
+    let source = LocalSource::new(dir.path().to_path_buf()).await.unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards");
     let mut files: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
@@ -90,7 +90,7 @@ async fn every_dashboard_sql_runs_on_a_fixture() {
 #[tokio::test]
 async fn overview_sql_matches_an_independent_computation() {
     let dir = fixture();
-    let source = LocalSource::new(dir.path().to_path_buf()).unwrap();
+    let source = LocalSource::new(dir.path().to_path_buf()).await.unwrap();
     let dash = tui::dashboard::resolve(Some("overview")).unwrap().remove(0);
     let app = App::new(vec![dash.clone()], "f".into(), false, std::time::Duration::from_secs(1));
     let Ok(Request::Sql(sql)) = app.request_for(dash.panels().next().unwrap()) else { panic!() };
