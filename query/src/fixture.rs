@@ -165,3 +165,16 @@ pub fn write_parquet(
     let size = std::fs::metadata(&path)?.len();
     ParquetFile::from_relative_path(&relative, size).ok_or_else(|| std::io::Error::other("not in the layout"))
 }
+
+/// numpy's `quantile(values, q)` (linear interpolation) by a full sort: the reference tests check
+/// `quantile_exact`'s selection algorithm against, independent of it.
+pub fn numpy_quantile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let h = (v.len() - 1) as f64 * q;
+    let lo = h.floor() as usize;
+    let hi = (lo + 1).min(v.len() - 1);
+    let g = h - lo as f64;
+    let d = v[hi] - v[lo];
+    if g >= 0.5 { v[hi] - d * (1.0 - g) } else { v[lo] + d * g }
+}

@@ -80,18 +80,6 @@ fn str_col(out: &QueryOutput, name: &str) -> Vec<Option<String>> {
     v
 }
 
-/// numpy's linear quantile by full sort: independent of the selection in `quantile.rs`.
-fn numpy_quantile(values: &[f64], q: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let h = (v.len() - 1) as f64 * q;
-    let lo = h.floor() as usize;
-    let hi = (lo + 1).min(v.len() - 1);
-    let g = h - lo as f64;
-    let d = v[hi] - v[lo];
-    if g >= 0.5 { v[hi] - d * (1.0 - g) } else { v[lo] + d * g }
-}
-
 #[tokio::test]
 async fn provider_latency_is_exact_over_files_and_buffer() {
     let dir = tempfile::tempdir().unwrap();
@@ -140,7 +128,7 @@ async fn provider_latency_is_exact_over_files_and_buffer() {
         assert_eq!(i64_col(&out, "calls")[row], durations.len() as i64);
         for (col, q) in [("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99), ("p999_ms", 0.999)] {
             let got = f64_col(&out, col)[row].unwrap();
-            let want = numpy_quantile(&durations, q);
+            let want = crate::fixture::numpy_quantile(&durations, q);
             assert_eq!(got, want, "{provider:?} {col}");
         }
         let max = durations.iter().copied().fold(f64::MIN, f64::max);

@@ -35,18 +35,6 @@ const PROVIDERS: [(&str, &str, &str); 2] = [
 ];
 const PER_PROVIDER: usize = 150;
 
-/// numpy's `quantile(values, q)` (linear) by full sort, independent of tailscope's selection algorithm.
-fn numpy_quantile(values: &[f64], q: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let h = (v.len() - 1) as f64 * q;
-    let lo = h.floor() as usize;
-    let hi = (lo + 1).min(v.len() - 1);
-    let g = h - lo as f64;
-    let d = v[hi] - v[lo];
-    if g >= 0.5 { v[hi] - d * (1.0 - g) } else { v[lo] + d * g }
-}
-
 /// Sends the known spans (plus one tool span per session) and returns once the SDK has them acknowledged.
 async fn ingest_known_spans(server: &Server) {
     let mut by_region = std::collections::BTreeMap::new();
@@ -102,7 +90,7 @@ fn exact(q: f64) -> Vec<f64> {
                 .into_iter()
                 .map(|d| (d * 1_000_000) as f64 / 1e6)
                 .collect();
-            numpy_quantile(&ms, q)
+            query::fixture::numpy_quantile(&ms, q)
         })
         .collect()
 }
@@ -154,7 +142,7 @@ async fn every_surface_answers_exact_percentiles_and_clear_errors() {
             .collect();
         for (col, q) in [("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)] {
             let got = row[col].as_f64().unwrap();
-            let want = numpy_quantile(&ms, q);
+            let want = query::fixture::numpy_quantile(&ms, q);
             assert!((got - want).abs() < 1e-9, "{provider} {col}: got {got}, want {want}");
         }
         assert_eq!(row["max_ms"].as_f64(), Some(ms.iter().copied().fold(0.0, f64::max)));
