@@ -1,4 +1,17 @@
 //! OTLP/gRPC: TraceService, MetricsService and LogsService on one port, gzip accepted and answered.
+//!
+//! Metrics and logs use `opentelemetry-proto`'s generated services. Traces, the hot path, are served by
+//! [`TraceExport`]: the same gRPC method, but the request reaches tailscope as the bytes that arrived, so that
+//! [`crate::wire`] can normalise spans without first building prost's owned structs.
+
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use futures::future::BoxFuture;
+use prost::Message;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder};
+use tonic::server::{NamedService, UnaryService};
 
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
@@ -6,8 +19,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
     MetricsService, MetricsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -34,13 +46,98 @@ impl OtlpGrpc {
     }
 }
 
-#[tonic::async_trait]
-impl TraceService for OtlpGrpc {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.receiver.traces(request.into_inner()).await.map(Response::new).map_err(|e| self.status(e))
+/// `opentelemetry.proto.collector.trace.v1.TraceService`, taking each request as its encoded bytes.
+#[derive(Clone)]
+struct TraceExport {
+    svc: OtlpGrpc,
+    max_body_bytes: usize,
+}
+
+impl TraceExport {
+    const EXPORT: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+}
+
+impl NamedService for TraceExport {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl<B> tower::Service<http::Request<B>> for TraceExport
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != Self::EXPORT {
+            let status = Status::unimplemented(format!("unknown method {}", request.uri().path()));
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        let this = self.clone();
+        Box::pin(async move {
+            let mut gzip = EnabledCompressionEncodings::default();
+            gzip.enable(CompressionEncoding::Gzip);
+            let mut grpc = tonic::server::Grpc::new(RawRequestCodec)
+                .apply_compression_config(gzip, gzip)
+                .apply_max_message_size_config(Some(this.max_body_bytes), None);
+            Ok(grpc.unary(this, request).await)
+        })
+    }
+}
+
+impl UnaryService<Bytes> for TraceExport {
+    type Response = ExportTraceServiceResponse;
+    type Future = BoxFuture<'static, Result<Response<ExportTraceServiceResponse>, Status>>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let svc = self.svc.clone();
+        Box::pin(async move {
+            let body = request.into_inner();
+            svc.receiver.traces_protobuf(&body).await.map(Response::new).map_err(|e| svc.status(e))
+        })
+    }
+}
+
+/// Decodes a request to its bytes (decompressed, framing removed) and encodes responses with prost.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawRequestCodec;
+
+impl Codec for RawRequestCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = Bytes;
+    type Encoder = RawRequestCodec;
+    type Decoder = RawRequestCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawRequestCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawRequestCodec
+    }
+}
+
+impl Encoder for RawRequestCodec {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+
+    fn encode(&mut self, item: ExportTraceServiceResponse, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst).map_err(|e| Status::internal(format!("encoding the response: {e}")))
+    }
+}
+
+impl Decoder for RawRequestCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 
@@ -90,10 +187,7 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let limit = receiver.max_body_bytes();
     let svc = OtlpGrpc { receiver };
-    let traces = TraceServiceServer::new(svc.clone())
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(limit);
+    let traces = TraceExport { svc: svc.clone(), max_body_bytes: limit };
     let metrics = MetricsServiceServer::new(svc.clone())
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)

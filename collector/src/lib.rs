@@ -21,4 +21,5 @@ pub mod schema;
 pub mod server;
 pub mod telemetry;
 pub mod wal;
+pub mod wire;
 pub mod writer;

@@ -21,10 +21,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
+use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
+use prost::Message as _;
 
 use crate::cost::{Pricer, SpanFacts};
 use crate::schema::Signal;
+use crate::wire::{self, SpanView, Val, WireError};
 
 /// The outcome of normalising one request.
 #[derive(Debug)]
@@ -82,13 +84,18 @@ impl Rejections {
 /// Renders an attribute value as the string stored in the attribute maps: scalars as themselves, bytes as hex,
 /// arrays and maps as JSON.
 pub fn any_value_to_string(value: &AnyValue) -> Option<String> {
-    match value.value.as_ref()? {
-        Value::StringValue(s) => Some(s.clone()),
-        Value::BoolValue(b) => Some(b.to_string()),
-        Value::IntValue(i) => Some(i.to_string()),
-        Value::DoubleValue(d) => Some(d.to_string()),
-        Value::BytesValue(b) => Some(hex(b)),
-        other => Some(any_value_to_json(&AnyValue { value: Some(other.clone()) }).to_string()),
+    Val::of(Some(value)).map(render)
+}
+
+fn render(value: Val<'_>) -> String {
+    match value {
+        Val::Str(s) => s.to_string(),
+        Val::Bool(b) => b.to_string(),
+        Val::Int(i) => i.to_string(),
+        Val::Double(d) => d.to_string(),
+        Val::Bytes(b) => hex(b),
+        Val::Strindex(i) => i.to_string(),
+        Val::Nested(n) => any_value_to_json(&n.decode()).to_string(),
     }
 }
 
@@ -115,28 +122,33 @@ pub fn any_value_to_json(value: &AnyValue) -> serde_json::Value {
 }
 
 /// Appends an attribute value to a string column without an intermediate `String` for the common scalars.
-fn append_any_value(b: &mut StringBuilder, value: Option<&AnyValue>) {
-    match value.and_then(|v| v.value.as_ref()) {
+fn append_any_value(b: &mut StringBuilder, value: Option<Val<'_>>) {
+    match value {
         None => b.append_null(),
-        Some(Value::StringValue(s)) => b.append_value(s),
-        Some(Value::BoolValue(v)) => b.append_value(if *v { "true" } else { "false" }),
-        Some(Value::IntValue(i)) => {
+        Some(Val::Str(s)) => b.append_value(s),
+        Some(Val::Bool(v)) => b.append_value(if v { "true" } else { "false" }),
+        Some(Val::Int(i)) => {
             let _ = write!(b, "{i}");
             b.append_value("");
         }
-        Some(Value::DoubleValue(d)) => {
+        Some(Val::Double(d)) => {
             let _ = write!(b, "{d}");
             b.append_value("");
         }
-        Some(_) => b.append_option(value.and_then(any_value_to_string)),
+        Some(v) => b.append_value(render(v)),
     }
 }
 
+/// A prost key/value as the borrowed pair the attribute helpers take.
+fn pair(kv: &KeyValue) -> (&str, Option<Val<'_>>) {
+    (kv.key.as_str(), Val::of(kv.value.as_ref()))
+}
+
 /// Appends one attribute map entry list and closes the row's map.
-fn append_attributes<'a>(map: &mut AttrMapBuilder, attributes: impl IntoIterator<Item = &'a KeyValue>) {
-    for kv in attributes {
-        map.keys().append_value(&kv.key);
-        append_any_value(map.values(), kv.value.as_ref());
+fn append_attributes<'a>(map: &mut AttrMapBuilder, attributes: impl IntoIterator<Item = (&'a str, Option<Val<'a>>)>) {
+    for (key, value) in attributes {
+        map.keys().append_value(key);
+        append_any_value(map.values(), value);
     }
     // Appending a map entry cannot fail when keys and values were appended in pairs.
     let _ = map.append(true);
@@ -151,9 +163,9 @@ fn attributes_to_json(attributes: &[KeyValue]) -> serde_json::Value {
     )
 }
 
-fn as_str(value: Option<&AnyValue>) -> Option<&str> {
-    match value?.value.as_ref()? {
-        Value::StringValue(s) => Some(s.as_str()),
+fn as_str(value: Option<Val<'_>>) -> Option<&str> {
+    match value? {
+        Val::Str(s) => Some(s),
         _ => None,
     }
 }
@@ -164,33 +176,33 @@ fn as_string(value: Option<&AnyValue>) -> Option<String> {
 }
 
 /// An integer attribute; also accepts doubles with no fraction and numeric strings, as some SDKs send those.
-fn as_i64(value: Option<&AnyValue>) -> Option<i64> {
-    match value?.value.as_ref()? {
-        Value::IntValue(i) => Some(*i),
-        Value::DoubleValue(d) if d.fract() == 0.0 && d.is_finite() => Some(*d as i64),
-        Value::StringValue(s) => s.trim().parse().ok(),
+fn as_i64(value: Option<Val<'_>>) -> Option<i64> {
+    match value? {
+        Val::Int(i) => Some(i),
+        Val::Double(d) if d.fract() == 0.0 && d.is_finite() => Some(d as i64),
+        Val::Str(s) => s.trim().parse().ok(),
         _ => None,
     }
 }
 
-fn as_f64(value: Option<&AnyValue>) -> Option<f64> {
-    match value?.value.as_ref()? {
-        Value::IntValue(i) => Some(*i as f64),
-        Value::DoubleValue(d) => Some(*d),
-        Value::StringValue(s) => s.trim().parse().ok(),
+fn as_f64(value: Option<Val<'_>>) -> Option<f64> {
+    match value? {
+        Val::Int(i) => Some(i as f64),
+        Val::Double(d) => Some(d),
+        Val::Str(s) => s.trim().parse().ok(),
         _ => None,
     }
 }
 
-fn as_bool(value: Option<&AnyValue>) -> Option<bool> {
-    match value?.value.as_ref()? {
-        Value::BoolValue(b) => Some(*b),
-        Value::StringValue(s) => match s.as_str() {
+fn as_bool(value: Option<Val<'_>>) -> Option<bool> {
+    match value? {
+        Val::Bool(b) => Some(b),
+        Val::Str(s) => match s {
             "true" | "True" | "TRUE" | "1" => Some(true),
             "false" | "False" | "FALSE" | "0" => Some(false),
             _ => None,
         },
-        Value::IntValue(i) => Some(*i != 0),
+        Val::Int(i) => Some(i != 0),
         _ => None,
     }
 }
@@ -402,47 +414,46 @@ pub mod span_keys {
 /// The attributes of one span that feed columns, borrowed from the request.
 #[derive(Default)]
 struct SpanAttrs<'a> {
-    provider: Option<&'a AnyValue>,
-    system: Option<&'a AnyValue>,
-    operation: Option<&'a AnyValue>,
-    request_model: Option<&'a AnyValue>,
-    response_model: Option<&'a AnyValue>,
-    input_tokens: Option<&'a AnyValue>,
-    prompt_tokens: Option<&'a AnyValue>,
-    output_tokens: Option<&'a AnyValue>,
-    completion_tokens: Option<&'a AnyValue>,
-    cache_read: [Option<&'a AnyValue>; 3],
-    cache_creation: [Option<&'a AnyValue>; 3],
-    reasoning: [Option<&'a AnyValue>; 3],
-    conversation_id: Option<&'a AnyValue>,
-    session_id: Option<&'a AnyValue>,
-    agent_name: Option<&'a AnyValue>,
-    agent_id: Option<&'a AnyValue>,
-    tool_name: Option<&'a AnyValue>,
-    error_type: Option<&'a AnyValue>,
-    ttfc: Option<&'a AnyValue>,
-    ttft: Option<&'a AnyValue>,
-    peer_provider: Option<&'a AnyValue>,
-    peer_region: Option<&'a AnyValue>,
-    hedge_id: Option<&'a AnyValue>,
-    hedge_winner: Option<&'a AnyValue>,
-    request_bytes: Option<&'a AnyValue>,
-    response_bytes: Option<&'a AnyValue>,
-    egress_bytes: Option<&'a AnyValue>,
+    provider: Option<Val<'a>>,
+    system: Option<Val<'a>>,
+    operation: Option<Val<'a>>,
+    request_model: Option<Val<'a>>,
+    response_model: Option<Val<'a>>,
+    input_tokens: Option<Val<'a>>,
+    prompt_tokens: Option<Val<'a>>,
+    output_tokens: Option<Val<'a>>,
+    completion_tokens: Option<Val<'a>>,
+    cache_read: [Option<Val<'a>>; 3],
+    cache_creation: [Option<Val<'a>>; 3],
+    reasoning: [Option<Val<'a>>; 3],
+    conversation_id: Option<Val<'a>>,
+    session_id: Option<Val<'a>>,
+    agent_name: Option<Val<'a>>,
+    agent_id: Option<Val<'a>>,
+    tool_name: Option<Val<'a>>,
+    error_type: Option<Val<'a>>,
+    ttfc: Option<Val<'a>>,
+    ttft: Option<Val<'a>>,
+    peer_provider: Option<Val<'a>>,
+    peer_region: Option<Val<'a>>,
+    hedge_id: Option<Val<'a>>,
+    hedge_winner: Option<Val<'a>>,
+    request_bytes: Option<Val<'a>>,
+    response_bytes: Option<Val<'a>>,
+    egress_bytes: Option<Val<'a>>,
 }
 
-fn first_of<'a>(values: &[Option<&'a AnyValue>]) -> Option<i64> {
+fn first_of(values: &[Option<Val<'_>>]) -> Option<i64> {
     values.iter().find_map(|v| as_i64(*v))
 }
 
 impl<'a> SpanAttrs<'a> {
     /// Sorts a span's attributes into columns; returns the attributes that stay in the map.
-    fn split(attributes: &'a [KeyValue], rest: &mut Vec<&'a KeyValue>) -> SpanAttrs<'a> {
+    fn split(attributes: &[(&'a str, Option<Val<'a>>)], rest: &mut Vec<(&'a str, Option<Val<'a>>)>) -> SpanAttrs<'a> {
         use span_keys::*;
         let mut a = SpanAttrs::default();
-        for kv in attributes {
-            let v = kv.value.as_ref();
-            let key = kv.key.as_str();
+        for &(key, v) in attributes {
+            let kv = (key, v);
             let slot = match key {
                 GEN_AI_PROVIDER => &mut a.provider,
                 GEN_AI_SYSTEM => &mut a.system,
@@ -481,7 +492,7 @@ impl<'a> SpanAttrs<'a> {
                     continue;
                 }
                 _ => {
-                    let lists: [(&[&str], &mut [Option<&'a AnyValue>; 3]); 3] = [
+                    let lists: [(&[&str], &mut [Option<Val<'a>>; 3]); 3] = [
                         (CACHE_READ, &mut a.cache_read),
                         (CACHE_CREATION, &mut a.cache_creation),
                         (REASONING, &mut a.reasoning),
@@ -664,7 +675,7 @@ fn status_code(code: i32) -> &'static str {
 }
 
 /// Why a span cannot be stored, or `None` when it can.
-fn invalid_span(span: &OtlpSpan) -> Option<&'static str> {
+fn invalid_span(span: &SpanView<'_>) -> Option<&'static str> {
     if span.trace_id.len() != 16 {
         return Some("trace_id must be 16 bytes (32 hex characters)");
     }
@@ -692,13 +703,16 @@ fn invalid_span(span: &OtlpSpan) -> Option<&'static str> {
     None
 }
 
-fn events_json(span: &OtlpSpan) -> Option<String> {
+/// A span's events as a JSON array (`None` when it has none). Events are rare; they are decoded with prost here.
+fn events_json(span: &SpanView<'_>) -> Option<String> {
     if span.events.is_empty() {
         return None;
     }
     let events: Vec<_> = span
         .events
         .iter()
+        // Validated when the span was read.
+        .filter_map(|b| Event::decode(*b).ok())
         .map(|e| {
             serde_json::json!({
                 "time_unix_nano": e.time_unix_nano,
@@ -710,13 +724,15 @@ fn events_json(span: &OtlpSpan) -> Option<String> {
     Some(serde_json::Value::Array(events).to_string())
 }
 
-fn links_json(span: &OtlpSpan) -> Option<String> {
+/// A span's links as a JSON array (`None` when it has none).
+fn links_json(span: &SpanView<'_>) -> Option<String> {
     if span.links.is_empty() {
         return None;
     }
     let links: Vec<_> = span
         .links
         .iter()
+        .filter_map(|b| Link::decode(*b).ok())
         .map(|l| {
             serde_json::json!({
                 "trace_id": hex(&l.trace_id),
@@ -729,60 +745,72 @@ fn links_json(span: &OtlpSpan) -> Option<String> {
     Some(serde_json::Value::Array(links).to_string())
 }
 
-/// Normalises a trace export request into the `spans` table, pricing each span.
-pub fn normalize_traces(request: &ExportTraceServiceRequest, pricer: &Pricer) -> Normalized {
-    let n: usize = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+/// Normalises an encoded `ExportTraceServiceRequest` (OTLP protobuf) into the `spans` table, pricing each span.
+///
+/// The body is read in place ([`crate::wire`]): the hot path allocates nothing per attribute. A body that is
+/// not a well-formed request is an error for the whole request; spans that are well-formed but cannot be stored
+/// are rejected one by one.
+pub fn normalize_traces_protobuf(body: &[u8], pricer: &Pricer) -> Result<Normalized, WireError> {
+    let request = wire::trace_request(body)?;
+    let n: usize = request.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
     let mut b = SpanBuilders::new(n);
     let mut rejections = Rejections::default();
     let mut unpriced = 0;
-    let mut rest: Vec<&KeyValue> = Vec::with_capacity(32);
-    for rs in &request.resource_spans {
+    let mut span = SpanView::default();
+    let mut rest = Vec::with_capacity(32);
+    for rs in &request {
         let resource = ResourceRow::new(rs.resource.as_ref());
         for ss in &rs.scope_spans {
             let row = resource.with_scope(ss.scope.as_ref());
-            for span in &ss.spans {
-                if let Some(reason) = invalid_span(span) {
-                    rejections.add(format_args!("span {:?} ({}): {reason}", span.name, hex(&span.span_id)));
+            for bytes in &ss.spans {
+                span.read(bytes)?;
+                if let Some(reason) = invalid_span(&span) {
+                    rejections.add(format_args!("span {:?} ({}): {reason}", span.name, hex(span.span_id)));
                     continue;
                 }
                 rest.clear();
                 let a = SpanAttrs::split(&span.attributes, &mut rest);
-                append_span(&mut b, span, &row, &a, &rest, pricer, &mut unpriced);
+                append_span(&mut b, &span, &row, &a, &rest, pricer, &mut unpriced);
             }
         }
     }
     let (rejected, reject_message) = rejections.finish();
-    Normalized { signal: Signal::Spans, batch: b.finish(), rejected, reject_message, unpriced }
+    Ok(Normalized { signal: Signal::Spans, batch: b.finish(), rejected, reject_message, unpriced })
+}
+
+/// Normalises a decoded trace export request (OTLP/JSON arrives this way) through the same path as protobuf.
+pub fn normalize_traces(request: &ExportTraceServiceRequest, pricer: &Pricer) -> Normalized {
+    // prost encodes what it decoded: the encoding is always well-formed.
+    normalize_traces_protobuf(&request.encode_to_vec(), pricer).expect("prost output is a well-formed request")
 }
 
 fn append_span(
     b: &mut SpanBuilders,
-    span: &OtlpSpan,
+    span: &SpanView<'_>,
     resource: &ResourceRow,
     a: &SpanAttrs<'_>,
-    rest: &[&KeyValue],
+    rest: &[(&str, Option<Val<'_>>)],
     pricer: &Pricer,
     unpriced: &mut u64,
 ) {
     let mut buf = [0u8; 32];
-    b.trace_id.append_value(hex_into(&span.trace_id, &mut buf));
-    b.span_id.append_value(hex_into(&span.span_id, &mut buf));
+    b.trace_id.append_value(hex_into(span.trace_id, &mut buf));
+    b.span_id.append_value(hex_into(span.span_id, &mut buf));
     if span.parent_span_id.is_empty() || span.parent_span_id.iter().all(|x| *x == 0) {
         b.parent_span_id.append_null();
     } else {
-        b.parent_span_id.append_value(hex_into(&span.parent_span_id, &mut buf));
+        b.parent_span_id.append_value(hex_into(span.parent_span_id, &mut buf));
     }
-    b.trace_state.append_option(Some(span.trace_state.as_str()).filter(|s| !s.is_empty()));
-    b.name.append_value(&span.name);
+    b.trace_state.append_option(Some(span.trace_state).filter(|s| !s.is_empty()));
+    b.name.append_value(span.name);
     b.kind.append_value(span_kind(span.kind));
     let start = span.start_time_unix_nano as i64;
     let end = span.end_time_unix_nano as i64;
     b.start_time.append_value(start);
     b.end_time.append_value(end);
     b.duration_ns.append_value(end - start);
-    let status = span.status.as_ref();
-    b.status_code.append_value(status_code(status.map(|s| s.code).unwrap_or(0)));
-    b.status_message.append_option(status.map(|s| s.message.as_str()).filter(|m| !m.is_empty()));
+    b.status_code.append_value(status_code(span.status_code));
+    b.status_message.append_option(Some(span.status_message).filter(|m| !m.is_empty()));
     b.resource.append(resource);
 
     let provider = as_str(a.provider).or_else(|| as_str(a.system));
@@ -807,8 +835,7 @@ fn append_span(
     b.cache_read_tokens.append_option(cache_read);
     b.cache_creation_tokens.append_option(cache_creation);
     b.reasoning_tokens.append_option(reasoning);
-    let session = [a.conversation_id, a.session_id].into_iter().flatten().find(|v| v.value.is_some());
-    append_any_value(&mut b.session_id, session);
+    append_any_value(&mut b.session_id, a.conversation_id.or(a.session_id));
     b.agent_name.append_option(as_str(a.agent_name));
     append_any_value(&mut b.agent_id, a.agent_id);
     b.tool_name.append_option(as_str(a.tool_name));
@@ -962,7 +989,7 @@ impl MetricBuilders {
         self.min.append_option(v.min);
         self.max.append_option(v.max);
         self.buckets.append_option(v.buckets);
-        append_attributes(&mut self.attributes, attributes);
+        append_attributes(&mut self.attributes, attributes.iter().map(pair));
         self.resource.append(resource);
     }
 
@@ -1156,7 +1183,7 @@ pub fn normalize_logs(request: &ExportLogsServiceRequest, received_ns: i64) -> N
                 trace_id.append_option((!r.trace_id.is_empty()).then(|| hex(&r.trace_id)));
                 span_id.append_option((!r.span_id.is_empty()).then(|| hex(&r.span_id)));
                 event_name.append_option(Some(r.event_name.as_str()).filter(|s| !s.is_empty()));
-                append_attributes(&mut attributes, &r.attributes);
+                append_attributes(&mut attributes, r.attributes.iter().map(pair));
                 resource_b.append(&row);
             }
         }

@@ -136,17 +136,12 @@ fn error_response(receiver: &Receiver, encoding: Encoding, error: &IngestError) 
     response
 }
 
-async fn handle<Req, Resp, F, Fut>(
-    receiver: Receiver,
-    signal: Signal,
-    headers: HeaderMap,
-    body: Bytes,
-    store: F,
-) -> Response
+/// Checks the content type, decompresses, hands the body to `store` and answers in the request's encoding.
+/// `store` decodes; a body it cannot decode comes back as [`IngestError::Malformed`] (already counted).
+async fn handle<Resp, F, Fut>(receiver: Receiver, signal: Signal, headers: HeaderMap, body: Bytes, store: F) -> Response
 where
-    Req: Message + Default + DeserializeOwned,
     Resp: Message + Serialize,
-    F: FnOnce(Receiver, Req) -> Fut,
+    F: FnOnce(Receiver, Encoding, Bytes) -> Fut,
     Fut: std::future::Future<Output = Result<Resp, IngestError>>,
 {
     let encoding = match Encoding::from_content_type(headers.get(header::CONTENT_TYPE)) {
@@ -157,37 +152,55 @@ where
             return error_response(&receiver, Encoding::Json, &e);
         }
     };
-    let decoded = decompress(&headers, body, receiver.max_body_bytes()).and_then(|b| decode::<Req>(encoding, &b));
-    let request = match decoded {
-        Ok(r) => r,
+    let body = match decompress(&headers, body, receiver.max_body_bytes()) {
+        Ok(b) => b,
         Err(e) => {
             receiver.reject_request(signal, &e);
             return error_response(&receiver, encoding, &e);
         }
     };
-    match store(receiver.clone(), request).await {
+    match store(receiver.clone(), encoding, body).await {
         Ok(response) => encode(encoding, StatusCode::OK, &response),
         Err(e) => error_response(&receiver, encoding, &e),
     }
 }
 
+/// [`decode`], counting a body that does not decode as a rejected request.
+fn decode_counted<T: Message + Default + DeserializeOwned>(
+    receiver: &Receiver,
+    signal: Signal,
+    encoding: Encoding,
+    body: &[u8],
+) -> Result<T, IngestError> {
+    decode(encoding, body).inspect_err(|e| receiver.reject_request(signal, e))
+}
+
 async fn traces(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
-    handle::<ExportTraceServiceRequest, _, _, _>(receiver, Signal::Spans, headers, body, |r, req| async move {
-        r.traces(req).await
+    handle(receiver, Signal::Spans, headers, body, |r, encoding, body| async move {
+        match encoding {
+            // Protobuf is read in place, without prost's owned structs (the hot path).
+            Encoding::Protobuf => r.traces_protobuf(&body).await,
+            Encoding::Json => {
+                let request: ExportTraceServiceRequest = decode_counted(&r, Signal::Spans, encoding, &body)?;
+                r.traces(request).await
+            }
+        }
     })
     .await
 }
 
 async fn metrics(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
-    handle::<ExportMetricsServiceRequest, _, _, _>(receiver, Signal::Metrics, headers, body, |r, req| async move {
-        r.metrics_export(req).await
+    handle(receiver, Signal::Metrics, headers, body, |r, encoding, body| async move {
+        let request: ExportMetricsServiceRequest = decode_counted(&r, Signal::Metrics, encoding, &body)?;
+        r.metrics_export(request).await
     })
     .await
 }
 
 async fn logs(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
-    handle::<ExportLogsServiceRequest, _, _, _>(receiver, Signal::Logs, headers, body, |r, req| async move {
-        r.logs(req).await
+    handle(receiver, Signal::Logs, headers, body, |r, encoding, body| async move {
+        let request: ExportLogsServiceRequest = decode_counted(&r, Signal::Logs, encoding, &body)?;
+        r.logs(request).await
     })
     .await
 }

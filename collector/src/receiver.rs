@@ -80,15 +80,31 @@ impl Receiver {
         Ok(Outcome { rejected: normalized.rejected as i64, message: normalized.reject_message })
     }
 
-    /// Stores a trace export.
+    /// Stores a trace export that arrived as OTLP protobuf, read in place (see [`crate::wire`]).
+    pub async fn traces_protobuf(&self, body: &[u8]) -> Result<ExportTraceServiceResponse, IngestError> {
+        let normalized = normalize::normalize_traces_protobuf(body, &self.pricer).map_err(|e| {
+            let error = IngestError::Malformed {
+                format: "protobuf",
+                detail: format!("{e}; is the body an OTLP ExportTraceServiceRequest?"),
+            };
+            self.reject_request(Signal::Spans, &error);
+            error
+        })?;
+        Ok(Self::trace_response(self.accept(normalized).await?))
+    }
+
+    /// Stores a decoded trace export (OTLP/JSON).
     pub async fn traces(&self, request: ExportTraceServiceRequest) -> Result<ExportTraceServiceResponse, IngestError> {
-        let outcome = self.accept(normalize::normalize_traces(&request, &self.pricer)).await?;
-        Ok(ExportTraceServiceResponse {
+        Ok(Self::trace_response(self.accept(normalize::normalize_traces(&request, &self.pricer)).await?))
+    }
+
+    fn trace_response(outcome: Outcome) -> ExportTraceServiceResponse {
+        ExportTraceServiceResponse {
             partial_success: (outcome.rejected > 0).then(|| ExportTracePartialSuccess {
                 rejected_spans: outcome.rejected,
                 error_message: outcome.message,
             }),
-        })
+        }
     }
 
     /// Stores a metrics export.

@@ -461,13 +461,37 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     let err = grpc.export(request("big", 0, 400)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
 
+    // gRPC: a body that is not an ExportTraceServiceRequest is INVALID_ARGUMENT, naming where it broke.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct NotARequest {
+        #[prost(bytes = "vec", tag = "1")]
+        resource_spans: Vec<u8>,
+    }
+    let channel = tonic::transport::Channel::from_shared(server.grpc_url()).unwrap().connect().await.unwrap();
+    let mut raw = tonic::client::Grpc::new(channel);
+    raw.ready().await.unwrap();
+    let export = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    );
+    let not_a_request = NotARequest { resource_spans: vec![0x0a, 0xff] };
+    let err = raw
+        .unary::<_, opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse, _>(
+            tonic::Request::new(not_a_request),
+            export,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("malformed protobuf") && err.message().contains("ResourceSpans"), "{err}");
+
     // Still serving, on both transports.
     let ok = grpc.export(request("after-bad-input", 1000, 5)).await.unwrap();
     assert!(ok.into_inner().partial_success.is_none());
     let r = post("application/x-protobuf", None, request("after-bad-input", 2000, 5).encode_to_vec()).await.unwrap();
     assert_eq!(r.status(), 200);
     server.wait_count("SELECT count(*) AS n FROM spans WHERE service_name = 'after-bad-input'", 10).await;
-    assert!(server.metric("tailscope_requests_rejected_total{signal=\"spans\",reason=\"malformed\"}").await >= 3.0);
+    assert!(server.metric("tailscope_requests_rejected_total{signal=\"spans\",reason=\"malformed\"}").await >= 4.0);
     assert!(server.metric("tailscope_requests_rejected_total{signal=\"spans\",reason=\"unsupported_media_type\"}").await >= 1.0);
 }
 

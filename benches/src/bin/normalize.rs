@@ -5,7 +5,8 @@
 //! ```
 //!
 //! Stages, each timed over the same corpus (single thread): prost decode (the baseline every OTLP server pays),
-//! decode + normalise + price (Arrow batch), + WAL encoding (Arrow IPC), and the Parquet encoding a flush does.
+//! tailscope's normalise + price straight from the protobuf bytes (Arrow batch), the same through prost structs
+//! (the OTLP/JSON path's shape), + WAL encoding (Arrow IPC), and the Parquet encoding a flush does.
 
 #[path = "../ingest/corpus.rs"]
 mod corpus;
@@ -14,7 +15,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use collector::cost::{Pricer, PricingConfig};
-use collector::normalize::normalize_traces;
+use collector::normalize::{normalize_traces, normalize_traces_protobuf};
 use collector::schema::Signal;
 use collector::writer::ParquetOptions;
 use datafusion::arrow::compute::concat_batches;
@@ -57,24 +58,25 @@ fn main() {
             std::hint::black_box(ExportTraceServiceRequest::decode(&r.bytes[..]).unwrap());
         }
     });
-    let normalise = time("decode + normalise + price", &mut || {
+    let normalise = time("normalise + price from protobuf bytes", &mut || {
+        for r in &corpus.requests {
+            std::hint::black_box(normalize_traces_protobuf(&r.bytes, &pricer).unwrap());
+        }
+    });
+    time("(prost decode, then the same normaliser)", &mut || {
         for r in &corpus.requests {
             let req = ExportTraceServiceRequest::decode(&r.bytes[..]).unwrap();
             std::hint::black_box(normalize_traces(&req, &pricer));
         }
     });
-    let wal = time("decode + normalise + price + WAL encode", &mut || {
+    let wal = time("normalise + price + WAL encode", &mut || {
         for r in &corpus.requests {
-            let req = ExportTraceServiceRequest::decode(&r.bytes[..]).unwrap();
-            let n = normalize_traces(&req, &pricer);
+            let n = normalize_traces_protobuf(&r.bytes, &pricer).unwrap();
             std::hint::black_box(collector::wal::encode_batch(&n.batch).unwrap());
         }
     });
-    let batches: Vec<_> = corpus
-        .requests
-        .iter()
-        .map(|r| normalize_traces(&ExportTraceServiceRequest::decode(&r.bytes[..]).unwrap(), &pricer).batch)
-        .collect();
+    let batches: Vec<_> =
+        corpus.requests.iter().map(|r| normalize_traces_protobuf(&r.bytes, &pricer).unwrap().batch).collect();
     let all = concat_batches(&Signal::Spans.schema(), &batches).unwrap();
     let props = ParquetOptions { row_group_rows: 1 << 20, zstd_level: 3 }.properties(Signal::Spans).unwrap();
     let mut parquet_bytes = 0;
