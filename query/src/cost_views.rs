@@ -227,6 +227,7 @@ mod tests {
     async fn context() -> SessionContext {
         let ctx = SessionContext::new();
         ctx.register_udaf(crate::quantile::quantile_exact_udaf());
+        ctx.add_optimizer_rule(Arc::new(crate::quantile::ShareQuantiles));
         let batch = known_set();
         ctx.register_table("spans", Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap())).unwrap();
         let views = crate::views::base_views().into_iter().chain(COST_VIEWS.iter().map(|(n, s)| (*n, s.to_string())));
