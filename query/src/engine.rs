@@ -4,7 +4,8 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -22,7 +23,7 @@ use collector::schema::Signal;
 
 use crate::alerts::AlertsTable;
 use crate::error::QueryError;
-use crate::quantile::quantile_exact_udaf;
+use crate::quantile::{ShareQuantiles, quantile_exact_udaf};
 use crate::table::{ScanCounters, SignalTable};
 
 /// The catalog name clients see (Flight SQL `GetCatalogs`, `information_schema`).
@@ -99,13 +100,14 @@ impl Engine {
             .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME);
         let ctx = SessionContext::new_with_config(session);
         ctx.register_udaf(quantile_exact_udaf());
+        ctx.add_optimizer_rule(Arc::new(ShareQuantiles));
 
         let counters = Arc::new(ScanCounters::default());
         let mut relations = Vec::new();
         let internal = |e: std::io::Error| QueryError::Internal(format!("cannot resolve the data dir: {e}"));
         for signal in Signal::ALL {
             let table = Arc::new(SignalTable::new(signal, catalog.clone(), counters.clone()).map_err(internal)?);
-            relations.push(Relation::new(signal.table_name(), "TABLE", table.schema()));
+            relations.push(Relation::new(signal.table_name(), "TABLE", outward_schema(&table.schema())));
             ctx.register_table(signal.table_name(), table)?;
         }
         let alerts = Arc::new(AlertsTable::new(catalog.data_dir()));
@@ -119,7 +121,7 @@ impl Engine {
                 .await
                 .map_err(|e| QueryError::Internal(format!("view {name} does not plan: {e}")))?
                 .into_view();
-            relations.push(Relation::new(name, "VIEW", view.schema()));
+            relations.push(Relation::new(name, "VIEW", outward_schema(&view.schema())));
             ctx.register_table(name, view)?;
         }
 
@@ -168,8 +170,13 @@ impl Engine {
         self.with_limits(async |ctx: SessionContext| {
             let plan = self.plan(&ctx, sql).await?;
             let df = ctx.execute_logical_plan(plan).await?;
-            let schema = Arc::new(df.schema().as_arrow().clone());
-            let batches = df.collect().await?;
+            let schema = outward_schema(df.schema().as_arrow());
+            let batches = df
+                .collect()
+                .await?
+                .iter()
+                .map(|b| outward_batch(b, &schema))
+                .collect::<Result<_, _>>()?;
             Ok(QueryOutput { schema, batches })
         })
         .await
@@ -179,7 +186,7 @@ impl Engine {
     pub async fn schema_of(&self, sql: &str) -> Result<SchemaRef, QueryError> {
         let ctx = self.context()?;
         let plan = self.plan(&ctx, sql).await?;
-        Ok(Arc::new(plan.schema().as_arrow().clone()))
+        Ok(outward_schema(plan.schema().as_arrow()))
     }
 
     /// A query context: the shared tables and functions with a memory pool of its own.
@@ -193,7 +200,11 @@ impl Engine {
         let state = SessionStateBuilder::new_from_existing(self.inner.base.clone())
             .with_runtime_env(Arc::new(runtime))
             .build();
-        Ok(SessionContext::new_with_state(state))
+        let ctx = SessionContext::new_with_state(state);
+        // The builder re-registers every function in hash order, and DataFusion's `percentile_cont` also answers to
+        // `quantile_cont`: register ours last so `quantile_cont` is always the exact, numpy-matching one.
+        ctx.register_udaf(quantile_exact_udaf());
+        Ok(ctx)
     }
 
     /// Parses and plans, refusing anything that is not a read.
@@ -239,6 +250,48 @@ impl Engine {
             Err(_) => Err(QueryError::Timeout { timeout }),
         }
     }
+}
+
+/// The type a column has outside the engine: view types (which scans use for speed, see
+/// [`crate::table::scan_file_schema`]) become the plain types the files store, at any depth, so clients of every
+/// surface (JSON, CSV, Arrow IPC, Flight SQL, the TUI) see `Utf8` as before.
+fn outward_type(t: &DataType) -> DataType {
+    let field = |f: &FieldRef| Arc::new(f.as_ref().clone().with_data_type(outward_type(f.data_type())));
+    match t {
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        DataType::List(f) => DataType::List(field(f)),
+        DataType::LargeList(f) => DataType::LargeList(field(f)),
+        DataType::FixedSizeList(f, n) => DataType::FixedSizeList(field(f), *n),
+        DataType::Struct(fs) => DataType::Struct(fs.iter().map(field).collect()),
+        DataType::Map(f, sorted) => DataType::Map(field(f), *sorted),
+        other => other.clone(),
+    }
+}
+
+fn outward_schema(schema: &Schema) -> SchemaRef {
+    let fields: Vec<FieldRef> = schema
+        .fields()
+        .iter()
+        .map(|f| Arc::new(f.as_ref().clone().with_data_type(outward_type(f.data_type()))))
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// Casts the columns whose type differs from `schema` (view types only; results are small next to the scan).
+fn outward_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, QueryError> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch.clone());
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| QueryError::Internal(format!("cannot convert a result column to its plain type: {e}")))?;
+    RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| QueryError::Internal(format!("cannot convert a result batch to its plain types: {e}")))
 }
 
 /// Refuses DDL, DML, `COPY` and session statements (`SET`, transactions, `PREPARE`), naming what was refused.

@@ -21,6 +21,7 @@ use datafusion::common::{Column, DFSchema, Result, ScalarValue, project_schema};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::{DataSourceExec, MemorySourceConfig};
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -45,11 +46,30 @@ pub struct ScanCounters {
     pub buffered_rows_scanned: AtomicU64,
 }
 
-/// The query-time schema of a signal: the stored columns, then `date` and `hour`.
+/// The query-time schema of a signal: the stored columns (strings as `Utf8View`, see [`scan_file_schema`]), then
+/// `date` and `hour`.
 pub fn table_schema(signal: Signal) -> SchemaRef {
-    let stored = signal.schema();
+    let stored = scan_file_schema(signal);
     let mut fields: Vec<FieldRef> = stored.fields().iter().cloned().collect();
     fields.extend(partition_fields());
+    Arc::new(Schema::new_with_metadata(fields, stored.metadata().clone()))
+}
+
+/// The stored schema with top-level `Utf8` columns read as `Utf8View` (DataFusion's `schema_force_view_types`).
+///
+/// The Parquet reader then points each string at the decoded page instead of copying it into a new buffer, and
+/// grouping, hashing and comparing short strings (providers, models, session ids) works on the inline 12-byte
+/// views. Results leave the engine as plain `Utf8` (see `Engine::sql`), so clients see the stored types.
+pub fn scan_file_schema(signal: Signal) -> SchemaRef {
+    let stored = signal.schema();
+    let fields: Vec<FieldRef> = stored
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 => Arc::new(f.as_ref().clone().with_data_type(DataType::Utf8View)),
+            _ => f.clone(),
+        })
+        .collect();
     Arc::new(Schema::new_with_metadata(fields, stored.metadata().clone()))
 }
 
@@ -128,11 +148,19 @@ impl SignalTable {
         projection: Option<&Vec<usize>>,
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let table_schema = TableSchema::builder(self.signal.schema())
+        let table_schema = TableSchema::builder(scan_file_schema(self.signal))
             .with_table_partition_cols(partition_fields())
             .build();
-        let mut source =
-            ParquetSource::new(table_schema).with_table_parquet_options(state.table_options().parquet.clone());
+        // Committed files never change (a rewrite gets a new name), so their footers and page indexes are read
+        // once and kept in the runtime's metadata cache (bounded by `datafusion.runtime.metadata_cache_limit`).
+        let runtime = state.runtime_env();
+        let reader = CachedParquetFileReaderFactory::new(
+            runtime.object_store(ObjectStoreUrl::local_filesystem())?,
+            runtime.cache_manager.get_file_metadata_cache(),
+        );
+        let mut source = ParquetSource::new(table_schema)
+            .with_table_parquet_options(state.table_options().parquet.clone())
+            .with_parquet_file_reader_factory(Arc::new(reader));
         // Row-group and page pruning inside each file, from the filters over stored columns only.
         let stored = self.signal.schema();
         let file_filters: Vec<Expr> = filters
@@ -250,7 +278,8 @@ fn balanced_groups(data_dir: &Path, files: Vec<&ParquetFile>, partitions: usize)
         .collect()
 }
 
-/// Appends `date` and `hour` computed from the time column, as the writer names the directories.
+/// Appends `date` and `hour` computed from the time column, as the writer names the directories, and casts stored
+/// columns to the table's types (strings to `Utf8View`; the views share the batch's string buffers).
 fn add_partition_columns(batch: &RecordBatch, signal: Signal, schema: &SchemaRef) -> Result<RecordBatch> {
     let time = batch
         .column_by_name(signal.time_column())
@@ -268,7 +297,18 @@ fn add_partition_columns(batch: &RecordBatch, signal: Signal, schema: &SchemaRef
         dates.push(t.format("%Y-%m-%d").to_string());
         hours.push(t.format("%H").to_string());
     }
-    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    let mut columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(column, field)| {
+            if column.data_type() == field.data_type() {
+                Ok(column.clone())
+            } else {
+                datafusion::arrow::compute::cast(column, field.data_type())
+            }
+        })
+        .collect::<std::result::Result<_, _>>()?;
     columns.push(Arc::new(StringArray::from(dates)));
     columns.push(Arc::new(StringArray::from(hours)));
     Ok(RecordBatch::try_new(schema.clone(), columns)?)

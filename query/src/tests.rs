@@ -460,3 +460,71 @@ async fn introspection_statements_run() {
         engine.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 }
+
+#[tokio::test]
+async fn quantiles_over_one_value_are_shared_and_answer_as_if_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&Catalog::new(dir.path())).await;
+    // 200k shuffled values in 7 groups, enough for partial and final aggregation over several batches.
+    let source = "(SELECT value % 7 AS g, CAST((value * 7919) % 200003 AS DOUBLE) / 10 AS x FROM range(200000)) AS t";
+    let together = format!(
+        "SELECT g, quantile_exact(x, 0.99) AS p99, quantile_exact(x, 0.5) AS p50, count(*) AS n, \
+         quantile_cont(x, 0.95) AS p95, quantile_exact(x, 0.5) FILTER (WHERE x > 100) AS p50_over_100, \
+         quantile_exact(x, 0.9) FILTER (WHERE x > 100) AS p90_over_100, quantile_exact(x + 1, 0.5) AS p50_plus_one \
+         FROM {source} GROUP BY g ORDER BY g"
+    );
+    let plan = engine.sql(&format!("EXPLAIN {together}")).await.unwrap();
+    let text = String::from_utf8(crate::format::to_bytes(crate::format::Format::Csv, &plan).unwrap()).unwrap();
+    assert!(text.contains("quantile_exact_shared"), "the rule did not fire:\n{text}");
+
+    let out = engine.sql(&together).await.unwrap();
+    let alone = |expr: &str| {
+        let sql = format!("SELECT g, {expr} AS v FROM {source} GROUP BY g ORDER BY g");
+        let engine = engine.clone();
+        async move { f64_col(&engine.sql(&sql).await.unwrap(), "v") }
+    };
+    assert_eq!(f64_col(&out, "p99"), alone("quantile_exact(x, 0.99)").await);
+    assert_eq!(f64_col(&out, "p50"), alone("quantile_exact(x, 0.5)").await);
+    assert_eq!(f64_col(&out, "p95"), alone("quantile_exact(x, 0.95)").await);
+    // `quantile_cont` is this function, not DataFusion's `percentile_cont` (which answers 18999.6249995 here).
+    assert_eq!(alone("quantile_cont(x, 0.95)").await[0], Some(18999.625));
+    assert_eq!(f64_col(&out, "p50_over_100"), alone("quantile_exact(x, 0.5) FILTER (WHERE x > 100)").await);
+    assert_eq!(f64_col(&out, "p90_over_100"), alone("quantile_exact(x, 0.9) FILTER (WHERE x > 100)").await);
+    assert_eq!(f64_col(&out, "p50_plus_one"), alone("quantile_exact(x + 1, 0.5)").await);
+    assert_eq!(i64_col(&out, "n"), vec![28572, 28572, 28572, 28571, 28571, 28571, 28571]);
+    // Output names are the ones asked for, unqualified columns included.
+    let names: Vec<&str> = out.schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, ["g", "p99", "p50", "n", "p95", "p50_over_100", "p90_over_100", "p50_plus_one"]);
+    // And the same against the numpy definition for one group.
+    let values: Vec<f64> = (0..200000u64)
+        .filter(|v| v % 7 == 3)
+        .map(|v| ((v * 7919) % 200003) as f64 / 10.0)
+        .collect();
+    let want = crate::fixture::numpy_quantile(&values, 0.99);
+    assert_eq!(f64_col(&out, "p99")[3], Some(want));
+}
+
+#[tokio::test]
+async fn string_columns_leave_the_engine_as_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::new(dir.path());
+    let file = write_parquet(dir.path(), Signal::Spans, &spans_batch(&[span(0, NINE, 100, "aws.bedrock", "claude")]), 1)
+        .unwrap();
+    catalog.commit_flush(vec![(Signal::Spans, file)], 1);
+    // The buffer's batches are stored-type `Utf8`; the files are read as views: both must come out alike.
+    catalog.add_batch(Signal::Spans, 2, spans_batch(&[span(1, NINE + HOUR, 50, "openai", "gpt")]));
+    let engine = engine(&catalog).await;
+    let sql = "SELECT gen_ai_provider, session_id, array_agg(request_model) AS models FROM spans \
+               GROUP BY gen_ai_provider, session_id ORDER BY gen_ai_provider";
+    let out = engine.sql(sql).await.unwrap();
+    let types: Vec<String> = out.schema.fields().iter().map(|f| f.data_type().to_string()).collect();
+    assert_eq!(types[..2], ["Utf8", "Utf8"]);
+    assert!(types[2].contains("Utf8") && !types[2].contains("View"), "{}", types[2]);
+    for b in &out.batches {
+        assert_eq!(b.schema().fields(), out.schema.fields());
+    }
+    assert_eq!(str_col(&out, "gen_ai_provider"), vec![Some("aws.bedrock".into()), Some("openai".into())]);
+    assert_eq!(engine.schema_of(sql).await.unwrap().fields(), out.schema.fields());
+    let spans = engine.relations().iter().find(|r| r.name == "spans").unwrap();
+    assert_eq!(spans.schema.field_with_name("trace_id").unwrap().data_type(), &datafusion::arrow::datatypes::DataType::Utf8);
+}
