@@ -8,13 +8,18 @@
 //! - cost per session (top 10 sessions by cost);
 //! - a one-hour time window (per-provider count and mean latency).
 //!
-//! Each query runs once to warm caches, then `--runs` times; the median is reported.
+//! Each query runs once in each engine to warm caches, then `--runs` rounds alternate one tailscope run and one
+//! DuckDB run (DuckDB stays up in one Python process), so load from other work on the machine falls on both
+//! engines alike; the medians are reported. Before timing, the exact queries' answers are compared between the
+//! engines (same rows, floats within 1e-9 relative), so both sides are known to compute the same thing.
 //!
 //! `cargo run --profile bench -p tailscope-benches --bin query -- --rows 1000000`
-//! (needs `python3 -m pip install duckdb`).
+//! (needs `python3 -m pip install duckdb`). `--engine tailscope --only session --runs 50` repeats one query in
+//! tailscope alone (for `perf`); `--explain` prints tailscope's `EXPLAIN ANALYZE` of each query.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -35,9 +40,18 @@ struct Args {
     /// Timed runs per query (after one warm-up run).
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Keep the generated data here (default: a temp dir, removed at exit).
+    /// Keep the generated data here (default: a temp dir, removed at exit). Reused when it already has spans.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// `both`, or `tailscope` alone (no DuckDB, no comparison: for profiling).
+    #[arg(long, default_value = "both")]
+    engine: String,
+    /// Only the queries whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
+    /// Print tailscope's `EXPLAIN ANALYZE` of each query after timing it.
+    #[arg(long)]
+    explain: bool,
 }
 
 /// 2026-11-20T00:00:00Z.
@@ -110,6 +124,8 @@ fn generate(dir: &Path, rows: usize) -> std::io::Result<()> {
 
 struct Bench {
     name: &'static str,
+    /// Both engines must give the same rows (exact queries); approximate ones are only timed.
+    exact: bool,
     tailscope: String,
     duckdb: String,
 }
@@ -120,6 +136,7 @@ fn benches() -> Vec<Bench> {
     vec![
         Bench {
             name: "p50/p95/p99 by provider (exact)",
+            exact: true,
             tailscope: "SELECT gen_ai_provider, quantile_exact(duration_ns / 1e6, 0.5) AS p50, \
                         quantile_exact(duration_ns / 1e6, 0.95) AS p95, quantile_exact(duration_ns / 1e6, 0.99) AS p99 \
                         FROM spans WHERE gen_ai_provider IS NOT NULL GROUP BY gen_ai_provider"
@@ -131,6 +148,7 @@ fn benches() -> Vec<Bench> {
         },
         Bench {
             name: "p50/p95/p99 by provider (approximate)",
+            exact: false,
             tailscope: "SELECT gen_ai_provider, approx_percentile_cont(duration_ns / 1e6, 0.5) AS p50, \
                         approx_percentile_cont(duration_ns / 1e6, 0.95) AS p95, \
                         approx_percentile_cont(duration_ns / 1e6, 0.99) AS p99 \
@@ -143,6 +161,7 @@ fn benches() -> Vec<Bench> {
         },
         Bench {
             name: "cost per session (top 10)",
+            exact: true,
             tailscope: "SELECT session_id, sum(cost_usd) AS cost, count(*) AS spans FROM spans \
                         GROUP BY session_id ORDER BY cost DESC, session_id LIMIT 10"
                 .into(),
@@ -152,6 +171,7 @@ fn benches() -> Vec<Bench> {
         },
         Bench {
             name: "one-hour window by provider",
+            exact: true,
             tailscope: format!(
                 "SELECT gen_ai_provider, count(*) AS calls, avg(duration_ns) / 1e6 AS mean_ms FROM spans \
                  WHERE start_time >= '{window_start}' AND start_time < '{window_end}' GROUP BY gen_ai_provider"
@@ -165,52 +185,117 @@ fn benches() -> Vec<Bench> {
     ]
 }
 
-fn median(mut times: Vec<Duration>) -> Duration {
-    times.sort();
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
     times[times.len() / 2]
 }
 
-async fn time_tailscope(engine: &Engine, sql: &str, runs: usize) -> Result<(Duration, usize), String> {
-    let warm = engine.sql(sql).await.map_err(|e| format!("{e}\n{sql}"))?;
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let started = Instant::now();
-        engine.sql(sql).await.map_err(|e| e.to_string())?;
-        times.push(started.elapsed());
-    }
-    Ok((median(times), warm.num_rows()))
+/// Runs one tailscope query; returns its time and its rows as JSON objects.
+async fn run_tailscope(engine: &Engine, sql: &str) -> Result<(f64, Vec<serde_json::Value>), String> {
+    let started = Instant::now();
+    let out = engine.sql(sql).await.map_err(|e| format!("{e}\n{sql}"))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let json = query::format::to_bytes(query::format::Format::Json, &out).map_err(|e| e.to_string())?;
+    Ok((seconds, serde_json::from_slice(&json).map_err(|e| e.to_string())?))
 }
 
-/// Times every DuckDB query inside one Python process; returns medians in seconds.
-fn time_duckdb(dir: &Path, queries: &[&str], runs: usize) -> Result<Vec<f64>, String> {
-    let script = r#"
+/// DuckDB in one Python process over the same files: one query per line in, its time (measured inside Python, so
+/// process start and the pipe are not counted) and rows out.
+struct DuckDb {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl DuckDb {
+    const SCRIPT: &str = r#"
 import json, sys, time, duckdb
-glob, runs, queries = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 con = duckdb.connect()
-con.execute(f"CREATE VIEW spans AS SELECT * FROM read_parquet('{glob}', hive_partitioning=true)")
-out = []
-for q in queries:
-    con.execute(q).fetchall()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter(); con.execute(q).fetchall(); times.append(time.perf_counter() - t)
-    times.sort(); out.append(times[len(times) // 2])
-print(json.dumps({"version": duckdb.__version__, "threads": con.execute("SELECT current_setting('threads')").fetchone()[0], "medians": out}))
+con.execute(f"CREATE VIEW spans AS SELECT * FROM read_parquet('{sys.argv[1]}', hive_partitioning=true)")
+threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
+print(json.dumps({"version": duckdb.__version__, "threads": threads}), flush=True)
+for line in sys.stdin:
+    q = json.loads(line)
+    t = time.perf_counter(); cur = con.execute(q); rows = cur.fetchall(); t = time.perf_counter() - t
+    names = [d[0] for d in cur.description]
+    print(json.dumps({"seconds": t, "rows": [dict(zip(names, r)) for r in rows]}, default=str), flush=True)
 "#;
-    let glob = format!("{}/spans/**/*.parquet", dir.display());
-    let out = Command::new("python3")
-        .args(["-c", script, &glob, &runs.to_string(), &serde_json::to_string(queries).unwrap()])
-        .output()
-        .map_err(|e| format!("cannot run python3: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "DuckDB run failed (python3 -m pip install duckdb): {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+
+    fn start(dir: &Path) -> Result<(DuckDb, String), String> {
+        let glob = format!("{}/spans/**/*.parquet", dir.display());
+        let mut child = Command::new("python3")
+            .args(["-c", Self::SCRIPT, &glob])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run python3: {e}"))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut duck = DuckDb { child, stdin, stdout };
+        let hello = duck.read().map_err(|e| format!("{e} (python3 -m pip install duckdb)"))?;
+        Ok((duck, format!("DuckDB {} with {} threads", hello["version"], hello["threads"])))
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    eprintln!("DuckDB {} with {} threads", v["version"], v["threads"]);
-    Ok(v["medians"].as_array().unwrap().iter().map(|m| m.as_f64().unwrap()).collect())
+
+    fn read(&mut self) -> Result<serde_json::Value, String> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+        if line.is_empty() {
+            return Err("DuckDB's Python process exited (its error is above)".into());
+        }
+        serde_json::from_str(&line).map_err(|e| format!("{e}: {line}"))
+    }
+
+    fn run(&mut self, sql: &str) -> Result<(f64, Vec<serde_json::Value>), String> {
+        writeln!(self.stdin, "{}", serde_json::to_string(sql).unwrap()).map_err(|e| e.to_string())?;
+        let mut answer = self.read()?;
+        let rows = answer["rows"].as_array_mut().map(std::mem::take).unwrap_or_default();
+        Ok((answer["seconds"].as_f64().unwrap_or(f64::NAN), rows))
+    }
+}
+
+impl Drop for DuckDb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The rows as sorted, comparable lists of (column, value) with numbers as f64.
+fn normalised(rows: &[serde_json::Value]) -> Vec<Vec<(String, serde_json::Value)>> {
+    let mut out: Vec<Vec<(String, serde_json::Value)>> = rows
+        .iter()
+        .map(|r| {
+            let mut cols: Vec<(String, serde_json::Value)> = r
+                .as_object()
+                .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default();
+            cols.sort_by(|a, b| a.0.cmp(&b.0));
+            cols
+        })
+        .collect();
+    out.sort_by_key(|r| format!("{r:?}"));
+    out
+}
+
+fn same_answer(ours: &[serde_json::Value], theirs: &[serde_json::Value]) -> Result<(), String> {
+    let (a, b) = (normalised(ours), normalised(theirs));
+    let differ = || format!("tailscope: {ours:?}\nDuckDB: {theirs:?}");
+    if a.len() != b.len() {
+        return Err(format!("{} rows vs {}\n{}", a.len(), b.len(), differ()));
+    }
+    for (ra, rb) in a.iter().zip(&b) {
+        for ((ka, va), (kb, vb)) in ra.iter().zip(rb) {
+            let same = ka == kb
+                && match (va.as_f64(), vb.as_f64()) {
+                    (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+                    _ => va == vb,
+                };
+            if !same {
+                return Err(format!("{ka}={va} vs {kb}={vb}\n{}", differ()));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -236,19 +321,62 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_concurrent: 1,
     };
     let engine = Engine::open(&dir, config).await?;
-    let benches = benches();
-    let mut ours = Vec::new();
+    let mut duck = match args.engine.as_str() {
+        "both" => {
+            let (duck, hello) = DuckDb::start(&dir)?;
+            eprintln!("{hello}");
+            Some(duck)
+        }
+        "tailscope" => None,
+        other => return Err(format!("--engine {other}: use both or tailscope").into()),
+    };
+    let benches: Vec<Bench> = benches()
+        .into_iter()
+        .filter(|b| args.only.as_deref().is_none_or(|o| b.name.contains(o)))
+        .collect();
+
+    let mut table = Vec::new();
     for b in &benches {
-        let (t, rows) = time_tailscope(&engine, &b.tailscope, args.runs).await?;
-        eprintln!("tailscope  {:<40} {:>8.1} ms ({rows} rows)", b.name, t.as_secs_f64() * 1e3);
-        ours.push(t.as_secs_f64());
+        // Warm-up, and the check that both engines answer the same.
+        let (_, ours) = run_tailscope(&engine, &b.tailscope).await?;
+        if let Some(duck) = duck.as_mut() {
+            let (_, theirs) = duck.run(&b.duckdb)?;
+            if b.exact {
+                same_answer(&ours, &theirs).map_err(|e| format!("{}: the engines disagree: {e}", b.name))?;
+            }
+        }
+        let (mut our_times, mut their_times) = (Vec::new(), Vec::new());
+        for _ in 0..args.runs {
+            our_times.push(run_tailscope(&engine, &b.tailscope).await?.0);
+            if let Some(duck) = duck.as_mut() {
+                their_times.push(duck.run(&b.duckdb)?.0);
+            }
+        }
+        let ours_s = median(our_times);
+        let theirs_s = (!their_times.is_empty()).then(|| median(their_times));
+        eprintln!(
+            "{:<40} tailscope {:>8.1} ms  DuckDB {:>8} ms  ({} rows{})",
+            b.name,
+            ours_s * 1e3,
+            theirs_s.map_or("-".into(), |t| format!("{:.1}", t * 1e3)),
+            ours.len(),
+            if b.exact && duck.is_some() { ", same answer" } else { "" }
+        );
+        if args.explain {
+            let plan = engine.sql(&format!("EXPLAIN ANALYZE {}", b.tailscope)).await?;
+            let text = query::format::to_bytes(query::format::Format::Table, &plan)?;
+            eprintln!("{}", String::from_utf8_lossy(&text));
+        }
+        table.push((b.name, ours_s, theirs_s));
     }
-    let theirs = time_duckdb(&dir, &benches.iter().map(|b| b.duckdb.as_str()).collect::<Vec<_>>(), args.runs)?;
 
     println!("| Query ({} spans) | tailscope (ms) | DuckDB (ms) | tailscope / DuckDB |", args.rows);
     println!("|---|---:|---:|---:|");
-    for ((b, ours), theirs) in benches.iter().zip(ours).zip(theirs) {
-        println!("| {} | {:.1} | {:.1} | {:.2} |", b.name, ours * 1e3, theirs * 1e3, ours / theirs);
+    for (name, ours, theirs) in table {
+        match theirs {
+            Some(t) => println!("| {name} | {:.1} | {:.1} | {:.2} |", ours * 1e3, t * 1e3, ours / t),
+            None => println!("| {name} | {:.1} | - | - |", ours * 1e3),
+        }
     }
     Ok(())
 }
