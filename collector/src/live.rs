@@ -350,33 +350,39 @@ impl LiveWindows {
             str_col("request_model"),
             str_col("gen_ai_operation"),
         );
-        let value = |col: Option<&datafusion::arrow::array::StringArray>, i: usize| -> String {
+        fn value(col: Option<&datafusion::arrow::array::StringArray>, i: usize) -> &str {
             match col {
-                Some(c) if c.is_valid(i) && !c.value(i).is_empty() => c.value(i).to_string(),
-                _ => NONE.to_string(),
+                Some(c) if c.is_valid(i) && !c.value(i).is_empty() => c.value(i),
+                _ => NONE,
             }
-        };
-        // Keys are built outside the lock so the critical section is only histogram updates.
-        let mut samples = Vec::with_capacity(rows);
+        }
+        // Samples are grouped by borrowed keys outside the lock: a batch holds few routes, so owned keys are
+        // built once per route and batch rather than once per span, and the critical section is only
+        // histogram updates.
+        let mut groups: HashMap<[&str; 4], Vec<(u64, bool)>> = HashMap::new();
         for i in 0..rows {
-            let key = RouteKey {
-                provider: value(provider, i),
-                region: value(region, i),
-                model: value(model, i),
-                operation: value(operation, i),
-            };
+            let key = [value(provider, i), value(region, i), value(model, i), value(operation, i)];
             let ns = if durations.is_valid(i) { durations.value(i).max(0) as u64 } else { 0 };
             let error = status.is_valid(i) && status.value(i) == "error";
-            samples.push((key, (ns + 500) / 1000, error));
+            groups.entry(key).or_default().push(((ns + 500) / 1000, error));
         }
         let mut routes = self.routes.lock();
-        for (key, micros, error) in samples {
+        for ([provider, region, model, operation], samples) in groups {
+            let key = RouteKey {
+                provider: provider.into(),
+                region: region.into(),
+                model: model.into(),
+                operation: operation.into(),
+            };
             let key = if routes.len() >= MAX_ROUTES && !routes.contains_key(&key) {
                 RouteKey { provider: OVERFLOW.into(), region: NONE.into(), model: NONE.into(), operation: NONE.into() }
             } else {
                 key
             };
-            routes.entry(key).or_default().record(now_ns, micros, error);
+            let route = routes.entry(key).or_default();
+            for (micros, error) in samples {
+                route.record(now_ns, micros, error);
+            }
         }
     }
 

@@ -43,6 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, TimestampNanosecondArray};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
@@ -70,8 +71,13 @@ impl ParquetOptions {
     /// The writer properties for one signal's files.
     ///
     /// zstd with dictionaries for the many repetitive strings (service, provider, model, region), delta
-    /// encoding for timestamps (sorted, so deltas are small), page statistics for pruning, and a bloom filter on
+    /// encoding for timestamps (sorted, so deltas are small), statistics for pruning, and a bloom filter on
     /// `trace_id` so that looking up one trace skips the row groups that cannot hold it.
+    ///
+    /// Random ids and free-form columns ([`Self::UNPRUNABLE`]) get no dictionary attempt where every value is
+    /// distinct, and no min/max statistics anywhere: in a row group of random ids min and max span nearly the
+    /// whole range, so they never prune, and computing them was a fifth of Parquet encoding's CPU (measured with
+    /// `benches/src/bin/normalize.rs`, `TAILSCOPE_PARQUET_VARIANTS=1`).
     pub fn properties(&self, signal: Signal) -> Result<WriterProperties, StorageError> {
         let level = ZstdLevel::try_new(self.zstd_level).map_err(|source| StorageError::Parquet {
             context: "zstd level".into(),
@@ -80,7 +86,9 @@ impl ParquetOptions {
         let mut b = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
             .set_max_row_group_row_count(Some(self.row_group_rows))
-            .set_statistics_enabled(EnabledStatistics::Page)
+            // Row-group statistics everywhere; page-level ones (the page index) only on the time columns below,
+            // where sorted pages let a time-window query skip pages inside a row group.
+            .set_statistics_enabled(EnabledStatistics::Chunk)
             .set_created_by(concat!("tailscope ", env!("CARGO_PKG_VERSION")).to_string());
         let time_columns: &[&str] = match signal {
             Signal::Spans => &["start_time", "end_time"],
@@ -91,13 +99,50 @@ impl ParquetOptions {
             let path = ColumnPath::from(*c);
             b = b
                 .set_column_dictionary_enabled(path.clone(), false)
+                .set_column_statistics_enabled(path.clone(), EnabledStatistics::Page)
                 .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
         }
         if signal == Signal::Spans {
             b = b.set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true);
         }
+        let schema = signal.schema();
+        for name in Self::UNPRUNABLE {
+            let Ok(field) = schema.field_with_name(name) else { continue };
+            let leaves: Vec<ColumnPath> = match field.data_type() {
+                DataType::Map(..) => ["keys", "values"]
+                    .iter()
+                    .map(|leaf| ColumnPath::new(vec![name.to_string(), "entries".into(), (*leaf).into()]))
+                    .collect(),
+                _ => vec![ColumnPath::from(name)],
+            };
+            for path in leaves {
+                b = b.set_column_statistics_enabled(path, EnabledStatistics::None);
+            }
+        }
+        for name in ["trace_id", "span_id", "parent_span_id"] {
+            if schema.field_with_name(name).is_ok() {
+                b = b.set_column_dictionary_enabled(ColumnPath::from(name), false);
+            }
+        }
         Ok(b.build())
     }
+
+    /// Columns whose min/max statistics cannot prune: random ids, free text, JSON and attribute maps.
+    pub const UNPRUNABLE: [&'static str; 13] = [
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "trace_state",
+        "status_message",
+        "session_id",
+        "hedge_id",
+        "attributes",
+        "resource_attributes",
+        "events",
+        "links",
+        "body",
+        "buckets",
+    ];
 }
 
 /// Writes one flush's rows of one signal: splits them by hour, sorts each hour by time and writes one file per

@@ -390,15 +390,24 @@ fn strip_version(name: &str) -> Option<&str> {
 
 /// A minimal glob: `*` matches any run of characters, everything else literally (case-insensitive).
 pub fn glob_match(pattern: &str, text: &str) -> bool {
+    // Called per span (provider -> cloud rules): ASCII names, the common case, match without allocating.
+    if pattern.is_ascii() && text.is_ascii() {
+        return glob_match_by(pattern.as_bytes(), text.as_bytes(), |p, t| p.eq_ignore_ascii_case(t), b'*');
+    }
     let p: Vec<char> = pattern.to_lowercase().chars().collect();
     let t: Vec<char> = text.to_lowercase().chars().collect();
+    glob_match_by(&p, &t, |p, t| p == t, '*')
+}
+
+/// `*`-glob matching with backtracking to the last star (linear in practice).
+fn glob_match_by<T: Copy + PartialEq>(p: &[T], t: &[T], eq: impl Fn(&T, &T) -> bool, star_symbol: T) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while ti < t.len() {
-        if pi < p.len() && p[pi] != '*' && p[pi] == t[ti] {
+        if pi < p.len() && p[pi] != star_symbol && eq(&p[pi], &t[ti]) {
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == star_symbol {
             star = Some(pi);
             mark = ti;
             pi += 1;
@@ -410,7 +419,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    while pi < p.len() && p[pi] == '*' {
+    while pi < p.len() && p[pi] == star_symbol {
         pi += 1;
     }
     pi == p.len()
