@@ -28,8 +28,12 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column as PhysicalColumn;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 
 use collector::catalog::{Catalog, ParquetFile};
@@ -140,6 +144,73 @@ impl SignalTable {
             .collect())
     }
 
+    /// A filter the scan can apply exactly and decide per file from the catalog: deterministic, over the time
+    /// column and the partition columns only.
+    fn is_time_filter(&self, filter: &Expr) -> bool {
+        let refs = filter.column_refs();
+        !refs.is_empty()
+            && !filter.is_volatile()
+            && refs
+                .iter()
+                .all(|c| c.name == self.signal.time_column() || PARTITION_COLUMNS.contains(&c.name.as_str()))
+    }
+
+    /// Per file: do all its rows satisfy every one of `filters`? Decided from the catalog's exact time range and
+    /// partition values by asking the pruner whether any row could satisfy a filter's negation; `false` whenever
+    /// that cannot be shown (a filter that is not a plain comparison with a literal).
+    fn satisfy_all(&self, state: &dyn Session, filters: &[Expr], files: &[&ParquetFile]) -> Result<Vec<bool>> {
+        let mut all = vec![true; files.len()];
+        let owned: Vec<ParquetFile> = files.iter().map(|f| (*f).clone()).collect();
+        for filter in filters {
+            let Some(negated) = negate_comparison(filter) else {
+                return Ok(vec![false; files.len()]);
+            };
+            let df_schema = DFSchema::try_from(self.schema.clone())?;
+            let physical = state.create_physical_expr(negated, &df_schema)?;
+            let Ok(pruning) = PruningPredicateBuilder::new()
+                .with_file_schema(self.schema.clone())
+                .try_build(physical)
+            else {
+                return Ok(vec![false; files.len()]);
+            };
+            if pruning.always_true() {
+                return Ok(vec![false; files.len()]);
+            }
+            let could_fail = pruning.prune(&FileStatistics {
+                files: &owned,
+                time_column: self.signal.time_column(),
+            })?;
+            for (all, could_fail) in all.iter_mut().zip(could_fail) {
+                *all &= !could_fail;
+            }
+        }
+        Ok(all)
+    }
+
+    /// `input` (the table's columns `widened`) filtered by `filters`, then cut back to `projection`.
+    fn filtered(
+        &self,
+        state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        filters: &[Expr],
+        projection: Option<&Vec<usize>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let predicate = conjunction(filters.iter().cloned()).expect("at least one filter");
+        let df_schema = DFSchema::try_from(input.schema())?;
+        let filter = Arc::new(FilterExec::try_new(state.create_physical_expr(predicate, &df_schema)?, input)?);
+        let Some(projection) = projection else {
+            return Ok(filter);
+        };
+        let schema = filter.schema();
+        let columns: Vec<(Arc<dyn PhysicalExpr>, String)> = (0..projection.len())
+            .map(|i| {
+                let name = schema.field(i).name().clone();
+                (Arc::new(PhysicalColumn::new(&name, i)) as Arc<dyn PhysicalExpr>, name)
+            })
+            .collect();
+        Ok(Arc::new(ProjectionExec::try_new(columns, filter)?))
+    }
+
     fn parquet_scan(
         &self,
         state: &dyn Session,
@@ -208,8 +279,18 @@ impl TableProvider for SignalTable {
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
-        // Pruning is by file and row group, so DataFusion still filters the rows it gets.
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        // Time and partition filters are applied by the scan itself (see `scan`); the rest prune files and row
+        // groups only, so DataFusion still filters the rows it gets.
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if self.is_time_filter(f) {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    TableProviderFilterPushDown::Inexact
+                }
+            })
+            .collect())
     }
 
     async fn scan(
@@ -239,17 +320,79 @@ impl TableProvider for SignalTable {
             "scan"
         );
 
-        let mut inputs = Vec::with_capacity(2);
-        if !files.is_empty() {
-            inputs.push(self.parquet_scan(state, files, filters, projection, limit)?);
+        // The time filters DataFusion left to us: files whose whole time range satisfies them are read as they
+        // are (no filter, and the time column is not even decoded unless selected); the other files and the buffer
+        // get a filter of their own.
+        let time_filters: Vec<Expr> = filters.iter().filter(|f| self.is_time_filter(f)).cloned().collect();
+        let (covered, partial): (Vec<&ParquetFile>, Vec<&ParquetFile>) = if time_filters.is_empty() {
+            (files, Vec::new())
+        } else {
+            let all_match = self.satisfy_all(state, &time_filters, &files)?;
+            let (covered, partial): (Vec<_>, Vec<_>) = files.into_iter().zip(all_match).partition(|(_, all)| *all);
+            (covered.into_iter().map(|(f, _)| f).collect(), partial.into_iter().map(|(f, _)| f).collect())
+        };
+        let widened = widen(projection, &time_filters, &self.schema);
+
+        let mut inputs = Vec::with_capacity(3);
+        if !covered.is_empty() {
+            inputs.push(self.parquet_scan(state, covered, filters, projection, limit)?);
+        }
+        if !partial.is_empty() {
+            let scan = self.parquet_scan(state, partial, filters, widened.as_ref(), None)?;
+            inputs.push(self.filtered(state, scan, &time_filters, projection)?);
         }
         if buffered > 0 {
-            inputs.push(self.buffer_scan(snapshot.batches, projection, limit)?);
+            if time_filters.is_empty() {
+                inputs.push(self.buffer_scan(snapshot.batches, projection, limit)?);
+            } else {
+                let scan = self.buffer_scan(snapshot.batches, widened.as_ref(), None)?;
+                inputs.push(self.filtered(state, scan, &time_filters, projection)?);
+            }
         }
         if inputs.is_empty() {
             return Ok(Arc::new(EmptyExec::new(project_schema(&self.schema, projection)?)));
         }
         UnionExec::try_new(inputs)
+    }
+}
+
+/// `projection` plus the columns `filters` read (appended, so the first `projection.len()` stay in place).
+fn widen(projection: Option<&Vec<usize>>, filters: &[Expr], schema: &SchemaRef) -> Option<Vec<usize>> {
+    let mut widened = projection?.clone();
+    for filter in filters {
+        for column in filter.column_refs() {
+            if let Ok(i) = schema.index_of(&column.name)
+                && !widened.contains(&i)
+            {
+                widened.push(i);
+            }
+        }
+    }
+    Some(widened)
+}
+
+/// The exact negation of `column <op> literal` (or `literal <op> column`) and of AND/OR of those, for columns that
+/// are never NULL (the time column, the partition columns). `None` for anything else, including NULL literals,
+/// where "not true" and "false" differ.
+fn negate_comparison(expr: &Expr) -> Option<Expr> {
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = expr else {
+        return None;
+    };
+    match op {
+        Operator::And | Operator::Or => {
+            let (l, r) = (negate_comparison(left)?, negate_comparison(right)?);
+            Some(if *op == Operator::And { l.or(r) } else { l.and(r) })
+        }
+        Operator::Eq | Operator::NotEq | Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq => {
+            let plain = |e: &Expr| matches!(e, Expr::Column(_));
+            let literal = |e: &Expr| matches!(e, Expr::Literal(v, _) if !v.is_null());
+            if !((plain(left) && literal(right)) || (literal(left) && plain(right))) {
+                return None;
+            }
+            Some(Expr::BinaryExpr(BinaryExpr::new(left.clone(), op.negate()?, right.clone())))
+        }
+        _ => None,
     }
 }
 
