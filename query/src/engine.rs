@@ -107,7 +107,11 @@ impl Engine {
         let internal = |e: std::io::Error| QueryError::Internal(format!("cannot resolve the data dir: {e}"));
         for signal in Signal::ALL {
             let table = Arc::new(SignalTable::new(signal, catalog.clone(), counters.clone()).map_err(internal)?);
-            relations.push(Relation::new(signal.table_name(), "TABLE", outward_schema(&table.schema())));
+            relations.push(Relation::new(
+                signal.table_name(),
+                "TABLE",
+                outward_schema(&table.schema()),
+            ));
             ctx.register_table(signal.table_name(), table)?;
         }
         let alerts = Arc::new(AlertsTable::new(catalog.data_dir()));
@@ -287,7 +291,13 @@ fn outward_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch,
         .columns()
         .iter()
         .zip(schema.fields())
-        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                cast(c, f.data_type())
+            }
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| QueryError::Internal(format!("cannot convert a result column to its plain type: {e}")))?;
     RecordBatch::try_new(schema.clone(), columns)

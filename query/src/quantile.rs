@@ -27,13 +27,13 @@ use datafusion::common::tree_node::Transformed;
 use datafusion::common::{Column, Result, ScalarValue, plan_err};
 use datafusion::functions::core::expr_fn::get_field;
 use datafusion::logical_expr::expr::AggregateFunction;
-use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Projection};
-use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, EmitTo, GroupsAccumulator, Signature, Volatility,
 };
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Projection};
+use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 
 /// The SQL name of the exact quantile aggregate.
 pub const QUANTILE_EXACT: &str = "quantile_exact";
@@ -179,7 +179,9 @@ impl QuantilesExact {
 }
 
 fn quantile_fields(n: usize) -> Fields {
-    (0..n).map(|i| Field::new(format!("q{i}"), DataType::Float64, true)).collect()
+    (0..n)
+        .map(|i| Field::new(format!("q{i}"), DataType::Float64, true))
+        .collect()
 }
 
 impl AggregateUDFImpl for QuantilesExact {
@@ -359,7 +361,11 @@ impl OptimizerRule for ShareQuantiles {
         let shared = Arc::new(AggregateUDF::from(QuantilesExact::new()));
         for (b, (template, calls)) in buckets.iter().enumerate() {
             let mut args = vec![template.params.args[0].clone()];
-            args.extend(calls.iter().map(|(_, q)| Expr::Literal(ScalarValue::Float64(Some(*q)), None)));
+            args.extend(
+                calls
+                    .iter()
+                    .map(|(_, q)| Expr::Literal(ScalarValue::Float64(Some(*q)), None)),
+            );
             let call = AggregateFunction::new_udf(
                 shared.clone(),
                 args,
@@ -682,7 +688,11 @@ mod state_tests {
     }
 
     fn evaluate(acc: &mut QuantileGroups, emit: EmitTo) -> Vec<Option<f64>> {
-        acc.evaluate(emit).unwrap().as_primitive::<Float64Type>().iter().collect()
+        acc.evaluate(emit)
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .iter()
+            .collect()
     }
 
     /// Partial accumulators hand their values to a final one through the binary state, as two-phase aggregation
@@ -692,8 +702,13 @@ mod state_tests {
         let mut a = groups(0.9);
         let mut b = groups(0.9);
         // Group 0: 1..=6 split over both partials; group 1: 10, 20 and a NULL; group 2: filtered out entirely.
-        a.update_batch(&[column(vec![Some(1.0), Some(10.0), Some(2.0), Some(99.0)])], &[0, 1, 0, 2], None, 3)
-            .unwrap();
+        a.update_batch(
+            &[column(vec![Some(1.0), Some(10.0), Some(2.0), Some(99.0)])],
+            &[0, 1, 0, 2],
+            None,
+            3,
+        )
+        .unwrap();
         let filter = BooleanArray::from(vec![true, true, true, false, true]);
         b.update_batch(
             &[column(vec![Some(3.0), Some(4.0), None, Some(7.0), Some(20.0)])],

@@ -27,9 +27,9 @@ use datafusion::datasource::table_schema::TableSchema;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column as PhysicalColumn;
+use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::filter::FilterExec;
@@ -197,7 +197,10 @@ impl SignalTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let predicate = conjunction(filters.iter().cloned()).expect("at least one filter");
         let df_schema = DFSchema::try_from(input.schema())?;
-        let filter = Arc::new(FilterExec::try_new(state.create_physical_expr(predicate, &df_schema)?, input)?);
+        let filter = Arc::new(FilterExec::try_new(
+            state.create_physical_expr(predicate, &df_schema)?,
+            input,
+        )?);
         let Some(projection) = projection else {
             return Ok(filter);
         };
@@ -329,7 +332,10 @@ impl TableProvider for SignalTable {
         } else {
             let all_match = self.satisfy_all(state, &time_filters, &files)?;
             let (covered, partial): (Vec<_>, Vec<_>) = files.into_iter().zip(all_match).partition(|(_, all)| *all);
-            (covered.into_iter().map(|(f, _)| f).collect(), partial.into_iter().map(|(f, _)| f).collect())
+            (
+                covered.into_iter().map(|(f, _)| f).collect(),
+                partial.into_iter().map(|(f, _)| f).collect(),
+            )
         };
         let widened = widen(projection, &time_filters, &self.schema);
 
@@ -390,7 +396,11 @@ fn negate_comparison(expr: &Expr) -> Option<Expr> {
             if !((plain(left) && literal(right)) || (literal(left) && plain(right))) {
                 return None;
             }
-            Some(Expr::BinaryExpr(BinaryExpr::new(left.clone(), op.negate()?, right.clone())))
+            Some(Expr::BinaryExpr(BinaryExpr::new(
+                left.clone(),
+                op.negate()?,
+                right.clone(),
+            )))
         }
         _ => None,
     }

@@ -488,13 +488,34 @@ async fn quantiles_over_one_value_are_shared_and_answer_as_if_alone() {
     assert_eq!(f64_col(&out, "p95"), alone("quantile_exact(x, 0.95)").await);
     // `quantile_cont` is this function, not DataFusion's `percentile_cont` (which answers 18999.6249995 here).
     assert_eq!(alone("quantile_cont(x, 0.95)").await[0], Some(18999.625));
-    assert_eq!(f64_col(&out, "p50_over_100"), alone("quantile_exact(x, 0.5) FILTER (WHERE x > 100)").await);
-    assert_eq!(f64_col(&out, "p90_over_100"), alone("quantile_exact(x, 0.9) FILTER (WHERE x > 100)").await);
+    assert_eq!(
+        f64_col(&out, "p50_over_100"),
+        alone("quantile_exact(x, 0.5) FILTER (WHERE x > 100)").await
+    );
+    assert_eq!(
+        f64_col(&out, "p90_over_100"),
+        alone("quantile_exact(x, 0.9) FILTER (WHERE x > 100)").await
+    );
     assert_eq!(f64_col(&out, "p50_plus_one"), alone("quantile_exact(x + 1, 0.5)").await);
-    assert_eq!(i64_col(&out, "n"), vec![28572, 28572, 28572, 28571, 28571, 28571, 28571]);
+    assert_eq!(
+        i64_col(&out, "n"),
+        vec![28572, 28572, 28572, 28571, 28571, 28571, 28571]
+    );
     // Output names are the ones asked for, unqualified columns included.
     let names: Vec<&str> = out.schema.fields().iter().map(|f| f.name().as_str()).collect();
-    assert_eq!(names, ["g", "p99", "p50", "n", "p95", "p50_over_100", "p90_over_100", "p50_plus_one"]);
+    assert_eq!(
+        names,
+        [
+            "g",
+            "p99",
+            "p50",
+            "n",
+            "p95",
+            "p50_over_100",
+            "p90_over_100",
+            "p50_plus_one"
+        ]
+    );
     // And the same against the numpy definition for one group.
     let values: Vec<f64> = (0..200000u64)
         .filter(|v| v % 7 == 3)
@@ -508,11 +529,20 @@ async fn quantiles_over_one_value_are_shared_and_answer_as_if_alone() {
 async fn string_columns_leave_the_engine_as_utf8() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = Catalog::new(dir.path());
-    let file = write_parquet(dir.path(), Signal::Spans, &spans_batch(&[span(0, NINE, 100, "aws.bedrock", "claude")]), 1)
-        .unwrap();
+    let file = write_parquet(
+        dir.path(),
+        Signal::Spans,
+        &spans_batch(&[span(0, NINE, 100, "aws.bedrock", "claude")]),
+        1,
+    )
+    .unwrap();
     catalog.commit_flush(vec![(Signal::Spans, file)], 1);
     // The buffer's batches are stored-type `Utf8`; the files are read as views: both must come out alike.
-    catalog.add_batch(Signal::Spans, 2, spans_batch(&[span(1, NINE + HOUR, 50, "openai", "gpt")]));
+    catalog.add_batch(
+        Signal::Spans,
+        2,
+        spans_batch(&[span(1, NINE + HOUR, 50, "openai", "gpt")]),
+    );
     let engine = engine(&catalog).await;
     let sql = "SELECT gen_ai_provider, session_id, array_agg(request_model) AS models FROM spans \
                GROUP BY gen_ai_provider, session_id ORDER BY gen_ai_provider";
@@ -523,10 +553,16 @@ async fn string_columns_leave_the_engine_as_utf8() {
     for b in &out.batches {
         assert_eq!(b.schema().fields(), out.schema.fields());
     }
-    assert_eq!(str_col(&out, "gen_ai_provider"), vec![Some("aws.bedrock".into()), Some("openai".into())]);
+    assert_eq!(
+        str_col(&out, "gen_ai_provider"),
+        vec![Some("aws.bedrock".into()), Some("openai".into())]
+    );
     assert_eq!(engine.schema_of(sql).await.unwrap().fields(), out.schema.fields());
     let spans = engine.relations().iter().find(|r| r.name == "spans").unwrap();
-    assert_eq!(spans.schema.field_with_name("trace_id").unwrap().data_type(), &datafusion::arrow::datatypes::DataType::Utf8);
+    assert_eq!(
+        spans.schema.field_with_name("trace_id").unwrap().data_type(),
+        &datafusion::arrow::datatypes::DataType::Utf8
+    );
 }
 
 #[tokio::test]
@@ -539,10 +575,15 @@ async fn time_filters_applied_by_the_scan_match_filtering_every_row() {
         let rows: Vec<_> = (0..10)
             .map(|i| span(i, NINE + h * HOUR + i as i64 * 6 * 60_000 * MS, 5 + i as i64, "p", "m"))
             .collect();
-        files.push((Signal::Spans, write_parquet(dir.path(), Signal::Spans, &spans_batch(&rows), h as u64 + 1).unwrap()));
+        files.push((
+            Signal::Spans,
+            write_parquet(dir.path(), Signal::Spans, &spans_batch(&rows), h as u64 + 1).unwrap(),
+        ));
     }
     catalog.commit_flush(files, 3);
-    let buffered: Vec<_> = (0..10).map(|i| span(100 + i, NINE + 2 * HOUR + (i as i64 * 5 + 1) * 60_000 * MS, 1, "q", "m")).collect();
+    let buffered: Vec<_> = (0..10)
+        .map(|i| span(100 + i, NINE + 2 * HOUR + (i as i64 * 5 + 1) * 60_000 * MS, 1, "q", "m"))
+        .collect();
     catalog.add_batch(Signal::Spans, 4, spans_batch(&buffered));
     let engine = engine(&catalog).await;
 
@@ -564,19 +605,40 @@ async fn time_filters_applied_by_the_scan_match_filtering_every_row() {
             "count(*) AS n, sum(duration_ns) AS d",
             "count(DISTINCT gen_ai_provider) AS n, min(start_time) AS t",
         ] {
-            let ours = engine.sql(&format!("SELECT {select} FROM spans WHERE {w}")).await.unwrap();
-            let all = engine.sql(&format!("SELECT {select} FROM spans WHERE {hidden}")).await.unwrap();
-            let show = |o: &QueryOutput| String::from_utf8(crate::format::to_bytes(crate::format::Format::Csv, o).unwrap()).unwrap();
+            let ours = engine
+                .sql(&format!("SELECT {select} FROM spans WHERE {w}"))
+                .await
+                .unwrap();
+            let all = engine
+                .sql(&format!("SELECT {select} FROM spans WHERE {hidden}"))
+                .await
+                .unwrap();
+            let show = |o: &QueryOutput| {
+                String::from_utf8(crate::format::to_bytes(crate::format::Format::Csv, o).unwrap()).unwrap()
+            };
             assert_eq!(show(&ours), show(&all), "{select} WHERE {w}");
         }
         // And row by row, with the time column not selected.
-        let ours = engine.sql(&format!("SELECT span_id, hour FROM spans WHERE {w} ORDER BY start_time, span_id")).await.unwrap();
-        let all = engine.sql(&format!("SELECT span_id, hour FROM spans WHERE {hidden} ORDER BY start_time, span_id")).await.unwrap();
+        let ours = engine
+            .sql(&format!(
+                "SELECT span_id, hour FROM spans WHERE {w} ORDER BY start_time, span_id"
+            ))
+            .await
+            .unwrap();
+        let all = engine
+            .sql(&format!(
+                "SELECT span_id, hour FROM spans WHERE {hidden} ORDER BY start_time, span_id"
+            ))
+            .await
+            .unwrap();
         assert_eq!(str_col(&ours, "span_id"), str_col(&all, "span_id"), "{w}");
         assert_eq!(str_col(&ours, "hour"), str_col(&all, "hour"), "{w}");
     }
     // The first window: 5 + 10 file rows, and the 09:30-10:59 half of nothing buffered (buffer is 11:01-11:46).
-    let out = engine.sql(&format!("SELECT count(*) AS n FROM spans WHERE {}", windows[0])).await.unwrap();
+    let out = engine
+        .sql(&format!("SELECT count(*) AS n FROM spans WHERE {}", windows[0]))
+        .await
+        .unwrap();
     assert_eq!(i64_col(&out, "n"), vec![15]);
     // A window over the whole 10:00 file needs no row filter on it: the plan filters the other two parts only.
     let plan = engine
