@@ -640,6 +640,14 @@ async fn time_filters_applied_by_the_scan_match_filtering_every_row() {
         .await
         .unwrap();
     assert_eq!(i64_col(&out, "n"), vec![15]);
+    // A limit pushed into the scan still gives exactly that many rows, from files and buffer alike.
+    for limit in [1, 3, 25] {
+        let out = engine
+            .sql(&format!("SELECT span_id FROM spans WHERE start_time >= '2026-11-21T09:30:00Z' LIMIT {limit}"))
+            .await
+            .unwrap();
+        assert_eq!(out.num_rows(), limit);
+    }
     // A window over the whole 10:00 file needs no row filter on it: the plan filters the other two parts only.
     let plan = engine
         .sql("EXPLAIN SELECT count(*) FROM spans WHERE start_time >= '2026-11-21T10:00:00Z' AND start_time < '2026-11-21T11:00:00Z'")
