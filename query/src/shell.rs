@@ -91,11 +91,11 @@ pub fn list_relations_sql() -> String {
     )
 }
 
-/// `\d NAME`: its columns.
+/// `\d NAME`: its columns, with the types results have (scans read strings as views, results carry `Utf8`).
 pub fn describe_sql(name: &str) -> String {
     let name = name.replace('\'', "''");
     format!(
-        "SELECT column_name AS column, data_type AS type, is_nullable AS nullable \
+        "SELECT column_name AS column, replace(data_type, 'View', '') AS type, is_nullable AS nullable \
          FROM information_schema.columns WHERE table_schema = '{}' AND table_name = '{name}' \
          ORDER BY ordinal_position",
         crate::SCHEMA_NAME

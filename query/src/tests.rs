@@ -444,6 +444,7 @@ async fn shell_meta_commands_answer_from_information_schema() {
     let columns = str_col(&out, "column");
     assert_eq!(columns.first(), Some(&Some("trace_id".to_string())));
     assert_eq!(columns.last(), Some(&Some("hour".to_string())));
+    assert_eq!(str_col(&out, "type").first(), Some(&Some("Utf8".to_string())));
 }
 
 #[tokio::test]
