@@ -517,6 +517,20 @@ async fn quantiles_over_one_value_are_shared_and_answer_as_if_alone() {
             "p50_plus_one"
         ]
     );
+    // Grouping sets add a grouping id column between the keys and the aggregates; the rewrite keeps it in place.
+    let rollup = engine
+        .sql(&format!(
+            "SELECT g, quantile_exact(x, 0.5) AS a, quantile_exact(x, 0.9) AS b FROM {source} \
+             GROUP BY ROLLUP (g) ORDER BY g NULLS FIRST"
+        ))
+        .await
+        .unwrap();
+    let whole = engine
+        .sql(&format!("SELECT quantile_exact(x, 0.9) AS b FROM {source}"))
+        .await
+        .unwrap();
+    assert_eq!(f64_col(&rollup, "b")[0], f64_col(&whole, "b")[0]);
+    assert_eq!(f64_col(&rollup, "a")[1..], alone("quantile_exact(x, 0.5)").await[..]);
     // And the same against the numpy definition for one group.
     let values: Vec<f64> = (0..200000u64)
         .filter(|v| v % 7 == 3)
@@ -644,7 +658,9 @@ async fn time_filters_applied_by_the_scan_match_filtering_every_row() {
     // A limit pushed into the scan still gives exactly that many rows, from files and buffer alike.
     for limit in [1, 3, 25] {
         let out = engine
-            .sql(&format!("SELECT span_id FROM spans WHERE start_time >= '2026-11-21T09:30:00Z' LIMIT {limit}"))
+            .sql(&format!(
+                "SELECT span_id FROM spans WHERE start_time >= '2026-11-21T09:30:00Z' LIMIT {limit}"
+            ))
             .await
             .unwrap();
         assert_eq!(out.num_rows(), limit);
