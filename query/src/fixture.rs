@@ -1,7 +1,8 @@
 //! Span rows built by hand and written in the collector's on-disk layout, for tests and benchmarks.
 //!
 //! Files get tailscope's own names (`WALSEQ_MINNS_MAXNS_NONCE.parquet` under `spans/date=…/hour=…/`), so the
-//! catalog knows their time range exactly as it does for files the collector writes.
+//! catalog knows their time range exactly as it does for files the collector writes, and are encoded with the
+//! collector's writer properties.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -155,10 +156,15 @@ pub fn write_parquet(
     let path = data_dir.join(&relative);
     std::fs::create_dir_all(path.parent().expect("has a parent"))?;
     let file = std::fs::File::create(&path)?;
-    let props = datafusion::parquet::file::properties::WriterProperties::builder()
-        .set_compression(datafusion::parquet::basic::Compression::ZSTD(Default::default()))
-        .set_max_row_group_row_count(Some(128 * 1024))
-        .build();
+    // The collector's own writer settings at their defaults (row groups, zstd level, dictionaries, statistics,
+    // encodings), so tests and benchmarks read files like the ones `tailscope serve` writes.
+    let storage = collector::config::StorageConfig::default();
+    let props = collector::writer::ParquetOptions {
+        row_group_rows: storage.row_group_rows,
+        zstd_level: storage.zstd_level,
+    }
+    .properties(signal)
+    .map_err(std::io::Error::other)?;
     let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(std::io::Error::other)?;
     writer.write(batch).map_err(std::io::Error::other)?;
     writer.close().map_err(std::io::Error::other)?;
