@@ -97,7 +97,12 @@ impl Engine {
     pub async fn new(catalog: Catalog, config: QueryConfig) -> Result<Engine, QueryError> {
         let session = SessionConfig::new()
             .with_information_schema(true)
-            .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME);
+            .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME)
+            // The scan already spreads files over the partitions by size (`table::balanced_groups`). Splitting a
+            // file into byte ranges on top of that only helps a file of several row groups; for the usual file of
+            // one row group it leaves one partition empty, where one partition and a round-robin repartition above
+            // it let the second core aggregate while the first decodes.
+            .set_bool("datafusion.optimizer.repartition_file_scans", false);
         let ctx = SessionContext::new_with_config(session);
         ctx.register_udaf(quantile_exact_udaf());
         ctx.add_optimizer_rule(Arc::new(ShareQuantiles));
