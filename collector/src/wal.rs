@@ -32,7 +32,8 @@ const SEGMENT_SUFFIX: &str = ".wal";
 /// Encodes a batch as one WAL payload (an Arrow IPC stream: schema + one batch).
 pub fn encode_batch(batch: &RecordBatch) -> Result<Vec<u8>, StorageError> {
     let arrow = |source| StorageError::Arrow { context: "encoding a WAL record".into(), source };
-    let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2 + 4096);
+    // The builders' capacity bounds the encoded size: one allocation, no regrowth copies.
+    let mut buf = Vec::with_capacity(batch.get_array_memory_size() + 16 * 1024);
     let mut writer = StreamWriter::try_new(&mut buf, batch.schema_ref()).map_err(arrow)?;
     writer.write(batch).map_err(arrow)?;
     writer.finish().map_err(arrow)?;

@@ -201,9 +201,10 @@ pub fn write_signal(
     Ok(written)
 }
 
-/// Rows handed to the Parquet writer per gather: large enough for the writer's own batching, small enough that
-/// the sorted copy never holds more than a slice of the flush.
-pub const WRITE_CHUNK_ROWS: usize = 64 * 1024;
+/// Rows handed to the Parquet writer per gather: large enough for the writer's own batching (1024 rows), small
+/// enough (~8 MiB of agent spans) to stay under the allocator's mmap threshold, so each gather reuses heap
+/// memory instead of faulting in fresh pages (64K-row gathers spent 7% of ingest CPU zeroing pages).
+pub const WRITE_CHUNK_ROWS: usize = 8 * 1024;
 
 /// One file's rows: sorted keys into the flush's batches.
 struct Rows<'a> {
