@@ -64,6 +64,11 @@ pub fn quantile_linear(values: &mut [f64], q: f64) -> Option<f64> {
     Some(lerp(a, b, g))
 }
 
+/// The partial state of every exact-quantile aggregate: the group's values as raw f64 bytes.
+fn values_state_field(name: &str) -> Vec<FieldRef> {
+    vec![Arc::new(Field::new(format_state_name(name, "values"), DataType::LargeBinary, true))]
+}
+
 /// numpy's `_lerp`: symmetric so that `g` near 1 lands exactly on `b`.
 fn lerp(a: f64, b: f64, g: f64) -> f64 {
     let diff = b - a;
@@ -135,11 +140,7 @@ impl AggregateUDFImpl for QuantileExact {
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        Ok(vec![Arc::new(Field::new(
-            format_state_name(args.name, "values"),
-            DataType::LargeBinary,
-            true,
-        ))])
+        Ok(values_state_field(args.name))
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
@@ -202,11 +203,7 @@ impl AggregateUDFImpl for QuantilesExact {
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        Ok(vec![Arc::new(Field::new(
-            format_state_name(args.name, "values"),
-            DataType::LargeBinary,
-            true,
-        ))])
+        Ok(values_state_field(args.name))
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
@@ -591,16 +588,7 @@ mod tests {
 
     /// The textbook definition, by full sort, written independently of the selection above.
     fn by_sort(values: &[f64], q: f64) -> Option<f64> {
-        if values.is_empty() {
-            return None;
-        }
-        let mut v = values.to_vec();
-        v.sort_by(f64::total_cmp);
-        let h = (v.len() - 1) as f64 * q;
-        let lo = h.floor() as usize;
-        let hi = (lo + 1).min(v.len() - 1);
-        let g = h - lo as f64;
-        Some(lerp(v[lo], v[hi], g))
+        (!values.is_empty()).then(|| crate::fixture::numpy_quantile(values, q))
     }
 
     #[test]
