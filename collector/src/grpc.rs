@@ -99,7 +99,7 @@ impl UnaryService<Bytes> for TraceExport {
         let svc = self.svc.clone();
         Box::pin(async move {
             let body = request.into_inner();
-            svc.receiver.traces_protobuf(&body).await.map(Response::new).map_err(|e| svc.status(e))
+            svc.receiver.traces_protobuf(body).await.map(Response::new).map_err(|e| svc.status(e))
         })
     }
 }

@@ -15,17 +15,19 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::{Mutex, oneshot};
 
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::cost::Pricer;
 use crate::error::{IngestError, StorageError};
-use crate::normalize::Normalized;
+use crate::normalize::{self, Normalized};
 use crate::observe::SpanObserver;
 use crate::schema::Signal;
 use crate::telemetry::Metrics;
-use crate::wal::{self, Wal};
+use crate::wal::{self, RecordData, RecordKind, Wal};
 use crate::writer::{self, ParquetOptions};
 
 /// Most records written under one fsync.
@@ -34,7 +36,7 @@ const GROUP_MAX_RECORDS: usize = 4096;
 const GROUP_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 enum WalCommand {
-    Append { signal: Signal, batch: RecordBatch, payload: Vec<u8>, ack: oneshot::Sender<Result<u64, String>> },
+    Append { kind: RecordKind, batch: RecordBatch, payload: Bytes, ack: oneshot::Sender<Result<u64, String>> },
     /// Start a new segment; answers the last sequence number written and the new segment's id.
     Rotate { ack: oneshot::Sender<Result<(u64, u64), String>> },
 }
@@ -76,10 +78,12 @@ pub struct RecoveryReport {
 
 impl Ingest {
     /// Opens the data dir, repairs an interrupted flush, replays the WAL into the buffer and flushes it, then
-    /// starts the WAL writer thread. The returned catalog view is the one queries should use.
+    /// starts the WAL writer thread. The returned catalog view is the one queries should use. `pricer` prices
+    /// the trace requests the WAL holds, as it priced them when they were accepted.
     pub async fn start(
         config: Config,
         metrics: Arc<Metrics>,
+        pricer: &Pricer,
     ) -> Result<(Arc<Ingest>, RecoveryReport), StorageError> {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(StorageError::io("creating data directory", &data_dir))?;
@@ -91,10 +95,23 @@ impl Ingest {
         let mut buffered = 0;
         let mut last_seq = recovered.checkpoint;
         for record in recovered.records {
-            report.rows += record.batch.num_rows();
-            buffered += record.batch.get_array_memory_size();
+            let (signal, batch) = match record.data {
+                RecordData::Rows(signal, batch) => (signal, batch),
+                RecordData::OtlpTraces(request) => {
+                    let normalized = normalize::normalize_traces_protobuf(&request, pricer).map_err(|e| {
+                        StorageError::CorruptWal {
+                            path: wal_dir.clone(),
+                            offset: 0,
+                            detail: format!("record {} holds a trace request that no longer decodes: {e}", record.seq),
+                        }
+                    })?;
+                    (Signal::Spans, normalized.batch)
+                }
+            };
+            report.rows += batch.num_rows();
+            buffered += batch.get_array_memory_size();
             last_seq = last_seq.max(record.seq);
-            catalog.add_batch(record.signal, record.seq, record.batch);
+            catalog.add_batch(signal, record.seq, batch);
         }
         metrics.wal_pending_bytes.set(recovered.pending_bytes as i64);
         let wal = Wal::open(&wal_dir, last_seq + 1, config.storage.wal_fsync)?;
@@ -151,7 +168,10 @@ impl Ingest {
     }
 
     /// Makes a normalised request durable, then visible; returns once it may be acknowledged.
-    pub async fn submit(&self, normalized: &Normalized) -> Result<(), IngestError> {
+    ///
+    /// `request` is the OTLP trace export (protobuf) that `normalized` was made from, when there is one: the WAL
+    /// then stores it instead of encoding the rows, and replay normalises it again.
+    pub async fn submit(&self, normalized: &Normalized, request: Option<Bytes>) -> Result<(), IngestError> {
         let signal = normalized.signal;
         let batch = &normalized.batch;
         if batch.num_rows() == 0 {
@@ -166,7 +186,7 @@ impl Ingest {
             self.buffered.fetch_sub(size, Ordering::AcqRel);
             return Err(IngestError::Backpressure { buffered: before, limit: self.max_buffer_bytes });
         }
-        let result = self.append(signal, batch).await;
+        let result = self.append(signal, batch, request).await;
         match result {
             Ok(_) => {
                 self.metrics.buffered_bytes.set(self.buffered.load(Ordering::Acquire) as i64);
@@ -186,10 +206,16 @@ impl Ingest {
         }
     }
 
-    async fn append(&self, signal: Signal, batch: &RecordBatch) -> Result<u64, IngestError> {
-        let payload = wal::encode_batch(batch).map_err(|e| IngestError::Storage(e.to_string()))?;
+    async fn append(&self, signal: Signal, batch: &RecordBatch, request: Option<Bytes>) -> Result<u64, IngestError> {
+        let (kind, payload) = match request {
+            Some(request) if signal == Signal::Spans => (RecordKind::OtlpTraces, request),
+            _ => {
+                let rows = wal::encode_batch(batch).map_err(|e| IngestError::Storage(e.to_string()))?;
+                (RecordKind::Rows(signal), Bytes::from(rows))
+            }
+        };
         let (ack, done) = oneshot::channel();
-        let command = WalCommand::Append { signal, batch: batch.clone(), payload, ack };
+        let command = WalCommand::Append { kind, batch: batch.clone(), payload, ack };
         self.send(command)?;
         match done.await {
             Ok(Ok(seq)) => Ok(seq),
@@ -368,10 +394,10 @@ fn wal_writer(mut wal: Wal, rx: std_mpsc::Receiver<WalCommand>, catalog: Catalog
         group.clear();
         while let Some(command) = pending.take() {
             match command {
-                WalCommand::Append { signal, batch, payload, ack } => {
+                WalCommand::Append { kind, batch, payload, ack } => {
                     let seq = wal.reserve(1);
-                    wal::frame_record(&mut framed, seq, signal, &payload);
-                    group.push((seq, signal, batch, ack));
+                    wal::frame_record(&mut framed, seq, kind, &payload);
+                    group.push((seq, kind.signal(), batch, ack));
                 }
                 WalCommand::Rotate { ack } => {
                     // Rotation applies after the records queued before it.
@@ -407,6 +433,88 @@ fn wal_writer(mut wal: Wal, rx: std_mpsc::Receiver<WalCommand>, catalog: Catalog
         if let Some(ack) = rotate {
             let last = wal.next_seq() - 1;
             let _ = ack.send(wal.rotate().map(|_| (last, wal.segment_id())).map_err(|e| e.to_string()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, Float64Array, StringArray};
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+
+    fn attr(key: &str, value: any_value::Value) -> KeyValue {
+        KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+    }
+
+    /// Three priced LLM spans, one second apart, and one span with an all-zero trace id (rejected).
+    fn request() -> ExportTraceServiceRequest {
+        let t0 = 1_700_000_000_000_000_000u64;
+        let mut spans: Vec<Span> = (0..3u64)
+            .map(|i| Span {
+                trace_id: vec![7; 16],
+                span_id: (i + 1).to_be_bytes().to_vec(),
+                name: "chat gpt-4o".into(),
+                start_time_unix_nano: t0 + i * 1_000_000_000,
+                end_time_unix_nano: t0 + i * 1_000_000_000 + 5_000_000,
+                attributes: vec![
+                    attr("gen_ai.provider.name", any_value::Value::StringValue("openai".into())),
+                    attr("gen_ai.request.model", any_value::Value::StringValue("gpt-4o".into())),
+                    attr("gen_ai.usage.input_tokens", any_value::Value::IntValue(1000 * (i as i64 + 1))),
+                    attr("gen_ai.usage.output_tokens", any_value::Value::IntValue(100)),
+                ],
+                ..Default::default()
+            })
+            .collect();
+        spans.push(Span { trace_id: vec![0; 16], span_id: vec![9; 8], name: "bad".into(), ..Default::default() });
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> &'a T {
+        batch.column_by_name(name).unwrap().as_any().downcast_ref::<T>().unwrap()
+    }
+
+    /// The WAL keeps trace requests as received; after a crash, replay must rebuild exactly the rows that were
+    /// acknowledged (same spans, same prices, the same span still rejected).
+    #[tokio::test]
+    async fn replayed_trace_requests_give_the_acknowledged_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+        let pricer = Pricer::default();
+        let body = Bytes::from(request().encode_to_vec());
+        let acknowledged = normalize::normalize_traces_protobuf(&body, &pricer).unwrap();
+        assert_eq!((acknowledged.batch.num_rows(), acknowledged.rejected), (3, 1));
+        {
+            let (ingest, _) = Ingest::start(config.clone(), Metrics::new(), &pricer).await.unwrap();
+            ingest.submit(&acknowledged, Some(body.clone())).await.unwrap();
+            // Dropped without a flush or shutdown: the rows exist only in the WAL, as after `kill -9`.
+        }
+        let (ingest, report) = Ingest::start(config, Metrics::new(), &pricer).await.unwrap();
+        assert_eq!((report.records, report.rows), (1, 3));
+        let files = ingest.catalog().snapshot(Signal::Spans).files;
+        assert_eq!(files.len(), 1, "replay flushes the recovered rows");
+        let file = std::fs::File::open(dir.path().join(&files[0].relative_path)).unwrap();
+        let stored: Vec<RecordBatch> =
+            ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap().map(|b| b.unwrap()).collect();
+        assert_eq!(stored.len(), 1);
+        let stored = &stored[0];
+        let ids = |b: &RecordBatch| column::<StringArray>(b, "span_id").iter().map(|v| v.map(str::to_string)).collect::<Vec<_>>();
+        assert_eq!(ids(stored), ids(&acknowledged.batch));
+        let costs = |b: &RecordBatch| column::<Float64Array>(b, "cost_usd").iter().collect::<Vec<_>>();
+        assert!(costs(stored).iter().all(|c| c.is_some_and(|c| c > 0.0)), "{:?}", costs(stored));
+        assert_eq!(costs(stored), costs(&acknowledged.batch));
+        assert_eq!(stored.num_columns(), acknowledged.batch.num_columns());
+        for (i, field) in acknowledged.batch.schema().fields().iter().enumerate() {
+            assert_eq!(stored.column(i).to_data(), acknowledged.batch.column(i).to_data(), "column {}", field.name());
         }
     }
 }

@@ -179,7 +179,7 @@ async fn traces(State(receiver): State<Receiver>, headers: HeaderMap, body: Byte
     handle(receiver, Signal::Spans, headers, body, |r, encoding, body| async move {
         match encoding {
             // Protobuf is read in place, without prost's owned structs (the hot path).
-            Encoding::Protobuf => r.traces_protobuf(&body).await,
+            Encoding::Protobuf => r.traces_protobuf(body).await,
             Encoding::Json => {
                 let request: ExportTraceServiceRequest = decode_counted(&r, Signal::Spans, encoding, &body)?;
                 r.traces(request).await

@@ -3,6 +3,9 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+use prost::Message;
+
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
@@ -62,11 +65,12 @@ impl Receiver {
         self.metrics().reject_request(signal, error.reason());
     }
 
-    async fn accept(&self, normalized: Normalized) -> Result<Outcome, IngestError> {
+    /// `request`: the trace export's protobuf, for the WAL (see [`Ingest::submit`]).
+    async fn accept(&self, normalized: Normalized, request: Option<Bytes>) -> Result<Outcome, IngestError> {
         let metrics = self.metrics();
         let signal = normalized.signal;
         Metrics::count(&metrics.received, signal, normalized.received());
-        if let Err(e) = self.ingest.submit(&normalized).await {
+        if let Err(e) = self.ingest.submit(&normalized, request).await {
             metrics.reject_request(signal, e.reason());
             metrics.reject(signal, e.reason(), normalized.received());
             return Err(e);
@@ -81,8 +85,8 @@ impl Receiver {
     }
 
     /// Stores a trace export that arrived as OTLP protobuf, read in place (see [`crate::wire`]).
-    pub async fn traces_protobuf(&self, body: &[u8]) -> Result<ExportTraceServiceResponse, IngestError> {
-        let normalized = normalize::normalize_traces_protobuf(body, &self.pricer).map_err(|e| {
+    pub async fn traces_protobuf(&self, body: Bytes) -> Result<ExportTraceServiceResponse, IngestError> {
+        let normalized = normalize::normalize_traces_protobuf(&body, &self.pricer).map_err(|e| {
             let error = IngestError::Malformed {
                 format: "protobuf",
                 detail: format!("{e}; is the body an OTLP ExportTraceServiceRequest?"),
@@ -90,12 +94,16 @@ impl Receiver {
             self.reject_request(Signal::Spans, &error);
             error
         })?;
-        Ok(Self::trace_response(self.accept(normalized).await?))
+        Ok(Self::trace_response(self.accept(normalized, Some(body)).await?))
     }
 
     /// Stores a decoded trace export (OTLP/JSON).
     pub async fn traces(&self, request: ExportTraceServiceRequest) -> Result<ExportTraceServiceResponse, IngestError> {
-        Ok(Self::trace_response(self.accept(normalize::normalize_traces(&request, &self.pricer)).await?))
+        // prost encodes what it decoded: the encoding is always well-formed, and it is what the WAL keeps.
+        let body = Bytes::from(request.encode_to_vec());
+        let normalized =
+            normalize::normalize_traces_protobuf(&body, &self.pricer).expect("prost output is a well-formed request");
+        Ok(Self::trace_response(self.accept(normalized, Some(body)).await?))
     }
 
     fn trace_response(outcome: Outcome) -> ExportTraceServiceResponse {
@@ -112,7 +120,7 @@ impl Receiver {
         &self,
         request: ExportMetricsServiceRequest,
     ) -> Result<ExportMetricsServiceResponse, IngestError> {
-        let outcome = self.accept(normalize::normalize_metrics(&request)).await?;
+        let outcome = self.accept(normalize::normalize_metrics(&request), None).await?;
         Ok(ExportMetricsServiceResponse {
             partial_success: (outcome.rejected > 0).then(|| ExportMetricsPartialSuccess {
                 rejected_data_points: outcome.rejected,
@@ -124,7 +132,7 @@ impl Receiver {
     /// Stores a logs export.
     pub async fn logs(&self, request: ExportLogsServiceRequest) -> Result<ExportLogsServiceResponse, IngestError> {
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
-        let outcome = self.accept(normalize::normalize_logs(&request, now)).await?;
+        let outcome = self.accept(normalize::normalize_logs(&request, now), None).await?;
         Ok(ExportLogsServiceResponse {
             partial_success: (outcome.rejected > 0).then(|| ExportLogsPartialSuccess {
                 rejected_log_records: outcome.rejected,

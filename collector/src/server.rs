@@ -42,7 +42,7 @@ impl Collector {
     pub async fn start(config: Config) -> Result<(Collector, RecoveryReport), StartError> {
         let pricer = Pricer::from_config(&config.pricing).map_err(|e| StartError::Pricing(e.to_string()))?;
         let metrics = Metrics::new();
-        let (ingest, report) = Ingest::start(config, metrics.clone()).await?;
+        let (ingest, report) = Ingest::start(config, metrics.clone(), &pricer).await?;
         let receiver = Receiver::new(ingest.clone(), Arc::new(pricer));
         Ok((Collector { ingest, receiver, metrics }, report))
     }

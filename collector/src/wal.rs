@@ -4,8 +4,14 @@
 //! sequence number whose rows are safely in committed Parquet files. A record is
 //!
 //! ```text
-//! [len: u32 LE][crc32 of the rest: u32 LE][seq: u64 LE][signal tag: u8][Arrow IPC stream of one batch]
+//! [len: u32 LE][crc32 of the rest: u32 LE][seq: u64 LE][kind tag: u8][payload]
 //! ```
+//!
+//! The payload is either a signal's normalised rows as an Arrow IPC stream (metrics, logs), or, for traces, the
+//! OTLP `ExportTraceServiceRequest` protobuf exactly as it was acknowledged ([`RecordKind`]). Keeping the request
+//! rather than the rows costs nothing to encode (the bytes are already in hand) and is no larger; replay
+//! normalises it again with the same code and price table, so the replayed rows are the acknowledged ones. (A
+//! price table edited between a crash and the restart prices the replayed spans with the new prices.)
 //!
 //! Concurrent requests share one fsync (group commit): a single writer thread takes everything queued, writes
 //! it in one go, syncs once and then acknowledges each request. A write that fails (disk full, read-only file
@@ -49,18 +55,54 @@ fn decode_batch(payload: &[u8]) -> Result<RecordBatch, datafusion::arrow::error:
     }
 }
 
+/// What a record's payload holds; stored in the record's tag byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A signal's normalised rows, as an Arrow IPC stream.
+    Rows(Signal),
+    /// An OTLP `ExportTraceServiceRequest` in protobuf, as acknowledged; replay normalises it again.
+    OtlpTraces,
+}
+
+/// Tag of [`RecordKind::OtlpTraces`]; the high bit keeps it apart from signal tags (the tags of `Rows`).
+const OTLP_TRACES_TAG: u8 = 0x81;
+
+impl RecordKind {
+    fn tag(self) -> u8 {
+        match self {
+            RecordKind::Rows(signal) => signal.tag(),
+            RecordKind::OtlpTraces => OTLP_TRACES_TAG,
+        }
+    }
+
+    fn from_tag(tag: u8) -> Option<RecordKind> {
+        match tag {
+            OTLP_TRACES_TAG => Some(RecordKind::OtlpTraces),
+            tag => Signal::from_tag(tag).map(RecordKind::Rows),
+        }
+    }
+
+    /// The table the record's rows belong to.
+    pub fn signal(self) -> Signal {
+        match self {
+            RecordKind::Rows(signal) => signal,
+            RecordKind::OtlpTraces => Signal::Spans,
+        }
+    }
+}
+
 /// Appends one framed record for `payload` to `out`.
-pub fn frame_record(out: &mut Vec<u8>, seq: u64, signal: Signal, payload: &[u8]) {
+pub fn frame_record(out: &mut Vec<u8>, seq: u64, kind: RecordKind, payload: &[u8]) {
     let body_len = 8 + 1 + payload.len();
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&seq.to_le_bytes());
-    hasher.update(&[signal.tag()]);
+    hasher.update(&[kind.tag()]);
     hasher.update(payload);
     out.reserve(HEADER + body_len);
     out.extend_from_slice(&(body_len as u32).to_le_bytes());
     out.extend_from_slice(&hasher.finalize().to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
-    out.push(signal.tag());
+    out.push(kind.tag());
     out.extend_from_slice(payload);
 }
 
@@ -69,10 +111,17 @@ pub fn frame_record(out: &mut Vec<u8>, seq: u64, signal: Signal, payload: &[u8])
 pub struct WalRecord {
     /// Its sequence number.
     pub seq: u64,
-    /// Its table.
-    pub signal: Signal,
-    /// Its rows.
-    pub batch: RecordBatch,
+    /// Its contents.
+    pub data: RecordData,
+}
+
+/// A recovered record's contents.
+#[derive(Debug)]
+pub enum RecordData {
+    /// Normalised rows of a table.
+    Rows(Signal, RecordBatch),
+    /// An OTLP trace export request in protobuf, still to be normalised.
+    OtlpTraces(Vec<u8>),
 }
 
 /// The appending side of the WAL. Owned by one thread (the group-commit writer).
@@ -181,17 +230,23 @@ impl Wal {
                 if seq <= checkpoint {
                     continue;
                 }
-                let signal = Signal::from_tag(tag).ok_or_else(|| StorageError::CorruptWal {
+                let kind = RecordKind::from_tag(tag).ok_or_else(|| StorageError::CorruptWal {
                     path: path.clone(),
                     offset: offset as u64,
-                    detail: format!("unknown signal tag {tag}"),
+                    detail: format!("unknown record tag {tag}"),
                 })?;
-                let batch = decode_batch(payload).map_err(|e| StorageError::CorruptWal {
-                    path: path.clone(),
-                    offset: offset as u64,
-                    detail: e.to_string(),
-                })?;
-                records.push(WalRecord { seq, signal, batch });
+                let data = match kind {
+                    RecordKind::OtlpTraces => RecordData::OtlpTraces(payload.to_vec()),
+                    RecordKind::Rows(signal) => {
+                        let batch = decode_batch(payload).map_err(|e| StorageError::CorruptWal {
+                            path: path.clone(),
+                            offset: offset as u64,
+                            detail: e.to_string(),
+                        })?;
+                        RecordData::Rows(signal, batch)
+                    }
+                };
+                records.push(WalRecord { seq, data });
             }
             pending_bytes += offset as u64;
         }
@@ -331,32 +386,42 @@ mod tests {
         let mut buf = Vec::new();
         for v in 1..=3 {
             let seq = wal.reserve(1);
-            frame_record(&mut buf, seq, Signal::Spans, &encode_batch(&batch(v)).unwrap());
+            frame_record(&mut buf, seq, RecordKind::Rows(Signal::Spans), &encode_batch(&batch(v)).unwrap());
         }
+        let seq = wal.reserve(1);
+        frame_record(&mut buf, seq, RecordKind::OtlpTraces, b"\x0a\x00");
         wal.append(&buf).unwrap();
         // A torn record: half of a fourth one.
         let mut torn = Vec::new();
-        frame_record(&mut torn, 4, Signal::Logs, &encode_batch(&batch(4)).unwrap());
+        frame_record(&mut torn, 5, RecordKind::Rows(Signal::Logs), &encode_batch(&batch(5)).unwrap());
         wal.append(&torn[..torn.len() / 2]).unwrap();
         drop(wal);
 
         let rec = Wal::recover(&wal_dir).unwrap();
-        assert_eq!(rec.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(rec.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        match &rec.records[1].data {
+            RecordData::Rows(Signal::Spans, b) => assert_eq!(b, &batch(2)),
+            other => panic!("record 2 came back as {other:?}"),
+        }
+        match &rec.records[3].data {
+            RecordData::OtlpTraces(bytes) => assert_eq!(bytes, b"\x0a\x00"),
+            other => panic!("record 4 came back as {other:?}"),
+        }
         // The torn tail was cut: recovering again sees the same and the segment ends cleanly.
         let rec2 = Wal::recover(&wal_dir).unwrap();
-        assert_eq!(rec2.records.len(), 3);
+        assert_eq!(rec2.records.len(), 4);
         assert_eq!(rec2.pending_bytes, buf.len() as u64);
 
-        write_checkpoint(&wal_dir, 2).unwrap();
+        write_checkpoint(&wal_dir, 3).unwrap();
         let rec3 = Wal::recover(&wal_dir).unwrap();
-        assert_eq!(rec3.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3]);
-        assert_eq!(rec3.checkpoint, 2);
+        assert_eq!(rec3.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4]);
+        assert_eq!(rec3.checkpoint, 3);
     }
 
     #[test]
     fn corrupted_byte_fails_crc() {
         let mut buf = Vec::new();
-        frame_record(&mut buf, 7, Signal::Metrics, b"payload");
+        frame_record(&mut buf, 7, RecordKind::Rows(Signal::Metrics), b"payload");
         assert!(parse_record(&buf).is_some());
         let last = buf.len() - 1;
         buf[last] ^= 0xff;
