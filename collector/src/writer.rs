@@ -234,12 +234,29 @@ fn write_file(
         let parquet = |source| StorageError::Parquet { context: format!("writing {}", tmp.display()), source };
         let mut writer = ArrowWriter::try_new(file, signal.schema(), Some(props)).map_err(parquet)?;
         let mut indices = Vec::with_capacity(WRITE_CHUNK_ROWS.min(rows.keys.len()));
+        // Each gather is handed only the batches its rows come from (a time slice touches a few of the flush's
+        // thousands of request batches); arrow's interleave does per-column work for every batch it is given.
+        let mut slot_of = vec![u32::MAX; rows.batches.len()];
+        let mut used: Vec<u32> = Vec::new();
+        let mut sources: Vec<&RecordBatch> = Vec::new();
         for chunk in rows.keys.chunks(WRITE_CHUNK_ROWS) {
             indices.clear();
-            indices.extend(chunk.iter().map(|&(_, b, r)| (b as usize, r as usize)));
-            let sorted = interleave_record_batch(rows.batches, &indices)
+            for &(_, b, r) in chunk {
+                let slot = &mut slot_of[b as usize];
+                if *slot == u32::MAX {
+                    *slot = used.len() as u32;
+                    used.push(b);
+                }
+                indices.push((*slot as usize, r as usize));
+            }
+            sources.clear();
+            sources.extend(used.iter().map(|&b| rows.batches[b as usize]));
+            let sorted = interleave_record_batch(&sources, &indices)
                 .map_err(|source| StorageError::Arrow { context: "gathering rows in time order".into(), source })?;
             writer.write(&sorted).map_err(parquet)?;
+            for b in used.drain(..) {
+                slot_of[b as usize] = u32::MAX;
+            }
         }
         let file = writer.into_inner().map_err(parquet)?;
         file.sync_all().map_err(StorageError::io("syncing", &tmp))?;

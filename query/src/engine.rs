@@ -24,6 +24,7 @@ use collector::schema::Signal;
 use crate::alerts::AlertsTable;
 use crate::error::QueryError;
 use crate::quantile::{ShareQuantiles, quantile_exact_udaf};
+use crate::string_group::StringGroupAggregate;
 use crate::table::{ScanCounters, SignalTable};
 
 /// The catalog name clients see (Flight SQL `GetCatalogs`, `information_schema`).
@@ -103,7 +104,12 @@ impl Engine {
             // one row group it leaves one partition empty, where one partition and a round-robin repartition above
             // it let the second core aggregate while the first decodes.
             .set_bool("datafusion.optimizer.repartition_file_scans", false);
-        let ctx = SessionContext::new_with_config(session);
+        let state = SessionStateBuilder::new()
+            .with_config(session)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(StringGroupAggregate))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         ctx.register_udaf(quantile_exact_udaf());
         ctx.add_optimizer_rule(Arc::new(ShareQuantiles));
 

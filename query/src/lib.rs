@@ -16,6 +16,7 @@ pub mod format;
 mod http;
 mod quantile;
 pub mod shell;
+mod string_group;
 mod table;
 #[cfg(test)]
 mod tests;
