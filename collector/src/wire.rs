@@ -95,6 +95,12 @@ impl<'a> Reader<'a> {
 
     fn string(&mut self, tag: u32, wire: WireType) -> Result<&'a str, WireError> {
         let bytes = self.bytes(tag, wire)?;
+        // Nearly every key and value is short ASCII, which `is_ascii` checks a word at a time; `from_utf8` walks
+        // short unaligned input byte by byte (it was 4 % of ingest CPU).
+        if bytes.is_ascii() {
+            // SAFETY: ASCII is valid UTF-8.
+            return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+        }
         std::str::from_utf8(bytes).map_err(|e| self.error(format_args!("field {tag} is not valid UTF-8: {e}")))
     }
 
