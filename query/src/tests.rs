@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use datafusion::arrow::array::{AsArray, StringArray};
+use datafusion::arrow::array::{Array, AsArray, StringArray};
 use datafusion::arrow::datatypes::{Float64Type, Int64Type};
 
 use collector::catalog::Catalog;
@@ -672,4 +672,116 @@ async fn time_filters_applied_by_the_scan_match_filtering_every_row() {
         .unwrap();
     let text = String::from_utf8(crate::format::to_bytes(crate::format::Format::Csv, &plan).unwrap()).unwrap();
     assert!(text.contains("FilterExec"), "the buffer still gets a filter:\n{text}");
+}
+
+/// A string key, a nullable float and a nullable integer per row of `range(200000)`, and the SQL that produces
+/// them: NULL keys, the empty key, keys shorter than 8, 8-16 and longer than 16 bytes, a key whose `x` is always
+/// NULL.
+fn string_group_row(v: i64) -> (Option<String>, Option<f64>, Option<i64>) {
+    let key = if v % 101 == 0 {
+        None
+    } else if v % 103 == 0 {
+        Some(String::new())
+    } else if v % 77 == 0 {
+        Some("only-null-x".to_string())
+    } else if v % 2 == 0 {
+        Some(format!("k{}", (v * 7919) % 3001))
+    } else {
+        Some(format!("a-rather-long-session-key-{}", (v * 7919) % 3001))
+    };
+    let x = (v % 7 != 0).then(|| (v % 1000) as f64 / 2.0);
+    let n = (v % 5 != 0).then_some(v);
+    (key, x, n)
+}
+
+const STRING_GROUP_SOURCE: &str = "(SELECT CASE WHEN value % 101 = 0 THEN NULL WHEN value % 103 = 0 THEN '' \
+     WHEN value % 77 = 0 THEN 'only-null-x' \
+     WHEN value % 2 = 0 THEN concat('k', CAST((value * 7919) % 3001 AS VARCHAR)) \
+     ELSE concat('a-rather-long-session-key-', CAST((value * 7919) % 3001 AS VARCHAR)) END AS k, \
+     CASE WHEN value % 7 = 0 THEN NULL ELSE CAST(value % 1000 AS DOUBLE) / 2 END AS x, \
+     CASE WHEN value % 5 = 0 THEN NULL ELSE value END AS n FROM range(200000)) AS t";
+
+#[tokio::test]
+async fn string_group_aggregate_matches_an_independent_computation() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&Catalog::new(dir.path())).await;
+    let sql = format!(
+        "SELECT k, sum(x) AS sx, sum(n) AS sn, count(*) AS c, count(x) AS cx FROM {STRING_GROUP_SOURCE} GROUP BY k"
+    );
+    let plan = engine.sql(&format!("EXPLAIN {sql}")).await.unwrap();
+    let text = String::from_utf8(crate::format::to_bytes(crate::format::Format::Csv, &plan).unwrap()).unwrap();
+    assert!(
+        text.contains("StringGroupAggregateExec"),
+        "the rule did not fire:\n{text}"
+    );
+
+    type Expected = (Option<f64>, Option<i64>, i64, i64);
+    let mut expected: std::collections::HashMap<Option<String>, Expected> = Default::default();
+    for v in 0..200_000 {
+        let (key, x, n) = string_group_row(v);
+        let e = expected.entry(key).or_insert((None, None, 0, 0));
+        if let Some(x) = x {
+            e.0 = Some(e.0.unwrap_or(0.0) + x);
+            e.3 += 1;
+        }
+        if let Some(n) = n {
+            e.1 = Some(e.1.unwrap_or(0) + n);
+        }
+        e.2 += 1;
+    }
+    assert!(expected.contains_key(&None) && expected.contains_key(&Some(String::new())));
+    assert_eq!(expected[&Some("only-null-x".to_string())].0, None);
+
+    let out = engine.sql(&sql).await.unwrap();
+    let mut got: std::collections::HashMap<Option<String>, Expected> = Default::default();
+    for b in &out.batches {
+        let k = b.column_by_name("k").unwrap().as_string::<i32>();
+        let sx = b.column_by_name("sx").unwrap().as_primitive::<Float64Type>();
+        let sn = b.column_by_name("sn").unwrap().as_primitive::<Int64Type>();
+        let c = b.column_by_name("c").unwrap().as_primitive::<Int64Type>();
+        let cx = b.column_by_name("cx").unwrap().as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            let key = k.is_valid(i).then(|| k.value(i).to_string());
+            let row = (
+                sx.is_valid(i).then(|| sx.value(i)),
+                sn.is_valid(i).then(|| sn.value(i)),
+                c.value(i),
+                cx.value(i),
+            );
+            assert!(got.insert(key.clone(), row).is_none(), "group {key:?} answered twice");
+        }
+    }
+    // The float values are multiples of 0.5 far below 2^52, so every order of addition gives the same sums.
+    assert_eq!(got, expected);
+}
+
+#[tokio::test]
+async fn string_group_aggregate_falls_back_to_datafusion_under_a_tight_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::new(
+        Catalog::new(dir.path()),
+        QueryConfig {
+            memory_limit_mb: 4,
+            ..config()
+        },
+    )
+    .await
+    .unwrap();
+    // 400k distinct 40-byte keys: more than 4 MiB of group tables.
+    let sql = "SELECT count(*) AS groups, sum(c) AS rows, min(k) AS first FROM (SELECT k, count(*) AS c FROM \
+               (SELECT concat('a-key-long-enough-to-fill-the-pool-', CAST(value AS VARCHAR)) AS k FROM range(400000)) \
+               GROUP BY k)";
+    let analyzed = engine.sql(&format!("EXPLAIN ANALYZE {sql}")).await.unwrap();
+    let text = String::from_utf8(crate::format::to_bytes(crate::format::Format::Csv, &analyzed).unwrap()).unwrap();
+    assert!(
+        text.contains("StringGroupAggregateExec"),
+        "the rule did not fire:\n{text}"
+    );
+    assert!(
+        !text.contains("memory_fallbacks=0"),
+        "the tables fit after all:\n{text}"
+    );
+    let out = engine.sql(sql).await.unwrap();
+    assert_eq!(i64_col(&out, "groups"), vec![400_000]);
+    assert_eq!(i64_col(&out, "rows"), vec![400_000]);
 }
