@@ -392,8 +392,10 @@ impl ExecutionPlan for StringGroupAggregateExec {
             let batches = merged.into_batches(&out_schema, batch_size)?;
             timer.done();
             drop(reservation);
-            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-            baseline.record_output(rows);
+            for batch in &batches {
+                baseline.record_output(batch.num_rows());
+                baseline.output_batches().add(1);
+            }
             baseline.done();
             let stream = futures::stream::iter(batches.into_iter().map(Ok));
             Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)) as SendableRecordBatchStream)
