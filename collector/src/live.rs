@@ -359,7 +359,7 @@ impl LiveWindows {
         // Samples are grouped by borrowed keys outside the lock: a batch holds few routes, so owned keys are
         // built once per route and batch rather than once per span, and the critical section is only
         // histogram updates.
-        let mut groups: HashMap<[&str; 4], Vec<(u64, bool)>> = HashMap::new();
+        let mut groups: foldhash::HashMap<[&str; 4], Vec<(u64, bool)>> = Default::default();
         for i in 0..rows {
             let key = [value(provider, i), value(region, i), value(model, i), value(operation, i)];
             let ns = if durations.is_valid(i) { durations.value(i).max(0) as u64 } else { 0 };
