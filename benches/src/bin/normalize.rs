@@ -134,6 +134,23 @@ fn main() {
             ("+ both", no_dict_ids(chunk_stats(base())).build()),
             ("+ both, no bloom filter", no_dict_ids(chunk_stats(base())).set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), false).build()),
             ("+ both, zstd 3", no_dict_ids(chunk_stats(base())).set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap())).build()),
+            ("+ both, no dictionary on attribute maps", {
+                let mut b = no_dict_ids(chunk_stats(base()));
+                for m in ["attributes", "resource_attributes"] {
+                    for leaf in ["keys", "values"] {
+                        b = b.set_column_dictionary_enabled(ColumnPath::new(vec![m.into(), "entries".into(), leaf.into()]), false);
+                    }
+                }
+                b.build()
+            }),
+            ("+ both, no dictionary on attribute values", {
+                let mut b = no_dict_ids(chunk_stats(base()));
+                for m in ["attributes", "resource_attributes"] {
+                    b = b.set_column_dictionary_enabled(ColumnPath::new(vec![m.into(), "entries".into(), "values".into()]), false);
+                }
+                b.build()
+            }),
+            ("+ both, no dictionaries at all", no_dict_ids(chunk_stats(base())).set_dictionary_enabled(false).build()),
             ("+ both, no statistics at all but times", no_dict_ids(chunk_stats(base()).set_statistics_enabled(EnabledStatistics::None)).set_column_statistics_enabled(ColumnPath::from("start_time"), EnabledStatistics::Page).build()),
         ] {
             let mut bytes = 0;
