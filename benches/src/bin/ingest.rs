@@ -5,8 +5,11 @@
 //!
 //! ```text
 //! cargo build --profile bench -p tailscope-benches --bin ingest && cargo build --profile bench --bin tailscope
-//! target/release/ingest --spans 2000000 --exporters 8
+//! target/release/ingest --spans 1000000 --exporters 8 --rounds 3
 //! ```
+//!
+//! Each round measures the decode-only server, then tailscope; the ratios are reported per round and as their
+//! median, so that load from other work on the machine falls on both servers alike.
 //!
 //! Both servers run as child processes, so their CPU time and memory come from the kernel's accounting of
 //! exactly that process (the decode-only server is this binary re-executed with `--baseline-server`).
@@ -62,6 +65,10 @@ struct Args {
     /// Keep tailscope's data directory (printed) for inspection.
     #[arg(long)]
     keep_data: bool,
+    /// Rounds of (decode-only, then tailscope); the ratios are each round's, and their median. Other work on
+    /// the machine moves single figures by ±5 %; alternating lets it fall on both servers alike.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Internal: run as the decode-only baseline server on this address and print `LISTENING <addr>`.
     #[arg(long, hide = true)]
     baseline_server: Option<SocketAddr>,
@@ -361,18 +368,26 @@ async fn bench(args: Args) -> Result<(), BoxError> {
     let zstd_per_span = corpus.zstd_bytes_per_span(3)?;
     let attrs = corpus.attributes_per_span();
 
-    let mut results = Vec::new();
-    if !args.skip_baseline {
-        eprintln!("decode-only baseline: {} spans, {} exporters", args.spans, args.exporters);
-        results.push(measure_baseline(&args, corpus.clone()).await?);
-    }
-    if !args.skip_tailscope {
-        let binary = match &args.tailscope {
-            Some(p) => p.clone(),
-            None => std::env::current_exe()?.with_file_name("tailscope"),
+    let binary = match &args.tailscope {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("tailscope"),
+    };
+    // One entry per round: (decode-only, tailscope), either missing when skipped.
+    let mut rounds: Vec<(Option<Measured>, Option<Measured>)> = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        let baseline = if args.skip_baseline {
+            None
+        } else {
+            eprintln!("round {round}: decode-only baseline: {} spans, {} exporters", args.spans, args.exporters);
+            Some(measure_baseline(&args, corpus.clone()).await?)
         };
-        eprintln!("tailscope ({}): {} spans, {} exporters", binary.display(), args.spans, args.exporters);
-        results.push(measure_tailscope(&args, &binary, corpus.clone()).await?);
+        let ours = if args.skip_tailscope {
+            None
+        } else {
+            eprintln!("round {round}: tailscope ({}): {} spans, {} exporters", binary.display(), args.spans, args.exporters);
+            Some(measure_tailscope(&args, &binary, corpus.clone()).await?)
+        };
+        rounds.push((baseline, ours));
     }
 
     let command: Vec<String> = std::env::args().collect();
@@ -383,11 +398,11 @@ async fn bench(args: Args) -> Result<(), BoxError> {
         args.corpus_requests, args.spans_per_request, attrs, otlp_per_span
     );
     println!();
-    println!("| server | spans | spans/s | server CPU-s per 1M spans | spans per CPU-second | peak RSS | retries (backpressure) | rejected |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for m in &results {
+    println!("| round | server | spans | spans/s | server CPU-s per 1M spans | spans per CPU-second | peak RSS | retries (backpressure) | rejected |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (round, m) in rounds.iter().enumerate().flat_map(|(i, (b, t))| [b, t].into_iter().flatten().map(move |m| (i + 1, m))) {
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.0} | {:.0} MiB | {} | {} |",
+            "| {round} | {} | {} | {:.0} | {:.2} | {:.0} | {:.0} MiB | {} | {} |",
             m.name,
             m.spans,
             m.spans_per_s(),
@@ -403,26 +418,46 @@ async fn bench(args: Args) -> Result<(), BoxError> {
     println!("|---|---:|");
     println!("| OTLP protobuf, uncompressed | {otlp_per_span:.1} |");
     println!("| OTLP protobuf, zstd level 3 per request | {zstd_per_span:.1} |");
-    let tailscope = results.iter().find(|m| m.stored.is_some());
-    if let Some(m) = tailscope {
+    let bytes_per_span = |m: &Measured| {
         let (bytes, rows) = m.stored.unwrap_or_default();
-        println!("| tailscope Parquet on disk (after SIGTERM flush; {rows} rows, {bytes} bytes) | {:.1} |", bytes as f64 / rows.max(1) as f64);
+        bytes as f64 / rows.max(1) as f64
+    };
+    for (round, m) in rounds.iter().enumerate().filter_map(|(i, (_, t))| t.as_ref().map(|t| (i + 1, t))) {
+        let (bytes, rows) = m.stored.unwrap_or_default();
+        println!("| tailscope Parquet on disk, round {round} (after SIGTERM flush; {rows} rows, {bytes} bytes) | {:.1} |", bytes_per_span(m));
         if rows != m.spans {
             println!();
             println!("WARNING: {} spans acknowledged but {rows} rows on disk", m.spans);
         }
     }
     println!();
-    let baseline = results.iter().find(|m| m.stored.is_none());
-    if let (Some(t), Some(b)) = (tailscope, baseline) {
-        let (bytes, rows) = t.stored.unwrap_or_default();
+    let paired: Vec<(&Measured, &Measured)> =
+        rounds.iter().filter_map(|(b, t)| Some((b.as_ref()?, t.as_ref()?))).collect();
+    if !paired.is_empty() {
+        let cpu: Vec<f64> = paired.iter().map(|(b, t)| t.spans_per_cpu_second() / b.spans_per_cpu_second()).collect();
+        let disk: Vec<f64> = paired.iter().map(|(_, t)| bytes_per_span(t) / zstd_per_span).collect();
+        let speed: Vec<f64> = paired.iter().map(|(b, t)| t.spans_per_s() / b.spans_per_s()).collect();
+        let list = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
         println!(
-            "Ratios: tailscope spans per CPU-second / decode-only = {:.2} (target >= 0.5); \
-             Parquet bytes per span / OTLP+zstd = {:.2} (target <= 0.7); throughput tailscope / decode-only = {:.2}.",
-            t.spans_per_cpu_second() / b.spans_per_cpu_second(),
-            (bytes as f64 / rows.max(1) as f64) / zstd_per_span,
-            t.spans_per_s() / b.spans_per_s()
+            "Ratios, median of {} rounds (each round's in brackets): tailscope spans per CPU-second / decode-only = \
+             {:.2} [{}] (target >= 0.5); Parquet bytes per span / OTLP+zstd = {:.2} [{}] (target <= 0.7); \
+             throughput tailscope / decode-only = {:.2} [{}].",
+            paired.len(),
+            median(&cpu),
+            list(&cpu),
+            median(&disk),
+            list(&disk),
+            median(&speed),
+            list(&speed)
         );
     }
     Ok(())
+}
+
+/// The median (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
