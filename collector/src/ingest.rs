@@ -507,7 +507,9 @@ mod tests {
             ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap().map(|b| b.unwrap()).collect();
         assert_eq!(stored.len(), 1);
         let stored = &stored[0];
-        let ids = |b: &RecordBatch| column::<StringArray>(b, "span_id").iter().map(|v| v.map(str::to_string)).collect::<Vec<_>>();
+        let ids = |b: &RecordBatch| {
+            column::<StringArray>(b, "span_id").iter().map(|v| v.map(str::to_string)).collect::<Vec<_>>()
+        };
         assert_eq!(ids(stored), ids(&acknowledged.batch));
         let costs = |b: &RecordBatch| column::<Float64Array>(b, "cost_usd").iter().collect::<Vec<_>>();
         assert!(costs(stored).iter().all(|c| c.is_some_and(|c| c > 0.0)), "{:?}", costs(stored));

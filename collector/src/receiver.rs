@@ -99,11 +99,9 @@ impl Receiver {
 
     /// Stores a decoded trace export (OTLP/JSON).
     pub async fn traces(&self, request: ExportTraceServiceRequest) -> Result<ExportTraceServiceResponse, IngestError> {
-        // prost encodes what it decoded: the encoding is always well-formed, and it is what the WAL keeps.
-        let body = Bytes::from(request.encode_to_vec());
-        let normalized =
-            normalize::normalize_traces_protobuf(&body, &self.pricer).expect("prost output is a well-formed request");
-        Ok(Self::trace_response(self.accept(normalized, Some(body)).await?))
+        // One normaliser for both encodings: prost's encoding of what it decoded is well-formed, and it is what
+        // the WAL keeps.
+        self.traces_protobuf(Bytes::from(request.encode_to_vec())).await
     }
 
     fn trace_response(outcome: Outcome) -> ExportTraceServiceResponse {
