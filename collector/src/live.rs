@@ -274,23 +274,65 @@ struct RouteState {
 }
 
 impl RouteState {
+    /// Records one span in the finest tier's newest slice. The coarser tiers get whole fine slices once they close
+    /// ([`RouteState::fold`]): one histogram update per span instead of one per tier (the updates are cache misses
+    /// into histograms of ~60 KiB, which made the three tiers 6 % of ingest CPU).
     fn record(&mut self, now_ns: i64, micros: u64, error: bool) {
         self.last_seen_ns = now_ns;
-        for window in Window::ALL {
-            let ring = &mut self.tiers[window.tier()];
-            let index = now_ns.div_euclid(window.slice_ns());
+        let fine = Window::ALL[0];
+        let index = now_ns.div_euclid(fine.slice_ns());
+        if self.tiers[0].back().is_none_or(|s| s.index < index) {
+            self.fold();
+            let ring = &mut self.tiers[0];
+            ring.push_back(Slice { index, hist: new_histogram(), errors: 0 });
+            while ring.front().is_some_and(|s| s.index <= index - fine.slices()) {
+                ring.pop_front();
+            }
+        }
+        // A clock step backwards lands in the newest slice rather than reopening an old one.
+        let slice = self.tiers[0].back_mut().expect("pushed above");
+        // Auto-resizing histograms accept any u64; saturating keeps a pathological count from failing.
+        let _ = slice.hist.record(micros);
+        slice.errors += u64::from(error);
+    }
+
+    /// Adds the newest fine slice, which is closing, to the slices of the coarser tiers that contain it. Fine
+    /// slices divide the coarse ones evenly, so each fine slice lies in exactly one slice of each tier.
+    fn fold(&mut self) {
+        let (fine, coarse) = self.tiers.split_at_mut(1);
+        let Some(closed) = fine[0].back() else { return };
+        let start_ns = closed.index * Window::ALL[0].slice_ns();
+        for (window, ring) in Window::ALL[1..].iter().zip(coarse) {
+            let index = start_ns.div_euclid(window.slice_ns());
             if ring.back().is_none_or(|s| s.index < index) {
                 ring.push_back(Slice { index, hist: new_histogram(), errors: 0 });
             }
             while ring.front().is_some_and(|s| s.index <= index - window.slices()) {
                 ring.pop_front();
             }
-            // A clock step backwards lands in the newest slice rather than reopening an old one.
             let slice = ring.back_mut().expect("pushed above");
-            // Auto-resizing histograms accept any u64; saturating keeps a pathological count from failing.
-            let _ = slice.hist.record(micros);
-            slice.errors += u64::from(error);
+            let _ = slice.hist.add(&closed.hist);
+            slice.errors += closed.errors;
         }
+    }
+
+    /// The slices of `window` with index in `first..=last` as `(index, histogram, errors)`; for a coarse window,
+    /// the newest fine slice (not folded yet) comes as an extra entry under the coarse slice it lies in.
+    fn slices(&self, window: Window, first: i64, last: i64) -> Vec<(i64, &Histogram<u32>, u64)> {
+        let mut out: Vec<_> = self.tiers[window.tier()]
+            .iter()
+            .filter(|s| s.index >= first && s.index <= last)
+            .map(|s| (s.index, &s.hist, s.errors))
+            .collect();
+        if window.tier() > 0
+            && let Some(open) = self.tiers[0].back()
+        {
+            let index = (open.index * Window::ALL[0].slice_ns()).div_euclid(window.slice_ns());
+            if index >= first && index <= last {
+                out.push((index, &open.hist, open.errors));
+            }
+        }
+        out
     }
 }
 
@@ -413,10 +455,7 @@ impl LiveWindows {
                 if !filter.matches(key) {
                     continue;
                 }
-                let slices: Vec<&Slice> = route.tiers[window.tier()]
-                    .iter()
-                    .filter(|s| s.index >= first && s.index <= current)
-                    .collect();
+                let slices = route.slices(window, first, current);
                 if slices.is_empty() {
                     continue;
                 }
@@ -425,15 +464,15 @@ impl LiveWindows {
                     errors: 0,
                     per_slice: (0..window.slices()).map(|_| None).collect(),
                 });
-                for s in slices {
-                    let _ = acc.total.add(&s.hist);
-                    acc.errors += s.errors;
-                    let slot = &mut acc.per_slice[(s.index - first) as usize];
+                for (index, hist, errors) in slices {
+                    let _ = acc.total.add(hist);
+                    acc.errors += errors;
+                    let slot = &mut acc.per_slice[(index - first) as usize];
                     match slot {
                         Some(h) => {
-                            let _ = h.add(&s.hist);
+                            let _ = h.add(hist);
                         }
-                        None => *slot = Some(s.hist.clone()),
+                        None => *slot = Some(hist.clone()),
                     }
                 }
             }
@@ -638,6 +677,41 @@ mod tests {
         // Everything is dropped once idle for longer than the longest window.
         live.report_at(Window::OneHour, Grouping::default(), &none, false, T0 + 7200 * NS_PER_S);
         assert_eq!(live.route_count(), 0);
+    }
+
+    /// The coarse windows are built from folded fine slices plus the open one: they must hold exactly the spans
+    /// whose acknowledgement time falls in their slices, as if every tier had recorded every span.
+    #[test]
+    fn coarse_windows_hold_exactly_their_slices_spans() {
+        let start = T0 - T0.rem_euclid(300 * NS_PER_S);
+        let live = LiveWindows::new_at(0.0, start - 7200 * NS_PER_S);
+        // One span every 7 s for 40 minutes, each 1 ms longer than the last, every fifth an error.
+        let spans: Vec<(i64, i64, bool)> =
+            (0..343).map(|k| (start + k * 7 * NS_PER_S, (k + 1) * 1_000_000, k % 5 == 0)).collect();
+        for &(at, ns, error) in &spans {
+            live.observe_at(&batch(&[("openai", "r", "m", ns, if error { "error" } else { "ok" })]), at);
+        }
+        for now in [start + 2400 * NS_PER_S, start + 2403 * NS_PER_S, start + 2700 * NS_PER_S] {
+            for window in Window::ALL {
+                let current = now.div_euclid(window.slice_ns());
+                let inside: Vec<_> = spans
+                    .iter()
+                    .filter(|(at, ..)| (current - window.slices() + 1..=current).contains(&at.div_euclid(window.slice_ns())))
+                    .collect();
+                let report = live.report_at(window, Grouping::default(), &RouteFilter::default(), false, now);
+                let (count, errors, max_ms) = report.rows.first().map_or((0, 0, 0.0), |r| (r.count, r.errors, r.max_ms));
+                let max = inside.iter().map(|(_, ns, _)| *ns as f64 / 1e6).fold(0.0, f64::max);
+                assert_eq!(count, inside.len() as u64, "{window} at {now}");
+                assert_eq!(errors, inside.iter().filter(|(.., e)| *e).count() as u64, "{window} at {now}");
+                assert!((max_ms - max).abs() <= max * 0.001, "{window} at {now}: max {max_ms} vs {max}");
+                if let Some(row) = report.rows.first() {
+                    let nonempty = (current - window.slices() + 1..=current)
+                        .filter(|i| inside.iter().any(|(at, ..)| at.div_euclid(window.slice_ns()) == *i))
+                        .count();
+                    assert_eq!(row.p99_series_ms.iter().flatten().count(), nonempty, "{window} at {now}");
+                }
+            }
+        }
     }
 
     #[test]
