@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::io::IoSlice;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,8 @@ pub struct Ingest {
     config: Config,
     /// When the buffer last became non-empty (ns since start of `epoch`), or -1.
     oldest_unflushed: AtomicI64,
+    /// When a request was last refused for backpressure (ns since start of `epoch`), or -1.
+    last_backpressure: AtomicI64,
     epoch: Instant,
 }
 
@@ -137,6 +140,7 @@ impl Ingest {
             flush_lock: Mutex::new(FlushState::default()),
             config,
             oldest_unflushed: AtomicI64::new(if buffered > 0 { 0 } else { -1 }),
+            last_backpressure: AtomicI64::new(-1),
             epoch,
         });
         metrics.buffered_bytes.set(buffered as i64);
@@ -184,6 +188,7 @@ impl Ingest {
         let before = self.buffered.fetch_add(size, Ordering::AcqRel);
         if before + size > self.max_buffer_bytes && before > 0 {
             self.buffered.fetch_sub(size, Ordering::AcqRel);
+            self.last_backpressure.store(self.epoch.elapsed().as_nanos() as i64, Ordering::Release);
             return Err(IngestError::Backpressure { buffered: before, limit: self.max_buffer_bytes });
         }
         let result = self.append(signal, batch, request).await;
@@ -230,6 +235,13 @@ impl Ingest {
             Some(tx) => tx.send(command).map_err(|_| IngestError::ShuttingDown),
             None => Err(IngestError::ShuttingDown),
         }
+    }
+
+    /// Whether a request was refused for backpressure within the last `within`: clients were told to come back
+    /// after `ingest.retry_after`, so until then the collector is not ready for more.
+    pub fn backpressure_within(&self, within: Duration) -> bool {
+        let last = self.last_backpressure.load(Ordering::Acquire);
+        last >= 0 && self.epoch.elapsed().as_nanos() as i64 - last <= within.as_nanos() as i64
     }
 
     /// Bytes of Arrow data not yet flushed.
@@ -385,18 +397,23 @@ impl Ingest {
 /// The group-commit loop: blocks for one command, takes whatever else is queued, writes it all with one
 /// fsync, then makes the rows visible and acknowledges.
 fn wal_writer(mut wal: Wal, rx: std_mpsc::Receiver<WalCommand>, catalog: Catalog, metrics: Arc<Metrics>) {
-    let mut framed = Vec::with_capacity(1 << 20);
+    let mut headers: Vec<[u8; wal::RECORD_HEADER]> = Vec::new();
+    let mut payloads: Vec<Bytes> = Vec::new();
     let mut group: Vec<(u64, Signal, RecordBatch, oneshot::Sender<Result<u64, String>>)> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut pending = Some(first);
         let mut rotate = None;
-        framed.clear();
+        let mut group_bytes = 0;
+        headers.clear();
+        payloads.clear();
         group.clear();
         while let Some(command) = pending.take() {
             match command {
                 WalCommand::Append { kind, batch, payload, ack } => {
                     let seq = wal.reserve(1);
-                    wal::frame_record(&mut framed, seq, kind, &payload);
+                    headers.push(wal::record_header(seq, kind, &payload));
+                    group_bytes += wal::RECORD_HEADER + payload.len();
+                    payloads.push(payload);
                     group.push((seq, kind.signal(), batch, ack));
                 }
                 WalCommand::Rotate { ack } => {
@@ -405,16 +422,21 @@ fn wal_writer(mut wal: Wal, rx: std_mpsc::Receiver<WalCommand>, catalog: Catalog
                     break;
                 }
             }
-            if group.len() >= GROUP_MAX_RECORDS || framed.len() >= GROUP_MAX_BYTES {
+            if group.len() >= GROUP_MAX_RECORDS || group_bytes >= GROUP_MAX_BYTES {
                 break;
             }
             pending = rx.try_recv().ok();
         }
         if !group.is_empty() {
-            match wal.append(&framed) {
+            let mut parts: Vec<IoSlice<'_>> = headers
+                .iter()
+                .zip(&payloads)
+                .flat_map(|(header, payload)| [IoSlice::new(header), IoSlice::new(payload)])
+                .collect();
+            match wal.append_parts(&mut parts) {
                 Ok(()) => {
-                    metrics.wal_bytes.inc_by(framed.len() as u64);
-                    metrics.wal_pending_bytes.inc_by(framed.len() as i64);
+                    metrics.wal_bytes.inc_by(group_bytes as u64);
+                    metrics.wal_pending_bytes.inc_by(group_bytes as i64);
                     metrics.wal_syncs.inc();
                     for (seq, signal, batch, ack) in group.drain(..) {
                         catalog.add_batch(signal, seq, batch);

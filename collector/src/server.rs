@@ -109,8 +109,9 @@ async fn readyz(State(c): State<Collector>) -> impl IntoResponse {
     }
     let limit = ingest.config().ingest.max_buffer_bytes;
     let buffered = ingest.buffered_bytes();
-    // Past 90% of the buffer, new data is about to be refused: tell load balancers to send it elsewhere.
-    if buffered as f64 > 0.9 * limit as f64 {
+    // Past 90% of the buffer, new data is about to be refused, and after a refusal clients wait out `retry_after`:
+    // tell load balancers to send data elsewhere.
+    if buffered as f64 > 0.9 * limit as f64 || ingest.backpressure_within(ingest.config().ingest.retry_after) {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("write buffer {buffered} of {limit} bytes: applying backpressure\n"));
     }
     (StatusCode::OK, "ready\n".to_string())
