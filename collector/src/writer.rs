@@ -57,6 +57,9 @@ use crate::wal::sync_dir;
 
 const NS_PER_HOUR: i64 = 3_600_000_000_000;
 
+/// Largest dictionary page of `session_id` before the writer falls back to plain pages for the rest of a row group.
+const SESSION_DICTIONARY_BYTES: usize = 16 * 1024 * 1024;
+
 /// How Parquet files are encoded.
 #[derive(Debug, Clone)]
 pub struct ParquetOptions {
@@ -130,6 +133,11 @@ impl ParquetOptions {
             if schema.field_with_name(name).is_ok() {
                 b = b.set_column_dictionary_enabled(ColumnPath::from(name), false);
             }
+        }
+        if schema.field_with_name("session_id").is_ok() {
+            // Queries read `session_id` as a dictionary and group by it per dictionary value, so keep the whole
+            // row group's ids in one: 1 MiB (the default) holds ~30,000 UUIDs, fewer than a busy hour's sessions.
+            b = b.set_column_dictionary_page_size_limit(ColumnPath::from("session_id"), SESSION_DICTIONARY_BYTES);
         }
         Ok(b.build())
     }

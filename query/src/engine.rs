@@ -267,13 +267,14 @@ impl Engine {
     }
 }
 
-/// The type a column has outside the engine: view types (which scans use for speed, see
+/// The type a column has outside the engine: view and dictionary types (which scans use for speed, see
 /// [`crate::table::scan_file_schema`]) become the plain types the files store, at any depth, so clients of every
 /// surface (JSON, CSV, Arrow IPC, Flight SQL, the TUI) see `Utf8` as before.
 fn outward_type(t: &DataType) -> DataType {
     let field = |f: &FieldRef| Arc::new(f.as_ref().clone().with_data_type(outward_type(f.data_type())));
     match t {
         DataType::Utf8View => DataType::Utf8,
+        DataType::Dictionary(_, value) => outward_type(value),
         DataType::BinaryView => DataType::Binary,
         DataType::List(f) => DataType::List(field(f)),
         DataType::LargeList(f) => DataType::LargeList(field(f)),
@@ -293,7 +294,8 @@ fn outward_schema(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
-/// Casts the columns whose type differs from `schema` (view types only; results are small next to the scan).
+/// Casts the columns whose type differs from `schema` (view and dictionary types only; results are small next to
+/// the scan).
 fn outward_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, QueryError> {
     if batch.schema().fields() == schema.fields() {
         return Ok(batch.clone());

@@ -1,5 +1,5 @@
-//! `StringGroupAggregateExec`: `GROUP BY` one string column with `sum` / `count`, in one operator instead of
-//! DataFusion's partial aggregate, hash repartition and final aggregate.
+//! `StringGroupAggregateExec`: `GROUP BY` one string column, in one operator instead of DataFusion's partial
+//! aggregate, hash repartition and final aggregate.
 //!
 //! Why: "cost per session" (`GROUP BY session_id`, hundreds of thousands of distinct 13-14-byte ids) spent most of
 //! its time in DataFusion's string group table (the ids are too long to sit inline in a string view, so every probe
@@ -9,9 +9,15 @@
 //! merges those tables directly, reusing the stored hashes: each string is hashed once and never leaves the table
 //! until the result is built.
 //!
+//! A key read dictionary-encoded (`session_id`, see `crate::table::DICTIONARY_COLUMNS`) is interned by its
+//! dictionary: each distinct value once per dictionary, then one lookup per row.
+//!
 //! The rewrite is exact and narrow: a `Partial` / `FinalPartitioned` pair over one `Utf8`, `LargeUtf8` or
-//! `Utf8View` group key, no grouping sets, no `FILTER`, `DISTINCT` or `ORDER BY` inside the aggregates, no group
-//! limit, and only `count(x)`, `count(*)`, `sum(Float64)` and `sum(Int64)`. Anything else keeps DataFusion's plan.
+//! `Utf8View` group key (or a dictionary of `Utf8` / `LargeUtf8` with `Int32` keys), no grouping sets, no
+//! `FILTER`, `DISTINCT` or `ORDER BY` inside the aggregates, no group limit, and only `count(x)`, `count(*)`,
+//! `sum(Float64)` and `sum(Int64)` (computed here) or [`GENERIC_AGGREGATES`] (computed by their own groups
+//! accumulators: updated per input table, merged from the tables' states, evaluated once, as DataFusion's two
+//! stages would). Anything else keeps DataFusion's plan.
 //! NULL keys form their own group. The output is hash-partitioned exactly as the replaced final aggregate was
 //! (DataFusion's repartition hash, modulo the partition count), so operators above that rely on it stay correct.
 //! Group tables are charged to the query's memory pool. When the pool refuses them, the output partitions that
@@ -22,11 +28,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, Int64Array, LargeStringBuilder, RecordBatch, StringBuilder,
-    StringViewBuilder,
+    Array, ArrayRef, AsArray, DictionaryArray, Float64Array, Int32Array, Int64Array, LargeStringBuilder, RecordBatch,
+    StringBuilder, StringViewBuilder, UInt32Array,
 };
+use datafusion::arrow::compute::take;
 use datafusion::arrow::buffer::{BooleanBuffer, NullBuffer};
-use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, SchemaRef};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::hash_utils::create_hashes;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
@@ -41,6 +48,7 @@ use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time};
 use datafusion::physical_plan::repartition::{REPARTITION_RANDOM_STATE, RepartitionExec};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_plan::{
     ColumnarValue, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
@@ -71,7 +79,7 @@ impl PhysicalOptimizerRule for StringGroupAggregate {
 }
 
 /// One aggregate the operator computes.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone)]
 enum AggKind {
     /// `count(x)`: rows where `x` is not NULL (`count(*)` is `count(1)`).
     Count,
@@ -79,7 +87,14 @@ enum AggKind {
     SumF64,
     /// `sum(x)` over `Int64`, wrapping on overflow as DataFusion's `sum` does.
     SumI64,
+    /// One of [`GENERIC_AGGREGATES`], through DataFusion's own groups accumulator: updated per input table,
+    /// merged from the tables' states, evaluated at the end, as DataFusion's partial and final aggregates would.
+    Generic(Arc<AggregateFunctionExpr>),
 }
+
+/// Aggregates computed by their own groups accumulator (see [`AggKind::Generic`]): the exact quantiles, so that
+/// `p50/p95/p99 GROUP BY provider` interns its keys here too, and the plain extremes and mean.
+const GENERIC_AGGREGATES: [&str; 5] = ["quantile_exact", "quantile_exact_shared", "min", "max", "avg"];
 
 /// `GROUP BY` one string column with `count` / `sum`, merged partition tables instead of partial + final
 /// aggregation. See the module documentation.
@@ -143,7 +158,7 @@ impl StringGroupAggregateExec {
         let (key, key_name) = partial.group_expr().expr()[0].clone();
         let key_type = key.data_type(&input_schema)?;
         let out_schema = fin.schema();
-        if !matches!(key_type, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+        if !is_string_key(&key_type)
             || out_schema.field(0).data_type() != &key_type
             || out_schema.fields().len() != 1 + partial.aggr_expr().len()
         {
@@ -155,9 +170,10 @@ impl StringGroupAggregateExec {
                 return Ok(None);
             };
             let out_type = out_schema.field(1 + i).data_type();
-            let expected = match kind {
+            let expected = match &kind {
                 AggKind::Count | AggKind::SumI64 => DataType::Int64,
                 AggKind::SumF64 => DataType::Float64,
+                AggKind::Generic(agg) => agg.field().data_type().clone(),
             };
             if *out_type != expected {
                 return Ok(None);
@@ -220,18 +236,30 @@ impl StringGroupAggregateExec {
     }
 }
 
+/// Whether the operator groups by keys of `t`: strings, or strings dictionary-encoded with `Int32` keys.
+fn is_string_key(t: &DataType) -> bool {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(k, v) => **k == DataType::Int32 && matches!(**v, DataType::Utf8 | DataType::LargeUtf8),
+        _ => false,
+    }
+}
+
 /// The kind of a partial aggregate, if this operator computes it exactly as DataFusion would.
-fn agg_kind(agg: &AggregateFunctionExpr, schema: &SchemaRef) -> Result<Option<AggKind>> {
+fn agg_kind(agg: &Arc<AggregateFunctionExpr>, schema: &SchemaRef) -> Result<Option<AggKind>> {
     let args = agg.expressions();
-    if agg.is_distinct() || !agg.order_bys().is_empty() || args.len() != 1 {
+    if agg.is_distinct() || !agg.order_bys().is_empty() || args.is_empty() {
         return Ok(None);
     }
     let arg_type = args[0].data_type(schema)?;
     let ret = agg.field().data_type().clone();
     Ok(match (agg.fun().name(), &arg_type, &ret) {
-        ("count", _, DataType::Int64) => Some(AggKind::Count),
-        ("sum", DataType::Float64, DataType::Float64) => Some(AggKind::SumF64),
-        ("sum", DataType::Int64, DataType::Int64) => Some(AggKind::SumI64),
+        ("count", _, DataType::Int64) if args.len() == 1 => Some(AggKind::Count),
+        ("sum", DataType::Float64, DataType::Float64) if args.len() == 1 => Some(AggKind::SumF64),
+        ("sum", DataType::Int64, DataType::Int64) if args.len() == 1 => Some(AggKind::SumI64),
+        (name, _, _) if GENERIC_AGGREGATES.contains(&name) && agg.groups_accumulator_supported() => {
+            Some(AggKind::Generic(agg.clone()))
+        }
         _ => None,
     })
 }
@@ -341,7 +369,7 @@ impl ExecutionPlan for StringGroupAggregateExec {
         }
         let partitions = self.partitions();
         let schema = self.schema();
-        let kinds: Vec<AggKind> = self.aggs.iter().map(|(k, _)| *k).collect();
+        let kinds: Vec<AggKind> = self.aggs.iter().map(|(k, _)| k.clone()).collect();
         let batch_size = context.session_config().batch_size();
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let fallbacks = MetricBuilder::new(&self.metrics).counter("memory_fallbacks", partition);
@@ -417,30 +445,139 @@ async fn build_table(
     reservation: MemoryReservation,
     time: Time,
 ) -> Result<Built> {
-    let kinds: Vec<AggKind> = aggs.iter().map(|(k, _)| *k).collect();
-    let mut table = GroupTable::new(&kinds);
+    let kinds: Vec<AggKind> = aggs.iter().map(|(k, _)| k.clone()).collect();
+    let mut table = GroupTable::new(&kinds)?;
     let mut hashes = Vec::new();
     let mut group_ids = Vec::new();
+    let mut dictionary = DictionaryGroups::default();
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         let _timer = time.timer();
         let rows = batch.num_rows();
         let keys = key.evaluate(&batch)?.into_array(rows)?;
-        hashes.clear();
-        hashes.resize(rows, 0);
-        // The same hash as `RepartitionExec`, so the output partitions hold the groups the replaced plan put there.
-        create_hashes([&keys], REPARTITION_RANDOM_STATE.random_state(), &mut hashes)?;
         group_ids.clear();
-        table.intern(&keys, &hashes, &mut group_ids)?;
+        if let Some(keys) = keys.as_dictionary_opt::<Int32Type>() {
+            dictionary.intern(&mut table, keys, &mut group_ids)?;
+        } else {
+            hashes.clear();
+            hashes.resize(rows, 0);
+            // The same hash as `RepartitionExec`, so the output partitions hold the groups the replaced plan put
+            // there.
+            create_hashes([&keys], REPARTITION_RANDOM_STATE.random_state(), &mut hashes)?;
+            table.intern(&keys, &hashes, &mut group_ids)?;
+        }
+        let groups = table.len();
         for (acc, (_, arg)) in table.accs.iter_mut().zip(&aggs) {
-            acc.update(arg.evaluate(&batch)?, &group_ids)?;
+            acc.update(&batch, arg, &group_ids, groups)?;
         }
         reservation.try_resize(table.allocated_size())?;
     }
+    for acc in &mut table.accs {
+        acc.seal()?;
+    }
+    reservation.try_resize(table.allocated_size())?;
     Ok(Built {
         table,
         _reservation: reservation,
     })
+}
+
+/// The group ids of a dictionary's values, kept while batches come with the same dictionary: the Parquet reader
+/// gives every batch of a column chunk the chunk's one dictionary, so its values are hashed once per file, each
+/// value is interned the first time a row uses it, and every other row costs one lookup of its key. Values no row
+/// uses (a filter above the scan leaves the dictionary whole) never become groups.
+#[derive(Default)]
+struct DictionaryGroups {
+    /// The dictionary the ids are for, held so that its buffers cannot be freed and reused by another one.
+    values: Option<ArrayRef>,
+    hashes: Vec<u64>,
+    /// Per value, its group, or [`UNSET`] until a row uses it.
+    ids: Vec<u32>,
+}
+
+/// A dictionary value no row has used yet.
+const UNSET: u32 = u32::MAX;
+
+impl DictionaryGroups {
+    fn intern(&mut self, table: &mut GroupTable, keys: &DictionaryArray<Int32Type>, out: &mut Vec<u32>) -> Result<()> {
+        let values = keys.values().clone();
+        if !self.values.as_ref().is_some_and(|seen| same_array(seen, &values)) {
+            self.hashes.clear();
+            self.hashes.resize(values.len(), 0);
+            // A dictionary value hashes as the same string does (DataFusion hashes dictionaries by their values),
+            // so the groups land in the output partitions the replaced plan put them in.
+            create_hashes([&values], REPARTITION_RANDOM_STATE.random_state(), &mut self.hashes)?;
+            self.ids.clear();
+            self.ids.resize(values.len(), UNSET);
+            self.values = Some(values.clone());
+        }
+        out.reserve(keys.len());
+        let nulls = keys.nulls().filter(|n| n.null_count() > 0);
+        let rows = keys.keys().values();
+        match values.data_type() {
+            DataType::Utf8 => {
+                let v = values.as_string::<i32>();
+                self.lookup(table, rows, nulls, out, |k| v.is_valid(k).then(|| v.value(k).as_bytes()))
+            }
+            DataType::LargeUtf8 => {
+                let v = values.as_string::<i64>();
+                self.lookup(table, rows, nulls, out, |k| v.is_valid(k).then(|| v.value(k).as_bytes()))
+            }
+            other => internal_err!("StringGroupAggregateExec cannot group by a dictionary of {other}"),
+        }?;
+        table.resize_accs();
+        Ok(())
+    }
+
+    fn lookup<'a>(
+        &mut self,
+        table: &mut GroupTable,
+        rows: &[i32],
+        nulls: Option<&NullBuffer>,
+        out: &mut Vec<u32>,
+        value: impl Fn(usize) -> Option<&'a [u8]>,
+    ) -> Result<()> {
+        for (i, &k) in rows.iter().enumerate() {
+            if nulls.is_some_and(|n| n.is_null(i)) {
+                // NULL rows keep the hash DataFusion gives them, 0, like NULL values of a string column.
+                out.push(table.null_group(0)?);
+                continue;
+            }
+            let k = k as usize;
+            let id = match self.ids[k] {
+                UNSET => {
+                    let id = match value(k) {
+                        Some(bytes) => table.find_or_insert(self.hashes[k], bytes)?,
+                        None => table.null_group(self.hashes[k])?,
+                    };
+                    self.ids[k] = id;
+                    id
+                }
+                id => id,
+            };
+            out.push(id);
+        }
+        Ok(())
+    }
+}
+
+/// Whether `a` and `b` are the same array: the same buffers at the same offsets (buffers are immutable).
+fn same_array(a: &ArrayRef, b: &ArrayRef) -> bool {
+    if a.len() != b.len() || a.data_type() != b.data_type() {
+        return false;
+    }
+    let (a, b) = (a.to_data(), b.to_data());
+    let same = |x: &datafusion::arrow::buffer::Buffer, y: &datafusion::arrow::buffer::Buffer| {
+        x.as_ptr() == y.as_ptr() && x.len() == y.len()
+    };
+    a.offset() == b.offset()
+        && a.buffers().len() == b.buffers().len()
+        && a.buffers().iter().zip(b.buffers()).all(|(x, y)| same(x, y))
+        && match (a.nulls(), b.nulls()) {
+            (None, None) => true,
+            (Some(x), Some(y)) => same(x.buffer(), y.buffer()) && x.offset() == y.offset(),
+            _ => false,
+        }
 }
 
 /// Merges output partition `partition`'s groups of every input table.
@@ -461,10 +598,10 @@ fn merge_tables(
         })
         .collect();
     // Sized once for every candidate group: no regrowth, and the index is probed with prefetching as in `intern`.
-    let mut merged = GroupTable::with_capacity(kinds, sources.iter().map(Vec::len).sum());
+    let mut merged = GroupTable::with_capacity(kinds, sources.iter().map(Vec::len).sum())?;
     reservation.try_resize(merged.allocated_size())?;
     let mut ids = Vec::new();
-    for (built, sources) in tables.iter().zip(&sources) {
+    for (t, (built, sources)) in tables.iter().zip(&sources).enumerate() {
         let table = &built.table;
         ids.clear();
         for (k, &g) in sources.iter().enumerate() {
@@ -473,6 +610,8 @@ fn merge_tables(
             }
             let hash = table.hashes[g as usize];
             let id = match table.key(g as usize) {
+                // The first table's keys are distinct and the merged table is empty before them: no comparisons.
+                Some(bytes) if t == 0 => merged.insert_new(hash, bytes)?,
                 Some(bytes) => merged.find_or_insert(hash, bytes)?,
                 None => merged.null_group(hash)?,
             };
@@ -481,7 +620,7 @@ fn merge_tables(
         let groups = merged.len();
         for (into, from) in merged.accs.iter_mut().zip(&table.accs) {
             into.resize(groups);
-            into.merge(from, sources, &ids);
+            into.merge(from, sources, &ids)?;
         }
         reservation.try_resize(merged.allocated_size())?;
     }
@@ -489,16 +628,35 @@ fn merge_tables(
 }
 
 /// Per-group state of one aggregate, indexed by group id.
-#[derive(Debug)]
 enum Acc {
     Count(Vec<i64>),
     SumF64 { sums: Vec<f64>, seen: Vec<bool> },
     SumI64 { sums: Vec<i64>, seen: Vec<bool> },
+    Generic {
+        expr: Arc<AggregateFunctionExpr>,
+        /// Until [`Acc::seal`]; afterwards its state is in `state`. (In a mutex only so that sealed tables can be
+        /// shared between output partitions: every use has the table to itself.)
+        acc: Option<Mutex<Box<dyn GroupsAccumulator>>>,
+        /// The accumulator's state once the input is done, one row per group: what the merge takes rows of.
+        state: Vec<ArrayRef>,
+        groups: usize,
+    },
+}
+
+impl fmt::Debug for Acc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Acc::Count(c) => write!(f, "Count({} groups)", c.len()),
+            Acc::SumF64 { sums, .. } => write!(f, "SumF64({} groups)", sums.len()),
+            Acc::SumI64 { sums, .. } => write!(f, "SumI64({} groups)", sums.len()),
+            Acc::Generic { expr, groups, .. } => write!(f, "{}({groups} groups)", expr.name()),
+        }
+    }
 }
 
 impl Acc {
-    fn new(kind: AggKind) -> Acc {
-        match kind {
+    fn new(kind: &AggKind) -> Result<Acc> {
+        Ok(match kind {
             AggKind::Count => Acc::Count(Vec::new()),
             AggKind::SumF64 => Acc::SumF64 {
                 sums: Vec::new(),
@@ -508,7 +666,13 @@ impl Acc {
                 sums: Vec::new(),
                 seen: Vec::new(),
             },
-        }
+            AggKind::Generic(expr) => Acc::Generic {
+                acc: Some(Mutex::new(expr.create_groups_accumulator()?)),
+                expr: expr.clone(),
+                state: Vec::new(),
+                groups: 0,
+            },
+        })
     }
 
     fn resize(&mut self, groups: usize) {
@@ -522,6 +686,7 @@ impl Acc {
                 sums.resize(groups, 0);
                 seen.resize(groups, false);
             }
+            Acc::Generic { groups: n, .. } => *n = groups,
         }
     }
 
@@ -530,12 +695,26 @@ impl Acc {
             Acc::Count(counts) => counts.capacity() * 8,
             Acc::SumF64 { sums, seen } => sums.capacity() * 8 + seen.capacity(),
             Acc::SumI64 { sums, seen } => sums.capacity() * 8 + seen.capacity(),
+            Acc::Generic { acc, state, .. } => {
+                acc.as_ref().map_or(0, |a| a.lock().size()) + state.iter().map(|s| s.get_array_memory_size()).sum::<usize>()
+            }
         }
     }
 
-    /// Adds one batch's argument values to the groups `ids` names (one id per row).
-    fn update(&mut self, arg: ColumnarValue, ids: &[u32]) -> Result<()> {
-        match (self, arg) {
+    /// Adds one batch's rows to the groups `ids` names (one id per row); `arg` is the aggregate's first argument
+    /// and `groups` the table's group count.
+    fn update(&mut self, batch: &RecordBatch, arg: &Arc<dyn PhysicalExpr>, ids: &[u32], groups: usize) -> Result<()> {
+        if let Acc::Generic { expr, acc: Some(acc), .. } = self {
+            let rows = batch.num_rows();
+            let args = expr
+                .expressions()
+                .iter()
+                .map(|e| e.evaluate(batch)?.into_array(rows))
+                .collect::<Result<Vec<_>>>()?;
+            let ids: Vec<usize> = ids.iter().map(|&g| g as usize).collect();
+            return acc.get_mut().update_batch(&args, &ids, None, groups);
+        }
+        match (self, arg.evaluate(batch)?) {
             (Acc::Count(counts), ColumnarValue::Scalar(value)) => {
                 if !value.is_null() {
                     for &g in ids {
@@ -565,12 +744,31 @@ impl Acc {
                 let values = values.as_primitive::<Int64Type>();
                 sum_into(sums, seen, values.values(), values.nulls(), ids, i64::wrapping_add);
             }
+            (Acc::Generic { expr, .. }, _) => {
+                return internal_err!("StringGroupAggregateExec: {} updated after its input ended", expr.name());
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends an input table's updates: a generic accumulator hands over its state, which merges read.
+    fn seal(&mut self) -> Result<()> {
+        if let Acc::Generic { acc, state, .. } = self
+            && let Some(acc) = acc.take()
+        {
+            *state = acc.into_inner().state(EmitTo::All)?;
         }
         Ok(())
     }
 
     /// Adds the states of groups `sources` of `other` into this table's groups `ids`.
-    fn merge(&mut self, other: &Acc, sources: &[u32], ids: &[u32]) {
+    fn merge(&mut self, other: &Acc, sources: &[u32], ids: &[u32]) -> Result<()> {
+        if let (Acc::Generic { acc: Some(acc), groups, .. }, Acc::Generic { state, .. }) = (&mut *self, other) {
+            let rows = UInt32Array::from(sources.to_vec());
+            let taken = state.iter().map(|s| take(s, &rows, None)).collect::<Result<Vec<_>, _>>()?;
+            let ids: Vec<usize> = ids.iter().map(|&g| g as usize).collect();
+            return acc.get_mut().merge_batch(&taken, &ids, *groups);
+        }
         match (self, other) {
             (Acc::Count(into), Acc::Count(from)) => {
                 for (&s, &g) in sources.iter().zip(ids) {
@@ -605,12 +803,13 @@ impl Acc {
                     }
                 }
             }
-            _ => unreachable!("tables of one operator have the same aggregates"),
+            _ => return internal_err!("StringGroupAggregateExec merged tables of different aggregates"),
         }
+        Ok(())
     }
 
-    fn finish(&self) -> ArrayRef {
-        match self {
+    fn finish(&mut self) -> Result<ArrayRef> {
+        Ok(match self {
             Acc::Count(counts) => Arc::new(Int64Array::from(counts.clone())),
             Acc::SumF64 { sums, seen } => Arc::new(Float64Array::new(
                 sums.clone().into(),
@@ -620,7 +819,11 @@ impl Acc {
                 sums.clone().into(),
                 Some(NullBuffer::new(BooleanBuffer::from(seen.as_slice()))),
             )),
-        }
+            Acc::Generic { acc: Some(acc), .. } => acc.get_mut().evaluate(EmitTo::All)?,
+            Acc::Generic { expr, .. } => {
+                return internal_err!("StringGroupAggregateExec: {} evaluated after its state was taken", expr.name());
+            }
+        })
     }
 }
 
@@ -683,22 +886,22 @@ struct GroupTable {
 }
 
 impl GroupTable {
-    fn new(kinds: &[AggKind]) -> GroupTable {
+    fn new(kinds: &[AggKind]) -> Result<GroupTable> {
         GroupTable::with_capacity(kinds, 0)
     }
 
     /// A table that holds `groups` groups without growing its index.
-    fn with_capacity(kinds: &[AggKind], groups: usize) -> GroupTable {
+    fn with_capacity(kinds: &[AggKind], groups: usize) -> Result<GroupTable> {
         let slots = (groups * 2).next_power_of_two().max(1024);
-        GroupTable {
+        Ok(GroupTable {
             slots: vec![Slot::default(); slots],
             shift: 64 - slots.trailing_zeros(),
             hashes: Vec::new(),
             ends: Vec::new(),
             bytes: Vec::new(),
             null: None,
-            accs: kinds.iter().map(|k| Acc::new(*k)).collect(),
-        }
+            accs: kinds.iter().map(Acc::new).collect::<Result<_>>()?,
+        })
     }
 
     fn len(&self) -> usize {
@@ -750,10 +953,15 @@ impl GroupTable {
             }
             other => internal_err!("StringGroupAggregateExec cannot group by {other}"),
         }?;
+        self.resize_accs();
+        Ok(())
+    }
+
+    /// Gives every aggregate a state for every group.
+    fn resize_accs(&mut self) {
         for acc in &mut self.accs {
             acc.resize(self.hashes.len());
         }
-        Ok(())
     }
 
     fn intern_rows<'a>(
@@ -838,6 +1046,25 @@ impl GroupTable {
         Ok(id)
     }
 
+    /// Adds a group for a key known not to be in the table yet.
+    fn insert_new(&mut self, hash: u64, key: &[u8]) -> Result<u32> {
+        let mask = self.slots.len() - 1;
+        let mut slot = self.slot_of(hash);
+        while self.slots[slot].meta != 0 {
+            slot = (slot + 1) & mask;
+        }
+        let start = self.bytes.len() as u64;
+        let id = self.push(hash, key)?;
+        self.slots[slot] = Slot {
+            meta: (hash & TAG) | (id as u64 + 1),
+            loc: (start << 16) | (key.len() as u64).min(LONG),
+        };
+        if self.hashes.len() * 2 > self.slots.len() {
+            self.grow();
+        }
+        Ok(id)
+    }
+
     /// Adds a group (not yet in the index).
     fn push(&mut self, hash: u64, key: &[u8]) -> Result<u32> {
         let id = self.hashes.len();
@@ -875,51 +1102,75 @@ impl GroupTable {
     }
 
     /// The groups as result batches of at most `batch_size` rows, in `schema`.
-    fn into_batches(self, schema: &SchemaRef, batch_size: usize) -> Result<Vec<RecordBatch>> {
+    fn into_batches(mut self, schema: &SchemaRef, batch_size: usize) -> Result<Vec<RecordBatch>> {
         let groups = self.len();
         if groups == 0 {
             return Ok(Vec::new());
         }
-        let bytes_len = self.bytes.len();
-        let key_type = schema.field(0).data_type();
-        let keys: ArrayRef = match key_type {
+        let accs: Vec<ArrayRef> = self.accs.iter_mut().map(Acc::finish).collect::<Result<_>>()?;
+        let batch_size = batch_size.max(1);
+        (0..groups)
+            .step_by(batch_size)
+            .map(|start| {
+                // Each batch gets keys of its own: a dictionary holding every group would be re-encoded whole by
+                // each consumer that converts rows per batch (a TopK above, `arrow-row` hydrates dictionaries).
+                let groups = start..(start + batch_size).min(groups);
+                let mut columns = vec![self.key_array(schema.field(0).data_type(), groups.clone())?];
+                columns.extend(accs.iter().map(|a| a.slice(groups.start, groups.len())));
+                Ok(RecordBatch::try_new(schema.clone(), columns)?)
+            })
+            .collect()
+    }
+
+    /// The keys of `groups`, in group order, as an array of `key_type`.
+    fn key_array(&self, key_type: &DataType, groups: std::ops::Range<usize>) -> Result<ArrayRef> {
+        let rows = groups.len();
+        let bytes_len = self.key_bytes(groups.clone()).len();
+        Ok(match key_type {
             DataType::Utf8View => {
-                let mut b = StringViewBuilder::with_capacity(groups);
-                self.append_keys(|k| b.append_option(k))?;
-                Arc::new(b.finish())
+                let mut b = StringViewBuilder::with_capacity(rows);
+                self.append_keys(groups, |k| b.append_option(k))?;
+                Arc::new(b.finish()) as ArrayRef
             }
             DataType::Utf8 => {
-                let mut b = StringBuilder::with_capacity(groups, bytes_len);
-                self.append_keys(|k| b.append_option(k))?;
+                let mut b = StringBuilder::with_capacity(rows, bytes_len);
+                self.append_keys(groups, |k| b.append_option(k))?;
                 Arc::new(b.finish())
             }
             DataType::LargeUtf8 => {
-                let mut b = LargeStringBuilder::with_capacity(groups, bytes_len);
-                self.append_keys(|k| b.append_option(k))?;
+                let mut b = LargeStringBuilder::with_capacity(rows, bytes_len);
+                self.append_keys(groups, |k| b.append_option(k))?;
                 Arc::new(b.finish())
+            }
+            DataType::Dictionary(key, value) if **key == DataType::Int32 => {
+                // Every group's key is distinct: the batch's groups are its dictionary, row `i` is key `i`.
+                let values = self.key_array(value, groups.clone())?;
+                let keys: Int32Array =
+                    groups.enumerate().map(|(i, g)| (self.null != Some(g as u32)).then_some(i as i32)).collect();
+                Arc::new(DictionaryArray::<Int32Type>::try_new(keys, values)?)
             }
             other => {
                 return internal_err!("StringGroupAggregateExec cannot output keys as {other}");
             }
-        };
-        let mut columns = vec![keys];
-        columns.extend(self.accs.iter().map(Acc::finish));
-        let batch = RecordBatch::try_new(schema.clone(), columns)?;
-        let batch_size = batch_size.max(1);
-        Ok((0..groups)
-            .step_by(batch_size)
-            .map(|start| batch.slice(start, batch_size.min(groups - start)))
-            .collect())
+        })
     }
 
-    fn append_keys(&self, mut append: impl FnMut(Option<&str>)) -> Result<()> {
-        for g in 0..self.len() {
+    /// The stored key bytes of `groups`, all together.
+    fn key_bytes(&self, groups: std::ops::Range<usize>) -> &[u8] {
+        if groups.is_empty() {
+            return &[];
+        }
+        let start = if groups.start == 0 { 0 } else { self.ends[groups.start - 1] };
+        &self.bytes[start..self.ends[groups.end - 1]]
+    }
+
+    fn append_keys(&self, groups: std::ops::Range<usize>, mut append: impl FnMut(Option<&str>)) -> Result<()> {
+        for g in groups {
             match self.key(g) {
                 None => append(None),
-                // The bytes were copied from valid UTF-8 string arrays.
-                Some(bytes) => append(Some(std::str::from_utf8(bytes).map_err(|e| {
-                    DataFusionError::Internal(format!("StringGroupAggregateExec key is not UTF-8: {e}"))
-                })?)),
+                // SAFETY: the bytes were copied whole from string arrays, which hold valid UTF-8 (a key is never
+                // split: `key` returns exactly the bytes one value put there).
+                Some(bytes) => append(Some(unsafe { std::str::from_utf8_unchecked(bytes) })),
             }
         }
         Ok(())

@@ -59,17 +59,30 @@ pub fn table_schema(signal: Signal) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(fields, stored.metadata().clone()))
 }
 
-/// The stored schema with top-level `Utf8` columns read as `Utf8View` (DataFusion's `schema_force_view_types`).
+/// Columns read dictionary-encoded, as `Dictionary(Int32, Utf8)`: ids that many rows share and that queries group
+/// by. The writer dictionary-encodes them (see `collector::writer::ParquetOptions`), and the Parquet reader then
+/// hands over each column chunk's dictionary once plus 4-byte keys per row instead of decoding every string, so a
+/// `GROUP BY session_id` interns each distinct id once per file rather than once per row
+/// (`crate::string_group`).
+pub const DICTIONARY_COLUMNS: [&str; 1] = ["session_id"];
+
+/// The stored schema with top-level `Utf8` columns read as `Utf8View` (DataFusion's `schema_force_view_types`),
+/// except [`DICTIONARY_COLUMNS`], read as dictionaries.
 ///
 /// The Parquet reader then points each string at the decoded page instead of copying it into a new buffer, and
-/// grouping, hashing and comparing short strings (providers, models, session ids) works on the inline 12-byte
-/// views. Results leave the engine as plain `Utf8` (see `Engine::sql`), so clients see the stored types.
+/// grouping, hashing and comparing short strings (providers, models) works on the inline 12-byte views. Results
+/// leave the engine as plain `Utf8` (see `Engine::sql`), so clients see the stored types.
 pub fn scan_file_schema(signal: Signal) -> SchemaRef {
     let stored = signal.schema();
     let fields: Vec<FieldRef> = stored
         .fields()
         .iter()
         .map(|f| match f.data_type() {
+            DataType::Utf8 if DICTIONARY_COLUMNS.contains(&f.name().as_str()) => Arc::new(
+                f.as_ref()
+                    .clone()
+                    .with_data_type(DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))),
+            ),
             DataType::Utf8 => Arc::new(f.as_ref().clone().with_data_type(DataType::Utf8View)),
             _ => f.clone(),
         })
@@ -246,7 +259,7 @@ impl SignalTable {
             let df_schema = DFSchema::try_from(self.schema.clone())?;
             source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
         }
-        let groups = balanced_groups(&self.data_dir, files, state.config().target_partitions());
+        let groups = balanced_groups(&self.data_dir, files, state.config().target_partitions(), self.signal);
         let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
             .with_file_groups(groups)
             .with_projection_indices(projection.cloned())?
@@ -407,7 +420,12 @@ fn negate_comparison(expr: &Expr) -> Option<Expr> {
 }
 
 /// Splits files into at most `partitions` groups of similar total size, so every core gets a share.
-fn balanced_groups(data_dir: &Path, files: Vec<&ParquetFile>, partitions: usize) -> Vec<FileGroup> {
+///
+/// tailscope's own files (named with their time range) hold exactly `signal`'s stored schema, so the reader is told
+/// to decode them straight into the scan's types ([`scan_file_schema`]): that is what makes [`DICTIONARY_COLUMNS`]
+/// arrive as dictionaries. Files placed there by others are read with their own schema and adapted.
+fn balanced_groups(data_dir: &Path, files: Vec<&ParquetFile>, partitions: usize, signal: Signal) -> Vec<FileGroup> {
+    let scan_schema = scan_file_schema(signal);
     let n = partitions.max(1).min(files.len().max(1));
     let mut sorted = files;
     sorted.sort_by_key(|f| std::cmp::Reverse(f.size));
@@ -417,12 +435,14 @@ fn balanced_groups(data_dir: &Path, files: Vec<&ParquetFile>, partitions: usize)
         lightest.0 += file.size;
         let path = data_dir.join(&file.relative_path);
         let location = path.to_string_lossy().trim_start_matches('/').to_string();
-        lightest
-            .1
-            .push(PartitionedFile::new(location, file.size).with_partition_values(vec![
-                ScalarValue::Utf8(Some(file.date.clone())),
-                ScalarValue::Utf8(Some(file.hour.clone())),
-            ]));
+        let mut part = PartitionedFile::new(location, file.size).with_partition_values(vec![
+            ScalarValue::Utf8(Some(file.date.clone())),
+            ScalarValue::Utf8(Some(file.hour.clone())),
+        ]);
+        if file.time_range_ns.is_some() {
+            part = part.with_arrow_schema(scan_schema.clone());
+        }
+        lightest.1.push(part);
     }
     groups
         .into_iter()
@@ -432,7 +452,8 @@ fn balanced_groups(data_dir: &Path, files: Vec<&ParquetFile>, partitions: usize)
 }
 
 /// Appends `date` and `hour` computed from the time column, as the writer names the directories, and casts stored
-/// columns to the table's types (strings to `Utf8View`; the views share the batch's string buffers).
+/// columns to the table's types (strings to `Utf8View`, whose views share the batch's string buffers, and
+/// [`DICTIONARY_COLUMNS`] to dictionaries).
 fn add_partition_columns(batch: &RecordBatch, signal: Signal, schema: &SchemaRef) -> Result<RecordBatch> {
     let time = batch
         .column_by_name(signal.time_column())

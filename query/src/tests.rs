@@ -703,11 +703,18 @@ const STRING_GROUP_SOURCE: &str = "(SELECT CASE WHEN value % 101 = 0 THEN NULL W
 
 #[tokio::test]
 async fn string_group_aggregate_matches_an_independent_computation() {
+    let plain = STRING_GROUP_SOURCE.to_string();
+    // The same keys dictionary-encoded (a dictionary per batch, NULL keys among them), as `session_id` is read.
+    let dictionary = format!("(SELECT arrow_cast(k, 'Dictionary(Int32, Utf8)') AS k, x, n FROM {STRING_GROUP_SOURCE}) AS d");
+    for source in [plain, dictionary] {
+        string_group_matches(&source).await;
+    }
+}
+
+async fn string_group_matches(source: &str) {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine(&Catalog::new(dir.path())).await;
-    let sql = format!(
-        "SELECT k, sum(x) AS sx, sum(n) AS sn, count(*) AS c, count(x) AS cx FROM {STRING_GROUP_SOURCE} GROUP BY k"
-    );
+    let sql = format!("SELECT k, sum(x) AS sx, sum(n) AS sn, count(*) AS c, count(x) AS cx FROM {source} GROUP BY k");
     let plan = engine.sql(&format!("EXPLAIN {sql}")).await.unwrap();
     let text = String::from_utf8(crate::format::to_bytes(crate::format::Format::Csv, &plan).unwrap()).unwrap();
     assert!(
@@ -753,6 +760,131 @@ async fn string_group_aggregate_matches_an_independent_computation() {
     }
     // The float values are multiples of 0.5 far below 2^52, so every order of addition gives the same sums.
     assert_eq!(got, expected);
+
+    // Quantiles, extremes and means run through their own groups accumulators in the same operator.
+    let sql = format!(
+        "SELECT k, quantile_exact(x, 0.5) AS p50, quantile_exact(x, 0.99) AS p99, min(x) AS lo, max(x) AS hi, \
+         avg(x) AS mean, count(*) AS c FROM {source} GROUP BY k"
+    );
+    let plan = engine.sql(&format!("EXPLAIN {sql}")).await.unwrap();
+    let text = String::from_utf8(crate::format::to_bytes(crate::format::Format::Csv, &plan).unwrap()).unwrap();
+    assert!(text.contains("StringGroupAggregateExec"), "the rule did not fire:\n{text}");
+    let mut values: std::collections::HashMap<Option<String>, (Vec<f64>, i64)> = Default::default();
+    for v in 0..200_000 {
+        let (key, x, _) = string_group_row(v);
+        let e = values.entry(key).or_default();
+        e.0.extend(x);
+        e.1 += 1;
+    }
+    let out = engine.sql(&sql).await.unwrap();
+    let mut seen = 0;
+    for b in &out.batches {
+        let k = b.column_by_name("k").unwrap().as_string::<i32>();
+        let col = |name: &str| b.column_by_name(name).unwrap().as_primitive::<Float64Type>().clone();
+        let (p50, p99, lo, hi, mean) = (col("p50"), col("p99"), col("lo"), col("hi"), col("mean"));
+        let c = b.column_by_name("c").unwrap().as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            let key = k.is_valid(i).then(|| k.value(i).to_string());
+            let (xs, n) = &values[&key];
+            let get = |a: &datafusion::arrow::array::Float64Array| a.is_valid(i).then(|| a.value(i));
+            assert_eq!(c.value(i), *n, "{key:?}");
+            if xs.is_empty() {
+                assert_eq!((get(&p50), get(&lo), get(&mean)), (None, None, None), "{key:?}");
+                continue;
+            }
+            let want = |q| crate::fixture::numpy_quantile(xs, q);
+            assert_eq!(get(&p50), Some(want(0.5)), "{key:?}");
+            assert_eq!(get(&p99), Some(want(0.99)), "{key:?}");
+            assert_eq!(get(&lo), xs.iter().copied().reduce(f64::min), "{key:?}");
+            assert_eq!(get(&hi), xs.iter().copied().reduce(f64::max), "{key:?}");
+            let m = xs.iter().sum::<f64>() / xs.len() as f64;
+            assert!((get(&mean).unwrap() - m).abs() <= 1e-9 * m.abs().max(1.0), "{key:?}");
+            seen += 1;
+        }
+    }
+    assert_eq!(out.num_rows(), values.len());
+    assert!(seen > 1000);
+}
+
+/// `session_id` as the scan reads it: dictionaries shared by the batches of a file (the operator's cache), from
+/// several files and the unflushed buffer, with NULL ids. Checked against sums computed from the rows.
+#[tokio::test]
+async fn sessions_group_by_their_dictionary_across_files_and_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::new(dir.path());
+    let rows: Vec<SpanRow> = (0..30_000u64)
+        .map(|i| SpanRow {
+            trace_id: format!("{:032x}", i / 7 + 1),
+            span_id: format!("{:016x}", i + 1),
+            name: "chat".into(),
+            start_ns: NINE + (i as i64) * 400_000_000,
+            duration_ns: 1_000_000,
+            service_name: "svc".into(),
+            session_id: (i % 13 != 0).then(|| format!("session-{}", (i * 7919) % 2503)),
+            cost_usd: (i % 3 != 0).then(|| (i % 100) as f64 / 4.0),
+            ..Default::default()
+        })
+        .collect();
+    // 30,000 spans 0.4 s apart: the first two hours as files (9,000 rows, more than a batch, each), the rest
+    // buffered.
+    let hour = |r: &SpanRow| (r.start_ns - NINE) / HOUR;
+    let part = |h: i64| rows.iter().filter(|r| hour(r) == h).cloned().collect::<Vec<_>>();
+    let files = vec![
+        (Signal::Spans, write_parquet(dir.path(), Signal::Spans, &spans_batch(&part(0)), 1).unwrap()),
+        (Signal::Spans, write_parquet(dir.path(), Signal::Spans, &spans_batch(&part(1)), 2).unwrap()),
+    ];
+    catalog.commit_flush(files, 2);
+    catalog.add_batch(Signal::Spans, 3, spans_batch(&rows.iter().filter(|r| hour(r) >= 2).cloned().collect::<Vec<_>>()));
+    let engine = engine(&catalog).await;
+    let sql = "SELECT session_id, sum(cost_usd) AS cost, count(*) AS spans FROM spans GROUP BY session_id";
+    let plan = engine.sql(&format!("EXPLAIN {sql}")).await.unwrap();
+    let text = String::from_utf8(crate::format::to_bytes(crate::format::Format::Csv, &plan).unwrap()).unwrap();
+    assert!(text.contains("StringGroupAggregateExec"), "the rule did not fire:\n{text}");
+
+    let mut expected: std::collections::HashMap<Option<String>, (Option<f64>, i64)> = Default::default();
+    for r in &rows {
+        let e = expected.entry(r.session_id.clone()).or_insert((None, 0));
+        if let Some(c) = r.cost_usd {
+            e.0 = Some(e.0.unwrap_or(0.0) + c);
+        }
+        e.1 += 1;
+    }
+    let out = engine.sql(sql).await.unwrap();
+    assert_eq!(out.schema.field(0).data_type(), &datafusion::arrow::datatypes::DataType::Utf8);
+    let mut got: std::collections::HashMap<Option<String>, (Option<f64>, i64)> = Default::default();
+    for b in &out.batches {
+        let k = b.column(0).as_string::<i32>();
+        let cost = b.column(1).as_primitive::<Float64Type>();
+        let n = b.column(2).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            let key = k.is_valid(i).then(|| k.value(i).to_string());
+            let row = (cost.is_valid(i).then(|| cost.value(i)), n.value(i));
+            assert!(got.insert(key.clone(), row).is_none(), "session {key:?} answered twice");
+        }
+    }
+    // Costs are multiples of 0.25 far below 2^52: every order of addition gives the same sums.
+    assert_eq!(got, expected);
+    // A filter leaves each batch's whole dictionary in place: ids that no remaining row uses are no groups.
+    let one = engine
+        .sql("SELECT session_id, count(*) AS n FROM spans WHERE session_id = 'session-42' GROUP BY session_id")
+        .await
+        .unwrap();
+    assert_eq!(i64_col(&one, "n"), vec![expected[&Some("session-42".to_string())].1]);
+    let dear = engine
+        .sql("SELECT count(*) AS sessions, sum(n) AS n FROM (SELECT session_id, count(*) AS n FROM spans \
+              WHERE cost_usd > 20 GROUP BY session_id)")
+        .await
+        .unwrap();
+    let want: std::collections::HashSet<_> =
+        rows.iter().filter(|r| r.cost_usd.is_some_and(|c| c > 20.0)).map(|r| r.session_id.clone()).collect();
+    let want_rows = rows.iter().filter(|r| r.cost_usd.is_some_and(|c| c > 20.0)).count() as i64;
+    assert_eq!((i64_col(&dear, "sessions"), i64_col(&dear, "n")), (vec![want.len() as i64], vec![want_rows]));
+    // Other aggregates over the dictionary column run in DataFusion's own operators.
+    let other = engine
+        .sql("SELECT count(*) AS n FROM (SELECT session_id, min(start_time) FROM spans GROUP BY session_id)")
+        .await
+        .unwrap();
+    assert_eq!(i64_col(&other, "n"), vec![expected.len() as i64]);
 }
 
 #[tokio::test]
