@@ -11,6 +11,10 @@
 //! | `5m`   | 30 s  | 10          |
 //! | `1h`   | 5 min | 12          |
 //!
+//! A span is recorded once, in the newest 10 s slice; when that slice closes it is added whole to the 30 s and
+//! 5 min slices that contain it, and a report of `5m` or `1h` counts the still-open 10 s slice in as well, so every
+//! window holds exactly the spans of its slices at the cost of one histogram update per span.
+//!
 //! A window therefore covers the current (partial) slice plus the previous complete ones: between `window - slice`
 //! and `window` of history; rates divide by the time actually covered. The per-slice p99 of the window's slices is
 //! the sparkline series. Durations are recorded in microseconds with 3 significant digits (relative error
