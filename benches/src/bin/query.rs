@@ -308,12 +308,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         generate(&dir, args.rows)?;
     }
     let bytes: u64 = Catalog::open(&dir)?.snapshot(Signal::Spans).files.iter().map(|f| f.size).sum();
-    eprintln!(
-        "{} spans in {:.1} MiB of Parquet ({:.1} s to generate)",
-        args.rows,
-        bytes as f64 / 1048576.0,
-        started.elapsed().as_secs_f64()
-    );
+    let generated_s = started.elapsed().as_secs_f64();
 
     let config = QueryConfig {
         timeout: Duration::from_secs(600),
@@ -321,6 +316,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_concurrent: 1,
     };
     let engine = Engine::open(&dir, config).await?;
+    // A reused `--data-dir` holds however many spans it was generated with, whatever `--rows` says now.
+    let count = engine.sql("SELECT count(*) AS n FROM spans").await?;
+    let rows = count.batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+        .map_or(0, |n| n.value(0));
+    eprintln!("{rows} spans in {:.1} MiB of Parquet ({generated_s:.1} s to generate)", bytes as f64 / 1048576.0);
     let mut duck = match args.engine.as_str() {
         "both" => {
             let (duck, hello) = DuckDb::start(&dir)?;
@@ -370,7 +373,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         table.push((b.name, ours_s, theirs_s));
     }
 
-    println!("| Query ({} spans) | tailscope (ms) | DuckDB (ms) | tailscope / DuckDB |", args.rows);
+    println!("| Query ({rows} spans) | tailscope (ms) | DuckDB (ms) | tailscope / DuckDB |");
     println!("|---|---:|---:|---:|");
     for (name, ours, theirs) in table {
         match theirs {
