@@ -698,12 +698,12 @@ mod tests {
         for now in [start + 2400 * NS_PER_S, start + 2403 * NS_PER_S, start + 2700 * NS_PER_S] {
             for window in Window::ALL {
                 let current = now.div_euclid(window.slice_ns());
-                let inside: Vec<_> = spans
-                    .iter()
-                    .filter(|(at, ..)| (current - window.slices() + 1..=current).contains(&at.div_euclid(window.slice_ns())))
-                    .collect();
+                let slices = current - window.slices() + 1..=current;
+                let inside: Vec<_> =
+                    spans.iter().filter(|(at, ..)| slices.contains(&at.div_euclid(window.slice_ns()))).collect();
                 let report = live.report_at(window, Grouping::default(), &RouteFilter::default(), false, now);
-                let (count, errors, max_ms) = report.rows.first().map_or((0, 0, 0.0), |r| (r.count, r.errors, r.max_ms));
+                let first = report.rows.first();
+                let (count, errors, max_ms) = first.map_or((0, 0, 0.0), |r| (r.count, r.errors, r.max_ms));
                 let max = inside.iter().map(|(_, ns, _)| *ns as f64 / 1e6).fold(0.0, f64::max);
                 assert_eq!(count, inside.len() as u64, "{window} at {now}");
                 assert_eq!(errors, inside.iter().filter(|(.., e)| *e).count() as u64, "{window} at {now}");

@@ -12,8 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use datafusion::arrow::array::{
     ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, MapBuilder, MapFieldNames,
-    StringBuilder,
-    TimestampNanosecondBuilder,
+    StringBuilder, TimestampNanosecondBuilder,
 };
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -314,7 +313,11 @@ static SPAN_RESOURCE_ATTRIBUTES: MapSizeHint = MapSizeHint::new();
 
 impl MapSizeHint {
     const fn new() -> MapSizeHint {
-        MapSizeHint { entries_x16: AtomicUsize::new(0), key_bytes_x16: AtomicUsize::new(0), value_bytes_x16: AtomicUsize::new(0) }
+        MapSizeHint {
+            entries_x16: AtomicUsize::new(0),
+            key_bytes_x16: AtomicUsize::new(0),
+            value_bytes_x16: AtomicUsize::new(0),
+        }
     }
 
     /// A map builder for `rows` rows like the last ones, with an eighth to spare.
@@ -356,6 +359,11 @@ struct ResourceBuilders {
 
 impl ResourceBuilders {
     fn new(capacity: usize) -> Self {
+        ResourceBuilders::with_attributes(capacity, attr_map_builder(capacity))
+    }
+
+    /// Builders for `capacity` rows whose `resource_attributes` go to `attributes`.
+    fn with_attributes(capacity: usize, attributes: AttrMapBuilder) -> Self {
         ResourceBuilders {
             service_name: StringBuilder::with_capacity(capacity, capacity * 8),
             service_version: StringBuilder::new(),
@@ -364,7 +372,7 @@ impl ResourceBuilders {
             cloud_provider: StringBuilder::new(),
             cloud_region: StringBuilder::new(),
             cloud_availability_zone: StringBuilder::new(),
-            resource_attributes: attr_map_builder(capacity),
+            resource_attributes: attributes,
             scope_name: StringBuilder::new(),
             scope_version: StringBuilder::new(),
         }
@@ -620,10 +628,7 @@ impl SpanBuilders {
             duration_ns: Int64Builder::with_capacity(n),
             status_code: ids(5),
             status_message: StringBuilder::new(),
-            resource: ResourceBuilders {
-                resource_attributes: SPAN_RESOURCE_ATTRIBUTES.builder(n),
-                ..ResourceBuilders::new(n)
-            },
+            resource: ResourceBuilders::with_attributes(n, SPAN_RESOURCE_ATTRIBUTES.builder(n)),
             peer_cloud_provider: StringBuilder::new(),
             peer_cloud_region: StringBuilder::new(),
             gen_ai_provider: StringBuilder::new(),

@@ -450,6 +450,9 @@ async fn build_table(
     let mut hashes = Vec::new();
     let mut group_ids = Vec::new();
     let mut dictionary = DictionaryGroups::default();
+    // The group ids as `usize`, which groups accumulators take: made once per batch for all of them.
+    let any_generic = kinds.iter().any(|k| matches!(k, AggKind::Generic(_)));
+    let mut wide_ids: Vec<usize> = Vec::new();
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         let _timer = time.timer();
@@ -467,8 +470,12 @@ async fn build_table(
             table.intern(&keys, &hashes, &mut group_ids)?;
         }
         let groups = table.len();
+        if any_generic {
+            wide_ids.clear();
+            wide_ids.extend(group_ids.iter().map(|&g| g as usize));
+        }
         for (acc, (_, arg)) in table.accs.iter_mut().zip(&aggs) {
-            acc.update(&batch, arg, &group_ids, groups)?;
+            acc.update(&batch, arg, &group_ids, &wide_ids, groups)?;
         }
         reservation.try_resize(table.allocated_size())?;
     }
@@ -696,14 +703,22 @@ impl Acc {
             Acc::SumF64 { sums, seen } => sums.capacity() * 8 + seen.capacity(),
             Acc::SumI64 { sums, seen } => sums.capacity() * 8 + seen.capacity(),
             Acc::Generic { acc, state, .. } => {
-                acc.as_ref().map_or(0, |a| a.lock().size()) + state.iter().map(|s| s.get_array_memory_size()).sum::<usize>()
+                let state_bytes: usize = state.iter().map(|s| s.get_array_memory_size()).sum();
+                acc.as_ref().map_or(0, |a| a.lock().size()) + state_bytes
             }
         }
     }
 
-    /// Adds one batch's rows to the groups `ids` names (one id per row); `arg` is the aggregate's first argument
-    /// and `groups` the table's group count.
-    fn update(&mut self, batch: &RecordBatch, arg: &Arc<dyn PhysicalExpr>, ids: &[u32], groups: usize) -> Result<()> {
+    /// Adds one batch's rows to the groups `ids` names (one id per row; `wide_ids` the same as `usize`, for a
+    /// generic accumulator); `arg` is the aggregate's first argument and `groups` the table's group count.
+    fn update(
+        &mut self,
+        batch: &RecordBatch,
+        arg: &Arc<dyn PhysicalExpr>,
+        ids: &[u32],
+        wide_ids: &[usize],
+        groups: usize,
+    ) -> Result<()> {
         if let Acc::Generic { expr, acc: Some(acc), .. } = self {
             let rows = batch.num_rows();
             let args = expr
@@ -711,8 +726,7 @@ impl Acc {
                 .iter()
                 .map(|e| e.evaluate(batch)?.into_array(rows))
                 .collect::<Result<Vec<_>>>()?;
-            let ids: Vec<usize> = ids.iter().map(|&g| g as usize).collect();
-            return acc.get_mut().update_batch(&args, &ids, None, groups);
+            return acc.get_mut().update_batch(&args, wide_ids, None, groups);
         }
         match (self, arg.evaluate(batch)?) {
             (Acc::Count(counts), ColumnarValue::Scalar(value)) => {

@@ -235,7 +235,8 @@ impl SignalTable {
         projection: Option<&Vec<usize>>,
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let table_schema = TableSchema::builder(scan_file_schema(self.signal))
+        let file_schema = scan_file_schema(self.signal);
+        let table_schema = TableSchema::builder(file_schema.clone())
             .with_table_partition_cols(partition_fields())
             .build();
         // Committed files never change (a rewrite gets a new name), so their footers and page indexes are read
@@ -259,7 +260,7 @@ impl SignalTable {
             let df_schema = DFSchema::try_from(self.schema.clone())?;
             source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
         }
-        let groups = balanced_groups(&self.data_dir, files, state.config().target_partitions(), self.signal);
+        let groups = balanced_groups(&self.data_dir, files, state.config().target_partitions(), &file_schema);
         let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
             .with_file_groups(groups)
             .with_projection_indices(projection.cloned())?
@@ -421,11 +422,16 @@ fn negate_comparison(expr: &Expr) -> Option<Expr> {
 
 /// Splits files into at most `partitions` groups of similar total size, so every core gets a share.
 ///
-/// tailscope's own files (named with their time range) hold exactly `signal`'s stored schema, so the reader is told
-/// to decode them straight into the scan's types ([`scan_file_schema`]): that is what makes [`DICTIONARY_COLUMNS`]
-/// arrive as dictionaries. Files placed there by others are read with their own schema and adapted.
-fn balanced_groups(data_dir: &Path, files: Vec<&ParquetFile>, partitions: usize, signal: Signal) -> Vec<FileGroup> {
-    let scan_schema = scan_file_schema(signal);
+/// tailscope's own files (named with their time range) hold exactly the signal's stored schema, so the reader is
+/// told to decode them straight into the scan's types, `scan_schema` ([`scan_file_schema`]): that is what makes
+/// [`DICTIONARY_COLUMNS`] arrive as dictionaries. Files placed there by others are read with their own schema and
+/// adapted.
+fn balanced_groups(
+    data_dir: &Path,
+    files: Vec<&ParquetFile>,
+    partitions: usize,
+    scan_schema: &SchemaRef,
+) -> Vec<FileGroup> {
     let n = partitions.max(1).min(files.len().max(1));
     let mut sorted = files;
     sorted.sort_by_key(|f| std::cmp::Reverse(f.size));

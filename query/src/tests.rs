@@ -705,7 +705,8 @@ const STRING_GROUP_SOURCE: &str = "(SELECT CASE WHEN value % 101 = 0 THEN NULL W
 async fn string_group_aggregate_matches_an_independent_computation() {
     let plain = STRING_GROUP_SOURCE.to_string();
     // The same keys dictionary-encoded (a dictionary per batch, NULL keys among them), as `session_id` is read.
-    let dictionary = format!("(SELECT arrow_cast(k, 'Dictionary(Int32, Utf8)') AS k, x, n FROM {STRING_GROUP_SOURCE}) AS d");
+    let dictionary =
+        format!("(SELECT arrow_cast(k, 'Dictionary(Int32, Utf8)') AS k, x, n FROM {STRING_GROUP_SOURCE}) AS d");
     for source in [plain, dictionary] {
         string_group_matches(&source).await;
     }
@@ -834,7 +835,8 @@ async fn sessions_group_by_their_dictionary_across_files_and_buffer() {
         (Signal::Spans, write_parquet(dir.path(), Signal::Spans, &spans_batch(&part(1)), 2).unwrap()),
     ];
     catalog.commit_flush(files, 2);
-    catalog.add_batch(Signal::Spans, 3, spans_batch(&rows.iter().filter(|r| hour(r) >= 2).cloned().collect::<Vec<_>>()));
+    let buffered: Vec<SpanRow> = rows.iter().filter(|r| hour(r) >= 2).cloned().collect();
+    catalog.add_batch(Signal::Spans, 3, spans_batch(&buffered));
     let engine = engine(&catalog).await;
     let sql = "SELECT session_id, sum(cost_usd) AS cost, count(*) AS spans FROM spans GROUP BY session_id";
     let plan = engine.sql(&format!("EXPLAIN {sql}")).await.unwrap();
