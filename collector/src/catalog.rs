@@ -81,10 +81,7 @@ impl Catalog {
     /// An empty catalog for `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Catalog {
         let tables = Signal::ALL.iter().map(|s| (*s, TableState::default())).collect();
-        Catalog {
-            data_dir: Arc::new(data_dir.into()),
-            tables: Arc::new(RwLock::new(tables)),
-        }
+        Catalog { data_dir: Arc::new(data_dir.into()), tables: Arc::new(RwLock::new(tables)) }
     }
 
     /// A catalog holding every tailscope-layout Parquet file found under `data_dir` (no buffer).

@@ -57,29 +57,22 @@ impl Default for Config {
 impl Config {
     /// Parses a TOML document; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: origin.to_path_buf(),
-            message: source.to_string(),
-        })?;
+        let config: Config = toml::from_str(text)
+            .map_err(|source| ConfigError::Parse { path: origin.to_path_buf(), message: source.to_string() })?;
         config.validate()?;
         Ok(config)
     }
 
     /// Reads and parses a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Config::from_toml(&text, path)
     }
 
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field: &str, reason: String| ConfigError::Invalid {
-            field: field.to_string(),
-            reason,
-        };
+        let invalid = |field: &str, reason: String| ConfigError::Invalid { field: field.to_string(), reason };
         if self.ingest.max_body_bytes == 0 {
             return Err(invalid("ingest.max_body_bytes", "must be greater than 0".into()));
         }
@@ -105,9 +98,7 @@ impl Config {
             return Err(invalid("query.max_concurrent", "must be greater than 0".into()));
         }
         for (i, budget) in self.budgets.iter().enumerate() {
-            budget
-                .validate()
-                .map_err(|reason| invalid(&format!("budget[{i}] ({})", budget.name), reason))?;
+            budget.validate().map_err(|reason| invalid(&format!("budget[{i}] ({})", budget.name), reason))?;
         }
         let cost = |e: crate::cost::CostError| match e {
             crate::cost::CostError::Config { field, reason } => ConfigError::Invalid { field, reason },
@@ -221,11 +212,7 @@ pub struct QueryConfig {
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        QueryConfig {
-            timeout: Duration::from_secs(60),
-            memory_limit_mb: 2048,
-            max_concurrent: 8,
-        }
+        QueryConfig { timeout: Duration::from_secs(60), memory_limit_mb: 2048, max_concurrent: 8 }
     }
 }
 

@@ -57,9 +57,9 @@ impl IngestError {
     /// The gRPC status code for this error.
     pub fn grpc_code(&self) -> tonic::Code {
         match self {
-            IngestError::Malformed { .. } | IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => {
-                tonic::Code::InvalidArgument
-            }
+            IngestError::Malformed { .. }
+            | IngestError::UnsupportedMediaType(_)
+            | IngestError::UnsupportedEncoding(_) => tonic::Code::InvalidArgument,
             IngestError::TooLarge { .. } => tonic::Code::ResourceExhausted,
             IngestError::Backpressure { .. } | IngestError::Storage(_) | IngestError::ShuttingDown => {
                 tonic::Code::Unavailable

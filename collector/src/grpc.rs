@@ -166,7 +166,9 @@ impl LogsService for OtlpGrpc {
 fn map_too_large(mut response: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
     let headers = response.headers_mut();
     let too_large = headers.get("grpc-status").is_some_and(|v| v == "11")
-        && headers.get("grpc-message").is_some_and(|m| m.to_str().is_ok_and(|m| m.contains("too%20large") || m.contains("too large")));
+        && headers
+            .get("grpc-message")
+            .is_some_and(|m| m.to_str().is_ok_and(|m| m.contains("too%20large") || m.contains("too large")));
     if too_large {
         headers.insert("grpc-status", http::HeaderValue::from_static("8"));
         headers.insert(
@@ -207,6 +209,7 @@ pub async fn serve(
         .await
 }
 
-fn tower_layer_map_response() -> tower::util::MapResponseLayer<fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>> {
+fn tower_layer_map_response()
+-> tower::util::MapResponseLayer<fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>> {
     tower::util::MapResponseLayer::new(map_too_large as fn(_) -> _)
 }

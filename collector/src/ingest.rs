@@ -10,9 +10,9 @@
 //! is repaired at start by [`Ingest::start`] (uncommitted files removed, WAL replayed), so nothing is lost and
 //! nothing is stored twice.
 
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::io::IoSlice;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
@@ -37,9 +37,16 @@ const GROUP_MAX_RECORDS: usize = 4096;
 const GROUP_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 enum WalCommand {
-    Append { kind: RecordKind, batch: RecordBatch, payload: Bytes, ack: oneshot::Sender<Result<u64, String>> },
+    Append {
+        kind: RecordKind,
+        batch: RecordBatch,
+        payload: Bytes,
+        ack: oneshot::Sender<Result<u64, String>>,
+    },
     /// Start a new segment; answers the last sequence number written and the new segment's id.
-    Rotate { ack: oneshot::Sender<Result<(u64, u64), String>> },
+    Rotate {
+        ack: oneshot::Sender<Result<(u64, u64), String>>,
+    },
 }
 
 /// The durable write path. Cheap to share (`Arc`).
@@ -275,11 +282,16 @@ impl Ingest {
         }
         let (through_seq, current_segment) = match done.await {
             Ok(Ok(v)) => v,
-            Ok(Err(e)) => return Err(self.flush_failed(&mut state, StorageError::Io {
-                action: "rotating WAL",
-                path: self.config.data_dir.join("wal"),
-                source: std::io::Error::other(e),
-            })),
+            Ok(Err(e)) => {
+                return Err(self.flush_failed(
+                    &mut state,
+                    StorageError::Io {
+                        action: "rotating WAL",
+                        path: self.config.data_dir.join("wal"),
+                        source: std::io::Error::other(e),
+                    },
+                ));
+            }
             Err(_) => return Ok(()),
         };
         let batches = self.catalog.batches_through(through_seq);
@@ -288,8 +300,7 @@ impl Ingest {
             row_group_rows: self.config.storage.row_group_rows,
             zstd_level: self.config.storage.zstd_level,
         };
-        let flushed_bytes: usize =
-            batches.values().flatten().map(|b| b.get_array_memory_size()).sum();
+        let flushed_bytes: usize = batches.values().flatten().map(|b| b.get_array_memory_size()).sum();
         let write = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
             let mut files = Vec::new();
             for (signal, batches) in &batches {
@@ -316,11 +327,14 @@ impl Ingest {
             Ok(Ok(files)) => files,
             Ok(Err(e)) => return Err(self.flush_failed(&mut state, e)),
             Err(join) => {
-                return Err(self.flush_failed(&mut state, StorageError::Io {
-                    action: "flushing",
-                    path: self.config.data_dir.clone(),
-                    source: std::io::Error::other(join.to_string()),
-                }));
+                return Err(self.flush_failed(
+                    &mut state,
+                    StorageError::Io {
+                        action: "flushing",
+                        path: self.config.data_dir.clone(),
+                        source: std::io::Error::other(join.to_string()),
+                    },
+                ));
             }
         };
         let bytes: u64 = files.iter().map(|(_, f)| f.size).sum();
@@ -342,8 +356,12 @@ impl Ingest {
         self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics.buffered_bytes.set(self.buffered_bytes() as i64);
         tracing::info!(
-            rows = buffered_rows, files = nfiles, bytes, through_seq,
-            ms = started.elapsed().as_millis() as u64, "flushed to Parquet"
+            rows = buffered_rows,
+            files = nfiles,
+            bytes,
+            through_seq,
+            ms = started.elapsed().as_millis() as u64,
+            "flushed to Parquet"
         );
         Ok(())
     }

@@ -988,7 +988,13 @@ struct MetricInfo<'a> {
 }
 
 impl PointValues {
-    fn histogram(count: u64, sum: Option<f64>, min: Option<f64>, max: Option<f64>, buckets: &serde_json::Value) -> Self {
+    fn histogram(
+        count: u64,
+        sum: Option<f64>,
+        min: Option<f64>,
+        max: Option<f64>,
+        buckets: &serde_json::Value,
+    ) -> Self {
         PointValues { count: Some(i64_of(count)), sum, min, max, buckets: Some(buckets.to_string()), value: None }
     }
 }
@@ -1155,7 +1161,9 @@ pub fn normalize_metrics(request: &ExportMetricsServiceRequest) -> Normalized {
                             if check(p.time_unix_nano, &mut rejections) {
                                 let side = |b: &Option<_>| {
                                     let b: &Option<opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets> = b;
-                                    b.as_ref().map(|b| serde_json::json!({"offset": b.offset, "bucket_counts": b.bucket_counts}))
+                                    b.as_ref().map(
+                                        |b| serde_json::json!({"offset": b.offset, "bucket_counts": b.bucket_counts}),
+                                    )
                                 };
                                 let buckets = serde_json::json!({
                                     "scale": p.scale,

@@ -99,9 +99,7 @@ pub fn decode<T: Message + Default + DeserializeOwned>(encoding: Encoding, body:
         }),
         Encoding::Json => serde_json::from_slice(body).map_err(|e| IngestError::Malformed {
             format: "JSON",
-            detail: format!(
-                "{e}; OTLP/JSON wants lowerCamelCase keys, hex trace/span ids and integer enum values"
-            ),
+            detail: format!("{e}; OTLP/JSON wants lowerCamelCase keys, hex trace/span ids and integer enum values"),
         }),
     }
 }

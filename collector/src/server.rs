@@ -112,14 +112,14 @@ async fn readyz(State(c): State<Collector>) -> impl IntoResponse {
     // Past 90% of the buffer, new data is about to be refused, and after a refusal clients wait out `retry_after`:
     // tell load balancers to send data elsewhere.
     if buffered as f64 > 0.9 * limit as f64 || ingest.backpressure_within(ingest.config().ingest.retry_after) {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("write buffer {buffered} of {limit} bytes: applying backpressure\n"));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("write buffer {buffered} of {limit} bytes: applying backpressure\n"),
+        );
     }
     (StatusCode::OK, "ready\n".to_string())
 }
 
 async fn prometheus(State(c): State<Collector>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        c.metrics.encode(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], c.metrics.encode())
 }

@@ -84,7 +84,11 @@ impl Metrics {
         registry.register("items_accepted", "Items acknowledged after the WAL fsync", accepted.clone());
         registry.register("items_rejected", "Items rejected, by reason", rejected.clone());
         registry.register("requests_rejected", "Export requests rejected whole, by reason", requests_rejected.clone());
-        registry.register("backpressure_rejections", "Requests refused because the write buffer was full", backpressure.clone());
+        registry.register(
+            "backpressure_rejections",
+            "Requests refused because the write buffer was full",
+            backpressure.clone(),
+        );
         registry.register("wal_written_bytes", "Bytes written to the write-ahead log", wal_bytes.clone());
         registry.register("wal_syncs", "WAL fsyncs (group commits)", wal_syncs.clone());
         registry.register("wal_pending_bytes", "WAL bytes not yet flushed to Parquet", wal_pending_bytes.clone());

@@ -458,10 +458,8 @@ mod tests {
         Wal::recover(&wal_dir).unwrap();
         let mut wal = Wal::open(&wal_dir, 1, true).unwrap();
         let payloads: Vec<Vec<u8>> = (0..1500u32).map(|i| i.to_le_bytes().repeat(i as usize % 7 + 1)).collect();
-        let headers: Vec<_> = payloads
-            .iter()
-            .map(|p| record_header(wal.reserve(1), RecordKind::OtlpTraces, p))
-            .collect();
+        let headers: Vec<_> =
+            payloads.iter().map(|p| record_header(wal.reserve(1), RecordKind::OtlpTraces, p)).collect();
         let mut parts: Vec<IoSlice<'_>> =
             headers.iter().zip(&payloads).flat_map(|(h, p)| [IoSlice::new(h), IoSlice::new(p)]).collect();
         wal.append_parts(&mut parts).unwrap();

@@ -398,7 +398,10 @@ mod tests {
     fn request(span: Span) -> Vec<u8> {
         ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
-                resource: Some(Resource { attributes: vec![kv("service.name", any_value::Value::StringValue("svc".into()))], ..Default::default() }),
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", any_value::Value::StringValue("svc".into()))],
+                    ..Default::default()
+                }),
                 scope_spans: vec![ScopeSpans {
                     scope: Some(InstrumentationScope { name: "lib".into(), ..Default::default() }),
                     spans: vec![span],
@@ -447,16 +450,31 @@ mod tests {
         assert_eq!(rs[0].scope_spans[0].scope.as_ref().unwrap().name, "lib");
         let mut v = SpanView::default();
         v.read(rs[0].scope_spans[0].spans[0]).unwrap();
-        assert_eq!((v.trace_id, v.span_id, v.parent_span_id), (&span.trace_id[..], &span.span_id[..], &span.parent_span_id[..]));
+        assert_eq!(
+            (v.trace_id, v.span_id, v.parent_span_id),
+            (&span.trace_id[..], &span.span_id[..], &span.parent_span_id[..])
+        );
         assert_eq!((v.trace_state, v.name, v.kind), ("k=v", "chat gpt-4o", 3));
-        assert_eq!((v.start_time_unix_nano, v.end_time_unix_nano), (span.start_time_unix_nano, span.end_time_unix_nano));
+        assert_eq!(
+            (v.start_time_unix_nano, v.end_time_unix_nano),
+            (span.start_time_unix_nano, span.end_time_unix_nano)
+        );
         assert_eq!((v.status_code, v.status_message), (2, "boom"));
         assert_eq!((v.events.len(), v.links.len()), (1, 1));
         assert_eq!(span::Event::decode(v.events[0]).unwrap(), span.events[0]);
-        let got: Vec<_> = v.attributes.iter().map(|(k, v)| (*k, v.map(|v| match v {
-            Val::Nested(n) => Val::Nested(Nested::Decoded(Box::leak(Box::new(n.decode())))),
-            v => v,
-        }))).collect();
+        let got: Vec<_> = v
+            .attributes
+            .iter()
+            .map(|(k, v)| {
+                (
+                    *k,
+                    v.map(|v| match v {
+                        Val::Nested(n) => Val::Nested(Nested::Decoded(Box::leak(Box::new(n.decode())))),
+                        v => v,
+                    }),
+                )
+            })
+            .collect();
         let want: Vec<_> = span.attributes.iter().map(|kv| (kv.key.as_str(), Val::of(kv.value.as_ref()))).collect();
         assert_eq!(got, want);
     }

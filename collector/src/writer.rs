@@ -42,8 +42,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use datafusion::arrow::array::{Array, TimestampNanosecondArray};
-use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::compute::interleave_record_batch;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
@@ -81,10 +81,8 @@ impl ParquetOptions {
     /// whole range, so they never prune, and computing them was a fifth of Parquet encoding's CPU (measured with
     /// `benches/src/bin/normalize.rs`, `TAILSCOPE_PARQUET_VARIANTS=1`).
     pub fn properties(&self, signal: Signal) -> Result<WriterProperties, StorageError> {
-        let level = ZstdLevel::try_new(self.zstd_level).map_err(|source| StorageError::Parquet {
-            context: "zstd level".into(),
-            source,
-        })?;
+        let level = ZstdLevel::try_new(self.zstd_level)
+            .map_err(|source| StorageError::Parquet { context: "zstd level".into(), source })?;
         let mut b = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
             .set_max_row_group_row_count(Some(self.row_group_rows))
@@ -391,7 +389,12 @@ mod tests {
 
     #[test]
     fn file_names_round_trip() {
-        let n = FileName { wal_seq: 42, min_time_ns: 1_700_000_000_000_000_000, max_time_ns: 1_700_000_001_000_000_000, nonce: 0xdead_beef };
+        let n = FileName {
+            wal_seq: 42,
+            min_time_ns: 1_700_000_000_000_000_000,
+            max_time_ns: 1_700_000_001_000_000_000,
+            nonce: 0xdead_beef,
+        };
         assert_eq!(FileName::parse(&n.to_string()), Some(n));
         assert_eq!(FileName::parse("part-0.parquet"), None);
     }

@@ -22,10 +22,7 @@ pub struct AlertsTable {
 impl AlertsTable {
     /// The alerts recorded under `data_dir`.
     pub fn new(data_dir: &Path) -> AlertsTable {
-        AlertsTable {
-            data_dir: data_dir.to_path_buf(),
-            schema: collector::cost::alerts_schema(),
-        }
+        AlertsTable { data_dir: data_dir.to_path_buf(), schema: collector::cost::alerts_schema() }
     }
 }
 

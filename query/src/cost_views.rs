@@ -159,7 +159,14 @@ mod tests {
         price_source: &'static str,
     }
 
-    fn copy(provider: &'static str, hedge: Option<&'static str>, winner: Option<bool>, end_ms: i64, cost: f64, session: &'static str) -> Copy {
+    fn copy(
+        provider: &'static str,
+        hedge: Option<&'static str>,
+        winner: Option<bool>,
+        end_ms: i64,
+        cost: f64,
+        session: &'static str,
+    ) -> Copy {
         Copy { provider, hedge, winner, end_ms, cost: Some(cost), session, price_source: "default:x" }
     }
 
@@ -218,7 +225,11 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                replace.iter().find(|(n, _)| n == f.name()).map(|(_, a)| a.clone()).unwrap_or_else(|| batch.column(i).clone())
+                replace
+                    .iter()
+                    .find(|(n, _)| n == f.name())
+                    .map(|(_, a)| a.clone())
+                    .unwrap_or_else(|| batch.column(i).clone())
             })
             .collect();
         RecordBatch::try_new(schema, columns).unwrap()
@@ -259,7 +270,11 @@ mod tests {
     #[tokio::test]
     async fn hedging_figures_from_a_known_set() {
         let ctx = context().await;
-        let out = rows(&ctx, "SELECT * FROM hedging WHERE gen_ai_provider IN ('aws.bedrock', 'gcp.vertex_ai') ORDER BY gen_ai_provider").await;
+        let out = rows(
+            &ctx,
+            "SELECT * FROM hedging WHERE gen_ai_provider IN ('aws.bedrock', 'gcp.vertex_ai') ORDER BY gen_ai_provider",
+        )
+        .await;
         let b = &out[0];
         assert_eq!(b.num_rows(), 2);
         // aws: 6 calls, 4 hedged copies (3 wins), one loser 200 ms behind its winner, $0.03 duplicate.
@@ -298,7 +313,8 @@ mod tests {
         assert_eq!(i64_at(b, "unpriced_calls", 1), 1);
         assert_eq!(i64_at(b, "llm_calls", 1), 8);
         close(f64_at(b, "duplicate_cost_usd", 1), 0.03);
-        let out = rows(&ctx, "SELECT * FROM session_provider_cost WHERE session_id = 's1' ORDER BY gen_ai_provider").await;
+        let out =
+            rows(&ctx, "SELECT * FROM session_provider_cost WHERE session_id = 's1' ORDER BY gen_ai_provider").await;
         close(f64_at(&out[0], "duplicate_cost_usd", 0), 0.03);
         close(f64_at(&out[0], "duplicate_cost_usd", 1), 0.04);
     }

@@ -61,11 +61,7 @@ pub struct Relation {
 
 impl Relation {
     fn new(name: &str, kind: &'static str, schema: SchemaRef) -> Relation {
-        Relation {
-            name: name.to_string(),
-            kind,
-            schema,
-        }
+        Relation { name: name.to_string(), kind, schema }
     }
 }
 
@@ -86,9 +82,7 @@ struct Inner {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Engine").field("config", &self.inner.config).finish_non_exhaustive()
     }
 }
 
@@ -118,11 +112,7 @@ impl Engine {
         let internal = |e: std::io::Error| QueryError::Internal(format!("cannot resolve the data dir: {e}"));
         for signal in Signal::ALL {
             let table = Arc::new(SignalTable::new(signal, catalog.clone(), counters.clone()).map_err(internal)?);
-            relations.push(Relation::new(
-                signal.table_name(),
-                "TABLE",
-                outward_schema(&table.schema()),
-            ));
+            relations.push(Relation::new(signal.table_name(), "TABLE", outward_schema(&table.schema())));
             ctx.register_table(signal.table_name(), table)?;
         }
         let alerts = Arc::new(AlertsTable::new(catalog.data_dir()));
@@ -186,12 +176,7 @@ impl Engine {
             let plan = self.plan(&ctx, sql).await?;
             let df = ctx.execute_logical_plan(plan).await?;
             let schema = outward_schema(df.schema().as_arrow());
-            let batches = df
-                .collect()
-                .await?
-                .iter()
-                .map(|b| outward_batch(b, &schema))
-                .collect::<Result<_, _>>()?;
+            let batches = df.collect().await?.iter().map(|b| outward_batch(b, &schema)).collect::<Result<_, _>>()?;
             Ok(QueryOutput { schema, batches })
         })
         .await
@@ -208,13 +193,10 @@ impl Engine {
     fn context(&self) -> Result<SessionContext, QueryError> {
         let limit = self.inner.config.memory_limit_mb.saturating_mul(1024 * 1024);
         let mut runtime = RuntimeEnv::clone(self.inner.base.runtime_env());
-        runtime.memory_pool = Arc::new(TrackConsumersPool::new(
-            FairSpillPool::new(limit),
-            NonZeroUsize::new(3).expect("3 > 0"),
-        ));
-        let state = SessionStateBuilder::new_from_existing(self.inner.base.clone())
-            .with_runtime_env(Arc::new(runtime))
-            .build();
+        runtime.memory_pool =
+            Arc::new(TrackConsumersPool::new(FairSpillPool::new(limit), NonZeroUsize::new(3).expect("3 > 0")));
+        let state =
+            SessionStateBuilder::new_from_existing(self.inner.base.clone()).with_runtime_env(Arc::new(runtime)).build();
         let ctx = SessionContext::new_with_state(state);
         // The builder re-registers every function in hash order, and DataFusion's `percentile_cont` also answers to
         // `quantile_cont`: register ours last so `quantile_cont` is always the exact, numpy-matching one.
@@ -235,9 +217,7 @@ impl Engine {
             .with_allow_dml(false)
             .with_allow_statements(false)
             .verify_plan(&plan)
-            .map_err(|e| QueryError::ReadOnly {
-                statement: e.strip_backtrace(),
-            })?;
+            .map_err(|e| QueryError::ReadOnly { statement: e.strip_backtrace() })?;
         Ok(plan)
     }
 
@@ -251,10 +231,7 @@ impl Engine {
         let _permit = match tokio::time::timeout(timeout, self.inner.slots.acquire()).await {
             Ok(permit) => permit.map_err(|_| QueryError::Internal("query slots closed".into()))?,
             Err(_) => {
-                return Err(QueryError::TooBusy {
-                    max_concurrent: self.inner.config.max_concurrent,
-                    waited: timeout,
-                });
+                return Err(QueryError::TooBusy { max_concurrent: self.inner.config.max_concurrent, waited: timeout });
             }
         };
         let remaining = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
@@ -304,13 +281,7 @@ fn outward_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch,
         .columns()
         .iter()
         .zip(schema.fields())
-        .map(|(c, f)| {
-            if c.data_type() == f.data_type() {
-                Ok(c.clone())
-            } else {
-                cast(c, f.data_type())
-            }
-        })
+        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| QueryError::Internal(format!("cannot convert a result column to its plain type: {e}")))?;
     RecordBatch::try_new(schema.clone(), columns)

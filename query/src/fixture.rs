@@ -71,13 +71,7 @@ pub fn spans_batch(rows: &[SpanRow]) -> RecordBatch {
             "trace_id" => text(|r| Some(&r.trace_id)),
             "span_id" => text(|r| Some(&r.span_id)),
             "name" => text(|r| Some(&r.name)),
-            "kind" => text(|r| {
-                Some(if r.gen_ai_provider.is_some() {
-                    "client"
-                } else {
-                    "internal"
-                })
-            }),
+            "kind" => text(|r| Some(if r.gen_ai_provider.is_some() { "client" } else { "internal" })),
             "start_time" => ts(|r| r.start_ns),
             "end_time" => ts(|r| r.start_ns + r.duration_ns),
             "duration_ns" => int(|r| Some(r.duration_ns)),
@@ -104,11 +98,8 @@ pub fn spans_batch(rows: &[SpanRow]) -> RecordBatch {
 }
 
 fn empty_maps(n: usize) -> ArrayRef {
-    let names = datafusion::arrow::array::MapFieldNames {
-        entry: "entries".into(),
-        key: "keys".into(),
-        value: "values".into(),
-    };
+    let names =
+        datafusion::arrow::array::MapFieldNames { entry: "entries".into(), key: "keys".into(), value: "values".into() };
     let mut builder = MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new())
         .with_values_field(Arc::new(Field::new("values", DataType::Utf8, true)));
     for _ in 0..n {
@@ -129,26 +120,16 @@ pub fn write_parquet(
         .column_by_name(signal.time_column())
         .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
         .ok_or_else(|| std::io::Error::other("batch has no time column"))?;
-    let min = time
-        .iter()
-        .flatten()
-        .min()
-        .ok_or_else(|| std::io::Error::other("empty batch"))?;
+    let min = time.iter().flatten().min().ok_or_else(|| std::io::Error::other("empty batch"))?;
     let max = time.iter().flatten().max().unwrap_or(min);
     let start = chrono::DateTime::from_timestamp_nanos(min);
-    if chrono::DateTime::from_timestamp_nanos(max)
-        .format("%Y-%m-%d %H")
-        .to_string()
+    if chrono::DateTime::from_timestamp_nanos(max).format("%Y-%m-%d %H").to_string()
         != start.format("%Y-%m-%d %H").to_string()
     {
         return Err(std::io::Error::other("a file holds one hour of rows"));
     }
-    let name = FileName {
-        wal_seq,
-        min_time_ns: min,
-        max_time_ns: max,
-        nonce: (wal_seq as u32).wrapping_mul(2654435761),
-    };
+    let name =
+        FileName { wal_seq, min_time_ns: min, max_time_ns: max, nonce: (wal_seq as u32).wrapping_mul(2654435761) };
     let relative = Path::new(signal.table_name())
         .join(format!("date={}", start.format("%Y-%m-%d")))
         .join(format!("hour={}", start.format("%H")))
@@ -159,12 +140,10 @@ pub fn write_parquet(
     // The collector's own writer settings at their defaults (row groups, zstd level, dictionaries, statistics,
     // encodings), so tests and benchmarks read files like the ones `tailscope serve` writes.
     let storage = collector::config::StorageConfig::default();
-    let props = collector::writer::ParquetOptions {
-        row_group_rows: storage.row_group_rows,
-        zstd_level: storage.zstd_level,
-    }
-    .properties(signal)
-    .map_err(std::io::Error::other)?;
+    let props =
+        collector::writer::ParquetOptions { row_group_rows: storage.row_group_rows, zstd_level: storage.zstd_level }
+            .properties(signal)
+            .map_err(std::io::Error::other)?;
     let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(std::io::Error::other)?;
     writer.write(batch).map_err(std::io::Error::other)?;
     writer.close().map_err(std::io::Error::other)?;

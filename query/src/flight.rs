@@ -143,10 +143,7 @@ impl FlightSqlService for FlightSqlServer {
         &self,
         _request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
-        let response = HandshakeResponse {
-            protocol_version: 0,
-            payload: Default::default(),
-        };
+        let response = HandshakeResponse { protocol_version: 0, payload: Default::default() };
         Ok(Response::new(Box::pin(futures::stream::iter([Ok(response)]))))
     }
 
@@ -156,9 +153,7 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = self.schema_of(&query.query).await?;
-        let ticket = TicketStatementQuery {
-            statement_handle: query.query.into_bytes().into(),
-        };
+        let ticket = TicketStatementQuery { statement_handle: query.query.into_bytes().into() };
         let info = flight_info(&schema, ticket.as_any().encode_to_vec(), request.into_inner())?;
         Ok(Response::new(info))
     }
@@ -177,11 +172,9 @@ impl FlightSqlService for FlightSqlServer {
         _request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let schema = self.schema_of(&query.query).await?;
-        let IpcMessage(dataset_schema) = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
-            .try_into()
-            .map_err(|e: datafusion::arrow::error::ArrowError| {
-                Status::internal(format!("cannot encode the schema: {e}"))
-            })?;
+        let IpcMessage(dataset_schema) = SchemaAsIpc::new(&schema, &IpcWriteOptions::default()).try_into().map_err(
+            |e: datafusion::arrow::error::ArrowError| Status::internal(format!("cannot encode the schema: {e}")),
+        )?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: query.query.into_bytes().into(),
             dataset_schema,
@@ -222,11 +215,7 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?))
+        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
     }
 
     async fn do_get_catalogs(
@@ -246,11 +235,7 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?))
+        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
     }
 
     async fn do_get_schemas(
@@ -270,11 +255,7 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?))
+        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
     }
 
     async fn do_get_tables(
@@ -286,13 +267,7 @@ impl FlightSqlService for FlightSqlServer {
         let mut builder = query.into_builder();
         for relation in self.engine.relations() {
             builder
-                .append(
-                    CATALOG_NAME,
-                    SCHEMA_NAME,
-                    &relation.name,
-                    relation.kind,
-                    &relation.schema,
-                )
+                .append(CATALOG_NAME, SCHEMA_NAME, &relation.name, relation.kind, &relation.schema)
                 .map_err(|e| Status::internal(format!("cannot list table {}: {e}", relation.name)))?;
         }
         let schema = builder.schema();
@@ -305,11 +280,7 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?))
+        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
     }
 
     async fn do_get_table_types(
@@ -330,11 +301,7 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder(&SQL_INFO).schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?))
+        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
     }
 
     async fn do_get_sql_info(
@@ -348,10 +315,7 @@ impl FlightSqlService for FlightSqlServer {
     }
 
     async fn do_get_fallback(&self, _request: Request<Ticket>, message: Any) -> Result<Response<DoGetStream>, Status> {
-        Err(Status::unimplemented(format!(
-            "tailscope does not answer {} tickets",
-            message.type_url
-        )))
+        Err(Status::unimplemented(format!("tailscope does not answer {} tickets", message.type_url)))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

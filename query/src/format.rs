@@ -45,9 +45,7 @@ impl std::str::FromStr for Format {
             "arrow" => Format::Arrow,
             "parquet" => Format::Parquet,
             other => {
-                return Err(format!(
-                    "unknown format {other:?}: use table, csv, json, ndjson, arrow or parquet"
-                ));
+                return Err(format!("unknown format {other:?}: use table, csv, json, ndjson, arrow or parquet"));
             }
         })
     }
@@ -97,9 +95,7 @@ pub fn write(format: Format, output: &QueryOutput, out: &mut (dyn Write + Send))
             writeln!(out, "{n} row{}", if n == 1 { "" } else { "s" })?;
         }
         Format::Csv => {
-            let mut writer = datafusion::arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(&mut *out);
+            let mut writer = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut *out);
             let (schema, batches) = flatten_nested(output)?;
             if batches.is_empty() {
                 // The header alone still tells a reader the columns.
@@ -181,20 +177,17 @@ fn flatten_nested(output: &QueryOutput) -> Result<(SchemaRef, Vec<RecordBatch>),
     if !output.schema.fields().iter().any(|f| nested(f.data_type())) {
         return Ok((output.schema.clone(), output.batches.clone()));
     }
-    let schema: SchemaRef = Arc::new(Schema::new(
-        output
-            .schema
-            .fields()
-            .iter()
-            .map(|f| {
-                if nested(f.data_type()) {
-                    Arc::new(Field::new(f.name(), DataType::Utf8, true))
-                } else {
-                    f.clone()
-                }
-            })
-            .collect::<Vec<_>>(),
-    ));
+    let schema: SchemaRef =
+        Arc::new(Schema::new(
+            output
+                .schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    if nested(f.data_type()) { Arc::new(Field::new(f.name(), DataType::Utf8, true)) } else { f.clone() }
+                })
+                .collect::<Vec<_>>(),
+        ));
     let options = FormatOptions::default();
     let batches = output
         .batches
@@ -237,18 +230,12 @@ mod tests {
         map.append(true).unwrap();
         map.append(true).unwrap();
         let batch = RecordBatch::try_from_iter([
-            (
-                "p95_ms",
-                Arc::new(Float64Array::from(vec![Some(977.7499999999999), None])) as ArrayRef,
-            ),
+            ("p95_ms", Arc::new(Float64Array::from(vec![Some(977.7499999999999), None])) as ArrayRef),
             ("n", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
             ("attributes", Arc::new(map.finish()) as ArrayRef),
         ])
         .unwrap();
-        QueryOutput {
-            schema: batch.schema(),
-            batches: vec![batch],
-        }
+        QueryOutput { schema: batch.schema(), batches: vec![batch] }
     }
 
     #[test]
@@ -257,20 +244,14 @@ mod tests {
         assert!(json.contains("977.7499999999999"), "{json}");
         assert!(json.contains("\"p95_ms\":null"), "{json}");
         assert!(json.contains("\"http.method\":\"POST\""), "{json}");
-        let empty = QueryOutput {
-            schema: output().schema,
-            batches: vec![],
-        };
+        let empty = QueryOutput { schema: output().schema, batches: vec![] };
         assert_eq!(to_bytes(Format::Json, &empty).unwrap(), b"[]");
     }
 
     #[test]
     fn csv_renders_nested_values_as_text() {
         let csv = String::from_utf8(to_bytes(Format::Csv, &output()).unwrap()).unwrap();
-        assert_eq!(
-            csv,
-            "p95_ms,n,attributes\n977.7499999999999,1,{http.method: POST}\n,2,{}\n"
-        );
+        assert_eq!(csv, "p95_ms,n,attributes\n977.7499999999999,1,{http.method: POST}\n,2,{}\n");
     }
 
     #[test]

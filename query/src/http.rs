@@ -28,16 +28,11 @@ struct QueryRequest {
 /// `{"error": "...", "kind": "..."}` with 400 (bad SQL, writes), 504 (timeout), 503 (too busy), 422 (memory limit)
 /// or 500.
 pub fn router(engine: Engine) -> Router {
-    Router::new()
-        .route("/api/v1/query", post(query_post).get(query_get))
-        .with_state(engine)
+    Router::new().route("/api/v1/query", post(query_post).get(query_get)).with_state(engine)
 }
 
 async fn query_post(State(engine): State<Engine>, headers: HeaderMap, body: Bytes) -> Response {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let is_json = content_type.starts_with("application/json")
         || (content_type.is_empty() && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'));
     let sql = if is_json {
@@ -68,10 +63,7 @@ async fn query_get(State(engine): State<Engine>, headers: HeaderMap, Query(param
 }
 
 async fn run(engine: Engine, headers: &HeaderMap, sql: &str) -> Response {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     let format = Format::from_accept(accept);
     let started = std::time::Instant::now();
     let output = match engine.sql(sql).await {
@@ -99,9 +91,7 @@ fn error_response(e: QueryError) -> Response {
     let body = serde_json::json!({ "error": e.to_string(), "kind": e.kind() });
     let mut response = (status, axum::Json(body)).into_response();
     if matches!(e, QueryError::TooBusy { .. }) {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
 }

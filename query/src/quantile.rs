@@ -147,10 +147,7 @@ impl AggregateUDFImpl for QuantileExact {
         if args.is_distinct {
             return plan_err!("{QUANTILE_EXACT}(DISTINCT ...) is not supported");
         }
-        Ok(Box::new(QuantileAccumulator {
-            output: Output::One(quantile_arg(&args, 1)?),
-            values: Vec::new(),
-        }))
+        Ok(Box::new(QuantileAccumulator { output: Output::One(quantile_arg(&args, 1)?), values: Vec::new() }))
     }
 
     fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
@@ -173,16 +170,12 @@ struct QuantilesExact {
 
 impl QuantilesExact {
     fn new() -> Self {
-        QuantilesExact {
-            signature: Signature::user_defined(Volatility::Immutable),
-        }
+        QuantilesExact { signature: Signature::user_defined(Volatility::Immutable) }
     }
 }
 
 fn quantile_fields(n: usize) -> Fields {
-    (0..n)
-        .map(|i| Field::new(format!("q{i}"), DataType::Float64, true))
-        .collect()
+    (0..n).map(|i| Field::new(format!("q{i}"), DataType::Float64, true)).collect()
 }
 
 impl AggregateUDFImpl for QuantilesExact {
@@ -207,10 +200,7 @@ impl AggregateUDFImpl for QuantilesExact {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(QuantileAccumulator {
-            output: Output::Many(quantile_args(&args)?),
-            values: Vec::new(),
-        }))
+        Ok(Box::new(QuantileAccumulator { output: Output::Many(quantile_args(&args)?), values: Vec::new() }))
     }
 
     fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
@@ -358,11 +348,7 @@ impl OptimizerRule for ShareQuantiles {
         let shared = Arc::new(AggregateUDF::from(QuantilesExact::new()));
         for (b, (template, calls)) in buckets.iter().enumerate() {
             let mut args = vec![template.params.args[0].clone()];
-            args.extend(
-                calls
-                    .iter()
-                    .map(|(_, q)| Expr::Literal(ScalarValue::Float64(Some(*q)), None)),
-            );
+            args.extend(calls.iter().map(|(_, q)| Expr::Literal(ScalarValue::Float64(Some(*q)), None)));
             let call = AggregateFunction::new_udf(
                 shared.clone(),
                 args,
@@ -418,20 +404,12 @@ fn to_state<'a>(groups: impl ExactSizeIterator<Item = &'a [f64]> + Clone) -> Arr
         bytes.extend_from_slice(g);
         offsets.push(bytes.len() as i64);
     }
-    Arc::new(LargeBinaryArray::new(
-        OffsetBuffer::new(ScalarBuffer::from(offsets)),
-        bytes.into(),
-        None,
-    ))
+    Arc::new(LargeBinaryArray::new(OffsetBuffer::new(ScalarBuffer::from(offsets)), bytes.into(), None))
 }
 
 /// Appends the values of one state entry.
 fn extend_from_state(out: &mut Vec<f64>, bytes: &[u8]) {
-    out.extend(
-        bytes
-            .chunks_exact(size_of::<f64>())
-            .map(|b| f64::from_ne_bytes(b.try_into().expect("8 bytes"))),
-    );
+    out.extend(bytes.chunks_exact(size_of::<f64>()).map(|b| f64::from_ne_bytes(b.try_into().expect("8 bytes"))));
 }
 
 #[derive(Debug)]
@@ -480,19 +458,11 @@ struct QuantileGroups {
 
 impl QuantileGroups {
     fn new(output: Output) -> QuantileGroups {
-        QuantileGroups {
-            output,
-            groups: Vec::new(),
-            bytes: 0,
-        }
+        QuantileGroups { output, groups: Vec::new(), bytes: 0 }
     }
 
     fn recount(&mut self) {
-        self.bytes = self
-            .groups
-            .iter()
-            .map(|g| g.capacity() * size_of::<f64>())
-            .sum::<usize>()
+        self.bytes = self.groups.iter().map(|g| g.capacity() * size_of::<f64>()).sum::<usize>()
             + self.groups.capacity() * size_of::<Vec<f64>>();
     }
 }
@@ -570,11 +540,7 @@ impl GroupsAccumulator for QuantileGroups {
             }
             offsets.push(bytes.len() as i64);
         }
-        Ok(vec![Arc::new(LargeBinaryArray::new(
-            OffsetBuffer::new(ScalarBuffer::from(offsets)),
-            bytes.into(),
-            None,
-        ))])
+        Ok(vec![Arc::new(LargeBinaryArray::new(OffsetBuffer::new(ScalarBuffer::from(offsets)), bytes.into(), None))])
     }
 
     fn size(&self) -> usize {
@@ -595,15 +561,7 @@ mod tests {
     fn matches_numpy_on_known_data() {
         // Expected values printed by numpy 2.x: np.quantile([...], q) (method="linear").
         let data = [15.0, 20.0, 35.0, 40.0, 50.0];
-        let cases = [
-            (0.0, 15.0),
-            (0.25, 20.0),
-            (0.4, 29.0),
-            (0.5, 35.0),
-            (0.95, 48.0),
-            (0.99, 49.6),
-            (1.0, 50.0),
-        ];
+        let cases = [(0.0, 15.0), (0.25, 20.0), (0.4, 29.0), (0.5, 35.0), (0.95, 48.0), (0.99, 49.6), (1.0, 50.0)];
         for (q, expected) in cases {
             let got = quantile_linear(&mut data.to_vec(), q).unwrap();
             assert!((got - expected).abs() < 1e-9, "q={q}: got {got}, numpy says {expected}");
@@ -643,19 +601,13 @@ mod tests {
         // A deterministic LCG, so a failure reproduces.
         let mut state = 0x2545F4914F6CDD1Du64;
         let mut next = || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (state >> 11) as f64 / (1u64 << 53) as f64
         };
         for n in [1usize, 2, 3, 10, 99, 100, 1000, 4097] {
             let values: Vec<f64> = (0..n).map(|_| (next() * 1000.0).exp2().ln() * 3.0).collect();
             for q in [0.0, 0.001, 0.1, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0] {
-                assert_eq!(
-                    quantile_linear(&mut values.clone(), q),
-                    by_sort(&values, q),
-                    "n={n} q={q}"
-                );
+                assert_eq!(quantile_linear(&mut values.clone(), q), by_sort(&values, q), "n={n} q={q}");
             }
         }
     }
@@ -676,11 +628,7 @@ mod state_tests {
     }
 
     fn evaluate(acc: &mut QuantileGroups, emit: EmitTo) -> Vec<Option<f64>> {
-        acc.evaluate(emit)
-            .unwrap()
-            .as_primitive::<Float64Type>()
-            .iter()
-            .collect()
+        acc.evaluate(emit).unwrap().as_primitive::<Float64Type>().iter().collect()
     }
 
     /// Partial accumulators hand their values to a final one through the binary state, as two-phase aggregation
@@ -690,13 +638,7 @@ mod state_tests {
         let mut a = groups(0.9);
         let mut b = groups(0.9);
         // Group 0: 1..=6 split over both partials; group 1: 10, 20 and a NULL; group 2: filtered out entirely.
-        a.update_batch(
-            &[column(vec![Some(1.0), Some(10.0), Some(2.0), Some(99.0)])],
-            &[0, 1, 0, 2],
-            None,
-            3,
-        )
-        .unwrap();
+        a.update_batch(&[column(vec![Some(1.0), Some(10.0), Some(2.0), Some(99.0)])], &[0, 1, 0, 2], None, 3).unwrap();
         let filter = BooleanArray::from(vec![true, true, true, false, true]);
         b.update_batch(
             &[column(vec![Some(3.0), Some(4.0), None, Some(7.0), Some(20.0)])],
@@ -723,9 +665,8 @@ mod state_tests {
     fn rows_converted_to_states_merge_like_rows() {
         let acc = groups(0.5);
         let filter = BooleanArray::from(vec![true, true, false, true]);
-        let states = acc
-            .convert_to_state(&[column(vec![Some(5.0), None, Some(1.0), Some(3.0)])], Some(&filter))
-            .unwrap();
+        let states =
+            acc.convert_to_state(&[column(vec![Some(5.0), None, Some(1.0), Some(3.0)])], Some(&filter)).unwrap();
         let mut last = groups(0.5);
         last.merge_batch(&states, &[0, 0, 0, 1], 2).unwrap();
         assert_eq!(evaluate(&mut last, EmitTo::All), vec![Some(5.0), Some(3.0)]);
@@ -736,16 +677,10 @@ mod state_tests {
 
     #[test]
     fn row_accumulator_state_round_trips() {
-        let mut a = QuantileAccumulator {
-            output: Output::One(0.5),
-            values: Vec::new(),
-        };
+        let mut a = QuantileAccumulator { output: Output::One(0.5), values: Vec::new() };
         a.update_batch(&[column(vec![Some(2.0), None, Some(8.0)])]).unwrap();
         let state = a.state().unwrap();
-        let mut b = QuantileAccumulator {
-            output: Output::One(0.5),
-            values: vec![4.0],
-        };
+        let mut b = QuantileAccumulator { output: Output::One(0.5), values: vec![4.0] };
         b.merge_batch(&[state[0].to_array().unwrap()]).unwrap();
         assert_eq!(b.evaluate().unwrap(), ScalarValue::Float64(Some(4.0)));
     }

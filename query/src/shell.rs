@@ -113,10 +113,7 @@ mod tests {
         assert!(buf.is_continuing());
         // A backslash inside a statement is SQL, not a meta-command.
         assert_eq!(buf.push("FROM spans"), None);
-        assert_eq!(
-            buf.push("LIMIT 1;"),
-            Some(Input::Sql("SELECT *\nFROM spans\nLIMIT 1".into()))
-        );
+        assert_eq!(buf.push("LIMIT 1;"), Some(Input::Sql("SELECT *\nFROM spans\nLIMIT 1".into())));
         assert!(!buf.is_continuing());
         assert_eq!(buf.push("\\q"), Some(Input::Quit));
         assert_eq!(buf.push("\\d"), Some(Input::Describe(list_relations_sql())));

@@ -31,8 +31,8 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, DictionaryArray, Float64Array, Int32Array, Int64Array, LargeStringBuilder, RecordBatch,
     StringBuilder, StringViewBuilder, UInt32Array,
 };
-use datafusion::arrow::compute::take;
 use datafusion::arrow::buffer::{BooleanBuffer, NullBuffer};
+use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, SchemaRef};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::hash_utils::create_hashes;
@@ -40,6 +40,7 @@ use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, Tr
 use datafusion::common::{DataFusionError, Result, internal_err};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{Partitioning, PhysicalExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
@@ -48,7 +49,6 @@ use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time};
 use datafusion::physical_plan::repartition::{REPARTITION_RANDOM_STATE, RepartitionExec};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_plan::{
     ColumnarValue, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
@@ -277,9 +277,7 @@ struct Run {
 
 impl fmt::Debug for Run {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Run")
-            .field("inputs", &self.inputs)
-            .finish_non_exhaustive()
+        f.debug_struct("Run").field("inputs", &self.inputs).finish_non_exhaustive()
     }
 }
 
@@ -483,10 +481,7 @@ async fn build_table(
         acc.seal()?;
     }
     reservation.try_resize(table.allocated_size())?;
-    Ok(Built {
-        table,
-        _reservation: reservation,
-    })
+    Ok(Built { table, _reservation: reservation })
 }
 
 /// The group ids of a dictionary's values, kept while batches come with the same dictionary: the Parquet reader
@@ -599,9 +594,7 @@ fn merge_tables(
     let sources: Vec<Vec<u32>> = tables
         .iter()
         .map(|built| {
-            (0..built.table.len() as u32)
-                .filter(|&g| part(built.table.hashes[g as usize]) == partition)
-                .collect()
+            (0..built.table.len() as u32).filter(|&g| part(built.table.hashes[g as usize]) == partition).collect()
         })
         .collect();
     // Sized once for every candidate group: no regrowth, and the index is probed with prefetching as in `intern`.
@@ -637,8 +630,14 @@ fn merge_tables(
 /// Per-group state of one aggregate, indexed by group id.
 enum Acc {
     Count(Vec<i64>),
-    SumF64 { sums: Vec<f64>, seen: Vec<bool> },
-    SumI64 { sums: Vec<i64>, seen: Vec<bool> },
+    SumF64 {
+        sums: Vec<f64>,
+        seen: Vec<bool>,
+    },
+    SumI64 {
+        sums: Vec<i64>,
+        seen: Vec<bool>,
+    },
     Generic {
         expr: Arc<AggregateFunctionExpr>,
         /// Until [`Acc::seal`]; afterwards its state is in `state`. (In a mutex only so that sealed tables can be
@@ -665,14 +664,8 @@ impl Acc {
     fn new(kind: &AggKind) -> Result<Acc> {
         Ok(match kind {
             AggKind::Count => Acc::Count(Vec::new()),
-            AggKind::SumF64 => Acc::SumF64 {
-                sums: Vec::new(),
-                seen: Vec::new(),
-            },
-            AggKind::SumI64 => Acc::SumI64 {
-                sums: Vec::new(),
-                seen: Vec::new(),
-            },
+            AggKind::SumF64 => Acc::SumF64 { sums: Vec::new(), seen: Vec::new() },
+            AggKind::SumI64 => Acc::SumI64 { sums: Vec::new(), seen: Vec::new() },
             AggKind::Generic(expr) => Acc::Generic {
                 acc: Some(Mutex::new(expr.create_groups_accumulator()?)),
                 expr: expr.clone(),
@@ -721,11 +714,8 @@ impl Acc {
     ) -> Result<()> {
         if let Acc::Generic { expr, acc: Some(acc), .. } = self {
             let rows = batch.num_rows();
-            let args = expr
-                .expressions()
-                .iter()
-                .map(|e| e.evaluate(batch)?.into_array(rows))
-                .collect::<Result<Vec<_>>>()?;
+            let args =
+                expr.expressions().iter().map(|e| e.evaluate(batch)?.into_array(rows)).collect::<Result<Vec<_>>>()?;
             return acc.get_mut().update_batch(&args, wide_ids, None, groups);
         }
         match (self, arg.evaluate(batch)?) {
@@ -789,13 +779,7 @@ impl Acc {
                     into[g as usize] += from[s as usize];
                 }
             }
-            (
-                Acc::SumF64 { sums, seen },
-                Acc::SumF64 {
-                    sums: from,
-                    seen: from_seen,
-                },
-            ) => {
+            (Acc::SumF64 { sums, seen }, Acc::SumF64 { sums: from, seen: from_seen }) => {
                 for (&s, &g) in sources.iter().zip(ids) {
                     if from_seen[s as usize] {
                         sums[g as usize] += from[s as usize];
@@ -803,13 +787,7 @@ impl Acc {
                     }
                 }
             }
-            (
-                Acc::SumI64 { sums, seen },
-                Acc::SumI64 {
-                    sums: from,
-                    seen: from_seen,
-                },
-            ) => {
+            (Acc::SumI64 { sums, seen }, Acc::SumI64 { sums: from, seen: from_seen }) => {
                 for (&s, &g) in sources.iter().zip(ids) {
                     if from_seen[s as usize] {
                         sums[g as usize] = sums[g as usize].wrapping_add(from[s as usize]);
@@ -949,21 +927,15 @@ impl GroupTable {
         match keys.data_type() {
             DataType::Utf8View => {
                 let keys = keys.as_string_view();
-                self.intern_rows(keys.nulls(), hashes, ids, |i| {
-                    unsafe { keys.value_unchecked(i) }.as_bytes()
-                })
+                self.intern_rows(keys.nulls(), hashes, ids, |i| unsafe { keys.value_unchecked(i) }.as_bytes())
             }
             DataType::Utf8 => {
                 let keys = keys.as_string::<i32>();
-                self.intern_rows(keys.nulls(), hashes, ids, |i| {
-                    unsafe { keys.value_unchecked(i) }.as_bytes()
-                })
+                self.intern_rows(keys.nulls(), hashes, ids, |i| unsafe { keys.value_unchecked(i) }.as_bytes())
             }
             DataType::LargeUtf8 => {
                 let keys = keys.as_string::<i64>();
-                self.intern_rows(keys.nulls(), hashes, ids, |i| {
-                    unsafe { keys.value_unchecked(i) }.as_bytes()
-                })
+                self.intern_rows(keys.nulls(), hashes, ids, |i| unsafe { keys.value_unchecked(i) }.as_bytes())
             }
             other => internal_err!("StringGroupAggregateExec cannot group by {other}"),
         }?;
@@ -1037,11 +1009,8 @@ impl GroupTable {
             if entry.meta & TAG == tag && entry.loc & LONG == len {
                 let g = (entry.meta as u32 - 1) as usize;
                 let start = (entry.loc >> 16) as usize;
-                let stored = if len < LONG {
-                    &self.bytes[start..start + key.len()]
-                } else {
-                    &self.bytes[start..self.ends[g]]
-                };
+                let stored =
+                    if len < LONG { &self.bytes[start..start + key.len()] } else { &self.bytes[start..self.ends[g]] };
                 if bytes_eq(stored, key) {
                     return Ok(g as u32);
                 }
@@ -1050,10 +1019,7 @@ impl GroupTable {
         }
         let start = self.bytes.len() as u64;
         let id = self.push(hash, key)?;
-        self.slots[slot] = Slot {
-            meta: tag | (id as u64 + 1),
-            loc: (start << 16) | len,
-        };
+        self.slots[slot] = Slot { meta: tag | (id as u64 + 1), loc: (start << 16) | len };
         if self.hashes.len() * 2 > self.slots.len() {
             self.grow();
         }
@@ -1069,10 +1035,8 @@ impl GroupTable {
         }
         let start = self.bytes.len() as u64;
         let id = self.push(hash, key)?;
-        self.slots[slot] = Slot {
-            meta: (hash & TAG) | (id as u64 + 1),
-            loc: (start << 16) | (key.len() as u64).min(LONG),
-        };
+        self.slots[slot] =
+            Slot { meta: (hash & TAG) | (id as u64 + 1), loc: (start << 16) | (key.len() as u64).min(LONG) };
         if self.hashes.len() * 2 > self.slots.len() {
             self.grow();
         }

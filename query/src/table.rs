@@ -91,10 +91,7 @@ pub fn scan_file_schema(signal: Signal) -> SchemaRef {
 }
 
 fn partition_fields() -> Vec<FieldRef> {
-    PARTITION_COLUMNS
-        .iter()
-        .map(|name| Arc::new(Field::new(*name, DataType::Utf8, false)))
-        .collect()
+    PARTITION_COLUMNS.iter().map(|name| Arc::new(Field::new(*name, DataType::Utf8, false))).collect()
 }
 
 /// One signal's table over a live [`Catalog`].
@@ -112,13 +109,7 @@ impl SignalTable {
     /// The table of `signal` over `catalog`.
     pub fn new(signal: Signal, catalog: Catalog, counters: Arc<ScanCounters>) -> std::io::Result<SignalTable> {
         let data_dir = std::path::absolute(catalog.data_dir())?;
-        Ok(SignalTable {
-            signal,
-            catalog,
-            data_dir,
-            schema: table_schema(signal),
-            counters,
-        })
+        Ok(SignalTable { signal, catalog, data_dir, schema: table_schema(signal), counters })
     }
 
     /// The files of `files` that the filters cannot rule out.
@@ -137,24 +128,15 @@ impl SignalTable {
         let df_schema = DFSchema::try_from(self.schema.clone())?;
         let physical = state.create_physical_expr(predicate, &df_schema)?;
         // A predicate the pruner cannot use (e.g. a UDF over every column) prunes nothing: it is not an error.
-        let Ok(pruning) = PruningPredicateBuilder::new()
-            .with_file_schema(self.schema.clone())
-            .try_build(physical)
+        let Ok(pruning) = PruningPredicateBuilder::new().with_file_schema(self.schema.clone()).try_build(physical)
         else {
             return Ok(files.iter().collect());
         };
         if pruning.always_true() {
             return Ok(files.iter().collect());
         }
-        let keep = pruning.prune(&FileStatistics {
-            files,
-            time_column: self.signal.time_column(),
-        })?;
-        Ok(files
-            .iter()
-            .zip(keep)
-            .filter_map(|(f, keep)| keep.then_some(f))
-            .collect())
+        let keep = pruning.prune(&FileStatistics { files, time_column: self.signal.time_column() })?;
+        Ok(files.iter().zip(keep).filter_map(|(f, keep)| keep.then_some(f)).collect())
     }
 
     /// A filter the scan can apply exactly and decide per file from the catalog: deterministic, over the time
@@ -163,9 +145,7 @@ impl SignalTable {
         let refs = filter.column_refs();
         !refs.is_empty()
             && !filter.is_volatile()
-            && refs
-                .iter()
-                .all(|c| c.name == self.signal.time_column() || PARTITION_COLUMNS.contains(&c.name.as_str()))
+            && refs.iter().all(|c| c.name == self.signal.time_column() || PARTITION_COLUMNS.contains(&c.name.as_str()))
     }
 
     /// Per file: do all its rows satisfy every one of `filters`? Decided from the catalog's exact time range and
@@ -180,19 +160,15 @@ impl SignalTable {
             };
             let df_schema = DFSchema::try_from(self.schema.clone())?;
             let physical = state.create_physical_expr(negated, &df_schema)?;
-            let Ok(pruning) = PruningPredicateBuilder::new()
-                .with_file_schema(self.schema.clone())
-                .try_build(physical)
+            let Ok(pruning) = PruningPredicateBuilder::new().with_file_schema(self.schema.clone()).try_build(physical)
             else {
                 return Ok(vec![false; files.len()]);
             };
             if pruning.always_true() {
                 return Ok(vec![false; files.len()]);
             }
-            let could_fail = pruning.prune(&FileStatistics {
-                files: &owned,
-                time_column: self.signal.time_column(),
-            })?;
+            let could_fail =
+                pruning.prune(&FileStatistics { files: &owned, time_column: self.signal.time_column() })?;
             for (all, could_fail) in all.iter_mut().zip(could_fail) {
                 *all &= !could_fail;
             }
@@ -210,10 +186,7 @@ impl SignalTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let predicate = conjunction(filters.iter().cloned()).expect("at least one filter");
         let df_schema = DFSchema::try_from(input.schema())?;
-        let filter = Arc::new(FilterExec::try_new(
-            state.create_physical_expr(predicate, &df_schema)?,
-            input,
-        )?);
+        let filter = Arc::new(FilterExec::try_new(state.create_physical_expr(predicate, &df_schema)?, input)?);
         let Some(projection) = projection else {
             return Ok(filter);
         };
@@ -236,9 +209,8 @@ impl SignalTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let file_schema = scan_file_schema(self.signal);
-        let table_schema = TableSchema::builder(file_schema.clone())
-            .with_table_partition_cols(partition_fields())
-            .build();
+        let table_schema =
+            TableSchema::builder(file_schema.clone()).with_table_partition_cols(partition_fields()).build();
         // Committed files never change (a rewrite gets a new name), so their footers and page indexes are read
         // once and kept in the runtime's metadata cache (bounded by `datafusion.runtime.metadata_cache_limit`).
         let runtime = state.runtime_env();
@@ -275,10 +247,8 @@ impl SignalTable {
         projection: Option<&Vec<usize>>,
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let with_partitions = batches
-            .iter()
-            .map(|b| add_partition_columns(b, self.signal, &self.schema))
-            .collect::<Result<Vec<_>>>()?;
+        let with_partitions =
+            batches.iter().map(|b| add_partition_columns(b, self.signal, &self.schema)).collect::<Result<Vec<_>>>()?;
         let source = MemorySourceConfig::try_new(&[with_partitions], self.schema.clone(), projection.cloned())?
             .with_limit(limit);
         Ok(DataSourceExec::from_data_source(source))
@@ -319,16 +289,10 @@ impl TableProvider for SignalTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let snapshot = self.catalog.snapshot(self.signal);
         let files = self.prune(state, filters, &snapshot.files)?;
-        self.counters
-            .files_listed
-            .fetch_add(snapshot.files.len() as u64, Ordering::Relaxed);
-        self.counters
-            .files_scanned
-            .fetch_add(files.len() as u64, Ordering::Relaxed);
+        self.counters.files_listed.fetch_add(snapshot.files.len() as u64, Ordering::Relaxed);
+        self.counters.files_scanned.fetch_add(files.len() as u64, Ordering::Relaxed);
         let buffered: usize = snapshot.batches.iter().map(|b| b.num_rows()).sum();
-        self.counters
-            .buffered_rows_scanned
-            .fetch_add(buffered as u64, Ordering::Relaxed);
+        self.counters.buffered_rows_scanned.fetch_add(buffered as u64, Ordering::Relaxed);
         tracing::debug!(
             table = self.signal.table_name(),
             files = snapshot.files.len(),
@@ -346,10 +310,7 @@ impl TableProvider for SignalTable {
         } else {
             let all_match = self.satisfy_all(state, &time_filters, &files)?;
             let (covered, partial): (Vec<_>, Vec<_>) = files.into_iter().zip(all_match).partition(|(_, all)| *all);
-            (
-                covered.into_iter().map(|(f, _)| f).collect(),
-                partial.into_iter().map(|(f, _)| f).collect(),
-            )
+            (covered.into_iter().map(|(f, _)| f).collect(), partial.into_iter().map(|(f, _)| f).collect())
         };
         let widened = widen(projection, &time_filters, &self.schema);
 
@@ -410,11 +371,7 @@ fn negate_comparison(expr: &Expr) -> Option<Expr> {
             if !((plain(left) && literal(right)) || (literal(left) && plain(right))) {
                 return None;
             }
-            Some(Expr::BinaryExpr(BinaryExpr::new(
-                left.clone(),
-                op.negate()?,
-                right.clone(),
-            )))
+            Some(Expr::BinaryExpr(BinaryExpr::new(left.clone(), op.negate()?, right.clone())))
         }
         _ => None,
     }
@@ -450,11 +407,7 @@ fn balanced_groups(
         }
         lightest.1.push(part);
     }
-    groups
-        .into_iter()
-        .filter(|(_, g)| !g.is_empty())
-        .map(|(_, g)| FileGroup::new(g))
-        .collect()
+    groups.into_iter().filter(|(_, g)| !g.is_empty()).map(|(_, g)| FileGroup::new(g)).collect()
 }
 
 /// Appends `date` and `hour` computed from the time column, as the writer names the directories, and casts stored
@@ -546,12 +499,7 @@ impl PruningStatistics for FileStatistics<'_> {
 
     fn contained(&self, column: &Column, values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
         let partition = self.partition_values(column)?;
-        Some(
-            partition
-                .iter()
-                .map(|v| Some(values.contains(&ScalarValue::Utf8(v.map(str::to_string)))))
-                .collect(),
-        )
+        Some(partition.iter().map(|v| Some(values.contains(&ScalarValue::Utf8(v.map(str::to_string))))).collect())
     }
 }
 
@@ -579,33 +527,15 @@ mod tests {
             })
             .collect();
         let unchecked_schema = Arc::new(Schema::new(
-            stored
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone().with_nullable(true))
-                .collect::<Vec<_>>(),
+            stored.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
         ));
         let batch = RecordBatch::try_new(unchecked_schema, columns).unwrap();
         let loose = Arc::new(Schema::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone().with_nullable(true))
-                .collect::<Vec<_>>(),
+            schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
         ));
         let out = add_partition_columns(&batch, Signal::Logs, &loose).unwrap();
-        let date = out
-            .column_by_name("date")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        let hour = out
-            .column_by_name("hour")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
+        let date = out.column_by_name("date").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        let hour = out.column_by_name("hour").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!((date.value(0), hour.value(0)), ("2026-11-21", "23"));
         assert_eq!((date.value(1), hour.value(1)), ("2026-11-22", "00"));
     }

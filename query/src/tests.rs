@@ -38,11 +38,7 @@ fn span(i: usize, start_ns: i64, duration_ms: i64, provider: &str, model: &str) 
 }
 
 fn config() -> QueryConfig {
-    QueryConfig {
-        timeout: Duration::from_secs(30),
-        memory_limit_mb: 256,
-        max_concurrent: 4,
-    }
+    QueryConfig { timeout: Duration::from_secs(30), memory_limit_mb: 256, max_concurrent: 4 }
 }
 
 async fn engine(catalog: &Catalog) -> Engine {
@@ -87,25 +83,15 @@ async fn provider_latency_is_exact_over_files_and_buffer() {
     // Durations with a long tail, different per provider, split between two files and the buffer.
     let mut rows = Vec::new();
     for i in 0..1000usize {
-        let (provider, model) = if i % 2 == 0 {
-            ("aws.bedrock", "claude")
-        } else {
-            ("azure.ai.openai", "gpt")
-        };
+        let (provider, model) = if i % 2 == 0 { ("aws.bedrock", "claude") } else { ("azure.ai.openai", "gpt") };
         let ms = ((i * 7919) % 997) as i64 + if i % 50 == 0 { 5000 } else { 0 };
         rows.push(span(i, NINE + (i as i64) * 1_000_000_000, ms, provider, model));
     }
     let (first, rest) = rows.split_at(400);
     let (second, buffered) = rest.split_at(300);
     let mut files = Vec::new();
-    files.push((
-        Signal::Spans,
-        write_parquet(dir.path(), Signal::Spans, &spans_batch(first), 1).unwrap(),
-    ));
-    files.push((
-        Signal::Spans,
-        write_parquet(dir.path(), Signal::Spans, &spans_batch(second), 2).unwrap(),
-    ));
+    files.push((Signal::Spans, write_parquet(dir.path(), Signal::Spans, &spans_batch(first), 1).unwrap()));
+    files.push((Signal::Spans, write_parquet(dir.path(), Signal::Spans, &spans_batch(second), 2).unwrap()));
     catalog.commit_flush(files, 2);
     catalog.add_batch(Signal::Spans, 3, spans_batch(buffered));
 
@@ -115,16 +101,10 @@ async fn provider_latency_is_exact_over_files_and_buffer() {
         .await
         .unwrap();
     let providers = str_col(&out, "gen_ai_provider");
-    assert_eq!(
-        providers,
-        vec![Some("aws.bedrock".into()), Some("azure.ai.openai".into())]
-    );
+    assert_eq!(providers, vec![Some("aws.bedrock".into()), Some("azure.ai.openai".into())]);
     for (row, provider) in providers.iter().enumerate() {
-        let durations: Vec<f64> = rows
-            .iter()
-            .filter(|r| r.gen_ai_provider == *provider)
-            .map(|r| r.duration_ns as f64 / 1e6)
-            .collect();
+        let durations: Vec<f64> =
+            rows.iter().filter(|r| r.gen_ai_provider == *provider).map(|r| r.duration_ns as f64 / 1e6).collect();
         assert_eq!(i64_col(&out, "calls")[row], durations.len() as i64);
         for (col, q) in [("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99), ("p999_ms", 0.999)] {
             let got = f64_col(&out, col)[row].unwrap();
@@ -136,10 +116,7 @@ async fn provider_latency_is_exact_over_files_and_buffer() {
     }
 
     // The approximate percentile stays available beside the exact one.
-    let approx = engine
-        .sql("SELECT approx_percentile_cont(duration_ns / 1e6, 0.5) AS p FROM llm_calls")
-        .await
-        .unwrap();
+    let approx = engine.sql("SELECT approx_percentile_cont(duration_ns / 1e6, 0.5) AS p FROM llm_calls").await.unwrap();
     assert!(f64_col(&approx, "p")[0].unwrap() > 0.0);
 }
 
@@ -161,10 +138,7 @@ async fn quantile_exact_matches_numpy_on_known_values() {
     assert!((f64_col(&out, "c")[0].unwrap() - 49.6).abs() < 1e-12);
     assert_eq!(f64_col(&out, "empty"), vec![None]);
 
-    let err = engine
-        .sql("SELECT quantile_exact(x, 1.5) FROM (VALUES (1)) AS t(x)")
-        .await
-        .unwrap_err();
+    let err = engine.sql("SELECT quantile_exact(x, 1.5) FROM (VALUES (1)) AS t(x)").await.unwrap_err();
     assert!(matches!(err, QueryError::InvalidSql(_)), "{err:?}");
     assert!(err.to_string().contains("between 0 and 1"), "{err}");
 }
@@ -173,35 +147,17 @@ async fn quantile_exact_matches_numpy_on_known_values() {
 async fn buffered_rows_get_partition_columns_and_join_the_files() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = Catalog::new(dir.path());
-    let file = write_parquet(
-        dir.path(),
-        Signal::Spans,
-        &spans_batch(&[span(1, NINE + 5, 10, "p", "m")]),
-        1,
-    )
-    .unwrap();
+    let file = write_parquet(dir.path(), Signal::Spans, &spans_batch(&[span(1, NINE + 5, 10, "p", "m")]), 1).unwrap();
     catalog.commit_flush(vec![(Signal::Spans, file)], 1);
     let engine = engine(&catalog).await;
-    assert_eq!(
-        i64_col(&engine.sql("SELECT count(*) AS n FROM spans").await.unwrap(), "n"),
-        vec![1]
-    );
+    assert_eq!(i64_col(&engine.sql("SELECT count(*) AS n FROM spans").await.unwrap(), "n"), vec![1]);
 
     // A span acknowledged after the engine was built is visible to the next query, with its partition values.
     catalog.add_batch(Signal::Spans, 2, spans_batch(&[span(2, NINE + HOUR + 7, 10, "p", "m")]));
-    let out = engine
-        .sql("SELECT date, hour FROM spans ORDER BY start_time")
-        .await
-        .unwrap();
-    assert_eq!(
-        str_col(&out, "date"),
-        vec![Some("2026-11-21".into()), Some("2026-11-21".into())]
-    );
+    let out = engine.sql("SELECT date, hour FROM spans ORDER BY start_time").await.unwrap();
+    assert_eq!(str_col(&out, "date"), vec![Some("2026-11-21".into()), Some("2026-11-21".into())]);
     assert_eq!(str_col(&out, "hour"), vec![Some("09".into()), Some("10".into())]);
-    let out = engine
-        .sql("SELECT count(*) AS n FROM spans WHERE hour = '10'")
-        .await
-        .unwrap();
+    let out = engine.sql("SELECT count(*) AS n FROM spans WHERE hour = '10'").await.unwrap();
     assert_eq!(i64_col(&out, "n"), vec![1]);
 }
 
@@ -211,9 +167,7 @@ async fn time_predicates_prune_files_before_they_are_opened() {
     let catalog = Catalog::new(dir.path());
     let mut files = Vec::new();
     for h in 0..3i64 {
-        let rows: Vec<_> = (0..10)
-            .map(|i| span(i, NINE + h * HOUR + i as i64 * MS, 5, "p", "m"))
-            .collect();
+        let rows: Vec<_> = (0..10).map(|i| span(i, NINE + h * HOUR + i as i64 * MS, 5, "p", "m")).collect();
         files.push((
             Signal::Spans,
             write_parquet(dir.path(), Signal::Spans, &spans_batch(&rows), h as u64 + 1).unwrap(),
@@ -236,18 +190,13 @@ async fn time_predicates_prune_files_before_they_are_opened() {
 
     let scanned = || engine.counters().files_scanned.load(Ordering::Relaxed);
     let before = scanned();
-    let out = engine
-        .sql("SELECT count(*) AS n FROM spans WHERE start_time >= '2026-11-21T10:00:00Z'")
-        .await
-        .unwrap();
+    let out = engine.sql("SELECT count(*) AS n FROM spans WHERE start_time >= '2026-11-21T10:00:00Z'").await.unwrap();
     assert_eq!(i64_col(&out, "n"), vec![20]);
     assert_eq!(scanned() - before, 2, "only the 10:00 and 11:00 files are read");
 
     let before = scanned();
-    let out = engine
-        .sql("SELECT count(*) AS n FROM spans WHERE date = '2026-11-21' AND hour IN ('09', '11')")
-        .await
-        .unwrap();
+    let out =
+        engine.sql("SELECT count(*) AS n FROM spans WHERE date = '2026-11-21' AND hour IN ('09', '11')").await.unwrap();
     assert_eq!(i64_col(&out, "n"), vec![20]);
     assert_eq!(scanned() - before, 2);
 
@@ -283,22 +232,13 @@ async fn writes_and_settings_are_refused() {
         "EXPLAIN CREATE TABLE t AS SELECT 1",
     ] {
         let err = engine.sql(sql).await.unwrap_err();
-        assert!(
-            matches!(err, QueryError::ReadOnly { .. } | QueryError::InvalidSql(_)),
-            "{sql}: {err:?}"
-        );
-        assert!(
-            err.to_string().contains("read-only") || err.to_string().contains("not supported"),
-            "{sql}: {err}"
-        );
+        assert!(matches!(err, QueryError::ReadOnly { .. } | QueryError::InvalidSql(_)), "{sql}: {err:?}");
+        assert!(err.to_string().contains("read-only") || err.to_string().contains("not supported"), "{sql}: {err}");
         assert_eq!(err.http_status(), http::StatusCode::BAD_REQUEST, "{sql}");
     }
     assert!(!std::path::Path::new("/tmp/tailscope-copy-test.csv").exists());
     let err = engine.sql("CREATE TABLE t AS SELECT 1").await.unwrap_err();
-    assert!(
-        matches!(err, QueryError::ReadOnly { ref statement } if statement == "CREATE MEMORY TABLE"),
-        "{err:?}"
-    );
+    assert!(matches!(err, QueryError::ReadOnly { ref statement } if statement == "CREATE MEMORY TABLE"), "{err:?}");
     // The views are still there, and reads still run.
     engine.sql("SELECT * FROM llm_calls").await.unwrap();
     engine.sql("EXPLAIN SELECT * FROM spans").await.unwrap();
@@ -325,18 +265,11 @@ async fn slow_queries_time_out_and_busy_slots_are_reported() {
     let catalog = Catalog::new(dir.path());
     let engine = Engine::new(
         catalog,
-        QueryConfig {
-            timeout: Duration::from_millis(200),
-            memory_limit_mb: 64,
-            max_concurrent: 1,
-        },
+        QueryConfig { timeout: Duration::from_millis(200), memory_limit_mb: 64, max_concurrent: 1 },
     )
     .await
     .unwrap();
-    let err = engine
-        .sql("SELECT sum(value) FROM range(10000000000)")
-        .await
-        .unwrap_err();
+    let err = engine.sql("SELECT sum(value) FROM range(10000000000)").await.unwrap_err();
     assert!(matches!(err, QueryError::Timeout { .. }), "{err:?}");
     assert_eq!(err.http_status(), http::StatusCode::GATEWAY_TIMEOUT);
 
@@ -354,11 +287,7 @@ async fn memory_limit_is_enforced() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::new(
         Catalog::new(dir.path()),
-        QueryConfig {
-            timeout: Duration::from_secs(30),
-            memory_limit_mb: 1,
-            max_concurrent: 1,
-        },
+        QueryConfig { timeout: Duration::from_secs(30), memory_limit_mb: 1, max_concurrent: 1 },
     )
     .await
     .unwrap();
@@ -374,10 +303,8 @@ async fn memory_limit_is_enforced() {
 async fn sessions_view_counts_per_session() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = Catalog::new(dir.path());
-    let mut rows = vec![
-        span(0, NINE, 100, "aws.bedrock", "claude"),
-        span(3, NINE + 1000 * MS, 200, "gcp.vertex_ai", "gemini"),
-    ];
+    let mut rows =
+        vec![span(0, NINE, 100, "aws.bedrock", "claude"), span(3, NINE + 1000 * MS, 200, "gcp.vertex_ai", "gemini")];
     rows[1].session_id = rows[0].session_id.clone();
     rows[1].error = true;
     let mut tool = span(6, NINE + 500 * MS, 50, "x", "y");
@@ -398,10 +325,7 @@ async fn sessions_view_counts_per_session() {
     assert_eq!(i64_col(&out, "total_tokens"), vec![220]);
     assert_eq!(i64_col(&out, "error_count"), vec![1]);
     assert_eq!(f64_col(&out, "wall_duration_ms"), vec![Some(1200.0)]);
-    assert_eq!(
-        str_col(&out, "providers"),
-        vec![Some("aws.bedrock,gcp.vertex_ai".into())]
-    );
+    assert_eq!(str_col(&out, "providers"), vec![Some("aws.bedrock,gcp.vertex_ai".into())]);
 }
 
 #[tokio::test]
@@ -409,24 +333,13 @@ async fn relations_list_tables_then_views() {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine(&Catalog::new(dir.path())).await;
     let names: Vec<_> = engine.relations().iter().map(|r| (r.name.as_str(), r.kind)).collect();
-    for expected in [
-        ("spans", "TABLE"),
-        ("metrics", "TABLE"),
-        ("logs", "TABLE"),
-        ("alerts", "TABLE"),
-    ] {
+    for expected in [("spans", "TABLE"), ("metrics", "TABLE"), ("logs", "TABLE"), ("alerts", "TABLE")] {
         assert!(names.contains(&expected), "{names:?}");
     }
     for view in ["llm_calls", "sessions", "provider_latency"] {
         assert!(names.contains(&(view, "VIEW")), "{names:?}");
     }
-    let spans = engine
-        .relations()
-        .iter()
-        .find(|r| r.name == "spans")
-        .unwrap()
-        .schema
-        .clone();
+    let spans = engine.relations().iter().find(|r| r.name == "spans").unwrap().schema.clone();
     assert!(spans.field_with_name("date").is_ok() && spans.field_with_name("hour").is_ok());
 }
 
@@ -436,10 +349,7 @@ async fn shell_meta_commands_answer_from_information_schema() {
     let engine = engine(&Catalog::new(dir.path())).await;
     let out = engine.sql(&crate::shell::list_relations_sql()).await.unwrap();
     let names = str_col(&out, "name");
-    assert!(
-        names.contains(&Some("provider_latency".into())) && names.contains(&Some("spans".into())),
-        "{names:?}"
-    );
+    assert!(names.contains(&Some("provider_latency".into())) && names.contains(&Some("spans".into())), "{names:?}");
     let out = engine.sql(&crate::shell::describe_sql("spans")).await.unwrap();
     let columns = str_col(&out, "column");
     assert_eq!(columns.first(), Some(&Some("trace_id".to_string())));
@@ -489,34 +399,13 @@ async fn quantiles_over_one_value_are_shared_and_answer_as_if_alone() {
     assert_eq!(f64_col(&out, "p95"), alone("quantile_exact(x, 0.95)").await);
     // `quantile_cont` is this function, not DataFusion's `percentile_cont` (which answers 18999.6249995 here).
     assert_eq!(alone("quantile_cont(x, 0.95)").await[0], Some(18999.625));
-    assert_eq!(
-        f64_col(&out, "p50_over_100"),
-        alone("quantile_exact(x, 0.5) FILTER (WHERE x > 100)").await
-    );
-    assert_eq!(
-        f64_col(&out, "p90_over_100"),
-        alone("quantile_exact(x, 0.9) FILTER (WHERE x > 100)").await
-    );
+    assert_eq!(f64_col(&out, "p50_over_100"), alone("quantile_exact(x, 0.5) FILTER (WHERE x > 100)").await);
+    assert_eq!(f64_col(&out, "p90_over_100"), alone("quantile_exact(x, 0.9) FILTER (WHERE x > 100)").await);
     assert_eq!(f64_col(&out, "p50_plus_one"), alone("quantile_exact(x + 1, 0.5)").await);
-    assert_eq!(
-        i64_col(&out, "n"),
-        vec![28572, 28572, 28572, 28571, 28571, 28571, 28571]
-    );
+    assert_eq!(i64_col(&out, "n"), vec![28572, 28572, 28572, 28571, 28571, 28571, 28571]);
     // Output names are the ones asked for, unqualified columns included.
     let names: Vec<&str> = out.schema.fields().iter().map(|f| f.name().as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "g",
-            "p99",
-            "p50",
-            "n",
-            "p95",
-            "p50_over_100",
-            "p90_over_100",
-            "p50_plus_one"
-        ]
-    );
+    assert_eq!(names, ["g", "p99", "p50", "n", "p95", "p50_over_100", "p90_over_100", "p50_plus_one"]);
     // Grouping sets add a grouping id column between the keys and the aggregates; the rewrite keeps it in place.
     let rollup = engine
         .sql(&format!(
@@ -525,17 +414,11 @@ async fn quantiles_over_one_value_are_shared_and_answer_as_if_alone() {
         ))
         .await
         .unwrap();
-    let whole = engine
-        .sql(&format!("SELECT quantile_exact(x, 0.9) AS b FROM {source}"))
-        .await
-        .unwrap();
+    let whole = engine.sql(&format!("SELECT quantile_exact(x, 0.9) AS b FROM {source}")).await.unwrap();
     assert_eq!(f64_col(&rollup, "b")[0], f64_col(&whole, "b")[0]);
     assert_eq!(f64_col(&rollup, "a")[1..], alone("quantile_exact(x, 0.5)").await[..]);
     // And the same against the numpy definition for one group.
-    let values: Vec<f64> = (0..200000u64)
-        .filter(|v| v % 7 == 3)
-        .map(|v| ((v * 7919) % 200003) as f64 / 10.0)
-        .collect();
+    let values: Vec<f64> = (0..200000u64).filter(|v| v % 7 == 3).map(|v| ((v * 7919) % 200003) as f64 / 10.0).collect();
     let want = crate::fixture::numpy_quantile(&values, 0.99);
     assert_eq!(f64_col(&out, "p99")[3], Some(want));
 }
@@ -544,20 +427,12 @@ async fn quantiles_over_one_value_are_shared_and_answer_as_if_alone() {
 async fn string_columns_leave_the_engine_as_utf8() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = Catalog::new(dir.path());
-    let file = write_parquet(
-        dir.path(),
-        Signal::Spans,
-        &spans_batch(&[span(0, NINE, 100, "aws.bedrock", "claude")]),
-        1,
-    )
-    .unwrap();
+    let file =
+        write_parquet(dir.path(), Signal::Spans, &spans_batch(&[span(0, NINE, 100, "aws.bedrock", "claude")]), 1)
+            .unwrap();
     catalog.commit_flush(vec![(Signal::Spans, file)], 1);
     // The buffer's batches are stored-type `Utf8`; the files are read as views: both must come out alike.
-    catalog.add_batch(
-        Signal::Spans,
-        2,
-        spans_batch(&[span(1, NINE + HOUR, 50, "openai", "gpt")]),
-    );
+    catalog.add_batch(Signal::Spans, 2, spans_batch(&[span(1, NINE + HOUR, 50, "openai", "gpt")]));
     let engine = engine(&catalog).await;
     let sql = "SELECT gen_ai_provider, session_id, array_agg(request_model) AS models FROM spans \
                GROUP BY gen_ai_provider, session_id ORDER BY gen_ai_provider";
@@ -568,10 +443,7 @@ async fn string_columns_leave_the_engine_as_utf8() {
     for b in &out.batches {
         assert_eq!(b.schema().fields(), out.schema.fields());
     }
-    assert_eq!(
-        str_col(&out, "gen_ai_provider"),
-        vec![Some("aws.bedrock".into()), Some("openai".into())]
-    );
+    assert_eq!(str_col(&out, "gen_ai_provider"), vec![Some("aws.bedrock".into()), Some("openai".into())]);
     assert_eq!(engine.schema_of(sql).await.unwrap().fields(), out.schema.fields());
     let spans = engine.relations().iter().find(|r| r.name == "spans").unwrap();
     assert_eq!(
@@ -587,18 +459,16 @@ async fn time_filters_applied_by_the_scan_match_filtering_every_row() {
     // Three hourly files of 10 spans 6 minutes apart, and 10 buffered spans in the third hour.
     let mut files = Vec::new();
     for h in 0..3i64 {
-        let rows: Vec<_> = (0..10)
-            .map(|i| span(i, NINE + h * HOUR + i as i64 * 6 * 60_000 * MS, 5 + i as i64, "p", "m"))
-            .collect();
+        let rows: Vec<_> =
+            (0..10).map(|i| span(i, NINE + h * HOUR + i as i64 * 6 * 60_000 * MS, 5 + i as i64, "p", "m")).collect();
         files.push((
             Signal::Spans,
             write_parquet(dir.path(), Signal::Spans, &spans_batch(&rows), h as u64 + 1).unwrap(),
         ));
     }
     catalog.commit_flush(files, 3);
-    let buffered: Vec<_> = (0..10)
-        .map(|i| span(100 + i, NINE + 2 * HOUR + (i as i64 * 5 + 1) * 60_000 * MS, 1, "q", "m"))
-        .collect();
+    let buffered: Vec<_> =
+        (0..10).map(|i| span(100 + i, NINE + 2 * HOUR + (i as i64 * 5 + 1) * 60_000 * MS, 1, "q", "m")).collect();
     catalog.add_batch(Signal::Spans, 4, spans_batch(&buffered));
     let engine = engine(&catalog).await;
 
@@ -620,14 +490,8 @@ async fn time_filters_applied_by_the_scan_match_filtering_every_row() {
             "count(*) AS n, sum(duration_ns) AS d",
             "count(DISTINCT gen_ai_provider) AS n, min(start_time) AS t",
         ] {
-            let ours = engine
-                .sql(&format!("SELECT {select} FROM spans WHERE {w}"))
-                .await
-                .unwrap();
-            let all = engine
-                .sql(&format!("SELECT {select} FROM spans WHERE {hidden}"))
-                .await
-                .unwrap();
+            let ours = engine.sql(&format!("SELECT {select} FROM spans WHERE {w}")).await.unwrap();
+            let all = engine.sql(&format!("SELECT {select} FROM spans WHERE {hidden}")).await.unwrap();
             let show = |o: &QueryOutput| {
                 String::from_utf8(crate::format::to_bytes(crate::format::Format::Csv, o).unwrap()).unwrap()
             };
@@ -635,32 +499,23 @@ async fn time_filters_applied_by_the_scan_match_filtering_every_row() {
         }
         // And row by row, with the time column not selected.
         let ours = engine
-            .sql(&format!(
-                "SELECT span_id, hour FROM spans WHERE {w} ORDER BY start_time, span_id"
-            ))
+            .sql(&format!("SELECT span_id, hour FROM spans WHERE {w} ORDER BY start_time, span_id"))
             .await
             .unwrap();
         let all = engine
-            .sql(&format!(
-                "SELECT span_id, hour FROM spans WHERE {hidden} ORDER BY start_time, span_id"
-            ))
+            .sql(&format!("SELECT span_id, hour FROM spans WHERE {hidden} ORDER BY start_time, span_id"))
             .await
             .unwrap();
         assert_eq!(str_col(&ours, "span_id"), str_col(&all, "span_id"), "{w}");
         assert_eq!(str_col(&ours, "hour"), str_col(&all, "hour"), "{w}");
     }
     // The first window: 5 + 10 file rows, and the 09:30-10:59 half of nothing buffered (buffer is 11:01-11:46).
-    let out = engine
-        .sql(&format!("SELECT count(*) AS n FROM spans WHERE {}", windows[0]))
-        .await
-        .unwrap();
+    let out = engine.sql(&format!("SELECT count(*) AS n FROM spans WHERE {}", windows[0])).await.unwrap();
     assert_eq!(i64_col(&out, "n"), vec![15]);
     // A limit pushed into the scan still gives exactly that many rows, from files and buffer alike.
     for limit in [1, 3, 25] {
         let out = engine
-            .sql(&format!(
-                "SELECT span_id FROM spans WHERE start_time >= '2026-11-21T09:30:00Z' LIMIT {limit}"
-            ))
+            .sql(&format!("SELECT span_id FROM spans WHERE start_time >= '2026-11-21T09:30:00Z' LIMIT {limit}"))
             .await
             .unwrap();
         assert_eq!(out.num_rows(), limit);
@@ -718,10 +573,7 @@ async fn string_group_matches(source: &str) {
     let sql = format!("SELECT k, sum(x) AS sx, sum(n) AS sn, count(*) AS c, count(x) AS cx FROM {source} GROUP BY k");
     let plan = engine.sql(&format!("EXPLAIN {sql}")).await.unwrap();
     let text = String::from_utf8(crate::format::to_bytes(crate::format::Format::Csv, &plan).unwrap()).unwrap();
-    assert!(
-        text.contains("StringGroupAggregateExec"),
-        "the rule did not fire:\n{text}"
-    );
+    assert!(text.contains("StringGroupAggregateExec"), "the rule did not fire:\n{text}");
 
     type Expected = (Option<f64>, Option<i64>, i64, i64);
     let mut expected: std::collections::HashMap<Option<String>, Expected> = Default::default();
@@ -750,12 +602,8 @@ async fn string_group_matches(source: &str) {
         let cx = b.column_by_name("cx").unwrap().as_primitive::<Int64Type>();
         for i in 0..b.num_rows() {
             let key = k.is_valid(i).then(|| k.value(i).to_string());
-            let row = (
-                sx.is_valid(i).then(|| sx.value(i)),
-                sn.is_valid(i).then(|| sn.value(i)),
-                c.value(i),
-                cx.value(i),
-            );
+            let row =
+                (sx.is_valid(i).then(|| sx.value(i)), sn.is_valid(i).then(|| sn.value(i)), c.value(i), cx.value(i));
             assert!(got.insert(key.clone(), row).is_none(), "group {key:?} answered twice");
         }
     }
@@ -873,8 +721,10 @@ async fn sessions_group_by_their_dictionary_across_files_and_buffer() {
         .unwrap();
     assert_eq!(i64_col(&one, "n"), vec![expected[&Some("session-42".to_string())].1]);
     let dear = engine
-        .sql("SELECT count(*) AS sessions, sum(n) AS n FROM (SELECT session_id, count(*) AS n FROM spans \
-              WHERE cost_usd > 20 GROUP BY session_id)")
+        .sql(
+            "SELECT count(*) AS sessions, sum(n) AS n FROM (SELECT session_id, count(*) AS n FROM spans \
+              WHERE cost_usd > 20 GROUP BY session_id)",
+        )
         .await
         .unwrap();
     let want: std::collections::HashSet<_> =
@@ -892,29 +742,15 @@ async fn sessions_group_by_their_dictionary_across_files_and_buffer() {
 #[tokio::test]
 async fn string_group_aggregate_falls_back_to_datafusion_under_a_tight_memory_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::new(
-        Catalog::new(dir.path()),
-        QueryConfig {
-            memory_limit_mb: 4,
-            ..config()
-        },
-    )
-    .await
-    .unwrap();
+    let engine = Engine::new(Catalog::new(dir.path()), QueryConfig { memory_limit_mb: 4, ..config() }).await.unwrap();
     // 400k distinct 40-byte keys: more than 4 MiB of group tables.
     let sql = "SELECT count(*) AS groups, sum(c) AS rows, min(k) AS first FROM (SELECT k, count(*) AS c FROM \
                (SELECT concat('a-key-long-enough-to-fill-the-pool-', CAST(value AS VARCHAR)) AS k FROM range(400000)) \
                GROUP BY k)";
     let analyzed = engine.sql(&format!("EXPLAIN ANALYZE {sql}")).await.unwrap();
     let text = String::from_utf8(crate::format::to_bytes(crate::format::Format::Csv, &analyzed).unwrap()).unwrap();
-    assert!(
-        text.contains("StringGroupAggregateExec"),
-        "the rule did not fire:\n{text}"
-    );
-    assert!(
-        !text.contains("memory_fallbacks=0"),
-        "the tables fit after all:\n{text}"
-    );
+    assert!(text.contains("StringGroupAggregateExec"), "the rule did not fire:\n{text}");
+    assert!(!text.contains("memory_fallbacks=0"), "the tables fit after all:\n{text}");
     let out = engine.sql(sql).await.unwrap();
     assert_eq!(i64_col(&out, "groups"), vec![400_000]);
     assert_eq!(i64_col(&out, "rows"), vec![400_000]);

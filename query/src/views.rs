@@ -6,10 +6,7 @@ pub const INFERENCE_OPERATIONS: &str = "('chat', 'text_completion', 'generate_co
 /// `(view name, SQL)` in registration order: a view may use the ones before it.
 pub fn base_views() -> Vec<(&'static str, String)> {
     vec![
-        (
-            "llm_calls",
-            format!("SELECT * FROM spans WHERE gen_ai_operation IN {INFERENCE_OPERATIONS}"),
-        ),
+        ("llm_calls", format!("SELECT * FROM spans WHERE gen_ai_operation IN {INFERENCE_OPERATIONS}")),
         (
             "sessions",
             format!(

@@ -88,7 +88,10 @@ fn demo_config(args: &Args) -> Config {
     let hour = BudgetPeriod::Rolling(Duration::from_secs(3600));
     config.budgets = vec![
         // All inference and egress: 80% after about a minute of the fleet, breached at about 75 s.
-        BudgetConfig { cap_usd: Some(round_cents(per_second * 75.0)), ..budget("fleet-spend", BudgetKind::Total, hour) },
+        BudgetConfig {
+            cap_usd: Some(round_cents(per_second * 75.0)),
+            ..budget("fleet-spend", BudgetKind::Total, hour)
+        },
         // Hedged requests' losing copies: the fleet wastes ~4% of inference spend on them; the guardrail is 3%.
         BudgetConfig { cap_share: Some(0.03), ..budget("hedge-duplicates", BudgetKind::DuplicateInference, hour) },
         // Cross-cloud transfer: 80% at about 90 s.
@@ -257,7 +260,8 @@ async fn sql_json(engine: &Engine, sql: &str) -> Result<Vec<serde_json::Value>, 
 /// The headless progress line: the fleet's rate, and SQL figures from the running collector.
 async fn progress_line(engine: &Engine, stats: &SimStats, elapsed: Duration) -> String {
     let sent = stats.spans.load(Ordering::Relaxed);
-    let mut line = format!("[{:>4.0}s] sent {sent} spans ({:.0}/s)", elapsed.as_secs_f64(), sent as f64 / elapsed.as_secs_f64());
+    let mut line =
+        format!("[{:>4.0}s] sent {sent} spans ({:.0}/s)", elapsed.as_secs_f64(), sent as f64 / elapsed.as_secs_f64());
     match sql_json(engine, SQL_TOTALS).await {
         Ok(rows) => {
             let r = rows.first().cloned().unwrap_or_default();
@@ -276,22 +280,26 @@ async fn progress_line(engine: &Engine, stats: &SimStats, elapsed: Duration) -> 
     if let Ok(rows) = sql_json(engine, recent).await {
         let parts: Vec<String> = rows
             .iter()
-            .map(|r| format!("{} {:.1}s", r["provider"].as_str().unwrap_or("?"), r["p99_ms"].as_f64().unwrap_or(0.0) / 1000.0))
+            .map(|r| {
+                format!(
+                    "{} {:.1}s",
+                    r["provider"].as_str().unwrap_or("?"),
+                    r["p99_ms"].as_f64().unwrap_or(0.0) / 1000.0
+                )
+            })
             .collect();
         if !parts.is_empty() {
             line.push_str(&format!(" · chat p99 (1m): {}", parts.join(", ")));
         }
     }
-    if let Ok(rows) = sql_json(
-        engine,
-        "SELECT count(*) AS n, max(seq) AS last FROM alerts WHERE state = 'firing'",
-    )
-    .await
+    if let Ok(rows) =
+        sql_json(engine, "SELECT count(*) AS n, max(seq) AS last FROM alerts WHERE state = 'firing'").await
     {
         let n = rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0);
         line.push_str(&format!(" · {n} alerts"));
         if n > 0
-            && let Ok(last) = sql_json(engine, "SELECT message FROM alerts WHERE state = 'firing' ORDER BY seq DESC LIMIT 1").await
+            && let Ok(last) =
+                sql_json(engine, "SELECT message FROM alerts WHERE state = 'firing' ORDER BY seq DESC LIMIT 1").await
             && let Some(m) = last.first().and_then(|r| r["message"].as_str())
         {
             line.push_str(&format!(" (latest: {m})"));

@@ -50,10 +50,7 @@ impl Backend {
                     .await
                     .map_err(|e| format!("cannot reach {url}: {e}"))?;
                 let status = response.status();
-                let body = response
-                    .bytes()
-                    .await
-                    .map_err(|e| format!("reading the answer of {url}: {e}"))?;
+                let body = response.bytes().await.map_err(|e| format!("reading the answer of {url}: {e}"))?;
                 if !status.is_success() {
                     let message = serde_json::from_slice::<serde_json::Value>(&body)
                         .ok()
@@ -88,15 +85,8 @@ pub async fn run(args: Args) -> CmdResult {
 async fn backend(args: &Args) -> Result<Backend, Box<dyn std::error::Error + Send + Sync>> {
     if let Some(server) = &args.server {
         let base = server.trim_end_matches('/');
-        let base = if base.contains("://") {
-            base.to_string()
-        } else {
-            format!("http://{base}")
-        };
-        return Ok(Backend::Remote {
-            url: format!("{base}/api/v1/query"),
-            http: reqwest::Client::new(),
-        });
+        let base = if base.contains("://") { base.to_string() } else { format!("http://{base}") };
+        return Ok(Backend::Remote { url: format!("{base}/api/v1/query"), http: reqwest::Client::new() });
     }
     let config = match &args.config {
         Some(path) => collector::config::Config::load(path)?,
@@ -155,11 +145,7 @@ async fn shell(args: &Args, backend: &Backend) -> CmdResult {
     println!("tailscope SQL over {target}. \\? for help, \\q to quit.");
     let mut buffer = LineBuffer::default();
     loop {
-        let prompt = if buffer.is_continuing() {
-            "      -> "
-        } else {
-            "tailscope> "
-        };
+        let prompt = if buffer.is_continuing() { "      -> " } else { "tailscope> " };
         let line = match editor.readline(prompt) {
             Ok(line) => line,
             Err(rustyline::error::ReadlineError::Interrupted) => {
@@ -194,11 +180,8 @@ async fn shell(args: &Args, backend: &Backend) -> CmdResult {
             Ok(output) => {
                 // The shell prints tables unless another format was asked for.
                 let mut out = std::io::BufWriter::new(std::io::stdout());
-                let format = if matches!(args.format, Format::Parquet | Format::Arrow) {
-                    Format::Table
-                } else {
-                    args.format
-                };
+                let format =
+                    if matches!(args.format, Format::Parquet | Format::Arrow) { Format::Table } else { args.format };
                 format::write(format, &output, &mut out)?;
                 writeln!(out, "({:.3} s)", started.elapsed().as_secs_f64())?;
             }

@@ -89,7 +89,10 @@ pub struct Addrs {
 
 async fn bind(addr: SocketAddr, what: &str, key: &str) -> Result<TcpListener, String> {
     TcpListener::bind(addr).await.map_err(|e| {
-        format!("cannot listen on {addr} for {what}: {e}; choose another address with --{key} or server.{}", key.replace('-', "_"))
+        format!(
+            "cannot listen on {addr} for {what}: {e}; choose another address with --{key} or server.{}",
+            key.replace('-', "_")
+        )
     })
 }
 
@@ -110,7 +113,9 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
     let (collector, report) = Collector::start(config.clone()).await?;
     if report.records > 0 || report.removed_files > 0 {
         tracing::info!(
-            replayed_records = report.records, replayed_rows = report.rows, removed_uncommitted_files = report.removed_files,
+            replayed_records = report.records,
+            replayed_rows = report.rows,
+            removed_uncommitted_files = report.removed_files,
             "recovered from the WAL"
         );
     }
@@ -144,7 +149,10 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
         let router = collector.otlp_http_router();
         let shutdown = until_stopped();
         tasks.spawn(async move {
-            axum::serve(http, router).with_graceful_shutdown(shutdown).await.map_err(|e| format!("OTLP/HTTP server: {e}"))
+            axum::serve(http, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(|e| format!("OTLP/HTTP server: {e}"))
         });
     }
     {

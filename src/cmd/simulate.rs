@@ -97,4 +97,3 @@ pub async fn run(args: Args) -> CmdResult {
         .into())
     }
 }
-

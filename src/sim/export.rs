@@ -284,7 +284,9 @@ impl Fleet {
         for (emitter, p) in self.pipelines {
             let name = match emitter {
                 Emitter::Service(i) => format!("{} ({})", fleet::SERVICES[i].name, fleet::SERVICES[i].place.region),
-                Emitter::Backend(i) => format!("{} ({})", fleet::backends()[i].service, fleet::backends()[i].place.region),
+                Emitter::Backend(i) => {
+                    format!("{} ({})", fleet::backends()[i].service, fleet::backends()[i].place.region)
+                }
             };
             if let Err(e) = p.tracer_provider.shutdown() {
                 errors.push(format!("{name}: traces: {e}"));
@@ -379,15 +381,19 @@ fn pipeline(
                 .map_err(|e| build_err("log exporter", e))?,
         ),
     };
-    let span_processor = BatchSpanProcessor::builder(OnRuntime { inner: spans, handle: handle.clone(), counters: counters.spans.clone() })
-        .with_batch_config(
-            BatchConfigBuilder::default()
-                .with_max_queue_size(target.queue_size)
-                .with_max_export_batch_size(512)
-                .with_scheduled_delay(target.batch_delay)
-                .build(),
-        )
-        .build();
+    let span_processor = BatchSpanProcessor::builder(OnRuntime {
+        inner: spans,
+        handle: handle.clone(),
+        counters: counters.spans.clone(),
+    })
+    .with_batch_config(
+        BatchConfigBuilder::default()
+            .with_max_queue_size(target.queue_size)
+            .with_max_export_batch_size(512)
+            .with_scheduled_delay(target.batch_delay)
+            .build(),
+    )
+    .build();
     let tracer_provider = SdkTracerProvider::builder()
         .with_span_processor(span_processor)
         .with_id_generator(PlannedIds::default())
@@ -395,9 +401,13 @@ fn pipeline(
         .build();
     let tracer = tracer_provider.tracer_with_scope(scope.clone());
 
-    let reader = PeriodicReader::builder(OnRuntime { inner: metrics, handle: handle.clone(), counters: counters.metrics.clone() })
-        .with_interval(target.metric_interval)
-        .build();
+    let reader = PeriodicReader::builder(OnRuntime {
+        inner: metrics,
+        handle: handle.clone(),
+        counters: counters.metrics.clone(),
+    })
+    .with_interval(target.metric_interval)
+    .build();
     let meter_provider = SdkMeterProvider::builder().with_reader(reader).with_resource(resource.clone()).build();
     let meter = meter_provider.meter_with_scope(scope.clone());
     let token_usage = meter
@@ -412,9 +422,7 @@ fn pipeline(
         .f64_histogram("gen_ai.client.operation.duration")
         .with_unit("s")
         .with_description("GenAI operation duration")
-        .with_boundaries(vec![
-            0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
-        ])
+        .with_boundaries(vec![0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92])
         .build();
 
     let logger_provider = SdkLoggerProvider::builder()

@@ -435,7 +435,10 @@ pub const SERVICES: &[Service] = &[
         place: CW_US_WEST_01,
         environment: "staging",
         agent: "code-fixer",
-        models: &[("aws.bedrock", "anthropic.claude-3-5-sonnet-20240620-v1:0", 0.7), ("aws.bedrock", "amazon.nova-pro-v1:0", 0.3)],
+        models: &[
+            ("aws.bedrock", "anthropic.claude-3-5-sonnet-20240620-v1:0", 0.7),
+            ("aws.bedrock", "amazon.nova-pro-v1:0", 0.3),
+        ],
         hedge_after_ms: None,
         hedge_to: ("openai", "gpt-4o"),
         legacy_names: true,
@@ -448,10 +451,7 @@ pub const SERVICES: &[Service] = &[
 
 /// Looks a tool up by name; panics on a typo (static data, covered by a test).
 pub fn tool(name: &str) -> &'static Tool {
-    TOOLS
-        .iter()
-        .find(|t| t.name == name)
-        .unwrap_or_else(|| panic!("no simulated tool {name}"))
+    TOOLS.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no simulated tool {name}"))
 }
 
 /// The backend services (retrieval and memory stores), each with the place it runs, deduplicated by

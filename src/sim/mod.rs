@@ -107,7 +107,11 @@ impl SimStats {
     /// Export failures so far, each signal with its latest error; empty when every export succeeded.
     pub fn export_failures(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for (name, c) in [("spans", &self.export.spans), ("metric exports", &self.export.metrics), ("log records", &self.export.logs)] {
+        for (name, c) in [
+            ("spans", &self.export.spans),
+            ("metric exports", &self.export.metrics),
+            ("log records", &self.export.logs),
+        ] {
             let failed = c.failed.load(Ordering::Relaxed);
             if failed > 0 {
                 let last = c.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
@@ -141,7 +145,10 @@ pub async fn run(
     stop: impl Future<Output = ()> + Send,
 ) -> Result<SimReport, SimError> {
     if !(config.rate.is_finite() && config.rate > 0.0) {
-        return Err(SimError::Config(format!("--rate must be a positive number of spans per second, got {}", config.rate)));
+        return Err(SimError::Config(format!(
+            "--rate must be a positive number of spans per second, got {}",
+            config.rate
+        )));
     }
     if config.sessions == 0 {
         return Err(SimError::Config("--sessions must be at least 1".into()));

@@ -421,11 +421,8 @@ impl Generator {
         conv_turn: u32,
         planning: bool,
     ) -> (u64, u64) {
-        let output = if planning {
-            self.lognormal(180.0, 0.6) as u64 + 20
-        } else {
-            self.lognormal(350.0, 0.55) as u64 + 30
-        };
+        let output =
+            if planning { self.lognormal(180.0, 0.6) as u64 + 20 } else { self.lognormal(350.0, 0.55) as u64 + 30 };
         let (_, _, err_factor) = turn.cond.degradation(model.hosted_in);
         // Rate limits and upstream errors: the agent retries once after a back-off.
         let mut start = start;
@@ -496,8 +493,18 @@ impl Generator {
                     attributes: vec![KeyValue::new("gen_ai.provider.name", model.provider)],
                 });
             }
-            let span =
-                self.chat_span(turn, primary_id, parent, start, latency, Some(ttft), model, &tokens, conv_turn, planning);
+            let span = self.chat_span(
+                turn,
+                primary_id,
+                parent,
+                start,
+                latency,
+                Some(ttft),
+                model,
+                &tokens,
+                conv_turn,
+                planning,
+            );
             turn.spans.push(span);
             return (start + latency, output);
         };
@@ -680,7 +687,8 @@ impl Generator {
         if stalled {
             ms += self.rng.random_range(3_000.0..20_000.0);
         }
-        let failed = stalled && self.rng.random_bool(0.3) || self.rng.random_bool((tool.error_rate * err_factor).min(0.5));
+        let failed =
+            stalled && self.rng.random_bool(0.3) || self.rng.random_bool((tool.error_rate * err_factor).min(0.5));
         let id = self.span_id();
         let mut attrs = vec![
             KeyValue::new("gen_ai.operation.name", "execute_tool"),
@@ -774,14 +782,7 @@ impl Generator {
         t += emb_latency + (self.rng.random_range(0.1..1.0) * MS) as u64;
 
         // Query the vector store (a call to another service, often in another region or cloud).
-        let (q_end, response_bytes) = self.remote_call(
-            turn,
-            tool_id,
-            t,
-            &store,
-            backend_ix,
-            RemoteKind::VectorSearch,
-        );
+        let (q_end, response_bytes) = self.remote_call(turn, tool_id, t, &store, backend_ix, RemoteKind::VectorSearch);
         let end = q_end + (self.rng.random_range(0.1..1.0) * MS) as u64;
         turn.spans.push(SpanPlan {
             emitter: Emitter::Service(turn.service_ix),
@@ -1057,7 +1058,8 @@ mod tests {
             for (_, copies) in by_id {
                 hedged += 1;
                 assert_eq!(copies.len(), 2);
-                let winner: Vec<_> = copies.iter().filter(|s| attr(s, "hedge.winner") == Some(&Value::Bool(true))).collect();
+                let winner: Vec<_> =
+                    copies.iter().filter(|s| attr(s, "hedge.winner") == Some(&Value::Bool(true))).collect();
                 assert_eq!(winner.len(), 1);
                 let loser = copies.iter().find(|s| attr(s, "hedge.winner") == Some(&Value::Bool(false))).unwrap();
                 // Cancelled once the winner's first token arrived: after both started, before the winner ended.
@@ -1094,7 +1096,8 @@ mod tests {
         assert!(spans.iter().any(|s| attr(s, "gen_ai.request.model") == Some(&Value::from(fleet::UNKNOWN_MODEL))));
         assert!(spans.iter().any(|s| matches!(s.emitter, Emitter::Backend(_)) && s.remote_parent));
         // Heavy tail: p99 of chat latency well above its median.
-        let mut lat: Vec<u64> = spans.iter().filter(|s| s.name.starts_with("chat ")).map(|s| s.end_ns - s.start_ns).collect();
+        let mut lat: Vec<u64> =
+            spans.iter().filter(|s| s.name.starts_with("chat ")).map(|s| s.end_ns - s.start_ns).collect();
         lat.sort();
         let p50 = lat[lat.len() / 2];
         let p99 = lat[lat.len() * 99 / 100];

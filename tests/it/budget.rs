@@ -151,12 +151,8 @@ evaluate_interval = "200ms"
     assert_eq!(receiver.bodies.lock().await.len(), 2, "no alert fired again after the restart");
 
     // The alert is visible in the API and in SQL.
-    let alerts: serde_json::Value = reqwest::get(format!("{}/api/v1/alerts?state=firing", server.api_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let alerts: serde_json::Value =
+        reqwest::get(format!("{}/api/v1/alerts?state=firing", server.api_url())).await.unwrap().json().await.unwrap();
     assert_eq!(alerts["alerts"].as_array().unwrap().len(), 1, "{alerts}");
     assert_eq!(alerts["alerts"][0]["severity"], "critical");
     let rows = server.sql("SELECT budget, severity, threshold FROM alerts ORDER BY seq").await;

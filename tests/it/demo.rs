@@ -19,7 +19,8 @@ fn query(dir: &Path, sql: &str) -> Vec<serde_json::Value> {
         .output()
         .expect("run tailscope query");
     assert!(out.status.success(), "query failed: {}\nSQL: {sql}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// numpy.quantile(values, q), method "linear".
@@ -68,7 +69,8 @@ fn demo_summary_is_sql_over_the_stored_data() {
     assert!(spans > 1500, "{summary}");
     assert_eq!(spans, sent, "{summary}");
 
-    let totals = &query(&data, "SELECT count(*) AS n, count(DISTINCT session_id) AS s, sum(cost_usd) AS c FROM spans")[0];
+    let totals =
+        &query(&data, "SELECT count(*) AS n, count(DISTINCT session_id) AS s, sum(cost_usd) AS c FROM spans")[0];
     assert_eq!(totals["n"].as_u64(), Some(spans));
     assert_eq!(totals["s"].as_u64(), Some(sessions));
     assert!(sessions > 20, "{summary}");
@@ -150,7 +152,9 @@ async fn simulate_loads_any_endpoint_over_otlp_http() {
     assert!(sent > 500, "{done}");
     // Acknowledged means queryable.
     server.wait_count("SELECT count(*) AS n FROM spans", sent).await;
-    let rows = server.sql("SELECT count(DISTINCT service_name) AS services, count(DISTINCT session_id) AS sessions FROM spans").await;
+    let rows = server
+        .sql("SELECT count(DISTINCT service_name) AS services, count(DISTINCT session_id) AS sessions FROM spans")
+        .await;
     assert!(rows[0]["services"].as_u64().unwrap() >= 6, "{rows:?}");
     assert!(rows[0]["sessions"].as_u64().unwrap() > 5, "{rows:?}");
 

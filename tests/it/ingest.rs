@@ -492,7 +492,10 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     assert_eq!(r.status(), 200);
     server.wait_count("SELECT count(*) AS n FROM spans WHERE service_name = 'after-bad-input'", 10).await;
     assert!(server.metric("tailscope_requests_rejected_total{signal=\"spans\",reason=\"malformed\"}").await >= 4.0);
-    assert!(server.metric("tailscope_requests_rejected_total{signal=\"spans\",reason=\"unsupported_media_type\"}").await >= 1.0);
+    assert!(
+        server.metric("tailscope_requests_rejected_total{signal=\"spans\",reason=\"unsupported_media_type\"}").await
+            >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -672,11 +675,8 @@ async fn a_full_disk_refuses_retryably_and_loses_nothing() {
     assert_eq!(reqwest::get(format!("{}/healthz", server.api_url())).await.unwrap().status(), 200);
 
     // Room again: ingest resumes and every acknowledged span is there.
-    let grown = std::process::Command::new("mount")
-        .args(["-o", "remount,size=256m"])
-        .arg(mount.path())
-        .status()
-        .unwrap();
+    let grown =
+        std::process::Command::new("mount").args(["-o", "remount,size=256m"]).arg(mount.path()).status().unwrap();
     assert!(grown.success());
     grpc.export(request("disk", 1 << 40, 200)).await.expect("accepting again");
     acked += 200;
@@ -727,14 +727,18 @@ async fn sdk_metrics_and_logs_are_stored_with_resource_columns() {
         let hist: Vec<_> = mine.iter().filter(|p| p["metric_name"] == "gen_ai.client.token.usage").collect();
         // Cumulative temporality: each collection (force_flush, then shutdown) exports the same totals again.
         assert!(hist.len() >= 2, "one point per token type: {points:#?}");
-        assert!(hist.iter().all(|p| p["metric_type"] == "histogram" && p["count"] == 1 && p["cloud_provider"] == "gcp"));
+        assert!(
+            hist.iter().all(|p| p["metric_type"] == "histogram" && p["count"] == 1 && p["cloud_provider"] == "gcp")
+        );
         let mut sums: Vec<f64> = hist.iter().map(|p| p["sum"].as_f64().unwrap()).collect();
         sums.dedup();
         assert_eq!(sums, vec![30.0, 120.0], "{points:#?}");
         let counters: Vec<_> = mine.iter().filter(|p| p["metric_name"] == "agent.calls").collect();
         assert!(!counters.is_empty() && counters.iter().all(|p| p["metric_type"] == "sum" && p["value"] == 3.0));
     }
-    let logs = server.sql("SELECT service_name, severity_number, severity_text, body, attributes FROM logs ORDER BY service_name").await;
+    let logs = server
+        .sql("SELECT service_name, severity_number, severity_text, body, attributes FROM logs ORDER BY service_name")
+        .await;
     assert_eq!(logs.len(), 2, "{logs:#?}");
     assert_eq!(logs[0]["body"], "tool timed out over grpc");
     assert_eq!(logs[1]["body"], "tool timed out over http");

@@ -20,39 +20,27 @@ fn durations_ms(provider_index: usize, n: usize) -> Vec<u64> {
     (0..n)
         .map(|i| {
             let body = 100 + ((i * 7919 + provider_index * 31) % 900) as u64;
-            if i % 40 == 0 {
-                body + 4000 + (i as u64) * 3
-            } else {
-                body
-            }
+            if i % 40 == 0 { body + 4000 + (i as u64) * 3 } else { body }
         })
         .collect()
 }
 
-const PROVIDERS: [(&str, &str, &str); 2] = [
-    ("aws.bedrock", "anthropic.claude-sonnet-4", "us-east-1"),
-    ("azure.ai.openai", "gpt-4.1", "eastus"),
-];
+const PROVIDERS: [(&str, &str, &str); 2] =
+    [("aws.bedrock", "anthropic.claude-sonnet-4", "us-east-1"), ("azure.ai.openai", "gpt-4.1", "eastus")];
 const PER_PROVIDER: usize = 150;
 
 /// Sends the known spans (plus one tool span per session) and returns once the SDK has them acknowledged.
 async fn ingest_known_spans(server: &Server) {
     let mut by_region = std::collections::BTreeMap::new();
     for (i, (provider, model, region)) in PROVIDERS.iter().enumerate() {
-        by_region
-            .entry(*region)
-            .or_insert_with(Vec::new)
-            .push((i, *provider, *model));
+        by_region.entry(*region).or_insert_with(Vec::new).push((i, *provider, *model));
     }
     let start = SystemTime::now() - Duration::from_secs(600);
     for (region, providers) in by_region {
         let tp = tracer_provider(
             server,
             Transport::Grpc,
-            vec![
-                KeyValue::new("service.name", "agent"),
-                KeyValue::new("cloud.region", region),
-            ],
+            vec![KeyValue::new("service.name", "agent"), KeyValue::new("cloud.region", region)],
         );
         let tracer = tp.tracer("query-it");
         for (index, provider, model) in providers {
@@ -86,10 +74,8 @@ async fn ingest_known_spans(server: &Server) {
 fn exact(q: f64) -> Vec<f64> {
     (0..PROVIDERS.len())
         .map(|i| {
-            let ms: Vec<f64> = durations_ms(i, PER_PROVIDER)
-                .into_iter()
-                .map(|d| (d * 1_000_000) as f64 / 1e6)
-                .collect();
+            let ms: Vec<f64> =
+                durations_ms(i, PER_PROVIDER).into_iter().map(|d| (d * 1_000_000) as f64 / 1e6).collect();
             query::fixture::numpy_quantile(&ms, q)
         })
         .collect()
@@ -104,10 +90,7 @@ fn f64s(batches: &[RecordBatch], column: &str) -> Vec<f64> {
                 &datafusion::arrow::datatypes::DataType::Float64,
             )
             .unwrap();
-            c.as_primitive::<Float64Type>()
-                .iter()
-                .map(|v| v.unwrap())
-                .collect::<Vec<_>>()
+            c.as_primitive::<Float64Type>().iter().map(|v| v.unwrap()).collect::<Vec<_>>()
         })
         .collect()
 }
@@ -119,11 +102,7 @@ async fn every_surface_answers_exact_percentiles_and_clear_errors() {
 
     // Acknowledged means queryable: no polling, the very next query sees every span.
     let rows = server.sql("SELECT count(*) AS n FROM llm_calls").await;
-    assert_eq!(
-        rows[0]["n"].as_i64(),
-        Some((PROVIDERS.len() * PER_PROVIDER) as i64),
-        "{rows:?}"
-    );
+    assert_eq!(rows[0]["n"].as_i64(), Some((PROVIDERS.len() * PER_PROVIDER) as i64), "{rows:?}");
 
     // provider_latency over HTTP JSON, against the independent computation.
     let rows = server
@@ -136,20 +115,14 @@ async fn every_surface_answers_exact_percentiles_and_clear_errors() {
         assert_eq!(row["request_model"], *model);
         assert_eq!(row["cloud_region"], *region);
         assert_eq!(row["calls"].as_i64(), Some(PER_PROVIDER as i64));
-        let ms: Vec<f64> = durations_ms(i, PER_PROVIDER)
-            .into_iter()
-            .map(|d| (d * 1_000_000) as f64 / 1e6)
-            .collect();
+        let ms: Vec<f64> = durations_ms(i, PER_PROVIDER).into_iter().map(|d| (d * 1_000_000) as f64 / 1e6).collect();
         for (col, q) in [("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)] {
             let got = row[col].as_f64().unwrap();
             let want = query::fixture::numpy_quantile(&ms, q);
             assert!((got - want).abs() < 1e-9, "{provider} {col}: got {got}, want {want}");
         }
         assert_eq!(row["max_ms"].as_f64(), Some(ms.iter().copied().fold(0.0, f64::max)));
-        assert!(
-            (row["error_rate"].as_f64().unwrap() - 6.0 / 150.0).abs() < 1e-12,
-            "{row}"
-        );
+        assert!((row["error_rate"].as_f64().unwrap() - 6.0 / 150.0).abs() < 1e-12, "{row}");
     }
 
     let http = reqwest::Client::new();
@@ -157,19 +130,10 @@ async fn every_surface_answers_exact_percentiles_and_clear_errors() {
     let sql = "SELECT gen_ai_provider, calls FROM provider_latency ORDER BY gen_ai_provider";
 
     // CSV.
-    let r = http
-        .post(&url)
-        .header("accept", "text/csv")
-        .json(&serde_json::json!({ "sql": sql }))
-        .send()
-        .await
-        .unwrap();
+    let r = http.post(&url).header("accept", "text/csv").json(&serde_json::json!({ "sql": sql })).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
-    assert_eq!(
-        r.text().await.unwrap(),
-        "gen_ai_provider,calls\naws.bedrock,150\nazure.ai.openai,150\n"
-    );
+    assert_eq!(r.text().await.unwrap(), "gen_ai_provider,calls\naws.bedrock,150\nazure.ai.openai,150\n");
 
     // Arrow IPC stream.
     let r = http
@@ -202,22 +166,13 @@ async fn every_surface_answers_exact_percentiles_and_clear_errors() {
         assert_eq!(status, 400, "{write}: {body}");
         assert!(body.contains("read-only"), "{write}: {body}");
     }
-    let r = http
-        .post(&url)
-        .header("content-type", "application/json")
-        .body("{\"query\": 1}")
-        .send()
-        .await
-        .unwrap();
+    let r = http.post(&url).header("content-type", "application/json").body("{\"query\": 1}").send().await.unwrap();
     assert_eq!(r.status(), 400);
     let body: serde_json::Value = r.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("{\"sql\": "), "{body}");
     assert_eq!(body["kind"], "invalid_sql");
     // The view survived the DROP attempt.
-    assert_eq!(
-        server.sql("SELECT count(*) AS n FROM provider_latency").await[0]["n"],
-        2
-    );
+    assert_eq!(server.sql("SELECT count(*) AS n FROM provider_latency").await[0]["n"], 2);
 
     // Flight SQL with the Rust client: a statement, a prepared statement, catalogs and tables.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.flight_addr))
@@ -227,10 +182,7 @@ async fn every_surface_answers_exact_percentiles_and_clear_errors() {
         .expect("flight connects");
     let mut client = FlightSqlServiceClient::new(channel);
     let info = client
-        .execute(
-            "SELECT gen_ai_provider, p95_ms, p99_ms FROM provider_latency ORDER BY gen_ai_provider".into(),
-            None,
-        )
+        .execute("SELECT gen_ai_provider, p95_ms, p99_ms FROM provider_latency ORDER BY gen_ai_provider".into(), None)
         .await
         .expect("flight execute");
     let ticket = info.endpoint[0].ticket.clone().unwrap();
@@ -238,35 +190,17 @@ async fn every_surface_answers_exact_percentiles_and_clear_errors() {
     assert_eq!(f64s(&batches, "p99_ms"), p99);
     assert_eq!(f64s(&batches, "p95_ms"), exact(0.95));
 
-    let mut prepared = client
-        .prepare("SELECT count(*) AS n FROM spans".into(), None)
-        .await
-        .expect("prepare");
+    let mut prepared = client.prepare("SELECT count(*) AS n FROM spans".into(), None).await.expect("prepare");
     let info = prepared.execute().await.expect("prepared execute");
-    let batches: Vec<RecordBatch> = client
-        .do_get(info.endpoint[0].ticket.clone().unwrap())
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let batches: Vec<RecordBatch> =
+        client.do_get(info.endpoint[0].ticket.clone().unwrap()).await.unwrap().try_collect().await.unwrap();
     assert_eq!(f64s(&batches, "n"), vec![(PROVIDERS.len() * PER_PROVIDER) as f64]);
     prepared.close().await.unwrap();
 
-    let info = client
-        .get_tables(CommandGetTables {
-            include_schema: true,
-            ..Default::default()
-        })
-        .await
-        .expect("get tables");
-    let batches: Vec<RecordBatch> = client
-        .do_get(info.endpoint[0].ticket.clone().unwrap())
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let info =
+        client.get_tables(CommandGetTables { include_schema: true, ..Default::default() }).await.expect("get tables");
+    let batches: Vec<RecordBatch> =
+        client.do_get(info.endpoint[0].ticket.clone().unwrap()).await.unwrap().try_collect().await.unwrap();
     let names: Vec<String> = batches
         .iter()
         .flat_map(|b| {
@@ -278,13 +212,8 @@ async fn every_surface_answers_exact_percentiles_and_clear_errors() {
         assert!(names.iter().any(|n| n == name), "{name} missing from {names:?}");
     }
     let info = client.get_catalogs().await.expect("get catalogs");
-    let batches: Vec<RecordBatch> = client
-        .do_get(info.endpoint[0].ticket.clone().unwrap())
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let batches: Vec<RecordBatch> =
+        client.do_get(info.endpoint[0].ticket.clone().unwrap()).await.unwrap().try_collect().await.unwrap();
     assert_eq!(batches[0].column(0).as_string::<i32>().value(0), "tailscope");
 
     // Errors over Flight carry the same message and a gRPC code.
@@ -312,11 +241,7 @@ async fn every_surface_answers_exact_percentiles_and_clear_errors() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("nope"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"), "{}", String::from_utf8_lossy(&out.stderr));
 
     // After a clean stop everything is in Parquet: the CLI reads the files directly and agrees.
     assert!(server.terminate().success());
@@ -350,11 +275,7 @@ async fn every_surface_answers_exact_percentiles_and_clear_errors() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("| 300 |"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| 300 |"), "{}", String::from_utf8_lossy(&out.stdout));
     let out = Command::new(tailscope_bin())
         .args(["query", "--data-dir", &dir, "INSERT INTO spans SELECT * FROM spans"])
         .output()
@@ -411,7 +332,10 @@ with flight_sql.connect("grpc://" + sys.argv[1]) as conn:
             let got: Vec<f64> = lines.map(|l| l.parse().unwrap()).collect();
             assert_eq!(got, p99, "ADBC returns the exact same percentiles");
         }
-        Ok(out) if std::env::var_os("TAILSCOPE_REQUIRE_ADBC").is_some() || !String::from_utf8_lossy(&out.stderr).contains("ModuleNotFoundError") => {
+        Ok(out)
+            if std::env::var_os("TAILSCOPE_REQUIRE_ADBC").is_some()
+                || !String::from_utf8_lossy(&out.stderr).contains("ModuleNotFoundError") =>
+        {
             panic!("ADBC query failed: {}", String::from_utf8_lossy(&out.stderr))
         }
         _ => eprintln!("note: python3 -m pip install adbc-driver-flightsql pyarrow to test ADBC"),

@@ -202,10 +202,7 @@ impl Server {
     /// One number from `GET /metrics`: the sum of every sample whose line starts with `prefix`.
     pub async fn metric(&self, prefix: &str) -> f64 {
         let text = reqwest::get(format!("{}/metrics", self.api_url())).await.unwrap().text().await.unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
     }
 
     /// Polls `sql` until its first row's `n` column equals `want` (rows become visible asynchronously only for
@@ -326,7 +323,8 @@ pub fn meter_provider(server: &Server, transport: Transport, resource: Vec<KeyVa
             .build()
             .expect("HTTP metric exporter"),
     };
-    let reader = PeriodicReader::builder(OnRuntime { inner: exporter, handle: tokio::runtime::Handle::current() }).build();
+    let reader =
+        PeriodicReader::builder(OnRuntime { inner: exporter, handle: tokio::runtime::Handle::current() }).build();
     SdkMeterProvider::builder()
         .with_reader(reader)
         .with_resource(Resource::builder_empty().with_attributes(resource).build())

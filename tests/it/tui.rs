@@ -119,8 +119,11 @@ async fn unreachable_server_shows_a_banner_and_bad_dashboard_refuses_to_start() 
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("mine.toml");
-    std::fs::write(&bad, "title = \"x\"\n[[rows]]\n[[rows.panels]]\ntitle = \"a\"\nwidget = \"pie\"\nsql = \"select 1\"\n")
-        .unwrap();
+    std::fs::write(
+        &bad,
+        "title = \"x\"\n[[rows]]\n[[rows.panels]]\ntitle = \"a\"\nwidget = \"pie\"\nsql = \"select 1\"\n",
+    )
+    .unwrap();
     let out = Command::new(tailscope_bin()).args(["tui", "--dashboard"]).arg(&bad).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

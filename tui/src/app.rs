@@ -233,9 +233,7 @@ impl App {
         }
         let needle = self.filter.to_lowercase();
         (0..table.rows.len())
-            .filter(|&i| {
-                table.rows[i].iter().any(|v| v.as_str().is_some_and(|s| s.to_lowercase().contains(&needle)))
-            })
+            .filter(|&i| table.rows[i].iter().any(|v| v.as_str().is_some_and(|s| s.to_lowercase().contains(&needle))))
             .collect()
     }
 

@@ -226,7 +226,12 @@ impl Dashboard {
                 check_panel(spanned.get_ref()).map_err(|m| invalid(Some(spanned.span()), m))?;
             }
         }
-        Ok(Dashboard { origin: origin.to_path_buf(), title: file.title, description: file.description, rows: file.rows })
+        Ok(Dashboard {
+            origin: origin.to_path_buf(),
+            title: file.title,
+            description: file.description,
+            rows: file.rows,
+        })
     }
 
     /// Reads and checks a dashboard file.
@@ -267,7 +272,8 @@ fn check_panel(p: &Panel) -> Result<(), String> {
             let after = &rest[open + 1..];
             let Some(close) = after.find('}') else { break };
             let name = &after[..close];
-            let looks_like_placeholder = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let looks_like_placeholder =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if looks_like_placeholder && !PLACEHOLDERS.contains(&name) {
                 return Err(format!(
                     "panel {title:?}: unknown placeholder {{{name}}} in sql; use {{since}}, {{window}} or {{session_id}}"
@@ -295,10 +301,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 /// The default screens, parsed (they are checked by tests, so this cannot fail in a released binary).
 pub fn defaults() -> Result<Vec<Dashboard>, DashboardError> {
-    DEFAULTS
-        .iter()
-        .map(|(name, text)| Dashboard::parse(text, &Path::new("dashboards").join(name)))
-        .collect()
+    DEFAULTS.iter().map(|(name, text)| Dashboard::parse(text, &Path::new("dashboards").join(name))).collect()
 }
 
 /// The screens for `--dashboard`: `None` = every default; a default's name (`overview`, `cost`, …) = that one;
@@ -353,11 +356,15 @@ mod tests {
         assert!(e.starts_with("my.toml:5:1: unknown field `widht`"), "{e}");
         let e = err("title = \"x\"\n[[rows]]\n\n[[rows.panels]]\ntitle = \"a\"\nwidget = \"table\"\n");
         assert!(e.starts_with("my.toml:4:") && e.contains("has no data"), "{e}");
-        let e = err("title = \"x\"\n[[rows]]\n[[rows.panels]]\ntitle = \"a\"\nwidget = \"table\"\nsql = \"select {sinse}\"\n");
+        let e = err(
+            "title = \"x\"\n[[rows]]\n[[rows.panels]]\ntitle = \"a\"\nwidget = \"table\"\nsql = \"select {sinse}\"\n",
+        );
         assert!(e.contains("unknown placeholder {sinse}"), "{e}");
         let e = err("title = \"x\"\nrows = [\n");
         assert!(e.starts_with("my.toml:"), "{e}");
-        let e = err("title = \"x\"\n[[rows]]\nheight = \"lots\"\n[[rows.panels]]\ntitle = \"a\"\nwidget = \"table\"\nsql = \"s\"\n");
+        let e = err(
+            "title = \"x\"\n[[rows]]\nheight = \"lots\"\n[[rows.panels]]\ntitle = \"a\"\nwidget = \"table\"\nsql = \"s\"\n",
+        );
         assert!(e.starts_with("my.toml:3:") && e.contains("size"), "{e}");
         assert!(resolve(Some("nope")).unwrap_err().to_string().contains("overview"));
     }

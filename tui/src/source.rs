@@ -144,7 +144,8 @@ impl LocalSource {
         if !dir.is_dir() {
             return Err(format!("--data-dir {} is not a directory", dir.display()));
         }
-        let catalog = collector::catalog::Catalog::open(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        let catalog =
+            collector::catalog::Catalog::open(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
         let engine = query::Engine::new(catalog.clone(), collector::config::QueryConfig::default())
             .await
             .map_err(|e| e.to_string())?;

@@ -70,7 +70,10 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
             Style::new().fg(Color::DarkGray),
         )];
         if !app.filter.is_empty() {
-            spans.insert(0, Span::styled(format!(" filter: {} (Esc clears) ", app.filter), Style::new().fg(Color::Yellow)));
+            spans.insert(
+                0,
+                Span::styled(format!(" filter: {} (Esc clears) ", app.filter), Style::new().fg(Color::Yellow)),
+            );
         }
         if let Some(s) = &app.session {
             spans.push(Span::styled(format!("  session {s}"), Style::new().fg(Color::DarkGray)));
@@ -104,10 +107,9 @@ fn draw_screen(frame: &mut Frame, app: &App, area: Rect) {
 fn draw_panel(frame: &mut Frame, app: &App, index: usize, panel: &Panel, area: Rect) {
     let focused = app.focused_panel(app.current) == Some(index);
     let state = app.panel_state(app.current, index);
-    let mut block = Block::default().borders(Borders::ALL).title(Span::styled(
-        format!(" {} ", panel.title),
-        Style::new().add_modifier(Modifier::BOLD),
-    ));
+    let mut block = Block::default()
+        .borders(Borders::ALL)
+        .title(Span::styled(format!(" {} ", panel.title), Style::new().add_modifier(Modifier::BOLD)));
     if focused {
         block = block.border_style(Style::new().fg(Color::Cyan));
     }
@@ -164,9 +166,7 @@ pub fn format_cell(column: &str, v: &Value) -> String {
             }
         }
         Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) if !column.ends_with("_usd") && !column.ends_with("_ms") && !is_ratio(column) => {
-                i.to_string()
-            }
+            (Some(i), _) if !column.ends_with("_usd") && !column.ends_with("_ms") && !is_ratio(column) => i.to_string(),
             (_, Some(x)) => format_number(column, x),
             _ => n.to_string(),
         },
@@ -245,8 +245,10 @@ fn draw_table(frame: &mut Frame, app: &App, panel: &Panel, table: &Table, focuse
     let visible = app.visible_rows(table);
     let slo = panel.slo.or(table.slo).filter(|s| *s > 0.0);
     let slo_col = panel.slo_column.as_deref().and_then(|c| table.column(c));
-    let text: Vec<Vec<String>> =
-        visible.iter().map(|&r| cols.iter().map(|&c| format_cell(&table.columns[c], &table.rows[r][c])).collect()).collect();
+    let text: Vec<Vec<String>> = visible
+        .iter()
+        .map(|&r| cols.iter().map(|&c| format_cell(&table.columns[c], &table.rows[r][c])).collect())
+        .collect();
     let headers: Vec<String> = cols.iter().map(|&c| header(&table.columns[c])).collect();
     let mut lengths: Vec<u16> = (0..cols.len())
         .map(|i| {
@@ -256,10 +258,8 @@ fn draw_table(frame: &mut Frame, app: &App, panel: &Panel, table: &Table, focuse
         .collect();
     fit_widths(&mut lengths, area.width.saturating_sub(cols.len().saturating_sub(1) as u16));
     let widths: Vec<Constraint> = lengths.into_iter().map(Constraint::Length).collect();
-    let numeric: Vec<bool> = cols
-        .iter()
-        .map(|&c| visible.iter().take(50).any(|&r| matches!(table.rows[r][c], Value::Number(_))))
-        .collect();
+    let numeric: Vec<bool> =
+        cols.iter().map(|&c| visible.iter().take(50).any(|&r| matches!(table.rows[r][c], Value::Number(_)))).collect();
     let align = |i: usize, s: String| -> Cell<'static> {
         if numeric[i] { Cell::from(Line::from(s).right_aligned()) } else { Cell::from(s) }
     };
@@ -315,7 +315,8 @@ fn column_or(table: &Table, name: Option<&str>, want_number: bool) -> Option<usi
 }
 
 fn draw_bar(frame: &mut Frame, panel: &Panel, table: &Table, area: Rect) {
-    let (Some(lc), Some(vc)) = (column_or(table, panel.label.as_deref(), false), column_or(table, panel.value.as_deref(), true))
+    let (Some(lc), Some(vc)) =
+        (column_or(table, panel.label.as_deref(), false), column_or(table, panel.value.as_deref(), true))
     else {
         return frame.render_widget(Paragraph::new("bar: needs a label and a value column").red(), area);
     };
@@ -400,7 +401,10 @@ fn draw_sparkline(frame: &mut Frame, panel: &Panel, table: &Table, area: Rect) {
     let [label, spark] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(area);
     let last = vals.last().copied().unwrap_or(0.0);
     let name = &table.columns[vc];
-    frame.render_widget(Line::from(format!("last {}  max {}", format_number(name, last), format_number(name, max))), label);
+    frame.render_widget(
+        Line::from(format!("last {}  max {}", format_number(name, last), format_number(name, max))),
+        label,
+    );
     frame.render_widget(Sparkline::default().data(&data).max(100).style(Style::new().fg(Color::Cyan)), spark);
 }
 
@@ -445,12 +449,11 @@ fn draw_line(frame: &mut Frame, panel: &Panel, table: &Table, area: Rect) {
         })
         .collect();
     let name = ys.first().map(|&c| table.columns[c].clone()).unwrap_or_default();
-    let chart = Chart::new(datasets)
-        .x_axis(Axis::default().bounds([x0, x1]))
-        .y_axis(Axis::default().bounds([0.0, y1 * 1.1 + f64::EPSILON]).labels(vec![
-            Line::from("0"),
-            Line::from(format_number(&name, y1)),
-        ]));
+    let chart = Chart::new(datasets).x_axis(Axis::default().bounds([x0, x1])).y_axis(
+        Axis::default()
+            .bounds([0.0, y1 * 1.1 + f64::EPSILON])
+            .labels(vec![Line::from("0"), Line::from(format_number(&name, y1))]),
+    );
     frame.render_widget(chart, area);
 }
 
@@ -458,9 +461,9 @@ fn table_buckets(panel: &Panel, table: &Table) -> Vec<(f64, u64)> {
     let lc = column_or(table, panel.label.as_deref(), true);
     let vc = panel.value.as_deref().and_then(|v| table.column(v)).or_else(|| table.column("count"));
     match (lc, vc) {
-        (Some(l), Some(v)) => (0..table.rows.len())
-            .filter_map(|r| Some((table.number(r, l)?, table.number(r, v)? as u64)))
-            .collect(),
+        (Some(l), Some(v)) => {
+            (0..table.rows.len()).filter_map(|r| Some((table.number(r, l)?, table.number(r, v)? as u64))).collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -487,7 +490,10 @@ fn draw_selected_histogram(frame: &mut Frame, app: &App, area: Rect) {
     match found {
         Some((name, buckets)) if !buckets.is_empty() => {
             let [title, chart] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(area);
-            frame.render_widget(Line::from(format!("{name}: count per latency bucket (ms, upper bound)")).dark_gray(), title);
+            frame.render_widget(
+                Line::from(format!("{name}: count per latency bucket (ms, upper bound)")).dark_gray(),
+                title,
+            );
             draw_histogram(frame, &buckets, chart);
         }
         _ => frame.render_widget(
@@ -560,7 +566,8 @@ fn draw_waterfall(frame: &mut Frame, table: &Table, area: Rect) {
         None => String::new(),
     };
     lines.push(Line::from(summary).bold());
-    let axis = format!("{:<14} {:<6} {:>8} 0{:>w$}", "step", "kind", "took", format_number("x_ms", total), w = bar_w - 1);
+    let axis =
+        format!("{:<14} {:<6} {:>8} 0{:>w$}", "step", "kind", "took", format_number("x_ms", total), w = bar_w - 1);
     lines.push(Line::from(axis).dark_gray());
     for r in 0..table.rows.len().min(area.height.saturating_sub(2) as usize) {
         let kind = text(r, "kind");

@@ -1,11 +1,10 @@
 //! Every dashboard file in `dashboards/` is loaded, and every panel's SQL runs against a small Parquet fixture
 //! in the collector's hive layout (the same code path as `tailscope tui --data-dir`).
 
-
 use datafusion::arrow::json::ReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
 use tui::app::Request;
-use tui::{App, DataSource, Dashboard, LocalSource};
+use tui::{App, Dashboard, DataSource, LocalSource};
 
 fn span(i: usize, now_ns: i64) -> String {
     let session = format!("sess-{}", i % 3);

@@ -44,8 +44,12 @@ fn app() -> App {
     app.set_data(1, 3, t(r#"[{"name":"egress-monthly","spend_usd":410.0,"cap_usd":500.0,"projected_usd":640.0},
         {"name":"dup-inference","spend_usd":12.5,"cap_usd":100.0},{"name":"total","spend_usd":1210.0,"cap_usd":1000.0}]"#));
     app.set_data(2, 0, t(r#"[{"hedged_requests":310,"llm_calls":6000,"hedge_rate":0.103,"duplicate_usd":38.4,"inference_usd":703.6}]"#));
-    app.set_data(2, 1, t(r#"[{"provider":"openai","copies":320,"win_rate":0.41,"duplicate_usd":22.1,"cancel_p95_ms":180.5},
-        {"provider":"aws.bedrock","copies":300,"win_rate":0.59,"duplicate_usd":16.3,"cancel_p95_ms":95.0}]"#));
+    app.set_data(
+        2,
+        1,
+        t(r#"[{"provider":"openai","copies":320,"win_rate":0.41,"duplicate_usd":22.1,"cancel_p95_ms":180.5},
+        {"provider":"aws.bedrock","copies":300,"win_rate":0.59,"duplicate_usd":16.3,"cancel_p95_ms":95.0}]"#),
+    );
     app.set_data(2, 2, t(r#"[{"provider":"aws.bedrock","win_pct":59.0},{"provider":"openai","win_pct":41.0}]"#));
     app.set_data(3, 0, t(r#"[{"time":"2026-11-21T09:14:03.120Z","budget":"egress-monthly","state":"firing","severity":"warning","spend_usd":410.0,"cap_usd":500.0,"projected_usd":640.0,"message":"egress-monthly projected to reach $640 (128%) by 30 Nov"},
         {"time":"2026-11-20T18:02:11Z","budget":"total","state":"firing","severity":"critical","spend_usd":1210.0,"cap_usd":1000.0,"projected_usd":null,"message":"total over cap: $1210 of $1000"}]"#));
@@ -93,7 +97,8 @@ fn overview_marks_slo_breach_and_follows_selection() {
     let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
     terminal.draw(|f| tui::ui::draw(f, &app)).unwrap();
     let buf = terminal.backend().buffer().clone();
-    let row = (0..24).find(|&y| (0..80).map(|x| buf[(x, y)].symbol()).collect::<String>().contains("us-east-1")).unwrap();
+    let row =
+        (0..24).find(|&y| (0..80).map(|x| buf[(x, y)].symbol()).collect::<String>().contains("us-east-1")).unwrap();
     assert_eq!(buf[(3, row)].fg, ratatui::style::Color::Red);
 }
 

@@ -99,7 +99,8 @@ impl TraceService for DecodeOnly {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         // tonic + prost have decoded the whole request by now; count (so the decode cannot be optimised away)
         // and drop it.
-        let n: usize = request.get_ref().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+        let n: usize =
+            request.get_ref().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
         self.spans.fetch_add(n as u64, Ordering::Relaxed);
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
@@ -288,7 +289,8 @@ async fn measure_baseline(args: &Args, corpus: Arc<corpus::Corpus>) -> Result<Me
         .spawn()?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
-    let addr: SocketAddr = line.trim().strip_prefix("LISTENING ").ok_or_else(|| format!("unexpected: {line}"))?.parse()?;
+    let addr: SocketAddr =
+        line.trim().strip_prefix("LISTENING ").ok_or_else(|| format!("unexpected: {line}"))?.parse()?;
     let cpu_before = process::cpu_seconds(child.id())?;
     let (load, wall) = drive(&format!("http://{addr}"), corpus, args.spans, args.exporters).await?;
     let exited = process::terminate(&mut child, Duration::from_secs(30))?;
@@ -384,7 +386,12 @@ async fn bench(args: Args) -> Result<(), BoxError> {
         let ours = if args.skip_tailscope {
             None
         } else {
-            eprintln!("round {round}: tailscope ({}): {} spans, {} exporters", binary.display(), args.spans, args.exporters);
+            eprintln!(
+                "round {round}: tailscope ({}): {} spans, {} exporters",
+                binary.display(),
+                args.spans,
+                args.exporters
+            );
             Some(measure_tailscope(&args, &binary, corpus.clone()).await?)
         };
         rounds.push((baseline, ours));
@@ -398,9 +405,13 @@ async fn bench(args: Args) -> Result<(), BoxError> {
         args.corpus_requests, args.spans_per_request, attrs, otlp_per_span
     );
     println!();
-    println!("| round | server | spans | spans/s | server CPU-s per 1M spans | spans per CPU-second | peak RSS | retries (backpressure) | rejected |");
+    println!(
+        "| round | server | spans | spans/s | server CPU-s per 1M spans | spans per CPU-second | peak RSS | retries (backpressure) | rejected |"
+    );
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (round, m) in rounds.iter().enumerate().flat_map(|(i, (b, t))| [b, t].into_iter().flatten().map(move |m| (i + 1, m))) {
+    for (round, m) in
+        rounds.iter().enumerate().flat_map(|(i, (b, t))| [b, t].into_iter().flatten().map(move |m| (i + 1, m)))
+    {
         println!(
             "| {round} | {} | {} | {:.0} | {:.2} | {:.0} | {:.0} MiB | {} | {} |",
             m.name,
@@ -424,7 +435,10 @@ async fn bench(args: Args) -> Result<(), BoxError> {
     };
     for (round, m) in rounds.iter().enumerate().filter_map(|(i, (_, t))| t.as_ref().map(|t| (i + 1, t))) {
         let (bytes, rows) = m.stored.unwrap_or_default();
-        println!("| tailscope Parquet on disk, round {round} (after SIGTERM flush; {rows} rows, {bytes} bytes) | {:.1} |", bytes_per_span(m));
+        println!(
+            "| tailscope Parquet on disk, round {round} (after SIGTERM flush; {rows} rows, {bytes} bytes) | {:.1} |",
+            bytes_per_span(m)
+        );
         if rows != m.spans {
             println!();
             println!("WARNING: {} spans acknowledged but {rows} rows on disk", m.spans);

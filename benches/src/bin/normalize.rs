@@ -44,7 +44,12 @@ fn main() {
     let corpus = corpus::build(args.requests, args.spans_per_request, 42);
     let spans = (corpus.spans() * args.rounds) as f64;
     let pricer = Pricer::from_config(&PricingConfig::default()).expect("default prices");
-    println!("corpus: {} requests, {} spans, {:.0} bytes/span", corpus.requests.len(), corpus.spans(), corpus.bytes() as f64 / corpus.spans() as f64);
+    println!(
+        "corpus: {} requests, {} spans, {:.0} bytes/span",
+        corpus.requests.len(),
+        corpus.spans(),
+        corpus.bytes() as f64 / corpus.spans() as f64
+    );
 
     let time = |label: &str, f: &mut dyn FnMut()| {
         let start = Instant::now();
@@ -92,7 +97,11 @@ fn main() {
         w.write(&all).unwrap();
         parquet_bytes = w.into_inner().unwrap().len();
     });
-    println!("parquet: {:.1} bytes/span; the same requests as OTLP protobuf + zstd 3: {:.1} bytes/span", parquet_bytes as f64 / corpus.spans() as f64, corpus.zstd_bytes_per_span(3).unwrap());
+    println!(
+        "parquet: {:.1} bytes/span; the same requests as OTLP protobuf + zstd 3: {:.1} bytes/span",
+        parquet_bytes as f64 / corpus.spans() as f64,
+        corpus.zstd_bytes_per_span(3).unwrap()
+    );
     if std::env::var("TAILSCOPE_PARQUET_VARIANTS").is_ok() {
         use datafusion::parquet::basic::{Compression, ZstdLevel};
         use datafusion::parquet::file::properties::WriterProperties;
@@ -132,13 +141,26 @@ fn main() {
             ("+ chunk statistics (page for times)", chunk_stats(base()).build()),
             ("+ ids without dictionary", no_dict_ids(base()).build()),
             ("+ both", no_dict_ids(chunk_stats(base())).build()),
-            ("+ both, no bloom filter", no_dict_ids(chunk_stats(base())).set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), false).build()),
-            ("+ both, zstd 3", no_dict_ids(chunk_stats(base())).set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap())).build()),
+            (
+                "+ both, no bloom filter",
+                no_dict_ids(chunk_stats(base()))
+                    .set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), false)
+                    .build(),
+            ),
+            (
+                "+ both, zstd 3",
+                no_dict_ids(chunk_stats(base()))
+                    .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap()))
+                    .build(),
+            ),
             ("+ both, no dictionary on attribute maps", {
                 let mut b = no_dict_ids(chunk_stats(base()));
                 for m in ["attributes", "resource_attributes"] {
                     for leaf in ["keys", "values"] {
-                        b = b.set_column_dictionary_enabled(ColumnPath::new(vec![m.into(), "entries".into(), leaf.into()]), false);
+                        b = b.set_column_dictionary_enabled(
+                            ColumnPath::new(vec![m.into(), "entries".into(), leaf.into()]),
+                            false,
+                        );
                     }
                 }
                 b.build()
@@ -146,12 +168,20 @@ fn main() {
             ("+ both, no dictionary on attribute values", {
                 let mut b = no_dict_ids(chunk_stats(base()));
                 for m in ["attributes", "resource_attributes"] {
-                    b = b.set_column_dictionary_enabled(ColumnPath::new(vec![m.into(), "entries".into(), "values".into()]), false);
+                    b = b.set_column_dictionary_enabled(
+                        ColumnPath::new(vec![m.into(), "entries".into(), "values".into()]),
+                        false,
+                    );
                 }
                 b.build()
             }),
             ("+ both, no dictionaries at all", no_dict_ids(chunk_stats(base())).set_dictionary_enabled(false).build()),
-            ("+ both, no statistics at all but times", no_dict_ids(chunk_stats(base()).set_statistics_enabled(EnabledStatistics::None)).set_column_statistics_enabled(ColumnPath::from("start_time"), EnabledStatistics::Page).build()),
+            (
+                "+ both, no statistics at all but times",
+                no_dict_ids(chunk_stats(base()).set_statistics_enabled(EnabledStatistics::None))
+                    .set_column_statistics_enabled(ColumnPath::from("start_time"), EnabledStatistics::Page)
+                    .build(),
+            ),
         ] {
             let mut bytes = 0;
             time(&format!("time-sorted: {label}"), &mut || {
@@ -164,5 +194,10 @@ fn main() {
         let _ = (variant, WriterProperties::builder);
     }
     let end_to_end = 1.0 / (1.0 / wal + 1.0 / parquet);
-    println!("in-process ingest work: {:.0} spans/s per core = {:.2}x the decode-only rate ({:.2}x normalise alone)", end_to_end, end_to_end / decode, normalise / decode);
+    println!(
+        "in-process ingest work: {:.0} spans/s per core = {:.2}x the decode-only rate ({:.2}x normalise alone)",
+        end_to_end,
+        end_to_end / decode,
+        normalise / decode
+    );
 }

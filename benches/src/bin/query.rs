@@ -17,8 +17,8 @@
 //! (needs `python3 -m pip install duckdb`). `--engine tailscope --only session --runs 50` repeats one query in
 //! tailscope alone (for `perf`); `--explain` prints tailscope's `EXPLAIN ANALYZE` of each query.
 
-use std::path::{Path, PathBuf};
 use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -265,10 +265,8 @@ fn normalised(rows: &[serde_json::Value]) -> Vec<Vec<(String, serde_json::Value)
     let mut out: Vec<Vec<(String, serde_json::Value)>> = rows
         .iter()
         .map(|r| {
-            let mut cols: Vec<(String, serde_json::Value)> = r
-                .as_object()
-                .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                .unwrap_or_default();
+            let mut cols: Vec<(String, serde_json::Value)> =
+                r.as_object().map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
             cols.sort_by(|a, b| a.0.cmp(&b.0));
             cols
         })
@@ -310,11 +308,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bytes: u64 = Catalog::open(&dir)?.snapshot(Signal::Spans).files.iter().map(|f| f.size).sum();
     let generated_s = started.elapsed().as_secs_f64();
 
-    let config = QueryConfig {
-        timeout: Duration::from_secs(600),
-        memory_limit_mb: 8192,
-        max_concurrent: 1,
-    };
+    let config = QueryConfig { timeout: Duration::from_secs(600), memory_limit_mb: 8192, max_concurrent: 1 };
     let engine = Engine::open(&dir, config).await?;
     // A reused `--data-dir` holds however many spans it was generated with, whatever `--rows` says now.
     let count = engine.sql("SELECT count(*) AS n FROM spans").await?;
@@ -333,10 +327,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tailscope" => None,
         other => return Err(format!("--engine {other}: use both or tailscope").into()),
     };
-    let benches: Vec<Bench> = benches()
-        .into_iter()
-        .filter(|b| args.only.as_deref().is_none_or(|o| b.name.contains(o)))
-        .collect();
+    let benches: Vec<Bench> =
+        benches().into_iter().filter(|b| args.only.as_deref().is_none_or(|o| b.name.contains(o))).collect();
 
     let mut table = Vec::new();
     for b in &benches {

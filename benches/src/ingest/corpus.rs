@@ -156,7 +156,14 @@ const MODELS: [(&str, &str, &str, &str, &str, &str); 6] = [
         "us-east-1",
     ),
     ("azure.ai.openai", "gpt-4o", "gpt-4o-2024-11-20", "acme-prod.openai.azure.com", "azure", "eastus"),
-    ("gcp.vertex_ai", "gemini-2.5-flash", "gemini-2.5-flash", "us-central1-aiplatform.googleapis.com", "gcp", "us-central1"),
+    (
+        "gcp.vertex_ai",
+        "gemini-2.5-flash",
+        "gemini-2.5-flash",
+        "us-central1-aiplatform.googleapis.com",
+        "gcp",
+        "us-central1",
+    ),
 ];
 
 const TOOLS: [&str; 6] = ["lookup_order", "search_web", "run_sql", "create_ticket", "read_file", "get_invoice"];
@@ -241,7 +248,10 @@ pub fn build(requests: usize, spans_per_request: usize, seed: u64) -> Corpus {
                         s("url.scheme", "https"),
                         s("server.address", format!("{}.acme.dev", svc.name)),
                         s("network.protocol.version", "2"),
-                        s("client.address", format!("10.{}.{}.{}", rng.random::<u8>(), rng.random::<u8>(), rng.random::<u8>())),
+                        s(
+                            "client.address",
+                            format!("10.{}.{}.{}", rng.random::<u8>(), rng.random::<u8>(), rng.random::<u8>()),
+                        ),
                         s("user_agent.original", "acme-web/5.2.0"),
                         i("gen_ai.request.max_steps", 8),
                         s("app.tenant", format!("tenant-{}", rng.random_range(1..400))),
@@ -390,7 +400,13 @@ pub fn build(requests: usize, spans_per_request: usize, seed: u64) -> Corpus {
                 from += p + id.len();
             }
         }
-        out.push(EncodedRequest { bytes, trace_id_offsets: offsets, span_id_offsets, hex_runs, spans: spans_per_request });
+        out.push(EncodedRequest {
+            bytes,
+            trace_id_offsets: offsets,
+            span_id_offsets,
+            hex_runs,
+            spans: spans_per_request,
+        });
     }
     Corpus { requests: out }
 }

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampNanosecondArray};
+use datafusion::arrow::array::{
+    ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampNanosecondArray,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
@@ -93,7 +95,8 @@ impl AlertBook {
         let err = |detail: String| CostError::AlertState { path: path.clone(), detail };
         std::fs::create_dir_all(&dir).map_err(|e| err(format!("cannot create the directory: {e}")))?;
         let (events, valid_len) = read_events(&path).map_err(|e| err(e.to_string()))?;
-        let file = OpenOptions::new().create(true).append(true).read(true).open(&path).map_err(|e| err(e.to_string()))?;
+        let file =
+            OpenOptions::new().create(true).append(true).read(true).open(&path).map_err(|e| err(e.to_string()))?;
         let len = file.metadata().map_err(|e| err(e.to_string()))?.len();
         if valid_len < len {
             tracing::warn!(path = %path.display(), kept = valid_len, len, "alert log ends in a torn line; cutting it off");
@@ -114,7 +117,8 @@ impl AlertBook {
             last: e.clone(),
         });
         if e.state == "firing" {
-            state.max_fired = if state.firing { state.max_fired.max(e.threshold.unwrap_or(0.0)) } else { e.threshold.unwrap_or(0.0) };
+            state.max_fired =
+                if state.firing { state.max_fired.max(e.threshold.unwrap_or(0.0)) } else { e.threshold.unwrap_or(0.0) };
             state.firing = true;
         } else {
             state.firing = false;
@@ -136,7 +140,8 @@ impl AlertBook {
 
     /// The latest event of each alert, most recent first; `firing_only` keeps alerts that are firing.
     pub fn alerts(&self, firing_only: bool) -> Vec<Arc<AlertEvent>> {
-        let mut out: Vec<_> = self.states.values().filter(|s| s.firing || !firing_only).map(|s| s.last.clone()).collect();
+        let mut out: Vec<_> =
+            self.states.values().filter(|s| s.firing || !firing_only).map(|s| s.last.clone()).collect();
         out.sort_by_key(|e| std::cmp::Reverse(e.seq));
         out
     }
@@ -205,10 +210,16 @@ impl AlertBook {
         now: DateTime<Utc>,
     ) {
         let state = self.states.get(id).filter(|s| s.firing);
-        let top = levels.iter().copied().filter(|l| utilization >= *l).fold(None, |m: Option<f64>, l| Some(m.map_or(l, |m| m.max(l))));
+        let top = levels
+            .iter()
+            .copied()
+            .filter(|l| utilization >= *l)
+            .fold(None, |m: Option<f64>, l| Some(m.map_or(l, |m| m.max(l))));
         match (top, state) {
             (Some(top), None) => drafts.push(fired(id, scope, status, top, utilization, spend, now)),
-            (Some(top), Some(st)) if top > st.max_fired => drafts.push(fired(id, scope, status, top, utilization, spend, now)),
+            (Some(top), Some(st)) if top > st.max_fired => {
+                drafts.push(fired(id, scope, status, top, utilization, spend, now))
+            }
             (None, Some(st)) => {
                 let lowest = levels.first().copied().unwrap_or(1.0);
                 if utilization < lowest * RESOLVE_MARGIN {
@@ -220,11 +231,20 @@ impl AlertBook {
         }
     }
 
-    fn forecast(&self, drafts: &mut Vec<AlertEvent>, budget: &Budget, base: &str, status: &BudgetStatus, now: DateTime<Utc>) {
+    fn forecast(
+        &self,
+        drafts: &mut Vec<AlertEvent>,
+        budget: &Budget,
+        base: &str,
+        status: &BudgetStatus,
+        now: DateTime<Utc>,
+    ) {
         if !budget.config.forecast || status.utilization >= 1.0 {
             return;
         }
-        let (Some(projected), Some(pu), Some(end)) = (status.projected_usd, status.projected_utilization, status.period_end) else {
+        let (Some(projected), Some(pu), Some(end)) =
+            (status.projected_usd, status.projected_utilization, status.period_end)
+        else {
             return;
         };
         let id = format!("{base}/forecast");
@@ -241,7 +261,19 @@ impl AlertBook {
             status.utilization * 100.0,
             status.period
         );
-        let mut e = draft(&id, None, status, now, "firing", "warning", "forecast", None, status.utilization, status.spend_usd, message);
+        let mut e = draft(
+            &id,
+            None,
+            status,
+            now,
+            "firing",
+            "warning",
+            "forecast",
+            None,
+            status.utilization,
+            status.spend_usd,
+            message,
+        );
         e.projected_usd = Some(projected);
         drafts.push(e);
     }
@@ -303,12 +335,19 @@ fn fired(
     }
     message.push_str(&format!("; crossed the {:.0}% threshold", threshold * 100.0));
     let severity = if breach { "critical" } else { "warning" };
-    let mut e = draft(id, scope, status, now, "firing", severity, "threshold", Some(threshold), utilization, spend, message);
+    let mut e =
+        draft(id, scope, status, now, "firing", severity, "threshold", Some(threshold), utilization, spend, message);
     e.projected_usd = status.projected_usd;
     e
 }
 
-fn resolved(last: &AlertEvent, status: &BudgetStatus, now: DateTime<Utc>, utilization: f64, reason: String) -> AlertEvent {
+fn resolved(
+    last: &AlertEvent,
+    status: &BudgetStatus,
+    now: DateTime<Utc>,
+    utilization: f64,
+    reason: String,
+) -> AlertEvent {
     let mut e = resolved_plain(last, now, &reason);
     e.spend_usd = status.spend_usd;
     e.utilization = utilization;
@@ -434,9 +473,15 @@ pub fn alerts_table(data_dir: &Path) -> Result<RecordBatch, String> {
 /// Builds the `alerts` table from events.
 pub fn events_batch(events: &[AlertEvent]) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
     let ns = |t: &DateTime<Utc>| t.timestamp_nanos_opt().unwrap_or(i64::MAX);
-    let s = |f: &dyn Fn(&AlertEvent) -> String| -> ArrayRef { Arc::new(StringArray::from_iter_values(events.iter().map(f))) };
-    let os = |f: &dyn Fn(&AlertEvent) -> Option<String>| -> ArrayRef { Arc::new(StringArray::from(events.iter().map(f).collect::<Vec<_>>())) };
-    let f = |f: &dyn Fn(&AlertEvent) -> Option<f64>| -> ArrayRef { Arc::new(Float64Array::from(events.iter().map(f).collect::<Vec<_>>())) };
+    let s = |f: &dyn Fn(&AlertEvent) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(events.iter().map(f)))
+    };
+    let os = |f: &dyn Fn(&AlertEvent) -> Option<String>| -> ArrayRef {
+        Arc::new(StringArray::from(events.iter().map(f).collect::<Vec<_>>()))
+    };
+    let f = |f: &dyn Fn(&AlertEvent) -> Option<f64>| -> ArrayRef {
+        Arc::new(Float64Array::from(events.iter().map(f).collect::<Vec<_>>()))
+    };
     let t = |f: &dyn Fn(&AlertEvent) -> Option<i64>| -> ArrayRef {
         Arc::new(TimestampNanosecondArray::from(events.iter().map(f).collect::<Vec<_>>()).with_timezone("UTC"))
     };

@@ -11,7 +11,9 @@ use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampNanosecondArray};
+use datafusion::arrow::array::{
+    Array, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampNanosecondArray,
+};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use serde::{Deserialize, Serialize};
@@ -73,7 +75,9 @@ impl TryFrom<String> for BudgetPeriod {
             "month" | "monthly" => Ok(BudgetPeriod::Month),
             other => humantime_serde::re::humantime::parse_duration(other.strip_prefix("rolling:").unwrap_or(other))
                 .map(BudgetPeriod::Rolling)
-                .map_err(|e| format!("period {other:?} is not \"day\", \"month\" or a rolling window like \"24h\" ({e})")),
+                .map_err(|e| {
+                    format!("period {other:?} is not \"day\", \"month\" or a rolling window like \"24h\" ({e})")
+                }),
         }
     }
 }
@@ -114,11 +118,17 @@ impl BudgetPeriod {
     pub fn bounds(self, now_ns: i64) -> PeriodBounds {
         let now = DateTime::<Utc>::from_timestamp_nanos(now_ns);
         let date = now.date_naive();
-        let midnight = |d: NaiveDate| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let midnight = |d: NaiveDate| {
+            d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc().timestamp_nanos_opt().unwrap_or(i64::MAX)
+        };
         match self {
             BudgetPeriod::Day => {
                 let start = midnight(date);
-                PeriodBounds { start_ns: start, end_ns: Some(start + NS_PER_DAY), key: date.format("%Y-%m-%d").to_string() }
+                PeriodBounds {
+                    start_ns: start,
+                    end_ns: Some(start + NS_PER_DAY),
+                    key: date.format("%Y-%m-%d").to_string(),
+                }
             }
             BudgetPeriod::Month => {
                 let first = NaiveDate::from_ymd_opt(date.year(), date.month(), 1).expect("first of month exists");
@@ -128,7 +138,11 @@ impl BudgetPeriod {
                     NaiveDate::from_ymd_opt(date.year(), date.month() + 1, 1)
                 }
                 .expect("first of next month exists");
-                PeriodBounds { start_ns: midnight(first), end_ns: Some(midnight(next)), key: date.format("%Y-%m").to_string() }
+                PeriodBounds {
+                    start_ns: midnight(first),
+                    end_ns: Some(midnight(next)),
+                    key: date.format("%Y-%m").to_string(),
+                }
             }
             BudgetPeriod::Rolling(w) => PeriodBounds {
                 start_ns: now_ns.saturating_sub(w.as_nanos().min(i64::MAX as u128) as i64),
@@ -333,8 +347,8 @@ impl Budget {
                 BudgetKind::Egress => (opt_f64(&cols.egress_cost, i).unwrap_or(0.0), 0.0),
                 BudgetKind::Total => (cost.unwrap_or(0.0), 0.0),
                 BudgetKind::DuplicateInference => {
-                    let duplicate = cols.hedge_id.is_valid(i)
-                        && !(cols.hedge_winner.is_valid(i) && cols.hedge_winner.value(i));
+                    let duplicate =
+                        cols.hedge_id.is_valid(i) && !(cols.hedge_winner.is_valid(i) && cols.hedge_winner.value(i));
                     (if duplicate { cost.unwrap_or(0.0) } else { 0.0 }, opt_f64(&cols.token_cost, i).unwrap_or(0.0))
                 }
                 BudgetKind::SessionCost => {
@@ -425,7 +439,8 @@ impl Budget {
                         utilization: ratio(s.cost, c.cap_usd),
                     })
                     .collect();
-                sessions.sort_by(|a, b| b.spend_usd.total_cmp(&a.spend_usd).then_with(|| a.session_id.cmp(&b.session_id)));
+                sessions
+                    .sort_by(|a, b| b.spend_usd.total_cmp(&a.spend_usd).then_with(|| a.session_id.cmp(&b.session_id)));
                 status.spend_usd = sessions.first().map(|s| s.spend_usd).unwrap_or(0.0);
                 status.utilization = sessions.first().map(|s| s.utilization).unwrap_or(0.0);
                 sessions.retain(|s| s.utilization >= lowest);
@@ -656,7 +671,8 @@ pub(crate) mod tests {
     #[test]
     fn rolling_window_forgets_old_spend() {
         let now = ns("2026-11-15T12:00:00Z");
-        let mut b = Budget::new(config("r", BudgetKind::Total, BudgetPeriod::Rolling(Duration::from_secs(3600)), 10.0), now);
+        let mut b =
+            Budget::new(config("r", BudgetKind::Total, BudgetPeriod::Rolling(Duration::from_secs(3600)), 10.0), now);
         add(
             &mut b,
             &[
@@ -676,7 +692,8 @@ pub(crate) mod tests {
     fn session_cost_caps_each_session() {
         let now = ns("2026-11-15T12:00:00Z");
         let mut b = Budget::new(config("per-session", BudgetKind::SessionCost, BudgetPeriod::Day, 1.0), now);
-        let r = |s: &'static str, cost: f64| Row { t: now - 1, session: Some(s), cost: Some(cost), ..Default::default() };
+        let r =
+            |s: &'static str, cost: f64| Row { t: now - 1, session: Some(s), cost: Some(cost), ..Default::default() };
         add(&mut b, &[r("a", 0.3), r("a", 0.3), r("b", 1.2), r("c", 0.1)], now);
         let s = b.status(now);
         assert_eq!(s.spend_usd, 1.2);

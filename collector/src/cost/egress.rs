@@ -59,10 +59,8 @@ impl EgressTable {
 
     /// Parses `{"aws": {"internet_per_gb": 0.09, ...}, ...}`; `origin` names the document in errors.
     pub fn from_json(text: &str, origin: &str) -> Result<EgressTable, CostError> {
-        let clouds: BTreeMap<String, EgressPrice> = serde_json::from_str(text).map_err(|e| CostError::PriceFile {
-            origin: origin.to_string(),
-            detail: e.to_string(),
-        })?;
+        let clouds: BTreeMap<String, EgressPrice> = serde_json::from_str(text)
+            .map_err(|e| CostError::PriceFile { origin: origin.to_string(), detail: e.to_string() })?;
         let table = EgressTable { clouds: clouds.into_iter().map(|(k, v)| (k.to_lowercase(), v)).collect() };
         table.validate(origin)?;
         Ok(table)
@@ -70,7 +68,12 @@ impl EgressTable {
 
     fn validate(&self, origin: &str) -> Result<(), CostError> {
         for (cloud, p) in &self.clouds {
-            let figures = [Some(p.internet_per_gb), Some(p.cross_region_per_gb), Some(p.same_region_per_gb), p.cross_cloud_per_gb];
+            let figures = [
+                Some(p.internet_per_gb),
+                Some(p.cross_region_per_gb),
+                Some(p.same_region_per_gb),
+                p.cross_cloud_per_gb,
+            ];
             if figures.into_iter().flatten().any(|f| !f.is_finite() || f < 0.0) {
                 return Err(CostError::PriceFile {
                     origin: origin.to_string(),

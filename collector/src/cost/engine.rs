@@ -113,7 +113,10 @@ impl BudgetEngine {
         std::thread::Builder::new()
             .name("tailscope-budgets".into())
             .spawn(move || evaluator(inner, rx, interval))
-            .map_err(|e| CostError::Config { field: "alerts".into(), reason: format!("cannot start the evaluator thread: {e}") })?;
+            .map_err(|e| CostError::Config {
+                field: "alerts".into(),
+                reason: format!("cannot start the evaluator thread: {e}"),
+            })?;
         Ok(engine)
     }
 
@@ -262,7 +265,12 @@ async fn rebuild(budgets: &mut [Budget], catalog: &Catalog, now: i64) -> Result<
             b.add(&cols, now);
         }
     }
-    tracing::info!(files, rows, elapsed_ms = started.elapsed().as_millis() as u64, "budget spend rebuilt from stored spans");
+    tracing::info!(
+        files,
+        rows,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "budget spend rebuilt from stored spans"
+    );
     Ok(())
 }
 
@@ -378,12 +386,13 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, routes(engine)).await.unwrap() });
-        let v: serde_json::Value = reqwest::get(format!("http://{addr}/api/v1/guardrails/hedging?provider=aws.bedrock"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: serde_json::Value =
+            reqwest::get(format!("http://{addr}/api/v1/guardrails/hedging?provider=aws.bedrock"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
         assert_eq!(v["decision"], "deny");
         let v: serde_json::Value =
             reqwest::get(format!("http://{addr}/api/v1/alerts")).await.unwrap().json().await.unwrap();

@@ -13,8 +13,8 @@ pub mod alerts;
 pub mod budget;
 pub mod egress;
 pub mod engine;
-pub mod prices;
 pub mod pricer;
+pub mod prices;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -28,8 +28,8 @@ pub use alerts::{AlertEvent, alerts_schema, alerts_table};
 pub use budget::{BudgetKind, BudgetPeriod, BudgetStatus};
 pub use egress::{EgressPrice, EgressTable};
 pub use engine::{BudgetEngine, HedgingDecision, routes};
-pub use prices::{ModelPrice, PriceTable};
 pub use pricer::{Pricer, UNKNOWN};
+pub use prices::{ModelPrice, PriceTable};
 
 /// What went wrong in the cost module.
 #[derive(Debug, Error)]
@@ -110,7 +110,10 @@ impl PricingConfig {
     /// Checks values that parse but cannot work (the files themselves are read by [`Pricer::from_config`]).
     pub fn validate(&self) -> Result<(), CostError> {
         if self.bytes_per_gb == 0 {
-            return Err(CostError::Config { field: "pricing.bytes_per_gb".into(), reason: "must be greater than 0".into() });
+            return Err(CostError::Config {
+                field: "pricing.bytes_per_gb".into(),
+                reason: "must be greater than 0".into(),
+            });
         }
         Ok(())
     }
@@ -214,7 +217,9 @@ impl BudgetConfig {
             let window = humantime_serde::re::humantime::format_duration(window);
             return Err(format!("a rolling period must be at least 1m, got {window}"));
         }
-        for (what, patterns) in [("providers", &self.providers), ("regions", &self.regions), ("services", &self.services)] {
+        for (what, patterns) in
+            [("providers", &self.providers), ("regions", &self.regions), ("services", &self.services)]
+        {
             if patterns.iter().any(|p| p.is_empty()) {
                 return Err(format!("{what} must not contain an empty pattern"));
             }
@@ -231,7 +236,10 @@ pub fn validate_budgets(budgets: &[BudgetConfig]) -> Result<(), CostError> {
         if !seen.insert(b.name.as_str()) {
             return Err(CostError::Config {
                 field: format!("budget[{i}]"),
-                reason: format!("the name {:?} is used by two budgets; names identify alerts and must be unique", b.name),
+                reason: format!(
+                    "the name {:?} is used by two budgets; names identify alerts and must be unique",
+                    b.name
+                ),
             });
         }
     }
@@ -280,7 +288,8 @@ impl AlertsConfig {
     pub fn validate(&self) -> Result<(), CostError> {
         let invalid = |field: &str, reason: String| CostError::Config { field: format!("alerts.{field}"), reason };
         for url in &self.webhooks {
-            let parsed = reqwest::Url::parse(url).map_err(|e| invalid("webhooks", format!("{url:?} is not a URL: {e}")))?;
+            let parsed =
+                reqwest::Url::parse(url).map_err(|e| invalid("webhooks", format!("{url:?} is not a URL: {e}")))?;
             match parsed.scheme() {
                 "http" | "https" => {}
                 other => return Err(invalid("webhooks", format!("{url:?}: unsupported scheme {other:?}"))),
@@ -398,11 +407,14 @@ mod tests {
         assert!(err.contains("egres"), "{err}");
         let err = parse("[[budget]]\nname = \"x\"\nkind = \"total\"\nperiod = \"weekly\"\ncap_usd = 1\n").unwrap_err();
         assert!(err.contains("weekly"), "{err}");
-        let err = parse("[[budget]]\nname = \"x\"\nkind = \"total\"\nperiod = \"day\"\ncap_usd = 1\ncap = 2\n").unwrap_err();
+        let err =
+            parse("[[budget]]\nname = \"x\"\nkind = \"total\"\nperiod = \"day\"\ncap_usd = 1\ncap = 2\n").unwrap_err();
         assert!(err.contains("cap"), "{err}");
         let err = parse("[[budget]]\nname = \"x\"\nkind = \"total\"\nperiod = \"day\"\ncap_usd = -1\n").unwrap_err();
         assert!(err.contains("positive"), "{err}");
-        let err = parse("[[budget]]\nname = \"x\"\nkind = \"egress\"\nperiod = \"day\"\ncap_share = 0.1\ncap_usd = 1\n").unwrap_err();
+        let err =
+            parse("[[budget]]\nname = \"x\"\nkind = \"egress\"\nperiod = \"day\"\ncap_share = 0.1\ncap_usd = 1\n")
+                .unwrap_err();
         assert!(err.contains("duplicate_inference budgets only"), "{err}");
         let twice = BudgetConfig { name: "a".into(), cap_usd: Some(1.0), warn_at: vec![1.0], ..Default::default() };
         let err = validate_budgets(&[twice.clone(), twice]).unwrap_err().to_string();

@@ -48,8 +48,8 @@ impl Pricer {
         config.validate()?;
         let mut models = if config.replace_default_models { PriceTable::default() } else { PriceTable::builtin() };
         for file in &config.model_files {
-            let text = std::fs::read_to_string(file)
-                .map_err(|source| CostError::ReadFile { path: file.clone(), source })?;
+            let text =
+                std::fs::read_to_string(file).map_err(|source| CostError::ReadFile { path: file.clone(), source })?;
             let origin = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
             models.merge(PriceTable::from_litellm_json(&text, &origin)?);
         }
@@ -58,8 +58,8 @@ impl Pricer {
         }
         let mut egress = if config.replace_default_egress { EgressTable::default() } else { EgressTable::builtin() };
         if let Some(file) = &config.egress_file {
-            let text = std::fs::read_to_string(file)
-                .map_err(|source| CostError::ReadFile { path: file.clone(), source })?;
+            let text =
+                std::fs::read_to_string(file).map_err(|source| CostError::ReadFile { path: file.clone(), source })?;
             let table = EgressTable::from_json(&text, &file.display().to_string())?;
             egress.merge(table.entries().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>());
         }
@@ -153,7 +153,12 @@ impl Pricer {
         let region = f.peer_cloud_region.or(f.cloud_region);
         // Every priced span comes through here: a fast hash (SipHash was 1 % of ingest CPU), and the cache
         // compares keys in full.
-        let hash = foldhash::fast::FixedState::default().hash_one((f.gen_ai_provider, region, f.response_model, f.request_model));
+        let hash = foldhash::fast::FixedState::default().hash_one((
+            f.gen_ai_provider,
+            region,
+            f.response_model,
+            f.request_model,
+        ));
         let same = |k: &CacheKey| {
             k.0.as_deref() == f.gen_ai_provider
                 && k.1.as_deref() == region
@@ -355,7 +360,8 @@ mod tests {
     #[test]
     fn unknown_models_are_null_not_zero() {
         let p = Pricer::default();
-        let f = SpanFacts { request_bytes: Some(1000), cloud_provider: Some("aws"), ..llm("acme", "mystery-9000", 10, 10) };
+        let f =
+            SpanFacts { request_bytes: Some(1000), cloud_provider: Some("aws"), ..llm("acme", "mystery-9000", 10, 10) };
         let c = p.price(&f);
         assert_eq!(c.token_cost_usd, None);
         assert_eq!(c.cost_usd, None);
@@ -439,20 +445,33 @@ mod tests {
     #[test]
     fn egress_same_region_is_free() {
         let p = Pricer::default();
-        let c = p.price(&egress_facts((Some("aws"), Some("us-east-1")), (Some("aws"), Some("us-east-1")), None, GIB, GIB));
+        let c =
+            p.price(&egress_facts((Some("aws"), Some("us-east-1")), (Some("aws"), Some("us-east-1")), None, GIB, GIB));
         assert_eq!(c.egress_bytes, Some(2 * GIB));
         assert_eq!(c.egress_cost_usd, Some(0.0));
         assert_eq!(c.cost_usd, Some(0.0));
         assert_eq!(c.price_source, None);
         // Bedrock in the caller's region, destination derived from the provider.
-        let c = p.price(&egress_facts((Some("aws"), Some("us-east-1")), (None, Some("us-east-1")), Some("aws.bedrock"), GIB, GIB));
+        let c = p.price(&egress_facts(
+            (Some("aws"), Some("us-east-1")),
+            (None, Some("us-east-1")),
+            Some("aws.bedrock"),
+            GIB,
+            GIB,
+        ));
         assert_eq!(c.egress_cost_usd, Some(0.0));
     }
 
     #[test]
     fn egress_cross_region_is_charged_both_ways_by_the_sender() {
         let p = Pricer::default();
-        let c = p.price(&egress_facts((Some("aws"), Some("us-east-1")), (Some("aws"), Some("eu-west-1")), None, GIB, 3 * GIB));
+        let c = p.price(&egress_facts(
+            (Some("aws"), Some("us-east-1")),
+            (Some("aws"), Some("eu-west-1")),
+            None,
+            GIB,
+            3 * GIB,
+        ));
         assert!(close(c.egress_cost_usd.unwrap(), 4.0 * 0.02));
     }
 
@@ -460,7 +479,13 @@ mod tests {
     fn egress_cross_cloud_each_cloud_charges_what_leaves_it() {
         let p = Pricer::default();
         // An agent on GCP calls Bedrock: request bytes leave GCP ($0.12), response bytes leave AWS ($0.09).
-        let c = p.price(&egress_facts((Some("gcp"), Some("us-central1")), (None, Some("us-east-1")), Some("aws.bedrock"), GIB, 2 * GIB));
+        let c = p.price(&egress_facts(
+            (Some("gcp"), Some("us-central1")),
+            (None, Some("us-east-1")),
+            Some("aws.bedrock"),
+            GIB,
+            2 * GIB,
+        ));
         assert!(close(c.egress_cost_usd.unwrap(), 0.12 + 2.0 * 0.09), "{c:?}");
         // Azure OpenAI from AWS.
         let c = p.price(&egress_facts((Some("aws"), None), (None, None), Some("azure.ai.openai"), GIB, GIB));
@@ -477,7 +502,10 @@ mod tests {
         let c = p.price(&egress_facts((None, None), (None, None), Some("gcp.vertex_ai"), GIB, GIB));
         assert!(close(c.egress_cost_usd.unwrap(), 0.12));
         // egress.bytes overrides the body sizes and is charged along the caller's path.
-        let f = SpanFacts { egress_bytes: Some(2 * GIB), ..egress_facts((Some("aws"), None), (Some("gcp"), None), None, 1, 1) };
+        let f = SpanFacts {
+            egress_bytes: Some(2 * GIB),
+            ..egress_facts((Some("aws"), None), (Some("gcp"), None), None, 1, 1)
+        };
         let c = p.price(&f);
         assert_eq!(c.egress_bytes, Some(2 * GIB));
         assert!(close(c.egress_cost_usd.unwrap(), 2.0 * 0.09));

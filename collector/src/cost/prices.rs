@@ -145,10 +145,8 @@ impl PriceTable {
 
     /// Parses a LiteLLM-format JSON document; `origin` names it in `price_source` and errors.
     pub fn from_litellm_json(text: &str, origin: &str) -> Result<PriceTable, CostError> {
-        let value: Value = serde_json::from_str(text).map_err(|e| CostError::PriceFile {
-            origin: origin.to_string(),
-            detail: e.to_string(),
-        })?;
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| CostError::PriceFile { origin: origin.to_string(), detail: e.to_string() })?;
         let Value::Object(map) = value else {
             return Err(CostError::PriceFile {
                 origin: origin.to_string(),
@@ -381,9 +379,7 @@ fn strip_version(name: &str) -> Option<&str> {
     let digits = token.chars().all(|c| c.is_ascii_digit());
     let versioned = (digits && (3..=4).contains(&token.len()))
         || (digits && token.len() == 8 && token.starts_with("20"))
-        || (token.len() >= 2
-            && token.starts_with('v')
-            && token[1..].chars().all(|c| c.is_ascii_digit() || c == '.'))
+        || (token.len() >= 2 && token.starts_with('v') && token[1..].chars().all(|c| c.is_ascii_digit() || c == '.'))
         || token == "latest";
     versioned.then_some(head)
 }

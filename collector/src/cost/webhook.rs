@@ -80,7 +80,10 @@ pub async fn deliver(client: &reqwest::Client, url: &str, body: &Value, config: 
         tokio::time::sleep(wait.mul_f64(1.0 + jitter)).await;
         backoff = (backoff * 2).min(config.max_backoff);
     }
-    Outcome::Failed { attempts: config.max_attempts, reason: format!("gave up after {} attempts: {last}", config.max_attempts) }
+    Outcome::Failed {
+        attempts: config.max_attempts,
+        reason: format!("gave up after {} attempts: {last}", config.max_attempts),
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
