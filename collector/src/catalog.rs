@@ -158,6 +158,31 @@ impl Catalog {
             .collect()
     }
 
+    /// Every buffered (acknowledged, unflushed) record: its WAL sequence number, signal and rows (one batch per
+    /// sequence number). What the WAL must hold again if its segment is lost.
+    pub fn buffered_records(&self) -> Result<Vec<(u64, Signal, RecordBatch)>, datafusion::arrow::error::ArrowError> {
+        let tables = self.tables.read();
+        let mut out = Vec::new();
+        for (signal, state) in tables.iter() {
+            for (seq, batches) in &state.batches {
+                let batch = match batches.as_slice() {
+                    [] => continue,
+                    [one] => one.clone(),
+                    many => datafusion::arrow::compute::concat_batches(&many[0].schema(), many)?,
+                };
+                out.push((*seq, *signal, batch));
+            }
+        }
+        out.sort_by_key(|(seq, _, _)| *seq);
+        Ok(out)
+    }
+
+    /// Drops a file that vanished from disk (deleted by hand) from the table, so that queries go on with the
+    /// rest. Returns whether it was listed.
+    pub fn forget_file(&self, signal: Signal, relative_path: &Path) -> bool {
+        self.tables.write().get_mut(&signal).is_some_and(|state| state.files.remove(relative_path).is_some())
+    }
+
     /// Number of buffered (unflushed) rows per signal, for `/metrics`.
     pub fn buffered_rows(&self, signal: Signal) -> usize {
         self.tables.read()[&signal].batches.values().flatten().map(|b| b.num_rows()).sum()

@@ -104,6 +104,9 @@ pub enum StorageError {
     /// A WAL segment is damaged beyond its last complete record.
     #[error("WAL segment {path} is corrupt at byte {offset}: {detail}")]
     CorruptWal { path: PathBuf, offset: u64, detail: String },
+    /// The WAL segment being written was unlinked (e.g. `rm -rf DATA/wal`): what was written to it is not durable.
+    #[error("WAL segment {path} was deleted while in use; the WAL is being recreated")]
+    WalVanished { path: PathBuf },
     /// Arrow or Parquet failed to encode or decode.
     #[error("{context}: {source}")]
     Arrow { context: String, source: datafusion::arrow::error::ArrowError },

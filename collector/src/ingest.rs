@@ -6,11 +6,17 @@
 //! ```
 //!
 //! A request is answered only after its rows are fsynced in the WAL, so an acknowledged span survives
-//! `kill -9`. Flushes rotate the WAL, write Parquet, then advance the checkpoint; a crash anywhere in between
-//! is repaired at start by [`Ingest::start`] (uncommitted files removed, WAL replayed), so nothing is lost and
-//! nothing is stored twice.
+//! `kill -9`. Flushes rotate the WAL, list the files they are about to write in a pending-flush manifest
+//! ([`writer::FlushManifest`]), write Parquet, then advance the checkpoint; a crash anywhere in between is repaired
+//! at start by [`Ingest::start`] (the manifest's uncommitted files removed, the WAL replayed), so nothing is lost
+//! and nothing is stored twice. Start-up deletes no other file.
+//!
+//! When the WAL cannot be written (disk full, permissions, its directory deleted), requests get retryable
+//! refusals, [`Ingest::not_ready`] says why for `/readyz`, and the WAL thread probes until writes work again.
 
+use std::collections::BTreeMap;
 use std::io::IoSlice;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -20,7 +26,7 @@ use bytes::Bytes;
 use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::{Mutex, oneshot};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, ParquetFile};
 use crate::config::Config;
 use crate::cost::Pricer;
 use crate::error::{IngestError, StorageError};
@@ -36,6 +42,10 @@ const GROUP_MAX_RECORDS: usize = 4096;
 /// Most bytes written under one fsync.
 const GROUP_MAX_BYTES: usize = 64 * 1024 * 1024;
 
+/// How long the WAL thread waits for a command before checking that its segment still exists, and, while writes
+/// fail, before probing whether they work again.
+const WAL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
 enum WalCommand {
     Append {
         kind: RecordKind,
@@ -43,10 +53,35 @@ enum WalCommand {
         payload: Bytes,
         ack: oneshot::Sender<Result<u64, String>>,
     },
-    /// Start a new segment; answers the last sequence number written and the new segment's id.
+    /// Start a new segment; answers the last sequence number written and the closed segments (which a flush
+    /// through that sequence number may remove once committed).
     Rotate {
-        ack: oneshot::Sender<Result<(u64, u64), String>>,
+        ack: oneshot::Sender<Result<(u64, Vec<u64>), String>>,
     },
+}
+
+/// Why the WAL cannot be written right now, if it cannot; shared by the WAL thread and `/readyz`.
+#[derive(Default)]
+struct WalHealth {
+    problem: parking_lot::Mutex<Option<String>>,
+}
+
+impl WalHealth {
+    fn fail(&self, metrics: &Metrics, why: String) {
+        metrics.wal_writable.set(0);
+        *self.problem.lock() = Some(why);
+    }
+
+    fn ok(&self, metrics: &Metrics) {
+        if self.problem.lock().take().is_some() {
+            tracing::info!("the WAL accepts writes again");
+        }
+        metrics.wal_writable.set(1);
+    }
+
+    fn problem(&self) -> Option<String> {
+        self.problem.lock().clone()
+    }
 }
 
 /// The durable write path. Cheap to share (`Arc`).
@@ -67,6 +102,9 @@ pub struct Ingest {
     /// When a request was last refused for backpressure (ns since start of `epoch`), or -1.
     last_backpressure: AtomicI64,
     epoch: Instant,
+    wal_health: Arc<WalHealth>,
+    /// The last flush's error while flushes fail (for `/readyz`), else `None`.
+    flush_problem: parking_lot::Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -82,8 +120,12 @@ pub struct RecoveryReport {
     pub records: usize,
     /// Rows replayed.
     pub rows: usize,
-    /// Files of an interrupted flush removed.
+    /// Files of this collector's own interrupted flush removed (listed in its pending-flush manifest).
     pub removed_files: usize,
+    /// Damaged WAL records skipped (kept aside in `wal/corrupt/`).
+    pub corrupt_records: u64,
+    /// Records found in more than one segment, replayed once.
+    pub duplicate_records: u64,
 }
 
 impl Ingest {
@@ -98,40 +140,58 @@ impl Ingest {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(StorageError::io("creating data directory", &data_dir))?;
         let wal_dir = data_dir.join("wal");
-        let recovered = Wal::recover(&wal_dir)?;
-        let removed_files = writer::remove_uncommitted(&data_dir, recovered.checkpoint)?;
+        // No legitimate record is larger than a request body or the whole write buffer.
+        let max_record_bytes = config.ingest.max_body_bytes.max(config.ingest.max_buffer_bytes);
+        let recovered = Wal::recover(&wal_dir, max_record_bytes)?;
+        let trusted_checkpoint = recovered.checkpoint_trusted.then_some(recovered.checkpoint);
+        let removed_files = writer::settle_pending_flush(&data_dir, &wal_dir, trusted_checkpoint)?;
         let catalog = Catalog::open(&data_dir).map_err(StorageError::io("listing Parquet files", &data_dir))?;
-        let mut report = RecoveryReport { records: recovered.records.len(), rows: 0, removed_files };
+        let mut report = RecoveryReport {
+            records: 0,
+            rows: 0,
+            removed_files,
+            corrupt_records: recovered.corrupt_records,
+            duplicate_records: recovered.duplicate_records,
+        };
         let mut buffered = 0;
-        let mut last_seq = recovered.checkpoint;
         for record in recovered.records {
             let (signal, batch) = match record.data {
                 RecordData::Rows(signal, batch) => (signal, batch),
-                RecordData::OtlpTraces(request) => {
-                    let normalized = normalize::normalize_traces_protobuf(&request, pricer).map_err(|e| {
-                        StorageError::CorruptWal {
-                            path: wal_dir.clone(),
-                            offset: 0,
-                            detail: format!("record {} holds a trace request that no longer decodes: {e}", record.seq),
-                        }
-                    })?;
-                    (Signal::Spans, normalized.batch)
-                }
+                RecordData::OtlpTraces(request) => match normalize::normalize_traces_protobuf(&request, pricer) {
+                    Ok(normalized) => (Signal::Spans, normalized.batch),
+                    Err(e) => {
+                        // Its crc holds, so these are the bytes that were written; keep them for inspection.
+                        report.corrupt_records += 1;
+                        metrics.wal_corrupt_bytes.inc_by(request.len() as u64);
+                        let kept = wal::keep_aside(&wal_dir, &format!("record-{}", record.seq), &request);
+                        tracing::warn!(
+                            seq = record.seq, error = %e, kept_aside = kept.is_ok(),
+                            "WAL record holds a trace request that no longer decodes; skipped"
+                        );
+                        continue;
+                    }
+                },
             };
+            report.records += 1;
             report.rows += batch.num_rows();
             buffered += batch.get_array_memory_size();
-            last_seq = last_seq.max(record.seq);
             catalog.add_batch(signal, record.seq, batch);
         }
         metrics.wal_pending_bytes.set(recovered.pending_bytes as i64);
-        let wal = Wal::open(&wal_dir, last_seq + 1, config.storage.wal_fsync)?;
+        metrics.wal_corrupt_records.inc_by(report.corrupt_records);
+        metrics.wal_corrupt_bytes.inc_by(recovered.corrupt_bytes);
+        metrics.wal_torn_bytes.inc_by(recovered.torn_bytes);
+        metrics.wal_duplicate_records.inc_by(recovered.duplicate_records);
+        let wal = Wal::open(&wal_dir, recovered.next_seq, recovered.segments, config.storage.wal_fsync)?;
+        let wal_health = Arc::new(WalHealth::default());
         let (tx, rx) = std_mpsc::channel();
         let thread = {
             let catalog = catalog.clone();
             let metrics = metrics.clone();
+            let health = wal_health.clone();
             std::thread::Builder::new()
                 .name("tailscope-wal".into())
-                .spawn(move || wal_writer(wal, rx, catalog, metrics))
+                .spawn(move || wal_writer(wal, rx, catalog, metrics, health))
                 .map_err(StorageError::io("starting WAL writer thread", &wal_dir))?
         };
         let epoch = Instant::now();
@@ -149,6 +209,8 @@ impl Ingest {
             oldest_unflushed: AtomicI64::new(if buffered > 0 { 0 } else { -1 }),
             last_backpressure: AtomicI64::new(-1),
             epoch,
+            wal_health,
+            flush_problem: parking_lot::Mutex::new(None),
         });
         metrics.buffered_bytes.set(buffered as i64);
         if report.records > 0 {
@@ -251,6 +313,15 @@ impl Ingest {
         last >= 0 && self.epoch.elapsed().as_nanos() as i64 - last <= within.as_nanos() as i64
     }
 
+    /// Why the write path cannot take data right now, if it cannot: the WAL cannot be written, or flushes to
+    /// Parquet fail (rows then pile up in the buffer until backpressure refuses them).
+    pub fn not_ready(&self) -> Option<String> {
+        if let Some(problem) = self.wal_health.problem() {
+            return Some(format!("the WAL cannot be written: {problem}"));
+        }
+        self.flush_problem.lock().as_ref().map(|p| format!("flushes to Parquet fail: {p}"))
+    }
+
     /// Bytes of Arrow data not yet flushed.
     pub fn buffered_bytes(&self) -> usize {
         self.buffered.load(Ordering::Acquire)
@@ -280,7 +351,7 @@ impl Ingest {
         if self.send(WalCommand::Rotate { ack }).is_err() {
             return Ok(());
         }
-        let (through_seq, current_segment) = match done.await {
+        let (through_seq, closed_segments) = match done.await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 return Err(self.flush_failed(
@@ -301,28 +372,7 @@ impl Ingest {
             zstd_level: self.config.storage.zstd_level,
         };
         let flushed_bytes: usize = batches.values().flatten().map(|b| b.get_array_memory_size()).sum();
-        let write = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
-            let mut files = Vec::new();
-            for (signal, batches) in &batches {
-                match writer::write_signal(&data_dir, *signal, batches, through_seq, &options) {
-                    Ok(written) => files.extend(written.into_iter().map(|f| (*signal, f))),
-                    Err(e) => {
-                        for (_, f) in &files {
-                            let _ = std::fs::remove_file(data_dir.join(&f.relative_path));
-                        }
-                        return Err(e);
-                    }
-                }
-            }
-            if let Err(e) = wal::write_checkpoint(&data_dir.join("wal"), through_seq) {
-                for (_, f) in &files {
-                    let _ = std::fs::remove_file(data_dir.join(&f.relative_path));
-                }
-                return Err(e);
-            }
-            Ok(files)
-        })
-        .await;
+        let write = tokio::task::spawn_blocking(move || write_flush(&data_dir, &batches, through_seq, &options)).await;
         let files = match write {
             Ok(Ok(files)) => files,
             Ok(Err(e)) => return Err(self.flush_failed(&mut state, e)),
@@ -344,13 +394,14 @@ impl Ingest {
         let remaining: usize = Signal::ALL.iter().map(|s| self.catalog.buffered_rows(*s)).sum();
         let now = self.epoch.elapsed().as_nanos() as i64;
         self.oldest_unflushed.store(if remaining > 0 { now } else { -1 }, Ordering::Release);
-        match Wal::remove_closed_segments(&self.config.data_dir.join("wal"), current_segment) {
+        match Wal::remove_segments(&self.config.data_dir.join("wal"), &closed_segments) {
             Ok(freed) => {
                 self.metrics.wal_pending_bytes.dec_by(freed as i64);
             }
             Err(e) => tracing::warn!(error = %e, "flushed, but could not remove old WAL segments; will retry"),
         }
         state.failures = 0;
+        self.flush_problem.lock().take();
         self.metrics.flushes.inc();
         self.metrics.parquet_bytes.inc_by(bytes);
         self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
@@ -369,6 +420,7 @@ impl Ingest {
     fn flush_failed(&self, state: &mut FlushState, e: StorageError) -> StorageError {
         state.failures += 1;
         self.metrics.flush_errors.inc();
+        *self.flush_problem.lock() = Some(e.to_string());
         tracing::error!(error = %e, attempt = state.failures, "flush failed; data stays in the WAL and the buffer, retrying");
         e
     }
@@ -412,13 +464,78 @@ impl Ingest {
     }
 }
 
+/// Writes one flush: settles a manifest an earlier flush left behind, lists the files in a new manifest, writes
+/// them, then the checkpoint. Returns the committed files. On error nothing of this flush stays visible (its files
+/// are removed, or, should that fail, left listed in the manifest for the next flush or start-up to remove).
+fn write_flush(
+    data_dir: &Path,
+    batches: &BTreeMap<Signal, Vec<RecordBatch>>,
+    through_seq: u64,
+    options: &ParquetOptions,
+) -> Result<Vec<(Signal, ParquetFile)>, StorageError> {
+    let wal_dir = data_dir.join("wal");
+    // A manifest still here belongs to an earlier flush whose cleanup failed, or whose commit was uncertain.
+    let committed = wal::read_checkpoint(&wal_dir).ok().flatten();
+    writer::settle_pending_flush(data_dir, &wal_dir, committed)?;
+    let plans = batches
+        .iter()
+        .map(|(signal, batches)| writer::plan_signal(*signal, batches, through_seq).map(|p| (*signal, p)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let manifest =
+        writer::FlushManifest { through_seq, files: plans.iter().flat_map(|(_, p)| p.relative_paths()).collect() };
+    manifest.write(&wal_dir)?;
+    let mut files = Vec::new();
+    let written = plans.iter().try_for_each(|(signal, plan)| {
+        let batches = batches.get(signal).map(Vec::as_slice).unwrap_or_default();
+        files.extend(writer::write_plan(data_dir, plan, batches, options)?.into_iter().map(|f| (*signal, f)));
+        Ok::<_, StorageError>(())
+    });
+    let result = written.and_then(|()| wal::write_checkpoint(&wal_dir, through_seq));
+    match result {
+        Ok(()) => {
+            if let Err(e) = writer::FlushManifest::remove(&wal_dir) {
+                // Harmless: the next flush or start-up finds the checkpoint covers it and removes it.
+                tracing::warn!(error = %e, "flushed, but could not remove the pending-flush manifest");
+            }
+            Ok(files)
+        }
+        // The checkpoint was renamed into place but syncing its directory failed: the flush may or may not survive
+        // a crash. Keep the manifest: start-up then removes the files exactly when the checkpoint did not survive.
+        Err(e) if wal::read_checkpoint(&wal_dir).ok().flatten() == Some(through_seq) => {
+            tracing::warn!(error = %e, "checkpoint written but not synced; keeping the pending-flush manifest");
+            Ok(files)
+        }
+        Err(e) => {
+            if let Err(cleanup) = writer::settle_pending_flush(data_dir, &wal_dir, None) {
+                tracing::error!(error = %cleanup, "cannot remove the files of a failed flush; the next flush retries");
+            }
+            Err(e)
+        }
+    }
+}
+
 /// The group-commit loop: blocks for one command, takes whatever else is queued, writes it all with one
-/// fsync, then makes the rows visible and acknowledges.
-fn wal_writer(mut wal: Wal, rx: std_mpsc::Receiver<WalCommand>, catalog: Catalog, metrics: Arc<Metrics>) {
+/// fsync, then makes the rows visible and acknowledges. Between commands it checks that its segment still exists
+/// and, while writes fail, probes until they work again.
+fn wal_writer(
+    mut wal: Wal,
+    rx: std_mpsc::Receiver<WalCommand>,
+    catalog: Catalog,
+    metrics: Arc<Metrics>,
+    health: Arc<WalHealth>,
+) {
     let mut headers: Vec<[u8; wal::RECORD_HEADER]> = Vec::new();
     let mut payloads: Vec<Bytes> = Vec::new();
     let mut group: Vec<(u64, Signal, RecordBatch, oneshot::Sender<Result<u64, String>>)> = Vec::new();
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(WAL_CHECK_INTERVAL) {
+            Ok(command) => command,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                check_wal(&mut wal, &catalog, &metrics, &health);
+                continue;
+            }
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut pending = Some(first);
         let mut rotate = None;
         let mut group_bytes = 0;
@@ -446,13 +563,24 @@ fn wal_writer(mut wal: Wal, rx: std_mpsc::Receiver<WalCommand>, catalog: Catalog
             pending = rx.try_recv().ok();
         }
         if !group.is_empty() {
-            let mut parts: Vec<IoSlice<'_>> = headers
-                .iter()
-                .zip(&payloads)
-                .flat_map(|(header, payload)| [IoSlice::new(header), IoSlice::new(payload)])
-                .collect();
-            match wal.append_parts(&mut parts) {
+            let last_seq = group.last().map_or(0, |g| g.0);
+            let write = |wal: &mut Wal| {
+                let mut parts: Vec<IoSlice<'_>> = headers
+                    .iter()
+                    .zip(&payloads)
+                    .flat_map(|(header, payload)| [IoSlice::new(header), IoSlice::new(payload)])
+                    .collect();
+                wal.append_parts(&mut parts, last_seq)
+            };
+            let mut result = write(&mut wal);
+            if let Err(StorageError::WalVanished { .. }) = result {
+                // The group went to a deleted file: recreate the WAL with everything acknowledged, then write the
+                // group again. Nothing is acknowledged before both are durable.
+                result = replace_lost_wal(&mut wal, &catalog, &metrics).and_then(|()| write(&mut wal));
+            }
+            match result {
                 Ok(()) => {
+                    health.ok(&metrics);
                     metrics.wal_bytes.inc_by(group_bytes as u64);
                     metrics.wal_pending_bytes.inc_by(group_bytes as i64);
                     metrics.wal_syncs.inc();
@@ -464,6 +592,7 @@ fn wal_writer(mut wal: Wal, rx: std_mpsc::Receiver<WalCommand>, catalog: Catalog
                 Err(e) => {
                     let message = e.to_string();
                     tracing::error!(error = %message, records = group.len(), "WAL write failed; requests get a retryable error");
+                    health.fail(&metrics, message.clone());
                     for (_, _, _, ack) in group.drain(..) {
                         let _ = ack.send(Err(message.clone()));
                     }
@@ -471,9 +600,52 @@ fn wal_writer(mut wal: Wal, rx: std_mpsc::Receiver<WalCommand>, catalog: Catalog
             }
         }
         if let Some(ack) = rotate {
-            let last = wal.next_seq() - 1;
-            let _ = ack.send(wal.rotate().map(|_| (last, wal.segment_id())).map_err(|e| e.to_string()));
+            let mut rotated = wal.rotate();
+            if rotated.is_err() && wal.segment_lost() {
+                rotated = replace_lost_wal(&mut wal, &catalog, &metrics).and_then(|()| wal.rotate());
+            }
+            let _ = ack.send(rotated.map(|closed| (wal.last_written(), closed)).map_err(|e| e.to_string()));
         }
+    }
+}
+
+/// Recreates a lost WAL (its segment unlinked, its directory deleted) holding every acknowledged, unflushed record.
+fn replace_lost_wal(wal: &mut Wal, catalog: &Catalog, metrics: &Metrics) -> Result<(), StorageError> {
+    let records = catalog
+        .buffered_records()
+        .map_err(|source| StorageError::Arrow { context: "collecting the unflushed records".into(), source })?;
+    tracing::error!(
+        dir = %wal.dir().display(), records = records.len(),
+        "the WAL segment in use was deleted; recreating the WAL with every acknowledged, unflushed record"
+    );
+    metrics.wal_segments_lost.inc();
+    wal.replace_lost_segment(&records)
+}
+
+/// Between commands: a deleted segment is replaced at once (acknowledged rows must not stay in memory only), and
+/// while writes fail, a probe write tells when they work again.
+fn check_wal(wal: &mut Wal, catalog: &Catalog, metrics: &Metrics, health: &WalHealth) {
+    if wal.segment_lost() {
+        match replace_lost_wal(wal, catalog, metrics) {
+            Ok(()) => health.ok(metrics),
+            Err(e) => health.fail(metrics, e.to_string()),
+        }
+        return;
+    }
+    if health.problem().is_none() {
+        return;
+    }
+    // The probe needs room for a typical group, not one byte: a full disk often still has part of a page.
+    let probe = wal.dir().join("probe.tmp");
+    let result = (|| {
+        let mut f = std::fs::File::create(&probe)?;
+        std::io::Write::write_all(&mut f, &[0u8; 256 * 1024])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&probe);
+    match result {
+        Ok(()) => health.ok(metrics),
+        Err(e) => health.fail(metrics, format!("probe write to {}: {e}", probe.display())),
     }
 }
 

@@ -81,8 +81,8 @@ impl Collector {
         crate::grpc::serve(self.receiver.clone(), listener, shutdown).await
     }
 
-    /// `GET /healthz` (the process is up), `GET /readyz` (it accepts data: not shutting down and not applying
-    /// backpressure), `GET /metrics` (Prometheus).
+    /// `GET /healthz` (the process is up), `GET /readyz` (it accepts data: not shutting down, the WAL writable,
+    /// flushes succeeding, not applying backpressure; otherwise 503 with the reason), `GET /metrics` (Prometheus).
     pub fn ops_router(&self) -> Router {
         Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
@@ -106,6 +106,10 @@ async fn readyz(State(c): State<Collector>) -> impl IntoResponse {
     let ingest = &c.ingest;
     if ingest.is_shutting_down() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".to_string());
+    }
+    // Writes that fail (disk full, permissions, the WAL directory deleted) refuse every request: say so, with why.
+    if let Some(problem) = ingest.not_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {problem}\n"));
     }
     let limit = ingest.config().ingest.max_buffer_bytes;
     let buffered = ingest.buffered_bytes();

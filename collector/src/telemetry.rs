@@ -48,6 +48,18 @@ pub struct Metrics {
     pub wal_syncs: Counter,
     /// Bytes currently in WAL segments not yet flushed to Parquet.
     pub wal_pending_bytes: Gauge,
+    /// Damaged WAL records skipped at recovery (their bytes kept in `wal/corrupt/`).
+    pub wal_corrupt_records: Counter,
+    /// Bytes of those records.
+    pub wal_corrupt_bytes: Counter,
+    /// Bytes of torn WAL tails (a last write cut short) cut off at recovery, kept in `wal/corrupt/`.
+    pub wal_torn_bytes: Counter,
+    /// Records found again in another segment at recovery (replayed once).
+    pub wal_duplicate_records: Counter,
+    /// Times the segment being written was found deleted and the WAL recreated.
+    pub wal_segments_lost: Counter,
+    /// 1 while the WAL accepts writes, 0 while they fail (disk full, permissions, directory gone).
+    pub wal_writable: Gauge,
     /// Arrow bytes buffered in memory, not yet in Parquet.
     pub buffered_bytes: Gauge,
     /// Completed flushes.
@@ -75,6 +87,13 @@ impl Metrics {
         let wal_syncs = Counter::default();
         let wal_pending_bytes = Gauge::default();
         let buffered_bytes = Gauge::default();
+        let wal_corrupt_records = Counter::default();
+        let wal_corrupt_bytes = Counter::default();
+        let wal_torn_bytes = Counter::default();
+        let wal_duplicate_records = Counter::default();
+        let wal_segments_lost = Counter::default();
+        let wal_writable = Gauge::default();
+        wal_writable.set(1);
         let flushes = Counter::default();
         let flush_errors = Counter::default();
         let flush_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
@@ -92,6 +111,32 @@ impl Metrics {
         registry.register("wal_written_bytes", "Bytes written to the write-ahead log", wal_bytes.clone());
         registry.register("wal_syncs", "WAL fsyncs (group commits)", wal_syncs.clone());
         registry.register("wal_pending_bytes", "WAL bytes not yet flushed to Parquet", wal_pending_bytes.clone());
+        registry.register(
+            "wal_corrupt_records",
+            "Damaged WAL records skipped at recovery, kept in wal/corrupt/",
+            wal_corrupt_records.clone(),
+        );
+        registry.register(
+            "wal_corrupt_bytes",
+            "Bytes of damaged WAL records skipped at recovery",
+            wal_corrupt_bytes.clone(),
+        );
+        registry.register(
+            "wal_torn_bytes",
+            "Bytes of torn WAL tails cut off at recovery, kept in wal/corrupt/",
+            wal_torn_bytes.clone(),
+        );
+        registry.register(
+            "wal_duplicate_records",
+            "WAL records found in several segments at recovery, replayed once",
+            wal_duplicate_records.clone(),
+        );
+        registry.register(
+            "wal_segments_lost",
+            "Times the WAL segment in use was deleted and the WAL recreated",
+            wal_segments_lost.clone(),
+        );
+        registry.register("wal_writable", "1 while WAL writes succeed, 0 while they fail", wal_writable.clone());
         registry.register("buffered_bytes", "Arrow bytes buffered in memory awaiting flush", buffered_bytes.clone());
         registry.register("flushes", "Completed Parquet flushes", flushes.clone());
         registry.register("flush_errors", "Failed flush attempts (retried)", flush_errors.clone());
@@ -108,6 +153,12 @@ impl Metrics {
             wal_bytes,
             wal_syncs,
             wal_pending_bytes,
+            wal_corrupt_records,
+            wal_corrupt_bytes,
+            wal_torn_bytes,
+            wal_duplicate_records,
+            wal_segments_lost,
+            wal_writable,
             buffered_bytes,
             flushes,
             flush_errors,

@@ -2,8 +2,8 @@
 
 /// The parts of a Parquet file name tailscope writes: `{wal_seq:020}_{min_ns}_{max_ns}_{nonce}.parquet`.
 ///
-/// `wal_seq` is the last WAL record the file's flush covers: on recovery, files of a flush that never committed
-/// carry a sequence above the checkpoint and are removed before the WAL is replayed, so nothing is stored twice.
+/// `wal_seq` is the last WAL record the file's flush covers (informative: which files a flush wrote is recorded in
+/// its [`FlushManifest`], never inferred from names, since other collectors may write to the same directory).
 /// The time range lets queries skip files without opening them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileName {
@@ -158,14 +158,7 @@ impl ParquetOptions {
     ];
 }
 
-/// Writes one flush's rows of one signal: splits them by hour, sorts each hour by time and writes one file per
-/// hour under `data_dir`, each to a temporary name, fsynced, then renamed into place (a reader never sees half a
-/// file). Returns the committed files. On error, temporary files are removed and nothing is visible.
-///
-/// Sorting pays: on the ingest benchmark it makes the files a third smaller than arrival order (44.7 instead of
-/// 67.3 bytes per span), since timestamps delta-encode tightly and a trace's spans sit together. It costs one
-/// gather: only (time, batch, row) keys are sorted, and rows are copied once, straight from the buffered batches
-/// into [`WRITE_CHUNK_ROWS`]-row slices handed to the Parquet writer (no concatenated copy of the flush).
+/// Writes one flush's rows of one signal: [`plan_signal`], then [`write_plan`].
 pub fn write_signal(
     data_dir: &Path,
     signal: Signal,
@@ -173,10 +166,52 @@ pub fn write_signal(
     wal_seq: u64,
     options: &ParquetOptions,
 ) -> Result<Vec<ParquetFile>, StorageError> {
-    let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
-    if batches.is_empty() {
-        return Ok(Vec::new());
+    let plan = plan_signal(signal, batches, wal_seq)?;
+    write_plan(data_dir, &plan, batches, options)
+}
+
+/// The files one flush writes for one signal, named before any is written (so that the flush's manifest can
+/// list them first), with the sorted row keys that fill them.
+#[derive(Debug)]
+pub struct SignalPlan {
+    signal: Signal,
+    /// `(time, batch, row)` for every row, sorted; `batch` indexes the flush's non-empty batches.
+    keys: Vec<(i64, u32, u32)>,
+    files: Vec<PlannedFile>,
+}
+
+#[derive(Debug)]
+struct PlannedFile {
+    /// The rows: `keys[start..end]`.
+    start: usize,
+    end: usize,
+    date: String,
+    hour: String,
+    /// `SIGNAL/date=…/hour=…` relative to the data dir.
+    dir: PathBuf,
+    name: String,
+    time_range_ns: (i64, i64),
+}
+
+impl SignalPlan {
+    /// The files the plan writes, relative to the data dir.
+    pub fn relative_paths(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        self.files.iter().map(|f| f.dir.join(&f.name))
     }
+}
+
+fn non_empty(batches: &[RecordBatch]) -> Vec<&RecordBatch> {
+    batches.iter().filter(|b| b.num_rows() > 0).collect()
+}
+
+/// Splits one flush's rows of one signal by hour and names a file for each hour.
+///
+/// Sorting pays: on the ingest benchmark it makes the files a third smaller than arrival order (44.7 instead of
+/// 67.3 bytes per span), since timestamps delta-encode tightly and a trace's spans sit together. It costs one
+/// gather: only (time, batch, row) keys are sorted, and rows are copied once, straight from the buffered batches
+/// into [`WRITE_CHUNK_ROWS`]-row slices handed to the Parquet writer (no concatenated copy of the flush).
+pub fn plan_signal(signal: Signal, batches: &[RecordBatch], wal_seq: u64) -> Result<SignalPlan, StorageError> {
+    let batches = non_empty(batches);
     let time_column = signal.time_column();
     let mut keys: Vec<(i64, u32, u32)> = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
     for (b, batch) in batches.iter().enumerate() {
@@ -191,26 +226,50 @@ pub fn write_signal(
     }
     // Ties keep arrival order (batch, then row), so a flush's layout is deterministic.
     keys.sort_unstable();
-
-    let props = options.properties(signal)?;
-    let mut written = Vec::new();
+    let mut files = Vec::new();
     let mut start = 0;
     while start < keys.len() {
         let hour = keys[start].0.div_euclid(NS_PER_HOUR);
         let end = start + keys[start..].partition_point(|k| k.0.div_euclid(NS_PER_HOUR) == hour);
-        let rows = Rows { batches: &batches, keys: &keys[start..end] };
-        match write_file(data_dir, signal, rows, hour, wal_seq, props.clone()) {
+        let (min_time_ns, max_time_ns) = (keys[start].0, keys[end - 1].0);
+        let begins = chrono::DateTime::from_timestamp(hour * 3600, 0).unwrap_or_default();
+        let date = begins.format("%Y-%m-%d").to_string();
+        let hh = begins.format("%H").to_string();
+        let dir = PathBuf::from(signal.table_name()).join(format!("date={date}")).join(format!("hour={hh}"));
+        let name = FileName { wal_seq, min_time_ns, max_time_ns, nonce: rand::random() }.to_string();
+        files.push(PlannedFile { start, end, date, hour: hh, dir, name, time_range_ns: (min_time_ns, max_time_ns) });
+        start = end;
+    }
+    Ok(SignalPlan { signal, keys, files })
+}
+
+/// Writes a plan's files under `data_dir`, each to a temporary name, fsynced, then renamed into place (a reader
+/// never sees half a file). `batches` are the ones the plan was made from. Returns the committed files. On error,
+/// the files already written and the temporary file are removed (the flush's manifest lists them all should that
+/// fail too).
+pub fn write_plan(
+    data_dir: &Path,
+    plan: &SignalPlan,
+    batches: &[RecordBatch],
+    options: &ParquetOptions,
+) -> Result<Vec<ParquetFile>, StorageError> {
+    if plan.files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let batches = non_empty(batches);
+    let props = options.properties(plan.signal)?;
+    let mut written = Vec::new();
+    for file in &plan.files {
+        let rows = Rows { batches: &batches, keys: &plan.keys[file.start..file.end] };
+        match write_file(data_dir, plan.signal, rows, file, props.clone()) {
             Ok(file) => written.push(file),
             Err(e) => {
-                // Files already renamed carry `wal_seq`, above the checkpoint: recovery would remove them, and
-                // so does this, so that the retry does not store their rows twice.
                 for f in &written {
                     let _ = std::fs::remove_file(data_dir.join(&f.relative_path));
                 }
                 return Err(e);
             }
         }
-        start = end;
     }
     Ok(written)
 }
@@ -230,19 +289,13 @@ fn write_file(
     data_dir: &Path,
     signal: Signal,
     rows: Rows<'_>,
-    hour: i64,
-    wal_seq: u64,
+    planned: &PlannedFile,
     props: WriterProperties,
 ) -> Result<ParquetFile, StorageError> {
-    let (min_time_ns, max_time_ns) = (rows.keys[0].0, rows.keys[rows.keys.len() - 1].0);
-    let start = chrono::DateTime::from_timestamp(hour * 3600, 0).unwrap_or_default();
-    let date = start.format("%Y-%m-%d").to_string();
-    let hh = start.format("%H").to_string();
-    let dir: PathBuf = data_dir.join(signal.table_name()).join(format!("date={date}")).join(format!("hour={hh}"));
+    let dir = data_dir.join(&planned.dir);
     std::fs::create_dir_all(&dir).map_err(StorageError::io("creating partition directory", &dir))?;
-    let name = FileName { wal_seq, min_time_ns, max_time_ns, nonce: rand::random() }.to_string();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let final_path = dir.join(&name);
+    let tmp = dir.join(temp_name(&planned.name));
+    let final_path = dir.join(&planned.name);
     let result = (|| {
         let file = File::create(&tmp).map_err(StorageError::io("creating", &tmp))?;
         let parquet = |source| StorageError::Parquet { context: format!("writing {}", tmp.display()), source };
@@ -283,42 +336,157 @@ fn write_file(
     }
     let size = std::fs::metadata(&final_path).map(|m| m.len()).unwrap_or(0);
     let relative = final_path.strip_prefix(data_dir).unwrap_or(&final_path).to_path_buf();
-    Ok(ParquetFile { relative_path: relative, size, date, hour: hh, time_range_ns: Some((min_time_ns, max_time_ns)) })
+    Ok(ParquetFile {
+        relative_path: relative,
+        size,
+        date: planned.date.clone(),
+        hour: planned.hour.clone(),
+        time_range_ns: Some(planned.time_range_ns),
+    })
 }
 
-/// Removes files of a flush that never committed (their WAL sequence is above the checkpoint) and leftover
-/// temporary files. Their rows are still in the WAL and will be written again.
-pub fn remove_uncommitted(data_dir: &Path, checkpoint: u64) -> Result<usize, StorageError> {
+/// The temporary name a file is written under before it is renamed into place.
+fn temp_name(name: &str) -> String {
+    format!(".{name}.tmp")
+}
+
+/// The pending-flush manifest's file name in the WAL directory.
+pub const PENDING_FLUSH: &str = "flush.pending";
+
+/// What a flush is about to write: the WAL sequence number it covers and every file it may create, written (and
+/// fsynced) in `wal/flush.pending` before the first file is created and removed once the checkpoint covers the
+/// flush.
+///
+/// Start-up deletes only files listed in such a manifest whose flush never reached the checkpoint: files this
+/// collector's own flush created and never committed, whose rows are still in the WAL. Without a manifest nothing
+/// is deleted, so a missing or damaged checkpoint, a deleted `wal/`, or another collector writing to the same
+/// `spans/` directory never costs a committed file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlushManifest {
+    /// The last WAL record the flush covers; the flush committed once the checkpoint reaches it.
+    pub through_seq: u64,
+    /// The files, relative to the data dir.
+    pub files: Vec<PathBuf>,
+}
+
+const MANIFEST_HEADER: &str = "tailscope pending flush v1";
+
+impl FlushManifest {
+    fn encode(&self) -> String {
+        let mut text = format!("{MANIFEST_HEADER}\nthrough_seq {}\n", self.through_seq);
+        for f in &self.files {
+            text.push_str("file ");
+            text.push_str(&f.to_string_lossy());
+            text.push('\n');
+        }
+        text
+    }
+
+    /// Parses a manifest, trusting nothing: every path must be a tailscope file of this flush
+    /// (`SIGNAL/date=…/hour=…/{through_seq}_…parquet`), so a damaged or forged manifest can never name another file.
+    fn parse(text: &str) -> Result<FlushManifest, String> {
+        let mut lines = text.lines();
+        if lines.next() != Some(MANIFEST_HEADER) {
+            return Err("unknown header".into());
+        }
+        let through_seq = lines
+            .next()
+            .and_then(|l| l.strip_prefix("through_seq "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or("no through_seq line")?;
+        let mut files = Vec::new();
+        for line in lines {
+            let path = PathBuf::from(line.strip_prefix("file ").ok_or_else(|| format!("bad line {line:?}"))?);
+            let signal_ok = path
+                .components()
+                .next()
+                .and_then(|c| c.as_os_str().to_str())
+                .is_some_and(|s| Signal::ALL.iter().any(|sig| sig.table_name() == s));
+            let name = path.file_name().and_then(|n| n.to_str()).and_then(FileName::parse);
+            let plain = path.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !signal_ok
+                || !plain
+                || ParquetFile::from_relative_path(&path, 0).is_none()
+                || name.map(|n| n.wal_seq) != Some(through_seq)
+            {
+                return Err(format!("{} is not a file of this flush", path.display()));
+            }
+            files.push(path);
+        }
+        Ok(FlushManifest { through_seq, files })
+    }
+
+    /// Writes the manifest durably (synced, renamed into place, directory synced).
+    pub fn write(&self, wal_dir: &Path) -> Result<(), StorageError> {
+        crate::wal::write_atomically(wal_dir, PENDING_FLUSH, self.encode().as_bytes())
+    }
+
+    /// Removes the manifest (its flush committed, or its files are gone).
+    pub fn remove(wal_dir: &Path) -> Result<(), StorageError> {
+        let path = wal_dir.join(PENDING_FLUSH);
+        match std::fs::remove_file(&path) {
+            Ok(()) => sync_dir(wal_dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::Io { action: "removing", path, source: e }),
+        }
+    }
+}
+
+/// Settles a flush that was interrupted (by a crash, or an error whose cleanup failed): when `committed_through`
+/// (a checkpoint that can be trusted) covers it, its files are committed and only the manifest goes; otherwise its
+/// files and their temporary files are removed (their rows are still in the WAL and will be written again). Without
+/// a manifest nothing is removed. A manifest that does not parse is kept aside in `wal/corrupt/`, and nothing is
+/// removed. Returns the number of files removed.
+pub fn settle_pending_flush(
+    data_dir: &Path,
+    wal_dir: &Path,
+    committed_through: Option<u64>,
+) -> Result<usize, StorageError> {
+    let path = wal_dir.join(PENDING_FLUSH);
+    let text = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(StorageError::Io { action: "reading", path, source: e }),
+    };
+    let manifest = match std::str::from_utf8(&text).map_err(|e| e.to_string()).and_then(FlushManifest::parse) {
+        Ok(m) => m,
+        Err(detail) => {
+            let aside = crate::wal::keep_aside(wal_dir, "flush.pending", &text)?;
+            FlushManifest::remove(wal_dir)?;
+            tracing::warn!(%detail, kept_at = %aside.display(), "pending-flush manifest is damaged; kept aside, no file removed");
+            return Ok(0);
+        }
+    };
+    if committed_through.is_some_and(|c| c >= manifest.through_seq) {
+        FlushManifest::remove(wal_dir)?;
+        return Ok(0);
+    }
     let mut removed = 0;
-    for signal in Signal::ALL {
-        let root = data_dir.join(signal.table_name());
-        for file in crate::catalog::list_parquet_files(data_dir, signal)
-            .map_err(StorageError::io("listing Parquet files", &root))?
-        {
-            let name = file.relative_path.file_name().and_then(|n| n.to_str()).and_then(FileName::parse);
-            if name.is_some_and(|n| n.wal_seq > checkpoint) {
-                let path = data_dir.join(&file.relative_path);
-                std::fs::remove_file(&path).map_err(StorageError::io("removing uncommitted file", &path))?;
-                removed += 1;
+    for relative in &manifest.files {
+        let file = data_dir.join(relative);
+        let tmp = file.with_file_name(temp_name(&file.file_name().unwrap_or_default().to_string_lossy()));
+        for p in [&file, &tmp] {
+            match std::fs::remove_file(p) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(StorageError::Io {
+                        action: "removing a file of an uncommitted flush",
+                        path: p.clone(),
+                        source: e,
+                    });
+                }
             }
         }
-        removed += remove_temp_files(&root)?;
     }
-    Ok(removed)
-}
-
-fn remove_temp_files(dir: &Path) -> Result<usize, StorageError> {
-    let mut removed = 0;
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(0) };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            removed += remove_temp_files(&path)?;
-        } else if path.extension().is_some_and(|e| e == "tmp") {
-            std::fs::remove_file(&path).map_err(StorageError::io("removing temporary file", &path))?;
-            removed += 1;
-        }
+    if removed > 0 {
+        tracing::info!(
+            files = removed,
+            through_seq = manifest.through_seq,
+            "removed the files of this collector's own flush that never committed; its rows are replayed from the WAL"
+        );
     }
+    FlushManifest::remove(wal_dir)?;
     Ok(removed)
 }
 
@@ -397,5 +565,76 @@ mod tests {
         };
         assert_eq!(FileName::parse(&n.to_string()), Some(n));
         assert_eq!(FileName::parse("part-0.parquet"), None);
+    }
+
+    /// Only the files a pending-flush manifest lists, of a flush the checkpoint does not cover, are removed: never
+    /// another collector's files in the same directory, never anything without a manifest.
+    #[test]
+    fn settling_a_pending_flush_removes_only_its_own_uncommitted_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        std::fs::create_dir_all(&wal_dir).unwrap();
+        let h = 1_700_000_000_000_000_000i64.div_euclid(NS_PER_HOUR) * NS_PER_HOUR;
+        let options = ParquetOptions { row_group_rows: 1024, zstd_level: 3 };
+        let batches = [spans_at(&[h + 1, h + NS_PER_HOUR + 1])];
+        // Another collector's files, with higher sequence numbers than ours.
+        let others = write_signal(dir.path(), Signal::Spans, &batches, 900, &options).unwrap();
+        let plan = plan_signal(Signal::Spans, &batches, 7).unwrap();
+        let manifest = FlushManifest { through_seq: 7, files: plan.relative_paths().collect() };
+        assert_eq!(manifest.files.len(), 2);
+        manifest.write(&wal_dir).unwrap();
+        let ours = write_plan(dir.path(), &plan, &batches, &options).unwrap();
+        assert_eq!(ours.iter().map(|f| f.relative_path.clone()).collect::<Vec<_>>(), manifest.files);
+        // A temporary file of the interrupted flush, and one of the other collector's flush in progress.
+        let tmp_ours = dir.path().join(manifest.files[0].parent().unwrap()).join(".x.tmp");
+        std::fs::write(&tmp_ours, b"other").unwrap();
+
+        // Committed: nothing removed, the manifest goes.
+        assert_eq!(settle_pending_flush(dir.path(), &wal_dir, Some(7)).unwrap(), 0);
+        assert!(!wal_dir.join(PENDING_FLUSH).exists());
+        assert_eq!(settle_pending_flush(dir.path(), &wal_dir, None).unwrap(), 0, "no manifest, nothing removed");
+        for f in ours.iter().chain(&others) {
+            assert!(dir.path().join(&f.relative_path).exists());
+        }
+        // Not committed (checkpoint below, or none): exactly its files go.
+        for committed in [Some(6), None] {
+            manifest.write(&wal_dir).unwrap();
+            let ours = write_plan(dir.path(), &plan, &batches, &options).unwrap();
+            assert_eq!(settle_pending_flush(dir.path(), &wal_dir, committed).unwrap(), 2);
+            for f in &ours {
+                assert!(!dir.path().join(&f.relative_path).exists());
+            }
+            for f in &others {
+                assert!(dir.path().join(&f.relative_path).exists(), "another collector's file was removed");
+            }
+            assert!(tmp_ours.exists(), "an unlisted temporary file was removed");
+        }
+    }
+
+    /// A manifest naming anything but this flush's own files is refused whole, kept aside, and removes nothing.
+    #[test]
+    fn a_damaged_or_forged_manifest_removes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        std::fs::create_dir_all(&wal_dir).unwrap();
+        let victim = dir.path().join("spans/date=2026-01-01/hour=00/00000000000000000009_1_2_0000abcd.parquet");
+        std::fs::create_dir_all(victim.parent().unwrap()).unwrap();
+        std::fs::write(&victim, b"x").unwrap();
+        let outside = dir.path().join("precious");
+        std::fs::write(&outside, b"x").unwrap();
+        for text in [
+            "tailscope pending flush v1\nthrough_seq 7\nfile spans/date=2026-01-01/hour=00/00000000000000000009_1_2_0000abcd.parquet\n",
+            "tailscope pending flush v1\nthrough_seq 7\nfile ../precious\n",
+            "tailscope pending flush v1\nthrough_seq 7\nfile spans/date=x/hour=y/../../../precious\n",
+            "garbage",
+        ] {
+            std::fs::write(wal_dir.join(PENDING_FLUSH), text).unwrap();
+            assert_eq!(settle_pending_flush(dir.path(), &wal_dir, None).unwrap(), 0, "{text}");
+            assert!(victim.exists() && outside.exists(), "{text}");
+            assert!(!wal_dir.join(PENDING_FLUSH).exists());
+            assert!(wal_dir.join("corrupt/flush.pending.bin").exists());
+        }
+        let m = FlushManifest { through_seq: 9, files: vec![victim.strip_prefix(dir.path()).unwrap().to_path_buf()] };
+        assert_eq!(FlushManifest::parse(&m.encode()), Ok(m));
     }
 }

@@ -139,6 +139,29 @@ impl SignalTable {
         Ok(files.iter().zip(keep).filter_map(|(f, keep)| keep.then_some(f)).collect())
     }
 
+    /// The files of `files` still on disk, with their sizes as they are now. A file deleted by hand is dropped
+    /// from the catalog (and logged) instead of failing this and every later query on the table: queries go on
+    /// with the data that is there. One `stat` per file to read, next to the reads themselves.
+    fn present(&self, files: Vec<&ParquetFile>) -> Vec<ParquetFile> {
+        let mut out = Vec::with_capacity(files.len());
+        for file in files {
+            match std::fs::metadata(self.data_dir.join(&file.relative_path)) {
+                Ok(meta) => out.push(ParquetFile { size: meta.len(), ..file.clone() }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if self.catalog.forget_file(self.signal, &file.relative_path) {
+                        tracing::warn!(
+                            table = self.signal.table_name(), file = %file.relative_path.display(),
+                            "Parquet file vanished from disk (deleted by hand?); dropped from the table"
+                        );
+                    }
+                }
+                // Anything else (permissions, I/O) is the reader's to report, with the file named.
+                Err(_) => out.push(file.clone()),
+            }
+        }
+        out
+    }
+
     /// A filter the scan can apply exactly and decide per file from the catalog: deterministic, over the time
     /// column and the partition columns only.
     fn is_time_filter(&self, filter: &Expr) -> bool {
@@ -288,7 +311,9 @@ impl TableProvider for SignalTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let snapshot = self.catalog.snapshot(self.signal);
-        let files = self.prune(state, filters, &snapshot.files)?;
+        let pruned = self.prune(state, filters, &snapshot.files)?;
+        let present = self.present(pruned);
+        let files: Vec<&ParquetFile> = present.iter().collect();
         self.counters.files_listed.fetch_add(snapshot.files.len() as u64, Ordering::Relaxed);
         self.counters.files_scanned.fetch_add(files.len() as u64, Ordering::Relaxed);
         let buffered: usize = snapshot.batches.iter().map(|b| b.num_rows()).sum();

@@ -2,6 +2,7 @@
 
 mod budget;
 mod demo;
+mod faults;
 mod ingest;
 mod parsers;
 mod query;
