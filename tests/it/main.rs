@@ -3,6 +3,7 @@
 mod budget;
 mod demo;
 mod ingest;
+mod overload;
 mod query;
 mod support;
 mod tui;
