@@ -169,7 +169,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             max_body_bytes: 64 * 1024 * 1024,
-            max_buffer_bytes: 160 * 1024 * 1024,
+            max_buffer_bytes: 224 * 1024 * 1024,
             retry_after: Duration::from_secs(1),
         }
     }
@@ -177,10 +177,13 @@ impl Default for IngestConfig {
 
 /// WAL and Parquet settings.
 ///
-/// The defaults favour large files: a flush happens at 256 MiB of buffered Arrow data or after 10 minutes,
-/// whichever comes first, giving files of tens of MiB and row groups of up to a million rows. Large row groups
-/// compress better (zstd and dictionaries see more repetition) and make scans cheaper (fewer footers and pages);
-/// freshness does not suffer, because queries read the unflushed buffer too.
+/// The defaults favour large files within the memory ceiling: a flush happens at 128 MiB of buffered Arrow data
+/// (~75,000 agent spans of ~1.8 kB in Arrow as requests arrive) or after 10 minutes, whichever comes first. Below
+/// ~120 spans/s (most collectors) the 10 minutes come first and files hold everything of those minutes in one row
+/// group. Large row groups compress better (zstd and dictionaries see more repetition) and make scans cheaper (fewer
+/// footers and pages); freshness does not suffer, because queries read the unflushed buffer too. The flush mark was
+/// 256 MiB (files a third smaller per span) before the buffer had to fit in `memory.limit_mb` with a flush and the
+/// requests in flight: see docs/benchmarks.md.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
@@ -203,7 +206,7 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            flush_max_bytes: 64 * 1024 * 1024,
+            flush_max_bytes: 128 * 1024 * 1024,
             flush_interval: Duration::from_secs(600),
             row_group_rows: 1024 * 1024,
             zstd_level: 1,

@@ -26,9 +26,9 @@ use crate::telemetry::Metrics;
 
 /// Bytes that normalising an OTLP trace export holds at its peak per byte of protobuf body, on top of the body
 /// (Arrow builders with their doubling capacity, then the finished batch), plus [`NORMALISED_FIXED_BYTES`]. The
-/// finished batch of an SDK-like export is ~1.3 bytes per body byte (`the_normalise_reservation_covers_the_batch`
-/// below; the `arrow:` line of the normalize benchmark for its corpus); builders may hold up to twice their
-/// content before they are finished.
+/// finished batch of an SDK-like export is 1.6-2.2 bytes per body byte from 200 spans up
+/// (`the_normalise_reservation_covers_the_batch` below), 2.03 on the benchmark corpus (the `arrow:` line of
+/// `benches/src/bin/normalize.rs`); the batch is reserved exactly once it exists.
 pub const NORMALISED_BYTES_PER_BODY_BYTE: usize = 3;
 
 /// What a batch holds whatever its rows: ~50 columns, each a few buffers with their builders' initial capacity
