@@ -13,6 +13,7 @@ use std::sync::Arc;
 use datafusion::arrow::record_batch::RecordBatch;
 use parking_lot::RwLock;
 
+use crate::memory::MemoryBudget;
 use crate::schema::Signal;
 
 /// One committed Parquet file.
@@ -75,13 +76,31 @@ struct TableState {
 pub struct Catalog {
     data_dir: Arc<PathBuf>,
     tables: Arc<RwLock<BTreeMap<Signal, TableState>>>,
+    /// The process-wide memory budget that the buffer is reserved from and that queries over this catalog draw
+    /// their operators' memory from. Unlimited for a catalog without a collector.
+    memory: MemoryBudget,
 }
 
 impl Catalog {
     /// An empty catalog for `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Catalog {
         let tables = Signal::ALL.iter().map(|s| (*s, TableState::default())).collect();
-        Catalog { data_dir: Arc::new(data_dir.into()), tables: Arc::new(RwLock::new(tables)) }
+        Catalog {
+            data_dir: Arc::new(data_dir.into()),
+            tables: Arc::new(RwLock::new(tables)),
+            memory: MemoryBudget::unlimited(),
+        }
+    }
+
+    /// This catalog drawing on `memory` (the collector's budget) instead of an unlimited one.
+    pub fn with_memory(mut self, memory: MemoryBudget) -> Catalog {
+        self.memory = memory;
+        self
+    }
+
+    /// The memory budget that the buffer and queries over this catalog share.
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.memory
     }
 
     /// A catalog holding every tailscope-layout Parquet file found under `data_dir` (no buffer).

@@ -36,6 +36,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// Live tail-latency windows.
     pub live: LiveConfig,
+    /// The process-wide memory ceiling that ingest and queries share.
+    pub memory: MemoryConfig,
 }
 
 impl Default for Config {
@@ -50,6 +52,7 @@ impl Default for Config {
             budgets: Vec::new(),
             alerts: AlertsConfig::default(),
             live: LiveConfig::default(),
+            memory: MemoryConfig::default(),
         }
     }
 }
@@ -93,6 +96,18 @@ impl Config {
         }
         if !(1..=22).contains(&self.storage.zstd_level) {
             return Err(invalid("storage.zstd_level", format!("{} is outside 1..=22", self.storage.zstd_level)));
+        }
+        if self.memory.limit_mb == 0 {
+            return Err(invalid("memory.limit_mb", "must be greater than 0".into()));
+        }
+        if self.ingest.max_buffer_bytes > self.memory.limit_bytes() {
+            return Err(invalid(
+                "ingest.max_buffer_bytes",
+                format!(
+                    "({}) must not exceed memory.limit_mb ({} MiB): the buffer is reserved from that budget",
+                    self.ingest.max_buffer_bytes, self.memory.limit_mb
+                ),
+            ));
         }
         if self.query.max_concurrent == 0 {
             return Err(invalid("query.max_concurrent", "must be greater than 0".into()));
@@ -154,7 +169,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             max_body_bytes: 64 * 1024 * 1024,
-            max_buffer_bytes: 1024 * 1024 * 1024,
+            max_buffer_bytes: 224 * 1024 * 1024,
             retry_after: Duration::from_secs(1),
         }
     }
@@ -162,10 +177,13 @@ impl Default for IngestConfig {
 
 /// WAL and Parquet settings.
 ///
-/// The defaults favour large files: a flush happens at 256 MiB of buffered Arrow data or after 10 minutes,
-/// whichever comes first, giving files of tens of MiB and row groups of up to a million rows. Large row groups
-/// compress better (zstd and dictionaries see more repetition) and make scans cheaper (fewer footers and pages);
-/// freshness does not suffer, because queries read the unflushed buffer too.
+/// The defaults favour large files within the memory ceiling: a flush happens at 128 MiB of buffered Arrow data
+/// (~75,000 agent spans of ~1.8 kB in Arrow as requests arrive) or after 10 minutes, whichever comes first. Below
+/// ~120 spans/s (most collectors) the 10 minutes come first and files hold everything of those minutes in one row
+/// group. Large row groups compress better (zstd and dictionaries see more repetition) and make scans cheaper (fewer
+/// footers and pages); freshness does not suffer, because queries read the unflushed buffer too. The flush mark was
+/// 256 MiB (files a third smaller per span) before the buffer had to fit in `memory.limit_mb` with a flush and the
+/// requests in flight: see docs/benchmarks.md.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
@@ -188,7 +206,7 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            flush_max_bytes: 256 * 1024 * 1024,
+            flush_max_bytes: 128 * 1024 * 1024,
             flush_interval: Duration::from_secs(600),
             row_group_rows: 1024 * 1024,
             zstd_level: 1,
@@ -212,7 +230,35 @@ pub struct QueryConfig {
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        QueryConfig { timeout: Duration::from_secs(60), memory_limit_mb: 2048, max_concurrent: 8 }
+        QueryConfig { timeout: Duration::from_secs(60), memory_limit_mb: 256, max_concurrent: 8 }
+    }
+}
+
+/// The process-wide memory ceiling (see `collector::memory` and docs/reliability.md, "Memory ceiling").
+///
+/// One budget that the data-sized memory of the whole process is reserved from: OTLP request bodies as they
+/// arrive and inflate, normalised batches, the unflushed buffer, Parquet flushes and every query's operators. Past
+/// it, ingest answers the OTLP retryable refusals (503 + `Retry-After`, UNAVAILABLE + `RetryInfo`) and queries fail
+/// with a resources-exhausted error. The default, 320 MiB, keeps the process under 512 MiB of RSS at any load: the
+/// rest covers what is not data-sized (binary, runtime, threads, connection buffers, bounded caches) and the
+/// allocator's slack (measured in docs/benchmarks.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// The budget in MiB.
+    pub limit_mb: usize,
+}
+
+impl MemoryConfig {
+    /// The budget in bytes.
+    pub fn limit_bytes(&self) -> usize {
+        self.limit_mb.saturating_mul(1024 * 1024)
+    }
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig { limit_mb: 320 }
     }
 }
 
@@ -244,6 +290,7 @@ mod tests {
         assert_eq!(config.ingest, defaults.ingest);
         assert_eq!(config.storage, defaults.storage);
         assert_eq!(config.query, defaults.query);
+        assert_eq!(config.memory, defaults.memory);
         assert_eq!(config.budgets.len(), 2);
     }
 
@@ -255,5 +302,10 @@ mod tests {
         assert!(err.to_string().contains("storage.zstd_level"), "{err}");
         let err = Config::from_toml("[ingest]\nmax_buffer_bytes = 10\n", Path::new("t.toml")).unwrap_err();
         assert!(err.to_string().contains("flush_max_bytes"), "{err}");
+        let err = Config::from_toml("[memory]\nlimit_mb = 100\n", Path::new("t.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("ingest.max_buffer_bytes") && err.to_string().contains("memory.limit_mb"),
+            "{err}"
+        );
     }
 }

@@ -40,6 +40,10 @@ pub enum IngestError {
     /// The write path is behind; the client should retry after the suggested delay.
     #[error("tailscope is applying backpressure: the write buffer is full ({buffered} of {limit} bytes); retry later")]
     Backpressure { buffered: usize, limit: usize },
+    /// Accepting the request would pass the process-wide memory ceiling (`memory.limit_mb`); the client should
+    /// retry after the suggested delay, when flushes or queries have released memory.
+    #[error("tailscope is at its memory limit ({0}); retry later")]
+    MemoryLimit(#[from] crate::memory::MemoryError),
     /// The WAL could not be written (disk full, read-only, I/O error). Nothing of the request was acknowledged.
     #[error("cannot write to the WAL ({0}); nothing was stored, retry later")]
     Storage(String),
@@ -51,7 +55,13 @@ pub enum IngestError {
 impl IngestError {
     /// Whether the client may send the same request again.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, IngestError::Backpressure { .. } | IngestError::Storage(_) | IngestError::ShuttingDown)
+        matches!(
+            self,
+            IngestError::Backpressure { .. }
+                | IngestError::MemoryLimit(_)
+                | IngestError::Storage(_)
+                | IngestError::ShuttingDown
+        )
     }
 
     /// The gRPC status code for this error.
@@ -61,9 +71,10 @@ impl IngestError {
             | IngestError::UnsupportedMediaType(_)
             | IngestError::UnsupportedEncoding(_) => tonic::Code::InvalidArgument,
             IngestError::TooLarge { .. } => tonic::Code::ResourceExhausted,
-            IngestError::Backpressure { .. } | IngestError::Storage(_) | IngestError::ShuttingDown => {
-                tonic::Code::Unavailable
-            }
+            IngestError::Backpressure { .. }
+            | IngestError::MemoryLimit(_)
+            | IngestError::Storage(_)
+            | IngestError::ShuttingDown => tonic::Code::Unavailable,
         }
     }
 
@@ -75,9 +86,10 @@ impl IngestError {
             // RFC 7694: an unsupported content coding is answered with 415 too.
             IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => S::UNSUPPORTED_MEDIA_TYPE,
             IngestError::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
-            IngestError::Backpressure { .. } | IngestError::Storage(_) | IngestError::ShuttingDown => {
-                S::SERVICE_UNAVAILABLE
-            }
+            IngestError::Backpressure { .. }
+            | IngestError::MemoryLimit(_)
+            | IngestError::Storage(_)
+            | IngestError::ShuttingDown => S::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -89,6 +101,7 @@ impl IngestError {
             IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
             IngestError::UnsupportedEncoding(_) => "unsupported_encoding",
             IngestError::Backpressure { .. } => "backpressure",
+            IngestError::MemoryLimit(_) => "memory_limit",
             IngestError::Storage(_) => "storage",
             IngestError::ShuttingDown => "shutting_down",
         }

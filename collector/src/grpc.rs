@@ -24,8 +24,10 @@ use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::admission::RequestMemory;
 use crate::error::IngestError;
 use crate::receiver::Receiver;
+use crate::schema::Signal;
 
 /// The three OTLP gRPC services over one [`Receiver`].
 #[derive(Clone)]
@@ -34,6 +36,29 @@ pub struct OtlpGrpc {
 }
 
 impl OtlpGrpc {
+    /// The request's memory reservation (see [`Admission`]), or an empty one.
+    fn reservation<T>(&self, request: &Request<T>) -> crate::memory::Reservation {
+        match request.extensions().get::<RequestMemory>() {
+            Some(memory) => memory.take(),
+            None => self.receiver.memory().empty(),
+        }
+    }
+
+    /// Reserves a decoded message of `len` bytes (tonic inflated and buffered it; the frames were reserved as
+    /// they arrived).
+    fn reserve_message(
+        &self,
+        signal: Signal,
+        reservation: &mut crate::memory::Reservation,
+        len: usize,
+    ) -> Result<(), Status> {
+        reservation.try_grow(len, &"a request message").map_err(|e| {
+            let error = IngestError::from(e);
+            self.receiver.refuse_for_memory(signal, &error);
+            self.status(error)
+        })
+    }
+
     fn status(&self, error: IngestError) -> Status {
         let message = error.to_string();
         if error.is_retryable() {
@@ -98,8 +123,10 @@ impl UnaryService<Bytes> for TraceExport {
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let svc = self.svc.clone();
         Box::pin(async move {
+            let mut reservation = svc.reservation(&request);
             let body = request.into_inner();
-            svc.receiver.traces_protobuf(body).await.map(Response::new).map_err(|e| svc.status(e))
+            svc.reserve_message(Signal::Spans, &mut reservation, body.len())?;
+            svc.receiver.traces_protobuf(body, &mut reservation).await.map(Response::new).map_err(|e| svc.status(e))
         })
     }
 }
@@ -147,7 +174,10 @@ impl MetricsService for OtlpGrpc {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        self.receiver.metrics_export(request.into_inner()).await.map(Response::new).map_err(|e| self.status(e))
+        let mut reservation = self.reservation(&request);
+        let request = request.into_inner();
+        self.reserve_message(Signal::Metrics, &mut reservation, request.encoded_len())?;
+        self.receiver.metrics_export(request, &mut reservation).await.map(Response::new).map_err(|e| self.status(e))
     }
 }
 
@@ -157,7 +187,10 @@ impl LogsService for OtlpGrpc {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        self.receiver.logs(request.into_inner()).await.map(Response::new).map_err(|e| self.status(e))
+        let mut reservation = self.reservation(&request);
+        let request = request.into_inner();
+        self.reserve_message(Signal::Logs, &mut reservation, request.encoded_len())?;
+        self.receiver.logs(request, &mut reservation).await.map(Response::new).map_err(|e| self.status(e))
     }
 }
 
@@ -188,6 +221,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let limit = receiver.max_body_bytes();
+    let admission = AdmissionLayer { svc: OtlpGrpc { receiver: receiver.clone() } };
     let svc = OtlpGrpc { receiver };
     let traces = TraceExport { svc: svc.clone(), max_body_bytes: limit };
     let metrics = MetricsServiceServer::new(svc.clone())
@@ -202,6 +236,7 @@ pub async fn serve(
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .layer(tower_layer_map_response())
+        .layer(admission)
         .add_service(traces)
         .add_service(metrics)
         .add_service(logs)
@@ -212,4 +247,79 @@ pub async fn serve(
 fn tower_layer_map_response()
 -> tower::util::MapResponseLayer<fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>> {
     tower::util::MapResponseLayer::new(map_too_large as fn(_) -> _)
+}
+
+/// Admits every OTLP/gRPC request against the memory budget: its body frames are reserved as they arrive (see
+/// [`crate::admission`]), and a request cut off at the ceiling is answered UNAVAILABLE with `RetryInfo`, whatever
+/// tonic made of the interrupted body.
+#[derive(Clone)]
+struct AdmissionLayer {
+    svc: OtlpGrpc,
+}
+
+impl<S> tower::Layer<S> for AdmissionLayer {
+    type Service = Admission<S>;
+
+    fn layer(&self, inner: S) -> Admission<S> {
+        Admission { inner, svc: self.svc.clone() }
+    }
+}
+
+#[derive(Clone)]
+struct Admission<S> {
+    inner: S,
+    svc: OtlpGrpc,
+}
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for Admission<S>
+where
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let signal = match request.uri().path() {
+            p if p.contains("MetricsService") => Signal::Metrics,
+            p if p.contains("LogsService") => Signal::Logs,
+            _ => Signal::Spans,
+        };
+        let svc = self.svc.clone();
+        let receiver = &svc.receiver;
+        let memory = match RequestMemory::admit(receiver.memory(), request.headers(), receiver.max_body_bytes()) {
+            Ok(m) => m,
+            Err(e) => {
+                let error = IngestError::from(e);
+                receiver.refuse_for_memory(signal, &error);
+                let response = svc.status(error).into_http();
+                return Box::pin(async move { Ok(response) });
+            }
+        };
+        let (mut parts, body) = request.into_parts();
+        parts.extensions.insert(memory.clone());
+        let request = http::Request::from_parts(parts, tonic::body::Body::new(memory.wrap(body)));
+        // The clone is the one made ready by `poll_ready` (tower's usual swap), so the future owns its service.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let response = inner.call(request).await?;
+            Ok(match memory.refusal() {
+                Some(e) => {
+                    let error = IngestError::from(e);
+                    svc.receiver.refuse_for_memory(signal, &error);
+                    svc.status(error).into_http()
+                }
+                None => response,
+            })
+        })
+    }
 }

@@ -30,6 +30,7 @@ use crate::catalog::{Catalog, ParquetFile};
 use crate::config::Config;
 use crate::cost::Pricer;
 use crate::error::{IngestError, StorageError};
+use crate::memory::{MemoryBudget, Reservation};
 use crate::normalize::{self, Normalized};
 use crate::observe::SpanObserver;
 use crate::schema::Signal;
@@ -91,8 +92,14 @@ pub struct Ingest {
     catalog: Catalog,
     metrics: Arc<Metrics>,
     observers: parking_lot::RwLock<Vec<Arc<dyn SpanObserver>>>,
-    /// Arrow bytes accepted (or being accepted) and not yet flushed.
+    /// Arrow bytes accepted (or being accepted) and not yet flushed. They are reserved in `memory` (detached from
+    /// the request's reservation), and released there when a flush retires them.
     buffered: AtomicUsize,
+    /// The process-wide memory budget (`memory.limit_mb`).
+    memory: MemoryBudget,
+    /// Wakes the flusher as soon as the buffer reaches the flush mark, instead of at its next 250 ms tick: at
+    /// hundreds of thousands of spans a second, a tick is tens of MiB of buffer.
+    flush_wanted: tokio::sync::Notify,
     max_buffer_bytes: usize,
     shutting_down: AtomicBool,
     flush_lock: Mutex<FlushState>,
@@ -145,7 +152,10 @@ impl Ingest {
         let recovered = Wal::recover(&wal_dir, max_record_bytes)?;
         let trusted_checkpoint = recovered.checkpoint_trusted.then_some(recovered.checkpoint);
         let removed_files = writer::settle_pending_flush(&data_dir, &wal_dir, trusted_checkpoint)?;
-        let catalog = Catalog::open(&data_dir).map_err(StorageError::io("listing Parquet files", &data_dir))?;
+        let memory = MemoryBudget::new(config.memory.limit_bytes());
+        let catalog = Catalog::open(&data_dir)
+            .map_err(StorageError::io("listing Parquet files", &data_dir))?
+            .with_memory(memory.clone());
         let mut report = RecoveryReport {
             records: 0,
             rows: 0,
@@ -177,6 +187,8 @@ impl Ingest {
             buffered += batch.get_array_memory_size();
             catalog.add_batch(signal, record.seq, batch);
         }
+        // Replayed rows exist already: reserve them past the limit if need be (the flush below releases them).
+        memory.force_add(buffered);
         metrics.wal_pending_bytes.set(recovered.pending_bytes as i64);
         metrics.wal_corrupt_records.inc_by(report.corrupt_records);
         metrics.wal_corrupt_bytes.inc_by(recovered.corrupt_bytes);
@@ -202,6 +214,8 @@ impl Ingest {
             metrics: metrics.clone(),
             observers: Default::default(),
             buffered: AtomicUsize::new(buffered),
+            memory,
+            flush_wanted: tokio::sync::Notify::new(),
             max_buffer_bytes: config.ingest.max_buffer_bytes,
             shutting_down: AtomicBool::new(false),
             flush_lock: Mutex::new(FlushState::default()),
@@ -235,6 +249,11 @@ impl Ingest {
         &self.metrics
     }
 
+    /// The process-wide memory budget.
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.memory
+    }
+
     /// The configuration the path runs with.
     pub fn config(&self) -> &Config {
         &self.config
@@ -245,6 +264,19 @@ impl Ingest {
     /// `request` is the OTLP trace export (protobuf) that `normalized` was made from, when there is one: the WAL
     /// then stores it instead of encoding the rows, and replay normalises it again.
     pub async fn submit(&self, normalized: &Normalized, request: Option<Bytes>) -> Result<(), IngestError> {
+        let mut reservation = self.memory.empty();
+        self.submit_reserved(normalized, request, &mut reservation).await
+    }
+
+    /// [`Self::submit`] for a request whose memory is held by `reservation` (body and normalised batch, see
+    /// [`crate::receiver`]). The batch's bytes move from it to the buffer's share of the budget, so that they stay
+    /// reserved until a flush writes them; what the reservation lacks is reserved here, or refused.
+    pub async fn submit_reserved(
+        &self,
+        normalized: &Normalized,
+        request: Option<Bytes>,
+        reservation: &mut Reservation,
+    ) -> Result<(), IngestError> {
         let signal = normalized.signal;
         let batch = &normalized.batch;
         if batch.num_rows() == 0 {
@@ -257,8 +289,21 @@ impl Ingest {
         let before = self.buffered.fetch_add(size, Ordering::AcqRel);
         if before + size > self.max_buffer_bytes && before > 0 {
             self.buffered.fetch_sub(size, Ordering::AcqRel);
-            self.last_backpressure.store(self.epoch.elapsed().as_nanos() as i64, Ordering::Release);
+            self.note_refusal();
             return Err(IngestError::Backpressure { buffered: before, limit: self.max_buffer_bytes });
+        }
+        if reservation.size() < size
+            && let Err(e) = reservation.try_resize(size, &"the write buffer")
+        {
+            self.buffered.fetch_sub(size, Ordering::AcqRel);
+            self.note_refusal();
+            return Err(e.into());
+        }
+        // From here the buffer owns these bytes of the budget; they are released by the flush that writes them, or
+        // below if the WAL refuses the request.
+        let owned = reservation.detach(size);
+        if before < self.config.storage.flush_max_bytes && before + size >= self.config.storage.flush_max_bytes {
+            self.flush_wanted.notify_one();
         }
         let result = self.append(signal, batch, request).await;
         match result {
@@ -275,9 +320,15 @@ impl Ingest {
             }
             Err(e) => {
                 self.buffered.fetch_sub(size, Ordering::AcqRel);
+                self.memory.release(owned);
                 Err(e)
             }
         }
+    }
+
+    /// Remembers a refusal for `/readyz` (see [`Self::backpressure_within`]).
+    pub fn note_refusal(&self) {
+        self.last_backpressure.store(self.epoch.elapsed().as_nanos() as i64, Ordering::Release);
     }
 
     async fn append(&self, signal: Signal, batch: &RecordBatch, request: Option<Bytes>) -> Result<u64, IngestError> {
@@ -372,6 +423,11 @@ impl Ingest {
             zstd_level: self.config.storage.zstd_level,
         };
         let flushed_bytes: usize = batches.values().flatten().map(|b| b.get_array_memory_size()).sum();
+        let flushed_rows: usize = batches.values().flatten().map(|b| b.num_rows()).sum();
+        // The flush's own working set (sort keys, the gather chunk, the Parquet writer's encoded row group and page
+        // buffers) is reserved too, past the limit if need be: refusing the flush would keep memory, not free it.
+        // While it runs, ingest is refused earlier instead of filling the buffer past the flush mark by as much.
+        let _working_set = self.memory.force_reserve(writer::flush_working_set(flushed_bytes, flushed_rows));
         let write = tokio::task::spawn_blocking(move || write_flush(&data_dir, &batches, through_seq, &options)).await;
         let files = match write {
             Ok(Ok(files)) => files,
@@ -390,7 +446,9 @@ impl Ingest {
         let bytes: u64 = files.iter().map(|(_, f)| f.size).sum();
         let nfiles = files.len();
         self.catalog.commit_flush(files, through_seq);
-        self.buffered.fetch_sub(flushed_bytes.min(self.buffered_bytes()), Ordering::AcqRel);
+        let freed = flushed_bytes.min(self.buffered_bytes());
+        self.buffered.fetch_sub(freed, Ordering::AcqRel);
+        self.memory.release(freed);
         let remaining: usize = Signal::ALL.iter().map(|s| self.catalog.buffered_rows(*s)).sum();
         let now = self.epoch.elapsed().as_nanos() as i64;
         self.oldest_unflushed.store(if remaining > 0 { now } else { -1 }, Ordering::Release);
@@ -435,7 +493,15 @@ impl Ingest {
     pub async fn run_flusher(self: Arc<Self>) {
         let mut wait = Duration::from_millis(250);
         loop {
-            tokio::time::sleep(wait).await;
+            if wait > Duration::from_millis(250) {
+                // Backing off after a failed flush: a full buffer must not hurry the retry.
+                tokio::time::sleep(wait).await;
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.flush_wanted.notified() => {}
+                }
+            }
             if self.shutting_down.load(Ordering::Acquire) {
                 return;
             }

@@ -6,6 +6,7 @@
 //! Data path: `grpc`/`http` receive -> [`normalize`] -> [`ingest`] (WAL group commit, buffer, backpressure)
 //! -> [`writer`] (Parquet) -> [`catalog`] (what queries see).
 
+pub mod admission;
 pub mod catalog;
 pub mod config;
 pub mod cost;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod grpc;
 pub mod ingest;
 pub mod live;
+pub mod memory;
 pub mod normalize;
 pub mod observe;
 pub mod otlp_http;

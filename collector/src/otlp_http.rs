@@ -6,9 +6,10 @@
 use std::io::Read;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Extension, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -18,7 +19,9 @@ use prost::Message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::admission::RequestMemory;
 use crate::error::IngestError;
+use crate::memory::Reservation;
 use crate::receiver::Receiver;
 use crate::schema::Signal;
 
@@ -61,11 +64,50 @@ pub fn router(receiver: Receiver) -> Router {
         .route("/v1/metrics", post(metrics))
         .route("/v1/logs", post(logs))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(receiver.clone(), admit))
         .with_state(receiver)
 }
 
-/// Inflates a gzip body, refusing to go past `limit` bytes.
-pub fn decompress(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, IngestError> {
+/// Admits a request against the memory budget before its body is read, and reserves the body as it arrives (see
+/// [`crate::admission`]). Refused: 503 + `Retry-After`, the OTLP retryable answer, in the request's encoding.
+async fn admit(State(receiver): State<Receiver>, request: Request, next: Next) -> Response {
+    let signal = match request.uri().path() {
+        "/v1/metrics" => Signal::Metrics,
+        "/v1/logs" => Signal::Logs,
+        _ => Signal::Spans,
+    };
+    let encoding = Encoding::from_content_type(request.headers().get(header::CONTENT_TYPE)).unwrap_or(Encoding::Json);
+    let memory = match RequestMemory::admit(receiver.memory(), request.headers(), receiver.max_body_bytes()) {
+        Ok(m) => m,
+        Err(e) => {
+            let error = IngestError::from(e);
+            receiver.refuse_for_memory(signal, &error);
+            crate::admission::drain(request.into_body(), receiver.max_body_bytes()).await;
+            return error_response(&receiver, encoding, &error);
+        }
+    };
+    let (mut parts, body) = request.into_parts();
+    parts.extensions.insert(memory.clone());
+    let response = next.run(Request::from_parts(parts, Body::new(memory.wrap(body)))).await;
+    match memory.refusal() {
+        // The body was cut off at the ceiling; whatever the extractor answered, the client is told to retry.
+        Some(e) => {
+            let error = IngestError::from(e);
+            receiver.refuse_for_memory(signal, &error);
+            error_response(&receiver, encoding, &error)
+        }
+        None => response,
+    }
+}
+
+/// Inflates a gzip body, refusing to go past `limit` bytes, and reserving what it inflates in `reservation` as
+/// it goes (the compressed body's share is given back at the end).
+pub fn decompress(
+    headers: &HeaderMap,
+    body: Bytes,
+    limit: usize,
+    reservation: &mut Reservation,
+) -> Result<Bytes, IngestError> {
     let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
     match encoding.trim().to_ascii_lowercase().as_str() {
         "" | "identity" => {
@@ -75,15 +117,33 @@ pub fn decompress(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Byte
             Ok(body)
         }
         "gzip" | "x-gzip" => {
-            let mut out = Vec::with_capacity((body.len() * 4).min(limit));
+            let compressed = body.len();
+            let initial = (body.len() * 4).min(limit);
+            reservation.try_grow(initial, &"inflating a request body")?;
+            let mut out = Vec::with_capacity(initial);
             let mut decoder = flate2::read::GzDecoder::new(&body[..]).take(limit as u64 + 1);
-            decoder.read_to_end(&mut out).map_err(|e| IngestError::Malformed {
-                format: "gzip",
-                detail: format!("{e}; the body does not match Content-Encoding: gzip"),
-            })?;
-            if out.len() > limit {
-                return Err(IngestError::TooLarge { limit });
+            // Inflate in steps, reserving each step's growth first: a small body may inflate to `limit`.
+            loop {
+                if out.len() == out.capacity() {
+                    let more = out.capacity().max(64 * 1024);
+                    reservation.try_grow(more, &"inflating a request body")?;
+                    out.reserve_exact(more);
+                }
+                let room = (out.capacity() - out.len()) as u64;
+                let read = (&mut decoder).take(room).read_to_end(&mut out).map_err(|e| IngestError::Malformed {
+                    format: "gzip",
+                    detail: format!("{e}; the body does not match Content-Encoding: gzip"),
+                })?;
+                if out.len() > limit {
+                    return Err(IngestError::TooLarge { limit });
+                }
+                if read == 0 {
+                    break;
+                }
             }
+            drop(decoder);
+            drop(body);
+            reservation.shrink(compressed);
             Ok(Bytes::from(out))
         }
         other => Err(IngestError::UnsupportedEncoding(other.to_string())),
@@ -136,10 +196,17 @@ fn error_response(receiver: &Receiver, encoding: Encoding, error: &IngestError) 
 
 /// Checks the content type, decompresses, hands the body to `store` and answers in the request's encoding.
 /// `store` decodes; a body it cannot decode comes back as [`IngestError::Malformed`] (already counted).
-async fn handle<Resp, F, Fut>(receiver: Receiver, signal: Signal, headers: HeaderMap, body: Bytes, store: F) -> Response
+async fn handle<Resp, F, Fut>(
+    receiver: Receiver,
+    signal: Signal,
+    headers: HeaderMap,
+    memory: RequestMemory,
+    body: Bytes,
+    store: F,
+) -> Response
 where
     Resp: Message + Serialize,
-    F: FnOnce(Receiver, Encoding, Bytes) -> Fut,
+    F: FnOnce(Receiver, Encoding, Bytes, Reservation) -> Fut,
     Fut: std::future::Future<Output = Result<Resp, IngestError>>,
 {
     let encoding = match Encoding::from_content_type(headers.get(header::CONTENT_TYPE)) {
@@ -150,14 +217,21 @@ where
             return error_response(&receiver, Encoding::Json, &e);
         }
     };
-    let body = match decompress(&headers, body, receiver.max_body_bytes()) {
+    // The frames are gone, the collected body remains.
+    let mut reservation = memory.take();
+    reservation.force_resize(body.len());
+    let body = match decompress(&headers, body, receiver.max_body_bytes(), &mut reservation) {
         Ok(b) => b,
         Err(e) => {
-            receiver.reject_request(signal, &e);
+            if e.is_retryable() {
+                receiver.refuse_for_memory(signal, &e);
+            } else {
+                receiver.reject_request(signal, &e);
+            }
             return error_response(&receiver, encoding, &e);
         }
     };
-    match store(receiver.clone(), encoding, body).await {
+    match store(receiver.clone(), encoding, body, reservation).await {
         Ok(response) => encode(encoding, StatusCode::OK, &response),
         Err(e) => error_response(&receiver, encoding, &e),
     }
@@ -173,32 +247,53 @@ fn decode_counted<T: Message + Default + DeserializeOwned>(
     decode(encoding, body).inspect_err(|e| receiver.reject_request(signal, e))
 }
 
-async fn traces(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
-    handle(receiver, Signal::Spans, headers, body, |r, encoding, body| async move {
+async fn traces(
+    State(receiver): State<Receiver>,
+    Extension(memory): Extension<RequestMemory>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(receiver, Signal::Spans, headers, memory, body, |r, encoding, body, mut reservation| async move {
         match encoding {
             // Protobuf is read in place, without prost's owned structs (the hot path).
-            Encoding::Protobuf => r.traces_protobuf(body).await,
+            Encoding::Protobuf => r.traces_protobuf(body, &mut reservation).await,
             Encoding::Json => {
+                r.reserve_owned_decoding(Signal::Spans, &mut reservation, body.len())?;
                 let request: ExportTraceServiceRequest = decode_counted(&r, Signal::Spans, encoding, &body)?;
-                r.traces(request).await
+                drop(body);
+                r.traces(request, &mut reservation).await
             }
         }
     })
     .await
 }
 
-async fn metrics(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
-    handle(receiver, Signal::Metrics, headers, body, |r, encoding, body| async move {
+async fn metrics(
+    State(receiver): State<Receiver>,
+    Extension(memory): Extension<RequestMemory>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(receiver, Signal::Metrics, headers, memory, body, |r, encoding, body, mut reservation| async move {
+        r.reserve_owned_decoding(Signal::Metrics, &mut reservation, body.len())?;
         let request: ExportMetricsServiceRequest = decode_counted(&r, Signal::Metrics, encoding, &body)?;
-        r.metrics_export(request).await
+        drop(body);
+        r.metrics_export(request, &mut reservation).await
     })
     .await
 }
 
-async fn logs(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
-    handle(receiver, Signal::Logs, headers, body, |r, encoding, body| async move {
+async fn logs(
+    State(receiver): State<Receiver>,
+    Extension(memory): Extension<RequestMemory>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(receiver, Signal::Logs, headers, memory, body, |r, encoding, body, mut reservation| async move {
+        r.reserve_owned_decoding(Signal::Logs, &mut reservation, body.len())?;
         let request: ExportLogsServiceRequest = decode_counted(&r, Signal::Logs, encoding, &body)?;
-        r.logs(request).await
+        drop(body);
+        r.logs(request, &mut reservation).await
     })
     .await
 }

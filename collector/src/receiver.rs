@@ -19,9 +19,25 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use crate::cost::Pricer;
 use crate::error::IngestError;
 use crate::ingest::Ingest;
+use crate::memory::{MemoryBudget, Reservation};
 use crate::normalize::{self, Normalized};
 use crate::schema::Signal;
 use crate::telemetry::Metrics;
+
+/// Bytes that normalising an OTLP trace export holds at its peak per byte of protobuf body, on top of the body
+/// (Arrow builders with their doubling capacity, then the finished batch), plus [`NORMALISED_FIXED_BYTES`]. The
+/// finished batch of an SDK-like export is 1.6-2.2 bytes per body byte from 200 spans up
+/// (`the_normalise_reservation_covers_the_batch` below), 2.03 on the benchmark corpus (the `arrow:` line of
+/// `benches/src/bin/normalize.rs`); the batch is reserved exactly once it exists.
+pub const NORMALISED_BYTES_PER_BODY_BYTE: usize = 3;
+
+/// What a batch holds whatever its rows: ~50 columns, each a few buffers with their builders' initial capacity
+/// (136 kB for a one-span request).
+pub const NORMALISED_FIXED_BYTES: usize = 256 * 1024;
+
+/// The same for bodies decoded into prost's owned structs first (OTLP/JSON, metrics, logs): the structs, then
+/// the batch.
+pub const DECODED_BYTES_PER_BODY_BYTE: usize = 6;
 
 /// Accepts decoded export requests of every signal. Shared by the gRPC and HTTP servers.
 #[derive(Clone)]
@@ -60,17 +76,57 @@ impl Receiver {
         self.ingest.config().ingest.retry_after
     }
 
+    /// The process-wide memory budget requests are admitted against.
+    pub fn memory(&self) -> &MemoryBudget {
+        self.ingest.memory()
+    }
+
+    /// Counts a request refused at the memory ceiling before it could be decoded, and remembers the refusal for
+    /// `/readyz`.
+    pub fn refuse_for_memory(&self, signal: Signal, error: &IngestError) {
+        self.ingest.note_refusal();
+        self.reject_request(signal, error);
+    }
+
+    /// Reserves what decoding and normalising `body_len` bytes will hold at their peak, on top of the body that
+    /// `reservation` holds already (see [`NORMALISED_BYTES_PER_BODY_BYTE`]); refused past the ceiling, counted.
+    fn reserve_decoding(
+        &self,
+        signal: Signal,
+        reservation: &mut Reservation,
+        body_len: usize,
+        factor: usize,
+    ) -> Result<(), IngestError> {
+        let peak = body_len.saturating_add(body_len.saturating_mul(factor)).saturating_add(NORMALISED_FIXED_BYTES);
+        reservation.try_resize(peak.max(reservation.size()), &"decoding a request").map_err(|e| {
+            let error = IngestError::from(e);
+            self.refuse_for_memory(signal, &error);
+            error
+        })
+    }
+
     /// Counts a request rejected before it could be decoded.
     pub fn reject_request(&self, signal: Signal, error: &IngestError) {
         self.metrics().reject_request(signal, error.reason());
     }
 
-    /// `request`: the trace export's protobuf, for the WAL (see [`Ingest::submit`]).
-    async fn accept(&self, normalized: Normalized, request: Option<Bytes>) -> Result<Outcome, IngestError> {
+    /// `request`: the trace export's protobuf, for the WAL (see [`Ingest::submit`]). `reservation` holds the
+    /// request's memory; it is set to what exists now (the body and the batch) and the batch's share moves to the
+    /// buffer.
+    async fn accept(
+        &self,
+        normalized: Normalized,
+        request: Option<Bytes>,
+        body_len: usize,
+        reservation: &mut Reservation,
+    ) -> Result<Outcome, IngestError> {
         let metrics = self.metrics();
         let signal = normalized.signal;
         Metrics::count(&metrics.received, signal, normalized.received());
-        if let Err(e) = self.ingest.submit(&normalized, request).await {
+        // What the request holds now: its body (the WAL writes it) and the batch. Both exist already, so this is
+        // not refused; the decode peak reserved before is given back.
+        reservation.force_resize(body_len + normalized.batch.get_array_memory_size());
+        if let Err(e) = self.ingest.submit_reserved(&normalized, request, reservation).await {
             metrics.reject_request(signal, e.reason());
             metrics.reject(signal, e.reason(), normalized.received());
             return Err(e);
@@ -84,8 +140,14 @@ impl Receiver {
         Ok(Outcome { rejected: normalized.rejected as i64, message: normalized.reject_message })
     }
 
-    /// Stores a trace export that arrived as OTLP protobuf, read in place (see [`crate::wire`]).
-    pub async fn traces_protobuf(&self, body: Bytes) -> Result<ExportTraceServiceResponse, IngestError> {
+    /// Stores a trace export that arrived as OTLP protobuf, read in place (see [`crate::wire`]). `reservation`
+    /// holds the body's memory (see [`crate::admission`]); the normalised batch is reserved before it is built.
+    pub async fn traces_protobuf(
+        &self,
+        body: Bytes,
+        reservation: &mut Reservation,
+    ) -> Result<ExportTraceServiceResponse, IngestError> {
+        self.reserve_decoding(Signal::Spans, reservation, body.len(), NORMALISED_BYTES_PER_BODY_BYTE)?;
         let normalized = normalize::normalize_traces_protobuf(&body, &self.pricer).map_err(|e| {
             let error = IngestError::Malformed {
                 format: "protobuf",
@@ -94,14 +156,32 @@ impl Receiver {
             self.reject_request(Signal::Spans, &error);
             error
         })?;
-        Ok(Self::trace_response(self.accept(normalized, Some(body)).await?))
+        let body_len = body.len();
+        Ok(Self::trace_response(self.accept(normalized, Some(body), body_len, reservation).await?))
     }
 
     /// Stores a decoded trace export (OTLP/JSON).
-    pub async fn traces(&self, request: ExportTraceServiceRequest) -> Result<ExportTraceServiceResponse, IngestError> {
+    pub async fn traces(
+        &self,
+        request: ExportTraceServiceRequest,
+        reservation: &mut Reservation,
+    ) -> Result<ExportTraceServiceResponse, IngestError> {
         // One normaliser for both encodings: prost's encoding of what it decoded is well-formed, and it is what
         // the WAL keeps.
-        self.traces_protobuf(Bytes::from(request.encode_to_vec())).await
+        let body = Bytes::from(request.encode_to_vec());
+        drop(request);
+        self.traces_protobuf(body, reservation).await
+    }
+
+    /// Reserves the decode peak of a body in a format decoded to owned structs (OTLP/JSON, metrics, logs) before
+    /// decoding it.
+    pub fn reserve_owned_decoding(
+        &self,
+        signal: Signal,
+        reservation: &mut Reservation,
+        body_len: usize,
+    ) -> Result<(), IngestError> {
+        self.reserve_decoding(signal, reservation, body_len, DECODED_BYTES_PER_BODY_BYTE)
     }
 
     fn trace_response(outcome: Outcome) -> ExportTraceServiceResponse {
@@ -117,8 +197,12 @@ impl Receiver {
     pub async fn metrics_export(
         &self,
         request: ExportMetricsServiceRequest,
+        reservation: &mut Reservation,
     ) -> Result<ExportMetricsServiceResponse, IngestError> {
-        let outcome = self.accept(normalize::normalize_metrics(&request), None).await?;
+        let normalized = normalize::normalize_metrics(&request);
+        let held = request.encoded_len();
+        drop(request);
+        let outcome = self.accept(normalized, None, held, reservation).await?;
         Ok(ExportMetricsServiceResponse {
             partial_success: (outcome.rejected > 0).then(|| ExportMetricsPartialSuccess {
                 rejected_data_points: outcome.rejected,
@@ -128,14 +212,107 @@ impl Receiver {
     }
 
     /// Stores a logs export.
-    pub async fn logs(&self, request: ExportLogsServiceRequest) -> Result<ExportLogsServiceResponse, IngestError> {
+    pub async fn logs(
+        &self,
+        request: ExportLogsServiceRequest,
+        reservation: &mut Reservation,
+    ) -> Result<ExportLogsServiceResponse, IngestError> {
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
-        let outcome = self.accept(normalize::normalize_logs(&request, now), None).await?;
+        let normalized = normalize::normalize_logs(&request, now);
+        let held = request.encoded_len();
+        drop(request);
+        let outcome = self.accept(normalized, None, held, reservation).await?;
         Ok(ExportLogsServiceResponse {
             partial_success: (outcome.rejected > 0).then(|| ExportLogsPartialSuccess {
                 rejected_log_records: outcome.rejected,
                 error_message: outcome.message,
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    fn kv(key: &str, value: any_value::Value) -> KeyValue {
+        KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+    }
+
+    /// An SDK-like export of `n` agent LLM spans with ~20 attributes each (the ingest benchmark's shape).
+    fn agent_request(n: u64) -> ExportTraceServiceRequest {
+        let s = |v: String| any_value::Value::StringValue(v);
+        let i = any_value::Value::IntValue;
+        let spans = (0..n)
+            .map(|k| Span {
+                trace_id: [k.to_be_bytes(), (k * 7).to_be_bytes()].concat(),
+                span_id: (k + 1).to_be_bytes().to_vec(),
+                parent_span_id: (k / 4 + 1).to_be_bytes().to_vec(),
+                name: "chat gpt-4o".into(),
+                kind: 3,
+                start_time_unix_nano: 1_700_000_000_000_000_000 + k * 1_000_000,
+                end_time_unix_nano: 1_700_000_000_500_000_000 + k * 1_000_000,
+                attributes: vec![
+                    kv("gen_ai.provider.name", s("openai".into())),
+                    kv("gen_ai.operation.name", s("chat".into())),
+                    kv("gen_ai.request.model", s("gpt-4o".into())),
+                    kv("gen_ai.response.model", s("gpt-4o-2024-08-06".into())),
+                    kv("gen_ai.response.id", s(format!("chatcmpl-{:032x}", k * 0x9e37_79b9))),
+                    kv("gen_ai.conversation.id", s(format!("{:032x}", k / 16))),
+                    kv("gen_ai.usage.input_tokens", i(1000 + k as i64)),
+                    kv("gen_ai.usage.output_tokens", i(200)),
+                    kv("gen_ai.usage.cached_tokens", i(300)),
+                    kv("gen_ai.request.temperature", any_value::Value::DoubleValue(0.2)),
+                    kv("gen_ai.request.max_tokens", i(4096)),
+                    kv("gen_ai.response.finish_reasons", s("stop".into())),
+                    kv("server.address", s("api.openai.com".into())),
+                    kv("server.port", i(443)),
+                    kv("cloud.region", s("us-east-1".into())),
+                    kv("destination.cloud.provider", s("azure".into())),
+                    kv("http.request.body.size", i(8000 + k as i64)),
+                    kv("http.response.body.size", i(2000)),
+                    kv("user.id", s(format!("user-{:016x}", k % 97))),
+                    kv("time_to_first_chunk_ms", any_value::Value::DoubleValue(180.5)),
+                ],
+                ..Default::default()
+            })
+            .collect();
+        let resource = Resource {
+            attributes: (0..10).map(|r| kv(&format!("resource.attr{r}"), s(format!("value-{r}")))).collect(),
+            ..Default::default()
+        };
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(resource),
+                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    /// The reservation made before normalising (`NORMALISED_BYTES_PER_BODY_BYTE` per body byte) must cover the
+    /// batch it produces, or the buffer would hold more than the budget knows.
+    #[test]
+    fn the_normalise_reservation_covers_the_batch() {
+        let pricer = Pricer::default();
+        let sizes: Vec<(u64, usize, usize)> = [1, 10, 200, 2000, 20_000]
+            .into_iter()
+            .map(|n| {
+                let body = agent_request(n).encode_to_vec();
+                let batch = normalize::normalize_traces_protobuf(&body, &pricer).unwrap().batch;
+                (n, body.len(), batch.get_array_memory_size())
+            })
+            .collect();
+        for &(n, body, arrow) in &sizes {
+            let ratio = arrow as f64 / body as f64;
+            eprintln!("{n} spans: {} body bytes/span, {arrow} Arrow bytes, {ratio:.2} per body byte", body as u64 / n);
+        }
+        for &(n, body, arrow) in &sizes {
+            let reserved = NORMALISED_BYTES_PER_BODY_BYTE * body + NORMALISED_FIXED_BYTES;
+            assert!(arrow <= reserved, "{n} spans: {arrow} Arrow bytes for {body} body bytes, {reserved} reserved");
+        }
     }
 }

@@ -111,6 +111,14 @@ async fn readyz(State(c): State<Collector>) -> impl IntoResponse {
     if let Some(problem) = ingest.not_ready() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {problem}\n"));
     }
+    let memory = ingest.memory();
+    // Past 90% of the memory ceiling, requests are about to be refused: not ready (the same rule as the buffer's).
+    if memory.used() as f64 > 0.9 * memory.limit() as f64 {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("memory {} of {} bytes (memory.limit_mb) reserved: refusing data\n", memory.used(), memory.limit()),
+        );
+    }
     let limit = ingest.config().ingest.max_buffer_bytes;
     let buffered = ingest.buffered_bytes();
     // Past 90% of the buffer, new data is about to be refused, and after a refusal clients wait out `retry_after`:
@@ -125,5 +133,8 @@ async fn readyz(State(c): State<Collector>) -> impl IntoResponse {
 }
 
 async fn prometheus(State(c): State<Collector>) -> impl IntoResponse {
+    let memory = c.ingest.memory();
+    c.metrics.memory_used_bytes.set(memory.used() as i64);
+    c.metrics.memory_limit_bytes.set(memory.limit() as i64);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], c.metrics.encode())
 }

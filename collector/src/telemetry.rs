@@ -72,6 +72,12 @@ pub struct Metrics {
     pub parquet_bytes: Counter,
     /// Spans whose model has no price (cost NULL, `price_source = 'unknown'`).
     pub unpriced_spans: Counter,
+    /// Requests refused at the process memory ceiling (also in `requests_rejected{reason="memory_limit"}`).
+    pub memory_refusals: Counter,
+    /// Bytes reserved in the process memory budget (set when scraped).
+    pub memory_used_bytes: Gauge,
+    /// The process memory budget, `memory.limit_mb`, in bytes (set when scraped).
+    pub memory_limit_bytes: Gauge,
 }
 
 impl Metrics {
@@ -99,6 +105,9 @@ impl Metrics {
         let flush_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let parquet_bytes = Counter::default();
         let unpriced_spans = Counter::default();
+        let memory_refusals = Counter::default();
+        let memory_used_bytes = Gauge::default();
+        let memory_limit_bytes = Gauge::default();
         registry.register("items_received", "Spans, data points and log records received", received.clone());
         registry.register("items_accepted", "Items acknowledged after the WAL fsync", accepted.clone());
         registry.register("items_rejected", "Items rejected, by reason", rejected.clone());
@@ -143,6 +152,21 @@ impl Metrics {
         registry.register("flush_duration_seconds", "Time to write one flush", flush_seconds.clone());
         registry.register("parquet_written_bytes", "Parquet bytes written", parquet_bytes.clone());
         registry.register("unpriced_spans", "Spans with tokens whose model has no price", unpriced_spans.clone());
+        registry.register(
+            "memory_refusals",
+            "Requests refused at the memory ceiling (memory.limit_mb)",
+            memory_refusals.clone(),
+        );
+        registry.register(
+            "memory_used_bytes",
+            "Bytes reserved in the process memory budget",
+            memory_used_bytes.clone(),
+        );
+        registry.register(
+            "memory_limit_bytes",
+            "The process memory budget (memory.limit_mb)",
+            memory_limit_bytes.clone(),
+        );
         Arc::new(Metrics {
             registry,
             received,
@@ -165,6 +189,9 @@ impl Metrics {
             flush_seconds,
             parquet_bytes,
             unpriced_spans,
+            memory_refusals,
+            memory_used_bytes,
+            memory_limit_bytes,
         })
     }
 
@@ -195,6 +222,9 @@ impl Metrics {
             .inc();
         if reason == "backpressure" {
             self.backpressure.inc();
+        }
+        if reason == "memory_limit" {
+            self.memory_refusals.inc();
         }
     }
 }

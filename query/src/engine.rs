@@ -8,9 +8,12 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
+use datafusion::common::DataFusionError;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use datafusion::execution::memory_pool::{
+    FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation, TrackConsumersPool,
+};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::LogicalPlan;
@@ -19,6 +22,7 @@ use tokio::sync::Semaphore;
 
 use collector::catalog::Catalog;
 use collector::config::QueryConfig;
+use collector::memory::MemoryBudget;
 use collector::schema::Signal;
 
 use crate::alerts::AlertsTable;
@@ -75,6 +79,8 @@ struct Inner {
     /// Tables, views and functions; each query runs in a copy with its own memory pool.
     base: SessionState,
     config: QueryConfig,
+    /// The process-wide budget every query's pool draws from (the catalog's: the collector's in `serve`).
+    memory: MemoryBudget,
     slots: Semaphore,
     counters: Arc<ScanCounters>,
     relations: Vec<Relation>,
@@ -134,6 +140,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 base: ctx.state(),
                 slots: Semaphore::new(config.max_concurrent.max(1)),
+                memory: catalog.memory().clone(),
                 config,
                 counters,
                 relations,
@@ -191,10 +198,8 @@ impl Engine {
 
     /// A query context: the shared tables and functions with a memory pool of its own.
     fn context(&self) -> Result<SessionContext, QueryError> {
-        let limit = self.inner.config.memory_limit_mb.saturating_mul(1024 * 1024);
         let mut runtime = RuntimeEnv::clone(self.inner.base.runtime_env());
-        runtime.memory_pool =
-            Arc::new(TrackConsumersPool::new(FairSpillPool::new(limit), NonZeroUsize::new(3).expect("3 > 0")));
+        runtime.memory_pool = memory_pool(&self.inner.memory, &self.inner.config);
         let state =
             SessionStateBuilder::new_from_existing(self.inner.base.clone()).with_runtime_env(Arc::new(runtime)).build();
         let ctx = SessionContext::new_with_state(state);
@@ -241,6 +246,70 @@ impl Engine {
             Ok(result) => result,
             Err(_) => Err(QueryError::Timeout { timeout }),
         }
+    }
+}
+
+/// The memory pool of one query: DataFusion's fair spill pool over `query.memory_limit_mb` (operators that can
+/// spill share it fairly and spill at their share), drawing every byte from the process-wide budget too. So a query
+/// fails with DataFusion's resources-exhausted error (naming its top consumers) when either its own limit or the
+/// process ceiling (`memory.limit_mb`, where ingest's buffers and other queries count) is reached, and while it
+/// holds memory, ingest is refused sooner.
+pub fn memory_pool(budget: &MemoryBudget, config: &QueryConfig) -> Arc<dyn MemoryPool> {
+    let limit = config.memory_limit_mb.saturating_mul(1024 * 1024).min(budget.limit());
+    let pool = BudgetPool { inner: FairSpillPool::new(limit), budget: budget.clone() };
+    Arc::new(TrackConsumersPool::new(pool, NonZeroUsize::new(3).expect("3 > 0")))
+}
+
+/// A pool that reserves in the process-wide [`MemoryBudget`] whatever its inner pool grants.
+#[derive(Debug)]
+struct BudgetPool {
+    inner: FairSpillPool,
+    budget: MemoryBudget,
+}
+
+impl std::fmt::Display for BudgetPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} within the process budget ({} of {} bytes)", self.inner, self.budget.used(), self.budget.limit())
+    }
+}
+
+impl MemoryPool for BudgetPool {
+    fn name(&self) -> &str {
+        "tailscope_budget"
+    }
+
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.inner.register(consumer);
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.inner.unregister(consumer);
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        // Infallible growth is memory an operator holds already: count it, past the limit if need be.
+        self.budget.force_add(additional);
+        self.inner.grow(reservation, additional);
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.inner.shrink(reservation, shrink);
+        self.budget.release(shrink);
+    }
+
+    fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> datafusion::common::Result<()> {
+        self.budget
+            .try_add(additional, &reservation.consumer().name())
+            .map_err(|e| DataFusionError::ResourcesExhausted(format!("{e}; ingest and other queries hold the rest")))?;
+        self.inner.try_grow(reservation, additional).inspect_err(|_| self.budget.release(additional))
+    }
+
+    fn reserved(&self) -> usize {
+        self.inner.reserved()
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        self.inner.memory_limit()
     }
 }
 
@@ -323,4 +392,32 @@ fn words(camel: &str) -> String {
         out.extend(c.to_uppercase());
     }
     out
+}
+
+#[cfg(test)]
+mod memory_budget_tests {
+    use super::*;
+
+    /// Queries draw on the process-wide budget: with ingest (here, a reservation) holding nearly all of it, a
+    /// query that needs memory fails with a resources-exhausted error that names the process limit; once it is
+    /// released the same query runs, and a finished query gives back everything it reserved.
+    #[tokio::test]
+    async fn queries_share_the_process_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = MemoryBudget::new(64 << 20);
+        let catalog = Catalog::new(dir.path()).with_memory(budget.clone());
+        let config = QueryConfig { timeout: Duration::from_secs(30), memory_limit_mb: 256, max_concurrent: 2 };
+        let engine = Engine::new(catalog, config).await.unwrap();
+        // Holding 200,000 values for an exact quantile needs ~2 MiB that cannot spill.
+        let sql = "SELECT value % 3 AS g, quantile_exact(value, 0.5) AS q FROM range(200000) GROUP BY 1";
+        let held = budget.try_reserve(budget.limit() - (256 << 10), &"ingest").unwrap();
+        let err = engine.sql(sql).await.unwrap_err();
+        assert!(matches!(err, QueryError::ResourcesExhausted(_)), "{err:?}");
+        assert!(err.to_string().contains("process memory limit is reached"), "{err}");
+        assert_eq!(budget.used(), held.size(), "a failed query gives back what it reserved");
+        drop(held);
+        let out = engine.sql(sql).await.unwrap();
+        assert_eq!(out.num_rows(), 3);
+        assert_eq!(budget.used(), 0, "a finished query gives back what it reserved");
+    }
 }

@@ -37,8 +37,9 @@ pub enum QueryError {
         /// How long this query waited.
         waited: Duration,
     },
-    /// The query needed more memory than `query.memory_limit_mb` and could not spill.
-    #[error("{0} (the limit is query.memory_limit_mb in the config)")]
+    /// The query needed more memory than `query.memory_limit_mb` or the process-wide `memory.limit_mb` left it,
+    /// and could not spill.
+    #[error("{0} (the limits are query.memory_limit_mb per query and memory.limit_mb for the whole process)")]
     ResourcesExhausted(String),
     /// Anything else: an unreadable file, a bug.
     #[error("internal error while running the query: {0}")]

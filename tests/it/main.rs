@@ -4,6 +4,7 @@ mod budget;
 mod demo;
 mod faults;
 mod ingest;
+mod overload;
 mod parsers;
 mod query;
 mod support;

@@ -89,6 +89,14 @@ fn main() {
     let batches: Vec<_> =
         corpus.requests.iter().map(|r| normalize_traces_protobuf(&r.bytes, &pricer).unwrap().batch).collect();
     let all = concat_batches(&Signal::Spans.schema(), &batches).unwrap();
+    // What the memory budget reserves per request byte (collector::receiver::NORMALISED_BYTES_PER_BODY_BYTE).
+    let arrow: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+    println!(
+        "arrow: {:.0} bytes/span in request batches, {:.2} bytes per protobuf byte; concatenated {:.0} bytes/span",
+        arrow as f64 / corpus.spans() as f64,
+        arrow as f64 / corpus.bytes() as f64,
+        all.get_array_memory_size() as f64 / corpus.spans() as f64
+    );
     let zstd_level = collector::config::StorageConfig::default().zstd_level;
     let props = ParquetOptions { row_group_rows: 1 << 20, zstd_level }.properties(Signal::Spans).unwrap();
     let mut parquet_bytes = 0;

@@ -1,0 +1,157 @@
+//! Admission of OTLP requests against the memory budget, before and while their bodies are read.
+//!
+//! A request reserves its `Content-Length` (at most `ingest.max_body_bytes`) before a byte of its body is read,
+//! and its body grows the reservation as frames arrive ([`BudgetedBody`]), twice over: both transports collect the
+//! frames into one contiguous buffer, so at the peak the frames and their copy coexist. The handler sets the
+//! reservation to the collected body once it has it. So a request whose body would pass the
+//! ceiling is refused with the OTLP retryable answer instead of being buffered. gRPC requests carry no length, so
+//! they are admitted frame by frame. The reservation then travels with the request ([`RequestMemory`], a request
+//! extension) through decompression and normalisation into the write buffer (see [`crate::receiver`]).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use parking_lot::Mutex;
+
+use crate::memory::{MemoryBudget, MemoryError, Reservation};
+
+/// Body bytes reserved per byte received: the frames, and the contiguous buffer the transport copies them into.
+const COLLECT_COPIES: usize = 2;
+
+/// The memory a request holds while it is received and stored. Cloned into the request's extensions.
+#[derive(Clone)]
+pub struct RequestMemory {
+    state: Arc<State>,
+}
+
+struct State {
+    reservation: Mutex<Reservation>,
+    /// `ingest.max_body_bytes`: the most a refused body is drained of.
+    max_body_bytes: usize,
+    /// Set when the body was refused: the transport replaces whatever the handler answered with the retryable
+    /// refusal.
+    refused: Mutex<Option<MemoryError>>,
+}
+
+impl RequestMemory {
+    /// Admits a request: reserves its announced length, capped at `max_body_bytes` (a longer body is refused as too
+    /// large by the transport).
+    pub fn admit(budget: &MemoryBudget, headers: &HeaderMap, max_body_bytes: usize) -> Result<Self, MemoryError> {
+        let announced = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(max_body_bytes);
+        let reservation = budget.try_reserve(announced.saturating_mul(COLLECT_COPIES), &"a request body")?;
+        let state = State { reservation: Mutex::new(reservation), max_body_bytes, refused: Mutex::new(None) };
+        Ok(RequestMemory { state: Arc::new(state) })
+    }
+
+    /// Takes the reservation out (leaving an empty one), to carry it through decompression and normalisation.
+    pub fn take(&self) -> Reservation {
+        let mut held = self.state.reservation.lock();
+        let empty = held.budget().empty();
+        std::mem::replace(&mut *held, empty)
+    }
+
+    /// The refusal of the body, if it was refused.
+    pub fn refusal(&self) -> Option<MemoryError> {
+        self.state.refused.lock().clone()
+    }
+
+    /// Wraps a request body so that its frames are reserved as they arrive.
+    pub fn wrap<B>(&self, body: B) -> BudgetedBody<B> {
+        BudgetedBody { inner: body, memory: self.clone(), received: 0, draining: None }
+    }
+}
+
+/// Reads a refused request's body to its end (at most `max_body_bytes`), keeping nothing, so that an HTTP/1.1
+/// client still sending it reads the refusal instead of a reset connection.
+pub async fn drain<B>(mut body: B, max_body_bytes: usize)
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut drained = 0usize;
+    while drained <= max_body_bytes {
+        match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len()),
+            _ => return,
+        }
+    }
+}
+
+/// A request body whose data frames are reserved in the budget as they arrive; past the ceiling it ends with an
+/// error, and the request is answered with the retryable refusal (see [`RequestMemory::refusal`]).
+pub struct BudgetedBody<B> {
+    inner: B,
+    memory: RequestMemory,
+    received: usize,
+    /// After a refusal: the refusal, and the bytes drained since (read and dropped, see [`drain`]).
+    draining: Option<(MemoryError, usize)>,
+}
+
+impl<B> Body for BudgetedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Some((refusal, drained)) = &mut this.draining {
+            // Read the rest and drop it, then end with the refusal (see `drain`).
+            loop {
+                match Pin::new(&mut this.inner).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) if *drained <= this.memory.state.max_body_bytes => {
+                        *drained += frame.data_ref().map_or(0, |d| d.remaining());
+                    }
+                    Poll::Pending => return Poll::Pending,
+                    _ => {
+                        let e: Self::Error = Box::new(refusal.clone());
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+            }
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.received += data.remaining();
+                    let needed = this.received.saturating_mul(COLLECT_COPIES);
+                    let mut held = this.memory.state.reservation.lock();
+                    if needed > held.size() {
+                        let more = needed - held.size();
+                        if let Err(e) = held.try_grow(more, &"a request body") {
+                            drop(held);
+                            *this.memory.state.refused.lock() = Some(e.clone());
+                            this.draining = Some((e, 0));
+                            // Dropped: the part received so far is released with the request's reservation.
+                            drop(frame);
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

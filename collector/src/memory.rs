@@ -1,0 +1,254 @@
+//! The process-wide memory ceiling: one budget that ingest (requests in flight and the unflushed buffer), Parquet
+//! flushes and queries draw from, like the OpenTelemetry Collector's `memory_limiter`, but by accounting instead
+//! of by sampling RSS.
+//!
+//! Every large, data-sized allocation is reserved here before it is made (or, where the size is only known
+//! afterwards, right after, by bounded amounts): a request body as its bytes arrive and while it inflates, the
+//! normalised batch, the buffer until its rows are in Parquet, a flush's working set, and every DataFusion
+//! operator's memory (the query engine's pool is built over this budget, see `query::engine::memory_pool`). When a
+//! reservation would pass the limit it is refused, and the caller answers with a retryable refusal (ingest: HTTP 503 +
+//! `Retry-After` / gRPC UNAVAILABLE + `RetryInfo`) or a clear error (queries: DataFusion's resources-exhausted
+//! error, which lets spilling operators spill first). So whichever of ingest and queries comes second waits or
+//! fails cleanly, and the process does not grow past `memory.limit_mb` plus what is not data-sized (the binary,
+//! thread stacks, connection buffers, bounded caches, the allocator's slack): see docs/reliability.md, "Memory
+//! ceiling".
+//!
+//! Accounting is lock-free (one atomic add per reservation change), so it costs nothing measurable per request.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use thiserror::Error;
+
+/// A reservation was refused: granting it would pass the process-wide memory limit.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[error(
+    "the process memory limit is reached: {requested} more bytes were needed for {purpose}, but {used} of \
+     {limit} bytes (memory.limit_mb) are reserved"
+)]
+pub struct MemoryError {
+    /// Bytes asked for.
+    pub requested: usize,
+    /// What they were for (`"a request body"`, `"the write buffer"`, a DataFusion consumer, ...).
+    pub purpose: String,
+    /// Bytes reserved when the request was refused.
+    pub used: usize,
+    /// The configured limit.
+    pub limit: usize,
+}
+
+/// The shared budget. Cheap to clone (an `Arc` inside).
+#[derive(Clone)]
+pub struct MemoryBudget {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    limit: usize,
+    used: AtomicUsize,
+    /// Reservations refused so far.
+    refusals: AtomicU64,
+}
+
+impl fmt::Debug for MemoryBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryBudget").field("limit", &self.limit()).field("used", &self.used()).finish()
+    }
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> MemoryBudget {
+        MemoryBudget { inner: Arc::new(Inner { limit, used: AtomicUsize::new(0), refusals: AtomicU64::new(0) }) }
+    }
+
+    /// A budget that never refuses (a CLI query over a data dir, where no collector shares the process). Usage is
+    /// still counted.
+    pub fn unlimited() -> MemoryBudget {
+        MemoryBudget::new(usize::MAX)
+    }
+
+    /// The configured limit in bytes.
+    pub fn limit(&self) -> usize {
+        self.inner.limit
+    }
+
+    /// Bytes reserved now.
+    pub fn used(&self) -> usize {
+        self.inner.used.load(Ordering::Acquire)
+    }
+
+    /// Bytes that can still be reserved.
+    pub fn available(&self) -> usize {
+        self.limit().saturating_sub(self.used())
+    }
+
+    /// Reservations refused since start.
+    pub fn refusals(&self) -> u64 {
+        self.inner.refusals.load(Ordering::Relaxed)
+    }
+
+    /// An empty reservation, to grow as data arrives.
+    pub fn empty(&self) -> Reservation {
+        Reservation { budget: self.clone(), bytes: 0 }
+    }
+
+    /// Reserves `bytes`, or refuses when that would pass the limit.
+    pub fn try_reserve(&self, bytes: usize, purpose: &dyn fmt::Display) -> Result<Reservation, MemoryError> {
+        self.try_add(bytes, purpose)?;
+        Ok(Reservation { budget: self.clone(), bytes })
+    }
+
+    /// Reserves `bytes` even past the limit: for memory that is already allocated, or whose allocation frees more
+    /// (a flush). Later reservations are refused until it is released.
+    pub fn force_reserve(&self, bytes: usize) -> Reservation {
+        self.force_add(bytes);
+        Reservation { budget: self.clone(), bytes }
+    }
+
+    /// Counts `bytes` as reserved if that stays within the limit. The caller must [`Self::release`] them.
+    pub fn try_add(&self, bytes: usize, purpose: &dyn fmt::Display) -> Result<(), MemoryError> {
+        let limit = self.inner.limit;
+        let mut used = self.inner.used.load(Ordering::Relaxed);
+        loop {
+            let next = used.saturating_add(bytes);
+            if next > limit {
+                self.inner.refusals.fetch_add(1, Ordering::Relaxed);
+                return Err(MemoryError { requested: bytes, purpose: purpose.to_string(), used, limit });
+            }
+            match self.inner.used.compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(actual) => used = actual,
+            }
+        }
+    }
+
+    /// Counts `bytes` as reserved regardless of the limit. The caller must [`Self::release`] them.
+    pub fn force_add(&self, bytes: usize) {
+        self.inner.used.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// Returns `bytes` counted by [`Self::try_add`] or [`Self::force_add`] (or detached from a reservation).
+    pub fn release(&self, bytes: usize) {
+        // Saturating: a release larger than what is held is a bug, but must not wrap the counter to "full".
+        let mut used = self.inner.used.load(Ordering::Relaxed);
+        loop {
+            let next = used.saturating_sub(bytes);
+            match self.inner.used.compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(actual) => used = actual,
+            }
+        }
+    }
+}
+
+/// Bytes held from a [`MemoryBudget`]; released when dropped.
+#[must_use = "a reservation is released when dropped"]
+pub struct Reservation {
+    budget: MemoryBudget,
+    bytes: usize,
+}
+
+impl fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation").field("bytes", &self.bytes).finish()
+    }
+}
+
+impl Reservation {
+    /// Bytes held.
+    pub fn size(&self) -> usize {
+        self.bytes
+    }
+
+    /// The budget this draws from.
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.budget
+    }
+
+    /// Holds `more` bytes more, or refuses (holding what it held).
+    pub fn try_grow(&mut self, more: usize, purpose: &dyn fmt::Display) -> Result<(), MemoryError> {
+        self.budget.try_add(more, purpose)?;
+        self.bytes += more;
+        Ok(())
+    }
+
+    /// Holds at least `bytes` in all (growing, possibly refused) or exactly `bytes` (shrinking, never refused).
+    pub fn try_resize(&mut self, bytes: usize, purpose: &dyn fmt::Display) -> Result<(), MemoryError> {
+        if bytes > self.bytes {
+            self.try_grow(bytes - self.bytes, purpose)
+        } else {
+            self.shrink(self.bytes - bytes);
+            Ok(())
+        }
+    }
+
+    /// Holds `bytes` in all, past the limit if need be (the memory exists already).
+    pub fn force_resize(&mut self, bytes: usize) {
+        if bytes > self.bytes {
+            self.budget.force_add(bytes - self.bytes);
+        } else {
+            self.budget.release(self.bytes - bytes);
+        }
+        self.bytes = bytes;
+    }
+
+    /// Releases `less` bytes (at most what is held).
+    pub fn shrink(&mut self, less: usize) {
+        let less = less.min(self.bytes);
+        self.budget.release(less);
+        self.bytes -= less;
+    }
+
+    /// Stops tracking up to `bytes` of this reservation without releasing them: the caller now owns them and
+    /// must [`MemoryBudget::release`] them (the write buffer keeps its share as a counter). Returns the bytes
+    /// detached.
+    pub fn detach(&mut self, bytes: usize) -> usize {
+        let bytes = bytes.min(self.bytes);
+        self.bytes -= bytes;
+        bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.budget.release(self.bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_are_refused_past_the_limit_and_released_when_dropped() {
+        let budget = MemoryBudget::new(100);
+        let a = budget.try_reserve(60, &"a").unwrap();
+        let err = budget.try_reserve(41, &"b").unwrap_err();
+        assert_eq!((err.requested, err.used, err.limit), (41, 60, 100));
+        assert!(err.to_string().contains("memory.limit_mb"), "{err}");
+        let mut b = budget.try_reserve(40, &"b").unwrap();
+        assert_eq!(budget.used(), 100);
+        assert!(b.try_grow(1, &"b").is_err());
+        assert_eq!(b.size(), 40, "a refused growth keeps what was held");
+        drop(a);
+        b.try_resize(90, &"b").unwrap();
+        assert_eq!(budget.used(), 90);
+        b.try_resize(10, &"b").unwrap();
+        assert_eq!(budget.used(), 10);
+        let detached = b.detach(4);
+        assert_eq!((detached, b.size()), (4, 6));
+        drop(b);
+        assert_eq!(budget.used(), 4, "detached bytes stay reserved until released by their owner");
+        budget.release(4);
+        assert_eq!(budget.used(), 0);
+        let forced = budget.force_reserve(150);
+        assert_eq!(budget.available(), 0);
+        assert!(budget.try_reserve(1, &"c").is_err(), "nothing more while a forced reservation passes the limit");
+        drop(forced);
+        assert_eq!((budget.used(), budget.refusals()), (0, 3));
+    }
+}
