@@ -580,6 +580,9 @@ fn write_flush(
     }
 }
 
+/// A record of the group being written: its sequence number, rows and the request's acknowledgement.
+type Queued = (u64, Signal, RecordBatch, oneshot::Sender<Result<u64, String>>);
+
 /// The group-commit loop: blocks for one command, takes whatever else is queued, writes it all with one
 /// fsync, then makes the rows visible and acknowledges. Between commands it checks that its segment still exists
 /// and, while writes fail, probes until they work again.
@@ -592,7 +595,7 @@ fn wal_writer(
 ) {
     let mut headers: Vec<[u8; wal::RECORD_HEADER]> = Vec::new();
     let mut payloads: Vec<Bytes> = Vec::new();
-    let mut group: Vec<(u64, Signal, RecordBatch, oneshot::Sender<Result<u64, String>>)> = Vec::new();
+    let mut group: Vec<Queued> = Vec::new();
     loop {
         let first = match rx.recv_timeout(WAL_CHECK_INTERVAL) {
             Ok(command) => command,

@@ -79,7 +79,7 @@ fn segments(data_dir: &Path) -> Vec<PathBuf> {
         .into_iter()
         .map(|p: PathBuf| (std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0), p))
         .collect();
-    segs.sort_by(|a, b| b.0.cmp(&a.0));
+    segs.sort_by_key(|s| std::cmp::Reverse(s.0));
     segs.into_iter().map(|(_, p)| p).collect()
 }
 
