@@ -181,12 +181,9 @@ fn map_too_large(mut response: http::Response<tonic::body::Body>) -> http::Respo
     response
 }
 
-/// Serves OTLP/gRPC on `addr` until `shutdown` completes.
-pub async fn serve(
-    receiver: Receiver,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+/// The OTLP/gRPC services (traces, metrics, logs) as one tower service, for [`crate::net::serve`] with
+/// [`crate::net::Protocol::Grpc`].
+pub fn service(receiver: Receiver) -> GrpcService {
     let limit = receiver.max_body_bytes();
     let svc = OtlpGrpc { receiver };
     let traces = TraceExport { svc: svc.clone(), max_body_bytes: limit };
@@ -198,18 +195,12 @@ pub async fn serve(
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(limit);
-    // No Nagle delay on the small responses: an exporter waits for each answer before sending its next batch.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .layer(tower_layer_map_response())
-        .add_service(traces)
-        .add_service(metrics)
-        .add_service(logs)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+    let routes = tonic::service::Routes::new(traces).add_service(metrics).add_service(logs);
+    tower::util::MapResponse::new(routes, map_too_large as MapTooLarge)
 }
 
-fn tower_layer_map_response()
--> tower::util::MapResponseLayer<fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>> {
-    tower::util::MapResponseLayer::new(map_too_large as fn(_) -> _)
-}
+/// What [`service`] returns.
+pub type GrpcService = tower::util::MapResponse<tonic::service::Routes, MapTooLarge>;
+
+/// [`map_too_large`].
+pub type MapTooLarge = fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>;

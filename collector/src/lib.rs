@@ -13,6 +13,7 @@ pub mod error;
 pub mod grpc;
 pub mod ingest;
 pub mod live;
+pub mod net;
 pub mod normalize;
 pub mod observe;
 pub mod otlp_http;
