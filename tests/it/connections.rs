@@ -1,11 +1,15 @@
 //! Connections on every listener (OTLP/gRPC, OTLP/HTTP, API, Flight SQL) against the real binary: idle sockets,
 //! slowloris headers and trickled bodies are cut at their timeouts, a connection flood is capped per listener
-//! without starving well-behaved clients, EMFILE on accept is survived without spinning, HTTP/2 keepalive drops
-//! silent peers. Raw sockets on 127.0.0.1 only; every wait is bounded.
+//! without starving well-behaved clients, EMFILE on accept is survived without spinning, a client that stops reading
+//! is dropped, HTTP/2 keepalive drops silent peers, and alert webhooks do not follow redirects. Raw sockets on 127.0.0.1 only; every wait is bounded.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanKind, Tracer, TracerProvider};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue as PKeyValue, any_value};
@@ -15,7 +19,7 @@ use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::Server;
+use crate::support::{Server, Transport, tracer_provider};
 
 /// Short limits, so that every case takes about a second.
 const LIMITS: &str = r#"
@@ -611,4 +615,82 @@ async fn http2_keepalive_drops_peers_that_do_not_answer_pings() {
         assert!(kinds.contains(&PING), "{name}: {kinds:?}");
         assert!(closed < Duration::from_millis(2000), "{name}: dropped after {closed:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_webhooks_do_not_follow_redirects() {
+    use axum::Router;
+    use axum::http::{StatusCode, header};
+    use axum::routing::any;
+    // The other host: counts whatever reaches it.
+    let other_hits = Arc::new(AtomicU32::new(0));
+    let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_url = format!("http://{}/stolen", other.local_addr().unwrap());
+    let hits = other_hits.clone();
+    let app = Router::new().fallback(any(move || {
+        hits.fetch_add(1, Ordering::SeqCst);
+        async { StatusCode::OK }
+    }));
+    tokio::spawn(async move { axum::serve(other, app).await.unwrap() });
+    // The configured webhook answers 302 to the other host.
+    let hook_hits = Arc::new(AtomicU32::new(0));
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", hook.local_addr().unwrap());
+    let hits = hook_hits.clone();
+    let app = Router::new().fallback(any(move || {
+        hits.fetch_add(1, Ordering::SeqCst);
+        let location = other_url.clone();
+        async move { (StatusCode::FOUND, [(header::LOCATION, location)]) }
+    }));
+    tokio::spawn(async move { axum::serve(hook, app).await.unwrap() });
+
+    let config = format!(
+        r#"
+[[budget]]
+name = "dup-daily"
+kind = "duplicate_inference"
+period = "day"
+cap_usd = 0.5
+warn_at = [0.5]
+forecast = false
+
+[alerts]
+webhooks = ["{hook_url}"]
+initial_backoff = "50ms"
+max_backoff = "100ms"
+max_attempts = 3
+evaluate_interval = "200ms"
+"#
+    );
+    let server = Server::start_with(&config).await;
+    // One hedged request: $0.35 of duplicate spend, past the $0.25 warning.
+    let sdk = tracer_provider(&server, Transport::HttpProtobuf, vec![KeyValue::new("service.name", "gateway")]);
+    let tracer = sdk.tracer("it-connections");
+    for winner in [true, false] {
+        let mut attrs = vec![
+            KeyValue::new("gen_ai.provider.name", "openai"),
+            KeyValue::new("gen_ai.operation.name", "chat"),
+            KeyValue::new("gen_ai.request.model", "gpt-4o"),
+            KeyValue::new("gen_ai.usage.input_tokens", 100_000i64),
+            KeyValue::new("gen_ai.usage.output_tokens", 10_000i64),
+            KeyValue::new("hedge.id", "h-redirect"),
+        ];
+        if winner {
+            attrs.push(KeyValue::new("hedge.winner", true));
+        }
+        drop(tracer.span_builder("chat gpt-4o").with_kind(SpanKind::Client).with_attributes(attrs).start(&tracer));
+    }
+    sdk.force_flush().expect("flush");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hook_hits.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the alert never reached the webhook; log:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Time for a followed redirect (or retries) to arrive.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(other_hits.load(Ordering::SeqCst), 0, "the webhook's redirect to another host was followed");
+    assert_eq!(hook_hits.load(Ordering::SeqCst), 1, "a redirect is a failed delivery, not retried");
+    let log = server.log();
+    assert!(log.contains("do not follow redirects"), "the failure says why; log:\n{log}");
+    let _ = sdk.shutdown();
 }
