@@ -1,7 +1,8 @@
 //! Connections on every listener (OTLP/gRPC, OTLP/HTTP, API, Flight SQL) against the real binary: idle sockets,
 //! slowloris headers and trickled bodies are cut at their timeouts, a connection flood is capped per listener
 //! without starving well-behaved clients, EMFILE on accept is survived without spinning, a client that stops reading
-//! is dropped, HTTP/2 keepalive drops silent peers, and alert webhooks do not follow redirects. Raw sockets on 127.0.0.1 only; every wait is bounded.
+//! is dropped, HTTP/2 keepalive drops silent peers, and alert webhooks do not follow redirects. Raw sockets on
+//! 127.0.0.1 only; every wait is bounded.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
