@@ -76,6 +76,7 @@ impl Config {
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field: &str, reason: String| ConfigError::Invalid { field: field.to_string(), reason };
+        self.server.validate()?;
         if self.ingest.max_body_bytes == 0 {
             return Err(invalid("ingest.max_body_bytes", "must be greater than 0".into()));
         }
@@ -126,7 +127,8 @@ impl Config {
     }
 }
 
-/// Listening addresses. Loopback by default: exposing a collector is a deliberate act.
+/// Listening addresses, and the limits every listener applies to its connections (`crate::net`).
+/// Loopback by default: exposing a collector is a deliberate act.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
@@ -138,6 +140,32 @@ pub struct ServerConfig {
     pub api: SocketAddr,
     /// Arrow Flight SQL.
     pub flight: SocketAddr,
+    /// A connection with no request in progress for this long is closed (HTTP/2: GOAWAY, then close). Longer
+    /// than the OpenTelemetry SDKs' 60 s metric export interval, so a metrics exporter keeps its connection.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Time allowed for a request's headers, counted from when the connection can take a request (accepted, or
+    /// the previous response sent): slowloris clients are cut here. On HTTP/1.1 this also closes keep-alive
+    /// connections that wait this long for their next request. HTTP/2 headers arrive as one frame; a connection
+    /// that never completes one is idle and falls under `idle_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Total time allowed to receive one request's body, from its headers (not an inactivity timeout: a body
+    /// trickled a byte at a time is cut too). A request cut here is answered 408 / DEADLINE_EXCEEDED and nothing
+    /// of it is stored. Generous: OTLP exporters give up on an export after 10 s by default. The other way, a
+    /// peer that takes no byte of a response for this long is dropped (slow readers that make progress are not).
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// HTTP/2 PING interval on connections (gRPC and HTTP/2 clients), to find dead peers; TCP keepalive probes
+    /// start after it too.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// A peer that does not answer a PING within this is dropped.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Open connections per listener. At the cap, new connections wait in the kernel's accept queue (using no
+    /// file descriptor of the process) until one closes; the timeouts above bound how long that takes.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -147,7 +175,40 @@ impl Default for ServerConfig {
             otlp_http: SocketAddr::from(([127, 0, 0, 1], 4318)),
             api: SocketAddr::from(([127, 0, 0, 1], 4319)),
             flight: SocketAddr::from(([127, 0, 0, 1], 4320)),
+            idle_timeout: Duration::from_secs(120),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            max_connections: 2048,
         }
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let timeouts = [
+            ("server.idle_timeout", self.idle_timeout),
+            ("server.header_timeout", self.header_timeout),
+            ("server.body_timeout", self.body_timeout),
+            ("server.keepalive_interval", self.keepalive_interval),
+            ("server.keepalive_timeout", self.keepalive_timeout),
+        ];
+        for (field, value) in timeouts {
+            if value < Duration::from_millis(100) {
+                return Err(ConfigError::Invalid {
+                    field: field.to_string(),
+                    reason: format!("{value:?} is too short: at least 100ms (a few seconds or more in production)"),
+                });
+            }
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err(ConfigError::Invalid {
+                field: "server.max_connections".into(),
+                reason: format!("{} is outside 1..=1000000", self.max_connections),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -307,5 +368,9 @@ mod tests {
             err.to_string().contains("ingest.max_buffer_bytes") && err.to_string().contains("memory.limit_mb"),
             "{err}"
         );
+        let err = Config::from_toml("[server]\nmax_connections = 0\n", Path::new("t.toml")).unwrap_err();
+        assert!(err.to_string().contains("server.max_connections"), "{err}");
+        let err = Config::from_toml("[server]\nheader_timeout = \"0s\"\n", Path::new("t.toml")).unwrap_err();
+        assert!(err.to_string().contains("server.header_timeout"), "{err}");
     }
 }

@@ -214,14 +214,11 @@ fn map_too_large(mut response: http::Response<tonic::body::Body>) -> http::Respo
     response
 }
 
-/// Serves OTLP/gRPC on `addr` until `shutdown` completes.
-pub async fn serve(
-    receiver: Receiver,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+/// The OTLP/gRPC services (traces, metrics, logs) as one tower service, for [`crate::net::serve`] with
+/// [`crate::net::Protocol::Grpc`].
+pub fn service(receiver: Receiver) -> GrpcService {
     let limit = receiver.max_body_bytes();
-    let admission = AdmissionLayer { svc: OtlpGrpc { receiver: receiver.clone() } };
+    let admission = OtlpGrpc { receiver: receiver.clone() };
     let svc = OtlpGrpc { receiver };
     let traces = TraceExport { svc: svc.clone(), max_body_bytes: limit };
     let metrics = MetricsServiceServer::new(svc.clone())
@@ -232,41 +229,32 @@ pub async fn serve(
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(limit);
-    // No Nagle delay on the small responses: an exporter waits for each answer before sending its next batch.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .layer(tower_layer_map_response())
-        .layer(admission)
-        .add_service(traces)
-        .add_service(metrics)
-        .add_service(logs)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+    let routes = tonic::service::Routes::new(traces).add_service(metrics).add_service(logs);
+    let admitted = Admission { inner: routes, svc: admission };
+    let typed = tower::util::MapRequest::new(admitted, to_tonic_body as ToTonicBody);
+    tower::util::MapResponse::new(typed, map_too_large as MapTooLarge)
 }
 
-fn tower_layer_map_response()
--> tower::util::MapResponseLayer<fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>> {
-    tower::util::MapResponseLayer::new(map_too_large as fn(_) -> _)
+/// What [`service`] returns.
+pub type GrpcService =
+    tower::util::MapResponse<tower::util::MapRequest<Admission<tonic::service::Routes>, ToTonicBody>, MapTooLarge>;
+
+/// [`map_too_large`].
+pub type MapTooLarge = fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>;
+
+/// [`to_tonic_body`].
+pub type ToTonicBody = fn(http::Request<crate::net::TimedBody>) -> http::Request<tonic::body::Body>;
+
+/// The listener hands over its deadline-bound body; the admission layer counts frames of tonic's body type.
+fn to_tonic_body(request: http::Request<crate::net::TimedBody>) -> http::Request<tonic::body::Body> {
+    request.map(tonic::body::Body::new)
 }
 
 /// Admits every OTLP/gRPC request against the memory budget: its body frames are reserved as they arrive (see
 /// [`crate::admission`]), and a request cut off at the ceiling is answered UNAVAILABLE with `RetryInfo`, whatever
 /// tonic made of the interrupted body.
 #[derive(Clone)]
-struct AdmissionLayer {
-    svc: OtlpGrpc,
-}
-
-impl<S> tower::Layer<S> for AdmissionLayer {
-    type Service = Admission<S>;
-
-    fn layer(&self, inner: S) -> Admission<S> {
-        Admission { inner, svc: self.svc.clone() }
-    }
-}
-
-#[derive(Clone)]
-struct Admission<S> {
+pub struct Admission<S> {
     inner: S,
     svc: OtlpGrpc,
 }

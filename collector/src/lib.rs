@@ -15,6 +15,7 @@ pub mod grpc;
 pub mod ingest;
 pub mod live;
 pub mod memory;
+pub mod net;
 pub mod normalize;
 pub mod observe;
 pub mod otlp_http;

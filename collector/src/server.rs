@@ -72,13 +72,9 @@ impl Collector {
         crate::otlp_http::router(self.receiver.clone())
     }
 
-    /// Serves OTLP/gRPC on `listener` until `shutdown` completes.
-    pub async fn serve_grpc(
-        &self,
-        listener: tokio::net::TcpListener,
-        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> Result<(), tonic::transport::Error> {
-        crate::grpc::serve(self.receiver.clone(), listener, shutdown).await
+    /// The OTLP/gRPC services, to serve with [`crate::net::serve`].
+    pub fn otlp_grpc_service(&self) -> crate::grpc::GrpcService {
+        crate::grpc::service(self.receiver.clone())
     }
 
     /// `GET /healthz` (the process is up), `GET /readyz` (it accepts data: not shutting down, the WAL writable,

@@ -6,7 +6,6 @@
 //! relations. Writes are refused as in every other surface. There is no authentication: the listener is on
 //! loopback by default; put it behind a TLS-terminating proxy to expose it.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::LazyLock;
 
@@ -69,20 +68,10 @@ impl FlightSqlServer {
     }
 }
 
-/// Serves Flight SQL on `listener` until `shutdown` completes.
-///
-/// Bind the listener first (`tokio::net::TcpListener::bind(config.server.flight)`), so a port in use is an error
-/// at start, not in a background task.
-pub async fn serve(
-    engine: Engine,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
-        .add_service(FlightSqlServer::new(engine).into_service())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+/// The Flight SQL service over `engine` as a tower service, for `collector::net::serve` with
+/// `collector::net::Protocol::Grpc` (the connection limits of `[server]` apply).
+pub fn service(engine: Engine) -> tonic::service::Routes {
+    tonic::service::Routes::new(FlightSqlServer::new(engine).into_service())
 }
 
 type DoGetStream = <FlightSqlServer as FlightService>::DoGetStream;

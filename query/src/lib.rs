@@ -3,7 +3,7 @@
 //! - [`Engine`]: read-only SQL with a timeout, a memory limit and bounded concurrency, over the `spans`, `metrics`,
 //!   `logs` and `alerts` tables and the views (`llm_calls`, `sessions`, `provider_latency`, the cost views).
 //! - [`router`]: `POST /api/v1/query` (JSON, CSV or Arrow IPC), merged into the API server.
-//! - [`flight::serve`]: Arrow Flight SQL for ADBC, JDBC (DBeaver) and Grafana.
+//! - [`flight::service`]: Arrow Flight SQL for ADBC, JDBC (DBeaver) and Grafana.
 //! - [`format`]: rendering results as a table, CSV, JSON, Arrow IPC or Parquet (CLI and HTTP share it).
 
 mod alerts;

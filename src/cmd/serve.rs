@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use collector::config::Config;
+use collector::net::{self, ConnectionLimits, Protocol};
 use collector::server::Collector;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -70,7 +71,7 @@ pub struct Running {
     pub addrs: Addrs,
     collector: Collector,
     stop: watch::Sender<bool>,
-    tasks: JoinSet<Result<(), String>>,
+    tasks: JoinSet<()>,
     flusher: tokio::task::JoinHandle<()>,
 }
 
@@ -87,6 +88,42 @@ pub struct Addrs {
     pub flight: SocketAddr,
 }
 
+/// Descriptors kept for everything but connections: WAL, Parquet files being written and read, the data dir.
+const RESERVED_FDS: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one (Go's runtime does the same): the usual soft default, 1,024,
+/// is below what four listeners at `server.max_connections` need. Warns when even the hard limit is too low; the
+/// server still works then, as accept backs off on EMFILE and serves what is open.
+#[cfg(unix)]
+fn raise_open_file_limit(max_connections: usize) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let wanted = limit.rlim_max.min(1 << 20);
+    if limit.rlim_cur < wanted {
+        let raised = libc::rlimit { rlim_cur: wanted, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit reads the struct we own; lowering nothing, raising the soft limit only.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::debug!(from = limit.rlim_cur, to = wanted, "raised the open-file limit");
+            limit.rlim_cur = wanted;
+        }
+    }
+    let needed = 4 * max_connections as u64 + RESERVED_FDS;
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            open_file_limit = limit.rlim_cur,
+            needed,
+            "the open-file limit is below 4 listeners x server.max_connections + {RESERVED_FDS}: under a connection \
+             flood, accept will back off and file opens may fail; raise `ulimit -n` or lower server.max_connections"
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit(_max_connections: usize) {}
+
 async fn bind(addr: SocketAddr, what: &str, key: &str) -> Result<TcpListener, String> {
     TcpListener::bind(addr).await.map_err(|e| {
         format!(
@@ -98,6 +135,7 @@ async fn bind(addr: SocketAddr, what: &str, key: &str) -> Result<TcpListener, St
 
 /// Recovers the data dir, binds every port and starts serving. Returns once everything listens.
 pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
+    raise_open_file_limit(config.server.max_connections);
     // Bind first: a port in use is an error now, before recovery work, not a dying background task.
     let grpc = bind(config.server.otlp_grpc, "OTLP/gRPC", "otlp-grpc").await?;
     let http = bind(config.server.otlp_http, "OTLP/HTTP", "otlp-http").await?;
@@ -140,33 +178,12 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
         }
     };
     let mut tasks = JoinSet::new();
-    {
-        let c = collector.clone();
-        let shutdown = until_stopped();
-        tasks.spawn(async move { c.serve_grpc(grpc, shutdown).await.map_err(|e| format!("OTLP/gRPC server: {e}")) });
-    }
-    {
-        let router = collector.otlp_http_router();
-        let shutdown = until_stopped();
-        tasks.spawn(async move {
-            axum::serve(http, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(|e| format!("OTLP/HTTP server: {e}"))
-        });
-    }
-    {
-        let shutdown = until_stopped();
-        tasks.spawn(async move {
-            axum::serve(api, api_router).with_graceful_shutdown(shutdown).await.map_err(|e| format!("API server: {e}"))
-        });
-    }
-    {
-        let shutdown = until_stopped();
-        tasks.spawn(async move {
-            query::flight::serve(engine, flight, shutdown).await.map_err(|e| format!("Flight SQL server: {e}"))
-        });
-    }
+    // Every listener gets the same connection limits: a cap, idle/header/body timeouts, keepalive (collector::net).
+    let limits = ConnectionLimits::from_config(&config.server);
+    tasks.spawn(net::serve("otlp_grpc", grpc, collector.otlp_grpc_service(), Protocol::Grpc, limits, until_stopped()));
+    tasks.spawn(net::serve("otlp_http", http, collector.otlp_http_router(), Protocol::Http, limits, until_stopped()));
+    tasks.spawn(net::serve("api", api, api_router, Protocol::Http, limits, until_stopped()));
+    tasks.spawn(net::serve("flight", flight, query::flight::service(engine), Protocol::Grpc, limits, until_stopped()));
     // The flusher is not a server: it stops when the collector shuts down, after the servers drained.
     let flusher = collector.spawn_flusher();
     tracing::info!(
@@ -187,8 +204,7 @@ impl Running {
         tokio::select! {
             _ = signal => Ok(()),
             Some(done) = self.tasks.join_next() => match done {
-                Ok(Ok(())) => Err("a server stopped unexpectedly".into()),
-                Ok(Err(e)) => Err(e),
+                Ok(()) => Err("a server stopped unexpectedly".into()),
                 Err(e) => Err(format!("a server task failed: {e}")),
             },
         }

@@ -1,6 +1,7 @@
 //! Integration tests: one binary that drives the real `tailscope` over real sockets.
 
 mod budget;
+mod connections;
 mod demo;
 mod faults;
 mod ingest;

@@ -45,6 +45,8 @@ pub struct Server {
     pub flight_addr: SocketAddr,
     config_path: PathBuf,
     log_path: PathBuf,
+    /// RLIMIT_NOFILE (soft and hard) of the child, if lowered.
+    nofile: Option<u64>,
 }
 
 impl Server {
@@ -63,7 +65,16 @@ impl Server {
         Server::start_in(Some(data_dir), toml).await
     }
 
+    /// Starts a server whose open-file limit (soft and hard, so it cannot raise it) is `nofile`.
+    pub async fn start_limited(toml: &str, nofile: u64) -> Server {
+        Server::start_inner(None, toml, Some(nofile)).await
+    }
+
     async fn start_in(data_dir: Option<PathBuf>, toml: &str) -> Server {
+        Server::start_inner(data_dir, toml, None).await
+    }
+
+    async fn start_inner(data_dir: Option<PathBuf>, toml: &str, nofile: Option<u64>) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let config_path = tmp.path().join("tailscope.toml");
         std::fs::write(&config_path, toml).expect("write config");
@@ -77,6 +88,7 @@ impl Server {
             api: free_addr(),
             flight_addr: free_addr(),
             config_path,
+            nofile,
         };
         server.spawn().await;
         server
@@ -84,7 +96,21 @@ impl Server {
 
     async fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
-        let child = Command::new(tailscope_bin())
+        let mut command = Command::new(tailscope_bin());
+        if let Some(n) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit runs between fork and exec (async-signal-safe).
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(&self.config_path)

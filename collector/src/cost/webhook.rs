@@ -46,8 +46,31 @@ pub enum Outcome {
     Failed { attempts: u32, reason: String },
 }
 
-/// POSTs `body` to `url` until a 2xx answer, retrying connection errors, timeouts, 408, 429 and 5xx with
-/// exponential backoff and jitter (honouring `Retry-After` in seconds, up to `max_backoff`).
+/// The most of a webhook's error answer kept for the log: enough for Slack's `invalid_payload` and the like.
+const MAX_ERROR_BODY_BYTES: usize = 1024;
+
+/// The HTTP client of webhook deliveries. `config.timeout` bounds each attempt as a whole (connect, send, answer).
+/// Redirects are never followed: a webhook answering 3xx could send alert contents to any host, so the
+/// configured URL must be the final one and a 3xx is a failed delivery.
+pub fn client(config: &AlertsConfig) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder().timeout(config.timeout).redirect(reqwest::redirect::Policy::none()).build()
+}
+
+/// Up to [`MAX_ERROR_BODY_BYTES`] of an answer's body, lossily as text (for the log); the rest is not read.
+async fn error_body(mut resp: reqwest::Response) -> String {
+    let mut bytes = Vec::new();
+    while bytes.len() < MAX_ERROR_BODY_BYTES {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk[..chunk.len().min(MAX_ERROR_BODY_BYTES - bytes.len())]),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&bytes).trim().to_string()
+}
+
+/// POSTs `body` to `url` with a client from [`client`] until a 2xx answer, retrying connection errors, timeouts,
+/// 408, 429 and 5xx with exponential backoff and jitter (honouring `Retry-After` in seconds, up to `max_backoff`).
+/// A redirect (3xx) is not followed and not retried.
 pub async fn deliver(client: &reqwest::Client, url: &str, body: &Value, config: &AlertsConfig) -> Outcome {
     let mut backoff = config.initial_backoff;
     let mut last = String::new();
@@ -55,19 +78,33 @@ pub async fn deliver(client: &reqwest::Client, url: &str, body: &Value, config: 
         let mut wait = backoff;
         match client.post(url).json(body).send().await {
             Ok(resp) if resp.status().is_success() => return Outcome::Delivered { attempts: attempt },
+            Ok(resp) if resp.status().is_redirection() => {
+                let location = resp
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).chars().take(200).collect::<String>())
+                    .unwrap_or_else(|| "nowhere".into());
+                let reason = format!(
+                    "HTTP {} redirects to {location:?}; webhooks do not follow redirects (the alert could reach \
+                     another host): configure the final URL in alerts.webhooks",
+                    resp.status()
+                );
+                return Outcome::Failed { attempts: attempt, reason };
+            }
             Ok(resp) => {
                 let status = resp.status();
-                last = format!("HTTP {status}");
                 let retryable = status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
-                if !retryable {
-                    return Outcome::Failed { attempts: attempt, reason: format!("{last} is not retryable") };
-                }
-                if let Some(secs) = resp
+                let retry_after = resp
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                {
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                let answer = error_body(resp).await;
+                last = if answer.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {answer}") };
+                if !retryable {
+                    return Outcome::Failed { attempts: attempt, reason: format!("{last} is not retryable") };
+                }
+                if let Some(secs) = retry_after {
                     wait = wait.max(Duration::from_secs(secs)).min(config.max_backoff);
                 }
             }
@@ -170,7 +207,7 @@ impl Webhooks {
         runtime: &tokio::runtime::Handle,
     ) -> Webhooks {
         let last_seq = backlog.last().map(|e| e.seq).unwrap_or(0);
-        let client = match reqwest::Client::builder().timeout(config.timeout).build() {
+        let client = match client(config) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("cannot build the webhook HTTP client ({e}); alerts will not be sent to webhooks");
@@ -321,6 +358,42 @@ mod tests {
         };
         let out = deliver(&client, &dead, &payload(&event(1)), &AlertsConfig { max_attempts: 3, ..fast() }).await;
         assert!(matches!(out, Outcome::Failed { attempts: 3, .. }), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed_and_error_answers_are_read_bounded() {
+        // The other host counts what reaches it; the webhook answers 307 (which would re-POST the body) to it.
+        let other = Receiver::default();
+        let other_url = serve(other.clone()).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let app =
+            Router::new()
+                .route(
+                    "/hook",
+                    post(move || async move {
+                        (StatusCode::TEMPORARY_REDIRECT, [(axum::http::header::LOCATION, other_url)])
+                    }),
+                )
+                .route("/big", post(|| async { (StatusCode::BAD_REQUEST, "x".repeat(8 * 1024 * 1024)) }));
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let client = client(&fast()).unwrap();
+        let out = deliver(&client, &url, &payload(&event(1)), &fast()).await;
+        match &out {
+            Outcome::Failed { attempts: 1, reason } => assert!(reason.contains("do not follow redirects"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(other.hits.load(Ordering::SeqCst), 0, "the redirect was followed");
+        // An 8 MiB error answer: at most MAX_ERROR_BODY_BYTES of it reach the log.
+        let big = url.replace("/hook", "/big");
+        let out = deliver(&client, &big, &payload(&event(1)), &fast()).await;
+        match &out {
+            Outcome::Failed { attempts: 1, reason } => {
+                assert!(reason.starts_with("HTTP 400 Bad Request: xxx"), "{reason}");
+                assert!(reason.len() < MAX_ERROR_BODY_BYTES + 100, "{} bytes", reason.len());
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -1,0 +1,557 @@
+//! How every listener (OTLP/gRPC, OTLP/HTTP, the API, Flight SQL) takes and keeps connections.
+//!
+//! One accept loop and one connection driver serve all four, so they share the same guarantees:
+//! - **A cap per listener** (`server.max_connections`): a slot is taken before `accept()`, so at the cap new
+//!   connections wait in the kernel's accept queue, using no descriptor of this process, until one closes. They are
+//!   not refused: the timeouts below free slots held by idle or slow clients within seconds, and a client queued
+//!   for that long is served rather than reset (a reset OTLP export waits out a retry backoff).
+//! - **Accept errors are survived**: `EMFILE`/`ENFILE`/`ENOBUFS` back off (10 ms doubling to 1 s, logged once
+//!   per episode) and the loop keeps serving; it never exits on them nor retries in a busy loop.
+//! - **Header timeout** (`server.header_timeout`): hyper's HTTP/1 `header_read_timeout`, which runs from when the
+//!   connection can take a request, so it also ends HTTP/1.1 keep-alive waits.
+//! - **Idle timeout** (`server.idle_timeout`): a connection with no request in progress for that long is shut
+//!   down gracefully (HTTP/2: GOAWAY). This is gRPC's `MAX_CONNECTION_IDLE`, and it also bounds a client that
+//!   connects and sends nothing, or an HTTP/2 preface or frame trickled a byte at a time.
+//! - **Body timeout** (`server.body_timeout`): a request body must arrive in full within that long of its headers;
+//!   otherwise the request is answered 408 (HTTP) or DEADLINE_EXCEEDED (gRPC) before any handler sees the body,
+//!   so nothing of it is stored or acknowledged.
+//! - **Stalled readers**: a peer that accepts no byte of a response for `server.body_timeout` is dropped (a
+//!   response still being written keeps its connection from counting as idle).
+//! - **HTTP/2 keepalive** (`server.keepalive_interval`, `server.keepalive_timeout`) PINGs peers and drops those
+//!   that do not answer; accepted sockets get TCP keepalive too.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::{Instant, Sleep};
+use tower::ServiceExt;
+
+use crate::config::ServerConfig;
+
+/// Boxed errors, as hyper and tower pass them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Concurrent HTTP/2 streams per connection (hyper's default, stated here so that it is a decision).
+const MAX_STREAMS_PER_CONNECTION: u32 = 200;
+
+/// First and last delay between `accept()` attempts that fail for want of resources.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// The per-connection limits of one listener, from `[server]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Close a connection with no request in progress for this long.
+    pub idle_timeout: Duration,
+    /// Time allowed for a request's headers.
+    pub header_timeout: Duration,
+    /// Time allowed for a request's body, from its headers.
+    pub body_timeout: Duration,
+    /// HTTP/2 PING interval (and TCP keepalive time).
+    pub keepalive_interval: Duration,
+    /// Time allowed for a PING's answer.
+    pub keepalive_timeout: Duration,
+    /// Open connections on this listener.
+    pub max_connections: usize,
+}
+
+impl ConnectionLimits {
+    /// The limits configured under `[server]`.
+    pub fn from_config(server: &ServerConfig) -> ConnectionLimits {
+        ConnectionLimits {
+            idle_timeout: server.idle_timeout,
+            header_timeout: server.header_timeout,
+            body_timeout: server.body_timeout,
+            keepalive_interval: server.keepalive_interval,
+            keepalive_timeout: server.keepalive_timeout,
+            max_connections: server.max_connections,
+        }
+    }
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1, and HTTP/2 with prior knowledge (told apart by the connection preface).
+    Http,
+    /// gRPC: HTTP/2 only.
+    Grpc,
+}
+
+/// Why a request body ended early.
+#[derive(Debug, Error)]
+pub enum BodyError {
+    /// The connection failed while the body was read.
+    #[error("reading the request body: {0}")]
+    Read(#[from] hyper::Error),
+    /// The body did not arrive in time.
+    #[error(
+        "the request body did not arrive within server.body_timeout ({limit:?}); send it faster or raise the limit"
+    )]
+    TimedOut {
+        /// `server.body_timeout`.
+        limit: Duration,
+    },
+}
+
+/// A request body that must arrive in full before a deadline set when its headers arrived.
+///
+/// A total deadline rather than an inactivity timeout: a body trickled a byte at a time cannot hold a connection
+/// (and a slot) for longer than `server.body_timeout`.
+#[derive(Debug)]
+pub struct TimedBody {
+    inner: Incoming,
+    deadline: Instant,
+    limit: Duration,
+    /// Created at the first wait: bodies that are already complete cost no timer.
+    sleep: Option<Pin<Box<Sleep>>>,
+    expired: Arc<AtomicBool>,
+}
+
+impl Body for TimedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        // Data that has arrived is taken even past the deadline: only waiting is cut.
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(BodyError::Read)));
+        }
+        let deadline = this.deadline;
+        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.as_mut().poll(cx).is_ready() {
+            this.expired.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(BodyError::TimedOut { limit: this.limit })));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Counts a request as in progress on its connection until its response body is done (or dropped).
+struct InFlight(Arc<watch::Sender<usize>>);
+
+impl InFlight {
+    fn start(busy: &Arc<watch::Sender<usize>>) -> InFlight {
+        busy.send_modify(|n| *n += 1);
+        InFlight(busy.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A response body that keeps its request counted as in progress while it is sent.
+pub struct ConnBody<B> {
+    body: Either<B, Full<Bytes>>,
+    _in_flight: InFlight,
+}
+
+impl<B> Body for ConnBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The hyper service of one connection: counts requests in progress (for the idle timeout) and puts the body
+/// deadline on each request.
+struct ConnService<S> {
+    inner: S,
+    busy: Arc<watch::Sender<usize>>,
+    body_timeout: Duration,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for ConnService<S>
+where
+    S: tower::Service<Request<TimedBody>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ConnBody<B>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let in_flight = InFlight::start(&self.busy);
+        let expired = Arc::new(AtomicBool::new(false));
+        let limit = self.body_timeout;
+        let grpc = is_grpc(&request);
+        let version = request.version();
+        let request = request.map(|inner| TimedBody {
+            inner,
+            deadline: Instant::now() + limit,
+            limit,
+            sleep: None,
+            expired: expired.clone(),
+        });
+        let service = self.inner.clone();
+        Box::pin(async move {
+            let Ok(response) = service.oneshot(request).await;
+            // The handler saw a body error and answered something generic (400, INTERNAL): say what happened.
+            let response = if expired.load(Ordering::Relaxed) {
+                body_timeout_response(grpc, version, limit)
+            } else {
+                response.map(Either::Left)
+            };
+            Ok(response.map(|body| ConnBody { body, _in_flight: in_flight }))
+        })
+    }
+}
+
+fn is_grpc<B>(request: &Request<B>) -> bool {
+    request.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn body_timeout_response<B>(grpc: bool, version: Version, limit: Duration) -> Response<Either<B, Full<Bytes>>> {
+    let message = BodyError::TimedOut { limit }.to_string();
+    if grpc {
+        // Retryable for OTLP clients; nothing of the request was stored.
+        return tonic::Status::deadline_exceeded(message).into_http::<Full<Bytes>>().map(Either::Right);
+    }
+    let mut response = Response::new(Either::Right(Full::from(format!("{message}\n"))));
+    *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    // The rest of the body may still be on its way: the connection cannot carry another request.
+    if version <= Version::HTTP_11 {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+fn builder(protocol: Protocol, limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if protocol == Protocol::Grpc {
+        builder = builder.http2_only();
+    }
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.keepalive_interval)
+        .keep_alive_timeout(limits.keepalive_timeout)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
+    builder
+}
+
+/// Serves `service` on `listener` until `shutdown` completes, then lets open connections finish their requests.
+///
+/// `name` names the listener in logs. Never returns early: accept errors are logged and retried with backoff.
+pub async fn serve<S, B>(
+    name: &'static str,
+    listener: TcpListener,
+    service: S,
+    protocol: Protocol,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: tower::Service<Request<TimedBody>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let builder = Arc::new(builder(protocol, &limits));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop, stopped) = watch::channel(false);
+    let mut shutdown = pin!(shutdown);
+    let mut failures = AcceptFailures::new(name);
+    let mut at_cap_logged = false;
+    'accept: loop {
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if !at_cap_logged {
+                    tracing::warn!(
+                        listener = name,
+                        max_connections = limits.max_connections,
+                        "connection cap reached; new connections wait until one closes (server.max_connections)"
+                    );
+                    at_cap_logged = true;
+                }
+                tokio::select! {
+                    _ = &mut shutdown => break 'accept,
+                    p = slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break 'accept, // never closed
+                    },
+                }
+            }
+        };
+        if slots.available_permits() > limits.max_connections / 2 {
+            at_cap_logged = false;
+        }
+        let (stream, peer) = loop {
+            tokio::select! {
+                _ = &mut shutdown => break 'accept,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => {
+                        failures.recovered();
+                        break accepted;
+                    }
+                    Err(e) => {
+                        if failures.wait(e, &mut shutdown).await {
+                            break 'accept;
+                        }
+                    }
+                },
+            }
+        };
+        tracing::trace!(listener = name, %peer, "connection accepted");
+        configure_socket(&stream, &limits);
+        let task = Connection {
+            stream,
+            permit,
+            service: service.clone(),
+            builder: builder.clone(),
+            stop: stopped.clone(),
+            limits,
+        };
+        tokio::spawn(task.run());
+    }
+    // Stop listening at once (the kernel stops completing handshakes), then let connections finish.
+    drop(listener);
+    let _ = stop.send(true);
+    drop(stopped);
+    stop.closed().await;
+}
+
+/// `accept()` failures of one listener: the backoff, and logging once per episode rather than per attempt.
+struct AcceptFailures {
+    name: &'static str,
+    count: u64,
+    delay: Duration,
+}
+
+impl AcceptFailures {
+    fn new(name: &'static str) -> AcceptFailures {
+        AcceptFailures { name, count: 0, delay: ACCEPT_BACKOFF.0 }
+    }
+
+    /// Waits before the next attempt; true if `shutdown` completed meanwhile (it must not be polled again).
+    async fn wait(&mut self, e: std::io::Error, shutdown: &mut Pin<&mut impl Future<Output = ()>>) -> bool {
+        use std::io::ErrorKind;
+        // The peer gave up between the handshake and accept(): nothing is wrong here, try the next one.
+        if matches!(e.kind(), ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused)
+        {
+            return false;
+        }
+        self.count += 1;
+        if self.count == 1 {
+            tracing::error!(
+                listener = self.name,
+                error = %e,
+                "accept failed; retrying with backoff while serving open connections (too many open files: raise \
+                 `ulimit -n` or lower server.max_connections)"
+            );
+        }
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(self.delay) => false,
+            _ = shutdown.as_mut() => true,
+        };
+        self.delay = (self.delay * 2).min(ACCEPT_BACKOFF.1);
+        stopped
+    }
+
+    fn recovered(&mut self) {
+        if self.count > 0 {
+            tracing::warn!(listener = self.name, failed_attempts = self.count, "accepting connections again");
+        }
+        self.count = 0;
+        self.delay = ACCEPT_BACKOFF.0;
+    }
+}
+
+fn configure_socket(stream: &TcpStream, limits: &ConnectionLimits) {
+    // No Nagle delay on small responses: an exporter waits for each answer before sending its next batch.
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!("cannot set TCP_NODELAY: {e}");
+    }
+    // Finds peers that vanished (power loss, a dropped NAT entry) on connections waiting for a long response.
+    let keepalive =
+        socket2::TcpKeepalive::new().with_time(limits.keepalive_interval).with_interval(limits.keepalive_interval);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!("cannot set TCP keepalive: {e}");
+    }
+}
+
+/// One accepted connection, served until it closes, idles out or the server stops.
+struct Connection<S> {
+    stream: TcpStream,
+    /// The listener's slot, given back when the connection is dropped.
+    permit: OwnedSemaphorePermit,
+    service: S,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stop: watch::Receiver<bool>,
+    limits: ConnectionLimits,
+}
+
+impl<S, B> Connection<S>
+where
+    S: tower::Service<Request<TimedBody>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    async fn run(self) {
+        let Connection { stream, permit, service, builder, mut stop, limits } = self;
+        let (busy, mut busy_rx) = watch::channel(0usize);
+        let busy = Arc::new(busy);
+        let service = ConnService { inner: service, busy: busy.clone(), body_timeout: limits.body_timeout };
+        let io = StallIo::new(stream, limits.body_timeout);
+        let writing = io.writing.clone();
+        let mut conn = pin!(builder.serve_connection(TokioIo::new(io), service));
+        let why = tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!("connection ended: {e}");
+                }
+                drop(permit);
+                return;
+            }
+            _ = idle_for(&mut busy_rx, &writing, limits.idle_timeout) => "idle",
+            _ = stop.wait_for(|stop| *stop) => "server stopping",
+        };
+        tracing::debug!(reason = why, "closing connection");
+        // HTTP/1: closes after the request in progress, if any; HTTP/2: GOAWAY, then closes when streams finish.
+        // A peer that does not go along (never finishes its handshake, never answers the GOAWAY's PING) is
+        // dropped after `header_timeout`.
+        conn.as_mut().graceful_shutdown();
+        if tokio::time::timeout(limits.header_timeout, conn.as_mut()).await.is_err() {
+            tracing::debug!(reason = why, "connection did not close gracefully in time; dropped");
+        }
+        drop(permit);
+    }
+}
+
+/// Completes once no request has been in progress for `idle` and no response is waiting to be written (a large
+/// response can outlive its body: hyper holds the last bytes until the socket takes them).
+async fn idle_for(busy: &mut watch::Receiver<usize>, writing: &AtomicBool, idle: Duration) {
+    loop {
+        if busy.wait_for(|n| *n == 0).await.is_err() {
+            return std::future::pending().await;
+        }
+        // `wait_for` marked the value seen: a request starting during the wait wakes `changed`.
+        match tokio::time::timeout(idle, busy.changed()).await {
+            Err(_) if !writing.load(Ordering::Relaxed) => return,
+            Err(_) | Ok(Ok(())) => continue,
+            Ok(Err(_)) => return std::future::pending().await,
+        }
+    }
+}
+
+/// A connection's socket that fails writes the peer has not taken for `limit`: a client that stops reading
+/// cannot hold its connection, its slot and the response's memory for ever. Progress of any size resets the
+/// clock, so slow readers are served.
+struct StallIo {
+    inner: TcpStream,
+    limit: Duration,
+    /// Running while a write waits for the peer.
+    stall: Option<Pin<Box<Sleep>>>,
+    /// Whether a write is waiting for the peer (read by the idle timeout).
+    writing: Arc<AtomicBool>,
+}
+
+impl StallIo {
+    fn new(inner: TcpStream, limit: Duration) -> StallIo {
+        StallIo { inner, limit, stall: None, writing: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// What a write that returned `poll` gives back: progress resets the clock, waiting runs it.
+    fn check<T>(&mut self, poll: Poll<std::io::Result<T>>, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        if poll.is_ready() {
+            self.stall = None;
+            self.writing.store(false, Ordering::Relaxed);
+            return poll;
+        }
+        self.writing.store(true, Ordering::Relaxed);
+        let limit = self.limit;
+        let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if stall.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the peer took no data for server.body_timeout ({limit:?})"),
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncRead for StallIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for StallIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.check(poll, cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.check(poll, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_flush(cx);
+        this.check(poll, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
