@@ -108,7 +108,8 @@ impl Ingest {
             let (signal, batch) = match record.data {
                 RecordData::Rows(signal, batch) => (signal, batch),
                 RecordData::OtlpTraces(request) => {
-                    let normalized = normalize::normalize_traces_protobuf(&request, pricer).map_err(|e| {
+                    let limits = normalize::Limits::from(&config.ingest);
+                    let normalized = normalize::normalize_traces_limited(&request, pricer, limits).map_err(|e| {
                         StorageError::CorruptWal {
                             path: wal_dir.clone(),
                             offset: 0,
@@ -558,5 +559,50 @@ mod tests {
         for (i, field) in acknowledged.batch.schema().fields().iter().enumerate() {
             assert_eq!(stored.column(i).to_data(), acknowledged.batch.column(i).to_data(), "column {}", field.name());
         }
+    }
+
+    /// Issue #12, item 2: a request with a 50 MiB attribute acknowledged while a 60,000-span request was still
+    /// being normalised puts both in the WAL in that order. Replay normalised them in turn, the second sized
+    /// from the first's per-row hint (63 TiB), and every restart aborted with 60,002 acknowledged spans stuck.
+    #[tokio::test]
+    async fn replay_of_a_huge_attribute_then_a_big_batch_restores_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+        let pricer = Pricer::default();
+        let mut big = request();
+        let template = big.resource_spans[0].scope_spans[0].spans[0].clone();
+        big.resource_spans[0].scope_spans[0].spans =
+            (0..60_000u64).map(|i| Span { span_id: (i + 1).to_be_bytes().to_vec(), ..template.clone() }).collect();
+        let big_body = Bytes::from(big.encode_to_vec());
+        // Normalised first (the big request was still in flight), stored second.
+        let big_rows = normalize::normalize_traces_protobuf(&big_body, &pricer).unwrap();
+        let mut huge = request();
+        huge.resource_spans[0].scope_spans[0].spans.truncate(2);
+        huge.resource_spans[0].scope_spans[0].spans[0]
+            .attributes
+            .push(attr("gen_ai.prompt", any_value::Value::StringValue("x".repeat(50 << 20))));
+        let huge_body = Bytes::from(huge.encode_to_vec());
+        let huge_rows = normalize::normalize_traces_protobuf(&huge_body, &pricer).unwrap();
+        {
+            let (ingest, _) = Ingest::start(config.clone(), Metrics::new(), &pricer).await.unwrap();
+            ingest.submit(&huge_rows, Some(huge_body)).await.unwrap();
+            ingest.submit(&big_rows, Some(big_body)).await.unwrap();
+        }
+        let (ingest, report) = Ingest::start(config, Metrics::new(), &pricer).await.unwrap();
+        assert_eq!((report.records, report.rows), (2, 60_002));
+        let files = ingest.catalog().snapshot(Signal::Spans).files;
+        let stored: usize = files
+            .iter()
+            .map(|f| {
+                let file = std::fs::File::open(dir.path().join(&f.relative_path)).unwrap();
+                ParquetRecordBatchReaderBuilder::try_new(file)
+                    .unwrap()
+                    .build()
+                    .unwrap()
+                    .map(|b| b.unwrap().num_rows())
+                    .sum::<usize>()
+            })
+            .sum();
+        assert_eq!(stored, 60_002);
     }
 }

@@ -6,6 +6,8 @@
 //! Data path: `grpc`/`http` receive -> [`normalize`] -> [`ingest`] (WAL group commit, buffer, backpressure)
 //! -> [`writer`] (Parquet) -> [`catalog`] (what queries see).
 
+#[cfg(test)]
+mod alloc_meter;
 pub mod catalog;
 pub mod config;
 pub mod cost;

@@ -86,11 +86,13 @@ impl Receiver {
 
     /// Stores a trace export that arrived as OTLP protobuf, read in place (see [`crate::wire`]).
     pub async fn traces_protobuf(&self, body: Bytes) -> Result<ExportTraceServiceResponse, IngestError> {
-        let normalized = normalize::normalize_traces_protobuf(&body, &self.pricer).map_err(|e| {
-            let error = IngestError::Malformed {
-                format: "protobuf",
-                detail: format!("{e}; is the body an OTLP ExportTraceServiceRequest?"),
+        let limits = normalize::Limits::from(&self.ingest.config().ingest);
+        let normalized = normalize::normalize_traces_limited(&body, &self.pricer, limits).map_err(|e| {
+            let detail = match e {
+                normalize::NormalizeError::Wire(e) => format!("{e}; is the body an OTLP ExportTraceServiceRequest?"),
+                e @ normalize::NormalizeError::TooRepetitive { .. } => e.to_string(),
             };
+            let error = IngestError::Malformed { format: "protobuf", detail };
             self.reject_request(Signal::Spans, &error);
             error
         })?;
@@ -106,7 +108,8 @@ impl Receiver {
 
     fn trace_response(outcome: Outcome) -> ExportTraceServiceResponse {
         ExportTraceServiceResponse {
-            partial_success: (outcome.rejected > 0).then(|| ExportTracePartialSuccess {
+            // With nothing rejected, a message is a warning (attributes dropped), which OTLP sends the same way.
+            partial_success: (outcome.rejected > 0 || !outcome.message.is_empty()).then(|| ExportTracePartialSuccess {
                 rejected_spans: outcome.rejected,
                 error_message: outcome.message,
             }),
