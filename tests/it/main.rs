@@ -2,6 +2,7 @@
 
 mod budget;
 mod demo;
+mod hostile;
 mod ingest;
 mod query;
 mod support;
