@@ -505,7 +505,7 @@ impl LiveWindows {
         let ms = |micros: u64| micros as f64 / 1000.0;
         let mut rows: Vec<LiveRow> = groups
             .into_iter()
-            .filter(|(_, acc)| acc.total.len() > 0)
+            .filter(|(_, acc)| !acc.total.is_empty())
             .map(|(key, acc)| {
                 let h = &acc.total;
                 let count = h.len();
@@ -524,7 +524,7 @@ impl LiveWindows {
                     p99_series_ms: acc
                         .per_slice
                         .iter()
-                        .map(|s| s.as_ref().filter(|h| h.len() > 0).map(|h| ms(h.value_at_quantile(0.99))))
+                        .map(|s| s.as_ref().filter(|h| !h.is_empty()).map(|h| ms(h.value_at_quantile(0.99))))
                         .collect(),
                     buckets: if buckets { log_buckets(h) } else { Vec::new() },
                 }
@@ -637,8 +637,10 @@ mod tests {
     use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
-    fn batch(rows: &[(&str, &str, &str, i64, &str)]) -> RecordBatch {
-        let s = |f: &dyn Fn(&(&str, &str, &str, i64, &str)) -> Option<String>| -> ArrayRef {
+    type Row<'a> = (&'a str, &'a str, &'a str, i64, &'a str);
+
+    fn batch(rows: &[Row<'_>]) -> RecordBatch {
+        let s = |f: &dyn Fn(&Row<'_>) -> Option<String>| -> ArrayRef {
             Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
         };
         let schema = Schema::new(vec![
@@ -697,7 +699,7 @@ mod tests {
         let now = T0 + 90 * NS_PER_S;
         let none = RouteFilter::default();
         let by_pr = Grouping::parse("provider,region").unwrap();
-        let m1 = live.report_at(Window::OneMinute, by_pr.clone(), &none, false, now);
+        let m1 = live.report_at(Window::OneMinute, by_pr, &none, false, now);
         // The first span is 90 s old: gone from 1m, still in 5m.
         let openai = m1.rows.iter().find(|r| r.key.provider == "openai").unwrap();
         assert_eq!((openai.count, openai.errors, openai.key.model.as_str()), (1, 1, "*"));

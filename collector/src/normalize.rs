@@ -965,9 +965,11 @@ pub fn normalize_traces_limited(body: &[u8], pricer: &Pricer, limits: Limits) ->
 }
 
 /// Normalises a decoded trace export request (OTLP/JSON arrives this way) through the same path as protobuf.
-pub fn normalize_traces(request: &ExportTraceServiceRequest, pricer: &Pricer) -> Normalized {
-    // prost encodes what it decoded: the encoding is always well-formed.
-    normalize_traces_protobuf(&request.encode_to_vec(), pricer).expect("prost output is a well-formed request")
+///
+/// prost's encoding of what it decoded is well-formed; the request may still be refused as
+/// [`NormalizeError::TooRepetitive`].
+pub fn normalize_traces(request: &ExportTraceServiceRequest, pricer: &Pricer) -> Result<Normalized, NormalizeError> {
+    normalize_traces_protobuf(&request.encode_to_vec(), pricer)
 }
 
 fn append_span(

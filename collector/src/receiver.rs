@@ -109,10 +109,9 @@ impl Receiver {
     fn trace_response(outcome: Outcome) -> ExportTraceServiceResponse {
         ExportTraceServiceResponse {
             // With nothing rejected, a message is a warning (attributes dropped), which OTLP sends the same way.
-            partial_success: (outcome.rejected > 0 || !outcome.message.is_empty()).then(|| ExportTracePartialSuccess {
-                rejected_spans: outcome.rejected,
-                error_message: outcome.message,
-            }),
+            partial_success: (outcome.rejected > 0 || !outcome.message.is_empty()).then_some(
+                ExportTracePartialSuccess { rejected_spans: outcome.rejected, error_message: outcome.message },
+            ),
         }
     }
 
@@ -123,7 +122,7 @@ impl Receiver {
     ) -> Result<ExportMetricsServiceResponse, IngestError> {
         let outcome = self.accept(normalize::normalize_metrics(&request), None).await?;
         Ok(ExportMetricsServiceResponse {
-            partial_success: (outcome.rejected > 0).then(|| ExportMetricsPartialSuccess {
+            partial_success: (outcome.rejected > 0).then_some(ExportMetricsPartialSuccess {
                 rejected_data_points: outcome.rejected,
                 error_message: outcome.message,
             }),
@@ -135,7 +134,7 @@ impl Receiver {
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
         let outcome = self.accept(normalize::normalize_logs(&request, now), None).await?;
         Ok(ExportLogsServiceResponse {
-            partial_success: (outcome.rejected > 0).then(|| ExportLogsPartialSuccess {
+            partial_success: (outcome.rejected > 0).then_some(ExportLogsPartialSuccess {
                 rejected_log_records: outcome.rejected,
                 error_message: outcome.message,
             }),

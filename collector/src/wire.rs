@@ -113,9 +113,9 @@ impl<'a> Reader<'a> {
 
     /// Decodes an embedded message with prost, merging into `into` (protobuf's rule for a repeated singular
     /// message field).
-    fn merge<M: Message>(&mut self, tag: u32, wire: WireType, into: &mut Option<M>) -> Result<(), WireError>
+    fn merge<M>(&mut self, tag: u32, wire: WireType, into: &mut Option<M>) -> Result<(), WireError>
     where
-        M: Default,
+        M: Message + Default,
     {
         let bytes = self.bytes(tag, wire)?;
         let path = self.path;
@@ -654,7 +654,6 @@ mod tests {
     /// A span as both readers see it: every field the normaliser uses, attributes and events decoded.
     #[derive(Debug)]
     #[allow(dead_code)] // compared through `Debug`
-
     struct Seen {
         resource: Option<Resource>,
         scope: Option<InstrumentationScope>,
