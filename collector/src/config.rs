@@ -80,6 +80,9 @@ impl Config {
         if self.ingest.max_body_bytes == 0 {
             return Err(invalid("ingest.max_body_bytes", "must be greater than 0".into()));
         }
+        if self.ingest.max_attributes_per_span == 0 {
+            return Err(invalid("ingest.max_attributes_per_span", "must be greater than 0".into()));
+        }
         if self.storage.flush_max_bytes == 0 {
             return Err(invalid("storage.flush_max_bytes", "must be greater than 0".into()));
         }
@@ -224,6 +227,9 @@ pub struct IngestConfig {
     /// The delay suggested to clients in `Retry-After` / `RetryInfo` when backpressure applies.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+    /// Attributes kept per span; further ones are dropped and reported in `partial_success.error_message`
+    /// (the span itself is stored). Bounds the memory one span's attribute list takes while it is normalised.
+    pub max_attributes_per_span: usize,
 }
 
 impl Default for IngestConfig {
@@ -232,6 +238,7 @@ impl Default for IngestConfig {
             max_body_bytes: 64 * 1024 * 1024,
             max_buffer_bytes: 224 * 1024 * 1024,
             retry_after: Duration::from_secs(1),
+            max_attributes_per_span: 4096,
         }
     }
 }
@@ -329,11 +336,20 @@ impl Default for MemoryConfig {
 pub struct LiveConfig {
     /// p99 above this (ms) is shown as an SLO breach in the dashboard.
     pub slo_p99_ms: f64,
+    /// Routes (provider, region, model, operation) tracked at once; spans of further routes are counted under
+    /// provider `(other)`. Each active route holds up to ~2 MiB of histograms.
+    pub max_routes: usize,
+    /// Longest provider, region, model or operation kept as a route key; longer values are cut to it.
+    pub max_key_bytes: usize,
 }
 
 impl Default for LiveConfig {
     fn default() -> Self {
-        LiveConfig { slo_p99_ms: 5000.0 }
+        LiveConfig {
+            slo_p99_ms: 5000.0,
+            max_routes: crate::live::MAX_ROUTES,
+            max_key_bytes: crate::live::MAX_KEY_BYTES,
+        }
     }
 }
 

@@ -164,23 +164,26 @@ impl Ingest {
             duplicate_records: recovered.duplicate_records,
         };
         let mut buffered = 0;
+        let limits = normalize::Limits::from(&config.ingest);
         for record in recovered.records {
             let (signal, batch) = match record.data {
                 RecordData::Rows(signal, batch) => (signal, batch),
-                RecordData::OtlpTraces(request) => match normalize::normalize_traces_protobuf(&request, pricer) {
-                    Ok(normalized) => (Signal::Spans, normalized.batch),
-                    Err(e) => {
-                        // Its crc holds, so these are the bytes that were written; keep them for inspection.
-                        report.corrupt_records += 1;
-                        metrics.wal_corrupt_bytes.inc_by(request.len() as u64);
-                        let kept = wal::keep_aside(&wal_dir, &format!("record-{}", record.seq), &request);
-                        tracing::warn!(
-                            seq = record.seq, error = %e, kept_aside = kept.is_ok(),
-                            "WAL record holds a trace request that no longer decodes; skipped"
-                        );
-                        continue;
+                RecordData::OtlpTraces(request) => {
+                    match normalize::normalize_traces_limited(&request, pricer, limits) {
+                        Ok(normalized) => (Signal::Spans, normalized.batch),
+                        Err(e) => {
+                            // Its crc holds, so these are the bytes that were written; keep them for inspection.
+                            report.corrupt_records += 1;
+                            metrics.wal_corrupt_bytes.inc_by(request.len() as u64);
+                            let kept = wal::keep_aside(&wal_dir, &format!("record-{}", record.seq), &request);
+                            tracing::warn!(
+                                seq = record.seq, error = %e, kept_aside = kept.is_ok(),
+                                "WAL record holds a trace request that no longer decodes; skipped"
+                            );
+                            continue;
+                        }
                     }
-                },
+                }
             };
             report.records += 1;
             report.rows += batch.num_rows();
@@ -799,5 +802,50 @@ mod tests {
         for (i, field) in acknowledged.batch.schema().fields().iter().enumerate() {
             assert_eq!(stored.column(i).to_data(), acknowledged.batch.column(i).to_data(), "column {}", field.name());
         }
+    }
+
+    /// Issue #12, item 2: a request with a 50 MiB attribute acknowledged while a 60,000-span request was still
+    /// being normalised puts both in the WAL in that order. Replay normalised them in turn, the second sized
+    /// from the first's per-row hint (63 TiB), and every restart aborted with 60,002 acknowledged spans stuck.
+    #[tokio::test]
+    async fn replay_of_a_huge_attribute_then_a_big_batch_restores_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+        let pricer = Pricer::default();
+        let mut big = request();
+        let template = big.resource_spans[0].scope_spans[0].spans[0].clone();
+        big.resource_spans[0].scope_spans[0].spans =
+            (0..60_000u64).map(|i| Span { span_id: (i + 1).to_be_bytes().to_vec(), ..template.clone() }).collect();
+        let big_body = Bytes::from(big.encode_to_vec());
+        // Normalised first (the big request was still in flight), stored second.
+        let big_rows = normalize::normalize_traces_protobuf(&big_body, &pricer).unwrap();
+        let mut huge = request();
+        huge.resource_spans[0].scope_spans[0].spans.truncate(2);
+        huge.resource_spans[0].scope_spans[0].spans[0]
+            .attributes
+            .push(attr("gen_ai.prompt", any_value::Value::StringValue("x".repeat(50 << 20))));
+        let huge_body = Bytes::from(huge.encode_to_vec());
+        let huge_rows = normalize::normalize_traces_protobuf(&huge_body, &pricer).unwrap();
+        {
+            let (ingest, _) = Ingest::start(config.clone(), Metrics::new(), &pricer).await.unwrap();
+            ingest.submit(&huge_rows, Some(huge_body)).await.unwrap();
+            ingest.submit(&big_rows, Some(big_body)).await.unwrap();
+        }
+        let (ingest, report) = Ingest::start(config, Metrics::new(), &pricer).await.unwrap();
+        assert_eq!((report.records, report.rows), (2, 60_002));
+        let files = ingest.catalog().snapshot(Signal::Spans).files;
+        let stored: usize = files
+            .iter()
+            .map(|f| {
+                let file = std::fs::File::open(dir.path().join(&f.relative_path)).unwrap();
+                ParquetRecordBatchReaderBuilder::try_new(file)
+                    .unwrap()
+                    .build()
+                    .unwrap()
+                    .map(|b| b.unwrap().num_rows())
+                    .sum::<usize>()
+            })
+            .sum();
+        assert_eq!(stored, 60_002);
     }
 }

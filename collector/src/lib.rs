@@ -7,6 +7,8 @@
 //! -> [`writer`] (Parquet) -> [`catalog`] (what queries see).
 
 pub mod admission;
+#[cfg(test)]
+mod alloc_meter;
 pub mod catalog;
 pub mod config;
 pub mod cost;

@@ -25,8 +25,9 @@
 //!
 //! Memory: an HDR histogram's size grows with the largest value recorded into it (about 60 KiB once values reach
 //! tens of seconds), so an active route holds at most ~31 of them (< 2 MiB). Routes idle for longer than the
-//! longest window are dropped. At most [`MAX_ROUTES`] routes are tracked; spans of further routes are counted under
-//! provider `"(other)"` rather than growing memory without bound.
+//! longest window are dropped. At most `[live] max_routes` routes are tracked; spans of further routes are counted
+//! under provider `"(other)"` rather than growing memory without bound, and key values are cut to
+//! `[live] max_key_bytes`, so that names of megabytes cost no more than short ones.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -46,8 +47,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::observe::SpanObserver;
 
-/// The most routes tracked at once; further routes are folded into one overflow route.
+/// The most routes tracked at once by default (`[live] max_routes`); further routes are folded into one overflow
+/// route.
 pub const MAX_ROUTES: usize = 512;
+/// The longest key value kept by default (`[live] max_key_bytes`); longer values are cut to it.
+pub const MAX_KEY_BYTES: usize = 128;
 /// The value used for a missing key column.
 pub const NONE: &str = "none";
 /// The provider of the overflow route.
@@ -350,6 +354,8 @@ pub struct LiveWindows {
     routes: Mutex<HashMap<RouteKey, RouteState>>,
     slo_p99_ms: f64,
     started_ns: i64,
+    max_routes: usize,
+    max_key_bytes: usize,
 }
 
 impl std::fmt::Debug for LiveWindows {
@@ -373,7 +379,21 @@ impl LiveWindows {
 
     /// Empty windows as if started at `now_ns` (tests drive time explicitly).
     pub fn new_at(slo_p99_ms: f64, now_ns: i64) -> LiveWindows {
-        LiveWindows { routes: Mutex::new(HashMap::new()), slo_p99_ms, started_ns: now_ns }
+        LiveWindows {
+            routes: Mutex::new(HashMap::new()),
+            slo_p99_ms,
+            started_ns: now_ns,
+            max_routes: MAX_ROUTES,
+            max_key_bytes: MAX_KEY_BYTES,
+        }
+    }
+
+    /// The same windows tracking at most `max_routes` routes whose key values are cut to `max_key_bytes`: the
+    /// keys then take at most `4 * max_routes * max_key_bytes` bytes, whatever names clients send.
+    pub fn with_limits(mut self, max_routes: usize, max_key_bytes: usize) -> LiveWindows {
+        self.max_routes = max_routes.max(1);
+        self.max_key_bytes = max_key_bytes.max(1);
+        self
     }
 
     /// Records one batch in the `spans` schema as acknowledged at `now_ns`.
@@ -396,18 +416,19 @@ impl LiveWindows {
             str_col("request_model"),
             str_col("gen_ai_operation"),
         );
-        fn value(col: Option<&datafusion::arrow::array::StringArray>, i: usize) -> &str {
+        fn value(col: Option<&datafusion::arrow::array::StringArray>, i: usize, max: usize) -> &str {
             match col {
-                Some(c) if c.is_valid(i) && !c.value(i).is_empty() => c.value(i),
+                Some(c) if c.is_valid(i) && !c.value(i).is_empty() => truncate(c.value(i), max),
                 _ => NONE,
             }
         }
+        let max = self.max_key_bytes;
         // Samples are grouped by borrowed keys outside the lock: a batch holds few routes, so owned keys are
         // built once per route and batch rather than once per span, and the critical section is only
         // histogram updates.
         let mut groups: foldhash::HashMap<[&str; 4], Vec<(u64, bool)>> = Default::default();
         for i in 0..rows {
-            let key = [value(provider, i), value(region, i), value(model, i), value(operation, i)];
+            let key = [value(provider, i, max), value(region, i, max), value(model, i, max), value(operation, i, max)];
             let ns = if durations.is_valid(i) { durations.value(i).max(0) as u64 } else { 0 };
             let error = status.is_valid(i) && status.value(i) == "error";
             groups.entry(key).or_default().push(((ns + 500) / 1000, error));
@@ -420,7 +441,7 @@ impl LiveWindows {
                 model: model.into(),
                 operation: operation.into(),
             };
-            let key = if routes.len() >= MAX_ROUTES && !routes.contains_key(&key) {
+            let key = if routes.len() >= self.max_routes && !routes.contains_key(&key) {
                 RouteKey { provider: OVERFLOW.into(), region: NONE.into(), model: NONE.into(), operation: NONE.into() }
             } else {
                 key
@@ -484,7 +505,7 @@ impl LiveWindows {
         let ms = |micros: u64| micros as f64 / 1000.0;
         let mut rows: Vec<LiveRow> = groups
             .into_iter()
-            .filter(|(_, acc)| acc.total.len() > 0)
+            .filter(|(_, acc)| !acc.total.is_empty())
             .map(|(key, acc)| {
                 let h = &acc.total;
                 let count = h.len();
@@ -503,7 +524,7 @@ impl LiveWindows {
                     p99_series_ms: acc
                         .per_slice
                         .iter()
-                        .map(|s| s.as_ref().filter(|h| h.len() > 0).map(|h| ms(h.value_at_quantile(0.99))))
+                        .map(|s| s.as_ref().filter(|h| !h.is_empty()).map(|h| ms(h.value_at_quantile(0.99))))
                         .collect(),
                     buckets: if buckets { log_buckets(h) } else { Vec::new() },
                 }
@@ -535,6 +556,18 @@ impl SpanObserver for LiveWindows {
     fn observe(&self, spans: &RecordBatch) {
         self.observe_at(spans, now_ns());
     }
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Power-of-two buckets from 1 ms up to the largest value (sub-millisecond spans fall in the first).
@@ -604,8 +637,10 @@ mod tests {
     use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
-    fn batch(rows: &[(&str, &str, &str, i64, &str)]) -> RecordBatch {
-        let s = |f: &dyn Fn(&(&str, &str, &str, i64, &str)) -> Option<String>| -> ArrayRef {
+    type Row<'a> = (&'a str, &'a str, &'a str, i64, &'a str);
+
+    fn batch(rows: &[Row<'_>]) -> RecordBatch {
+        let s = |f: &dyn Fn(&Row<'_>) -> Option<String>| -> ArrayRef {
             Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
         };
         let schema = Schema::new(vec![
@@ -664,7 +699,7 @@ mod tests {
         let now = T0 + 90 * NS_PER_S;
         let none = RouteFilter::default();
         let by_pr = Grouping::parse("provider,region").unwrap();
-        let m1 = live.report_at(Window::OneMinute, by_pr.clone(), &none, false, now);
+        let m1 = live.report_at(Window::OneMinute, by_pr, &none, false, now);
         // The first span is 90 s old: gone from 1m, still in 5m.
         let openai = m1.rows.iter().find(|r| r.key.provider == "openai").unwrap();
         assert_eq!((openai.count, openai.errors, openai.key.model.as_str()), (1, 1, "*"));
@@ -723,5 +758,31 @@ mod tests {
         assert!(Grouping::parse("provider,zone").unwrap_err().contains("zone"));
         assert_eq!(Window::parse("5m"), Some(Window::FiveMinutes));
         assert_eq!(Window::parse("2m"), None);
+    }
+
+    /// Issue #12, item 8: distinct multi-megabyte model names kept their full text as route keys for good. Keys
+    /// are now cut to `max_key_bytes` and routes past `max_routes` are folded into the overflow route.
+    #[test]
+    fn route_keys_are_bounded_in_bytes() {
+        let live = LiveWindows::new_at(0.0, T0).with_limits(100, 64);
+        let names: Vec<String> = (0..300).map(|i| format!("{i:03}{}é", "m".repeat(64 << 10))).collect();
+        let rows: Vec<_> = names.iter().map(|n| ("openai", "r", n.as_str(), 1_000_000, "ok")).collect();
+        live.observe_at(&batch(&rows), T0);
+        let routes = live.routes.lock();
+        assert_eq!(routes.len(), 101, "100 routes and the overflow route");
+        let key_bytes: usize =
+            routes.keys().map(|k| k.provider.len() + k.region.len() + k.model.len() + k.operation.len()).sum();
+        assert!(key_bytes <= 101 * 4 * 64, "{key_bytes} bytes of keys");
+        assert!(routes.keys().all(|k| k.model.len() <= 64));
+        drop(routes);
+        // A multi-byte character at the cut is not split.
+        assert_eq!(truncate("aé", 2), "a");
+        let total: u64 = live
+            .report_at(Window::OneMinute, Grouping::default(), &RouteFilter::default(), false, T0)
+            .rows
+            .iter()
+            .map(|r| r.count)
+            .sum();
+        assert_eq!(total, 300);
     }
 }

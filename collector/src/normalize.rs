@@ -71,6 +71,14 @@ impl Rejections {
         }
     }
 
+    /// Adds a warning that rejects nothing (OTLP's `partial_success` with no rejected items).
+    fn note(&mut self, what: std::fmt::Arguments<'_>) {
+        if !self.message.is_empty() {
+            self.message.push_str("; ");
+        }
+        let _ = self.message.write_fmt(what);
+    }
+
     fn finish(mut self) -> (u64, String) {
         if self.count > Self::SHOWN {
             let _ = write!(self.message, "; and {} more", self.count - Self::SHOWN);
@@ -277,6 +285,24 @@ impl ResourceRow {
         row
     }
 
+    /// Bytes of strings this row adds to each span it covers.
+    fn bytes(&self) -> usize {
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let columns = [
+            &self.service_version,
+            &self.service_namespace,
+            &self.deployment_environment,
+            &self.cloud_provider,
+            &self.cloud_region,
+            &self.cloud_availability_zone,
+            &self.scope_name,
+            &self.scope_version,
+        ];
+        self.service_name.len()
+            + columns.iter().map(|s| opt(s)).sum::<usize>()
+            + self.attributes.iter().map(|(k, v)| k.len() + opt(v) + 8).sum::<usize>()
+    }
+
     fn with_scope(&self, scope: Option<&InstrumentationScope>) -> ResourceRow {
         let mut row = self.clone();
         row.scope_name = scope.map(|s| s.name.clone()).filter(|s| !s.is_empty());
@@ -320,14 +346,27 @@ impl MapSizeHint {
         }
     }
 
-    /// A map builder for `rows` rows like the last ones, with an eighth to spare.
-    fn builder(&self, rows: usize) -> AttrMapBuilder {
-        let per = |x16: &AtomicUsize| (rows * x16.load(Ordering::Relaxed) / 16) * 9 / 8 + 64;
-        let entries = per(&self.entries_x16);
+    /// A map builder for `rows` rows like the last ones, with an eighth to spare, for a request of `body_bytes`.
+    ///
+    /// The hint is what an earlier request held, which may have been one span with a 50 MiB attribute: taken as
+    /// is for a request of 1,000 spans it asked for 55 GiB and aborted the process (and the WAL replay after it).
+    /// So what is reserved (offsets and strings) is capped by the request's own size, scaled down evenly when the
+    /// hint asks for more. A request that does need more (values rendered longer than they were encoded,
+    /// resource attributes repeated on many rows) grows its builders as it would have without a hint.
+    fn builder(&self, rows: usize, body_bytes: usize) -> AttrMapBuilder {
+        let hinted = |x16: &AtomicUsize| (rows.saturating_mul(x16.load(Ordering::Relaxed)) / 16).saturating_mul(9) / 8;
+        let (mut entries, mut keys, mut values) =
+            (hinted(&self.entries_x16), hinted(&self.key_bytes_x16), hinted(&self.value_bytes_x16));
+        // Each entry takes an offset of 4 bytes in the keys and in the values.
+        let total = entries.saturating_mul(8).saturating_add(keys).saturating_add(values);
+        if total > body_bytes {
+            let scale = |x: usize| (x as u128 * body_bytes as u128 / total as u128) as usize;
+            (entries, keys, values) = (scale(entries), scale(keys), scale(values));
+        }
         map_builder(
             rows,
-            StringBuilder::with_capacity(entries, per(&self.key_bytes_x16)),
-            StringBuilder::with_capacity(entries, per(&self.value_bytes_x16)),
+            StringBuilder::with_capacity(entries + 64, keys + 64),
+            StringBuilder::with_capacity(entries + 64, values + 64),
         )
     }
 
@@ -614,7 +653,8 @@ struct SpanBuilders {
 }
 
 impl SpanBuilders {
-    fn new(n: usize) -> Self {
+    /// Builders for `n` rows of a request of `body_bytes`.
+    fn new(n: usize, body_bytes: usize) -> Self {
         let ids = |bytes_each: usize| StringBuilder::with_capacity(n, n * bytes_each);
         SpanBuilders {
             trace_id: ids(32),
@@ -628,7 +668,7 @@ impl SpanBuilders {
             duration_ns: Int64Builder::with_capacity(n),
             status_code: ids(5),
             status_message: StringBuilder::new(),
-            resource: ResourceBuilders::with_attributes(n, SPAN_RESOURCE_ATTRIBUTES.builder(n)),
+            resource: ResourceBuilders::with_attributes(n, SPAN_RESOURCE_ATTRIBUTES.builder(n, body_bytes)),
             peer_cloud_provider: StringBuilder::new(),
             peer_cloud_region: StringBuilder::new(),
             gen_ai_provider: StringBuilder::new(),
@@ -653,7 +693,7 @@ impl SpanBuilders {
             price_source: StringBuilder::new(),
             hedge_id: StringBuilder::new(),
             hedge_winner: BooleanBuilder::with_capacity(n),
-            attributes: SPAN_ATTRIBUTES.builder(n),
+            attributes: SPAN_ATTRIBUTES.builder(n, body_bytes),
             events: StringBuilder::new(),
             links: StringBuilder::new(),
         }
@@ -754,8 +794,12 @@ fn invalid_span(span: &SpanView<'_>) -> Option<&'static str> {
     if span.end_time_unix_nano < span.start_time_unix_nano {
         return Some("end_time_unix_nano is before start_time_unix_nano");
     }
+    // Stored as i64 nanoseconds: a u64 past i64::MAX would wrap to before 1970.
     if span.start_time_unix_nano > i64::MAX as u64 || span.end_time_unix_nano > i64::MAX as u64 {
-        return Some("timestamp is out of range");
+        return Some("timestamp is out of range (after 2262)");
+    }
+    if span.latest_event_time > i64::MAX as u64 {
+        return Some("an event's time_unix_nano is out of range (after 2262)");
     }
     None
 }
@@ -802,28 +846,110 @@ fn links_json(span: &SpanView<'_>) -> Option<String> {
     Some(serde_json::Value::Array(links).to_string())
 }
 
+/// Bounds on what one request may make the normaliser hold, from `[ingest]` in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Attributes kept per span (`ingest.max_attributes_per_span`); the rest are dropped and the client is told
+    /// through `partial_success`.
+    pub max_attributes_per_span: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::from(&crate::config::IngestConfig::default())
+    }
+}
+
+impl From<&crate::config::IngestConfig> for Limits {
+    fn from(c: &crate::config::IngestConfig) -> Self {
+        Limits { max_attributes_per_span: c.max_attributes_per_span }
+    }
+}
+
+/// Builders are sized for at most one row per this many bytes of request, so that a request of millions of
+/// empty spans (two bytes each, all rejected) does not reserve ~250 bytes of columns for each. Real spans take
+/// several hundred bytes; a request of smaller ones grows its builders as it goes.
+const PRESIZED_SPAN_BYTES: usize = 128;
+
+/// Why a trace request could not be normalised.
+#[derive(Debug, thiserror::Error)]
+pub enum NormalizeError {
+    /// The body is not a well-formed `ExportTraceServiceRequest`.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The resource (and scope) columns, repeated on every span they cover, would take far more memory than the
+    /// request itself: e.g. a resource attribute of megabytes over thousands of spans.
+    #[error(
+        "the request repeats its resource and scope attributes on each span, which would take more than {limit} \
+         bytes ({factor}x the {body}-byte request + 64 MiB); send fewer spans per resource or smaller resource attributes"
+    )]
+    TooRepetitive {
+        /// The request's size.
+        body: usize,
+        /// The bound that was passed.
+        limit: usize,
+        /// [`REPEATED_BYTES_FACTOR`].
+        factor: usize,
+    },
+}
+
+/// Resource and scope strings are copied onto every span they cover; a request may make the normaliser copy at
+/// most this many times its own size of them (plus 64 MiB), so that its memory stays in proportion to it.
+pub const REPEATED_BYTES_FACTOR: usize = 8;
+
+/// Normalises an encoded `ExportTraceServiceRequest` (OTLP protobuf) into the `spans` table, pricing each span,
+/// with the default [`Limits`].
+pub fn normalize_traces_protobuf(body: &[u8], pricer: &Pricer) -> Result<Normalized, NormalizeError> {
+    normalize_traces_limited(body, pricer, Limits::default())
+}
+
 /// Normalises an encoded `ExportTraceServiceRequest` (OTLP protobuf) into the `spans` table, pricing each span.
 ///
 /// The body is read in place ([`crate::wire`]): the hot path allocates nothing per attribute. A body that is
 /// not a well-formed request is an error for the whole request; spans that are well-formed but cannot be stored
 /// are rejected one by one.
-pub fn normalize_traces_protobuf(body: &[u8], pricer: &Pricer) -> Result<Normalized, WireError> {
+pub fn normalize_traces_limited(body: &[u8], pricer: &Pricer, limits: Limits) -> Result<Normalized, NormalizeError> {
     let request = wire::trace_request(body)?;
-    let n: usize = request.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
-    let mut b = SpanBuilders::new(n);
+    let repeated_limit = body.len().saturating_mul(REPEATED_BYTES_FACTOR).saturating_add(64 << 20);
+    let mut repeated = 0usize;
+    let mut b = SpanBuilders::new(request.spans.min(body.len() / PRESIZED_SPAN_BYTES), body.len());
     let mut rejections = Rejections::default();
+    let mut truncated = 0u64;
     let mut unpriced = 0;
     let mut span = SpanView::default();
     let mut rest = Vec::with_capacity(32);
-    for rs in &request {
-        let resource = ResourceRow::new(rs.resource.as_ref());
-        for ss in &rs.scope_spans {
-            let row = resource.with_scope(ss.scope.as_ref());
-            for bytes in &ss.spans {
-                span.read(bytes)?;
+    for rs in request.resource_spans() {
+        let rs = rs?;
+        let resource = ResourceRow::new(wire::resource(rs)?.as_ref());
+        for ss in wire::scope_spans(rs) {
+            let ss = ss?;
+            let row = resource.with_scope(wire::scope(ss)?.as_ref());
+            let row_bytes = row.bytes();
+            for bytes in wire::spans(ss) {
+                span.read_limited(bytes?, limits.max_attributes_per_span)?;
                 if let Some(reason) = invalid_span(&span) {
                     rejections.add(format_args!("span {:?} ({}): {reason}", span.name, hex(span.span_id)));
                     continue;
+                }
+                repeated += row_bytes;
+                if repeated > repeated_limit {
+                    return Err(NormalizeError::TooRepetitive {
+                        body: body.len(),
+                        limit: repeated_limit,
+                        factor: REPEATED_BYTES_FACTOR,
+                    });
+                }
+                if span.dropped_attributes > 0 {
+                    truncated += 1;
+                    if truncated == 1 {
+                        rejections.note(format_args!(
+                            "span {:?} ({}): {} attributes past ingest.max_attributes_per_span ({}) were dropped",
+                            span.name,
+                            hex(span.span_id),
+                            span.dropped_attributes,
+                            limits.max_attributes_per_span
+                        ));
+                    }
                 }
                 rest.clear();
                 let a = SpanAttrs::split(&span.attributes, &mut rest);
@@ -831,14 +957,19 @@ pub fn normalize_traces_protobuf(body: &[u8], pricer: &Pricer) -> Result<Normali
             }
         }
     }
+    if truncated > 1 {
+        rejections.note(format_args!("{truncated} spans in all had attributes dropped"));
+    }
     let (rejected, reject_message) = rejections.finish();
     Ok(Normalized { signal: Signal::Spans, batch: b.finish(), rejected, reject_message, unpriced })
 }
 
 /// Normalises a decoded trace export request (OTLP/JSON arrives this way) through the same path as protobuf.
-pub fn normalize_traces(request: &ExportTraceServiceRequest, pricer: &Pricer) -> Normalized {
-    // prost encodes what it decoded: the encoding is always well-formed.
-    normalize_traces_protobuf(&request.encode_to_vec(), pricer).expect("prost output is a well-formed request")
+///
+/// prost's encoding of what it decoded is well-formed; the request may still be refused as
+/// [`NormalizeError::TooRepetitive`].
+pub fn normalize_traces(request: &ExportTraceServiceRequest, pricer: &Pricer) -> Result<Normalized, NormalizeError> {
+    normalize_traces_protobuf(&request.encode_to_vec(), pricer)
 }
 
 fn append_span(
@@ -1112,18 +1243,24 @@ pub fn normalize_metrics(request: &ExportMetricsServiceRequest) -> Normalized {
                     monotonic: None,
                     temporality: None,
                 };
-                let check = |time: u64, rejections: &mut Rejections| {
-                    if time == 0 || time > i64::MAX as u64 {
-                        rejections.add(format_args!("data point of {:?}: time_unix_nano is missing", m.name));
-                        false
+                // Timestamps are stored as i64 nanoseconds: a u64 past i64::MAX would wrap to before 1970.
+                let check = |time: u64, start: u64, rejections: &mut Rejections| {
+                    let problem = if time == 0 {
+                        "time_unix_nano is missing"
+                    } else if time > i64::MAX as u64 {
+                        "time_unix_nano is out of range (after 2262)"
+                    } else if start > i64::MAX as u64 {
+                        "start_time_unix_nano is out of range (after 2262)"
                     } else {
-                        true
-                    }
+                        return true;
+                    };
+                    rejections.add(format_args!("data point of {:?}: {problem}", m.name));
+                    false
                 };
                 match data {
                     Data::Gauge(g) => {
                         for p in &g.data_points {
-                            if check(p.time_unix_nano, &mut rejections) {
+                            if check(p.time_unix_nano, p.start_time_unix_nano, &mut rejections) {
                                 let v = PointValues { value: number_value(&p.value), ..Default::default() };
                                 b.append(&info, p.time_unix_nano, p.start_time_unix_nano, &p.attributes, v, &row);
                             }
@@ -1134,7 +1271,7 @@ pub fn normalize_metrics(request: &ExportMetricsServiceRequest) -> Normalized {
                         info.monotonic = Some(s.is_monotonic);
                         info.temporality = temporality(s.aggregation_temporality);
                         for p in &s.data_points {
-                            if check(p.time_unix_nano, &mut rejections) {
+                            if check(p.time_unix_nano, p.start_time_unix_nano, &mut rejections) {
                                 let v = PointValues { value: number_value(&p.value), ..Default::default() };
                                 b.append(&info, p.time_unix_nano, p.start_time_unix_nano, &p.attributes, v, &row);
                             }
@@ -1144,7 +1281,7 @@ pub fn normalize_metrics(request: &ExportMetricsServiceRequest) -> Normalized {
                         info.kind = "histogram";
                         info.temporality = temporality(h.aggregation_temporality);
                         for p in &h.data_points {
-                            if check(p.time_unix_nano, &mut rejections) {
+                            if check(p.time_unix_nano, p.start_time_unix_nano, &mut rejections) {
                                 let buckets = serde_json::json!({
                                     "explicit_bounds": p.explicit_bounds,
                                     "bucket_counts": p.bucket_counts,
@@ -1158,7 +1295,7 @@ pub fn normalize_metrics(request: &ExportMetricsServiceRequest) -> Normalized {
                         info.kind = "exponential_histogram";
                         info.temporality = temporality(h.aggregation_temporality);
                         for p in &h.data_points {
-                            if check(p.time_unix_nano, &mut rejections) {
+                            if check(p.time_unix_nano, p.start_time_unix_nano, &mut rejections) {
                                 let side = |b: &Option<_>| {
                                     let b: &Option<opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets> = b;
                                     b.as_ref().map(
@@ -1180,7 +1317,7 @@ pub fn normalize_metrics(request: &ExportMetricsServiceRequest) -> Normalized {
                     Data::Summary(s) => {
                         info.kind = "summary";
                         for p in &s.data_points {
-                            if check(p.time_unix_nano, &mut rejections) {
+                            if check(p.time_unix_nano, p.start_time_unix_nano, &mut rejections) {
                                 let q: Vec<_> = p
                                     .quantile_values
                                     .iter()
@@ -1272,5 +1409,185 @@ pub fn normalize_logs(request: &ExportLogsServiceRequest, received_ns: i64) -> N
         rejected,
         reject_message,
         unpriced: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Array, MapArray, StringArray, TimestampNanosecondArray};
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::metrics::v1::{Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span};
+
+    use super::*;
+    use crate::alloc_meter::measure;
+
+    const T0: u64 = 1_700_000_000_000_000_000;
+
+    fn kv(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }),
+            ..Default::default()
+        }
+    }
+
+    fn span(i: u64, attributes: Vec<KeyValue>) -> Span {
+        Span {
+            trace_id: [i.to_be_bytes(), 1u64.to_be_bytes()].concat(),
+            span_id: (i + 1).to_be_bytes().to_vec(),
+            name: "chat".into(),
+            start_time_unix_nano: T0 + i,
+            end_time_unix_nano: T0 + i + 1_000_000,
+            attributes,
+            ..Default::default()
+        }
+    }
+
+    fn request(spans: Vec<Span>) -> Vec<u8> {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource { attributes: vec![kv("service.name", "agent")], ..Default::default() }),
+                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    fn ordinary(n: u64) -> Vec<u8> {
+        let attrs = || vec![kv("gen_ai.request.model", "gpt-4o"), kv("gen_ai.provider.name", "openai"), kv("k", "v")];
+        request((0..n).map(|i| span(i, attrs())).collect())
+    }
+
+    /// Issue #12, item 1: one span with a 50 MiB attribute, then an ordinary batch of 1,000 spans. The second
+    /// request used to size its attribute map from the first one's per-row size: 55 GiB, and the process aborted.
+    #[test]
+    fn a_huge_attribute_does_not_size_the_next_request() {
+        let pricer = Pricer::default();
+        let huge = request(vec![span(1, vec![kv("gen_ai.prompt", &"x".repeat(50 << 20))])]);
+        let n = normalize_traces_protobuf(&huge, &pricer).unwrap();
+        assert_eq!(n.batch.num_rows(), 1);
+        for spans in [1_000, 8_192] {
+            let body = ordinary(spans);
+            let (n, largest, peak) = measure(|| normalize_traces_protobuf(&body, &pricer).unwrap());
+            assert_eq!(n.batch.num_rows(), spans as usize);
+            // The batch is a few times the request; nothing near the 50 MiB of the request before.
+            assert!(
+                largest < 4 * body.len() + (1 << 20),
+                "largest allocation {largest} for a {}-byte body",
+                body.len()
+            );
+            assert!(peak < 16 * body.len() + (4 << 20), "peak {peak} for a {}-byte body", body.len());
+        }
+    }
+
+    /// Issue #12, item 8: millions of empty attributes (two bytes each on the wire) used to cost ~80 bytes each
+    /// while being normalised. Now a span keeps `max_attributes_per_span` of them, says so in the answer, and the
+    /// normaliser's memory stays proportional to the request.
+    #[test]
+    fn an_attribute_bomb_is_cut_to_the_limit_and_costs_memory_in_proportion() {
+        let pricer = Pricer::default();
+        let mut bomb = span(1, vec![kv("gen_ai.request.model", "gpt-4o")]);
+        bomb.attributes.extend(std::iter::repeat_n(KeyValue::default(), 2_000_000));
+        let body = request(vec![bomb, span(2, vec![kv("a", "b")])]);
+        let limits = Limits { max_attributes_per_span: 1000 };
+        let (n, _, peak) = measure(|| normalize_traces_limited(&body, &pricer, limits).unwrap());
+        assert_eq!((n.batch.num_rows(), n.rejected), (2, 0));
+        assert!(
+            n.reject_message.contains("1999001 attributes past ingest.max_attributes_per_span (1000)"),
+            "{}",
+            n.reject_message
+        );
+        let attributes = n.batch.column_by_name("attributes").unwrap().as_any().downcast_ref::<MapArray>().unwrap();
+        assert_eq!(attributes.value_length(0), 999, "the model went to its column, 999 kept in the map");
+        assert_eq!(
+            n.batch.column_by_name("request_model").unwrap().as_any().downcast_ref::<StringArray>().unwrap().value(0),
+            "gpt-4o"
+        );
+        // The attribute maps may be sized for up to the body's bytes (a hint from another request).
+        assert!(peak < 3 * body.len(), "peak {peak} for a {}-byte body", body.len());
+
+        // Millions of empty resource and scope levels, and millions of empty (rejected) spans.
+        let empty_resources = [0x0a, 0x00].repeat(2_000_000);
+        let (n, _, peak) = measure(|| normalize_traces_protobuf(&empty_resources, &pricer).unwrap());
+        assert_eq!(n.received(), 0);
+        assert!(peak < empty_resources.len(), "peak {peak} for a {}-byte body", empty_resources.len());
+        let empty_spans = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans { spans: vec![Span::default(); 2_000_000], ..Default::default() }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec();
+        let (n, _, peak) = measure(|| normalize_traces_protobuf(&empty_spans, &pricer).unwrap());
+        assert_eq!((n.batch.num_rows(), n.rejected), (0, 2_000_000));
+        // Columns are sized for at most one row per PRESIZED_SPAN_BYTES (~250 bytes of columns each), the maps
+        // for at most the body's size each.
+        assert!(peak < 6 * empty_spans.len(), "peak {peak} for a {}-byte body", empty_spans.len());
+    }
+
+    /// A resource attribute of a megabyte over hundreds of spans would be copied onto each: refused with a
+    /// reason, before the copies are made, rather than holding hundreds of times the request.
+    #[test]
+    fn resource_attributes_repeated_past_the_bound_are_refused() {
+        let pricer = Pricer::default();
+        let mut body = ExportTraceServiceRequest::decode(&ordinary(300)[..]).unwrap();
+        body.resource_spans[0].resource.as_mut().unwrap().attributes.push(kv("blob", &"r".repeat(1 << 20)));
+        let body = body.encode_to_vec();
+        let (result, _, peak) = measure(|| normalize_traces_protobuf(&body, &pricer));
+        let e = result.unwrap_err();
+        assert!(matches!(e, NormalizeError::TooRepetitive { .. }), "{e}");
+        assert!(e.to_string().contains("send fewer spans per resource"), "{e}");
+        // The copies made before the bound was reached, in a builder that doubles as it grows.
+        let limit = REPEATED_BYTES_FACTOR * body.len() + (64 << 20);
+        assert!(peak < 2 * limit + 4 * body.len(), "peak {peak} for a bound of {limit}");
+        // The same resource over a few spans is fine.
+        let mut few = ExportTraceServiceRequest::decode(&ordinary(3)[..]).unwrap();
+        few.resource_spans[0].resource.as_mut().unwrap().attributes.push(kv("blob", &"r".repeat(1 << 20)));
+        assert_eq!(normalize_traces_protobuf(&few.encode_to_vec(), &pricer).unwrap().batch.num_rows(), 3);
+    }
+
+    /// Issue #12, item 11: a u64 time past i64::MAX wrapped to 1969. Every signal refuses it, by name.
+    #[test]
+    fn nanosecond_times_past_i64_are_rejected_not_wrapped() {
+        let point = |time: u64, start: u64| NumberDataPoint {
+            time_unix_nano: time,
+            start_time_unix_nano: start,
+            ..Default::default()
+        };
+        let metrics = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: "m".into(),
+                        data: Some(Data::Gauge(Gauge {
+                            data_points: vec![point(T0, u64::MAX), point(u64::MAX, T0), point(T0, T0 - 1)],
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let n = normalize_metrics(&metrics);
+        assert_eq!((n.batch.num_rows(), n.rejected), (1, 2));
+        assert!(n.reject_message.contains("start_time_unix_nano is out of range"), "{}", n.reject_message);
+        assert!(n.reject_message.contains("time_unix_nano is out of range"), "{}", n.reject_message);
+        let start =
+            n.batch.column_by_name("start_time").unwrap().as_any().downcast_ref::<TimestampNanosecondArray>().unwrap();
+        assert_eq!(start.value(0), (T0 - 1) as i64);
+
+        let mut late_event = span(1, vec![]);
+        late_event.events = vec![span::Event { time_unix_nano: u64::MAX, name: "e".into(), ..Default::default() }];
+        let mut late_end = span(2, vec![]);
+        late_end.end_time_unix_nano = u64::MAX;
+        let n = normalize_traces_protobuf(&request(vec![late_event, late_end, span(3, vec![])]), &Pricer::default())
+            .unwrap();
+        assert_eq!((n.batch.num_rows(), n.rejected), (1, 2));
+        assert!(n.reject_message.contains("an event's time_unix_nano is out of range"), "{}", n.reject_message);
+        assert!(n.reject_message.contains("timestamp is out of range"), "{}", n.reject_message);
     }
 }

@@ -148,11 +148,13 @@ impl Receiver {
         reservation: &mut Reservation,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
         self.reserve_decoding(Signal::Spans, reservation, body.len(), NORMALISED_BYTES_PER_BODY_BYTE)?;
-        let normalized = normalize::normalize_traces_protobuf(&body, &self.pricer).map_err(|e| {
-            let error = IngestError::Malformed {
-                format: "protobuf",
-                detail: format!("{e}; is the body an OTLP ExportTraceServiceRequest?"),
+        let limits = normalize::Limits::from(&self.ingest.config().ingest);
+        let normalized = normalize::normalize_traces_limited(&body, &self.pricer, limits).map_err(|e| {
+            let detail = match e {
+                normalize::NormalizeError::Wire(e) => format!("{e}; is the body an OTLP ExportTraceServiceRequest?"),
+                e @ normalize::NormalizeError::TooRepetitive { .. } => e.to_string(),
             };
+            let error = IngestError::Malformed { format: "protobuf", detail };
             self.reject_request(Signal::Spans, &error);
             error
         })?;
@@ -186,10 +188,10 @@ impl Receiver {
 
     fn trace_response(outcome: Outcome) -> ExportTraceServiceResponse {
         ExportTraceServiceResponse {
-            partial_success: (outcome.rejected > 0).then(|| ExportTracePartialSuccess {
-                rejected_spans: outcome.rejected,
-                error_message: outcome.message,
-            }),
+            // With nothing rejected, a message is a warning (attributes dropped), which OTLP sends the same way.
+            partial_success: (outcome.rejected > 0 || !outcome.message.is_empty()).then_some(
+                ExportTracePartialSuccess { rejected_spans: outcome.rejected, error_message: outcome.message },
+            ),
         }
     }
 
@@ -204,7 +206,7 @@ impl Receiver {
         drop(request);
         let outcome = self.accept(normalized, None, held, reservation).await?;
         Ok(ExportMetricsServiceResponse {
-            partial_success: (outcome.rejected > 0).then(|| ExportMetricsPartialSuccess {
+            partial_success: (outcome.rejected > 0).then_some(ExportMetricsPartialSuccess {
                 rejected_data_points: outcome.rejected,
                 error_message: outcome.message,
             }),
@@ -223,7 +225,7 @@ impl Receiver {
         drop(request);
         let outcome = self.accept(normalized, None, held, reservation).await?;
         Ok(ExportLogsServiceResponse {
-            partial_success: (outcome.rejected > 0).then(|| ExportLogsPartialSuccess {
+            partial_success: (outcome.rejected > 0).then_some(ExportLogsPartialSuccess {
                 rejected_log_records: outcome.rejected,
                 error_message: outcome.message,
             }),

@@ -525,7 +525,7 @@ mod tests {
                 ..Default::default()
             }],
         };
-        crate::normalize::normalize_traces(&request, &crate::cost::Pricer::default()).batch
+        crate::normalize::normalize_traces(&request, &crate::cost::Pricer::default()).unwrap().batch
     }
 
     #[test]

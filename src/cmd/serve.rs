@@ -157,7 +157,10 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
             "recovered from the WAL"
         );
     }
-    let live = Arc::new(collector::live::LiveWindows::new(config.live.slo_p99_ms));
+    let live = Arc::new(
+        collector::live::LiveWindows::new(config.live.slo_p99_ms)
+            .with_limits(config.live.max_routes, config.live.max_key_bytes),
+    );
     collector.add_observer(live.clone());
     // After recovery, so that period-to-date spend is rebuilt from everything stored, replayed WAL included.
     let budgets = collector::cost::BudgetEngine::start(&config, &collector.catalog()).await?;

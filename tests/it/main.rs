@@ -4,6 +4,7 @@ mod budget;
 mod connections;
 mod demo;
 mod faults;
+mod hostile;
 mod ingest;
 mod overload;
 mod parsers;

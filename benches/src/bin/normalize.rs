@@ -73,7 +73,7 @@ fn main() {
     time("(prost decode, then the same normaliser)", &mut || {
         for r in &corpus.requests {
             let req = ExportTraceServiceRequest::decode(&r.bytes[..]).unwrap();
-            std::hint::black_box(normalize_traces(&req, &pricer));
+            std::hint::black_box(normalize_traces(&req, &pricer).unwrap());
         }
     });
     // The WAL keeps a trace request as received: framing it is a copy and a crc.

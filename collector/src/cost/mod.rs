@@ -88,6 +88,12 @@ pub struct PricingConfig {
     pub provider_clouds: BTreeMap<String, String>,
     /// Bytes in the "GB" that egress prices are quoted per. Clouds meter in binary gigabytes (2^30), the default.
     pub bytes_per_gb: u64,
+    /// Longest model, provider or region name used to look a price up. A longer one (no real name comes close)
+    /// is treated as absent: a span priced by such a model is `unknown`. Bounds the work and memory a hostile
+    /// name costs per span.
+    pub max_name_bytes: usize,
+    /// Bytes of names the resolution cache may hold before it is emptied (it holds at most 8,192 entries too).
+    pub cache_bytes: usize,
 }
 
 impl Default for PricingConfig {
@@ -102,6 +108,8 @@ impl Default for PricingConfig {
             egress: BTreeMap::new(),
             provider_clouds: BTreeMap::new(),
             bytes_per_gb: 1 << 30,
+            max_name_bytes: 256,
+            cache_bytes: 4 << 20,
         }
     }
 }
@@ -114,6 +122,10 @@ impl PricingConfig {
                 field: "pricing.bytes_per_gb".into(),
                 reason: "must be greater than 0".into(),
             });
+        }
+        if self.max_name_bytes == 0 {
+            let reason = "must be greater than 0".into();
+            return Err(CostError::Config { field: "pricing.max_name_bytes".into(), reason });
         }
         Ok(())
     }

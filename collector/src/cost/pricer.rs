@@ -12,7 +12,8 @@ use super::{CostError, PricingConfig, SpanCost, SpanFacts};
 /// `price_source` of a span whose model has no price.
 pub const UNKNOWN: &str = "unknown";
 
-/// Resolutions cached before the cache is reset (model names are few; this bounds a pathological client).
+/// Resolutions cached before the cache is reset (model names are few; this bounds a pathological client, and
+/// `pricing.cache_bytes` bounds the bytes of the names it keeps).
 const CACHE_LIMIT: usize = 8192;
 
 type CacheKey = (Option<String>, Option<String>, Option<String>, Option<String>);
@@ -22,6 +23,8 @@ type CacheBucket = Vec<(CacheKey, Option<Arc<ModelPrice>>)>;
 struct Cache {
     map: foldhash::HashMap<u64, CacheBucket>,
     len: usize,
+    /// Bytes of the names in the keys.
+    bytes: usize,
 }
 
 /// Prices spans. Built once from [`PricingConfig`]; cheap to clone (shares its tables and resolution cache).
@@ -32,6 +35,8 @@ pub struct Pricer {
     egress: Arc<EgressTable>,
     provider_clouds: Arc<ProviderClouds>,
     bytes_per_gb: f64,
+    max_name_bytes: usize,
+    cache_bytes: usize,
     cache: Arc<RwLock<Cache>>,
 }
 
@@ -70,6 +75,8 @@ impl Pricer {
             egress: Arc::new(egress),
             provider_clouds: Arc::new(ProviderClouds::new(&config.provider_clouds)),
             bytes_per_gb: config.bytes_per_gb as f64,
+            max_name_bytes: config.max_name_bytes,
+            cache_bytes: config.cache_bytes,
             cache: Arc::default(),
         })
     }
@@ -150,44 +157,55 @@ impl Pricer {
 
     /// The price entry for the span's model (response model first, it names the exact version), cached.
     fn resolve(&self, f: &SpanFacts<'_>) -> Option<Arc<ModelPrice>> {
-        let region = f.peer_cloud_region.or(f.cloud_region);
+        // A name longer than any real one is treated as absent: it can match no price, and keeping or matching
+        // it would cost memory and time in proportion to a client's whim.
+        fn name(s: Option<&str>, max: usize) -> Option<&str> {
+            s.filter(|s| s.len() <= max)
+        }
+        let max = self.max_name_bytes;
+        let (provider, region) = (name(f.gen_ai_provider, max), name(f.peer_cloud_region.or(f.cloud_region), max));
+        let (response_model, request_model) = (name(f.response_model, max), name(f.request_model, max));
+        if response_model.is_none() && request_model.is_none() {
+            return None;
+        }
         // Every priced span comes through here: a fast hash (SipHash was 1 % of ingest CPU), and the cache
         // compares keys in full.
-        let hash = foldhash::fast::FixedState::default().hash_one((
-            f.gen_ai_provider,
-            region,
-            f.response_model,
-            f.request_model,
-        ));
+        let hash = foldhash::fast::FixedState::default().hash_one((provider, region, response_model, request_model));
         let same = |k: &CacheKey| {
-            k.0.as_deref() == f.gen_ai_provider
+            k.0.as_deref() == provider
                 && k.1.as_deref() == region
-                && k.2.as_deref() == f.response_model
-                && k.3.as_deref() == f.request_model
+                && k.2.as_deref() == response_model
+                && k.3.as_deref() == request_model
         };
         if let Some(bucket) = self.cache.read().map.get(&hash)
             && let Some((_, r)) = bucket.iter().find(|(k, _)| same(k))
         {
             return r.clone();
         }
-        let found = [f.response_model, f.request_model]
+        let found = [response_model, request_model]
             .into_iter()
             .flatten()
-            .find_map(|m| self.lookup(f.gen_ai_provider, region, m))
+            .find_map(|m| self.lookup(provider, region, m))
             .map(|p| Arc::new(p.clone()));
+        let key_bytes: usize =
+            [provider, region, response_model, request_model].iter().flatten().map(|s| s.len()).sum();
         let mut cache = self.cache.write();
-        if cache.len >= CACHE_LIMIT {
-            cache.map.clear();
+        if cache.len >= CACHE_LIMIT || cache.bytes + key_bytes > self.cache_bytes {
+            // Emptied rather than evicted entry by entry: the working set of a deployment is a few dozen
+            // models, refilled by the next spans; only a client sending ever new names reaches the bounds.
+            cache.map = Default::default();
             cache.len = 0;
+            cache.bytes = 0;
         }
         let key = (
-            f.gen_ai_provider.map(str::to_string),
+            provider.map(str::to_string),
             region.map(str::to_string),
-            f.response_model.map(str::to_string),
-            f.request_model.map(str::to_string),
+            response_model.map(str::to_string),
+            request_model.map(str::to_string),
         );
         cache.map.entry(hash).or_default().push((key, found.clone()));
         cache.len += 1;
+        cache.bytes += key_bytes;
         found
     }
 
@@ -521,5 +539,51 @@ mod tests {
         };
         let c = p.price(&f);
         assert!(close(c.cost_usd.unwrap(), 0.15 + 0.12));
+    }
+
+    /// Issue #12, item 8: matching a long model name was quadratic (a 60 KB name of version-like tokens: 6 s and
+    /// 2.5 GB). The work is now linear in the name's length: ten times the name, ten times the bytes of
+    /// candidates, and a bounded number of them.
+    #[test]
+    fn matching_a_long_name_is_linear() {
+        use super::super::prices::{MAX_VERSION_STRIPS, candidates};
+        let work = |tokens: usize| {
+            let c = candidates(&format!("m{}", "-001".repeat(tokens)));
+            (c.len(), c.iter().map(String::len).sum::<usize>())
+        };
+        let (n6, bytes6) = work(1_500);
+        let (n60, bytes60) = work(15_000);
+        assert!(n60 <= 4 + 2 * MAX_VERSION_STRIPS && n60 == n6, "{n6} then {n60} candidates");
+        assert!(bytes60 <= 11 * bytes6, "6 KB name: {bytes6} bytes of candidates, 60 KB: {bytes60}");
+
+        // Priced with the length bound raised past the name: memory in proportion to the name.
+        let name = format!("m{}", "-001".repeat(15_000));
+        let p = Pricer::from_config(&PricingConfig { max_name_bytes: 1 << 20, ..Default::default() }).unwrap();
+        let (cost, _, peak) = crate::alloc_meter::measure(|| p.price(&llm("openai", &name, 10, 10)));
+        assert_eq!(cost.price_source.as_deref(), Some(UNKNOWN));
+        assert!(peak < 64 * name.len(), "peak {peak} for a {}-byte name", name.len());
+    }
+
+    /// Issue #12, item 8: 300 distinct 2 MiB model names stayed in the resolution cache for good. Names past
+    /// `max_name_bytes` are not looked up nor kept, and the cache holds at most `cache_bytes` of names.
+    #[test]
+    fn the_resolution_cache_is_bounded_in_bytes() {
+        let p = Pricer::default();
+        for i in 0..300 {
+            let name = format!("{i}{}", "m".repeat(2 << 20));
+            assert_eq!(p.price(&llm("openai", &name, 10, 10)).price_source.as_deref(), Some(UNKNOWN));
+        }
+        assert_eq!(p.cache.read().bytes, 0);
+        // A real model is still priced and cached.
+        assert!(p.price(&llm("openai", "gpt-4o", 10, 10)).cost_usd.is_some());
+        assert_eq!(p.cache.read().len, 1);
+
+        let config = PricingConfig { max_name_bytes: 1 << 20, cache_bytes: 1 << 20, ..Default::default() };
+        let p = Pricer::from_config(&config).unwrap();
+        for i in 0..300 {
+            p.price(&llm("openai", &format!("{i}{}", "m".repeat(100_000)), 10, 10));
+            let cache = p.cache.read();
+            assert!(cache.bytes <= 1 << 20 && cache.len <= 11, "{} bytes in {} entries", cache.bytes, cache.len);
+        }
     }
 }

@@ -322,21 +322,27 @@ pub fn candidates(model: &str) -> Vec<String> {
             break;
         }
     }
-    let mut current = name.to_string();
-    loop {
-        if let Some(v) = strip_vendor(&current) {
+    // Real names carry a few version tokens (`-v2:0`, `-2024-08-06`). Each step copies the name, so stripping
+    // every token of a name made of thousands of them was quadratic (a 60 KB name: 6 s and 2.5 GB); after
+    // MAX_VERSION_STRIPS steps the work is linear in the name's length.
+    let mut current: &str = name;
+    for _ in 0..MAX_VERSION_STRIPS {
+        if let Some(v) = strip_vendor(current) {
             push(v);
         }
-        match strip_version(&current) {
+        match strip_version(current) {
             Some(shorter) => {
-                current = shorter.to_string();
-                push(&current);
+                current = shorter;
+                push(current);
             }
             None => break,
         }
     }
     out
 }
+
+/// Version tokens [`candidates`] strips at most (`-2024-08-06` counts as one).
+pub const MAX_VERSION_STRIPS: usize = 8;
 
 /// `anthropic.claude-x` -> `claude-x`: a Bedrock vendor namespace is a dot before any dash.
 fn strip_vendor(name: &str) -> Option<&str> {
