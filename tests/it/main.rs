@@ -1,8 +1,9 @@
 //! Integration tests: one binary that drives the real `tailscope` over real sockets.
 
-mod support;
-mod ingest;
 mod budget;
-mod query;
-mod tui;
 mod demo;
+mod ingest;
+mod query;
+mod sql_limits;
+mod support;
+mod tui;
