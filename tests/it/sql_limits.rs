@@ -168,7 +168,7 @@ async fn large_results_stream_under_a_bounded_memory() {
     while let Some(chunk) = response.chunk().await.unwrap() {
         bytes += chunk.len();
         chunks += 1;
-        if chunks % 50 == 0 {
+        if chunks.is_multiple_of(50) {
             max_rss = max_rss.max(rss_mib(pid));
         }
     }
