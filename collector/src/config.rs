@@ -116,6 +116,15 @@ impl Config {
         if self.query.max_concurrent == 0 {
             return Err(invalid("query.max_concurrent", "must be greater than 0".into()));
         }
+        for (field, value) in [
+            ("query.max_sql_bytes", self.query.max_sql_bytes),
+            ("query.max_expr_depth", self.query.max_expr_depth),
+            ("query.max_function_output_mb", self.query.max_function_output_mb),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be greater than 0".into()));
+            }
+        }
         for (i, budget) in self.budgets.iter().enumerate() {
             budget.validate().map_err(|reason| invalid(&format!("budget[{i}] ({})", budget.name), reason))?;
         }
@@ -294,11 +303,26 @@ pub struct QueryConfig {
     pub memory_limit_mb: usize,
     /// Queries running at once; more wait for a slot (and time out waiting).
     pub max_concurrent: usize,
+    /// The longest SQL statement accepted, in bytes (every surface: HTTP, Flight SQL, the CLI).
+    pub max_sql_bytes: usize,
+    /// How deeply expressions, subqueries and plan steps may nest; a chain `a OR b OR ...` is as deep as it is
+    /// long. Bounds every recursive pass over the statement (planning, optimisation, evaluation).
+    pub max_expr_depth: usize,
+    /// The most one call of a growing function (`repeat`, `lpad`, `rpad`, `replace`, `regexp_replace`,
+    /// `array_repeat`, `array_resize`, `range`, `generate_series`) may produce for one batch of rows, in MiB.
+    pub max_function_output_mb: usize,
 }
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        QueryConfig { timeout: Duration::from_secs(60), memory_limit_mb: 256, max_concurrent: 8 }
+        QueryConfig {
+            timeout: Duration::from_secs(60),
+            memory_limit_mb: 256,
+            max_concurrent: 8,
+            max_sql_bytes: 1024 * 1024,
+            max_expr_depth: 512,
+            max_function_output_mb: 256,
+        }
     }
 }
 

@@ -1,8 +1,10 @@
 //! [`Engine`]: read-only SQL over a [`Catalog`], with a timeout, a memory limit and a bound on concurrency.
 
 use std::num::NonZeroUsize;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
@@ -17,8 +19,12 @@ use datafusion::execution::memory_pool::{
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
-use tokio::sync::Semaphore;
+use datafusion::sql::parser::{CopyToSource, Statement as DFStatement};
+use futures::{Stream, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use collector::catalog::Catalog;
 use collector::config::QueryConfig;
@@ -27,6 +33,7 @@ use collector::schema::Signal;
 
 use crate::alerts::AlertsTable;
 use crate::error::QueryError;
+use crate::limits;
 use crate::quantile::{ShareQuantiles, quantile_exact_udaf};
 use crate::string_group::StringGroupAggregate;
 use crate::table::{ScanCounters, SignalTable};
@@ -49,6 +56,45 @@ impl QueryOutput {
     /// Number of rows over all batches.
     pub fn num_rows(&self) -> usize {
         self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+/// The rows of one statement as DataFusion produces them, batch by batch: nothing is held beyond the batch in hand
+/// (and what DataFusion's operators hold under the memory pool). The stream holds the query's slot until it is
+/// dropped, and ends with [`QueryError::Timeout`] when `query.timeout` (counted from the request) passes; dropping
+/// it cancels the work in flight.
+pub struct QueryStream {
+    schema: SchemaRef,
+    inner: Pin<Box<dyn Stream<Item = Result<RecordBatch, QueryError>> + Send>>,
+}
+
+impl QueryStream {
+    /// Column names and types of every batch.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Collects every batch (for small results: the TUI, tests, the CLI's table format).
+    pub async fn collect(mut self) -> Result<QueryOutput, QueryError> {
+        let mut batches = Vec::new();
+        while let Some(batch) = self.next().await {
+            batches.push(batch?);
+        }
+        Ok(QueryOutput { schema: self.schema, batches })
+    }
+}
+
+impl std::fmt::Debug for QueryStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryStream").field("schema", &self.schema).finish_non_exhaustive()
+    }
+}
+
+impl Stream for QueryStream {
+    type Item = Result<RecordBatch, QueryError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
     }
 }
 
@@ -81,7 +127,7 @@ struct Inner {
     config: QueryConfig,
     /// The process-wide budget every query's pool draws from (the catalog's: the collector's in `serve`).
     memory: MemoryBudget,
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
     counters: Arc<ScanCounters>,
     relations: Vec<Relation>,
 }
@@ -112,6 +158,12 @@ impl Engine {
         let ctx = SessionContext::new_with_state(state);
         ctx.register_udaf(quantile_exact_udaf());
         ctx.add_optimizer_rule(Arc::new(ShareQuantiles));
+        // Functions whose output can dwarf their arguments, bounded (expression evaluation reserves no memory).
+        let max_output = config.max_function_output_mb.saturating_mul(1024 * 1024);
+        let functions = ctx.state().scalar_functions().clone();
+        for udf in limits::bounded_functions(|name| functions.get(name).cloned(), max_output) {
+            ctx.register_udf(udf);
+        }
 
         let counters = Arc::new(ScanCounters::default());
         let mut relations = Vec::new();
@@ -139,7 +191,7 @@ impl Engine {
         Ok(Engine {
             inner: Arc::new(Inner {
                 base: ctx.state(),
-                slots: Semaphore::new(config.max_concurrent.max(1)),
+                slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
                 memory: catalog.memory().clone(),
                 config,
                 counters,
@@ -179,21 +231,64 @@ impl Engine {
 
     /// Runs one read-only statement and collects its rows, within the configured timeout, memory and slots.
     pub async fn sql(&self, sql: &str) -> Result<QueryOutput, QueryError> {
-        self.with_limits(async |ctx: SessionContext| {
-            let plan = self.plan(&ctx, sql).await?;
-            let df = ctx.execute_logical_plan(plan).await?;
-            let schema = outward_schema(df.schema().as_arrow());
-            let batches = df.collect().await?.iter().map(|b| outward_batch(b, &schema)).collect::<Result<_, _>>()?;
-            Ok(QueryOutput { schema, batches })
+        self.stream(sql).await?.collect().await
+    }
+
+    /// Runs one read-only statement and streams its rows batch by batch (see [`QueryStream`]). Errors found before
+    /// the first batch (bad SQL, limits, a busy server) come back here; later ones end the stream.
+    ///
+    /// Parsing, planning and optimisation run on a thread of their own with a large stack, after the statement's
+    /// size and depth were checked ([`crate::limits`]), so no statement can overflow a stack.
+    pub async fn stream(&self, sql: &str) -> Result<QueryStream, QueryError> {
+        let timeout = self.inner.config.timeout;
+        let deadline = Instant::now() + timeout;
+        let permit = self.acquire_slot(deadline).await?;
+        let ctx = self.context()?;
+        let engine = self.clone();
+        let sql = sql.to_string();
+        // The planner thread holds the slot too: a statement whose planning outlives the timeout still counts
+        // against `max_concurrent` until its thread ends.
+        let permit = Arc::new(permit);
+        let thread_permit = permit.clone();
+        let planned = limits::on_planner_thread(async move {
+            let _slot = thread_permit;
+            let plan = engine.plan(&ctx, &sql).await?;
+            let schema = outward_schema(plan.schema().as_arrow());
+            let physical = ctx.state().create_physical_plan(&plan).await?;
+            // The logical plan is dropped here, on the large stack.
+            drop(plan);
+            Ok::<_, QueryError>((physical, ctx.task_ctx(), schema))
         })
-        .await
+        .map_err(|e| QueryError::Internal(format!("cannot start a planner thread: {e}")))?;
+        let (physical, task_ctx, schema) = match tokio::time::timeout_at(deadline, planned).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) => return Err(QueryError::Internal("the query planner panicked".into())),
+            Err(_) => return Err(QueryError::Timeout { timeout }),
+        };
+        let batches = execute_stream(physical, task_ctx)?;
+        Ok(QueryStream {
+            schema: schema.clone(),
+            // Fused: polling after the end (or after an error) answers `None` again.
+            inner: Box::pin(bounded_stream(batches, schema, deadline, timeout, permit).fuse()),
+        })
     }
 
     /// The schema a statement would produce, without running it (Flight SQL `GetFlightInfo`).
     pub async fn schema_of(&self, sql: &str) -> Result<SchemaRef, QueryError> {
+        let timeout = self.inner.config.timeout;
         let ctx = self.context()?;
-        let plan = self.plan(&ctx, sql).await?;
-        Ok(outward_schema(plan.schema().as_arrow()))
+        let engine = self.clone();
+        let sql = sql.to_string();
+        let planned = limits::on_planner_thread(async move {
+            let plan = engine.plan(&ctx, &sql).await?;
+            Ok::<_, QueryError>(outward_schema(plan.schema().as_arrow()))
+        })
+        .map_err(|e| QueryError::Internal(format!("cannot start a planner thread: {e}")))?;
+        match tokio::time::timeout(timeout, planned).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(QueryError::Internal("the query planner panicked".into())),
+            Err(_) => Err(QueryError::Timeout { timeout }),
+        }
     }
 
     /// A query context: the shared tables and functions with a memory pool of its own.
@@ -209,12 +304,19 @@ impl Engine {
         Ok(ctx)
     }
 
-    /// Parses and plans, refusing anything that is not a read.
+    /// Parses and plans, refusing anything that is not a read and anything beyond the size and depth limits.
+    /// Recurses as deep as the statement nests (bounded by `max_expr_depth`): call it on the planner thread.
     async fn plan(&self, ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, QueryError> {
         if sql.trim().trim_end_matches(';').trim().is_empty() {
             return Err(QueryError::InvalidSql("empty statement: give one SQL query".into()));
         }
-        let plan = ctx.state().create_logical_plan(sql).await?;
+        let config = &self.inner.config;
+        limits::check_sql_size(sql, config.max_sql_bytes)?;
+        let state = ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state.sql_to_statement(sql, &dialect)?;
+        check_statement_depth(&statement, config.max_expr_depth)?;
+        let plan = state.statement_to_plan(statement).await?;
         refuse_writes(&plan)?;
         // Belt and braces: DataFusion's own check, in case a new plan kind appears.
         SQLOptions::new()
@@ -223,28 +325,19 @@ impl Engine {
             .with_allow_statements(false)
             .verify_plan(&plan)
             .map_err(|e| QueryError::ReadOnly { statement: e.strip_backtrace() })?;
+        // Views and CTE chains nest plans that the text does not show.
+        limits::check_plan_depth(&plan, config.max_expr_depth)?;
         Ok(plan)
     }
 
-    /// Waits for a slot and runs `work` in a fresh context, all within the timeout.
-    async fn with_limits<T>(
-        &self,
-        work: impl AsyncFnOnce(SessionContext) -> Result<T, QueryError>,
-    ) -> Result<T, QueryError> {
-        let timeout = self.inner.config.timeout;
-        let started = Instant::now();
-        let _permit = match tokio::time::timeout(timeout, self.inner.slots.acquire()).await {
-            Ok(permit) => permit.map_err(|_| QueryError::Internal("query slots closed".into()))?,
-            Err(_) => {
-                return Err(QueryError::TooBusy { max_concurrent: self.inner.config.max_concurrent, waited: timeout });
-            }
-        };
-        let remaining = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
-        let ctx = self.context()?;
-        // Dropping the future on timeout drops DataFusion's streams, which cancels their tasks.
-        match tokio::time::timeout(remaining, work(ctx)).await {
-            Ok(result) => result,
-            Err(_) => Err(QueryError::Timeout { timeout }),
+    /// Waits for a query slot until `deadline`.
+    async fn acquire_slot(&self, deadline: Instant) -> Result<OwnedSemaphorePermit, QueryError> {
+        match tokio::time::timeout_at(deadline, self.inner.slots.clone().acquire_owned()).await {
+            Ok(permit) => permit.map_err(|_| QueryError::Internal("query slots closed".into())),
+            Err(_) => Err(QueryError::TooBusy {
+                max_concurrent: self.inner.config.max_concurrent,
+                waited: self.inner.config.timeout,
+            }),
         }
     }
 }
@@ -311,6 +404,73 @@ impl MemoryPool for BudgetPool {
     fn memory_limit(&self) -> MemoryLimit {
         self.inner.memory_limit()
     }
+}
+
+/// Checks the nesting of a parsed statement (see [`limits::check_statement`]); DataFusion's own statements carry
+/// a query (`EXPLAIN`) or are writes, refused here before they are planned.
+fn check_statement_depth(statement: &DFStatement, max_depth: usize) -> Result<(), QueryError> {
+    let mut statement = statement;
+    loop {
+        match statement {
+            DFStatement::Statement(s) => return Ok(limits::check_statement(s, max_depth)?),
+            DFStatement::Explain(explain) => statement = &explain.statement,
+            DFStatement::CopyTo(copy) => {
+                if let CopyToSource::Query(query) = &copy.source {
+                    limits::check_statement(
+                        &datafusion::sql::sqlparser::ast::Statement::Query(query.clone()),
+                        max_depth,
+                    )?;
+                }
+                return Ok(());
+            }
+            DFStatement::CreateExternalTable(_) | DFStatement::Reset(_) => return Ok(()),
+        }
+    }
+}
+
+/// The batches of a running plan in their outward types, ended by a timeout at `deadline`, holding the query's
+/// slot until dropped.
+fn bounded_stream(
+    batches: datafusion::physical_plan::SendableRecordBatchStream,
+    schema: SchemaRef,
+    deadline: Instant,
+    timeout: Duration,
+    permit: Arc<OwnedSemaphorePermit>,
+) -> impl Stream<Item = Result<RecordBatch, QueryError>> + Send {
+    struct State {
+        batches: Option<datafusion::physical_plan::SendableRecordBatchStream>,
+        sleep: Pin<Box<tokio::time::Sleep>>,
+        schema: SchemaRef,
+        timeout: Duration,
+        _permit: Arc<OwnedSemaphorePermit>,
+    }
+    let state = State {
+        batches: Some(batches),
+        sleep: Box::pin(tokio::time::sleep_until(deadline)),
+        schema,
+        timeout,
+        _permit: permit,
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        let next = {
+            let batches = state.batches.as_mut()?;
+            tokio::select! {
+                biased;
+                _ = state.sleep.as_mut() => None,
+                next = batches.next() => Some(next),
+            }
+        };
+        let next = match next {
+            None => Err(QueryError::Timeout { timeout: state.timeout }),
+            Some(None) => return None,
+            Some(Some(batch)) => batch.map_err(QueryError::from).and_then(|b| outward_batch(&b, &state.schema)),
+        };
+        if next.is_err() {
+            // Dropping DataFusion's stream cancels its tasks; nothing follows an error.
+            state.batches = None;
+        }
+        Some((next, state))
+    })
 }
 
 /// The type a column has outside the engine: view and dictionary types (which scans use for speed, see
@@ -406,7 +566,12 @@ mod memory_budget_tests {
         let dir = tempfile::tempdir().unwrap();
         let budget = MemoryBudget::new(64 << 20);
         let catalog = Catalog::new(dir.path()).with_memory(budget.clone());
-        let config = QueryConfig { timeout: Duration::from_secs(30), memory_limit_mb: 256, max_concurrent: 2 };
+        let config = QueryConfig {
+            timeout: Duration::from_secs(30),
+            memory_limit_mb: 256,
+            max_concurrent: 2,
+            ..QueryConfig::default()
+        };
         let engine = Engine::new(catalog, config).await.unwrap();
         // Holding 200,000 values for an exact quantile needs ~2 MiB that cannot spill.
         let sql = "SELECT value % 3 AS g, quantile_exact(value, 0.5) AS q FROM range(200000) GROUP BY 1";

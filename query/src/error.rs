@@ -41,6 +41,11 @@ pub enum QueryError {
     /// and could not spill.
     #[error("{0} (the limits are query.memory_limit_mb per query and memory.limit_mb for the whole process)")]
     ResourcesExhausted(String),
+    /// The statement asks for more than a configured bound allows: it is too long or nests too deeply
+    /// (`query.max_sql_bytes`, `query.max_expr_depth`), or a function would produce more than
+    /// `query.max_function_output_mb`. The message names the limit and what to change.
+    #[error("{0}")]
+    LimitExceeded(String),
     /// Anything else: an unreadable file, a bug.
     #[error("internal error while running the query: {0}")]
     Internal(String),
@@ -49,6 +54,9 @@ pub enum QueryError {
 impl QueryError {
     /// Classifies a DataFusion error: planning and parsing errors are the user's, the rest are ours.
     pub fn from_datafusion(e: DataFusionError) -> QueryError {
+        if let Some(limit) = crate::limits::find_limit(&e) {
+            return QueryError::LimitExceeded(limit.0.clone());
+        }
         match e.find_root() {
             DataFusionError::SQL(..)
             | DataFusionError::Plan(_)
@@ -79,6 +87,7 @@ impl QueryError {
             QueryError::Timeout { .. } => "timeout",
             QueryError::TooBusy { .. } => "too_busy",
             QueryError::ResourcesExhausted(_) => "resources_exhausted",
+            QueryError::LimitExceeded(_) => "limit_exceeded",
             QueryError::Internal(_) => "internal",
         }
     }
@@ -87,7 +96,9 @@ impl QueryError {
     pub fn http_status(&self) -> http::StatusCode {
         use http::StatusCode;
         match self {
-            QueryError::InvalidSql(_) | QueryError::ReadOnly { .. } => StatusCode::BAD_REQUEST,
+            QueryError::InvalidSql(_) | QueryError::ReadOnly { .. } | QueryError::LimitExceeded(_) => {
+                StatusCode::BAD_REQUEST
+            }
             QueryError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             QueryError::TooBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             QueryError::ResourcesExhausted(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -99,7 +110,7 @@ impl QueryError {
     pub fn grpc_status(&self) -> tonic::Status {
         let message = self.to_string();
         match self {
-            QueryError::InvalidSql(_) => tonic::Status::invalid_argument(message),
+            QueryError::InvalidSql(_) | QueryError::LimitExceeded(_) => tonic::Status::invalid_argument(message),
             QueryError::ReadOnly { .. } => tonic::Status::permission_denied(message),
             QueryError::Timeout { .. } => tonic::Status::deadline_exceeded(message),
             QueryError::TooBusy { .. } => tonic::Status::unavailable(message),
@@ -112,5 +123,11 @@ impl QueryError {
 impl From<DataFusionError> for QueryError {
     fn from(e: DataFusionError) -> Self {
         QueryError::from_datafusion(e)
+    }
+}
+
+impl From<crate::limits::LimitExceeded> for QueryError {
+    fn from(e: crate::limits::LimitExceeded) -> Self {
+        QueryError::LimitExceeded(e.0)
     }
 }

@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::LazyLock;
 
 use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::FlightSqlService;
@@ -108,9 +109,15 @@ fn one_batch<E: std::fmt::Display>(schema: SchemaRef, batch: Result<RecordBatch,
 }
 
 impl FlightSqlServer {
+    /// Streams the statement's rows as DataFusion produces them: gRPC flow control paces the query, and the
+    /// timeout or an error ends the stream with its status.
     async fn run(&self, sql: &str) -> Result<Response<DoGetStream>, Status> {
-        let output = self.engine.sql(sql).await.map_err(|e| log_error(sql, e))?;
-        Ok(stream_batches(output.schema, output.batches))
+        let stream = self.engine.stream(sql).await.map_err(|e| log_error(sql, e))?;
+        let schema = stream.schema();
+        let owned_sql = sql.to_string();
+        let batches = stream.map_err(move |e| FlightError::Tonic(Box::new(log_error(&owned_sql, e))));
+        let stream = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from);
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn schema_of(&self, sql: &str) -> Result<SchemaRef, Status> {
@@ -203,7 +210,7 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
     }
 
@@ -268,7 +275,7 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
     }
 

@@ -84,71 +84,11 @@ impl Format {
 
 /// Writes `output` in `format` to `out`.
 pub fn write(format: Format, output: &QueryOutput, out: &mut (dyn Write + Send)) -> Result<(), ArrowError> {
-    match format {
-        Format::Table => {
-            let table = datafusion::arrow::util::pretty::pretty_format_batches_with_schema(
-                output.schema.clone(),
-                &output.batches,
-            )?;
-            writeln!(out, "{table}")?;
-            let n = output.num_rows();
-            writeln!(out, "{n} row{}", if n == 1 { "" } else { "s" })?;
-        }
-        Format::Csv => {
-            let mut writer = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut *out);
-            let (schema, batches) = flatten_nested(output)?;
-            if batches.is_empty() {
-                // The header alone still tells a reader the columns.
-                writer.write(&RecordBatch::new_empty(schema))?;
-            }
-            for batch in &batches {
-                writer.write(batch)?;
-            }
-        }
-        Format::Json => {
-            if output.num_rows() == 0 {
-                out.write_all(b"[]")?;
-                return Ok(());
-            }
-            let mut writer = datafusion::arrow::json::WriterBuilder::new()
-                .with_explicit_nulls(true)
-                .build::<_, datafusion::arrow::json::writer::JsonArray>(&mut *out);
-            for batch in &output.batches {
-                writer.write(batch)?;
-            }
-            writer.finish()?;
-        }
-        Format::JsonLines => {
-            let mut writer = datafusion::arrow::json::WriterBuilder::new()
-                .with_explicit_nulls(true)
-                .build::<_, datafusion::arrow::json::writer::LineDelimited>(&mut *out);
-            for batch in &output.batches {
-                writer.write(batch)?;
-            }
-            writer.finish()?;
-        }
-        Format::Arrow => {
-            let mut writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut *out, &output.schema)?;
-            for batch in &output.batches {
-                writer.write(batch)?;
-            }
-            writer.finish()?;
-        }
-        Format::Parquet => {
-            use datafusion::parquet::arrow::ArrowWriter;
-            use datafusion::parquet::basic::{Compression, ZstdLevel};
-            use datafusion::parquet::file::properties::WriterProperties;
-            let props = WriterProperties::builder()
-                .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(parquet_error)?))
-                .build();
-            let mut writer =
-                ArrowWriter::try_new(&mut *out, output.schema.clone(), Some(props)).map_err(parquet_error)?;
-            for batch in &output.batches {
-                writer.write(batch).map_err(parquet_error)?;
-            }
-            writer.close().map_err(parquet_error)?;
-        }
+    let mut encoder = Encoder::new(format, output.schema.clone())?;
+    for batch in &output.batches {
+        out.write_all(&encoder.write(batch)?)?;
     }
+    out.write_all(&encoder.finish()?)?;
     Ok(())
 }
 
@@ -159,6 +99,130 @@ pub fn to_bytes(format: Format, output: &QueryOutput) -> Result<Vec<u8>, ArrowEr
     Ok(buf)
 }
 
+/// The bytes an encoder wrote since they were last taken. Shared between the encoder's writer and the
+/// [`Encoder`], which hands them out batch by batch.
+#[derive(Debug, Clone, Default)]
+struct Chunk(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl Chunk {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock())
+    }
+}
+
+impl Write for Chunk {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+enum Writer {
+    /// The table needs every row for its column widths: it is rendered at the end.
+    Table(Vec<RecordBatch>),
+    /// Nested columns are rendered as text when the schema has any.
+    Csv(Box<datafusion::arrow::csv::Writer<Chunk>>, Option<SchemaRef>),
+    Json(Box<datafusion::arrow::json::Writer<Chunk, datafusion::arrow::json::writer::JsonArray>>),
+    JsonLines(Box<datafusion::arrow::json::Writer<Chunk, datafusion::arrow::json::writer::LineDelimited>>),
+    Arrow(Box<datafusion::arrow::ipc::writer::StreamWriter<Chunk>>),
+    Parquet(Box<datafusion::parquet::arrow::ArrowWriter<Chunk>>),
+}
+
+/// Encodes a result batch by batch: each [`Encoder::write`] returns the bytes that batch adds, so a result is
+/// sent (HTTP, files, stdout) as it is produced and never held whole. Concatenated, the chunks are exactly what
+/// [`write`] produces for the whole result.
+pub struct Encoder {
+    schema: SchemaRef,
+    chunk: Chunk,
+    writer: Writer,
+    rows: usize,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder").field("rows", &self.rows).finish_non_exhaustive()
+    }
+}
+
+impl Encoder {
+    /// An encoder of results with `schema` in `format`.
+    pub fn new(format: Format, schema: SchemaRef) -> Result<Encoder, ArrowError> {
+        let chunk = Chunk::default();
+        let json = || datafusion::arrow::json::WriterBuilder::new().with_explicit_nulls(true);
+        let writer = match format {
+            Format::Table => Writer::Table(Vec::new()),
+            Format::Csv => Writer::Csv(
+                Box::new(datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(chunk.clone())),
+                flat_schema(&schema),
+            ),
+            Format::Json => Writer::Json(Box::new(json().build(chunk.clone()))),
+            Format::JsonLines => Writer::JsonLines(Box::new(json().build(chunk.clone()))),
+            Format::Arrow => {
+                Writer::Arrow(Box::new(datafusion::arrow::ipc::writer::StreamWriter::try_new(chunk.clone(), &schema)?))
+            }
+            Format::Parquet => {
+                use datafusion::parquet::basic::{Compression, ZstdLevel};
+                use datafusion::parquet::file::properties::WriterProperties;
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(parquet_error)?))
+                    .build();
+                Writer::Parquet(Box::new(
+                    datafusion::parquet::arrow::ArrowWriter::try_new(chunk.clone(), schema.clone(), Some(props))
+                        .map_err(parquet_error)?,
+                ))
+            }
+        };
+        Ok(Encoder { schema, chunk, writer, rows: 0 })
+    }
+
+    /// Encodes one batch; returns the bytes to send now (possibly none: Parquet buffers a row group).
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
+        self.rows += batch.num_rows();
+        match &mut self.writer {
+            Writer::Table(batches) => batches.push(batch.clone()),
+            Writer::Csv(writer, flat) => match flat {
+                Some(flat) => writer.write(&flatten_batch(batch, flat)?)?,
+                None => writer.write(batch)?,
+            },
+            Writer::Json(writer) => writer.write(batch)?,
+            Writer::JsonLines(writer) => writer.write(batch)?,
+            Writer::Arrow(writer) => writer.write(batch)?,
+            Writer::Parquet(writer) => writer.write(batch).map_err(parquet_error)?,
+        }
+        Ok(self.chunk.take())
+    }
+
+    /// Ends the result; returns the last bytes.
+    pub fn finish(self) -> Result<Vec<u8>, ArrowError> {
+        let Encoder { schema, chunk, writer, rows } = self;
+        match writer {
+            Writer::Table(batches) => {
+                let table = datafusion::arrow::util::pretty::pretty_format_batches_with_schema(schema, &batches)?;
+                let mut out = chunk.clone();
+                writeln!(out, "{table}")?;
+                writeln!(out, "{rows} row{}", if rows == 1 { "" } else { "s" })?;
+            }
+            Writer::Csv(mut writer, flat) => {
+                if rows == 0 {
+                    // The header alone still tells a reader the columns.
+                    writer.write(&RecordBatch::new_empty(flat.unwrap_or(schema)))?;
+                }
+            }
+            Writer::Json(mut writer) => writer.finish()?,
+            Writer::JsonLines(mut writer) => writer.finish()?,
+            Writer::Arrow(mut writer) => writer.finish()?,
+            Writer::Parquet(writer) => {
+                writer.close().map_err(parquet_error)?;
+            }
+        }
+        Ok(chunk.take())
+    }
+}
+
 /// Reads an Arrow IPC stream (what `Accept: application/vnd.apache.arrow.stream` returns).
 pub fn read_arrow_stream(bytes: &[u8]) -> Result<QueryOutput, ArrowError> {
     let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
@@ -167,55 +231,90 @@ pub fn read_arrow_stream(bytes: &[u8]) -> Result<QueryOutput, ArrowError> {
     Ok(QueryOutput { schema, batches })
 }
 
+/// Decodes an Arrow IPC stream as its bytes arrive (the CLI reading a server's answer): each [`Self::feed`]
+/// returns the batches the bytes completed.
+#[derive(Debug, Default)]
+pub struct ArrowStreamDecoder {
+    decoder: datafusion::arrow::ipc::reader::StreamDecoder,
+}
+
+impl ArrowStreamDecoder {
+    /// A decoder at the start of a stream.
+    pub fn new() -> ArrowStreamDecoder {
+        ArrowStreamDecoder::default()
+    }
+
+    /// Decodes `bytes`; returns the batches they complete.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<RecordBatch>, ArrowError> {
+        let mut buffer = datafusion::arrow::buffer::Buffer::from(bytes);
+        let mut batches = Vec::new();
+        while !buffer.is_empty() {
+            match self.decoder.decode(&mut buffer)? {
+                Some(batch) => batches.push(batch),
+                None => break,
+            }
+        }
+        Ok(batches)
+    }
+
+    /// The schema, once the stream's first message was decoded.
+    pub fn schema(&self) -> Option<SchemaRef> {
+        self.decoder.schema()
+    }
+
+    /// Checks that the stream ended where a message ends.
+    pub fn finish(&mut self) -> Result<(), ArrowError> {
+        self.decoder.finish()
+    }
+}
+
 fn parquet_error(e: datafusion::parquet::errors::ParquetError) -> ArrowError {
     ArrowError::ExternalError(Box::new(e))
 }
 
-/// CSV has no nested values: maps, lists and structs become their text rendering (`{k: v}`, `[a, b]`).
-fn flatten_nested(output: &QueryOutput) -> Result<(SchemaRef, Vec<RecordBatch>), ArrowError> {
-    let nested = |t: &DataType| t.is_nested() || matches!(t, DataType::Map(..));
-    if !output.schema.fields().iter().any(|f| nested(f.data_type())) {
-        return Ok((output.schema.clone(), output.batches.clone()));
+fn is_nested(t: &DataType) -> bool {
+    t.is_nested() || matches!(t, DataType::Map(..))
+}
+
+/// CSV has no nested values: maps, lists and structs become their text rendering (`{k: v}`, `[a, b]`). The schema
+/// CSV writes, when it differs from `schema`.
+fn flat_schema(schema: &SchemaRef) -> Option<SchemaRef> {
+    if !schema.fields().iter().any(|f| is_nested(f.data_type())) {
+        return None;
     }
-    let schema: SchemaRef =
-        Arc::new(Schema::new(
-            output
-                .schema
-                .fields()
-                .iter()
-                .map(|f| {
-                    if nested(f.data_type()) { Arc::new(Field::new(f.name(), DataType::Utf8, true)) } else { f.clone() }
-                })
-                .collect::<Vec<_>>(),
-        ));
+    Some(Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| {
+                if is_nested(f.data_type()) { Arc::new(Field::new(f.name(), DataType::Utf8, true)) } else { f.clone() }
+            })
+            .collect::<Vec<_>>(),
+    )))
+}
+
+fn flatten_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
     let options = FormatOptions::default();
-    let batches = output
-        .batches
+    let columns = batch
+        .columns()
         .iter()
-        .map(|batch| {
-            let columns = batch
-                .columns()
-                .iter()
-                .map(|column| {
-                    if !nested(column.data_type()) {
-                        return Ok(column.clone());
-                    }
-                    let formatter = ArrayFormatter::try_new(column.as_ref(), &options)?;
-                    let mut text = StringBuilder::with_capacity(column.len(), column.len() * 16);
-                    for i in 0..column.len() {
-                        if column.is_null(i) {
-                            text.append_null();
-                        } else {
-                            text.append_value(formatter.value(i).to_string());
-                        }
-                    }
-                    Ok(Arc::new(text.finish()) as ArrayRef)
-                })
-                .collect::<Result<Vec<_>, ArrowError>>()?;
-            RecordBatch::try_new(schema.clone(), columns)
+        .map(|column| {
+            if !is_nested(column.data_type()) {
+                return Ok(column.clone());
+            }
+            let formatter = ArrayFormatter::try_new(column.as_ref(), &options)?;
+            let mut text = StringBuilder::with_capacity(column.len(), column.len() * 16);
+            for i in 0..column.len() {
+                if column.is_null(i) {
+                    text.append_null();
+                } else {
+                    text.append_value(formatter.value(i).to_string());
+                }
+            }
+            Ok(Arc::new(text.finish()) as ArrayRef)
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((schema, batches))
+        .collect::<Result<Vec<_>, ArrowError>>()?;
+    RecordBatch::try_new(schema.clone(), columns)
 }
 
 #[cfg(test)]

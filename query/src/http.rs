@@ -8,9 +8,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Deserialize;
 
-use crate::engine::Engine;
+use futures::StreamExt;
+
+use crate::engine::{Engine, QueryStream};
 use crate::error::QueryError;
-use crate::format::{self, Format};
+use crate::format::{Encoder, Format};
 
 /// The body of `POST /api/v1/query`.
 #[derive(Debug, Deserialize)]
@@ -20,7 +22,8 @@ struct QueryRequest {
 }
 
 /// The query routes, to merge into the API server:
-/// - `POST /api/v1/query` with `{"sql": "..."}` (or the SQL itself as a `text/plain` / `application/sql` body);
+/// - `POST /api/v1/query` with `{"sql": "..."}` (whatever the content type, so `curl -d '{"sql": ...}'` works),
+///   a form field `sql=...`, or the SQL itself as a `text/plain` / `application/sql` body;
 /// - `GET /api/v1/query?sql=...` for quick use from a browser or `curl`.
 ///
 /// The answer is a JSON array of row objects, or CSV (`Accept: text/csv`), Arrow IPC
@@ -32,25 +35,42 @@ pub fn router(engine: Engine) -> Router {
 }
 
 async fn query_post(State(engine): State<Engine>, headers: HeaderMap, body: Bytes) -> Response {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let is_json = content_type.starts_with("application/json")
-        || (content_type.is_empty() && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'));
-    let sql = if is_json {
-        match serde_json::from_slice::<QueryRequest>(&body) {
-            Ok(request) => request.sql,
-            Err(e) => {
-                return error_response(QueryError::InvalidSql(format!(
-                    "the body must be a JSON object {{\"sql\": \"SELECT ...\"}}: {e}"
-                )));
-            }
-        }
-    } else {
-        match String::from_utf8(body.to_vec()) {
-            Ok(sql) => sql,
-            Err(_) => return error_response(QueryError::InvalidSql("the SQL body is not UTF-8".into())),
-        }
+    let content_type =
+        headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let sql = match sql_of_body(&content_type, &body) {
+        Ok(sql) => sql,
+        Err(e) => return error_response(e),
     };
     run(engine, &headers, &sql).await
+}
+
+/// The SQL of a `POST` body. A JSON object `{"sql": ...}` is read as JSON whatever the content type says: `curl -d`
+/// labels every body `application/x-www-form-urlencoded`, and a form field `sql=...` is taken too. Anything else
+/// is the SQL text itself (`text/plain`, `application/sql`, or no content type).
+pub(crate) fn sql_of_body(content_type: &str, body: &[u8]) -> Result<String, QueryError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    let is_form = media == "application/x-www-form-urlencoded";
+    if media == "application/json" || media.ends_with("+json") || first == Some(&b'{') {
+        return serde_json::from_slice::<QueryRequest>(body).map(|request| request.sql).map_err(|e| {
+            QueryError::InvalidSql(format!(
+                "the body must be a JSON object {{\"sql\": \"SELECT ...\"}} (or the SQL as text/plain): {e}"
+            ))
+        });
+    }
+    // Only a body that starts as the form `sql=...` is a form: raw SQL sent by `curl -d` is labelled a form too.
+    if is_form
+        && body.trim_ascii_start().starts_with(b"sql=")
+        && let Some(sql) = form_field(body, "sql")
+    {
+        return Ok(sql);
+    }
+    String::from_utf8(body.to_vec()).map_err(|_| QueryError::InvalidSql("the SQL body is not UTF-8".into()))
+}
+
+/// The value of `name` in a form-encoded body (`sql=SELECT+1`).
+fn form_field(body: &[u8], name: &str) -> Option<String> {
+    form_urlencoded::parse(body).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,28 +82,94 @@ async fn query_get(State(engine): State<Engine>, headers: HeaderMap, Query(param
     run(engine, &headers, &params.sql).await
 }
 
+/// Runs the statement and streams its result: the status line waits for the first batch (so the errors that come
+/// before it, which are nearly all of them, get their own status), then every batch is encoded and sent as it
+/// comes, the next one computed only once the client took the last (HTTP backpressure). An error after the first
+/// batch can no longer change the status: the body is cut short (the client sees an incomplete chunked body).
 async fn run(engine: Engine, headers: &HeaderMap, sql: &str) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     let format = Format::from_accept(accept);
     let started = std::time::Instant::now();
-    let output = match engine.sql(sql).await {
-        Ok(output) => output,
+    let mut stream = match engine.stream(sql).await {
+        Ok(stream) => stream,
+        Err(e) => return refused(e),
+    };
+    let first = match stream.next().await {
+        Some(Err(e)) => return refused(e),
+        first => first,
+    };
+    let mut encoder = match Encoder::new(format, stream.schema()) {
+        Ok(encoder) => encoder,
         Err(e) => {
-            tracing::info!(error = %e, kind = e.kind(), "query refused or failed");
-            return error_response(e);
+            return error_response(QueryError::Internal(format!("cannot encode the result: {e}")));
         }
     };
-    let rows = output.num_rows();
-    // Encoding a large result is CPU work: keep it off the async workers.
-    let encoded = tokio::task::spawn_blocking(move || format::to_bytes(format, &output)).await;
-    match encoded {
-        Ok(Ok(bytes)) => {
-            tracing::debug!(rows, elapsed = ?started.elapsed(), "query answered");
-            ([(header::CONTENT_TYPE, format.media_type())], bytes).into_response()
+    let ended = first.is_none();
+    let head = match first {
+        Some(Ok(batch)) => encoder.write(&batch),
+        _ => Ok(Vec::new()),
+    };
+    let head = match head {
+        Ok(head) => head,
+        Err(e) => {
+            return error_response(QueryError::Internal(format!("cannot encode the result: {e}")));
         }
-        Ok(Err(e)) => error_response(QueryError::Internal(format!("cannot encode the result: {e}"))),
-        Err(e) => error_response(QueryError::Internal(format!("result encoder failed: {e}"))),
+    };
+    struct Body {
+        stream: Option<QueryStream>,
+        encoder: Option<Encoder>,
+        started: std::time::Instant,
     }
+    let rest = futures::stream::unfold(
+        Body {
+            // An empty result ended before its first batch: only the encoder's closing bytes are left.
+            stream: Some(stream).filter(|_| !ended),
+            encoder: Some(encoder),
+            started,
+        },
+        |mut body| async move {
+            loop {
+                let next = match body.stream.as_mut() {
+                    Some(stream) => stream.next().await,
+                    None => None,
+                };
+                let chunk = match next {
+                    Some(Ok(batch)) => match body.encoder.as_mut()?.write(&batch) {
+                        Ok(bytes) if bytes.is_empty() => continue,
+                        Ok(bytes) => Ok(Bytes::from(bytes)),
+                        Err(e) => Err(QueryError::Internal(format!("cannot encode the result: {e}"))),
+                    },
+                    Some(Err(e)) => Err(e),
+                    None => {
+                        body.stream = None;
+                        let encoder = body.encoder.take()?;
+                        match encoder.finish() {
+                            Ok(bytes) => {
+                                tracing::debug!(elapsed = ?body.started.elapsed(), "query answered");
+                                return Some((Ok(Bytes::from(bytes)), body));
+                            }
+                            Err(e) => Err(QueryError::Internal(format!("cannot encode the result: {e}"))),
+                        }
+                    }
+                };
+                if let Err(e) = &chunk {
+                    tracing::info!(error = %e, kind = e.kind(), "query failed while its result was being sent");
+                    // Dropping the stream cancels the query; the body ends with the error.
+                    body.stream = None;
+                    body.encoder = None;
+                }
+                return Some((chunk, body));
+            }
+        },
+    );
+    let head = futures::stream::once(async move { Ok::<_, QueryError>(Bytes::from(head)) });
+    let body = axum::body::Body::from_stream(head.chain(rest));
+    ([(header::CONTENT_TYPE, format.media_type())], body).into_response()
+}
+
+fn refused(e: QueryError) -> Response {
+    tracing::info!(error = %e, kind = e.kind(), "query refused or failed");
+    error_response(e)
 }
 
 fn error_response(e: QueryError) -> Response {

@@ -14,6 +14,7 @@ pub mod fixture;
 pub mod flight;
 pub mod format;
 mod http;
+mod limits;
 mod quantile;
 pub mod shell;
 mod string_group;
@@ -22,7 +23,7 @@ mod table;
 mod tests;
 mod views;
 
-pub use engine::{CATALOG_NAME, Engine, QueryOutput, Relation, SCHEMA_NAME};
+pub use engine::{CATALOG_NAME, Engine, QueryOutput, QueryStream, Relation, SCHEMA_NAME, memory_pool};
 pub use error::QueryError;
 pub use http::router;
 pub use quantile::{QUANTILE_EXACT, quantile_linear};

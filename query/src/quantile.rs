@@ -567,13 +567,13 @@ mod tests {
             assert!((got - expected).abs() < 1e-9, "q={q}: got {got}, numpy says {expected}");
         }
         // Even count: the median interpolates halfway.
-        assert_eq!(quantile_linear(&mut vec![4.0, 1.0, 3.0, 2.0], 0.5), Some(2.5));
+        assert_eq!(quantile_linear(&mut [4.0, 1.0, 3.0, 2.0], 0.5), Some(2.5));
         // One value: every quantile is that value.
-        assert_eq!(quantile_linear(&mut vec![7.5], 0.999), Some(7.5));
+        assert_eq!(quantile_linear(&mut [7.5], 0.999), Some(7.5));
         // No values: NULL, not zero.
-        assert_eq!(quantile_linear(&mut vec![], 0.5), None);
+        assert_eq!(quantile_linear(&mut [], 0.5), None);
         // Duplicates around the rank.
-        assert_eq!(quantile_linear(&mut vec![1.0, 2.0, 2.0, 2.0, 9.0], 0.6), Some(2.0));
+        assert_eq!(quantile_linear(&mut [1.0, 2.0, 2.0, 2.0, 9.0], 0.6), Some(2.0));
     }
 
     #[test]
@@ -653,8 +653,8 @@ mod state_tests {
         let mut last = groups(0.9);
         last.merge_batch(&sa, &[0, 1, 2], 3).unwrap();
         last.merge_batch(&sb, &[0, 1, 2], 3).unwrap();
-        let want0 = quantile_linear(&mut vec![1.0, 2.0, 3.0, 4.0], 0.9);
-        let want1 = quantile_linear(&mut vec![10.0, 20.0], 0.9);
+        let want0 = quantile_linear(&mut [1.0, 2.0, 3.0, 4.0], 0.9);
+        let want1 = quantile_linear(&mut [10.0, 20.0], 0.9);
         // Group 2 got 99 from `a`; `b`'s 7 was filtered out.
         assert_eq!(evaluate(&mut last, EmitTo::First(1)), vec![want0]);
         assert_eq!(evaluate(&mut last, EmitTo::All), vec![want1, Some(99.0)]);

@@ -38,7 +38,7 @@ fn span(i: usize, start_ns: i64, duration_ms: i64, provider: &str, model: &str) 
 }
 
 fn config() -> QueryConfig {
-    QueryConfig { timeout: Duration::from_secs(30), memory_limit_mb: 256, max_concurrent: 4 }
+    QueryConfig { timeout: Duration::from_secs(30), memory_limit_mb: 256, max_concurrent: 4, ..QueryConfig::default() }
 }
 
 async fn engine(catalog: &Catalog) -> Engine {
@@ -89,9 +89,10 @@ async fn provider_latency_is_exact_over_files_and_buffer() {
     }
     let (first, rest) = rows.split_at(400);
     let (second, buffered) = rest.split_at(300);
-    let mut files = Vec::new();
-    files.push((Signal::Spans, write_parquet(dir.path(), Signal::Spans, &spans_batch(first), 1).unwrap()));
-    files.push((Signal::Spans, write_parquet(dir.path(), Signal::Spans, &spans_batch(second), 2).unwrap()));
+    let files = vec![
+        (Signal::Spans, write_parquet(dir.path(), Signal::Spans, &spans_batch(first), 1).unwrap()),
+        (Signal::Spans, write_parquet(dir.path(), Signal::Spans, &spans_batch(second), 2).unwrap()),
+    ];
     catalog.commit_flush(files, 2);
     catalog.add_batch(Signal::Spans, 3, spans_batch(buffered));
 
@@ -265,7 +266,12 @@ async fn slow_queries_time_out_and_busy_slots_are_reported() {
     let catalog = Catalog::new(dir.path());
     let engine = Engine::new(
         catalog,
-        QueryConfig { timeout: Duration::from_millis(200), memory_limit_mb: 64, max_concurrent: 1 },
+        QueryConfig {
+            timeout: Duration::from_millis(200),
+            memory_limit_mb: 64,
+            max_concurrent: 1,
+            ..QueryConfig::default()
+        },
     )
     .await
     .unwrap();
@@ -287,7 +293,12 @@ async fn memory_limit_is_enforced() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::new(
         Catalog::new(dir.path()),
-        QueryConfig { timeout: Duration::from_secs(30), memory_limit_mb: 1, max_concurrent: 1 },
+        QueryConfig {
+            timeout: Duration::from_secs(30),
+            memory_limit_mb: 1,
+            max_concurrent: 1,
+            ..QueryConfig::default()
+        },
     )
     .await
     .unwrap();
@@ -754,4 +765,378 @@ async fn string_group_aggregate_falls_back_to_datafusion_under_a_tight_memory_li
     let out = engine.sql(sql).await.unwrap();
     assert_eq!(i64_col(&out, "groups"), vec![400_000]);
     assert_eq!(i64_col(&out, "rows"), vec![400_000]);
+}
+
+// --- Limits on hostile SQL (issue #12): depth, size, growing functions, streaming, timeouts. ---
+
+async fn empty_engine(config: QueryConfig) -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::new(Catalog::new(dir.path()), config).await.unwrap();
+    (dir, engine)
+}
+
+fn plus_chain(terms: usize) -> String {
+    format!("SELECT {}1 AS n", "1 + ".repeat(terms - 1))
+}
+
+#[tokio::test]
+async fn deep_statements_are_refused_before_they_overflow_a_stack() {
+    let (_dir, engine) = empty_engine(config()).await;
+    let max = engine.config().max_expr_depth;
+    let or_chain = |terms: usize| {
+        let terms: Vec<String> = (0..terms).map(|i| format!("value = {i}")).collect();
+        format!("SELECT count(*) AS n FROM range(100) WHERE {}", terms.join(" OR "))
+    };
+    let cte_chain = |n: usize| {
+        let mut sql = String::from("WITH t0 AS (SELECT 1 AS x)");
+        for i in 1..n {
+            sql.push_str(&format!(", t{i} AS (SELECT x + 1 AS x FROM t{})", i - 1));
+        }
+        sql + &format!(" SELECT x FROM t{}", n - 1)
+    };
+    // Just under the statement size limit: the parse, the check and dropping the tree all stay on the planner's
+    // stack.
+    let huge = plus_chain(engine.config().max_sql_bytes / 4 - 10);
+    let deep = [
+        plus_chain(1_000),
+        plus_chain(100_000),
+        huge,
+        or_chain(20_000),
+        format!("SELECT {}", vec!["'a'"; 20_000].join(" || ")),
+        format!("SELECT 1 AS n FROM range(1) WHERE {}", vec!["value >= 0"; 20_000].join(" AND ")),
+        vec!["SELECT 1 AS n"; 5_000].join(" UNION ALL "),
+        cte_chain(2_000),
+        format!("EXPLAIN {}", plus_chain(5_000)),
+    ];
+    for sql in &deep {
+        let err = engine.sql(sql).await.unwrap_err();
+        assert!(matches!(err, QueryError::LimitExceeded(_)), "{}...: {err:?}", &sql[..60]);
+        assert!(err.to_string().contains("max_expr_depth"), "{err}");
+        assert_eq!(err.http_status(), http::StatusCode::BAD_REQUEST);
+        assert_eq!(err.grpc_status().code(), tonic::Code::InvalidArgument);
+    }
+    // Nesting that recurses in the parser stops at its recursion limit, with DataFusion's parse error.
+    for sql in [
+        format!("SELECT {}1{}", "(".repeat(10_000), ")".repeat(10_000)),
+        format!("SELECT {}true", "NOT ".repeat(10_000)),
+        format!("SELECT {}1{}", "abs(".repeat(10_000), ")".repeat(10_000)),
+        format!("SELECT {}1{}", "(SELECT ".repeat(5_000), ")".repeat(5_000)),
+        format!("SELECT {}1{}", "CASE WHEN true THEN ".repeat(5_000), " END".repeat(5_000)),
+        format!("SELECT {}", "-".repeat(20_000) + "1"),
+    ] {
+        let err = engine.sql(&sql).await.unwrap_err();
+        assert!(matches!(err, QueryError::InvalidSql(_) | QueryError::LimitExceeded(_)), "{}...: {err:?}", &sql[..40]);
+    }
+    // Over the size limit: refused before parsing.
+    let err = engine.sql(&plus_chain(engine.config().max_sql_bytes)).await.unwrap_err();
+    assert!(err.to_string().contains("max_sql_bytes"), "{err}");
+    // Flight's GetFlightInfo plans too.
+    let err = engine.schema_of(&plus_chain(1_000)).await.unwrap_err();
+    assert!(matches!(err, QueryError::LimitExceeded(_)), "{err:?}");
+
+    // Below the limit, chains plan, optimise and evaluate (on the runtime's own threads) to the right answer.
+    let n = max - 10;
+    let out = engine.sql(&plus_chain(n)).await.unwrap();
+    assert_eq!(i64_col(&out, "n"), vec![n as i64]);
+    let out = engine.sql(&or_chain(n)).await.unwrap();
+    assert_eq!(i64_col(&out, "n"), vec![100]);
+    let sum = (0..n).map(|i| format!("(value + {i})")).collect::<Vec<_>>().join(" + ");
+    let out = engine.sql(&format!("SELECT sum({sum}) AS n FROM range(10)")).await.unwrap();
+    let want: i64 = (0..10i64).map(|v| (0..n as i64).map(|i| v + i).sum::<i64>()).sum();
+    assert_eq!(i64_col(&out, "n"), vec![want]);
+    let out = engine.sql(&cte_chain(50)).await.unwrap();
+    assert_eq!(i64_col(&out, "x"), vec![50]);
+}
+
+#[tokio::test]
+async fn a_tighter_depth_limit_is_configurable() {
+    let (_dir, engine) = empty_engine(QueryConfig { max_expr_depth: 20, ..config() }).await;
+    engine.sql(&plus_chain(10)).await.unwrap();
+    let err = engine.sql(&plus_chain(30)).await.unwrap_err();
+    assert!(err.to_string().contains("max_expr_depth (20)"), "{err}");
+    // The views nest plans the statement does not show; they count too, but fit the default.
+    let (_dir, engine) = empty_engine(config()).await;
+    engine.sql("SELECT * FROM provider_latency").await.unwrap();
+    engine.sql("SELECT * FROM session_cost").await.unwrap();
+}
+
+#[tokio::test]
+async fn growing_functions_are_bounded_before_they_allocate() {
+    let (_dir, engine) = empty_engine(QueryConfig { max_function_output_mb: 16, ..config() }).await;
+    for sql in [
+        "SELECT length(repeat('x', 1000000000)) AS n",
+        "SELECT length(repeat(repeat('x', 1000000), 100)) AS n",
+        "SELECT length(lpad('x', 2000000000)) AS n",
+        "SELECT length(rpad('x', 20000000, '€')) AS n",
+        "SELECT length(replace(repeat('x', 1000000), 'x', repeat('y', 100))) AS n",
+        "SELECT length(regexp_replace(repeat('x', 1000000), '', repeat('y', 100), 'g')) AS n",
+        "SELECT cardinality(range(10000000000)) AS n",
+        "SELECT cardinality(range(0, 10000000000, 2)) AS n",
+        "SELECT cardinality(generate_series(1, 10000000000)) AS n",
+        "SELECT cardinality(range(DATE '1970-01-01', DATE '9999-01-01', INTERVAL '1 second')) AS n",
+        "SELECT cardinality(generate_series(TIMESTAMP '1970-01-01', TIMESTAMP '2100-01-01', INTERVAL '1 second')) AS n",
+        "SELECT cardinality(array_repeat(1, 1000000000)) AS n",
+        "SELECT cardinality(array_resize([1], 1000000000)) AS n",
+        // Per row, the sum over a batch counts.
+        "SELECT sum(length(repeat('x', value))) AS n FROM range(100000)",
+        "SELECT sum(cardinality(range(value))) AS n FROM range(100000)",
+    ] {
+        let started = std::time::Instant::now();
+        let err = engine.sql(sql).await.unwrap_err();
+        assert!(matches!(err, QueryError::LimitExceeded(_)), "{sql}: {err:?}");
+        assert!(err.to_string().contains("max_function_output_mb (16 MiB)"), "{sql}: {err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{sql} took {:?}", started.elapsed());
+    }
+    // Within the bound they answer as DataFusion does.
+    let out = engine
+        .sql(
+            "SELECT length(repeat('ab', 1000)) AS r, cardinality(range(5)) AS c, length(lpad('x', 10, '€')) AS p, \
+              replace('aXbX', 'X', 'yy') AS s, cardinality(generate_series(1, 3)) AS g",
+        )
+        .await
+        .unwrap();
+    assert_eq!(i64_col(&out, "r"), vec![2000]);
+    assert_eq!(i64_col(&out, "c"), vec![5]);
+    assert_eq!(i64_col(&out, "p"), vec![10]);
+    assert_eq!(i64_col(&out, "g"), vec![3]);
+    assert_eq!(str_col(&out, "s"), vec![Some("ayybyy".to_string())]);
+    let out = engine.sql("SELECT sum(length(repeat('x', value % 100))) AS n FROM range(100000)").await.unwrap();
+    assert_eq!(i64_col(&out, "n"), vec![(0..100_000i64).map(|v| v % 100).sum::<i64>()]);
+}
+
+#[tokio::test]
+async fn results_stream_and_the_timeout_covers_the_whole_stream() {
+    use futures::StreamExt;
+    let (_dir, engine) =
+        empty_engine(QueryConfig { timeout: Duration::from_millis(800), max_concurrent: 1, ..config() }).await;
+    // An endless result: the first batch comes at once, nothing more is computed than is read.
+    let mut stream = engine.stream("SELECT value FROM range(1000000000000)").await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.num_rows() > 0);
+    // The stream holds the only slot; dropping it frees the slot.
+    assert!(matches!(engine.sql("SELECT 1").await.unwrap_err(), QueryError::TooBusy { .. }));
+    drop(stream);
+    engine.sql("SELECT 1").await.unwrap();
+
+    // A consumer slower than the timeout gets the timeout, in the middle of the stream.
+    let mut stream = engine.stream("SELECT value FROM range(1000000000000)").await.unwrap();
+    stream.next().await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let err = stream.next().await.unwrap().unwrap_err();
+    assert!(matches!(err, QueryError::Timeout { .. }), "{err:?}");
+    assert!(stream.next().await.is_none(), "nothing follows the timeout");
+    drop(stream);
+    engine.sql("SELECT 1").await.unwrap();
+}
+
+#[test]
+fn streamed_chunks_equal_the_whole_result_in_every_format() {
+    use crate::format::{Encoder, Format};
+    use datafusion::arrow::array::{ArrayRef, Int64Array};
+    let batches: Vec<datafusion::arrow::record_batch::RecordBatch> = (0..3)
+        .map(|b| {
+            datafusion::arrow::record_batch::RecordBatch::try_from_iter([
+                ("n", std::sync::Arc::new(Int64Array::from(vec![b, b + 1])) as ArrayRef),
+                ("s", std::sync::Arc::new(StringArray::from(vec![Some("a,\"b"), None])) as ArrayRef),
+            ])
+            .unwrap()
+        })
+        .collect();
+    let output = QueryOutput { schema: batches[0].schema(), batches };
+    for format in [Format::Csv, Format::Json, Format::JsonLines, Format::Arrow, Format::Table] {
+        let mut encoder = Encoder::new(format, output.schema.clone()).unwrap();
+        let mut streamed = Vec::new();
+        let mut chunks = 0;
+        for batch in &output.batches {
+            let chunk = encoder.write(batch).unwrap();
+            chunks += usize::from(!chunk.is_empty());
+            streamed.extend(chunk);
+        }
+        streamed.extend(encoder.finish().unwrap());
+        if format != Format::Table {
+            assert_eq!(chunks, 3, "{format:?}: a chunk per batch");
+        }
+        let whole = crate::format::to_bytes(format, &output).unwrap();
+        assert_eq!(streamed, whole, "{format:?}");
+    }
+    let json = String::from_utf8(crate::format::to_bytes(Format::Json, &output).unwrap()).unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(rows.len(), 6);
+    // An Arrow stream decodes as its bytes arrive, a few at a time.
+    let bytes = crate::format::to_bytes(Format::Arrow, &output).unwrap();
+    let mut decoder = crate::format::ArrowStreamDecoder::new();
+    let mut rows = 0;
+    for piece in bytes.chunks(7) {
+        rows += decoder.feed(piece).unwrap().iter().map(|b| b.num_rows()).sum::<usize>();
+    }
+    decoder.finish().unwrap();
+    assert_eq!(rows, 6);
+    assert_eq!(decoder.schema().unwrap(), output.schema);
+}
+
+#[test]
+fn post_bodies_are_read_as_users_send_them() {
+    use crate::http::sql_of_body;
+    let form = "application/x-www-form-urlencoded";
+    assert_eq!(sql_of_body(form, br#"{"sql": "SELECT 1"}"#).unwrap(), "SELECT 1");
+    assert_eq!(sql_of_body(form, b"sql=SELECT+1+%2B+1").unwrap(), "SELECT 1 + 1");
+    assert_eq!(sql_of_body(form, b"SELECT 'a&sql=b'").unwrap(), "SELECT 'a&sql=b'");
+    assert_eq!(sql_of_body("text/plain", b"SELECT 1").unwrap(), "SELECT 1");
+    assert_eq!(sql_of_body("", b"  {\"sql\": \"SELECT 2\"}").unwrap(), "SELECT 2");
+    assert_eq!(sql_of_body("application/json; charset=utf-8", br#"{"sql": "SELECT 3"}"#).unwrap(), "SELECT 3");
+    let err = sql_of_body("application/json", br#"{"query": 1}"#).unwrap_err();
+    assert!(err.to_string().contains("{\"sql\": "), "{err}");
+    assert!(sql_of_body("text/plain", &[0xff, 0xfe]).is_err());
+}
+
+/// A small deterministic generator, so a failure names its seed and statement.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Random SQL text: token soup, deep nesting of every kind, long chains of every operator. Whatever the text, the
+/// engine answers or refuses cleanly, in bounded time: no panic, no abort, no internal error.
+#[tokio::test]
+async fn random_sql_text_never_panics_or_aborts() {
+    let (_dir, engine) =
+        empty_engine(QueryConfig { timeout: Duration::from_secs(5), max_function_output_mb: 16, ..config() }).await;
+    const TOKENS: &[&str] = &[
+        "SELECT",
+        "FROM",
+        "WHERE",
+        "GROUP BY",
+        "ORDER BY",
+        "LIMIT",
+        "UNION ALL",
+        "WITH",
+        "AS",
+        "JOIN",
+        "ON",
+        "(",
+        ")",
+        "(",
+        ")",
+        ",",
+        "+",
+        "-",
+        "*",
+        "/",
+        "%",
+        "||",
+        "=",
+        "<",
+        ">=",
+        "<>",
+        "AND",
+        "OR",
+        "NOT",
+        "IN",
+        "IS NULL",
+        "CASE",
+        "WHEN",
+        "THEN",
+        "ELSE",
+        "END",
+        "1",
+        "2.5",
+        "-7",
+        "'x'",
+        "''",
+        "NULL",
+        "true",
+        "value",
+        "spans",
+        "range(3)",
+        "count(*)",
+        "sum(",
+        "repeat(",
+        "lpad(",
+        "array_repeat(",
+        "generate_series(",
+        "[",
+        "]",
+        "::",
+        "INT",
+        "VARCHAR",
+        "EXPLAIN",
+        "DISTINCT",
+        "OVER",
+        "PARTITION BY",
+        ";",
+        "\"",
+        "--",
+        "/*",
+        "*/",
+        "'",
+        "\\",
+        "é",
+        "\u{0}",
+        "9223372036854775807",
+        "1e308",
+        "x",
+        "t",
+        "duration_ns",
+        "INTERVAL '1 day'",
+        "now()",
+    ];
+    const OPERATORS: &[&str] = &["+", "-", "*", "OR", "AND", "||", "=", "<", "UNION ALL SELECT", "IS DISTINCT FROM"];
+    const OPENERS: &[(&str, &str)] = &[
+        ("(", ")"),
+        ("abs(", ")"),
+        ("(SELECT ", ")"),
+        ("NOT ", ""),
+        ("- ", ""),
+        ("CASE WHEN true THEN ", " END"),
+        ("[", "]"),
+        ("coalesce(", ", 1)"),
+        ("CAST(", " AS BIGINT)"),
+    ];
+    let mut rng = Lcg(0x7a11_5c0e);
+    let started = std::time::Instant::now();
+    for case in 0..90 {
+        let sql = match case % 3 {
+            0 => {
+                let n = 1 + rng.below(60);
+                let mut sql = String::from(if rng.below(2) == 0 { "SELECT " } else { "" });
+                for _ in 0..n {
+                    sql.push_str(TOKENS[rng.below(TOKENS.len())]);
+                    sql.push(' ');
+                }
+                sql
+            }
+            1 => {
+                let (open, close) = OPENERS[rng.below(OPENERS.len())];
+                let depth = [10, 100, 1_000, 30_000][rng.below(4)];
+                format!("SELECT {}1{}", open.repeat(depth), close.repeat(depth))
+            }
+            _ => {
+                let op = OPERATORS[rng.below(OPERATORS.len())];
+                let terms = [10, 300, 2_000, 50_000][rng.below(4)];
+                let term = ["1", "value", "'a'", "true", "NULL"][rng.below(5)];
+                let chain = vec![term; terms].join(&format!(" {op} "));
+                format!("SELECT {chain} FROM range(2)")
+            }
+        };
+        match engine.sql(&sql).await {
+            Ok(_) => {}
+            Err(QueryError::Internal(message)) => {
+                assert!(
+                    !message.contains("panicked"),
+                    "case {case}: {message}\n{}",
+                    sql.chars().take(200).collect::<String>()
+                );
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(120), "{:?}", started.elapsed());
 }

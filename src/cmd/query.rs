@@ -3,9 +3,10 @@
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 
-use ::query::format::{self, ARROW_STREAM_MEDIA_TYPE, Format};
+use ::query::Engine;
+use ::query::format::{ARROW_STREAM_MEDIA_TYPE, ArrowStreamDecoder, Encoder, Format};
 use ::query::shell::{HELP, Input, LineBuffer};
-use ::query::{Engine, QueryOutput};
+use futures::StreamExt;
 
 use super::CmdResult;
 
@@ -37,12 +38,26 @@ enum Backend {
     Remote { url: String, http: reqwest::Client },
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Backend {
-    async fn run(&self, sql: &str) -> Result<QueryOutput, Box<dyn std::error::Error + Send + Sync>> {
+    /// Runs `sql` and writes its result in `format` to `out` batch by batch, as the rows come (a large export
+    /// never sits whole in memory). Returns the number of rows.
+    async fn run(&self, sql: &str, format: Format, out: &mut (dyn Write + Send)) -> Result<usize, BoxError> {
+        let mut rows = 0;
         match self {
-            Backend::Local(engine) => Ok(engine.sql(sql).await?),
+            Backend::Local(engine) => {
+                let mut stream = engine.stream(sql).await?;
+                let mut encoder = Encoder::new(format, stream.schema())?;
+                while let Some(batch) = stream.next().await {
+                    let batch = batch?;
+                    rows += batch.num_rows();
+                    out.write_all(&encoder.write(&batch)?)?;
+                }
+                out.write_all(&encoder.finish()?)?;
+            }
             Backend::Remote { url, http } => {
-                let response = http
+                let mut response = http
                     .post(url)
                     .header(reqwest::header::ACCEPT, ARROW_STREAM_MEDIA_TYPE)
                     .json(&serde_json::json!({ "sql": sql }))
@@ -50,17 +65,40 @@ impl Backend {
                     .await
                     .map_err(|e| format!("cannot reach {url}: {e}"))?;
                 let status = response.status();
-                let body = response.bytes().await.map_err(|e| format!("reading the answer of {url}: {e}"))?;
                 if !status.is_success() {
+                    let body = response.bytes().await.map_err(|e| format!("reading the answer of {url}: {e}"))?;
                     let message = serde_json::from_slice::<serde_json::Value>(&body)
                         .ok()
                         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
                         .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
                     return Err(format!("{message} (HTTP {status})").into());
                 }
-                Ok(format::read_arrow_stream(&body)?)
+                // The answer is an Arrow IPC stream, decoded as its chunks arrive.
+                let mut decoder = ArrowStreamDecoder::new();
+                let mut encoder = None;
+                let cut = |e: reqwest::Error| {
+                    format!("the answer of {url} was cut short (the query failed or timed out on the server): {e}")
+                };
+                while let Some(chunk) = response.chunk().await.map_err(cut)? {
+                    let batches = decoder.feed(&chunk)?;
+                    if encoder.is_none()
+                        && let Some(schema) = decoder.schema()
+                    {
+                        encoder = Some(Encoder::new(format, schema)?);
+                    }
+                    if let Some(encoder) = encoder.as_mut() {
+                        for batch in batches {
+                            rows += batch.num_rows();
+                            out.write_all(&encoder.write(&batch)?)?;
+                        }
+                    }
+                }
+                decoder.finish().map_err(|e| format!("the answer of {url} ended in the middle of the result: {e}"))?;
+                let encoder = encoder.ok_or_else(|| format!("the answer of {url} holds no result"))?;
+                out.write_all(&encoder.finish()?)?;
             }
         }
+        Ok(rows)
     }
 }
 
@@ -74,10 +112,7 @@ pub async fn run(args: Args) -> CmdResult {
         None => None,
     };
     match sql {
-        Some(sql) => {
-            let output = backend.run(&sql).await?;
-            emit(&args, &output)
-        }
+        Some(sql) => emit(&args, &backend, &sql).await,
         None => shell(&args, &backend).await,
     }
 }
@@ -109,12 +144,12 @@ fn read_stdin() -> std::io::Result<String> {
     Ok(sql)
 }
 
-fn emit(args: &Args, output: &QueryOutput) -> CmdResult {
+async fn emit(args: &Args, backend: &Backend, sql: &str) -> CmdResult {
     match &args.output {
         Some(path) => {
             let file = std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
             let mut out = std::io::BufWriter::new(file);
-            format::write(args.format, output, &mut out)?;
+            backend.run(sql, args.format, &mut out).await?;
             out.flush()?;
         }
         None => {
@@ -122,7 +157,7 @@ fn emit(args: &Args, output: &QueryOutput) -> CmdResult {
                 return Err("binary output to a terminal: pass --output FILE or redirect stdout".into());
             }
             let mut out = std::io::BufWriter::new(std::io::stdout());
-            format::write(args.format, output, &mut out)?;
+            backend.run(sql, args.format, &mut out).await?;
             if matches!(args.format, Format::Json) {
                 writeln!(out)?;
             }
@@ -176,17 +211,17 @@ async fn shell(args: &Args, backend: &Backend) -> CmdResult {
             }
         };
         let started = std::time::Instant::now();
-        match backend.run(&sql).await {
-            Ok(output) => {
-                // The shell prints tables unless another format was asked for.
-                let mut out = std::io::BufWriter::new(std::io::stdout());
-                let format =
-                    if matches!(args.format, Format::Parquet | Format::Arrow) { Format::Table } else { args.format };
-                format::write(format, &output, &mut out)?;
-                writeln!(out, "({:.3} s)", started.elapsed().as_secs_f64())?;
+        // The shell prints tables unless another format was asked for.
+        let format = if matches!(args.format, Format::Parquet | Format::Arrow) { Format::Table } else { args.format };
+        let mut out = std::io::BufWriter::new(std::io::stdout());
+        match backend.run(&sql, format, &mut out).await {
+            Ok(_) => writeln!(out, "({:.3} s)", started.elapsed().as_secs_f64())?,
+            Err(e) => {
+                out.flush()?;
+                eprintln!("error: {e}");
             }
-            Err(e) => eprintln!("error: {e}"),
         }
+        out.flush()?;
     }
     if let Some(path) = &history {
         let _ = editor.save_history(path);

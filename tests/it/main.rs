@@ -9,5 +9,6 @@ mod ingest;
 mod overload;
 mod parsers;
 mod query;
+mod sql_limits;
 mod support;
 mod tui;

@@ -308,7 +308,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bytes: u64 = Catalog::open(&dir)?.snapshot(Signal::Spans).files.iter().map(|f| f.size).sum();
     let generated_s = started.elapsed().as_secs_f64();
 
-    let config = QueryConfig { timeout: Duration::from_secs(600), memory_limit_mb: 8192, max_concurrent: 1 };
+    let config = QueryConfig {
+        timeout: Duration::from_secs(600),
+        memory_limit_mb: 8192,
+        max_concurrent: 1,
+        ..QueryConfig::default()
+    };
     let engine = Engine::open(&dir, config).await?;
     // A reused `--data-dir` holds however many spans it was generated with, whatever `--rows` says now.
     let count = engine.sql("SELECT count(*) AS n FROM spans").await?;
