@@ -880,7 +880,7 @@ mod tests {
             starts.push(original.len());
             let mut bytes = original.clone();
             // Damage is applied at offsets of the original, last first, so that offsets of earlier records hold.
-            let mut damaged = vec![false; 12];
+            let mut damaged = [false; 12];
             let mut spots: Vec<usize> =
                 (0..rng.random_range(1..4)).map(|_| rng.random_range(0..original.len())).collect();
             spots.sort_unstable_by(|a, b| b.cmp(a));

@@ -90,13 +90,14 @@ pub enum Widget {
 }
 
 /// A size along one axis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Size {
     /// Exactly this many lines / columns.
     Fixed(u16),
     /// This share of the space.
     Percent(u16),
     /// What is left, shared with other fills.
+    #[default]
     Fill,
 }
 
@@ -117,12 +118,6 @@ impl<'de> Deserialize<'de> for Size {
                 _ => s.trim().parse::<u16>().map(Size::Fixed).map_err(|_| bad()),
             },
         }
-    }
-}
-
-impl Default for Size {
-    fn default() -> Self {
-        Size::Fill
     }
 }
 
