@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
 use crate::ingest::walk;
-use crate::support::Server;
+use crate::support::{Server, free_addr, tailscope_bin};
 
 fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
@@ -306,4 +306,79 @@ async fn readyz_tells_when_the_wal_cannot_be_written() {
     server.kill();
     server.restart().await;
     assert_eq!(counts(&server, None).await, (200, 200), "log:\n{}", server.log());
+}
+
+/// A data dir on a file system mounted read-only (after an I/O error, ext4's `errors=remount-ro`, or a volume
+/// attached read-only): start-up refuses with an error that names the directory and the cause, exits 1 (no
+/// abort), and touches nothing; once the file system is writable again, the collector starts with every span it
+/// had. (A file system cannot be remounted read-only under a serving collector: the open WAL segment keeps it busy;
+/// the disk-full test covers writes failing while serving.) As root, permissions refuse nothing, so a read-only
+/// mount is the way to make writes fail with EROFS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_data_dir_refuses_to_start_clearly_and_loses_nothing() {
+    let mount = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(mount.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED a_read_only_data_dir_refuses_to_start_clearly_and_loses_nothing: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.path().to_path_buf());
+    let remount = |mode: &str| {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(mount.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "remount {mode}");
+    };
+    let data_dir = mount.path().join("data");
+    let mut server = Server::start_at(data_dir.clone(), "").await;
+    send(&server, "ro", 0, 2, 100).await;
+    // One batch flushed to Parquet, one only in the WAL.
+    server.terminate();
+    server.restart().await;
+    send(&server, "ro", 1000, 1, 100).await;
+    server.kill();
+
+    remount("ro");
+    let mut child = std::process::Command::new(tailscope_bin())
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["--otlp-grpc", &free_addr().to_string(), "--otlp-http", &free_addr().to_string()])
+        .args(["--api", &free_addr().to_string(), "--flight", &free_addr().to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tailscope serve kept running on a read-only data dir");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "an error exit, not a signal: {status}; stderr: {stderr}");
+    assert!(stderr.contains("Read-only file system") && stderr.contains(&*data_dir.to_string_lossy()), "{stderr}");
+
+    remount("rw");
+    server.restart().await;
+    assert_eq!(counts(&server, Some("ro")).await, (300, 300), "log:\n{}", server.log());
 }
