@@ -244,27 +244,53 @@ async fn a_parquet_file_deleted_while_serving_is_dropped_from_queries() {
     assert!(server.log().contains("vanished"), "log:\n{}", server.log());
 }
 
+/// A small tmpfs of the test's own (root only), unmounted when dropped: the way to make a real file system fill up
+/// or turn read-only under the collector.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    /// Mounts one of `size` (`mount -o size=`), or says the test is skipped and returns `None` where mounting is
+    /// impossible (not root, no tmpfs).
+    fn mount(size: &str, test: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("SKIPPED {test}: cannot mount a tmpfs here (not root?)");
+            return None;
+        }
+        Some(Tmpfs(dir))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// `mount -o remount,MODE` (`ro` or `rw`).
+    fn remount(&self, mode: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(self.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "remount {mode}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.path()).status();
+    }
+}
+
 /// A WAL that cannot be written (a full disk) makes `/readyz` say so with the reason, requests get retryable
 /// refusals, and both recover by themselves when room comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_tells_when_the_wal_cannot_be_written() {
-    let mount = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(mount.path())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("SKIPPED readyz_tells_when_the_wal_cannot_be_written: cannot mount a tmpfs here (not root?)");
-        return;
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mount.path().to_path_buf());
+    let Some(mount) = Tmpfs::mount("4m", "readyz_tells_when_the_wal_cannot_be_written") else { return };
     let mut server = Server::start_at(mount.path().join("data"), "").await;
     send(&server, "full", 0, 1, 100).await;
     // Fill the file system to the last byte.
@@ -316,30 +342,8 @@ async fn readyz_tells_when_the_wal_cannot_be_written() {
 /// mount is the way to make writes fail with EROFS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_data_dir_refuses_to_start_clearly_and_loses_nothing() {
-    let mount = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
-        .arg(mount.path())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("SKIPPED a_read_only_data_dir_refuses_to_start_clearly_and_loses_nothing: cannot mount a tmpfs here");
+    let Some(mount) = Tmpfs::mount("64m", "a_read_only_data_dir_refuses_to_start_clearly_and_loses_nothing") else {
         return;
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mount.path().to_path_buf());
-    let remount = |mode: &str| {
-        let ok = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,{mode}")])
-            .arg(mount.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "remount {mode}");
     };
     let data_dir = mount.path().join("data");
     let mut server = Server::start_at(data_dir.clone(), "").await;
@@ -350,7 +354,7 @@ async fn a_read_only_data_dir_refuses_to_start_clearly_and_loses_nothing() {
     send(&server, "ro", 1000, 1, 100).await;
     server.kill();
 
-    remount("ro");
+    mount.remount("ro");
     let mut child = std::process::Command::new(tailscope_bin())
         .arg("serve")
         .arg("--data-dir")
@@ -378,7 +382,7 @@ async fn a_read_only_data_dir_refuses_to_start_clearly_and_loses_nothing() {
     assert_eq!(status.code(), Some(1), "an error exit, not a signal: {status}; stderr: {stderr}");
     assert!(stderr.contains("Read-only file system") && stderr.contains(&*data_dir.to_string_lossy()), "{stderr}");
 
-    remount("rw");
+    mount.remount("rw");
     server.restart().await;
     assert_eq!(counts(&server, Some("ro")).await, (300, 300), "log:\n{}", server.log());
 }
