@@ -321,7 +321,7 @@ impl Default for QueryConfig {
             max_concurrent: 8,
             max_sql_bytes: 1024 * 1024,
             max_expr_depth: 512,
-            max_function_output_mb: 256,
+            max_function_output_mb: 64,
         }
     }
 }

@@ -18,7 +18,8 @@ use datafusion::execution::memory_pool::{
 };
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::session_state::SessionState;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::execution::FunctionRegistry;
+use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
 use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{CopyToSource, Statement as DFStatement};
@@ -34,9 +35,11 @@ use collector::schema::Signal;
 use crate::alerts::AlertsTable;
 use crate::error::QueryError;
 use crate::limits;
+use crate::output_memory::{STRING_CONCAT, StringConcat, StringConcatPlanner};
 use crate::quantile::{ShareQuantiles, quantile_exact_udaf};
 use crate::string_group::StringGroupAggregate;
 use crate::table::{ScanCounters, SignalTable};
+use crate::unnest_guard::BoundUnnest;
 
 /// The catalog name clients see (Flight SQL `GetCatalogs`, `information_schema`).
 pub const CATALOG_NAME: &str = "tailscope";
@@ -154,15 +157,27 @@ impl Engine {
             .with_config(session)
             .with_default_features()
             .with_physical_optimizer_rule(Arc::new(StringGroupAggregate))
+            .with_physical_optimizer_rule(Arc::new(BoundUnnest {
+                max_output_bytes: config.max_function_output_mb.saturating_mul(1024 * 1024),
+            }))
             .build();
-        let ctx = SessionContext::new_with_state(state);
+        let mut ctx = SessionContext::new_with_state(state);
         ctx.register_udaf(quantile_exact_udaf());
         ctx.add_optimizer_rule(Arc::new(ShareQuantiles));
-        // Functions whose output can dwarf their arguments, bounded (expression evaluation reserves no memory).
+        // Every function bounded, the growing ones per call and all of them in the process budget (expression
+        // evaluation reserves no memory of its own); `||` planned as a function so that it is bounded too.
         let max_output = config.max_function_output_mb.saturating_mul(1024 * 1024);
-        let functions = ctx.state().scalar_functions().clone();
-        for udf in limits::bounded_functions(|name| functions.get(name).cloned(), max_output) {
-            ctx.register_udf(udf);
+        let mut functions: Vec<Arc<ScalarUDF>> = ctx.state().scalar_functions().values().cloned().collect();
+        functions.push(Arc::new(ScalarUDF::new_from_impl(StringConcat::new())));
+        // The registry lists a function once per alias.
+        functions.sort_by(|a, b| a.name().cmp(b.name()));
+        functions.dedup_by(|a, b| a.name() == b.name());
+        for udf in limits::bounded_functions(functions, catalog.memory(), max_output) {
+            if udf.name() == STRING_CONCAT {
+                ctx.register_expr_planner(Arc::new(StringConcatPlanner::new(Arc::new(udf))))?;
+            } else {
+                ctx.register_udf(udf);
+            }
         }
 
         let counters = Arc::new(ScanCounters::default());

@@ -15,10 +15,12 @@ pub mod flight;
 pub mod format;
 mod http;
 mod limits;
+mod output_memory;
 mod quantile;
 pub mod shell;
 mod string_group;
 mod table;
+mod unnest_guard;
 #[cfg(test)]
 mod tests;
 mod views;

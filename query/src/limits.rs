@@ -5,7 +5,9 @@
 //! - planning on a thread of its own with a large stack ([`on_planner_thread`]), so that the bounded recursion of
 //!   DataFusion's planner and optimiser (several frames per level) never reaches a stack's end;
 //! - the output of the functions whose result can be far larger than their arguments (`repeat`, `lpad`, `range`,
-//!   ...), checked from the arguments before they allocate ([`bounded_functions`]).
+//!   ...), checked from the arguments before they allocate ([`bounded_functions`]);
+//! - the output of every function that returns variable-width values, reserved in the process-wide memory budget
+//!   for as long as it lives (see [`crate::output_memory`]).
 //!
 //! DataFusion's memory pool only sees operators that reserve (sorts, aggregations, joins); expression evaluation
 //! does not reserve, which is why the functions carry their own bound.
@@ -30,6 +32,9 @@ use datafusion::logical_expr::{
     ScalarUDF, ScalarUDFImpl, Signature, StructFieldMapping, Volatility,
 };
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Query, Select, Statement, Visit, Visitor};
+use collector::memory::MemoryBudget;
+
+use crate::output_memory;
 
 /// The stack of the thread that parses and plans one statement. Only the pages a statement touches are committed;
 /// the size is the headroom that DataFusion's recursive passes (several frames per nesting level, larger in debug
@@ -43,7 +48,7 @@ pub const PLANNER_STACK_BYTES: usize = 256 * 1024 * 1024;
 pub struct LimitExceeded(pub String);
 
 impl LimitExceeded {
-    fn into_datafusion(self) -> DataFusionError {
+    pub(crate) fn into_datafusion(self) -> DataFusionError {
         DataFusionError::External(Box::new(self))
     }
 }
@@ -213,6 +218,8 @@ enum Growth {
     ArrayResize,
     /// `range(...)`, `generate_series(...)`: `(stop - start) / step` elements.
     Range,
+    /// Every other function: about as large as its arguments (concatenation, case mapping, trimming, ...).
+    Inputs,
 }
 
 const BOUNDED: [(&str, Growth); 9] = [
@@ -227,30 +234,61 @@ const BOUNDED: [(&str, Growth); 9] = [
     ("generate_series", Growth::Range),
 ];
 
-/// The bounded versions of the functions that can grow without limit, from the session's own (so their names,
-/// aliases, signatures and simplifications stay DataFusion's). `lookup` finds a function by name.
-pub fn bounded_functions(lookup: impl Fn(&str) -> Option<Arc<ScalarUDF>>, max_output_bytes: usize) -> Vec<ScalarUDF> {
-    BOUNDED
-        .iter()
-        .filter_map(|(name, growth)| {
-            let inner = lookup(name)?;
-            // Volatile, so the optimiser does not fold a call over literals into a literal: a folded 100 MB string
-            // would be copied by every pass and printed into the column's name. Evaluated per batch instead.
+/// Every scalar function of the session, bounded: the growing ones ([`BOUNDED`]) by `max_output_bytes` per call,
+/// checked from their arguments before they run, and every one that returns variable-width values by the process
+/// `budget`, which holds its output while it lives. `functions` are the session's own (so names, aliases,
+/// signatures and simplifications stay DataFusion's), each listed once.
+pub fn bounded_functions(
+    functions: impl IntoIterator<Item = Arc<ScalarUDF>>,
+    budget: &MemoryBudget,
+    max_output_bytes: usize,
+) -> Vec<ScalarUDF> {
+    functions
+        .into_iter()
+        .map(|inner| {
+            let growth = BOUNDED.iter().find(|(name, _)| *name == inner.name()).map_or(Growth::Inputs, |(_, g)| *g);
             let mut signature = inner.signature().clone();
-            signature.volatility = Volatility::Volatile;
-            Some(ScalarUDF::new_from_impl(BoundedUdf { inner, signature, growth: *growth, max_output_bytes }))
+            if growth != Growth::Inputs {
+                // Volatile, so the optimiser does not fold a call over literals into a literal: a folded 100 MB
+                // string would be copied by every pass and printed into the column's name. Evaluated per batch.
+                signature.volatility = Volatility::Volatile;
+            }
+            ScalarUDF::new_from_impl(BoundedUdf { inner, signature, growth, max_output_bytes, budget: budget.clone() })
         })
         .collect()
 }
 
-/// A scalar function whose output is checked against `max_output_bytes`: estimated from the arguments before
-/// the function runs (so nothing large is allocated), and measured after it ran.
-#[derive(Debug, PartialEq, Eq, Hash)]
+/// A scalar function whose output is bounded: checked against `max_output_bytes` (the growing functions), estimated
+/// from the arguments before the function runs (so nothing large is allocated) and measured after it ran, and held
+/// in the process `budget` while it lives.
+#[derive(Debug)]
 struct BoundedUdf {
     inner: Arc<ScalarUDF>,
     signature: Signature,
     growth: Growth,
     max_output_bytes: usize,
+    budget: MemoryBudget,
+}
+
+// The budget is the process's one; two wrappers of the same function with the same bounds are the same function.
+impl PartialEq for BoundedUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.inner == other.inner
+            && self.signature == other.signature
+            && self.growth == other.growth
+            && self.max_output_bytes == other.max_output_bytes
+    }
+}
+
+impl Eq for BoundedUdf {}
+
+impl Hash for BoundedUdf {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.inner.hash(state);
+        self.signature.hash(state);
+        self.growth.hash(state);
+        self.max_output_bytes.hash(state);
+    }
 }
 
 impl BoundedUdf {
@@ -427,10 +465,13 @@ impl BoundedUdf {
             Growth::ArrayRepeat => count(1).saturating_mul(args.element_bytes(0, rows)),
             Growth::ArrayResize => count(1).saturating_mul(8),
             Growth::Range => args.range_len(row).unwrap_or(0).saturating_mul(8),
+            // Estimated for the whole call at once (see `output_memory::arguments_bytes`).
+            Growth::Inputs => 0,
         }
     }
 
-    fn check_arguments(&self, args: &ScalarFunctionArgs) -> Result<()> {
+    /// The estimated output of a growing function, refused past `max_output_bytes`.
+    fn check_arguments(&self, args: &ScalarFunctionArgs) -> Result<u64> {
         let any_array = args.args.iter().any(|a| matches!(a, ColumnarValue::Array(_)));
         let rows = if any_array { args.number_rows } else { 1 };
         let reader = Args { args: &args.args };
@@ -442,7 +483,7 @@ impl BoundedUdf {
                 return Err(self.refuse(total, rows));
             }
         }
-        Ok(())
+        Ok(total)
     }
 }
 
@@ -498,13 +539,22 @@ impl ScalarUDFImpl for BoundedUdf {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        self.check_arguments(&args)?;
+        let estimate = match self.growth {
+            // A fixed-width result is as long as the batch: nothing to bound beyond what the batch holds.
+            Growth::Inputs if !output_memory::variable_width(args.return_field.data_type()) => {
+                return self.inner.inner().invoke_with_args(args);
+            }
+            Growth::Inputs => output_memory::arguments_bytes(&args),
+            _ => self.check_arguments(&args)?,
+        };
+        let reservation = output_memory::reserve_output(&self.budget, self.inner.name(), estimate)?;
+        let rows = args.number_rows;
         let output = self.inner.inner().invoke_with_args(args)?;
         let bytes = output_bytes(&output);
-        if bytes > self.max_output_bytes {
+        if self.growth != Growth::Inputs && bytes > self.max_output_bytes {
             return Err(self.refuse(bytes as u64, 1));
         }
-        Ok(output)
+        output_memory::hold(output, reservation, rows, self.inner.name())
     }
 
     fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> Result<ExprSimplifyResult> {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampNanosecondArray, UInt64Array,
+    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, StringBuilder, TimestampNanosecondArray, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
@@ -20,11 +20,13 @@ use datafusion::common::pruning::PruningStatistics;
 use datafusion::common::{Column, DFSchema, Result, ScalarValue, project_schema};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::memory::{DataSourceExec, MemorySourceConfig};
+use datafusion::datasource::memory::DataSourceExec;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::table_schema::TableSchema;
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::PhysicalExpr;
@@ -34,7 +36,10 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::union::UnionExec;
+use futures::StreamExt;
 
 use collector::catalog::{Catalog, ParquetFile};
 use collector::schema::{PARTITION_COLUMNS, Signal};
@@ -264,17 +269,71 @@ impl SignalTable {
         Ok(DataSourceExec::from_data_source(config))
     }
 
+    /// The buffered (acknowledged, not yet flushed) batches, converted to the table's columns one batch at a time as
+    /// the scan reads them: a query holds the buffer's batches (shared, not copied) and one converted batch per
+    /// partition in flight, reserved in its memory pool, instead of a converted copy of the whole buffer.
     fn buffer_scan(
         &self,
+        state: &dyn Session,
         batches: Vec<RecordBatch>,
         projection: Option<&Vec<usize>>,
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let with_partitions =
-            batches.iter().map(|b| add_partition_columns(b, self.signal, &self.schema)).collect::<Result<Vec<_>>>()?;
-        let source = MemorySourceConfig::try_new(&[with_partitions], self.schema.clone(), projection.cloned())?
-            .with_limit(limit);
-        Ok(DataSourceExec::from_data_source(source))
+        let schema = project_schema(&self.schema, projection)?;
+        let partitions = state.config().target_partitions().clamp(1, batches.len().max(1));
+        let mut spread: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
+        for (i, batch) in batches.into_iter().enumerate() {
+            spread[i % partitions].push(batch);
+        }
+        let streams = spread
+            .into_iter()
+            .map(|batches| {
+                Arc::new(BufferPartition {
+                    batches,
+                    signal: self.signal,
+                    table_schema: self.schema.clone(),
+                    projection: projection.cloned(),
+                    schema: schema.clone(),
+                }) as Arc<dyn PartitionStream>
+            })
+            .collect();
+        Ok(Arc::new(StreamingTableExec::try_new(schema, streams, None, Vec::new(), false, limit)?))
+    }
+}
+
+/// One partition of a [`SignalTable::buffer_scan`].
+#[derive(Debug)]
+struct BufferPartition {
+    batches: Vec<RecordBatch>,
+    signal: Signal,
+    table_schema: SchemaRef,
+    projection: Option<Vec<usize>>,
+    /// The projected schema.
+    schema: SchemaRef,
+}
+
+impl PartitionStream for BufferPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, context: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let (signal, table_schema, projection) = (self.signal, self.table_schema.clone(), self.projection.clone());
+        let reservation =
+            MemoryConsumer::new(format!("{} buffer scan", signal.table_name())).register(context.memory_pool());
+        let batches = futures::stream::iter(self.batches.clone()).map(move |batch| {
+            let converted = add_partition_columns(&batch, signal, &table_schema, projection.as_deref())?;
+            // What the conversion made (partition columns, casts); the stored columns are the buffer's own.
+            let made: usize = converted
+                .columns()
+                .iter()
+                .filter(|c| !batch.columns().iter().any(|b| Arc::ptr_eq(b, c)))
+                .map(|c| c.get_array_memory_size())
+                .sum();
+            reservation.try_resize(made)?;
+            Ok(converted)
+        });
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batches))
     }
 }
 
@@ -349,9 +408,9 @@ impl TableProvider for SignalTable {
         }
         if buffered > 0 {
             if time_filters.is_empty() {
-                inputs.push(self.buffer_scan(snapshot.batches, projection, limit)?);
+                inputs.push(self.buffer_scan(state, snapshot.batches, projection, limit)?);
             } else {
-                let scan = self.buffer_scan(snapshot.batches, widened.as_ref(), None)?;
+                let scan = self.buffer_scan(state, snapshot.batches, widened.as_ref(), None)?;
                 inputs.push(self.filtered(state, scan, &time_filters, projection)?);
             }
         }
@@ -435,10 +494,60 @@ fn balanced_groups(
     groups.into_iter().filter(|(_, g)| !g.is_empty()).map(|(_, g)| FileGroup::new(g)).collect()
 }
 
-/// Appends `date` and `hour` computed from the time column, as the writer names the directories, and casts stored
-/// columns to the table's types (strings to `Utf8View`, whose views share the batch's string buffers, and
-/// [`DICTIONARY_COLUMNS`] to dictionaries).
-fn add_partition_columns(batch: &RecordBatch, signal: Signal, schema: &SchemaRef) -> Result<RecordBatch> {
+/// The columns `projection` asks for (all when `None`) of a buffered batch in the table's types: `date` and `hour`
+/// computed from the time column, as the writer names the directories, and stored columns cast to the table's types
+/// (strings to `Utf8View`, whose views share the batch's string buffers, and [`DICTIONARY_COLUMNS`] to
+/// dictionaries).
+fn add_partition_columns(
+    batch: &RecordBatch,
+    signal: Signal,
+    schema: &SchemaRef,
+    projection: Option<&[usize]>,
+) -> Result<RecordBatch> {
+    let all: Vec<usize>;
+    let projection = match projection {
+        Some(p) => p,
+        None => {
+            all = (0..schema.fields().len()).collect();
+            &all
+        }
+    };
+    let stored = batch.num_columns();
+    let partitions = if projection.iter().any(|&i| i >= stored) { Some(partition_values(batch, signal)?) } else { None };
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(projection.len());
+    for &i in projection {
+        let field = schema.field(i);
+        let column = match (i.checked_sub(stored), &partitions) {
+            (None, _) => {
+                let column = batch.column(i);
+                if column.data_type() == field.data_type() {
+                    column.clone()
+                } else {
+                    datafusion::arrow::compute::cast(column, field.data_type())?
+                }
+            }
+            (Some(0), Some((date, _))) => date.clone(),
+            (Some(1), Some((_, hour))) => hour.clone(),
+            _ => {
+                return Err(datafusion::error::DataFusionError::Internal(format!(
+                    "{signal} has no column {i} ({} stored, then date and hour)",
+                    stored
+                )));
+            }
+        };
+        columns.push(column);
+    }
+    let projected = Arc::new(schema.project(projection)?);
+    Ok(RecordBatch::try_new_with_options(
+        projected,
+        columns,
+        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
+}
+
+/// The `date` and `hour` of every row of a buffered batch, from its time column (formatted once per hour met).
+fn partition_values(batch: &RecordBatch, signal: Signal) -> Result<(ArrayRef, ArrayRef)> {
+    const HOUR_NS: i64 = 3_600_000_000_000;
     let time = batch
         .column_by_name(signal.time_column())
         .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
@@ -448,28 +557,23 @@ fn add_partition_columns(batch: &RecordBatch, signal: Signal, schema: &SchemaRef
                 signal.time_column()
             ))
         })?;
-    let mut dates = Vec::with_capacity(time.len());
-    let mut hours = Vec::with_capacity(time.len());
+    let rows = time.len();
+    let mut dates = StringBuilder::with_capacity(rows, rows * 10);
+    let mut hours = StringBuilder::with_capacity(rows, rows * 2);
+    let mut last: Option<(i64, String, String)> = None;
     for ns in time.iter() {
-        let t = chrono::DateTime::from_timestamp_nanos(ns.unwrap_or(0));
-        dates.push(t.format("%Y-%m-%d").to_string());
-        hours.push(t.format("%H").to_string());
+        let ns = ns.unwrap_or(0);
+        let bucket = ns.div_euclid(HOUR_NS);
+        if last.as_ref().is_none_or(|(b, _, _)| *b != bucket) {
+            let t = chrono::DateTime::from_timestamp_nanos(ns);
+            last = Some((bucket, t.format("%Y-%m-%d").to_string(), t.format("%H").to_string()));
+        }
+        if let Some((_, date, hour)) = &last {
+            dates.append_value(date);
+            hours.append_value(hour);
+        }
     }
-    let mut columns: Vec<ArrayRef> = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(column, field)| {
-            if column.data_type() == field.data_type() {
-                Ok(column.clone())
-            } else {
-                datafusion::arrow::compute::cast(column, field.data_type())
-            }
-        })
-        .collect::<std::result::Result<_, _>>()?;
-    columns.push(Arc::new(StringArray::from(dates)));
-    columns.push(Arc::new(StringArray::from(hours)));
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+    Ok((Arc::new(dates.finish()), Arc::new(hours.finish())))
 }
 
 /// Per-file statistics for the pruner: `date`/`hour` are exact, the time column's min/max come from the catalog.
@@ -558,7 +662,7 @@ mod tests {
         let loose = Arc::new(Schema::new(
             schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
         ));
-        let out = add_partition_columns(&batch, Signal::Logs, &loose).unwrap();
+        let out = add_partition_columns(&batch, Signal::Logs, &loose, None).unwrap();
         let date = out.column_by_name("date").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
         let hour = out.column_by_name("hour").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!((date.value(0), hour.value(0)), ("2026-11-21", "23"));

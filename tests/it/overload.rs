@@ -33,7 +33,7 @@ fn kv(key: &str, value: &str) -> KeyValue {
 
 /// `n` GenAI spans with span ids `first..first + n`, each with a few hundred bytes of attributes like an agent's
 /// and an error status whose message is `message_len` bytes long.
-fn request(first: u64, n: u64, message_len: usize) -> ExportTraceServiceRequest {
+pub(crate) fn request(first: u64, n: u64, message_len: usize) -> ExportTraceServiceRequest {
     let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
     let spans = (first..first + n)
         .map(|id| Span {

@@ -149,6 +149,114 @@ async fn expression_bombs_fail_fast_and_bounded() {
     assert_serving(&server).await;
 }
 
+/// SQL that stays under every per-call bound but together, nested or accumulated, asked for gigabytes: the
+/// functions outside the growing list (`concat`, `concat_ws`, `translate`, `overlay`), the `||` operator,
+/// aggregates of large values, and `unnest` beside a long string. Found by a red-team pass: peaks of 0.56-3.0 GiB,
+/// and two statements panicked a worker (an Arrow offset overflow in `concat`, an unwrap in `||`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_memory_bombs_are_refused_under_the_ceiling() {
+    let server = Server::start_with("[query]\ntimeout = \"30s\"\n").await;
+    let before = peak_rss_mib(server.pid());
+    // 7,000 bytes a row is 57 MB a batch of 8,192 rows: under query.max_function_output_mb (64 MiB) per call. The
+    // count depends on the row, so each call makes an array (over literals alone it would make one value).
+    let r = |c: char| format!("repeat('{c}', 7000 + value % 2)");
+    let eleven = (0..11).map(|i| r(char::from(b'a' + i))).collect::<Vec<_>>();
+    let bombs = [
+        format!("SELECT max(length(concat({}))) AS n FROM range(100000)", eleven.join(", ")),
+        format!("SELECT max(length(concat_ws(',', {}))) AS n FROM range(100000)", eleven.join(", ")),
+        format!("SELECT max(length({})) AS n FROM range(100000)", eleven.join(" || ")),
+        format!("SELECT max(length(translate({}, 'x', 'é'))) AS n FROM range(100000)", eleven.join(" || ")),
+        format!("SELECT max(length(overlay({} placing {} from 2))) AS n FROM range(100000)", eleven[0], eleven[1..].join(" || ")),
+        format!("SELECT length(string_agg({}, ',')) AS n FROM range(300000)", r('x')),
+        format!("SELECT cardinality(array_agg({})) AS n FROM range(300000)", r('x')),
+        "SELECT count(*) AS n, max(length(s)) AS m FROM (SELECT repeat('x', 1000) AS s, unnest(range(8000000)) AS v)"
+            .to_string(),
+        "SELECT length(repeat(repeat(repeat('x', 60000000), 1), 1) || repeat('y', 60000000) || repeat('z', 60000000) \
+         || repeat('w', 60000000) || repeat('v', 60000000) || repeat('u', 60000000)) AS n"
+            .to_string(),
+        // A literal 512 KiB string broadcast to every row of a batch.
+        format!("SELECT max(length(concat(CAST(value AS VARCHAR), '{}'))) AS n FROM range(100000)", "x".repeat(1 << 19)),
+    ];
+    for sql in &bombs {
+        let started = Instant::now();
+        let (status, body) = server.sql_raw(sql).await;
+        let shown = &sql[..sql.len().min(120)];
+        assert!(status == 400 || status == 422, "{shown}: {status} {body}");
+        assert!(
+            body.contains("max_function_output_mb") || body.contains("memory.limit_mb") || body.contains("memory_limit"),
+            "{shown}: the error names the limit: {body}"
+        );
+        eprintln!("{shown}: {status} in {:?}, peak {} MiB", started.elapsed(), peak_rss_mib(server.pid()));
+    }
+    let after = peak_rss_mib(server.pid());
+    eprintln!("SQL memory bombs: server peak RSS {before} MiB before, {after} MiB after");
+    assert!(after < 512, "peak RSS {after} MiB (from {before}): past the 512 MiB the default ceiling promises");
+    assert_serving(&server).await;
+    // The same functions on ordinary values: same answers as before, NULL-propagating `||`, DataFusion's names.
+    let rows = server
+        .sql(
+            "SELECT 'a' || 'b' AS ab, 'a' || NULL AS n, 'x' || 1 AS x1, concat('a', NULL, 'c') AS c, \
+             concat_ws('-', 'a', 'b') AS ws, translate('abc', 'b', 'é') AS t, upper('ß') AS u, \
+             length(string_agg(CAST(value AS VARCHAR), ',')) AS agg, count(*) AS rows FROM range(1000)",
+        )
+        .await;
+    let row = &rows[0];
+    assert_eq!(row["ab"], "ab");
+    assert!(row["n"].is_null(), "{row}");
+    assert_eq!(row["x1"], "x1");
+    assert_eq!(row["c"], "ac");
+    assert_eq!(row["ws"], "a-b");
+    assert_eq!(row["t"], "aéc");
+    assert_eq!(row["agg"].as_i64(), Some(3889));
+    let rows = server.sql("SELECT v, s FROM (SELECT 'k' || 'v' AS s, unnest(range(3)) AS v) ORDER BY v").await;
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[2]["s"], "kv");
+}
+
+/// Queries over a nearly full write buffer, eight at once, with default settings: each used to convert a copy of
+/// the whole buffer (partition columns, casts) at planning, outside every budget; a red-team pass saw 945 MiB.
+/// Now the buffer is converted one batch at a time as it is read, reserved in the query's pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_over_a_full_buffer_stay_under_the_ceiling() {
+    use prost::Message;
+    let server = Server::start_with("[storage]\nflush_interval = \"1h\"\n").await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/traces", server.http_url());
+    // About 120 MiB of buffer, under the 128 MiB flush mark: 1 kB messages and a few hundred bytes of attributes.
+    let (mut next, batch) = (0u64, 2_000u64);
+    while server.metric("tailscope_buffered_bytes").await < 120.0 * 1024.0 * 1024.0 {
+        let body = crate::overload::request(next, batch, 1000).encode_to_vec();
+        let r = client.post(&url).header("content-type", "application/x-protobuf").body(body).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+        next += batch;
+        assert!(next < 1_000_000, "the buffer never reached 120 MiB");
+    }
+    let before = peak_rss_mib(server.pid());
+    let queries = [
+        "SELECT span_id, status_message, date, hour FROM spans ORDER BY status_message DESC, span_id LIMIT 5",
+        "SELECT date, hour, count(*) AS n, max(length(status_message)) AS m FROM spans GROUP BY date, hour",
+        "SELECT count(DISTINCT span_id) AS n FROM spans",
+        "SELECT * FROM spans WHERE status_message LIKE '%never%'",
+    ];
+    let runs = (0..8).map(|i| {
+        let server = &server;
+        let sql = queries[i % queries.len()];
+        async move { (sql, server.sql_raw(sql).await) }
+    });
+    for (sql, (status, body)) in futures::future::join_all(runs).await {
+        // Past the ceiling a query fails clearly; it must not take the process past it.
+        assert!(status == 200 || status == 422, "{sql}: {status} {body}");
+    }
+    let rows = server.sql("SELECT count(*) AS n FROM spans").await;
+    assert_eq!(rows[0]["n"].as_u64(), Some(next), "every acknowledged span is seen");
+    let after = peak_rss_mib(server.pid());
+    eprintln!("8 queries over a {next}-span buffer: peak RSS {before} MiB before, {after} MiB after");
+    assert!(after < 512, "peak RSS {after} MiB: past the 512 MiB the default ceiling promises");
+    // Each scan holds about a batch per partition beyond the buffer itself (a copy of the buffer per query before:
+    // +297 MiB for eight queries over 100 MiB).
+    assert!(after - before < 160, "eight scans of the buffer took {} MiB", after - before);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_results_stream_under_a_bounded_memory() {
     let server = Server::start_with("[query]\ntimeout = \"60s\"\nmax_concurrent = 1\n").await;
