@@ -6,8 +6,9 @@
 //! `start_time`, so a status is a sum over at most a few thousand buckets, a rolling window slides by dropping
 //! old buckets, and the projection can read the recent burn rate.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
@@ -246,10 +247,103 @@ struct Tally {
     inference: f64,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 struct SessionTally {
     cost: f64,
     last_ns: i64,
+}
+
+/// The most memory one `session_cost` budget spends on following sessions: ids come from spans, so a client
+/// inventing a new session id per span would otherwise grow the map for the whole period (a month).
+pub const MAX_SESSION_BYTES: usize = 8 << 20;
+/// What one followed session costs beyond its id's bytes: the map entry, the ordered index entry, two `Arc`
+/// headers and the tally.
+const SESSION_OVERHEAD_BYTES: usize = 96;
+
+/// A cost with a total order, for the index of sessions by spend.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Spend(f64);
+
+impl Eq for Spend {}
+
+impl PartialOrd for Spend {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Spend {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// The sessions a `session_cost` budget follows, within [`MAX_SESSION_BYTES`]. When a new session would not fit,
+/// the sessions that have spent least are forgotten first: a budget is there to catch the expensive ones, and a
+/// flood of new ids can only push out sessions cheaper than each of them. Forgotten sessions are counted
+/// (`sessions_forgotten` in the status), and one that comes back starts from its new spend.
+#[derive(Debug, Clone)]
+struct SessionTallies {
+    by_id: HashMap<Arc<str>, SessionTally>,
+    by_spend: BTreeSet<(Spend, Arc<str>)>,
+    bytes: usize,
+    max_bytes: usize,
+    forgotten: u64,
+}
+
+impl SessionTallies {
+    fn new(max_bytes: usize) -> SessionTallies {
+        SessionTallies { by_id: HashMap::new(), by_spend: BTreeSet::new(), bytes: 0, max_bytes, forgotten: 0 }
+    }
+
+    fn entry_bytes(id: &str) -> usize {
+        id.len() + SESSION_OVERHEAD_BYTES
+    }
+
+    fn add(&mut self, id: &str, cost: f64, t: i64) {
+        if let Some((key, tally)) = self.by_id.get_key_value(id).map(|(k, v)| (k.clone(), *v)) {
+            self.by_spend.remove(&(Spend(tally.cost), key.clone()));
+            let tally = SessionTally { cost: tally.cost + cost, last_ns: tally.last_ns.max(t) };
+            self.by_spend.insert((Spend(tally.cost), key.clone()));
+            self.by_id.insert(key, tally);
+            return;
+        }
+        let needed = Self::entry_bytes(id);
+        if needed > self.max_bytes {
+            self.forgotten += 1;
+            return;
+        }
+        while self.bytes + needed > self.max_bytes {
+            let Some((_, cheapest)) = self.by_spend.pop_first() else { break };
+            self.by_id.remove(&cheapest);
+            self.bytes -= Self::entry_bytes(&cheapest);
+            self.forgotten += 1;
+        }
+        let key: Arc<str> = Arc::from(id);
+        self.by_spend.insert((Spend(cost), key.clone()));
+        self.by_id.insert(key, SessionTally { cost, last_ns: t });
+        self.bytes += needed;
+    }
+
+    /// Keeps the sessions seen at or after `from_ns`.
+    fn retain_since(&mut self, from_ns: i64) {
+        let by_id = std::mem::take(&mut self.by_id);
+        for (id, tally) in by_id {
+            if tally.last_ns >= from_ns {
+                self.by_id.insert(id, tally);
+            } else {
+                self.by_spend.remove(&(Spend(tally.cost), id.clone()));
+                self.bytes -= Self::entry_bytes(&id);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_id.clear();
+        self.by_spend.clear();
+        self.bytes = 0;
+        self.forgotten = 0;
+    }
 }
 
 /// One session's figures against a `session_cost` budget.
@@ -290,6 +384,14 @@ pub struct BudgetStatus {
     /// `session_cost`: sessions at or above the lowest threshold, most expensive first (at most 100).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sessions: Vec<SessionStatus>,
+    /// `session_cost`: sessions this period that were forgotten to keep the budget's memory bounded (the least
+    /// expensive ones, see [`MAX_SESSION_BYTES`]); their spend is no longer followed.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub sessions_forgotten: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A projection needs this share of the period behind it, so one early burst does not cry wolf.
@@ -297,6 +399,8 @@ pub const FORECAST_MIN_ELAPSED: f64 = 0.05;
 /// The burn rate is measured over the trailing fifth of the period (or all of it so far, if less).
 pub const FORECAST_LOOKBACK: f64 = 0.2;
 const MAX_SESSIONS_REPORTED: usize = 100;
+/// How far ahead of the collector's clock a span may start and still be counted at its own time.
+const MAX_CLOCK_SKEW_NS: i64 = 3_600_000_000_000;
 
 /// One budget's running figures.
 #[derive(Debug, Clone)]
@@ -305,7 +409,7 @@ pub struct Budget {
     pub config: BudgetConfig,
     levels: Vec<f64>,
     buckets: BTreeMap<i64, Tally>,
-    sessions: HashMap<String, SessionTally>,
+    sessions: SessionTallies,
     period_key: String,
 }
 
@@ -316,7 +420,13 @@ impl Budget {
         levels.sort_by(f64::total_cmp);
         levels.dedup();
         let period_key = config.period.bounds(now_ns).key;
-        Budget { config, levels, buckets: BTreeMap::new(), sessions: HashMap::new(), period_key }
+        Budget {
+            config,
+            levels,
+            buckets: BTreeMap::new(),
+            sessions: SessionTallies::new(MAX_SESSION_BYTES),
+            period_key,
+        }
     }
 
     /// The thresholds, ascending.
@@ -337,11 +447,15 @@ impl Budget {
     pub fn add(&mut self, cols: &SpanColumns, now_ns: i64) {
         let start_ns = self.config.period.bounds(now_ns).start_ns;
         let width = self.config.period.bucket_ns();
+        // Spans stamped far ahead (a wrong clock, or a hostile client) count as now: each would otherwise open a
+        // time bucket of its own that no period roll ever drops.
+        let latest = now_ns.saturating_add(MAX_CLOCK_SKEW_NS);
         for i in 0..cols.len() {
             let t = cols.start.value(i);
             if t < start_ns {
                 continue; // an earlier period, or outside the window
             }
+            let t = if t > latest { now_ns } else { t };
             let cost = opt_f64(&cols.cost, i);
             let (spend, inference) = match self.config.kind {
                 BudgetKind::Egress => (opt_f64(&cols.egress_cost, i).unwrap_or(0.0), 0.0),
@@ -357,9 +471,7 @@ impl Budget {
                     if !self.matches(cols, i) {
                         continue;
                     }
-                    let tally = self.sessions.entry(session.to_string()).or_default();
-                    tally.cost += cost;
-                    tally.last_ns = tally.last_ns.max(t);
+                    self.sessions.add(session, cost, t);
                     (cost, 0.0)
                 }
             };
@@ -382,7 +494,7 @@ impl Budget {
         let width = self.config.period.bucket_ns();
         let keep_from = bounds.start_ns.div_euclid(width) * width;
         self.buckets = self.buckets.split_off(&keep_from);
-        self.sessions.retain(|_, s| s.last_ns >= bounds.start_ns);
+        self.sessions.retain_since(bounds.start_ns);
         if bounds.key != self.period_key {
             self.sessions.clear();
             Some(std::mem::replace(&mut self.period_key, bounds.key))
@@ -419,6 +531,7 @@ impl Budget {
             projected_usd: None,
             projected_utilization: None,
             sessions: Vec::new(),
+            sessions_forgotten: 0,
         };
         match c.kind {
             BudgetKind::DuplicateInference => {
@@ -431,10 +544,11 @@ impl Budget {
                 let lowest = self.levels.first().copied().unwrap_or(1.0);
                 let mut sessions: Vec<SessionStatus> = self
                     .sessions
+                    .by_id
                     .iter()
                     .filter(|(_, s)| s.last_ns >= bounds.start_ns)
                     .map(|(id, s)| SessionStatus {
-                        session_id: id.clone(),
+                        session_id: id.to_string(),
                         spend_usd: s.cost,
                         utilization: ratio(s.cost, c.cap_usd),
                     })
@@ -446,6 +560,7 @@ impl Budget {
                 sessions.retain(|s| s.utilization >= lowest);
                 sessions.truncate(MAX_SESSIONS_REPORTED);
                 status.sessions = sessions;
+                status.sessions_forgotten = self.sessions.forgotten;
             }
             _ => {}
         }
@@ -707,5 +822,44 @@ pub(crate) mod tests {
         assert_eq!(usd(640.0), "$640.00");
         assert_eq!(usd(1234567.891), "$1,234,567.89");
         assert_eq!(usd(0.004), "$0.00");
+    }
+
+    /// A client inventing a session id per span: the budget follows at most MAX bytes of sessions, keeps the
+    /// expensive ones and says how many it forgot.
+    #[test]
+    fn a_flood_of_session_ids_is_bounded_in_bytes_and_keeps_the_expensive_sessions() {
+        let mut tallies = SessionTallies::new(64 * 1024);
+        tallies.add("big-spender", 50.0, 1);
+        for i in 0..200_000u64 {
+            tallies.add(&format!("flood-{i:032}"), 0.001, 2);
+            assert!(tallies.bytes <= 64 * 1024);
+        }
+        tallies.add("big-spender", 1.0, 3);
+        assert_eq!(tallies.by_id.len(), tallies.by_spend.len());
+        let kept = tallies.by_id.len() as u64;
+        assert!(kept > 400, "{kept} sessions in 64 KiB");
+        assert_eq!(tallies.forgotten, 200_001 - kept);
+        let big = tallies.by_id.get("big-spender").copied().unwrap_or_default();
+        assert_eq!((big.cost, big.last_ns), (51.0, 3));
+        // An id larger than the whole bound is not followed at all, and nothing is pushed out for it.
+        tallies.add(&"x".repeat(70 * 1024), 100.0, 4);
+        assert_eq!(tallies.by_id.len() as u64, kept);
+        // Bytes are given back when sessions leave the window.
+        tallies.retain_since(3);
+        assert_eq!(tallies.by_id.len(), 1);
+        assert_eq!(tallies.bytes, SessionTallies::entry_bytes("big-spender"));
+    }
+
+    /// Spans stamped in the far future count now instead of each opening a time bucket that is never dropped.
+    #[test]
+    fn far_future_spans_count_now_and_open_no_buckets() {
+        let now = ns("2026-11-15T12:00:00Z");
+        let mut b = Budget::new(config("total", BudgetKind::Total, BudgetPeriod::Day, 10.0), now);
+        let rows: Vec<Row> = (1..=5_000i64)
+            .map(|i| Row { t: now + i * 86_400_000_000_000, cost: Some(0.001), ..Default::default() })
+            .collect();
+        add(&mut b, &rows, now);
+        assert!(b.buckets.len() <= 2, "{} buckets", b.buckets.len());
+        assert!((b.status(now).spend_usd - 5.0).abs() < 1e-6);
     }
 }
