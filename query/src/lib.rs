@@ -20,9 +20,10 @@ mod quantile;
 pub mod shell;
 mod string_group;
 mod table;
-mod unnest_guard;
 #[cfg(test)]
 mod tests;
+mod unnest_guard;
+mod unreadable;
 mod views;
 
 pub use engine::{CATALOG_NAME, Engine, QueryOutput, QueryStream, Relation, SCHEMA_NAME, memory_pool};
