@@ -319,7 +319,7 @@ impl SignalTable {
                 Some((location(&self.data_dir, f), f.relative_path.clone(), stamp))
             }),
         );
-        let source = GuardedSource::new(Arc::new(source), Arc::new(scan_files));
+        let source = GuardedSource::wrapping(Arc::new(source), Arc::new(scan_files));
         let groups = balanced_groups(&self.data_dir, files, state.config().target_partitions(), &file_schema);
         let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
             .with_file_groups(groups)

@@ -285,8 +285,8 @@ async fn unreadable_files_are_skipped_and_a_damaged_page_is_named() {
     }
 
     // Restored from a backup (the same bytes, a new change time): read again.
-    for i in 0..3 {
-        std::fs::write(path(i), &originals[i]).unwrap();
+    for (i, original) in originals.iter().enumerate().take(3) {
+        std::fs::write(path(i), original).unwrap();
     }
     assert_eq!(i64_col(&engine.sql(count).await.unwrap(), "n"), vec![40]);
     assert!(catalog.unreadable_files().is_empty());

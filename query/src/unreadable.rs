@@ -185,12 +185,12 @@ pub struct GuardedSource {
 
 impl GuardedSource {
     /// `inner` guarded over `files`.
-    pub fn new(inner: Arc<dyn FileSource>, files: Arc<ScanFiles>) -> Arc<dyn FileSource> {
+    pub fn wrapping(inner: Arc<dyn FileSource>, files: Arc<ScanFiles>) -> Arc<dyn FileSource> {
         Arc::new(GuardedSource { inner, files })
     }
 
     fn wrap(&self, inner: Arc<dyn FileSource>) -> Arc<dyn FileSource> {
-        GuardedSource::new(inner, self.files.clone())
+        GuardedSource::wrapping(inner, self.files.clone())
     }
 }
 
