@@ -6,12 +6,15 @@
 //! for a directory walk. A [`Catalog`] opened on a directory without a running collector (the CLI's `--data-dir`)
 //! lists the files once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::record_batch::RecordBatch;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 
 use crate::memory::MemoryBudget;
 use crate::schema::Signal;
@@ -54,6 +57,55 @@ impl ParquetFile {
     }
 }
 
+/// What identifies one version of a file on disk: its size and its inode change time, from one `stat`. Truncating,
+/// rewriting, restoring from a backup or even `chmod` gives a new stamp, so a verdict about a file is reached again
+/// after it changed, and never re-read while it did not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    /// Size in bytes.
+    pub size: u64,
+    /// Inode change time (`ctime`), in ns since the epoch.
+    pub changed_ns: i128,
+}
+
+impl FileStamp {
+    /// The stamp of a file from its metadata.
+    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
+            size: meta.len(),
+            changed_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        }
+    }
+}
+
+/// Whether a committed file can be read, as found the last time it was checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileCheck {
+    /// Its footer (and page index) was read. A page may still be damaged: a query that reads it finds out.
+    Readable,
+    /// It cannot be read, and why: queries skip it until it changes.
+    Unreadable(String),
+}
+
+/// The verdicts on the committed files (one entry per file checked, dropped with the file), and the metrics that
+/// count them.
+#[derive(Debug, Clone, Default)]
+struct FileHealth {
+    checked: Arc<Mutex<HashMap<PathBuf, (FileStamp, FileCheck)>>>,
+    /// Files found unreadable, counted once per file version (`tailscope_parquet_unreadable_files_total`).
+    unreadable_total: Counter,
+    /// Files skipped by queries now (`tailscope_parquet_skipped_files`).
+    skipped: Gauge,
+}
+
+impl FileHealth {
+    /// Sets the gauge from the verdicts; call with the lock held, after a change.
+    fn update_gauge(&self, checked: &HashMap<PathBuf, (FileStamp, FileCheck)>) {
+        let skipped = checked.values().filter(|(_, c)| matches!(c, FileCheck::Unreadable(_))).count();
+        self.skipped.set(i64::try_from(skipped).unwrap_or(i64::MAX));
+    }
+}
+
 /// A consistent view of one table: files plus in-memory batches, with no row in both.
 #[derive(Debug, Clone, Default)]
 pub struct TableSnapshot {
@@ -79,6 +131,8 @@ pub struct Catalog {
     /// The process-wide memory budget that the buffer is reserved from and that queries over this catalog draw
     /// their operators' memory from. Unlimited for a catalog without a collector.
     memory: MemoryBudget,
+    /// Which files were found readable or not (see [`Catalog::file_check`]).
+    health: FileHealth,
 }
 
 impl Catalog {
@@ -89,7 +143,16 @@ impl Catalog {
             data_dir: Arc::new(data_dir.into()),
             tables: Arc::new(RwLock::new(tables)),
             memory: MemoryBudget::unlimited(),
+            health: FileHealth::default(),
         }
+    }
+
+    /// This catalog counting unreadable files in `unreadable_total` and setting `skipped` to the number of files
+    /// queries skip (the collector's `/metrics`); a catalog without a collector counts them for itself.
+    pub fn with_file_metrics(mut self, unreadable_total: Counter, skipped: Gauge) -> Catalog {
+        self.health.unreadable_total = unreadable_total;
+        self.health.skipped = skipped;
+        self
     }
 
     /// This catalog drawing on `memory` (the collector's budget) instead of an unlimited one.
@@ -126,6 +189,10 @@ impl Catalog {
             let state = tables.entry(signal).or_default();
             state.files = files.into_iter().map(|f| (f.relative_path.clone(), f)).collect();
         }
+        // Verdicts about files no longer listed go with them.
+        let mut checked = self.health.checked.lock();
+        checked.retain(|path, _| tables.values().any(|state| state.files.contains_key(path)));
+        self.health.update_gauge(&checked);
         Ok(())
     }
 
@@ -199,7 +266,66 @@ impl Catalog {
     /// Drops a file that vanished from disk (deleted by hand) from the table, so that queries go on with the
     /// rest. Returns whether it was listed.
     pub fn forget_file(&self, signal: Signal, relative_path: &Path) -> bool {
-        self.tables.write().get_mut(&signal).is_some_and(|state| state.files.remove(relative_path).is_some())
+        let listed =
+            self.tables.write().get_mut(&signal).is_some_and(|state| state.files.remove(relative_path).is_some());
+        let mut checked = self.health.checked.lock();
+        if checked.remove(relative_path).is_some() {
+            self.health.update_gauge(&checked);
+        }
+        listed
+    }
+
+    /// What was found about the file at `relative_path` when it was last checked, if it has not changed since
+    /// (`stamp`). `None`: it has to be checked.
+    pub fn file_check(&self, relative_path: &Path, stamp: FileStamp) -> Option<FileCheck> {
+        let checked = self.health.checked.lock();
+        checked.get(relative_path).filter(|(at, _)| *at == stamp).map(|(_, check)| check.clone())
+    }
+
+    /// Records that the file at `relative_path`, as it is at `stamp`, reads (its footer does).
+    pub fn set_readable(&self, relative_path: &Path, stamp: FileStamp) {
+        let mut checked = self.health.checked.lock();
+        let previous = checked.insert(relative_path.to_path_buf(), (stamp, FileCheck::Readable));
+        if matches!(previous, Some((_, FileCheck::Unreadable(_)))) {
+            tracing::info!(file = %self.data_dir.join(relative_path).display(), "Parquet file readable again");
+            self.health.update_gauge(&checked);
+        }
+    }
+
+    /// Records that the file at `relative_path`, as it is at `stamp`, cannot be read because of `reason`: queries
+    /// skip it from now on, until it changes. The first time for this version of the file, it is logged (warn) by
+    /// name with what to do and counted; nothing is deleted. Returns whether this was news.
+    pub fn set_unreadable(&self, relative_path: &Path, stamp: FileStamp, reason: &str) -> bool {
+        let mut checked = self.health.checked.lock();
+        if checked.get(relative_path).is_some_and(|(at, c)| *at == stamp && matches!(c, FileCheck::Unreadable(_))) {
+            return false;
+        }
+        checked.insert(relative_path.to_path_buf(), (stamp, FileCheck::Unreadable(reason.to_string())));
+        self.health.unreadable_total.inc();
+        self.health.update_gauge(&checked);
+        tracing::warn!(
+            file = %self.data_dir.join(relative_path).display(),
+            size = stamp.size,
+            %reason,
+            "Parquet file cannot be read (damaged or truncated): queries skip it from now on and answer from the \
+             other files. tailscope does not delete it: move it out of the data dir, or restore it from a backup \
+             (a changed file is checked again)"
+        );
+        true
+    }
+
+    /// The files queries skip now, with why (relative paths).
+    pub fn unreadable_files(&self) -> Vec<(PathBuf, String)> {
+        let checked = self.health.checked.lock();
+        let mut out: Vec<(PathBuf, String)> = checked
+            .iter()
+            .filter_map(|(path, (_, check))| match check {
+                FileCheck::Unreadable(reason) => Some((path.clone(), reason.clone())),
+                FileCheck::Readable => None,
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Number of buffered (unflushed) rows per signal, for `/metrics`.

@@ -13,6 +13,69 @@ use serde::{Deserialize, Serialize};
 use crate::cost::{AlertsConfig, BudgetConfig, PricingConfig};
 use crate::error::ConfigError;
 
+/// One MiB.
+const MIB: usize = 1024 * 1024;
+/// The largest size any setting may have, in MiB: 1 TiB. Far above any machine tailscope runs on, and small
+/// enough that no conversion to bytes or sum of two sizes overflows.
+pub const MAX_SIZE_MIB: usize = 1024 * 1024;
+/// The largest size any setting may have, in bytes: 1 TiB.
+pub const MAX_SIZE_BYTES: usize = MAX_SIZE_MIB * MIB;
+/// The longest timeout or interval any setting may have: one day. Deadlines are `now + setting`: a value of years
+/// would overflow them (a panic), and no timeout of tailscope's makes sense past a day.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest `Retry-After` a client is told to wait: an hour (clients follow it literally).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
+
+/// `mib` MiB in bytes: the one conversion of every MiB setting. `None` outside 1 MiB ..= 1 TiB
+/// ([`MAX_SIZE_MIB`]), so the product never overflows (and zero, a size nothing can work with, is no size).
+pub fn mib_to_bytes(mib: usize) -> Option<usize> {
+    if !(1..=MAX_SIZE_MIB).contains(&mib) {
+        return None;
+    }
+    mib.checked_mul(MIB)
+}
+
+/// `mib` MiB in bytes for a setting already validated; out-of-range values (a config not validated) are taken at
+/// the nearest bound rather than wrapped.
+fn validated_mib_to_bytes(mib: usize) -> usize {
+    mib_to_bytes(mib.clamp(1, MAX_SIZE_MIB)).unwrap_or(usize::MAX)
+}
+
+/// The error for a setting outside its range: the key, the value and what is allowed.
+fn out_of_range(field: &str, value: impl std::fmt::Display, allowed: &str) -> ConfigError {
+    ConfigError::Invalid { field: field.to_string(), reason: format!("{value} is outside the allowed range {allowed}") }
+}
+
+/// A size in MiB: 1 ..= 1 TiB, convertible to bytes.
+fn check_mib(field: &str, mib: usize) -> Result<usize, ConfigError> {
+    mib_to_bytes(mib).ok_or_else(|| out_of_range(field, mib, &format!("1..={MAX_SIZE_MIB} MiB (1 MiB to 1 TiB)")))
+}
+
+/// A size in bytes: 1 ..= 1 TiB.
+fn check_bytes(field: &str, bytes: usize) -> Result<(), ConfigError> {
+    if !(1..=MAX_SIZE_BYTES).contains(&bytes) {
+        return Err(out_of_range(field, bytes, &format!("1..={MAX_SIZE_BYTES} bytes (1 TiB)")));
+    }
+    Ok(())
+}
+
+/// A count: 1 ..= `max`.
+fn check_count(field: &str, n: usize, max: usize) -> Result<(), ConfigError> {
+    if !(1..=max).contains(&n) {
+        return Err(out_of_range(field, n, &format!("1..={max}")));
+    }
+    Ok(())
+}
+
+/// A duration within `min ..= max`.
+pub(crate) fn check_duration(field: &str, d: Duration, min: Duration, max: Duration) -> Result<(), ConfigError> {
+    if d < min || d > max {
+        let show = |d: Duration| humantime_serde::re::humantime::format_duration(d).to_string();
+        return Err(out_of_range(field, show(d), &format!("{}..={}", show(min), show(max))));
+    }
+    Ok(())
+}
+
 /// The whole configuration of a tailscope process.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -73,19 +136,16 @@ impl Config {
         Config::from_toml(&text, path)
     }
 
-    /// Checks values that parse but cannot work.
+    /// Checks values that parse but cannot work: every size, duration and count is within its range (the error
+    /// names the key, the value and the range), and the settings that depend on each other agree.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field: &str, reason: String| ConfigError::Invalid { field: field.to_string(), reason };
         self.server.validate()?;
-        if self.ingest.max_body_bytes == 0 {
-            return Err(invalid("ingest.max_body_bytes", "must be greater than 0".into()));
-        }
-        if self.ingest.max_attributes_per_span == 0 {
-            return Err(invalid("ingest.max_attributes_per_span", "must be greater than 0".into()));
-        }
-        if self.storage.flush_max_bytes == 0 {
-            return Err(invalid("storage.flush_max_bytes", "must be greater than 0".into()));
-        }
+        self.ingest.validate()?;
+        self.storage.validate()?;
+        self.query.validate()?;
+        self.live.validate()?;
+        let memory_bytes = check_mib("memory.limit_mb", self.memory.limit_mb)?;
         if self.storage.flush_max_bytes > self.ingest.max_buffer_bytes {
             return Err(invalid(
                 "storage.flush_max_bytes",
@@ -95,16 +155,7 @@ impl Config {
                 ),
             ));
         }
-        if self.storage.row_group_rows == 0 {
-            return Err(invalid("storage.row_group_rows", "must be greater than 0".into()));
-        }
-        if !(1..=22).contains(&self.storage.zstd_level) {
-            return Err(invalid("storage.zstd_level", format!("{} is outside 1..=22", self.storage.zstd_level)));
-        }
-        if self.memory.limit_mb == 0 {
-            return Err(invalid("memory.limit_mb", "must be greater than 0".into()));
-        }
-        if self.ingest.max_buffer_bytes > self.memory.limit_bytes() {
+        if self.ingest.max_buffer_bytes > memory_bytes {
             return Err(invalid(
                 "ingest.max_buffer_bytes",
                 format!(
@@ -113,18 +164,8 @@ impl Config {
                 ),
             ));
         }
-        if self.query.max_concurrent == 0 {
-            return Err(invalid("query.max_concurrent", "must be greater than 0".into()));
-        }
-        for (field, value) in [
-            ("query.max_sql_bytes", self.query.max_sql_bytes),
-            ("query.max_expr_depth", self.query.max_expr_depth),
-            ("query.max_function_output_mb", self.query.max_function_output_mb),
-        ] {
-            if value == 0 {
-                return Err(invalid(field, "must be greater than 0".into()));
-            }
-        }
+        // Ranges first, so an absurd value gets its range in the error rather than a rule of the cost module's.
+        self.validate_cost_ranges()?;
         for (i, budget) in self.budgets.iter().enumerate() {
             budget.validate().map_err(|reason| invalid(&format!("budget[{i}] ({})", budget.name), reason))?;
         }
@@ -137,7 +178,40 @@ impl Config {
         self.pricing.validate().map_err(cost)?;
         Ok(())
     }
+
+    /// The ranges of the `[alerts]`, `[pricing]` and `[[budget]]` settings (their other rules are the cost
+    /// module's).
+    fn validate_cost_ranges(&self) -> Result<(), ConfigError> {
+        let alerts = &self.alerts;
+        let ms = Duration::from_millis;
+        for (field, value, min) in [
+            ("alerts.timeout", alerts.timeout, ms(1)),
+            ("alerts.initial_backoff", alerts.initial_backoff, ms(1)),
+            ("alerts.max_backoff", alerts.max_backoff, ms(1)),
+            ("alerts.evaluate_interval", alerts.evaluate_interval, ms(100)),
+        ] {
+            check_duration(field, value, min, MAX_DURATION)?;
+        }
+        check_count("alerts.max_attempts", usize::try_from(alerts.max_attempts).unwrap_or(usize::MAX), 1000)?;
+        // Price matching is linear in the name, and a name is looked up per span.
+        check_count("pricing.max_name_bytes", self.pricing.max_name_bytes, 65_536)?;
+        if self.pricing.cache_bytes > MAX_SIZE_BYTES {
+            let allowed = format!("0..={MAX_SIZE_BYTES} bytes (1 TiB)");
+            return Err(out_of_range("pricing.cache_bytes", self.pricing.cache_bytes, &allowed));
+        }
+        check_bytes("pricing.bytes_per_gb", usize::try_from(self.pricing.bytes_per_gb).unwrap_or(usize::MAX))?;
+        for (i, budget) in self.budgets.iter().enumerate() {
+            if let crate::cost::BudgetPeriod::Rolling(window) = budget.period {
+                let field = format!("budget[{i}] ({}).period", budget.name);
+                check_duration(&field, window, Duration::from_secs(60), MAX_BUDGET_WINDOW)?;
+            }
+        }
+        Ok(())
+    }
 }
+
+/// The longest rolling budget window: a year of 365.25 days (calendar periods are `day` and `month`).
+const MAX_BUDGET_WINDOW: Duration = Duration::from_secs(31_557_600);
 
 /// Listening addresses, and the limits every listener applies to its connections (`crate::net`).
 /// Loopback by default: exposing a collector is a deliberate act.
@@ -206,21 +280,70 @@ impl ServerConfig {
             ("server.keepalive_interval", self.keepalive_interval),
             ("server.keepalive_timeout", self.keepalive_timeout),
         ];
+        // At least 100 ms: shorter cuts off ordinary clients (a few seconds or more in production).
         for (field, value) in timeouts {
-            if value < Duration::from_millis(100) {
-                return Err(ConfigError::Invalid {
-                    field: field.to_string(),
-                    reason: format!("{value:?} is too short: at least 100ms (a few seconds or more in production)"),
-                });
-            }
+            check_duration(field, value, Duration::from_millis(100), MAX_DURATION)?;
         }
-        if !(1..=1_000_000).contains(&self.max_connections) {
-            return Err(ConfigError::Invalid {
-                field: "server.max_connections".into(),
-                reason: format!("{} is outside 1..=1000000", self.max_connections),
-            });
+        check_count("server.max_connections", self.max_connections, 1_000_000)
+    }
+}
+
+impl IngestConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_bytes("ingest.max_body_bytes", self.max_body_bytes)?;
+        check_bytes("ingest.max_buffer_bytes", self.max_buffer_bytes)?;
+        check_duration("ingest.retry_after", self.retry_after, Duration::from_millis(1), MAX_RETRY_AFTER)?;
+        // Kept attributes are read and stored whole: far past any real span, bounded so a typo is not a limit.
+        check_count("ingest.max_attributes_per_span", self.max_attributes_per_span, 1 << 20)
+    }
+}
+
+impl StorageConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_bytes("storage.flush_max_bytes", self.flush_max_bytes)?;
+        check_duration("storage.flush_interval", self.flush_interval, Duration::from_millis(1), MAX_DURATION)?;
+        // 64 Mi rows: 64 times the default, beyond which one row group outgrows any flush's memory.
+        check_count("storage.row_group_rows", self.row_group_rows, 1 << 26)?;
+        if !(1..=22).contains(&self.zstd_level) {
+            return Err(out_of_range("storage.zstd_level", self.zstd_level, "1..=22"));
         }
         Ok(())
+    }
+}
+
+impl QueryConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_duration("query.timeout", self.timeout, Duration::from_millis(1), MAX_DURATION)?;
+        check_mib("query.memory_limit_mb", self.memory_limit_mb)?;
+        check_mib("query.max_function_output_mb", self.max_function_output_mb)?;
+        // Each query in flight holds a planner thread and its own memory pool.
+        check_count("query.max_concurrent", self.max_concurrent, 1024)?;
+        check_count("query.max_sql_bytes", self.max_sql_bytes, 64 * MIB)?;
+        // The planner thread's stack (`query::limits::PLANNER_STACK_BYTES`) is sized for statements at the default
+        // depth, 512: twice that is the most allowed, so no setting lets a statement overflow it.
+        check_count("query.max_expr_depth", self.max_expr_depth, 1024)
+    }
+
+    /// `memory_limit_mb` in bytes.
+    pub fn memory_limit_bytes(&self) -> usize {
+        validated_mib_to_bytes(self.memory_limit_mb)
+    }
+
+    /// `max_function_output_mb` in bytes.
+    pub fn max_function_output_bytes(&self) -> usize {
+        validated_mib_to_bytes(self.max_function_output_mb)
+    }
+}
+
+impl LiveConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let day_ms = MAX_DURATION.as_millis() as f64;
+        if !(self.slo_p99_ms.is_finite() && self.slo_p99_ms > 0.0 && self.slo_p99_ms <= day_ms) {
+            return Err(out_of_range("live.slo_p99_ms", self.slo_p99_ms, &format!("(0, {day_ms}] ms (one day)")));
+        }
+        // Each route holds up to ~2 MiB of histograms.
+        check_count("live.max_routes", self.max_routes, 65_536)?;
+        check_count("live.max_key_bytes", self.max_key_bytes, 65_536)
     }
 }
 
@@ -344,7 +467,7 @@ pub struct MemoryConfig {
 impl MemoryConfig {
     /// The budget in bytes.
     pub fn limit_bytes(&self) -> usize {
-        self.limit_mb.saturating_mul(1024 * 1024)
+        validated_mib_to_bytes(self.limit_mb)
     }
 }
 
@@ -393,6 +516,112 @@ mod tests {
         assert_eq!(config.query, defaults.query);
         assert_eq!(config.memory, defaults.memory);
         assert_eq!(config.budgets.len(), 2);
+    }
+
+    /// Sizes, durations and counts an operator (or an attacker with write access to the config) could set to
+    /// absurd values: each is refused at start by `validate`, naming the key, the value and the allowed range,
+    /// instead of overflowing when converted to bytes, panicking when added to an instant, or sizing anything.
+    #[test]
+    fn absurd_sizes_and_durations_are_refused_with_the_key_and_the_bound() {
+        let cases: &[(&str, &str, &str, &str)] = &[
+            ("[memory]\nlimit_mb = 99999999999\n", "memory.limit_mb", "99999999999", "1..=1048576 MiB"),
+            ("[memory]\nlimit_mb = 0\n", "memory.limit_mb", "0", "1..=1048576 MiB"),
+            (
+                "[query]\nmemory_limit_mb = 9223372036854775807\n",
+                "query.memory_limit_mb",
+                "9223372036854775807",
+                "1..=1048576",
+            ),
+            (
+                "[query]\nmax_function_output_mb = 17592186044416\n",
+                "query.max_function_output_mb",
+                "17592186044416",
+                "1..=1048576",
+            ),
+            (
+                "[ingest]\nmax_body_bytes = 9223372036854775807\n",
+                "ingest.max_body_bytes",
+                "9223372036854775807",
+                "1..=1099511627776",
+            ),
+            ("[ingest]\nmax_buffer_bytes = 0\n", "ingest.max_buffer_bytes", "0", "1..=1099511627776"),
+            ("[ingest]\nretry_after = \"10years\"\n", "ingest.retry_after", "10years", "1ms..=1h"),
+            (
+                "[ingest]\nmax_attributes_per_span = 9223372036854775807\n",
+                "ingest.max_attributes_per_span",
+                "9223372036854775807",
+                "1..=1048576",
+            ),
+            ("[query]\ntimeout = \"0s\"\n", "query.timeout", "0s", "1ms..=1day"),
+            ("[query]\ntimeout = \"100years\"\n", "query.timeout", "100years", "1ms..=1day"),
+            ("[query]\ntimeout = \"500000000000years\"\n", "query.timeout", "500000000000years", "1ms..=1day"),
+            (
+                "[query]\nmax_concurrent = 9223372036854775807\n",
+                "query.max_concurrent",
+                "9223372036854775807",
+                "1..=1024",
+            ),
+            ("[query]\nmax_expr_depth = 1000000\n", "query.max_expr_depth", "1000000", "1..=1024"),
+            ("[query]\nmax_sql_bytes = 0\n", "query.max_sql_bytes", "0", "1..=67108864"),
+            ("[storage]\nflush_interval = \"0s\"\n", "storage.flush_interval", "0s", "1ms..=1day"),
+            ("[storage]\nflush_interval = \"2days\"\n", "storage.flush_interval", "2days", "1ms..=1day"),
+            (
+                "[storage]\nrow_group_rows = 9223372036854775807\n",
+                "storage.row_group_rows",
+                "9223372036854775807",
+                "1..=67108864",
+            ),
+            ("[server]\nidle_timeout = \"1000years\"\n", "server.idle_timeout", "1000years", "100ms..=1day"),
+            ("[server]\nbody_timeout = \"0s\"\n", "server.body_timeout", "0s", "100ms..=1day"),
+            ("[live]\nmax_routes = 0\n", "live.max_routes", "0", "1..=65536"),
+            ("[live]\nmax_key_bytes = 9223372036854775807\n", "live.max_key_bytes", "9223372036854775807", "1..=65536"),
+            ("[live]\nslo_p99_ms = nan\n", "live.slo_p99_ms", "NaN", "(0, 86400000] ms"),
+            ("[live]\nslo_p99_ms = inf\n", "live.slo_p99_ms", "inf", "(0, 86400000] ms"),
+            ("[alerts]\nmax_backoff = \"10years\"\n", "alerts.max_backoff", "10years", "1ms..=1day"),
+            ("[alerts]\ntimeout = \"0s\"\n", "alerts.timeout", "0s", "1ms..=1day"),
+            ("[alerts]\nmax_attempts = 4294967295\n", "alerts.max_attempts", "4294967295", "1..=1000"),
+            (
+                "[pricing]\nmax_name_bytes = 9223372036854775807\n",
+                "pricing.max_name_bytes",
+                "9223372036854775807",
+                "1..=65536",
+            ),
+            (
+                "[pricing]\ncache_bytes = 9223372036854775807\n",
+                "pricing.cache_bytes",
+                "9223372036854775807",
+                "0..=1099511627776",
+            ),
+            (
+                "[[budget]]\nname = \"b\"\nkind = \"total\"\nperiod = \"100years\"\ncap_usd = 1\nwarn_at = [1.0]\n",
+                "budget[0] (b).period",
+                "100years",
+                "1m..=1year",
+            ),
+        ];
+        for (toml, key, value, bound) in cases {
+            let err = Config::from_toml(toml, Path::new("t.toml")).expect_err(toml).to_string();
+            assert!(err.contains(key), "{toml}: the key is named: {err}");
+            assert!(err.contains(value), "{toml}: the value is named: {err}");
+            assert!(err.contains(bound), "{toml}: the range is named: {err}");
+        }
+        // Durations too long for humantime are the parser's to refuse, with the file named.
+        let err = Config::from_toml("[query]\ntimeout = \"99999999999999years\"\n", Path::new("t.toml")).unwrap_err();
+        assert!(err.to_string().contains("t.toml"), "{err}");
+
+        // The bounds themselves are accepted, and the one conversion cannot overflow.
+        let edge = "[memory]\nlimit_mb = 1048576\n[ingest]\nretry_after = \"1h\"\n[query]\ntimeout = \"1day\"\n\
+                    memory_limit_mb = 1048576\nmax_function_output_mb = 1048576\n";
+        let config = Config::from_toml(edge, Path::new("t.toml")).unwrap();
+        assert_eq!(config.memory.limit_bytes(), 1 << 40);
+        assert_eq!(config.query.memory_limit_bytes(), 1 << 40);
+        assert_eq!(mib_to_bytes(MAX_SIZE_MIB), Some(MAX_SIZE_BYTES));
+        for absurd in [0, MAX_SIZE_MIB + 1, usize::MAX / 2, usize::MAX] {
+            assert_eq!(mib_to_bytes(absurd), None, "{absurd}");
+        }
+        // A config built in code and never validated is taken at the nearest bound, never wrapped.
+        assert_eq!(MemoryConfig { limit_mb: usize::MAX }.limit_bytes(), MAX_SIZE_BYTES);
+        assert_eq!(MemoryConfig { limit_mb: 0 }.limit_bytes(), MIB);
     }
 
     #[test]

@@ -155,7 +155,8 @@ impl Ingest {
         let memory = MemoryBudget::new(config.memory.limit_bytes());
         let catalog = Catalog::open(&data_dir)
             .map_err(StorageError::io("listing Parquet files", &data_dir))?
-            .with_memory(memory.clone());
+            .with_memory(memory.clone())
+            .with_file_metrics(metrics.parquet_unreadable_files.clone(), metrics.parquet_skipped_files.clone());
         let mut report = RecoveryReport {
             records: 0,
             rows: 0,

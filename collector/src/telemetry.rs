@@ -78,6 +78,10 @@ pub struct Metrics {
     pub memory_used_bytes: Gauge,
     /// The process memory budget, `memory.limit_mb`, in bytes (set when scraped).
     pub memory_limit_bytes: Gauge,
+    /// Parquet files found unreadable (a damaged footer or page, a truncated file), once per version of a file.
+    pub parquet_unreadable_files: Counter,
+    /// Parquet files that queries skip now because they cannot be read.
+    pub parquet_skipped_files: Gauge,
 }
 
 impl Metrics {
@@ -108,6 +112,8 @@ impl Metrics {
         let memory_refusals = Counter::default();
         let memory_used_bytes = Gauge::default();
         let memory_limit_bytes = Gauge::default();
+        let parquet_unreadable_files = Counter::default();
+        let parquet_skipped_files = Gauge::default();
         registry.register("items_received", "Spans, data points and log records received", received.clone());
         registry.register("items_accepted", "Items acknowledged after the WAL fsync", accepted.clone());
         registry.register("items_rejected", "Items rejected, by reason", rejected.clone());
@@ -167,6 +173,16 @@ impl Metrics {
             "The process memory budget (memory.limit_mb)",
             memory_limit_bytes.clone(),
         );
+        registry.register(
+            "parquet_unreadable_files",
+            "Parquet files found unreadable (damaged or truncated); each is logged by name, skipped by queries, kept",
+            parquet_unreadable_files.clone(),
+        );
+        registry.register(
+            "parquet_skipped_files",
+            "Parquet files queries skip now because they cannot be read",
+            parquet_skipped_files.clone(),
+        );
         Arc::new(Metrics {
             registry,
             received,
@@ -192,6 +208,8 @@ impl Metrics {
             memory_refusals,
             memory_used_bytes,
             memory_limit_bytes,
+            parquet_unreadable_files,
+            parquet_skipped_files,
         })
     }
 

@@ -158,7 +158,7 @@ impl Engine {
             .with_default_features()
             .with_physical_optimizer_rule(Arc::new(StringGroupAggregate))
             .with_physical_optimizer_rule(Arc::new(BoundUnnest {
-                max_output_bytes: config.max_function_output_mb.saturating_mul(1024 * 1024),
+                max_output_bytes: config.max_function_output_bytes(),
             }))
             .build();
         let mut ctx = SessionContext::new_with_state(state);
@@ -166,7 +166,7 @@ impl Engine {
         ctx.add_optimizer_rule(Arc::new(ShareQuantiles));
         // Every function bounded, the growing ones per call and all of them in the process budget (expression
         // evaluation reserves no memory of its own); `||` planned as a function so that it is bounded too.
-        let max_output = config.max_function_output_mb.saturating_mul(1024 * 1024);
+        let max_output = config.max_function_output_bytes();
         let mut functions: Vec<Arc<ScalarUDF>> = ctx.state().scalar_functions().values().cloned().collect();
         functions.push(Arc::new(ScalarUDF::new_from_impl(StringConcat::new())));
         // The registry lists a function once per alias.
@@ -206,7 +206,7 @@ impl Engine {
         Ok(Engine {
             inner: Arc::new(Inner {
                 base: ctx.state(),
-                slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+                slots: Arc::new(Semaphore::new(config.max_concurrent.clamp(1, Semaphore::MAX_PERMITS))),
                 memory: catalog.memory().clone(),
                 config,
                 counters,
@@ -363,7 +363,7 @@ impl Engine {
 /// process ceiling (`memory.limit_mb`, where ingest's buffers and other queries count) is reached, and while it
 /// holds memory, ingest is refused sooner.
 pub fn memory_pool(budget: &MemoryBudget, config: &QueryConfig) -> Arc<dyn MemoryPool> {
-    let limit = config.memory_limit_mb.saturating_mul(1024 * 1024).min(budget.limit());
+    let limit = config.memory_limit_bytes().min(budget.limit());
     let pool = BudgetPool { inner: FairSpillPool::new(limit), budget: budget.clone() };
     Arc::new(TrackConsumersPool::new(pool, NonZeroUsize::new(3).expect("3 > 0")))
 }

@@ -46,7 +46,11 @@ pub enum QueryError {
     /// `query.max_function_output_mb`. The message names the limit and what to change.
     #[error("{0}")]
     LimitExceeded(String),
-    /// Anything else: an unreadable file, a bug.
+    /// A Parquet file in the data dir could not be read (damaged or truncated): the message names it and says what
+    /// to do. Later queries skip the file, so a retry answers from the other files.
+    #[error("{0}")]
+    UnreadableFile(String),
+    /// Anything else: a bug.
     #[error("internal error while running the query: {0}")]
     Internal(String),
 }
@@ -56,6 +60,9 @@ impl QueryError {
     pub fn from_datafusion(e: DataFusionError) -> QueryError {
         if let Some(limit) = crate::limits::find_limit(&e) {
             return QueryError::LimitExceeded(limit.0.clone());
+        }
+        if let Some(file) = crate::unreadable::find_unreadable(&e) {
+            return QueryError::UnreadableFile(file.to_string());
         }
         match e.find_root() {
             DataFusionError::SQL(..)
@@ -88,6 +95,7 @@ impl QueryError {
             QueryError::TooBusy { .. } => "too_busy",
             QueryError::ResourcesExhausted(_) => "resources_exhausted",
             QueryError::LimitExceeded(_) => "limit_exceeded",
+            QueryError::UnreadableFile(_) => "unreadable_file",
             QueryError::Internal(_) => "internal",
         }
     }
@@ -100,7 +108,8 @@ impl QueryError {
                 StatusCode::BAD_REQUEST
             }
             QueryError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            QueryError::TooBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            // Unavailable, not broken: the file is skipped from now on, so the same query answers when retried.
+            QueryError::TooBusy { .. } | QueryError::UnreadableFile(_) => StatusCode::SERVICE_UNAVAILABLE,
             QueryError::ResourcesExhausted(_) => StatusCode::UNPROCESSABLE_ENTITY,
             QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -113,7 +122,7 @@ impl QueryError {
             QueryError::InvalidSql(_) | QueryError::LimitExceeded(_) => tonic::Status::invalid_argument(message),
             QueryError::ReadOnly { .. } => tonic::Status::permission_denied(message),
             QueryError::Timeout { .. } => tonic::Status::deadline_exceeded(message),
-            QueryError::TooBusy { .. } => tonic::Status::unavailable(message),
+            QueryError::TooBusy { .. } | QueryError::UnreadableFile(_) => tonic::Status::unavailable(message),
             QueryError::ResourcesExhausted(_) => tonic::Status::resource_exhausted(message),
             QueryError::Internal(_) => tonic::Status::internal(message),
         }

@@ -121,9 +121,46 @@ impl Write for Chunk {
     }
 }
 
+/// Rows per block of the table format: each block is printed, with its own column widths, as soon as its rows
+/// are in (as psql does with `FETCH_COUNT`), so the table format holds one block, not the result.
+pub const TABLE_BLOCK_ROWS: usize = 1000;
+
+/// The table format's rows not yet printed: fewer than a block (slices of the batches they came in).
+#[derive(Default)]
+struct TableBlocks {
+    rows: usize,
+    pending: Vec<RecordBatch>,
+}
+
+impl TableBlocks {
+    /// Takes `batch` and renders every block it completes into `out`.
+    fn push(&mut self, schema: &SchemaRef, batch: &RecordBatch, out: &mut Chunk) -> Result<(), ArrowError> {
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let take = (TABLE_BLOCK_ROWS - self.rows).min(batch.num_rows() - offset);
+            self.pending.push(batch.slice(offset, take));
+            self.rows += take;
+            offset += take;
+            if self.rows == TABLE_BLOCK_ROWS {
+                self.render(schema, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Renders the rows held as one aligned table (the header alone when there are none) and lets them go.
+    fn render(&mut self, schema: &SchemaRef, out: &mut Chunk) -> Result<(), ArrowError> {
+        let batches = std::mem::take(&mut self.pending);
+        self.rows = 0;
+        let table = datafusion::arrow::util::pretty::pretty_format_batches_with_schema(schema.clone(), &batches)?;
+        writeln!(out, "{table}")?;
+        Ok(())
+    }
+}
+
 enum Writer {
-    /// The table needs every row for its column widths: it is rendered at the end.
-    Table(Vec<RecordBatch>),
+    /// Printed a block of [`TABLE_BLOCK_ROWS`] rows at a time, each block sized for its own rows.
+    Table(TableBlocks),
     /// Nested columns are rendered as text when the schema has any.
     Csv(Box<datafusion::arrow::csv::Writer<Chunk>>, Option<SchemaRef>),
     Json(Box<datafusion::arrow::json::Writer<Chunk, datafusion::arrow::json::writer::JsonArray>>),
@@ -154,7 +191,7 @@ impl Encoder {
         let chunk = Chunk::default();
         let json = || datafusion::arrow::json::WriterBuilder::new().with_explicit_nulls(true);
         let writer = match format {
-            Format::Table => Writer::Table(Vec::new()),
+            Format::Table => Writer::Table(TableBlocks::default()),
             Format::Csv => Writer::Csv(
                 Box::new(datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(chunk.clone())),
                 flat_schema(&schema),
@@ -183,7 +220,7 @@ impl Encoder {
     pub fn write(&mut self, batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
         self.rows += batch.num_rows();
         match &mut self.writer {
-            Writer::Table(batches) => batches.push(batch.clone()),
+            Writer::Table(blocks) => blocks.push(&self.schema, batch, &mut self.chunk)?,
             Writer::Csv(writer, flat) => match flat {
                 Some(flat) => writer.write(&flatten_batch(batch, flat)?)?,
                 None => writer.write(batch)?,
@@ -200,10 +237,12 @@ impl Encoder {
     pub fn finish(self) -> Result<Vec<u8>, ArrowError> {
         let Encoder { schema, chunk, writer, rows } = self;
         match writer {
-            Writer::Table(batches) => {
-                let table = datafusion::arrow::util::pretty::pretty_format_batches_with_schema(schema, &batches)?;
+            Writer::Table(mut blocks) => {
                 let mut out = chunk.clone();
-                writeln!(out, "{table}")?;
+                // The last, partial block; or the header alone for a result without rows.
+                if blocks.rows > 0 || rows == 0 {
+                    blocks.render(&schema, &mut out)?;
+                }
                 writeln!(out, "{rows} row{}", if rows == 1 { "" } else { "s" })?;
             }
             Writer::Csv(mut writer, flat) => {
@@ -351,6 +390,49 @@ mod tests {
     fn csv_renders_nested_values_as_text() {
         let csv = String::from_utf8(to_bytes(Format::Csv, &output()).unwrap()).unwrap();
         assert_eq!(csv, "p95_ms,n,attributes\n977.7499999999999,1,{http.method: POST}\n,2,{}\n");
+    }
+
+    /// The table format prints each block of [`TABLE_BLOCK_ROWS`] rows as soon as its rows are in: it never waits
+    /// for (or holds) the rest of the result. It used to collect every batch and print at the end.
+    #[test]
+    fn a_table_is_printed_a_block_at_a_time_and_holds_one_block_at_most() {
+        let batch = |first: i64, n: i64| {
+            RecordBatch::try_from_iter([("n", Arc::new(Int64Array::from_iter_values(first..first + n)) as ArrayRef)])
+                .unwrap()
+        };
+        // Data rows of a rendered table: `| 42 |` lines, less the header.
+        let data_rows = |text: &str| text.lines().filter(|l| l.starts_with("| ") && !l.contains(" n ")).count();
+        let mut encoder = Encoder::new(Format::Table, batch(0, 1).schema()).unwrap();
+        let (mut fed, mut printed, mut pulled_before_first_block) = (0usize, 0usize, None);
+        // 25 batches of 100 rows, then one of 2,500 (two and a half blocks), then 7 rows.
+        let batches: Vec<RecordBatch> =
+            (0..25).map(|i| batch(i * 100, 100)).chain([batch(2500, 2500), batch(5000, 7)]).collect();
+        for (i, b) in batches.iter().enumerate() {
+            let out = String::from_utf8(encoder.write(b).unwrap()).unwrap();
+            fed += b.num_rows();
+            let rows = data_rows(&out);
+            if rows > 0 && pulled_before_first_block.is_none() {
+                pulled_before_first_block = Some(i + 1);
+            }
+            assert_eq!(rows % TABLE_BLOCK_ROWS, 0, "whole blocks only: {rows} rows after batch {i}");
+            // Each block is a table of its own, with its header.
+            assert_eq!(out.matches("| n ").count(), rows / TABLE_BLOCK_ROWS, "{out}");
+            printed += rows;
+            assert!(fed - printed < TABLE_BLOCK_ROWS, "{} rows held after batch {i}", fed - printed);
+        }
+        assert_eq!(pulled_before_first_block, Some(TABLE_BLOCK_ROWS / 100), "the first block is printed at once");
+        let last = String::from_utf8(encoder.finish().unwrap()).unwrap();
+        assert_eq!(data_rows(&last), 7, "{last}");
+        assert!(last.ends_with("5007 rows\n"), "{last}");
+        printed += 7;
+        assert_eq!(printed, 5007);
+
+        // A result without rows prints its header; concatenated, the chunks are `write`'s output.
+        let empty = String::from_utf8(
+            to_bytes(Format::Table, &QueryOutput { schema: batch(0, 1).schema(), batches: vec![] }).unwrap(),
+        )
+        .unwrap();
+        assert!(empty.contains("| n |") && empty.ends_with("0 rows\n"), "{empty}");
     }
 
     #[test]

@@ -28,8 +28,8 @@ struct QueryRequest {
 ///
 /// The answer is a JSON array of row objects, or CSV (`Accept: text/csv`), Arrow IPC
 /// (`Accept: application/vnd.apache.arrow.stream`), NDJSON (`Accept: application/x-ndjson`). Errors are
-/// `{"error": "...", "kind": "..."}` with 400 (bad SQL, writes), 504 (timeout), 503 (too busy), 422 (memory limit)
-/// or 500.
+/// `{"error": "...", "kind": "..."}` with 400 (bad SQL, writes), 504 (timeout), 503 (too busy; `unreadable_file`: a
+/// damaged Parquet file, named, that later queries skip), 422 (memory limit) or 500.
 pub fn router(engine: Engine) -> Router {
     Router::new().route("/api/v1/query", post(query_post).get(query_get)).with_state(engine)
 }

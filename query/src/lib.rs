@@ -23,6 +23,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 mod unnest_guard;
+mod unreadable;
 mod views;
 
 pub use engine::{CATALOG_NAME, Engine, QueryOutput, QueryStream, Relation, SCHEMA_NAME, memory_pool};

@@ -6,7 +6,7 @@
 //! (known from the catalog) are the statistics of a [`PruningPredicate`] built from the query's filters, so
 //! `WHERE start_time > now() - INTERVAL '1 hour'` opens only the last hour's files.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,8 +41,10 @@ use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::union::UnionExec;
 use futures::StreamExt;
 
-use collector::catalog::{Catalog, ParquetFile};
+use collector::catalog::{Catalog, FileCheck, FileStamp, ParquetFile};
 use collector::schema::{PARTITION_COLUMNS, Signal};
+
+use crate::unreadable::{self, GuardedSource, ScanFiles};
 
 /// Counts of what scans did, for tests and `/metrics`: how many files the catalog listed and how many were read.
 #[derive(Debug, Default)]
@@ -144,14 +146,14 @@ impl SignalTable {
         Ok(files.iter().zip(keep).filter_map(|(f, keep)| keep.then_some(f)).collect())
     }
 
-    /// The files of `files` still on disk, with their sizes as they are now. A file deleted by hand is dropped
-    /// from the catalog (and logged) instead of failing this and every later query on the table: queries go on
-    /// with the data that is there. One `stat` per file to read, next to the reads themselves.
-    fn present(&self, files: Vec<&ParquetFile>) -> Vec<ParquetFile> {
+    /// The files of `files` still on disk, with their sizes as they are now and their stamps. A file deleted by
+    /// hand is dropped from the catalog (and logged) instead of failing this and every later query on the table:
+    /// queries go on with the data that is there. One `stat` per file to read, next to the reads themselves.
+    fn present(&self, files: Vec<&ParquetFile>) -> Vec<(ParquetFile, FileStamp)> {
         let mut out = Vec::with_capacity(files.len());
         for file in files {
             match std::fs::metadata(self.data_dir.join(&file.relative_path)) {
-                Ok(meta) => out.push(ParquetFile { size: meta.len(), ..file.clone() }),
+                Ok(meta) => out.push((ParquetFile { size: meta.len(), ..file.clone() }, FileStamp::of(&meta))),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     if self.catalog.forget_file(self.signal, &file.relative_path) {
                         tracing::warn!(
@@ -160,11 +162,58 @@ impl SignalTable {
                         );
                     }
                 }
-                // Anything else (permissions, I/O) is the reader's to report, with the file named.
-                Err(_) => out.push(file.clone()),
+                // Anything else (permissions, I/O) is for the footer check to find, with the file named; the
+                // stamp of a file that cannot be stat'ed changes when it can.
+                Err(_) => out.push((file.clone(), FileStamp { size: file.size, changed_ns: 0 })),
             }
         }
         out
+    }
+
+    /// The files of `files` that can be read: those whose footer was read before (at the same stamp) and those
+    /// whose footer reads now ([`unreadable::check_footer`], on blocking threads, a few at a time). A file found
+    /// unreadable now or before is left out, and the catalog logs and counts it once (it is never deleted): every
+    /// query answers from the other files instead of failing on it.
+    async fn readable(&self, files: Vec<(ParquetFile, FileStamp)>, parallel: usize) -> Vec<(ParquetFile, FileStamp)> {
+        let mut known = Vec::with_capacity(files.len());
+        let mut unknown = Vec::new();
+        for (file, stamp) in files {
+            match self.catalog.file_check(&file.relative_path, stamp) {
+                Some(FileCheck::Readable) => known.push((file, stamp)),
+                Some(FileCheck::Unreadable(_)) => {}
+                None => unknown.push((file, stamp)),
+            }
+        }
+        if unknown.is_empty() {
+            return known;
+        }
+        let checks = futures::stream::iter(unknown)
+            .map(|(file, stamp)| {
+                let path = self.data_dir.join(&file.relative_path);
+                async move {
+                    let verdict = match tokio::task::spawn_blocking(move || unreadable::check_footer(&path)).await {
+                        Ok(verdict) => verdict,
+                        // A reader that panics on a hostile footer: the file is what is wrong.
+                        Err(e) => Err(format!("reading its footer failed: {e}")),
+                    };
+                    (file, stamp, verdict)
+                }
+            })
+            .buffer_unordered(parallel.max(1))
+            .collect::<Vec<_>>()
+            .await;
+        for (file, stamp, verdict) in checks {
+            match verdict {
+                Ok(()) => {
+                    self.catalog.set_readable(&file.relative_path, stamp);
+                    known.push((file, stamp));
+                }
+                Err(reason) => {
+                    self.catalog.set_unreadable(&file.relative_path, stamp, &reason);
+                }
+            }
+        }
+        known
     }
 
     /// A filter the scan can apply exactly and decide per file from the catalog: deterministic, over the time
@@ -232,6 +281,7 @@ impl SignalTable {
         &self,
         state: &dyn Session,
         files: Vec<&ParquetFile>,
+        stamps: &HashMap<PathBuf, FileStamp>,
         filters: &[Expr],
         projection: Option<&Vec<usize>>,
         limit: Option<usize>,
@@ -260,8 +310,18 @@ impl SignalTable {
             let df_schema = DFSchema::try_from(self.schema.clone())?;
             source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
         }
+        // Every error of reading a file names the file, and marks it to be skipped by later queries.
+        let scan_files = ScanFiles::new(
+            self.catalog.clone(),
+            self.data_dir.clone(),
+            files.iter().filter_map(|f| {
+                let stamp = *stamps.get(&f.relative_path)?;
+                Some((location(&self.data_dir, f), f.relative_path.clone(), stamp))
+            }),
+        );
+        let source = GuardedSource::wrapping(Arc::new(source), Arc::new(scan_files));
         let groups = balanced_groups(&self.data_dir, files, state.config().target_partitions(), &file_schema);
-        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
             .with_file_groups(groups)
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
@@ -372,7 +432,11 @@ impl TableProvider for SignalTable {
         let snapshot = self.catalog.snapshot(self.signal);
         let pruned = self.prune(state, filters, &snapshot.files)?;
         let present = self.present(pruned);
-        let files: Vec<&ParquetFile> = present.iter().collect();
+        let readable = self.readable(present, state.config().target_partitions()).await;
+        let stamps: HashMap<PathBuf, FileStamp> =
+            readable.iter().map(|(f, stamp)| (f.relative_path.clone(), *stamp)).collect();
+        let readable: Vec<ParquetFile> = readable.into_iter().map(|(f, _)| f).collect();
+        let files: Vec<&ParquetFile> = readable.iter().collect();
         self.counters.files_listed.fetch_add(snapshot.files.len() as u64, Ordering::Relaxed);
         self.counters.files_scanned.fetch_add(files.len() as u64, Ordering::Relaxed);
         let buffered: usize = snapshot.batches.iter().map(|b| b.num_rows()).sum();
@@ -400,10 +464,10 @@ impl TableProvider for SignalTable {
 
         let mut inputs = Vec::with_capacity(3);
         if !covered.is_empty() {
-            inputs.push(self.parquet_scan(state, covered, filters, projection, limit)?);
+            inputs.push(self.parquet_scan(state, covered, &stamps, filters, projection, limit)?);
         }
         if !partial.is_empty() {
-            let scan = self.parquet_scan(state, partial, filters, widened.as_ref(), None)?;
+            let scan = self.parquet_scan(state, partial, &stamps, filters, widened.as_ref(), None)?;
             inputs.push(self.filtered(state, scan, &time_filters, projection)?);
         }
         if buffered > 0 {
@@ -480,9 +544,7 @@ fn balanced_groups(
     for file in sorted {
         let lightest = groups.iter_mut().min_by_key(|(bytes, _)| *bytes).expect("n >= 1");
         lightest.0 += file.size;
-        let path = data_dir.join(&file.relative_path);
-        let location = path.to_string_lossy().trim_start_matches('/').to_string();
-        let mut part = PartitionedFile::new(location, file.size).with_partition_values(vec![
+        let mut part = PartitionedFile::new(location(data_dir, file), file.size).with_partition_values(vec![
             ScalarValue::Utf8(Some(file.date.clone())),
             ScalarValue::Utf8(Some(file.hour.clone())),
         ]);
@@ -492,6 +554,11 @@ fn balanced_groups(
         lightest.1.push(part);
     }
     groups.into_iter().filter(|(_, g)| !g.is_empty()).map(|(_, g)| FileGroup::new(g)).collect()
+}
+
+/// The object-store location of `file`: its absolute path without the leading `/`.
+fn location(data_dir: &Path, file: &ParquetFile) -> String {
+    data_dir.join(&file.relative_path).to_string_lossy().trim_start_matches('/').to_string()
 }
 
 /// The columns `projection` asks for (all when `None`) of a buffered batch in the table's types: `date` and `hour`

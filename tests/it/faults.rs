@@ -1,7 +1,7 @@
 //! Storage faults against the real server: a deleted checkpoint or WAL directory, a flipped bit in a WAL segment,
 //! a copied segment, a segment with the largest id, a checkpoint set too high, collectors sharing `spans/`, a
-//! Parquet file deleted while serving, and a WAL that cannot be written. Each test asserts that the server neither
-//! aborts nor loses or doubles an acknowledged span (see docs/reliability.md, "Storage and the WAL").
+//! Parquet file deleted or damaged while serving, and a WAL that cannot be written. Each test asserts that the
+//! server neither aborts nor loses or doubles an acknowledged span (see docs/reliability.md, "Storage and the WAL").
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -242,6 +242,104 @@ async fn a_parquet_file_deleted_while_serving_is_dropped_from_queries() {
         assert!(status.is_success(), "{status}: {body}");
     }
     assert!(server.log().contains("vanished"), "log:\n{}", server.log());
+}
+
+/// Overwrites every column chunk of the Parquet file at `path` with `0xff` (page headers and data), leaving its
+/// footer and page index intact: a damaged disk block in the middle of a file.
+fn damage_pages(path: &Path) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let metadata = datafusion::parquet::file::metadata::ParquetMetaDataReader::new().parse_and_finish(&file).unwrap();
+    for row_group in metadata.row_groups() {
+        for column in row_group.columns() {
+            let (start, len) = column.byte_range();
+            file.write_all_at(&vec![0xff; len as usize], start).unwrap();
+        }
+    }
+}
+
+/// Garbage over the footer of the Parquet file at `path`, its length and magic bytes left as they were.
+fn damage_footer(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let n = bytes.len();
+    let footer = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+    bytes[n - 8 - footer..n - 8].fill(0xff);
+    std::fs::write(path, &bytes).unwrap();
+}
+
+/// Parquet files damaged under a serving collector (a garbage footer, a truncated copy, damaged pages) used to fail
+/// every query on `spans` until removed. Now the first two are skipped by every query, the third fails the one query
+/// that reads it with a 503 naming it and is skipped afterwards; each is logged once, counted on `/metrics`, and
+/// kept on disk, while ingest and queries go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_parquet_files_are_skipped_named_and_counted() {
+    let mut server = Server::start().await;
+    // One flush per service, so each service's spans are in files of their own.
+    let mut files_of = Vec::new();
+    for (i, service) in ["footer", "truncated", "page", "kept"].iter().enumerate() {
+        let before = parquet_files(&server.data_dir);
+        send(&server, service, i as u64 * 1000, 2, 50).await;
+        assert!(server.terminate().success());
+        let new: Vec<PathBuf> = parquet_files(&server.data_dir).into_iter().filter(|f| !before.contains(f)).collect();
+        assert!(!new.is_empty(), "the flush of {service} wrote no file");
+        files_of.push(new);
+        server.restart().await;
+    }
+    assert_eq!(counts(&server, None).await, (400, 400));
+
+    for f in &files_of[0] {
+        damage_footer(f);
+    }
+    for f in &files_of[1] {
+        let file = std::fs::OpenOptions::new().write(true).open(f).unwrap();
+        file.set_len(file.metadata().unwrap().len() / 2).unwrap();
+    }
+    for f in &files_of[2] {
+        damage_pages(f);
+    }
+    let damaged: Vec<(PathBuf, u64)> =
+        files_of[..3].iter().flatten().map(|f| (f.clone(), std::fs::metadata(f).unwrap().len())).collect();
+
+    // The query that reads the damaged pages fails, naming the file and what to do; 503, so a retry answers.
+    let sql = "SELECT count(*) AS n, count(DISTINCT span_id) AS d FROM spans";
+    let (status, body) = server.sql_raw(sql).await;
+    assert_eq!(status.as_u16(), 503, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["kind"], "unreadable_file", "{body}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(files_of[2].iter().any(|f| error.contains(&f.display().to_string())), "{error}");
+    assert!(error.contains("restore it from a backup"), "{error}");
+
+    // From then on every query answers from the intact files; the damaged ones are not read again.
+    for _ in 0..3 {
+        assert_eq!(counts(&server, None).await, (100, 100));
+        let rows = server.sql("SELECT service_name, count(*) AS n FROM spans GROUP BY 1").await;
+        assert_eq!(rows, vec![serde_json::json!({"service_name": "kept", "n": 100})]);
+    }
+    let expected = damaged.len() as f64;
+    assert_eq!(server.metric("tailscope_parquet_unreadable_files_total").await, expected);
+    assert_eq!(server.metric("tailscope_parquet_skipped_files").await, expected);
+    let log = server.log();
+    for (f, _) in &damaged {
+        let name = f.display().to_string();
+        let warnings = log.lines().filter(|l| l.contains("Parquet file cannot be read") && l.contains(&name)).count();
+        assert_eq!(warnings, 1, "{name} is logged once, with what to do; log:\n{log}");
+    }
+    assert!(log.contains("move it out of the data dir"), "log:\n{log}");
+
+    // The collector keeps serving: ingest, readiness, queries over old and new data.
+    send(&server, "after", 9000, 1, 50).await;
+    assert_eq!(counts(&server, None).await, (150, 150));
+    assert_eq!(readyz(&server).await.0, 200);
+
+    // Nothing was deleted or changed, by the queries or by a shutdown.
+    assert!(server.terminate().success());
+    for (f, size) in &damaged {
+        assert_eq!(std::fs::metadata(f).map(|m| m.len()).ok(), Some(*size), "{} changed", f.display());
+    }
+    for f in &files_of[3] {
+        assert!(f.exists());
+    }
 }
 
 /// A small tmpfs of the test's own (root only), unmounted when dropped: the way to make a real file system fill up

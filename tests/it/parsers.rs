@@ -235,3 +235,53 @@ fn otlp_json_bodies_never_panic() {
     deep.extend(br#"}]}}]}"#);
     assert!(decode::<ExportTraceServiceRequest>(Encoding::Json, &deep).is_err());
 }
+
+/// An absurd size or duration in the config file stops `tailscope serve` at start: exit code 1 with the key, the
+/// value and the allowed range on stderr, before anything is created or sized from it (no abort, no panic). With
+/// `memory.limit_mb = 99999999999` the server used to start (the product saturated to a budget of 16 EiB); with a
+/// timeout of a hundred years its first query overflowed a deadline.
+#[test]
+fn absurd_config_values_stop_start_up_with_the_key_and_the_range() {
+    use crate::support::{free_addr, tailscope_bin};
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    for (toml, key, value, range) in [
+        ("[memory]\nlimit_mb = 99999999999\n", "memory.limit_mb", "99999999999", "1..=1048576 MiB"),
+        ("[query]\ntimeout = \"100years\"\n", "query.timeout", "100years", "1ms..=1day"),
+        ("[ingest]\nretry_after = \"10years\"\n", "ingest.retry_after", "10years", "1ms..=1h"),
+    ] {
+        let config = dir.path().join("tailscope.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut child = std::process::Command::new(tailscope_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--otlp-grpc", &free_addr().to_string(), "--otlp-http", &free_addr().to_string()])
+            .args(["--api", &free_addr().to_string(), "--flight", &free_addr().to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("tailscope serve started with {toml:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(1), "an error exit, not a signal: {status}; stderr: {stderr}");
+        assert!(stderr.contains(key) && stderr.contains(value) && stderr.contains(range), "{toml}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!data_dir.exists(), "nothing is created before the config is checked");
+    }
+}
