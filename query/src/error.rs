@@ -46,6 +46,16 @@ pub enum QueryError {
     /// `query.max_function_output_mb`. The message names the limit and what to change.
     #[error("{0}")]
     LimitExceeded(String),
+    /// The request body is larger than the API accepts (see `crate::http::max_body_bytes`); refused before it is
+    /// read.
+    #[error(
+        "the request body exceeds the API's {limit}-byte limit (twice query.max_sql_bytes, at least 2 MiB); send a \
+         shorter statement or raise query.max_sql_bytes"
+    )]
+    BodyTooLarge {
+        /// The API's body limit in bytes.
+        limit: usize,
+    },
     /// Anything else: an unreadable file, a bug.
     #[error("internal error while running the query: {0}")]
     Internal(String),
@@ -88,6 +98,7 @@ impl QueryError {
             QueryError::TooBusy { .. } => "too_busy",
             QueryError::ResourcesExhausted(_) => "resources_exhausted",
             QueryError::LimitExceeded(_) => "limit_exceeded",
+            QueryError::BodyTooLarge { .. } => "too_large",
             QueryError::Internal(_) => "internal",
         }
     }
@@ -102,6 +113,7 @@ impl QueryError {
             QueryError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             QueryError::TooBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             QueryError::ResourcesExhausted(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            QueryError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -114,7 +126,9 @@ impl QueryError {
             QueryError::ReadOnly { .. } => tonic::Status::permission_denied(message),
             QueryError::Timeout { .. } => tonic::Status::deadline_exceeded(message),
             QueryError::TooBusy { .. } => tonic::Status::unavailable(message),
-            QueryError::ResourcesExhausted(_) => tonic::Status::resource_exhausted(message),
+            QueryError::ResourcesExhausted(_) | QueryError::BodyTooLarge { .. } => {
+                tonic::Status::resource_exhausted(message)
+            }
             QueryError::Internal(_) => tonic::Status::internal(message),
         }
     }
