@@ -5,7 +5,11 @@
 //! frames into one contiguous buffer, so at the peak the frames and their copy coexist. The handler sets the
 //! reservation to the collected body once it has it. So a request whose body would pass the
 //! ceiling is refused with the OTLP retryable answer instead of being buffered. gRPC requests carry no length, so
-//! they are admitted frame by frame. The reservation then travels with the request ([`RequestMemory`], a request
+//! they are admitted frame by frame.
+//!
+//! A request that can never fit is refused for good instead (413 / RESOURCE_EXHAUSTED without `RetryInfo`, see
+//! [`IngestError::NeverFits`]): a `Content-Length` past `ingest.max_body_bytes`, or a body that with its decoding
+//! needs more than the whole budget. Retrying it could only fail again, so OTLP clients must not be told to. The reservation then travels with the request ([`RequestMemory`], a request
 //! extension) through decompression and normalisation into the write buffer (see [`crate::receiver`]).
 
 use std::pin::Pin;
@@ -17,6 +21,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 
+use crate::error::IngestError;
 use crate::memory::{MemoryBudget, MemoryError, Reservation};
 
 /// Body bytes reserved per byte received: the frames, and the contiguous buffer the transport copies them into.
@@ -38,16 +43,33 @@ struct State {
 }
 
 impl RequestMemory {
-    /// Admits a request: reserves its announced length, capped at `max_body_bytes` (a longer body is refused as too
-    /// large by the transport).
-    pub fn admit(budget: &MemoryBudget, headers: &HeaderMap, max_body_bytes: usize) -> Result<Self, MemoryError> {
-        let announced = headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0)
-            .min(max_body_bytes);
-        let reservation = budget.try_reserve(announced.saturating_mul(COLLECT_COPIES), &"a request body")?;
+    /// Admits a request: reserves its announced length. Refuses for good a length past `max_body_bytes`
+    /// ([`IngestError::TooLarge`]) and one whose peak (the received frames, or `least_peak` of the length: the
+    /// least its decoding holds) passes the whole budget ([`IngestError::NeverFits`]); refuses for now one that does
+    /// not fit beside what is reserved ([`IngestError::MemoryLimit`]).
+    pub fn admit(
+        budget: &MemoryBudget,
+        headers: &HeaderMap,
+        max_body_bytes: usize,
+        least_peak: impl FnOnce(usize) -> usize,
+    ) -> Result<Self, IngestError> {
+        let announced = announced_length(headers);
+        if announced.is_some_and(|len| len > max_body_bytes) {
+            return Err(IngestError::TooLarge { limit: max_body_bytes });
+        }
+        let announced = announced.unwrap_or(0);
+        let frames = announced.saturating_mul(COLLECT_COPIES);
+        let least = least_peak(announced).max(frames);
+        if least > budget.limit() {
+            return Err(IngestError::NeverFits(MemoryError {
+                requested: least,
+                purpose: format!("a request body of {announced} bytes (received, then decoded)"),
+                used: budget.used(),
+                limit: budget.limit(),
+                held: 0,
+            }));
+        }
+        let reservation = budget.try_reserve(frames, &"a request body")?;
         let state = State { reservation: Mutex::new(reservation), max_body_bytes, refused: Mutex::new(None) };
         Ok(RequestMemory { state: Arc::new(state) })
     }
@@ -57,6 +79,19 @@ impl RequestMemory {
         let mut held = self.state.reservation.lock();
         let empty = held.budget().empty();
         std::mem::replace(&mut *held, empty)
+    }
+
+    /// Gives a reservation taken with [`Self::take`] back to the request (the handler takes it again).
+    pub fn restore(&self, reservation: Reservation) {
+        let mut held = self.state.reservation.lock();
+        let previous = std::mem::replace(&mut *held, reservation);
+        // Whatever was held meanwhile (nothing, normally) stays held until the request ends.
+        if previous.size() > 0 {
+            let extra = previous.size();
+            drop(previous);
+            let total = held.size() + extra;
+            held.force_resize(total);
+        }
     }
 
     /// The refusal of the body, if it was refused.
@@ -70,6 +105,12 @@ impl RequestMemory {
     }
 }
 
+/// The body length a request announces (`Content-Length`), if it does. hyper refuses malformed and conflicting
+/// values before a request gets here.
+pub fn announced_length(headers: &HeaderMap) -> Option<usize> {
+    headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok())
+}
+
 /// Reads a refused request's body to its end (at most `max_body_bytes`), keeping nothing, so that an HTTP/1.1
 /// client still sending it reads the refusal instead of a reset connection.
 pub async fn drain<B>(mut body: B, max_body_bytes: usize)
@@ -81,6 +122,42 @@ where
         match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
             Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len()),
             _ => return,
+        }
+    }
+}
+
+/// Inflates the gzip stream `compressed`, appending at most `limit` bytes to `out` (past that: the request can
+/// never be accepted, [`IngestError::TooLarge`]), and reserving what it appends in `reservation` before it is
+/// allocated, in doubling steps: a small body may inflate to `limit`, and a gzip bomb must stop at the ceiling
+/// instead of growing the process. A step never asks for more than the whole budget could give, so a refusal
+/// means "not now" ([`IngestError::MemoryLimit`]) unless the output alone cannot fit ([`IngestError::NeverFits`]).
+pub fn inflate_gzip(
+    compressed: &[u8],
+    limit: usize,
+    out: &mut Vec<u8>,
+    reservation: &mut Reservation,
+) -> Result<(), IngestError> {
+    use std::io::Read;
+    const MIN_STEP: usize = 64 * 1024;
+    let start = out.len();
+    let mut decoder = flate2::read::GzDecoder::new(compressed).take(limit as u64 + 1);
+    loop {
+        if out.len() == out.capacity() {
+            let room_in_budget = reservation.budget().limit().saturating_sub(reservation.size()).max(MIN_STEP);
+            let more = out.capacity().max(MIN_STEP).min(limit + 1 - (out.len() - start)).min(room_in_budget);
+            reservation.try_grow(more, &"inflating a request body")?;
+            out.reserve_exact(more);
+        }
+        let room = (out.capacity() - out.len()) as u64;
+        let read = (&mut decoder).take(room).read_to_end(out).map_err(|e| IngestError::Malformed {
+            format: "gzip",
+            detail: format!("{e}; the body does not match its gzip content encoding"),
+        })?;
+        if out.len() - start > limit {
+            return Err(IngestError::TooLarge { limit });
+        }
+        if read == 0 {
+            return Ok(());
         }
     }
 }

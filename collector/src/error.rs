@@ -31,6 +31,21 @@ pub enum IngestError {
     /// The body is larger than `ingest.max_body_bytes` (after decompression).
     #[error("request body exceeds the {limit}-byte limit (ingest.max_body_bytes); split the batch or raise the limit")]
     TooLarge { limit: usize },
+    /// The body did not arrive in full within `server.body_timeout`; nothing of it was stored.
+    #[error(
+        "the request body did not arrive within server.body_timeout ({limit:?}); nothing was stored: send it \
+         faster or raise the limit"
+    )]
+    BodyTimedOut { limit: std::time::Duration },
+    /// The body could not be read (the connection failed); nothing of it was stored.
+    #[error("reading the request body failed ({0}); nothing was stored")]
+    BodyRead(String),
+    /// No such OTLP/HTTP route.
+    #[error("no OTLP route {0:?}: POST to /v1/traces, /v1/metrics or /v1/logs")]
+    NoRoute(String),
+    /// An OTLP/HTTP route asked with another method than POST.
+    #[error("method {0} is not allowed: OTLP/HTTP exports are POSTed")]
+    WrongMethod(String),
     /// The content type is not one OTLP/HTTP defines.
     #[error("unsupported content type {0:?}: send application/x-protobuf or application/json")]
     UnsupportedMediaType(String),
@@ -43,7 +58,16 @@ pub enum IngestError {
     /// Accepting the request would pass the process-wide memory ceiling (`memory.limit_mb`); the client should
     /// retry after the suggested delay, when flushes or queries have released memory.
     #[error("tailscope is at its memory limit ({0}); retry later")]
-    MemoryLimit(#[from] crate::memory::MemoryError),
+    MemoryLimit(crate::memory::MemoryError),
+    /// The request needs more memory than the whole budget holds (`memory.limit_mb`): it can never be accepted,
+    /// so it is refused for good (413 / RESOURCE_EXHAUSTED without `RetryInfo`) instead of being retried for ever.
+    #[error(
+        "the request can never fit in tailscope's memory budget: {purpose} needs {needed} bytes, more than the whole \
+         memory.limit_mb ({limit} bytes); send smaller batches (lower the exporter's batch size) or raise \
+         memory.limit_mb",
+        purpose = .0.purpose, needed = .0.held.saturating_add(.0.requested), limit = .0.limit
+    )]
+    NeverFits(crate::memory::MemoryError),
     /// The WAL could not be written (disk full, read-only, I/O error). Nothing of the request was acknowledged.
     #[error("cannot write to the WAL ({0}); nothing was stored, retry later")]
     Storage(String),
@@ -52,7 +76,20 @@ pub enum IngestError {
     ShuttingDown,
 }
 
+impl From<crate::memory::MemoryError> for IngestError {
+    /// A refusal at the ceiling is retryable, unless the request needs more than the whole budget.
+    fn from(e: crate::memory::MemoryError) -> IngestError {
+        if e.can_never_fit() { IngestError::NeverFits(e) } else { IngestError::MemoryLimit(e) }
+    }
+}
+
 impl IngestError {
+    /// Whether the request can never be accepted as it is, whatever the load: too large for a configured limit.
+    /// Counted in `tailscope_memory_refusals_permanent_total`.
+    pub fn is_permanent_refusal(&self) -> bool {
+        matches!(self, IngestError::TooLarge { .. } | IngestError::NeverFits(_))
+    }
+
     /// Whether the client may send the same request again.
     pub fn is_retryable(&self) -> bool {
         matches!(
@@ -68,9 +105,13 @@ impl IngestError {
     pub fn grpc_code(&self) -> tonic::Code {
         match self {
             IngestError::Malformed { .. }
+            | IngestError::BodyRead(_)
             | IngestError::UnsupportedMediaType(_)
             | IngestError::UnsupportedEncoding(_) => tonic::Code::InvalidArgument,
-            IngestError::TooLarge { .. } => tonic::Code::ResourceExhausted,
+            IngestError::BodyTimedOut { .. } => tonic::Code::DeadlineExceeded,
+            IngestError::NoRoute(_) | IngestError::WrongMethod(_) => tonic::Code::Unimplemented,
+            // Without RetryInfo, OTLP clients do not retry RESOURCE_EXHAUSTED.
+            IngestError::TooLarge { .. } | IngestError::NeverFits(_) => tonic::Code::ResourceExhausted,
             IngestError::Backpressure { .. }
             | IngestError::MemoryLimit(_)
             | IngestError::Storage(_)
@@ -82,10 +123,14 @@ impl IngestError {
     pub fn http_status(&self) -> http::StatusCode {
         use http::StatusCode as S;
         match self {
-            IngestError::Malformed { .. } => S::BAD_REQUEST,
+            IngestError::Malformed { .. } | IngestError::BodyRead(_) => S::BAD_REQUEST,
+            // As for every listener's cut bodies (collector::net).
+            IngestError::BodyTimedOut { .. } => S::REQUEST_TIMEOUT,
+            IngestError::NoRoute(_) => S::NOT_FOUND,
+            IngestError::WrongMethod(_) => S::METHOD_NOT_ALLOWED,
             // RFC 7694: an unsupported content coding is answered with 415 too.
             IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => S::UNSUPPORTED_MEDIA_TYPE,
-            IngestError::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
+            IngestError::TooLarge { .. } | IngestError::NeverFits(_) => S::PAYLOAD_TOO_LARGE,
             IngestError::Backpressure { .. }
             | IngestError::MemoryLimit(_)
             | IngestError::Storage(_)
@@ -97,11 +142,16 @@ impl IngestError {
     pub fn reason(&self) -> &'static str {
         match self {
             IngestError::Malformed { .. } => "malformed",
+            IngestError::BodyTimedOut { .. } => "body_timeout",
+            IngestError::BodyRead(_) => "body_read",
+            IngestError::NoRoute(_) => "no_route",
+            IngestError::WrongMethod(_) => "wrong_method",
             IngestError::TooLarge { .. } => "too_large",
             IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
             IngestError::UnsupportedEncoding(_) => "unsupported_encoding",
             IngestError::Backpressure { .. } => "backpressure",
             IngestError::MemoryLimit(_) => "memory_limit",
+            IngestError::NeverFits(_) => "exceeds_memory_limit",
             IngestError::Storage(_) => "storage",
             IngestError::ShuttingDown => "shutting_down",
         }

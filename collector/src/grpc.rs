@@ -194,9 +194,10 @@ impl LogsService for OtlpGrpc {
     }
 }
 
-/// tonic answers an over-limit message with OUT_OF_RANGE; the OTLP specification asks for RESOURCE_EXHAUSTED.
-/// This rewrites that one status on the way out (errors are trailers-only responses, so it is in the headers).
-fn map_too_large(mut response: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+/// tonic answers an over-limit message with OUT_OF_RANGE; the OTLP specification asks for RESOURCE_EXHAUSTED
+/// (without `RetryInfo`: it is not retried). This rewrites that one status on the way out (errors are
+/// trailers-only responses, so it is in the headers); true if it did.
+fn map_too_large(response: &mut http::Response<tonic::body::Body>) -> bool {
     let headers = response.headers_mut();
     let too_large = headers.get("grpc-status").is_some_and(|v| v == "11")
         && headers
@@ -211,7 +212,7 @@ fn map_too_large(mut response: http::Response<tonic::body::Body>) -> http::Respo
             ),
         );
     }
-    response
+    too_large
 }
 
 /// The OTLP/gRPC services (traces, metrics, logs) as one tower service, for [`crate::net::serve`] with
@@ -221,6 +222,7 @@ pub fn service(receiver: Receiver) -> GrpcService {
     let admission = OtlpGrpc { receiver: receiver.clone() };
     let svc = OtlpGrpc { receiver };
     let traces = TraceExport { svc: svc.clone(), max_body_bytes: limit };
+    // gzip is inflated by `Admission` within the memory budget; tonic sees uncompressed messages.
     let metrics = MetricsServiceServer::new(svc.clone())
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
@@ -231,16 +233,11 @@ pub fn service(receiver: Receiver) -> GrpcService {
         .max_decoding_message_size(limit);
     let routes = tonic::service::Routes::new(traces).add_service(metrics).add_service(logs);
     let admitted = Admission { inner: routes, svc: admission };
-    let typed = tower::util::MapRequest::new(admitted, to_tonic_body as ToTonicBody);
-    tower::util::MapResponse::new(typed, map_too_large as MapTooLarge)
+    tower::util::MapRequest::new(admitted, to_tonic_body as ToTonicBody)
 }
 
 /// What [`service`] returns.
-pub type GrpcService =
-    tower::util::MapResponse<tower::util::MapRequest<Admission<tonic::service::Routes>, ToTonicBody>, MapTooLarge>;
-
-/// [`map_too_large`].
-pub type MapTooLarge = fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>;
+pub type GrpcService = tower::util::MapRequest<Admission<tonic::service::Routes>, ToTonicBody>;
 
 /// [`to_tonic_body`].
 pub type ToTonicBody = fn(http::Request<crate::net::TimedBody>) -> http::Request<tonic::body::Body>;
@@ -252,11 +249,115 @@ fn to_tonic_body(request: http::Request<crate::net::TimedBody>) -> http::Request
 
 /// Admits every OTLP/gRPC request against the memory budget: its body frames are reserved as they arrive (see
 /// [`crate::admission`]), and a request cut off at the ceiling is answered UNAVAILABLE with `RetryInfo`, whatever
-/// tonic made of the interrupted body.
+/// tonic made of the interrupted body (RESOURCE_EXHAUSTED without it if the request can never fit). A gzip request
+/// is inflated here, within the budget and `ingest.max_body_bytes`, before tonic sees it (tonic would inflate into
+/// a buffer of up to its message limit that no budget knows of).
 #[derive(Clone)]
 pub struct Admission<S> {
     inner: S,
     svc: OtlpGrpc,
+}
+
+/// The gRPC message prefix: a compressed flag and a big-endian length.
+const GRPC_PREFIX: usize = 5;
+
+impl OtlpGrpc {
+    /// Counts and answers a refused request.
+    fn refuse(&self, signal: Signal, error: IngestError) -> http::Response<tonic::body::Body> {
+        if error.is_retryable() {
+            self.receiver.refuse_for_memory(signal, &error);
+        } else {
+            self.receiver.reject_request(signal, &error);
+        }
+        self.status(error).into_http()
+    }
+
+    /// Reads a request's body (reserved as it arrives) before tonic decodes it, for two reasons. Its gzip messages
+    /// are inflated here, within the budget and `ingest.max_body_bytes` (tonic would inflate into a buffer of up to
+    /// its message limit that no budget knows of). And a metrics or logs message, which prost decodes into owned
+    /// structs, is walked first and what decoding it will hold is reserved ([`Receiver::reserve_prescanned`]).
+    /// Returns the messages uncompressed; the reservation then holds them twice (tonic copies them into its
+    /// buffer) and the decoding's estimate.
+    async fn read_ahead(
+        &self,
+        signal: Signal,
+        memory: &RequestMemory,
+        body: tonic::body::Body,
+    ) -> Result<Bytes, IngestError> {
+        use http_body_util::BodyExt;
+        let limit = self.receiver.max_body_bytes();
+        // The compressed body may not exceed the decompressed limit either (as over HTTP).
+        let limited = http_body_util::Limited::new(memory.wrap(body), limit.saturating_add(GRPC_PREFIX));
+        let collected = match limited.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                if let Some(refusal) = memory.refusal() {
+                    return Err(IngestError::from(refusal));
+                }
+                if e.is::<http_body_util::LengthLimitError>() {
+                    return Err(IngestError::TooLarge { limit });
+                }
+                // A body cut at server.body_timeout is answered DEADLINE_EXCEEDED by the listener.
+                return Err(IngestError::BodyRead(e.to_string()));
+            }
+        };
+        let mut reservation = memory.take();
+        // The frames are gone, the collected body remains.
+        reservation.force_resize(collected.len());
+        let malformed = |detail: &str| IngestError::Malformed { format: "gRPC", detail: detail.to_string() };
+        let mut out = Vec::new();
+        let mut decoding = 0usize;
+        let mut rest = &collected[..];
+        while !rest.is_empty() {
+            let Some((prefix, after)) = rest.split_first_chunk::<GRPC_PREFIX>() else {
+                return Err(malformed("a message prefix is cut short"));
+            };
+            let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+            let Some((message, after)) = after.split_at_checked(len) else {
+                return Err(malformed("a message is shorter than its prefix says"));
+            };
+            let start = out.len();
+            reservation.try_grow(GRPC_PREFIX, &"a request message")?;
+            out.extend_from_slice(&[0; GRPC_PREFIX]);
+            match prefix[0] {
+                0 => {
+                    if len > limit {
+                        return Err(IngestError::TooLarge { limit });
+                    }
+                    reservation.try_grow(len, &"a request message")?;
+                    out.extend_from_slice(message);
+                }
+                1 => crate::admission::inflate_gzip(message, limit, &mut out, &mut reservation)?,
+                flag => return Err(malformed(&format!("unknown compressed flag {flag}"))),
+            }
+            let inflated = out.len() - start - GRPC_PREFIX;
+            if inflated > limit {
+                return Err(IngestError::TooLarge { limit });
+            }
+            let inflated_len = u32::try_from(inflated).map_err(|_| IngestError::TooLarge { limit })?;
+            out[start + 1..start + GRPC_PREFIX].copy_from_slice(&inflated_len.to_be_bytes());
+            if signal != Signal::Spans {
+                let estimate = Receiver::decoding_estimate(signal, &out[start + GRPC_PREFIX..])?;
+                let more = estimate.total().saturating_add(crate::receiver::NORMALISED_FIXED_BYTES);
+                let purpose = format!(
+                    "decoding a {signal} export of {inflated} bytes ({} messages, {} rows)",
+                    estimate.messages, estimate.rows
+                );
+                reservation.try_grow(more, &purpose)?;
+                decoding = decoding.saturating_add(more);
+            }
+            rest = after;
+        }
+        drop(collected);
+        // What exists now, and tonic's copy of it to come (as for the frames of an uncompressed body).
+        reservation.try_resize(out.capacity() + out.len() + decoding, &"a request body")?;
+        memory.restore(reservation);
+        Ok(Bytes::from(out))
+    }
+}
+
+fn is_gzip(headers: &http::HeaderMap) -> bool {
+    headers.get("grpc-encoding").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"))
 }
 
 impl<S> tower::Service<http::Request<tonic::body::Body>> for Admission<S>
@@ -283,30 +384,45 @@ where
         };
         let svc = self.svc.clone();
         let receiver = &svc.receiver;
-        let memory = match RequestMemory::admit(receiver.memory(), request.headers(), receiver.max_body_bytes()) {
-            Ok(m) => m,
-            Err(e) => {
-                let error = IngestError::from(e);
-                receiver.refuse_for_memory(signal, &error);
-                let response = svc.status(error).into_http();
-                return Box::pin(async move { Ok(response) });
-            }
-        };
+        let gzip = is_gzip(request.headers());
+        let least_peak = |len| Receiver::least_peak(true, gzip, len);
+        let memory =
+            match RequestMemory::admit(receiver.memory(), request.headers(), receiver.max_body_bytes(), least_peak) {
+                Ok(m) => m,
+                Err(error) => {
+                    let response = svc.refuse(signal, error);
+                    return Box::pin(async move { Ok(response) });
+                }
+            };
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(memory.clone());
-        let request = http::Request::from_parts(parts, tonic::body::Body::new(memory.wrap(body)));
         // The clone is the one made ready by `poll_ready` (tower's usual swap), so the future owns its service.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let response = inner.call(request).await?;
-            Ok(match memory.refusal() {
-                Some(e) => {
-                    let error = IngestError::from(e);
-                    svc.receiver.refuse_for_memory(signal, &error);
-                    svc.status(error).into_http()
+            // Traces are read in place (`TraceExport`); metrics and logs are walked before prost decodes them.
+            let body = if gzip || signal != Signal::Spans {
+                match svc.read_ahead(signal, &memory, body).await {
+                    Ok(inflated) => {
+                        parts.headers.remove("grpc-encoding");
+                        parts.headers.remove(http::header::CONTENT_LENGTH);
+                        tonic::body::Body::new(http_body_util::Full::new(inflated))
+                    }
+                    Err(error) => return Ok(svc.refuse(signal, error)),
                 }
-                None => response,
+            } else {
+                tonic::body::Body::new(memory.wrap(body))
+            };
+            let mut response = inner.call(http::Request::from_parts(parts, body)).await?;
+            Ok(match memory.refusal() {
+                Some(e) => svc.refuse(signal, IngestError::from(e)),
+                None => {
+                    if map_too_large(&mut response) {
+                        svc.receiver
+                            .reject_request(signal, &IngestError::TooLarge { limit: svc.receiver.max_body_bytes() });
+                    }
+                    response
+                }
             })
         })
     }

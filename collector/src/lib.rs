@@ -21,6 +21,7 @@ pub mod net;
 pub mod normalize;
 pub mod observe;
 pub mod otlp_http;
+pub mod prescan;
 pub mod receiver;
 pub mod schema;
 pub mod server;

@@ -7,7 +7,8 @@
 //! normalised batch, the buffer until its rows are in Parquet, a flush's working set, and every DataFusion
 //! operator's memory (the query engine's pool is built over this budget, see `query::engine::memory_pool`). When a
 //! reservation would pass the limit it is refused, and the caller answers with a retryable refusal (ingest: HTTP 503 +
-//! `Retry-After` / gRPC UNAVAILABLE + `RetryInfo`) or a clear error (queries: DataFusion's resources-exhausted
+//! `Retry-After` / gRPC UNAVAILABLE + `RetryInfo`; or, when the holder needs more than the whole limit
+//! ([`MemoryError::can_never_fit`]), HTTP 413 / RESOURCE_EXHAUSTED, which clients do not retry) or a clear error (queries: DataFusion's resources-exhausted
 //! error, which lets spilling operators spill first). So whichever of ingest and queries comes second waits or
 //! fails cleanly, and the process does not grow past `memory.limit_mb` plus what is not data-sized (the binary,
 //! thread stacks, connection buffers, bounded caches, the allocator's slack): see docs/reliability.md, "Memory
@@ -36,6 +37,17 @@ pub struct MemoryError {
     pub used: usize,
     /// The configured limit.
     pub limit: usize,
+    /// Bytes the refused holder held already (a reservation that asked to grow): with `requested`, what it needs
+    /// in all.
+    pub held: usize,
+}
+
+impl MemoryError {
+    /// Whether the holder needs more than the whole budget: then no amount of waiting makes room, and the
+    /// request must be refused for good rather than retried (see `IngestError::NeverFits`).
+    pub fn can_never_fit(&self) -> bool {
+        self.held.saturating_add(self.requested) > self.limit
+    }
 }
 
 /// The shared budget. Cheap to clone (an `Arc` inside).
@@ -115,7 +127,7 @@ impl MemoryBudget {
             let next = used.saturating_add(bytes);
             if next > limit {
                 self.inner.refusals.fetch_add(1, Ordering::Relaxed);
-                return Err(MemoryError { requested: bytes, purpose: purpose.to_string(), used, limit });
+                return Err(MemoryError { requested: bytes, purpose: purpose.to_string(), used, limit, held: 0 });
             }
             match self.inner.used.compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return Ok(()),
@@ -169,7 +181,7 @@ impl Reservation {
 
     /// Holds `more` bytes more, or refuses (holding what it held).
     pub fn try_grow(&mut self, more: usize, purpose: &dyn fmt::Display) -> Result<(), MemoryError> {
-        self.budget.try_add(more, purpose)?;
+        self.budget.try_add(more, purpose).map_err(|e| MemoryError { held: self.bytes, ..e })?;
         self.bytes += more;
         Ok(())
     }
@@ -250,5 +262,20 @@ mod tests {
         assert!(budget.try_reserve(1, &"c").is_err(), "nothing more while a forced reservation passes the limit");
         drop(forced);
         assert_eq!((budget.used(), budget.refusals()), (0, 3));
+    }
+
+    #[test]
+    fn a_refusal_says_whether_the_holder_could_ever_fit() {
+        let budget = MemoryBudget::new(100);
+        let other = budget.try_reserve(50, &"other").unwrap();
+        let mut r = budget.try_reserve(30, &"r").unwrap();
+        let err = r.try_grow(40, &"r").unwrap_err();
+        assert!(!err.can_never_fit(), "30 + 40 fit once the other holder is gone: {err:?}");
+        let err = r.try_grow(71, &"r").unwrap_err();
+        assert!(err.can_never_fit(), "30 + 71 pass the limit whatever others hold: {err:?}");
+        assert_eq!(err.held, 30);
+        assert!(budget.try_reserve(101, &"x").unwrap_err().can_never_fit());
+        drop(other);
+        r.try_grow(40, &"r").unwrap();
     }
 }

@@ -230,7 +230,9 @@ where
         Box::pin(async move {
             let Ok(response) = service.oneshot(request).await;
             // The handler saw a body error and answered something generic (400, INTERNAL): say what happened.
-            let response = if expired.load(Ordering::Relaxed) {
+            // A handler that said so itself (OTLP/HTTP answers a 408 with an OTLP Status body) is left alone.
+            let said_so = !grpc && response.status() == StatusCode::REQUEST_TIMEOUT;
+            let response = if expired.load(Ordering::Relaxed) && !said_so {
                 body_timeout_response(grpc, version, limit)
             } else {
                 response.map(Either::Left)

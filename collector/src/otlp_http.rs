@@ -3,10 +3,9 @@
 //! Follows the OTLP/HTTP specification: the response uses the request's encoding; errors carry a
 //! `google.rpc.Status` body (protobuf or JSON) whose message says what was wrong; 503 comes with `Retry-After`.
 
-use std::io::Read;
-
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{DefaultBodyLimit, Extension, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -54,7 +53,8 @@ impl Encoding {
     }
 }
 
-/// The OTLP/HTTP routes.
+/// The OTLP/HTTP routes. Every answer that is not a success carries a `google.rpc.Status` in the request's
+/// encoding (JSON when it has none OTLP defines), as OTLP/HTTP clients expect: unknown paths and methods too.
 pub fn router(receiver: Receiver) -> Router {
     // The compressed body may not exceed the decompressed limit either; the limit after decompression is
     // enforced while inflating.
@@ -63,34 +63,66 @@ pub fn router(receiver: Receiver) -> Router {
         .route("/v1/traces", post(traces))
         .route("/v1/metrics", post(metrics))
         .route("/v1/logs", post(logs))
+        .method_not_allowed_fallback(wrong_method)
+        .fallback(no_route)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(receiver.clone(), admit))
         .with_state(receiver)
 }
 
-/// Admits a request against the memory budget before its body is read, and reserves the body as it arrives (see
-/// [`crate::admission`]). Refused: 503 + `Retry-After`, the OTLP retryable answer, in the request's encoding.
-async fn admit(State(receiver): State<Receiver>, request: Request, next: Next) -> Response {
-    let signal = match request.uri().path() {
+fn signal_of(path: &str) -> Signal {
+    match path {
         "/v1/metrics" => Signal::Metrics,
         "/v1/logs" => Signal::Logs,
         _ => Signal::Spans,
-    };
+    }
+}
+
+fn is_compressed(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "identity"))
+}
+
+/// Admits a request against the memory budget before its body is read, and reserves the body as it arrives (see
+/// [`crate::admission`]). Refused for now: 503 + `Retry-After`, the OTLP retryable answer, in the request's
+/// encoding, once the body is read. Refused for good (it can never fit): 413 at once, before the body is read, and
+/// the connection is closed, so the client neither sends the rest nor retries.
+async fn admit(State(receiver): State<Receiver>, request: Request, next: Next) -> Response {
+    let signal = signal_of(request.uri().path());
     let encoding = Encoding::from_content_type(request.headers().get(header::CONTENT_TYPE)).unwrap_or(Encoding::Json);
-    let memory = match RequestMemory::admit(receiver.memory(), request.headers(), receiver.max_body_bytes()) {
+    let compressed = is_compressed(request.headers());
+    let least_peak = |len| Receiver::least_peak(encoding == Encoding::Protobuf, compressed, len);
+    let memory = match RequestMemory::admit(receiver.memory(), request.headers(), receiver.max_body_bytes(), least_peak)
+    {
         Ok(m) => m,
-        Err(e) => {
-            let error = IngestError::from(e);
+        Err(error) if error.is_permanent_refusal() => {
+            receiver.reject_request(signal, &error);
+            let mut response = error_response(&receiver, encoding, &error);
+            // The body was not read: the connection cannot carry another request (HTTP/2 resets the stream).
+            if request.version() <= http::Version::HTTP_11 {
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return response;
+        }
+        Err(error) => {
             receiver.refuse_for_memory(signal, &error);
             crate::admission::drain(request.into_body(), receiver.max_body_bytes()).await;
             return error_response(&receiver, encoding, &error);
         }
     };
+    let version = request.version();
     let (mut parts, body) = request.into_parts();
     parts.extensions.insert(memory.clone());
-    let response = next.run(Request::from_parts(parts, Body::new(memory.wrap(body)))).await;
+    let mut response = next.run(Request::from_parts(parts, Body::new(memory.wrap(body)))).await;
+    // A body cut at server.body_timeout: the rest of it may still be on its way.
+    if response.status() == StatusCode::REQUEST_TIMEOUT && version <= http::Version::HTTP_11 {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     match memory.refusal() {
-        // The body was cut off at the ceiling; whatever the extractor answered, the client is told to retry.
+        // The body was cut off at the ceiling; whatever the extractor answered, the client is told why (to retry
+        // later, unless the body alone can never fit).
         Some(e) => {
             let error = IngestError::from(e);
             receiver.refuse_for_memory(signal, &error);
@@ -98,6 +130,37 @@ async fn admit(State(receiver): State<Receiver>, request: Request, next: Next) -
         }
         None => response,
     }
+}
+
+/// An OTLP path asked with another method than POST.
+async fn wrong_method(State(receiver): State<Receiver>, request: Request) -> Response {
+    let encoding = Encoding::from_content_type(request.headers().get(header::CONTENT_TYPE)).unwrap_or(Encoding::Json);
+    let error = IngestError::WrongMethod(request.method().to_string());
+    let mut response = error_response(&receiver, encoding, &error);
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+    response
+}
+
+/// A path that is not an OTLP route.
+async fn no_route(State(receiver): State<Receiver>, request: Request) -> Response {
+    let encoding = Encoding::from_content_type(request.headers().get(header::CONTENT_TYPE)).unwrap_or(Encoding::Json);
+    error_response(&receiver, encoding, &IngestError::NoRoute(request.uri().path().to_string()))
+}
+
+/// What a body that could not be collected means: past `ingest.max_body_bytes` (a chunked body, or an HTTP/2 one
+/// without a length), cut at `server.body_timeout`, or a connection that failed.
+fn body_error(receiver: &Receiver, rejection: BytesRejection) -> IngestError {
+    if let BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) = rejection {
+        return IngestError::TooLarge { limit: receiver.max_body_bytes() };
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+    while let Some(e) = source {
+        if let Some(crate::net::BodyError::TimedOut { limit }) = e.downcast_ref::<crate::net::BodyError>() {
+            return IngestError::BodyTimedOut { limit: *limit };
+        }
+        source = e.source();
+    }
+    IngestError::BodyRead(rejection.body_text())
 }
 
 /// Inflates a gzip body, refusing to go past `limit` bytes, and reserving what it inflates in `reservation` as
@@ -118,30 +181,8 @@ pub fn decompress(
         }
         "gzip" | "x-gzip" => {
             let compressed = body.len();
-            let initial = (body.len() * 4).min(limit);
-            reservation.try_grow(initial, &"inflating a request body")?;
-            let mut out = Vec::with_capacity(initial);
-            let mut decoder = flate2::read::GzDecoder::new(&body[..]).take(limit as u64 + 1);
-            // Inflate in steps, reserving each step's growth first: a small body may inflate to `limit`.
-            loop {
-                if out.len() == out.capacity() {
-                    let more = out.capacity().max(64 * 1024);
-                    reservation.try_grow(more, &"inflating a request body")?;
-                    out.reserve_exact(more);
-                }
-                let room = (out.capacity() - out.len()) as u64;
-                let read = (&mut decoder).take(room).read_to_end(&mut out).map_err(|e| IngestError::Malformed {
-                    format: "gzip",
-                    detail: format!("{e}; the body does not match Content-Encoding: gzip"),
-                })?;
-                if out.len() > limit {
-                    return Err(IngestError::TooLarge { limit });
-                }
-                if read == 0 {
-                    break;
-                }
-            }
-            drop(decoder);
+            let mut out = Vec::new();
+            crate::admission::inflate_gzip(&body, limit, &mut out, reservation)?;
             drop(body);
             reservation.shrink(compressed);
             Ok(Bytes::from(out))
@@ -201,7 +242,7 @@ async fn handle<Resp, F, Fut>(
     signal: Signal,
     headers: HeaderMap,
     memory: RequestMemory,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
     store: F,
 ) -> Response
 where
@@ -215,6 +256,17 @@ where
             receiver.reject_request(signal, &e);
             // The request's encoding is unknown: answer in JSON, readable by people and tools alike.
             return error_response(&receiver, Encoding::Json, &e);
+        }
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let e = body_error(&receiver, rejection);
+            // A body refused at the memory ceiling is answered and counted by `admit`.
+            if memory.refusal().is_none() {
+                receiver.reject_request(signal, &e);
+            }
+            return error_response(&receiver, encoding, &e);
         }
     };
     // The frames are gone, the collected body remains.
@@ -251,7 +303,7 @@ async fn traces(
     State(receiver): State<Receiver>,
     Extension(memory): Extension<RequestMemory>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     handle(receiver, Signal::Spans, headers, memory, body, |r, encoding, body, mut reservation| async move {
         match encoding {
@@ -272,10 +324,13 @@ async fn metrics(
     State(receiver): State<Receiver>,
     Extension(memory): Extension<RequestMemory>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     handle(receiver, Signal::Metrics, headers, memory, body, |r, encoding, body, mut reservation| async move {
-        r.reserve_owned_decoding(Signal::Metrics, &mut reservation, body.len())?;
+        match encoding {
+            Encoding::Protobuf => r.reserve_prescanned(Signal::Metrics, &mut reservation, &body)?,
+            Encoding::Json => r.reserve_owned_decoding(Signal::Metrics, &mut reservation, body.len())?,
+        }
         let request: ExportMetricsServiceRequest = decode_counted(&r, Signal::Metrics, encoding, &body)?;
         drop(body);
         r.metrics_export(request, &mut reservation).await
@@ -287,10 +342,13 @@ async fn logs(
     State(receiver): State<Receiver>,
     Extension(memory): Extension<RequestMemory>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     handle(receiver, Signal::Logs, headers, memory, body, |r, encoding, body, mut reservation| async move {
-        r.reserve_owned_decoding(Signal::Logs, &mut reservation, body.len())?;
+        match encoding {
+            Encoding::Protobuf => r.reserve_prescanned(Signal::Logs, &mut reservation, &body)?,
+            Encoding::Json => r.reserve_owned_decoding(Signal::Logs, &mut reservation, body.len())?,
+        }
         let request: ExportLogsServiceRequest = decode_counted(&r, Signal::Logs, encoding, &body)?;
         drop(body);
         r.logs(request, &mut reservation).await

@@ -39,6 +39,11 @@ pub const NORMALISED_FIXED_BYTES: usize = 256 * 1024;
 /// the batch.
 pub const DECODED_BYTES_PER_BODY_BYTE: usize = 6;
 
+/// What decoding a body of `body_len` bytes holds at its peak, `factor` bytes per body byte on top of the body.
+fn decode_peak(body_len: usize, factor: usize) -> usize {
+    body_len.saturating_add(body_len.saturating_mul(factor)).saturating_add(NORMALISED_FIXED_BYTES)
+}
+
 /// Accepts decoded export requests of every signal. Shared by the gRPC and HTTP servers.
 #[derive(Clone)]
 pub struct Receiver {
@@ -82,9 +87,11 @@ impl Receiver {
     }
 
     /// Counts a request refused at the memory ceiling before it could be decoded, and remembers the refusal for
-    /// `/readyz`.
+    /// `/readyz` (unless it could never have fit: that says nothing about the load).
     pub fn refuse_for_memory(&self, signal: Signal, error: &IngestError) {
-        self.ingest.note_refusal();
+        if error.is_retryable() {
+            self.ingest.note_refusal();
+        }
         self.reject_request(signal, error);
     }
 
@@ -97,7 +104,7 @@ impl Receiver {
         body_len: usize,
         factor: usize,
     ) -> Result<(), IngestError> {
-        let peak = body_len.saturating_add(body_len.saturating_mul(factor)).saturating_add(NORMALISED_FIXED_BYTES);
+        let peak = decode_peak(body_len, factor);
         reservation.try_resize(peak.max(reservation.size()), &"decoding a request").map_err(|e| {
             let error = IngestError::from(e);
             self.refuse_for_memory(signal, &error);
@@ -105,9 +112,25 @@ impl Receiver {
         })
     }
 
+    /// The least a body of `body_len` bytes holds while it is decoded and normalised (the body included): a
+    /// request announcing a length whose peak passes the whole budget is refused before it is read. `protobuf`:
+    /// the body is OTLP protobuf (not JSON); `compressed`: it is, so its decoded length is unknown.
+    pub fn least_peak(protobuf: bool, compressed: bool, body_len: usize) -> usize {
+        if compressed {
+            return 0;
+        }
+        // Protobuf metrics and logs are estimated by a walk of the body (`crate::prescan`), never below the
+        // batch's share.
+        let factor = if protobuf { NORMALISED_BYTES_PER_BODY_BYTE } else { DECODED_BYTES_PER_BODY_BYTE };
+        decode_peak(body_len, factor)
+    }
+
     /// Counts a request rejected before it could be decoded.
     pub fn reject_request(&self, signal: Signal, error: &IngestError) {
         self.metrics().reject_request(signal, error.reason());
+        if error.is_permanent_refusal() {
+            self.metrics().memory_refusals_permanent.inc();
+        }
     }
 
     /// `request`: the trace export's protobuf, for the WAL (see [`Ingest::submit`]). `reservation` holds the
@@ -184,6 +207,46 @@ impl Receiver {
         body_len: usize,
     ) -> Result<(), IngestError> {
         self.reserve_decoding(signal, reservation, body_len, DECODED_BYTES_PER_BODY_BYTE)
+    }
+
+    /// Reserves what decoding a protobuf metrics or logs body with prost, then normalising it, will hold, as
+    /// [`crate::prescan`] bounds it from the body's messages (not its bytes: an empty item costs tens of bytes
+    /// decoded). A body that does not walk as protobuf is refused as malformed, like prost would; one whose
+    /// estimate passes the whole budget is refused for good (413 / RESOURCE_EXHAUSTED), one that does not fit now,
+    /// for now.
+    pub fn reserve_prescanned(
+        &self,
+        signal: Signal,
+        reservation: &mut Reservation,
+        body: &[u8],
+    ) -> Result<(), IngestError> {
+        let estimate = Self::decoding_estimate(signal, body).inspect_err(|e| self.reject_request(signal, e))?;
+        let peak = body.len().saturating_add(estimate.total()).saturating_add(NORMALISED_FIXED_BYTES);
+        let purpose = format!(
+            "decoding a {signal} export of {} bytes ({} messages, {} rows)",
+            body.len(),
+            estimate.messages,
+            estimate.rows
+        );
+        reservation.try_resize(peak.max(reservation.size()), &purpose).map_err(|e| {
+            let error = IngestError::from(e);
+            self.refuse_for_memory(signal, &error);
+            error
+        })
+    }
+
+    /// What decoding a protobuf metrics or logs body with prost and normalising it will hold besides the body
+    /// ([`crate::prescan`]); a body that cannot be walked is malformed, as prost would find it.
+    pub fn decoding_estimate(signal: Signal, body: &[u8]) -> Result<crate::prescan::Estimate, IngestError> {
+        match crate::prescan::estimate(signal, body) {
+            Ok(e) => Ok(e),
+            // Groups are not OTLP, but prost skips them: let it, with the estimate of the worst body.
+            Err(crate::prescan::ScanError::Groups) => Ok(crate::prescan::Estimate::worst_case(body.len())),
+            Err(e) => Err(IngestError::Malformed {
+                format: "protobuf",
+                detail: format!("{e}; is the body an OTLP Export*ServiceRequest?"),
+            }),
+        }
     }
 
     fn trace_response(outcome: Outcome) -> ExportTraceServiceResponse {

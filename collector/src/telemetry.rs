@@ -74,6 +74,9 @@ pub struct Metrics {
     pub unpriced_spans: Counter,
     /// Requests refused at the process memory ceiling (also in `requests_rejected{reason="memory_limit"}`).
     pub memory_refusals: Counter,
+    /// Requests refused for good: they could never fit (a body past `ingest.max_body_bytes`, or needing more than
+    /// the whole `memory.limit_mb`), answered 413 / RESOURCE_EXHAUSTED without `RetryInfo` so clients do not retry.
+    pub memory_refusals_permanent: Counter,
     /// Bytes reserved in the process memory budget (set when scraped).
     pub memory_used_bytes: Gauge,
     /// The process memory budget, `memory.limit_mb`, in bytes (set when scraped).
@@ -110,6 +113,7 @@ impl Metrics {
         let parquet_bytes = Counter::default();
         let unpriced_spans = Counter::default();
         let memory_refusals = Counter::default();
+        let memory_refusals_permanent = Counter::default();
         let memory_used_bytes = Gauge::default();
         let memory_limit_bytes = Gauge::default();
         let parquet_unreadable_files = Counter::default();
@@ -164,6 +168,12 @@ impl Metrics {
             memory_refusals.clone(),
         );
         registry.register(
+            "memory_refusals_permanent",
+            "Requests refused for good (413 / RESOURCE_EXHAUSTED, not retried): larger than ingest.max_body_bytes or \
+             needing more than the whole memory.limit_mb",
+            memory_refusals_permanent.clone(),
+        );
+        registry.register(
             "memory_used_bytes",
             "Bytes reserved in the process memory budget",
             memory_used_bytes.clone(),
@@ -206,6 +216,7 @@ impl Metrics {
             parquet_bytes,
             unpriced_spans,
             memory_refusals,
+            memory_refusals_permanent,
             memory_used_bytes,
             memory_limit_bytes,
             parquet_unreadable_files,

@@ -50,6 +50,16 @@ pub enum QueryError {
     /// to do. Later queries skip the file, so a retry answers from the other files.
     #[error("{0}")]
     UnreadableFile(String),
+    /// The request body is larger than the API accepts (see `crate::http::max_body_bytes`); refused before it is
+    /// read.
+    #[error(
+        "the request body exceeds the API's {limit}-byte limit (twice query.max_sql_bytes, at least 2 MiB); send a \
+         shorter statement or raise query.max_sql_bytes"
+    )]
+    BodyTooLarge {
+        /// The API's body limit in bytes.
+        limit: usize,
+    },
     /// Anything else: a bug.
     #[error("internal error while running the query: {0}")]
     Internal(String),
@@ -96,6 +106,7 @@ impl QueryError {
             QueryError::ResourcesExhausted(_) => "resources_exhausted",
             QueryError::LimitExceeded(_) => "limit_exceeded",
             QueryError::UnreadableFile(_) => "unreadable_file",
+            QueryError::BodyTooLarge { .. } => "too_large",
             QueryError::Internal(_) => "internal",
         }
     }
@@ -111,6 +122,7 @@ impl QueryError {
             // Unavailable, not broken: the file is skipped from now on, so the same query answers when retried.
             QueryError::TooBusy { .. } | QueryError::UnreadableFile(_) => StatusCode::SERVICE_UNAVAILABLE,
             QueryError::ResourcesExhausted(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            QueryError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -123,7 +135,9 @@ impl QueryError {
             QueryError::ReadOnly { .. } => tonic::Status::permission_denied(message),
             QueryError::Timeout { .. } => tonic::Status::deadline_exceeded(message),
             QueryError::TooBusy { .. } | QueryError::UnreadableFile(_) => tonic::Status::unavailable(message),
-            QueryError::ResourcesExhausted(_) => tonic::Status::resource_exhausted(message),
+            QueryError::ResourcesExhausted(_) | QueryError::BodyTooLarge { .. } => {
+                tonic::Status::resource_exhausted(message)
+            }
             QueryError::Internal(_) => tonic::Status::internal(message),
         }
     }

@@ -2,7 +2,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -30,11 +30,58 @@ struct QueryRequest {
 /// (`Accept: application/vnd.apache.arrow.stream`), NDJSON (`Accept: application/x-ndjson`). Errors are
 /// `{"error": "...", "kind": "..."}` with 400 (bad SQL, writes), 504 (timeout), 503 (too busy; `unreadable_file`: a
 /// damaged Parquet file, named, that later queries skip), 422 (memory limit) or 500.
+///
+/// A body longer than [`max_body_bytes`] is answered 413: at once, before a byte of it is read, and the connection
+/// closed, when its `Content-Length` says so; once the limit is reached otherwise (chunked).
 pub fn router(engine: Engine) -> Router {
-    Router::new().route("/api/v1/query", post(query_post).get(query_get)).with_state(engine)
+    let limit = max_body_bytes(engine.config().max_sql_bytes);
+    Router::new()
+        .route("/api/v1/query", post(query_post).get(query_get))
+        .layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+            refuse_oversized(limit, request, next)
+        }))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(engine)
 }
 
-async fn query_post(State(engine): State<Engine>, headers: HeaderMap, body: Bytes) -> Response {
+/// The largest `POST /api/v1/query` body: room for a statement of `query.max_sql_bytes` escaped in JSON or a
+/// form, and axum's usual 2 MiB at least.
+pub fn max_body_bytes(max_sql_bytes: usize) -> usize {
+    max_sql_bytes.saturating_mul(2).max(2 * 1024 * 1024)
+}
+
+/// Answers a request announcing a body past `limit` with 413 before reading it, and closes the connection (the
+/// rest of the body may be on its way: it is not read).
+async fn refuse_oversized(limit: usize, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|len| len > limit as u64) {
+        let mut response = error_response(QueryError::BodyTooLarge { limit });
+        if request.version() <= http::Version::HTTP_11 {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return response;
+    }
+    next.run(request).await
+}
+
+async fn query_post(
+    State(engine): State<Engine>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(axum::extract::rejection::BytesRejection::FailedToBufferBody(
+            axum::extract::rejection::FailedToBufferBody::LengthLimitError(_),
+        )) => {
+            return error_response(QueryError::BodyTooLarge { limit: max_body_bytes(engine.config().max_sql_bytes) });
+        }
+        Err(e) => return error_response(QueryError::InvalidSql(format!("reading the request body failed: {e}"))),
+    };
     let content_type =
         headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let sql = match sql_of_body(&content_type, &body) {

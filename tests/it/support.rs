@@ -377,3 +377,120 @@ pub fn logger_provider(server: &Server, transport: Transport, resource: Vec<KeyV
         .with_resource(Resource::builder_empty().with_attributes(resource).build())
         .build()
 }
+
+/// An HTTP/1.1 answer read off a raw socket.
+#[derive(Debug)]
+pub struct RawAnswer {
+    /// The status code (0 if no status line arrived).
+    pub status: u16,
+    /// Header names (lower case) and values.
+    pub headers: Vec<(String, String)>,
+    /// The body, by `content-length` when the answer has one, else everything up to the close.
+    pub body: Vec<u8>,
+    /// Whether the server closed the connection within the wait.
+    pub closed: bool,
+    /// Bytes that came after the first answer (a second answer on the same connection).
+    pub rest: Vec<u8>,
+}
+
+impl RawAnswer {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `request` (a head, and whatever body bytes) on a new connection to `addr`, keeps the write side open, and
+/// reads until the server closes the connection or `wait` passes. Write errors are ignored: a server may answer and
+/// close before it has read everything.
+pub async fn raw_http(addr: SocketAddr, request: Vec<u8>, wait: Duration) -> RawAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&request).await;
+        // Keep the write half open: closing it would tell the server the request ended.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        drop(wr);
+    });
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut answer = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut closed = false;
+    loop {
+        match tokio::time::timeout_at(deadline, rd.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    writer.abort();
+    parse_raw_answer(&answer, closed)
+}
+
+fn parse_raw_answer(answer: &[u8], closed: bool) -> RawAnswer {
+    let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n");
+    let Some(head_end) = head_end else {
+        return RawAnswer { status: 0, headers: Vec::new(), body: answer.to_vec(), closed, rest: Vec::new() };
+    };
+    let head = String::from_utf8_lossy(&answer[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let after = &answer[head_end + 4..];
+    let length = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse::<usize>().ok());
+    let (body, rest) = match length {
+        Some(n) => (after[..n.min(after.len())].to_vec(), after[n.min(after.len())..].to_vec()),
+        None => (after.to_vec(), Vec::new()),
+    };
+    RawAnswer { status, headers, body, closed, rest }
+}
+
+/// `google.rpc.Status`, the body of OTLP error answers.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcStatus {
+    /// A `google.rpc.Code`.
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    /// What was wrong.
+    #[prost(string, tag = "2")]
+    pub message: String,
+}
+
+/// Decodes an OTLP/HTTP error body as `google.rpc.Status` in the encoding `content_type` names; panics (saying
+/// what came) if it is not one.
+pub fn rpc_status(content_type: Option<&str>, body: &[u8]) -> RpcStatus {
+    use prost::Message;
+    let text = String::from_utf8_lossy(body).to_string();
+    match content_type.map(|c| c.split(';').next().unwrap_or("").trim()) {
+        Some("application/x-protobuf") => {
+            RpcStatus::decode(body).unwrap_or_else(|e| panic!("not a protobuf google.rpc.Status ({e}): {text:?}"))
+        }
+        Some("application/json") => {
+            let v: serde_json::Value =
+                serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+            RpcStatus {
+                code: v["code"].as_i64().unwrap_or_else(|| panic!("no code in {text}")) as i32,
+                message: v["message"].as_str().unwrap_or_else(|| panic!("no message in {text}")).to_string(),
+            }
+        }
+        other => panic!("an OTLP error body has content type {other:?}: {text:?}"),
+    }
+}
+
+/// A `/proc/PID/status` memory field (`VmRSS`, `VmHWM`) in MiB.
+pub fn proc_mib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    kib / 1024
+}
