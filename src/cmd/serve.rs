@@ -159,7 +159,8 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
     }
     let live = Arc::new(
         collector::live::LiveWindows::new(config.live.slo_p99_ms)
-            .with_limits(config.live.max_routes, config.live.max_key_bytes),
+            .with_limits(config.live.max_routes, config.live.max_key_bytes)
+            .with_memory(collector.ingest().memory()),
     );
     collector.add_observer(live.clone());
     // After recovery, so that period-to-date spend is rebuilt from everything stored, replayed WAL included.

@@ -232,10 +232,12 @@ async fn ten_times_overload_stays_under_the_memory_ceiling_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_needing_memory_that_ingest_holds_fails_clearly_while_ingest_goes_on() {
-    // Flushes only at shutdown: the buffer keeps what is ingested, reserved in a 40 MiB budget.
+    // Flushes only at shutdown: the buffer keeps what is ingested, reserved in a 40 MiB budget (with small caches,
+    // whose bounds are reserved too).
     let server = Server::start_with(
         "[memory]\nlimit_mb = 40\n[ingest]\nmax_buffer_bytes = 40000000\n[storage]\nflush_max_bytes = 40000000\n\
-         flush_interval = \"1h\"\n[query]\nmemory_limit_mb = 1024\n",
+         flush_interval = \"1h\"\n[query]\nmemory_limit_mb = 1024\nmetadata_cache_mb = 1\n[pricing]\n\
+         cache_bytes = 65536\n",
     )
     .await;
     let client = reqwest::Client::new();
