@@ -187,8 +187,9 @@ pub struct ServerConfig {
     /// A peer that does not answer a PING within this is dropped.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
-    /// Open connections per listener. At the cap, new connections wait in the kernel's accept queue (using no
-    /// file descriptor of the process) until one closes; the timeouts above bound how long that takes.
+    /// Open connections per listener. At the cap, the longest-idle connection (no request in progress) is closed
+    /// to admit a new one (HTTP/2: GOAWAY); when every connection is busy, new ones wait in the kernel's accept
+    /// queue (using no file descriptor of the process) until one closes.
     pub max_connections: usize,
 }
 

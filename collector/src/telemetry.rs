@@ -28,6 +28,13 @@ pub struct RejectLabel {
     pub reason: String,
 }
 
+/// Labels for per-listener counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// `otlp_grpc`, `otlp_http`, `api` or `flight`.
+    pub listener: String,
+}
+
 /// Every metric tailscope exports about itself.
 pub struct Metrics {
     registry: Registry,
@@ -78,6 +85,8 @@ pub struct Metrics {
     pub memory_used_bytes: Gauge,
     /// The process memory budget, `memory.limit_mb`, in bytes (set when scraped).
     pub memory_limit_bytes: Gauge,
+    /// Idle connections closed to admit a new one at `server.max_connections`, per listener.
+    pub connections_shed: Family<ListenerLabel, Counter>,
 }
 
 impl Metrics {
@@ -108,6 +117,7 @@ impl Metrics {
         let memory_refusals = Counter::default();
         let memory_used_bytes = Gauge::default();
         let memory_limit_bytes = Gauge::default();
+        let connections_shed = Family::<ListenerLabel, Counter>::default();
         registry.register("items_received", "Spans, data points and log records received", received.clone());
         registry.register("items_accepted", "Items acknowledged after the WAL fsync", accepted.clone());
         registry.register("items_rejected", "Items rejected, by reason", rejected.clone());
@@ -167,6 +177,11 @@ impl Metrics {
             "The process memory budget (memory.limit_mb)",
             memory_limit_bytes.clone(),
         );
+        registry.register(
+            "connections_shed",
+            "Idle connections closed to admit a new one at the connection cap (server.max_connections)",
+            connections_shed.clone(),
+        );
         Arc::new(Metrics {
             registry,
             received,
@@ -192,6 +207,7 @@ impl Metrics {
             memory_refusals,
             memory_used_bytes,
             memory_limit_bytes,
+            connections_shed,
         })
     }
 
@@ -201,6 +217,11 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The counter of idle connections shed at the cap on `listener` (for [`crate::net::serve`]).
+    pub fn connections_shed(&self, listener: &str) -> Counter {
+        self.connections_shed.get_or_create(&ListenerLabel { listener: listener.into() }).clone()
     }
 
     /// Counts `n` items of `signal` under a per-signal family.
