@@ -20,9 +20,9 @@ mod quantile;
 pub mod shell;
 mod string_group;
 mod table;
-mod unnest_guard;
 #[cfg(test)]
 mod tests;
+mod unnest_guard;
 mod views;
 
 pub use engine::{CATALOG_NAME, Engine, QueryOutput, QueryStream, Relation, SCHEMA_NAME, memory_pool};

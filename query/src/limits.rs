@@ -17,6 +17,7 @@ use std::hash::Hash;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use collector::memory::MemoryBudget;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type, IntervalMonthDayNanoType};
 use datafusion::common::config::ConfigOptions;
@@ -32,7 +33,6 @@ use datafusion::logical_expr::{
     ScalarUDF, ScalarUDFImpl, Signature, StructFieldMapping, Volatility,
 };
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Query, Select, Statement, Visit, Visitor};
-use collector::memory::MemoryBudget;
 
 use crate::output_memory;
 

@@ -15,6 +15,7 @@
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use collector::memory::{MemoryBudget, Reservation};
 use datafusion::arrow::array::{Array, ArrayData, ArrayRef, make_array};
 use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::compute::kernels::concat_elements::concat_elements_dyn;
@@ -28,7 +29,6 @@ use datafusion::logical_expr::{
     ColumnarValue, Expr, ExprSchemable, Operator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::sql::sqlparser::ast::BinaryOperator;
-use collector::memory::{MemoryBudget, Reservation};
 
 /// Whether values of this type have a size that depends on the data (and so may be far larger than the inputs).
 pub fn variable_width(data_type: &DataType) -> bool {

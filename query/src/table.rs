@@ -513,7 +513,8 @@ fn add_partition_columns(
         }
     };
     let stored = batch.num_columns();
-    let partitions = if projection.iter().any(|&i| i >= stored) { Some(partition_values(batch, signal)?) } else { None };
+    let partitions =
+        if projection.iter().any(|&i| i >= stored) { Some(partition_values(batch, signal)?) } else { None };
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(projection.len());
     for &i in projection {
         let field = schema.field(i);

@@ -166,7 +166,11 @@ async fn sql_memory_bombs_are_refused_under_the_ceiling() {
         format!("SELECT max(length(concat_ws(',', {}))) AS n FROM range(100000)", eleven.join(", ")),
         format!("SELECT max(length({})) AS n FROM range(100000)", eleven.join(" || ")),
         format!("SELECT max(length(translate({}, 'x', 'é'))) AS n FROM range(100000)", eleven.join(" || ")),
-        format!("SELECT max(length(overlay({} placing {} from 2))) AS n FROM range(100000)", eleven[0], eleven[1..].join(" || ")),
+        format!(
+            "SELECT max(length(overlay({} placing {} from 2))) AS n FROM range(100000)",
+            eleven[0],
+            eleven[1..].join(" || ")
+        ),
         format!("SELECT length(string_agg({}, ',')) AS n FROM range(300000)", r('x')),
         format!("SELECT cardinality(array_agg({})) AS n FROM range(300000)", r('x')),
         "SELECT count(*) AS n, max(length(s)) AS m FROM (SELECT repeat('x', 1000) AS s, unnest(range(8000000)) AS v)"
@@ -175,7 +179,10 @@ async fn sql_memory_bombs_are_refused_under_the_ceiling() {
          || repeat('w', 60000000) || repeat('v', 60000000) || repeat('u', 60000000)) AS n"
             .to_string(),
         // A literal 512 KiB string broadcast to every row of a batch.
-        format!("SELECT max(length(concat(CAST(value AS VARCHAR), '{}'))) AS n FROM range(100000)", "x".repeat(1 << 19)),
+        format!(
+            "SELECT max(length(concat(CAST(value AS VARCHAR), '{}'))) AS n FROM range(100000)",
+            "x".repeat(1 << 19)
+        ),
     ];
     for sql in &bombs {
         let started = Instant::now();
@@ -183,7 +190,9 @@ async fn sql_memory_bombs_are_refused_under_the_ceiling() {
         let shown = &sql[..sql.len().min(120)];
         assert!(status == 400 || status == 422, "{shown}: {status} {body}");
         assert!(
-            body.contains("max_function_output_mb") || body.contains("memory.limit_mb") || body.contains("memory_limit"),
+            body.contains("max_function_output_mb")
+                || body.contains("memory.limit_mb")
+                || body.contains("memory_limit"),
             "{shown}: the error names the limit: {body}"
         );
         eprintln!("{shown}: {status} in {:?}, peak {} MiB", started.elapsed(), peak_rss_mib(server.pid()));
