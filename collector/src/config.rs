@@ -155,17 +155,30 @@ impl Config {
                 ),
             ));
         }
-        if self.ingest.max_buffer_bytes > memory_bytes {
+        // Ranges first, so an absurd value gets its range in the error rather than a rule of the cost module's
+        // or of the sum below.
+        self.validate_cost_ranges()?;
+        // What may be held in the budget whatever the load: the buffer at its cap and the caches' bounds (reserved
+        // at start). They must fit, or ingest would be refused for good once the buffer filled.
+        let fixed = [
+            ("ingest.max_buffer_bytes", self.ingest.max_buffer_bytes),
+            ("pricing.cache_bytes", self.pricing.cache_bytes),
+            ("query.metadata_cache_mb", self.query.metadata_cache_bytes()),
+        ];
+        let total = fixed.iter().fold(0usize, |sum, (_, bytes)| sum.saturating_add(*bytes));
+        if total > memory_bytes {
+            let parts: Vec<String> = fixed.iter().map(|(key, bytes)| format!("{key} ({bytes} bytes)")).collect();
             return Err(invalid(
-                "ingest.max_buffer_bytes",
+                "memory.limit_mb",
                 format!(
-                    "({}) must not exceed memory.limit_mb ({} MiB): the buffer is reserved from that budget",
-                    self.ingest.max_buffer_bytes, self.memory.limit_mb
+                    "({} MiB = {} bytes) cannot hold the fixed reservations {} = {total} bytes: raise memory.limit_mb \
+                     or lower those",
+                    self.memory.limit_mb,
+                    self.memory.limit_bytes(),
+                    parts.join(" + ")
                 ),
             ));
         }
-        // Ranges first, so an absurd value gets its range in the error rather than a rule of the cost module's.
-        self.validate_cost_ranges()?;
         for (i, budget) in self.budgets.iter().enumerate() {
             budget.validate().map_err(|reason| invalid(&format!("budget[{i}] ({})", budget.name), reason))?;
         }
@@ -249,8 +262,9 @@ pub struct ServerConfig {
     /// A peer that does not answer a PING within this is dropped.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
-    /// Open connections per listener. At the cap, new connections wait in the kernel's accept queue (using no
-    /// file descriptor of the process) until one closes; the timeouts above bound how long that takes.
+    /// Open connections per listener. At the cap, the longest-idle connection (no request in progress) is closed
+    /// to admit a new one (HTTP/2: GOAWAY); when every connection is busy, new ones wait in the kernel's accept
+    /// queue (using no file descriptor of the process) until one closes.
     pub max_connections: usize,
 }
 
@@ -316,6 +330,10 @@ impl QueryConfig {
         check_duration("query.timeout", self.timeout, Duration::from_millis(1), MAX_DURATION)?;
         check_mib("query.memory_limit_mb", self.memory_limit_mb)?;
         check_mib("query.max_function_output_mb", self.max_function_output_mb)?;
+        // 0 turns the cache off.
+        if self.metadata_cache_mb > 0 {
+            check_mib("query.metadata_cache_mb", self.metadata_cache_mb)?;
+        }
         // Each query in flight holds a planner thread and its own memory pool.
         check_count("query.max_concurrent", self.max_concurrent, 1024)?;
         check_count("query.max_sql_bytes", self.max_sql_bytes, 64 * MIB)?;
@@ -434,6 +452,16 @@ pub struct QueryConfig {
     /// The most one call of a growing function (`repeat`, `lpad`, `rpad`, `replace`, `regexp_replace`,
     /// `array_repeat`, `array_resize`, `range`, `generate_series`) may produce for one batch of rows, in MiB.
     pub max_function_output_mb: usize,
+    /// DataFusion's cache of Parquet footers and page indexes (read once per file, kept for the next queries), in
+    /// MiB. Reserved from `memory.limit_mb` at start; 0 turns the cache off (every query reads the footers again).
+    pub metadata_cache_mb: usize,
+}
+
+impl QueryConfig {
+    /// `metadata_cache_mb` in bytes.
+    pub fn metadata_cache_bytes(&self) -> usize {
+        self.metadata_cache_mb.saturating_mul(1024 * 1024)
+    }
 }
 
 impl Default for QueryConfig {
@@ -445,6 +473,7 @@ impl Default for QueryConfig {
             max_sql_bytes: 1024 * 1024,
             max_expr_depth: 512,
             max_function_output_mb: 64,
+            metadata_cache_mb: 16,
         }
     }
 }
@@ -454,9 +483,10 @@ impl Default for QueryConfig {
 /// One budget that the data-sized memory of the whole process is reserved from: OTLP request bodies as they
 /// arrive and inflate, normalised batches, the unflushed buffer, Parquet flushes and every query's operators. Past
 /// it, ingest answers the OTLP retryable refusals (503 + `Retry-After`, UNAVAILABLE + `RetryInfo`) and queries fail
-/// with a resources-exhausted error. The default, 320 MiB, keeps the process under 512 MiB of RSS at any load: the
-/// rest covers what is not data-sized (binary, runtime, threads, connection buffers, bounded caches) and the
-/// allocator's slack (measured in docs/benchmarks.md).
+/// with a resources-exhausted error. The caches hold their memory in it too (the price-resolution and Parquet
+/// metadata caches their bounds, from start; the live windows what they hold). The default, 320 MiB, keeps the
+/// process under 512 MiB of RSS at any load: the rest covers what is not data-sized (binary, runtime, threads,
+/// connection buffers) and the allocator's slack (measured in docs/benchmarks.md).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MemoryConfig {
@@ -637,6 +667,13 @@ mod tests {
             err.to_string().contains("ingest.max_buffer_bytes") && err.to_string().contains("memory.limit_mb"),
             "{err}"
         );
+        // The buffer fits alone, not with the caches' reservations: every key is named.
+        let tight = "[memory]\nlimit_mb = 230\n[query]\nmetadata_cache_mb = 8\n";
+        let err = Config::from_toml(tight, Path::new("t.toml")).unwrap_err().to_string();
+        for key in ["memory.limit_mb", "ingest.max_buffer_bytes", "pricing.cache_bytes", "query.metadata_cache_mb"] {
+            assert!(err.contains(key), "{key} is not named: {err}");
+        }
+        Config::from_toml("[memory]\nlimit_mb = 240\n[query]\nmetadata_cache_mb = 8\n", Path::new("t.toml")).unwrap();
         let err = Config::from_toml("[server]\nmax_connections = 0\n", Path::new("t.toml")).unwrap_err();
         assert!(err.to_string().contains("server.max_connections"), "{err}");
         let err = Config::from_toml("[server]\nheader_timeout = \"0s\"\n", Path::new("t.toml")).unwrap_err();

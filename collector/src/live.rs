@@ -27,7 +27,10 @@
 //! tens of seconds), so an active route holds at most ~31 of them (< 2 MiB). Routes idle for longer than the
 //! longest window are dropped. At most `[live] max_routes` routes are tracked; spans of further routes are counted
 //! under provider `"(other)"` rather than growing memory without bound, and key values are cut to
-//! `[live] max_key_bytes`, so that names of megabytes cost no more than short ones.
+//! `[live] max_key_bytes`, so that names of megabytes cost no more than short ones. What the routes hold is reserved
+//! in the process memory budget (`memory.limit_mb`, [`LiveWindows::with_memory`]) in steps of
+//! [`RESERVATION_STEP`]: a new route is admitted only when the budget has room for it (otherwise its spans are
+//! counted under `"(other)"`), and growth of the routes' histograms is counted as it happens.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -45,6 +48,7 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::memory::{MemoryBudget, Reservation};
 use crate::observe::SpanObserver;
 
 /// The most routes tracked at once by default (`[live] max_routes`); further routes are folded into one overflow
@@ -57,6 +61,9 @@ pub const NONE: &str = "none";
 /// The provider of the overflow route.
 pub const OVERFLOW: &str = "(other)";
 const SIGFIG: u8 = 3;
+/// The routes' reservation in the memory budget grows and shrinks in steps of this many bytes, so that the budget
+/// is not touched on every batch.
+pub const RESERVATION_STEP: usize = 1 << 20;
 const NS_PER_S: i64 = 1_000_000_000;
 
 /// One of the three live windows.
@@ -279,6 +286,50 @@ struct Slice {
 struct RouteState {
     tiers: [VecDeque<Slice>; 3],
     last_seen_ns: i64,
+    /// What this route holds, key and map slot included ([`route_bytes`]), as of its last update.
+    bytes: usize,
+}
+
+/// Bytes a histogram holds: its counts (a `Vec` that grows by `resize`, so its capacity may be up to twice its
+/// length) and itself.
+fn histogram_bytes(h: &Histogram<u32>) -> usize {
+    size_of::<Slice>() + 2 * h.distinct_values() * size_of::<u32>()
+}
+
+/// Bytes a route holds: its key's strings, its map slot (twice over: the table doubles as it grows), its slice
+/// rings and their histograms.
+fn route_bytes(key: &RouteKey, route: &RouteState) -> usize {
+    let key_bytes = key.provider.len() + key.region.len() + key.model.len() + key.operation.len();
+    key_bytes + 2 * (size_of::<RouteKey>() + size_of::<RouteState>() + 1) + route_heap_bytes(route)
+}
+
+/// Bytes a route's slice rings and their histograms hold.
+fn route_heap_bytes(route: &RouteState) -> usize {
+    route
+        .tiers
+        .iter()
+        .map(|ring| {
+            let spare = (ring.capacity() - ring.len()) * size_of::<Slice>();
+            spare + ring.iter().map(|s| histogram_bytes(&s.hist)).sum::<usize>()
+        })
+        .sum()
+}
+
+/// What a new route holds after its first span: its key, one slice with a fresh histogram, and the ring's first
+/// allocation (room for four slices).
+fn new_route_bytes(key: &RouteKey) -> usize {
+    static FRESH: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| histogram_bytes(&new_histogram()));
+    route_bytes(key, &RouteState::default()) + *FRESH + 3 * size_of::<Slice>()
+}
+
+/// The routes, and what they hold in the memory budget.
+#[derive(Default)]
+struct Routes {
+    map: HashMap<RouteKey, RouteState>,
+    /// The sum of the routes' `bytes`.
+    bytes: usize,
+    /// `bytes` rounded up to [`RESERVATION_STEP`], held in the process memory budget (none: not accounted).
+    memory: Option<Reservation>,
 }
 
 impl RouteState {
@@ -351,7 +402,7 @@ fn new_histogram() -> Histogram<u32> {
 /// The live windows of every route. Share one behind an `Arc`: the ingest path calls
 /// [`SpanObserver::observe`], the API calls [`LiveWindows::report`].
 pub struct LiveWindows {
-    routes: Mutex<HashMap<RouteKey, RouteState>>,
+    routes: Mutex<Routes>,
     slo_p99_ms: f64,
     started_ns: i64,
     max_routes: usize,
@@ -361,7 +412,7 @@ pub struct LiveWindows {
 impl std::fmt::Debug for LiveWindows {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LiveWindows")
-            .field("routes", &self.routes.lock().len())
+            .field("routes", &self.routes.lock().map.len())
             .field("slo_p99_ms", &self.slo_p99_ms)
             .finish()
     }
@@ -380,7 +431,7 @@ impl LiveWindows {
     /// Empty windows as if started at `now_ns` (tests drive time explicitly).
     pub fn new_at(slo_p99_ms: f64, now_ns: i64) -> LiveWindows {
         LiveWindows {
-            routes: Mutex::new(HashMap::new()),
+            routes: Mutex::new(Routes::default()),
             slo_p99_ms,
             started_ns: now_ns,
             max_routes: MAX_ROUTES,
@@ -393,6 +444,14 @@ impl LiveWindows {
     pub fn with_limits(mut self, max_routes: usize, max_key_bytes: usize) -> LiveWindows {
         self.max_routes = max_routes.max(1);
         self.max_key_bytes = max_key_bytes.max(1);
+        self
+    }
+
+    /// The same windows reserving what their routes hold in `budget` (the collector's: `memory.limit_mb`), in steps
+    /// of [`RESERVATION_STEP`]. A route is only added when the budget has room for it; spans of a route that is
+    /// not admitted are counted under provider `"(other)"`, as past `max_routes`.
+    pub fn with_memory(self, budget: &MemoryBudget) -> LiveWindows {
+        self.routes.lock().memory = Some(budget.empty());
         self
     }
 
@@ -434,6 +493,7 @@ impl LiveWindows {
             groups.entry(key).or_default().push(((ns + 500) / 1000, error));
         }
         let mut routes = self.routes.lock();
+        let Routes { map, bytes, memory } = &mut *routes;
         for ([provider, region, model, operation], samples) in groups {
             let key = RouteKey {
                 provider: provider.into(),
@@ -441,15 +501,31 @@ impl LiveWindows {
                 model: model.into(),
                 operation: operation.into(),
             };
-            let key = if routes.len() >= self.max_routes && !routes.contains_key(&key) {
-                RouteKey { provider: OVERFLOW.into(), region: NONE.into(), model: NONE.into(), operation: NONE.into() }
-            } else {
+            // A new route needs room under `max_routes` and in the memory budget (the overflow route itself is
+            // always kept: it is one route whatever comes).
+            let admitted = map.contains_key(&key)
+                || (map.len() < self.max_routes
+                    && memory.as_mut().is_none_or(|m| {
+                        m.try_follow(*bytes + new_route_bytes(&key), RESERVATION_STEP, &"a live-window route").is_ok()
+                    }));
+            let key = if admitted {
                 key
+            } else {
+                RouteKey { provider: OVERFLOW.into(), region: NONE.into(), model: NONE.into(), operation: NONE.into() }
             };
-            let route = routes.entry(key).or_default();
+            let fixed = route_bytes(&key, &RouteState::default());
+            let route = map.entry(key).or_default();
             for (micros, error) in samples {
                 route.record(now_ns, micros, error);
             }
+            let size = fixed + route_heap_bytes(route);
+            *bytes = (*bytes + size).saturating_sub(route.bytes);
+            route.bytes = size;
+        }
+        // Histograms grow with the values recorded: that memory is held already, so it is counted past the limit
+        // if need be (ingest is then refused until the routes shrink or other memory is released).
+        if let Some(m) = memory {
+            m.follow(*bytes, RESERVATION_STEP);
         }
     }
 
@@ -474,8 +550,18 @@ impl LiveWindows {
         let mut groups: HashMap<RouteKey, Acc> = HashMap::new();
         {
             let mut routes = self.routes.lock();
+            let Routes { map: routes, bytes, memory } = &mut *routes;
             let longest = Window::OneHour.length_ns() + Window::OneHour.slice_ns();
-            routes.retain(|_, r| r.last_seen_ns > now_ns - longest);
+            routes.retain(|_, r| {
+                let keep = r.last_seen_ns > now_ns - longest;
+                if !keep {
+                    *bytes = bytes.saturating_sub(r.bytes);
+                }
+                keep
+            });
+            if let Some(m) = memory {
+                m.follow(*bytes, RESERVATION_STEP);
+            }
             for (key, route) in routes.iter() {
                 if !filter.matches(key) {
                     continue;
@@ -548,7 +634,7 @@ impl LiveWindows {
 
     /// How many routes are tracked.
     pub fn route_count(&self) -> usize {
-        self.routes.lock().len()
+        self.routes.lock().map.len()
     }
 }
 
@@ -768,13 +854,14 @@ mod tests {
         let names: Vec<String> = (0..300).map(|i| format!("{i:03}{}é", "m".repeat(64 << 10))).collect();
         let rows: Vec<_> = names.iter().map(|n| ("openai", "r", n.as_str(), 1_000_000, "ok")).collect();
         live.observe_at(&batch(&rows), T0);
-        let routes = live.routes.lock();
+        let guard = live.routes.lock();
+        let routes = &guard.map;
         assert_eq!(routes.len(), 101, "100 routes and the overflow route");
         let key_bytes: usize =
             routes.keys().map(|k| k.provider.len() + k.region.len() + k.model.len() + k.operation.len()).sum();
         assert!(key_bytes <= 101 * 4 * 64, "{key_bytes} bytes of keys");
         assert!(routes.keys().all(|k| k.model.len() <= 64));
-        drop(routes);
+        drop(guard);
         // A multi-byte character at the cut is not split.
         assert_eq!(truncate("aé", 2), "a");
         let total: u64 = live
@@ -784,5 +871,68 @@ mod tests {
             .map(|r| r.count)
             .sum();
         assert_eq!(total, 300);
+    }
+
+    /// Issue #12: caches draw from the one memory budget. The routes reserve what they hold, in steps: the
+    /// reservation covers what observing really allocated (histograms grown to minute-long durations included), a
+    /// new route is admitted only while the budget has room (its spans go to `(other)` otherwise), and routes that
+    /// age out give their memory back.
+    #[test]
+    fn routes_reserve_what_they_hold_from_the_memory_budget() {
+        let budget = MemoryBudget::new(64 << 20);
+        let live = LiveWindows::new_at(0.0, T0).with_limits(512, 64).with_memory(&budget);
+        let names: Vec<String> = (0..40).map(|i| format!("model-{i}")).collect();
+        // Durations from 1 ms to 60 s, over six 10 s slices: every route's histograms grow and fold into the
+        // coarser windows.
+        let batches: Vec<(RecordBatch, i64)> = (0..6)
+            .map(|slice| {
+                let rows: Vec<_> = names
+                    .iter()
+                    .flat_map(|n| (0..50).map(move |k| ("openai", "r", n.as_str(), (1 + k * k * 24) * 1_000_000, "ok")))
+                    .collect();
+                (batch(&rows), T0 + slice * 10 * NS_PER_S)
+            })
+            .collect();
+        let (_, _, peak) = crate::alloc_meter::measure(|| {
+            for (b, at) in &batches {
+                live.observe_at(b, *at);
+            }
+        });
+        let accounted = live.routes.lock().bytes;
+        assert_eq!(live.route_count(), 40);
+        assert!(accounted > 40 * 100_000, "40 routes of grown histograms: {accounted} bytes accounted");
+        // What stays allocated is at most what is accounted; the peak adds one batch's grouping (~40 KiB).
+        assert!(peak <= accounted + (256 << 10), "observing allocated {peak} bytes, {accounted} accounted");
+        let used = budget.used();
+        assert!(used >= accounted && used <= accounted + 2 * RESERVATION_STEP, "{used} reserved for {accounted}");
+
+        // The budget full (ingest holds the rest): new routes are admitted only in what the routes' reservation has
+        // spare (less than a step); the spans of the others count under (other).
+        let ingest = budget.try_reserve(budget.available(), &"ingest").unwrap();
+        let late = T0 + 55 * NS_PER_S;
+        let regions: Vec<String> = (0..300).map(|i| format!("region-{i}")).collect();
+        let rows: Vec<_> = regions.iter().map(|r| ("anthropic", r.as_str(), "m", 5_000_000, "ok")).collect();
+        live.observe_at(&batch(&rows), late);
+        let admitted = live.route_count() - 40 - 1;
+        let fresh = new_route_bytes(&RouteKey {
+            provider: "anthropic".into(),
+            region: "region-100".into(),
+            model: "m".into(),
+            operation: "chat".into(),
+        });
+        assert!(admitted * fresh <= 2 * RESERVATION_STEP, "{admitted} of 300 new routes admitted in a full budget");
+        let report = live.report_at(Window::OneMinute, Grouping::default(), &RouteFilter::default(), false, late);
+        let other = report.rows.iter().find(|r| r.key.provider == OVERFLOW).expect("the overflow route");
+        assert_eq!(other.count, 300 - admitted as u64, "the spans of routes not admitted count under (other)");
+        drop(ingest);
+
+        // Routes idle past the longest window are dropped and give their memory back.
+        let later = T0 + 3 * 3600 * NS_PER_S;
+        live.report_at(Window::OneMinute, Grouping::default(), &RouteFilter::default(), false, later);
+        assert_eq!((live.route_count(), budget.used()), (0, 0));
+        live.observe_at(&batch(&[("openai", "r", "m", 1_000_000, "ok")]), later);
+        assert_eq!(budget.used(), RESERVATION_STEP);
+        drop(live);
+        assert_eq!(budget.used(), 0, "dropping the windows releases their reservation");
     }
 }

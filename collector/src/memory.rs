@@ -4,15 +4,17 @@
 //!
 //! Every large, data-sized allocation is reserved here before it is made (or, where the size is only known
 //! afterwards, right after, by bounded amounts): a request body as its bytes arrive and while it inflates, the
-//! normalised batch, the buffer until its rows are in Parquet, a flush's working set, and every DataFusion
-//! operator's memory (the query engine's pool is built over this budget, see `query::engine::memory_pool`). When a
+//! normalised batch, the buffer until its rows are in Parquet, a flush's working set, every DataFusion
+//! operator's memory (the query engine's pool is built over this budget, see `query::engine::memory_pool`), and
+//! the caches: the price-resolution cache and DataFusion's Parquet metadata cache hold their byte bound from start
+//! (`pricing.cache_bytes`, `query.metadata_cache_mb`), the live windows their current size in steps
+//! ([`Reservation::follow`]). When a
 //! reservation would pass the limit it is refused, and the caller answers with a retryable refusal (ingest: HTTP 503 +
 //! `Retry-After` / gRPC UNAVAILABLE + `RetryInfo`; or, when the holder needs more than the whole limit
 //! ([`MemoryError::can_never_fit`]), HTTP 413 / RESOURCE_EXHAUSTED, which clients do not retry) or a clear error (queries: DataFusion's resources-exhausted
 //! error, which lets spilling operators spill first). So whichever of ingest and queries comes second waits or
 //! fails cleanly, and the process does not grow past `memory.limit_mb` plus what is not data-sized (the binary,
-//! thread stacks, connection buffers, bounded caches, the allocator's slack): see docs/reliability.md, "Memory
-//! ceiling".
+//! thread stacks, connection buffers, the allocator's slack): see docs/reliability.md, "Memory ceiling".
 //!
 //! Accounting is lock-free (one atomic add per reservation change), so it costs nothing measurable per request.
 
@@ -213,6 +215,24 @@ impl Reservation {
         self.bytes -= less;
     }
 
+    /// Holds `bytes` rounded up to a whole number of `step`s, for a cache whose size is known after it changed:
+    /// grows past the limit if need be (the memory is held already; later reservations are refused until it is
+    /// released), and shrinks only once more than a step is spare, so a size hovering at a step boundary does not
+    /// touch the budget on every change; an empty cache gives back everything.
+    pub fn follow(&mut self, bytes: usize, step: usize) {
+        let want = round_up(bytes, step);
+        if want > self.bytes || self.bytes - want > step || bytes == 0 {
+            self.force_resize(want);
+        }
+    }
+
+    /// Holds at least `bytes` rounded up to a whole number of `step`s, or refuses (holding what it held): for
+    /// memory about to be allocated by a cache that can do without it.
+    pub fn try_follow(&mut self, bytes: usize, step: usize, purpose: &dyn fmt::Display) -> Result<(), MemoryError> {
+        let want = round_up(bytes, step);
+        if want > self.bytes { self.try_grow(want - self.bytes, purpose) } else { Ok(()) }
+    }
+
     /// Stops tracking up to `bytes` of this reservation without releasing them: the caller now owns them and
     /// must [`MemoryBudget::release`] them (the write buffer keeps its share as a counter). Returns the bytes
     /// detached.
@@ -221,6 +241,14 @@ impl Reservation {
         self.bytes -= bytes;
         bytes
     }
+}
+
+/// `bytes` rounded up to a multiple of `step` (saturating; a zero step rounds nothing).
+fn round_up(bytes: usize, step: usize) -> usize {
+    if step == 0 {
+        return bytes;
+    }
+    bytes.div_ceil(step).saturating_mul(step)
 }
 
 impl Drop for Reservation {
@@ -277,5 +305,39 @@ mod tests {
         assert!(budget.try_reserve(101, &"x").unwrap_err().can_never_fit());
         drop(other);
         r.try_grow(40, &"r").unwrap();
+    }
+
+    /// A cache's reservation follows its size in whole steps: it grows at once (past the limit if need be: the
+    /// memory is held already), shrinks only once more than a step is spare, and `try_follow` refuses memory a
+    /// cache has not allocated yet.
+    #[test]
+    fn reservations_follow_a_size_in_steps() {
+        let budget = MemoryBudget::new(100);
+        let mut cache = budget.empty();
+        cache.follow(1, 10);
+        assert_eq!(budget.used(), 10);
+        cache.follow(10, 10);
+        assert_eq!(budget.used(), 10, "within the step: the budget is not touched");
+        cache.follow(31, 10);
+        assert_eq!(budget.used(), 40);
+        cache.follow(25, 10);
+        assert_eq!(budget.used(), 40, "one step spare is kept");
+        cache.follow(15, 10);
+        assert_eq!(budget.used(), 20, "more than a step spare is given back");
+        cache.follow(150, 10);
+        assert_eq!((budget.used(), budget.available()), (150, 0), "memory already held is counted past the limit");
+        cache.follow(0, 10);
+        assert_eq!(budget.used(), 0);
+        cache.follow(5, 10);
+        cache.follow(0, 10);
+        assert_eq!(budget.used(), 0, "an empty cache holds nothing");
+        let other = budget.try_reserve(95, &"ingest").unwrap();
+        assert!(cache.try_follow(1, 10, &"a cache").is_err(), "a step that does not fit is refused");
+        assert_eq!(cache.size(), 0);
+        drop(other);
+        cache.try_follow(1, 10, &"a cache").unwrap();
+        assert_eq!(cache.size(), 10);
+        drop(cache);
+        assert_eq!(budget.used(), 0);
     }
 }

@@ -1,10 +1,13 @@
 //! How every listener (OTLP/gRPC, OTLP/HTTP, the API, Flight SQL) takes and keeps connections.
 //!
 //! One accept loop and one connection driver serve all four, so they share the same guarantees:
-//! - **A cap per listener** (`server.max_connections`): a slot is taken before `accept()`, so at the cap new
-//!   connections wait in the kernel's accept queue, using no descriptor of this process, until one closes. They are
-//!   not refused: the timeouts below free slots held by idle or slow clients within seconds, and a client queued
-//!   for that long is served rather than reset (a reset OTLP export waits out a retry backoff).
+//! - **A cap per listener** (`server.max_connections`). At the cap, the listener accepts one more connection and
+//!   makes room for it by closing the longest-idle connection (no request in progress, no response being
+//!   written; HTTP/2 gets a GOAWAY), as nginx and Envoy do, counted in `tailscope_connections_shed_total`. So idle
+//!   keep-alive connections cannot make a health check, an export or a query wait for the idle timeout. A
+//!   connection with a request in progress is never shed: when every connection is busy, further clients wait in
+//!   the kernel's accept queue, using no descriptor of this process, until one closes (they are not refused: a
+//!   reset OTLP export waits out a retry backoff).
 //! - **Accept errors are survived**: `EMFILE`/`ENFILE`/`ENOBUFS` back off (10 ms doubling to 1 s, logged once
 //!   per episode) and the loop keeps serving; it never exits on them nor retries in a busy loop.
 //! - **Header timeout** (`server.header_timeout`): hyper's HTTP/1 `header_read_timeout`, which runs from when the
@@ -20,11 +23,12 @@
 //! - **HTTP/2 keepalive** (`server.keepalive_interval`, `server.keepalive_timeout`) PINGs peers and drops those
 //!   that do not answer; accepted sockets get TCP keepalive too.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::{Pin, pin};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,10 +39,11 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus_client::metrics::counter::Counter;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
@@ -52,6 +57,14 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 200;
 
 /// First and last delay between `accept()` attempts that fail for want of resources.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// How long a shed connection may take to close after its GOAWAY (an HTTP/2 peer acknowledges it with a PING
+/// round trip) before it is dropped, if it is still idle; at most `server.header_timeout`.
+const SHED_GRACE: Duration = Duration::from_secs(1);
+
+/// How often a listener at its cap with a client waiting looks again for an idle connection to shed, when none
+/// was idle (every connection had a request in progress) or the one chosen took a request meanwhile.
+const SHED_RETRY: Duration = Duration::from_millis(50);
 
 /// The per-connection limits of one listener, from `[server]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,18 +165,128 @@ impl Body for TimedBody {
 }
 
 /// Counts a request as in progress on its connection until its response body is done (or dropped).
-struct InFlight(Arc<watch::Sender<usize>>);
+struct InFlight(Arc<ConnState>);
 
 impl InFlight {
-    fn start(busy: &Arc<watch::Sender<usize>>) -> InFlight {
-        busy.send_modify(|n| *n += 1);
-        InFlight(busy.clone())
+    fn start(conn: &Arc<ConnState>) -> InFlight {
+        conn.busy.send_modify(|n| *n += 1);
+        conn.touch();
+        InFlight(conn.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        self.0.busy.send_modify(|n| *n = n.saturating_sub(1));
+        self.0.touch();
+    }
+}
+
+/// What the accept loop knows of one open connection, to choose the longest-idle one at the cap.
+struct ConnState {
+    /// Requests in progress (from their headers until their response body is sent or dropped).
+    busy: watch::Sender<usize>,
+    /// Whether a response is waiting for the peer to take its bytes (see [`StallIo`]).
+    writing: Arc<AtomicBool>,
+    /// When a request last started or ended (or the connection was accepted), in ms since the listener started.
+    last_active_ms: AtomicU64,
+    /// The listener's clock.
+    epoch: Instant,
+    /// Chosen to be shed; cleared if it turned out busy.
+    shedding: AtomicBool,
+    /// Closing already (idle, shed or the server stopping): no candidate for shedding.
+    closing: AtomicBool,
+    /// Wakes the connection's task to shed it.
+    shed: Notify,
+}
+
+impl ConnState {
+    fn touch(&self) {
+        self.last_active_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// No request in progress and no response waiting to be written.
+    fn is_idle(&self) -> bool {
+        *self.busy.borrow() == 0 && !self.writing.load(Ordering::Relaxed)
+    }
+}
+
+/// The open connections of one listener.
+struct Registry {
+    conns: Mutex<HashMap<u64, Arc<ConnState>>>,
+    next_id: AtomicU64,
+    /// Connections chosen to be shed that have not closed yet (or turned out busy).
+    pending_sheds: AtomicUsize,
+    epoch: Instant,
+    /// `tailscope_connections_shed_total{listener}`.
+    shed_total: Counter,
+}
+
+impl Registry {
+    fn new(shed_total: Counter) -> Registry {
+        Registry {
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            pending_sheds: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            shed_total,
+        }
+    }
+
+    /// Registers a new connection; it is removed when the returned guard drops.
+    fn register(self: &Arc<Registry>, writing: Arc<AtomicBool>) -> Registered {
+        let state = Arc::new(ConnState {
+            busy: watch::channel(0).0,
+            writing,
+            last_active_ms: AtomicU64::new(0),
+            epoch: self.epoch,
+            shedding: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            shed: Notify::new(),
+        });
+        state.touch();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(id, state.clone());
+        Registered { registry: self.clone(), id, state }
+    }
+
+    /// Asks the longest-idle connection not already being shed to close; false if every connection is busy.
+    fn shed_longest_idle(&self) -> bool {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let chosen = conns
+            .values()
+            .filter(|c| !c.shedding.load(Ordering::Relaxed) && !c.closing.load(Ordering::Relaxed) && c.is_idle())
+            .min_by_key(|c| c.last_active_ms.load(Ordering::Relaxed));
+        match chosen {
+            Some(c) => {
+                c.shedding.store(true, Ordering::Relaxed);
+                self.pending_sheds.fetch_add(1, Ordering::Relaxed);
+                c.shed.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A connection chosen to be shed is done with it (closed, or busy again).
+    fn shed_settled(&self, state: &ConnState) {
+        if state.shedding.swap(false, Ordering::Relaxed) {
+            self.pending_sheds.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A connection's place in its listener's [`Registry`], given up when dropped.
+struct Registered {
+    registry: Arc<Registry>,
+    id: u64,
+    state: Arc<ConnState>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.shed_settled(&self.state);
+        self.registry.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
     }
 }
 
@@ -198,7 +321,7 @@ where
 /// deadline on each request.
 struct ConnService<S> {
     inner: S,
-    busy: Arc<watch::Sender<usize>>,
+    conn: Arc<ConnState>,
     body_timeout: Duration,
 }
 
@@ -214,7 +337,7 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let in_flight = InFlight::start(&self.busy);
+        let in_flight = InFlight::start(&self.conn);
         let expired = Arc::new(AtomicBool::new(false));
         let limit = self.body_timeout;
         let grpc = is_grpc(&request);
@@ -280,13 +403,15 @@ fn builder(protocol: Protocol, limits: &ConnectionLimits) -> auto::Builder<Tokio
 
 /// Serves `service` on `listener` until `shutdown` completes, then lets open connections finish their requests.
 ///
-/// `name` names the listener in logs. Never returns early: accept errors are logged and retried with backoff.
+/// `name` names the listener in logs; `shed` counts idle connections closed at the cap. Never returns early: accept
+/// errors are logged and retried with backoff.
 pub async fn serve<S, B>(
     name: &'static str,
     listener: TcpListener,
     service: S,
     protocol: Protocol,
     limits: ConnectionLimits,
+    shed: Counter,
     shutdown: impl Future<Output = ()>,
 ) where
     S: tower::Service<Request<TimedBody>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
@@ -296,32 +421,16 @@ pub async fn serve<S, B>(
 {
     let builder = Arc::new(builder(protocol, &limits));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let registry = Arc::new(Registry::new(shed));
     let (stop, stopped) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
     let mut failures = AcceptFailures::new(name);
     let mut at_cap_logged = false;
     'accept: loop {
-        let permit = match slots.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                if !at_cap_logged {
-                    tracing::warn!(
-                        listener = name,
-                        max_connections = limits.max_connections,
-                        "connection cap reached; new connections wait until one closes (server.max_connections)"
-                    );
-                    at_cap_logged = true;
-                }
-                tokio::select! {
-                    _ = &mut shutdown => break 'accept,
-                    p = slots.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break 'accept, // never closed
-                    },
-                }
-            }
-        };
-        if slots.available_permits() > limits.max_connections / 2 {
+        // At the cap, a slot is found once a client is waiting for one: accepting first means an idle connection is
+        // shed only to admit a real one, at the cost of one descriptor past the cap while it closes.
+        let permit = slots.clone().try_acquire_owned().ok();
+        if permit.is_some() && slots.available_permits() > limits.max_connections / 2 {
             at_cap_logged = false;
         }
         let (stream, peer) = loop {
@@ -340,6 +449,24 @@ pub async fn serve<S, B>(
                 },
             }
         };
+        let permit = match permit {
+            Some(permit) => permit,
+            None => {
+                if !at_cap_logged {
+                    tracing::warn!(
+                        listener = name,
+                        max_connections = limits.max_connections,
+                        "connection cap reached; idle connections are closed to admit new ones, and when every \
+                         connection is busy new ones wait until one closes (server.max_connections)"
+                    );
+                    at_cap_logged = true;
+                }
+                match make_room(&slots, &registry, &mut shutdown).await {
+                    Some(permit) => permit,
+                    None => break 'accept,
+                }
+            }
+        };
         tracing::trace!(listener = name, %peer, "connection accepted");
         configure_socket(&stream, &limits);
         let task = Connection {
@@ -349,6 +476,7 @@ pub async fn serve<S, B>(
             builder: builder.clone(),
             stop: stopped.clone(),
             limits,
+            registry: registry.clone(),
         };
         tokio::spawn(task.run());
     }
@@ -357,6 +485,30 @@ pub async fn serve<S, B>(
     let _ = stop.send(true);
     drop(stopped);
     stop.closed().await;
+}
+
+/// Waits for a free slot at the cap, shedding the longest-idle connection (one at a time) to free one. None if
+/// `shutdown` completed meanwhile (it must not be polled again).
+async fn make_room(
+    slots: &Arc<Semaphore>,
+    registry: &Registry,
+    shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+) -> Option<OwnedSemaphorePermit> {
+    loop {
+        if let Ok(permit) = slots.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        // One shed at a time: each admits one connection, so a burst of clients does not empty the listener of
+        // idle connections that are about to be reused.
+        if registry.pending_sheds.load(Ordering::Relaxed) == 0 {
+            registry.shed_longest_idle();
+        }
+        tokio::select! {
+            _ = shutdown.as_mut() => return None,
+            permit = slots.clone().acquire_owned() => return permit.ok(),
+            _ = tokio::time::sleep(SHED_RETRY) => {}
+        }
+    }
 }
 
 /// `accept()` failures of one listener: the backoff, and logging once per episode rather than per attempt.
@@ -427,6 +579,7 @@ struct Connection<S> {
     builder: Arc<auto::Builder<TokioExecutor>>,
     stop: watch::Receiver<bool>,
     limits: ConnectionLimits,
+    registry: Arc<Registry>,
 }
 
 impl<S, B> Connection<S>
@@ -437,25 +590,60 @@ where
     B::Error: Into<BoxError>,
 {
     async fn run(self) {
-        let Connection { stream, permit, service, builder, mut stop, limits } = self;
-        let (busy, mut busy_rx) = watch::channel(0usize);
-        let busy = Arc::new(busy);
-        let service = ConnService { inner: service, busy: busy.clone(), body_timeout: limits.body_timeout };
+        let Connection { stream, permit, service, builder, mut stop, limits, registry } = self;
         let io = StallIo::new(stream, limits.body_timeout);
         let writing = io.writing.clone();
+        let registered = registry.register(writing.clone());
+        let state = registered.state.clone();
+        let mut busy_rx = state.busy.subscribe();
+        let service = ConnService { inner: service, conn: state.clone(), body_timeout: limits.body_timeout };
         let mut conn = pin!(builder.serve_connection(TokioIo::new(io), service));
-        let why = tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!("connection ended: {e}");
+        let why = loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                    drop(registered);
+                    drop(permit);
+                    return;
                 }
-                drop(permit);
-                return;
+                _ = idle_for(&mut busy_rx, &writing, limits.idle_timeout) => break "idle",
+                _ = stop.wait_for(|stop| *stop) => break "server stopping",
+                _ = state.shed.notified() => {
+                    // Chosen as the longest idle at the cap; a request may have started since.
+                    if state.is_idle() {
+                        break "shed";
+                    }
+                    registry.shed_settled(&state);
+                }
             }
-            _ = idle_for(&mut busy_rx, &writing, limits.idle_timeout) => "idle",
-            _ = stop.wait_for(|stop| *stop) => "server stopping",
         };
         tracing::debug!(reason = why, "closing connection");
+        state.closing.store(true, Ordering::Relaxed);
+        if why != "shed" {
+            // Chosen to be shed while it idled out or the server stopped: it is closing anyway, and its slot comes
+            // back when it has closed. Another may be chosen meanwhile.
+            registry.shed_settled(&state);
+        }
+        if why == "shed" {
+            registry.shed_total.inc();
+            // HTTP/1: closes at once (no request in progress); HTTP/2: GOAWAY, then closes once the peer has seen
+            // it. A request that started meanwhile is finished first (the GOAWAY admits no further one); an idle
+            // peer that has not closed within the grace is dropped.
+            conn.as_mut().graceful_shutdown();
+            if tokio::time::timeout(SHED_GRACE.min(limits.header_timeout), conn.as_mut()).await.is_err() {
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = idle_for(&mut busy_rx, &writing, SHED_RETRY) => {
+                        tracing::debug!("shed connection did not close within its grace; dropped");
+                    }
+                }
+            }
+            drop(registered);
+            drop(permit);
+            return;
+        }
         // HTTP/1: closes after the request in progress, if any; HTTP/2: GOAWAY, then closes when streams finish.
         // A peer that does not go along (never finishes its handshake, never answers the GOAWAY's PING) is
         // dropped after `header_timeout`.
@@ -463,6 +651,7 @@ where
         if tokio::time::timeout(limits.header_timeout, conn.as_mut()).await.is_err() {
             tracing::debug!(reason = why, "connection did not close gracefully in time; dropped");
         }
+        drop(registered);
         drop(permit);
     }
 }

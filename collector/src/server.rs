@@ -27,6 +27,10 @@ pub enum StartError {
     /// The price tables could not be loaded.
     #[error("cannot load prices: {0}")]
     Pricing(String),
+    /// A cache's fixed reservation did not fit in the memory budget (config validation makes sure it fits when
+    /// nothing else is held, so this means the start-up itself still held memory).
+    #[error("cannot reserve the memory of a cache: {0}; raise memory.limit_mb or lower the cache's bound")]
+    Memory(#[from] crate::memory::MemoryError),
 }
 
 /// The collector's core, started but not yet serving.
@@ -43,6 +47,8 @@ impl Collector {
         let pricer = Pricer::from_config(&config.pricing).map_err(|e| StartError::Pricing(e.to_string()))?;
         let metrics = Metrics::new();
         let (ingest, report) = Ingest::start(config, metrics.clone(), &pricer).await?;
+        // After recovery, whose flush released what replay held: the cache's bound is held for as long as it lives.
+        pricer.reserve_cache(ingest.memory())?;
         let receiver = Receiver::new(ingest.clone(), Arc::new(pricer));
         Ok((Collector { ingest, receiver, metrics }, report))
     }

@@ -28,6 +28,13 @@ pub struct RejectLabel {
     pub reason: String,
 }
 
+/// Labels for per-listener counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// `otlp_grpc`, `otlp_http`, `api` or `flight`.
+    pub listener: String,
+}
+
 /// Every metric tailscope exports about itself.
 pub struct Metrics {
     registry: Registry,
@@ -85,6 +92,8 @@ pub struct Metrics {
     pub parquet_unreadable_files: Counter,
     /// Parquet files that queries skip now because they cannot be read.
     pub parquet_skipped_files: Gauge,
+    /// Idle connections closed to admit a new one at `server.max_connections`, per listener.
+    pub connections_shed: Family<ListenerLabel, Counter>,
 }
 
 impl Metrics {
@@ -118,6 +127,7 @@ impl Metrics {
         let memory_limit_bytes = Gauge::default();
         let parquet_unreadable_files = Counter::default();
         let parquet_skipped_files = Gauge::default();
+        let connections_shed = Family::<ListenerLabel, Counter>::default();
         registry.register("items_received", "Spans, data points and log records received", received.clone());
         registry.register("items_accepted", "Items acknowledged after the WAL fsync", accepted.clone());
         registry.register("items_rejected", "Items rejected, by reason", rejected.clone());
@@ -193,6 +203,11 @@ impl Metrics {
             "Parquet files queries skip now because they cannot be read",
             parquet_skipped_files.clone(),
         );
+        registry.register(
+            "connections_shed",
+            "Idle connections closed to admit a new one at the connection cap (server.max_connections)",
+            connections_shed.clone(),
+        );
         Arc::new(Metrics {
             registry,
             received,
@@ -221,6 +236,7 @@ impl Metrics {
             memory_limit_bytes,
             parquet_unreadable_files,
             parquet_skipped_files,
+            connections_shed,
         })
     }
 
@@ -230,6 +246,11 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The counter of idle connections shed at the cap on `listener` (for [`crate::net::serve`]).
+    pub fn connections_shed(&self, listener: &str) -> Counter {
+        self.connections_shed.get_or_create(&ListenerLabel { listener: listener.into() }).clone()
     }
 
     /// Counts `n` items of `signal` under a per-signal family.

@@ -14,10 +14,11 @@ use datafusion::common::DataFusionError;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::execution::FunctionRegistry;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::memory_pool::{
     FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation, TrackConsumersPool,
 };
-use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
 use datafusion::physical_plan::execute_stream;
@@ -29,7 +30,7 @@ use tokio::time::Instant;
 
 use collector::catalog::Catalog;
 use collector::config::QueryConfig;
-use collector::memory::MemoryBudget;
+use collector::memory::{MemoryBudget, Reservation};
 use collector::schema::Signal;
 
 use crate::alerts::AlertsTable;
@@ -133,6 +134,9 @@ struct Inner {
     slots: Arc<Semaphore>,
     counters: Arc<ScanCounters>,
     relations: Vec<Relation>,
+    /// `query.metadata_cache_mb`, the bound of the runtime's Parquet metadata cache, held in the process budget for
+    /// as long as the engine (and so the cache) lives.
+    _metadata_cache: Reservation,
 }
 
 impl std::fmt::Debug for Engine {
@@ -145,6 +149,13 @@ impl Engine {
     /// Builds the engine over a live catalog: the three signal tables, `alerts`, the base views, then the cost
     /// views.
     pub async fn new(catalog: Catalog, config: QueryConfig) -> Result<Engine, QueryError> {
+        let metadata_cache = catalog
+            .memory()
+            .try_reserve(
+                config.metadata_cache_bytes(),
+                &"DataFusion's Parquet metadata cache (query.metadata_cache_mb)",
+            )
+            .map_err(|e| QueryError::ResourcesExhausted(e.to_string()))?;
         let session = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME)
@@ -155,6 +166,7 @@ impl Engine {
             .set_bool("datafusion.optimizer.repartition_file_scans", false);
         let state = SessionStateBuilder::new()
             .with_config(session)
+            .with_runtime_env(runtime_env(&config)?)
             .with_default_features()
             .with_physical_optimizer_rule(Arc::new(StringGroupAggregate))
             .with_physical_optimizer_rule(Arc::new(BoundUnnest {
@@ -211,6 +223,7 @@ impl Engine {
                 config,
                 counters,
                 relations,
+                _metadata_cache: metadata_cache,
             }),
         })
     }
@@ -355,6 +368,20 @@ impl Engine {
             }),
         }
     }
+}
+
+/// The runtime every query's runtime is cloned from (sharing its caches): DataFusion's defaults, with the caches
+/// bounded for the process budget. The Parquet metadata cache (footers and page indexes, which the scans read
+/// through, see `table::SignalTable`) holds at most `query.metadata_cache_mb`, which [`Engine::new`] reserves.
+/// The file-statistics and list-files caches serve DataFusion's `ListingTable`, which tailscope does not use (its
+/// tables know their files from the catalog, and DDL that would create one is refused): they are turned off, so
+/// that nothing outside the budget can fill them.
+fn runtime_env(config: &QueryConfig) -> Result<Arc<RuntimeEnv>, QueryError> {
+    let caches = CacheManagerConfig::default()
+        .with_metadata_cache_limit(config.metadata_cache_bytes())
+        .with_file_statistics_cache_limit(0)
+        .with_list_files_cache_limit(0);
+    Ok(RuntimeEnvBuilder::new().with_cache_manager(caches).build_arc()?)
 }
 
 /// The memory pool of one query: DataFusion's fair spill pool over `query.memory_limit_mb` (operators that can
@@ -588,16 +615,50 @@ mod memory_budget_tests {
             ..QueryConfig::default()
         };
         let engine = Engine::new(catalog, config).await.unwrap();
+        let cache = QueryConfig::default().metadata_cache_bytes();
         // Holding 200,000 values for an exact quantile needs ~2 MiB that cannot spill.
         let sql = "SELECT value % 3 AS g, quantile_exact(value, 0.5) AS q FROM range(200000) GROUP BY 1";
-        let held = budget.try_reserve(budget.limit() - (256 << 10), &"ingest").unwrap();
+        let held = budget.try_reserve(budget.available() - (256 << 10), &"ingest").unwrap();
         let err = engine.sql(sql).await.unwrap_err();
         assert!(matches!(err, QueryError::ResourcesExhausted(_)), "{err:?}");
         assert!(err.to_string().contains("process memory limit is reached"), "{err}");
-        assert_eq!(budget.used(), held.size(), "a failed query gives back what it reserved");
+        assert_eq!(budget.used(), cache + held.size(), "a failed query gives back what it reserved");
         drop(held);
         let out = engine.sql(sql).await.unwrap();
         assert_eq!(out.num_rows(), 3);
-        assert_eq!(budget.used(), 0, "a finished query gives back what it reserved");
+        assert_eq!(budget.used(), cache, "a finished query gives back what it reserved");
+    }
+
+    /// Issue #12: caches draw from the one memory budget. The engine holds `query.metadata_cache_mb` in the budget
+    /// for as long as it lives, the runtime's Parquet metadata cache is bounded by exactly that (and shared by
+    /// every query's runtime), DataFusion's listing caches, which nothing here uses, are off, and an engine that
+    /// does not fit in the budget is refused with the setting named.
+    #[tokio::test]
+    async fn the_parquet_metadata_cache_is_bounded_and_reserved_in_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = MemoryBudget::new(64 << 20);
+        let config = QueryConfig { metadata_cache_mb: 3, ..QueryConfig::default() };
+        let engine = Engine::new(Catalog::new(dir.path()).with_memory(budget.clone()), config.clone()).await.unwrap();
+        assert_eq!(budget.used(), 3 << 20);
+        let caches = &engine.inner.base.runtime_env().cache_manager;
+        assert_eq!(caches.get_metadata_cache_limit(), 3 << 20);
+        assert!(caches.get_file_statistic_cache().is_none() && caches.get_list_files_cache().is_none());
+        let query = engine.context().unwrap();
+        let query_caches = &query.runtime_env().cache_manager;
+        assert!(
+            Arc::ptr_eq(&query_caches.get_file_metadata_cache(), &caches.get_file_metadata_cache()),
+            "every query shares the one bounded cache"
+        );
+        drop(query);
+        let clone = engine.clone();
+        drop(engine);
+        assert_eq!(budget.used(), 3 << 20, "held while an engine lives");
+        drop(clone);
+        assert_eq!(budget.used(), 0);
+
+        let small = MemoryBudget::new(2 << 20);
+        let err = Engine::new(Catalog::new(dir.path()).with_memory(small.clone()), config).await.unwrap_err();
+        assert!(err.to_string().contains("query.metadata_cache_mb"), "{err}");
+        assert_eq!(small.used(), 0);
     }
 }

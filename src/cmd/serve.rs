@@ -159,7 +159,8 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
     }
     let live = Arc::new(
         collector::live::LiveWindows::new(config.live.slo_p99_ms)
-            .with_limits(config.live.max_routes, config.live.max_key_bytes),
+            .with_limits(config.live.max_routes, config.live.max_key_bytes)
+            .with_memory(collector.ingest().memory()),
     );
     collector.add_observer(live.clone());
     // After recovery, so that period-to-date spend is rebuilt from everything stored, replayed WAL included.
@@ -183,10 +184,21 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
     let mut tasks = JoinSet::new();
     // Every listener gets the same connection limits: a cap, idle/header/body timeouts, keepalive (collector::net).
     let limits = ConnectionLimits::from_config(&config.server);
-    tasks.spawn(net::serve("otlp_grpc", grpc, collector.otlp_grpc_service(), Protocol::Grpc, limits, until_stopped()));
-    tasks.spawn(net::serve("otlp_http", http, collector.otlp_http_router(), Protocol::Http, limits, until_stopped()));
-    tasks.spawn(net::serve("api", api, api_router, Protocol::Http, limits, until_stopped()));
-    tasks.spawn(net::serve("flight", flight, query::flight::service(engine), Protocol::Grpc, limits, until_stopped()));
+    let shed = |listener: &str| collector.metrics().connections_shed(listener);
+    let (grpc_service, http_router) = (collector.otlp_grpc_service(), collector.otlp_http_router());
+    let flight_service = query::flight::service(engine);
+    tasks.spawn(net::serve(
+        "otlp_grpc",
+        grpc,
+        grpc_service,
+        Protocol::Grpc,
+        limits,
+        shed("otlp_grpc"),
+        until_stopped(),
+    ));
+    tasks.spawn(net::serve("otlp_http", http, http_router, Protocol::Http, limits, shed("otlp_http"), until_stopped()));
+    tasks.spawn(net::serve("api", api, api_router, Protocol::Http, limits, shed("api"), until_stopped()));
+    tasks.spawn(net::serve("flight", flight, flight_service, Protocol::Grpc, limits, shed("flight"), until_stopped()));
     // The flusher is not a server: it stops when the collector shuts down, after the servers drained.
     let flusher = collector.spawn_flusher();
     tracing::info!(

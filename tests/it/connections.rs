@@ -1,8 +1,8 @@
 //! Connections on every listener (OTLP/gRPC, OTLP/HTTP, API, Flight SQL) against the real binary: idle sockets,
 //! slowloris headers and trickled bodies are cut at their timeouts, a connection flood is capped per listener
-//! without starving well-behaved clients, EMFILE on accept is survived without spinning, a client that stops reading
-//! is dropped, HTTP/2 keepalive drops silent peers, and alert webhooks do not follow redirects. Raw sockets on
-//! 127.0.0.1 only; every wait is bounded.
+//! without starving well-behaved clients, idle connections are shed at the cap (busy ones never), EMFILE on accept
+//! is survived without spinning, a client that stops reading is dropped, HTTP/2 keepalive drops silent peers, and
+//! alert webhooks do not follow redirects. Raw sockets on 127.0.0.1 only; every wait is bounded.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -721,4 +721,200 @@ evaluate_interval = "200ms"
     let log = server.log();
     assert!(log.contains("do not follow redirects"), "the failure says why; log:\n{log}");
     let _ = sdk.shutdown();
+}
+
+// --- Shedding idle connections at the cap ---
+
+/// The cap of the shedding tests, with timeouts long enough that only shedding can free a slot while they run.
+const SHED_CAP: usize = 8;
+
+fn capped(cap: usize) -> String {
+    format!(
+        "[server]\nidle_timeout = \"120s\"\nheader_timeout = \"30s\"\nbody_timeout = \"30s\"\nmax_connections = {cap}\n"
+    )
+}
+
+/// An HTTP/1.1 keep-alive connection that completed one request (`head`, without a body) and now waits for the
+/// next.
+async fn keep_alive(addr: SocketAddr, head: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("an answer").unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    s
+}
+
+/// Whether the server closed `s` within `limit` (reading and discarding what it sends).
+async fn closes_within(s: &mut TcpStream, limit: Duration) -> bool {
+    closed_after(s, Instant::now(), limit).await.is_some()
+}
+
+/// `tailscope_connections_shed_total` of one listener.
+async fn shed_total(server: &Server, listener: &str) -> f64 {
+    server.metric(&format!("tailscope_connections_shed_total{{listener=\"{listener}\"}}")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_shed_at_the_cap_so_health_checks_queries_and_exports_answer() {
+    let server = Server::start_with(&capped(SHED_CAP)).await;
+    let pid = server.pid();
+    // The readiness probe's connections are gone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let baseline = open_fds(pid);
+    // Every listener at its cap with idle connections, oldest first: HTTP/1.1 keep-alive connections that completed a
+    // request, HTTP/2 connections past their handshake. Nothing would close them for two minutes.
+    let mut http1 = Vec::new();
+    let empty_export =
+        "POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+    let health = "GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
+    for (name, addr, head) in [("otlp_http", server.http, empty_export), ("api", server.api, health)] {
+        let mut conns = Vec::new();
+        for _ in 0..SHED_CAP {
+            conns.push(keep_alive(addr, head).await);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        http1.push((name, conns));
+    }
+    let mut h2 = Vec::new();
+    for (name, addr) in [("otlp_grpc", server.grpc), ("flight", server.flight_addr)] {
+        let mut conns = Vec::new();
+        for _ in 0..SHED_CAP {
+            conns.push(h2_connect(addr).await);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        h2.push((name, conns));
+    }
+    assert!(open_fds(pid) >= baseline + 4 * SHED_CAP, "the listeners are full");
+
+    // A health check, exports over both protocols, a query and a Flight SQL connection, each on a new connection,
+    // answer at once (they used to wait in the accept queue for the 120 s idle timeout).
+    let started = Instant::now();
+    let health = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let r = health.get(format!("{}/healthz", server.api_url())).send().await.expect("the health check is answered");
+    assert!(r.status().is_success());
+    drop(health);
+    well_behaved(&server, "at-the-cap").await;
+    let (_flight, _) = tokio::time::timeout(Duration::from_secs(5), h2_connect(server.flight_addr))
+        .await
+        .expect("a Flight SQL client gets the server's SETTINGS");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(8), "served only after {took:?}");
+
+    // The longest-idle connections were closed, HTTP/2 ones with a GOAWAY; the newest are still open.
+    for (name, conns) in &mut http1 {
+        assert!(closes_within(&mut conns[0], Duration::from_secs(2)).await, "{name}: the longest-idle was not shed");
+        let newest = conns.last_mut().unwrap();
+        assert!(!closes_within(newest, Duration::from_millis(300)).await, "{name}: the newest idle one was shed");
+    }
+    for (name, conns) in &mut h2 {
+        let (s, r) = &mut conns[0];
+        let (kinds, closed) = h2_until_closed(s, r, Instant::now(), Duration::from_secs(3), true).await;
+        assert!(closed.is_some(), "{name}: the longest-idle HTTP/2 connection was not shed ({kinds:?})");
+        assert!(kinds.contains(&GOAWAY), "{name}: a shed HTTP/2 connection gets a GOAWAY, got {kinds:?}");
+        let (s, r) = conns.last_mut().unwrap();
+        let (kinds, closed) = h2_until_closed(s, r, Instant::now(), Duration::from_millis(300), true).await;
+        assert!(closed.is_none() && !kinds.contains(&GOAWAY), "{name}: the newest idle one was shed ({kinds:?})");
+    }
+    // Counted per listener, and the caps held (one descriptor past a cap while a shed connection closes).
+    for (name, _) in listeners(&server) {
+        assert!(shed_total(&server, name).await >= 1.0, "{name}: no shed connection counted");
+    }
+    assert!(open_fds(pid) <= baseline + 4 * (SHED_CAP + 1) + 8, "{} descriptors", open_fds(pid));
+}
+
+/// An HTTP/1.1 request to the API whose body is half sent: in progress until the rest comes.
+async fn api_request_in_progress(addr: SocketAddr) -> (TcpStream, &'static [u8]) {
+    const BODY: &[u8] = br#"{"sql": "SELECT 1 AS one"}"#;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/query HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        BODY.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&BODY[..5]).await.unwrap();
+    (s, &BODY[5..])
+}
+
+/// An OTLP/gRPC export on a new HTTP/2 connection whose message is half sent: in progress until the rest comes.
+async fn grpc_export_in_progress(addr: SocketAddr, id: u8) -> (TcpStream, FrameReader, Vec<u8>) {
+    let (mut s, reader) = h2_connect(addr).await;
+    let message = one_span("busy-grpc", id);
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    let headers = hpack(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/opentelemetry.proto.collector.trace.v1.TraceService/Export"),
+        (":authority", "127.0.0.1"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]);
+    s.write_all(&frame(HEADERS, END_HEADERS, 1, &headers)).await.unwrap();
+    let rest = body.split_off(body.len() / 2);
+    s.write_all(&frame(DATA, 0, 1, &body)).await.unwrap();
+    (s, reader, rest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_with_a_request_in_progress_are_not_shed() {
+    const CAP: usize = 4;
+    let server = Server::start_with(&capped(CAP)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every slot of the API and of OTLP/gRPC holds a request whose body is still on its way.
+    let mut api = Vec::new();
+    let mut grpc = Vec::new();
+    for i in 0..CAP {
+        api.push(api_request_in_progress(server.api).await);
+        grpc.push(grpc_export_in_progress(server.grpc, i as u8 + 1).await);
+    }
+    // New clients wait: no busy connection is shed for them.
+    let mut waiting_api = TcpStream::connect(server.api).await.expect("the kernel queues it");
+    waiting_api.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut waiting_grpc = TcpStream::connect(server.grpc).await.expect("the kernel queues it");
+    waiting_grpc.write_all(PREFACE).await.unwrap();
+    waiting_grpc.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let api_answer = tokio::time::timeout(Duration::from_millis(1500), waiting_api.read(&mut buf)).await;
+    assert!(api_answer.is_err(), "a busy API connection was shed: the waiting client got {api_answer:?}");
+    let mut waiting_reader = FrameReader::new();
+    let grpc_answer = waiting_reader.next(&mut waiting_grpc, Instant::now() + Duration::from_millis(500)).await;
+    assert!(grpc_answer.is_none(), "a busy gRPC connection was shed: the waiting client got {grpc_answer:?}");
+
+    // Every request in progress completes, on the connection it started on.
+    for (s, rest) in &mut api {
+        s.write_all(rest).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("an answer").unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 200"), "a request in progress was cut: {answer:?}");
+    }
+    for (s, reader, rest) in &mut grpc {
+        s.write_all(&frame(DATA, END_STREAM, 1, rest)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut ended = false;
+        while let Some(f) = reader.next(s, deadline).await {
+            // Once its answer is produced the connection is idle and may be shed for the waiting client: its GOAWAY
+            // can overtake the answer's last frames, but must let stream 1 finish (last stream id >= 1, NO_ERROR).
+            let goaway_cuts = f.kind == GOAWAY
+                && (u32::from_be_bytes([f.payload[0], f.payload[1], f.payload[2], f.payload[3]]) & 0x7fff_ffff < 1
+                    || f.payload[4..8] != [0, 0, 0, 0]);
+            assert!(!goaway_cuts && f.kind != RST_STREAM, "an export in progress was cut: {f:?}");
+            if f.stream == 1 && f.kind == HEADERS && f.flags & END_STREAM != 0 {
+                ended = true;
+                break;
+            }
+        }
+        assert!(ended, "an export in progress got no answer");
+    }
+    assert_eq!(span_count(&server, "busy-grpc").await, CAP as i64, "every export in progress was stored");
+    // Now idle, they are shed for the clients that waited, which are answered.
+    let n = tokio::time::timeout(Duration::from_secs(5), waiting_api.read(&mut buf)).await.expect("answered").unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    let settings = waiting_reader.next(&mut waiting_grpc, Instant::now() + Duration::from_secs(5)).await;
+    assert!(
+        settings.as_ref().is_some_and(|f| f.kind == SETTINGS),
+        "the waiting gRPC client was not served: {settings:?}"
+    );
+    assert!(shed_total(&server, "api").await >= 1.0 && shed_total(&server, "otlp_grpc").await >= 1.0);
 }

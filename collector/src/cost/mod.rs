@@ -92,7 +92,8 @@ pub struct PricingConfig {
     /// is treated as absent: a span priced by such a model is `unknown`. Bounds the work and memory a hostile
     /// name costs per span.
     pub max_name_bytes: usize,
-    /// Bytes of names the resolution cache may hold before it is emptied (it holds at most 8,192 entries too).
+    /// Bytes the price-resolution cache may hold (names, the prices they resolve to and the map's slots) before it
+    /// is emptied; it holds at most 8,192 entries too. Reserved from `memory.limit_mb` at start.
     pub cache_bytes: usize,
 }
 

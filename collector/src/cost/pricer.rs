@@ -6,25 +6,51 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use super::egress::{EgressTable, Endpoint, Path, ProviderClouds, path};
-use super::prices::{ModelPrice, PriceTable, TokenUsage, candidates, glob_match};
+use super::prices::{ModelPrice, PriceTable, Tier, TokenUsage, candidates, glob_match};
 use super::{CostError, PricingConfig, SpanCost, SpanFacts};
+use crate::memory::{MemoryBudget, MemoryError, Reservation};
 
 /// `price_source` of a span whose model has no price.
 pub const UNKNOWN: &str = "unknown";
 
 /// Resolutions cached before the cache is reset (model names are few; this bounds a pathological client, and
-/// `pricing.cache_bytes` bounds the bytes of the names it keeps).
+/// `pricing.cache_bytes` bounds the bytes it holds).
 const CACHE_LIMIT: usize = 8192;
 
 type CacheKey = (Option<String>, Option<String>, Option<String>, Option<String>);
-type CacheBucket = Vec<(CacheKey, Option<Arc<ModelPrice>>)>;
+type CacheEntry = (CacheKey, Option<Arc<ModelPrice>>);
+type CacheBucket = Vec<CacheEntry>;
+
+/// What the map spends per entry besides the entry: its slot (`u64` hash and bucket `Vec`) and control byte, four
+/// times over: a hash table that doubles holds up to ~2.3 slots per entry, and ~3.4 while it moves to a table
+/// twice the size (both are allocated then).
+const MAP_SLOT_BYTES: usize = 4 * (size_of::<(u64, CacheBucket)>() + 1);
 
 #[derive(Debug, Default)]
 struct Cache {
     map: foldhash::HashMap<u64, CacheBucket>,
     len: usize,
-    /// Bytes of the names in the keys.
+    /// Bytes the entries hold: names, the price entries they resolve to, bucket and map slots
+    /// ([`Cache::entry_bytes`]); at most `pricing.cache_bytes`.
     bytes: usize,
+    /// `pricing.cache_bytes` held in the process memory budget ([`Pricer::reserve_cache`]).
+    reservation: Option<Reservation>,
+}
+
+impl Cache {
+    /// Bytes one entry adds: its names, its copy of the price entry, its place in a bucket (a new bucket holds one
+    /// entry; a collision grows an existing bucket to four) and in the map.
+    fn entry_bytes(key_bytes: usize, price: Option<&ModelPrice>, new_bucket: bool) -> usize {
+        let element = size_of::<CacheEntry>() * if new_bucket { 1 } else { 4 };
+        let price = price.map_or(0, |p| {
+            2 * size_of::<usize>() // the Arc's counts
+                + size_of::<ModelPrice>()
+                + p.origin.len()
+                + p.key.len()
+                + p.tiers.len() * size_of::<Tier>()
+        });
+        key_bytes + element + price + MAP_SLOT_BYTES
+    }
 }
 
 /// Prices spans. Built once from [`PricingConfig`]; cheap to clone (shares its tables and resolution cache).
@@ -79,6 +105,15 @@ impl Pricer {
             cache_bytes: config.cache_bytes,
             cache: Arc::default(),
         })
+    }
+
+    /// Holds the resolution cache's bound, `pricing.cache_bytes`, in the process memory budget for as long as this
+    /// pricer (or a clone) lives: the cache never holds more ([`Cache::entry_bytes`] counts every byte an entry
+    /// adds), so nothing it allocates needs a reservation of its own. Refused when the budget has no room for it.
+    pub fn reserve_cache(&self, budget: &MemoryBudget) -> Result<(), MemoryError> {
+        let reservation = budget.try_reserve(self.cache_bytes, &"the price-resolution cache (pricing.cache_bytes)")?;
+        self.cache.write().reservation = Some(reservation);
+        Ok(())
     }
 
     /// The model price table in use.
@@ -190,22 +225,31 @@ impl Pricer {
         let key_bytes: usize =
             [provider, region, response_model, request_model].iter().flatten().map(|s| s.len()).sum();
         let mut cache = self.cache.write();
-        if cache.len >= CACHE_LIMIT || cache.bytes + key_bytes > self.cache_bytes {
+        let new_bucket = !cache.map.contains_key(&hash);
+        let entry_bytes = Cache::entry_bytes(key_bytes, found.as_deref(), new_bucket);
+        if entry_bytes > self.cache_bytes {
+            // An entry larger than the whole cache is not kept (the price is still answered).
+            return found;
+        }
+        if cache.len >= CACHE_LIMIT || cache.bytes + entry_bytes > self.cache_bytes {
             // Emptied rather than evicted entry by entry: the working set of a deployment is a few dozen
             // models, refilled by the next spans; only a client sending ever new names reaches the bounds.
             cache.map = Default::default();
             cache.len = 0;
             cache.bytes = 0;
         }
+        let new_bucket = !cache.map.contains_key(&hash);
+        let entry_bytes = Cache::entry_bytes(key_bytes, found.as_deref(), new_bucket);
         let key = (
             provider.map(str::to_string),
             region.map(str::to_string),
             response_model.map(str::to_string),
             request_model.map(str::to_string),
         );
-        cache.map.entry(hash).or_default().push((key, found.clone()));
+        // A bucket of one (a default `Vec` would take room for four): collisions are rare.
+        cache.map.entry(hash).or_insert_with(|| Vec::with_capacity(1)).push((key, found.clone()));
         cache.len += 1;
-        cache.bytes += key_bytes;
+        cache.bytes += entry_bytes;
         found
     }
 
@@ -585,5 +629,45 @@ mod tests {
             let cache = p.cache.read();
             assert!(cache.bytes <= 1 << 20 && cache.len <= 11, "{} bytes in {} entries", cache.bytes, cache.len);
         }
+    }
+
+    /// Issue #12: caches draw from the one memory budget. The resolution cache holds `pricing.cache_bytes` in the
+    /// budget while a pricer lives (refused when the budget has no room), and what it really allocates, entries,
+    /// copies of prices, buckets and map slots included, stays within that bound however many names arrive.
+    #[test]
+    fn the_resolution_cache_reserves_its_bound_and_allocates_within_it() {
+        let cache_bytes = 256 << 10;
+        let config = PricingConfig { cache_bytes, ..Default::default() };
+        let budget = MemoryBudget::new(1 << 20);
+        let p = Pricer::from_config(&config).unwrap();
+        p.reserve_cache(&budget).unwrap();
+        assert_eq!(budget.used(), cache_bytes);
+        let clone = p.clone();
+        drop(p);
+        assert_eq!(budget.used(), cache_bytes, "clones share the cache and its reservation");
+
+        // Known models (whose entries copy a price) and ever new unknown names, 200 bytes each, well past the bound.
+        let names: Vec<String> = (0..20_000).map(|i| format!("gpt-4o-{i:0>194}")).collect();
+        let (_, _, peak) = crate::alloc_meter::measure(|| {
+            for (i, name) in names.iter().enumerate() {
+                let model = if i % 3 == 0 { "gpt-4o-mini" } else { name.as_str() };
+                clone.price(&SpanFacts { cloud_region: Some(&name[name.len() - 8..]), ..llm("openai", model, 10, 10) });
+            }
+        });
+        let cache = clone.cache.read();
+        assert!(cache.bytes <= cache_bytes, "{} bytes accounted", cache.bytes);
+        assert!(cache.len > 100, "the cache was used ({} entries)", cache.len);
+        drop(cache);
+        // The peak covers the full cache plus one lookup's temporaries (candidate names, a few KiB).
+        assert!(peak <= cache_bytes + (32 << 10), "the cache allocated {peak} bytes for a bound of {cache_bytes}");
+        assert_eq!(budget.used(), cache_bytes, "filling the cache reserves nothing more");
+        drop(clone);
+        assert_eq!(budget.used(), 0, "the reservation ends with the last pricer");
+
+        // No room: refused, naming the setting.
+        let full = MemoryBudget::new(cache_bytes - 1);
+        let err = Pricer::from_config(&config).unwrap().reserve_cache(&full).unwrap_err();
+        assert!(err.to_string().contains("pricing.cache_bytes"), "{err}");
+        assert_eq!(full.used(), 0);
     }
 }
