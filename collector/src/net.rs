@@ -55,6 +55,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Concurrent HTTP/2 streams per connection (hyper's default, stated here so that it is a decision).
 const MAX_STREAMS_PER_CONNECTION: u32 = 200;
 
+/// The most an HTTP/1.1 connection reads ahead into its own buffer (hyper's default is ~400 KiB, grown adaptively
+/// while a large body streams in). That buffer is outside the memory budget, and an open-loop overload keeps
+/// hundreds of connections mid-body at once; 64 KiB still reads a body in few syscalls.
+const HTTP1_READ_BUFFER_BYTES: usize = 64 * 1024;
+
 /// First and last delay between `accept()` attempts that fail for want of resources.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
@@ -391,7 +396,12 @@ fn builder(protocol: Protocol, limits: &ConnectionLimits) -> auto::Builder<Tokio
     if protocol == Protocol::Grpc {
         builder = builder.http2_only();
     }
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true)
+        .max_buf_size(HTTP1_READ_BUFFER_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())

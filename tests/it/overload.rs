@@ -19,11 +19,12 @@ use prost::Message;
 use crate::support::Server;
 /// The ceiling the overload test configures, in MiB.
 const LIMIT_MB: u64 = 64;
-/// What RSS may exceed idle RSS + the ceiling by: what is not data-sized (buffers of the hundreds of connections an
-/// open-loop overload keeps busy, tokio and DataFusion threads) and the allocator's slack (memory freed by one
-/// thread and kept in its malloc arena while another allocates anew). The budget does not see it: measured 130-217
-/// MiB at 10x with up to 512 requests in flight (docs/reliability.md, "Memory ceiling", a known limit).
-const MARGIN_MB: u64 = 320;
+/// What RSS may exceed idle RSS + the ceiling by: what is not data-sized (read buffers of the hundreds of
+/// connections an open-loop overload keeps busy, at most 64 KiB each over HTTP/1.1; tokio and DataFusion threads)
+/// and the allocator's slack (memory freed by one thread and kept in its malloc arena while another allocates
+/// anew). The budget does not see it: measured 44-50 MiB at 10x with up to 512 requests in flight; 130-217 MiB
+/// with hyper's default ~400 KiB read buffers.
+const MARGIN_MB: u64 = 96;
 /// How long the sustainable rate is measured, and how long the overload lasts.
 const CALIBRATION: Duration = Duration::from_secs(2);
 const OVERLOAD: Duration = Duration::from_secs(7);
@@ -441,9 +442,10 @@ async fn ten_times_overload_stays_under_the_memory_ceiling_and_loses_nothing() {
     // Every acknowledged span exactly once, after an unclean restart (the WAL replays what was not flushed).
     server.kill();
     server.restart().await;
-    let rows = server.sql("SELECT count(*) AS n, count(DISTINCT span_id) AS d FROM spans").await;
-    let (n, d) = (rows[0]["n"].as_i64().unwrap(), rows[0]["d"].as_i64().unwrap());
-    assert_eq!(n, d, "a span was stored twice");
+    // Distinctness is checked here rather than with count(DISTINCT), whose hash table would need more of the small
+    // budget than the replayed buffer and the caches leave.
+    let rows = server.sql("SELECT count(*) AS n FROM spans").await;
+    let n = rows[0]["n"].as_i64().unwrap();
     assert_eq!(n, tally.acked.len() as i64, "stored spans differ from acknowledged ones");
     let stored: HashSet<u64> = server
         .sql("SELECT span_id FROM spans")
@@ -451,6 +453,7 @@ async fn ten_times_overload_stays_under_the_memory_ceiling_and_loses_nothing() {
         .iter()
         .map(|r| u64::from_str_radix(r["span_id"].as_str().unwrap(), 16).unwrap() - 1)
         .collect();
+    assert_eq!(stored.len() as i64, n, "a span was stored twice");
     assert!(tally.acked.iter().all(|id| stored.contains(id)), "an acknowledged span is missing");
 }
 
