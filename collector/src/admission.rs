@@ -60,13 +60,14 @@ impl RequestMemory {
         let announced = announced.unwrap_or(0);
         let frames = announced.saturating_mul(COLLECT_COPIES);
         let least = least_peak(announced).max(frames);
-        if least > budget.limit() {
+        if least > budget.room() {
             return Err(IngestError::NeverFits(MemoryError {
                 requested: least,
                 purpose: format!("a request body of {announced} bytes (received, then decoded)"),
                 used: budget.used(),
                 limit: budget.limit(),
                 held: 0,
+                room: budget.room(),
             }));
         }
         let reservation = budget.try_reserve(frames, &"a request body")?;

@@ -42,13 +42,16 @@ pub struct MemoryError {
     /// Bytes the refused holder held already (a reservation that asked to grow): with `requested`, what it needs
     /// in all.
     pub held: usize,
+    /// The most any one holder could ever get: the limit less what is held for the life of the process (the
+    /// caches' bounds, [`MemoryBudget::try_reserve_lasting`]).
+    pub room: usize,
 }
 
 impl MemoryError {
     /// Whether the holder needs more than the whole budget: then no amount of waiting makes room, and the
     /// request must be refused for good rather than retried (see `IngestError::NeverFits`).
     pub fn can_never_fit(&self) -> bool {
-        self.held.saturating_add(self.requested) > self.limit
+        self.held.saturating_add(self.requested) > self.room
     }
 }
 
@@ -61,6 +64,8 @@ pub struct MemoryBudget {
 struct Inner {
     limit: usize,
     used: AtomicUsize,
+    /// Of `used`, what is held for the life of the process (the caches' bounds): never there for anyone else.
+    lasting: AtomicUsize,
     /// Reservations refused so far.
     refusals: AtomicU64,
 }
@@ -74,7 +79,14 @@ impl fmt::Debug for MemoryBudget {
 impl MemoryBudget {
     /// A budget of `limit` bytes.
     pub fn new(limit: usize) -> MemoryBudget {
-        MemoryBudget { inner: Arc::new(Inner { limit, used: AtomicUsize::new(0), refusals: AtomicU64::new(0) }) }
+        MemoryBudget {
+            inner: Arc::new(Inner {
+                limit,
+                used: AtomicUsize::new(0),
+                lasting: AtomicUsize::new(0),
+                refusals: AtomicU64::new(0),
+            }),
+        }
     }
 
     /// A budget that never refuses (a CLI query over a data dir, where no collector shares the process). Usage is
@@ -93,6 +105,12 @@ impl MemoryBudget {
         self.inner.used.load(Ordering::Acquire)
     }
 
+    /// The most one holder could ever reserve: the limit less the lasting reservations. A request needing more
+    /// than this is refused for good, not told to retry.
+    pub fn room(&self) -> usize {
+        self.limit().saturating_sub(self.inner.lasting.load(Ordering::Acquire))
+    }
+
     /// Bytes that can still be reserved.
     pub fn available(&self) -> usize {
         self.limit().saturating_sub(self.used())
@@ -105,20 +123,29 @@ impl MemoryBudget {
 
     /// An empty reservation, to grow as data arrives.
     pub fn empty(&self) -> Reservation {
-        Reservation { budget: self.clone(), bytes: 0 }
+        Reservation { budget: self.clone(), bytes: 0, lasting: 0 }
     }
 
     /// Reserves `bytes`, or refuses when that would pass the limit.
     pub fn try_reserve(&self, bytes: usize, purpose: &dyn fmt::Display) -> Result<Reservation, MemoryError> {
         self.try_add(bytes, purpose)?;
-        Ok(Reservation { budget: self.clone(), bytes })
+        Ok(Reservation { budget: self.clone(), bytes, lasting: 0 })
+    }
+
+    /// Reserves `bytes` for the life of the process (a cache's bound, reserved at start), or refuses. While held
+    /// they are not part of [`Self::room`], so a request that needs more than what is left beside them is refused
+    /// for good rather than retried.
+    pub fn try_reserve_lasting(&self, bytes: usize, purpose: &dyn fmt::Display) -> Result<Reservation, MemoryError> {
+        self.try_add(bytes, purpose)?;
+        self.inner.lasting.fetch_add(bytes, Ordering::AcqRel);
+        Ok(Reservation { budget: self.clone(), bytes, lasting: bytes })
     }
 
     /// Reserves `bytes` even past the limit: for memory that is already allocated, or whose allocation frees more
     /// (a flush). Later reservations are refused until it is released.
     pub fn force_reserve(&self, bytes: usize) -> Reservation {
         self.force_add(bytes);
-        Reservation { budget: self.clone(), bytes }
+        Reservation { budget: self.clone(), bytes, lasting: 0 }
     }
 
     /// Counts `bytes` as reserved if that stays within the limit. The caller must [`Self::release`] them.
@@ -129,7 +156,8 @@ impl MemoryBudget {
             let next = used.saturating_add(bytes);
             if next > limit {
                 self.inner.refusals.fetch_add(1, Ordering::Relaxed);
-                return Err(MemoryError { requested: bytes, purpose: purpose.to_string(), used, limit, held: 0 });
+                let room = self.room();
+                return Err(MemoryError { requested: bytes, purpose: purpose.to_string(), used, limit, held: 0, room });
             }
             match self.inner.used.compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return Ok(()),
@@ -162,6 +190,8 @@ impl MemoryBudget {
 pub struct Reservation {
     budget: MemoryBudget,
     bytes: usize,
+    /// Of `bytes`, what counts as lasting (see [`MemoryBudget::try_reserve_lasting`]) until dropped.
+    lasting: usize,
 }
 
 impl fmt::Debug for Reservation {
@@ -256,6 +286,9 @@ impl Drop for Reservation {
         if self.bytes > 0 {
             self.budget.release(self.bytes);
         }
+        if self.lasting > 0 {
+            self.budget.inner.lasting.fetch_sub(self.lasting, Ordering::AcqRel);
+        }
     }
 }
 
@@ -305,6 +338,15 @@ mod tests {
         assert!(budget.try_reserve(101, &"x").unwrap_err().can_never_fit());
         drop(other);
         r.try_grow(40, &"r").unwrap();
+        drop(r);
+        // What caches hold for the life of the process is no one else's: 60 + 50 pass the 100 less the 50 kept.
+        let cache = budget.try_reserve_lasting(50, &"a cache").unwrap();
+        assert_eq!(budget.room(), 50);
+        let mut r = budget.try_reserve(40, &"r").unwrap();
+        assert!(r.try_grow(20, &"r").unwrap_err().can_never_fit());
+        drop(cache);
+        assert_eq!(budget.room(), 100);
+        r.try_grow(20, &"r").unwrap();
     }
 
     /// A cache's reservation follows its size in whole steps: it grows at once (past the limit if need be: the

@@ -151,7 +151,7 @@ impl Engine {
     pub async fn new(catalog: Catalog, config: QueryConfig) -> Result<Engine, QueryError> {
         let metadata_cache = catalog
             .memory()
-            .try_reserve(
+            .try_reserve_lasting(
                 config.metadata_cache_bytes(),
                 &"DataFusion's Parquet metadata cache (query.metadata_cache_mb)",
             )

@@ -235,9 +235,9 @@ async fn nesting_100k_deep_is_refused_over_protobuf_and_json() {
 }
 
 /// The server of the "never fits" tests: a 64 MiB budget and a 48 MiB body limit, so that a body can be within
-/// the body limit and still need more than the whole budget.
+/// the body limit and still need more than the whole budget (small caches, which hold their bound in the budget).
 const NEVER_FITS: &str = "[memory]\nlimit_mb = 64\n[ingest]\nmax_body_bytes = 50331648\nmax_buffer_bytes = 33554432\n\
-                          [storage]\nflush_max_bytes = 8388608\n";
+                          [storage]\nflush_max_bytes = 8388608\n[query]\nmetadata_cache_mb = 1\n[pricing]\ncache_bytes = 65536\n";
 
 /// A POST head announcing `length` body bytes.
 fn head(path: &str, content_type: &str, length: usize) -> Vec<u8> {
@@ -332,10 +332,12 @@ fn chunked(path: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
 async fn every_refusal_on_the_otlp_routes_is_an_otlp_status() {
     use crate::support::{raw_http, rpc_status};
     use std::time::Duration;
-    // A 16 MiB budget and 4 MiB bodies: two requests announcing 4 MiB and sending nothing hold all of it.
+    // A 17 MiB budget less the 1 MiB price cache, and 4 MiB bodies: two requests announcing 4 MiB (held twice:
+    // frames and their copy) and sending nothing hold all of the rest.
     let server = Server::start_with(
-        "[memory]\nlimit_mb = 16\n[ingest]\nmax_body_bytes = 4194304\nmax_buffer_bytes = 4194304\n\
-         [storage]\nflush_max_bytes = 2097152\n[server]\nbody_timeout = \"3s\"\n",
+        "[memory]\nlimit_mb = 17\n[ingest]\nmax_body_bytes = 4194304\nmax_buffer_bytes = 4194304\n\
+         [storage]\nflush_max_bytes = 2097152\n[server]\nbody_timeout = \"3s\"\n[query]\nmetadata_cache_mb = 0\n\
+         [pricing]\ncache_bytes = 1048576\n",
     )
     .await;
     let wait = Duration::from_secs(2);

@@ -111,7 +111,8 @@ impl Pricer {
     /// pricer (or a clone) lives: the cache never holds more ([`Cache::entry_bytes`] counts every byte an entry
     /// adds), so nothing it allocates needs a reservation of its own. Refused when the budget has no room for it.
     pub fn reserve_cache(&self, budget: &MemoryBudget) -> Result<(), MemoryError> {
-        let reservation = budget.try_reserve(self.cache_bytes, &"the price-resolution cache (pricing.cache_bytes)")?;
+        let reservation =
+            budget.try_reserve_lasting(self.cache_bytes, &"the price-resolution cache (pricing.cache_bytes)")?;
         self.cache.write().reservation = Some(reservation);
         Ok(())
     }
