@@ -244,20 +244,6 @@ async fn a_parquet_file_deleted_while_serving_is_dropped_from_queries() {
     assert!(server.log().contains("vanished"), "log:\n{}", server.log());
 }
 
-/// Overwrites every column chunk of the Parquet file at `path` with `0xff` (page headers and data), leaving its
-/// footer and page index intact: a damaged disk block in the middle of a file.
-fn damage_pages(path: &Path) {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
-    let metadata = datafusion::parquet::file::metadata::ParquetMetaDataReader::new().parse_and_finish(&file).unwrap();
-    for row_group in metadata.row_groups() {
-        for column in row_group.columns() {
-            let (start, len) = column.byte_range();
-            file.write_all_at(&vec![0xff; len as usize], start).unwrap();
-        }
-    }
-}
-
 /// Garbage over the footer of the Parquet file at `path`, its length and magic bytes left as they were.
 fn damage_footer(path: &Path) {
     let mut bytes = std::fs::read(path).unwrap();
@@ -295,7 +281,7 @@ async fn unreadable_parquet_files_are_skipped_named_and_counted() {
         file.set_len(file.metadata().unwrap().len() / 2).unwrap();
     }
     for f in &files_of[2] {
-        damage_pages(f);
+        query::fixture::damage_pages(f).unwrap();
     }
     let damaged: Vec<(PathBuf, u64)> =
         files_of[..3].iter().flatten().map(|f| (f.clone(), std::fs::metadata(f).unwrap().len())).collect();
