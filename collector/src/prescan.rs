@@ -81,16 +81,30 @@ impl Estimate {
     /// message of the largest struct.
     pub fn worst_case(len: usize) -> Estimate {
         let messages = len / 2;
-        let largest = (0..KINDS).map(|k| Kind::from_index(k).struct_size()).max().unwrap_or(0);
+        let largest = Kind::ALL.iter().map(|k| k.struct_size()).max().unwrap_or(0);
         let decoded = messages.saturating_mul(2 * largest).saturating_add(len.saturating_mul(8));
         let batch = messages.saturating_mul(ROW_BYTES).saturating_add(len.saturating_mul(3));
         Estimate { decoded, batch, rows: messages, messages }
     }
 }
 
-/// The OTLP messages whose fields the walk knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+/// Declares [`Kind`] and [`Kind::ALL`] from one list, so that no kind can be missing from `ALL`.
+macro_rules! kinds {
+    ($($kind:ident),* $(,)?) => {
+        /// The OTLP messages whose fields the walk knows.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        enum Kind {
+            $($kind),*
+        }
+
+        impl Kind {
+            /// Every kind, each once.
+            const ALL: &'static [Kind] = &[$(Kind::$kind),*];
+        }
+    };
+}
+
+kinds! {
     MetricsRequest,
     ResourceMetrics,
     ScopeMetrics,
@@ -120,8 +134,6 @@ enum Kind {
     EntityRef,
 }
 
-const KINDS: usize = 27;
-
 /// What a length-delimited field of a message holds.
 enum Field {
     /// A sub-message.
@@ -137,39 +149,6 @@ enum Field {
 }
 
 impl Kind {
-    fn from_index(i: usize) -> Kind {
-        use Kind::*;
-        [
-            MetricsRequest,
-            ResourceMetrics,
-            ScopeMetrics,
-            Metric,
-            Gauge,
-            Sum,
-            Histogram,
-            ExpHistogram,
-            Summary,
-            NumberPoint,
-            HistogramPoint,
-            ExpHistogramPoint,
-            Buckets,
-            SummaryPoint,
-            Quantile,
-            Exemplar,
-            LogsRequest,
-            ResourceLogs,
-            ScopeLogs,
-            LogRecord,
-            Resource,
-            Scope,
-            KeyValue,
-            AnyValue,
-            ArrayValue,
-            KvList,
-            EntityRef,
-        ][i % KINDS]
-    }
-
     /// The prost struct this message decodes to.
     fn struct_size(self) -> usize {
         use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;

@@ -151,6 +151,23 @@ pub fn write_parquet(
     ParquetFile::from_relative_path(&relative, size).ok_or_else(|| std::io::Error::other("not in the layout"))
 }
 
+/// Overwrites every column chunk of the Parquet file at `path` with `0xff` (page headers and data alike), leaving
+/// its footer and page index intact: what a damaged disk block inside the data does.
+pub fn damage_pages(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let metadata = datafusion::parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&file)
+        .map_err(std::io::Error::other)?;
+    for row_group in metadata.row_groups() {
+        for column in row_group.columns() {
+            let (start, len) = column.byte_range();
+            file.write_all_at(&vec![0xff; len as usize], start)?;
+        }
+    }
+    Ok(())
+}
+
 /// numpy's `quantile(values, q)` (linear interpolation) by a full sort: the reference tests check
 /// `quantile_exact`'s selection algorithm against, independent of it.
 pub fn numpy_quantile(values: &[f64], q: f64) -> f64 {

@@ -10,7 +10,7 @@ use collector::catalog::Catalog;
 use collector::config::QueryConfig;
 use collector::schema::Signal;
 
-use crate::fixture::{SpanRow, spans_batch, write_parquet};
+use crate::fixture::{SpanRow, damage_pages, spans_batch, write_parquet};
 use crate::{Engine, QueryError, QueryOutput};
 
 /// 2026-11-21T09:00:00Z.
@@ -222,20 +222,6 @@ async fn time_predicates_prune_files_before_they_are_opened() {
     assert_eq!(unreadable[0].0, rel);
 }
 
-/// Overwrites every column chunk of the Parquet file at `path` with `0xff` (page headers and data alike), leaving
-/// its footer and page index intact: what a damaged disk block inside the data does.
-pub(crate) fn damage_pages(path: &std::path::Path) {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
-    let metadata = datafusion::parquet::file::metadata::ParquetMetaDataReader::new().parse_and_finish(&file).unwrap();
-    for row_group in metadata.row_groups() {
-        for column in row_group.columns() {
-            let (start, len) = column.byte_range();
-            file.write_all_at(&vec![0xff; len as usize], start).unwrap();
-        }
-    }
-}
-
 /// Files whose footer is garbage, that are cut short, or whose pages are damaged: the first two are skipped by
 /// every query, checked once per version of the file; the third fails the query that reads it with its name, and
 /// is skipped from then on. Nothing is deleted, and a restored file is read again.
@@ -267,7 +253,7 @@ async fn unreadable_files_are_skipped_and_a_damaged_page_is_named() {
     // 1: cut in half.
     std::fs::write(path(1), &originals[1][..originals[1].len() / 2]).unwrap();
     // 2: damaged pages.
-    damage_pages(&path(2));
+    damage_pages(&path(2)).unwrap();
 
     let err = engine.sql(count).await.unwrap_err();
     assert!(matches!(err, QueryError::UnreadableFile(_)), "{err:?}");

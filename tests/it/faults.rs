@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
 use crate::ingest::walk;
-use crate::support::{Server, free_addr, tailscope_bin};
+use crate::support::{Server, serve_fails_to_start};
 
 fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
@@ -244,20 +244,6 @@ async fn a_parquet_file_deleted_while_serving_is_dropped_from_queries() {
     assert!(server.log().contains("vanished"), "log:\n{}", server.log());
 }
 
-/// Overwrites every column chunk of the Parquet file at `path` with `0xff` (page headers and data), leaving its
-/// footer and page index intact: a damaged disk block in the middle of a file.
-fn damage_pages(path: &Path) {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
-    let metadata = datafusion::parquet::file::metadata::ParquetMetaDataReader::new().parse_and_finish(&file).unwrap();
-    for row_group in metadata.row_groups() {
-        for column in row_group.columns() {
-            let (start, len) = column.byte_range();
-            file.write_all_at(&vec![0xff; len as usize], start).unwrap();
-        }
-    }
-}
-
 /// Garbage over the footer of the Parquet file at `path`, its length and magic bytes left as they were.
 fn damage_footer(path: &Path) {
     let mut bytes = std::fs::read(path).unwrap();
@@ -295,7 +281,7 @@ async fn unreadable_parquet_files_are_skipped_named_and_counted() {
         file.set_len(file.metadata().unwrap().len() / 2).unwrap();
     }
     for f in &files_of[2] {
-        damage_pages(f);
+        query::fixture::damage_pages(f).unwrap();
     }
     let damaged: Vec<(PathBuf, u64)> =
         files_of[..3].iter().flatten().map(|f| (f.clone(), std::fs::metadata(f).unwrap().len())).collect();
@@ -453,31 +439,7 @@ async fn a_read_only_data_dir_refuses_to_start_clearly_and_loses_nothing() {
     server.kill();
 
     mount.remount("ro");
-    let mut child = std::process::Command::new(tailscope_bin())
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .args(["--otlp-grpc", &free_addr().to_string(), "--otlp-http", &free_addr().to_string()])
-        .args(["--api", &free_addr().to_string(), "--flight", &free_addr().to_string()])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("tailscope serve kept running on a read-only data dir");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(1), "an error exit, not a signal: {status}; stderr: {stderr}");
+    let stderr = serve_fails_to_start(None, &data_dir);
     assert!(stderr.contains("Read-only file system") && stderr.contains(&*data_dir.to_string_lossy()), "{stderr}");
 
     mount.remount("rw");

@@ -242,7 +242,6 @@ fn otlp_json_bodies_never_panic() {
 /// timeout of a hundred years its first query overflowed a deadline.
 #[test]
 fn absurd_config_values_stop_start_up_with_the_key_and_the_range() {
-    use crate::support::{free_addr, tailscope_bin};
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     for (toml, key, value, range) in [
@@ -252,34 +251,7 @@ fn absurd_config_values_stop_start_up_with_the_key_and_the_range() {
     ] {
         let config = dir.path().join("tailscope.toml");
         std::fs::write(&config, toml).unwrap();
-        let mut child = std::process::Command::new(tailscope_bin())
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--otlp-grpc", &free_addr().to_string(), "--otlp-http", &free_addr().to_string()])
-            .args(["--api", &free_addr().to_string(), "--flight", &free_addr().to_string()])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("tailscope serve started with {toml:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-        assert_eq!(status.code(), Some(1), "an error exit, not a signal: {status}; stderr: {stderr}");
+        let stderr = crate::support::serve_fails_to_start(Some(config.as_path()), &data_dir);
         assert!(stderr.contains(key) && stderr.contains(value) && stderr.contains(range), "{toml}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert!(!data_dir.exists(), "nothing is created before the config is checked");

@@ -29,6 +29,44 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().expect("local addr")
 }
 
+/// Runs `tailscope serve` on `data_dir` (with the config file `config`, if any) on free ports, for a start-up that
+/// must fail: waits up to 30 s for the process to exit (panicking if it keeps running), asserts an error exit (code
+/// 1, not a signal) and returns its stderr.
+pub fn serve_fails_to_start(config: Option<&Path>, data_dir: &Path) -> String {
+    let mut command = Command::new(tailscope_bin());
+    command.arg("serve");
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let mut child = command
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--otlp-grpc", &free_addr().to_string(), "--otlp-http", &free_addr().to_string()])
+        .args(["--api", &free_addr().to_string(), "--flight", &free_addr().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tailscope serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for tailscope") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let toml = config.map(|c| std::fs::read_to_string(c).unwrap_or_default());
+            panic!("tailscope serve kept running on {data_dir:?} with the config {toml:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped stderr"), &mut stderr).expect("read stderr");
+    assert_eq!(status.code(), Some(1), "an error exit, not a signal: {status}; stderr: {stderr}");
+    stderr
+}
+
 /// A `tailscope serve` child process with its own temp data dir and ports.
 pub struct Server {
     child: Option<Child>,
