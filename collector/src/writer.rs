@@ -74,14 +74,13 @@ impl ParquetOptions {
     ///
     /// zstd with dictionaries for the many repetitive strings (service, provider, model, region), delta
     /// encoding for timestamps (sorted, so deltas are small), statistics for pruning, and a bloom filter on
-    /// `trace_id` so that looking up one trace skips the row groups that cannot hold it. `rows` is how many rows
-    /// the file will hold: the bloom filter is sized for them (see [`Self::bloom_ndv`]).
+    /// `trace_id` so that looking up one trace skips the row groups that cannot hold it.
     ///
     /// Random ids and free-form columns ([`Self::UNPRUNABLE`]) get no dictionary attempt where every value is
     /// distinct, and no min/max statistics anywhere: in a row group of random ids min and max span nearly the
     /// whole range, so they never prune, and computing them was a fifth of Parquet encoding's CPU (measured with
     /// `benches/src/bin/normalize.rs`, `TAILSCOPE_PARQUET_VARIANTS=1`).
-    pub fn properties(&self, signal: Signal, rows: usize) -> Result<WriterProperties, StorageError> {
+    pub fn properties(&self, signal: Signal) -> Result<WriterProperties, StorageError> {
         let level = ZstdLevel::try_new(self.zstd_level)
             .map_err(|source| StorageError::Parquet { context: "zstd level".into(), source })?;
         let mut b = WriterProperties::builder()
@@ -104,9 +103,7 @@ impl ParquetOptions {
                 .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
         }
         if signal == Signal::Spans {
-            b = b
-                .set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true)
-                .set_column_bloom_filter_ndv(ColumnPath::from("trace_id"), self.bloom_ndv(rows));
+            b = b.set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true);
         }
         let schema = signal.schema();
         for name in Self::UNPRUNABLE {
@@ -141,13 +138,6 @@ impl ParquetOptions {
             b = b.set_column_dictionary_page_size_limit(ColumnPath::from("session_id"), SESSION_DICTIONARY_BYTES);
         }
         Ok(b.build())
-    }
-
-    /// The distinct values a row group's `trace_id` bloom filter is sized for: the rows of the file's largest row
-    /// group. Left to parquet's default (the row group limit, 1 Mi rows), every file carried a 1 MiB filter however
-    /// few rows it held: 14 bytes a span in the 75,000-span files a flush writes at high rates, a third of the file.
-    pub fn bloom_ndv(&self, rows: usize) -> u64 {
-        rows.clamp(1, self.row_group_rows.max(1)) as u64
     }
 
     /// Columns whose min/max statistics cannot prune: random ids, free text, JSON and attribute maps.
@@ -267,11 +257,11 @@ pub fn write_plan(
         return Ok(Vec::new());
     }
     let batches = non_empty(batches);
+    let props = options.properties(plan.signal)?;
     let mut written = Vec::new();
     for file in &plan.files {
         let rows = Rows { batches: &batches, keys: &plan.keys[file.start..file.end] };
-        let props = options.properties(plan.signal, rows.keys.len())?;
-        match write_file(data_dir, plan.signal, rows, file, props) {
+        match write_file(data_dir, plan.signal, rows, file, props.clone()) {
             Ok(file) => written.push(file),
             Err(e) => {
                 for f in &written {
@@ -573,36 +563,6 @@ mod tests {
             let parsed = crate::catalog::ParquetFile::from_relative_path(&f.relative_path, f.size).unwrap();
             assert_eq!(&parsed, f, "the catalog reads back what the writer wrote");
         }
-    }
-
-    #[test]
-    fn a_file_carries_a_bloom_filter_sized_for_its_rows_that_still_finds_its_traces() {
-        use datafusion::parquet::file::properties::ReaderProperties;
-        use datafusion::parquet::file::reader::{FileReader, RowGroupReader};
-        use datafusion::parquet::file::serialized_reader::{ReadOptionsBuilder, SerializedFileReader};
-        let dir = tempfile::tempdir().unwrap();
-        let h = 1_700_000_000_000_000_000i64.div_euclid(NS_PER_HOUR) * NS_PER_HOUR;
-        let starts: Vec<i64> = (0..2_000).map(|i| h + i).collect();
-        // The collector's default row group limit (1 Mi rows): the filter must follow the rows, not the limit.
-        let options = ParquetOptions { row_group_rows: 1 << 20, zstd_level: 3 };
-        let files = write_signal(dir.path(), Signal::Spans, &[spans_at(&starts)], 1, &options).unwrap();
-        assert_eq!(files.len(), 1);
-        let file = std::fs::File::open(dir.path().join(&files[0].relative_path)).unwrap();
-        let read = ReadOptionsBuilder::new()
-            .with_reader_properties(ReaderProperties::builder().set_read_bloom_filter(true).build())
-            .build();
-        let reader = SerializedFileReader::new_with_options(file, read).unwrap();
-        let trace_id = Signal::Spans.schema().index_of("trace_id").unwrap();
-        let chunk = reader.metadata().row_group(0).column(trace_id);
-        let bloom_bytes = chunk.bloom_filter_length().unwrap();
-        // 2,000 ids at a 5 % false-positive rate need ~1.7 KB; parquet's default sizing wrote 1 MiB.
-        assert!(bloom_bytes < 8 * 1024, "a 2,000-row file carries a {bloom_bytes}-byte bloom filter");
-        let row_group = reader.get_row_group(0).unwrap();
-        let filter = row_group.get_column_bloom_filter(trace_id).expect("trace_id has a bloom filter");
-        // Ids are stored as lowercase hex.
-        assert!(filter.check("01".repeat(16).as_str()), "the filter must find the file's trace id");
-        assert!(!filter.check("02".repeat(16).as_str()), "nor find every id");
-        assert!(files[0].size < 64 * 1024, "2,000 tiny spans took {} bytes", files[0].size);
     }
 
     #[test]

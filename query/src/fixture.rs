@@ -142,7 +142,7 @@ pub fn write_parquet(
     let storage = collector::config::StorageConfig::default();
     let props =
         collector::writer::ParquetOptions { row_group_rows: storage.row_group_rows, zstd_level: storage.zstd_level }
-            .properties(signal, batch.num_rows())
+            .properties(signal)
             .map_err(std::io::Error::other)?;
     let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(std::io::Error::other)?;
     writer.write(batch).map_err(std::io::Error::other)?;

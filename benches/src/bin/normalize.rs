@@ -98,8 +98,7 @@ fn main() {
         all.get_array_memory_size() as f64 / corpus.spans() as f64
     );
     let zstd_level = collector::config::StorageConfig::default().zstd_level;
-    let props =
-        ParquetOptions { row_group_rows: 1 << 20, zstd_level }.properties(Signal::Spans, all.num_rows()).unwrap();
+    let props = ParquetOptions { row_group_rows: 1 << 20, zstd_level }.properties(Signal::Spans).unwrap();
     let mut parquet_bytes = 0;
     let parquet = time(&format!("Parquet encode (zstd {zstd_level}, flush)"), &mut || {
         let mut w = ArrowWriter::try_new(Vec::new(), all.schema(), Some(props.clone())).unwrap();
