@@ -1,4 +1,5 @@
-//! The cost views (`session_cost`, `session_provider_cost`, `provider_cost`, `hedging`, `unpriced_models`),
+//! The cost views (`session_cost`, `session_provider_cost`, `provider_cost`, `hedge_copies`, `hedging`,
+//! `unpriced_models`),
 //! owned by the cost work and documented in `docs/cost.md`.
 //!
 //! They read the cost columns the collector writes at ingest (`token_cost_usd`, `egress_cost_usd`, `cost_usd`,
@@ -72,32 +73,44 @@ pub const COST_VIEWS: &[(&str, &str)] = &[
         GROUP BY gen_ai_provider, cloud_region, coalesce(request_model, response_model)",
     ),
     (
-        "hedging",
+        // One row per copy of a hedged request: the duplicate and cancel-latency rules, defined here once for the
+        // `hedging` view, the Hedging dashboard and ad-hoc SQL.
+        "hedge_copies",
         "WITH copies AS (
-            SELECT hedge_id, gen_ai_provider, end_time, cost_usd, coalesce(hedge_winner, false) AS winner
+            SELECT hedge_id, gen_ai_provider, start_time, cost_usd, coalesce(hedge_winner, false) AS winner,
+                CAST(end_time AS BIGINT) AS end_ns,
+                -- When a copy's answer was known: its first token when it streamed, else its end.
+                CASE WHEN time_to_first_token_ms IS NOT NULL
+                    THEN CAST(start_time AS BIGINT) + CAST(time_to_first_token_ms * 1e6 AS BIGINT)
+                    ELSE CAST(end_time AS BIGINT) END AS answered_ns
             FROM spans
             WHERE hedge_id IS NOT NULL
         ),
         winners AS (
-            SELECT hedge_id, min(end_time) AS winner_end FROM copies WHERE winner GROUP BY hedge_id
-        ),
-        per_copy AS (
-            SELECT c.gen_ai_provider, c.hedge_id, c.winner, c.cost_usd,
-                CASE WHEN NOT c.winner
-                    THEN (CAST(c.end_time AS BIGINT) - CAST(w.winner_end AS BIGINT)) / 1e6 END AS cancel_latency_ms
-            FROM copies c LEFT JOIN winners w ON c.hedge_id = w.hedge_id
-        ),
-        hedged AS (
+            SELECT hedge_id, min(answered_ns) AS decided_ns FROM copies WHERE winner GROUP BY hedge_id
+        )
+        SELECT c.hedge_id, c.gen_ai_provider, c.start_time, c.winner, c.cost_usd,
+            -- Every copy but the winner is a duplicate (all of them in a group without a winner).
+            CASE WHEN NOT c.winner THEN c.cost_usd END AS duplicate_cost_usd,
+            -- Cancel latency: from the decision to the loser's end, what a hedging gateway controls. A loser
+            -- that had already ended (failed) before the decision was not cancelled and has none.
+            CASE WHEN NOT c.winner AND c.end_ns >= w.decided_ns
+                THEN (c.end_ns - w.decided_ns) / 1e6 END AS cancel_latency_ms
+        FROM copies c LEFT JOIN winners w ON c.hedge_id = w.hedge_id",
+    ),
+    (
+        "hedging",
+        "WITH hedged AS (
             SELECT
                 gen_ai_provider,
                 count(*) AS hedged_calls,
                 count(DISTINCT hedge_id) AS hedge_groups,
                 count(*) FILTER (WHERE winner) AS wins,
-                coalesce(sum(cost_usd) FILTER (WHERE NOT winner), 0.0) AS duplicate_cost_usd,
+                coalesce(sum(duplicate_cost_usd), 0.0) AS duplicate_cost_usd,
                 quantile_exact(cancel_latency_ms, 0.5) AS cancel_latency_p50_ms,
                 quantile_exact(cancel_latency_ms, 0.95) AS cancel_latency_p95_ms,
                 quantile_exact(cancel_latency_ms, 0.99) AS cancel_latency_p99_ms
-            FROM per_copy
+            FROM hedge_copies
             GROUP BY gen_ai_provider
         ),
         calls AS (
@@ -157,6 +170,8 @@ mod tests {
         cost: Option<f64>,
         session: &'static str,
         price_source: &'static str,
+        /// Time to first token (ms after the common start), for a streaming copy.
+        ttft_ms: Option<f64>,
     }
 
     fn copy(
@@ -167,13 +182,13 @@ mod tests {
         cost: f64,
         session: &'static str,
     ) -> Copy {
-        Copy { provider, hedge, winner, end_ms, cost: Some(cost), session, price_source: "default:x" }
+        Copy { provider, hedge, winner, end_ms, cost: Some(cost), session, price_source: "default:x", ttft_ms: None }
     }
 
     const BASE: i64 = 1_795_000_000_000_000_000;
 
     fn known_set() -> RecordBatch {
-        let set = vec![
+        batch_of(vec![
             // h1: aws wins; the gcp copy ends 50 ms later.
             copy("aws.bedrock", Some("h1"), Some(true), 1000, 0.10, "s1"),
             copy("gcp.vertex_ai", Some("h1"), Some(false), 1050, 0.04, "s1"),
@@ -190,7 +205,11 @@ mod tests {
             copy("aws.bedrock", None, None, 500, 0.10, "s2"),
             copy("gcp.vertex_ai", None, None, 500, 0.10, "s2"),
             Copy { cost: None, price_source: "unknown", ..copy("acme", None, None, 500, 0.0, "s2") },
-        ];
+        ])
+    }
+
+    /// The spans of `set`, all starting at [`BASE`].
+    fn batch_of(set: Vec<Copy>) -> RecordBatch {
         let rows: Vec<SpanRow> = set
             .iter()
             .enumerate()
@@ -218,6 +237,7 @@ mod tests {
             ("hedge_winner", Arc::new(set.iter().map(|c| c.winner).collect::<BooleanArray>())),
             ("token_cost_usd", Arc::new(set.iter().map(|c| c.cost).collect::<Float64Array>())),
             ("price_source", Arc::new(set.iter().map(|c| Some(c.price_source)).collect::<StringArray>())),
+            ("time_to_first_token_ms", Arc::new(set.iter().map(|c| c.ttft_ms).collect::<Float64Array>())),
         ];
         let schema = batch.schema();
         let columns = schema
@@ -236,10 +256,13 @@ mod tests {
     }
 
     async fn context() -> SessionContext {
+        context_over(known_set()).await
+    }
+
+    async fn context_over(batch: RecordBatch) -> SessionContext {
         let ctx = SessionContext::new();
         ctx.register_udaf(crate::quantile::quantile_exact_udaf());
         ctx.add_optimizer_rule(Arc::new(crate::quantile::ShareQuantiles));
-        let batch = known_set();
         ctx.register_table("spans", Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap())).unwrap();
         let views = crate::views::base_views().into_iter().chain(COST_VIEWS.iter().map(|(n, s)| (*n, s.to_string())));
         for (name, sql) in views {
@@ -297,6 +320,34 @@ mod tests {
         // A provider that never hedges still has a row, with a zero hedge rate.
         let out = rows(&ctx, "SELECT hedge_rate, duplicate_cost_usd FROM hedging WHERE gen_ai_provider = 'acme'").await;
         close(f64_at(&out[0], "hedge_rate", 0), 0.0);
+    }
+
+    #[tokio::test]
+    async fn cancel_latency_runs_from_the_decision_and_is_never_negative() {
+        let streaming = |c: Copy, ttft_ms: f64| Copy { ttft_ms: Some(ttft_ms), ..c };
+        let ctx = context_over(batch_of(vec![
+            // g1: aws streams its first token at 300 ms (ends at 5 s); gcp is cancelled at 320 ms: 20 ms.
+            streaming(copy("aws.bedrock", Some("g1"), Some(true), 5000, 0.10, "s1"), 300.0),
+            copy("gcp.vertex_ai", Some("g1"), Some(false), 320, 0.01, "s1"),
+            // g2: aws streams at 400 ms; gcp had already failed at 100 ms: not cancelled, no cancel latency.
+            streaming(copy("aws.bedrock", Some("g2"), Some(true), 3000, 0.10, "s1"), 400.0),
+            copy("gcp.vertex_ai", Some("g2"), Some(false), 100, 0.01, "s1"),
+            // g3: gcp answers without streaming at 1 s; aws is cancelled at 1.03 s: 30 ms.
+            copy("gcp.vertex_ai", Some("g3"), Some(true), 1000, 0.10, "s1"),
+            copy("aws.bedrock", Some("g3"), Some(false), 1030, 0.01, "s1"),
+        ]))
+        .await;
+        let out = rows(
+            &ctx,
+            "SELECT gen_ai_provider, cancel_latency_p50_ms, cancel_latency_p99_ms FROM hedging ORDER BY gen_ai_provider",
+        )
+        .await;
+        let b = &out[0];
+        assert_eq!(b.num_rows(), 2);
+        // Measured from the winners' ends, these were -4680 and -2900 ms for gcp.
+        close(f64_at(b, "cancel_latency_p50_ms", 0), 30.0);
+        close(f64_at(b, "cancel_latency_p50_ms", 1), 20.0);
+        close(f64_at(b, "cancel_latency_p99_ms", 1), 20.0);
     }
 
     #[tokio::test]

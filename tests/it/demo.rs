@@ -130,6 +130,20 @@ fn demo_summary_is_sql_over_the_stored_data() {
         assert!(shape[key].as_u64().unwrap() > 0, "no {key}: {shape}");
     }
     assert_eq!(shape["hedge_losers"], shape["hedge_winners"], "{shape}");
+    // The simulator cancels a losing copy 3-40 ms after the winner's first token; the hedging view must give
+    // those delays back (it once measured from the winner's end: -1,259 to -2,403 ms).
+    let hedging = query(
+        &data,
+        "SELECT gen_ai_provider AS p, cancel_latency_p50_ms AS p50, cancel_latency_p95_ms AS p95 FROM hedging \
+         WHERE cancel_latency_p50_ms IS NOT NULL",
+    );
+    assert!(!hedging.is_empty(), "no provider has a cancel latency");
+    for row in &hedging {
+        for key in ["p50", "p95"] {
+            let ms = row[key].as_f64().unwrap_or_else(|| panic!("{row}"));
+            assert!((2.99..=40.01).contains(&ms), "cancel latency {key} outside the simulator's 3-40 ms: {row}");
+        }
+    }
     for table in ["metrics", "logs"] {
         let n = query(&data, &format!("SELECT count(*) AS n FROM {table}"))[0]["n"].as_u64().unwrap();
         assert!(n > 0, "no rows in {table}");
