@@ -478,7 +478,7 @@ impl Default for QueryConfig {
     }
 }
 
-/// The process-wide memory ceiling (see `collector::memory` and docs/reliability.md, "Memory ceiling").
+/// The process-wide memory ceiling (see `tailscope_core::memory` and docs/reliability.md, "Memory ceiling").
 ///
 /// One budget that the data-sized memory of the whole process is reserved from: OTLP request bodies as they
 /// arrive and inflate, normalised batches, the unflushed buffer, Parquet flushes and every query's operators. Past

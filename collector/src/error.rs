@@ -58,7 +58,7 @@ pub enum IngestError {
     /// Accepting the request would pass the process-wide memory ceiling (`memory.limit_mb`); the client should
     /// retry after the suggested delay, when flushes or queries have released memory.
     #[error("tailscope is at its memory limit ({0}); retry later")]
-    MemoryLimit(crate::memory::MemoryError),
+    MemoryLimit(tailscope_core::memory::MemoryError),
     /// The request needs more memory than the whole budget holds (`memory.limit_mb`): it can never be accepted,
     /// so it is refused for good (413 / RESOURCE_EXHAUSTED without `RetryInfo`) instead of being retried for ever.
     #[error(
@@ -67,7 +67,7 @@ pub enum IngestError {
          memory.limit_mb",
         purpose = .0.purpose, needed = .0.held.saturating_add(.0.requested), limit = .0.limit
     )]
-    NeverFits(crate::memory::MemoryError),
+    NeverFits(tailscope_core::memory::MemoryError),
     /// The WAL could not be written (disk full, read-only, I/O error). Nothing of the request was acknowledged.
     #[error("cannot write to the WAL ({0}); nothing was stored, retry later")]
     Storage(String),
@@ -76,9 +76,9 @@ pub enum IngestError {
     ShuttingDown,
 }
 
-impl From<crate::memory::MemoryError> for IngestError {
+impl From<tailscope_core::memory::MemoryError> for IngestError {
     /// A refusal at the ceiling is retryable, unless the request needs more than the whole budget.
-    fn from(e: crate::memory::MemoryError) -> IngestError {
+    fn from(e: tailscope_core::memory::MemoryError) -> IngestError {
         if e.can_never_fit() { IngestError::NeverFits(e) } else { IngestError::MemoryLimit(e) }
     }
 }
@@ -176,6 +176,9 @@ pub enum StorageError {
     /// Parquet failed to encode or decode.
     #[error("{context}: {source}")]
     Parquet { context: String, source: datafusion::parquet::errors::ParquetError },
+    /// Parquet refused the writer settings (`storage.*`).
+    #[error(transparent)]
+    ParquetSettings(#[from] tailscope_core::error::ParquetSettingsError),
 }
 
 impl StorageError {

@@ -47,8 +47,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tailscope_core::memory::{MemoryBudget, Reservation};
 
-use crate::memory::{MemoryBudget, Reservation};
 use crate::observe::SpanObserver;
 
 /// The most routes tracked at once by default (`[live] max_routes`); further routes are folded into one overflow

@@ -18,12 +18,12 @@ use std::time::Instant;
 use clap::Parser;
 use collector::cost::{Pricer, PricingConfig};
 use collector::normalize::{normalize_traces, normalize_traces_protobuf};
-use collector::schema::Signal;
-use collector::writer::ParquetOptions;
 use datafusion::arrow::compute::concat_batches;
 use datafusion::parquet::arrow::ArrowWriter;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
+use tailscope_core::layout::ParquetOptions;
+use tailscope_core::schema::Signal;
 
 /// Per-span cost of each ingest stage.
 #[derive(Debug, Parser)]

@@ -21,16 +21,16 @@ use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tailscope_core::catalog::Catalog;
+use tailscope_core::schema::Signal;
 
 use super::alerts::{AlertBook, AlertEvent};
 use super::budget::{BUDGET_COLUMNS, Budget, BudgetKind, BudgetStatus, SpanColumns, usd};
 use super::prices::glob_match;
 use super::webhook::{DeliveryLog, Webhooks};
 use super::{CostError, validate_budgets};
-use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::observe::SpanObserver;
-use crate::schema::Signal;
 
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
