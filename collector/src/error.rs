@@ -1,4 +1,5 @@
-//! The collector's errors, each carrying what a user needs to act on it.
+//! The collector's errors, each carrying what a user needs to act on it. A configuration that cannot be used is
+//! `tailscope_core::error::ConfigError`; a memory refusal `tailscope_core::memory::MemoryError`.
 //!
 //! One place ([`IngestError::grpc_status`], [`IngestError::http_status`]) decides how an ingest failure maps to
 //! gRPC codes and HTTP statuses, following the OTLP specification: retryable conditions are UNAVAILABLE / 503,
@@ -7,20 +8,6 @@
 use std::path::PathBuf;
 
 use thiserror::Error;
-
-/// A configuration that cannot be used.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    /// The file is not valid TOML for tailscope's config.
-    #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    /// A value parses but cannot work.
-    #[error("invalid config value {field}: {reason}")]
-    Invalid { field: String, reason: String },
-}
 
 /// Why an export request was not accepted.
 #[derive(Debug, Error)]

@@ -25,12 +25,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use datafusion::arrow::record_batch::RecordBatch;
 use tailscope_core::catalog::{Catalog, ParquetFile};
+use tailscope_core::config::Config;
 use tailscope_core::layout::ParquetOptions;
 use tailscope_core::memory::{MemoryBudget, Reservation};
 use tailscope_core::schema::Signal;
 use tokio::sync::{Mutex, oneshot};
 
-use crate::config::Config;
 use crate::cost::Pricer;
 use crate::error::{IngestError, StorageError};
 use crate::normalize::{self, Normalized};

@@ -5,11 +5,13 @@
 //!
 //! Data path: `grpc`/`http` receive -> [`normalize`] -> [`ingest`] (WAL group commit, buffer, backpressure)
 //! -> [`writer`] (Parquet) -> [`tailscope_core::catalog::Catalog`] (what queries see).
+//!
+//! What the query side shares with the collector (the schema, the catalog, file naming, the memory budget, the
+//! config) is in `tailscope-core`, below both, so that `query` and `tui` do not link this crate.
 
 pub mod admission;
 #[cfg(test)]
 mod alloc_meter;
-pub mod config;
 pub mod cost;
 pub mod error;
 pub mod grpc;

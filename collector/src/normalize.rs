@@ -856,12 +856,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits::from(&crate::config::IngestConfig::default())
+        Limits::from(&tailscope_core::config::IngestConfig::default())
     }
 }
 
-impl From<&crate::config::IngestConfig> for Limits {
-    fn from(c: &crate::config::IngestConfig) -> Self {
+impl From<&tailscope_core::config::IngestConfig> for Limits {
+    fn from(c: &tailscope_core::config::IngestConfig) -> Self {
         Limits { max_attributes_per_span: c.max_attributes_per_span }
     }
 }

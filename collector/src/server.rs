@@ -8,9 +8,9 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tailscope_core::catalog::Catalog;
+use tailscope_core::config::Config;
 use thiserror::Error;
 
-use crate::config::Config;
 use crate::cost::Pricer;
 use crate::error::StorageError;
 use crate::ingest::{Ingest, RecoveryReport};

@@ -28,8 +28,8 @@ use futures::{Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use collector::config::QueryConfig;
 use tailscope_core::catalog::Catalog;
+use tailscope_core::config::QueryConfig;
 use tailscope_core::memory::{MemoryBudget, Reservation};
 use tailscope_core::schema::Signal;
 

@@ -139,7 +139,7 @@ pub fn write_parquet(
     let file = std::fs::File::create(&path)?;
     // The collector's own writer settings at their defaults (row groups, zstd level, dictionaries, statistics,
     // encodings), so tests and benchmarks read files like the ones `tailscope serve` writes.
-    let storage = collector::config::StorageConfig::default();
+    let storage = tailscope_core::config::StorageConfig::default();
     let props = tailscope_core::layout::ParquetOptions {
         row_group_rows: storage.row_group_rows,
         zstd_level: storage.zstd_level,

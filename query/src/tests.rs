@@ -6,8 +6,8 @@ use std::time::Duration;
 use datafusion::arrow::array::{Array, AsArray, StringArray};
 use datafusion::arrow::datatypes::{Float64Type, Int64Type};
 
-use collector::config::QueryConfig;
 use tailscope_core::catalog::Catalog;
+use tailscope_core::config::QueryConfig;
 use tailscope_core::schema::Signal;
 
 use crate::fixture::{SpanRow, damage_pages, spans_batch, write_parquet};

@@ -146,7 +146,7 @@ impl LocalSource {
         }
         let catalog =
             tailscope_core::catalog::Catalog::open(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-        let engine = query::Engine::new(catalog.clone(), collector::config::QueryConfig::default())
+        let engine = query::Engine::new(catalog.clone(), tailscope_core::config::QueryConfig::default())
             .await
             .map_err(|e| e.to_string())?;
         Ok(LocalSource { dir: Arc::new(dir), catalog, engine })

@@ -16,7 +16,7 @@ mod corpus;
 use std::time::Instant;
 
 use clap::Parser;
-use collector::cost::{Pricer, PricingConfig};
+use collector::cost::Pricer;
 use collector::normalize::{normalize_traces, normalize_traces_protobuf};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::parquet::arrow::ArrowWriter;
@@ -97,7 +97,7 @@ fn main() {
         arrow as f64 / corpus.bytes() as f64,
         all.get_array_memory_size() as f64 / corpus.spans() as f64
     );
-    let zstd_level = collector::config::StorageConfig::default().zstd_level;
+    let zstd_level = tailscope_core::config::StorageConfig::default().zstd_level;
     let props = ParquetOptions { row_group_rows: 1 << 20, zstd_level }.properties(Signal::Spans).unwrap();
     let mut parquet_bytes = 0;
     let parquet = time(&format!("Parquet encode (zstd {zstd_level}, flush)"), &mut || {

@@ -26,10 +26,10 @@ use clap::Parser;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use collector::config::QueryConfig;
 use query::Engine;
 use query::fixture::{SpanRow, spans_batch, write_parquet};
 use tailscope_core::catalog::Catalog;
+use tailscope_core::config::QueryConfig;
 use tailscope_core::schema::Signal;
 
 #[derive(Debug, Parser)]
