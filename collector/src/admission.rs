@@ -20,9 +20,9 @@ use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
+use tailscope_core::memory::{MemoryBudget, MemoryError, Reservation};
 
 use crate::error::IngestError;
-use crate::memory::{MemoryBudget, MemoryError, Reservation};
 
 /// Body bytes reserved per byte received: the frames, and the contiguous buffer the transport copies them into.
 const COLLECT_COPIES: usize = 2;

@@ -1,4 +1,5 @@
-//! The collector's errors, each carrying what a user needs to act on it.
+//! The collector's errors, each carrying what a user needs to act on it. A configuration that cannot be used is
+//! `tailscope_core::error::ConfigError`; a memory refusal `tailscope_core::memory::MemoryError`.
 //!
 //! One place ([`IngestError::grpc_status`], [`IngestError::http_status`]) decides how an ingest failure maps to
 //! gRPC codes and HTTP statuses, following the OTLP specification: retryable conditions are UNAVAILABLE / 503,
@@ -7,20 +8,6 @@
 use std::path::PathBuf;
 
 use thiserror::Error;
-
-/// A configuration that cannot be used.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    /// The file is not valid TOML for tailscope's config.
-    #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    /// A value parses but cannot work.
-    #[error("invalid config value {field}: {reason}")]
-    Invalid { field: String, reason: String },
-}
 
 /// Why an export request was not accepted.
 #[derive(Debug, Error)]
@@ -58,7 +45,7 @@ pub enum IngestError {
     /// Accepting the request would pass the process-wide memory ceiling (`memory.limit_mb`); the client should
     /// retry after the suggested delay, when flushes or queries have released memory.
     #[error("tailscope is at its memory limit ({0}); retry later")]
-    MemoryLimit(crate::memory::MemoryError),
+    MemoryLimit(tailscope_core::memory::MemoryError),
     /// The request needs more memory than the whole budget holds (`memory.limit_mb`): it can never be accepted,
     /// so it is refused for good (413 / RESOURCE_EXHAUSTED without `RetryInfo`) instead of being retried for ever.
     #[error(
@@ -67,7 +54,7 @@ pub enum IngestError {
          memory.limit_mb",
         purpose = .0.purpose, needed = .0.held.saturating_add(.0.requested), limit = .0.limit
     )]
-    NeverFits(crate::memory::MemoryError),
+    NeverFits(tailscope_core::memory::MemoryError),
     /// The WAL could not be written (disk full, read-only, I/O error). Nothing of the request was acknowledged.
     #[error("cannot write to the WAL ({0}); nothing was stored, retry later")]
     Storage(String),
@@ -76,9 +63,9 @@ pub enum IngestError {
     ShuttingDown,
 }
 
-impl From<crate::memory::MemoryError> for IngestError {
+impl From<tailscope_core::memory::MemoryError> for IngestError {
     /// A refusal at the ceiling is retryable, unless the request needs more than the whole budget.
-    fn from(e: crate::memory::MemoryError) -> IngestError {
+    fn from(e: tailscope_core::memory::MemoryError) -> IngestError {
         if e.can_never_fit() { IngestError::NeverFits(e) } else { IngestError::MemoryLimit(e) }
     }
 }
@@ -176,6 +163,9 @@ pub enum StorageError {
     /// Parquet failed to encode or decode.
     #[error("{context}: {source}")]
     Parquet { context: String, source: datafusion::parquet::errors::ParquetError },
+    /// Parquet refused the writer settings (`storage.*`).
+    #[error(transparent)]
+    ParquetSettings(#[from] tailscope_core::error::ParquetSettingsError),
 }
 
 impl StorageError {

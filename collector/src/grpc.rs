@@ -20,6 +20,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use tailscope_core::schema::Signal;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -27,7 +28,6 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::admission::RequestMemory;
 use crate::error::IngestError;
 use crate::receiver::Receiver;
-use crate::schema::Signal;
 
 /// The three OTLP gRPC services over one [`Receiver`].
 #[derive(Clone)]
@@ -37,7 +37,7 @@ pub struct OtlpGrpc {
 
 impl OtlpGrpc {
     /// The request's memory reservation (see [`Admission`]), or an empty one.
-    fn reservation<T>(&self, request: &Request<T>) -> crate::memory::Reservation {
+    fn reservation<T>(&self, request: &Request<T>) -> tailscope_core::memory::Reservation {
         match request.extensions().get::<RequestMemory>() {
             Some(memory) => memory.take(),
             None => self.receiver.memory().empty(),
@@ -49,7 +49,7 @@ impl OtlpGrpc {
     fn reserve_message(
         &self,
         signal: Signal,
-        reservation: &mut crate::memory::Reservation,
+        reservation: &mut tailscope_core::memory::Reservation,
         len: usize,
     ) -> Result<(), Status> {
         reservation.try_grow(len, &"a request message").map_err(|e| {

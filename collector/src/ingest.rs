@@ -24,19 +24,20 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use datafusion::arrow::record_batch::RecordBatch;
+use tailscope_core::catalog::{Catalog, ParquetFile};
+use tailscope_core::config::Config;
+use tailscope_core::layout::ParquetOptions;
+use tailscope_core::memory::{MemoryBudget, Reservation};
+use tailscope_core::schema::Signal;
 use tokio::sync::{Mutex, oneshot};
 
-use crate::catalog::{Catalog, ParquetFile};
-use crate::config::Config;
 use crate::cost::Pricer;
 use crate::error::{IngestError, StorageError};
-use crate::memory::{MemoryBudget, Reservation};
 use crate::normalize::{self, Normalized};
 use crate::observe::SpanObserver;
-use crate::schema::Signal;
 use crate::telemetry::Metrics;
 use crate::wal::{self, RecordData, RecordKind, Wal};
-use crate::writer::{self, ParquetOptions};
+use crate::writer;
 
 /// Most records written under one fsync.
 const GROUP_MAX_RECORDS: usize = 4096;

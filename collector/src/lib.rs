@@ -1,29 +1,28 @@
 //! The tailscope collector: receives OTLP (gRPC and HTTP, protobuf and JSON), normalises agent spans to one
-//! columnar schema ([`schema`]), prices them ([`cost`]), makes them durable in a write-ahead log ([`wal`]) before
-//! acknowledging, and flushes them to Parquet in a hive layout ([`writer`]). The [`catalog`] tells queries which
-//! files and buffered rows exist.
+//! columnar schema ([`tailscope_core::schema`]), prices them ([`cost`]), makes them durable in a write-ahead log
+//! ([`wal`]) before acknowledging, and flushes them to Parquet in a hive layout ([`writer`]). The catalog
+//! ([`tailscope_core::catalog`]) tells queries which files and buffered rows exist.
 //!
 //! Data path: `grpc`/`http` receive -> [`normalize`] -> [`ingest`] (WAL group commit, buffer, backpressure)
-//! -> [`writer`] (Parquet) -> [`catalog`] (what queries see).
+//! -> [`writer`] (Parquet) -> [`tailscope_core::catalog::Catalog`] (what queries see).
+//!
+//! What the query side shares with the collector (the schema, the catalog, file naming, the memory budget, the
+//! config) is in `tailscope-core`, below both, so that `query` and `tui` do not link this crate.
 
 pub mod admission;
 #[cfg(test)]
 mod alloc_meter;
-pub mod catalog;
-pub mod config;
 pub mod cost;
 pub mod error;
 pub mod grpc;
 pub mod ingest;
 pub mod live;
-pub mod memory;
 pub mod net;
 pub mod normalize;
 pub mod observe;
 pub mod otlp_http;
 pub mod prescan;
 pub mod receiver;
-pub mod schema;
 pub mod server;
 pub mod telemetry;
 pub mod wal;

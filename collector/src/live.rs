@@ -47,15 +47,11 @@ use datafusion::arrow::record_batch::RecordBatch;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tailscope_core::config::LiveConfig;
+use tailscope_core::memory::{MemoryBudget, Reservation};
 
-use crate::memory::{MemoryBudget, Reservation};
 use crate::observe::SpanObserver;
 
-/// The most routes tracked at once by default (`[live] max_routes`); further routes are folded into one overflow
-/// route.
-pub const MAX_ROUTES: usize = 512;
-/// The longest key value kept by default (`[live] max_key_bytes`); longer values are cut to it.
-pub const MAX_KEY_BYTES: usize = 128;
 /// The value used for a missing key column.
 pub const NONE: &str = "none";
 /// The provider of the overflow route.
@@ -434,8 +430,8 @@ impl LiveWindows {
             routes: Mutex::new(Routes::default()),
             slo_p99_ms,
             started_ns: now_ns,
-            max_routes: MAX_ROUTES,
-            max_key_bytes: MAX_KEY_BYTES,
+            max_routes: LiveConfig::DEFAULT_MAX_ROUTES,
+            max_key_bytes: LiveConfig::DEFAULT_MAX_KEY_BYTES,
         }
     }
 

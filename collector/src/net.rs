@@ -47,7 +47,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
-use crate::config::ServerConfig;
+use tailscope_core::config::ServerConfig;
 
 /// Boxed errors, as hyper and tower pass them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

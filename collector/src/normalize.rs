@@ -1,4 +1,4 @@
-//! OTLP requests -> Arrow record batches in tailscope's schema ([`crate::schema`]).
+//! OTLP requests -> Arrow record batches in tailscope's schema ([`tailscope_core::schema`]).
 //!
 //! Each export request becomes one batch per signal. Attributes that have a column of their own (GenAI
 //! conventions under both their current and their deprecated names, `cloud.*`, hedging, session ids) are moved
@@ -24,9 +24,9 @@ use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
 use prost::Message as _;
+use tailscope_core::schema::Signal;
 
 use crate::cost::{Pricer, SpanFacts};
-use crate::schema::Signal;
 use crate::wire::{self, SpanView, Val, WireError};
 
 /// The outcome of normalising one request.
@@ -450,7 +450,7 @@ impl ResourceBuilders {
 }
 
 fn build_batch(schema: SchemaRef, columns: Vec<ArrayRef>) -> RecordBatch {
-    // The builders above are written against the schema in `crate::schema`; a mismatch is a programming error
+    // The builders above are written against the schema in `tailscope_core::schema`; a mismatch is a programming error
     // caught by the unit tests, never by input.
     RecordBatch::try_new(schema, columns).expect("normaliser columns match the schema")
 }
@@ -747,7 +747,7 @@ impl SpanBuilders {
             Arc::new(self.links.finish()),
         ];
         c.extend(rest);
-        build_batch(crate::schema::spans_schema(), c)
+        build_batch(tailscope_core::schema::spans_schema(), c)
     }
 }
 
@@ -856,12 +856,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits::from(&crate::config::IngestConfig::default())
+        Limits::from(&tailscope_core::config::IngestConfig::default())
     }
 }
 
-impl From<&crate::config::IngestConfig> for Limits {
-    fn from(c: &crate::config::IngestConfig) -> Self {
+impl From<&tailscope_core::config::IngestConfig> for Limits {
+    fn from(c: &tailscope_core::config::IngestConfig) -> Self {
         Limits { max_attributes_per_span: c.max_attributes_per_span }
     }
 }
@@ -1206,7 +1206,7 @@ impl MetricBuilders {
             Arc::new(self.attributes.finish()),
         ];
         self.resource.finish_into(&mut c);
-        build_batch(crate::schema::metrics_schema(), c)
+        build_batch(tailscope_core::schema::metrics_schema(), c)
     }
 }
 
@@ -1405,7 +1405,7 @@ pub fn normalize_logs(request: &ExportLogsServiceRequest, received_ns: i64) -> N
     let (rejected, reject_message) = rejections.finish();
     Normalized {
         signal: Signal::Logs,
-        batch: build_batch(crate::schema::logs_schema(), c),
+        batch: build_batch(tailscope_core::schema::logs_schema(), c),
         rejected,
         reject_message,
         unpriced: 0,

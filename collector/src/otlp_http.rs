@@ -17,12 +17,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tailscope_core::memory::Reservation;
+use tailscope_core::schema::Signal;
 
 use crate::admission::RequestMemory;
 use crate::error::IngestError;
-use crate::memory::Reservation;
 use crate::receiver::Receiver;
-use crate::schema::Signal;
 
 /// The two encodings OTLP/HTTP defines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,7 +26,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use thiserror::Error;
 
-use crate::schema::Signal;
+use tailscope_core::schema::Signal;
 
 /// Nesting followed at most; deeper is refused (prost's own limit is 100 levels, so nothing it accepts is).
 pub const MAX_DEPTH: usize = 128;

@@ -16,12 +16,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 
+use tailscope_core::memory::{MemoryBudget, Reservation};
+use tailscope_core::schema::Signal;
+
 use crate::cost::Pricer;
 use crate::error::IngestError;
 use crate::ingest::Ingest;
-use crate::memory::{MemoryBudget, Reservation};
 use crate::normalize::{self, Normalized};
-use crate::schema::Signal;
 use crate::telemetry::Metrics;
 
 /// Bytes that normalising an OTLP trace export holds at its peak per byte of protobuf body, on top of the body

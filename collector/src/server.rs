@@ -7,10 +7,10 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use tailscope_core::catalog::Catalog;
+use tailscope_core::config::Config;
 use thiserror::Error;
 
-use crate::catalog::Catalog;
-use crate::config::Config;
 use crate::cost::Pricer;
 use crate::error::StorageError;
 use crate::ingest::{Ingest, RecoveryReport};
@@ -30,7 +30,7 @@ pub enum StartError {
     /// A cache's fixed reservation did not fit in the memory budget (config validation makes sure it fits when
     /// nothing else is held, so this means the start-up itself still held memory).
     #[error("cannot reserve the memory of a cache: {0}; raise memory.limit_mb or lower the cache's bound")]
-    Memory(#[from] crate::memory::MemoryError),
+    Memory(#[from] tailscope_core::memory::MemoryError),
 }
 
 /// The collector's core, started but not yet serving.

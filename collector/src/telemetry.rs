@@ -254,19 +254,19 @@ impl Metrics {
     }
 
     /// Counts `n` items of `signal` under a per-signal family.
-    pub fn count(family: &Family<SignalLabel, Counter>, signal: crate::schema::Signal, n: u64) {
+    pub fn count(family: &Family<SignalLabel, Counter>, signal: tailscope_core::schema::Signal, n: u64) {
         family.get_or_create(&SignalLabel { signal: signal.table_name().into() }).inc_by(n);
     }
 
     /// Counts `n` rejected items of `signal` for `reason`.
-    pub fn reject(&self, signal: crate::schema::Signal, reason: &str, n: u64) {
+    pub fn reject(&self, signal: tailscope_core::schema::Signal, reason: &str, n: u64) {
         self.rejected
             .get_or_create(&RejectLabel { signal: signal.table_name().into(), reason: reason.into() })
             .inc_by(n);
     }
 
     /// Counts one whole-request rejection.
-    pub fn reject_request(&self, signal: crate::schema::Signal, reason: &str) {
+    pub fn reject_request(&self, signal: tailscope_core::schema::Signal, reason: &str) {
         self.requests_rejected
             .get_or_create(&RejectLabel { signal: signal.table_name().into(), reason: reason.into() })
             .inc();

@@ -44,9 +44,9 @@ use std::path::{Path, PathBuf};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
+use tailscope_core::schema::Signal;
 
 use crate::error::StorageError;
-use crate::schema::Signal;
 
 const SEGMENT_SUFFIX: &str = ".wal";
 /// Digits of a segment id in its file name; only names of exactly this form are segments.

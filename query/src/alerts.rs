@@ -12,7 +12,7 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
-/// Reads `collector::cost::alerts_table` at each scan, so a query sees alerts raised a moment ago.
+/// Reads `tailscope_core::alerts::alerts_table` at each scan, so a query sees alerts raised a moment ago.
 #[derive(Debug)]
 pub struct AlertsTable {
     data_dir: PathBuf,
@@ -22,7 +22,7 @@ pub struct AlertsTable {
 impl AlertsTable {
     /// The alerts recorded under `data_dir`.
     pub fn new(data_dir: &Path) -> AlertsTable {
-        AlertsTable { data_dir: data_dir.to_path_buf(), schema: collector::cost::alerts_schema() }
+        AlertsTable { data_dir: data_dir.to_path_buf(), schema: tailscope_core::alerts::alerts_schema() }
     }
 }
 
@@ -43,7 +43,7 @@ impl TableProvider for AlertsTable {
         _filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = collector::cost::alerts_table(&self.data_dir)
+        let batch = tailscope_core::alerts::alerts_table(&self.data_dir)
             .map_err(|e| DataFusionError::Execution(format!("cannot read the alerts: {e}")))?;
         let batch = batch.with_schema(self.schema.clone())?;
         let source =

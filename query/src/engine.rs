@@ -28,10 +28,10 @@ use futures::{Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use collector::catalog::Catalog;
-use collector::config::QueryConfig;
-use collector::memory::{MemoryBudget, Reservation};
-use collector::schema::Signal;
+use tailscope_core::catalog::Catalog;
+use tailscope_core::config::QueryConfig;
+use tailscope_core::memory::{MemoryBudget, Reservation};
+use tailscope_core::schema::Signal;
 
 use crate::alerts::AlertsTable;
 use crate::error::QueryError;

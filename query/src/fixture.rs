@@ -14,9 +14,9 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::parquet::arrow::ArrowWriter;
 
-use collector::catalog::ParquetFile;
-use collector::schema::Signal;
-use collector::writer::FileName;
+use tailscope_core::catalog::ParquetFile;
+use tailscope_core::layout::FileName;
+use tailscope_core::schema::Signal;
 
 /// One span with the columns queries care about; every other column is NULL (or an empty map).
 #[derive(Debug, Clone, Default)]
@@ -139,11 +139,13 @@ pub fn write_parquet(
     let file = std::fs::File::create(&path)?;
     // The collector's own writer settings at their defaults (row groups, zstd level, dictionaries, statistics,
     // encodings), so tests and benchmarks read files like the ones `tailscope serve` writes.
-    let storage = collector::config::StorageConfig::default();
-    let props =
-        collector::writer::ParquetOptions { row_group_rows: storage.row_group_rows, zstd_level: storage.zstd_level }
-            .properties(signal)
-            .map_err(std::io::Error::other)?;
+    let storage = tailscope_core::config::StorageConfig::default();
+    let props = tailscope_core::layout::ParquetOptions {
+        row_group_rows: storage.row_group_rows,
+        zstd_level: storage.zstd_level,
+    }
+    .properties(signal)
+    .map_err(std::io::Error::other)?;
     let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(std::io::Error::other)?;
     writer.write(batch).map_err(std::io::Error::other)?;
     writer.close().map_err(std::io::Error::other)?;

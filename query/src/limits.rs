@@ -17,7 +17,6 @@ use std::hash::Hash;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use collector::memory::MemoryBudget;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type, IntervalMonthDayNanoType};
 use datafusion::common::config::ConfigOptions;
@@ -33,6 +32,7 @@ use datafusion::logical_expr::{
     ScalarUDF, ScalarUDFImpl, Signature, StructFieldMapping, Volatility,
 };
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Query, Select, Statement, Visit, Visitor};
+use tailscope_core::memory::MemoryBudget;
 
 use crate::output_memory;
 

@@ -15,7 +15,6 @@
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use collector::memory::{MemoryBudget, Reservation};
 use datafusion::arrow::array::{Array, ArrayData, ArrayRef, make_array};
 use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::compute::kernels::concat_elements::concat_elements_dyn;
@@ -29,6 +28,7 @@ use datafusion::logical_expr::{
     ColumnarValue, Expr, ExprSchemable, Operator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::sql::sqlparser::ast::BinaryOperator;
+use tailscope_core::memory::{MemoryBudget, Reservation};
 
 /// Whether values of this type have a size that depends on the data (and so may be far larger than the inputs).
 pub fn variable_width(data_type: &DataType) -> bool {
@@ -79,7 +79,7 @@ pub fn hold(value: ColumnarValue, mut reservation: Reservation, rows: usize, fun
     Ok(ColumnarValue::Array(hold_array(array, reservation)))
 }
 
-fn exhausted(e: collector::memory::MemoryError) -> DataFusionError {
+fn exhausted(e: tailscope_core::memory::MemoryError) -> DataFusionError {
     DataFusionError::ResourcesExhausted(format!(
         "{e}; ask for less (filter the rows, or take less of each value) or raise memory.limit_mb"
     ))

@@ -41,8 +41,8 @@ use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::union::UnionExec;
 use futures::StreamExt;
 
-use collector::catalog::{Catalog, FileCheck, FileStamp, ParquetFile};
-use collector::schema::{PARTITION_COLUMNS, Signal};
+use tailscope_core::catalog::{Catalog, FileCheck, FileStamp, ParquetFile};
+use tailscope_core::schema::{PARTITION_COLUMNS, Signal};
 
 use crate::unreadable::{self, GuardedSource, ScanFiles};
 
@@ -67,7 +67,7 @@ pub fn table_schema(signal: Signal) -> SchemaRef {
 }
 
 /// Columns read dictionary-encoded, as `Dictionary(Int32, Utf8)`: ids that many rows share and that queries group
-/// by. The writer dictionary-encodes them (see `collector::writer::ParquetOptions`), and the Parquet reader then
+/// by. The writer dictionary-encodes them (see `tailscope_core::layout::ParquetOptions`), and the Parquet reader then
 /// hands over each column chunk's dictionary once plus 4-byte keys per row instead of decoding every string, so a
 /// `GROUP BY session_id` interns each distinct id once per file rather than once per row
 /// (`crate::string_group`).

@@ -6,9 +6,9 @@ use std::time::Duration;
 use datafusion::arrow::array::{Array, AsArray, StringArray};
 use datafusion::arrow::datatypes::{Float64Type, Int64Type};
 
-use collector::catalog::Catalog;
-use collector::config::QueryConfig;
-use collector::schema::Signal;
+use tailscope_core::catalog::Catalog;
+use tailscope_core::config::QueryConfig;
+use tailscope_core::schema::Signal;
 
 use crate::fixture::{SpanRow, damage_pages, spans_batch, write_parquet};
 use crate::{Engine, QueryError, QueryOutput};
@@ -184,7 +184,7 @@ async fn time_predicates_prune_files_before_they_are_opened() {
     ));
     std::fs::create_dir_all(dir.path().join(rel.parent().unwrap())).unwrap();
     std::fs::write(dir.path().join(&rel), b"not parquet").unwrap();
-    let corrupt = collector::catalog::ParquetFile::from_relative_path(&rel, 11).unwrap();
+    let corrupt = tailscope_core::catalog::ParquetFile::from_relative_path(&rel, 11).unwrap();
     files.push((Signal::Spans, corrupt));
     catalog.commit_flush(files, 9);
     let engine = engine(&catalog).await;

@@ -39,7 +39,7 @@ use datafusion_datasource::morsel::{Morsel, MorselPlan, MorselPlanner, Morselize
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use collector::catalog::{Catalog, FileStamp};
+use tailscope_core::catalog::{Catalog, FileStamp};
 
 /// The largest footer read. tailscope's own footers are tens of KiB; a length field past this is damage (or a file
 /// no query should decode), and refusing it keeps a hostile file from sizing an allocation.

@@ -13,11 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use collector::config::Config;
-use collector::cost::BudgetConfig;
-use collector::cost::budget::{BudgetKind, BudgetPeriod};
 use query::Engine;
 use query::format::{self, Format};
+use tailscope_core::config::Config;
+use tailscope_core::cost::{BudgetConfig, BudgetKind, BudgetPeriod};
 
 use super::CmdResult;
 use crate::sim::{self, SimConfig, SimStats, Transport};
@@ -131,7 +130,7 @@ pub async fn run(args: Args) -> CmdResult {
     // The effective configuration, for reading (budget syntax) and for `tailscope serve --config` afterwards.
     let config_path = config.data_dir.join("demo-config.toml");
     let mut saved = config.clone();
-    saved.server = collector::config::ServerConfig::default();
+    saved.server = tailscope_core::config::ServerConfig::default();
     std::fs::write(&config_path, toml::to_string(&saved)?)
         .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
 

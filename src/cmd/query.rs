@@ -124,8 +124,8 @@ async fn backend(args: &Args) -> Result<Backend, Box<dyn std::error::Error + Sen
         return Ok(Backend::Remote { url: format!("{base}/api/v1/query"), http: reqwest::Client::new() });
     }
     let config = match &args.config {
-        Some(path) => collector::config::Config::load(path)?,
-        None => collector::config::Config::default(),
+        Some(path) => tailscope_core::config::Config::load(path)?,
+        None => tailscope_core::config::Config::default(),
     };
     let data_dir = args.data_dir.clone().unwrap_or(config.data_dir);
     if !data_dir.is_dir() {

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use collector::config::Config;
 use collector::net::{self, ConnectionLimits, Protocol};
 use collector::server::Collector;
+use tailscope_core::config::Config;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -40,7 +40,7 @@ pub struct Args {
 
 impl Args {
     /// The config file (or the defaults) with these flags applied, validated.
-    pub fn load_config(&self) -> Result<Config, collector::error::ConfigError> {
+    pub fn load_config(&self) -> Result<Config, tailscope_core::error::ConfigError> {
         let mut config = match &self.config {
             Some(path) => Config::load(path)?,
             None => Config::default(),

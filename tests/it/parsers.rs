@@ -9,7 +9,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use collector::config::Config;
 use collector::cost::EgressTable;
 use collector::cost::prices::PriceTable;
 use collector::otlp_http::{Encoding, decode};
@@ -18,6 +17,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tailscope_core::config::Config;
 
 /// Mutated documents tried per seed document (overridable for longer runs).
 fn cases() -> usize {

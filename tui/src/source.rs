@@ -133,7 +133,7 @@ impl DataSource for HttpSource {
 #[derive(Debug, Clone)]
 pub struct LocalSource {
     dir: Arc<PathBuf>,
-    catalog: collector::catalog::Catalog,
+    catalog: tailscope_core::catalog::Catalog,
     engine: query::Engine,
 }
 
@@ -145,8 +145,8 @@ impl LocalSource {
             return Err(format!("--data-dir {} is not a directory", dir.display()));
         }
         let catalog =
-            collector::catalog::Catalog::open(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-        let engine = query::Engine::new(catalog.clone(), collector::config::QueryConfig::default())
+            tailscope_core::catalog::Catalog::open(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        let engine = query::Engine::new(catalog.clone(), tailscope_core::config::QueryConfig::default())
             .await
             .map_err(|e| e.to_string())?;
         Ok(LocalSource { dir: Arc::new(dir), catalog, engine })

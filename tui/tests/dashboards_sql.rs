@@ -36,7 +36,7 @@ fn fixture() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
     let lines: Vec<String> = (0..40).map(|i| span(i, now)).collect();
-    let schema = collector::schema::spans_schema();
+    let schema = tailscope_core::schema::spans_schema();
     let reader = ReaderBuilder::new(schema.clone()).build(std::io::Cursor::new(lines.join("\n"))).unwrap();
     let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
     let part = chrono::Utc::now() - chrono::Duration::minutes(10);

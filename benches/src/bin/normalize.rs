@@ -16,14 +16,14 @@ mod corpus;
 use std::time::Instant;
 
 use clap::Parser;
-use collector::cost::{Pricer, PricingConfig};
+use collector::cost::Pricer;
 use collector::normalize::{normalize_traces, normalize_traces_protobuf};
-use collector::schema::Signal;
-use collector::writer::ParquetOptions;
 use datafusion::arrow::compute::concat_batches;
 use datafusion::parquet::arrow::ArrowWriter;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
+use tailscope_core::layout::ParquetOptions;
+use tailscope_core::schema::Signal;
 
 /// Per-span cost of each ingest stage.
 #[derive(Debug, Parser)]
@@ -97,7 +97,7 @@ fn main() {
         arrow as f64 / corpus.bytes() as f64,
         all.get_array_memory_size() as f64 / corpus.spans() as f64
     );
-    let zstd_level = collector::config::StorageConfig::default().zstd_level;
+    let zstd_level = tailscope_core::config::StorageConfig::default().zstd_level;
     let props = ParquetOptions { row_group_rows: 1 << 20, zstd_level }.properties(Signal::Spans).unwrap();
     let mut parquet_bytes = 0;
     let parquet = time(&format!("Parquet encode (zstd {zstd_level}, flush)"), &mut || {

@@ -26,11 +26,11 @@ use clap::Parser;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use collector::catalog::Catalog;
-use collector::config::QueryConfig;
-use collector::schema::Signal;
 use query::Engine;
 use query::fixture::{SpanRow, spans_batch, write_parquet};
+use tailscope_core::catalog::Catalog;
+use tailscope_core::config::QueryConfig;
+use tailscope_core::schema::Signal;
 
 #[derive(Debug, Parser)]
 struct Args {

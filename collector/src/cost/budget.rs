@@ -7,157 +7,27 @@
 //! old buckets, and the projection can read the recent burn rate.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{
     Array, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampNanosecondArray,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use tailscope_core::cost::{BudgetConfig, BudgetKind, BudgetPeriod};
 
-use super::BudgetConfig;
 use super::prices::glob_match;
-
-/// What a budget counts.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum BudgetKind {
-    /// `egress_cost_usd`: data transfer.
-    Egress,
-    /// `cost_usd` of the non-winning copies of hedged requests (`hedge.id` set, `hedge.winner` not true).
-    DuplicateInference,
-    /// `cost_usd` per `session_id`: the cap applies to each session.
-    SessionCost,
-    /// `cost_usd` of everything.
-    #[default]
-    Total,
-}
-
-impl BudgetKind {
-    /// The name used in the config and in alerts.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BudgetKind::Egress => "egress",
-            BudgetKind::DuplicateInference => "duplicate_inference",
-            BudgetKind::SessionCost => "session_cost",
-            BudgetKind::Total => "total",
-        }
-    }
-}
-
-impl fmt::Display for BudgetKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Over which time spend accumulates. Calendar periods are in UTC.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum BudgetPeriod {
-    /// The UTC calendar day.
-    Day,
-    /// The UTC calendar month.
-    #[default]
-    Month,
-    /// The trailing window ending now.
-    Rolling(Duration),
-}
-
-impl TryFrom<String> for BudgetPeriod {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        match s.trim() {
-            "day" | "daily" => Ok(BudgetPeriod::Day),
-            "month" | "monthly" => Ok(BudgetPeriod::Month),
-            other => humantime_serde::re::humantime::parse_duration(other.strip_prefix("rolling:").unwrap_or(other))
-                .map(BudgetPeriod::Rolling)
-                .map_err(|e| {
-                    format!("period {other:?} is not \"day\", \"month\" or a rolling window like \"24h\" ({e})")
-                }),
-        }
-    }
-}
-
-impl From<BudgetPeriod> for String {
-    fn from(p: BudgetPeriod) -> String {
-        p.to_string()
-    }
-}
-
-impl fmt::Display for BudgetPeriod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BudgetPeriod::Day => f.write_str("day"),
-            BudgetPeriod::Month => f.write_str("month"),
-            BudgetPeriod::Rolling(d) => write!(f, "{}", humantime_serde::re::humantime::format_duration(*d)),
-        }
-    }
-}
 
 const NS_PER_MIN: i64 = 60_000_000_000;
 const NS_PER_HOUR: i64 = 60 * NS_PER_MIN;
-const NS_PER_DAY: i64 = 24 * NS_PER_HOUR;
 
-/// The current period's bounds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeriodBounds {
-    /// Inclusive start, ns since the epoch.
-    pub start_ns: i64,
-    /// Exclusive end for calendar periods.
-    pub end_ns: Option<i64>,
-    /// `2026-11` for a month, `2026-11-22` for a day, `rolling` for a window.
-    pub key: String,
-}
-
-impl BudgetPeriod {
-    /// The period containing `now_ns`.
-    pub fn bounds(self, now_ns: i64) -> PeriodBounds {
-        let now = DateTime::<Utc>::from_timestamp_nanos(now_ns);
-        let date = now.date_naive();
-        let midnight = |d: NaiveDate| {
-            d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc().timestamp_nanos_opt().unwrap_or(i64::MAX)
-        };
-        match self {
-            BudgetPeriod::Day => {
-                let start = midnight(date);
-                PeriodBounds {
-                    start_ns: start,
-                    end_ns: Some(start + NS_PER_DAY),
-                    key: date.format("%Y-%m-%d").to_string(),
-                }
-            }
-            BudgetPeriod::Month => {
-                let first = NaiveDate::from_ymd_opt(date.year(), date.month(), 1).expect("first of month exists");
-                let next = if date.month() == 12 {
-                    NaiveDate::from_ymd_opt(date.year() + 1, 1, 1)
-                } else {
-                    NaiveDate::from_ymd_opt(date.year(), date.month() + 1, 1)
-                }
-                .expect("first of next month exists");
-                PeriodBounds {
-                    start_ns: midnight(first),
-                    end_ns: Some(midnight(next)),
-                    key: date.format("%Y-%m").to_string(),
-                }
-            }
-            BudgetPeriod::Rolling(w) => PeriodBounds {
-                start_ns: now_ns.saturating_sub(w.as_nanos().min(i64::MAX as u128) as i64),
-                end_ns: None,
-                key: "rolling".to_string(),
-            },
-        }
-    }
-
-    fn bucket_ns(self) -> i64 {
-        match self {
-            BudgetPeriod::Rolling(_) => NS_PER_MIN,
-            _ => NS_PER_HOUR,
-        }
+/// The width of a budget's time buckets: an hour for calendar periods, a minute for rolling windows.
+fn bucket_ns(period: BudgetPeriod) -> i64 {
+    match period {
+        BudgetPeriod::Rolling(_) => NS_PER_MIN,
+        _ => NS_PER_HOUR,
     }
 }
 
@@ -446,7 +316,7 @@ impl Budget {
     /// Counts the rows of one batch that fall in the current period and match the filters.
     pub fn add(&mut self, cols: &SpanColumns, now_ns: i64) {
         let start_ns = self.config.period.bounds(now_ns).start_ns;
-        let width = self.config.period.bucket_ns();
+        let width = bucket_ns(self.config.period);
         // Spans stamped far ahead (a wrong clock, or a hostile client) count as now: each would otherwise open a
         // time bucket of its own that no period roll ever drops.
         let latest = now_ns.saturating_add(MAX_CLOCK_SKEW_NS);
@@ -491,7 +361,7 @@ impl Budget {
     /// Returns the key of the period that ended, if one did.
     pub fn roll(&mut self, now_ns: i64) -> Option<String> {
         let bounds = self.config.period.bounds(now_ns);
-        let width = self.config.period.bucket_ns();
+        let width = bucket_ns(self.config.period);
         let keep_from = bounds.start_ns.div_euclid(width) * width;
         self.buckets = self.buckets.split_off(&keep_from);
         self.sessions.retain_since(bounds.start_ns);
@@ -507,7 +377,7 @@ impl Budget {
     pub fn status(&self, now_ns: i64) -> BudgetStatus {
         let c = &self.config;
         let bounds = c.period.bounds(now_ns);
-        let width = c.period.bucket_ns();
+        let width = bucket_ns(c.period);
         let from = bounds.start_ns.div_euclid(width) * width;
         let total = self.buckets.range(from..).fold(Tally::default(), |mut acc, (_, t)| {
             acc.spend += t.spend;
@@ -580,7 +450,7 @@ impl Budget {
         if (elapsed as f64) < FORECAST_MIN_ELAPSED * length || now >= end {
             return None;
         }
-        let width = self.config.period.bucket_ns();
+        let width = bucket_ns(self.config.period);
         let lookback = (elapsed as f64).min(FORECAST_LOOKBACK * length) as i64;
         let from = (now - lookback).div_euclid(width) * width;
         let from = from.max(start);
@@ -613,6 +483,7 @@ pub fn last_day(end: DateTime<Utc>) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use datafusion::arrow::array::{ArrayRef, BooleanArray, Float64Array, StringArray, TimestampNanosecondArray};
     use datafusion::arrow::datatypes::{Field, Schema};
@@ -682,18 +553,6 @@ pub(crate) mod tests {
 
     fn add(b: &mut Budget, rows: &[Row], now: i64) {
         b.add(&SpanColumns::from_batch(&batch(rows)).unwrap(), now);
-    }
-
-    #[test]
-    fn period_parsing_and_bounds() {
-        assert_eq!(BudgetPeriod::try_from("month".to_string()), Ok(BudgetPeriod::Month));
-        assert_eq!(BudgetPeriod::try_from("24h".to_string()), Ok(BudgetPeriod::Rolling(Duration::from_secs(86400))));
-        assert!(BudgetPeriod::try_from("weekly".to_string()).is_err());
-        let b = BudgetPeriod::Month.bounds(ns("2026-12-31T23:59:59Z"));
-        assert_eq!(b.key, "2026-12");
-        assert_eq!(b.end_ns, Some(ns("2027-01-01T00:00:00Z")));
-        let b = BudgetPeriod::Day.bounds(ns("2026-11-22T10:00:00Z"));
-        assert_eq!((b.start_ns, b.key.as_str()), (ns("2026-11-22T00:00:00Z"), "2026-11-22"));
     }
 
     #[test]

@@ -2,32 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use tailscope_core::cost::EgressPrice;
 
 use super::CostError;
 use super::prices::glob_match;
-
-/// One cloud's egress prices, USD per GB (see [`super::PricingConfig::bytes_per_gb`]).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct EgressPrice {
-    /// Out of the cloud: to the internet or to another cloud.
-    pub internet_per_gb: f64,
-    /// Between two regions of the same cloud.
-    pub cross_region_per_gb: f64,
-    /// Within one region (the published figure is 0 for same-zone traffic).
-    #[serde(default)]
-    pub same_region_per_gb: f64,
-    /// To another cloud, when it differs from the internet rate (defaults to `internet_per_gb`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cross_cloud_per_gb: Option<f64>,
-    /// Where the figures come from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// When they were read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub as_of: Option<String>,
-}
 
 /// The built-in egress prices, with citations.
 pub const DEFAULT_EGRESS_JSON: &str = include_str!("../../prices/egress.json");

@@ -21,16 +21,18 @@ use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tailscope_core::alerts::AlertEvent;
+use tailscope_core::catalog::Catalog;
+use tailscope_core::config::Config;
+use tailscope_core::cost::{BudgetKind, validate_budgets};
+use tailscope_core::schema::Signal;
 
-use super::alerts::{AlertBook, AlertEvent};
-use super::budget::{BUDGET_COLUMNS, Budget, BudgetKind, BudgetStatus, SpanColumns, usd};
+use super::CostError;
+use super::alerts::AlertBook;
+use super::budget::{BUDGET_COLUMNS, Budget, BudgetStatus, SpanColumns, usd};
 use super::prices::glob_match;
 use super::webhook::{DeliveryLog, Webhooks};
-use super::{CostError, validate_budgets};
-use crate::catalog::Catalog;
-use crate::config::Config;
 use crate::observe::SpanObserver;
-use crate::schema::Signal;
 
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
@@ -332,9 +334,9 @@ async fn hedging_handler(State(engine): State<Arc<BudgetEngine>>, Query(q): Quer
 
 #[cfg(test)]
 mod tests {
+    use tailscope_core::cost::{BudgetConfig, BudgetPeriod};
+
     use super::*;
-    use crate::cost::BudgetConfig;
-    use crate::cost::budget::BudgetPeriod;
     use crate::cost::budget::tests::{Row, batch};
 
     fn config(dir: &std::path::Path) -> Config {

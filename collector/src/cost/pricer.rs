@@ -4,11 +4,12 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
+use tailscope_core::cost::PricingConfig;
+use tailscope_core::memory::{MemoryBudget, MemoryError, Reservation};
 
 use super::egress::{EgressTable, Endpoint, Path, ProviderClouds, path};
 use super::prices::{ModelPrice, PriceTable, Tier, TokenUsage, candidates, glob_match};
-use super::{CostError, PricingConfig, SpanCost, SpanFacts};
-use crate::memory::{MemoryBudget, MemoryError, Reservation};
+use super::{CostError, SpanCost, SpanFacts};
 
 /// `price_source` of a span whose model has no price.
 pub const UNKNOWN: &str = "unknown";

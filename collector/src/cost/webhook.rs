@@ -14,10 +14,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rand::Rng;
 use serde_json::{Value, json};
+use tailscope_core::alerts::{ALERTS_DIR, AlertEvent};
+use tailscope_core::cost::AlertsConfig;
 use tokio::sync::mpsc;
-
-use super::AlertsConfig;
-use super::alerts::{ALERTS_DIR, AlertEvent};
 
 /// The delivery progress file inside the alerts directory.
 pub const DELIVERY_FILE: &str = "delivery.json";
@@ -308,7 +307,7 @@ mod tests {
             time: t,
             alert_id: "egress-monthly/2026-11".into(),
             budget: "egress-monthly".into(),
-            kind: super::super::BudgetKind::Egress,
+            kind: tailscope_core::cost::BudgetKind::Egress,
             scope: None,
             period: "month".into(),
             period_key: "2026-11".into(),

@@ -1,6 +1,6 @@
 //! The columnar schema of tailscope's three tables, defined once.
 //!
-//! The writer (this crate) and the query side (`query`) both import these definitions, so a column can only be
+//! The writer (`collector`) and the query side (`query`) both import these definitions, so a column can only be
 //! renamed in one place. `docs/schema.md` documents every column and the OTLP field or attribute it comes from.
 //!
 //! The hive partition columns `date` (`YYYY-MM-DD`) and `hour` (`HH`) are not stored inside the files: they are

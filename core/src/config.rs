@@ -182,13 +182,9 @@ impl Config {
         for (i, budget) in self.budgets.iter().enumerate() {
             budget.validate().map_err(|reason| invalid(&format!("budget[{i}] ({})", budget.name), reason))?;
         }
-        let cost = |e: crate::cost::CostError| match e {
-            crate::cost::CostError::Config { field, reason } => ConfigError::Invalid { field, reason },
-            other => ConfigError::Invalid { field: "cost".into(), reason: other.to_string() },
-        };
-        crate::cost::validate_budgets(&self.budgets).map_err(cost)?;
-        self.alerts.validate().map_err(cost)?;
-        self.pricing.validate().map_err(cost)?;
+        crate::cost::validate_budgets(&self.budgets)?;
+        self.alerts.validate()?;
+        self.pricing.validate()?;
         Ok(())
     }
 
@@ -226,7 +222,7 @@ impl Config {
 /// The longest rolling budget window: a year of 365.25 days (calendar periods are `day` and `month`).
 const MAX_BUDGET_WINDOW: Duration = Duration::from_secs(31_557_600);
 
-/// Listening addresses, and the limits every listener applies to its connections (`crate::net`).
+/// Listening addresses, and the limits every listener applies to its connections (`collector::net`).
 /// Loopback by default: exposing a collector is a deliberate act.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -478,7 +474,7 @@ impl Default for QueryConfig {
     }
 }
 
-/// The process-wide memory ceiling (see `collector::memory` and docs/reliability.md, "Memory ceiling").
+/// The process-wide memory ceiling (see [`crate::memory`] and docs/reliability.md, "Memory ceiling").
 ///
 /// One budget that the data-sized memory of the whole process is reserved from: OTLP request bodies as they
 /// arrive and inflate, normalised batches, the unflushed buffer, Parquet flushes and every query's operators. Past
@@ -520,12 +516,20 @@ pub struct LiveConfig {
     pub max_key_bytes: usize,
 }
 
+impl LiveConfig {
+    /// The most routes tracked at once by default (`max_routes`); further routes are folded into one overflow
+    /// route (`collector::live`).
+    pub const DEFAULT_MAX_ROUTES: usize = 512;
+    /// The longest key value kept by default (`max_key_bytes`); longer values are cut to it.
+    pub const DEFAULT_MAX_KEY_BYTES: usize = 128;
+}
+
 impl Default for LiveConfig {
     fn default() -> Self {
         LiveConfig {
             slo_p99_ms: 5000.0,
-            max_routes: crate::live::MAX_ROUTES,
-            max_key_bytes: crate::live::MAX_KEY_BYTES,
+            max_routes: LiveConfig::DEFAULT_MAX_ROUTES,
+            max_key_bytes: LiveConfig::DEFAULT_MAX_KEY_BYTES,
         }
     }
 }

@@ -49,7 +49,7 @@ pub struct MemoryError {
 
 impl MemoryError {
     /// Whether the holder needs more than the whole budget: then no amount of waiting makes room, and the
-    /// request must be refused for good rather than retried (see `IngestError::NeverFits`).
+    /// request must be refused for good rather than retried (see `collector::error::IngestError::NeverFits`).
     pub fn can_never_fit(&self) -> bool {
         self.held.saturating_add(self.requested) > self.room
     }

@@ -52,7 +52,7 @@ impl ParquetFile {
             size,
             date,
             hour,
-            time_range_ns: crate::writer::FileName::parse(name).map(|n| (n.min_time_ns, n.max_time_ns)),
+            time_range_ns: crate::layout::FileName::parse(name).map(|n| (n.min_time_ns, n.max_time_ns)),
         })
     }
 }

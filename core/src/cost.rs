@@ -1,0 +1,499 @@
+//! The cost sections of the config, `[pricing]`, `[[budget]]` and `[alerts]`, and the value types they name
+//! (egress prices, budget kinds and periods), with the checks that a value can work.
+//!
+//! The rules that use them are the collector's (`collector::cost`): pricing spans at ingest, budget accounting,
+//! the alert lifecycle and webhooks. They are here because the one typed [`crate::config::Config`] holds them, and
+//! the `alerts` table ([`crate::alerts`]) names a budget's kind. `docs/cost.md` documents the rules.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// `[pricing]`: where model and egress prices come from.
+///
+/// ```toml
+/// [pricing]
+/// model_files = ["/etc/tailscope/model_prices_and_context_window.json"]  # LiteLLM format, merged over the defaults
+/// egress_file = "/etc/tailscope/egress.json"
+/// aliases = { "prod-chat-*" = "gpt-4.1-mini" }           # model-name pattern -> priced model
+/// provider_clouds = { "my.gateway" = "gcp" }              # gen_ai.provider.name pattern -> cloud (or "internet")
+/// [pricing.models."my-finetune"]                          # inline entries, LiteLLM field names
+/// input_cost_per_token = 3e-6
+/// output_cost_per_token = 1.2e-5
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PricingConfig {
+    /// LiteLLM-format JSON files merged over the built-in table, in order (a later entry replaces an earlier one
+    /// with the same name).
+    pub model_files: Vec<PathBuf>,
+    /// Start from an empty model table instead of the built-in one.
+    pub replace_default_models: bool,
+    /// Inline model entries (LiteLLM field names), merged last.
+    pub models: BTreeMap<String, serde_json::Value>,
+    /// Model-name patterns (`*` wildcard) mapped to a priced model name, tried before the normal matching:
+    /// for Azure deployment names and gateways that rename models.
+    pub aliases: BTreeMap<String, String>,
+    /// A JSON file of egress prices per cloud (`{"aws": {"internet_per_gb": 0.09, "cross_region_per_gb": 0.02}}`),
+    /// merged over the built-in figures.
+    pub egress_file: Option<PathBuf>,
+    /// Start from no egress prices instead of the built-in ones.
+    pub replace_default_egress: bool,
+    /// Inline egress prices per cloud, merged last.
+    pub egress: BTreeMap<String, EgressPrice>,
+    /// `gen_ai.provider.name` patterns mapped to the cloud serving them (`aws`, `azure`, `gcp`, ... or `internet`),
+    /// ahead of the built-in map (`aws.bedrock` -> aws, `azure.ai.*` -> azure, `gcp.*` -> gcp).
+    pub provider_clouds: BTreeMap<String, String>,
+    /// Bytes in the "GB" that egress prices are quoted per. Clouds meter in binary gigabytes (2^30), the default.
+    pub bytes_per_gb: u64,
+    /// Longest model, provider or region name used to look a price up. A longer one (no real name comes close)
+    /// is treated as absent: a span priced by such a model is `unknown`. Bounds the work and memory a hostile
+    /// name costs per span.
+    pub max_name_bytes: usize,
+    /// Bytes the price-resolution cache may hold (names, the prices they resolve to and the map's slots) before it
+    /// is emptied; it holds at most 8,192 entries too. Reserved from `memory.limit_mb` at start.
+    pub cache_bytes: usize,
+}
+
+impl Default for PricingConfig {
+    fn default() -> Self {
+        PricingConfig {
+            model_files: Vec::new(),
+            replace_default_models: false,
+            models: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+            egress_file: None,
+            replace_default_egress: false,
+            egress: BTreeMap::new(),
+            provider_clouds: BTreeMap::new(),
+            bytes_per_gb: 1 << 30,
+            max_name_bytes: 256,
+            cache_bytes: 4 << 20,
+        }
+    }
+}
+
+impl PricingConfig {
+    /// Checks values that parse but cannot work (the files themselves are read by
+    /// `collector::cost::Pricer::from_config`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.bytes_per_gb == 0 {
+            return Err(ConfigError::Invalid {
+                field: "pricing.bytes_per_gb".into(),
+                reason: "must be greater than 0".into(),
+            });
+        }
+        if self.max_name_bytes == 0 {
+            let reason = "must be greater than 0".into();
+            return Err(ConfigError::Invalid { field: "pricing.max_name_bytes".into(), reason });
+        }
+        Ok(())
+    }
+}
+
+/// One `[[budget]]` table.
+///
+/// ```toml
+/// [[budget]]
+/// name = "egress-monthly"
+/// kind = "egress"            # egress | duplicate_inference | session_cost | total
+/// period = "month"           # day | month | a rolling window such as "24h" or "7d"
+/// cap_usd = 500
+/// warn_at = [0.5, 0.8, 1.0]  # fractions of the cap; 1.0 and above are breaches
+/// providers = ["aws.bedrock"] # optional filters: gen_ai_provider, cloud_region, service_name patterns
+/// ```
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// The budget's name, unique.
+    pub name: String,
+    /// What is counted.
+    pub kind: BudgetKind,
+    /// Over which time spend accumulates.
+    pub period: BudgetPeriod,
+    /// Cap in USD per period (per session for `session_cost`).
+    #[serde(default)]
+    pub cap_usd: Option<f64>,
+    /// For `duplicate_inference`: cap on duplicate spend as a share of inference spend (e.g. `0.05`).
+    #[serde(default)]
+    pub cap_share: Option<f64>,
+    /// Alert thresholds as fractions of the cap; each fires once per period. Those >= 1.0 are breaches.
+    #[serde(default = "default_warn_at")]
+    pub warn_at: Vec<f64>,
+    /// Only spans whose `gen_ai_provider` matches one of these patterns (`*` wildcard); empty = all.
+    #[serde(default)]
+    pub providers: Vec<String>,
+    /// Only spans whose `cloud_region` (the caller's) matches one of these patterns; empty = all.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// Only spans whose `service_name` matches one of these patterns; empty = all.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Warn when the burn rate projects a breach before the period ends (calendar periods only).
+    #[serde(default = "yes")]
+    pub forecast: bool,
+}
+
+fn default_warn_at() -> Vec<f64> {
+    vec![0.8, 1.0]
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl BudgetConfig {
+    /// Checks the budget's values; the error says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() {
+            return Err("name must not be empty".into());
+        }
+        if self.name.chars().any(|c| c.is_control() || c == '/') {
+            return Err(format!("name {:?} must not contain '/' or control characters", self.name));
+        }
+        let positive = |v: Option<f64>, what: &str| -> Result<(), String> {
+            match v {
+                Some(x) if !x.is_finite() || x <= 0.0 => Err(format!("{what} must be a positive number, got {x}")),
+                _ => Ok(()),
+            }
+        };
+        positive(self.cap_usd, "cap_usd")?;
+        positive(self.cap_share, "cap_share")?;
+        match self.kind {
+            BudgetKind::DuplicateInference => {
+                if self.cap_usd.is_none() && self.cap_share.is_none() {
+                    return Err("a duplicate_inference budget needs cap_usd, cap_share or both".into());
+                }
+                if self.cap_share.is_some_and(|s| s > 1.0) {
+                    return Err("cap_share is a fraction of inference spend and must be at most 1.0".into());
+                }
+            }
+            _ => {
+                if self.cap_share.is_some() {
+                    return Err(format!("cap_share applies to duplicate_inference budgets only, not {}", self.kind));
+                }
+                if self.cap_usd.is_none() {
+                    return Err(format!("a {} budget needs cap_usd", self.kind));
+                }
+            }
+        }
+        if self.warn_at.is_empty() {
+            return Err("warn_at must list at least one threshold (e.g. [0.8, 1.0])".into());
+        }
+        if let Some(bad) = self.warn_at.iter().find(|t| !t.is_finite() || **t <= 0.0 || **t > 10.0) {
+            return Err(format!("warn_at thresholds are fractions of the cap in (0, 10], got {bad}"));
+        }
+        if let BudgetPeriod::Rolling(window) = self.period
+            && window < Duration::from_secs(60)
+        {
+            let window = humantime_serde::re::humantime::format_duration(window);
+            return Err(format!("a rolling period must be at least 1m, got {window}"));
+        }
+        for (what, patterns) in
+            [("providers", &self.providers), ("regions", &self.regions), ("services", &self.services)]
+        {
+            if patterns.iter().any(|p| p.is_empty()) {
+                return Err(format!("{what} must not contain an empty pattern"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a whole `[[budget]]` list: each budget, and that names are unique.
+pub fn validate_budgets(budgets: &[BudgetConfig]) -> Result<(), ConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, b) in budgets.iter().enumerate() {
+        b.validate().map_err(|reason| ConfigError::Invalid { field: format!("budget[{i}] ({})", b.name), reason })?;
+        if !seen.insert(b.name.as_str()) {
+            return Err(ConfigError::Invalid {
+                field: format!("budget[{i}]"),
+                reason: format!(
+                    "the name {:?} is used by two budgets; names identify alerts and must be unique",
+                    b.name
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `[alerts]`: where alerts go and how hard delivery tries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Webhook URLs; each alert event is POSTed to each as JSON (Slack-compatible `text` field included).
+    /// `http://` or `https://` (TLS with the system's root certificates).
+    pub webhooks: Vec<String>,
+    /// Per-attempt timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts per event and webhook before the event is given up (and logged as an error).
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles each attempt (with jitter) up to `max_backoff`.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest delay between attempts.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Budgets are re-evaluated at least this often (period ends, rolling windows, forecasts), and at most
+    /// a few times a second while spans arrive.
+    #[serde(with = "humantime_serde")]
+    pub evaluate_interval: Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            webhooks: Vec::new(),
+            timeout: Duration::from_secs(5),
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(60),
+            evaluate_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: String| ConfigError::Invalid { field: format!("alerts.{field}"), reason };
+        for url in &self.webhooks {
+            let parsed = url::Url::parse(url).map_err(|e| invalid("webhooks", format!("{url:?} is not a URL: {e}")))?;
+            match parsed.scheme() {
+                "http" | "https" => {}
+                other => return Err(invalid("webhooks", format!("{url:?}: unsupported scheme {other:?}"))),
+            }
+        }
+        if self.max_attempts == 0 {
+            return Err(invalid("max_attempts", "must be at least 1".into()));
+        }
+        if self.timeout.is_zero() {
+            return Err(invalid("timeout", "must be greater than 0".into()));
+        }
+        if self.evaluate_interval < Duration::from_millis(100) {
+            return Err(invalid("evaluate_interval", "must be at least 100ms".into()));
+        }
+        Ok(())
+    }
+}
+
+/// One cloud's egress prices, USD per GB (see [`PricingConfig::bytes_per_gb`]): a `[pricing.egress.CLOUD]` table,
+/// or an entry of an egress price file (`collector::cost::EgressTable`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EgressPrice {
+    /// Out of the cloud: to the internet or to another cloud.
+    pub internet_per_gb: f64,
+    /// Between two regions of the same cloud.
+    pub cross_region_per_gb: f64,
+    /// Within one region (the published figure is 0 for same-zone traffic).
+    #[serde(default)]
+    pub same_region_per_gb: f64,
+    /// To another cloud, when it differs from the internet rate (defaults to `internet_per_gb`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_cloud_per_gb: Option<f64>,
+    /// Where the figures come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// When they were read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<String>,
+}
+
+/// What a budget counts.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetKind {
+    /// `egress_cost_usd`: data transfer.
+    Egress,
+    /// `cost_usd` of the non-winning copies of hedged requests (`hedge.id` set, `hedge.winner` not true).
+    DuplicateInference,
+    /// `cost_usd` per `session_id`: the cap applies to each session.
+    SessionCost,
+    /// `cost_usd` of everything.
+    #[default]
+    Total,
+}
+
+impl BudgetKind {
+    /// The name used in the config and in alerts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetKind::Egress => "egress",
+            BudgetKind::DuplicateInference => "duplicate_inference",
+            BudgetKind::SessionCost => "session_cost",
+            BudgetKind::Total => "total",
+        }
+    }
+}
+
+impl fmt::Display for BudgetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Over which time spend accumulates. Calendar periods are in UTC.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum BudgetPeriod {
+    /// The UTC calendar day.
+    Day,
+    /// The UTC calendar month.
+    #[default]
+    Month,
+    /// The trailing window ending now.
+    Rolling(Duration),
+}
+
+impl TryFrom<String> for BudgetPeriod {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.trim() {
+            "day" | "daily" => Ok(BudgetPeriod::Day),
+            "month" | "monthly" => Ok(BudgetPeriod::Month),
+            other => humantime_serde::re::humantime::parse_duration(other.strip_prefix("rolling:").unwrap_or(other))
+                .map(BudgetPeriod::Rolling)
+                .map_err(|e| {
+                    format!("period {other:?} is not \"day\", \"month\" or a rolling window like \"24h\" ({e})")
+                }),
+        }
+    }
+}
+
+impl From<BudgetPeriod> for String {
+    fn from(p: BudgetPeriod) -> String {
+        p.to_string()
+    }
+}
+
+impl fmt::Display for BudgetPeriod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BudgetPeriod::Day => f.write_str("day"),
+            BudgetPeriod::Month => f.write_str("month"),
+            BudgetPeriod::Rolling(d) => write!(f, "{}", humantime_serde::re::humantime::format_duration(*d)),
+        }
+    }
+}
+
+const NS_PER_DAY: i64 = 24 * 3_600_000_000_000;
+
+/// The current period's bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeriodBounds {
+    /// Inclusive start, ns since the epoch.
+    pub start_ns: i64,
+    /// Exclusive end for calendar periods.
+    pub end_ns: Option<i64>,
+    /// `2026-11` for a month, `2026-11-22` for a day, `rolling` for a window.
+    pub key: String,
+}
+
+impl BudgetPeriod {
+    /// The period containing `now_ns`.
+    pub fn bounds(self, now_ns: i64) -> PeriodBounds {
+        let now = DateTime::<Utc>::from_timestamp_nanos(now_ns);
+        let date = now.date_naive();
+        let midnight = |d: NaiveDate| {
+            d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc().timestamp_nanos_opt().unwrap_or(i64::MAX)
+        };
+        match self {
+            BudgetPeriod::Day => {
+                let start = midnight(date);
+                PeriodBounds {
+                    start_ns: start,
+                    end_ns: Some(start + NS_PER_DAY),
+                    key: date.format("%Y-%m-%d").to_string(),
+                }
+            }
+            BudgetPeriod::Month => {
+                let first = NaiveDate::from_ymd_opt(date.year(), date.month(), 1).expect("first of month exists");
+                let next = if date.month() == 12 {
+                    NaiveDate::from_ymd_opt(date.year() + 1, 1, 1)
+                } else {
+                    NaiveDate::from_ymd_opt(date.year(), date.month() + 1, 1)
+                }
+                .expect("first of next month exists");
+                PeriodBounds {
+                    start_ns: midnight(first),
+                    end_ns: Some(midnight(next)),
+                    key: date.format("%Y-%m").to_string(),
+                }
+            }
+            BudgetPeriod::Rolling(w) => PeriodBounds {
+                start_ns: now_ns.saturating_sub(w.as_nanos().min(i64::MAX as u128) as i64),
+                end_ns: None,
+                key: "rolling".to_string(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn parse(toml: &str) -> Result<Config, String> {
+        Config::from_toml(toml, Path::new("test.toml")).map_err(|e| e.to_string())
+    }
+
+    fn ns(s: &str) -> i64 {
+        DateTime::parse_from_rfc3339(s).unwrap().timestamp_nanos_opt().unwrap()
+    }
+
+    #[test]
+    fn bad_budgets_are_refused_with_the_reason() {
+        let err = parse("[[budget]]\nname = \"x\"\nkind = \"egress\"\nperiod = \"month\"\n").unwrap_err();
+        assert!(err.contains("needs cap_usd"), "{err}");
+        let err = parse("[[budget]]\nname = \"x\"\nkind = \"egres\"\nperiod = \"month\"\ncap_usd = 1\n").unwrap_err();
+        assert!(err.contains("egres"), "{err}");
+        let err = parse("[[budget]]\nname = \"x\"\nkind = \"total\"\nperiod = \"weekly\"\ncap_usd = 1\n").unwrap_err();
+        assert!(err.contains("weekly"), "{err}");
+        let err =
+            parse("[[budget]]\nname = \"x\"\nkind = \"total\"\nperiod = \"day\"\ncap_usd = 1\ncap = 2\n").unwrap_err();
+        assert!(err.contains("cap"), "{err}");
+        let err = parse("[[budget]]\nname = \"x\"\nkind = \"total\"\nperiod = \"day\"\ncap_usd = -1\n").unwrap_err();
+        assert!(err.contains("positive"), "{err}");
+        let err =
+            parse("[[budget]]\nname = \"x\"\nkind = \"egress\"\nperiod = \"day\"\ncap_share = 0.1\ncap_usd = 1\n")
+                .unwrap_err();
+        assert!(err.contains("duplicate_inference budgets only"), "{err}");
+        let twice = BudgetConfig { name: "a".into(), cap_usd: Some(1.0), warn_at: vec![1.0], ..Default::default() };
+        let err = validate_budgets(&[twice.clone(), twice]).unwrap_err().to_string();
+        assert!(err.contains("unique"), "{err}");
+    }
+
+    #[test]
+    fn webhooks_must_be_http_or_https_urls() {
+        let https = AlertsConfig { webhooks: vec!["https://hooks.slack.com/x".into()], ..Default::default() };
+        assert!(https.validate().is_ok());
+        let ftp = AlertsConfig { webhooks: vec!["ftp://example.com/x".into()], ..Default::default() };
+        assert!(ftp.validate().unwrap_err().to_string().contains("unsupported scheme"));
+        let junk = AlertsConfig { webhooks: vec!["not a url".into()], ..Default::default() };
+        assert!(junk.validate().unwrap_err().to_string().contains("not a URL"));
+    }
+
+    #[test]
+    fn period_parsing_and_bounds() {
+        assert_eq!(BudgetPeriod::try_from("month".to_string()), Ok(BudgetPeriod::Month));
+        assert_eq!(BudgetPeriod::try_from("24h".to_string()), Ok(BudgetPeriod::Rolling(Duration::from_secs(86400))));
+        assert!(BudgetPeriod::try_from("weekly".to_string()).is_err());
+        let b = BudgetPeriod::Month.bounds(ns("2026-12-31T23:59:59Z"));
+        assert_eq!(b.key, "2026-12");
+        assert_eq!(b.end_ns, Some(ns("2027-01-01T00:00:00Z")));
+        let b = BudgetPeriod::Day.bounds(ns("2026-11-22T10:00:00Z"));
+        assert_eq!((b.start_ns, b.key.as_str()), (ns("2026-11-22T00:00:00Z"), "2026-11-22"));
+    }
+}

@@ -1,0 +1,168 @@
+//! The on-disk layout of the stored tables: Parquet files in the hive layout
+//! `DATA/SIGNAL/date=YYYY-MM-DD/hour=HH/NAME.parquet`, how tailscope names them ([`FileName`]) and how it encodes
+//! them ([`ParquetOptions`]). The collector's writer (`collector::writer`) writes them; the [`crate::catalog`]
+//! lists them; test fixtures and benchmarks write files exactly like the collector's with the same settings.
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use datafusion::parquet::schema::types::ColumnPath;
+
+use crate::error::ParquetSettingsError;
+use crate::schema::Signal;
+
+/// The parts of a Parquet file name tailscope writes: `{wal_seq:020}_{min_ns}_{max_ns}_{nonce}.parquet`.
+///
+/// `wal_seq` is the last WAL record the file's flush covers (informative: which files a flush wrote is recorded in
+/// its manifest, `collector::writer::FlushManifest`, never inferred from names, since other collectors may write
+/// to the same directory). The time range lets queries skip files without opening them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileName {
+    /// Last WAL sequence number covered by the flush that wrote the file.
+    pub wal_seq: u64,
+    /// Smallest time-column value in the file (ns since the epoch).
+    pub min_time_ns: i64,
+    /// Largest time-column value in the file.
+    pub max_time_ns: i64,
+    /// Random, so that collectors sharing a directory never collide.
+    pub nonce: u32,
+}
+
+impl FileName {
+    /// Parses a file name (not a path); `None` when it is not one of tailscope's.
+    pub fn parse(name: &str) -> Option<FileName> {
+        let stem = name.strip_suffix(".parquet")?;
+        let mut parts = stem.split('_');
+        let name = FileName {
+            wal_seq: parts.next()?.parse().ok()?,
+            min_time_ns: parts.next()?.parse().ok()?,
+            max_time_ns: parts.next()?.parse().ok()?,
+            nonce: u32::from_str_radix(parts.next()?, 16).ok()?,
+        };
+        parts.next().is_none().then_some(name)
+    }
+}
+
+impl std::fmt::Display for FileName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:020}_{}_{}_{:08x}.parquet", self.wal_seq, self.min_time_ns, self.max_time_ns, self.nonce)
+    }
+}
+
+/// Largest dictionary page of `session_id` before the writer falls back to plain pages for the rest of a row group.
+const SESSION_DICTIONARY_BYTES: usize = 16 * 1024 * 1024;
+
+/// How Parquet files are encoded.
+#[derive(Debug, Clone)]
+pub struct ParquetOptions {
+    /// Rows per row group.
+    pub row_group_rows: usize,
+    /// zstd level.
+    pub zstd_level: i32,
+}
+
+impl ParquetOptions {
+    /// The writer properties for one signal's files.
+    ///
+    /// zstd with dictionaries for the many repetitive strings (service, provider, model, region), delta
+    /// encoding for timestamps (sorted, so deltas are small), statistics for pruning, and a bloom filter on
+    /// `trace_id` so that looking up one trace skips the row groups that cannot hold it.
+    ///
+    /// Random ids and free-form columns ([`Self::UNPRUNABLE`]) get no dictionary attempt where every value is
+    /// distinct, and no min/max statistics anywhere: in a row group of random ids min and max span nearly the
+    /// whole range, so they never prune, and computing them was a fifth of Parquet encoding's CPU (measured with
+    /// `benches/src/bin/normalize.rs`, `TAILSCOPE_PARQUET_VARIANTS=1`).
+    pub fn properties(&self, signal: Signal) -> Result<WriterProperties, ParquetSettingsError> {
+        let level = ZstdLevel::try_new(self.zstd_level)
+            .map_err(|source| ParquetSettingsError::ZstdLevel { level: self.zstd_level, source })?;
+        let mut b = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(level))
+            .set_max_row_group_row_count(Some(self.row_group_rows))
+            // Row-group statistics everywhere; page-level ones (the page index) only on the time columns below,
+            // where sorted pages let a time-window query skip pages inside a row group.
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .set_created_by(concat!("tailscope ", env!("CARGO_PKG_VERSION")).to_string());
+        let time_columns: &[&str] = match signal {
+            Signal::Spans => &["start_time", "end_time"],
+            Signal::Metrics => &["time", "start_time"],
+            Signal::Logs => &["time", "observed_time"],
+        };
+        for c in time_columns {
+            let path = ColumnPath::from(*c);
+            b = b
+                .set_column_dictionary_enabled(path.clone(), false)
+                .set_column_statistics_enabled(path.clone(), EnabledStatistics::Page)
+                .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+        }
+        if signal == Signal::Spans {
+            b = b.set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true);
+        }
+        let schema = signal.schema();
+        for name in Self::UNPRUNABLE {
+            let Ok(field) = schema.field_with_name(name) else { continue };
+            let is_map = matches!(field.data_type(), DataType::Map(..));
+            let leaves: Vec<ColumnPath> = if is_map {
+                ["keys", "values"]
+                    .iter()
+                    .map(|leaf| ColumnPath::new(vec![name.to_string(), "entries".into(), (*leaf).into()]))
+                    .collect()
+            } else {
+                vec![ColumnPath::from(name)]
+            };
+            for path in leaves {
+                // Attribute maps hold most of a span's strings (~20 keys and values each). Dictionary-encoding
+                // them spent 0.5 µs a span interning values that zstd compresses about as well from plain pages
+                // (their values are largely distinct ids, sizes and addresses, and the dictionary spills anyway).
+                if is_map {
+                    b = b.set_column_dictionary_enabled(path.clone(), false);
+                }
+                b = b.set_column_statistics_enabled(path, EnabledStatistics::None);
+            }
+        }
+        for name in ["trace_id", "span_id", "parent_span_id"] {
+            if schema.field_with_name(name).is_ok() {
+                b = b.set_column_dictionary_enabled(ColumnPath::from(name), false);
+            }
+        }
+        if schema.field_with_name("session_id").is_ok() {
+            // Queries read `session_id` as a dictionary and group by it per dictionary value, so keep the whole
+            // row group's ids in one: 1 MiB (the default) holds ~30,000 UUIDs, fewer than a busy hour's sessions.
+            b = b.set_column_dictionary_page_size_limit(ColumnPath::from("session_id"), SESSION_DICTIONARY_BYTES);
+        }
+        Ok(b.build())
+    }
+
+    /// Columns whose min/max statistics cannot prune: random ids, free text, JSON and attribute maps.
+    pub const UNPRUNABLE: [&'static str; 13] = [
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "trace_state",
+        "status_message",
+        "session_id",
+        "hedge_id",
+        "attributes",
+        "resource_attributes",
+        "events",
+        "links",
+        "body",
+        "buckets",
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip() {
+        let n = FileName {
+            wal_seq: 42,
+            min_time_ns: 1_700_000_000_000_000_000,
+            max_time_ns: 1_700_000_001_000_000_000,
+            nonce: 0xdead_beef,
+        };
+        assert_eq!(FileName::parse(&n.to_string()), Some(n));
+        assert_eq!(FileName::parse("part-0.parquet"), None);
+    }
+}

@@ -1,0 +1,19 @@
+//! What every tailscope crate shares, at the bottom of the crate graph: the columnar [`schema`] of the stored
+//! tables, the [`catalog`] of what a query can see, the on-disk [`layout`] (file names and the Parquet writer's
+//! settings), the process-wide [`memory`] budget, the typed [`config`] (with its [`cost`] sections) and the
+//! [`alerts`] table.
+//!
+//! The crate graph reads as the data path: `tailscope-core` -> `tailscope-collector` (receive, normalise, price,
+//! WAL, Parquet) and `tailscope-query` (SQL over what the catalog lists) -> `tailscope-tui` -> the `tailscope`
+//! binary, which wires them together. Nothing here opens a socket: no gRPC, HTTP or OpenTelemetry crate is a
+//! dependency, so `query` and `tui` get the schema and the catalog without linking the collector's receivers, its
+//! WAL or its webhooks.
+
+pub mod alerts;
+pub mod catalog;
+pub mod config;
+pub mod cost;
+pub mod error;
+pub mod layout;
+pub mod memory;
+pub mod schema;
