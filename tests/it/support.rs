@@ -67,6 +67,13 @@ pub fn serve_fails_to_start(config: Option<&Path>, data_dir: &Path) -> String {
     stderr
 }
 
+/// How a spawned server's start ended.
+enum Ready {
+    Yes,
+    /// It exited because one of its ports was taken.
+    PortTaken,
+}
+
 /// A `tailscope serve` child process with its own temp data dir and ports.
 pub struct Server {
     child: Option<Child>,
@@ -128,11 +135,39 @@ impl Server {
             config_path,
             nofile,
         };
-        server.spawn().await;
+        server.spawn(true).await;
         server
     }
 
-    async fn spawn(&mut self) {
+    /// Spawns the server and waits until it is ready. A port picked by [`free_addr`] can be taken before the server
+    /// binds it (by any socket on the machine, an outgoing connection's ephemeral port included): then the server
+    /// is spawned again, on fresh ports when `fresh_ports` (a first start) or on the same ones a moment later.
+    async fn spawn(&mut self, fresh_ports: bool) {
+        for attempt in 1..=5 {
+            let logged = self.log().len();
+            self.spawn_once();
+            match self.wait_ready().await {
+                Ready::Yes => return,
+                Ready::PortTaken if attempt < 5 => {
+                    let log = self.log();
+                    eprintln!(
+                        "tailscope serve found a port taken (attempt {attempt}): {}",
+                        &log[logged.min(log.len())..]
+                    );
+                    self.child = None;
+                    if fresh_ports {
+                        (self.grpc, self.http, self.api, self.flight_addr) =
+                            (free_addr(), free_addr(), free_addr(), free_addr());
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+                Ready::PortTaken => panic!("tailscope serve found its ports taken 5 times; log:\n{}", self.log()),
+            }
+        }
+    }
+
+    fn spawn_once(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
         let mut command = Command::new(tailscope_bin());
         if let Some(n) = self.nofile {
@@ -169,10 +204,9 @@ impl Server {
             .spawn()
             .expect("spawn tailscope serve");
         self.child = Some(child);
-        self.wait_ready().await;
     }
 
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self) -> Ready {
         let deadline = Instant::now() + Duration::from_secs(60);
         let url = format!("{}/readyz", self.api_url());
         let client = reqwest::Client::new();
@@ -180,10 +214,14 @@ impl Server {
             if let Ok(r) = client.get(&url).send().await
                 && r.status().is_success()
             {
-                return;
+                return Ready::Yes;
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("tailscope serve exited early ({status}); log:\n{}", self.log());
+                let log = self.log();
+                if log.lines().rev().take(3).any(|l| l.contains("Address already in use")) {
+                    return Ready::PortTaken;
+                }
+                panic!("tailscope serve exited early ({status}); log:\n{log}");
             }
             assert!(Instant::now() < deadline, "tailscope serve not ready after 60 s; log:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -241,7 +279,7 @@ impl Server {
     /// Starts the server again on the same data dir, ports and config.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server before restarting it");
-        self.spawn().await;
+        self.spawn(false).await;
     }
 
     /// Runs SQL through `POST /api/v1/query`; panics with the server's answer on failure.
