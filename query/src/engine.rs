@@ -268,7 +268,12 @@ impl Engine {
     /// Parsing, planning and optimisation run on a thread of their own with a large stack, after the statement's
     /// size and depth were checked ([`crate::limits`]), so no statement can overflow a stack.
     pub async fn stream(&self, sql: &str) -> Result<QueryStream, QueryError> {
-        let timeout = self.inner.config.timeout;
+        self.stream_within(sql, self.inner.config.timeout).await
+    }
+
+    /// [`Engine::stream`] with a timeout of the caller's instead of `query.timeout`: for the engine's own readers
+    /// (budgets rebuilding a month of spend at start-up), whose work is not a user's request.
+    pub(crate) async fn stream_within(&self, sql: &str, timeout: Duration) -> Result<QueryStream, QueryError> {
         let deadline = Instant::now() + timeout;
         let permit = self.acquire_slot(deadline).await?;
         let ctx = self.context()?;

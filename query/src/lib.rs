@@ -2,6 +2,7 @@
 //!
 //! - [`Engine`]: read-only SQL with a timeout, a memory limit and bounded concurrency, over the `spans`, `metrics`,
 //!   `logs` and `alerts` tables and the views (`llm_calls`, `sessions`, `provider_latency`, the cost views).
+//! - [`Engine`] is also the [`tailscope_core::history::SpanHistory`] budgets rebuild their spend from at start-up.
 //! - [`router`]: `POST /api/v1/query` (JSON, CSV or Arrow IPC), merged into the API server.
 //! - [`flight::service`]: Arrow Flight SQL for ADBC, JDBC (DBeaver) and Grafana.
 //! - [`format`]: rendering results as a table, CSV, JSON, Arrow IPC or Parquet (CLI and HTTP share it).
@@ -13,6 +14,7 @@ mod error;
 pub mod fixture;
 pub mod flight;
 pub mod format;
+mod history;
 mod http;
 mod limits;
 mod output_memory;

@@ -163,11 +163,12 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
             .with_memory(collector.ingest().memory()),
     );
     collector.add_observer(live.clone());
-    // After recovery, so that period-to-date spend is rebuilt from everything stored, replayed WAL included.
-    let budgets = collector::cost::BudgetEngine::start(&config, &collector.catalog()).await?;
+    let engine = query::Engine::new(collector.catalog(), config.query.clone()).await?;
+    // After recovery, so that period-to-date spend is rebuilt from everything stored, replayed WAL included; read
+    // through the engine, like every other reader of the history.
+    let budgets = collector::cost::BudgetEngine::start(&config, &engine).await?;
     collector.add_observer(budgets.clone());
 
-    let engine = query::Engine::new(collector.catalog(), config.query.clone()).await?;
     let api_router = collector
         .ops_router()
         .merge(query::router(engine.clone()))

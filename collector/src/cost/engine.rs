@@ -16,16 +16,13 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::prelude::{ParquetReadOptions, SessionContext, col, lit};
-use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tailscope_core::alerts::AlertEvent;
-use tailscope_core::catalog::Catalog;
 use tailscope_core::config::Config;
 use tailscope_core::cost::{BudgetKind, validate_budgets};
-use tailscope_core::schema::Signal;
+use tailscope_core::history::SpanHistory;
 
 use super::CostError;
 use super::alerts::AlertBook;
@@ -91,12 +88,13 @@ impl std::fmt::Debug for BudgetEngine {
 
 impl BudgetEngine {
     /// Validates the budgets, loads the alert log under `config.data_dir/alerts`, rebuilds period-to-date spend
-    /// from the spans `catalog` holds (Parquet files and buffered batches), runs a first evaluation, and starts
+    /// from the spans `history` holds (Parquet files and buffered batches), runs a first evaluation, and starts
     /// the evaluator thread and webhook workers (on the current tokio runtime).
     ///
     /// Call it after the WAL was replayed and before ingest starts, and register the engine as an observer of
     /// batches acknowledged from then on: a span counted here and observed again would count twice.
-    pub async fn start(config: &Config, catalog: &Catalog) -> Result<Arc<BudgetEngine>, CostError> {
+    /// `history` is the query engine in the binary: budgets read the stored spans as every query does.
+    pub async fn start(config: &Config, history: &dyn SpanHistory) -> Result<Arc<BudgetEngine>, CostError> {
         validate_budgets(&config.budgets)?;
         config.alerts.validate()?;
         let data_dir = &config.data_dir;
@@ -104,7 +102,7 @@ impl BudgetEngine {
         let now = now_ns();
         let mut budgets: Vec<Budget> = config.budgets.iter().map(|c| Budget::new(c.clone(), now)).collect();
         if !budgets.is_empty() {
-            rebuild(&mut budgets, catalog, now).await?;
+            rebuild(&mut budgets, history, now).await?;
         }
         let log = Arc::new(DeliveryLog::open(data_dir));
         let webhooks = Webhooks::start(&config.alerts, log, book.events(), &tokio::runtime::Handle::current());
@@ -225,54 +223,21 @@ fn evaluator(inner: Arc<Inner>, rx: Receiver<()>, interval: Duration) {
     }
 }
 
-/// Adds the stored spans of every budget's current period.
-async fn rebuild(budgets: &mut [Budget], catalog: &Catalog, now: i64) -> Result<(), CostError> {
+/// Adds the stored spans of every budget's current period, read through `history` (files and the write buffer).
+async fn rebuild(budgets: &mut [Budget], history: &dyn SpanHistory, now: i64) -> Result<(), CostError> {
     let earliest = budgets.iter().map(|b| b.config.period.bounds(now).start_ns).min().unwrap_or(now);
-    let snapshot = catalog.snapshot(Signal::Spans);
-    let ctx = SessionContext::new();
     let started = std::time::Instant::now();
     let mut rows = 0usize;
-    let mut files = 0usize;
-    for file in &snapshot.files {
-        if file.time_range_ns.is_some_and(|(_, max)| max < earliest) {
-            continue;
-        }
-        let path = catalog.data_dir().join(&file.relative_path);
-        let err = |detail: String| CostError::History { path: path.clone(), detail };
-        let df = ctx
-            .read_parquet(path.to_string_lossy().as_ref(), ParquetReadOptions::default())
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        let ts = ScalarValue::TimestampNanosecond(Some(earliest), Some("UTC".into()));
-        let df = df
-            .filter(col("start_time").gt_eq(lit(ts)))
-            .and_then(|df| df.select_columns(&BUDGET_COLUMNS))
-            .map_err(|e| err(e.to_string()))?;
-        let mut stream = df.execute_stream().await.map_err(|e| err(e.to_string()))?;
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| err(e.to_string()))?;
-            let cols = SpanColumns::from_batch(&batch).map_err(err)?;
-            rows += cols.len();
-            for b in budgets.iter_mut() {
-                b.add(&cols, now);
-            }
-        }
-        files += 1;
-    }
-    for batch in &snapshot.batches {
-        let cols = SpanColumns::from_batch(batch)
-            .map_err(|detail| CostError::History { path: catalog.data_dir().to_path_buf(), detail })?;
+    let mut batches = history.spans_since(earliest, &BUDGET_COLUMNS).await?;
+    while let Some(batch) = batches.next().await {
+        let batch = batch?;
+        let cols = SpanColumns::from_batch(&batch).map_err(|detail| CostError::HistoryShape { detail })?;
         rows += cols.len();
         for b in budgets.iter_mut() {
             b.add(&cols, now);
         }
     }
-    tracing::info!(
-        files,
-        rows,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "budget spend rebuilt from stored spans"
-    );
+    tracing::info!(rows, elapsed_ms = started.elapsed().as_millis() as u64, "budget spend rebuilt from stored spans");
     Ok(())
 }
 
@@ -334,7 +299,9 @@ async fn hedging_handler(State(engine): State<Arc<BudgetEngine>>, Query(q): Quer
 
 #[cfg(test)]
 mod tests {
+    use tailscope_core::catalog::Catalog;
     use tailscope_core::cost::{BudgetConfig, BudgetPeriod};
+    use tailscope_core::schema::Signal;
 
     use super::*;
     use crate::cost::budget::tests::{Row, batch};
@@ -354,6 +321,21 @@ mod tests {
         c
     }
 
+    /// Stored spans as the binary hands them to budgets: the query engine over the catalog.
+    async fn history(catalog: Catalog) -> query::Engine {
+        query::Engine::new(catalog, Default::default()).await.unwrap()
+    }
+
+    /// `narrow` (the budget columns) as the write buffer holds rows: the whole `spans` schema.
+    fn buffered(narrow: RecordBatch) -> RecordBatch {
+        let rows = vec![query::fixture::SpanRow::default(); narrow.num_rows()];
+        let full = query::fixture::spans_batch(&rows);
+        let columns = (full.schema().fields().iter().enumerate())
+            .map(|(i, f)| narrow.column_by_name(f.name()).unwrap_or(full.column(i)).clone())
+            .collect();
+        RecordBatch::try_new(full.schema(), columns).unwrap()
+    }
+
     fn loser(cost: f64) -> Row {
         Row {
             t: now_ns(),
@@ -370,7 +352,7 @@ mod tests {
     async fn guardrail_flips_to_deny_when_the_duplicate_budget_is_spent() {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
-        let engine = BudgetEngine::start(&config, &Catalog::new(dir.path())).await.unwrap();
+        let engine = BudgetEngine::start(&config, &history(Catalog::new(dir.path())).await).await.unwrap();
         let d = engine.hedging_decision(Some("aws.bedrock"));
         assert!(d.allow, "{d:?}");
         engine.observe(&batch(&[loser(0.6)]));
@@ -419,7 +401,7 @@ mod tests {
         let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(file, data.schema(), None).unwrap();
         writer.write(&data).unwrap();
         writer.close().unwrap();
-        let engine = BudgetEngine::start(&config, &Catalog::open(dir.path()).unwrap()).await.unwrap();
+        let engine = BudgetEngine::start(&config, &history(Catalog::open(dir.path()).unwrap()).await).await.unwrap();
         let spend = engine.statuses()[0].spend_usd;
         assert!((spend - 0.7).abs() < 1e-9, "{spend}");
     }
@@ -429,8 +411,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
         let catalog = Catalog::new(dir.path());
-        catalog.add_batch(Signal::Spans, 1, batch(&[loser(0.7), loser(0.7)]));
-        let engine = BudgetEngine::start(&config, &catalog).await.unwrap();
+        catalog.add_batch(Signal::Spans, 1, buffered(batch(&[loser(0.7), loser(0.7)])));
+        let engine = BudgetEngine::start(&config, &history(catalog).await).await.unwrap();
         assert_eq!(engine.statuses()[0].spend_usd, 1.4);
         assert!(!engine.hedging_decision(None).allow);
     }

@@ -23,6 +23,7 @@ pub mod webhook;
 use std::path::PathBuf;
 
 use tailscope_core::error::ConfigError;
+use tailscope_core::history::HistoryError;
 use thiserror::Error;
 
 pub use budget::BudgetStatus;
@@ -47,8 +48,11 @@ pub enum CostError {
     #[error("alert state {path}: {detail}")]
     AlertState { path: PathBuf, detail: String },
     /// Reading the stored spans to rebuild period-to-date spend failed.
-    #[error("cannot rebuild budget history from {path}: {detail}")]
-    History { path: PathBuf, detail: String },
+    #[error("cannot rebuild budget spend: {0}")]
+    History(#[from] HistoryError),
+    /// The stored spans read for the rebuild lack a column budgets need, or hold it with another type.
+    #[error("cannot rebuild budget spend: the stored spans do not fit the budgets' columns: {detail}")]
+    HistoryShape { detail: String },
 }
 
 impl From<ConfigError> for CostError {
