@@ -485,7 +485,7 @@ impl LiveWindows {
         for i in 0..rows {
             let key = [value(provider, i, max), value(region, i, max), value(model, i, max), value(operation, i, max)];
             let ns = if durations.is_valid(i) { durations.value(i).max(0) as u64 } else { 0 };
-            let error = status.is_valid(i) && status.value(i) == "error";
+            let error = status.is_valid(i) && status.value(i) == tailscope_core::rules::status::ERROR;
             groups.entry(key).or_default().push(((ns + 500) / 1000, error));
         }
         let mut routes = self.routes.lock();

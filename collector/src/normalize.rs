@@ -24,6 +24,7 @@ use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
 use prost::Message as _;
+use tailscope_core::rules::{UNPRICED, status};
 use tailscope_core::schema::Signal;
 
 use crate::cost::{Pricer, SpanFacts};
@@ -765,9 +766,9 @@ fn span_kind(kind: i32) -> &'static str {
 
 fn status_code(code: i32) -> &'static str {
     match code {
-        1 => "ok",
-        2 => "error",
-        _ => "unset",
+        1 => status::OK,
+        2 => status::ERROR,
+        _ => status::UNSET,
     }
 }
 
@@ -1048,7 +1049,7 @@ fn append_span(
         response_bytes: as_i64(a.response_bytes),
         egress_bytes: as_i64(a.egress_bytes),
     });
-    if cost.price_source.as_deref() == Some("unknown") {
+    if cost.price_source.as_deref() == Some(UNPRICED) {
         *unpriced += 1;
     }
     b.token_cost_usd.append_option(cost.token_cost_usd);

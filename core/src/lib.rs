@@ -1,7 +1,8 @@
 //! What every tailscope crate shares, at the bottom of the crate graph: the columnar [`schema`] of the stored
 //! tables, the [`catalog`] of what a query can see, the on-disk [`layout`] (file names and the Parquet writer's
 //! settings), the process-wide [`memory`] budget, the typed [`config`] (with its [`cost`] sections), the
-//! [`alerts`] table and the [`history`] trait that budgets read stored spans through.
+//! [`alerts`] table, the [`history`] trait that budgets read stored spans through, and the business [`rules`]
+//! every reader shares.
 //!
 //! The crate graph reads as the data path: `tailscope-core` -> `tailscope-collector` (receive, normalise, price,
 //! WAL, Parquet) and `tailscope-query` (SQL over what the catalog lists) -> `tailscope-tui` -> the `tailscope`
@@ -17,4 +18,5 @@ pub mod error;
 pub mod history;
 pub mod layout;
 pub mod memory;
+pub mod rules;
 pub mod schema;

@@ -7,15 +7,27 @@
 //! is a *duplicate* when it carries a `hedge_id` and is not the winner (`hedge_winner IS NOT TRUE`); its
 //! `cost_usd` is duplicate spend. Percentiles are exact (`quantile_exact`, linear interpolation like numpy).
 
+use tailscope_core::rules::{UNPRICED, inference_operations_sql};
+
 /// `(view name, SQL)` pairs, registered after the base views, in order.
-pub const COST_VIEWS: &[(&str, &str)] = &[
+pub fn cost_views() -> Vec<(&'static str, String)> {
+    let inference = inference_operations_sql();
+    COST_VIEWS
+        .iter()
+        .map(|(name, sql)| (*name, sql.replace("{inference}", &inference).replace("{unpriced}", UNPRICED)))
+        .collect()
+}
+
+/// The views' SQL, with `{inference}` for the inference operations and `{unpriced}` for the unpriced marker
+/// ([`tailscope_core::rules`]).
+const COST_VIEWS: &[(&str, &str)] = &[
     (
         "session_cost",
         "SELECT
             session_id,
             min(start_time) AS first_time,
             max(end_time) AS last_time,
-            count(*) FILTER (WHERE gen_ai_operation IN ('chat', 'text_completion', 'generate_content', 'embeddings'))
+            count(*) FILTER (WHERE gen_ai_operation IN {inference})
                 AS llm_calls,
             sum(input_tokens) AS input_tokens,
             sum(output_tokens) AS output_tokens,
@@ -27,7 +39,7 @@ pub const COST_VIEWS: &[(&str, &str)] = &[
             coalesce(sum(cost_usd) FILTER (WHERE hedge_id IS NOT NULL AND hedge_winner IS NOT TRUE), 0.0)
                 AS duplicate_cost_usd,
             sum(cost_usd) AS total_cost_usd,
-            count(*) FILTER (WHERE price_source = 'unknown') AS unpriced_calls,
+            count(*) FILTER (WHERE price_source = '{unpriced}') AS unpriced_calls,
             array_to_string(array_sort(array_agg(DISTINCT gen_ai_provider)
                 FILTER (WHERE gen_ai_provider IS NOT NULL)), ',') AS providers
         FROM spans
@@ -47,7 +59,7 @@ pub const COST_VIEWS: &[(&str, &str)] = &[
             coalesce(sum(cost_usd) FILTER (WHERE hedge_id IS NOT NULL AND hedge_winner IS NOT TRUE), 0.0)
                 AS duplicate_cost_usd,
             sum(cost_usd) AS total_cost_usd,
-            count(*) FILTER (WHERE price_source = 'unknown') AS unpriced_calls
+            count(*) FILTER (WHERE price_source = '{unpriced}') AS unpriced_calls
         FROM spans
         WHERE session_id IS NOT NULL AND gen_ai_provider IS NOT NULL
         GROUP BY session_id, gen_ai_provider",
@@ -68,7 +80,7 @@ pub const COST_VIEWS: &[(&str, &str)] = &[
             sum(token_cost_usd) * 1e6 / nullif(sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0))
                 FILTER (WHERE token_cost_usd IS NOT NULL), 0) AS cost_per_1m_tokens_usd,
             sum(cost_usd) / nullif(count(cost_usd), 0) AS cost_per_call_usd,
-            count(*) FILTER (WHERE price_source = 'unknown') AS unpriced_calls
+            count(*) FILTER (WHERE price_source = '{unpriced}') AS unpriced_calls
         FROM llm_calls
         GROUP BY gen_ai_provider, cloud_region, coalesce(request_model, response_model)",
     ),
@@ -144,7 +156,7 @@ pub const COST_VIEWS: &[(&str, &str)] = &[
             min(start_time) AS first_seen,
             max(start_time) AS last_seen
         FROM spans
-        WHERE price_source = 'unknown'
+        WHERE price_source = '{unpriced}'
         GROUP BY gen_ai_provider, coalesce(response_model, request_model)",
     ),
 ];
@@ -158,7 +170,7 @@ mod tests {
     use datafusion::datasource::MemTable;
     use datafusion::prelude::SessionContext;
 
-    use super::COST_VIEWS;
+    use super::cost_views;
     use crate::fixture::{SpanRow, spans_batch};
 
     /// One span of the known set: provider, hedge group, winner, end offset (ms), cost, session.
@@ -204,7 +216,11 @@ mod tests {
             copy("aws.bedrock", None, None, 500, 0.10, "s2"),
             copy("aws.bedrock", None, None, 500, 0.10, "s2"),
             copy("gcp.vertex_ai", None, None, 500, 0.10, "s2"),
-            Copy { cost: None, price_source: "unknown", ..copy("acme", None, None, 500, 0.0, "s2") },
+            Copy {
+                cost: None,
+                price_source: tailscope_core::rules::UNPRICED,
+                ..copy("acme", None, None, 500, 0.0, "s2")
+            },
         ])
     }
 
@@ -264,7 +280,7 @@ mod tests {
         ctx.register_udaf(crate::quantile::quantile_exact_udaf());
         ctx.add_optimizer_rule(Arc::new(crate::quantile::ShareQuantiles));
         ctx.register_table("spans", Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap())).unwrap();
-        let views = crate::views::base_views().into_iter().chain(COST_VIEWS.iter().map(|(n, s)| (*n, s.to_string())));
+        let views = crate::views::base_views().into_iter().chain(cost_views());
         for (name, sql) in views {
             let view = ctx.sql(&sql).await.unwrap_or_else(|e| panic!("{name}: {e}")).into_view();
             ctx.register_table(name, view).unwrap();

@@ -204,7 +204,7 @@ impl Engine {
         relations.push(Relation::new("alerts", "TABLE", alerts.schema()));
         ctx.register_table("alerts", alerts)?;
 
-        let cost_views = crate::cost_views::COST_VIEWS.iter().map(|(n, s)| (*n, s.to_string()));
+        let cost_views = crate::cost_views::cost_views();
         for (name, sql) in crate::views::base_views().into_iter().chain(cost_views) {
             let view = ctx
                 .sql(&sql)

@@ -33,4 +33,3 @@ pub use error::QueryError;
 pub use http::router;
 pub use quantile::{QUANTILE_EXACT, quantile_linear};
 pub use table::{ScanCounters, table_schema};
-pub use views::INFERENCE_OPERATIONS;

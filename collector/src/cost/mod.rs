@@ -29,7 +29,7 @@ use thiserror::Error;
 pub use budget::BudgetStatus;
 pub use egress::EgressTable;
 pub use engine::{BudgetEngine, HedgingDecision, routes};
-pub use pricer::{Pricer, UNKNOWN};
+pub use pricer::Pricer;
 pub use prices::{ModelPrice, PriceTable};
 
 /// What went wrong in the cost module.

@@ -6,13 +6,11 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use tailscope_core::cost::PricingConfig;
 use tailscope_core::memory::{MemoryBudget, MemoryError, Reservation};
+use tailscope_core::rules::UNPRICED;
 
 use super::egress::{EgressTable, Endpoint, Path, ProviderClouds, path};
 use super::prices::{ModelPrice, PriceTable, Tier, TokenUsage, candidates, glob_match};
 use super::{CostError, SpanCost, SpanFacts};
-
-/// `price_source` of a span whose model has no price.
-pub const UNKNOWN: &str = "unknown";
 
 /// Resolutions cached before the cache is reset (model names are few; this bounds a pathological client, and
 /// `pricing.cache_bytes` bounds the bytes it holds).
@@ -146,13 +144,13 @@ impl Pricer {
                     };
                     (Some(usage.cost(&price)), Some(price.label()))
                 }
-                None => (None, Some(UNKNOWN.to_string())),
+                None => (None, Some(UNPRICED.to_string())),
             }
         } else {
             (None, None)
         };
         let (egress_bytes, egress_cost_usd) = self.egress(f);
-        let unpriced = price_source.as_deref() == Some(UNKNOWN);
+        let unpriced = price_source.as_deref() == Some(UNPRICED);
         let cost_usd = if unpriced || (token_cost_usd.is_none() && egress_cost_usd.is_none()) {
             None
         } else {
@@ -429,11 +427,11 @@ mod tests {
         let c = p.price(&f);
         assert_eq!(c.token_cost_usd, None);
         assert_eq!(c.cost_usd, None);
-        assert_eq!(c.price_source.as_deref(), Some(UNKNOWN));
+        assert_eq!(c.price_source.as_deref(), Some(UNPRICED));
         assert!(c.egress_cost_usd.is_some(), "egress is still priced");
         // Tokens without any model name are unknown too.
         let f = SpanFacts { input_tokens: Some(5), ..SpanFacts::default() };
-        assert_eq!(p.price(&f).price_source.as_deref(), Some(UNKNOWN));
+        assert_eq!(p.price(&f).price_source.as_deref(), Some(UNPRICED));
         // No tokens at all: not an LLM call, nothing to price.
         let c = p.price(&SpanFacts::default());
         assert_eq!(c, SpanCost::default());
@@ -471,7 +469,7 @@ mod tests {
         assert!(close(c.token_cost_usd.unwrap(), 3.3), "{c:?}");
         // Same model in a region the file has no entry for: unknown (the file replaced the defaults).
         let f = SpanFacts { peer_cloud_region: Some("us-east-1"), ..f };
-        assert_eq!(p.price(&f).price_source.as_deref(), Some(UNKNOWN));
+        assert_eq!(p.price(&f).price_source.as_deref(), Some(UNPRICED));
         let c = p.price(&llm("gcp.vertex_ai", "gemini-1.5-pro-002", 200_000, 1_000)).token_cost_usd.unwrap();
         assert!(close(c, 200_000.0 * 2.5e-6 + 1_000.0 * 1e-5));
     }
@@ -606,7 +604,7 @@ mod tests {
         let name = format!("m{}", "-001".repeat(15_000));
         let p = Pricer::from_config(&PricingConfig { max_name_bytes: 1 << 20, ..Default::default() }).unwrap();
         let (cost, _, peak) = crate::alloc_meter::measure(|| p.price(&llm("openai", &name, 10, 10)));
-        assert_eq!(cost.price_source.as_deref(), Some(UNKNOWN));
+        assert_eq!(cost.price_source.as_deref(), Some(UNPRICED));
         assert!(peak < 64 * name.len(), "peak {peak} for a {}-byte name", name.len());
     }
 
@@ -617,7 +615,7 @@ mod tests {
         let p = Pricer::default();
         for i in 0..300 {
             let name = format!("{i}{}", "m".repeat(2 << 20));
-            assert_eq!(p.price(&llm("openai", &name, 10, 10)).price_source.as_deref(), Some(UNKNOWN));
+            assert_eq!(p.price(&llm("openai", &name, 10, 10)).price_source.as_deref(), Some(UNPRICED));
         }
         assert_eq!(p.cache.read().bytes, 0);
         // A real model is still priced and cached.
