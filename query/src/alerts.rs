@@ -26,7 +26,7 @@ impl AlertsTable {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl TableProvider for AlertsTable {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()

@@ -1,4 +1,5 @@
-//! What can go wrong with a query, each kind mapped once to an HTTP status and a Flight (gRPC) code.
+//! What can go wrong with a query, each kind mapped once to an HTTP status (here) and a gRPC code (the Flight SQL
+//! server's business: `flight::grpc_status` in the `tailscope-flight` crate).
 
 use std::time::Duration;
 
@@ -124,21 +125,6 @@ impl QueryError {
             QueryError::ResourcesExhausted(_) => StatusCode::UNPROCESSABLE_ENTITY,
             QueryError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    /// The gRPC status for this error (Flight SQL).
-    pub fn grpc_status(&self) -> tonic::Status {
-        let message = self.to_string();
-        match self {
-            QueryError::InvalidSql(_) | QueryError::LimitExceeded(_) => tonic::Status::invalid_argument(message),
-            QueryError::ReadOnly { .. } => tonic::Status::permission_denied(message),
-            QueryError::Timeout { .. } => tonic::Status::deadline_exceeded(message),
-            QueryError::TooBusy { .. } | QueryError::UnreadableFile(_) => tonic::Status::unavailable(message),
-            QueryError::ResourcesExhausted(_) | QueryError::BodyTooLarge { .. } => {
-                tonic::Status::resource_exhausted(message)
-            }
-            QueryError::Internal(_) => tonic::Status::internal(message),
         }
     }
 }

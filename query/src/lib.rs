@@ -4,15 +4,16 @@
 //!   `logs` and `alerts` tables and the views (`llm_calls`, `sessions`, `provider_latency`, the cost views).
 //! - [`Engine`] is also the [`tailscope_core::history::SpanHistory`] budgets rebuild their spend from at start-up.
 //! - [`router`]: `POST /api/v1/query` (JSON, CSV or Arrow IPC), merged into the API server.
-//! - [`flight::service`]: Arrow Flight SQL for ADBC, JDBC (DBeaver) and Grafana.
 //! - [`format`]: rendering results as a table, CSV, JSON, Arrow IPC or Parquet (CLI and HTTP share it).
+//!
+//! Arrow Flight SQL over the engine is the `tailscope-flight` crate, above this one, so that readers of the engine
+//! (the dashboard, the CLI) do not link a gRPC server.
 
 mod alerts;
 mod cost_views;
 mod engine;
 mod error;
 pub mod fixture;
-pub mod flight;
 pub mod format;
 mod history;
 mod http;

@@ -397,7 +397,7 @@ impl PartitionStream for BufferPartition {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl TableProvider for SignalTable {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()

@@ -187,7 +187,7 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
     let limits = ConnectionLimits::from_config(&config.server);
     let shed = |listener: &str| collector.metrics().connections_shed(listener);
     let (grpc_service, http_router) = (collector.otlp_grpc_service(), collector.otlp_http_router());
-    let flight_service = query::flight::service(engine);
+    let flight_service = flight::service(engine);
     tasks.spawn(net::serve(
         "otlp_grpc",
         grpc,

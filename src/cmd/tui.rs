@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use super::CmdResult;
 
+mod http_source;
+
+use http_source::HttpSource;
+
 /// Flags of `tailscope tui`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -39,7 +43,7 @@ pub async fn run(args: Args) -> CmdResult {
     }
     let source: Arc<dyn tui::DataSource> = match args.data_dir {
         Some(dir) => Arc::new(tui::LocalSource::new(dir).await?),
-        None => Arc::new(tui::HttpSource::new(&args.server, args.timeout)?),
+        None => Arc::new(HttpSource::new(&args.server, args.timeout)?),
     };
     tui::run(screens, source, args.refresh).await?;
     Ok(())

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 pub use app::App;
 pub use dashboard::{Dashboard, DashboardError};
-pub use source::{DataSource, HttpSource, LocalSource};
+pub use source::{DataSource, FetchError, LocalSource};
 
 /// How often the screen is redrawn (spinner, banner countdown); data refreshes at its own interval.
 const FRAME: Duration = Duration::from_millis(200);

@@ -1,9 +1,9 @@
 //! Where the dashboard's figures come from: a running tailscope server over HTTP, or a data directory read
-//! locally with DataFusion (history browsing without a server).
+//! locally with DataFusion (history browsing without a server). The HTTP client is the binary's
+//! (`src/cmd/tui/http_source.rs`), so that this crate does not link one; it implements [`DataSource`] too.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::future::BoxFuture;
@@ -33,99 +33,6 @@ pub trait DataSource: Send + Sync + 'static {
     fn live(&self, window: &'static str, group: String) -> BoxFuture<'static, Result<Table, FetchError>>;
     /// GETs a JSON API path and reads the rows at `pointer`.
     fn api(&self, path: String, pointer: Option<String>) -> BoxFuture<'static, Result<Table, FetchError>>;
-}
-
-/// A tailscope server's HTTP API.
-#[derive(Debug, Clone)]
-pub struct HttpSource {
-    base: String,
-    client: reqwest::Client,
-}
-
-impl HttpSource {
-    /// A source for the server at `base` (e.g. `http://127.0.0.1:4319`). Each request gives up after `timeout`.
-    pub fn new(base: &str, timeout: Duration) -> Result<HttpSource, String> {
-        let base = base.trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(format!("--server {base:?} must be an http:// or https:// URL"));
-        }
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(timeout)
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(HttpSource { base, client })
-    }
-
-    fn get(&self, path_and_query: String) -> BoxFuture<'static, Result<String, FetchError>> {
-        let req = self.client.get(format!("{}{path_and_query}", self.base));
-        Box::pin(send(req))
-    }
-}
-
-async fn send(req: reqwest::RequestBuilder) -> Result<String, FetchError> {
-    let resp = req.send().await.map_err(|e| {
-        if e.is_connect() {
-            FetchError::Unreachable(format!("cannot connect: {}", root_cause(&e)))
-        } else if e.is_timeout() {
-            FetchError::Failed("the server did not answer in time".into())
-        } else {
-            FetchError::Unreachable(root_cause(&e))
-        }
-    })?;
-    let status = resp.status();
-    let body = resp.text().await.map_err(|e| FetchError::Unreachable(root_cause(&e)))?;
-    if status.is_success() {
-        return Ok(body);
-    }
-    // The API's errors are {"error": "..."}; show the message, not the envelope.
-    let message = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-        .unwrap_or_else(|| body.chars().take(300).collect());
-    Err(FetchError::Failed(format!("{status}: {message}")))
-}
-
-fn root_cause(e: &dyn std::error::Error) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
-}
-
-impl DataSource for HttpSource {
-    fn describe(&self) -> String {
-        self.base.clone()
-    }
-    fn has_server(&self) -> bool {
-        true
-    }
-    fn sql(&self, sql: String) -> BoxFuture<'static, Result<Table, FetchError>> {
-        let req = self.client.post(format!("{}/api/v1/query", self.base)).json(&serde_json::json!({ "sql": sql }));
-        Box::pin(async move {
-            let body = send(req).await?;
-            Table::from_json_rows(&body).map_err(|e| FetchError::Failed(format!("unexpected query answer: {e}")))
-        })
-    }
-    fn live(&self, window: &'static str, group: String) -> BoxFuture<'static, Result<Table, FetchError>> {
-        let get = self.get(format!("/api/v1/live?window={window}&group={group}"));
-        Box::pin(async move {
-            let body = get.await?;
-            let mut table = Table::from_json_at(&body, Some("/rows")).map_err(FetchError::Failed)?;
-            table.slo = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("slo_p99_ms").and_then(|s| s.as_f64()));
-            Ok(table)
-        })
-    }
-    fn api(&self, path: String, pointer: Option<String>) -> BoxFuture<'static, Result<Table, FetchError>> {
-        let get = self.get(path);
-        Box::pin(async move {
-            let body = get.await?;
-            Table::from_json_at(&body, pointer.as_deref()).map_err(FetchError::Failed)
-        })
-    }
 }
 
 /// A data directory read in-process through `query::Engine`: the same tables and views as a server's SQL API,

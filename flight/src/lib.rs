@@ -5,6 +5,9 @@
 //! calls (`GetCatalogs`, `GetDbSchemas`, `GetTables`, `GetTableTypes`, `GetSqlInfo`) answer from the engine's
 //! relations. Writes are refused as in every other surface. There is no authentication: the listener is on
 //! loopback by default; put it behind a TLS-terminating proxy to expose it.
+//!
+//! A crate of its own above `query`: the gRPC server (tonic) and Arrow Flight are linked by the binary that serves
+//! them, not by every reader of the engine (the dashboard, the CLI's `--data-dir`).
 
 use std::pin::Pin;
 use std::sync::LazyLock;
@@ -30,8 +33,13 @@ use futures::{Stream, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::engine::{CATALOG_NAME, Engine, SCHEMA_NAME};
-use crate::error::QueryError;
+use query::{CATALOG_NAME, Engine, QueryError, SCHEMA_NAME};
+
+mod status;
+#[cfg(test)]
+mod tests;
+
+pub use status::grpc_status;
 
 static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
     let mut builder = SqlInfoDataBuilder::new();
@@ -127,7 +135,7 @@ impl FlightSqlServer {
 
 fn log_error(sql: &str, e: QueryError) -> Status {
     tracing::info!(error = %e, kind = e.kind(), sql, "flight sql query refused or failed");
-    e.grpc_status()
+    grpc_status(&e)
 }
 
 #[tonic::async_trait]

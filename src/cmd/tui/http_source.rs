@@ -1,0 +1,180 @@
+//! The dashboard's figures from a running tailscope server's HTTP API: the binary's client, so that the `tui`
+//! crate (rendering, screens, the local source) does not link an HTTP client.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tui::DataSource;
+use tui::data::Table;
+use tui::source::FetchError;
+
+/// A tailscope server's HTTP API.
+#[derive(Debug, Clone)]
+pub struct HttpSource {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl HttpSource {
+    /// A source for the server at `base` (e.g. `http://127.0.0.1:4319`). Each request gives up after `timeout`.
+    pub fn new(base: &str, timeout: Duration) -> Result<HttpSource, String> {
+        let base = base.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(format!("--server {base:?} must be an http:// or https:// URL"));
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(timeout)
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(HttpSource { base, client })
+    }
+
+    fn get(&self, path_and_query: String) -> BoxFuture<'static, Result<String, FetchError>> {
+        let req = self.client.get(format!("{}{path_and_query}", self.base));
+        Box::pin(send(req))
+    }
+}
+
+async fn send(req: reqwest::RequestBuilder) -> Result<String, FetchError> {
+    let resp = req.send().await.map_err(|e| {
+        if e.is_connect() {
+            FetchError::Unreachable(format!("cannot connect: {}", root_cause(&e)))
+        } else if e.is_timeout() {
+            FetchError::Failed("the server did not answer in time".into())
+        } else {
+            FetchError::Unreachable(root_cause(&e))
+        }
+    })?;
+    let status = resp.status();
+    let body = resp.text().await.map_err(|e| FetchError::Unreachable(root_cause(&e)))?;
+    if status.is_success() {
+        return Ok(body);
+    }
+    // The API's errors are {"error": "..."}; show the message, not the envelope.
+    let message = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or_else(|| body.chars().take(300).collect());
+    Err(FetchError::Failed(format!("{status}: {message}")))
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+impl DataSource for HttpSource {
+    fn describe(&self) -> String {
+        self.base.clone()
+    }
+    fn has_server(&self) -> bool {
+        true
+    }
+    fn sql(&self, sql: String) -> BoxFuture<'static, Result<Table, FetchError>> {
+        let req = self.client.post(format!("{}/api/v1/query", self.base)).json(&serde_json::json!({ "sql": sql }));
+        Box::pin(async move {
+            let body = send(req).await?;
+            Table::from_json_rows(&body).map_err(|e| FetchError::Failed(format!("unexpected query answer: {e}")))
+        })
+    }
+    fn live(&self, window: &'static str, group: String) -> BoxFuture<'static, Result<Table, FetchError>> {
+        let get = self.get(format!("/api/v1/live?window={window}&group={group}"));
+        Box::pin(async move {
+            let body = get.await?;
+            let mut table = Table::from_json_at(&body, Some("/rows")).map_err(FetchError::Failed)?;
+            table.slo = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("slo_p99_ms").and_then(|s| s.as_f64()));
+            Ok(table)
+        })
+    }
+    fn api(&self, path: String, pointer: Option<String>) -> BoxFuture<'static, Result<Table, FetchError>> {
+        let get = self.get(path);
+        Box::pin(async move {
+            let body = get.await?;
+            Table::from_json_at(&body, pointer.as_deref()).map_err(FetchError::Failed)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A server that answers every connection once with `status` and the JSON `body`, after reading the request.
+    async fn answering(status: &str, body: &str) -> String {
+        let response = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                // The whole request (head and body), so that closing does not reset the connection under it.
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request_is_complete(&request) {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = conn.write_all(response.as_bytes()).await;
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn request_is_complete(request: &[u8]) -> bool {
+        let text = String::from_utf8_lossy(request);
+        let Some(head_end) = text.find("\r\n\r\n") else { return false };
+        let length = text[..head_end]
+            .lines()
+            .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        request.len() >= head_end + 4 + length
+    }
+
+    #[test]
+    fn only_http_urls_are_servers() {
+        let err = HttpSource::new("127.0.0.1:4319", Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err, "--server \"127.0.0.1:4319\" must be an http:// or https:// URL");
+        let source = HttpSource::new("http://127.0.0.1:4319/", Duration::from_secs(1)).unwrap();
+        assert_eq!(source.describe(), "http://127.0.0.1:4319");
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable_and_an_api_error_shows_its_message() {
+        // A port nobody listens on: the dashboard's banner case.
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        let source = HttpSource::new(&format!("http://{closed}"), Duration::from_secs(5)).unwrap();
+        match source.sql("SELECT 1".into()).await {
+            Err(FetchError::Unreachable(message)) => assert!(message.starts_with("cannot connect: "), "{message}"),
+            other => panic!("{other:?}"),
+        }
+
+        // The API's {"error": ...} envelope: the panel shows the status and the message.
+        let body = r#"{"error":"no such column: nope","kind":"invalid_sql"}"#;
+        let source = HttpSource::new(&answering("400 Bad Request", body).await, Duration::from_secs(5)).unwrap();
+        let err = source.sql("SELECT nope".into()).await.unwrap_err();
+        assert_eq!(err, FetchError::Failed("400 Bad Request: no such column: nope".into()));
+
+        // A success is read as the query's rows.
+        let source =
+            HttpSource::new(&answering("200 OK", r#"[{"n":1},{"n":2}]"#).await, Duration::from_secs(5)).unwrap();
+        let table = source.sql("SELECT n".into()).await.unwrap();
+        assert_eq!(table.columns, ["n"]);
+        assert_eq!(table.rows.len(), 2);
+    }
+}
