@@ -1,7 +1,7 @@
 //! What every tailscope crate shares, at the bottom of the crate graph: the columnar [`schema`] of the stored
 //! tables, the [`catalog`] of what a query can see, the on-disk [`layout`] (file names and the Parquet writer's
-//! settings), the process-wide [`memory`] budget, the typed [`config`] (with its [`cost`] sections) and the
-//! [`alerts`] table.
+//! settings), the process-wide [`memory`] budget, the typed [`config`] (with its [`cost`] sections), the
+//! [`alerts`] table, and how figures read to people ([`display`]: money, shares, latencies).
 //!
 //! The crate graph reads as the data path: `tailscope-core` -> `tailscope-collector` (receive, normalise, price,
 //! WAL, Parquet) and `tailscope-query` (SQL over what the catalog lists) -> `tailscope-tui` -> the `tailscope`
@@ -13,6 +13,7 @@ pub mod alerts;
 pub mod catalog;
 pub mod config;
 pub mod cost;
+pub mod display;
 pub mod error;
 pub mod layout;
 pub mod memory;
