@@ -699,30 +699,56 @@ fn draw_waterfall(frame: &mut Frame, table: &Table, area: Rect) {
     frame.render_widget(Paragraph::new(lines), area);
 }
 
+/// The help overlay: keys, the source and each screen's description, wrapped to the overlay's width. When it is
+/// taller than the terminal allows it scrolls (↑↓ j k, PgUp PgDn, g G); the bottom border says where one is.
 fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
-    let w = area.width.min(70);
-    let h = area.height.min(20);
-    let popup = Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h };
-    let mut lines = vec![
-        Line::from("1-5, Tab     switch screen").bold(),
-        Line::from("↑↓ / j k     move the selection (PgUp PgDn g G)"),
-        Line::from("Enter        drill into the selected session"),
-        Line::from("Esc          back / clear the filter"),
-        Line::from("/            filter rows (provider, region, model, …)"),
-        Line::from(format!("t            time window (now {}: 5m, 1h, 24h, 7d)", app.window.label())),
-        Line::from("r            refresh now        q  quit"),
-        Line::from(""),
-        Line::from(format!("source: {}", app.source_label)).dark_gray(),
+    let w = area.width.saturating_sub(4).min(100).max(area.width.min(24));
+    let bold = Style::new().add_modifier(Modifier::BOLD);
+    let plain = Style::new();
+    let dim = Style::new().fg(Color::DarkGray);
+    let mut logical: Vec<(String, Style)> = vec![
+        ("1-5, Tab     switch screen".into(), bold),
+        ("↑↓ / j k     move the selection (PgUp PgDn g G)".into(), plain),
+        ("Enter        drill into the selected session".into(), plain),
+        ("Esc          back / clear the filter".into(), plain),
+        ("/            filter rows (provider, region, model, …)".into(), plain),
+        (format!("t            time window (now {}: 5m, 1h, 24h, 7d)", app.window.label()), plain),
+        ("r            refresh now        q  quit".into(), plain),
+        ("in this help ↑↓ j k PgUp PgDn g G scroll; any other key closes it".into(), plain),
+        (String::new(), plain),
+        (format!("source: {}", app.source_label), dim),
     ];
     for (i, d) in app.screens.iter().enumerate() {
-        lines.push(Line::from(format!("{} {}: {}", i + 1, d.title, d.description)).dark_gray());
+        logical.push((format!("{} {}: {}", i + 1, d.title, d.description), dim));
+    }
+    let inner_width = usize::from(w.saturating_sub(2));
+    let lines: Vec<Line> = logical
+        .iter()
+        .flat_map(|(text, style)| wrap(text, inner_width, usize::MAX).into_iter().map(move |l| Line::styled(l, *style)))
+        .collect();
+    let most = area.height.saturating_sub(2).max(area.height.min(5));
+    let h = u16::try_from(lines.len() + 2).unwrap_or(u16::MAX).min(most);
+    let popup = Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h };
+    let visible = usize::from(h.saturating_sub(2));
+    let max_scroll = lines.len().saturating_sub(visible);
+    app.help_max_scroll.set(u16::try_from(max_scroll).unwrap_or(u16::MAX));
+    let top = usize::from(app.help_scroll).min(max_scroll);
+    let mut block = Block::default().borders(Borders::ALL).title(" help · any other key closes ");
+    if max_scroll > 0 {
+        let shown = format!(
+            " lines {}-{} of {}{} ",
+            top + 1,
+            (top + visible).min(lines.len()),
+            lines.len(),
+            if top < max_scroll { " · ↓ more" } else { "" }
+        );
+        block = block.title_bottom(Line::from(shown).right_aligned());
     }
     frame.render_widget(Clear, popup);
     frame.render_widget(
-        Paragraph::new(lines)
-            .wrap(Wrap { trim: true })
+        Paragraph::new(lines.into_iter().skip(top).take(visible).collect::<Vec<_>>())
             .alignment(Alignment::Left)
-            .block(Block::default().borders(Borders::ALL).title(" help (any key closes) ")),
+            .block(block),
         popup,
     );
 }

@@ -215,3 +215,35 @@ fn budget_caps_read_in_their_unit_at_140_columns() {
     assert!(!alerts.contains('…'), "{alerts}");
     insta::assert_snapshot!("budgets_alerts_140x12", alerts);
 }
+
+/// The help overlay's last line (the last screen's description) is on screen at 80x24 and 120x32; on a smaller
+/// terminal the overlay scrolls to it, and says so.
+#[test]
+fn help_overlay_shows_its_last_line_or_scrolls_to_it() {
+    let mut app = app();
+    app.help = true;
+    let last = "other).";
+    for (w, h) in [(80u16, 24u16), (120, 32)] {
+        let screen = render(&app, w, h);
+        assert!(screen.contains(last) && screen.contains("5 Session:"), "{w}x{h}:\n{screen}");
+        assert!(screen.contains("scroll; any other key closes it"), "{w}x{h}:\n{screen}");
+        insta::assert_snapshot!(format!("help_{w}x{h}"), screen);
+    }
+    let now = std::time::Instant::now();
+    let key = |c| crossterm::event::KeyEvent::new(c, crossterm::event::KeyModifiers::NONE);
+    let screen = render(&app, 60, 14);
+    assert!(!screen.contains(last) && screen.contains("↓ more"), "{screen}");
+    for _ in 0..40 {
+        app.on_key(key(crossterm::event::KeyCode::Char('j')), now);
+        render(&app, 60, 14);
+    }
+    assert!(app.help, "scrolling keeps the overlay open");
+    let screen = render(&app, 60, 14);
+    assert!(screen.contains(last) && !screen.contains("↓ more"), "{screen}");
+    insta::assert_snapshot!("help_60x14_scrolled", screen);
+    // Scrolling stops at the end: one step up shows the line before again.
+    app.on_key(key(crossterm::event::KeyCode::Char('k')), now);
+    assert!(!render(&app, 60, 14).contains(last));
+    app.on_key(key(crossterm::event::KeyCode::Char('x')), now);
+    assert!(!app.help && app.help_scroll == 0);
+}
