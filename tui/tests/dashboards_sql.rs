@@ -138,6 +138,31 @@ async fn budgets_and_alerts_over_sql_read_caps_in_their_unit() {
     assert!(alerts.contains("3% of inference") && alerts.contains("$0.001"), "{alerts}");
 }
 
+/// Spans without a provider are one "(no provider)" row after the providers', never a provider called "none".
+#[tokio::test]
+async fn spans_without_a_provider_are_listed_apart() {
+    let dir = fixture();
+    let source = LocalSource::new(dir.path().to_path_buf()).await.unwrap();
+    let app = App::new(tui::dashboard::defaults().unwrap(), "fixture".into(), false, std::time::Duration::from_secs(1));
+    for (screen, panel) in [(0usize, 0usize), (1, 0), (1, 1)] {
+        let p = app.screen_panels(screen)[panel].clone();
+        let Ok(Request::Sql(sql)) = app.request_for(&p) else { panic!("{}", p.title) };
+        let table = source.sql(sql).await.unwrap();
+        let c = table.column("provider").unwrap();
+        let providers: Vec<&str> = table.rows.iter().map(|r| r[c].as_str().unwrap()).collect();
+        assert!(!providers.contains(&"none"), "{}: {providers:?}", p.title);
+        let first_apart = providers
+            .iter()
+            .position(|p| *p == "(no provider)")
+            .unwrap_or_else(|| panic!("{}: {providers:?}", p.title));
+        assert!(
+            first_apart > 0 && providers[first_apart..].iter().all(|p| *p == "(no provider)"),
+            "{}: {providers:?}",
+            p.title
+        );
+    }
+}
+
 #[tokio::test]
 async fn every_dashboard_sql_runs_on_a_fixture() {
     let dir = fixture();
