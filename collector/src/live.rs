@@ -2,7 +2,8 @@
 //! five minutes and hour, updated as spans are acknowledged and served on `GET /api/v1/live`.
 //!
 //! A *route* is (`gen_ai_provider`, `cloud_region`, `request_model`, `gen_ai_operation`); a missing value is
-//! `"none"`. Each route keeps, per window, a short ring of sub-window ("slice") HDR histograms that are merged on
+//! `"none"`, except a missing provider: spans without one (tools, retrievals, the agent's own steps) are
+//! `"(no provider)"`, a label no provider name can be mistaken for, and their rows come after the providers'. Each route keeps, per window, a short ring of sub-window ("slice") HDR histograms that are merged on
 //! read, the way Prometheus summaries and HdrHistogram's own `Recorder`/interval pattern age out old samples:
 //!
 //! | window | slice | slices kept |
@@ -52,8 +53,10 @@ use tailscope_core::memory::{MemoryBudget, Reservation};
 
 use crate::observe::SpanObserver;
 
-/// The value used for a missing key column.
+/// The value used for a missing region, model or operation.
 pub const NONE: &str = "none";
+/// The provider of spans without `gen_ai_provider` (not a provider: the row of everything else).
+pub const NO_PROVIDER: &str = "(no provider)";
 /// The provider of the overflow route.
 pub const OVERFLOW: &str = "(other)";
 const SIGFIG: u8 = 3;
@@ -131,7 +134,7 @@ impl std::fmt::Display for Window {
 /// The identity of a route: what the live view groups spans by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RouteKey {
-    /// `gen_ai_provider`, or `"none"`.
+    /// `gen_ai_provider`, or `"(no provider)"`.
     pub provider: String,
     /// `cloud_region` (where the caller runs), or `"none"`.
     pub region: String,
@@ -471,10 +474,15 @@ impl LiveWindows {
             str_col("request_model"),
             str_col("gen_ai_operation"),
         );
-        fn value(col: Option<&datafusion::arrow::array::StringArray>, i: usize, max: usize) -> &str {
+        fn value<'a>(
+            col: Option<&'a datafusion::arrow::array::StringArray>,
+            i: usize,
+            max: usize,
+            missing: &'static str,
+        ) -> &'a str {
             match col {
                 Some(c) if c.is_valid(i) && !c.value(i).is_empty() => truncate(c.value(i), max),
-                _ => NONE,
+                _ => missing,
             }
         }
         let max = self.max_key_bytes;
@@ -483,7 +491,12 @@ impl LiveWindows {
         // histogram updates.
         let mut groups: foldhash::HashMap<[&str; 4], Vec<(u64, bool)>> = Default::default();
         for i in 0..rows {
-            let key = [value(provider, i, max), value(region, i, max), value(model, i, max), value(operation, i, max)];
+            let key = [
+                value(provider, i, max, NO_PROVIDER),
+                value(region, i, max, NONE),
+                value(model, i, max, NONE),
+                value(operation, i, max, NONE),
+            ];
             let ns = if durations.is_valid(i) { durations.value(i).max(0) as u64 } else { 0 };
             let error = status.is_valid(i) && status.value(i) == tailscope_core::rules::status::ERROR;
             groups.entry(key).or_default().push(((ns + 500) / 1000, error));
@@ -612,7 +625,13 @@ impl LiveWindows {
                 }
             })
             .collect();
-        rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
+        // Providers first, busiest first; spans without a provider after them.
+        rows.sort_by(|a, b| {
+            (a.key.provider == NO_PROVIDER)
+                .cmp(&(b.key.provider == NO_PROVIDER))
+                .then_with(|| b.count.cmp(&a.count))
+                .then_with(|| a.key.cmp(&b.key))
+        });
         LiveReport {
             window,
             covered_s: covered_ns as f64 / NS_PER_S as f64,
@@ -785,7 +804,12 @@ mod tests {
         // The first span is 90 s old: gone from 1m, still in 5m.
         let openai = m1.rows.iter().find(|r| r.key.provider == "openai").unwrap();
         assert_eq!((openai.count, openai.errors, openai.key.model.as_str()), (1, 1, "*"));
-        assert!(m1.rows.iter().any(|r| r.key.provider == NONE));
+        // The span without a provider is its own row, after the providers', though it is the busier route here.
+        live.observe_at(&batch(&[("", "us-east-1", "", 20_000_000, "ok")]), T0 + 51 * NS_PER_S);
+        let m1 = live.report_at(Window::OneMinute, by_pr, &none, false, now);
+        let providers: Vec<&str> = m1.rows.iter().map(|r| r.key.provider.as_str()).collect();
+        assert_eq!(providers, ["openai", NO_PROVIDER]);
+        assert_eq!((m1.rows[1].count, m1.rows[1].key.region.as_str()), (2, "us-east-1"));
         let m5 = live.report_at(Window::FiveMinutes, by_pr, &none, false, now);
         let openai = m5.rows.iter().find(|r| r.key.provider == "openai").unwrap();
         assert_eq!(openai.count, 2);

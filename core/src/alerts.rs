@@ -17,7 +17,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
-use crate::cost::BudgetKind;
+use crate::cost::{BudgetFigures, BudgetKind};
 
 /// The directory under the data dir that holds alert state.
 pub const ALERTS_DIR: &str = "alerts";
@@ -57,6 +57,46 @@ pub struct AlertEvent {
     pub projected_usd: Option<f64>,
     /// One line for humans (and Slack's `text`).
     pub message: String,
+    /// The share of inference spend projected at the period's end (`duplicate_inference` with `cap_share`).
+    /// Absent from events recorded before it existed.
+    #[serde(default)]
+    pub projected_share: Option<f64>,
+}
+
+impl AlertEvent {
+    /// The event's figures, to read them in the units of the budget's cap.
+    pub fn figures(&self) -> BudgetFigures {
+        BudgetFigures {
+            spend_usd: self.spend_usd,
+            cap_usd: self.cap_usd,
+            share: self.share,
+            cap_share: self.cap_share,
+            utilization: self.utilization,
+            projected_usd: self.projected_usd,
+            projected_share: self.projected_share,
+        }
+    }
+}
+
+/// An event as `/api/v1/alerts` lists it and webhooks POST it: its fields, then its figures as text in the units of
+/// the budget's cap (the `alerts` table's columns of the same names).
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertView<'a> {
+    #[serde(flatten)]
+    pub event: &'a AlertEvent,
+    /// [`BudgetFigures::used`]: `$410.00`, `4.1%` (of inference spend), `$0.69 · 4.1%`.
+    pub used: String,
+    /// [`BudgetFigures::cap`]: `$500.00`, `3% of inference`, `$5.00 · 3% of inference`.
+    pub cap: String,
+    /// [`BudgetFigures::projected`], when the event carries a projection.
+    pub projected: Option<String>,
+}
+
+impl<'a> From<&'a AlertEvent> for AlertView<'a> {
+    fn from(event: &'a AlertEvent) -> Self {
+        let f = event.figures();
+        AlertView { event, used: f.used(), cap: f.cap(), projected: f.projected() }
+    }
 }
 
 /// Reads the events of a log and the byte length of its intact prefix (a torn last line is excluded).
@@ -85,7 +125,8 @@ pub fn read_events(path: &Path) -> std::io::Result<(Vec<AlertEvent>, u64)> {
     Ok((events, valid))
 }
 
-/// The schema of the `alerts` SQL table: one row per alert event.
+/// The schema of the `alerts` SQL table: one row per alert event. `used`, `cap` and `projected` are the event's
+/// figures as text in the units of the budget's cap ([`BudgetFigures`]), computed when the table is read.
 pub fn alerts_schema() -> SchemaRef {
     let ts = || DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
     Arc::new(Schema::new(vec![
@@ -110,6 +151,11 @@ pub fn alerts_schema() -> SchemaRef {
         Field::new("utilization", DataType::Float64, false),
         Field::new("projected_usd", DataType::Float64, true),
         Field::new("message", DataType::Utf8, false),
+        // Added after the columns above, which keep their places.
+        Field::new("projected_share", DataType::Float64, true),
+        Field::new("used", DataType::Utf8, false),
+        Field::new("cap", DataType::Utf8, false),
+        Field::new("projected", DataType::Utf8, true),
     ]))
 }
 
@@ -158,6 +204,102 @@ pub fn events_batch(events: &[AlertEvent]) -> Result<RecordBatch, datafusion::ar
         f(&|e| Some(e.utilization)),
         f(&|e| e.projected_usd),
         s(&|e| e.message.clone()),
+        f(&|e| e.projected_share),
+        s(&|e| e.figures().used()),
+        s(&|e| e.figures().cap()),
+        os(&|e| e.figures().projected()),
     ];
     RecordBatch::try_new(alerts_schema(), columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::Float64Type;
+
+    use super::*;
+
+    /// A breach of a `duplicate_inference` budget capped at 3% of inference spend (no dollar cap), as the
+    /// collector records it.
+    fn share_breach() -> AlertEvent {
+        let t = DateTime::<Utc>::from_timestamp_nanos(1_700_000_000_000_000_000);
+        AlertEvent {
+            seq: 1,
+            time: t,
+            alert_id: "hedge-duplicates/rolling".into(),
+            budget: "hedge-duplicates".into(),
+            kind: BudgetKind::DuplicateInference,
+            scope: None,
+            period: "1h".into(),
+            period_key: "rolling".into(),
+            period_start: t,
+            period_end: None,
+            state: "firing".into(),
+            severity: "critical".into(),
+            event: "threshold".into(),
+            threshold: Some(1.0),
+            spend_usd: 0.69,
+            cap_usd: None,
+            cap_share: Some(0.03),
+            share: Some(0.041),
+            utilization: 0.041 / 0.03,
+            projected_usd: None,
+            message: "BREACH hedge-duplicates".into(),
+            projected_share: None,
+        }
+    }
+
+    #[test]
+    fn the_table_shows_a_share_cap_in_its_unit() {
+        let tiny = AlertEvent {
+            seq: 2,
+            budget: "tiny".into(),
+            kind: BudgetKind::Total,
+            spend_usd: 4.994,
+            cap_usd: Some(0.001),
+            cap_share: None,
+            share: None,
+            utilization: 4994.0,
+            projected_usd: Some(0.0012),
+            ..share_breach()
+        };
+        let batch = events_batch(&[share_breach(), tiny]).unwrap();
+        assert_eq!(batch.schema(), alerts_schema());
+        let text = |name: &str, row: usize| {
+            let c = batch.column_by_name(name).unwrap().as_string::<i32>();
+            c.is_valid(row).then(|| c.value(row).to_string())
+        };
+        let number = |name: &str, row: usize| {
+            let c = batch.column_by_name(name).unwrap().as_primitive::<Float64Type>();
+            c.is_valid(row).then(|| c.value(row))
+        };
+        // The numbers as recorded: no dollar cap, the share cap and the share.
+        assert_eq!((number("cap_usd", 0), number("cap_share", 0), number("share", 0)), (None, Some(0.03), Some(0.041)));
+        // The text columns read in the cap's unit.
+        assert_eq!(text("cap", 0).as_deref(), Some("3% of inference"));
+        assert_eq!(text("used", 0).as_deref(), Some("4.1%"));
+        assert_eq!(text("projected", 0), None);
+        assert_eq!(text("cap", 1).as_deref(), Some("$0.001"));
+        assert_eq!(text("used", 1).as_deref(), Some("$4.99"));
+        assert_eq!(text("projected", 1).as_deref(), Some("$0.0012"));
+        // The columns that were there before keep their places.
+        let names: Vec<_> = alerts_schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(
+            &names[14..21],
+            ["spend_usd", "cap_usd", "cap_share", "share", "utilization", "projected_usd", "message"]
+        );
+    }
+
+    #[test]
+    fn events_logged_before_projected_share_still_read_and_views_carry_the_text() {
+        let mut json = serde_json::to_value(share_breach()).unwrap();
+        json.as_object_mut().unwrap().remove("projected_share");
+        let old: AlertEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(old, share_breach());
+        let view = serde_json::to_value(AlertView::from(&old)).unwrap();
+        assert_eq!(view["cap"], "3% of inference");
+        assert_eq!(view["used"], "4.1%");
+        assert_eq!(view["cap_share"], 0.03);
+        assert!(view["cap_usd"].is_null());
+    }
 }

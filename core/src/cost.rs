@@ -1,5 +1,6 @@
 //! The cost sections of the config, `[pricing]`, `[[budget]]` and `[alerts]`, and the value types they name
-//! (egress prices, budget kinds and periods), with the checks that a value can work.
+//! (egress prices, budget kinds and periods), with the checks that a value can work, and [`BudgetFigures`]: how a
+//! budget's spend, cap and projection read in the units of its cap.
 //!
 //! The rules that use them are the collector's (`collector::cost`): pricing spans at ingest, budget accounting,
 //! the alert lifecycle and webhooks. They are here because the one typed [`crate::config::Config`] holds them, and
@@ -13,6 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::display::{percent, usd};
 use crate::error::ConfigError;
 
 /// `[pricing]`: where model and egress prices come from.
@@ -341,6 +343,108 @@ impl fmt::Display for BudgetKind {
     }
 }
 
+/// A budget's figures in the units of its caps: money against `cap_usd`, a share of inference spend against
+/// `cap_share` (`duplicate_inference`), both when it has both. Built from a budget's live status
+/// (`collector::cost::BudgetStatus`) or from an alert event ([`crate::alerts::AlertEvent::figures`]); its text
+/// forms are what the dashboard's gauges and Alerts screen, the `used` / `cap` / `projected` fields of
+/// `/api/v1/alerts`, the `alerts` table, the alert messages (log and webhooks) and the guardrail's reasons show.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BudgetFigures {
+    /// Spend counted this period (for a session, the session's).
+    pub spend_usd: f64,
+    pub cap_usd: Option<f64>,
+    /// Duplicate spend's share of inference spend (`duplicate_inference`).
+    pub share: Option<f64>,
+    pub cap_share: Option<f64>,
+    /// Use against the cap, from [`BudgetFigures::utilization_of`]; 1.0 = cap reached.
+    pub utilization: f64,
+    /// Spend projected at the period's end.
+    pub projected_usd: Option<f64>,
+    /// The share projected at the period's end.
+    pub projected_share: Option<f64>,
+}
+
+impl BudgetFigures {
+    /// Use against the caps, in each cap's own unit: the larger of `spend / cap_usd` and `share / cap_share`
+    /// (a missing share counts as 0); 0 when there is no cap.
+    pub fn utilization_of(spend_usd: f64, share: Option<f64>, cap_usd: Option<f64>, cap_share: Option<f64>) -> f64 {
+        let by_usd = cap_usd.map(|cap| spend_usd / cap);
+        let by_share = cap_share.map(|cap| share.unwrap_or(0.0) / cap);
+        by_usd.into_iter().chain(by_share).fold(0.0, f64::max)
+    }
+
+    /// The projected use against the caps, when something is projected.
+    pub fn projected_utilization(&self) -> Option<f64> {
+        let by_usd = self.projected_usd.zip(self.cap_usd).map(|(p, cap)| p / cap);
+        let by_share = self.projected_share.zip(self.cap_share).map(|(p, cap)| p / cap);
+        by_usd.into_iter().chain(by_share).reduce(f64::max)
+    }
+
+    fn shows_usd(&self) -> bool {
+        self.cap_usd.is_some() || self.cap_share.is_none()
+    }
+
+    /// The cap: `$500.00`, `3% of inference`, or `$5.00 · 3% of inference` for both.
+    pub fn cap(&self) -> String {
+        let parts: Vec<String> = self
+            .cap_usd
+            .map(usd)
+            .into_iter()
+            .chain(self.cap_share.map(|s| format!("{} of inference", percent(s))))
+            .collect();
+        if parts.is_empty() { "-".into() } else { parts.join(" · ") }
+    }
+
+    /// What is used, in the cap's units: `$410.00`, `4.1%` (of inference spend), or `$0.69 · 4.1%`.
+    pub fn used(&self) -> String {
+        let usd_part = self.shows_usd().then(|| usd(self.spend_usd));
+        let share_part = self.cap_share.map(|_| percent(self.share.unwrap_or(0.0)));
+        usd_part.into_iter().chain(share_part).collect::<Vec<_>>().join(" · ")
+    }
+
+    /// The projection at the period's end, in the cap's units like [`BudgetFigures::used`], when there is one.
+    pub fn projected(&self) -> Option<String> {
+        let usd_part = self.projected_usd.filter(|_| self.shows_usd()).map(usd);
+        let share_part = self.projected_share.filter(|_| self.cap_share.is_some()).map(percent);
+        let parts: Vec<String> = usd_part.into_iter().chain(share_part).collect();
+        (!parts.is_empty()).then(|| parts.join(" · "))
+    }
+
+    /// The figures against the cap in words, for messages: `$512.00 of $500.00 (102%) spent`,
+    /// `4.1% of inference spend against a 3% cap (137%), $0.69 spent`, or
+    /// `$0.69 of $5.00 spent, 4.1% of inference spend against a 3% cap (137%)`.
+    pub fn summary(&self) -> String {
+        let util = percent(self.utilization);
+        let share = |cap: f64| {
+            format!("{} of inference spend against a {} cap", percent(self.share.unwrap_or(0.0)), percent(cap))
+        };
+        match (self.cap_usd, self.cap_share) {
+            (Some(cap), Some(cap_share)) => {
+                format!("{} of {} spent, {} ({util})", usd(self.spend_usd), usd(cap), share(cap_share))
+            }
+            (None, Some(cap_share)) => format!("{} ({util}), {} spent", share(cap_share), usd(self.spend_usd)),
+            (Some(cap), None) => format!("{} of {} ({util}) spent", usd(self.spend_usd), usd(cap)),
+            (None, None) => format!("{} spent", usd(self.spend_usd)),
+        }
+    }
+
+    /// The projection in words, for messages: `$640.00 (128%)`, `4.5% of inference spend (150%)`, or
+    /// `$6.40 and 4.5% of inference spend (150%)`.
+    pub fn projected_summary(&self) -> Option<String> {
+        let usd_part = self.projected_usd.filter(|_| self.shows_usd()).map(usd);
+        let share_part = self
+            .projected_share
+            .filter(|_| self.cap_share.is_some())
+            .map(|s| format!("{} of inference spend", percent(s)));
+        let parts: Vec<String> = usd_part.into_iter().chain(share_part).collect();
+        if parts.is_empty() {
+            return None;
+        }
+        let util = self.projected_utilization().map(|u| format!(" ({})", percent(u))).unwrap_or_default();
+        Some(format!("{}{util}", parts.join(" and ")))
+    }
+}
+
 /// Over which time spend accumulates. Calendar periods are in UTC.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -495,5 +599,57 @@ mod tests {
         assert_eq!(b.end_ns, Some(ns("2027-01-01T00:00:00Z")));
         let b = BudgetPeriod::Day.bounds(ns("2026-11-22T10:00:00Z"));
         assert_eq!((b.start_ns, b.key.as_str()), (ns("2026-11-22T00:00:00Z"), "2026-11-22"));
+    }
+    #[test]
+    fn budget_figures_read_in_the_units_of_the_cap() {
+        // A share-only duplicate_inference cap: no dollar cap to show, the share against the share cap.
+        let share = BudgetFigures {
+            spend_usd: 0.69,
+            share: Some(0.041),
+            cap_share: Some(0.03),
+            utilization: BudgetFigures::utilization_of(0.69, Some(0.041), None, Some(0.03)),
+            projected_usd: Some(0.9),
+            projected_share: Some(0.045),
+            ..Default::default()
+        };
+        assert!((share.utilization - 0.041 / 0.03).abs() < 1e-12);
+        assert_eq!(share.cap(), "3% of inference");
+        assert_eq!(share.used(), "4.1%");
+        assert_eq!(share.projected().as_deref(), Some("4.5%"));
+        assert_eq!(share.projected_utilization(), Some(0.045 / 0.03));
+        assert_eq!(share.summary(), "4.1% of inference spend against a 3% cap (137%), $0.69 spent");
+        assert_eq!(share.projected_summary().as_deref(), Some("4.5% of inference spend (150%)"));
+
+        // A tiny dollar cap: every figure keeps its digits.
+        let tiny = BudgetFigures {
+            spend_usd: 4.994,
+            cap_usd: Some(0.001),
+            utilization: BudgetFigures::utilization_of(4.994, None, Some(0.001), None),
+            projected_usd: Some(0.0012),
+            ..Default::default()
+        };
+        assert_eq!(
+            (tiny.cap(), tiny.used(), tiny.projected()),
+            ("$0.001".into(), "$4.99".into(), Some("$0.0012".into()))
+        );
+        assert_eq!(tiny.summary(), "$4.99 of $0.001 (499,400%) spent");
+
+        // Both caps: both figures, the use is the larger ratio.
+        let both = BudgetFigures {
+            spend_usd: 0.69,
+            cap_usd: Some(5.0),
+            share: Some(0.041),
+            cap_share: Some(0.03),
+            utilization: BudgetFigures::utilization_of(0.69, Some(0.041), Some(5.0), Some(0.03)),
+            ..Default::default()
+        };
+        assert_eq!((both.cap(), both.used()), ("$5.00 · 3% of inference".into(), "$0.69 · 4.1%".into()));
+        assert_eq!(both.summary(), "$0.69 of $5.00 spent, 4.1% of inference spend against a 3% cap (137%)");
+        assert_eq!((both.projected(), both.projected_utilization()), (None, None));
+
+        // A dollar cap alone reads as before.
+        let plain = BudgetFigures { spend_usd: 512.0, cap_usd: Some(500.0), utilization: 1.024, ..Default::default() };
+        assert_eq!(plain.summary(), "$512.00 of $500.00 (102%) spent");
+        assert_eq!(BudgetFigures::utilization_of(1.0, None, None, None), 0.0);
     }
 }

@@ -17,6 +17,7 @@ use query::Engine;
 use query::format::{self, Format};
 use tailscope_core::config::Config;
 use tailscope_core::cost::{BudgetConfig, BudgetKind, BudgetPeriod};
+use tailscope_core::display::{duration_ms, usd};
 
 use super::CmdResult;
 use crate::sim::{self, SimConfig, SimStats, Transport};
@@ -265,10 +266,10 @@ async fn progress_line(engine: &Engine, stats: &SimStats, elapsed: Duration) -> 
         Ok(rows) => {
             let r = rows.first().cloned().unwrap_or_default();
             line.push_str(&format!(
-                " · stored {} · {} sessions · ${:.2}",
+                " · stored {} · {} sessions · {}",
                 r["spans"].as_u64().unwrap_or(0),
                 r["sessions"].as_u64().unwrap_or(0),
-                r["cost_usd"].as_f64().unwrap_or(0.0)
+                usd(r["cost_usd"].as_f64().unwrap_or(0.0))
             ));
         }
         Err(e) => line.push_str(&format!(" · totals unavailable: {e}")),
@@ -281,9 +282,9 @@ async fn progress_line(engine: &Engine, stats: &SimStats, elapsed: Duration) -> 
             .iter()
             .map(|r| {
                 format!(
-                    "{} {:.1}s",
+                    "{} {}",
                     r["provider"].as_str().unwrap_or("?"),
-                    r["p99_ms"].as_f64().unwrap_or(0.0) / 1000.0
+                    duration_ms(r["p99_ms"].as_f64().unwrap_or(0.0))
                 )
             })
             .collect();

@@ -153,6 +153,10 @@ pub struct App {
     pub input: Option<String>,
     /// The help overlay is open.
     pub help: bool,
+    /// The first line of the help overlay shown (it scrolls when the terminal is too small for it).
+    pub help_scroll: u16,
+    /// How far the help overlay can scroll at the terminal's size, as last drawn.
+    pub help_max_scroll: std::cell::Cell<u16>,
     /// The session picked for drill-down.
     pub session: Option<String>,
     /// Per (screen, panel) state.
@@ -186,6 +190,8 @@ impl App {
             filter: String::new(),
             input: None,
             help: false,
+            help_scroll: 0,
+            help_max_scroll: std::cell::Cell::new(0),
             session: None,
             panels: HashMap::new(),
             selected: HashMap::new(),
@@ -396,9 +402,20 @@ impl App {
             return Action::Continue;
         }
         if self.help {
+            let max = self.help_max_scroll.get();
+            let scroll = |by: i32| (i32::from(self.help_scroll) + by).clamp(0, i32::from(max)) as u16;
             match key.code {
                 KeyCode::Char('q') => return Action::Quit,
-                _ => self.help = false,
+                KeyCode::Down | KeyCode::Char('j') => self.help_scroll = scroll(1),
+                KeyCode::Up | KeyCode::Char('k') => self.help_scroll = scroll(-1),
+                KeyCode::PageDown => self.help_scroll = scroll(10),
+                KeyCode::PageUp => self.help_scroll = scroll(-10),
+                KeyCode::Home | KeyCode::Char('g') => self.help_scroll = 0,
+                KeyCode::End | KeyCode::Char('G') => self.help_scroll = max,
+                _ => {
+                    self.help = false;
+                    self.help_scroll = 0;
+                }
             }
             return Action::Continue;
         }

@@ -148,6 +148,9 @@ pub struct Panel {
     pub value: Option<String>,
     /// Gauge: the column holding the maximum (the cap).
     pub max: Option<String>,
+    /// Gauge: a column holding the filled share directly (a budget's `utilization`, computed in the unit of its
+    /// cap); without it the gauge shows `value / max`.
+    pub ratio: Option<String>,
     /// Gauge: a column with a state (`ok`, `warning`, `firing`/`breach`, …) that picks the colour.
     pub state: Option<String>,
     /// Table: Enter on a row opens the session screen for this column's value.

@@ -67,9 +67,12 @@ impl LocalSource {
     }
 }
 
-/// Record batches as a [`Table`] (through Arrow's JSON writer, so values look as they do over HTTP).
+/// Record batches as a [`Table`] (through Arrow's JSON writer, so values look as they do over HTTP: a column that
+/// is null in every row is still a column).
 pub fn batches_to_table(batches: &[RecordBatch]) -> Result<Table, String> {
-    let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
+    let mut writer = datafusion::arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, datafusion::arrow::json::writer::JsonArray>(Vec::new());
     let refs: Vec<&RecordBatch> = batches.iter().collect();
     writer.write_batches(&refs).map_err(|e| e.to_string())?;
     writer.finish().map_err(|e| e.to_string())?;

@@ -3,12 +3,13 @@
 use ratatui::Frame;
 use ratatui::layout::{Alignment, Constraint, Direction, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
-use ratatui::text::{Line, Span};
+use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{
     Axis, Bar, BarChart, BarGroup, Block, Borders, Cell, Chart, Clear, Dataset, GraphType, LineGauge, Paragraph,
     Row as TableRow, Sparkline, Table as TableWidget, TableState, Wrap,
 };
 use serde_json::Value;
+use tailscope_core::display::{duration_ms, percent, usd};
 
 use crate::app::App;
 use crate::dashboard::{Panel, Size, Widget};
@@ -159,49 +160,43 @@ pub fn format_cell(column: &str, v: &Value) -> String {
             // RFC 3339 timestamps: the date and time are what fits a cell.
             if s.len() >= 19 && s.as_bytes().get(10) == Some(&b'T') && s.as_bytes().get(4) == Some(&b'-') {
                 format!("{} {}", &s[5..10], &s[11..19])
-            } else if column.ends_with("_usd") || column.ends_with("_ms") {
+            } else if is_money(column) || column.ends_with("_ms") {
                 s.parse::<f64>().map(|x| format_number(column, x)).unwrap_or_else(|_| s.clone())
             } else {
                 s.clone()
             }
         }
         Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) if !column.ends_with("_usd") && !column.ends_with("_ms") && !is_ratio(column) => i.to_string(),
+            (Some(i), _) if !is_money(column) && !column.ends_with("_ms") && !is_ratio(column) => i.to_string(),
             (_, Some(x)) => format_number(column, x),
             _ => n.to_string(),
         },
     }
 }
 
+/// Columns holding a fraction, shown as a percentage: `*_rate`, `*_share`, `share`, `utilization`.
 fn is_ratio(column: &str) -> bool {
-    column.ends_with("_rate") || column.ends_with("_share")
+    column.ends_with("_rate") || column.ends_with("_share") || column == "share" || column.ends_with("utilization")
 }
 
+/// Columns holding dollars: `*_usd` and `usd_per_*`.
+fn is_money(column: &str) -> bool {
+    column.ends_with("_usd") || column.starts_with("usd_per_")
+}
+
+/// A number as its column name says: latencies (`*_ms`), money, shares, rates (`rate`, per second) and
+/// percentages (`*_pct`) through the one formatting function of each (`tailscope_core::display`).
 fn format_number(column: &str, x: f64) -> String {
     if column.ends_with("_ms") {
-        if x >= 10_000.0 {
-            format!("{:.1}s", x / 1000.0)
-        } else if x >= 1000.0 {
-            format!("{:.2}s", x / 1000.0)
-        } else if x >= 100.0 {
-            format!("{x:.0}")
-        } else {
-            format!("{x:.1}")
-        }
-    } else if column.ends_with("_usd") {
-        if x.abs() >= 100.0 {
-            format!("${x:.0}")
-        } else if x.abs() >= 0.01 || x == 0.0 {
-            format!("${x:.2}")
-        } else {
-            format!("${x:.4}")
-        }
+        duration_ms(x)
+    } else if is_money(column) {
+        usd(x)
     } else if is_ratio(column) {
-        format!("{:.1}%", x * 100.0)
+        percent(x)
     } else if column == "rate" {
         format!("{x:.1}/s")
     } else if column.ends_with("_pct") {
-        format!("{x:.1}%")
+        percent(x / 100.0)
     } else if x.fract() == 0.0 && x.abs() < 1e15 {
         format!("{x:.0}")
     } else {
@@ -213,7 +208,7 @@ fn header(column: &str) -> String {
     match column {
         "error_rate" => "err%".into(),
         "p99_series_ms" => "p99 trend".into(),
-        "usd_per_1m_tokens" => "$/1M tok".into(),
+        "usd_per_1m_tokens" => "per 1M tok".into(),
         c => c.trim_end_matches("_ms").replace("_usd", " $").replace('_', " "),
     }
 }
@@ -250,16 +245,32 @@ fn draw_table(frame: &mut Frame, app: &App, panel: &Panel, table: &Table, focuse
         .map(|&r| cols.iter().map(|&c| format_cell(&table.columns[c], &table.rows[r][c])).collect())
         .collect();
     let headers: Vec<String> = cols.iter().map(|&c| header(&table.columns[c])).collect();
+    let numeric: Vec<bool> =
+        cols.iter().map(|&c| visible.iter().take(50).any(|&r| matches!(table.rows[r][c], Value::Number(_)))).collect();
+    // A text column at the end (the Alerts screen's message) takes the width the others leave, and wraps.
+    let last = cols.len().saturating_sub(1);
+    let flexible = cols.last().is_some_and(|&c| {
+        !numeric[last] && visible.iter().take(50).any(|&r| matches!(table.rows[r][c], Value::String(_)))
+    });
     let mut lengths: Vec<u16> = (0..cols.len())
         .map(|i| {
             let w = text.iter().take(500).map(|r| r[i].chars().count()).max().unwrap_or(0).max(headers[i].len());
-            w.min(28) as u16
+            let cap = if flexible && i == last { usize::from(u16::MAX) } else { MAX_COLUMN_WIDTH };
+            w.min(cap) as u16
         })
         .collect();
-    fit_widths(&mut lengths, area.width.saturating_sub(cols.len().saturating_sub(1) as u16));
-    let widths: Vec<Constraint> = lengths.into_iter().map(Constraint::Length).collect();
-    let numeric: Vec<bool> =
-        cols.iter().map(|&c| visible.iter().take(50).any(|&r| matches!(table.rows[r][c], Value::Number(_)))).collect();
+    let available = area.width.saturating_sub(cols.len().saturating_sub(1) as u16);
+    if flexible {
+        let others: u32 = lengths[..last].iter().map(|w| u32::from(*w)).sum();
+        let natural = lengths[last];
+        let left = u16::try_from(u32::from(available).saturating_sub(others)).unwrap_or(u16::MAX);
+        lengths[last] = left.max(natural.min(available / 3)).min(natural);
+        let rest = available.saturating_sub(lengths[last]);
+        fit_widths(&mut lengths[..last], rest);
+    } else {
+        fit_widths(&mut lengths, available);
+    }
+    let widths: Vec<Constraint> = lengths.iter().copied().map(Constraint::Length).collect();
     let align = |i: usize, s: String| -> Cell<'static> {
         if numeric[i] { Cell::from(Line::from(s).right_aligned()) } else { Cell::from(s) }
     };
@@ -271,7 +282,22 @@ fn draw_table(frame: &mut Frame, app: &App, panel: &Panel, table: &Table, focuse
                 (Some(slo), Some(c)) => table.number(r, c).is_some_and(|v| v > slo),
                 _ => false,
             };
-            let row = TableRow::new(cells.into_iter().enumerate().map(|(i, s)| align(i, s)));
+            let mut height = 1;
+            let cells: Vec<Cell> = cells
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let width = usize::from(lengths[i]);
+                    if flexible && i == last {
+                        let lines = wrap(&s, width, MAX_CELL_LINES);
+                        height = lines.len().max(1) as u16;
+                        Cell::from(Text::from(lines.into_iter().map(Line::from).collect::<Vec<_>>()))
+                    } else {
+                        align(i, ellipsize(&s, width))
+                    }
+                })
+                .collect();
+            let row = TableRow::new(cells).height(height);
             if breach { row.style(Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)) } else { row }
         })
         .collect();
@@ -286,6 +312,69 @@ fn draw_table(frame: &mut Frame, app: &App, panel: &Panel, table: &Table, focuse
         state.select(Some((*app.selected.get(&app.current).unwrap_or(&0)).min(visible.len() - 1)));
     }
     frame.render_stateful_widget(widget, area, &mut state);
+}
+
+/// The widest a table column is drawn, but a text column at the end, which takes what the others leave.
+const MAX_COLUMN_WIDTH: usize = 28;
+/// The most lines a wrapped cell takes; what does not fit ends in `…`.
+const MAX_CELL_LINES: usize = 3;
+
+/// `text` cut to `width` characters, ending in `…` when something was cut.
+fn ellipsize(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    if width == 0 {
+        return String::new();
+    }
+    let mut cut: String = text.chars().take(width - 1).collect();
+    cut.push('…');
+    cut
+}
+
+/// `text` broken into lines of at most `width` characters at spaces (a longer word is split; runs of spaces inside
+/// a line are kept), at most `max_lines` of them; the last ends in `…` when text was left over.
+pub fn wrap(text: &str, width: usize, max_lines: usize) -> Vec<String> {
+    if width == 0 || max_lines == 0 {
+        return Vec::new();
+    }
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    let mut len = 0;
+    let mut started = false;
+    // Splitting at single spaces keeps runs of them as empty words, so joining with one space restores them.
+    for word in text.split(' ') {
+        let mut word: Vec<char> = word.chars().collect();
+        if started && len + 1 + word.len() <= width {
+            line.push(' ');
+            line.extend(&word);
+            len += 1 + word.len();
+            continue;
+        }
+        if started {
+            lines.push(std::mem::take(&mut line));
+            started = false;
+        }
+        if word.is_empty() {
+            continue; // a wrapped line does not start with spaces
+        }
+        while word.len() > width {
+            let rest = word.split_off(width);
+            lines.push(word.into_iter().collect());
+            word = rest;
+        }
+        line.extend(&word);
+        len = word.len();
+        started = true;
+    }
+    if started || lines.is_empty() {
+        lines.push(line);
+    }
+    if lines.len() > max_lines {
+        let rest = lines.split_off(max_lines - 1).join(" ");
+        lines.push(ellipsize(&rest, width));
+    }
+    lines
 }
 
 /// Shrinks the widest columns one cell at a time until they fit `available`. Leaving an over-full set of
@@ -355,38 +444,55 @@ fn state_color(state: Option<&str>, ratio: f64) -> Color {
     }
 }
 
+/// One gauge per row: `label  value / max  → projected  [state]` over a bar. The bar's fill and percentage are the
+/// `ratio` column when the panel names one (a budget's `utilization`, in the unit of its cap), else value / max;
+/// the bar stops at full, the percentage does not.
 fn draw_gauges(frame: &mut Frame, panel: &Panel, table: &Table, area: Rect) {
     let lc = column_or(table, panel.label.as_deref(), false);
     let vc = panel.value.as_deref().and_then(|v| table.column(v));
     let mc = panel.max.as_deref().and_then(|m| table.column(m));
     let sc = panel.state.as_deref().and_then(|s| table.column(s));
-    let proj = table.column("projected_usd");
+    let rc = panel.ratio.as_deref().and_then(|r| table.column(r));
+    let proj = table.column("projected").or_else(|| table.column("projected_usd"));
     let Some(vc) = vc else {
         let name = panel.value.as_deref().unwrap_or("value");
         return frame.render_widget(Paragraph::new(format!("gauge: no column {name:?} in the data")).red(), area);
     };
+    if let (Some(name), None) = (panel.ratio.as_deref(), rc) {
+        return frame.render_widget(Paragraph::new(format!("gauge: no column {name:?} in the data")).red(), area);
+    }
     let per = 2u16;
     let n = ((area.height / per) as usize).min(table.rows.len());
     let areas = Layout::vertical(vec![Constraint::Length(per); n]).split(area);
+    let cell = |r: usize, c: usize| format_cell(&table.columns[c], &table.rows[r][c]);
     for (r, a) in areas.iter().enumerate() {
-        let value = table.number(r, vc).unwrap_or(0.0);
-        let max = mc.and_then(|c| table.number(r, c)).unwrap_or(0.0);
-        let ratio = if max > 0.0 { value / max } else { 0.0 };
+        let ratio = match rc {
+            Some(c) => table.number(r, c).unwrap_or(0.0),
+            None => {
+                let value = table.number(r, vc).unwrap_or(0.0);
+                let max = mc.and_then(|c| table.number(r, c)).unwrap_or(0.0);
+                if max > 0.0 { value / max } else { 0.0 }
+            }
+        };
         let state = sc.and_then(|c| table.rows[r][c].as_str());
         let color = state_color(state, ratio);
-        let label = lc.map(|c| format_cell(&table.columns[c], &table.rows[r][c])).unwrap_or_default();
-        let mut text = format!("{label}  ${value:.2} / ${max:.2}");
-        if let Some(p) = proj.and_then(|c| table.number(r, c)) {
-            text.push_str(&format!("  → ${p:.2}"));
+        let label = lc.map(|c| cell(r, c)).unwrap_or_default();
+        let mut text = format!("{label}  {}", cell(r, vc));
+        if let Some(c) = mc {
+            text.push_str(&format!(" / {}", cell(r, c)));
+        }
+        if let Some(c) = proj.filter(|&c| !table.rows[r][c].is_null()) {
+            text.push_str(&format!("  → {}", cell(r, c)));
         }
         if let Some(s) = state {
             text.push_str(&format!("  [{s}]"));
         }
         let [l1, l2] = Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(*a);
         frame.render_widget(Line::from(text).fg(color), l1);
+        let ratio = if ratio.is_finite() { ratio } else { 0.0 };
         let gauge = LineGauge::default()
             .ratio(ratio.clamp(0.0, 1.0))
-            .label(format!("{:>4.0}%", ratio * 100.0))
+            .label(format!("{:>5}", percent(ratio)))
             .filled_style(Style::new().fg(color))
             .unfilled_style(Style::new().fg(Color::DarkGray));
         frame.render_widget(gauge, l2);
@@ -491,7 +597,7 @@ fn draw_selected_histogram(frame: &mut Frame, app: &App, area: Rect) {
         Some((name, buckets)) if !buckets.is_empty() => {
             let [title, chart] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(area);
             frame.render_widget(
-                Line::from(format!("{name}: count per latency bucket (ms, upper bound)")).dark_gray(),
+                Line::from(format!("{name}: count per latency bucket (upper bound)")).dark_gray(),
                 title,
             );
             draw_histogram(frame, &buckets, chart);
@@ -503,22 +609,19 @@ fn draw_selected_histogram(frame: &mut Frame, app: &App, area: Rect) {
     }
 }
 
-fn short_ms(ms: f64) -> String {
-    if ms >= 1000.0 { format!("{}s", (ms / 1000.0).round()) } else { format!("{ms}") }
-}
-
 fn draw_histogram(frame: &mut Frame, buckets: &[(f64, u64)], area: Rect) {
     if buckets.is_empty() || area.width == 0 {
         return;
     }
     let n = buckets.len() as u16;
-    let width = ((area.width.saturating_sub(n)) / n).clamp(1, 6);
+    // Wide enough for a bound with its unit (`256 ms`, `16.4 s`) when the area allows.
+    let width = ((area.width.saturating_sub(n)) / n).clamp(1, 7);
     let bars: Vec<Bar> = buckets
         .iter()
         .map(|(le, count)| {
             Bar::default()
                 .value(*count)
-                .label(Line::from(short_ms(*le)))
+                .label(Line::from(duration_ms(*le)))
                 .text_value(count.to_string())
                 .style(Style::new().fg(Color::Magenta))
         })
@@ -596,30 +699,72 @@ fn draw_waterfall(frame: &mut Frame, table: &Table, area: Rect) {
     frame.render_widget(Paragraph::new(lines), area);
 }
 
+/// The help overlay: keys, the source and each screen's description, wrapped to the overlay's width. When it is
+/// taller than the terminal allows it scrolls (↑↓ j k, PgUp PgDn, g G); the bottom border says where one is.
 fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
-    let w = area.width.min(70);
-    let h = area.height.min(20);
-    let popup = Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h };
-    let mut lines = vec![
-        Line::from("1-5, Tab     switch screen").bold(),
-        Line::from("↑↓ / j k     move the selection (PgUp PgDn g G)"),
-        Line::from("Enter        drill into the selected session"),
-        Line::from("Esc          back / clear the filter"),
-        Line::from("/            filter rows (provider, region, model, …)"),
-        Line::from(format!("t            time window (now {}: 5m, 1h, 24h, 7d)", app.window.label())),
-        Line::from("r            refresh now        q  quit"),
-        Line::from(""),
-        Line::from(format!("source: {}", app.source_label)).dark_gray(),
+    let w = area.width.saturating_sub(4).min(100).max(area.width.min(24));
+    let bold = Style::new().add_modifier(Modifier::BOLD);
+    let plain = Style::new();
+    let dim = Style::new().fg(Color::DarkGray);
+    let mut logical: Vec<(String, Style)> = vec![
+        ("1-5, Tab     switch screen".into(), bold),
+        ("↑↓ / j k     move the selection (PgUp PgDn g G)".into(), plain),
+        ("Enter        drill into the selected session".into(), plain),
+        ("Esc          back / clear the filter".into(), plain),
+        ("/            filter rows (provider, region, model, …)".into(), plain),
+        (format!("t            time window (now {}: 5m, 1h, 24h, 7d)", app.window.label()), plain),
+        ("r            refresh now        q  quit".into(), plain),
+        ("in this help ↑↓ j k PgUp PgDn g G scroll; any other key closes it".into(), plain),
+        (String::new(), plain),
+        (format!("source: {}", app.source_label), dim),
     ];
     for (i, d) in app.screens.iter().enumerate() {
-        lines.push(Line::from(format!("{} {}: {}", i + 1, d.title, d.description)).dark_gray());
+        logical.push((format!("{} {}: {}", i + 1, d.title, d.description), dim));
+    }
+    let inner_width = usize::from(w.saturating_sub(2));
+    let lines: Vec<Line> = logical
+        .iter()
+        .flat_map(|(text, style)| wrap(text, inner_width, usize::MAX).into_iter().map(move |l| Line::styled(l, *style)))
+        .collect();
+    let most = area.height.saturating_sub(2).max(area.height.min(5));
+    let h = u16::try_from(lines.len() + 2).unwrap_or(u16::MAX).min(most);
+    let popup = Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h };
+    let visible = usize::from(h.saturating_sub(2));
+    let max_scroll = lines.len().saturating_sub(visible);
+    app.help_max_scroll.set(u16::try_from(max_scroll).unwrap_or(u16::MAX));
+    let top = usize::from(app.help_scroll).min(max_scroll);
+    let mut block = Block::default().borders(Borders::ALL).title(" help · any other key closes ");
+    if max_scroll > 0 {
+        let shown = format!(
+            " lines {}-{} of {}{} ",
+            top + 1,
+            (top + visible).min(lines.len()),
+            lines.len(),
+            if top < max_scroll { " · ↓ more" } else { "" }
+        );
+        block = block.title_bottom(Line::from(shown).right_aligned());
     }
     frame.render_widget(Clear, popup);
     frame.render_widget(
-        Paragraph::new(lines)
-            .wrap(Wrap { trim: true })
+        Paragraph::new(lines.into_iter().skip(top).take(visible).collect::<Vec<_>>())
             .alignment(Alignment::Left)
-            .block(Block::default().borders(Borders::ALL).title(" help (any key closes) ")),
+            .block(block),
         popup,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_breaks_at_spaces_keeps_inner_runs_and_ellipsizes_the_last_line() {
+        assert_eq!(wrap("1-5, Tab     switch screen", 40, 9), ["1-5, Tab     switch screen"]);
+        assert_eq!(wrap("aaa bbb ccc", 7, 9), ["aaa bbb", "ccc"]);
+        assert_eq!(wrap("abcdefgh", 3, 9), ["abc", "def", "gh"]);
+        assert_eq!(wrap("aaa bbb ccc ddd eee", 7, 2), ["aaa bbb", "ccc dd…"]);
+        assert_eq!(wrap("aaa bbb ccc ddd", 7, 1), ["aaa bb…"]);
+        assert_eq!(wrap("", 5, 3), [""]);
+        assert_eq!(ellipsize("$1,210.00", 6), "$1,21…");
+    }
 }

@@ -48,7 +48,119 @@ fn fixture() -> tempfile::TempDir {
         writer.write(b).unwrap();
     }
     writer.close().unwrap();
+    write_alerts(dir.path());
     dir
+}
+
+/// The alert log of a collector with two budgets: `hedge-duplicates` capped at 3% of inference spend (no dollar
+/// cap) and `tiny` capped at $0.001; each has fired once.
+fn write_alerts(dir: &std::path::Path) {
+    use tailscope_core::alerts::{ALERTS_DIR, AlertEvent, EVENTS_FILE};
+    use tailscope_core::cost::BudgetKind;
+    let t = chrono::Utc::now();
+    let event = |seq: u64, budget: &str, kind: BudgetKind| AlertEvent {
+        seq,
+        time: t,
+        alert_id: format!("{budget}/rolling"),
+        budget: budget.into(),
+        kind,
+        scope: None,
+        period: "1h".into(),
+        period_key: "rolling".into(),
+        period_start: t,
+        period_end: None,
+        state: "firing".into(),
+        severity: "critical".into(),
+        event: "threshold".into(),
+        threshold: Some(1.0),
+        spend_usd: 0.0,
+        cap_usd: None,
+        cap_share: None,
+        share: None,
+        utilization: 0.0,
+        projected_usd: None,
+        message: format!("BREACH {budget}"),
+        projected_share: None,
+    };
+    let share = AlertEvent {
+        spend_usd: 0.69,
+        cap_share: Some(0.03),
+        share: Some(0.041),
+        utilization: 0.041 / 0.03,
+        ..event(1, "hedge-duplicates", BudgetKind::DuplicateInference)
+    };
+    let tiny = AlertEvent {
+        spend_usd: 4.994,
+        cap_usd: Some(0.001),
+        utilization: 4994.0,
+        ..event(2, "tiny", BudgetKind::Total)
+    };
+    std::fs::create_dir_all(dir.join(ALERTS_DIR)).unwrap();
+    let lines: String = [share, tiny].iter().map(|e| serde_json::to_string(e).unwrap() + "\n").collect();
+    std::fs::write(dir.join(ALERTS_DIR).join(EVENTS_FILE), lines).unwrap();
+}
+
+fn render(app: &App, w: u16, h: u16) -> String {
+    let mut terminal = ratatui::Terminal::new(ratatui::backend::TestBackend::new(w, h)).unwrap();
+    terminal.draw(|f| tui::ui::draw(f, app)).unwrap();
+    format!("{}", terminal.backend())
+}
+
+/// Without a server the Budgets gauges and the Alerts screen read the `alerts` table: a share cap and a $0.001 cap
+/// read in their units there too.
+#[tokio::test]
+async fn budgets_and_alerts_over_sql_read_caps_in_their_unit() {
+    let dir = fixture();
+    let source = LocalSource::new(dir.path().to_path_buf()).await.unwrap();
+    let mut app =
+        App::new(tui::dashboard::defaults().unwrap(), "fixture".into(), false, std::time::Duration::from_secs(1));
+    for (screen, panel) in [(1usize, 3usize), (3, 0)] {
+        let p = app.screen_panels(screen)[panel].clone();
+        let Ok(Request::Sql(sql)) = app.request_for(&p) else { panic!("{}", p.title) };
+        let table = source.sql(sql).await.unwrap();
+        assert_eq!(table.rows.len(), 2, "{}: {table:?}", p.title);
+        let cap = table.column("cap").unwrap();
+        let used = table.column("used").unwrap();
+        let row = (0..2).find(|&r| table.rows[r].iter().any(|v| v == "hedge-duplicates")).unwrap();
+        assert_eq!(
+            (table.rows[row][used].as_str(), table.rows[row][cap].as_str()),
+            (Some("4.1%"), Some("3% of inference"))
+        );
+        assert_eq!(table.rows[1 - row][cap].as_str(), Some("$0.001"));
+        app.set_data(screen, panel, table);
+    }
+    app.current = 1;
+    let cost = render(&app, 140, 30);
+    assert!(cost.contains("hedge-duplicates  4.1% / 3% of inference") && cost.contains(" 137% "), "{cost}");
+    assert!(cost.contains("tiny  $4.99 / $0.001") && cost.contains("499,400%"), "{cost}");
+    app.current = 3;
+    let alerts = render(&app, 140, 12);
+    assert!(alerts.contains("3% of inference") && alerts.contains("$0.001"), "{alerts}");
+}
+
+/// Spans without a provider are one "(no provider)" row after the providers', never a provider called "none".
+#[tokio::test]
+async fn spans_without_a_provider_are_listed_apart() {
+    let dir = fixture();
+    let source = LocalSource::new(dir.path().to_path_buf()).await.unwrap();
+    let app = App::new(tui::dashboard::defaults().unwrap(), "fixture".into(), false, std::time::Duration::from_secs(1));
+    for (screen, panel) in [(0usize, 0usize), (1, 0), (1, 1)] {
+        let p = app.screen_panels(screen)[panel].clone();
+        let Ok(Request::Sql(sql)) = app.request_for(&p) else { panic!("{}", p.title) };
+        let table = source.sql(sql).await.unwrap();
+        let c = table.column("provider").unwrap();
+        let providers: Vec<&str> = table.rows.iter().map(|r| r[c].as_str().unwrap()).collect();
+        assert!(!providers.contains(&"none"), "{}: {providers:?}", p.title);
+        let first_apart = providers
+            .iter()
+            .position(|p| *p == "(no provider)")
+            .unwrap_or_else(|| panic!("{}: {providers:?}", p.title));
+        assert!(
+            first_apart > 0 && providers[first_apart..].iter().all(|p| *p == "(no provider)"),
+            "{}: {providers:?}",
+            p.title
+        );
+    }
 }
 
 #[tokio::test]

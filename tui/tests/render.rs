@@ -1,5 +1,6 @@
 //! Every default screen rendered with fixed data into ratatui's `TestBackend`, at 80x24 and 160x48, checked
-//! against insta snapshots (`cargo insta review` after an intended change).
+//! against insta snapshots. After an intended change, `INSTA_UPDATE=always cargo test --test render` rewrites them
+//! (or `cargo insta review`, where cargo-insta is installed); read each diff before committing it.
 
 use std::time::Duration;
 
@@ -41,8 +42,10 @@ fn app() -> App {
         {"session_id":"sess-19bc","steps":17,"tokens":52000,"cost_usd":1.05},
         {"session_id":"sess-0042","steps":5,"tokens":1200,"cost_usd":0.0031}]"#;
     app.set_data(1, 2, t(sessions));
-    app.set_data(1, 3, t(r#"[{"name":"egress-monthly","spend_usd":410.0,"cap_usd":500.0,"projected_usd":640.0},
-        {"name":"dup-inference","spend_usd":12.5,"cap_usd":100.0},{"name":"total","spend_usd":1210.0,"cap_usd":1000.0}]"#));
+    // As /api/v1/alerts gives the budgets: figures, and the same as text in the unit of each cap.
+    app.set_data(1, 3, t(r#"[{"name":"egress-monthly","spend_usd":410.0,"cap_usd":500.0,"utilization":0.82,"projected_usd":640.0,"used":"$410.00","cap":"$500.00","projected":"$640.00"},
+        {"name":"dup-inference","spend_usd":12.5,"cap_usd":100.0,"utilization":0.125,"used":"$12.50","cap":"$100.00","projected":null},
+        {"name":"total","spend_usd":1210.0,"cap_usd":1000.0,"utilization":1.21,"used":"$1,210.00","cap":"$1,000.00","projected":null}]"#));
     app.set_data(2, 0, t(r#"[{"hedged_requests":310,"llm_calls":6000,"hedge_rate":0.103,"duplicate_usd":38.4,"inference_usd":703.6}]"#));
     app.set_data(
         2,
@@ -51,8 +54,8 @@ fn app() -> App {
         {"provider":"aws.bedrock","copies":300,"win_rate":0.59,"duplicate_usd":16.3,"cancel_p95_ms":95.0}]"#),
     );
     app.set_data(2, 2, t(r#"[{"provider":"aws.bedrock","win_pct":59.0},{"provider":"openai","win_pct":41.0}]"#));
-    app.set_data(3, 0, t(r#"[{"time":"2026-11-21T09:14:03.120Z","budget":"egress-monthly","state":"firing","severity":"warning","spend_usd":410.0,"cap_usd":500.0,"projected_usd":640.0,"message":"egress-monthly projected to reach $640 (128%) by 30 Nov"},
-        {"time":"2026-11-20T18:02:11Z","budget":"total","state":"firing","severity":"critical","spend_usd":1210.0,"cap_usd":1000.0,"projected_usd":null,"message":"total over cap: $1210 of $1000"}]"#));
+    app.set_data(3, 0, t(r#"[{"time":"2026-11-21T09:14:03.120Z","budget":"egress-monthly","state":"firing","severity":"warning","spend_usd":410.0,"cap_usd":500.0,"projected_usd":640.0,"message":"egress-monthly projected to reach $640.00 (128%) by 30 Nov; $410.00 of $500.00 (82%) spent so far this month","used":"$410.00","cap":"$500.00","projected":"$640.00"},
+        {"time":"2026-11-20T18:02:11Z","budget":"total","state":"firing","severity":"critical","spend_usd":1210.0,"cap_usd":1000.0,"projected_usd":null,"message":"BREACH total: $1,210.00 of $1,000.00 (121%) spent this month (2026-11); crossed the 100% threshold","used":"$1,210.00","cap":"$1,000.00","projected":null}]"#));
     app.set_data(4, 0, t(r#"[{"session_id":"sess-7f3a","started":"2026-11-21T09:10:00Z","wall_ms":48200.0,"steps":6,"errors":1,"cost_usd":4.12}]"#));
     app.set_data(4, 1, t(r#"[
         {"name":"invoke_agent","kind":"other","offset_ms":0.0,"duration_ms":48200.0,"provider":null,"tokens":0,"cost_usd":null,"status_code":"ok"},
@@ -87,7 +90,9 @@ fn every_default_screen_at_two_sizes() {
 fn overview_marks_slo_breach_and_follows_selection() {
     let mut app = app();
     let screen = render(&app, 80, 24);
-    assert!(screen.contains("openai") && screen.contains("6.12s"), "{screen}");
+    assert!(screen.contains("openai") && screen.contains("6.12 s"), "{screen}");
+    // Every latency cell carries its unit, milliseconds and seconds alike.
+    assert!(screen.contains("45.2 ms") && screen.contains("812 ms") && screen.contains("11.2 s"), "{screen}");
     // The histogram follows the selected row.
     assert!(screen.contains("openai / us-east-1"), "{screen}");
     app.selected.insert(0, 1);
@@ -121,4 +126,124 @@ fn banner_help_and_filter() {
     for (w, h) in [(1, 1), (20, 5), (40, 10)] {
         render(&app, w, h);
     }
+}
+
+/// A `duplicate_inference` budget capped at 3% of inference spend (no dollar cap) and a `total` budget capped at
+/// $0.001, as `/api/v1/alerts` gives them: the budget figures (`BudgetStatus`) and the alerts' events with their
+/// figures as text ([`AlertView`]).
+fn budget_app() -> App {
+    use tailscope_core::alerts::{AlertEvent, AlertView};
+    use tailscope_core::cost::{BudgetFigures, BudgetKind};
+    let share = BudgetFigures {
+        spend_usd: 0.69,
+        share: Some(0.041),
+        cap_share: Some(0.03),
+        utilization: BudgetFigures::utilization_of(0.69, Some(0.041), None, Some(0.03)),
+        ..Default::default()
+    };
+    let tiny = BudgetFigures {
+        spend_usd: 4.994,
+        cap_usd: Some(0.001),
+        utilization: BudgetFigures::utilization_of(4.994, None, Some(0.001), None),
+        projected_usd: Some(5.2),
+        ..Default::default()
+    };
+    let status = |name: &str, kind: &str, f: &BudgetFigures| {
+        serde_json::json!({"name": name, "kind": kind, "period": "1h", "spend_usd": f.spend_usd, "cap_usd": f.cap_usd,
+            "share": f.share, "cap_share": f.cap_share, "utilization": f.utilization, "projected_usd": f.projected_usd,
+            "used": f.used(), "cap": f.cap(), "projected": f.projected()})
+    };
+    let budgets =
+        serde_json::json!([status("hedge-duplicates", "duplicate_inference", &share), status("tiny", "total", &tiny)]);
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-11-21T09:14:03Z").unwrap().to_utc();
+    let event = |budget: &str, kind: BudgetKind, f: &BudgetFigures| AlertEvent {
+        seq: 1,
+        time: t0,
+        alert_id: format!("{budget}/rolling"),
+        budget: budget.into(),
+        kind,
+        scope: None,
+        period: "1h".into(),
+        period_key: "rolling".into(),
+        period_start: t0,
+        period_end: None,
+        state: "firing".into(),
+        severity: "critical".into(),
+        event: "threshold".into(),
+        threshold: Some(1.0),
+        spend_usd: f.spend_usd,
+        cap_usd: f.cap_usd,
+        cap_share: f.cap_share,
+        share: f.share,
+        utilization: f.utilization,
+        projected_usd: f.projected_usd,
+        message: format!("BREACH {budget}: {} this 1h; crossed the 100% threshold", f.summary()),
+        projected_share: None,
+    };
+    let events =
+        [event("hedge-duplicates", BudgetKind::DuplicateInference, &share), event("tiny", BudgetKind::Total, &tiny)];
+    let views: Vec<AlertView> = events.iter().map(AlertView::from).collect();
+    let mut app = app();
+    app.set_data(1, 3, t(&budgets.to_string()));
+    app.set_data(3, 0, t(&serde_json::to_string(&views).unwrap()));
+    app
+}
+
+#[test]
+fn budget_caps_read_in_their_unit_at_140_columns() {
+    let mut app = budget_app();
+    app.current = 1;
+    let cost = render(&app, 140, 30);
+    // The share cap: the share used against the share cap, and the gauge at the utilization (137%), never
+    // "$0.69 / $0.00" at 0%.
+    assert!(cost.contains("hedge-duplicates  4.1% / 3% of inference"), "{cost}");
+    assert!(cost.contains(" 137% "), "{cost}");
+    // The small cap keeps its digits; the bar is full, the percentage is the true one.
+    assert!(cost.contains("tiny  $4.99 / $0.001  → $5.20"), "{cost}");
+    assert!(cost.contains("499,400%"), "{cost}");
+    assert!(!cost.contains("/ $0.00 "), "{cost}");
+    insta::assert_snapshot!("budgets_cost_140x30", cost);
+
+    app.current = 3;
+    let alerts = render(&app, 140, 12);
+    let row = alerts.lines().find(|l| l.contains("hedge-duplicates")).unwrap();
+    assert!(row.contains("4.1%") && row.contains("3% of inference"), "{alerts}");
+    let row = alerts.lines().find(|l| l.contains("tiny")).unwrap();
+    assert!(row.contains("$4.99") && row.contains("$0.001") && row.contains("$5.20"), "{alerts}");
+    // The message gets the width the other columns leave, wrapped: all of it is on screen.
+    assert!(alerts.contains("BREACH hedge-duplicates: 4.1%") && alerts.contains("threshold"), "{alerts}");
+    assert!(!alerts.contains('…'), "{alerts}");
+    insta::assert_snapshot!("budgets_alerts_140x12", alerts);
+}
+
+/// The help overlay's last line (the last screen's description) is on screen at 80x24 and 120x32; on a smaller
+/// terminal the overlay scrolls to it, and says so.
+#[test]
+fn help_overlay_shows_its_last_line_or_scrolls_to_it() {
+    let mut app = app();
+    app.help = true;
+    let last = "other).";
+    for (w, h) in [(80u16, 24u16), (120, 32)] {
+        let screen = render(&app, w, h);
+        assert!(screen.contains(last) && screen.contains("5 Session:"), "{w}x{h}:\n{screen}");
+        assert!(screen.contains("scroll; any other key closes it"), "{w}x{h}:\n{screen}");
+        insta::assert_snapshot!(format!("help_{w}x{h}"), screen);
+    }
+    let now = std::time::Instant::now();
+    let key = |c| crossterm::event::KeyEvent::new(c, crossterm::event::KeyModifiers::NONE);
+    let screen = render(&app, 60, 14);
+    assert!(!screen.contains(last) && screen.contains("↓ more"), "{screen}");
+    for _ in 0..40 {
+        app.on_key(key(crossterm::event::KeyCode::Char('j')), now);
+        render(&app, 60, 14);
+    }
+    assert!(app.help, "scrolling keeps the overlay open");
+    let screen = render(&app, 60, 14);
+    assert!(screen.contains(last) && !screen.contains("↓ more"), "{screen}");
+    insta::assert_snapshot!("help_60x14_scrolled", screen);
+    // Scrolling stops at the end: one step up shows the line before again.
+    app.on_key(key(crossterm::event::KeyCode::Char('k')), now);
+    assert!(!render(&app, 60, 14).contains(last));
+    app.on_key(key(crossterm::event::KeyCode::Char('x')), now);
+    assert!(!app.help && app.help_scroll == 0);
 }

@@ -18,10 +18,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use tailscope_core::alerts::{ALERTS_DIR, AlertEvent, EVENTS_FILE, read_events};
-use tailscope_core::cost::BudgetKind;
+use tailscope_core::cost::{BudgetFigures, BudgetKind};
+use tailscope_core::display::percent;
 
 use super::CostError;
-use super::budget::{Budget, BudgetStatus, last_day, usd};
+use super::budget::{Budget, BudgetStatus, last_day};
 
 /// A rolling-window alert resolves once utilisation is below this share of the lowest threshold, so a budget
 /// hovering at a threshold does not flap.
@@ -181,7 +182,7 @@ impl AlertBook {
             (None, Some(st)) => {
                 let lowest = levels.first().copied().unwrap_or(1.0);
                 if utilization < lowest * RESOLVE_MARGIN {
-                    let reason = format!("spend is back to {} ({:.0}% of the cap)", usd(spend), utilization * 100.0);
+                    let reason = format!("back to {}", scoped(status, utilization, spend).summary());
                     drafts.push(resolved(&st.last, status, now, utilization, reason));
                 }
             }
@@ -200,23 +201,20 @@ impl AlertBook {
         if !budget.config.forecast || status.utilization >= 1.0 {
             return;
         }
-        let (Some(projected), Some(pu), Some(end)) =
-            (status.projected_usd, status.projected_utilization, status.period_end)
-        else {
+        let (Some(pu), Some(end)) = (status.projected_utilization, status.period_end) else {
             return;
         };
         let id = format!("{base}/forecast");
         if pu < 1.0 || self.states.contains_key(&id) {
             return; // one forecast per period
         }
+        let figures = status.figures();
+        let Some(projection) = figures.projected_summary() else { return };
         let message = format!(
-            "{} projected to reach {} ({:.0}%) by {}; {} ({:.0}%) spent so far this {}",
+            "{} projected to reach {projection} by {}; {} so far this {}",
             status.name,
-            usd(projected),
-            pu * 100.0,
             last_day(end),
-            usd(status.spend_usd),
-            status.utilization * 100.0,
+            figures.summary(),
             status.period
         );
         let mut e = draft(
@@ -232,7 +230,8 @@ impl AlertBook {
             status.spend_usd,
             message,
         );
-        e.projected_usd = Some(projected);
+        e.projected_usd = status.projected_usd;
+        e.projected_share = status.projected_share;
         drafts.push(e);
     }
 
@@ -272,31 +271,25 @@ fn fired(
         Some(session) => format!("session {session} of {}", status.name),
         None => status.name.clone(),
     };
-    // A share-only cap has no USD figure: say what was spent, and the share sentence below says against what.
-    let against = match status.cap_usd {
-        Some(cap) => format!(" of {} ({:.0}%)", usd(cap), utilization * 100.0),
-        None => format!(" ({:.0}% of the cap)", utilization * 100.0),
-    };
     let mut message = format!(
-        "{} {what}: {}{against} spent this {}{}",
+        "{} {what}: {} this {}{}",
         if breach { "BREACH" } else { "WARNING" },
-        usd(spend),
+        scoped(status, utilization, spend).summary(),
         status.period,
         if status.period_key == "rolling" { String::new() } else { format!(" ({})", status.period_key) },
     );
-    if let (Some(share), Some(cap)) = (status.share, status.cap_share) {
-        message.push_str(&format!(
-            "; duplicate inference is {:.1}% of inference spend (cap {:.1}%)",
-            share * 100.0,
-            cap * 100.0
-        ));
-    }
-    message.push_str(&format!("; crossed the {:.0}% threshold", threshold * 100.0));
+    message.push_str(&format!("; crossed the {} threshold", percent(threshold)));
     let severity = if breach { "critical" } else { "warning" };
     let mut e =
         draft(id, scope, status, now, "firing", severity, "threshold", Some(threshold), utilization, spend, message);
     e.projected_usd = status.projected_usd;
+    e.projected_share = status.projected_share;
     e
+}
+
+/// The budget's figures for one alert: a session's spend and use for a session's alert, the budget's otherwise.
+fn scoped(status: &BudgetStatus, utilization: f64, spend: f64) -> BudgetFigures {
+    BudgetFigures { spend_usd: spend, utilization, ..status.figures() }
 }
 
 fn resolved(
@@ -322,6 +315,7 @@ fn resolved_plain(last: &AlertEvent, now: DateTime<Utc>, reason: &str) -> AlertE
         event: "resolved".into(),
         threshold: None,
         projected_usd: None,
+        projected_share: None,
         message: format!("RESOLVED {}: {reason}", last.alert_id),
         ..last.clone()
     }
@@ -363,6 +357,7 @@ fn draft(
         utilization,
         projected_usd: None,
         message,
+        projected_share: None,
     }
 }
 
@@ -466,6 +461,51 @@ mod tests {
         assert!(f.message.starts_with("egress-monthly projected to reach $640.00 (128%) by 30 Nov"), "{}", f.message);
         assert_eq!(f.alert_id, "egress-monthly/2026-11/forecast");
         assert!(eval(&mut book, &b, now + 3_600_000_000_000).is_empty());
+    }
+
+    /// A `duplicate_inference` budget capped at 3% of inference spend and nothing in dollars: the breach names
+    /// the share against the share cap, and the event's figures read as shares (never a $0.00 cap).
+    #[test]
+    fn a_share_cap_breach_reads_as_a_share_in_the_event_and_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = ns("2026-11-02T12:00:00Z");
+        let mut c = crate::cost::budget::tests::config(
+            "hedge-duplicates",
+            BudgetKind::DuplicateInference,
+            BudgetPeriod::Rolling(Duration::from_secs(3600)),
+            1.0,
+        );
+        c.cap_usd = None;
+        c.cap_share = Some(0.03);
+        c.warn_at = vec![1.0];
+        let mut b = Budget::new(c, now);
+        let rows = [
+            Row { t: now, cost: Some(16.14), token_cost: Some(16.14), ..Default::default() },
+            Row {
+                t: now,
+                hedge_id: Some("h"),
+                winner: Some(false),
+                cost: Some(0.69),
+                token_cost: Some(0.69),
+                ..Default::default()
+            },
+        ];
+        b.add(&SpanColumns::from_batch(&batch(&rows)).unwrap(), now);
+        let mut book = AlertBook::open(dir.path()).unwrap();
+        let e = eval(&mut book, &b, now);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(
+            e[0].message,
+            "BREACH hedge-duplicates: 4.1% of inference spend against a 3% cap (137%), $0.69 spent this 1h; \
+             crossed the 100% threshold"
+        );
+        assert_eq!((e[0].cap_usd, e[0].cap_share), (None, Some(0.03)));
+        let f = e[0].figures();
+        assert_eq!((f.used(), f.cap()), ("4.1%".to_string(), "3% of inference".to_string()));
+        // The webhook's text is the message; its body carries the figures as text too.
+        let body = crate::cost::webhook::payload(&e[0]);
+        assert_eq!(body["text"], format!(":rotating_light: [tailscope] {}", e[0].message));
+        assert_eq!((body["cap"].as_str(), body["used"].as_str()), (Some("3% of inference"), Some("4.1%")));
     }
 
     #[test]

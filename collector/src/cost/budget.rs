@@ -16,7 +16,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use serde::Serialize;
-use tailscope_core::cost::{BudgetConfig, BudgetKind, BudgetPeriod};
+use tailscope_core::cost::{BudgetConfig, BudgetFigures, BudgetKind, BudgetPeriod};
 
 use super::prices::glob_match;
 
@@ -245,12 +245,24 @@ pub struct BudgetStatus {
     pub share: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cap_share: Option<f64>,
-    /// Spend over cap (the larger of the USD and share ratios); 1.0 = cap reached.
+    /// Use against the cap, in the cap's own unit: the larger of spend / `cap_usd` and share / `cap_share`
+    /// ([`BudgetFigures::utilization_of`]); 1.0 = cap reached.
     pub utilization: f64,
     /// Spend projected at the period's end from the recent burn rate (calendar periods, once enough of the
     /// period has passed to say).
     pub projected_usd: Option<f64>,
+    /// `duplicate_inference`: the share projected at the period's end (projected duplicate spend over projected
+    /// inference spend, both at their recent burn rates).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub projected_share: Option<f64>,
+    /// The projection against the cap, like `utilization`.
     pub projected_utilization: Option<f64>,
+    /// The figures as text in the cap's unit ([`BudgetFigures`]): `$410.00`, `4.1%` (of inference spend) or both.
+    pub used: String,
+    /// `$500.00`, `3% of inference`, or both.
+    pub cap: String,
+    /// The projection like `used`, when there is one.
+    pub projected: Option<String>,
     /// `session_cost`: sessions at or above the lowest threshold, most expensive first (at most 100).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sessions: Vec<SessionStatus>,
@@ -384,7 +396,6 @@ impl Budget {
             acc.inference += t.inference;
             acc
         });
-        let ratio = |spend: f64, cap: Option<f64>| cap.map(|cap| spend / cap).unwrap_or(0.0);
         let mut status = BudgetStatus {
             name: c.name.clone(),
             kind: c.kind,
@@ -397,18 +408,21 @@ impl Budget {
             inference_usd: None,
             share: None,
             cap_share: c.cap_share,
-            utilization: ratio(total.spend, c.cap_usd),
+            utilization: 0.0,
             projected_usd: None,
+            projected_share: None,
             projected_utilization: None,
+            used: String::new(),
+            cap: String::new(),
+            projected: None,
             sessions: Vec::new(),
             sessions_forgotten: 0,
         };
+        let share_of = |t: &Tally| if t.inference > 0.0 { t.spend / t.inference } else { 0.0 };
         match c.kind {
             BudgetKind::DuplicateInference => {
-                let share = if total.inference > 0.0 { total.spend / total.inference } else { 0.0 };
                 status.inference_usd = Some(total.inference);
-                status.share = Some(share);
-                status.utilization = status.utilization.max(ratio(share, c.cap_share));
+                status.share = Some(share_of(&total));
             }
             BudgetKind::SessionCost => {
                 let lowest = self.levels.first().copied().unwrap_or(1.0);
@@ -420,13 +434,12 @@ impl Budget {
                     .map(|(id, s)| SessionStatus {
                         session_id: id.to_string(),
                         spend_usd: s.cost,
-                        utilization: ratio(s.cost, c.cap_usd),
+                        utilization: BudgetFigures::utilization_of(s.cost, None, c.cap_usd, None),
                     })
                     .collect();
                 sessions
                     .sort_by(|a, b| b.spend_usd.total_cmp(&a.spend_usd).then_with(|| a.session_id.cmp(&b.session_id)));
                 status.spend_usd = sessions.first().map(|s| s.spend_usd).unwrap_or(0.0);
-                status.utilization = sessions.first().map(|s| s.utilization).unwrap_or(0.0);
                 sessions.retain(|s| s.utilization >= lowest);
                 sessions.truncate(MAX_SESSIONS_REPORTED);
                 status.sessions = sessions;
@@ -434,17 +447,27 @@ impl Budget {
             }
             _ => {}
         }
+        status.utilization = BudgetFigures::utilization_of(status.spend_usd, status.share, c.cap_usd, c.cap_share);
         if c.kind != BudgetKind::SessionCost
-            && let (Some(end), Some(cap)) = (bounds.end_ns, c.cap_usd)
+            && let Some(end) = bounds.end_ns
+            && let Some(projected) = self.project(bounds.start_ns, end, now_ns, total)
         {
-            status.projected_usd = self.project(bounds.start_ns, end, now_ns, total.spend);
-            status.projected_utilization = status.projected_usd.map(|p| p / cap);
+            status.projected_usd = Some(projected.spend);
+            if c.kind == BudgetKind::DuplicateInference {
+                status.projected_share = Some(share_of(&projected));
+            }
         }
+        let figures = status.figures();
+        status.projected_utilization = figures.projected_utilization();
+        status.used = figures.used();
+        status.cap = figures.cap();
+        status.projected = figures.projected();
         status
     }
 
-    /// Period-end spend at the recent burn rate: spend so far + rate over the trailing lookback x time left.
-    fn project(&self, start: i64, end: i64, now: i64, spend: f64) -> Option<f64> {
+    /// Period-end spend (and inference spend) at the recent burn rate: so far + rate over the trailing lookback x
+    /// time left.
+    fn project(&self, start: i64, end: i64, now: i64, total: Tally) -> Option<Tally> {
         let length = (end - start) as f64;
         let elapsed = now.saturating_sub(start);
         if (elapsed as f64) < FORECAST_MIN_ELAPSED * length || now >= end {
@@ -454,25 +477,29 @@ impl Budget {
         let lookback = (elapsed as f64).min(FORECAST_LOOKBACK * length) as i64;
         let from = (now - lookback).div_euclid(width) * width;
         let from = from.max(start);
-        let recent: f64 = self.buckets.range(from..).map(|(_, t)| t.spend).sum();
-        let rate = recent / (now - from).max(1) as f64;
-        Some(spend + rate * (end - now) as f64)
+        let recent = self.buckets.range(from..).fold(Tally::default(), |mut acc, (_, t)| {
+            acc.spend += t.spend;
+            acc.inference += t.inference;
+            acc
+        });
+        let left = (end - now) as f64 / (now - from).max(1) as f64;
+        Some(Tally { spend: total.spend + recent.spend * left, inference: total.inference + recent.inference * left })
     }
 }
 
-/// `$1,234.50`.
-pub fn usd(v: f64) -> String {
-    let cents = (v * 100.0).round() as i64;
-    let (whole, frac) = (cents.abs() / 100, cents.abs() % 100);
-    let digits = whole.to_string();
-    let mut grouped = String::new();
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            grouped.push(',');
+impl BudgetStatus {
+    /// The figures, to read them in the units of the cap.
+    pub fn figures(&self) -> BudgetFigures {
+        BudgetFigures {
+            spend_usd: self.spend_usd,
+            cap_usd: self.cap_usd,
+            share: self.share,
+            cap_share: self.cap_share,
+            utilization: self.utilization,
+            projected_usd: self.projected_usd,
+            projected_share: self.projected_share,
         }
-        grouped.push(ch);
     }
-    format!("{}${grouped}.{frac:02}", if cents < 0 { "-" } else { "" })
 }
 
 /// The last day of the period, as in "by 30 Nov".
@@ -487,6 +514,8 @@ pub(crate) mod tests {
 
     use datafusion::arrow::array::{ArrayRef, BooleanArray, Float64Array, StringArray, TimestampNanosecondArray};
     use datafusion::arrow::datatypes::{Field, Schema};
+
+    use tailscope_core::display::percent;
 
     use super::*;
 
@@ -640,6 +669,51 @@ pub(crate) mod tests {
         assert_eq!(s.share, Some(0.15));
         // Share 15% against a 10% cap dominates 0.75/10.
         assert!((s.utilization - 1.5).abs() < 1e-9);
+        assert_eq!((s.used.as_str(), s.cap.as_str()), ("$0.75 · 15%", "$10.00 · 10% of inference"));
+    }
+
+    /// A `duplicate_inference` budget capped by share alone: its use, cap and projection are shares, never a
+    /// dollar cap of zero.
+    #[test]
+    fn a_share_cap_reads_and_projects_as_a_share() {
+        let now = ns("2026-11-15T12:00:00Z");
+        let mut c = config("hedge-duplicates", BudgetKind::DuplicateInference, BudgetPeriod::Day, 1.0);
+        c.cap_usd = None;
+        c.cap_share = Some(0.03);
+        let mut b = Budget::new(c, now);
+        let r = |t: &str, hedge: Option<&'static str>, winner: Option<bool>, cost: f64| Row {
+            t: ns(t),
+            hedge_id: hedge,
+            winner,
+            cost: Some(cost),
+            token_cost: Some(cost),
+            ..Default::default()
+        };
+        // The morning: 2% duplicates. The last hours: 6%, so the day is projected above the cap.
+        add(
+            &mut b,
+            &[
+                r("2026-11-15T01:00:00Z", None, None, 9.8),
+                r("2026-11-15T01:00:00Z", Some("h1"), Some(false), 0.2),
+                r("2026-11-15T10:00:00Z", None, None, 9.4),
+                r("2026-11-15T10:00:00Z", Some("h2"), Some(false), 0.6),
+            ],
+            now,
+        );
+        let s = b.status(now);
+        assert_eq!(s.cap_usd, None);
+        assert!((s.share.unwrap() - 0.04).abs() < 1e-12, "{s:?}");
+        assert!((s.utilization - 0.04 / 0.03).abs() < 1e-9, "{s:?}");
+        assert_eq!((s.used.as_str(), s.cap.as_str()), ("4%", "3% of inference"));
+        let projected_share = s.projected_share.unwrap();
+        assert!(projected_share > 0.04 && projected_share < 0.06, "{s:?}");
+        assert!((s.projected_utilization.unwrap() - projected_share / 0.03).abs() < 1e-9, "{s:?}");
+        assert_eq!(s.projected.as_deref(), Some(percent(projected_share).as_str()));
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            (v["cap"].as_str(), v["used"].as_str(), v["cap_usd"].is_null()),
+            (Some("3% of inference"), Some("4%"), true)
+        );
     }
 
     #[test]
@@ -674,13 +748,6 @@ pub(crate) mod tests {
         assert!((s.utilization - 1.2).abs() < 1e-9);
         let ids: Vec<_> = s.sessions.iter().map(|s| s.session_id.as_str()).collect();
         assert_eq!(ids, ["b", "a"], "c is below the lowest threshold (0.5)");
-    }
-
-    #[test]
-    fn money_formatting() {
-        assert_eq!(usd(640.0), "$640.00");
-        assert_eq!(usd(1234567.891), "$1,234,567.89");
-        assert_eq!(usd(0.004), "$0.00");
     }
 
     /// A client inventing a session id per span: the budget follows at most MAX bytes of sessions, keeps the

@@ -19,14 +19,14 @@ use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tailscope_core::alerts::AlertEvent;
+use tailscope_core::alerts::{AlertEvent, AlertView};
 use tailscope_core::config::Config;
 use tailscope_core::cost::{BudgetKind, validate_budgets};
 use tailscope_core::history::SpanHistory;
 
 use super::CostError;
 use super::alerts::AlertBook;
-use super::budget::{BUDGET_COLUMNS, Budget, BudgetStatus, SpanColumns, usd};
+use super::budget::{BUDGET_COLUMNS, Budget, BudgetStatus, SpanColumns};
 use super::prices::glob_match;
 use super::webhook::{DeliveryLog, Webhooks};
 use crate::observe::SpanObserver;
@@ -172,15 +172,9 @@ impl BudgetEngine {
     }
 }
 
+/// A budget's figures against its cap in words, in the cap's units.
 fn describe(s: &BudgetStatus) -> String {
-    let mut parts = Vec::new();
-    if let Some(cap) = s.cap_usd {
-        parts.push(format!("{} of {} this {}", usd(s.spend_usd), usd(cap), s.period));
-    }
-    if let (Some(share), Some(cap)) = (s.share, s.cap_share) {
-        parts.push(format!("{:.1}% of inference spend against a {:.1}% cap", share * 100.0, cap * 100.0));
-    }
-    format!("{} ({:.0}% used)", parts.join(", "), s.utilization * 100.0)
+    format!("{} this {}", s.figures().summary(), s.period)
 }
 
 impl SpanObserver for BudgetEngine {
@@ -266,8 +260,9 @@ struct AlertsQuery {
 }
 
 #[derive(Serialize)]
-struct AlertsResponse {
-    alerts: Vec<Arc<AlertEvent>>,
+struct AlertsResponse<'a> {
+    /// Each with its figures as text in the units of the budget's cap.
+    alerts: Vec<AlertView<'a>>,
     budgets: Vec<BudgetStatus>,
 }
 
@@ -289,7 +284,9 @@ async fn alerts_handler(State(engine): State<Arc<BudgetEngine>>, Query(q): Query
             return (axum::http::StatusCode::BAD_REQUEST, Json(body)).into_response();
         }
     };
-    Json(AlertsResponse { alerts: engine.alerts(firing_only), budgets: engine.statuses() }).into_response()
+    let alerts = engine.alerts(firing_only);
+    let alerts = alerts.iter().map(|e| AlertView::from(e.as_ref())).collect();
+    Json(AlertsResponse { alerts, budgets: engine.statuses() }).into_response()
 }
 
 async fn hedging_handler(State(engine): State<Arc<BudgetEngine>>, Query(q): Query<HedgingQuery>) -> Response {
@@ -384,6 +381,40 @@ mod tests {
         assert_eq!(v["budgets"][0]["spend_usd"], 1.2);
         let r = reqwest::get(format!("http://{addr}/api/v1/alerts?state=bogus")).await.unwrap();
         assert_eq!(r.status(), 400);
+    }
+
+    /// A budget capped by share alone: the API's budget figures, its alert and the guardrail's reason all read
+    /// in shares, and nothing shows a dollar cap it does not have.
+    #[tokio::test]
+    async fn a_share_cap_reads_as_a_share_in_the_api_and_the_guardrail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.budgets[0].cap_usd = None;
+        config.budgets[0].cap_share = Some(0.03);
+        config.budgets[0].warn_at = vec![1.0];
+        let engine = BudgetEngine::start(&config, &history(Catalog::new(dir.path())).await).await.unwrap();
+        let winner = Row { winner: Some(true), cost: Some(16.14), token_cost: Some(16.14), ..loser(0.0) };
+        engine.observe(&batch(&[winner, loser(0.69)]));
+        assert_eq!(engine.evaluate_now().len(), 1);
+        let d = engine.hedging_decision(Some("aws.bedrock"));
+        assert!(!d.allow, "{d:?}");
+        assert_eq!(
+            d.reason,
+            "duplicate-inference budget \"dup-daily\" is exhausted: 4.1% of inference spend against a 3% cap \
+             (137%), $0.69 spent this day"
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, routes(engine)).await.unwrap() });
+        let v: serde_json::Value =
+            reqwest::get(format!("http://{addr}/api/v1/alerts")).await.unwrap().json().await.unwrap();
+        let budget = &v["budgets"][0];
+        assert_eq!((budget["cap"].as_str(), budget["used"].as_str()), (Some("3% of inference"), Some("4.1%")), "{v}");
+        assert!(budget["cap_usd"].is_null() && budget["cap_share"] == 0.03, "{v}");
+        assert!((budget["utilization"].as_f64().unwrap() - 0.69 / 16.83 / 0.03).abs() < 1e-9, "{v}");
+        let alert = &v["alerts"][0];
+        assert_eq!((alert["cap"].as_str(), alert["used"].as_str()), (Some("3% of inference"), Some("4.1%")), "{v}");
+        assert!(alert["message"].as_str().unwrap().contains("4.1% of inference spend against a 3% cap"), "{v}");
     }
 
     #[tokio::test]

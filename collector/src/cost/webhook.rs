@@ -14,16 +14,17 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rand::Rng;
 use serde_json::{Value, json};
-use tailscope_core::alerts::{ALERTS_DIR, AlertEvent};
+use tailscope_core::alerts::{ALERTS_DIR, AlertEvent, AlertView};
 use tailscope_core::cost::AlertsConfig;
 use tokio::sync::mpsc;
 
 /// The delivery progress file inside the alerts directory.
 pub const DELIVERY_FILE: &str = "delivery.json";
 
-/// The JSON body POSTed for an event: the event's fields plus a Slack-compatible `text`.
+/// The JSON body POSTed for an event: the event's fields, its figures as text in the units of the budget's cap
+/// (`used`, `cap`, `projected`, as [`AlertView`]), and a Slack-compatible `text`.
 pub fn payload(event: &AlertEvent) -> Value {
-    let mut v = serde_json::to_value(event).expect("alert events serialise");
+    let mut v = serde_json::to_value(AlertView::from(event)).expect("alert events serialise");
     let icon = match (event.state.as_str(), event.severity.as_str()) {
         ("resolved", _) => ":white_check_mark:",
         (_, "critical") => ":rotating_light:",
@@ -324,6 +325,7 @@ mod tests {
             utilization: 1.024,
             projected_usd: None,
             message: "BREACH egress-monthly: $512.00 of $500.00 (102%)".into(),
+            projected_share: None,
         }
     }
 
@@ -339,6 +341,7 @@ mod tests {
         assert_eq!(bodies[0]["budget"], "egress-monthly");
         assert_eq!(bodies[0]["state"], "firing");
         assert_eq!(bodies[0]["spend_usd"], 512.0);
+        assert_eq!((bodies[0]["used"].as_str(), bodies[0]["cap"].as_str()), (Some("$512.00"), Some("$500.00")));
         assert!(bodies[0]["text"].as_str().unwrap().contains("BREACH egress-monthly"));
     }
 
