@@ -4,6 +4,9 @@
 //!
 //! - `views.slt`: the columns and the rows of every view on the dataset.
 //! - `quantiles.slt`: `quantile_exact` / `quantile_cont` and the shared quantiles on known values.
+//! - `string_group.slt`: run twice, `StringGroupAggregateExec` on and off, and both must give the same rows (and
+//!   the expected ones). Every query must be taken over by the operator unless its text says
+//!   `-- kept by DataFusion`, in which case it must not be: the file pins which aggregates the operator takes.
 //! - `read_only.slt`: the statements the engine refuses, with their error text, and the reads it still runs.
 //!
 //! Values are printed as `datafusion-sqllogictest` prints them: `NULL`, `(empty)` for the empty string, floats
@@ -35,17 +38,31 @@ use crate::{Engine, QueryError, QueryOutput};
 
 #[tokio::test]
 async fn views_slt() {
-    run_file("views.slt").await;
+    run_file("views.slt", Mode::Plain).await;
 }
 
 #[tokio::test]
 async fn quantiles_slt() {
-    run_file("quantiles.slt").await;
+    run_file("quantiles.slt", Mode::Plain).await;
+}
+
+#[tokio::test]
+async fn string_group_slt() {
+    run_file("string_group.slt", Mode::StringGroupOnAndOff).await;
 }
 
 #[tokio::test]
 async fn read_only_slt() {
-    run_file("read_only.slt").await;
+    run_file("read_only.slt", Mode::Plain).await;
+}
+
+/// How a file's statements run.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// On one engine, as every surface runs them.
+    Plain,
+    /// On an engine with `StringGroupAggregateExec` and one without; see the module documentation.
+    StringGroupOnAndOff,
 }
 
 fn sql_dir() -> PathBuf {
@@ -54,10 +71,16 @@ fn sql_dir() -> PathBuf {
 
 /// Runs (or with `TAILSCOPE_SLT_COMPLETE=1`, rewrites) one file over a fresh copy of the dataset; a failure names
 /// the file and line, the SQL and the difference.
-async fn run_file(name: &str) {
+async fn run_file(name: &str, mode: Mode) {
     let dir = tempfile::tempdir().unwrap();
     let catalog = load_dataset(dir.path());
-    let mut db = Some(Db(engine(&catalog).await));
+    let db = match mode {
+        Mode::Plain => Db::Plain(engine(&catalog, true).await),
+        Mode::StringGroupOnAndOff => {
+            Db::OnAndOff { on: engine(&catalog, true).await, off: engine(&catalog, false).await }
+        }
+    };
+    let mut db = Some(db);
     let mut runner = Runner::new(move || {
         let db = db.take().expect("one connection per file");
         async move { Ok::<_, SltError>(db) }
@@ -82,14 +105,17 @@ async fn run_file(name: &str) {
     }
 }
 
-async fn engine(catalog: &Catalog) -> Engine {
+async fn engine(catalog: &Catalog, string_group_aggregate: bool) -> Engine {
     let config = QueryConfig { timeout: Duration::from_secs(60), max_concurrent: 2, ..QueryConfig::default() };
-    Engine::new(catalog.clone(), config).await.expect("engine builds")
+    Engine::with_string_group_aggregate(catalog.clone(), config, string_group_aggregate).await.expect("engine builds")
 }
 
 // --- The connection the runner drives. ---
 
-struct Db(Engine);
+enum Db {
+    Plain(Engine),
+    OnAndOff { on: Engine, off: Engine },
+}
 
 /// What a statement answered, as the `.slt` files spell it.
 type Output = DBOutput<ColumnType>;
@@ -111,13 +137,19 @@ impl From<QueryError> for SltError {
     }
 }
 
+/// The marker of a `string_group.slt` query that `StringGroupAggregateExec` must leave to DataFusion.
+const KEPT_BY_DATAFUSION: &str = "-- kept by DataFusion";
+
 #[async_trait::async_trait]
 impl AsyncDB for Db {
     type Error = SltError;
     type ColumnType = ColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<Output, SltError> {
-        output(&self.0.sql(sql).await?)
+        match self {
+            Db::Plain(engine) => Ok(output(&engine.sql(sql).await?)?),
+            Db::OnAndOff { on, off } => run_on_and_off(on, off, sql).await,
+        }
     }
 
     async fn shutdown(&mut self) {}
@@ -129,6 +161,71 @@ impl AsyncDB for Db {
     async fn sleep(dur: Duration) {
         tokio::time::sleep(dur).await;
     }
+}
+
+/// Runs `sql` with the operator and without: the answers (rows in any order, or the error) must be the same, and
+/// the operator must have been used exactly when the statement is not marked [`KEPT_BY_DATAFUSION`].
+async fn run_on_and_off(on: &Engine, off: &Engine, sql: &str) -> Result<Output, SltError> {
+    let with = on.sql(sql).await.map_err(SltError::from).and_then(|o| output(&o));
+    let without = off.sql(sql).await.map_err(SltError::from).and_then(|o| output(&o));
+    let (a, b) = (comparable(&with), comparable(&without));
+    if a != b {
+        return Err(SltError(format!("StringGroupAggregateExec changes the answer:\n{}", answer_diff(&a, &b))));
+    }
+    if with.is_ok() {
+        let expected = !sql.contains(KEPT_BY_DATAFUSION);
+        if uses_string_group(on, sql).await? != expected {
+            return Err(SltError(if expected {
+                format!(
+                    "StringGroupAggregateExec did not take this statement over (mark it `{KEPT_BY_DATAFUSION}` if it should not)"
+                )
+            } else {
+                format!("StringGroupAggregateExec took over a statement marked `{KEPT_BY_DATAFUSION}`")
+            }));
+        }
+        if uses_string_group(off, sql).await? {
+            return Err(SltError("the engine built without StringGroupAggregateExec used it".into()));
+        }
+    }
+    with
+}
+
+/// An answer in a form two engines' answers compare in: types and sorted rows (a statement without a result has
+/// none), or the error.
+type Comparable = Result<(Vec<ColumnType>, Vec<String>), String>;
+
+fn comparable(answer: &Result<Output, SltError>) -> Comparable {
+    match answer {
+        Ok(DBOutput::Rows { types, rows }) => {
+            let mut rows: Vec<String> = rows.iter().map(|r| r.join(" ")).collect();
+            rows.sort();
+            Ok((types.clone(), rows))
+        }
+        // A statement without a result (`output` answers nothing else).
+        Ok(_) => Ok((Vec::new(), Vec::new())),
+        Err(e) => Err(e.0.clone()),
+    }
+}
+
+/// What the operator's answer `with` has (`+`) and lacks (`-`) next to DataFusion's `without`.
+fn answer_diff(with: &Comparable, without: &Comparable) -> String {
+    match (with, without) {
+        (Ok((with_types, with)), Ok((without_types, without))) if with_types == without_types => {
+            let lacks = without.iter().filter(|r| !with.contains(r)).map(|r| format!("- {r}"));
+            let has = with.iter().filter(|r| !without.contains(r)).map(|r| format!("+ {r}"));
+            lacks.chain(has).collect::<Vec<_>>().join("\n")
+        }
+        _ => format!("with it:    {with:?}\nwithout it: {without:?}"),
+    }
+}
+
+async fn uses_string_group(engine: &Engine, sql: &str) -> Result<bool, SltError> {
+    let plan = engine.sql(&format!("EXPLAIN {sql}")).await?;
+    let mentions = |c: &ArrayRef| {
+        c.as_string_opt::<i32>()
+            .is_some_and(|lines| lines.iter().flatten().any(|l| l.contains("StringGroupAggregateExec")))
+    };
+    Ok(plan.batches.iter().any(|b| b.columns().iter().any(mentions)))
 }
 
 // --- Values as DataFusion's sqllogictest prints them. ---
