@@ -119,6 +119,20 @@ impl Relation {
     }
 }
 
+/// How an engine plans, beyond what [`QueryConfig`] sets. Not a setting: every engine outside tests plans with the
+/// defaults.
+#[derive(Debug, Clone, Copy)]
+struct Planning {
+    /// `GROUP BY` one string column runs in `StringGroupAggregateExec` (see `crate::string_group`).
+    string_group_aggregate: bool,
+}
+
+impl Default for Planning {
+    fn default() -> Planning {
+        Planning { string_group_aggregate: true }
+    }
+}
+
 /// SQL over tailscope's tables. Cheap to clone: every clone shares the tables, the slots and the limits.
 #[derive(Clone)]
 pub struct Engine {
@@ -149,6 +163,21 @@ impl Engine {
     /// Builds the engine over a live catalog: the three signal tables, `alerts`, the base views, then the cost
     /// views.
     pub async fn new(catalog: Catalog, config: QueryConfig) -> Result<Engine, QueryError> {
+        Engine::build(catalog, config, Planning::default()).await
+    }
+
+    /// [`Engine::new`] with `StringGroupAggregateExec` on or off: only tests turn it off, to check that every
+    /// aggregate it takes over answers the same without it (`crate::slt_tests`, `query/tests/sql/string_group.slt`).
+    #[cfg(test)]
+    pub(crate) async fn with_string_group_aggregate(
+        catalog: Catalog,
+        config: QueryConfig,
+        on: bool,
+    ) -> Result<Engine, QueryError> {
+        Engine::build(catalog, config, Planning { string_group_aggregate: on }).await
+    }
+
+    async fn build(catalog: Catalog, config: QueryConfig, planning: Planning) -> Result<Engine, QueryError> {
         let metadata_cache = catalog
             .memory()
             .try_reserve_lasting(
@@ -164,11 +193,14 @@ impl Engine {
             // one row group it leaves one partition empty, where one partition and a round-robin repartition above
             // it let the second core aggregate while the first decodes.
             .set_bool("datafusion.optimizer.repartition_file_scans", false);
-        let state = SessionStateBuilder::new()
+        let mut state = SessionStateBuilder::new()
             .with_config(session)
             .with_runtime_env(runtime_env(&config)?)
-            .with_default_features()
-            .with_physical_optimizer_rule(Arc::new(StringGroupAggregate))
+            .with_default_features();
+        if planning.string_group_aggregate {
+            state = state.with_physical_optimizer_rule(Arc::new(StringGroupAggregate));
+        }
+        let state = state
             .with_physical_optimizer_rule(Arc::new(BoundUnnest {
                 max_output_bytes: config.max_function_output_bytes(),
             }))

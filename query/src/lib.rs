@@ -21,6 +21,8 @@ mod limits;
 mod output_memory;
 mod quantile;
 pub mod shell;
+#[cfg(test)]
+mod slt_tests;
 mod string_group;
 mod table;
 #[cfg(test)]
