@@ -424,7 +424,7 @@ struct Span {
     agent_name: Option<&'static str>,
 }
 
-/// A span of `trace` starting `start_s` seconds (and `start_ms` milliseconds) after 09:00, lasting `ms`.
+/// A span of `trace` starting `start_s` seconds after 09:00, lasting `ms` milliseconds.
 fn at(trace: u64, start_s: i64, ms: i64) -> SpanRow {
     SpanRow {
         trace_id: format!("{trace:032x}"),
@@ -474,6 +474,19 @@ impl Call {
 /// are exact in any order.
 fn dataset() -> Vec<Span> {
     let mut spans = Vec::new();
+    a_calls_and_tools(&mut spans);
+    b_calls_and_others(&mut spans);
+    c_and_d_calls(&mut spans);
+    hedged_calls(&mut spans);
+    local_call_and_agents(&mut spans);
+    for (n, span) in spans.iter_mut().enumerate() {
+        span.row.span_id = format!("{:016x}", n + 1);
+    }
+    spans
+}
+
+/// The A sessions: their calls and their tools.
+fn a_calls_and_tools(spans: &mut Vec<Span>) {
     // A: 100 aws.bedrock chat calls in us-east-1, 09:00:30 + 30 s apart, lasting 1..=100 ms; every tenth fails.
     // Sessions sess-a0..sess-a3 of 25 calls each, traces of 5 calls. $0.25 each.
     let agents = [Some("planner"), Some("coder"), Some(""), None];
@@ -514,6 +527,10 @@ fn dataset() -> Vec<Span> {
             ..Default::default()
         });
     }
+}
+
+/// The B session, its MCP calls, and the health checks outside any session.
+fn b_calls_and_others(spans: &mut Vec<Span>) {
     // B: 50 gcp.vertex_ai generate_content calls from europe-west4, 10:01 + 1 min apart, lasting 2, 4, ..., 100 ms.
     // Session sess-b, traces of 10 calls. $0.125 of tokens plus $0.0078125 of egress (4096 bytes) each.
     for j in 1..=50i64 {
@@ -555,6 +572,10 @@ fn dataset() -> Vec<Span> {
             ..Default::default()
         });
     }
+}
+
+/// The C session: azure calls and the unpriced acme call.
+fn c_and_d_calls(spans: &mut Vec<Span>) {
     // C: azure.ai.openai in us-east-1, session sess-c: 10 text_completion calls (11:01 + 1 min apart, 10, 20, ...,
     // 100 ms, the last fails, $0.5 each) and 5 embeddings (11:20:01.. lasting 7 ms, no output tokens, $0.0625).
     for k in 1..=10i64 {
@@ -591,6 +612,10 @@ fn dataset() -> Vec<Span> {
     let mut mystery = call.span(at(0xc02, 9000, 42), Some(50), Some(5));
     mystery.response_model = Some("mystery-v2");
     spans.push(mystery);
+}
+
+/// The H session: three hedged requests, two copies each.
+fn hedged_calls(spans: &mut Vec<Span>) {
     // H: three hedged requests of session sess-h from us-west-2, 11:40, 11:41, 11:42, each sent to aws.bedrock
     // (claude-haiku, $0.25) and gcp.vertex_ai (gemini-flash, $0.125):
     // h1 aws wins (1000 ms), gcp ends 50 ms later; h2 gcp wins (2000 ms), aws (no winner flag) 200 ms later;
@@ -618,6 +643,10 @@ fn dataset() -> Vec<Span> {
             spans.push(span);
         }
     }
+}
+
+/// The call without a provider, and one agent span per session.
+fn local_call_and_agents(spans: &mut Vec<Span>) {
     // One chat call to a local model: no provider, no session, no tokens, no price; 11:50, 5 ms.
     let local =
         Call { provider: None, region: None, operation: "chat", model: "llama-local", cost: None, session: None };
@@ -645,10 +674,6 @@ fn dataset() -> Vec<Span> {
             ..Default::default()
         });
     }
-    for (n, span) in spans.iter_mut().enumerate() {
-        span.row.span_id = format!("{:016x}", n + 1);
-    }
-    spans
 }
 
 /// The dataset in the collector's layout under `dir`: hour 09 and hour 10 as committed Parquet files, hour 11 as
