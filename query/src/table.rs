@@ -42,7 +42,7 @@ use datafusion::physical_plan::union::UnionExec;
 use futures::StreamExt;
 
 use tailscope_core::catalog::{Catalog, FileCheck, FileStamp, ParquetFile};
-use tailscope_core::schema::{PARTITION_COLUMNS, Signal};
+use tailscope_core::schema::{PARTITION_COLUMNS, Signal, SpanColumn};
 
 use crate::unreadable::{self, GuardedSource, ScanFiles};
 
@@ -71,7 +71,7 @@ pub fn table_schema(signal: Signal) -> SchemaRef {
 /// hands over each column chunk's dictionary once plus 4-byte keys per row instead of decoding every string, so a
 /// `GROUP BY session_id` interns each distinct id once per file rather than once per row
 /// (`crate::string_group`).
-pub const DICTIONARY_COLUMNS: [&str; 1] = ["session_id"];
+pub const DICTIONARY_COLUMNS: [&str; 1] = [SpanColumn::SessionId.name()];
 
 /// The stored schema with top-level `Utf8` columns read as `Utf8View` (DataFusion's `schema_force_view_types`),
 /// except [`DICTIONARY_COLUMNS`], read as dictionaries.
@@ -652,9 +652,10 @@ struct FileStatistics<'a> {
 
 impl FileStatistics<'_> {
     fn partition_values(&self, column: &Column) -> Option<StringArray> {
+        let [date, hour] = PARTITION_COLUMNS;
         match column.name.as_str() {
-            "date" => Some(self.files.iter().map(|f| Some(f.date.as_str())).collect()),
-            "hour" => Some(self.files.iter().map(|f| Some(f.hour.as_str())).collect()),
+            name if name == date => Some(self.files.iter().map(|f| Some(f.date.as_str())).collect()),
+            name if name == hour => Some(self.files.iter().map(|f| Some(f.hour.as_str())).collect()),
             _ => None,
         }
     }
@@ -702,6 +703,8 @@ impl PruningStatistics for FileStatistics<'_> {
 
 #[cfg(test)]
 mod tests {
+    use tailscope_core::schema::LogColumn;
+
     use super::*;
 
     #[test]
@@ -712,7 +715,7 @@ mod tests {
             .fields()
             .iter()
             .map(|f| {
-                if f.name() == "time" {
+                if f.name() == LogColumn::Time.name() {
                     // 2026-11-21T23:59:59.999Z and 2026-11-22T00:00:00Z straddle midnight.
                     Arc::new(
                         TimestampNanosecondArray::from(vec![1_795_305_599_999_000_000, 1_795_305_600_000_000_000])

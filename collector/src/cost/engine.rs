@@ -25,7 +25,7 @@ use tailscope_core::alerts::AlertEvent;
 use tailscope_core::catalog::Catalog;
 use tailscope_core::config::Config;
 use tailscope_core::cost::{BudgetKind, validate_budgets};
-use tailscope_core::schema::Signal;
+use tailscope_core::schema::{Signal, SpanColumn};
 
 use super::CostError;
 use super::alerts::AlertBook;
@@ -245,7 +245,7 @@ async fn rebuild(budgets: &mut [Budget], catalog: &Catalog, now: i64) -> Result<
             .map_err(|e| err(e.to_string()))?;
         let ts = ScalarValue::TimestampNanosecond(Some(earliest), Some("UTC".into()));
         let df = df
-            .filter(col("start_time").gt_eq(lit(ts)))
+            .filter(col(SpanColumn::StartTime.name()).gt_eq(lit(ts)))
             .and_then(|df| df.select_columns(&BUDGET_COLUMNS))
             .map_err(|e| err(e.to_string()))?;
         let mut stream = df.execute_stream().await.map_err(|e| err(e.to_string()))?;
