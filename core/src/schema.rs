@@ -7,6 +7,9 @@
 //! compiler finds every place that has to handle it. `docs/schema.md` documents every column and the OTLP field
 //! or attribute it comes from (a test keeps the two equal).
 //!
+//! Columns are only ever appended at the end of a table: files written before a column existed lack it, and the
+//! query layer reads them with the column NULL.
+//!
 //! The hive partition columns `date` (`YYYY-MM-DD`) and `hour` (`HH`) are not stored inside the files: they are
 //! the directory names (`spans/date=2026-11-21/hour=09/…`), and query engines add them as columns.
 
@@ -54,6 +57,17 @@ impl Signal {
             Signal::Metrics => MetricColumn::Time.name(),
             Signal::Logs => LogColumn::Time.name(),
         }
+    }
+
+    /// How many of this table's stored columns a file with the top-level `fields` holds: `Some(n)` when they are
+    /// the first `n` columns of [`Signal::schema`], with the same names and types, as in every file tailscope
+    /// wrote (one written before later columns were appended has fewer); `None` for anything else.
+    pub fn stored_prefix(self, fields: &Fields) -> Option<usize> {
+        let schema = self.schema();
+        let stored = schema.fields();
+        let matches = fields.len() <= stored.len()
+            && fields.iter().zip(stored.iter()).all(|(f, s)| f.name() == s.name() && f.data_type() == s.data_type());
+        matches.then_some(fields.len())
     }
 
     /// A one-byte tag used in WAL records.
@@ -148,7 +162,8 @@ macro_rules! column_nullable {
 /// `..Resource;` places the [`ResourceColumn`]s there, as the variant `Resource(ResourceColumn)`.
 ///
 /// The enum is generated from the same lines as `ALL`, so `ALL` holds every variant exactly once, in the order
-/// written, and the files on disk follow that order: a new column goes at the end of its table.
+/// written, and the files on disk follow that order: a new column goes at the end of its table (files written
+/// before it lack it, and queries read them with the column NULL).
 macro_rules! columns {
     (
         $(#[$meta:meta])*
@@ -535,7 +550,9 @@ mod tests {
                 now.starts_with(&written),
                 "{signal}: the stored order changed: {now:?} does not begin {written:?}"
             );
+            assert_eq!(signal.stored_prefix(&Fields::from(&schema.fields()[..written.len()])), Some(written.len()));
         }
+        assert_eq!(Signal::Spans.stored_prefix(Signal::Logs.schema().fields()), None, "another table's file");
     }
 
     /// The columns one table's section of `docs/schema.md` documents: the names in backticks in the first cell of
