@@ -521,6 +521,9 @@ pub mod span_keys {
     pub const REQUEST_BODY_SIZE: &str = "http.request.body.size";
     pub const RESPONSE_BODY_SIZE: &str = "http.response.body.size";
     pub const EGRESS_BYTES: &str = "egress.bytes";
+    /// The host of the endpoint called (the provider's API, a tool or a vector store). Kept in `attributes` too, as
+    /// it was before it had a column, so queries of `attributes['server.address']` still find it.
+    pub const SERVER_ADDRESS: &str = "server.address";
 }
 
 /// The attributes of one span that feed columns, borrowed from the request.
@@ -553,6 +556,7 @@ struct SpanAttrs<'a> {
     request_bytes: Option<Val<'a>>,
     response_bytes: Option<Val<'a>>,
     egress_bytes: Option<Val<'a>>,
+    server_address: Option<Val<'a>>,
 }
 
 fn first_of(values: &[Option<Val<'_>>]) -> Option<i64> {
@@ -600,6 +604,11 @@ impl<'a> SpanAttrs<'a> {
                 }
                 EGRESS_BYTES => {
                     a.egress_bytes = v;
+                    rest.push(kv);
+                    continue;
+                }
+                SERVER_ADDRESS => {
+                    a.server_address = v;
                     rest.push(kv);
                     continue;
                 }
@@ -669,6 +678,7 @@ struct SpanBuilders {
     attributes: AttrMapBuilder,
     events: StringBuilder,
     links: StringBuilder,
+    server_address: StringBuilder,
 }
 
 impl SpanBuilders {
@@ -715,6 +725,7 @@ impl SpanBuilders {
             attributes: SPAN_ATTRIBUTES.builder(n, body_bytes),
             events: StringBuilder::new(),
             links: StringBuilder::new(),
+            server_address: StringBuilder::new(),
         }
     }
 
@@ -766,6 +777,7 @@ impl SpanBuilders {
             SpanColumn::Attributes => self.attributes.finish_array(),
             SpanColumn::Events => self.events.finish_array(),
             SpanColumn::Links => self.links.finish_array(),
+            SpanColumn::ServerAddress => self.server_address.finish_array(),
         }
     }
 }
@@ -1081,6 +1093,7 @@ fn append_span(
     append_attributes(&mut b.attributes, rest.iter().copied());
     b.events.append_option(events_json(span));
     b.links.append_option(links_json(span));
+    b.server_address.append_option(as_str(a.server_address));
 }
 
 /// Lowercase hex of an id into a stack buffer (ids are at most 16 bytes), avoiding an allocation per id.
@@ -1471,6 +1484,19 @@ mod tests {
     fn ordinary(n: u64) -> Vec<u8> {
         let attrs = || vec![kv("gen_ai.request.model", "gpt-4o"), kv("gen_ai.provider.name", "openai"), kv("k", "v")];
         request((0..n).map(|i| span(i, attrs())).collect())
+    }
+
+    /// `server.address` (the endpoint called) has a column, and stays in `attributes` as before it had one.
+    #[test]
+    fn server_address_fills_its_column_and_stays_an_attribute() {
+        let attributes = vec![kv("server.address", "api.openai.com"), kv("gen_ai.request.model", "gpt-4o")];
+        let n = normalize_traces_protobuf(&request(vec![span(1, attributes), span(2, vec![])]), &Pricer::default())
+            .unwrap();
+        let column = SpanColumn::ServerAddress.of(&n.batch).unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(column.iter().collect::<Vec<_>>(), vec![Some("api.openai.com"), None]);
+        let map = SpanColumn::Attributes.of(&n.batch).unwrap().as_any().downcast_ref::<MapArray>().unwrap();
+        let keys = map.value(0).column(0).as_any().downcast_ref::<StringArray>().unwrap().clone();
+        assert_eq!(keys.iter().collect::<Vec<_>>(), vec![Some("server.address")], "the model left the map");
     }
 
     /// Issue #12, item 1: one span with a 50 MiB attribute, then an ordinary batch of 1,000 spans. The second

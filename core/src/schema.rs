@@ -380,6 +380,7 @@ columns! {
         Attributes = "attributes": Attributes;
         Events = "events": Utf8, nullable;
         Links = "links": Utf8, nullable;
+        ServerAddress = "server_address": Utf8, nullable;
     }
 }
 
