@@ -22,6 +22,7 @@ use datafusion::arrow::compute::concat_batches;
 use datafusion::parquet::arrow::ArrowWriter;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
+use tailscope_core::cost::PricingConfig;
 use tailscope_core::layout::ParquetOptions;
 use tailscope_core::schema::{MAP_ENTRIES, MAP_KEYS, MAP_VALUES, ResourceColumn, Signal, SpanColumn};
 
