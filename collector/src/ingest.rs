@@ -732,6 +732,7 @@ mod tests {
     use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
     use prost::Message;
+    use tailscope_core::schema::SpanColumn;
 
     fn attr(key: &str, value: any_value::Value) -> KeyValue {
         KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
@@ -765,8 +766,8 @@ mod tests {
         }
     }
 
-    fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> &'a T {
-        batch.column_by_name(name).unwrap().as_any().downcast_ref::<T>().unwrap()
+    fn column<T: 'static>(batch: &RecordBatch, column: SpanColumn) -> &T {
+        column.of(batch).unwrap().as_any().downcast_ref::<T>().unwrap()
     }
 
     /// The WAL keeps trace requests as received; after a crash, replay must rebuild exactly the rows that were
@@ -794,10 +795,10 @@ mod tests {
         assert_eq!(stored.len(), 1);
         let stored = &stored[0];
         let ids = |b: &RecordBatch| {
-            column::<StringArray>(b, "span_id").iter().map(|v| v.map(str::to_string)).collect::<Vec<_>>()
+            column::<StringArray>(b, SpanColumn::SpanId).iter().map(|v| v.map(str::to_string)).collect::<Vec<_>>()
         };
         assert_eq!(ids(stored), ids(&acknowledged.batch));
-        let costs = |b: &RecordBatch| column::<Float64Array>(b, "cost_usd").iter().collect::<Vec<_>>();
+        let costs = |b: &RecordBatch| column::<Float64Array>(b, SpanColumn::CostUsd).iter().collect::<Vec<_>>();
         assert!(costs(stored).iter().all(|c| c.is_some_and(|c| c > 0.0)), "{:?}", costs(stored));
         assert_eq!(costs(stored), costs(&acknowledged.batch));
         assert_eq!(stored.num_columns(), acknowledged.batch.num_columns());

@@ -50,6 +50,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tailscope_core::config::LiveConfig;
 use tailscope_core::memory::{MemoryBudget, Reservation};
+use tailscope_core::schema::{ResourceColumn, SpanColumn};
 
 use crate::observe::SpanObserver;
 
@@ -460,19 +461,23 @@ impl LiveWindows {
         if rows == 0 {
             return;
         }
-        let str_col = |name: &str| spans.column_by_name(name).and_then(|c| c.as_string_opt::<i32>());
+        let str_col = |c: SpanColumn| c.of(spans).and_then(|c| c.as_string_opt::<i32>());
         let (Some(durations), Some(status)) = (
-            spans.column_by_name("duration_ns").and_then(|c| c.as_primitive_opt::<Int64Type>()),
-            str_col("status_code"),
+            SpanColumn::DurationNs.of(spans).and_then(|c| c.as_primitive_opt::<Int64Type>()),
+            str_col(SpanColumn::StatusCode),
         ) else {
-            tracing::warn!("live windows: batch without duration_ns/status_code columns ignored");
+            tracing::warn!(
+                "live windows: batch without {}/{} columns ignored",
+                SpanColumn::DurationNs,
+                SpanColumn::StatusCode
+            );
             return;
         };
         let (provider, region, model, operation) = (
-            str_col("gen_ai_provider"),
-            str_col("cloud_region"),
-            str_col("request_model"),
-            str_col("gen_ai_operation"),
+            str_col(SpanColumn::GenAiProvider),
+            str_col(SpanColumn::Resource(ResourceColumn::CloudRegion)),
+            str_col(SpanColumn::RequestModel),
+            str_col(SpanColumn::GenAiOperation),
         );
         fn value<'a>(
             col: Option<&'a datafusion::arrow::array::StringArray>,
@@ -736,7 +741,7 @@ fn bad_request(message: String) -> Response {
 mod tests {
     use super::*;
     use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::datatypes::Schema;
 
     type Row<'a> = (&'a str, &'a str, &'a str, i64, &'a str);
 
@@ -744,14 +749,18 @@ mod tests {
         let s = |f: &dyn Fn(&Row<'_>) -> Option<String>| -> ArrayRef {
             Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
         };
-        let schema = Schema::new(vec![
-            Field::new("gen_ai_provider", DataType::Utf8, true),
-            Field::new("cloud_region", DataType::Utf8, true),
-            Field::new("request_model", DataType::Utf8, true),
-            Field::new("gen_ai_operation", DataType::Utf8, true),
-            Field::new("duration_ns", DataType::Int64, false),
-            Field::new("status_code", DataType::Utf8, false),
-        ]);
+        let schema = Schema::new(
+            [
+                SpanColumn::GenAiProvider,
+                SpanColumn::Resource(ResourceColumn::CloudRegion),
+                SpanColumn::RequestModel,
+                SpanColumn::GenAiOperation,
+                SpanColumn::DurationNs,
+                SpanColumn::StatusCode,
+            ]
+            .map(SpanColumn::field)
+            .to_vec(),
+        );
         RecordBatch::try_new(
             Arc::new(schema),
             vec![

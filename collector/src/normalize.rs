@@ -7,14 +7,12 @@
 //! one by one and reported back through OTLP's `partial_success`, while the rest of the request is stored.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use datafusion::arrow::array::{
     ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, MapBuilder, MapFieldNames,
     StringBuilder, TimestampNanosecondBuilder,
 };
-use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -25,7 +23,9 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
 use prost::Message as _;
 use tailscope_core::rules::{UNPRICED, status};
-use tailscope_core::schema::Signal;
+use tailscope_core::schema::{
+    LogColumn, MAP_ENTRIES, MAP_KEYS, MAP_VALUES, MetricColumn, ResourceColumn, Signal, SignalColumn, SpanColumn,
+};
 
 use crate::cost::{Pricer, SpanFacts};
 use crate::wire::{self, SpanView, Val, WireError};
@@ -319,7 +319,7 @@ fn attr_map_builder(capacity: usize) -> AttrMapBuilder {
 }
 
 fn map_builder(capacity: usize, keys: StringBuilder, values: StringBuilder) -> AttrMapBuilder {
-    let names = MapFieldNames { entry: "entries".into(), key: "keys".into(), value: "values".into() };
+    let names = MapFieldNames { entry: MAP_ENTRIES.into(), key: MAP_KEYS.into(), value: MAP_VALUES.into() };
     MapBuilder::with_capacity(Some(names), keys, values, capacity)
 }
 
@@ -383,7 +383,7 @@ impl MapSizeHint {
     }
 }
 
-/// Builders for the resource columns, appended in schema order by [`ResourceBuilders::finish_into`].
+/// Builders for the resource columns, finished by name ([`ResourceBuilders::finish`]).
 struct ResourceBuilders {
     service_name: StringBuilder,
     service_version: StringBuilder,
@@ -436,24 +436,43 @@ impl ResourceBuilders {
         self.scope_version.append_option(r.scope_version.as_deref());
     }
 
-    fn finish_into(mut self, columns: &mut Vec<ArrayRef>) {
-        columns.push(Arc::new(self.service_name.finish()));
-        columns.push(Arc::new(self.service_version.finish()));
-        columns.push(Arc::new(self.service_namespace.finish()));
-        columns.push(Arc::new(self.deployment_environment.finish()));
-        columns.push(Arc::new(self.cloud_provider.finish()));
-        columns.push(Arc::new(self.cloud_region.finish()));
-        columns.push(Arc::new(self.cloud_availability_zone.finish()));
-        columns.push(Arc::new(self.resource_attributes.finish()));
-        columns.push(Arc::new(self.scope_name.finish()));
-        columns.push(Arc::new(self.scope_version.finish()));
+    /// The finished `column`. Each column is finished once, when its table's batch is built.
+    fn finish(&mut self, column: ResourceColumn) -> ArrayRef {
+        match column {
+            ResourceColumn::ServiceName => self.service_name.finish_array(),
+            ResourceColumn::ServiceVersion => self.service_version.finish_array(),
+            ResourceColumn::ServiceNamespace => self.service_namespace.finish_array(),
+            ResourceColumn::DeploymentEnvironment => self.deployment_environment.finish_array(),
+            ResourceColumn::CloudProvider => self.cloud_provider.finish_array(),
+            ResourceColumn::CloudRegion => self.cloud_region.finish_array(),
+            ResourceColumn::CloudAvailabilityZone => self.cloud_availability_zone.finish_array(),
+            ResourceColumn::ResourceAttributes => self.resource_attributes.finish_array(),
+            ResourceColumn::ScopeName => self.scope_name.finish_array(),
+            ResourceColumn::ScopeVersion => self.scope_version.finish_array(),
+        }
     }
 }
 
-fn build_batch(schema: SchemaRef, columns: Vec<ArrayRef>) -> RecordBatch {
-    // The builders above are written against the schema in `tailscope_core::schema`; a mismatch is a programming error
-    // caught by the unit tests, never by input.
-    RecordBatch::try_new(schema, columns).expect("normaliser columns match the schema")
+/// A builder's array as a column (`ArrayBuilder::finish`, which the builders' own `finish` hides).
+trait FinishArray {
+    fn finish_array(&mut self) -> ArrayRef;
+}
+
+impl<B: ArrayBuilder> FinishArray for B {
+    fn finish_array(&mut self) -> ArrayRef {
+        ArrayBuilder::finish(self)
+    }
+}
+
+/// One signal's batch, each column finished by `column`, which is asked for them by name in the schema's order: the
+/// order of the columns is the schema's business alone, and a column added to it does not compile until `column`
+/// (an exhaustive `match` over the table's column enum) builds it.
+fn build_batch<C: SignalColumn>(column: impl FnMut(C) -> ArrayRef) -> RecordBatch {
+    let columns: Vec<ArrayRef> = C::ALL.iter().copied().map(column).collect();
+    // Every column exists by name; what the compiler cannot see is a builder of another type than the schema's, or
+    // a row appended to some builders and not others. That is a programming error, which every normaliser test
+    // (and every request) would hit, never something input can cause.
+    RecordBatch::try_new(C::SIGNAL.schema(), columns).expect("normaliser columns match the schema")
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -503,6 +522,9 @@ pub mod span_keys {
     pub const REQUEST_BODY_SIZE: &str = "http.request.body.size";
     pub const RESPONSE_BODY_SIZE: &str = "http.response.body.size";
     pub const EGRESS_BYTES: &str = "egress.bytes";
+    /// The host of the endpoint called (the provider's API, a tool or a vector store). Kept in `attributes` too, as
+    /// it was before it had a column, so queries of `attributes['server.address']` still find it.
+    pub const SERVER_ADDRESS: &str = "server.address";
 }
 
 /// The attributes of one span that feed columns, borrowed from the request.
@@ -535,6 +557,7 @@ struct SpanAttrs<'a> {
     request_bytes: Option<Val<'a>>,
     response_bytes: Option<Val<'a>>,
     egress_bytes: Option<Val<'a>>,
+    server_address: Option<Val<'a>>,
 }
 
 fn first_of(values: &[Option<Val<'_>>]) -> Option<i64> {
@@ -585,6 +608,11 @@ impl<'a> SpanAttrs<'a> {
                     rest.push(kv);
                     continue;
                 }
+                SERVER_ADDRESS => {
+                    a.server_address = v;
+                    rest.push(kv);
+                    continue;
+                }
                 _ => {
                     let lists: [(&[&str], &mut [Option<Val<'a>>; 3]); 3] = [
                         (CACHE_READ, &mut a.cache_read),
@@ -610,7 +638,7 @@ impl<'a> SpanAttrs<'a> {
     }
 }
 
-/// Builders for the `spans` table, in schema order.
+/// Builders for the `spans` table, finished by name ([`SpanBuilders::finish_column`]).
 struct SpanBuilders {
     trace_id: StringBuilder,
     span_id: StringBuilder,
@@ -651,6 +679,7 @@ struct SpanBuilders {
     attributes: AttrMapBuilder,
     events: StringBuilder,
     links: StringBuilder,
+    server_address: StringBuilder,
 }
 
 impl SpanBuilders {
@@ -697,6 +726,7 @@ impl SpanBuilders {
             attributes: SPAN_ATTRIBUTES.builder(n, body_bytes),
             events: StringBuilder::new(),
             links: StringBuilder::new(),
+            server_address: StringBuilder::new(),
         }
     }
 
@@ -704,51 +734,52 @@ impl SpanBuilders {
         let rows = self.trace_id.len();
         SPAN_ATTRIBUTES.learn(&mut self.attributes, rows);
         SPAN_RESOURCE_ATTRIBUTES.learn(&mut self.resource.resource_attributes, rows);
-        let mut c: Vec<ArrayRef> = vec![
-            Arc::new(self.trace_id.finish()),
-            Arc::new(self.span_id.finish()),
-            Arc::new(self.parent_span_id.finish()),
-            Arc::new(self.trace_state.finish()),
-            Arc::new(self.name.finish()),
-            Arc::new(self.kind.finish()),
-            Arc::new(self.start_time.finish()),
-            Arc::new(self.end_time.finish()),
-            Arc::new(self.duration_ns.finish()),
-            Arc::new(self.status_code.finish()),
-            Arc::new(self.status_message.finish()),
-        ];
-        self.resource.finish_into(&mut c);
-        let rest: [ArrayRef; 27] = [
-            Arc::new(self.peer_cloud_provider.finish()),
-            Arc::new(self.peer_cloud_region.finish()),
-            Arc::new(self.gen_ai_provider.finish()),
-            Arc::new(self.gen_ai_operation.finish()),
-            Arc::new(self.request_model.finish()),
-            Arc::new(self.response_model.finish()),
-            Arc::new(self.input_tokens.finish()),
-            Arc::new(self.output_tokens.finish()),
-            Arc::new(self.cache_read_tokens.finish()),
-            Arc::new(self.cache_creation_tokens.finish()),
-            Arc::new(self.reasoning_tokens.finish()),
-            Arc::new(self.session_id.finish()),
-            Arc::new(self.agent_name.finish()),
-            Arc::new(self.agent_id.finish()),
-            Arc::new(self.tool_name.finish()),
-            Arc::new(self.error_type.finish()),
-            Arc::new(self.time_to_first_token_ms.finish()),
-            Arc::new(self.token_cost_usd.finish()),
-            Arc::new(self.egress_bytes.finish()),
-            Arc::new(self.egress_cost_usd.finish()),
-            Arc::new(self.cost_usd.finish()),
-            Arc::new(self.price_source.finish()),
-            Arc::new(self.hedge_id.finish()),
-            Arc::new(self.hedge_winner.finish()),
-            Arc::new(self.attributes.finish()),
-            Arc::new(self.events.finish()),
-            Arc::new(self.links.finish()),
-        ];
-        c.extend(rest);
-        build_batch(tailscope_core::schema::spans_schema(), c)
+        build_batch(|column: SpanColumn| self.finish_column(column))
+    }
+
+    fn finish_column(&mut self, column: SpanColumn) -> ArrayRef {
+        match column {
+            SpanColumn::TraceId => self.trace_id.finish_array(),
+            SpanColumn::SpanId => self.span_id.finish_array(),
+            SpanColumn::ParentSpanId => self.parent_span_id.finish_array(),
+            SpanColumn::TraceState => self.trace_state.finish_array(),
+            SpanColumn::Name => self.name.finish_array(),
+            SpanColumn::Kind => self.kind.finish_array(),
+            SpanColumn::StartTime => self.start_time.finish_array(),
+            SpanColumn::EndTime => self.end_time.finish_array(),
+            SpanColumn::DurationNs => self.duration_ns.finish_array(),
+            SpanColumn::StatusCode => self.status_code.finish_array(),
+            SpanColumn::StatusMessage => self.status_message.finish_array(),
+            SpanColumn::Resource(c) => self.resource.finish(c),
+            SpanColumn::PeerCloudProvider => self.peer_cloud_provider.finish_array(),
+            SpanColumn::PeerCloudRegion => self.peer_cloud_region.finish_array(),
+            SpanColumn::GenAiProvider => self.gen_ai_provider.finish_array(),
+            SpanColumn::GenAiOperation => self.gen_ai_operation.finish_array(),
+            SpanColumn::RequestModel => self.request_model.finish_array(),
+            SpanColumn::ResponseModel => self.response_model.finish_array(),
+            SpanColumn::InputTokens => self.input_tokens.finish_array(),
+            SpanColumn::OutputTokens => self.output_tokens.finish_array(),
+            SpanColumn::CacheReadTokens => self.cache_read_tokens.finish_array(),
+            SpanColumn::CacheCreationTokens => self.cache_creation_tokens.finish_array(),
+            SpanColumn::ReasoningTokens => self.reasoning_tokens.finish_array(),
+            SpanColumn::SessionId => self.session_id.finish_array(),
+            SpanColumn::AgentName => self.agent_name.finish_array(),
+            SpanColumn::AgentId => self.agent_id.finish_array(),
+            SpanColumn::ToolName => self.tool_name.finish_array(),
+            SpanColumn::ErrorType => self.error_type.finish_array(),
+            SpanColumn::TimeToFirstTokenMs => self.time_to_first_token_ms.finish_array(),
+            SpanColumn::TokenCostUsd => self.token_cost_usd.finish_array(),
+            SpanColumn::EgressBytes => self.egress_bytes.finish_array(),
+            SpanColumn::EgressCostUsd => self.egress_cost_usd.finish_array(),
+            SpanColumn::CostUsd => self.cost_usd.finish_array(),
+            SpanColumn::PriceSource => self.price_source.finish_array(),
+            SpanColumn::HedgeId => self.hedge_id.finish_array(),
+            SpanColumn::HedgeWinner => self.hedge_winner.finish_array(),
+            SpanColumn::Attributes => self.attributes.finish_array(),
+            SpanColumn::Events => self.events.finish_array(),
+            SpanColumn::Links => self.links.finish_array(),
+            SpanColumn::ServerAddress => self.server_address.finish_array(),
+        }
     }
 }
 
@@ -1063,6 +1094,7 @@ fn append_span(
     append_attributes(&mut b.attributes, rest.iter().copied());
     b.events.append_option(events_json(span));
     b.links.append_option(links_json(span));
+    b.server_address.append_option(as_str(a.server_address));
 }
 
 /// Lowercase hex of an id into a stack buffer (ids are at most 16 bytes), avoiding an allocation per id.
@@ -1189,25 +1221,24 @@ impl MetricBuilders {
     }
 
     fn finish(mut self) -> RecordBatch {
-        let mut c: Vec<ArrayRef> = vec![
-            Arc::new(self.time.finish()),
-            Arc::new(self.start_time.finish()),
-            Arc::new(self.metric_name.finish()),
-            Arc::new(self.metric_description.finish()),
-            Arc::new(self.metric_unit.finish()),
-            Arc::new(self.metric_type.finish()),
-            Arc::new(self.is_monotonic.finish()),
-            Arc::new(self.aggregation_temporality.finish()),
-            Arc::new(self.value.finish()),
-            Arc::new(self.count.finish()),
-            Arc::new(self.sum.finish()),
-            Arc::new(self.min.finish()),
-            Arc::new(self.max.finish()),
-            Arc::new(self.buckets.finish()),
-            Arc::new(self.attributes.finish()),
-        ];
-        self.resource.finish_into(&mut c);
-        build_batch(tailscope_core::schema::metrics_schema(), c)
+        build_batch(|column: MetricColumn| match column {
+            MetricColumn::Time => self.time.finish_array(),
+            MetricColumn::StartTime => self.start_time.finish_array(),
+            MetricColumn::MetricName => self.metric_name.finish_array(),
+            MetricColumn::MetricDescription => self.metric_description.finish_array(),
+            MetricColumn::MetricUnit => self.metric_unit.finish_array(),
+            MetricColumn::MetricType => self.metric_type.finish_array(),
+            MetricColumn::IsMonotonic => self.is_monotonic.finish_array(),
+            MetricColumn::AggregationTemporality => self.aggregation_temporality.finish_array(),
+            MetricColumn::Value => self.value.finish_array(),
+            MetricColumn::Count => self.count.finish_array(),
+            MetricColumn::Sum => self.sum.finish_array(),
+            MetricColumn::Min => self.min.finish_array(),
+            MetricColumn::Max => self.max.finish_array(),
+            MetricColumn::Buckets => self.buckets.finish_array(),
+            MetricColumn::Attributes => self.attributes.finish_array(),
+            MetricColumn::Resource(c) => self.resource.finish(c),
+        })
     }
 }
 
@@ -1391,26 +1422,20 @@ pub fn normalize_logs(request: &ExportLogsServiceRequest, received_ns: i64) -> N
             }
         }
     }
-    let mut c: Vec<ArrayRef> = vec![
-        Arc::new(time.finish()),
-        Arc::new(observed.finish()),
-        Arc::new(severity_number.finish()),
-        Arc::new(severity_text.finish()),
-        Arc::new(body.finish()),
-        Arc::new(trace_id.finish()),
-        Arc::new(span_id.finish()),
-        Arc::new(event_name.finish()),
-        Arc::new(attributes.finish()),
-    ];
-    resource_b.finish_into(&mut c);
+    let batch = build_batch(|column: LogColumn| match column {
+        LogColumn::Time => time.finish_array(),
+        LogColumn::ObservedTime => observed.finish_array(),
+        LogColumn::SeverityNumber => severity_number.finish_array(),
+        LogColumn::SeverityText => severity_text.finish_array(),
+        LogColumn::Body => body.finish_array(),
+        LogColumn::TraceId => trace_id.finish_array(),
+        LogColumn::SpanId => span_id.finish_array(),
+        LogColumn::EventName => event_name.finish_array(),
+        LogColumn::Attributes => attributes.finish_array(),
+        LogColumn::Resource(c) => resource_b.finish(c),
+    });
     let (rejected, reject_message) = rejections.finish();
-    Normalized {
-        signal: Signal::Logs,
-        batch: build_batch(tailscope_core::schema::logs_schema(), c),
-        rejected,
-        reject_message,
-        unpriced: 0,
-    }
+    Normalized { signal: Signal::Logs, batch, rejected, reject_message, unpriced: 0 }
 }
 
 #[cfg(test)]
@@ -1462,6 +1487,19 @@ mod tests {
         request((0..n).map(|i| span(i, attrs())).collect())
     }
 
+    /// `server.address` (the endpoint called) has a column, and stays in `attributes` as before it had one.
+    #[test]
+    fn server_address_fills_its_column_and_stays_an_attribute() {
+        let attributes = vec![kv("server.address", "api.openai.com"), kv("gen_ai.request.model", "gpt-4o")];
+        let n = normalize_traces_protobuf(&request(vec![span(1, attributes), span(2, vec![])]), &Pricer::default())
+            .unwrap();
+        let column = SpanColumn::ServerAddress.of(&n.batch).unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(column.iter().collect::<Vec<_>>(), vec![Some("api.openai.com"), None]);
+        let map = SpanColumn::Attributes.of(&n.batch).unwrap().as_any().downcast_ref::<MapArray>().unwrap();
+        let keys = map.value(0).column(0).as_any().downcast_ref::<StringArray>().unwrap().clone();
+        assert_eq!(keys.iter().collect::<Vec<_>>(), vec![Some("server.address")], "the model left the map");
+    }
+
     /// Issue #12, item 1: one span with a 50 MiB attribute, then an ordinary batch of 1,000 spans. The second
     /// request used to size its attribute map from the first one's per-row size: 55 GiB, and the process aborted.
     #[test]
@@ -1501,10 +1539,10 @@ mod tests {
             "{}",
             n.reject_message
         );
-        let attributes = n.batch.column_by_name("attributes").unwrap().as_any().downcast_ref::<MapArray>().unwrap();
+        let attributes = SpanColumn::Attributes.of(&n.batch).unwrap().as_any().downcast_ref::<MapArray>().unwrap();
         assert_eq!(attributes.value_length(0), 999, "the model went to its column, 999 kept in the map");
         assert_eq!(
-            n.batch.column_by_name("request_model").unwrap().as_any().downcast_ref::<StringArray>().unwrap().value(0),
+            SpanColumn::RequestModel.of(&n.batch).unwrap().as_any().downcast_ref::<StringArray>().unwrap().value(0),
             "gpt-4o"
         );
         // The attribute maps may be sized for up to the body's bytes (a hint from another request).
@@ -1578,7 +1616,7 @@ mod tests {
         assert!(n.reject_message.contains("start_time_unix_nano is out of range"), "{}", n.reject_message);
         assert!(n.reject_message.contains("time_unix_nano is out of range"), "{}", n.reject_message);
         let start =
-            n.batch.column_by_name("start_time").unwrap().as_any().downcast_ref::<TimestampNanosecondArray>().unwrap();
+            MetricColumn::StartTime.of(&n.batch).unwrap().as_any().downcast_ref::<TimestampNanosecondArray>().unwrap();
         assert_eq!(start.value(0), (T0 - 1) as i64);
 
         let mut late_event = span(1, vec![]);

@@ -412,7 +412,7 @@ mod tests {
                 reader
                     .flat_map(|b| {
                         let b = b.unwrap();
-                        let t = b.column_by_name("start_time").unwrap();
+                        let t = tailscope_core::schema::SpanColumn::StartTime.of(&b).unwrap();
                         t.as_any().downcast_ref::<TimestampNanosecondArray>().unwrap().values().to_vec()
                     })
                     .collect()

@@ -14,10 +14,11 @@ use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{
     ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampNanosecondArray,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::SchemaRef;
 use serde::{Deserialize, Serialize};
 
 use crate::cost::{BudgetFigures, BudgetKind};
+use crate::schema::TableColumn;
 
 /// The directory under the data dir that holds alert state.
 pub const ALERTS_DIR: &str = "alerts";
@@ -125,38 +126,43 @@ pub fn read_events(path: &Path) -> std::io::Result<(Vec<AlertEvent>, u64)> {
     Ok((events, valid))
 }
 
-/// The schema of the `alerts` SQL table: one row per alert event. `used`, `cap` and `projected` are the event's
-/// figures as text in the units of the budget's cap ([`BudgetFigures`]), computed when the table is read.
-pub fn alerts_schema() -> SchemaRef {
-    let ts = || DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
-    Arc::new(Schema::new(vec![
-        Field::new("seq", DataType::Int64, false),
-        Field::new("time", ts(), false),
-        Field::new("alert_id", DataType::Utf8, false),
-        Field::new("budget", DataType::Utf8, false),
-        Field::new("kind", DataType::Utf8, false),
-        Field::new("scope", DataType::Utf8, true),
-        Field::new("period", DataType::Utf8, false),
-        Field::new("period_key", DataType::Utf8, false),
-        Field::new("period_start", ts(), false),
-        Field::new("period_end", ts(), true),
-        Field::new("state", DataType::Utf8, false),
-        Field::new("severity", DataType::Utf8, false),
-        Field::new("event", DataType::Utf8, false),
-        Field::new("threshold", DataType::Float64, true),
-        Field::new("spend_usd", DataType::Float64, false),
-        Field::new("cap_usd", DataType::Float64, true),
-        Field::new("cap_share", DataType::Float64, true),
-        Field::new("share", DataType::Float64, true),
-        Field::new("utilization", DataType::Float64, false),
-        Field::new("projected_usd", DataType::Float64, true),
-        Field::new("message", DataType::Utf8, false),
+crate::schema::columns! {
+    /// The columns of the `alerts` SQL table, one row per [`AlertEvent`]; each is the event's field of that name,
+    /// except `used`, `cap` and `projected`: the event's figures as text in the units of the budget's cap
+    /// ([`BudgetFigures`]), computed when the table is read.
+    pub enum AlertColumn {
+        Seq = "seq": Int64;
+        Time = "time": Timestamp;
+        AlertId = "alert_id": Utf8;
+        Budget = "budget": Utf8;
+        Kind = "kind": Utf8;
+        Scope = "scope": Utf8, nullable;
+        Period = "period": Utf8;
+        PeriodKey = "period_key": Utf8;
+        PeriodStart = "period_start": Timestamp;
+        PeriodEnd = "period_end": Timestamp, nullable;
+        State = "state": Utf8;
+        Severity = "severity": Utf8;
+        Event = "event": Utf8;
+        Threshold = "threshold": Float64, nullable;
+        SpendUsd = "spend_usd": Float64;
+        CapUsd = "cap_usd": Float64, nullable;
+        CapShare = "cap_share": Float64, nullable;
+        Share = "share": Float64, nullable;
+        Utilization = "utilization": Float64;
+        ProjectedUsd = "projected_usd": Float64, nullable;
+        Message = "message": Utf8;
         // Added after the columns above, which keep their places.
-        Field::new("projected_share", DataType::Float64, true),
-        Field::new("used", DataType::Utf8, false),
-        Field::new("cap", DataType::Utf8, false),
-        Field::new("projected", DataType::Utf8, true),
-    ]))
+        ProjectedShare = "projected_share": Float64, nullable;
+        Used = "used": Utf8;
+        Cap = "cap": Utf8;
+        Projected = "projected": Utf8, nullable;
+    }
+}
+
+/// The schema of the `alerts` SQL table: one row per alert event.
+pub fn alerts_schema() -> SchemaRef {
+    Arc::new(AlertColumn::schema())
 }
 
 /// Every alert event recorded under `data_dir`, as the `alerts` table. Reads the log afresh on each call (it
@@ -182,33 +188,36 @@ pub fn events_batch(events: &[AlertEvent]) -> Result<RecordBatch, datafusion::ar
     let t = |f: &dyn Fn(&AlertEvent) -> Option<i64>| -> ArrayRef {
         Arc::new(TimestampNanosecondArray::from(events.iter().map(f).collect::<Vec<_>>()).with_timezone("UTC"))
     };
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.seq as i64))),
-        t(&|e| Some(ns(&e.time))),
-        s(&|e| e.alert_id.clone()),
-        s(&|e| e.budget.clone()),
-        s(&|e| e.kind.to_string()),
-        os(&|e| e.scope.clone()),
-        s(&|e| e.period.clone()),
-        s(&|e| e.period_key.clone()),
-        t(&|e| Some(ns(&e.period_start))),
-        t(&|e| e.period_end.as_ref().map(ns)),
-        s(&|e| e.state.clone()),
-        s(&|e| e.severity.clone()),
-        s(&|e| e.event.clone()),
-        f(&|e| e.threshold),
-        f(&|e| Some(e.spend_usd)),
-        f(&|e| e.cap_usd),
-        f(&|e| e.cap_share),
-        f(&|e| e.share),
-        f(&|e| Some(e.utilization)),
-        f(&|e| e.projected_usd),
-        s(&|e| e.message.clone()),
-        f(&|e| e.projected_share),
-        s(&|e| e.figures().used()),
-        s(&|e| e.figures().cap()),
-        os(&|e| e.figures().projected()),
-    ];
+    let column = |c: AlertColumn| -> ArrayRef {
+        match c {
+            AlertColumn::Seq => Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.seq as i64))),
+            AlertColumn::Time => t(&|e| Some(ns(&e.time))),
+            AlertColumn::AlertId => s(&|e| e.alert_id.clone()),
+            AlertColumn::Budget => s(&|e| e.budget.clone()),
+            AlertColumn::Kind => s(&|e| e.kind.to_string()),
+            AlertColumn::Scope => os(&|e| e.scope.clone()),
+            AlertColumn::Period => s(&|e| e.period.clone()),
+            AlertColumn::PeriodKey => s(&|e| e.period_key.clone()),
+            AlertColumn::PeriodStart => t(&|e| Some(ns(&e.period_start))),
+            AlertColumn::PeriodEnd => t(&|e| e.period_end.as_ref().map(ns)),
+            AlertColumn::State => s(&|e| e.state.clone()),
+            AlertColumn::Severity => s(&|e| e.severity.clone()),
+            AlertColumn::Event => s(&|e| e.event.clone()),
+            AlertColumn::Threshold => f(&|e| e.threshold),
+            AlertColumn::SpendUsd => f(&|e| Some(e.spend_usd)),
+            AlertColumn::CapUsd => f(&|e| e.cap_usd),
+            AlertColumn::CapShare => f(&|e| e.cap_share),
+            AlertColumn::Share => f(&|e| e.share),
+            AlertColumn::Utilization => f(&|e| Some(e.utilization)),
+            AlertColumn::ProjectedUsd => f(&|e| e.projected_usd),
+            AlertColumn::Message => s(&|e| e.message.clone()),
+            AlertColumn::ProjectedShare => f(&|e| e.projected_share),
+            AlertColumn::Used => s(&|e| e.figures().used()),
+            AlertColumn::Cap => s(&|e| e.figures().cap()),
+            AlertColumn::Projected => os(&|e| e.figures().projected()),
+        }
+    };
+    let columns: Vec<ArrayRef> = AlertColumn::ALL.iter().map(|&c| column(c)).collect();
     RecordBatch::try_new(alerts_schema(), columns)
 }
 
@@ -301,5 +310,46 @@ mod tests {
         assert_eq!(view["used"], "4.1%");
         assert_eq!(view["cap_share"], 0.03);
         assert!(view["cap_usd"].is_null());
+    }
+
+    /// The event log and the table name the same things the same way: each stored column is the event's field of
+    /// that name.
+    #[test]
+    fn every_column_is_the_events_field_of_that_name() {
+        let event = AlertEvent {
+            seq: 1,
+            time: Utc::now(),
+            alert_id: "b/2026-11".into(),
+            budget: "b".into(),
+            kind: BudgetKind::Total,
+            scope: None,
+            period: "month".into(),
+            period_key: "2026-11".into(),
+            period_start: Utc::now(),
+            period_end: None,
+            state: "firing".into(),
+            severity: "warning".into(),
+            event: "threshold".into(),
+            threshold: Some(0.5),
+            spend_usd: 1.0,
+            cap_usd: Some(2.0),
+            cap_share: None,
+            share: None,
+            utilization: 0.5,
+            projected_usd: None,
+            message: "m".into(),
+            projected_share: None,
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        // `used`, `cap` and `projected` are computed from the event's figures, not stored.
+        let computed = [AlertColumn::Used, AlertColumn::Cap, AlertColumn::Projected];
+        let mut columns: Vec<&str> =
+            AlertColumn::ALL.iter().filter(|c| !computed.contains(c)).map(|c| c.name()).collect();
+        let mut keys = keys;
+        keys.sort();
+        columns.sort();
+        assert_eq!(keys, columns);
+        assert_eq!(events_batch(&[event]).unwrap().num_rows(), 1);
     }
 }

@@ -82,7 +82,12 @@ impl FileStamp {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileCheck {
     /// Its footer (and page index) was read. A page may still be damaged: a query that reads it finds out.
-    Readable,
+    Readable {
+        /// How many of its table's stored columns the file holds, as its footer says ([`Signal::stored_prefix`]):
+        /// all of them for a file this version wrote, fewer for one written before later columns were appended,
+        /// `None` for a file of another layout (read with its own schema, by column name).
+        stored_columns: Option<usize>,
+    },
     /// It cannot be read, and why: queries skip it until it changes.
     Unreadable(String),
 }
@@ -282,10 +287,11 @@ impl Catalog {
         checked.get(relative_path).filter(|(at, _)| *at == stamp).map(|(_, check)| check.clone())
     }
 
-    /// Records that the file at `relative_path`, as it is at `stamp`, reads (its footer does).
-    pub fn set_readable(&self, relative_path: &Path, stamp: FileStamp) {
+    /// Records that the file at `relative_path`, as it is at `stamp`, reads (its footer does), and how many of its
+    /// table's stored columns it holds ([`FileCheck::Readable`]).
+    pub fn set_readable(&self, relative_path: &Path, stamp: FileStamp, stored_columns: Option<usize>) {
         let mut checked = self.health.checked.lock();
-        let previous = checked.insert(relative_path.to_path_buf(), (stamp, FileCheck::Readable));
+        let previous = checked.insert(relative_path.to_path_buf(), (stamp, FileCheck::Readable { stored_columns }));
         if matches!(previous, Some((_, FileCheck::Unreadable(_)))) {
             tracing::info!(file = %self.data_dir.join(relative_path).display(), "Parquet file readable again");
             self.health.update_gauge(&checked);
@@ -321,7 +327,7 @@ impl Catalog {
             .iter()
             .filter_map(|(path, (_, check))| match check {
                 FileCheck::Unreadable(reason) => Some((path.clone(), reason.clone())),
-                FileCheck::Readable => None,
+                FileCheck::Readable { .. } => None,
             })
             .collect();
         out.sort();

@@ -9,7 +9,7 @@ use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties}
 use datafusion::parquet::schema::types::ColumnPath;
 
 use crate::error::ParquetSettingsError;
-use crate::schema::Signal;
+use crate::schema::{MAP_ENTRIES, MAP_KEYS, MAP_VALUES, Signal};
 
 /// The parts of a Parquet file name tailscope writes: `{wal_seq:020}_{min_ns}_{max_ns}_{nonce}.parquet`.
 ///
@@ -68,7 +68,7 @@ impl ParquetOptions {
     /// encoding for timestamps (sorted, so deltas are small), statistics for pruning, and a bloom filter on
     /// `trace_id` so that looking up one trace skips the row groups that cannot hold it.
     ///
-    /// Random ids and free-form columns ([`Self::UNPRUNABLE`]) get no dictionary attempt where every value is
+    /// Random ids and free-form columns (`EncodedColumns::unprunable`) get no dictionary attempt where every value is
     /// distinct, and no min/max statistics anywhere: in a row group of random ids min and max span nearly the
     /// whole range, so they never prune, and computing them was a fifth of Parquet encoding's CPU (measured with
     /// `benches/src/bin/normalize.rs`, `TAILSCOPE_PARQUET_VARIANTS=1`).
@@ -82,32 +82,28 @@ impl ParquetOptions {
             // where sorted pages let a time-window query skip pages inside a row group.
             .set_statistics_enabled(EnabledStatistics::Chunk)
             .set_created_by(concat!("tailscope ", env!("CARGO_PKG_VERSION")).to_string());
-        let time_columns: &[&str] = match signal {
-            Signal::Spans => &["start_time", "end_time"],
-            Signal::Metrics => &["time", "start_time"],
-            Signal::Logs => &["time", "observed_time"],
-        };
-        for c in time_columns {
+        let columns = EncodedColumns::of(signal);
+        for c in columns.time {
             let path = ColumnPath::from(*c);
             b = b
                 .set_column_dictionary_enabled(path.clone(), false)
                 .set_column_statistics_enabled(path.clone(), EnabledStatistics::Page)
                 .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
         }
-        if signal == Signal::Spans {
-            b = b.set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true);
+        if let Some(c) = columns.bloom_filter {
+            b = b.set_column_bloom_filter_enabled(ColumnPath::from(c), true);
         }
         let schema = signal.schema();
-        for name in Self::UNPRUNABLE {
+        for name in columns.unprunable {
             let Ok(field) = schema.field_with_name(name) else { continue };
             let is_map = matches!(field.data_type(), DataType::Map(..));
             let leaves: Vec<ColumnPath> = if is_map {
-                ["keys", "values"]
+                [MAP_KEYS, MAP_VALUES]
                     .iter()
-                    .map(|leaf| ColumnPath::new(vec![name.to_string(), "entries".into(), (*leaf).into()]))
+                    .map(|leaf| ColumnPath::new(vec![name.to_string(), MAP_ENTRIES.into(), (*leaf).into()]))
                     .collect()
             } else {
-                vec![ColumnPath::from(name)]
+                vec![ColumnPath::from(*name)]
             };
             for path in leaves {
                 // Attribute maps hold most of a span's strings (~20 keys and values each). Dictionary-encoding
@@ -119,36 +115,102 @@ impl ParquetOptions {
                 b = b.set_column_statistics_enabled(path, EnabledStatistics::None);
             }
         }
-        for name in ["trace_id", "span_id", "parent_span_id"] {
-            if schema.field_with_name(name).is_ok() {
-                b = b.set_column_dictionary_enabled(ColumnPath::from(name), false);
-            }
+        for name in columns.ids {
+            b = b.set_column_dictionary_enabled(ColumnPath::from(*name), false);
         }
-        if schema.field_with_name("session_id").is_ok() {
+        if let Some(c) = columns.session {
             // Queries read `session_id` as a dictionary and group by it per dictionary value, so keep the whole
             // row group's ids in one: 1 MiB (the default) holds ~30,000 UUIDs, fewer than a busy hour's sessions.
-            b = b.set_column_dictionary_page_size_limit(ColumnPath::from("session_id"), SESSION_DICTIONARY_BYTES);
+            b = b.set_column_dictionary_page_size_limit(ColumnPath::from(c), SESSION_DICTIONARY_BYTES);
         }
         Ok(b.build())
     }
-
-    /// Columns whose min/max statistics cannot prune: random ids, free text, JSON and attribute maps.
-    pub const UNPRUNABLE: [&'static str; 13] = [
-        "trace_id",
-        "span_id",
-        "parent_span_id",
-        "trace_state",
-        "status_message",
-        "session_id",
-        "hedge_id",
-        "attributes",
-        "resource_attributes",
-        "events",
-        "links",
-        "body",
-        "buckets",
-    ];
 }
+
+/// The columns of one signal that [`ParquetOptions::properties`] encodes in their own way, named through the
+/// column enums.
+struct EncodedColumns {
+    /// Timestamps: delta-encoded, with page statistics.
+    time: &'static [&'static str],
+    /// Random ids: no dictionary (every value is distinct).
+    ids: &'static [&'static str],
+    /// Columns whose min/max statistics cannot prune: random ids, free text, JSON and attribute maps.
+    unprunable: &'static [&'static str],
+    /// The column with a bloom filter (looking up one trace).
+    bloom_filter: Option<&'static str>,
+    /// The session id, whose dictionary holds a whole row group.
+    session: Option<&'static str>,
+}
+
+impl EncodedColumns {
+    const SPANS: EncodedColumns = {
+        use crate::schema::SpanColumn as S;
+        EncodedColumns {
+            time: &[S::StartTime.name(), S::EndTime.name()],
+            ids: &[S::TraceId.name(), S::SpanId.name(), S::ParentSpanId.name()],
+            unprunable: &[
+                S::TraceId.name(),
+                S::SpanId.name(),
+                S::ParentSpanId.name(),
+                S::TraceState.name(),
+                S::StatusMessage.name(),
+                S::SessionId.name(),
+                S::HedgeId.name(),
+                S::Attributes.name(),
+                RESOURCE_ATTRIBUTES,
+                S::Events.name(),
+                S::Links.name(),
+            ],
+            bloom_filter: Some(S::TraceId.name()),
+            session: Some(S::SessionId.name()),
+        }
+    };
+
+    const METRICS: EncodedColumns = {
+        use crate::schema::MetricColumn as M;
+        EncodedColumns {
+            time: &[M::Time.name(), M::StartTime.name()],
+            ids: &[],
+            unprunable: &[M::Attributes.name(), RESOURCE_ATTRIBUTES, M::Buckets.name()],
+            bloom_filter: None,
+            session: None,
+        }
+    };
+
+    const LOGS: EncodedColumns = {
+        use crate::schema::LogColumn as L;
+        EncodedColumns {
+            time: &[L::Time.name(), L::ObservedTime.name()],
+            ids: &[L::TraceId.name(), L::SpanId.name()],
+            unprunable: &[
+                L::TraceId.name(),
+                L::SpanId.name(),
+                L::Attributes.name(),
+                RESOURCE_ATTRIBUTES,
+                L::Body.name(),
+            ],
+            bloom_filter: None,
+            session: None,
+        }
+    };
+
+    fn of(signal: Signal) -> &'static EncodedColumns {
+        match signal {
+            Signal::Spans => &Self::SPANS,
+            Signal::Metrics => &Self::METRICS,
+            Signal::Logs => &Self::LOGS,
+        }
+    }
+
+    /// Every column named here, for the test that they exist.
+    #[cfg(test)]
+    fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        let single = [self.bloom_filter, self.session].into_iter().flatten();
+        self.time.iter().chain(self.ids).chain(self.unprunable).copied().chain(single)
+    }
+}
+
+const RESOURCE_ATTRIBUTES: &str = crate::schema::ResourceColumn::ResourceAttributes.name();
 
 #[cfg(test)]
 mod tests {
@@ -164,5 +226,15 @@ mod tests {
         };
         assert_eq!(FileName::parse(&n.to_string()), Some(n));
         assert_eq!(FileName::parse("part-0.parquet"), None);
+    }
+
+    #[test]
+    fn specially_encoded_columns_exist() {
+        for signal in Signal::ALL {
+            let schema = signal.schema();
+            for name in EncodedColumns::of(signal).names() {
+                assert!(schema.field_with_name(name).is_ok(), "{signal} has no column {name}");
+            }
+        }
     }
 }

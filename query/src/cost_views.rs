@@ -170,6 +170,8 @@ mod tests {
     use datafusion::datasource::MemTable;
     use datafusion::prelude::SessionContext;
 
+    use tailscope_core::schema::SpanColumn;
+
     use super::cost_views;
     use crate::fixture::{SpanRow, spans_batch};
 
@@ -249,11 +251,14 @@ mod tests {
             .collect();
         let batch = spans_batch(&rows);
         let replace: Vec<(&str, ArrayRef)> = vec![
-            ("hedge_id", Arc::new(set.iter().map(|c| c.hedge).collect::<StringArray>())),
-            ("hedge_winner", Arc::new(set.iter().map(|c| c.winner).collect::<BooleanArray>())),
-            ("token_cost_usd", Arc::new(set.iter().map(|c| c.cost).collect::<Float64Array>())),
-            ("price_source", Arc::new(set.iter().map(|c| Some(c.price_source)).collect::<StringArray>())),
-            ("time_to_first_token_ms", Arc::new(set.iter().map(|c| c.ttft_ms).collect::<Float64Array>())),
+            (SpanColumn::HedgeId.name(), Arc::new(set.iter().map(|c| c.hedge).collect::<StringArray>())),
+            (SpanColumn::HedgeWinner.name(), Arc::new(set.iter().map(|c| c.winner).collect::<BooleanArray>())),
+            (SpanColumn::TokenCostUsd.name(), Arc::new(set.iter().map(|c| c.cost).collect::<Float64Array>())),
+            (
+                SpanColumn::PriceSource.name(),
+                Arc::new(set.iter().map(|c| Some(c.price_source)).collect::<StringArray>()),
+            ),
+            (SpanColumn::TimeToFirstTokenMs.name(), Arc::new(set.iter().map(|c| c.ttft_ms).collect::<Float64Array>())),
         ];
         let schema = batch.schema();
         let columns = schema

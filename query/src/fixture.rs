@@ -16,7 +16,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 
 use tailscope_core::catalog::ParquetFile;
 use tailscope_core::layout::FileName;
-use tailscope_core::schema::Signal;
+use tailscope_core::schema::{MAP_ENTRIES, MAP_KEYS, MAP_VALUES, ResourceColumn, Signal, SpanColumn};
 
 /// One span with the columns queries care about; every other column is NULL (or an empty map).
 #[derive(Debug, Clone, Default)]
@@ -64,44 +64,50 @@ pub fn spans_batch(rows: &[SpanRow]) -> RecordBatch {
     let ts = |f: fn(&SpanRow) -> i64| -> ArrayRef {
         Arc::new(TimestampNanosecondArray::from(rows.iter().map(f).collect::<Vec<_>>()).with_timezone("UTC"))
     };
-    let columns: Vec<ArrayRef> = schema
-        .fields()
+    let null = |c: SpanColumn| -> ArrayRef {
+        let field = c.field();
+        match field.data_type() {
+            DataType::Map(..) => empty_maps(n),
+            other => new_null_array(other, n),
+        }
+    };
+    let columns: Vec<ArrayRef> = SpanColumn::ALL
         .iter()
-        .map(|field| match field.name().as_str() {
-            "trace_id" => text(|r| Some(&r.trace_id)),
-            "span_id" => text(|r| Some(&r.span_id)),
-            "name" => text(|r| Some(&r.name)),
-            "kind" => text(|r| Some(if r.gen_ai_provider.is_some() { "client" } else { "internal" })),
-            "start_time" => ts(|r| r.start_ns),
-            "end_time" => ts(|r| r.start_ns + r.duration_ns),
-            "duration_ns" => int(|r| Some(r.duration_ns)),
-            "status_code" => text(|r| Some(if r.error { "error" } else { "ok" })),
-            "service_name" => text(|r| Some(&r.service_name)),
-            "cloud_region" => text(|r| r.cloud_region.as_deref()),
-            "gen_ai_provider" => text(|r| r.gen_ai_provider.as_deref()),
-            "gen_ai_operation" => text(|r| r.gen_ai_operation.as_deref()),
-            "request_model" => text(|r| r.request_model.as_deref()),
-            "input_tokens" => int(|r| r.input_tokens),
-            "output_tokens" => int(|r| r.output_tokens),
-            "session_id" => text(|r| r.session_id.as_deref()),
-            "tool_name" => text(|r| r.tool_name.as_deref()),
-            "cost_usd" => Arc::new(rows.iter().map(|r| r.cost_usd).collect::<Float64Array>()),
-            "error_type" => text(|r| r.error.then_some("timeout")),
-            "hedge_winner" => Arc::new(BooleanArray::from(vec![None::<bool>; n])),
-            _ => match field.data_type() {
-                DataType::Map(..) => empty_maps(n),
-                other => new_null_array(other, n),
-            },
+        .map(|&c| match c {
+            SpanColumn::TraceId => text(|r| Some(&r.trace_id)),
+            SpanColumn::SpanId => text(|r| Some(&r.span_id)),
+            SpanColumn::Name => text(|r| Some(&r.name)),
+            SpanColumn::Kind => text(|r| Some(if r.gen_ai_provider.is_some() { "client" } else { "internal" })),
+            SpanColumn::StartTime => ts(|r| r.start_ns),
+            SpanColumn::EndTime => ts(|r| r.start_ns + r.duration_ns),
+            SpanColumn::DurationNs => int(|r| Some(r.duration_ns)),
+            SpanColumn::StatusCode => text(|r| Some(if r.error { "error" } else { "ok" })),
+            SpanColumn::Resource(ResourceColumn::ServiceName) => text(|r| Some(&r.service_name)),
+            SpanColumn::Resource(ResourceColumn::CloudRegion) => text(|r| r.cloud_region.as_deref()),
+            SpanColumn::GenAiProvider => text(|r| r.gen_ai_provider.as_deref()),
+            SpanColumn::GenAiOperation => text(|r| r.gen_ai_operation.as_deref()),
+            SpanColumn::RequestModel => text(|r| r.request_model.as_deref()),
+            SpanColumn::InputTokens => int(|r| r.input_tokens),
+            SpanColumn::OutputTokens => int(|r| r.output_tokens),
+            SpanColumn::SessionId => text(|r| r.session_id.as_deref()),
+            SpanColumn::ToolName => text(|r| r.tool_name.as_deref()),
+            SpanColumn::CostUsd => Arc::new(rows.iter().map(|r| r.cost_usd).collect::<Float64Array>()),
+            SpanColumn::ErrorType => text(|r| r.error.then_some("timeout")),
+            SpanColumn::HedgeWinner => Arc::new(BooleanArray::from(vec![None::<bool>; n])),
+            other => null(other),
         })
         .collect();
     RecordBatch::try_new(schema, columns).expect("fixture columns follow the stored schema")
 }
 
 fn empty_maps(n: usize) -> ArrayRef {
-    let names =
-        datafusion::arrow::array::MapFieldNames { entry: "entries".into(), key: "keys".into(), value: "values".into() };
+    let names = datafusion::arrow::array::MapFieldNames {
+        entry: MAP_ENTRIES.into(),
+        key: MAP_KEYS.into(),
+        value: MAP_VALUES.into(),
+    };
     let mut builder = MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new())
-        .with_values_field(Arc::new(Field::new("values", DataType::Utf8, true)));
+        .with_values_field(Arc::new(Field::new(MAP_VALUES, DataType::Utf8, true)));
     for _ in 0..n {
         builder.append(true).expect("empty map");
     }

@@ -42,7 +42,7 @@ use datafusion::physical_plan::union::UnionExec;
 use futures::StreamExt;
 
 use tailscope_core::catalog::{Catalog, FileCheck, FileStamp, ParquetFile};
-use tailscope_core::schema::{PARTITION_COLUMNS, Signal};
+use tailscope_core::schema::{PARTITION_COLUMNS, Signal, SpanColumn};
 
 use crate::unreadable::{self, GuardedSource, ScanFiles};
 
@@ -71,7 +71,7 @@ pub fn table_schema(signal: Signal) -> SchemaRef {
 /// hands over each column chunk's dictionary once plus 4-byte keys per row instead of decoding every string, so a
 /// `GROUP BY session_id` interns each distinct id once per file rather than once per row
 /// (`crate::string_group`).
-pub const DICTIONARY_COLUMNS: [&str; 1] = ["session_id"];
+pub const DICTIONARY_COLUMNS: [&str; 1] = [SpanColumn::SessionId.name()];
 
 /// The stored schema with top-level `Utf8` columns read as `Utf8View` (DataFusion's `schema_force_view_types`),
 /// except [`DICTIONARY_COLUMNS`], read as dictionaries.
@@ -174,12 +174,12 @@ impl SignalTable {
     /// whose footer reads now ([`unreadable::check_footer`], on blocking threads, a few at a time). A file found
     /// unreadable now or before is left out, and the catalog logs and counts it once (it is never deleted): every
     /// query answers from the other files instead of failing on it.
-    async fn readable(&self, files: Vec<(ParquetFile, FileStamp)>, parallel: usize) -> Vec<(ParquetFile, FileStamp)> {
+    async fn readable(&self, files: Vec<(ParquetFile, FileStamp)>, parallel: usize) -> Vec<(ParquetFile, Checked)> {
         let mut known = Vec::with_capacity(files.len());
         let mut unknown = Vec::new();
         for (file, stamp) in files {
             match self.catalog.file_check(&file.relative_path, stamp) {
-                Some(FileCheck::Readable) => known.push((file, stamp)),
+                Some(FileCheck::Readable { stored_columns }) => known.push((file, Checked { stamp, stored_columns })),
                 Some(FileCheck::Unreadable(_)) => {}
                 None => unknown.push((file, stamp)),
             }
@@ -187,11 +187,13 @@ impl SignalTable {
         if unknown.is_empty() {
             return known;
         }
+        let signal = self.signal;
         let checks = futures::stream::iter(unknown)
             .map(|(file, stamp)| {
                 let path = self.data_dir.join(&file.relative_path);
                 async move {
-                    let verdict = match tokio::task::spawn_blocking(move || unreadable::check_footer(&path)).await {
+                    let check = move || unreadable::check_footer(&path, signal);
+                    let verdict = match tokio::task::spawn_blocking(check).await {
                         Ok(verdict) => verdict,
                         // A reader that panics on a hostile footer: the file is what is wrong.
                         Err(e) => Err(format!("reading its footer failed: {e}")),
@@ -204,9 +206,9 @@ impl SignalTable {
             .await;
         for (file, stamp, verdict) in checks {
             match verdict {
-                Ok(()) => {
-                    self.catalog.set_readable(&file.relative_path, stamp);
-                    known.push((file, stamp));
+                Ok(stored_columns) => {
+                    self.catalog.set_readable(&file.relative_path, stamp, stored_columns);
+                    known.push((file, Checked { stamp, stored_columns }));
                 }
                 Err(reason) => {
                     self.catalog.set_unreadable(&file.relative_path, stamp, &reason);
@@ -281,7 +283,7 @@ impl SignalTable {
         &self,
         state: &dyn Session,
         files: Vec<&ParquetFile>,
-        stamps: &HashMap<PathBuf, FileStamp>,
+        checked: &HashMap<PathBuf, Checked>,
         filters: &[Expr],
         projection: Option<&Vec<usize>>,
         limit: Option<usize>,
@@ -315,12 +317,12 @@ impl SignalTable {
             self.catalog.clone(),
             self.data_dir.clone(),
             files.iter().filter_map(|f| {
-                let stamp = *stamps.get(&f.relative_path)?;
+                let stamp = checked.get(&f.relative_path)?.stamp;
                 Some((location(&self.data_dir, f), f.relative_path.clone(), stamp))
             }),
         );
         let source = GuardedSource::wrapping(Arc::new(source), Arc::new(scan_files));
-        let groups = balanced_groups(&self.data_dir, files, state.config().target_partitions(), &file_schema);
+        let groups = balanced_groups(&self.data_dir, files, checked, state.config().target_partitions(), &file_schema);
         let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
             .with_file_groups(groups)
             .with_projection_indices(projection.cloned())?
@@ -433,8 +435,8 @@ impl TableProvider for SignalTable {
         let pruned = self.prune(state, filters, &snapshot.files)?;
         let present = self.present(pruned);
         let readable = self.readable(present, state.config().target_partitions()).await;
-        let stamps: HashMap<PathBuf, FileStamp> =
-            readable.iter().map(|(f, stamp)| (f.relative_path.clone(), *stamp)).collect();
+        let checked: HashMap<PathBuf, Checked> =
+            readable.iter().map(|(f, check)| (f.relative_path.clone(), *check)).collect();
         let readable: Vec<ParquetFile> = readable.into_iter().map(|(f, _)| f).collect();
         let files: Vec<&ParquetFile> = readable.iter().collect();
         self.counters.files_listed.fetch_add(snapshot.files.len() as u64, Ordering::Relaxed);
@@ -464,10 +466,10 @@ impl TableProvider for SignalTable {
 
         let mut inputs = Vec::with_capacity(3);
         if !covered.is_empty() {
-            inputs.push(self.parquet_scan(state, covered, &stamps, filters, projection, limit)?);
+            inputs.push(self.parquet_scan(state, covered, &checked, filters, projection, limit)?);
         }
         if !partial.is_empty() {
-            let scan = self.parquet_scan(state, partial, &stamps, filters, widened.as_ref(), None)?;
+            let scan = self.parquet_scan(state, partial, &checked, filters, widened.as_ref(), None)?;
             inputs.push(self.filtered(state, scan, &time_filters, projection)?);
         }
         if buffered > 0 {
@@ -525,18 +527,39 @@ fn negate_comparison(expr: &Expr) -> Option<Expr> {
     }
 }
 
+/// A file found readable, as it was when checked.
+#[derive(Debug, Clone, Copy)]
+struct Checked {
+    stamp: FileStamp,
+    /// How many of the table's stored columns it holds ([`FileCheck::Readable`]).
+    stored_columns: Option<usize>,
+}
+
 /// Splits files into at most `partitions` groups of similar total size, so every core gets a share.
 ///
-/// tailscope's own files (named with their time range) hold exactly the signal's stored schema, so the reader is
-/// told to decode them straight into the scan's types, `scan_schema` ([`scan_file_schema`]): that is what makes
-/// [`DICTIONARY_COLUMNS`] arrive as dictionaries. Files placed there by others are read with their own schema and
-/// adapted.
+/// tailscope's own files (named with their time range) hold the signal's stored columns, so the reader is told to
+/// decode them straight into the scan's types, `scan_schema` ([`scan_file_schema`]): that is what makes
+/// [`DICTIONARY_COLUMNS`] arrive as dictionaries. A file written before later columns were appended holds the first
+/// of them only, and is told just those (its footer said which, see [`Checked`]); DataFusion fills the columns it
+/// lacks with NULL. Files placed there by others are read with their own schema and adapted.
 fn balanced_groups(
     data_dir: &Path,
     files: Vec<&ParquetFile>,
+    checked: &HashMap<PathBuf, Checked>,
     partitions: usize,
     scan_schema: &SchemaRef,
 ) -> Vec<FileGroup> {
+    // The leading columns of the scan's schema, by how many a file holds: most files hold them all.
+    let mut prefixes: HashMap<usize, SchemaRef> = HashMap::from([(scan_schema.fields().len(), scan_schema.clone())]);
+    let mut prefix = |n: usize| -> SchemaRef {
+        prefixes
+            .entry(n)
+            .or_insert_with(|| {
+                let fields = scan_schema.fields()[..n].to_vec();
+                Arc::new(Schema::new_with_metadata(fields, scan_schema.metadata().clone()))
+            })
+            .clone()
+    };
     let n = partitions.max(1).min(files.len().max(1));
     let mut sorted = files;
     sorted.sort_by_key(|f| std::cmp::Reverse(f.size));
@@ -548,8 +571,9 @@ fn balanced_groups(
             ScalarValue::Utf8(Some(file.date.clone())),
             ScalarValue::Utf8(Some(file.hour.clone())),
         ]);
-        if file.time_range_ns.is_some() {
-            part = part.with_arrow_schema(scan_schema.clone());
+        let stored_columns = checked.get(&file.relative_path).and_then(|c| c.stored_columns);
+        if let Some(n) = stored_columns.filter(|_| file.time_range_ns.is_some()) {
+            part = part.with_arrow_schema(prefix(n));
         }
         lightest.1.push(part);
     }
@@ -652,9 +676,10 @@ struct FileStatistics<'a> {
 
 impl FileStatistics<'_> {
     fn partition_values(&self, column: &Column) -> Option<StringArray> {
+        let [date, hour] = PARTITION_COLUMNS;
         match column.name.as_str() {
-            "date" => Some(self.files.iter().map(|f| Some(f.date.as_str())).collect()),
-            "hour" => Some(self.files.iter().map(|f| Some(f.hour.as_str())).collect()),
+            name if name == date => Some(self.files.iter().map(|f| Some(f.date.as_str())).collect()),
+            name if name == hour => Some(self.files.iter().map(|f| Some(f.hour.as_str())).collect()),
             _ => None,
         }
     }
@@ -702,6 +727,8 @@ impl PruningStatistics for FileStatistics<'_> {
 
 #[cfg(test)]
 mod tests {
+    use tailscope_core::schema::LogColumn;
+
     use super::*;
 
     #[test]
@@ -712,7 +739,7 @@ mod tests {
             .fields()
             .iter()
             .map(|f| {
-                if f.name() == "time" {
+                if f.name() == LogColumn::Time.name() {
                     // 2026-11-21T23:59:59.999Z and 2026-11-22T00:00:00Z straddle midnight.
                     Arc::new(
                         TimestampNanosecondArray::from(vec![1_795_305_599_999_000_000, 1_795_305_600_000_000_000])

@@ -8,7 +8,7 @@ use datafusion::arrow::datatypes::{Float64Type, Int64Type};
 
 use tailscope_core::catalog::Catalog;
 use tailscope_core::config::QueryConfig;
-use tailscope_core::schema::Signal;
+use tailscope_core::schema::{Signal, SpanColumn};
 
 use crate::fixture::{SpanRow, damage_pages, spans_batch, write_parquet};
 use crate::{Engine, QueryError, QueryOutput};
@@ -160,6 +160,39 @@ async fn buffered_rows_get_partition_columns_and_join_the_files() {
     assert_eq!(str_col(&out, "hour"), vec![Some("09".into()), Some("10".into())]);
     let out = engine.sql("SELECT count(*) AS n FROM spans WHERE hour = '10'").await.unwrap();
     assert_eq!(i64_col(&out, "n"), vec![1]);
+}
+
+/// Columns are appended at the end of a table, so a file written before the last one existed holds all the columns
+/// before it and lacks that one. It is read with the column NULL, next to files that have it: not taken for a
+/// damaged file, and filters and dictionary-read columns (`session_id`) work across both.
+#[tokio::test]
+async fn files_written_before_the_last_column_was_appended_read_it_as_null() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::new(dir.path());
+    let current = spans_batch(&[span(0, NINE, 10, "p", "m"), span(1, NINE + 1, 10, "p", "m")]);
+    let before = spans_batch(&[span(2, NINE + 2, 10, "p", "m"), span(3, NINE + 3, 10, "p", "m")]);
+    let stored = SpanColumn::ALL.len();
+    let before = before.project(&(0..stored - 1).collect::<Vec<_>>()).unwrap();
+    let last = SpanColumn::ALL[stored - 1].name();
+    catalog.commit_flush(
+        vec![
+            (Signal::Spans, write_parquet(dir.path(), Signal::Spans, &current, 1).unwrap()),
+            (Signal::Spans, write_parquet(dir.path(), Signal::Spans, &before, 2).unwrap()),
+        ],
+        2,
+    );
+    let engine = engine(&catalog).await;
+    let out = engine.sql(&format!("SELECT span_id, {last} FROM spans ORDER BY span_id")).await.unwrap();
+    assert_eq!(str_col(&out, "span_id").len(), 4, "rows of both files");
+    // A filter on the column is pushed into the scan of each file, including the one without it.
+    let sql = format!("SELECT count(*) AS n FROM spans WHERE {last} IS NULL AND span_id > ''");
+    assert_eq!(i64_col(&engine.sql(&sql).await.unwrap(), "n"), vec![4]);
+    let out = engine.sql("SELECT session_id, count(*) AS n FROM spans GROUP BY 1 ORDER BY 1").await.unwrap();
+    assert_eq!(str_col(&out, "session_id"), vec![Some("s0".into()), Some("s1".into()), Some("s2".into())]);
+    assert_eq!(i64_col(&out, "n"), vec![2, 1, 1]);
+    let out = engine.sql("SELECT * FROM spans").await.unwrap();
+    assert_eq!(out.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 4);
+    assert!(catalog.unreadable_files().is_empty(), "{:?}", catalog.unreadable_files());
 }
 
 #[tokio::test]

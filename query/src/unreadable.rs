@@ -28,6 +28,7 @@ use datafusion::datasource::physical_plan::{FileScanConfig, FileSource};
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::DataFusionError;
 use datafusion::object_store::ObjectStore;
+use datafusion::parquet::arrow::parquet_to_arrow_schema;
 use datafusion::parquet::file::metadata::{PageIndexPolicy, ParquetMetaDataReader};
 use datafusion::physical_expr::projection::ProjectionExprs;
 use datafusion::physical_expr::{EquivalenceProperties, LexOrdering, PhysicalExpr, PhysicalSortExpr};
@@ -40,6 +41,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use tailscope_core::catalog::{Catalog, FileStamp};
+use tailscope_core::schema::Signal;
 
 /// The largest footer read. tailscope's own footers are tens of KiB; a length field past this is damage (or a file
 /// no query should decode), and refusing it keeps a hostile file from sizing an allocation.
@@ -70,8 +72,10 @@ pub fn find_unreadable(e: &DataFusionError) -> Option<&UnreadableFile> {
 }
 
 /// Reads the footer of the Parquet file at `path` (and its page index, if it has one) and checks that every column
-/// chunk it describes lies inside the file. `Err` says what is wrong, for the log.
-pub fn check_footer(path: &Path) -> Result<(), String> {
+/// chunk it describes lies inside the file. `Err` says what is wrong, for the log; `Ok` says how many of
+/// `signal`'s stored columns the file holds ([`Signal::stored_prefix`]: fewer than the schema has for a file
+/// written before later columns were appended, `None` for a file of another layout).
+pub fn check_footer(path: &Path, signal: Signal) -> Result<Option<usize>, String> {
     let file = std::fs::File::open(path).map_err(|e| format!("cannot open it: {e}"))?;
     let size = file.metadata().map_err(|e| format!("cannot stat it: {e}"))?.len();
     // The tail: a 4-byte footer length and the magic bytes.
@@ -114,7 +118,13 @@ pub fn check_footer(path: &Path) -> Result<(), String> {
             }
         }
     }
-    Ok(())
+    // The Arrow schema the writer stored in the footer (or the one Parquet's types map to). A file whose schema
+    // does not convert is left for the reader to judge, as before this was asked.
+    let file_metadata = metadata.file_metadata();
+    let columns = parquet_to_arrow_schema(file_metadata.schema_descr(), file_metadata.key_value_metadata())
+        .ok()
+        .and_then(|schema| signal.stored_prefix(schema.fields()));
+    Ok(columns)
 }
 
 /// Whether reading a file failed because of the file (its bytes, or the disk under it) rather than the query (a

@@ -22,8 +22,9 @@ use datafusion::arrow::compute::concat_batches;
 use datafusion::parquet::arrow::ArrowWriter;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
+use tailscope_core::cost::PricingConfig;
 use tailscope_core::layout::ParquetOptions;
-use tailscope_core::schema::Signal;
+use tailscope_core::schema::{MAP_ENTRIES, MAP_KEYS, MAP_VALUES, ResourceColumn, Signal, SpanColumn};
 
 /// Per-span cost of each ingest stage.
 #[derive(Debug, Parser)]
@@ -126,22 +127,24 @@ fn main() {
         use datafusion::parquet::file::properties::EnabledStatistics;
         let base = || props.clone().into_builder();
         let no_dict_ids = |mut b: datafusion::parquet::file::properties::WriterPropertiesBuilder| {
-            for c in ["trace_id", "span_id", "parent_span_id"] {
+            for c in [SpanColumn::TraceId, SpanColumn::SpanId, SpanColumn::ParentSpanId].map(SpanColumn::name) {
                 b = b.set_column_dictionary_enabled(ColumnPath::from(c), false);
             }
             b
         };
         let chunk_stats = |mut b: datafusion::parquet::file::properties::WriterPropertiesBuilder| {
             b = b.set_statistics_enabled(EnabledStatistics::Chunk);
-            for c in ["start_time", "end_time"] {
+            for c in [SpanColumn::StartTime.name(), SpanColumn::EndTime.name()] {
                 b = b.set_column_statistics_enabled(ColumnPath::from(c), EnabledStatistics::Page);
             }
             b
         };
+        let maps =
+            [SpanColumn::Attributes, SpanColumn::Resource(ResourceColumn::ResourceAttributes)].map(SpanColumn::name);
         let sorted = {
             use datafusion::arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
-            let col = |n: &str| all.column(all.schema().index_of(n).unwrap()).clone();
-            let idx = lexsort_to_indices(&[SortColumn { values: col("start_time"), options: None }], None).unwrap();
+            let start = SpanColumn::StartTime.of(&all).unwrap().clone();
+            let idx = lexsort_to_indices(&[SortColumn { values: start, options: None }], None).unwrap();
             take_record_batch(&all, &idx).unwrap()
         };
         for (label, props) in [
@@ -152,7 +155,7 @@ fn main() {
             (
                 "+ both, no bloom filter",
                 no_dict_ids(chunk_stats(base()))
-                    .set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), false)
+                    .set_column_bloom_filter_enabled(ColumnPath::from(SpanColumn::TraceId.name()), false)
                     .build(),
             ),
             (
@@ -163,10 +166,10 @@ fn main() {
             ),
             ("+ both, no dictionary on attribute maps", {
                 let mut b = no_dict_ids(chunk_stats(base()));
-                for m in ["attributes", "resource_attributes"] {
-                    for leaf in ["keys", "values"] {
+                for m in maps {
+                    for leaf in [MAP_KEYS, MAP_VALUES] {
                         b = b.set_column_dictionary_enabled(
-                            ColumnPath::new(vec![m.into(), "entries".into(), leaf.into()]),
+                            ColumnPath::new(vec![m.into(), MAP_ENTRIES.into(), leaf.into()]),
                             false,
                         );
                     }
@@ -175,9 +178,9 @@ fn main() {
             }),
             ("+ both, no dictionary on attribute values", {
                 let mut b = no_dict_ids(chunk_stats(base()));
-                for m in ["attributes", "resource_attributes"] {
+                for m in maps {
                     b = b.set_column_dictionary_enabled(
-                        ColumnPath::new(vec![m.into(), "entries".into(), "values".into()]),
+                        ColumnPath::new(vec![m.into(), MAP_ENTRIES.into(), MAP_VALUES.into()]),
                         false,
                     );
                 }
@@ -187,7 +190,10 @@ fn main() {
             (
                 "+ both, no statistics at all but times",
                 no_dict_ids(chunk_stats(base()).set_statistics_enabled(EnabledStatistics::None))
-                    .set_column_statistics_enabled(ColumnPath::from("start_time"), EnabledStatistics::Page)
+                    .set_column_statistics_enabled(
+                        ColumnPath::from(SpanColumn::StartTime.name()),
+                        EnabledStatistics::Page,
+                    )
                     .build(),
             ),
         ] {

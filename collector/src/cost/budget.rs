@@ -17,6 +17,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use serde::Serialize;
 use tailscope_core::cost::{BudgetConfig, BudgetFigures, BudgetKind, BudgetPeriod};
+use tailscope_core::schema::{ResourceColumn, SpanColumn};
 
 use super::prices::glob_match;
 
@@ -47,24 +48,24 @@ pub struct SpanColumns {
 
 /// The `spans` columns budgets need, in the order [`SpanColumns::from_batch`] expects when reading history.
 pub const BUDGET_COLUMNS: [&str; 10] = [
-    "start_time",
-    "service_name",
-    "cloud_region",
-    "gen_ai_provider",
-    "session_id",
-    "cost_usd",
-    "token_cost_usd",
-    "egress_cost_usd",
-    "hedge_id",
-    "hedge_winner",
+    SpanColumn::StartTime.name(),
+    SpanColumn::Resource(ResourceColumn::ServiceName).name(),
+    SpanColumn::Resource(ResourceColumn::CloudRegion).name(),
+    SpanColumn::GenAiProvider.name(),
+    SpanColumn::SessionId.name(),
+    SpanColumn::CostUsd.name(),
+    SpanColumn::TokenCostUsd.name(),
+    SpanColumn::EgressCostUsd.name(),
+    SpanColumn::HedgeId.name(),
+    SpanColumn::HedgeWinner.name(),
 ];
 
 impl SpanColumns {
     /// Reads the columns by name, casting view and dictionary string types to `Utf8`. `Err` names a column
     /// missing or of the wrong type.
     pub fn from_batch(batch: &RecordBatch) -> Result<SpanColumns, String> {
-        let get = |name: &str, ty: &DataType| -> Result<std::sync::Arc<dyn Array>, String> {
-            let col = batch.column_by_name(name).ok_or_else(|| format!("column {name} is missing"))?;
+        let get = |name: SpanColumn, ty: &DataType| -> Result<std::sync::Arc<dyn Array>, String> {
+            let col = name.of(batch).ok_or_else(|| format!("column {name} is missing"))?;
             if col.data_type() == ty {
                 Ok(col.clone())
             } else {
@@ -72,23 +73,23 @@ impl SpanColumns {
             }
         };
         let ts = DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
-        let s = |name: &str| get(name, &DataType::Utf8).map(|a| a.as_string::<i32>().clone());
-        let f = |name: &str| {
+        let s = |name: SpanColumn| get(name, &DataType::Utf8).map(|a| a.as_string::<i32>().clone());
+        let f = |name: SpanColumn| {
             get(name, &DataType::Float64).map(|a| a.as_primitive::<datafusion::arrow::datatypes::Float64Type>().clone())
         };
         Ok(SpanColumns {
-            start: get("start_time", &ts)?
+            start: get(SpanColumn::StartTime, &ts)?
                 .as_primitive::<datafusion::arrow::datatypes::TimestampNanosecondType>()
                 .clone(),
-            service: s("service_name")?,
-            region: s("cloud_region")?,
-            provider: s("gen_ai_provider")?,
-            session: s("session_id")?,
-            cost: f("cost_usd")?,
-            token_cost: f("token_cost_usd")?,
-            egress_cost: f("egress_cost_usd")?,
-            hedge_id: s("hedge_id")?,
-            hedge_winner: get("hedge_winner", &DataType::Boolean)?.as_boolean().clone(),
+            service: s(SpanColumn::Resource(ResourceColumn::ServiceName))?,
+            region: s(SpanColumn::Resource(ResourceColumn::CloudRegion))?,
+            provider: s(SpanColumn::GenAiProvider)?,
+            session: s(SpanColumn::SessionId)?,
+            cost: f(SpanColumn::CostUsd)?,
+            token_cost: f(SpanColumn::TokenCostUsd)?,
+            egress_cost: f(SpanColumn::EgressCostUsd)?,
+            hedge_id: s(SpanColumn::HedgeId)?,
+            hedge_winner: get(SpanColumn::HedgeWinner, &DataType::Boolean)?.as_boolean().clone(),
         })
     }
 
@@ -513,7 +514,6 @@ pub(crate) mod tests {
     use std::time::Duration;
 
     use datafusion::arrow::array::{ArrayRef, BooleanArray, Float64Array, StringArray, TimestampNanosecondArray};
-    use datafusion::arrow::datatypes::{Field, Schema};
 
     use tailscope_core::display::percent;
 
@@ -536,19 +536,8 @@ pub(crate) mod tests {
 
     /// A batch with exactly the budget columns.
     pub fn batch(rows: &[Row]) -> RecordBatch {
-        let ts = DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("start_time", ts, false),
-            Field::new("service_name", DataType::Utf8, false),
-            Field::new("cloud_region", DataType::Utf8, true),
-            Field::new("gen_ai_provider", DataType::Utf8, true),
-            Field::new("session_id", DataType::Utf8, true),
-            Field::new("cost_usd", DataType::Float64, true),
-            Field::new("token_cost_usd", DataType::Float64, true),
-            Field::new("egress_cost_usd", DataType::Float64, true),
-            Field::new("hedge_id", DataType::Utf8, true),
-            Field::new("hedge_winner", DataType::Boolean, true),
-        ]));
+        let spans = tailscope_core::schema::spans_schema();
+        let schema = Arc::new(spans.project(&BUDGET_COLUMNS.map(|c| spans.index_of(c).unwrap())).unwrap());
         let cols: Vec<ArrayRef> = vec![
             Arc::new(TimestampNanosecondArray::from(rows.iter().map(|r| r.t).collect::<Vec<_>>()).with_timezone("UTC")),
             Arc::new(StringArray::from(rows.iter().map(|r| Some(r.service)).collect::<Vec<_>>())),
