@@ -4,22 +4,26 @@
 //!
 //! They read the cost columns the collector writes at ingest (`token_cost_usd`, `egress_cost_usd`, `cost_usd`,
 //! `price_source`, `hedge_id`, `hedge_winner`) and build on the base view `llm_calls`. A copy of a hedged request
-//! is a *duplicate* when it carries a `hedge_id` and is not the winner (`hedge_winner IS NOT TRUE`); its
-//! `cost_usd` is duplicate spend. Percentiles are exact (`quantile_exact`, linear interpolation like numpy).
+//! is a *duplicate* when it carries a `hedge_id` and is not the winner (`hedge_winner IS NOT TRUE`,
+//! [`tailscope_core::rules::is_duplicate_copy`]); its `cost_usd` is duplicate spend. Percentiles are exact (`quantile_exact`, linear interpolation like numpy).
 
-use tailscope_core::rules::{UNPRICED, inference_operations_sql};
+use tailscope_core::rules::{UNPRICED, duplicate_copy_sql, inference_operations_sql};
 
 /// `(view name, SQL)` pairs, registered after the base views, in order.
 pub fn cost_views() -> Vec<(&'static str, String)> {
     let inference = inference_operations_sql();
+    let duplicate = duplicate_copy_sql();
     COST_VIEWS
         .iter()
-        .map(|(name, sql)| (*name, sql.replace("{inference}", &inference).replace("{unpriced}", UNPRICED)))
+        .map(|(name, sql)| {
+            let sql = sql.replace("{inference}", &inference).replace("{unpriced}", UNPRICED);
+            (*name, sql.replace("{duplicate}", &duplicate))
+        })
         .collect()
 }
 
-/// The views' SQL, with `{inference}` for the inference operations and `{unpriced}` for the unpriced marker
-/// ([`tailscope_core::rules`]).
+/// The views' SQL, with `{inference}` for the inference operations, `{unpriced}` for the unpriced marker and
+/// `{duplicate}` for the duplicate (losing hedge copy) predicate ([`tailscope_core::rules`]).
 const COST_VIEWS: &[(&str, &str)] = &[
     (
         "session_cost",
@@ -36,7 +40,7 @@ const COST_VIEWS: &[(&str, &str)] = &[
             sum(token_cost_usd) AS token_cost_usd,
             sum(egress_bytes) AS egress_bytes,
             sum(egress_cost_usd) AS egress_cost_usd,
-            coalesce(sum(cost_usd) FILTER (WHERE hedge_id IS NOT NULL AND hedge_winner IS NOT TRUE), 0.0)
+            coalesce(sum(cost_usd) FILTER (WHERE {duplicate}), 0.0)
                 AS duplicate_cost_usd,
             sum(cost_usd) AS total_cost_usd,
             count(*) FILTER (WHERE price_source = '{unpriced}') AS unpriced_calls,
@@ -56,7 +60,7 @@ const COST_VIEWS: &[(&str, &str)] = &[
             sum(output_tokens) AS output_tokens,
             sum(token_cost_usd) AS token_cost_usd,
             sum(egress_cost_usd) AS egress_cost_usd,
-            coalesce(sum(cost_usd) FILTER (WHERE hedge_id IS NOT NULL AND hedge_winner IS NOT TRUE), 0.0)
+            coalesce(sum(cost_usd) FILTER (WHERE {duplicate}), 0.0)
                 AS duplicate_cost_usd,
             sum(cost_usd) AS total_cost_usd,
             count(*) FILTER (WHERE price_source = '{unpriced}') AS unpriced_calls
@@ -90,6 +94,7 @@ const COST_VIEWS: &[(&str, &str)] = &[
         "hedge_copies",
         "WITH copies AS (
             SELECT hedge_id, gen_ai_provider, start_time, cost_usd, coalesce(hedge_winner, false) AS winner,
+                {duplicate} AS duplicate,
                 CAST(end_time AS BIGINT) AS end_ns,
                 -- When a copy's answer was known: its first token when it streamed, else its end.
                 CASE WHEN time_to_first_token_ms IS NOT NULL
@@ -103,7 +108,7 @@ const COST_VIEWS: &[(&str, &str)] = &[
         )
         SELECT c.hedge_id, c.gen_ai_provider, c.start_time, c.winner, c.cost_usd,
             -- Every copy but the winner is a duplicate (all of them in a group without a winner).
-            CASE WHEN NOT c.winner THEN c.cost_usd END AS duplicate_cost_usd,
+            CASE WHEN c.duplicate THEN c.cost_usd END AS duplicate_cost_usd,
             -- Cancel latency: from the decision to the loser's end, what a hedging gateway controls. A loser
             -- that had already ended (failed) before the decision was not cancelled and has none.
             CASE WHEN NOT c.winner AND c.end_ns >= w.decided_ns

@@ -41,6 +41,7 @@ use crate::quantile::{ShareQuantiles, quantile_exact_udaf};
 use crate::string_group::StringGroupAggregate;
 use crate::table::{ScanCounters, SignalTable};
 use crate::unnest_guard::BoundUnnest;
+use crate::views::{SESSIONS, SESSIONS_SINCE, SessionsSince};
 
 /// The catalog name clients see (Flight SQL `GetCatalogs`, `information_schema`).
 pub const CATALOG_NAME: &str = "tailscope";
@@ -238,11 +239,12 @@ impl Engine {
 
         let cost_views = crate::cost_views::cost_views();
         for (name, sql) in crate::views::base_views().into_iter().chain(cost_views) {
-            let view = ctx
-                .sql(&sql)
-                .await
-                .map_err(|e| QueryError::Internal(format!("view {name} does not plan: {e}")))?
-                .into_view();
+            let frame =
+                ctx.sql(&sql).await.map_err(|e| QueryError::Internal(format!("view {name} does not plan: {e}")))?;
+            if name == SESSIONS {
+                ctx.register_udtf(SESSIONS_SINCE, Arc::new(SessionsSince::new(frame.logical_plan().clone())));
+            }
+            let view = frame.into_view();
             relations.push(Relation::new(name, "VIEW", outward_schema(&view.schema())));
             ctx.register_table(name, view)?;
         }

@@ -1,6 +1,17 @@
 //! The base views every user of tailscope wants, documented in `docs/sql.md`.
 
+use std::sync::Arc;
+
+use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider, view::ViewTable};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, Result as DfResult, plan_err};
+use datafusion::logical_expr::{Expr, Filter, LogicalPlan};
 use tailscope_core::rules::{inference_operations_sql, status};
+use tailscope_core::schema::{Signal, SpanColumn};
+
+/// The per-session view: the one definition of a session's figures (its cost among them), windowed by
+/// [`SESSIONS_SINCE`].
+pub const SESSIONS: &str = "sessions";
 
 /// `(view name, SQL)` in registration order: a view may use the ones before it.
 pub fn base_views() -> Vec<(&'static str, String)> {
@@ -9,7 +20,7 @@ pub fn base_views() -> Vec<(&'static str, String)> {
     vec![
         ("llm_calls", format!("SELECT * FROM spans WHERE gen_ai_operation IN {inference}")),
         (
-            "sessions",
+            SESSIONS,
             format!(
                 "SELECT
                     session_id,
@@ -52,4 +63,49 @@ pub fn base_views() -> Vec<(&'static str, String)> {
             ),
         ),
     ]
+}
+
+/// `sessions_since(since)`: the `sessions` view over the spans that started at or after `since`, so a dashboard
+/// with a time window reads one definition of per-session figures and still prunes by time (a filter on the
+/// view's `last_time` would aggregate the whole history first).
+pub const SESSIONS_SINCE: &str = "sessions_since";
+
+/// The table function behind [`SESSIONS_SINCE`]: the `sessions` view's plan with `start_time >= since` put on its
+/// scan of `spans`, where the scan prunes files and row groups by it.
+#[derive(Debug)]
+pub struct SessionsSince {
+    /// The `sessions` view's plan, as registered.
+    sessions: LogicalPlan,
+}
+
+impl SessionsSince {
+    pub fn new(sessions: LogicalPlan) -> Self {
+        SessionsSince { sessions }
+    }
+}
+
+impl TableFunctionImpl for SessionsSince {
+    fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
+        let [since] = args.exprs() else {
+            return plan_err!(
+                "{SESSIONS_SINCE} takes one argument, the earliest span start (a timestamp such as \
+                 now() - INTERVAL '1 hour'); it was given {}",
+                args.exprs().len()
+            );
+        };
+        let spans = Signal::Spans.table_name();
+        let windowed = self
+            .sessions
+            .clone()
+            .transform_up(|node| match node {
+                LogicalPlan::TableScan(scan) if scan.table_name.table() == spans => {
+                    let start = Expr::Column(Column::new(Some(scan.table_name.clone()), SpanColumn::StartTime.name()));
+                    let filter = Filter::try_new(start.gt_eq(since.clone()), Arc::new(LogicalPlan::TableScan(scan)))?;
+                    Ok(Transformed::yes(LogicalPlan::Filter(filter)))
+                }
+                other => Ok(Transformed::no(other)),
+            })?
+            .data;
+        Ok(Arc::new(ViewTable::new(windowed, None)))
+    }
 }

@@ -17,6 +17,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use serde::Serialize;
 use tailscope_core::cost::{BudgetConfig, BudgetFigures, BudgetKind, BudgetPeriod};
+use tailscope_core::rules::is_duplicate_copy;
 use tailscope_core::schema::{ResourceColumn, SpanColumn};
 
 use super::prices::glob_match;
@@ -344,8 +345,9 @@ impl Budget {
                 BudgetKind::Egress => (opt_f64(&cols.egress_cost, i).unwrap_or(0.0), 0.0),
                 BudgetKind::Total => (cost.unwrap_or(0.0), 0.0),
                 BudgetKind::DuplicateInference => {
+                    let winner = cols.hedge_winner.is_valid(i).then(|| cols.hedge_winner.value(i));
                     let duplicate =
-                        cols.hedge_id.is_valid(i) && !(cols.hedge_winner.is_valid(i) && cols.hedge_winner.value(i));
+                        is_duplicate_copy(cols.hedge_id.is_valid(i).then(|| cols.hedge_id.value(i)), winner);
                     (if duplicate { cost.unwrap_or(0.0) } else { 0.0 }, opt_f64(&cols.token_cost, i).unwrap_or(0.0))
                 }
                 BudgetKind::SessionCost => {
