@@ -26,6 +26,8 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Send a simulated multi-cloud agent fleet's telemetry to any OTLP endpoint.
     Simulate(cmd::simulate::Args),
+    /// Manage API keys: `keys new --name N --scope ingest` prints a key and the config lines that accept it.
+    Keys(cmd::keys::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +49,7 @@ fn main() -> std::process::ExitCode {
             Command::Tui(args) => cmd::tui::run(args).await,
             Command::Demo(args) => cmd::demo::run(args).await,
             Command::Simulate(args) => cmd::simulate::run(args).await,
+            Command::Keys(args) => cmd::keys::run(args),
         }
     });
     match result {

@@ -12,6 +12,7 @@
 pub mod admission;
 #[cfg(test)]
 mod alloc_meter;
+pub mod auth;
 pub mod cost;
 pub mod error;
 pub mod grpc;
@@ -25,6 +26,7 @@ pub mod prescan;
 pub mod receiver;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod wal;
 pub mod wire;
 pub mod writer;

@@ -48,6 +48,9 @@ use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
 use tailscope_core::config::ServerConfig;
+use tokio_rustls::TlsAcceptor;
+
+use crate::tls::ReloadingTls;
 
 /// Boxed errors, as hyper and tower pass them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -411,15 +414,21 @@ fn builder(protocol: Protocol, limits: &ConnectionLimits) -> auto::Builder<Tokio
     builder
 }
 
+/// A bound listener: its name in logs and metrics, what it speaks, and its TLS (None: plaintext).
+pub struct Listening {
+    pub name: &'static str,
+    pub listener: TcpListener,
+    pub protocol: Protocol,
+    pub tls: Option<Arc<ReloadingTls>>,
+}
+
 /// Serves `service` on `listener` until `shutdown` completes, then lets open connections finish their requests.
 ///
 /// `name` names the listener in logs; `shed` counts idle connections closed at the cap. Never returns early: accept
 /// errors are logged and retried with backoff.
 pub async fn serve<S, B>(
-    name: &'static str,
-    listener: TcpListener,
+    listening: Listening,
     service: S,
-    protocol: Protocol,
     limits: ConnectionLimits,
     shed: Counter,
     shutdown: impl Future<Output = ()>,
@@ -429,6 +438,7 @@ pub async fn serve<S, B>(
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let Listening { name, listener, protocol, tls } = listening;
     let builder = Arc::new(builder(protocol, &limits));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let registry = Arc::new(Registry::new(shed));
@@ -480,7 +490,7 @@ pub async fn serve<S, B>(
         tracing::trace!(listener = name, %peer, "connection accepted");
         configure_socket(&stream, &limits);
         let task = Connection {
-            stream,
+            tls: tls.as_ref().map(|tls| tls.acceptor()),
             permit,
             service: service.clone(),
             builder: builder.clone(),
@@ -488,7 +498,7 @@ pub async fn serve<S, B>(
             limits,
             registry: registry.clone(),
         };
-        tokio::spawn(task.run());
+        tokio::spawn(task.run(stream));
     }
     // Stop listening at once (the kernel stops completing handshakes), then let connections finish.
     drop(listener);
@@ -582,7 +592,8 @@ fn configure_socket(stream: &TcpStream, limits: &ConnectionLimits) {
 
 /// One accepted connection, served until it closes, idles out or the server stops.
 struct Connection<S> {
-    stream: TcpStream,
+    /// The TLS config current when the connection was accepted; None for plaintext.
+    tls: Option<TlsAcceptor>,
     /// The listener's slot, given back when the connection is dropped.
     permit: OwnedSemaphorePermit,
     service: S,
@@ -599,10 +610,27 @@ where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    async fn run(self) {
-        let Connection { stream, permit, service, builder, mut stop, limits, registry } = self;
-        let io = StallIo::new(stream, limits.body_timeout);
+    async fn run(self, stream: TcpStream) {
+        let io = StallIo::new(stream, self.limits.body_timeout);
         let writing = io.writing.clone();
+        let Some(acceptor) = self.tls.clone() else {
+            return self.drive(io, writing).await;
+        };
+        // The handshake gets the header timeout: a peer that connects and stalls it holds a slot no longer than a
+        // plaintext peer that sends no request line.
+        match tokio::time::timeout(self.limits.header_timeout, acceptor.accept(io)).await {
+            Ok(Ok(tls)) => self.drive(tls, writing).await,
+            Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+            Err(_) => tracing::debug!("TLS handshake not completed within server.header_timeout; dropped"),
+        }
+    }
+
+    /// Serves HTTP on `io` (plaintext or TLS) until it closes, idles out, is shed or the server stops.
+    async fn drive<I>(self, io: I, writing: Arc<AtomicBool>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection { tls: _, permit, service, builder, mut stop, limits, registry } = self;
         let registered = registry.register(writing.clone());
         let state = registered.state.clone();
         let mut busy_rx = state.busy.subscribe();

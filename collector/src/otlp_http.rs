@@ -355,3 +355,22 @@ async fn logs(
     })
     .await
 }
+
+/// An OTLP/HTTP error answer outside the ingest path (e.g. a refused API key): `google.rpc.Status` with `grpc_code`
+/// and `message`, in the encoding the request's `Content-Type` names (JSON when it names none OTLP defines).
+pub fn status_response(
+    content_type: Option<&HeaderValue>,
+    status: StatusCode,
+    grpc_code: i32,
+    message: String,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let encoding = Encoding::from_content_type(content_type).unwrap_or(Encoding::Json);
+    let body = match encoding {
+        Encoding::Protobuf => RpcStatus { code: grpc_code, message }.encode_to_vec(),
+        Encoding::Json => serde_json::to_vec(&RpcStatus { code: grpc_code, message }).unwrap_or_default(),
+    };
+    let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(encoding.content_type()));
+    response
+}

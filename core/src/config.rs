@@ -101,6 +101,8 @@ pub struct Config {
     pub live: LiveConfig,
     /// The process-wide memory ceiling that ingest and queries share.
     pub memory: MemoryConfig,
+    /// API keys: who may send, query and administer.
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -116,6 +118,7 @@ impl Default for Config {
             alerts: AlertsConfig::default(),
             live: LiveConfig::default(),
             memory: MemoryConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -141,6 +144,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field: &str, reason: String| ConfigError::Invalid { field: field.to_string(), reason };
         self.server.validate()?;
+        self.auth.validate()?;
         self.ingest.validate()?;
         self.storage.validate()?;
         self.query.validate()?;
@@ -262,6 +266,138 @@ pub struct ServerConfig {
     /// to admit a new one (HTTP/2: GOAWAY); when every connection is busy, new ones wait in the kernel's accept
     /// queue (using no file descriptor of the process) until one closes.
     pub max_connections: usize,
+    /// TLS for every listener, overridable per listener (`[server.tls.api]` ...). Off when no certificate is set.
+    pub tls: TlsConfig,
+    /// Serve a listener bound beyond loopback without TLS or API keys. Off: start-up refuses, saying what to add.
+    pub insecure: bool,
+}
+
+/// One of the four listeners, to name it in settings, logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Listener {
+    OtlpGrpc,
+    OtlpHttp,
+    Api,
+    Flight,
+}
+
+impl Listener {
+    pub const ALL: [Listener; 4] = [Listener::OtlpGrpc, Listener::OtlpHttp, Listener::Api, Listener::Flight];
+
+    /// The key under `[server]`: `otlp_grpc`, `otlp_http`, `api`, `flight`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Listener::OtlpGrpc => "otlp_grpc",
+            Listener::OtlpHttp => "otlp_http",
+            Listener::Api => "api",
+            Listener::Flight => "flight",
+        }
+    }
+}
+
+/// `[server.tls]`: certificate, key and optional client CA (mutual TLS) in PEM files, for every listener; a
+/// listener's own table (`[server.tls.otlp_grpc]`, `otlp_http`, `api`, `flight`) overrides any of them or turns TLS
+/// off there (`enabled = false`). The files are read again every `reload_interval` and a change takes effect for
+/// new connections, so a rotation (cert-manager, certbot) needs no restart and drops no connection; a change that
+/// does not load (a half-written file, a key that does not match) is logged and the previous files stay in use.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// Client certificates must chain to these CAs (PEM): mutual TLS. Clients without one are refused.
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are checked for a change.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    pub otlp_grpc: Option<ListenerTls>,
+    pub otlp_http: Option<ListenerTls>,
+    pub api: Option<ListenerTls>,
+    pub flight: Option<ListenerTls>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            reload_interval: Duration::from_secs(10),
+            otlp_grpc: None,
+            otlp_http: None,
+            api: None,
+            flight: None,
+        }
+    }
+}
+
+/// One listener's TLS settings: each one set here wins over `[server.tls]`'s.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenerTls {
+    /// `false` serves this listener in plaintext even when `[server.tls]` sets a certificate.
+    pub enabled: Option<bool>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// The TLS files one listener serves with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    fn own(&self, listener: Listener) -> Option<&ListenerTls> {
+        match listener {
+            Listener::OtlpGrpc => self.otlp_grpc.as_ref(),
+            Listener::OtlpHttp => self.otlp_http.as_ref(),
+            Listener::Api => self.api.as_ref(),
+            Listener::Flight => self.flight.as_ref(),
+        }
+    }
+
+    /// The files `listener` serves TLS with, or None for plaintext; an error names the key that is missing.
+    pub fn for_listener(&self, listener: Listener) -> Result<Option<TlsFiles>, ConfigError> {
+        let own = self.own(listener);
+        let pick = |f: fn(&ListenerTls) -> Option<&PathBuf>, shared: &Option<PathBuf>| {
+            own.and_then(f).or(shared.as_ref()).cloned()
+        };
+        let cert = pick(|l| l.cert_file.as_ref(), &self.cert_file);
+        let key = pick(|l| l.key_file.as_ref(), &self.key_file);
+        let client_ca = pick(|l| l.client_ca_file.as_ref(), &self.client_ca_file);
+        let enabled = own.and_then(|l| l.enabled).unwrap_or(cert.is_some() || key.is_some());
+        if !enabled {
+            return Ok(None);
+        }
+        let missing = |what: &str| ConfigError::Invalid {
+            field: format!("server.tls.{what}"),
+            reason: format!(
+                "TLS on the {} listener needs a certificate and its key: set server.tls.cert_file and \
+                 server.tls.key_file (or under [server.tls.{}]), or enabled = false there",
+                listener.name(),
+                listener.name()
+            ),
+        };
+        match (cert, key) {
+            (Some(cert_file), Some(key_file)) => Ok(Some(TlsFiles { cert_file, key_file, client_ca_file: client_ca })),
+            (None, _) => Err(missing("cert_file")),
+            (_, None) => Err(missing("key_file")),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_duration("server.tls.reload_interval", self.reload_interval, Duration::from_secs(1), MAX_DURATION)?;
+        for listener in Listener::ALL {
+            self.for_listener(listener)?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for ServerConfig {
@@ -277,6 +413,8 @@ impl Default for ServerConfig {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             max_connections: 2048,
+            tls: TlsConfig::default(),
+            insecure: false,
         }
     }
 }
@@ -294,7 +432,18 @@ impl ServerConfig {
         for (field, value) in timeouts {
             check_duration(field, value, Duration::from_millis(100), MAX_DURATION)?;
         }
-        check_count("server.max_connections", self.max_connections, 1_000_000)
+        check_count("server.max_connections", self.max_connections, 1_000_000)?;
+        self.tls.validate()
+    }
+
+    /// The address `listener` binds.
+    pub fn addr(&self, listener: Listener) -> SocketAddr {
+        match listener {
+            Listener::OtlpGrpc => self.otlp_grpc,
+            Listener::OtlpHttp => self.otlp_http,
+            Listener::Api => self.api,
+            Listener::Flight => self.flight,
+        }
     }
 }
 
@@ -549,6 +698,7 @@ mod tests {
         assert_eq!(config.storage, defaults.storage);
         assert_eq!(config.query, defaults.query);
         assert_eq!(config.memory, defaults.memory);
+        assert_eq!(config.auth, defaults.auth);
         assert_eq!(config.budgets.len(), 2);
     }
 
@@ -682,5 +832,107 @@ mod tests {
         assert!(err.to_string().contains("server.max_connections"), "{err}");
         let err = Config::from_toml("[server]\nheader_timeout = \"0s\"\n", Path::new("t.toml")).unwrap_err();
         assert!(err.to_string().contains("server.header_timeout"), "{err}");
+    }
+}
+
+/// What an API key may do. `admin` may do everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Send OTLP (gRPC and HTTP).
+    Ingest,
+    /// SQL (HTTP API, Flight SQL), live windows, alerts, budgets and the guardrail API.
+    Query,
+    /// Everything, and `/metrics`.
+    Admin,
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Scope, String> {
+        match s {
+            "ingest" => Ok(Scope::Ingest),
+            "query" => Ok(Scope::Query),
+            "admin" => Ok(Scope::Admin),
+            other => Err(format!("unknown scope {other:?}: use ingest, query or admin")),
+        }
+    }
+}
+
+impl Scope {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Scope::Ingest => "ingest",
+            Scope::Query => "query",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+/// `[auth]`: the API keys. With none configured every request is accepted (allowed on loopback addresses only,
+/// unless `--insecure`); with any, every request but `/healthz` and `/readyz` must carry a key
+/// (`Authorization: Bearer <key>`) whose scopes allow it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `[[auth.keys]]` tables.
+    pub keys: Vec<ApiKeyConfig>,
+    /// Serve `/metrics` without a key (for a Prometheus that cannot send one); otherwise it needs `admin`.
+    pub metrics_open: bool,
+}
+
+/// One API key: never the clear key in the file, but its hash (`tailscope keys new` prints it), or where to read
+/// the clear key at start (an environment variable or a file, e.g. a mounted Secret).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Names the key in logs (never the key itself).
+    pub name: String,
+    /// `sha256:<64 hex digits>`: the SHA-256 of the key.
+    pub hash: Option<String>,
+    /// An environment variable holding the clear key.
+    pub key_env: Option<String>,
+    /// A file holding the clear key (surrounding whitespace ignored).
+    pub key_file: Option<PathBuf>,
+    pub scopes: Vec<Scope>,
+}
+
+/// The prefix of [`ApiKeyConfig::hash`].
+pub const KEY_HASH_PREFIX: &str = "sha256:";
+
+impl AuthConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for (i, key) in self.keys.iter().enumerate() {
+            let field = |what: &str| format!("auth.keys[{i}].{what}");
+            let invalid = |what: &str, reason: String| ConfigError::Invalid { field: field(what), reason };
+            if key.name.trim().is_empty() {
+                return Err(invalid("name", "every key needs a name, to tell keys apart in logs".into()));
+            }
+            if !names.insert(key.name.as_str()) {
+                return Err(invalid("name", format!("{:?} names two keys; names must be unique", key.name)));
+            }
+            let sources = [key.hash.is_some(), key.key_env.is_some(), key.key_file.is_some()];
+            if sources.iter().filter(|s| **s).count() != 1 {
+                return Err(invalid(
+                    "hash",
+                    "set exactly one of hash (from `tailscope keys new`), key_env or key_file".into(),
+                ));
+            }
+            if let Some(hash) = &key.hash {
+                let hex = hash.strip_prefix(KEY_HASH_PREFIX).unwrap_or("");
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(invalid(
+                        "hash",
+                        format!("must be {KEY_HASH_PREFIX}<64 hex digits>, as `tailscope keys new` prints it"),
+                    ));
+                }
+            }
+            if key.scopes.is_empty() {
+                return Err(invalid("scopes", "give the key at least one of ingest, query, admin".into()));
+            }
+        }
+        Ok(())
     }
 }

@@ -1,10 +1,46 @@
 //! One module per subcommand: its flags (`Args`) and its `run`.
 
 pub mod demo;
+pub mod keys;
 pub mod query;
 pub mod serve;
 pub mod simulate;
 pub mod tui;
+
+/// How the CLI reaches a server that is secured (issue 14: TLS and API keys).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerAuth {
+    /// API key with the query scope, sent as `Authorization: Bearer <key>`.
+    #[arg(long, env = "TAILSCOPE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Trust this CA certificate (PEM) for an https:// server whose certificate is not publicly trusted.
+    #[arg(long, value_name = "FILE", env = "TAILSCOPE_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
+}
+
+impl ServerAuth {
+    /// An HTTP client builder that sends the token and trusts the CA.
+    pub fn client_builder(&self) -> Result<reqwest::ClientBuilder, String> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(token) = &self.token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                .map_err(|_| "--token holds characters a header cannot carry".to_string())?;
+            value.set_sensitive(true);
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
+        if let Some(path) = &self.ca_cert {
+            let pem = std::fs::read(path).map_err(|e| format!("cannot read --ca-cert {}: {e}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("--ca-cert {} is not PEM certificates: {e}", path.display()))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        Ok(builder)
+    }
+}
 
 /// What a subcommand returns: any error, printed once by `main` as `error: …`.
 pub type CmdResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;

@@ -30,6 +30,8 @@ pub struct Args {
     /// The tailscope config file (data_dir and [query] limits).
     #[arg(long, short, env = "TAILSCOPE_CONFIG")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub auth: super::ServerAuth,
 }
 
 /// Where statements run.
@@ -121,7 +123,8 @@ async fn backend(args: &Args) -> Result<Backend, Box<dyn std::error::Error + Sen
     if let Some(server) = &args.server {
         let base = server.trim_end_matches('/');
         let base = if base.contains("://") { base.to_string() } else { format!("http://{base}") };
-        return Ok(Backend::Remote { url: format!("{base}/api/v1/query"), http: reqwest::Client::new() });
+        let http = args.auth.client_builder()?.build()?;
+        return Ok(Backend::Remote { url: format!("{base}/api/v1/query"), http });
     }
     let config = match &args.config {
         Some(path) => tailscope_core::config::Config::load(path)?,

@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use collector::auth::{ApiKeys, Authenticated};
 use collector::net::{self, ConnectionLimits, Protocol};
 use collector::server::Collector;
-use tailscope_core::config::Config;
+use collector::tls::ReloadingTls;
+use tailscope_core::config::{Config, Listener};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -36,6 +38,20 @@ pub struct Args {
     /// Arrow Flight SQL listen address [config: server.flight; default: 127.0.0.1:4320].
     #[arg(long, value_name = "ADDR")]
     pub flight: Option<SocketAddr>,
+    /// Serve listeners bound beyond loopback without TLS or API keys (e.g. behind a proxy that provides both)
+    /// [config: server.insecure].
+    #[arg(long)]
+    pub insecure: bool,
+    /// TLS certificate chain (PEM) for every listener [config: server.tls.cert_file].
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM) [config: server.tls.key_file].
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to: mutual TLS [config:
+    /// server.tls.client_ca_file].
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Args {
@@ -59,6 +75,18 @@ impl Args {
         }
         if let Some(a) = self.flight {
             config.server.flight = a;
+        }
+        if self.insecure {
+            config.server.insecure = true;
+        }
+        if let Some(f) = &self.tls_cert {
+            config.server.tls.cert_file = Some(f.clone());
+        }
+        if let Some(f) = &self.tls_key {
+            config.server.tls.key_file = Some(f.clone());
+        }
+        if let Some(f) = &self.tls_client_ca {
+            config.server.tls.client_ca_file = Some(f.clone());
         }
         config.validate()?;
         Ok(config)
@@ -133,6 +161,55 @@ async fn bind(addr: SocketAddr, what: &str, key: &str) -> Result<TcpListener, St
     })
 }
 
+/// A bound listener with its TLS loaded (and reloaded as its files change), or plaintext when none is configured.
+fn listening(
+    config: &Config,
+    listener: Listener,
+    tcp: TcpListener,
+    protocol: Protocol,
+) -> Result<net::Listening, Box<dyn std::error::Error + Send + Sync>> {
+    let tls = match config.server.tls.for_listener(listener)? {
+        Some(files) => {
+            let tls = ReloadingTls::load(files, protocol)
+                .map_err(|e| format!("TLS for the {} listener: {e}", listener.name()))?;
+            tls.spawn_reloader(listener.name(), config.server.tls.reload_interval);
+            Some(tls)
+        }
+        None => None,
+    };
+    Ok(net::Listening { name: listener.name(), listener: tcp, protocol, tls })
+}
+
+/// Refuses to serve a listener bound beyond loopback without TLS and API keys, unless `server.insecure`: anyone
+/// who can reach it could send, read and delete-by-flooding everyone's telemetry.
+fn exposure_is_safe(config: &Config, listeners: &[&net::Listening], keys: bool) -> Result<(), String> {
+    if config.server.insecure {
+        return Ok(());
+    }
+    for listening in listeners {
+        let addr = listening.listener.local_addr().map_err(|e| e.to_string())?;
+        if addr.ip().is_loopback() {
+            continue;
+        }
+        let mut missing = Vec::new();
+        if listening.tls.is_none() {
+            missing.push("TLS (server.tls.cert_file and key_file, or --tls-cert and --tls-key)");
+        }
+        if !keys {
+            missing.push("API keys ([[auth.keys]]; `tailscope keys new` makes one)");
+        }
+        if !missing.is_empty() {
+            return Err(format!(
+                "refusing to serve the {} listener on {addr}, beyond loopback, without {}; add them, bind a \
+                 loopback address, or pass --insecure (server.insecure) if something in front provides both",
+                listening.name,
+                missing.join(" and ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Recovers the data dir, binds every port and starts serving. Returns once everything listens.
 pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
     raise_open_file_limit(config.server.max_connections);
@@ -147,6 +224,13 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
         api: api.local_addr()?,
         flight: flight.local_addr()?,
     };
+    // TLS files load before anything is recovered or served: a wrong path stops start-up, naming the file.
+    let grpc = listening(&config, Listener::OtlpGrpc, grpc, Protocol::Grpc)?;
+    let http = listening(&config, Listener::OtlpHttp, http, Protocol::Http)?;
+    let api = listening(&config, Listener::Api, api, Protocol::Http)?;
+    let flight = listening(&config, Listener::Flight, flight, Protocol::Grpc)?;
+    let keys = Arc::new(ApiKeys::load(&config.auth)?);
+    exposure_is_safe(&config, &[&grpc, &http, &api, &flight], keys.enabled())?;
 
     let (collector, report) = Collector::start(config.clone()).await?;
     if report.records > 0 || report.removed_files > 0 {
@@ -188,18 +272,15 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
     let shed = |listener: &str| collector.metrics().connections_shed(listener);
     let (grpc_service, http_router) = (collector.otlp_grpc_service(), collector.otlp_http_router());
     let flight_service = flight::service(engine);
-    tasks.spawn(net::serve(
-        "otlp_grpc",
-        grpc,
-        grpc_service,
-        Protocol::Grpc,
-        limits,
-        shed("otlp_grpc"),
-        until_stopped(),
-    ));
-    tasks.spawn(net::serve("otlp_http", http, http_router, Protocol::Http, limits, shed("otlp_http"), until_stopped()));
-    tasks.spawn(net::serve("api", api, api_router, Protocol::Http, limits, shed("api"), until_stopped()));
-    tasks.spawn(net::serve("flight", flight, flight_service, Protocol::Grpc, limits, shed("flight"), until_stopped()));
+    // Every listener behind the same keys (collector::auth); with none configured, every request passes.
+    let grpc_service = Authenticated::new(grpc_service, keys.clone(), Listener::OtlpGrpc);
+    let http_router = Authenticated::new(http_router, keys.clone(), Listener::OtlpHttp);
+    let api_router = Authenticated::new(api_router, keys.clone(), Listener::Api);
+    let flight_service = Authenticated::new(flight_service, keys, Listener::Flight);
+    tasks.spawn(net::serve(grpc, grpc_service, limits, shed(Listener::OtlpGrpc.name()), until_stopped()));
+    tasks.spawn(net::serve(http, http_router, limits, shed(Listener::OtlpHttp.name()), until_stopped()));
+    tasks.spawn(net::serve(api, api_router, limits, shed(Listener::Api.name()), until_stopped()));
+    tasks.spawn(net::serve(flight, flight_service, limits, shed(Listener::Flight.name()), until_stopped()));
     // The flusher is not a server: it stops when the collector shuts down, after the servers drained.
     let flusher = collector.spawn_flusher();
     tracing::info!(

@@ -29,6 +29,8 @@ pub struct Args {
     /// Give up on one fetch after this long (the panel shows the error; the screen never blocks).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    #[command(flatten)]
+    pub auth: super::ServerAuth,
 }
 
 /// Runs `tailscope tui`.
@@ -43,7 +45,7 @@ pub async fn run(args: Args) -> CmdResult {
     }
     let source: Arc<dyn tui::DataSource> = match args.data_dir {
         Some(dir) => Arc::new(tui::LocalSource::new(dir).await?),
-        None => Arc::new(HttpSource::new(&args.server, args.timeout)?),
+        None => Arc::new(HttpSource::new(&args.server, args.timeout, &args.auth)?),
     };
     tui::run(screens, source, args.refresh).await?;
     Ok(())

@@ -9,6 +9,7 @@ mod ingest;
 mod overload;
 mod parsers;
 mod query;
+mod security;
 mod sql_limits;
 mod support;
 mod tui;

@@ -92,6 +92,9 @@ pub struct Server {
     log_path: PathBuf,
     /// RLIMIT_NOFILE (soft and hard) of the child, if lowered.
     nofile: Option<u64>,
+    /// When the API is served over TLS and behind keys: the CA that signed its certificate (PEM) and the key
+    /// the harness's own requests (readiness, SQL, metrics) send.
+    secured: Option<(String, String)>,
 }
 
 impl Server {
@@ -115,11 +118,26 @@ impl Server {
         Server::start_inner(None, toml, Some(nofile)).await
     }
 
+    /// Starts a server whose API is served over TLS with a certificate signed by `ca_pem`, and behind keys: the
+    /// harness's own requests send `admin_key`.
+    pub async fn start_secured(toml: &str, ca_pem: &str, admin_key: &str) -> Server {
+        Server::start_inner_with(None, toml, None, Some((ca_pem.to_string(), admin_key.to_string()))).await
+    }
+
     async fn start_in(data_dir: Option<PathBuf>, toml: &str) -> Server {
         Server::start_inner(data_dir, toml, None).await
     }
 
     async fn start_inner(data_dir: Option<PathBuf>, toml: &str, nofile: Option<u64>) -> Server {
+        Server::start_inner_with(data_dir, toml, nofile, None).await
+    }
+
+    async fn start_inner_with(
+        data_dir: Option<PathBuf>,
+        toml: &str,
+        nofile: Option<u64>,
+        secured: Option<(String, String)>,
+    ) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let config_path = tmp.path().join("tailscope.toml");
         std::fs::write(&config_path, toml).expect("write config");
@@ -134,6 +152,7 @@ impl Server {
             flight_addr: free_addr(),
             config_path,
             nofile,
+            secured,
         };
         server.spawn(true).await;
         server
@@ -209,7 +228,7 @@ impl Server {
     async fn wait_ready(&mut self) -> Ready {
         let deadline = Instant::now() + Duration::from_secs(60);
         let url = format!("{}/readyz", self.api_url());
-        let client = reqwest::Client::new();
+        let client = self.client();
         loop {
             if let Ok(r) = client.get(&url).send().await
                 && r.status().is_success()
@@ -248,9 +267,25 @@ impl Server {
         format!("http://{}", self.http)
     }
 
-    /// `http://ADDR` of the API.
+    /// `http://ADDR` of the API (`https://localhost:PORT` when it is served over TLS).
     pub fn api_url(&self) -> String {
-        format!("http://{}", self.api)
+        match self.secured {
+            Some(_) => format!("https://localhost:{}", self.api.port()),
+            None => format!("http://{}", self.api),
+        }
+    }
+
+    /// An HTTP client for the API: trusting its CA and sending the harness's key when it is secured.
+    pub fn client(&self) -> reqwest::Client {
+        let Some((ca, key)) = &self.secured else { return reqwest::Client::new() };
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse().expect("header"));
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("CA"))
+            .resolve("localhost", self.api)
+            .default_headers(headers)
+            .build()
+            .expect("client")
     }
 
     /// The process id.
@@ -291,7 +326,8 @@ impl Server {
 
     /// Runs SQL and returns the status and body as they came.
     pub async fn sql_raw(&self, sql: &str) -> (reqwest::StatusCode, String) {
-        let r = reqwest::Client::new()
+        let r = self
+            .client()
             .post(format!("{}/api/v1/query", self.api_url()))
             .json(&serde_json::json!({ "sql": sql }))
             .send()
@@ -303,7 +339,7 @@ impl Server {
 
     /// One number from `GET /metrics`: the sum of every sample whose line starts with `prefix`.
     pub async fn metric(&self, prefix: &str) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.api_url())).await.unwrap().text().await.unwrap();
+        let text = self.client().get(format!("{}/metrics", self.api_url())).send().await.unwrap().text().await.unwrap();
         text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
     }
 

@@ -17,12 +17,13 @@ pub struct HttpSource {
 
 impl HttpSource {
     /// A source for the server at `base` (e.g. `http://127.0.0.1:4319`). Each request gives up after `timeout`.
-    pub fn new(base: &str, timeout: Duration) -> Result<HttpSource, String> {
+    pub fn new(base: &str, timeout: Duration, auth: &crate::cmd::ServerAuth) -> Result<HttpSource, String> {
         let base = base.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(format!("--server {base:?} must be an http:// or https:// URL"));
         }
-        let client = reqwest::Client::builder()
+        let client = auth
+            .client_builder()?
             .connect_timeout(Duration::from_secs(2))
             .timeout(timeout)
             .build()
@@ -145,9 +146,9 @@ mod tests {
 
     #[test]
     fn only_http_urls_are_servers() {
-        let err = HttpSource::new("127.0.0.1:4319", Duration::from_secs(1)).unwrap_err();
+        let err = HttpSource::new("127.0.0.1:4319", Duration::from_secs(1), &Default::default()).unwrap_err();
         assert_eq!(err, "--server \"127.0.0.1:4319\" must be an http:// or https:// URL");
-        let source = HttpSource::new("http://127.0.0.1:4319/", Duration::from_secs(1)).unwrap();
+        let source = HttpSource::new("http://127.0.0.1:4319/", Duration::from_secs(1), &Default::default()).unwrap();
         assert_eq!(source.describe(), "http://127.0.0.1:4319");
     }
 
@@ -158,7 +159,7 @@ mod tests {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap()
         };
-        let source = HttpSource::new(&format!("http://{closed}"), Duration::from_secs(5)).unwrap();
+        let source = HttpSource::new(&format!("http://{closed}"), Duration::from_secs(5), &Default::default()).unwrap();
         match source.sql("SELECT 1".into()).await {
             Err(FetchError::Unreachable(message)) => assert!(message.starts_with("cannot connect: "), "{message}"),
             other => panic!("{other:?}"),
@@ -166,13 +167,19 @@ mod tests {
 
         // The API's {"error": ...} envelope: the panel shows the status and the message.
         let body = r#"{"error":"no such column: nope","kind":"invalid_sql"}"#;
-        let source = HttpSource::new(&answering("400 Bad Request", body).await, Duration::from_secs(5)).unwrap();
+        let source =
+            HttpSource::new(&answering("400 Bad Request", body).await, Duration::from_secs(5), &Default::default())
+                .unwrap();
         let err = source.sql("SELECT nope".into()).await.unwrap_err();
         assert_eq!(err, FetchError::Failed("400 Bad Request: no such column: nope".into()));
 
         // A success is read as the query's rows.
-        let source =
-            HttpSource::new(&answering("200 OK", r#"[{"n":1},{"n":2}]"#).await, Duration::from_secs(5)).unwrap();
+        let source = HttpSource::new(
+            &answering("200 OK", r#"[{"n":1},{"n":2}]"#).await,
+            Duration::from_secs(5),
+            &Default::default(),
+        )
+        .unwrap();
         let table = source.sql("SELECT n".into()).await.unwrap();
         assert_eq!(table.columns, ["n"]);
         assert_eq!(table.rows.len(), 2);

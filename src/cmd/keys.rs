@@ -1,0 +1,51 @@
+//! `tailscope keys new`: makes an API key, prints it once and the config lines that accept it.
+
+use tailscope_core::config::Scope;
+
+use super::CmdResult;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum KeysCommand {
+    /// Make a new API key: prints the key (shown only this once) and the `[[auth.keys]]` lines to add to the
+    /// config, which hold its hash, never the key.
+    New(NewArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NewArgs {
+    /// Names the key in the config and logs (e.g. the team or service that uses it).
+    #[arg(long)]
+    pub name: String,
+    /// What the key may do; repeat for several: ingest (send OTLP), query (SQL, live, alerts), admin (all).
+    #[arg(long = "scope", required = true, value_parser = clap::value_parser!(Scope))]
+    pub scopes: Vec<Scope>,
+}
+
+pub fn run(args: Args) -> CmdResult {
+    let KeysCommand::New(new) = args.command;
+    if new.name.trim().is_empty() || new.name.contains(['"', '\\', '\n']) {
+        return Err("--name must be non-empty, without quotes, backslashes or line breaks".into());
+    }
+    let key = collector::auth::new_key();
+    let mut scopes: Vec<&str> = new.scopes.iter().map(|s| s.name()).collect();
+    scopes.dedup();
+    let scopes = scopes.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+    println!("API key (shown once; store it in your secret manager):\n\n  {key}\n");
+    println!("Add to the tailscope config:\n");
+    println!(
+        "[[auth.keys]]\nname = \"{}\"\nhash = \"{}\"\nscopes = [{scopes}]\n",
+        new.name,
+        collector::auth::key_hash(&key)
+    );
+    println!(
+        "Clients send it as `Authorization: Bearer <key>`; OTLP exporters:\n  \
+         OTEL_EXPORTER_OTLP_HEADERS=\"Authorization=Bearer {key}\""
+    );
+    Ok(())
+}
