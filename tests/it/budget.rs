@@ -58,7 +58,7 @@ impl Receiver {
 
 /// One hedged request: the winner and one loser, both gpt-4o with 100k input and 10k output tokens
 /// ($0.25 + $0.10 = $0.35 each at $2.50/M in, $10/M out).
-fn hedged_request(provider: &SdkTracerProvider, hedge: &str) {
+pub(crate) fn hedged_request(provider: &SdkTracerProvider, hedge: &str) {
     let tracer = provider.tracer("it-budget");
     for winner in [true, false] {
         let mut attrs = vec![

@@ -307,6 +307,31 @@ impl Server {
         text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
     }
 
+    /// Every sample of `GET /metrics`, parsed.
+    pub async fn scrape(&self) -> Scrape {
+        let text = reqwest::get(format!("{}/metrics", self.api_url())).await.unwrap().text().await.unwrap();
+        Scrape::parse(&text)
+    }
+
+    /// Polls `GET /metrics` until `ready` holds for a scrape, and returns that scrape; panics after 20 s with
+    /// `what`, the last scrape and the server's log.
+    pub async fn scrape_until(&self, what: &str, ready: impl Fn(&Scrape) -> bool) -> Scrape {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let scrape = self.scrape().await;
+            if ready(&scrape) {
+                return scrape;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited 20 s for {what}; last scrape:\n{}\nlog:\n{}",
+                scrape.text,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Polls `sql` until its first row's `n` column equals `want` (rows become visible asynchronously only for
     /// exporters' batching; once acknowledged they are queryable at once).
     pub async fn wait_count(&self, sql: &str, want: i64) {
@@ -569,4 +594,75 @@ pub fn proc_mib(pid: u32, field: &str) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
     kib / 1024
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The series name (`tailscope_budget_spend_usd`, `tailscope_api_requests_total`).
+    pub name: String,
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed scrape of `GET /metrics`.
+#[derive(Debug, Clone)]
+pub struct Scrape {
+    /// The text as served.
+    pub text: String,
+    pub samples: Vec<Sample>,
+}
+
+impl Scrape {
+    /// Parses the text format: `name{label="value",...} number` lines; comments are kept only in `text`.
+    pub fn parse(text: &str) -> Scrape {
+        let mut samples = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {line}"));
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a number in {line}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => {
+                    (name, rest.strip_suffix('}').unwrap_or_else(|| panic!("unclosed labels: {line}")))
+                }
+                None => (series, ""),
+            };
+            let mut parsed = std::collections::BTreeMap::new();
+            let mut rest = labels;
+            while let Some((key, after)) = rest.split_once("=\"") {
+                // Values here never hold an escaped quote.
+                let (value, after) = after.split_once('"').unwrap_or_else(|| panic!("unclosed value: {line}"));
+                parsed.insert(key.trim_start_matches(',').to_string(), value.to_string());
+                rest = after;
+            }
+            samples.push(Sample { name: name.to_string(), labels: parsed, value });
+        }
+        Scrape { text: text.to_string(), samples }
+    }
+
+    /// The samples named `name` whose labels include every pair of `labels`.
+    pub fn find(&self, name: &str, labels: &[(&str, &str)]) -> Vec<&Sample> {
+        self.samples
+            .iter()
+            .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+            .collect()
+    }
+
+    /// The value of the one sample named `name` with `labels`, if there is exactly one.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        match self.find(name, labels).as_slice() {
+            [one] => Some(one.value),
+            _ => None,
+        }
+    }
+
+    /// The sum of the samples named `name` with `labels` (0 when there are none).
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.find(name, labels).iter().map(|s| s.value).sum()
+    }
+
+    /// The `# TYPE` the exposition declares for the family `family`.
+    pub fn type_of(&self, family: &str) -> Option<&str> {
+        self.text.lines().find_map(|l| l.strip_prefix("# TYPE ")?.strip_prefix(family)?.strip_prefix(' '))
+    }
 }

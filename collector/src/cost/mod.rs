@@ -5,7 +5,8 @@
 //!   `token_cost_usd`, `egress_bytes`, `egress_cost_usd`, `cost_usd` and `price_source` columns.
 //! - [`BudgetEngine`] watches acknowledged spans ([`crate::observe::SpanObserver`]), keeps period-to-date spend per
 //!   `[[budget]]`, raises and resolves alerts (log, `GET /api/v1/alerts`, the `alerts` SQL table, webhooks) and
-//!   answers the hedging guardrail (`GET /api/v1/guardrails/hedging`).
+//!   answers the hedging guardrail (`GET /api/v1/guardrails/hedging`); its figures and alert state are Prometheus
+//!   series too ([`series`]).
 //!
 //! The settings these read (`[pricing]`, `[[budget]]`, `[alerts]`) and the `alerts` table are in
 //! `tailscope-core` ([`tailscope_core::cost`], [`tailscope_core::alerts`]), with the one typed config.
@@ -18,6 +19,7 @@ pub mod egress;
 pub mod engine;
 pub mod pricer;
 pub mod prices;
+pub mod series;
 pub mod webhook;
 
 use std::path::PathBuf;
