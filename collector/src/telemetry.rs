@@ -2,7 +2,7 @@
 //!
 //! Counters are labelled by `signal` (spans, metrics, logs) and, for rejections, by `reason`, so an operator
 //! can tell "clients send garbage" from "we are applying backpressure" from "the disk is full". Every label value
-//! comes from a bounded set: a fixed list, the config (budget names) or the API's route patterns, never
+//! comes from a bounded set: a fixed list, the config (budget and webhook names) or the API's route patterns, never
 //! from what a client sends. `docs/operations.md` lists every series.
 //!
 //! Series computed when scraped (each budget's figures and alert state) come from [`ScrapeSeries`] sources added
@@ -48,6 +48,21 @@ pub struct RejectLabel {
 pub struct ListenerLabel {
     /// `otlp_grpc`, `otlp_http`, `api` or `flight`.
     pub listener: String,
+}
+
+/// Labels of a webhook's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabel {
+    /// The webhook's name (`alerts.webhooks[].name`, by default its URL's host).
+    pub webhook: String,
+}
+
+/// Labels of a webhook's series that say why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookReasonLabel {
+    pub webhook: String,
+    /// One of a fixed list (`collector::cost::webhook`).
+    pub reason: String,
 }
 
 /// Labels of the API's request counter.
@@ -160,6 +175,18 @@ pub struct Metrics {
     pub parquet_skipped_files: Gauge,
     /// Idle connections closed to admit a new one at `server.max_connections`, per listener.
     pub connections_shed: Family<ListenerLabel, Counter>,
+    /// Alert events delivered (answered 2xx), per webhook.
+    pub webhook_deliveries: Family<WebhookLabel, Counter>,
+    /// Delivery attempts that failed, per webhook and reason.
+    pub webhook_failures: Family<WebhookReasonLabel, Counter>,
+    /// Events waiting in a webhook's outbox on disk: queued, or failed and kept for the next try.
+    pub webhook_outbox_events: Family<WebhookLabel, Gauge>,
+    /// Bytes of those events.
+    pub webhook_outbox_bytes: Family<WebhookLabel, Gauge>,
+    /// Events not queued for a webhook, per reason (its outbox full, the event too large).
+    pub webhook_dropped: Family<WebhookReasonLabel, Counter>,
+    /// Unreadable files found in a webhook's outbox, set aside in its `corrupt/` directory.
+    pub webhook_outbox_corrupt: Family<WebhookLabel, Counter>,
     /// Requests answered by the API listener, per route pattern, method and status.
     pub api_requests: Family<RequestLabel, Counter>,
     /// Time from a request to the end of its answer's body (a query's result streamed whole), per route pattern.
@@ -199,6 +226,12 @@ impl Metrics {
         let parquet_unreadable_files = Counter::default();
         let parquet_skipped_files = Gauge::default();
         let connections_shed = Family::<ListenerLabel, Counter>::default();
+        let webhook_deliveries = Family::<WebhookLabel, Counter>::default();
+        let webhook_failures = Family::<WebhookReasonLabel, Counter>::default();
+        let webhook_outbox_events = Family::<WebhookLabel, Gauge>::default();
+        let webhook_outbox_bytes = Family::<WebhookLabel, Gauge>::default();
+        let webhook_dropped = Family::<WebhookReasonLabel, Counter>::default();
+        let webhook_outbox_corrupt = Family::<WebhookLabel, Counter>::default();
         let api_requests = Family::<RequestLabel, Counter>::default();
         let api_duration = Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(api_histogram);
         let scraped = Arc::new(Scraped::default());
@@ -283,6 +316,38 @@ impl Metrics {
             connections_shed.clone(),
         );
         registry.register(
+            "webhook_deliveries",
+            "Alert events delivered to a webhook (answered 2xx)",
+            webhook_deliveries.clone(),
+        );
+        registry.register(
+            "webhook_failures",
+            "Webhook delivery attempts that failed, by reason: unreachable (connection error or timeout), \
+             server_error (5xx, 408, 429), redirect (3xx, never followed), refused (other answers)",
+            webhook_failures.clone(),
+        );
+        registry.register(
+            "webhook_outbox_events",
+            "Alert events waiting in a webhook's outbox on disk (queued, or failed and kept for the next try)",
+            webhook_outbox_events.clone(),
+        );
+        registry.register(
+            "webhook_outbox_bytes",
+            "Bytes of the events in a webhook's outbox",
+            webhook_outbox_bytes.clone(),
+        );
+        registry.register(
+            "webhook_events_dropped",
+            "Alert events not queued for a webhook: outbox_full (alerts.outbox_max_events or outbox_max_bytes) or \
+             too_large; the event stays in the alert log",
+            webhook_dropped.clone(),
+        );
+        registry.register(
+            "webhook_outbox_corrupt_files",
+            "Unreadable files found in a webhook's outbox, set aside in its corrupt/ directory",
+            webhook_outbox_corrupt.clone(),
+        );
+        registry.register(
             "api_requests",
             "Requests answered by the API listener, by route pattern (unmatched: no route), method and status",
             api_requests.clone(),
@@ -322,6 +387,12 @@ impl Metrics {
             parquet_unreadable_files,
             parquet_skipped_files,
             connections_shed,
+            webhook_deliveries,
+            webhook_failures,
+            webhook_outbox_events,
+            webhook_outbox_bytes,
+            webhook_dropped,
+            webhook_outbox_corrupt,
             api_requests,
             api_duration,
             scraped,

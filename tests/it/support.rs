@@ -92,6 +92,8 @@ pub struct Server {
     log_path: PathBuf,
     /// RLIMIT_NOFILE (soft and hard) of the child, if lowered.
     nofile: Option<u64>,
+    /// Environment variables set for the child (secrets the config names by `*_env`).
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -112,14 +114,25 @@ impl Server {
 
     /// Starts a server whose open-file limit (soft and hard, so it cannot raise it) is `nofile`.
     pub async fn start_limited(toml: &str, nofile: u64) -> Server {
-        Server::start_inner(None, toml, Some(nofile)).await
+        Server::start_inner(None, toml, Some(nofile), Vec::new()).await
+    }
+
+    /// Starts a server with `toml` as its config and the environment variables `env` set (for every restart too).
+    pub async fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Server {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Server::start_inner(None, toml, None, env).await
     }
 
     async fn start_in(data_dir: Option<PathBuf>, toml: &str) -> Server {
-        Server::start_inner(data_dir, toml, None).await
+        Server::start_inner(data_dir, toml, None, Vec::new()).await
     }
 
-    async fn start_inner(data_dir: Option<PathBuf>, toml: &str, nofile: Option<u64>) -> Server {
+    async fn start_inner(
+        data_dir: Option<PathBuf>,
+        toml: &str,
+        nofile: Option<u64>,
+        env: Vec<(String, String)>,
+    ) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let config_path = tmp.path().join("tailscope.toml");
         std::fs::write(&config_path, toml).expect("write config");
@@ -134,6 +147,7 @@ impl Server {
             flight_addr: free_addr(),
             config_path,
             nofile,
+            env,
         };
         server.spawn(true).await;
         server
@@ -198,6 +212,7 @@ impl Server {
             .arg("--flight")
             .arg(self.flight_addr.to_string())
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -594,6 +609,24 @@ pub fn proc_mib(pid: u32, field: &str) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
     kib / 1024
+}
+
+/// Waits up to 20 s until `items` (what a test receiver took in) holds at least `n`, and returns them; panics naming
+/// `what` otherwise.
+pub async fn wait_for_items<T: Clone + std::fmt::Debug>(
+    items: &tokio::sync::Mutex<Vec<T>>,
+    n: usize,
+    what: &str,
+) -> Vec<T> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = items.lock().await.clone();
+        if got.len() >= n {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "waited for {n} {what}, got {}: {got:#?}", got.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// One sample of a Prometheus text exposition.

@@ -90,8 +90,9 @@ impl std::fmt::Debug for BudgetEngine {
 impl BudgetEngine {
     /// Validates the budgets, loads the alert log under `config.data_dir/alerts`, rebuilds period-to-date spend
     /// from the spans `history` holds (Parquet files and buffered batches), runs a first evaluation, and starts
-    /// the evaluator thread and webhook workers (on the current tokio runtime). Every budget's figures and alert
-    /// state are series of `metrics` from then on ([`super::series`]).
+    /// the evaluator thread and webhook workers (on the current tokio runtime, each resuming its outbox). Every
+    /// budget's figures and alert state are series of `metrics` from then on ([`super::series`]), beside the
+    /// webhooks' deliveries.
     ///
     /// Call it after the WAL was replayed and before ingest starts, and register the engine as an observer of
     /// batches acknowledged from then on: a span counted here and observed again would count twice.
@@ -111,7 +112,8 @@ impl BudgetEngine {
             rebuild(&mut budgets, history, now).await?;
         }
         let log = Arc::new(DeliveryLog::open(data_dir));
-        let webhooks = Webhooks::start(&config.alerts, log, book.events(), &tokio::runtime::Handle::current());
+        let runtime = tokio::runtime::Handle::current();
+        let webhooks = Webhooks::start(&config.alerts, data_dir, log, book.events(), metrics, &runtime)?;
         let inner = Arc::new(Inner { budgets: Mutex::new(budgets), book: Mutex::new(book), webhooks });
         let (wake, rx) = sync_channel(1);
         let engine = Arc::new(BudgetEngine { inner: inner.clone(), wake });
