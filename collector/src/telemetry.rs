@@ -1,11 +1,26 @@
 //! tailscope's own metrics, served in the Prometheus text format on `GET /metrics`.
 //!
 //! Counters are labelled by `signal` (spans, metrics, logs) and, for rejections, by `reason`, so an operator
-//! can tell "clients send garbage" from "we are applying backpressure" from "the disk is full".
+//! can tell "clients send garbage" from "we are applying backpressure" from "the disk is full". Every label value
+//! comes from a bounded set: a fixed list, the config (budget and webhook names) or the API's route patterns, never
+//! from what a client sends. `docs/operations.md` lists every series.
+//!
+//! Series computed when scraped (each budget's figures and alert state) come from [`ScrapeSeries`] sources added
+//! once they exist ([`Metrics::add_scraped`]); the API's request counters and latencies from [`track_requests`].
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Instant;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use bytes::Bytes;
+use parking_lot::RwLock;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -33,6 +48,72 @@ pub struct RejectLabel {
 pub struct ListenerLabel {
     /// `otlp_grpc`, `otlp_http`, `api` or `flight`.
     pub listener: String,
+}
+
+/// Labels of a webhook's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabel {
+    /// The webhook's name (`alerts.webhooks[].name`, by default its URL's host).
+    pub webhook: String,
+}
+
+/// Labels of a webhook's series that say why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookReasonLabel {
+    pub webhook: String,
+    /// One of a fixed list (`collector::cost::webhook`).
+    pub reason: String,
+}
+
+/// Labels of the API's request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabel {
+    /// The route's pattern (`/api/v1/query`), `unmatched` for a path no route serves.
+    pub route: String,
+    /// `GET`, `POST`, ... or `other`.
+    pub method: String,
+    /// The answer's status code.
+    pub status: String,
+}
+
+/// Labels of the API's latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+/// A part of the process whose series are computed when scraped (the budgets' figures), added once it exists.
+pub trait ScrapeSeries: Send + Sync + 'static {
+    /// Encodes its series; a family with no sample is left out.
+    fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error>;
+}
+
+/// The [`ScrapeSeries`] sources, registered once in the registry (which cannot change after start) and filled
+/// later. Held weakly: a source dropped (a test's engine) stops being scraped.
+#[derive(Default)]
+struct Scraped {
+    sources: RwLock<Vec<Weak<dyn ScrapeSeries>>>,
+}
+
+impl std::fmt::Debug for Scraped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scraped").field("sources", &self.sources.read().len()).finish()
+    }
+}
+
+impl Collector for Scraped {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let sources: Vec<Arc<dyn ScrapeSeries>> = self.sources.read().iter().filter_map(Weak::upgrade).collect();
+        for source in sources {
+            source.encode(&mut encoder)?;
+        }
+        Ok(())
+    }
+}
+
+/// The buckets of the API's latency histogram: 1 ms to ~65 s (the default query timeout is 60 s), doubling.
+fn api_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
 /// Every metric tailscope exports about itself.
@@ -94,6 +175,23 @@ pub struct Metrics {
     pub parquet_skipped_files: Gauge,
     /// Idle connections closed to admit a new one at `server.max_connections`, per listener.
     pub connections_shed: Family<ListenerLabel, Counter>,
+    /// Alert events delivered (answered 2xx), per webhook.
+    pub webhook_deliveries: Family<WebhookLabel, Counter>,
+    /// Delivery attempts that failed, per webhook and reason.
+    pub webhook_failures: Family<WebhookReasonLabel, Counter>,
+    /// Events waiting in a webhook's outbox on disk: queued, or failed and kept for the next try.
+    pub webhook_outbox_events: Family<WebhookLabel, Gauge>,
+    /// Bytes of those events.
+    pub webhook_outbox_bytes: Family<WebhookLabel, Gauge>,
+    /// Events not queued for a webhook, per reason (its outbox full, the event too large).
+    pub webhook_dropped: Family<WebhookReasonLabel, Counter>,
+    /// Unreadable files found in a webhook's outbox, set aside in its `corrupt/` directory.
+    pub webhook_outbox_corrupt: Family<WebhookLabel, Counter>,
+    /// Requests answered by the API listener, per route pattern, method and status.
+    pub api_requests: Family<RequestLabel, Counter>,
+    /// Time from a request to the end of its answer's body (a query's result streamed whole), per route pattern.
+    pub api_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    scraped: Arc<Scraped>,
 }
 
 impl Metrics {
@@ -128,6 +226,15 @@ impl Metrics {
         let parquet_unreadable_files = Counter::default();
         let parquet_skipped_files = Gauge::default();
         let connections_shed = Family::<ListenerLabel, Counter>::default();
+        let webhook_deliveries = Family::<WebhookLabel, Counter>::default();
+        let webhook_failures = Family::<WebhookReasonLabel, Counter>::default();
+        let webhook_outbox_events = Family::<WebhookLabel, Gauge>::default();
+        let webhook_outbox_bytes = Family::<WebhookLabel, Gauge>::default();
+        let webhook_dropped = Family::<WebhookReasonLabel, Counter>::default();
+        let webhook_outbox_corrupt = Family::<WebhookLabel, Counter>::default();
+        let api_requests = Family::<RequestLabel, Counter>::default();
+        let api_duration = Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(api_histogram);
+        let scraped = Arc::new(Scraped::default());
         registry.register("items_received", "Spans, data points and log records received", received.clone());
         registry.register("items_accepted", "Items acknowledged after the WAL fsync", accepted.clone());
         registry.register("items_rejected", "Items rejected, by reason", rejected.clone());
@@ -208,6 +315,49 @@ impl Metrics {
             "Idle connections closed to admit a new one at the connection cap (server.max_connections)",
             connections_shed.clone(),
         );
+        registry.register(
+            "webhook_deliveries",
+            "Alert events delivered to a webhook (answered 2xx)",
+            webhook_deliveries.clone(),
+        );
+        registry.register(
+            "webhook_failures",
+            "Webhook delivery attempts that failed, by reason: unreachable (connection error or timeout), \
+             server_error (5xx, 408, 429), redirect (3xx, never followed), refused (other answers)",
+            webhook_failures.clone(),
+        );
+        registry.register(
+            "webhook_outbox_events",
+            "Alert events waiting in a webhook's outbox on disk (queued, or failed and kept for the next try)",
+            webhook_outbox_events.clone(),
+        );
+        registry.register(
+            "webhook_outbox_bytes",
+            "Bytes of the events in a webhook's outbox",
+            webhook_outbox_bytes.clone(),
+        );
+        registry.register(
+            "webhook_events_dropped",
+            "Alert events not queued for a webhook: outbox_full (alerts.outbox_max_events or outbox_max_bytes) or \
+             too_large; the event stays in the alert log",
+            webhook_dropped.clone(),
+        );
+        registry.register(
+            "webhook_outbox_corrupt_files",
+            "Unreadable files found in a webhook's outbox, set aside in its corrupt/ directory",
+            webhook_outbox_corrupt.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "Requests answered by the API listener, by route pattern (unmatched: no route), method and status",
+            api_requests.clone(),
+        );
+        registry.register(
+            "api_request_duration_seconds",
+            "Time from an API request to the end of its answer's body (a query's whole result), by route pattern",
+            api_duration.clone(),
+        );
+        registry.register_collector(Box::new(scraped.clone()));
         Arc::new(Metrics {
             registry,
             received,
@@ -237,7 +387,23 @@ impl Metrics {
             parquet_unreadable_files,
             parquet_skipped_files,
             connections_shed,
+            webhook_deliveries,
+            webhook_failures,
+            webhook_outbox_events,
+            webhook_outbox_bytes,
+            webhook_dropped,
+            webhook_outbox_corrupt,
+            api_requests,
+            api_duration,
+            scraped,
         })
+    }
+
+    /// Adds series computed when scraped. The source is held weakly: scraping stops when it is dropped.
+    pub fn add_scraped(&self, source: Weak<dyn ScrapeSeries>) {
+        let mut sources = self.scraped.sources.write();
+        sources.retain(|s| s.strong_count() > 0);
+        sources.push(source);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -276,5 +442,74 @@ impl Metrics {
         if reason == "memory_limit" {
             self.memory_refusals.inc();
         }
+    }
+}
+
+/// Counts and times every request `router` answers, by route pattern (`tailscope_api_requests_total`,
+/// `tailscope_api_request_duration_seconds`). The pattern, not the path, so a client cannot make a series per URL.
+pub fn track_requests(router: Router, metrics: Arc<Metrics>) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(metrics, track))
+}
+
+async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_string();
+    let method = match request.method().as_str() {
+        m @ ("GET" | "POST" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "PATCH") => m,
+        _ => "other",
+    }
+    .to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics.api_requests.get_or_create(&RequestLabel { route: route.clone(), method, status }).inc();
+    let histogram = metrics.api_duration.get_or_create(&RouteLabel { route }).clone();
+    let (parts, body) = response.into_parts();
+    let timed = Timed { inner: body, started, histogram: Some(histogram) };
+    Response::from_parts(parts, axum::body::Body::new(timed))
+}
+
+/// A response body that records, when it ends (or is dropped: a client gone early), the time since its request.
+struct Timed {
+    inner: axum::body::Body,
+    started: Instant,
+    histogram: Option<Histogram>,
+}
+
+impl Timed {
+    fn observe(&mut self) {
+        if let Some(h) = self.histogram.take() {
+            h.observe(self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl http_body::Body for Timed {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(poll, Poll::Ready(None | Some(Err(_)))) {
+            this.observe();
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        self.observe();
     }
 }

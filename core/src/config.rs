@@ -206,6 +206,13 @@ impl Config {
             check_duration(field, value, min, MAX_DURATION)?;
         }
         check_count("alerts.max_attempts", usize::try_from(alerts.max_attempts).unwrap_or(usize::MAX), 1000)?;
+        check_duration("alerts.outbox_max_backoff", alerts.outbox_max_backoff, ms(1), MAX_DURATION)?;
+        check_count("alerts.outbox_max_events", alerts.outbox_max_events, 1_000_000)?;
+        let min = crate::cost::MAX_OUTBOX_EVENT_BYTES;
+        if !(min..=MAX_SIZE_BYTES).contains(&alerts.outbox_max_bytes) {
+            let allowed = format!("{min}..={MAX_SIZE_BYTES} bytes (room for one event of the largest size, to 1 TiB)");
+            return Err(out_of_range("alerts.outbox_max_bytes", alerts.outbox_max_bytes, &allowed));
+        }
         // Price matching is linear in the name, and a name is looked up per span.
         check_count("pricing.max_name_bytes", self.pricing.max_name_bytes, 65_536)?;
         if self.pricing.cache_bytes > MAX_SIZE_BYTES {
@@ -699,6 +706,7 @@ mod tests {
         assert_eq!(config.query, defaults.query);
         assert_eq!(config.memory, defaults.memory);
         assert_eq!(config.auth, defaults.auth);
+        assert_eq!(config.alerts, defaults.alerts);
         assert_eq!(config.budgets.len(), 2);
     }
 
@@ -764,6 +772,9 @@ mod tests {
             ("[alerts]\nmax_backoff = \"10years\"\n", "alerts.max_backoff", "10years", "1ms..=1day"),
             ("[alerts]\ntimeout = \"0s\"\n", "alerts.timeout", "0s", "1ms..=1day"),
             ("[alerts]\nmax_attempts = 4294967295\n", "alerts.max_attempts", "4294967295", "1..=1000"),
+            ("[alerts]\noutbox_max_backoff = \"2days\"\n", "alerts.outbox_max_backoff", "2days", "1ms..=1day"),
+            ("[alerts]\noutbox_max_events = 0\n", "alerts.outbox_max_events", "0", "1..=1000000"),
+            ("[alerts]\noutbox_max_bytes = 1000\n", "alerts.outbox_max_bytes", "1000", "262144..=1099511627776"),
             (
                 "[pricing]\nmax_name_bytes = 9223372036854775807\n",
                 "pricing.max_name_bytes",

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::display::{percent, usd};
 use crate::error::ConfigError;
+use crate::webhook::{Webhook, WebhookConfig};
 
 /// `[pricing]`: where model and egress prices come from.
 ///
@@ -230,25 +231,41 @@ pub fn validate_budgets(budgets: &[BudgetConfig]) -> Result<(), ConfigError> {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlertsConfig {
-    /// Webhook URLs; each alert event is POSTed to each as JSON (Slack-compatible `text` field included).
-    /// `http://` or `https://` (TLS with the system's root certificates).
-    pub webhooks: Vec<String>,
+    /// Webhooks; each alert event is POSTed to each. An entry is a URL (plain JSON with a Slack-compatible `text`)
+    /// or a table with a format (`json`, `slack`, `pagerduty`), a signing secret and extra headers
+    /// ([`crate::webhook::WebhookConfig`]). `http://` or `https://` (TLS with the system's root certificates).
+    #[serde(deserialize_with = "crate::webhook::deserialize_webhooks")]
+    pub webhooks: Vec<WebhookConfig>,
     /// Per-attempt timeout.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// Attempts per event and webhook before the event is given up (and logged as an error).
+    /// Attempts per event and webhook in a row, before the event waits in the webhook's outbox and the webhook is
+    /// tried again less often (up to `outbox_max_backoff` apart). No event is given up.
     pub max_attempts: u32,
     /// Delay before the first retry; doubles each attempt (with jitter) up to `max_backoff`.
     #[serde(with = "humantime_serde")]
     pub initial_backoff: Duration,
-    /// Longest delay between attempts.
+    /// Longest delay between attempts in a row.
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// Once `max_attempts` failed, a webhook is tried again after `max_backoff`, doubling (with jitter) up to this;
+    /// an event a webhook refused (3xx, 4xx) is tried again after this long, and at every start.
+    #[serde(with = "humantime_serde")]
+    pub outbox_max_backoff: Duration,
+    /// Events one webhook's outbox (`DATA/alerts/outbox/NAME/`) may hold; past it, new events are not queued for
+    /// that webhook (logged and counted in `tailscope_webhook_events_dropped_total`).
+    pub outbox_max_events: usize,
+    /// Bytes one webhook's outbox may hold, likewise; at least [`MAX_OUTBOX_EVENT_BYTES`].
+    pub outbox_max_bytes: usize,
     /// Budgets are re-evaluated at least this often (period ends, rolling windows, forecasts), and at most
     /// a few times a second while spans arrive.
     #[serde(with = "humantime_serde")]
     pub evaluate_interval: Duration,
 }
+
+/// The largest event file an outbox writes or reads: an alert event is a few hundred bytes; one this large is not
+/// queued (and a file this large in an outbox is set aside unread).
+pub const MAX_OUTBOX_EVENT_BYTES: usize = 256 * 1024;
 
 impl Default for AlertsConfig {
     fn default() -> Self {
@@ -258,22 +275,20 @@ impl Default for AlertsConfig {
             max_attempts: 10,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(60),
+            outbox_max_backoff: Duration::from_secs(600),
+            outbox_max_events: 10_000,
+            outbox_max_bytes: 16 * 1024 * 1024,
             evaluate_interval: Duration::from_secs(10),
         }
     }
 }
 
 impl AlertsConfig {
-    /// Checks values that parse but cannot work.
+    /// Checks values that parse but cannot work, the webhooks' included (their secrets are read from the
+    /// environment to check that they are set).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field: &str, reason: String| ConfigError::Invalid { field: format!("alerts.{field}"), reason };
-        for url in &self.webhooks {
-            let parsed = url::Url::parse(url).map_err(|e| invalid("webhooks", format!("{url:?} is not a URL: {e}")))?;
-            match parsed.scheme() {
-                "http" | "https" => {}
-                other => return Err(invalid("webhooks", format!("{url:?}: unsupported scheme {other:?}"))),
-            }
-        }
+        self.webhooks()?;
         if self.max_attempts == 0 {
             return Err(invalid("max_attempts", "must be at least 1".into()));
         }
@@ -284,6 +299,12 @@ impl AlertsConfig {
             return Err(invalid("evaluate_interval", "must be at least 100ms".into()));
         }
         Ok(())
+    }
+
+    /// The webhooks ready to send with: names and URLs decided, secrets read from the config or the environment,
+    /// every value checked (the error names the key).
+    pub fn webhooks(&self) -> Result<Vec<Webhook>, ConfigError> {
+        crate::webhook::resolve(&self.webhooks, "alerts.webhooks")
     }
 }
 
@@ -581,11 +602,12 @@ mod tests {
 
     #[test]
     fn webhooks_must_be_http_or_https_urls() {
-        let https = AlertsConfig { webhooks: vec!["https://hooks.slack.com/x".into()], ..Default::default() };
+        let https =
+            AlertsConfig { webhooks: vec![WebhookConfig::url("https://hooks.slack.com/x")], ..Default::default() };
         assert!(https.validate().is_ok());
-        let ftp = AlertsConfig { webhooks: vec!["ftp://example.com/x".into()], ..Default::default() };
+        let ftp = AlertsConfig { webhooks: vec![WebhookConfig::url("ftp://example.com/x")], ..Default::default() };
         assert!(ftp.validate().unwrap_err().to_string().contains("unsupported scheme"));
-        let junk = AlertsConfig { webhooks: vec!["not a url".into()], ..Default::default() };
+        let junk = AlertsConfig { webhooks: vec![WebhookConfig::url("not a url")], ..Default::default() };
         assert!(junk.validate().unwrap_err().to_string().contains("not a URL"));
     }
 

@@ -1,7 +1,7 @@
 //! What every tailscope crate shares, at the bottom of the crate graph: the columnar [`schema`] of the stored
 //! tables, the [`catalog`] of what a query can see, the on-disk [`layout`] (file names and the Parquet writer's
-//! settings), the process-wide [`memory`] budget, the typed [`config`] (with its [`cost`] sections), the
-//! [`alerts`] table, the [`history`] trait that budgets read stored spans through, the business [`rules`] every
+//! settings), the process-wide [`memory`] budget, the typed [`config`] (with its [`cost`] sections and the alert
+//! [`webhook`] settings), the [`alerts`] table, the [`history`] trait that budgets read stored spans through, the business [`rules`] every
 //! reader shares, and how figures read to people ([`display`]: money, shares, latencies).
 //!
 //! The crate graph reads as the data path: `tailscope-core` -> `tailscope-collector` (receive, normalise, price,
@@ -21,3 +21,4 @@ pub mod layout;
 pub mod memory;
 pub mod rules;
 pub mod schema;
+pub mod webhook;

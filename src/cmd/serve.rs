@@ -250,7 +250,7 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
     let engine = query::Engine::new(collector.catalog(), config.query.clone()).await?;
     // After recovery, so that period-to-date spend is rebuilt from everything stored, replayed WAL included; read
     // through the engine, like every other reader of the history.
-    let budgets = collector::cost::BudgetEngine::start(&config, &engine).await?;
+    let budgets = collector::cost::BudgetEngine::start(&config, &engine, collector.metrics()).await?;
     collector.add_observer(budgets.clone());
 
     let api_router = collector
@@ -258,6 +258,8 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
         .merge(query::router(engine.clone()))
         .merge(collector::live::routes(live))
         .merge(collector::cost::routes(budgets));
+    // Every route of the API counted and timed, by its pattern (`tailscope_api_requests_total`).
+    let api_router = collector::telemetry::track_requests(api_router, collector.metrics().clone());
 
     let (stop, stopped) = watch::channel(false);
     let until_stopped = move || {

@@ -3,7 +3,7 @@
 //! without firing again, and the hedging guardrail flips to deny.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -14,7 +14,7 @@ use opentelemetry::trace::{SpanKind, Tracer, TracerProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tokio::sync::Mutex;
 
-use crate::support::{Server, Transport, tracer_provider};
+use crate::support::{Server, Transport, tracer_provider, wait_for_items};
 
 /// Webhook bodies received, in order. The first POST is answered 503 to exercise the retry path.
 #[derive(Clone, Default)]
@@ -44,21 +44,13 @@ async fn webhook_receiver() -> (String, Receiver) {
 
 impl Receiver {
     async fn wait_for(&self, n: usize) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let bodies = self.bodies.lock().await.clone();
-            if bodies.len() >= n {
-                return bodies;
-            }
-            assert!(Instant::now() < deadline, "waited for {n} webhook calls, got {}: {bodies:#?}", bodies.len());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_items(&self.bodies, n, "webhook calls").await
     }
 }
 
 /// One hedged request: the winner and one loser, both gpt-4o with 100k input and 10k output tokens
 /// ($0.25 + $0.10 = $0.35 each at $2.50/M in, $10/M out).
-fn hedged_request(provider: &SdkTracerProvider, hedge: &str) {
+pub(crate) fn hedged_request(provider: &SdkTracerProvider, hedge: &str) {
     let tracer = provider.tracer("it-budget");
     for winner in [true, false] {
         let mut attrs = vec![

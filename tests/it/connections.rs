@@ -660,7 +660,7 @@ async fn alert_webhooks_do_not_follow_redirects() {
         async { StatusCode::OK }
     }));
     tokio::spawn(async move { axum::serve(other, app).await.unwrap() });
-    // The configured webhook answers 302 to the other host.
+    // The configured webhook answers 307 (which asks a client to POST the same body again) to the other host.
     let hook_hits = Arc::new(AtomicU32::new(0));
     let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hook_url = format!("http://{}/hook", hook.local_addr().unwrap());
@@ -668,7 +668,7 @@ async fn alert_webhooks_do_not_follow_redirects() {
     let app = Router::new().fallback(any(move || {
         hits.fetch_add(1, Ordering::SeqCst);
         let location = other_url.clone();
-        async move { (StatusCode::FOUND, [(header::LOCATION, location)]) }
+        async move { (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]) }
     }));
     tokio::spawn(async move { axum::serve(hook, app).await.unwrap() });
 
@@ -717,9 +717,16 @@ evaluate_interval = "200ms"
     // Time for a followed redirect (or retries) to arrive.
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(other_hits.load(Ordering::SeqCst), 0, "the webhook's redirect to another host was followed");
-    assert_eq!(hook_hits.load(Ordering::SeqCst), 1, "a redirect is a failed delivery, not retried");
+    assert_eq!(hook_hits.load(Ordering::SeqCst), 1, "one POST: a redirect is a failed delivery, not retried at once");
     let log = server.log();
     assert!(log.contains("do not follow redirects"), "the failure says why; log:\n{log}");
+    assert!(log.contains("307"), "the failure names the status; log:\n{log}");
+    // Not dropped either: the event waits in the webhook's outbox (its name is the URL's host) for a later try.
+    let hook = [("webhook", "127.0.0.1")];
+    let s = server.scrape().await;
+    assert_eq!(s.sum("tailscope_webhook_failures_total", &[hook[0], ("reason", "redirect")]), 1.0, "{}", s.text);
+    assert_eq!(s.value("tailscope_webhook_outbox_events", &hook), Some(1.0), "{}", s.text);
+    assert_eq!(s.sum("tailscope_webhook_deliveries_total", &hook), 0.0, "{}", s.text);
     let _ = sdk.shutdown();
 }
 

@@ -6,6 +6,7 @@ mod demo;
 mod faults;
 mod hostile;
 mod ingest;
+mod operations;
 mod overload;
 mod parsers;
 mod query;

@@ -95,6 +95,8 @@ pub struct Server {
     /// When the API is served over TLS and behind keys: the CA that signed its certificate (PEM) and the key
     /// the harness's own requests (readiness, SQL, metrics) send.
     secured: Option<(String, String)>,
+    /// Environment variables set for the child (secrets the config names by `*_env`).
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -115,27 +117,30 @@ impl Server {
 
     /// Starts a server whose open-file limit (soft and hard, so it cannot raise it) is `nofile`.
     pub async fn start_limited(toml: &str, nofile: u64) -> Server {
-        Server::start_inner(None, toml, Some(nofile)).await
+        Server::start_inner(None, toml, Some(nofile), Vec::new(), None).await
+    }
+
+    /// Starts a server with `toml` as its config and the environment variables `env` set (for every restart too).
+    pub async fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Server {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Server::start_inner(None, toml, None, env, None).await
     }
 
     /// Starts a server whose API is served over TLS with a certificate signed by `ca_pem`, and behind keys: the
     /// harness's own requests send `admin_key`.
     pub async fn start_secured(toml: &str, ca_pem: &str, admin_key: &str) -> Server {
-        Server::start_inner_with(None, toml, None, Some((ca_pem.to_string(), admin_key.to_string()))).await
+        Server::start_inner(None, toml, None, Vec::new(), Some((ca_pem.to_string(), admin_key.to_string()))).await
     }
 
     async fn start_in(data_dir: Option<PathBuf>, toml: &str) -> Server {
-        Server::start_inner(data_dir, toml, None).await
+        Server::start_inner(data_dir, toml, None, Vec::new(), None).await
     }
 
-    async fn start_inner(data_dir: Option<PathBuf>, toml: &str, nofile: Option<u64>) -> Server {
-        Server::start_inner_with(data_dir, toml, nofile, None).await
-    }
-
-    async fn start_inner_with(
+    async fn start_inner(
         data_dir: Option<PathBuf>,
         toml: &str,
         nofile: Option<u64>,
+        env: Vec<(String, String)>,
         secured: Option<(String, String)>,
     ) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -153,6 +158,7 @@ impl Server {
             config_path,
             nofile,
             secured,
+            env,
         };
         server.spawn(true).await;
         server
@@ -217,6 +223,7 @@ impl Server {
             .arg("--flight")
             .arg(self.flight_addr.to_string())
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -341,6 +348,31 @@ impl Server {
     pub async fn metric(&self, prefix: &str) -> f64 {
         let text = self.client().get(format!("{}/metrics", self.api_url())).send().await.unwrap().text().await.unwrap();
         text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    }
+
+    /// Every sample of `GET /metrics`, parsed.
+    pub async fn scrape(&self) -> Scrape {
+        let text = reqwest::get(format!("{}/metrics", self.api_url())).await.unwrap().text().await.unwrap();
+        Scrape::parse(&text)
+    }
+
+    /// Polls `GET /metrics` until `ready` holds for a scrape, and returns that scrape; panics after 20 s with
+    /// `what`, the last scrape and the server's log.
+    pub async fn scrape_until(&self, what: &str, ready: impl Fn(&Scrape) -> bool) -> Scrape {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let scrape = self.scrape().await;
+            if ready(&scrape) {
+                return scrape;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited 20 s for {what}; last scrape:\n{}\nlog:\n{}",
+                scrape.text,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Polls `sql` until its first row's `n` column equals `want` (rows become visible asynchronously only for
@@ -605,4 +637,93 @@ pub fn proc_mib(pid: u32, field: &str) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
     kib / 1024
+}
+
+/// Waits up to 20 s until `items` (what a test receiver took in) holds at least `n`, and returns them; panics naming
+/// `what` otherwise.
+pub async fn wait_for_items<T: Clone + std::fmt::Debug>(
+    items: &tokio::sync::Mutex<Vec<T>>,
+    n: usize,
+    what: &str,
+) -> Vec<T> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = items.lock().await.clone();
+        if got.len() >= n {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "waited for {n} {what}, got {}: {got:#?}", got.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The series name (`tailscope_budget_spend_usd`, `tailscope_api_requests_total`).
+    pub name: String,
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed scrape of `GET /metrics`.
+#[derive(Debug, Clone)]
+pub struct Scrape {
+    /// The text as served.
+    pub text: String,
+    pub samples: Vec<Sample>,
+}
+
+impl Scrape {
+    /// Parses the text format: `name{label="value",...} number` lines; comments are kept only in `text`.
+    pub fn parse(text: &str) -> Scrape {
+        let mut samples = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {line}"));
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a number in {line}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => {
+                    (name, rest.strip_suffix('}').unwrap_or_else(|| panic!("unclosed labels: {line}")))
+                }
+                None => (series, ""),
+            };
+            let mut parsed = std::collections::BTreeMap::new();
+            let mut rest = labels;
+            while let Some((key, after)) = rest.split_once("=\"") {
+                // Values here never hold an escaped quote.
+                let (value, after) = after.split_once('"').unwrap_or_else(|| panic!("unclosed value: {line}"));
+                parsed.insert(key.trim_start_matches(',').to_string(), value.to_string());
+                rest = after;
+            }
+            samples.push(Sample { name: name.to_string(), labels: parsed, value });
+        }
+        Scrape { text: text.to_string(), samples }
+    }
+
+    /// The samples named `name` whose labels include every pair of `labels`.
+    pub fn find(&self, name: &str, labels: &[(&str, &str)]) -> Vec<&Sample> {
+        self.samples
+            .iter()
+            .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+            .collect()
+    }
+
+    /// The value of the one sample named `name` with `labels`, if there is exactly one.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        match self.find(name, labels).as_slice() {
+            [one] => Some(one.value),
+            _ => None,
+        }
+    }
+
+    /// The sum of the samples named `name` with `labels` (0 when there are none).
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.find(name, labels).iter().map(|s| s.value).sum()
+    }
+
+    /// The `# TYPE` the exposition declares for the family `family`.
+    pub fn type_of(&self, family: &str) -> Option<&str> {
+        self.text.lines().find_map(|l| l.strip_prefix("# TYPE ")?.strip_prefix(family)?.strip_prefix(' '))
+    }
 }

@@ -30,6 +30,7 @@ use super::budget::{BUDGET_COLUMNS, Budget, BudgetStatus, SpanColumns};
 use super::prices::glob_match;
 use super::webhook::{DeliveryLog, Webhooks};
 use crate::observe::SpanObserver;
+use crate::telemetry::Metrics;
 
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
@@ -89,12 +90,18 @@ impl std::fmt::Debug for BudgetEngine {
 impl BudgetEngine {
     /// Validates the budgets, loads the alert log under `config.data_dir/alerts`, rebuilds period-to-date spend
     /// from the spans `history` holds (Parquet files and buffered batches), runs a first evaluation, and starts
-    /// the evaluator thread and webhook workers (on the current tokio runtime).
+    /// the evaluator thread and webhook workers (on the current tokio runtime, each resuming its outbox). Every
+    /// budget's figures and alert state are series of `metrics` from then on ([`super::series`]), beside the
+    /// webhooks' deliveries.
     ///
     /// Call it after the WAL was replayed and before ingest starts, and register the engine as an observer of
     /// batches acknowledged from then on: a span counted here and observed again would count twice.
     /// `history` is the query engine in the binary: budgets read the stored spans as every query does.
-    pub async fn start(config: &Config, history: &dyn SpanHistory) -> Result<Arc<BudgetEngine>, CostError> {
+    pub async fn start(
+        config: &Config,
+        history: &dyn SpanHistory,
+        metrics: &Metrics,
+    ) -> Result<Arc<BudgetEngine>, CostError> {
         validate_budgets(&config.budgets)?;
         config.alerts.validate()?;
         let data_dir = &config.data_dir;
@@ -105,10 +112,13 @@ impl BudgetEngine {
             rebuild(&mut budgets, history, now).await?;
         }
         let log = Arc::new(DeliveryLog::open(data_dir));
-        let webhooks = Webhooks::start(&config.alerts, log, book.events(), &tokio::runtime::Handle::current());
+        let runtime = tokio::runtime::Handle::current();
+        let webhooks = Webhooks::start(&config.alerts, data_dir, log, book.events(), metrics, &runtime)?;
         let inner = Arc::new(Inner { budgets: Mutex::new(budgets), book: Mutex::new(book), webhooks });
         let (wake, rx) = sync_channel(1);
         let engine = Arc::new(BudgetEngine { inner: inner.clone(), wake });
+        let series = Arc::downgrade(&engine);
+        metrics.add_scraped(series);
         let interval = config.alerts.evaluate_interval;
         std::thread::Builder::new()
             .name("tailscope-budgets".into())
@@ -349,7 +359,8 @@ mod tests {
     async fn guardrail_flips_to_deny_when_the_duplicate_budget_is_spent() {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
-        let engine = BudgetEngine::start(&config, &history(Catalog::new(dir.path())).await).await.unwrap();
+        let engine =
+            BudgetEngine::start(&config, &history(Catalog::new(dir.path())).await, &Metrics::new()).await.unwrap();
         let d = engine.hedging_decision(Some("aws.bedrock"));
         assert!(d.allow, "{d:?}");
         engine.observe(&batch(&[loser(0.6)]));
@@ -392,7 +403,8 @@ mod tests {
         config.budgets[0].cap_usd = None;
         config.budgets[0].cap_share = Some(0.03);
         config.budgets[0].warn_at = vec![1.0];
-        let engine = BudgetEngine::start(&config, &history(Catalog::new(dir.path())).await).await.unwrap();
+        let engine =
+            BudgetEngine::start(&config, &history(Catalog::new(dir.path())).await, &Metrics::new()).await.unwrap();
         let winner = Row { winner: Some(true), cost: Some(16.14), token_cost: Some(16.14), ..loser(0.0) };
         engine.observe(&batch(&[winner, loser(0.69)]));
         assert_eq!(engine.evaluate_now().len(), 1);
@@ -432,7 +444,9 @@ mod tests {
         let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(file, data.schema(), None).unwrap();
         writer.write(&data).unwrap();
         writer.close().unwrap();
-        let engine = BudgetEngine::start(&config, &history(Catalog::open(dir.path()).unwrap()).await).await.unwrap();
+        let engine = BudgetEngine::start(&config, &history(Catalog::open(dir.path()).unwrap()).await, &Metrics::new())
+            .await
+            .unwrap();
         let spend = engine.statuses()[0].spend_usd;
         assert!((spend - 0.7).abs() < 1e-9, "{spend}");
     }
@@ -443,7 +457,7 @@ mod tests {
         let config = config(dir.path());
         let catalog = Catalog::new(dir.path());
         catalog.add_batch(Signal::Spans, 1, buffered(batch(&[loser(0.7), loser(0.7)])));
-        let engine = BudgetEngine::start(&config, &history(catalog).await).await.unwrap();
+        let engine = BudgetEngine::start(&config, &history(catalog).await, &Metrics::new()).await.unwrap();
         assert_eq!(engine.statuses()[0].spend_usd, 1.4);
         assert!(!engine.hedging_decision(None).allow);
     }

@@ -4,8 +4,9 @@
 //!   ([`prices`]), egress cost from per-cloud data-transfer prices ([`egress`]). The figures land in the span's
 //!   `token_cost_usd`, `egress_bytes`, `egress_cost_usd`, `cost_usd` and `price_source` columns.
 //! - [`BudgetEngine`] watches acknowledged spans ([`crate::observe::SpanObserver`]), keeps period-to-date spend per
-//!   `[[budget]]`, raises and resolves alerts (log, `GET /api/v1/alerts`, the `alerts` SQL table, webhooks) and
-//!   answers the hedging guardrail (`GET /api/v1/guardrails/hedging`).
+//!   `[[budget]]`, raises and resolves alerts (log, `GET /api/v1/alerts`, the `alerts` SQL table, [`webhook`]s
+//!   with their on-disk [`outbox`]es) and answers the hedging guardrail (`GET /api/v1/guardrails/hedging`); its
+//!   figures and alert state are Prometheus series too ([`series`]).
 //!
 //! The settings these read (`[pricing]`, `[[budget]]`, `[alerts]`) and the `alerts` table are in
 //! `tailscope-core` ([`tailscope_core::cost`], [`tailscope_core::alerts`]), with the one typed config.
@@ -16,8 +17,10 @@ pub mod alerts;
 pub mod budget;
 pub mod egress;
 pub mod engine;
+pub mod outbox;
 pub mod pricer;
 pub mod prices;
+pub mod series;
 pub mod webhook;
 
 use std::path::PathBuf;
