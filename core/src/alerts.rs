@@ -50,33 +50,11 @@ pub struct AlertEvent {
     pub event: String,
     /// The threshold crossed (fraction of the cap).
     pub threshold: Option<f64>,
-    pub spend_usd: f64,
-    pub cap_usd: Option<f64>,
-    pub cap_share: Option<f64>,
-    pub share: Option<f64>,
-    pub utilization: f64,
-    pub projected_usd: Option<f64>,
+    /// The budget's figures at the event, in the units of its caps.
+    #[serde(flatten)]
+    pub figures: BudgetFigures,
     /// One line for humans (and Slack's `text`).
     pub message: String,
-    /// The share of inference spend projected at the period's end (`duplicate_inference` with `cap_share`).
-    /// Absent from events recorded before it existed.
-    #[serde(default)]
-    pub projected_share: Option<f64>,
-}
-
-impl AlertEvent {
-    /// The event's figures, to read them in the units of the budget's cap.
-    pub fn figures(&self) -> BudgetFigures {
-        BudgetFigures {
-            spend_usd: self.spend_usd,
-            cap_usd: self.cap_usd,
-            share: self.share,
-            cap_share: self.cap_share,
-            utilization: self.utilization,
-            projected_usd: self.projected_usd,
-            projected_share: self.projected_share,
-        }
-    }
 }
 
 /// An event as `/api/v1/alerts` lists it and webhooks POST it: its fields, then its figures as text in the units of
@@ -95,7 +73,7 @@ pub struct AlertView<'a> {
 
 impl<'a> From<&'a AlertEvent> for AlertView<'a> {
     fn from(event: &'a AlertEvent) -> Self {
-        let f = event.figures();
+        let f = event.figures;
         AlertView { event, used: f.used(), cap: f.cap(), projected: f.projected() }
     }
 }
@@ -204,17 +182,17 @@ pub fn events_batch(events: &[AlertEvent]) -> Result<RecordBatch, datafusion::ar
             AlertColumn::Severity => s(&|e| e.severity.clone()),
             AlertColumn::Event => s(&|e| e.event.clone()),
             AlertColumn::Threshold => f(&|e| e.threshold),
-            AlertColumn::SpendUsd => f(&|e| Some(e.spend_usd)),
-            AlertColumn::CapUsd => f(&|e| e.cap_usd),
-            AlertColumn::CapShare => f(&|e| e.cap_share),
-            AlertColumn::Share => f(&|e| e.share),
-            AlertColumn::Utilization => f(&|e| Some(e.utilization)),
-            AlertColumn::ProjectedUsd => f(&|e| e.projected_usd),
+            AlertColumn::SpendUsd => f(&|e| Some(e.figures.spend_usd)),
+            AlertColumn::CapUsd => f(&|e| e.figures.cap_usd),
+            AlertColumn::CapShare => f(&|e| e.figures.cap_share),
+            AlertColumn::Share => f(&|e| e.figures.share),
+            AlertColumn::Utilization => f(&|e| Some(e.figures.utilization)),
+            AlertColumn::ProjectedUsd => f(&|e| e.figures.projected_usd),
             AlertColumn::Message => s(&|e| e.message.clone()),
-            AlertColumn::ProjectedShare => f(&|e| e.projected_share),
-            AlertColumn::Used => s(&|e| e.figures().used()),
-            AlertColumn::Cap => s(&|e| e.figures().cap()),
-            AlertColumn::Projected => os(&|e| e.figures().projected()),
+            AlertColumn::ProjectedShare => f(&|e| e.figures.projected_share),
+            AlertColumn::Used => s(&|e| e.figures.used()),
+            AlertColumn::Cap => s(&|e| e.figures.cap()),
+            AlertColumn::Projected => os(&|e| e.figures.projected()),
         }
     };
     let columns: Vec<ArrayRef> = AlertColumn::ALL.iter().map(|&c| column(c)).collect();
@@ -247,14 +225,16 @@ mod tests {
             severity: "critical".into(),
             event: "threshold".into(),
             threshold: Some(1.0),
-            spend_usd: 0.69,
-            cap_usd: None,
-            cap_share: Some(0.03),
-            share: Some(0.041),
-            utilization: 0.041 / 0.03,
-            projected_usd: None,
+            figures: BudgetFigures {
+                spend_usd: 0.69,
+                cap_usd: None,
+                cap_share: Some(0.03),
+                share: Some(0.041),
+                utilization: 0.041 / 0.03,
+                projected_usd: None,
+                projected_share: None,
+            },
             message: "BREACH hedge-duplicates".into(),
-            projected_share: None,
         }
     }
 
@@ -264,12 +244,15 @@ mod tests {
             seq: 2,
             budget: "tiny".into(),
             kind: BudgetKind::Total,
-            spend_usd: 4.994,
-            cap_usd: Some(0.001),
-            cap_share: None,
-            share: None,
-            utilization: 4994.0,
-            projected_usd: Some(0.0012),
+            figures: BudgetFigures {
+                spend_usd: 4.994,
+                cap_usd: Some(0.001),
+                cap_share: None,
+                share: None,
+                utilization: 4994.0,
+                projected_usd: Some(0.0012),
+                ..Default::default()
+            },
             ..share_breach()
         };
         let batch = events_batch(&[share_breach(), tiny]).unwrap();
@@ -331,14 +314,16 @@ mod tests {
             severity: "warning".into(),
             event: "threshold".into(),
             threshold: Some(0.5),
-            spend_usd: 1.0,
-            cap_usd: Some(2.0),
-            cap_share: None,
-            share: None,
-            utilization: 0.5,
-            projected_usd: None,
+            figures: BudgetFigures {
+                spend_usd: 1.0,
+                cap_usd: Some(2.0),
+                cap_share: None,
+                share: None,
+                utilization: 0.5,
+                projected_usd: None,
+                projected_share: None,
+            },
             message: "m".into(),
-            projected_share: None,
         };
         let json = serde_json::to_value(&event).unwrap();
         let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();

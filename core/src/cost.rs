@@ -369,19 +369,27 @@ impl fmt::Display for BudgetKind {
 /// (`collector::cost::BudgetStatus`) or from an alert event ([`crate::alerts::AlertEvent::figures`]); its text
 /// forms are what the dashboard's gauges and Alerts screen, the `used` / `cap` / `projected` fields of
 /// `/api/v1/alerts`, the `alerts` table, the alert messages (log and webhooks) and the guardrail's reasons show.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+///
+/// Budget statuses and alert events carry it flattened, so their JSON (the API, webhooks, the event log) has these
+/// fields at the top level.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct BudgetFigures {
     /// Spend counted this period (for a session, the session's).
     pub spend_usd: f64,
+    #[serde(default)]
     pub cap_usd: Option<f64>,
     /// Duplicate spend's share of inference spend (`duplicate_inference`).
+    #[serde(default)]
     pub share: Option<f64>,
+    #[serde(default)]
     pub cap_share: Option<f64>,
     /// Use against the cap, from [`BudgetFigures::utilization_of`]; 1.0 = cap reached.
     pub utilization: f64,
     /// Spend projected at the period's end.
+    #[serde(default)]
     pub projected_usd: Option<f64>,
-    /// The share projected at the period's end.
+    /// The share projected at the period's end. Absent from events recorded before it existed.
+    #[serde(default)]
     pub projected_share: Option<f64>,
 }
 

@@ -56,7 +56,7 @@ fn fixture() -> tempfile::TempDir {
 /// cap) and `tiny` capped at $0.001; each has fired once.
 fn write_alerts(dir: &std::path::Path) {
     use tailscope_core::alerts::{ALERTS_DIR, AlertEvent, EVENTS_FILE};
-    use tailscope_core::cost::BudgetKind;
+    use tailscope_core::cost::{BudgetFigures, BudgetKind};
     let t = chrono::Utc::now();
     let event = |seq: u64, budget: &str, kind: BudgetKind| AlertEvent {
         seq,
@@ -73,28 +73,20 @@ fn write_alerts(dir: &std::path::Path) {
         severity: "critical".into(),
         event: "threshold".into(),
         threshold: Some(1.0),
-        spend_usd: 0.0,
-        cap_usd: None,
-        cap_share: None,
-        share: None,
-        utilization: 0.0,
-        projected_usd: None,
+        figures: BudgetFigures::default(),
         message: format!("BREACH {budget}"),
-        projected_share: None,
     };
-    let share = AlertEvent {
+    let share_figures = BudgetFigures {
         spend_usd: 0.69,
         cap_share: Some(0.03),
         share: Some(0.041),
         utilization: 0.041 / 0.03,
-        ..event(1, "hedge-duplicates", BudgetKind::DuplicateInference)
+        ..BudgetFigures::default()
     };
-    let tiny = AlertEvent {
-        spend_usd: 4.994,
-        cap_usd: Some(0.001),
-        utilization: 4994.0,
-        ..event(2, "tiny", BudgetKind::Total)
-    };
+    let share = AlertEvent { figures: share_figures, ..event(1, "hedge-duplicates", BudgetKind::DuplicateInference) };
+    let tiny_figures =
+        BudgetFigures { spend_usd: 4.994, cap_usd: Some(0.001), utilization: 4994.0, ..BudgetFigures::default() };
+    let tiny = AlertEvent { figures: tiny_figures, ..event(2, "tiny", BudgetKind::Total) };
     std::fs::create_dir_all(dir.join(ALERTS_DIR)).unwrap();
     let lines: String = [share, tiny].iter().map(|e| serde_json::to_string(e).unwrap() + "\n").collect();
     std::fs::write(dir.join(ALERTS_DIR).join(EVENTS_FILE), lines).unwrap();

@@ -171,14 +171,8 @@ fn budget_app() -> App {
         severity: "critical".into(),
         event: "threshold".into(),
         threshold: Some(1.0),
-        spend_usd: f.spend_usd,
-        cap_usd: f.cap_usd,
-        cap_share: f.cap_share,
-        share: f.share,
-        utilization: f.utilization,
-        projected_usd: f.projected_usd,
+        figures: BudgetFigures { projected_share: None, ..*f },
         message: format!("BREACH {budget}: {} this 1h; crossed the 100% threshold", f.summary()),
-        projected_share: None,
     };
     let events =
         [event("hedge-duplicates", BudgetKind::DuplicateInference, &share), event("tiny", BudgetKind::Total, &tiny)];

@@ -119,7 +119,16 @@ impl AlertBook {
         for (budget, status) in budgets {
             let levels = budget.levels();
             let base = format!("{}/{}", status.name, status.period_key);
-            self.threshold(&mut drafts, &base, None, levels, status, status.utilization, status.spend_usd, now);
+            self.threshold(
+                &mut drafts,
+                &base,
+                None,
+                levels,
+                status,
+                status.figures.utilization,
+                status.figures.spend_usd,
+                now,
+            );
             let mut scoped = BTreeSet::new();
             for s in &status.sessions {
                 let id = format!("{base}/session={}", s.session_id);
@@ -198,7 +207,7 @@ impl AlertBook {
         status: &BudgetStatus,
         now: DateTime<Utc>,
     ) {
-        if !budget.config.forecast || status.utilization >= 1.0 {
+        if !budget.config.forecast || status.figures.utilization >= 1.0 {
             return;
         }
         let (Some(pu), Some(end)) = (status.projected_utilization, status.period_end) else {
@@ -208,7 +217,7 @@ impl AlertBook {
         if pu < 1.0 || self.states.contains_key(&id) {
             return; // one forecast per period
         }
-        let figures = status.figures();
+        let figures = status.figures;
         let Some(projection) = figures.projected_summary() else { return };
         let message = format!(
             "{} projected to reach {projection} by {}; {} so far this {}",
@@ -226,12 +235,12 @@ impl AlertBook {
             "warning",
             "forecast",
             None,
-            status.utilization,
-            status.spend_usd,
+            status.figures.utilization,
+            status.figures.spend_usd,
             message,
         );
-        e.projected_usd = status.projected_usd;
-        e.projected_share = status.projected_share;
+        e.figures.projected_usd = status.figures.projected_usd;
+        e.figures.projected_share = status.figures.projected_share;
         drafts.push(e);
     }
 
@@ -282,14 +291,14 @@ fn fired(
     let severity = if breach { "critical" } else { "warning" };
     let mut e =
         draft(id, scope, status, now, "firing", severity, "threshold", Some(threshold), utilization, spend, message);
-    e.projected_usd = status.projected_usd;
-    e.projected_share = status.projected_share;
+    e.figures.projected_usd = status.figures.projected_usd;
+    e.figures.projected_share = status.figures.projected_share;
     e
 }
 
 /// The budget's figures for one alert: a session's spend and use for a session's alert, the budget's otherwise.
 fn scoped(status: &BudgetStatus, utilization: f64, spend: f64) -> BudgetFigures {
-    BudgetFigures { spend_usd: spend, utilization, ..status.figures() }
+    BudgetFigures { spend_usd: spend, utilization, ..status.figures }
 }
 
 fn resolved(
@@ -300,9 +309,9 @@ fn resolved(
     reason: String,
 ) -> AlertEvent {
     let mut e = resolved_plain(last, now, &reason);
-    e.spend_usd = status.spend_usd;
-    e.utilization = utilization;
-    e.share = status.share;
+    e.figures.spend_usd = status.figures.spend_usd;
+    e.figures.utilization = utilization;
+    e.figures.share = status.figures.share;
     e
 }
 
@@ -314,8 +323,7 @@ fn resolved_plain(last: &AlertEvent, now: DateTime<Utc>, reason: &str) -> AlertE
         severity: "info".into(),
         event: "resolved".into(),
         threshold: None,
-        projected_usd: None,
-        projected_share: None,
+        figures: BudgetFigures { projected_usd: None, projected_share: None, ..last.figures },
         message: format!("RESOLVED {}: {reason}", last.alert_id),
         ..last.clone()
     }
@@ -350,14 +358,14 @@ fn draft(
         severity: severity.into(),
         event: event.into(),
         threshold,
-        spend_usd: spend,
-        cap_usd: status.cap_usd,
-        cap_share: status.cap_share,
-        share: status.share,
-        utilization,
-        projected_usd: None,
+        figures: BudgetFigures {
+            spend_usd: spend,
+            utilization,
+            projected_usd: None,
+            projected_share: None,
+            ..status.figures
+        },
         message,
-        projected_share: None,
     }
 }
 
@@ -499,8 +507,8 @@ mod tests {
             "BREACH hedge-duplicates: 4.1% of inference spend against a 3% cap (137%), $0.69 spent this 1h; \
              crossed the 100% threshold"
         );
-        assert_eq!((e[0].cap_usd, e[0].cap_share), (None, Some(0.03)));
-        let f = e[0].figures();
+        assert_eq!((e[0].figures.cap_usd, e[0].figures.cap_share), (None, Some(0.03)));
+        let f = e[0].figures;
         assert_eq!((f.used(), f.cap()), ("4.1%".to_string(), "3% of inference".to_string()));
         // The webhook's text is the message; its body carries the figures as text too.
         let body = crate::cost::webhook::payload(&e[0]);

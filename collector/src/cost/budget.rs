@@ -237,26 +237,15 @@ pub struct BudgetStatus {
     pub period_key: String,
     pub period_start: DateTime<Utc>,
     pub period_end: Option<DateTime<Utc>>,
-    /// Spend counted by the budget this period (for `session_cost`: the most expensive session's).
-    pub spend_usd: f64,
-    pub cap_usd: Option<f64>,
-    /// `duplicate_inference`: all inference (token) spend in scope, and duplicate spend's share of it.
+    /// Spend (for `session_cost`: the most expensive session's), duplicate spend's share of inference spend
+    /// (`duplicate_inference`), the caps, use against them in each cap's own unit
+    /// ([`BudgetFigures::utilization_of`]; 1.0 = cap reached), and the projections at the period's end from the
+    /// recent burn rate (calendar periods, once enough of the period has passed to say).
+    #[serde(flatten)]
+    pub figures: BudgetFigures,
+    /// `duplicate_inference`: all inference (token) spend in scope.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inference_usd: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub share: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cap_share: Option<f64>,
-    /// Use against the cap, in the cap's own unit: the larger of spend / `cap_usd` and share / `cap_share`
-    /// ([`BudgetFigures::utilization_of`]); 1.0 = cap reached.
-    pub utilization: f64,
-    /// Spend projected at the period's end from the recent burn rate (calendar periods, once enough of the
-    /// period has passed to say).
-    pub projected_usd: Option<f64>,
-    /// `duplicate_inference`: the share projected at the period's end (projected duplicate spend over projected
-    /// inference spend, both at their recent burn rates).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub projected_share: Option<f64>,
     /// The projection against the cap, like `utilization`.
     pub projected_utilization: Option<f64>,
     /// The figures as text in the cap's unit ([`BudgetFigures`]): `$410.00`, `4.1%` (of inference spend) or both.
@@ -406,14 +395,13 @@ impl Budget {
             period_key: bounds.key.clone(),
             period_start: DateTime::<Utc>::from_timestamp_nanos(bounds.start_ns),
             period_end: bounds.end_ns.map(DateTime::<Utc>::from_timestamp_nanos),
-            spend_usd: total.spend,
-            cap_usd: c.cap_usd,
+            figures: BudgetFigures {
+                spend_usd: total.spend,
+                cap_usd: c.cap_usd,
+                cap_share: c.cap_share,
+                ..BudgetFigures::default()
+            },
             inference_usd: None,
-            share: None,
-            cap_share: c.cap_share,
-            utilization: 0.0,
-            projected_usd: None,
-            projected_share: None,
             projected_utilization: None,
             used: String::new(),
             cap: String::new(),
@@ -425,7 +413,7 @@ impl Budget {
         match c.kind {
             BudgetKind::DuplicateInference => {
                 status.inference_usd = Some(total.inference);
-                status.share = Some(share_of(&total));
+                status.figures.share = Some(share_of(&total));
             }
             BudgetKind::SessionCost => {
                 let lowest = self.levels.first().copied().unwrap_or(1.0);
@@ -442,7 +430,7 @@ impl Budget {
                     .collect();
                 sessions
                     .sort_by(|a, b| b.spend_usd.total_cmp(&a.spend_usd).then_with(|| a.session_id.cmp(&b.session_id)));
-                status.spend_usd = sessions.first().map(|s| s.spend_usd).unwrap_or(0.0);
+                status.figures.spend_usd = sessions.first().map(|s| s.spend_usd).unwrap_or(0.0);
                 sessions.retain(|s| s.utilization >= lowest);
                 sessions.truncate(MAX_SESSIONS_REPORTED);
                 status.sessions = sessions;
@@ -450,17 +438,18 @@ impl Budget {
             }
             _ => {}
         }
-        status.utilization = BudgetFigures::utilization_of(status.spend_usd, status.share, c.cap_usd, c.cap_share);
+        status.figures.utilization =
+            BudgetFigures::utilization_of(status.figures.spend_usd, status.figures.share, c.cap_usd, c.cap_share);
         if c.kind != BudgetKind::SessionCost
             && let Some(end) = bounds.end_ns
             && let Some(projected) = self.project(bounds.start_ns, end, now_ns, total)
         {
-            status.projected_usd = Some(projected.spend);
+            status.figures.projected_usd = Some(projected.spend);
             if c.kind == BudgetKind::DuplicateInference {
-                status.projected_share = Some(share_of(&projected));
+                status.figures.projected_share = Some(share_of(&projected));
             }
         }
-        let figures = status.figures();
+        let figures = status.figures;
         status.projected_utilization = figures.projected_utilization();
         status.used = figures.used();
         status.cap = figures.cap();
@@ -487,21 +476,6 @@ impl Budget {
         });
         let left = (end - now) as f64 / (now - from).max(1) as f64;
         Some(Tally { spend: total.spend + recent.spend * left, inference: total.inference + recent.inference * left })
-    }
-}
-
-impl BudgetStatus {
-    /// The figures, to read them in the units of the cap.
-    pub fn figures(&self) -> BudgetFigures {
-        BudgetFigures {
-            spend_usd: self.spend_usd,
-            cap_usd: self.cap_usd,
-            share: self.share,
-            cap_share: self.cap_share,
-            utilization: self.utilization,
-            projected_usd: self.projected_usd,
-            projected_share: self.projected_share,
-        }
     }
 }
 
@@ -599,13 +573,13 @@ pub(crate) mod tests {
             now,
         );
         let s = b.status(now);
-        assert_eq!(s.spend_usd, 250.0);
-        assert_eq!(s.utilization, 0.5);
+        assert_eq!(s.figures.spend_usd, 250.0);
+        assert_eq!(s.figures.utilization, 0.5);
         assert_eq!(s.period_key, "2026-11");
         // A new month starts from zero.
         let later = ns("2026-12-01T00:00:01Z");
         assert_eq!(b.roll(later).as_deref(), Some("2026-11"));
-        assert_eq!(b.status(later).spend_usd, 0.0);
+        assert_eq!(b.status(later).figures.spend_usd, 0.0);
     }
 
     #[test]
@@ -618,14 +592,14 @@ pub(crate) mod tests {
             .collect();
         add(&mut b, &rows, now);
         let s = b.status(now);
-        assert_eq!(s.spend_usd, 150.0);
-        let p = s.projected_usd.unwrap();
+        assert_eq!(s.figures.spend_usd, 150.0);
+        let p = s.figures.projected_usd.unwrap();
         assert!((p - 300.0).abs() < 1e-6, "{p}");
         assert!((s.projected_utilization.unwrap() - 1.5).abs() < 1e-9);
         assert_eq!(last_day(s.period_end.unwrap()), "30 Nov");
         // Too early in the period to project.
         let early = ns("2026-11-01T06:00:00Z");
-        assert_eq!(Budget::new(b.config.clone(), early).status(early).projected_usd, None);
+        assert_eq!(Budget::new(b.config.clone(), early).status(early).figures.projected_usd, None);
     }
 
     #[test]
@@ -655,11 +629,11 @@ pub(crate) mod tests {
             now,
         );
         let s = b.status(now);
-        assert_eq!(s.spend_usd, 0.75);
+        assert_eq!(s.figures.spend_usd, 0.75);
         assert_eq!(s.inference_usd, Some(5.0));
-        assert_eq!(s.share, Some(0.15));
+        assert_eq!(s.figures.share, Some(0.15));
         // Share 15% against a 10% cap dominates 0.75/10.
-        assert!((s.utilization - 1.5).abs() < 1e-9);
+        assert!((s.figures.utilization - 1.5).abs() < 1e-9);
         assert_eq!((s.used.as_str(), s.cap.as_str()), ("$0.75 · 15%", "$10.00 · 10% of inference"));
     }
 
@@ -692,11 +666,11 @@ pub(crate) mod tests {
             now,
         );
         let s = b.status(now);
-        assert_eq!(s.cap_usd, None);
-        assert!((s.share.unwrap() - 0.04).abs() < 1e-12, "{s:?}");
-        assert!((s.utilization - 0.04 / 0.03).abs() < 1e-9, "{s:?}");
+        assert_eq!(s.figures.cap_usd, None);
+        assert!((s.figures.share.unwrap() - 0.04).abs() < 1e-12, "{s:?}");
+        assert!((s.figures.utilization - 0.04 / 0.03).abs() < 1e-9, "{s:?}");
         assert_eq!((s.used.as_str(), s.cap.as_str()), ("4%", "3% of inference"));
-        let projected_share = s.projected_share.unwrap();
+        let projected_share = s.figures.projected_share.unwrap();
         assert!(projected_share > 0.04 && projected_share < 0.06, "{s:?}");
         assert!((s.projected_utilization.unwrap() - projected_share / 0.03).abs() < 1e-9, "{s:?}");
         assert_eq!(s.projected.as_deref(), Some(percent(projected_share).as_str()));
@@ -720,11 +694,11 @@ pub(crate) mod tests {
             ],
             now,
         );
-        assert_eq!(b.status(now).spend_usd, 4.0);
+        assert_eq!(b.status(now).figures.spend_usd, 4.0);
         let later = ns("2026-11-15T12:31:00Z");
         assert_eq!(b.roll(later), None);
-        assert_eq!(b.status(later).spend_usd, 0.0);
-        assert_eq!(b.status(later).projected_usd, None);
+        assert_eq!(b.status(later).figures.spend_usd, 0.0);
+        assert_eq!(b.status(later).figures.projected_usd, None);
     }
 
     #[test]
@@ -735,8 +709,8 @@ pub(crate) mod tests {
             |s: &'static str, cost: f64| Row { t: now - 1, session: Some(s), cost: Some(cost), ..Default::default() };
         add(&mut b, &[r("a", 0.3), r("a", 0.3), r("b", 1.2), r("c", 0.1)], now);
         let s = b.status(now);
-        assert_eq!(s.spend_usd, 1.2);
-        assert!((s.utilization - 1.2).abs() < 1e-9);
+        assert_eq!(s.figures.spend_usd, 1.2);
+        assert!((s.figures.utilization - 1.2).abs() < 1e-9);
         let ids: Vec<_> = s.sessions.iter().map(|s| s.session_id.as_str()).collect();
         assert_eq!(ids, ["b", "a"], "c is below the lowest threshold (0.5)");
     }
@@ -777,6 +751,6 @@ pub(crate) mod tests {
             .collect();
         add(&mut b, &rows, now);
         assert!(b.buckets.len() <= 2, "{} buckets", b.buckets.len());
-        assert!((b.status(now).spend_usd - 5.0).abs() < 1e-6);
+        assert!((b.status(now).figures.spend_usd - 5.0).abs() < 1e-6);
     }
 }

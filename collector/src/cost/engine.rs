@@ -163,7 +163,7 @@ impl BudgetEngine {
             })
             .map(|b| b.status(now))
             .collect();
-        let exhausted: Vec<&BudgetStatus> = statuses.iter().filter(|s| s.utilization >= 1.0).collect();
+        let exhausted: Vec<&BudgetStatus> = statuses.iter().filter(|s| s.figures.utilization >= 1.0).collect();
         let (allow, reason) = if let Some(s) = exhausted.first() {
             (false, format!("duplicate-inference budget {:?} is exhausted: {}", s.name, describe(s)))
         } else if statuses.is_empty() {
@@ -184,7 +184,7 @@ impl BudgetEngine {
 
 /// A budget's figures against its cap in words, in the cap's units.
 fn describe(s: &BudgetStatus) -> String {
-    format!("{} this {}", s.figures().summary(), s.period)
+    format!("{} this {}", s.figures.summary(), s.period)
 }
 
 impl SpanObserver for BudgetEngine {
@@ -447,7 +447,7 @@ mod tests {
         let engine = BudgetEngine::start(&config, &history(Catalog::open(dir.path()).unwrap()).await, &Metrics::new())
             .await
             .unwrap();
-        let spend = engine.statuses()[0].spend_usd;
+        let spend = engine.statuses()[0].figures.spend_usd;
         assert!((spend - 0.7).abs() < 1e-9, "{spend}");
     }
 
@@ -458,7 +458,7 @@ mod tests {
         let catalog = Catalog::new(dir.path());
         catalog.add_batch(Signal::Spans, 1, buffered(batch(&[loser(0.7), loser(0.7)])));
         let engine = BudgetEngine::start(&config, &history(catalog).await, &Metrics::new()).await.unwrap();
-        assert_eq!(engine.statuses()[0].spend_usd, 1.4);
+        assert_eq!(engine.statuses()[0].figures.spend_usd, 1.4);
         assert!(!engine.hedging_decision(None).allow);
     }
 }

@@ -101,7 +101,7 @@ impl ScrapeSeries for BudgetEngine {
             let samples: Vec<(BudgetLabels, f64)> = statuses
                 .iter()
                 .zip(&labels)
-                .filter_map(|(s, l)| read(&s.figures()).filter(|v| v.is_finite()).map(|v| (l.clone(), v)))
+                .filter_map(|(s, l)| read(&s.figures).filter(|v| v.is_finite()).map(|v| (l.clone(), v)))
                 .collect();
             gauges(encoder, name, help, &samples)?;
         }

@@ -796,14 +796,13 @@ pub(crate) mod tests {
             severity: "critical".into(),
             event: "threshold".into(),
             threshold: Some(1.0),
-            spend_usd: 512.0,
-            cap_usd: Some(500.0),
-            cap_share: None,
-            share: None,
-            utilization: 1.024,
-            projected_usd: None,
+            figures: tailscope_core::cost::BudgetFigures {
+                spend_usd: 512.0,
+                cap_usd: Some(500.0),
+                utilization: 1.024,
+                ..Default::default()
+            },
             message: "BREACH egress-monthly: $512.00 of $500.00 (102%)".into(),
-            projected_share: None,
         }
     }
 
