@@ -20,7 +20,7 @@ use tailscope_core::cost::{BudgetConfig, BudgetKind, BudgetPeriod};
 use tailscope_core::display::{duration_ms, usd};
 
 use super::CmdResult;
-use crate::sim::{self, SimConfig, SimStats, Transport};
+use tailscope_sim::{self as sim, SimConfig, SimStats, Transport};
 
 /// Flags of `tailscope demo`.
 #[derive(Debug, clap::Args)]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::CmdResult;
-use crate::sim::{self, SimConfig, SimStats, Transport};
+use tailscope_sim::{self as sim, SimConfig, SimStats, Transport};
 
 /// Flags of `tailscope simulate`.
 #[derive(Debug, clap::Args)]

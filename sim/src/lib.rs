@@ -1,9 +1,11 @@
-//! A simulated multi-cloud agent fleet that exports through the official OpenTelemetry SDK.
+//! A simulated multi-cloud agent fleet that exports through the official OpenTelemetry SDK: what `tailscope demo`
+//! and `tailscope simulate` send, and what the benchmarks and tests generate their agent spans with.
 //!
-//! [`plan`] generates agent turns (`invoke_agent` traces) as data from a seed; [`export`] hands them to one SDK
-//! pipeline per simulated service. [`run`] paces generation at the requested span rate in real time: span start
-//! and end times are simulated (log-normal latencies, stalls, a regional incident), not slept, so a turn that
-//! "took" 40 s costs nothing to produce.
+//! [`fleet`] is the static data (services, regions, models, tools, backends); [`plan`] generates agent turns
+//! (`invoke_agent` traces) as data from a seed; [`export`] hands them to one SDK pipeline per simulated service.
+//! [`run`] paces generation at the requested span rate in real time: span start and end times are simulated
+//! (log-normal latencies, stalls, a regional incident), not slept, so a turn that "took" 40 s costs nothing to
+//! produce.
 
 pub mod export;
 pub mod fleet;
@@ -17,7 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 pub use export::ExportCounters;
 
 /// How the fleet exports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Transport {
     /// OTLP/gRPC (the endpoint is e.g. `http://127.0.0.1:4317`).
     Grpc,
