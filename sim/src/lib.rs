@@ -2,13 +2,15 @@
 //! and `tailscope simulate` send, and what the benchmarks and tests generate their agent spans with.
 //!
 //! [`fleet`] is the static data (services, regions, models, tools, backends); [`plan`] generates agent turns
-//! (`invoke_agent` traces) as data from a seed; [`export`] hands them to one SDK pipeline per simulated service.
+//! (`invoke_agent` traces) as data from a seed, with the span attributes built by [`genai`]; [`export`] hands them
+//! to one SDK pipeline per simulated service.
 //! [`run`] paces generation at the requested span rate in real time: span start and end times are simulated
 //! (log-normal latencies, stalls, a regional incident), not slept, so a turn that "took" 40 s costs nothing to
 //! produce.
 
 pub mod export;
 pub mod fleet;
+pub mod genai;
 pub mod plan;
 
 use std::future::Future;

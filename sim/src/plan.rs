@@ -2,18 +2,22 @@
 //!
 //! Generation is pure and deterministic: the n-th plan of a seed is always the same, whatever the pace at which
 //! the runner asks for it, because the simulated clock (which decides when the regional incident is on) is
-//! derived from the work generated so far, never from the wall clock. The exporter (`super::export`) only anchors
+//! derived from the work generated so far, never from the wall clock. The exporter ([`crate::export`]) only anchors
 //! the plan's relative offsets at a wall-clock instant and hands the spans to the OpenTelemetry SDK.
 
+use std::ops::Range;
 use std::time::Duration;
 
+use opentelemetry::KeyValue;
 use opentelemetry::logs::Severity;
 use opentelemetry::trace::SpanKind;
-use opentelemetry::{Array, KeyValue, StringValue, Value};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::fleet::{self, Backend, Model, Place, Service};
+use tailscope_core::keys::span as key;
+
+use crate::fleet::{self, Backend, Model, Place, Service};
+use crate::genai::{AgentTurn, ChatCall, Tokens, ToolCall, Usage};
 
 /// Who exports a span: an agent service or a backend (each is its own OTel resource).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,25 +26,6 @@ pub enum Emitter {
     Service(usize),
     /// Index into [`fleet::backends()`].
     Backend(usize),
-}
-
-/// What a GenAI call used, for the client metrics (`gen_ai.client.token.usage`, `gen_ai.client.operation.duration`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Usage {
-    /// `gen_ai.operation.name`.
-    pub operation: &'static str,
-    /// `gen_ai.provider.name`.
-    pub provider: &'static str,
-    /// `gen_ai.request.model`.
-    pub request_model: &'static str,
-    /// `gen_ai.response.model`.
-    pub response_model: &'static str,
-    /// Input tokens (including cached ones); 0 when the call failed before usage was reported.
-    pub input_tokens: u64,
-    /// Output tokens (including reasoning).
-    pub output_tokens: u64,
-    /// `error.type` when the call failed.
-    pub error_type: Option<&'static str>,
 }
 
 /// One span of a turn, with times relative to the turn's start.
@@ -232,6 +217,11 @@ impl Generator {
         median * (sigma * z).exp()
     }
 
+    /// A gap drawn uniformly from `ms` milliseconds, in ns.
+    fn pause(&mut self, ms: Range<f64>) -> u64 {
+        (self.rng.random_range(ms) * MS) as u64
+    }
+
     fn weighted(&mut self, weights: &[f64]) -> usize {
         let total: f64 = weights.iter().sum();
         let mut x = self.rng.random::<f64>() * total;
@@ -262,109 +252,64 @@ impl Generator {
     pub fn next_trace(&mut self, now: Duration) -> TracePlan {
         let (ci, new_session) = self.conversation();
         let conv = self.conversations[ci].clone();
-        let service_ix = conv.service;
-        let service = &fleet::SERVICES[service_ix];
+        let service = &fleet::SERVICES[conv.service];
+        let incident_on = self.incident.active_at(now);
         let cond = Conditions {
-            incident_on: self.incident.active_at(now),
+            incident_on,
             incident: self.incident.place,
-            caller_hit: self.incident.active_at(now) && service.place == self.incident.place,
+            caller_hit: incident_on && service.place == self.incident.place,
         };
         let mut trace_id = 0u128;
         while trace_id == 0 {
             trace_id = self.rng.random();
         }
+        let root_id = self.span_id();
+        let mut cursor = self.pause(1.0..6.0);
+        let system_prompt = 1200 + self.rng.random_range(0..1800u64);
+        let user_msg = 40 + self.rng.random_range(0..400u64);
+        let mut context = system_prompt + conv.history_tokens + user_msg;
+        let primary = self.pick_model(service);
         let mut turn = Turn {
-            service_ix,
+            service_ix: conv.service,
             service,
             session_id: conv.id.clone(),
+            conv_turn: conv.turn,
+            root_id,
+            system_prompt,
             spans: Vec::new(),
             logs: Vec::new(),
             hedges: 0,
             cond,
         };
-        let root_id = self.span_id();
-        let mut cursor: u64 = (self.rng.random_range(1.0..6.0) * MS) as u64;
-
-        let system_prompt = 1200 + self.rng.random_range(0..1800u64);
-        let user_msg = 40 + self.rng.random_range(0..400u64);
-        let mut context = system_prompt + conv.history_tokens + user_msg;
-        let primary = self.pick_model(service);
 
         // Planning.
-        let (end, out) = self.chat(&mut turn, root_id, cursor, primary, context, system_prompt, conv.turn, true);
+        let (end, out) = self.chat(&mut turn, cursor, primary, context, Purpose::Planning);
         cursor = end;
         context += out;
 
         let steps = 1 + self.weighted(&[0.35, 0.35, 0.2, 0.1]);
         for _ in 0..steps {
-            cursor += (self.rng.random_range(0.5..8.0) * MS) as u64;
-            let kind = self.weighted(&[0.55, 0.2, 0.25]);
-            let added = match kind {
-                0 => self.tool_step(&mut turn, root_id, &mut cursor),
-                1 => self.memory_step(&mut turn, root_id, &mut cursor),
-                _ => self.retrieval_step(&mut turn, root_id, &mut cursor),
+            cursor += self.pause(0.5..8.0);
+            context += match self.weighted(&[0.55, 0.2, 0.25]) {
+                0 => self.tool_step(&mut turn, &mut cursor),
+                1 => self.memory_step(&mut turn, &mut cursor),
+                _ => self.retrieval_step(&mut turn, &mut cursor),
             };
-            context += added;
             if self.rng.random_bool(0.25) {
-                cursor += (self.rng.random_range(0.5..4.0) * MS) as u64;
-                let (end, out) =
-                    self.chat(&mut turn, root_id, cursor, primary, context, system_prompt, conv.turn, true);
+                cursor += self.pause(0.5..4.0);
+                let (end, out) = self.chat(&mut turn, cursor, primary, context, Purpose::Planning);
                 cursor = end;
                 context += out;
             }
         }
 
         // Answer.
-        cursor += (self.rng.random_range(0.5..4.0) * MS) as u64;
-        let (end, answer) = self.chat(&mut turn, root_id, cursor, primary, context, system_prompt, conv.turn, false);
+        cursor += self.pause(0.5..4.0);
+        let (end, answer) = self.chat(&mut turn, cursor, primary, context, Purpose::Answer);
         // The root ends once the answer is back and any cancelled hedge copy has wound down.
         let last_child = turn.spans.iter().map(|s| s.end_ns).max().unwrap_or(end);
-        cursor = end.max(last_child) + (self.rng.random_range(0.3..3.0) * MS) as u64;
-
-        let errors_in_children = turn.spans.iter().filter(|s| s.error.is_some()).count();
-        let mut root_attrs = vec![
-            KeyValue::new("gen_ai.operation.name", "invoke_agent"),
-            KeyValue::new("gen_ai.agent.name", service.agent),
-            KeyValue::new("gen_ai.agent.id", format!("{}-{}", service.agent, service.place.region)),
-            KeyValue::new("gen_ai.request.model", primary.request),
-        ];
-        root_attrs.push(provider_attr(service, primary.provider));
-        root_attrs.push(session_attr(service, &conv.id));
-        root_attrs.push(KeyValue::new("gen_ai.conversation.turn", conv.turn as i64 + 1));
-        turn.spans.insert(
-            0,
-            SpanPlan {
-                emitter: Emitter::Service(service_ix),
-                span_id: root_id,
-                parent: None,
-                remote_parent: false,
-                name: format!("invoke_agent {}", service.agent),
-                kind: SpanKind::Internal,
-                start_ns: 0,
-                end_ns: cursor,
-                error: None,
-                attributes: root_attrs,
-                usage: None,
-            },
-        );
-        turn.logs.push(LogPlan {
-            emitter: Emitter::Service(service_ix),
-            span_id: root_id,
-            at_ns: cursor,
-            severity: Severity::Info,
-            body: format!(
-                "agent turn {} of conversation {} done: {} steps, {} context tokens, {} errors",
-                conv.turn + 1,
-                conv.id,
-                steps,
-                context,
-                errors_in_children
-            ),
-            attributes: vec![
-                KeyValue::new("gen_ai.agent.name", service.agent),
-                KeyValue::new("event.name", "agent.turn.completed"),
-            ],
-        });
+        let root_end = end.max(last_child) + self.pause(0.3..3.0);
+        turn.close(primary, root_end, steps, context);
 
         // Carry the conversation forward (or close it).
         let c = &mut self.conversations[ci];
@@ -374,17 +319,7 @@ impl Generator {
         if c.turns_left == 0 {
             self.conversations.swap_remove(ci);
         }
-
-        let errors = turn.spans.iter().filter(|s| s.error.is_some()).count() as u32;
-        TracePlan {
-            trace_id,
-            new_session,
-            duration_ns: turn.spans.iter().map(|s| s.end_ns).max().unwrap_or(cursor),
-            hedges: turn.hedges,
-            errors,
-            spans: turn.spans,
-            logs: turn.logs,
-        }
+        turn.into_plan(trace_id, new_session)
     }
 
     fn pick_model(&mut self, service: &Service) -> &'static Model {
@@ -393,8 +328,8 @@ impl Generator {
         fleet::model(p, m)
     }
 
-    /// One model call's latency (ns), time to first token (ns) and whether it stalled.
-    fn call_latency(&mut self, model: &Model, output: u64, cond: &Conditions) -> (u64, u64, bool) {
+    /// One model call's timing (latency, time to first token) and whether it stalled.
+    fn call_latency(&mut self, model: &'static Model, start: u64, output: u64, cond: &Conditions) -> (Timing, bool) {
         let (factor, stall_p, _) = cond.degradation(model.hosted_in);
         let ttft = self.lognormal(model.ttft_ms, 0.45) * factor;
         let stream = if model.tokens_per_s > 0.0 {
@@ -404,165 +339,120 @@ impl Generator {
         };
         let stalled = self.rng.random_bool(stall_p);
         let stall = if stalled { self.rng.random_range(4_000.0..25_000.0) } else { 0.0 };
-        (((ttft + stream + stall) * MS) as u64, ((ttft + stall) * MS) as u64, stalled)
+        let timing =
+            Timing { model, start, latency: ((ttft + stream + stall) * MS) as u64, ttft: ((ttft + stall) * MS) as u64 };
+        (timing, stalled)
     }
 
-    /// A `chat` call (with a retry after a rate limit, and a hedged copy when it is slow). Returns the end of
-    /// the answer that was used and its output tokens.
-    #[allow(clippy::too_many_arguments)]
-    fn chat(
-        &mut self,
-        turn: &mut Turn,
-        parent: u64,
-        start: u64,
-        model: &'static Model,
-        input: u64,
-        system_prompt: u64,
-        conv_turn: u32,
-        planning: bool,
-    ) -> (u64, u64) {
-        let output =
-            if planning { self.lognormal(180.0, 0.6) as u64 + 20 } else { self.lognormal(350.0, 0.55) as u64 + 30 };
-        let (_, _, err_factor) = turn.cond.degradation(model.hosted_in);
-        // Rate limits and upstream errors: the agent retries once after a back-off.
-        let mut start = start;
-        if self.rng.random_bool((0.012 * err_factor).min(0.5)) {
-            let error_type = if self.rng.random_bool(0.7) { "429" } else { "503" };
-            let took = (self.lognormal(120.0, 0.5) * MS) as u64;
-            let id = self.span_id();
-            let mut attrs = self.chat_attrs(turn.service, model, None, conv_turn, planning);
-            attrs.push(KeyValue::new("error.type", error_type));
-            attrs.push(KeyValue::new("http.response.status_code", error_type.parse::<i64>().unwrap_or(0)));
-            let message = if error_type == "429" { "rate limit exceeded" } else { "upstream unavailable" };
-            turn.logs.push(LogPlan {
-                emitter: Emitter::Service(turn.service_ix),
-                span_id: id,
-                at_ns: start + took,
-                severity: Severity::Warn,
-                body: format!("{} {} call failed ({error_type} {message}); retrying", model.provider, model.request),
-                attributes: vec![KeyValue::new("error.type", error_type)],
-            });
-            turn.spans.push(SpanPlan {
-                emitter: Emitter::Service(turn.service_ix),
-                span_id: id,
-                parent: Some(parent),
-                remote_parent: false,
-                name: format!("chat {}", model.request),
-                kind: SpanKind::Client,
-                start_ns: start,
-                end_ns: start + took,
-                error: Some(message.to_string()),
-                attributes: attrs,
-                usage: Some(Usage {
-                    operation: "chat",
-                    provider: model.provider,
-                    request_model: model.request,
-                    response_model: model.response,
-                    input_tokens: 0,
-                    output_tokens: 0,
-                    error_type: Some(error_type),
-                }),
-            });
-            start += took + (self.rng.random_range(200.0..1500.0) * MS) as u64;
-        }
-
-        let (latency, ttft, stalled) = self.call_latency(model, output, &turn.cond);
-        let tokens = self.tokens(model, input, system_prompt, conv_turn, output);
-        let primary_id = self.span_id();
+    /// A `chat` call under the turn's root (with a retry after a rate limit, and a hedged copy when it is slow).
+    /// Returns the end of the answer that was used and its output tokens.
+    fn chat(&mut self, turn: &mut Turn, start: u64, model: &'static Model, input: u64, purpose: Purpose) -> (u64, u64) {
+        let output = match purpose {
+            Purpose::Planning => self.lognormal(180.0, 0.6) as u64 + 20,
+            Purpose::Answer => self.lognormal(350.0, 0.55) as u64 + 30,
+        };
+        let prompt = Prompt { input, output, purpose };
+        let start = self.failed_attempt(turn, start, model, purpose);
+        let (timing, stalled) = self.call_latency(model, start, output, &turn.cond);
+        let tokens = self.tokens(model, turn, prompt);
+        let primary = Attempt { id: self.span_id(), timing, tokens };
 
         // Hedge on time to first token: when no token has arrived after the service's threshold, a copy goes to a
         // second provider. Whichever starts answering first is used; the other is cancelled at that moment,
         // having consumed its prompt but produced nothing.
         let hedge = match turn.service.hedge_after_ms {
-            Some(after) if (ttft as f64) > after * MS => {
+            Some(after) if (timing.ttft as f64) > after * MS => {
                 let hedge_model = fleet::model(turn.service.hedge_to.0, turn.service.hedge_to.1);
-                let h_start = start + (after * MS) as u64;
-                let (h_latency, h_ttft, _) = self.call_latency(hedge_model, output, &turn.cond);
-                Some((hedge_model, h_start, h_latency, h_ttft))
+                Some(self.call_latency(hedge_model, start + (after * MS) as u64, output, &turn.cond).0)
             }
             _ => None,
         };
-        let Some((hedge_model, h_start, h_latency, h_ttft)) = hedge else {
+        let Some(copy) = hedge else {
             if stalled {
-                turn.logs.push(LogPlan {
-                    emitter: Emitter::Service(turn.service_ix),
-                    span_id: primary_id,
-                    at_ns: start + latency,
-                    severity: Severity::Warn,
-                    body: format!("slow {} call: {} ms", model.request, latency / 1_000_000),
-                    attributes: vec![KeyValue::new("gen_ai.provider.name", model.provider)],
-                });
+                turn.log(
+                    primary.id,
+                    start + timing.latency,
+                    Severity::Warn,
+                    format!("slow {} call: {} ms", model.request, timing.latency / 1_000_000),
+                    vec![KeyValue::new(key::GEN_AI_PROVIDER, model.provider)],
+                );
             }
-            let span = self.chat_span(
-                turn,
-                primary_id,
-                parent,
-                start,
-                latency,
-                Some(ttft),
-                model,
-                &tokens,
-                conv_turn,
-                planning,
-            );
+            let span = self.chat_span(turn, &primary, purpose, Outcome::Answered);
             turn.spans.push(span);
-            return (start + latency, output);
+            return (start + timing.latency, output);
         };
-
-        turn.hedges += 1;
-        let hedge_id = format!("hdg_{}", self.hex_id(8));
-        let primary_first = start + ttft;
-        let hedge_first = h_start + h_ttft;
-        let primary_won = primary_first <= hedge_first;
-        let cancel_at = primary_first.min(hedge_first) + (self.rng.random_range(3.0..40.0) * MS) as u64;
-        let hedge_tokens = self.tokens(hedge_model, input, system_prompt, conv_turn, output);
-        let h_id = self.span_id();
-        let copies = [
-            (primary_id, model, start, latency, ttft, tokens, primary_won),
-            (h_id, hedge_model, h_start, h_latency, h_ttft, hedge_tokens, !primary_won),
-        ];
-        let mut winner_end = 0;
-        for (id, m, s, lat, first, mut tok, won) in copies {
-            let span = if won {
-                winner_end = s + lat;
-                self.chat_span(turn, id, parent, s, lat, Some(first), m, &tok, conv_turn, planning)
-            } else {
-                tok.output = 0;
-                tok.reasoning = 0;
-                let mut span = self.chat_span(turn, id, parent, s, cancel_at - s, None, m, &tok, conv_turn, planning);
-                span.error = Some("cancelled: the hedged copy answered first".to_string());
-                span.attributes.push(KeyValue::new("error.type", "cancelled"));
-                if let Some(u) = span.usage.as_mut() {
-                    u.error_type = Some("cancelled");
-                }
-                span
-            };
-            let mut span = span;
-            span.attributes.push(KeyValue::new("hedge.id", hedge_id.clone()));
-            span.attributes.push(KeyValue::new("hedge.winner", won));
-            turn.spans.push(span);
-        }
-        let (winner, loser) = if primary_won { (model, hedge_model) } else { (hedge_model, model) };
-        turn.logs.push(LogPlan {
-            emitter: Emitter::Service(turn.service_ix),
-            span_id: primary_id,
-            at_ns: cancel_at,
-            severity: Severity::Info,
-            body: format!(
-                "hedged request {hedge_id}: {}/{} answered first, cancelled {}/{}",
-                winner.provider, winner.request, loser.provider, loser.request
-            ),
-            attributes: vec![KeyValue::new("hedge.id", hedge_id)],
-        });
-        (winner_end, output)
+        (self.hedged(turn, primary, copy, prompt), output)
     }
 
-    fn tokens(&mut self, model: &Model, input: u64, system_prompt: u64, conv_turn: u32, output: u64) -> Tokens {
+    /// Rate limits and upstream errors: now and then the first attempt of a call fails, and the agent retries
+    /// once after a back-off. Returns when the attempt that goes through starts.
+    fn failed_attempt(&mut self, turn: &mut Turn, start: u64, model: &'static Model, purpose: Purpose) -> u64 {
+        let (_, _, err_factor) = turn.cond.degradation(model.hosted_in);
+        if !self.rng.random_bool((0.012 * err_factor).min(0.5)) {
+            return start;
+        }
+        let error_type = if self.rng.random_bool(0.7) { "429" } else { "503" };
+        let took = (self.lognormal(120.0, 0.5) * MS) as u64;
+        let id = self.span_id();
+        let message = if error_type == "429" { "rate limit exceeded" } else { "upstream unavailable" };
+        turn.log(
+            id,
+            start + took,
+            Severity::Warn,
+            format!("{} {} call failed ({error_type} {message}); retrying", model.provider, model.request),
+            vec![KeyValue::new(key::ERROR_TYPE, error_type)],
+        );
+        // Without the conversation id, as the fleet has always sent its failed attempts.
+        let call = turn.chat_call(model, purpose).error(error_type);
+        let mut span = turn.span(id, turn.root_id, call.span_name(), SpanKind::Client, start..start + took);
+        span.attributes = call.attributes();
+        span.attributes.push(KeyValue::new("http.response.status_code", error_type.parse::<i64>().unwrap_or(0)));
+        span.error = Some(message.to_string());
+        span.usage = Some(call.usage());
+        turn.spans.push(span);
+        start + took + self.pause(200.0..1500.0)
+    }
+
+    /// Both copies of a hedged call: the one whose first token came first answers, the other is cancelled a few
+    /// ms later. Returns the end of the answer.
+    fn hedged(&mut self, turn: &mut Turn, primary: Attempt, copy: Timing, prompt: Prompt) -> u64 {
+        turn.hedges += 1;
+        let hedge_id = format!("hdg_{}", self.hex_id(8));
+        let primary_first = primary.timing.start + primary.timing.ttft;
+        let hedge_first = copy.start + copy.ttft;
+        let primary_won = primary_first <= hedge_first;
+        let cancel_at = primary_first.min(hedge_first) + self.pause(3.0..40.0);
+        let tokens = self.tokens(copy.model, turn, prompt);
+        let hedge = Attempt { id: self.span_id(), timing: copy, tokens };
+        for (attempt, won) in [(&primary, primary_won), (&hedge, !primary_won)] {
+            let outcome = if won { Outcome::Answered } else { Outcome::Cancelled(cancel_at) };
+            let mut span = self.chat_span(turn, attempt, prompt.purpose, outcome);
+            span.attributes.push(KeyValue::new(key::HEDGE_ID, hedge_id.clone()));
+            span.attributes.push(KeyValue::new(key::HEDGE_WINNER, won));
+            turn.spans.push(span);
+        }
+        let (winner, loser) = if primary_won { (&primary, &hedge) } else { (&hedge, &primary) };
+        let (w, l) = (winner.timing.model, loser.timing.model);
+        turn.log(
+            primary.id,
+            cancel_at,
+            Severity::Info,
+            format!(
+                "hedged request {hedge_id}: {}/{} answered first, cancelled {}/{}",
+                w.provider, w.request, l.provider, l.request
+            ),
+            vec![KeyValue::new(key::HEDGE_ID, hedge_id)],
+        );
+        winner.timing.start + winner.timing.latency
+    }
+
+    fn tokens(&mut self, model: &Model, turn: &Turn, prompt: Prompt) -> Tokens {
+        let (input, system_prompt) = (prompt.input, turn.system_prompt);
         // Cached prefix: the system prompt (shared by every conversation of the agent) and, after the first
         // turn, most of the history. Providers without prompt caching report none.
         let cache_read = if !model.caches {
             0
-        } else if conv_turn == 0 {
+        } else if turn.conv_turn == 0 {
             if self.rng.random_bool(0.7) { system_prompt } else { 0 }
         } else {
             ((input - system_prompt) as f64 * self.rng.random_range(0.5..0.9)) as u64 + system_prompt
@@ -574,111 +464,38 @@ impl Generator {
         } else {
             0
         };
-        let reasoning = (output as f64 * model.reasoning_share * self.rng.random_range(1.0..3.0)) as u64;
-        Tokens { input, output: output + reasoning, cache_read, cache_creation, reasoning }
+        let reasoning = (prompt.output as f64 * model.reasoning_share * self.rng.random_range(1.0..3.0)) as u64;
+        Tokens { input, output: prompt.output + reasoning, cache_read, cache_creation, reasoning }
     }
 
-    fn chat_attrs(
-        &mut self,
-        service: &Service,
-        model: &Model,
-        tokens: Option<&Tokens>,
-        conv_turn: u32,
-        planning: bool,
-    ) -> Vec<KeyValue> {
-        let mut a = Vec::with_capacity(20);
-        a.push(KeyValue::new("gen_ai.operation.name", "chat"));
-        a.push(provider_attr(service, model.provider));
-        a.push(KeyValue::new("gen_ai.request.model", model.request));
-        a.push(KeyValue::new("gen_ai.request.max_tokens", if planning { 1024_i64 } else { 4096 }));
-        a.push(KeyValue::new("gen_ai.request.temperature", if planning { 0.2 } else { 0.7 }));
-        a.push(KeyValue::new("server.address", model.server));
-        a.push(KeyValue::new("server.port", 443_i64));
-        a.push(KeyValue::new("gen_ai.agent.name", service.agent));
-        a.push(KeyValue::new("gen_ai.conversation.turn", conv_turn as i64 + 1));
-        if let Some(t) = tokens {
-            a.push(KeyValue::new("gen_ai.response.model", model.response));
-            a.push(KeyValue::new("gen_ai.response.id", format!("resp_{}", self.hex_id(10))));
-            let finish = if planning { "tool_calls" } else { "stop" };
-            a.push(KeyValue::new(
-                "gen_ai.response.finish_reasons",
-                Value::Array(Array::String(vec![StringValue::from(finish)])),
-            ));
-            if service.legacy_names {
-                a.push(KeyValue::new("gen_ai.usage.prompt_tokens", t.input as i64));
-                a.push(KeyValue::new("gen_ai.usage.completion_tokens", t.output as i64));
-                if model.caches {
-                    // OpenLLMetry's name, from before the conventions had one.
-                    a.push(KeyValue::new("gen_ai.usage.cache_read_input_tokens", t.cache_read as i64));
-                }
-            } else {
-                a.push(KeyValue::new("gen_ai.usage.input_tokens", t.input as i64));
-                a.push(KeyValue::new("gen_ai.usage.output_tokens", t.output as i64));
-                if model.caches {
-                    a.push(KeyValue::new("gen_ai.usage.cache_read.input_tokens", t.cache_read as i64));
-                }
-                if t.cache_creation > 0 {
-                    a.push(KeyValue::new("gen_ai.usage.cache_creation.input_tokens", t.cache_creation as i64));
-                }
-                if t.reasoning > 0 {
-                    a.push(KeyValue::new("gen_ai.usage.reasoning.output_tokens", t.reasoning as i64));
-                }
+    /// The client span of one copy of a chat call.
+    fn chat_span(&mut self, turn: &Turn, attempt: &Attempt, purpose: Purpose, outcome: Outcome) -> SpanPlan {
+        let t = attempt.timing;
+        let response_id = format!("resp_{}", self.hex_id(10));
+        let call = turn.chat_call(t.model, purpose).conversation(&turn.session_id);
+        let (call, end, error) = match outcome {
+            Outcome::Answered => (
+                call.response(response_id, purpose.finish_reason(), attempt.tokens)
+                    .time_to_first_chunk(t.ttft as f64 / 1e9),
+                t.start + t.latency,
+                None,
+            ),
+            Outcome::Cancelled(at) => {
+                // The prompt was consumed; nothing came out.
+                let tokens = Tokens { output: 0, reasoning: 0, ..attempt.tokens };
+                let call = call.response(response_id, purpose.finish_reason(), tokens).error("cancelled");
+                (call, at, Some("cancelled: the hedged copy answered first".to_string()))
             }
-        }
-        a
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn chat_span(
-        &mut self,
-        turn: &Turn,
-        id: u64,
-        parent: u64,
-        start: u64,
-        latency: u64,
-        ttft: Option<u64>,
-        model: &'static Model,
-        tokens: &Tokens,
-        conv_turn: u32,
-        planning: bool,
-    ) -> SpanPlan {
-        let mut attrs = self.chat_attrs(turn.service, model, Some(tokens), conv_turn, planning);
-        attrs.push(session_attr(turn.service, &turn.session_id));
-        if let Some(ttft) = ttft {
-            attrs.push(KeyValue::new("gen_ai.response.time_to_first_chunk", ttft as f64 / 1e9));
-        }
-        if let Some(dest) = model.hosted_in {
-            // A cloud-hosted model: the span names where the call went, and its payload sizes (egress).
-            attrs.push(KeyValue::new("cloud.provider", dest.cloud));
-            attrs.push(KeyValue::new("cloud.region", dest.region));
-            attrs.push(KeyValue::new("http.request.body.size", (tokens.input * 4 + 600) as i64));
-            attrs.push(KeyValue::new("http.response.body.size", (tokens.output * 5 + 400) as i64));
-        }
-        SpanPlan {
-            emitter: Emitter::Service(turn.service_ix),
-            span_id: id,
-            parent: Some(parent),
-            remote_parent: false,
-            name: format!("chat {}", model.request),
-            kind: SpanKind::Client,
-            start_ns: start,
-            end_ns: start + latency,
-            error: None,
-            attributes: attrs,
-            usage: Some(Usage {
-                operation: "chat",
-                provider: model.provider,
-                request_model: model.request,
-                response_model: model.response,
-                input_tokens: tokens.input,
-                output_tokens: tokens.output,
-                error_type: None,
-            }),
-        }
+        };
+        let mut span = turn.span(attempt.id, turn.root_id, call.span_name(), SpanKind::Client, t.start..end);
+        span.attributes = call.attributes();
+        span.usage = Some(call.usage());
+        span.error = error;
+        span
     }
 
     /// `execute_tool`: returns the tokens its result adds to the context.
-    fn tool_step(&mut self, turn: &mut Turn, parent: u64, cursor: &mut u64) -> u64 {
+    fn tool_step(&mut self, turn: &mut Turn, cursor: &mut u64) -> u64 {
         let name = turn.service.tools[self.rng.random_range(0..turn.service.tools.len())];
         let tool = fleet::tool(name);
         let (factor, stall_p, err_factor) = turn.cond.degradation(Some(turn.service.place));
@@ -690,145 +507,67 @@ impl Generator {
         let failed =
             stalled && self.rng.random_bool(0.3) || self.rng.random_bool((tool.error_rate * err_factor).min(0.5));
         let id = self.span_id();
-        let mut attrs = vec![
-            KeyValue::new("gen_ai.operation.name", "execute_tool"),
-            KeyValue::new("gen_ai.tool.name", tool.name),
-            KeyValue::new("gen_ai.tool.type", tool.kind),
-            KeyValue::new("gen_ai.tool.call.id", format!("call_{}", self.hex_id(12))),
-            KeyValue::new("gen_ai.agent.name", turn.service.agent),
-            session_attr(turn.service, &turn.session_id),
-        ];
-        let error = if failed {
-            let error_type = if stalled { "timeout" } else { "ToolExecutionError" };
-            attrs.push(KeyValue::new("error.type", error_type));
-            turn.logs.push(LogPlan {
-                emitter: Emitter::Service(turn.service_ix),
-                span_id: id,
-                at_ns: *cursor + (ms * MS) as u64,
-                severity: Severity::Error,
-                body: format!("tool {} failed: {error_type}", tool.name),
-                attributes: vec![KeyValue::new("gen_ai.tool.name", tool.name), KeyValue::new("error.type", error_type)],
-            });
-            Some(format!("tool {} failed: {error_type}", tool.name))
-        } else {
-            None
-        };
+        let mut call = turn.tool_call(tool.name, tool.kind, format!("call_{}", self.hex_id(12)));
         let start = *cursor;
         *cursor += (ms * MS) as u64;
-        turn.spans.push(SpanPlan {
-            emitter: Emitter::Service(turn.service_ix),
-            span_id: id,
-            parent: Some(parent),
-            remote_parent: false,
-            name: format!("execute_tool {}", tool.name),
-            kind: SpanKind::Internal,
-            start_ns: start,
-            end_ns: *cursor,
-            error,
-            attributes: attrs,
-            usage: None,
+        let error = failed.then(|| {
+            let error_type = if stalled { "timeout" } else { "ToolExecutionError" };
+            call = call.clone().error(error_type);
+            turn.log(
+                id,
+                *cursor,
+                Severity::Error,
+                format!("tool {} failed: {error_type}", tool.name),
+                vec![KeyValue::new(key::TOOL_NAME, tool.name), KeyValue::new(key::ERROR_TYPE, error_type)],
+            );
+            format!("tool {} failed: {error_type}", tool.name)
         });
+        let mut span = turn.span(id, turn.root_id, call.span_name(), SpanKind::Internal, start..*cursor);
+        span.attributes = call.attributes();
+        span.error = error;
+        turn.spans.push(span);
         self.lognormal(400.0, 0.8) as u64
     }
 
     /// Memory search: an `execute_tool memory_search` span with an embeddings call and a vector-store query
     /// under it. Returns the tokens the memories add.
-    fn memory_step(&mut self, turn: &mut Turn, parent: u64, cursor: &mut u64) -> u64 {
+    fn memory_step(&mut self, turn: &mut Turn, cursor: &mut u64) -> u64 {
         let store = fleet::MEMORY[turn.service.memory];
-        let backend_ix = backend_index(&store);
         let tool_id = self.span_id();
         let start = *cursor;
-        let mut t = start + (self.rng.random_range(0.2..1.5) * MS) as u64;
+        let mut t = start + self.pause(0.2..1.5);
 
         // Embed the query.
         let emb = fleet::model("openai", "text-embedding-3-small");
-        let (emb_latency, _, _) = self.call_latency(emb, 0, &turn.cond);
+        let (emb_timing, _) = self.call_latency(emb, t, 0, &turn.cond);
         let emb_tokens = 12 + self.rng.random_range(0..200u64);
         let emb_id = self.span_id();
-        turn.spans.push(SpanPlan {
-            emitter: Emitter::Service(turn.service_ix),
-            span_id: emb_id,
-            parent: Some(tool_id),
-            remote_parent: false,
-            name: format!("embeddings {}", emb.request),
-            kind: SpanKind::Client,
-            start_ns: t,
-            end_ns: t + emb_latency,
-            error: None,
-            attributes: vec![
-                KeyValue::new("gen_ai.operation.name", "embeddings"),
-                provider_attr(turn.service, emb.provider),
-                KeyValue::new("gen_ai.request.model", emb.request),
-                KeyValue::new("gen_ai.response.model", emb.response),
-                if turn.service.legacy_names {
-                    KeyValue::new("gen_ai.usage.prompt_tokens", emb_tokens as i64)
-                } else {
-                    KeyValue::new("gen_ai.usage.input_tokens", emb_tokens as i64)
-                },
-                KeyValue::new("gen_ai.embeddings.dimension.count", 1536_i64),
-                KeyValue::new("server.address", emb.server),
-                session_attr(turn.service, &turn.session_id),
-            ],
-            usage: Some(Usage {
-                operation: "embeddings",
-                provider: emb.provider,
-                request_model: emb.request,
-                response_model: emb.response,
-                input_tokens: emb_tokens,
-                output_tokens: 0,
-                error_type: None,
-            }),
-        });
-        t += emb_latency + (self.rng.random_range(0.1..1.0) * MS) as u64;
+        let span = turn.embeddings_span(emb_id, tool_id, &emb_timing, emb_tokens);
+        turn.spans.push(span);
+        t += emb_timing.latency + self.pause(0.1..1.0);
 
         // Query the vector store (a call to another service, often in another region or cloud).
-        let (q_end, response_bytes) = self.remote_call(turn, tool_id, t, &store, backend_ix, RemoteKind::VectorSearch);
-        let end = q_end + (self.rng.random_range(0.1..1.0) * MS) as u64;
-        turn.spans.push(SpanPlan {
-            emitter: Emitter::Service(turn.service_ix),
-            span_id: tool_id,
-            parent: Some(parent),
-            remote_parent: false,
-            name: "execute_tool memory_search".to_string(),
-            kind: SpanKind::Internal,
-            start_ns: start,
-            end_ns: end,
-            error: None,
-            attributes: vec![
-                KeyValue::new("gen_ai.operation.name", "execute_tool"),
-                KeyValue::new("gen_ai.tool.name", "memory_search"),
-                KeyValue::new("gen_ai.tool.type", "datastore"),
-                KeyValue::new("gen_ai.tool.call.id", format!("call_{}", self.hex_id(12))),
-                KeyValue::new("gen_ai.agent.name", turn.service.agent),
-                session_attr(turn.service, &turn.session_id),
-            ],
-            usage: None,
-        });
+        let (q_end, response_bytes) = self.remote_call(turn, tool_id, t, &store, RemoteKind::VectorSearch);
+        let end = q_end + self.pause(0.1..1.0);
+        let call = turn.tool_call("memory_search", "datastore", format!("call_{}", self.hex_id(12)));
+        let mut span = turn.span(tool_id, turn.root_id, call.span_name(), SpanKind::Internal, start..end);
+        span.attributes = call.attributes();
+        turn.spans.push(span);
         *cursor = end;
         response_bytes / 6
     }
 
     /// Retrieval from a document store: a client span (with the destination's cloud and the body sizes) and the
     /// store's own server span. Returns the tokens the documents add.
-    fn retrieval_step(&mut self, turn: &mut Turn, parent: u64, cursor: &mut u64) -> u64 {
+    fn retrieval_step(&mut self, turn: &mut Turn, cursor: &mut u64) -> u64 {
         let store = fleet::RETRIEVAL[turn.service.retrieval];
-        let backend_ix = backend_index(&store);
-        let (end, response_bytes) = self.remote_call(turn, parent, *cursor, &store, backend_ix, RemoteKind::Retrieval);
+        let (end, response_bytes) = self.remote_call(turn, turn.root_id, *cursor, &store, RemoteKind::Retrieval);
         *cursor = end;
         (response_bytes / 8).min(24_000)
     }
 
-    /// A call from the agent to a backend service: the client span in the agent, the server span in the backend.
-    /// Returns the end of the client span and the response size.
-    fn remote_call(
-        &mut self,
-        turn: &mut Turn,
-        parent: u64,
-        start: u64,
-        store: &Backend,
-        backend_ix: usize,
-        kind: RemoteKind,
-    ) -> (u64, u64) {
+    /// How one request to a backend goes: round trip, sizes, server time, transfer and failure.
+    fn exchange(&mut self, turn: &Turn, store: &Backend, kind: RemoteKind) -> Exchange {
         let from = turn.service.place;
         let rtt_ms = if from == store.place {
             1.2
@@ -848,18 +587,161 @@ impl Generator {
         let mb_per_s = if from.cloud == store.place.cloud { 200.0 } else { 40.0 };
         let transfer_ms = response_bytes as f64 / (mb_per_s * 1_000_000.0) * 1000.0;
         let failed = self.rng.random_bool((0.004 * err_factor).min(0.5));
+        Exchange {
+            half_rtt: (rtt_ms / 2.0 * MS) as u64,
+            server: (server_ms * MS) as u64,
+            transfer: (transfer_ms * MS) as u64,
+            request_bytes,
+            response_bytes,
+            failed,
+        }
+    }
+
+    /// A call from the agent to a backend service: the client span in the agent, the server span in the backend.
+    /// Returns the end of the client span and the response size.
+    fn remote_call(
+        &mut self,
+        turn: &mut Turn,
+        parent: u64,
+        start: u64,
+        store: &Backend,
+        kind: RemoteKind,
+    ) -> (u64, u64) {
+        let x = self.exchange(turn, store, kind);
         let client_id = self.span_id();
         let server_id = self.span_id();
-        let half_rtt = (rtt_ms / 2.0 * MS) as u64;
-        let server_start = start + half_rtt;
-        let server_end = server_start + (server_ms * MS) as u64;
-        let client_end = server_end + half_rtt + (transfer_ms * MS) as u64;
-        let (name, route, op_attrs) = match kind {
+        let server_start = start + x.half_rtt;
+        let server_end = server_start + x.server;
+        let client_end = server_end + x.half_rtt + x.transfer;
+        let (name, route, op_attrs) = kind.operation(store);
+        let status: i64 = if x.failed { 503 } else { 200 };
+        let response_size = if x.failed { 120 } else { x.response_bytes as i64 };
+        let mut client = turn.span(client_id, parent, name, SpanKind::Client, start..client_end);
+        client.attributes = op_attrs.clone();
+        client.attributes.extend([
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("url.full", format!("https://{}{}", store.server, route.replace("{name}", store.source))),
+            KeyValue::new(key::SERVER_ADDRESS, store.server),
+            KeyValue::new("server.port", 443_i64),
+            KeyValue::new("http.response.status_code", status),
+            KeyValue::new(key::REQUEST_BODY_SIZE, x.request_bytes as i64),
+            KeyValue::new(key::RESPONSE_BODY_SIZE, response_size),
+            // The destination, on the span itself: the resource says where the caller runs.
+            KeyValue::new(key::PEER_CLOUD_PROVIDER, store.place.cloud),
+            KeyValue::new(key::PEER_CLOUD_REGION, store.place.region),
+            turn.service.names.conversation(&turn.session_id),
+        ]);
+        let mut server =
+            turn.span(server_id, client_id, format!("POST {route}"), SpanKind::Server, server_start..server_end);
+        server.emitter = Emitter::Backend(backend_index(store));
+        server.remote_parent = true;
+        server.attributes = op_attrs;
+        server.attributes.extend([
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("http.route", route),
+            KeyValue::new("http.response.status_code", status),
+            KeyValue::new(key::REQUEST_BODY_SIZE, x.request_bytes as i64),
+            KeyValue::new(key::RESPONSE_BODY_SIZE, response_size),
+            KeyValue::new("client.address", format!("{}.{}.acme.dev", turn.service.name, turn.service.place.region)),
+        ]);
+        if x.failed {
+            client.attributes.push(KeyValue::new(key::ERROR_TYPE, "503"));
+            server.attributes.push(KeyValue::new(key::ERROR_TYPE, "503"));
+            client.error = Some("503 Service Unavailable".to_string());
+            server.error = client.error.clone();
+            turn.log(
+                client_id,
+                client_end,
+                Severity::Error,
+                format!("{} answered 503 from {}", store.server, store.place.region),
+                vec![KeyValue::new(key::ERROR_TYPE, "503")],
+            );
+        }
+        turn.spans.push(client);
+        turn.spans.push(server);
+        (client_end, x.response_bytes)
+    }
+}
+
+/// What a chat call is for: planning the next step (it ends in tool calls) or answering the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Planning,
+    Answer,
+}
+
+impl Purpose {
+    fn max_tokens(self) -> i64 {
+        match self {
+            Purpose::Planning => 1024,
+            Purpose::Answer => 4096,
+        }
+    }
+
+    fn temperature(self) -> f64 {
+        match self {
+            Purpose::Planning => 0.2,
+            Purpose::Answer => 0.7,
+        }
+    }
+
+    fn finish_reason(self) -> &'static str {
+        match self {
+            Purpose::Planning => "tool_calls",
+            Purpose::Answer => "stop",
+        }
+    }
+}
+
+/// One chat request: its prompt's size, the answer's length and what it is for.
+#[derive(Debug, Clone, Copy)]
+struct Prompt {
+    input: u64,
+    output: u64,
+    purpose: Purpose,
+}
+
+/// When one copy of a chat call ran, in ns from the turn's start.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    model: &'static Model,
+    start: u64,
+    latency: u64,
+    /// Time to first token.
+    ttft: u64,
+}
+
+/// One copy of a chat call: its span id, timing and token usage.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    id: u64,
+    timing: Timing,
+    tokens: Tokens,
+}
+
+/// How a copy of a chat call ended.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Answered,
+    /// Cancelled at this time (ns from the turn's start) because the other copy answered first.
+    Cancelled(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RemoteKind {
+    Retrieval,
+    VectorSearch,
+}
+
+impl RemoteKind {
+    /// The client span's name, the server's route, and the attributes the client and server spans share.
+    fn operation(self, store: &Backend) -> (String, &'static str, Vec<KeyValue>) {
+        match self {
             RemoteKind::Retrieval => (
                 format!("retrieval {}", store.source),
                 "/v1/search",
                 vec![
-                    KeyValue::new("gen_ai.operation.name", "retrieval"),
+                    KeyValue::new(key::GEN_AI_OPERATION, "retrieval"),
                     KeyValue::new("gen_ai.data_source.id", store.source),
                 ],
             ),
@@ -872,94 +754,19 @@ impl Generator {
                     KeyValue::new("db.collection.name", store.source),
                 ],
             ),
-        };
-        let status: i64 = if failed { 503 } else { 200 };
-        let mut attrs = op_attrs.clone();
-        attrs.extend([
-            KeyValue::new("http.request.method", "POST"),
-            KeyValue::new("url.full", format!("https://{}{}", store.server, route.replace("{name}", store.source))),
-            KeyValue::new("server.address", store.server),
-            KeyValue::new("server.port", 443_i64),
-            KeyValue::new("http.response.status_code", status),
-            KeyValue::new("http.request.body.size", request_bytes as i64),
-            KeyValue::new("http.response.body.size", if failed { 120 } else { response_bytes as i64 }),
-            // The destination, on the span itself: the resource says where the caller runs.
-            KeyValue::new("cloud.provider", store.place.cloud),
-            KeyValue::new("cloud.region", store.place.region),
-            session_attr(turn.service, &turn.session_id),
-        ]);
-        let error = if failed {
-            attrs.push(KeyValue::new("error.type", "503"));
-            turn.logs.push(LogPlan {
-                emitter: Emitter::Service(turn.service_ix),
-                span_id: client_id,
-                at_ns: client_end,
-                severity: Severity::Error,
-                body: format!("{} answered 503 from {}", store.server, store.place.region),
-                attributes: vec![KeyValue::new("error.type", "503")],
-            });
-            Some("503 Service Unavailable".to_string())
-        } else {
-            None
-        };
-        turn.spans.push(SpanPlan {
-            emitter: Emitter::Service(turn.service_ix),
-            span_id: client_id,
-            parent: Some(parent),
-            remote_parent: false,
-            name,
-            kind: SpanKind::Client,
-            start_ns: start,
-            end_ns: client_end,
-            error: error.clone(),
-            attributes: attrs,
-            usage: None,
-        });
-        let mut server_attrs = op_attrs;
-        server_attrs.extend([
-            KeyValue::new("http.request.method", "POST"),
-            KeyValue::new("http.route", route),
-            KeyValue::new("http.response.status_code", status),
-            KeyValue::new("http.request.body.size", request_bytes as i64),
-            KeyValue::new("http.response.body.size", if failed { 120 } else { response_bytes as i64 }),
-            KeyValue::new("client.address", format!("{}.{}.acme.dev", turn.service.name, from.region)),
-        ]);
-        if failed {
-            server_attrs.push(KeyValue::new("error.type", "503"));
         }
-        turn.spans.push(SpanPlan {
-            emitter: Emitter::Backend(backend_ix),
-            span_id: server_id,
-            parent: Some(client_id),
-            remote_parent: true,
-            name: format!("POST {route}"),
-            kind: SpanKind::Server,
-            start_ns: server_start,
-            end_ns: server_end,
-            error,
-            attributes: server_attrs,
-            usage: None,
-        });
-        (client_end, response_bytes)
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RemoteKind {
-    Retrieval,
-    VectorSearch,
-}
-
-/// Token counts of one call, as the provider reports them.
+/// One request to a backend, times in ns.
 #[derive(Debug, Clone, Copy)]
-struct Tokens {
-    /// Including cached.
-    input: u64,
-    /// Including reasoning.
-    output: u64,
-    cache_read: u64,
-    cache_creation: u64,
-    reasoning: u64,
+struct Exchange {
+    half_rtt: u64,
+    server: u64,
+    transfer: u64,
+    request_bytes: u64,
+    response_bytes: u64,
+    failed: bool,
 }
 
 /// The turn being built.
@@ -967,10 +774,133 @@ struct Turn {
     service_ix: usize,
     service: &'static Service,
     session_id: String,
+    /// The conversation's turn, from 0.
+    conv_turn: u32,
+    root_id: u64,
+    /// Tokens of the agent's system prompt, the cacheable prefix of every prompt.
+    system_prompt: u64,
     spans: Vec<SpanPlan>,
     logs: Vec<LogPlan>,
     hedges: u32,
     cond: Conditions,
+}
+
+impl Turn {
+    /// A span of the turn's agent service, without attributes yet.
+    fn span(&self, id: u64, parent: u64, name: String, kind: SpanKind, time: Range<u64>) -> SpanPlan {
+        SpanPlan {
+            emitter: Emitter::Service(self.service_ix),
+            span_id: id,
+            parent: Some(parent),
+            remote_parent: false,
+            name,
+            kind,
+            start_ns: time.start,
+            end_ns: time.end,
+            error: None,
+            attributes: Vec::new(),
+            usage: None,
+        }
+    }
+
+    /// A log record of the turn's agent service, in span `span_id`.
+    fn log(&mut self, span_id: u64, at_ns: u64, severity: Severity, body: String, attributes: Vec<KeyValue>) {
+        self.logs.push(LogPlan {
+            emitter: Emitter::Service(self.service_ix),
+            span_id,
+            at_ns,
+            severity,
+            body,
+            attributes,
+        });
+    }
+
+    /// A chat call by this turn's agent, before its outcome is known.
+    fn chat_call(&self, model: &'static Model, purpose: Purpose) -> ChatCall {
+        ChatCall::new(model)
+            .names(self.service.names)
+            .agent(self.service.agent)
+            .turn(self.conv_turn + 1)
+            .request(purpose.max_tokens(), purpose.temperature())
+    }
+
+    /// A tool call by this turn's agent.
+    fn tool_call(&self, name: &'static str, kind: &'static str, call_id: String) -> ToolCall {
+        ToolCall::new(name, kind, call_id)
+            .names(self.service.names)
+            .conversation(&self.session_id)
+            .agent(self.service.agent)
+    }
+
+    /// The embeddings call of a memory search.
+    fn embeddings_span(&self, id: u64, parent: u64, timing: &Timing, tokens: u64) -> SpanPlan {
+        let model = timing.model;
+        let names = self.service.names;
+        let name = format!("embeddings {}", model.request);
+        let mut span = self.span(id, parent, name, SpanKind::Client, timing.start..timing.start + timing.latency);
+        span.attributes = vec![
+            KeyValue::new(key::GEN_AI_OPERATION, "embeddings"),
+            names.provider(model.provider),
+            KeyValue::new(key::REQUEST_MODEL, model.request),
+            KeyValue::new(key::RESPONSE_MODEL, model.response),
+            names.input_tokens(tokens),
+            KeyValue::new("gen_ai.embeddings.dimension.count", 1536_i64),
+            KeyValue::new(key::SERVER_ADDRESS, model.server),
+            names.conversation(&self.session_id),
+        ];
+        span.usage = Some(Usage {
+            operation: "embeddings",
+            provider: model.provider,
+            request_model: model.request,
+            response_model: model.response,
+            input_tokens: tokens,
+            output_tokens: 0,
+            error_type: None,
+        });
+        span
+    }
+
+    /// Puts the `invoke_agent` root, ending at `end`, before the turn's other spans, and logs the turn's end.
+    fn close(&mut self, model: &'static Model, end: u64, steps: usize, context: u64) {
+        let errors_in_children = self.spans.iter().filter(|s| s.error.is_some()).count();
+        let service = self.service;
+        let root = AgentTurn::new(service.agent, format!("{}-{}", service.agent, service.place.region))
+            .names(service.names)
+            .conversation(&self.session_id)
+            .model(model)
+            .turn(self.conv_turn + 1);
+        let mut span = self.span(self.root_id, 0, root.span_name(), SpanKind::Internal, 0..end);
+        // The root has no parent.
+        span.parent = None;
+        span.attributes = root.attributes();
+        self.spans.insert(0, span);
+        self.log(
+            self.root_id,
+            end,
+            Severity::Info,
+            format!(
+                "agent turn {} of conversation {} done: {} steps, {} context tokens, {} errors",
+                self.conv_turn + 1,
+                self.session_id,
+                steps,
+                context,
+                errors_in_children
+            ),
+            vec![KeyValue::new(key::AGENT_NAME, service.agent), KeyValue::new("event.name", "agent.turn.completed")],
+        );
+    }
+
+    fn into_plan(self, trace_id: u128, new_session: bool) -> TracePlan {
+        TracePlan {
+            trace_id,
+            new_session,
+            duration_ns: self.spans.iter().map(|s| s.end_ns).max().unwrap_or_default(),
+            hedges: self.hedges,
+            errors: self.spans.iter().filter(|s| s.error.is_some()).count() as u32,
+            spans: self.spans,
+            logs: self.logs,
+        }
+    }
 }
 
 fn backend_index(b: &Backend) -> usize {
@@ -980,26 +910,10 @@ fn backend_index(b: &Backend) -> usize {
         .expect("every backend is in fleet::backends()")
 }
 
-/// `gen_ai.provider.name`, or the deprecated `gen_ai.system` for services on the old conventions.
-fn provider_attr(service: &Service, provider: &'static str) -> KeyValue {
-    if service.legacy_names {
-        KeyValue::new("gen_ai.system", provider)
-    } else {
-        KeyValue::new("gen_ai.provider.name", provider)
-    }
-}
-
-/// `gen_ai.conversation.id`, or the generic `session.id` that older instrumentations set.
-fn session_attr(service: &Service, id: &str) -> KeyValue {
-    if service.legacy_names {
-        KeyValue::new("session.id", id.to_string())
-    } else {
-        KeyValue::new("gen_ai.conversation.id", id.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use opentelemetry::Value;
+
     use super::*;
 
     fn attr<'a>(s: &'a SpanPlan, key: &str) -> Option<&'a Value> {
