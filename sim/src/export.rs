@@ -63,27 +63,42 @@ impl IdGenerator for PlannedIds {
     }
 }
 
-/// Runs an exporter's futures on the tokio runtime.
+/// An SDK exporter whose exports run on a tokio runtime: the shim every OTLP exporter of the official SDK needs
+/// when its provider exports from the SDK's own threads (the simulated fleet's pipelines, the integration tests'
+/// providers).
 ///
 /// The SDK's batch processors and periodic reader export from their own threads with a plain executor, but the
 /// OTLP clients (tonic, async reqwest) need a tokio reactor and timers: this enters the runtime for each export.
-/// It also counts what each export delivered, so export failures are visible to the user of `simulate`.
+/// With [`OnRuntime::counting`] it also counts what each export delivered, so export failures are visible to the
+/// user of `simulate`.
 #[derive(Debug)]
-struct OnRuntime<E> {
+pub struct OnRuntime<E> {
     inner: E,
     handle: Handle,
-    counters: Arc<SignalCounters>,
+    counters: Option<Arc<SignalCounters>>,
 }
 
 impl<E> OnRuntime<E> {
+    /// `inner`, exporting on the runtime of `handle`.
+    pub fn new(inner: E, handle: Handle) -> OnRuntime<E> {
+        OnRuntime { inner, handle, counters: None }
+    }
+
+    /// Counts every export's items in `counters`: delivered, or failed with the latest error.
+    pub fn counting(mut self, counters: Arc<SignalCounters>) -> OnRuntime<E> {
+        self.counters = Some(counters);
+        self
+    }
+
     fn record(&self, items: u64, result: OTelSdkResult) -> OTelSdkResult {
+        let Some(counters) = &self.counters else { return result };
         match &result {
             Ok(()) => {
-                self.counters.exported.fetch_add(items, Ordering::Relaxed);
+                counters.exported.fetch_add(items, Ordering::Relaxed);
             }
             Err(e) => {
-                self.counters.failed.fetch_add(items, Ordering::Relaxed);
-                *self.counters.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                counters.failed.fetch_add(items, Ordering::Relaxed);
+                *counters.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
             }
         }
         result
@@ -381,19 +396,16 @@ fn pipeline(
                 .map_err(|e| build_err("log exporter", e))?,
         ),
     };
-    let span_processor = BatchSpanProcessor::builder(OnRuntime {
-        inner: spans,
-        handle: handle.clone(),
-        counters: counters.spans.clone(),
-    })
-    .with_batch_config(
-        BatchConfigBuilder::default()
-            .with_max_queue_size(target.queue_size)
-            .with_max_export_batch_size(512)
-            .with_scheduled_delay(target.batch_delay)
-            .build(),
-    )
-    .build();
+    let span_processor =
+        BatchSpanProcessor::builder(OnRuntime::new(spans, handle.clone()).counting(counters.spans.clone()))
+            .with_batch_config(
+                BatchConfigBuilder::default()
+                    .with_max_queue_size(target.queue_size)
+                    .with_max_export_batch_size(512)
+                    .with_scheduled_delay(target.batch_delay)
+                    .build(),
+            )
+            .build();
     let tracer_provider = SdkTracerProvider::builder()
         .with_span_processor(span_processor)
         .with_id_generator(PlannedIds::default())
@@ -401,13 +413,9 @@ fn pipeline(
         .build();
     let tracer = tracer_provider.tracer_with_scope(scope.clone());
 
-    let reader = PeriodicReader::builder(OnRuntime {
-        inner: metrics,
-        handle: handle.clone(),
-        counters: counters.metrics.clone(),
-    })
-    .with_interval(target.metric_interval)
-    .build();
+    let reader = PeriodicReader::builder(OnRuntime::new(metrics, handle.clone()).counting(counters.metrics.clone()))
+        .with_interval(target.metric_interval)
+        .build();
     let meter_provider = SdkMeterProvider::builder().with_reader(reader).with_resource(resource.clone()).build();
     let meter = meter_provider.meter_with_scope(scope.clone());
     let token_usage = meter
@@ -426,7 +434,7 @@ fn pipeline(
         .build();
 
     let logger_provider = SdkLoggerProvider::builder()
-        .with_batch_exporter(OnRuntime { inner: logs, handle: handle.clone(), counters: counters.logs.clone() })
+        .with_batch_exporter(OnRuntime::new(logs, handle.clone()).counting(counters.logs.clone()))
         .with_resource(resource)
         .build();
     let logger = logger_provider.logger_with_scope(scope);
