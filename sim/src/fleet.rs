@@ -451,6 +451,14 @@ pub const SERVICES: &[Service] = &[
     },
 ];
 
+/// Looks a service up by name and region; panics on a typo (static data).
+pub fn service(name: &str, region: &str) -> &'static Service {
+    SERVICES
+        .iter()
+        .find(|s| s.name == name && s.place.region == region)
+        .unwrap_or_else(|| panic!("no simulated service {name} in {region}"))
+}
+
 /// Looks a tool up by name; panics on a typo (static data, covered by a test).
 pub fn tool(name: &str) -> &'static Tool {
     TOOLS.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no simulated tool {name}"))

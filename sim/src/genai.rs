@@ -4,7 +4,8 @@
 //! the simulated fleet ([`crate::plan`]) and the ingest benchmark's corpus.
 //!
 //! Each builder emits its attributes in one fixed order, the order the ingest benchmark's corpus has always sent
-//! (its byte layout is compared across benchmark runs). The names that feed a stored column come from
+//! (its bytes are compared across benchmark runs; `benches/src/ingest/corpus.rs` pins the order in a test that
+//! `cargo test --workspace` runs). The names that feed a stored column come from
 //! [`tailscope_core::keys`], where the normaliser reads them, so what is sent cannot drift from what is stored;
 //! the others (request parameters, ids) are spelled here.
 

@@ -112,7 +112,7 @@ fn generate(dir: &Path, rows: usize) -> std::io::Result<()> {
                 output_tokens: (!tool).then_some(output),
                 session_id: Some(format!("session-{}", id / 20)),
                 tool_name: tool.then(|| "search".into()),
-                cost_usd: (!tool).then(|| input as f64 * 3e-6 + output as f64 * 15e-6),
+                cost_usd: (!tool).then_some(input as f64 * 3e-6 + output as f64 * 15e-6),
             });
         }
         seq += 1;
