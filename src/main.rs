@@ -1,7 +1,6 @@
 //! `tailscope`: one binary for the collector, SQL, the live dashboard and the demo.
 
 mod cmd;
-mod sim;
 
 use clap::{Parser, Subcommand};
 

@@ -230,16 +230,7 @@ pub fn hex(bytes: &[u8]) -> String {
 // Resource columns, shared by the three tables
 
 /// The resource attributes that have columns; the rest stay in `resource_attributes`.
-mod resource_keys {
-    pub const SERVICE_NAME: &str = "service.name";
-    pub const SERVICE_VERSION: &str = "service.version";
-    pub const SERVICE_NAMESPACE: &str = "service.namespace";
-    pub const DEPLOYMENT_ENVIRONMENT: &str = "deployment.environment.name";
-    pub const DEPLOYMENT_ENVIRONMENT_OLD: &str = "deployment.environment";
-    pub const CLOUD_PROVIDER: &str = "cloud.provider";
-    pub const CLOUD_REGION: &str = "cloud.region";
-    pub const CLOUD_AZ: &str = "cloud.availability_zone";
-}
+use tailscope_core::keys::resource as resource_keys;
 
 /// One resource (and scope), decoded once and repeated on every row it covers.
 #[derive(Debug, Default, Clone)]
@@ -478,54 +469,8 @@ fn build_batch<C: SignalColumn>(column: impl FnMut(C) -> ArrayRef) -> RecordBatc
 // ---------------------------------------------------------------------------------------------------------------
 // Spans
 
-/// Span attributes with a column of their own. Deprecated names are listed after the current ones: where both
-/// are present, the current name wins.
-pub mod span_keys {
-    pub const GEN_AI_PROVIDER: &str = "gen_ai.provider.name";
-    pub const GEN_AI_SYSTEM: &str = "gen_ai.system";
-    pub const GEN_AI_OPERATION: &str = "gen_ai.operation.name";
-    pub const REQUEST_MODEL: &str = "gen_ai.request.model";
-    pub const RESPONSE_MODEL: &str = "gen_ai.response.model";
-    pub const INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
-    pub const PROMPT_TOKENS: &str = "gen_ai.usage.prompt_tokens";
-    pub const OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
-    pub const COMPLETION_TOKENS: &str = "gen_ai.usage.completion_tokens";
-    pub const CACHE_READ: &[&str] = &[
-        "gen_ai.usage.cache_read.input_tokens",
-        "gen_ai.usage.cache_read_input_tokens",
-        "gen_ai.usage.input_tokens.cached",
-    ];
-    pub const CACHE_CREATION: &[&str] = &[
-        "gen_ai.usage.cache_creation.input_tokens",
-        "gen_ai.usage.cache_creation_input_tokens",
-        "gen_ai.usage.input_tokens.cache_write",
-    ];
-    pub const REASONING: &[&str] = &[
-        "gen_ai.usage.reasoning.output_tokens",
-        "gen_ai.usage.output_tokens.reasoning",
-        "gen_ai.usage.reasoning_tokens",
-    ];
-    pub const CONVERSATION_ID: &str = "gen_ai.conversation.id";
-    pub const SESSION_ID: &str = "session.id";
-    pub const AGENT_NAME: &str = "gen_ai.agent.name";
-    pub const AGENT_ID: &str = "gen_ai.agent.id";
-    pub const TOOL_NAME: &str = "gen_ai.tool.name";
-    pub const ERROR_TYPE: &str = "error.type";
-    /// Seconds, per the GenAI conventions; stored in milliseconds.
-    pub const TIME_TO_FIRST_CHUNK: &str = "gen_ai.response.time_to_first_chunk";
-    pub const TIME_TO_FIRST_TOKEN: &str = "gen_ai.response.time_to_first_token";
-    pub const PEER_CLOUD_PROVIDER: &str = "cloud.provider";
-    pub const PEER_CLOUD_REGION: &str = "cloud.region";
-    pub const HEDGE_ID: &str = "hedge.id";
-    pub const HEDGE_WINNER: &str = "hedge.winner";
-    /// Kept in `attributes` too: they are inputs of `egress_bytes`, not its value.
-    pub const REQUEST_BODY_SIZE: &str = "http.request.body.size";
-    pub const RESPONSE_BODY_SIZE: &str = "http.response.body.size";
-    pub const EGRESS_BYTES: &str = "egress.bytes";
-    /// The host of the endpoint called (the provider's API, a tool or a vector store). Kept in `attributes` too, as
-    /// it was before it had a column, so queries of `attributes['server.address']` still find it.
-    pub const SERVER_ADDRESS: &str = "server.address";
-}
+/// Span attributes with a column of their own (defined in core, where the simulator that writes them finds them too).
+use tailscope_core::keys::span as span_keys;
 
 /// The attributes of one span that feed columns, borrowed from the request.
 #[derive(Default)]

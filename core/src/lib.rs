@@ -1,8 +1,9 @@
 //! What every tailscope crate shares, at the bottom of the crate graph: the columnar [`schema`] of the stored
 //! tables, the [`catalog`] of what a query can see, the on-disk [`layout`] (file names and the Parquet writer's
 //! settings), the process-wide [`memory`] budget, the typed [`config`] (with its [`cost`] sections and the alert
-//! [`webhook`] settings), the [`alerts`] table, the [`history`] trait that budgets read stored spans through, the business [`rules`] every
-//! reader shares, and how figures read to people ([`display`]: money, shares, latencies).
+//! [`webhook`] settings), the [`alerts`] table, the [`history`] trait that budgets read stored spans through, the
+//! business [`rules`] every reader shares, the attribute names the normaliser reads ([`keys`]), and how figures
+//! read to people ([`display`]: money, shares, latencies).
 //!
 //! The crate graph reads as the data path: `tailscope-core` -> `tailscope-collector` (receive, normalise, price,
 //! WAL, Parquet) and `tailscope-query` (SQL over what the catalog lists) -> `tailscope-tui` -> the `tailscope`
@@ -17,6 +18,7 @@ pub mod cost;
 pub mod display;
 pub mod error;
 pub mod history;
+pub mod keys;
 pub mod layout;
 pub mod memory;
 pub mod rules;

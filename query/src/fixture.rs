@@ -1,5 +1,9 @@
 //! Span rows built by hand and written in the collector's on-disk layout, for tests and benchmarks.
 //!
+//! These are rows of the stored `spans` table, not agent spans: a test that asserts an exact figure (a quantile,
+//! a sum, which file a row is in) states each row's values itself here. Agent spans as services send them come from
+//! the simulator (`tailscope_sim`) and become rows only through the collector's normaliser.
+//!
 //! Files get tailscope's own names (`WALSEQ_MINNS_MAXNS_NONCE.parquet` under `spans/date=…/hour=…/`), so the
 //! catalog knows their time range exactly as it does for files the collector writes, and are encoded with the
 //! collector's writer properties.
@@ -35,6 +39,8 @@ pub struct SpanRow {
     pub error: bool,
     /// `service.name`.
     pub service_name: String,
+    /// The caller's cloud provider.
+    pub cloud_provider: Option<String>,
     /// The caller's cloud region.
     pub cloud_region: Option<String>,
     /// `gen_ai.provider.name`.
@@ -51,8 +57,14 @@ pub struct SpanRow {
     pub session_id: Option<String>,
     /// Tool name for `execute_tool` spans.
     pub tool_name: Option<String>,
+    /// Cost of the tokens in USD.
+    pub token_cost_usd: Option<f64>,
     /// Total cost in USD.
     pub cost_usd: Option<f64>,
+    /// The hedged request the span is a copy of.
+    pub hedge_id: Option<String>,
+    /// Whether this copy's answer was used.
+    pub hedge_winner: Option<bool>,
 }
 
 /// A `spans` batch in the stored schema.
@@ -83,6 +95,7 @@ pub fn spans_batch(rows: &[SpanRow]) -> RecordBatch {
             SpanColumn::DurationNs => int(|r| Some(r.duration_ns)),
             SpanColumn::StatusCode => text(|r| Some(if r.error { "error" } else { "ok" })),
             SpanColumn::Resource(ResourceColumn::ServiceName) => text(|r| Some(&r.service_name)),
+            SpanColumn::Resource(ResourceColumn::CloudProvider) => text(|r| r.cloud_provider.as_deref()),
             SpanColumn::Resource(ResourceColumn::CloudRegion) => text(|r| r.cloud_region.as_deref()),
             SpanColumn::GenAiProvider => text(|r| r.gen_ai_provider.as_deref()),
             SpanColumn::GenAiOperation => text(|r| r.gen_ai_operation.as_deref()),
@@ -91,9 +104,11 @@ pub fn spans_batch(rows: &[SpanRow]) -> RecordBatch {
             SpanColumn::OutputTokens => int(|r| r.output_tokens),
             SpanColumn::SessionId => text(|r| r.session_id.as_deref()),
             SpanColumn::ToolName => text(|r| r.tool_name.as_deref()),
+            SpanColumn::TokenCostUsd => Arc::new(rows.iter().map(|r| r.token_cost_usd).collect::<Float64Array>()),
             SpanColumn::CostUsd => Arc::new(rows.iter().map(|r| r.cost_usd).collect::<Float64Array>()),
             SpanColumn::ErrorType => text(|r| r.error.then_some("timeout")),
-            SpanColumn::HedgeWinner => Arc::new(BooleanArray::from(vec![None::<bool>; n])),
+            SpanColumn::HedgeId => text(|r| r.hedge_id.as_deref()),
+            SpanColumn::HedgeWinner => Arc::new(rows.iter().map(|r| r.hedge_winner).collect::<BooleanArray>()),
             other => null(other),
         })
         .collect();

@@ -18,6 +18,8 @@ const NINE: i64 = 1_795_251_600_000_000_000;
 const HOUR: i64 = 3_600_000_000_000;
 const MS: i64 = 1_000_000;
 
+/// Stored row `i`: a chat call of `provider`'s `model`. Hand-built rather than simulated, as the engine tests assert
+/// exact figures (quantiles, counts, which file a row is in) computed from these very values.
 fn span(i: usize, start_ns: i64, duration_ms: i64, provider: &str, model: &str) -> SpanRow {
     SpanRow {
         trace_id: format!("{:032x}", i + 1),

@@ -20,7 +20,7 @@ use tailscope_core::cost::{BudgetConfig, BudgetKind, BudgetPeriod};
 use tailscope_core::display::{duration_ms, usd};
 
 use super::CmdResult;
-use crate::sim::{self, SimConfig, SimStats, Transport};
+use tailscope_sim::{self as sim, Endpoints, SimConfig, SimStats, Transport};
 
 /// Flags of `tailscope demo`.
 #[derive(Debug, clap::Args)]
@@ -157,7 +157,7 @@ pub async fn run(args: Args) -> CmdResult {
     let stats = Arc::new(SimStats::default());
     let (stop_fleet, fleet_stopped) = tokio::sync::oneshot::channel::<()>();
     let sim_config = SimConfig {
-        endpoint: format!("http://{}", addrs.otlp_grpc),
+        endpoints: Endpoints::from_base(&format!("http://{}", addrs.otlp_grpc), Transport::Grpc),
         transport: Transport::Grpc,
         rate: args.rate,
         duration: args.duration,

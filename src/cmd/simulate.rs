@@ -4,15 +4,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::CmdResult;
-use crate::sim::{self, SimConfig, SimStats, Transport};
+use tailscope_sim::{self as sim, Endpoints, SimConfig, SimStats, Transport};
 
 /// Flags of `tailscope simulate`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// OTLP endpoint: for gRPC the server URL (`http://127.0.0.1:4317`), for HTTP the base URL to which
-    /// `/v1/traces`, `/v1/metrics` and `/v1/logs` are appended (`http://127.0.0.1:4318`).
-    #[arg(long, default_value = "http://127.0.0.1:4317")]
-    pub endpoint: String,
+    /// OTLP endpoint of every signal: for gRPC the server URL, for HTTP the base URL to which `/v1/traces`,
+    /// `/v1/metrics` and `/v1/logs` are appended. Without it, as any OpenTelemetry SDK: a signal's
+    /// OTEL_EXPORTER_OTLP_{TRACES,METRICS,LOGS}_ENDPOINT as it is, else OTEL_EXPORTER_OTLP_ENDPOINT as a base URL,
+    /// else http://127.0.0.1:4317 (gRPC) or http://127.0.0.1:4318 (HTTP). Headers come from
+    /// OTEL_EXPORTER_OTLP_HEADERS (`k=v,k2=v2`, URL-encoded values).
+    #[arg(long)]
+    pub endpoint: Option<String>,
     /// OTLP transport.
     #[arg(long, value_enum, default_value_t = Transport::Grpc)]
     pub protocol: Transport,
@@ -34,10 +37,10 @@ pub struct Args {
 }
 
 impl Args {
-    /// The simulator settings these flags describe.
+    /// The simulator settings these flags (and the OpenTelemetry environment variables) describe.
     pub fn sim_config(&self) -> SimConfig {
         SimConfig {
-            endpoint: self.endpoint.clone(),
+            endpoints: Endpoints::resolve(self.endpoint.as_deref(), self.protocol, |name| std::env::var(name).ok()),
             transport: self.protocol,
             rate: self.rate,
             duration: self.duration,
@@ -50,6 +53,8 @@ impl Args {
 
 /// Runs `tailscope simulate` until `--duration` or Ctrl-C / SIGTERM.
 pub async fn run(args: Args) -> CmdResult {
+    let config = args.sim_config();
+    let endpoints = config.endpoints.clone();
     let stats = Arc::new(SimStats::default());
     let started = Instant::now();
     let progress = {
@@ -71,10 +76,10 @@ pub async fn run(args: Args) -> CmdResult {
             Transport::Grpc => "gRPC",
             Transport::Http => "HTTP",
         },
-        args.endpoint,
+        endpoints,
         args.seed
     );
-    let report = sim::run(args.sim_config(), stats.clone(), super::serve::shutdown_signal()).await;
+    let report = sim::run(config, stats.clone(), super::serve::shutdown_signal()).await;
     progress.abort();
     let report = report?;
     eprintln!("{}", stats.line(report.elapsed));
@@ -91,7 +96,7 @@ pub async fn run(args: Args) -> CmdResult {
             "{} of {} spans were not acknowledged by {}: is the endpoint up and speaking OTLP/{:?}?",
             report.spans.saturating_sub(report.exported_spans),
             report.spans,
-            args.endpoint,
+            endpoints,
             args.protocol
         )
         .into())

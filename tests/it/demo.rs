@@ -184,3 +184,99 @@ async fn simulate_loads_any_endpoint_over_otlp_http() {
     assert!(!out.status.success(), "simulate against nothing succeeded:\n{stderr}");
     assert!(stderr.contains("not acknowledged") || stderr.contains("not delivered"), "{stderr}");
 }
+
+/// What reached a fake OTLP/HTTP endpoint: each request's path and headers.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, axum::http::HeaderMap)>>>;
+
+/// A fake OTLP/HTTP endpoint that acknowledges every export (200 and an empty `Export*ServiceResponse`: nothing
+/// rejected) and records what came. Returns its base URL.
+async fn fake_otlp_http() -> (String, Seen) {
+    use axum::http::{HeaderMap, Uri, header};
+    let seen = Seen::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let record = seen.clone();
+    let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, _body: axum::body::Bytes| {
+        record.lock().unwrap().push((uri.path().to_string(), headers));
+        async { ([(header::CONTENT_TYPE, "application/x-protobuf")], Vec::<u8>::new()) }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, seen)
+}
+
+/// The OTLP exporter variables of the OpenTelemetry specification, which a test sets itself.
+const OTEL_VARS: [&str; 8] = [
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+];
+
+/// Runs `tailscope simulate --protocol http` for a second with `args` and only the OTLP variables in `env`.
+async fn simulate_http(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = tokio::process::Command::new(support::tailscope_bin());
+    command.args(["simulate", "--protocol", "http", "--duration", "1s", "--rate", "100", "--report-every", "1h"]);
+    command.args(args);
+    for var in OTEL_VARS {
+        command.env_remove(var);
+    }
+    command.envs(env.iter().copied()).output().await.expect("run tailscope simulate")
+}
+
+/// `tailscope simulate --protocol http` sends OTLP/HTTP to :4318 by default and follows the OpenTelemetry
+/// environment as any SDK would: the generic endpoint is a base URL (`/v1/traces` etc. appended), a
+/// signal-specific one is used as it is, the headers (`k=v,k2=v2`, URL-encoded) go with every export; a flag
+/// wins over the environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_over_http_follows_the_otel_environment() {
+    let (generic, at_generic) = fake_otlp_http().await;
+    let (traces, at_traces) = fake_otlp_http().await;
+    let traces_url = format!("{traces}/custom/traces");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", generic.as_str()),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces_url.as_str()),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-team=agents,authorization=Bearer%20t0k%3D"),
+    ];
+    let out = simulate_http(&[], &env).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "simulate failed:\n{stderr}");
+    let paths = |seen: &Seen| {
+        let mut p: Vec<String> = seen.lock().unwrap().iter().map(|(path, _)| path.clone()).collect();
+        p.sort();
+        p.dedup();
+        p
+    };
+    assert_eq!(paths(&at_traces), ["/custom/traces"], "{stderr}");
+    assert_eq!(paths(&at_generic), ["/v1/logs", "/v1/metrics"], "{stderr}");
+    for (path, headers) in at_traces.lock().unwrap().iter().chain(at_generic.lock().unwrap().iter()) {
+        assert_eq!(headers.get("x-team").and_then(|v| v.to_str().ok()), Some("agents"), "{path}");
+        assert_eq!(headers.get("authorization").and_then(|v| v.to_str().ok()), Some("Bearer t0k="), "{path}");
+    }
+
+    // --endpoint wins over both variables: every signal goes to its base URL.
+    let (flagged, at_flagged) = fake_otlp_http().await;
+    at_generic.lock().unwrap().clear();
+    at_traces.lock().unwrap().clear();
+    let out = simulate_http(&["--endpoint", &flagged], &env).await;
+    assert!(out.status.success(), "simulate failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(paths(&at_flagged), ["/v1/logs", "/v1/metrics", "/v1/traces"]);
+    assert!(at_generic.lock().unwrap().is_empty() && at_traces.lock().unwrap().is_empty());
+
+    // Neither: OTLP/HTTP's own port. Its first line says where the spans go; whatever listens there (most likely
+    // nothing), the run is not waited for.
+    let mut command = tokio::process::Command::new(support::tailscope_bin());
+    command.args(["simulate", "--protocol", "http", "--duration", "1s", "--rate", "10"]);
+    for var in OTEL_VARS {
+        command.env_remove(var);
+    }
+    let mut child = command.stderr(std::process::Stdio::piped()).kill_on_drop(true).spawn().unwrap();
+    let mut first = String::new();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap());
+    tokio::io::AsyncBufReadExt::read_line(&mut stderr, &mut first).await.unwrap();
+    assert!(first.trim_end().ends_with("over OTLP/HTTP to http://127.0.0.1:4318/v1/traces (seed 42)"), "{first}");
+    child.kill().await.unwrap();
+}

@@ -11,12 +11,10 @@ use std::time::{Duration, Instant};
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::logs::{LogBatch, LogExporter, SdkLoggerProvider};
-use opentelemetry_sdk::metrics::data::ResourceMetrics;
-use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::logs::SdkLoggerProvider;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tailscope_sim::export::OnRuntime;
 
 /// The `tailscope` binary under test.
 pub fn tailscope_bin() -> PathBuf {
@@ -406,29 +404,6 @@ pub enum Transport {
     HttpProtobuf,
 }
 
-/// The SDK's batch processor exports from its own thread with a plain executor; the OTLP clients (tonic,
-/// async reqwest) need the tokio reactor, so each export runs on the test's runtime.
-#[derive(Debug)]
-struct OnRuntime<E> {
-    inner: E,
-    handle: tokio::runtime::Handle,
-}
-
-impl<E: SpanExporter> SpanExporter for OnRuntime<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        self.handle.block_on(self.inner.export(batch))
-    }
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource)
-    }
-}
-
 /// An official SDK tracer provider (batch processor) exporting to `server`, with `resource` attributes.
 pub fn tracer_provider(server: &Server, transport: Transport, resource: Vec<KeyValue>) -> SdkTracerProvider {
     let exporter = match transport {
@@ -444,38 +419,11 @@ pub fn tracer_provider(server: &Server, transport: Transport, resource: Vec<KeyV
             .build()
             .expect("HTTP exporter"),
     };
-    let exporter = OnRuntime { inner: exporter, handle: tokio::runtime::Handle::current() };
+    let exporter = OnRuntime::new(exporter, tokio::runtime::Handle::current());
     SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(Resource::builder_empty().with_attributes(resource).build())
         .build()
-}
-
-impl<E: LogExporter> LogExporter for OnRuntime<E> {
-    async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
-        self.handle.block_on(self.inner.export(batch))
-    }
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource)
-    }
-}
-
-impl<E: PushMetricExporter> PushMetricExporter for OnRuntime<E> {
-    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
-        self.handle.block_on(self.inner.export(metrics))
-    }
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-    fn temporality(&self) -> Temporality {
-        self.inner.temporality()
-    }
 }
 
 /// An official SDK meter provider exporting to `server` (call `force_flush` to export).
@@ -493,8 +441,7 @@ pub fn meter_provider(server: &Server, transport: Transport, resource: Vec<KeyVa
             .build()
             .expect("HTTP metric exporter"),
     };
-    let reader =
-        PeriodicReader::builder(OnRuntime { inner: exporter, handle: tokio::runtime::Handle::current() }).build();
+    let reader = PeriodicReader::builder(OnRuntime::new(exporter, tokio::runtime::Handle::current())).build();
     SdkMeterProvider::builder()
         .with_reader(reader)
         .with_resource(Resource::builder_empty().with_attributes(resource).build())
@@ -517,7 +464,7 @@ pub fn logger_provider(server: &Server, transport: Transport, resource: Vec<KeyV
             .expect("HTTP log exporter"),
     };
     SdkLoggerProvider::builder()
-        .with_batch_exporter(OnRuntime { inner: exporter, handle: tokio::runtime::Handle::current() })
+        .with_batch_exporter(OnRuntime::new(exporter, tokio::runtime::Handle::current()))
         .with_resource(Resource::builder_empty().with_attributes(resource).build())
         .build()
 }

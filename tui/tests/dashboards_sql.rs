@@ -1,53 +1,57 @@
 //! Every dashboard file in `dashboards/` is loaded, and every panel's SQL runs against a small Parquet fixture
 //! in the collector's hive layout (the same code path as `tailscope tui --data-dir`).
 
-use datafusion::arrow::json::ReaderBuilder;
-use datafusion::parquet::arrow::ArrowWriter;
+use query::fixture::{SpanRow, spans_batch, write_parquet};
+use tailscope_core::schema::Signal;
 use tui::app::Request;
 use tui::{App, Dashboard, DataSource, LocalSource};
 
-fn span(i: usize, now_ns: i64) -> String {
-    let session = format!("sess-{}", i % 3);
-    let start = now_ns - 600_000_000_000 + (i as i64) * 1_000_000_000;
-    let dur = 50_000_000 + (i as i64 % 7) * 100_000_000;
-    let (provider, region, op, tool, hedge, winner) = match i % 4 {
-        0 => (r#""openai""#, "us-east-1", r#""chat""#, "null", format!(r#""h{}""#, i / 8), "true"),
-        1 => (r#""aws.bedrock""#, "eu-west-1", r#""chat""#, "null", format!(r#""h{}""#, i / 8), "false"),
-        2 => ("null", "us-east-1", r#""execute_tool""#, r#""web_fetch""#, "null".into(), "null"),
-        _ => ("null", "us-east-1", "null", "null", "null".into(), "null"),
+/// Row `i` of the fixture, ending in the last ten minutes. The rows are hand-built rather than simulated: the tests
+/// below recompute figures (a count, a median) from these exact values. A quarter each are openai and aws.bedrock
+/// chat calls (copies of hedged requests, the openai ones winning), tool calls, and spans of no GenAI operation.
+fn span(i: usize, now_ns: i64) -> SpanRow {
+    let (provider, region, op, tool, winner) = match i % 4 {
+        0 => (Some("openai"), "us-east-1", Some("chat"), None, Some(true)),
+        1 => (Some("aws.bedrock"), "eu-west-1", Some("chat"), None, Some(false)),
+        2 => (None, "us-east-1", Some("execute_tool"), Some("web_fetch"), None),
+        _ => (None, "us-east-1", None, None, None),
     };
-    let ts = |ns: i64| chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-    format!(
-        r#"{{"trace_id":"0af7651916cd43dd8448eb211c80319c","span_id":"{i:016x}","name":"step {i}","kind":"client",
-        "start_time":"{}","end_time":"{}","duration_ns":{dur},"status_code":"{}","service_name":"agent",
-        "cloud_provider":"aws","cloud_region":"{region}","resource_attributes":{{}},"attributes":{{"k":"v"}},
-        "gen_ai_provider":{provider},"gen_ai_operation":{op},"request_model":"m{}","input_tokens":{},"output_tokens":20,
-        "session_id":"{session}","tool_name":{tool},"token_cost_usd":0.01,"cost_usd":0.012,"hedge_id":{hedge},"hedge_winner":{winner}}}"#,
-        ts(start),
-        ts(start + dur),
-        if i % 10 == 9 { "error" } else { "ok" },
-        i % 2,
-        100 + i
-    )
-    .replace('\n', " ")
+    SpanRow {
+        trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+        span_id: format!("{i:016x}"),
+        name: format!("step {i}"),
+        start_ns: now_ns - 600_000_000_000 + (i as i64) * 1_000_000_000,
+        duration_ns: 50_000_000 + (i as i64 % 7) * 100_000_000,
+        error: i % 10 == 9,
+        service_name: "agent".into(),
+        cloud_provider: Some("aws".into()),
+        cloud_region: Some(region.into()),
+        gen_ai_provider: provider.map(Into::into),
+        gen_ai_operation: op.map(Into::into),
+        request_model: Some(format!("m{}", i % 2)),
+        input_tokens: Some(100 + i as i64),
+        output_tokens: Some(20),
+        session_id: Some(format!("sess-{}", i % 3)),
+        tool_name: tool.map(Into::into),
+        token_cost_usd: Some(0.01),
+        cost_usd: Some(0.012),
+        hedge_id: winner.map(|_| format!("h{}", i / 8)),
+        hedge_winner: winner,
+    }
 }
 
 fn fixture() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
-    let lines: Vec<String> = (0..40).map(|i| span(i, now)).collect();
-    let schema = tailscope_core::schema::spans_schema();
-    let reader = ReaderBuilder::new(schema.clone()).build(std::io::Cursor::new(lines.join("\n"))).unwrap();
-    let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
-    let part = chrono::Utc::now() - chrono::Duration::minutes(10);
-    let sub = dir.path().join(format!("spans/date={}/hour={}", part.format("%Y-%m-%d"), part.format("%H")));
-    std::fs::create_dir_all(&sub).unwrap();
-    let file = std::fs::File::create(sub.join("fixture.parquet")).unwrap();
-    let mut writer = ArrowWriter::try_new(file, schema, None).unwrap();
-    for b in &batches {
-        writer.write(b).unwrap();
+    let rows: Vec<SpanRow> = (0..40).map(|i| span(i, now)).collect();
+    // A file holds one hour: the 40 seconds of rows can straddle one.
+    const HOUR: i64 = 3_600_000_000_000;
+    let mut hours: Vec<i64> = rows.iter().map(|r| r.start_ns.div_euclid(HOUR)).collect();
+    hours.dedup();
+    for (seq, hour) in hours.into_iter().enumerate() {
+        let part: Vec<SpanRow> = rows.iter().filter(|r| r.start_ns.div_euclid(HOUR) == hour).cloned().collect();
+        write_parquet(dir.path(), Signal::Spans, &spans_batch(&part), seq as u64 + 1).unwrap();
     }
-    writer.close().unwrap();
     write_alerts(dir.path());
     dir
 }

@@ -4,7 +4,12 @@
 //! region, environment, host, SDK identity) and `spans_per_request` spans of `invoke_agent` turns: `chat` calls
 //! with the GenAI conventions (provider, models, token counts including cached ones, time to first chunk,
 //! conversation id, destination cloud and body sizes), `execute_tool` calls and retrievals; about twenty
-//! attributes and ~800 bytes of OTLP per span.
+//! attributes and ~800 bytes of OTLP per span. The services, models and tools are the simulated fleet's
+//! (`tailscope_sim::fleet`) and each span's GenAI attributes come from its builders (`tailscope_sim::genai`), so
+//! the benchmark sends what the simulator and real instrumentations send; what production spans carry beyond
+//! them (user, tenant and HTTP attributes) is added here, to give the spans their production weight. The draws
+//! (which model, how many tokens, how long) are this corpus's own and its seed fixed: benchmark figures are
+//! compared across runs, so the corpus must stay the same from run to run.
 //!
 //! Sending pre-encoded bytes keeps the client's CPU out of the way of the servers being measured. What must differ
 //! between sends, as in production, is rewritten in place per send (offsets found once): the first 8 bytes of
@@ -13,13 +18,19 @@
 //! ids, conversation ids, user ids) is re-randomised consistently within the request. Without the last two, a
 //! columnar store would see the corpus's few thousand distinct ids repeat and compress unrealistically well.
 
+use std::collections::BTreeSet;
+
+use opentelemetry::KeyValue;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, status};
+use opentelemetry_proto::transform::common::tonic::Attributes;
 use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tailscope_sim::fleet::{self, Model, Service};
+use tailscope_sim::genai::{AgentTurn, ChatCall, Tokens, ToolCall};
 
 /// One encoded request and where its trace ids sit in the bytes.
 #[derive(Debug, Clone)]
@@ -112,61 +123,32 @@ impl Corpus {
     }
 }
 
-fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue { key: key.to_string(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
-}
-fn s(key: &str, v: impl Into<String>) -> KeyValue {
-    kv(key, any_value::Value::StringValue(v.into()))
-}
-fn i(key: &str, v: i64) -> KeyValue {
-    kv(key, any_value::Value::IntValue(v))
-}
-fn f(key: &str, v: f64) -> KeyValue {
-    kv(key, any_value::Value::DoubleValue(v))
-}
-
-struct Svc {
-    name: &'static str,
-    version: &'static str,
-    cloud: &'static str,
-    region: &'static str,
-    agent: &'static str,
-}
-
-const SERVICES: [Svc; 6] = [
-    Svc { name: "support-agent", version: "2.14.1", cloud: "aws", region: "us-east-1", agent: "support-triage" },
-    Svc { name: "support-agent", version: "2.14.1", cloud: "aws", region: "eu-west-1", agent: "support-triage" },
-    Svc { name: "research-agent", version: "0.9.3", cloud: "gcp", region: "us-central1", agent: "deep-research" },
-    Svc { name: "billing-copilot", version: "1.3.0", cloud: "azure", region: "eastus", agent: "billing-assistant" },
-    Svc { name: "code-agent", version: "3.0.0", cloud: "coreweave", region: "us-east-04", agent: "code-fixer" },
-    Svc { name: "code-agent", version: "2.9.4", cloud: "coreweave", region: "us-west-01", agent: "code-fixer" },
+/// The fleet's services whose batches the corpus sends, in turn (one per request).
+const SERVICES: [(&str, &str); 6] = [
+    ("support-agent", "us-east-1"),
+    ("support-agent", "eu-west-1"),
+    ("research-agent", "us-central1"),
+    ("billing-copilot", "eastus"),
+    ("code-agent", "us-east-04"),
+    ("code-agent", "us-west-01"),
 ];
 
-// (provider, request model, response model, server, hosted cloud, hosted region)
-const MODELS: [(&str, &str, &str, &str, &str, &str); 6] = [
-    ("openai", "gpt-4o-mini", "gpt-4o-mini-2024-07-18", "api.openai.com", "", ""),
-    ("openai", "gpt-4o", "gpt-4o-2024-08-06", "api.openai.com", "", ""),
-    ("anthropic", "claude-sonnet-4-20250514", "claude-sonnet-4-20250514", "api.anthropic.com", "", ""),
-    (
-        "aws.bedrock",
-        "anthropic.claude-3-5-sonnet-20240620-v1:0",
-        "anthropic.claude-3-5-sonnet-20240620-v1:0",
-        "bedrock-runtime.us-east-1.amazonaws.com",
-        "aws",
-        "us-east-1",
-    ),
-    ("azure.ai.openai", "gpt-4o", "gpt-4o-2024-11-20", "acme-prod.openai.azure.com", "azure", "eastus"),
-    (
-        "gcp.vertex_ai",
-        "gemini-2.5-flash",
-        "gemini-2.5-flash",
-        "us-central1-aiplatform.googleapis.com",
-        "gcp",
-        "us-central1",
-    ),
+/// The fleet's models the corpus's chat calls pick from (provider, request model).
+const MODELS: [(&str, &str); 6] = [
+    ("openai", "gpt-4o-mini"),
+    ("openai", "gpt-4o"),
+    ("anthropic", "claude-sonnet-4-20250514"),
+    ("aws.bedrock", "anthropic.claude-3-5-sonnet-20240620-v1:0"),
+    ("azure.ai.openai", "gpt-4o"),
+    ("gcp.vertex_ai", "gemini-2.5-flash"),
 ];
 
+/// The fleet's tools the corpus's tool calls pick from.
 const TOOLS: [&str; 6] = ["lookup_order", "search_web", "run_sql", "create_ticket", "read_file", "get_invoice"];
+
+fn model(i: usize) -> &'static Model {
+    fleet::model(MODELS[i].0, MODELS[i].1)
+}
 
 fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -195,22 +177,9 @@ pub fn build(requests: usize, spans_per_request: usize, seed: u64) -> Corpus {
     let mut out = Vec::with_capacity(requests);
     for r in 0..requests {
         HEX_IDS.with(|h| h.borrow_mut().clear());
-        let svc = &SERVICES[r % SERVICES.len()];
-        let resource = Resource {
-            attributes: vec![
-                s("service.name", svc.name),
-                s("service.version", svc.version),
-                s("service.namespace", "acme-agents"),
-                s("cloud.provider", svc.cloud),
-                s("cloud.region", svc.region),
-                s("deployment.environment.name", "production"),
-                s("host.name", format!("{}-{}-{}", svc.name, svc.region, hex(&mut rng, 3))),
-                s("telemetry.sdk.name", "opentelemetry"),
-                s("telemetry.sdk.language", "rust"),
-                s("telemetry.sdk.version", "0.33.1"),
-            ],
-            ..Default::default()
-        };
+        let (name, region) = SERVICES[r % SERVICES.len()];
+        let svc = fleet::service(name, region);
+        let resource = resource(svc, &mut rng);
         let mut spans = Vec::with_capacity(spans_per_request);
         let mut trace_id = [0u8; 16];
         let mut root = [0u8; 8];
@@ -218,7 +187,8 @@ pub fn build(requests: usize, spans_per_request: usize, seed: u64) -> Corpus {
         let mut t = base_ns + r as u64 * 10_000_000_000;
         for n in 0..spans_per_request {
             // A new turn every 8 spans: an invoke_agent root, then chats and tools under it.
-            if n % 8 == 0 {
+            let is_root = n % 8 == 0;
+            if is_root {
                 rng.fill(&mut trace_id);
                 rng.fill(&mut root);
                 conversation = format!("conv_{}", hex(&mut rng, 12));
@@ -227,108 +197,12 @@ pub fn build(requests: usize, spans_per_request: usize, seed: u64) -> Corpus {
             rng.fill(&mut span_id);
             let dur_ns = (rng.random_range(20.0..4000.0f64) * 1e6) as u64;
             t += rng.random_range(1_000_000..50_000_000);
-            let is_root = n % 8 == 0;
             let (name, kind, attributes) = if is_root {
-                (
-                    format!("invoke_agent {}", svc.agent),
-                    span::SpanKind::Internal,
-                    vec![
-                        s("gen_ai.operation.name", "invoke_agent"),
-                        s("gen_ai.agent.name", svc.agent),
-                        s("gen_ai.agent.id", format!("{}-{}", svc.agent, svc.region)),
-                        s("gen_ai.conversation.id", conversation.clone()),
-                        s("gen_ai.provider.name", MODELS[r % MODELS.len()].0),
-                        s("gen_ai.request.model", MODELS[r % MODELS.len()].1),
-                        i("gen_ai.conversation.turn", rng.random_range(1..12)),
-                        s("user.id", format!("user_{}", hex(&mut rng, 6))),
-                        s("enduser.pseudo.id", hex(&mut rng, 8)),
-                        s("http.route", "/v1/agents/{agent}/turns"),
-                        s("http.request.method", "POST"),
-                        i("http.response.status_code", 200),
-                        s("url.scheme", "https"),
-                        s("server.address", format!("{}.acme.dev", svc.name)),
-                        s("network.protocol.version", "2"),
-                        s(
-                            "client.address",
-                            format!("10.{}.{}.{}", rng.random::<u8>(), rng.random::<u8>(), rng.random::<u8>()),
-                        ),
-                        s("user_agent.original", "acme-web/5.2.0"),
-                        i("gen_ai.request.max_steps", 8),
-                        s("app.tenant", format!("tenant-{}", rng.random_range(1..400))),
-                        s("app.plan", if rng.random_bool(0.3) { "enterprise" } else { "team" }),
-                    ],
-                )
+                root_span(svc, model(r % MODELS.len()), &conversation, &mut rng)
             } else if rng.random_bool(0.65) {
-                let m = MODELS[rng.random_range(0..MODELS.len())];
-                let input = rng.random_range(800..24_000i64);
-                let output = rng.random_range(20..1500i64);
-                let mut a = vec![
-                    s("gen_ai.operation.name", "chat"),
-                    s("gen_ai.provider.name", m.0),
-                    s("gen_ai.request.model", m.1),
-                    s("gen_ai.response.model", m.2),
-                    s("gen_ai.response.id", format!("chatcmpl-{}", hex(&mut rng, 12))),
-                    kv(
-                        "gen_ai.response.finish_reasons",
-                        any_value::Value::ArrayValue(ArrayValue {
-                            values: vec![AnyValue {
-                                value: Some(any_value::Value::StringValue(
-                                    if rng.random_bool(0.5) { "stop" } else { "tool_calls" }.into(),
-                                )),
-                            }],
-                        }),
-                    ),
-                    i("gen_ai.usage.input_tokens", input),
-                    i("gen_ai.usage.output_tokens", output),
-                    i("gen_ai.usage.cache_read.input_tokens", input * rng.random_range(0..90) / 100),
-                    i("gen_ai.request.max_tokens", 4096),
-                    f("gen_ai.request.temperature", 0.2),
-                    s("gen_ai.conversation.id", conversation.clone()),
-                    s("gen_ai.agent.name", svc.agent),
-                    s("server.address", m.3),
-                    i("server.port", 443),
-                    f("gen_ai.response.time_to_first_chunk", rng.random_range(0.15..3.0)),
-                ];
-                if m.4.is_empty() {
-                    a.push(s("gen_ai.output.type", "text"));
-                    a.push(i("gen_ai.request.seed", rng.random_range(0..1_000_000)));
-                    a.push(i("gen_ai.request.choice.count", 1));
-                    a.push(f("gen_ai.request.top_p", 0.95));
-                } else {
-                    a.push(s("cloud.provider", m.4));
-                    a.push(s("cloud.region", m.5));
-                    a.push(i("http.request.body.size", input * 4 + 600));
-                    a.push(i("http.response.body.size", output * 5 + 400));
-                }
-                (format!("chat {}", m.1), span::SpanKind::Client, a)
+                chat_span(svc, &conversation, &mut rng)
             } else {
-                let tool = TOOLS[rng.random_range(0..TOOLS.len())];
-                (
-                    format!("execute_tool {tool}"),
-                    span::SpanKind::Internal,
-                    vec![
-                        s("gen_ai.operation.name", "execute_tool"),
-                        s("gen_ai.tool.name", tool),
-                        s("gen_ai.tool.type", "function"),
-                        s("gen_ai.tool.call.id", format!("call_{}", hex(&mut rng, 12))),
-                        s("gen_ai.tool.description", "Looks up records in the order and billing systems"),
-                        s("gen_ai.conversation.id", conversation.clone()),
-                        s("gen_ai.agent.name", svc.agent),
-                        s("http.request.method", "POST"),
-                        s("url.full", format!("https://tools.internal.acme.dev/v2/{tool}")),
-                        s("server.address", "tools.internal.acme.dev"),
-                        i("server.port", 443),
-                        i("http.response.status_code", 200),
-                        i("http.request.body.size", rng.random_range(200..4000)),
-                        i("http.response.body.size", rng.random_range(500..60_000)),
-                        s("cloud.provider", "aws"),
-                        s("cloud.region", "us-west-2"),
-                        s("network.peer.address", format!("10.2.{}.{}", rng.random::<u8>(), rng.random::<u8>())),
-                        i("network.peer.port", 8443),
-                        s("rpc.system", "http"),
-                        i("tool.retries", 0),
-                    ],
-                )
+                tool_span(svc, &conversation, &mut rng)
             };
             let error = rng.random_bool(0.02);
             spans.push(Span {
@@ -339,7 +213,7 @@ pub fn build(requests: usize, spans_per_request: usize, seed: u64) -> Corpus {
                 kind: kind as i32,
                 start_time_unix_nano: t,
                 end_time_unix_nano: t + dur_ns,
-                attributes,
+                attributes: Attributes::from(attributes).0,
                 status: Some(if error {
                     Status { code: status::StatusCode::Error as i32, message: "upstream returned 503".into() }
                 } else {
@@ -349,66 +223,169 @@ pub fn build(requests: usize, spans_per_request: usize, seed: u64) -> Corpus {
                 ..Default::default()
             });
         }
-        let req = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(resource),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "opentelemetry-instrumentation-genai".into(),
-                        version: "0.4.2".into(),
-                        ..Default::default()
-                    }),
-                    spans,
-                    ..Default::default()
-                }],
-                schema_url: "https://opentelemetry.io/schemas/1.37.0".into(),
-            }],
-        };
-        let bytes = req.encode_to_vec();
-        let trace_ids: std::collections::BTreeSet<Vec<u8>> =
-            req.resource_spans[0].scope_spans[0].spans.iter().map(|s| s.trace_id.clone()).collect();
-        let mut offsets = Vec::new();
-        for id in &trace_ids {
-            // Field 1 of Span, length-delimited: tag 0x0a, length 16, then the id.
-            let needle: Vec<u8> = [&[0x0a, 0x10][..], id].concat();
-            let mut from = 0;
-            while let Some(p) = find(&bytes[from..], &needle) {
-                offsets.push(from + p + 2);
-                from += p + needle.len();
-            }
-        }
-        let spans_of = &req.resource_spans[0].scope_spans[0].spans;
-        let span_ids: std::collections::BTreeSet<Vec<u8>> = spans_of.iter().map(|s| s.span_id.clone()).collect();
-        let mut span_id_offsets = Vec::new();
-        for id in &span_ids {
-            // Field 2 (span_id, tag 0x12) and field 4 (parent_span_id, tag 0x22), 8 bytes each.
-            for tag in [0x12u8, 0x22] {
-                let needle: Vec<u8> = [&[tag, 0x08][..], id].concat();
-                let mut from = 0;
-                while let Some(p) = find(&bytes[from..], &needle) {
-                    span_id_offsets.push(from + p + 2);
-                    from += p + needle.len();
-                }
-            }
-        }
-        let mut hex_runs = Vec::new();
-        let ids: std::collections::BTreeSet<String> = HEX_IDS.with(|h| h.borrow().iter().cloned().collect());
-        for id in &ids {
-            let mut from = 0;
-            while let Some(p) = find(&bytes[from..], id.as_bytes()) {
-                hex_runs.push((from + p, id.len()));
-                from += p + id.len();
-            }
-        }
-        out.push(EncodedRequest {
-            bytes,
-            trace_id_offsets: offsets,
-            span_id_offsets,
-            hex_runs,
-            spans: spans_per_request,
-        });
+        out.push(encode(resource, spans));
     }
     Corpus { requests: out }
+}
+
+/// The resource of a service's SDK.
+fn resource(svc: &Service, rng: &mut StdRng) -> Resource {
+    let attributes = vec![
+        KeyValue::new("service.name", svc.name),
+        KeyValue::new("service.version", svc.version),
+        KeyValue::new("service.namespace", "acme-agents"),
+        KeyValue::new("cloud.provider", svc.place.cloud),
+        KeyValue::new("cloud.region", svc.place.region),
+        KeyValue::new("deployment.environment.name", "production"),
+        KeyValue::new("host.name", format!("{}-{}-{}", svc.name, svc.place.region, hex(rng, 3))),
+        KeyValue::new("telemetry.sdk.name", "opentelemetry"),
+        KeyValue::new("telemetry.sdk.language", "rust"),
+        KeyValue::new("telemetry.sdk.version", "0.33.1"),
+    ];
+    Resource { attributes: Attributes::from(attributes).0, ..Default::default() }
+}
+
+/// A turn's `invoke_agent` root, with what a production agent's front end adds (user, tenant, HTTP).
+fn root_span(svc: &Service, model: &'static Model, conversation: &str, rng: &mut StdRng) -> SpanParts {
+    let turn = AgentTurn::new(svc.agent, format!("{}-{}", svc.agent, svc.place.region))
+        .conversation(conversation)
+        .model(model)
+        .turn(rng.random_range(1..12_i64) as u32);
+    let mut a = turn.attributes();
+    a.extend([
+        KeyValue::new("user.id", format!("user_{}", hex(rng, 6))),
+        KeyValue::new("enduser.pseudo.id", hex(rng, 8)),
+        KeyValue::new("http.route", "/v1/agents/{agent}/turns"),
+        KeyValue::new("http.request.method", "POST"),
+        KeyValue::new("http.response.status_code", 200_i64),
+        KeyValue::new("url.scheme", "https"),
+        KeyValue::new("server.address", format!("{}.acme.dev", svc.name)),
+        KeyValue::new("network.protocol.version", "2"),
+        KeyValue::new(
+            "client.address",
+            format!("10.{}.{}.{}", rng.random::<u8>(), rng.random::<u8>(), rng.random::<u8>()),
+        ),
+        KeyValue::new("user_agent.original", "acme-web/5.2.0"),
+        KeyValue::new("gen_ai.request.max_steps", 8_i64),
+        KeyValue::new("app.tenant", format!("tenant-{}", rng.random_range(1..400))),
+        KeyValue::new("app.plan", if rng.random_bool(0.3) { "enterprise" } else { "team" }),
+    ]);
+    (turn.span_name(), span::SpanKind::Internal, a)
+}
+
+/// A `chat` call to one of the corpus's models; calls to a SaaS API carry the request options SDKs record.
+fn chat_span(svc: &Service, conversation: &str, rng: &mut StdRng) -> SpanParts {
+    let model = model(rng.random_range(0..MODELS.len()));
+    // i64 draws, as the corpus has always drawn them: another type would draw other values from the seed.
+    let input = rng.random_range(800..24_000_i64);
+    let output = rng.random_range(20..1500_i64);
+    let response_id = format!("chatcmpl-{}", hex(rng, 12));
+    let finish_reason = if rng.random_bool(0.5) { "stop" } else { "tool_calls" };
+    let cache_read = input * rng.random_range(0..90_i64) / 100;
+    let tokens =
+        Tokens { input: input as u64, output: output as u64, cache_read: cache_read as u64, ..Tokens::default() };
+    let call = ChatCall::new(model)
+        .agent(svc.agent)
+        .conversation(conversation)
+        .request(4096, 0.2)
+        .response(response_id, finish_reason, tokens)
+        .time_to_first_chunk(rng.random_range(0.15..3.0));
+    let mut a = call.attributes();
+    if model.hosted_in.is_none() {
+        a.extend([
+            KeyValue::new("gen_ai.output.type", "text"),
+            KeyValue::new("gen_ai.request.seed", rng.random_range(0..1_000_000_i64)),
+            KeyValue::new("gen_ai.request.choice.count", 1_i64),
+            KeyValue::new("gen_ai.request.top_p", 0.95),
+        ]);
+    }
+    (call.span_name(), span::SpanKind::Client, a)
+}
+
+/// An `execute_tool` call, with the HTTP call to the tool service it makes.
+fn tool_span(svc: &Service, conversation: &str, rng: &mut StdRng) -> SpanParts {
+    let tool = fleet::tool(TOOLS[rng.random_range(0..TOOLS.len())]);
+    let call = ToolCall::new(tool.name, tool.kind, format!("call_{}", hex(rng, 12)))
+        .description("Looks up records in the order and billing systems")
+        .conversation(conversation)
+        .agent(svc.agent);
+    let mut a = call.attributes();
+    a.extend([
+        KeyValue::new("http.request.method", "POST"),
+        KeyValue::new("url.full", format!("https://tools.internal.acme.dev/v2/{}", tool.name)),
+        KeyValue::new("server.address", "tools.internal.acme.dev"),
+        KeyValue::new("server.port", 443_i64),
+        KeyValue::new("http.response.status_code", 200_i64),
+        KeyValue::new("http.request.body.size", rng.random_range(200..4000_i64)),
+        KeyValue::new("http.response.body.size", rng.random_range(500..60_000_i64)),
+        KeyValue::new("cloud.provider", "aws"),
+        KeyValue::new("cloud.region", "us-west-2"),
+        KeyValue::new("network.peer.address", format!("10.2.{}.{}", rng.random::<u8>(), rng.random::<u8>())),
+        KeyValue::new("network.peer.port", 8443_i64),
+        KeyValue::new("rpc.system", "http"),
+        KeyValue::new("tool.retries", 0_i64),
+    ]);
+    (call.span_name(), span::SpanKind::Internal, a)
+}
+
+/// A span's name, kind and attributes.
+type SpanParts = (String, span::SpanKind, Vec<KeyValue>);
+
+/// Encodes one request and finds in its bytes what [`EncodedRequest::stamped`] rewrites.
+fn encode(resource: Resource, spans: Vec<Span>) -> EncodedRequest {
+    let n = spans.len();
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: "opentelemetry-instrumentation-genai".into(),
+                    version: "0.4.2".into(),
+                    ..Default::default()
+                }),
+                spans,
+                ..Default::default()
+            }],
+            schema_url: "https://opentelemetry.io/schemas/1.37.0".into(),
+        }],
+    };
+    let bytes = req.encode_to_vec();
+    let spans = &req.resource_spans[0].scope_spans[0].spans;
+    // Field 1 of Span (trace_id, tag 0x0a, 16 bytes); fields 2 (span_id, tag 0x12) and 4 (parent_span_id, tag
+    // 0x22), 8 bytes each.
+    let trace_ids: BTreeSet<Vec<u8>> = spans.iter().map(|s| s.trace_id.clone()).collect();
+    let trace_id_offsets = field_offsets(&bytes, &trace_ids, &[0x0a]);
+    let span_ids: BTreeSet<Vec<u8>> = spans.iter().map(|s| s.span_id.clone()).collect();
+    let span_id_offsets = field_offsets(&bytes, &span_ids, &[0x12, 0x22]);
+    let mut hex_runs = Vec::new();
+    let ids: BTreeSet<String> = HEX_IDS.with(|h| h.borrow().iter().cloned().collect());
+    for id in &ids {
+        hex_runs.extend(occurrences(&bytes, id.as_bytes()).into_iter().map(|p| (p, id.len())));
+    }
+    EncodedRequest { bytes, trace_id_offsets, span_id_offsets, hex_runs, spans: n }
+}
+
+/// Where the values of the length-delimited fields with these `tags` holding one of `ids` start in `bytes`.
+fn field_offsets(bytes: &[u8], ids: &BTreeSet<Vec<u8>>, tags: &[u8]) -> Vec<usize> {
+    let mut offsets = Vec::new();
+    for id in ids {
+        for &tag in tags {
+            let needle: Vec<u8> = [&[tag, id.len() as u8][..], id].concat();
+            offsets.extend(occurrences(bytes, &needle).into_iter().map(|p| p + 2));
+        }
+    }
+    offsets
+}
+
+/// Where `needle` starts in `hay`, each occurrence after the end of the one before.
+fn occurrences(hay: &[u8], needle: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(p) = find(&hay[from..], needle) {
+        out.push(from + p);
+        from += p + needle.len();
+    }
+    out
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -446,5 +423,102 @@ mod tests {
         let per_span = corpus.bytes() as f64 / corpus.spans() as f64;
         assert!((600.0..1000.0).contains(&per_span), "{per_span} bytes per span");
         assert!(corpus.attributes_per_span() >= 18.0);
+    }
+
+    /// A chat span's attribute keys, before those of a SaaS API call or those of a cloud-hosted model's.
+    const CHAT_KEYS: [&str; 16] = [
+        "gen_ai.operation.name",
+        "gen_ai.provider.name",
+        "gen_ai.request.model",
+        "gen_ai.response.model",
+        "gen_ai.response.id",
+        "gen_ai.response.finish_reasons",
+        "gen_ai.usage.input_tokens",
+        "gen_ai.usage.output_tokens",
+        "gen_ai.usage.cache_read.input_tokens",
+        "gen_ai.request.max_tokens",
+        "gen_ai.request.temperature",
+        "gen_ai.conversation.id",
+        "gen_ai.agent.name",
+        "server.address",
+        "server.port",
+        "gen_ai.response.time_to_first_chunk",
+    ];
+    const SAAS_KEYS: [&str; 4] =
+        ["gen_ai.output.type", "gen_ai.request.seed", "gen_ai.request.choice.count", "gen_ai.request.top_p"];
+    const CLOUD_KEYS: [&str; 4] =
+        ["cloud.provider", "cloud.region", "http.request.body.size", "http.response.body.size"];
+    const ROOT_KEYS: [&str; 20] = [
+        "gen_ai.operation.name",
+        "gen_ai.agent.name",
+        "gen_ai.agent.id",
+        "gen_ai.conversation.id",
+        "gen_ai.provider.name",
+        "gen_ai.request.model",
+        "gen_ai.conversation.turn",
+        "user.id",
+        "enduser.pseudo.id",
+        "http.route",
+        "http.request.method",
+        "http.response.status_code",
+        "url.scheme",
+        "server.address",
+        "network.protocol.version",
+        "client.address",
+        "user_agent.original",
+        "gen_ai.request.max_steps",
+        "app.tenant",
+        "app.plan",
+    ];
+    const TOOL_KEYS: [&str; 20] = [
+        "gen_ai.operation.name",
+        "gen_ai.tool.name",
+        "gen_ai.tool.type",
+        "gen_ai.tool.call.id",
+        "gen_ai.tool.description",
+        "gen_ai.conversation.id",
+        "gen_ai.agent.name",
+        "http.request.method",
+        "url.full",
+        "server.address",
+        "server.port",
+        "http.response.status_code",
+        "http.request.body.size",
+        "http.response.body.size",
+        "cloud.provider",
+        "cloud.region",
+        "network.peer.address",
+        "network.peer.port",
+        "rpc.system",
+        "tool.retries",
+    ];
+
+    /// The builders are shared with the simulator: a change of their order would change the corpus's bytes, and
+    /// benchmark figures are compared across runs. These are the orders the figures in docs/benchmarks.md were
+    /// measured with.
+    #[test]
+    fn spans_keep_the_attribute_order_the_benchmark_was_measured_with() {
+        let saas_chat = [&CHAT_KEYS[..], &SAAS_KEYS].concat();
+        let cloud_chat = [&CHAT_KEYS[..], &CLOUD_KEYS].concat();
+        let corpus = build(6, 64, 42);
+        let mut seen = [0; 4];
+        for r in &corpus.requests {
+            let req = ExportTraceServiceRequest::decode(r.bytes.as_slice()).unwrap();
+            for span in &req.resource_spans[0].scope_spans[0].spans {
+                let keys: Vec<&str> = span.attributes.iter().map(|kv| kv.key.as_str()).collect();
+                let (kind, want): (usize, &[&str]) = if span.name.starts_with("invoke_agent ") {
+                    (0, &ROOT_KEYS)
+                } else if span.name.starts_with("execute_tool ") {
+                    (1, &TOOL_KEYS)
+                } else if keys.contains(&"cloud.region") {
+                    (2, &cloud_chat)
+                } else {
+                    (3, &saas_chat)
+                };
+                assert_eq!(keys, want, "{}", span.name);
+                seen[kind] += 1;
+            }
+        }
+        assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
     }
 }

@@ -1,12 +1,17 @@
-//! A simulated multi-cloud agent fleet that exports through the official OpenTelemetry SDK.
+//! A simulated multi-cloud agent fleet that exports through the official OpenTelemetry SDK: what `tailscope demo`
+//! and `tailscope simulate` send, and what the benchmarks and tests generate their agent spans with.
 //!
-//! [`plan`] generates agent turns (`invoke_agent` traces) as data from a seed; [`export`] hands them to one SDK
-//! pipeline per simulated service. [`run`] paces generation at the requested span rate in real time: span start
-//! and end times are simulated (log-normal latencies, stalls, a regional incident), not slept, so a turn that
-//! "took" 40 s costs nothing to produce.
+//! [`fleet`] is the static data (services, regions, models, tools, backends); [`plan`] generates agent turns
+//! (`invoke_agent` traces) as data from a seed, with the span attributes built by [`genai`]; [`export`] hands them
+//! to one SDK pipeline per simulated service.
+//! [`run`] paces generation at the requested span rate in real time: span start and end times are simulated
+//! (log-normal latencies, stalls, a regional incident), not slept, so a turn that "took" 40 s costs nothing to
+//! produce.
 
+pub mod endpoint;
 pub mod export;
 pub mod fleet;
+pub mod genai;
 pub mod plan;
 
 use std::future::Future;
@@ -14,23 +19,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+pub use endpoint::Endpoints;
 pub use export::ExportCounters;
 
 /// How the fleet exports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Transport {
-    /// OTLP/gRPC (the endpoint is e.g. `http://127.0.0.1:4317`).
+    /// OTLP/gRPC (a server URL, e.g. `http://127.0.0.1:4317`, for every signal).
     Grpc,
-    /// OTLP/HTTP with protobuf bodies (the endpoint is the base, e.g. `http://127.0.0.1:4318`; `/v1/traces`,
-    /// `/v1/metrics` and `/v1/logs` are appended).
+    /// OTLP/HTTP with protobuf bodies (a URL per signal, e.g. `http://127.0.0.1:4318/v1/traces`).
     Http,
 }
 
 /// What to simulate and where to send it.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
-    /// OTLP endpoint.
-    pub endpoint: String,
+    /// Where each signal goes.
+    pub endpoints: Endpoints,
     /// gRPC or HTTP.
     pub transport: Transport,
     /// Spans per second, on average (a turn's spans leave together).
@@ -154,7 +160,7 @@ pub async fn run(
         return Err(SimError::Config("--sessions must be at least 1".into()));
     }
     let target = export::Target {
-        endpoint: config.endpoint.clone(),
+        endpoints: config.endpoints.clone(),
         transport: config.transport,
         metric_interval: config.metric_interval,
         // Short batches keep the live dashboard fresh; the queue absorbs a few seconds at the requested rate.

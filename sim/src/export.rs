@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _};
-use opentelemetry::metrics::{Histogram, MeterProvider as _};
+use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
 use opentelemetry::trace::{
     Span as _, SpanBuilder, SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
     TracerProvider as _,
@@ -31,7 +31,7 @@ use tokio::runtime::Handle;
 
 use super::fleet;
 use super::plan::{Emitter, TracePlan};
-use super::{SimError, Transport};
+use super::{Endpoints, SimError, Transport};
 
 thread_local! {
     /// The ids the next span built on this thread must carry (see [`PlannedIds`]).
@@ -63,27 +63,42 @@ impl IdGenerator for PlannedIds {
     }
 }
 
-/// Runs an exporter's futures on the tokio runtime.
+/// An SDK exporter whose exports run on a tokio runtime: the shim every OTLP exporter of the official SDK needs
+/// when its provider exports from the SDK's own threads (the simulated fleet's pipelines, the integration tests'
+/// providers).
 ///
 /// The SDK's batch processors and periodic reader export from their own threads with a plain executor, but the
 /// OTLP clients (tonic, async reqwest) need a tokio reactor and timers: this enters the runtime for each export.
-/// It also counts what each export delivered, so export failures are visible to the user of `simulate`.
+/// With [`OnRuntime::counting`] it also counts what each export delivered, so export failures are visible to the
+/// user of `simulate`.
 #[derive(Debug)]
-struct OnRuntime<E> {
+pub struct OnRuntime<E> {
     inner: E,
     handle: Handle,
-    counters: Arc<SignalCounters>,
+    counters: Option<Arc<SignalCounters>>,
 }
 
 impl<E> OnRuntime<E> {
+    /// `inner`, exporting on the runtime of `handle`.
+    pub fn new(inner: E, handle: Handle) -> OnRuntime<E> {
+        OnRuntime { inner, handle, counters: None }
+    }
+
+    /// Counts every export's items in `counters`: delivered, or failed with the latest error.
+    pub fn counting(mut self, counters: Arc<SignalCounters>) -> OnRuntime<E> {
+        self.counters = Some(counters);
+        self
+    }
+
     fn record(&self, items: u64, result: OTelSdkResult) -> OTelSdkResult {
+        let Some(counters) = &self.counters else { return result };
         match &result {
             Ok(()) => {
-                self.counters.exported.fetch_add(items, Ordering::Relaxed);
+                counters.exported.fetch_add(items, Ordering::Relaxed);
             }
             Err(e) => {
-                self.counters.failed.fetch_add(items, Ordering::Relaxed);
-                *self.counters.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                counters.failed.fetch_add(items, Ordering::Relaxed);
+                *counters.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
             }
         }
         result
@@ -178,8 +193,8 @@ pub struct Fleet {
 /// Where and how to export.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// Base URL: the gRPC endpoint, or the OTLP/HTTP base to which `/v1/traces` etc. are appended.
-    pub endpoint: String,
+    /// Each signal's endpoint.
+    pub endpoints: Endpoints,
     /// gRPC or HTTP/protobuf.
     pub transport: Transport,
     /// How often metrics are exported.
@@ -188,10 +203,6 @@ pub struct Target {
     pub batch_delay: Duration,
     /// Span queue per service; a full queue drops spans (counted by the SDK), as in any real service.
     pub queue_size: usize,
-}
-
-fn signal_url(base: &str, path: &str) -> String {
-    format!("{}{path}", base.trim_end_matches('/'))
 }
 
 fn build_err(what: &str, e: impl std::fmt::Display) -> SimError {
@@ -332,30 +343,29 @@ fn resource(
     Resource::builder().with_service_name(service).with_attributes(attrs).build()
 }
 
-fn pipeline(
-    target: &Target,
-    handle: &Handle,
-    counters: &ExportCounters,
-    resource: Resource,
-) -> Result<Pipeline, SimError> {
-    let scope = InstrumentationScope::builder("tailscope-simulator").with_version(env!("CARGO_PKG_VERSION")).build();
-    let (spans, metrics, logs) = match target.transport {
+/// One service's OTLP exporters, one per signal.
+type Exporters =
+    (opentelemetry_otlp::SpanExporter, opentelemetry_otlp::MetricExporter, opentelemetry_otlp::LogExporter);
+
+fn exporters(target: &Target) -> Result<Exporters, SimError> {
+    let e = &target.endpoints;
+    Ok(match target.transport {
         Transport::Grpc => (
             opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
-                .with_endpoint(&target.endpoint)
+                .with_endpoint(&e.traces)
                 .with_compression(opentelemetry_otlp::Compression::Gzip)
                 .build()
                 .map_err(|e| build_err("span exporter", e))?,
             opentelemetry_otlp::MetricExporter::builder()
                 .with_tonic()
-                .with_endpoint(&target.endpoint)
+                .with_endpoint(&e.metrics)
                 .with_temporality(Temporality::Delta)
                 .build()
                 .map_err(|e| build_err("metric exporter", e))?,
             opentelemetry_otlp::LogExporter::builder()
                 .with_tonic()
-                .with_endpoint(&target.endpoint)
+                .with_endpoint(&e.logs)
                 .build()
                 .map_err(|e| build_err("log exporter", e))?,
         ),
@@ -363,53 +373,28 @@ fn pipeline(
             opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_protocol(Protocol::HttpBinary)
-                .with_endpoint(signal_url(&target.endpoint, "/v1/traces"))
+                .with_endpoint(&e.traces)
                 .build()
                 .map_err(|e| build_err("span exporter", e))?,
             opentelemetry_otlp::MetricExporter::builder()
                 .with_http()
                 .with_protocol(Protocol::HttpBinary)
-                .with_endpoint(signal_url(&target.endpoint, "/v1/metrics"))
+                .with_endpoint(&e.metrics)
                 .with_temporality(Temporality::Delta)
                 .build()
                 .map_err(|e| build_err("metric exporter", e))?,
             opentelemetry_otlp::LogExporter::builder()
                 .with_http()
                 .with_protocol(Protocol::HttpBinary)
-                .with_endpoint(signal_url(&target.endpoint, "/v1/logs"))
+                .with_endpoint(&e.logs)
                 .build()
                 .map_err(|e| build_err("log exporter", e))?,
         ),
-    };
-    let span_processor = BatchSpanProcessor::builder(OnRuntime {
-        inner: spans,
-        handle: handle.clone(),
-        counters: counters.spans.clone(),
     })
-    .with_batch_config(
-        BatchConfigBuilder::default()
-            .with_max_queue_size(target.queue_size)
-            .with_max_export_batch_size(512)
-            .with_scheduled_delay(target.batch_delay)
-            .build(),
-    )
-    .build();
-    let tracer_provider = SdkTracerProvider::builder()
-        .with_span_processor(span_processor)
-        .with_id_generator(PlannedIds::default())
-        .with_resource(resource.clone())
-        .build();
-    let tracer = tracer_provider.tracer_with_scope(scope.clone());
+}
 
-    let reader = PeriodicReader::builder(OnRuntime {
-        inner: metrics,
-        handle: handle.clone(),
-        counters: counters.metrics.clone(),
-    })
-    .with_interval(target.metric_interval)
-    .build();
-    let meter_provider = SdkMeterProvider::builder().with_reader(reader).with_resource(resource.clone()).build();
-    let meter = meter_provider.meter_with_scope(scope.clone());
+/// The GenAI client metrics' histograms: token usage and operation duration, with the conventions' buckets.
+fn instruments(meter: &Meter) -> (Histogram<u64>, Histogram<f64>) {
     let token_usage = meter
         .u64_histogram("gen_ai.client.token.usage")
         .with_unit("{token}")
@@ -424,9 +409,42 @@ fn pipeline(
         .with_description("GenAI operation duration")
         .with_boundaries(vec![0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92])
         .build();
+    (token_usage, operation_duration)
+}
+
+fn pipeline(
+    target: &Target,
+    handle: &Handle,
+    counters: &ExportCounters,
+    resource: Resource,
+) -> Result<Pipeline, SimError> {
+    let scope = InstrumentationScope::builder("tailscope-simulator").with_version(env!("CARGO_PKG_VERSION")).build();
+    let (spans, metrics, logs) = exporters(target)?;
+    let span_processor =
+        BatchSpanProcessor::builder(OnRuntime::new(spans, handle.clone()).counting(counters.spans.clone()))
+            .with_batch_config(
+                BatchConfigBuilder::default()
+                    .with_max_queue_size(target.queue_size)
+                    .with_max_export_batch_size(512)
+                    .with_scheduled_delay(target.batch_delay)
+                    .build(),
+            )
+            .build();
+    let tracer_provider = SdkTracerProvider::builder()
+        .with_span_processor(span_processor)
+        .with_id_generator(PlannedIds::default())
+        .with_resource(resource.clone())
+        .build();
+    let tracer = tracer_provider.tracer_with_scope(scope.clone());
+
+    let reader = PeriodicReader::builder(OnRuntime::new(metrics, handle.clone()).counting(counters.metrics.clone()))
+        .with_interval(target.metric_interval)
+        .build();
+    let meter_provider = SdkMeterProvider::builder().with_reader(reader).with_resource(resource.clone()).build();
+    let (token_usage, operation_duration) = instruments(&meter_provider.meter_with_scope(scope.clone()));
 
     let logger_provider = SdkLoggerProvider::builder()
-        .with_batch_exporter(OnRuntime { inner: logs, handle: handle.clone(), counters: counters.logs.clone() })
+        .with_batch_exporter(OnRuntime::new(logs, handle.clone()).counting(counters.logs.clone()))
         .with_resource(resource)
         .build();
     let logger = logger_provider.logger_with_scope(scope);

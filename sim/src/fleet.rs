@@ -5,6 +5,8 @@
 //! services calling a model hosted in another cloud (egress), services that hedge across providers, services on
 //! the deprecated GenAI attribute names, and one fine-tuned model that no price table knows.
 
+use crate::genai::Names;
+
 /// A cloud a service or backend runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Place {
@@ -306,9 +308,9 @@ pub struct Service {
     pub hedge_after_ms: Option<f64>,
     /// The second provider's model for hedged copies.
     pub hedge_to: (&'static str, &'static str),
-    /// Emits the deprecated GenAI names (`gen_ai.system`, `gen_ai.usage.prompt_tokens` /
-    /// `completion_tokens`), as older instrumentations still do.
-    pub legacy_names: bool,
+    /// The GenAI attribute names its instrumentation sends: some services are still on the deprecated ones
+    /// (`gen_ai.system`, `gen_ai.usage.prompt_tokens` / `completion_tokens`, `session.id`).
+    pub names: Names,
     /// The tools its agent uses.
     pub tools: &'static [&'static str],
     /// Index into [`RETRIEVAL`] and [`MEMORY`].
@@ -330,7 +332,7 @@ pub const SERVICES: &[Service] = &[
         models: &[("openai", "gpt-4o-mini", 0.6), ("openai", "gpt-4o", 0.37), ("openai", UNKNOWN_MODEL, 0.03)],
         hedge_after_ms: Some(1000.0),
         hedge_to: ("anthropic", "claude-3-5-haiku-20241022"),
-        legacy_names: false,
+        names: Names::Current,
         tools: &["lookup_order", "create_ticket", "send_email"],
         retrieval: 1,
         memory: 1,
@@ -345,7 +347,7 @@ pub const SERVICES: &[Service] = &[
         models: &[("openai", "gpt-4o-mini", 0.6), ("openai", "gpt-4o", 0.4)],
         hedge_after_ms: Some(1000.0),
         hedge_to: ("anthropic", "claude-3-5-haiku-20241022"),
-        legacy_names: false,
+        names: Names::Current,
         tools: &["lookup_order", "create_ticket", "send_email"],
         retrieval: 1,
         memory: 1,
@@ -360,7 +362,7 @@ pub const SERVICES: &[Service] = &[
         models: &[("gcp.vertex_ai", "gemini-2.5-pro", 0.5), ("gcp.vertex_ai", "gemini-2.5-flash", 0.5)],
         hedge_after_ms: Some(2500.0),
         hedge_to: ("openai", "gpt-4o"),
-        legacy_names: false,
+        names: Names::Current,
         tools: &["search_web", "read_file"],
         retrieval: 0,
         memory: 0,
@@ -375,7 +377,7 @@ pub const SERVICES: &[Service] = &[
         models: &[("gcp.vertex_ai", "gemini-2.5-flash", 0.7), ("openai", "o3-mini", 0.3)],
         hedge_after_ms: None,
         hedge_to: ("openai", "gpt-4o"),
-        legacy_names: false,
+        names: Names::Current,
         tools: &["search_web", "read_file"],
         retrieval: 1,
         memory: 0,
@@ -390,7 +392,7 @@ pub const SERVICES: &[Service] = &[
         models: &[("azure.ai.openai", "gpt-4o", 0.5), ("azure.ai.openai", "gpt-4o-mini", 0.5)],
         hedge_after_ms: Some(1100.0),
         hedge_to: ("openai", "gpt-4o"),
-        legacy_names: false,
+        names: Names::Current,
         tools: &["get_invoice", "run_sql", "send_email"],
         retrieval: 0,
         memory: 0,
@@ -405,7 +407,7 @@ pub const SERVICES: &[Service] = &[
         models: &[("openai", "gpt-4o", 0.5), ("openai", "gpt-4o-mini", 0.5)],
         hedge_after_ms: None,
         hedge_to: ("anthropic", "claude-sonnet-4-20250514"),
-        legacy_names: true,
+        names: Names::Deprecated,
         tools: &["get_invoice", "run_sql"],
         retrieval: 1,
         memory: 0,
@@ -423,7 +425,7 @@ pub const SERVICES: &[Service] = &[
         ],
         hedge_after_ms: Some(1500.0),
         hedge_to: ("openai", "gpt-4o"),
-        legacy_names: false,
+        names: Names::Current,
         tools: &["read_file", "run_tests", "run_sql"],
         retrieval: 0,
         memory: 1,
@@ -441,13 +443,21 @@ pub const SERVICES: &[Service] = &[
         ],
         hedge_after_ms: None,
         hedge_to: ("openai", "gpt-4o"),
-        legacy_names: true,
+        names: Names::Deprecated,
         tools: &["read_file", "run_tests"],
         retrieval: 0,
         memory: 1,
         weight: 0.7,
     },
 ];
+
+/// Looks a service up by name and region; panics on a typo (static data).
+pub fn service(name: &str, region: &str) -> &'static Service {
+    SERVICES
+        .iter()
+        .find(|s| s.name == name && s.place.region == region)
+        .unwrap_or_else(|| panic!("no simulated service {name} in {region}"))
+}
 
 /// Looks a tool up by name; panics on a typo (static data, covered by a test).
 pub fn tool(name: &str) -> &'static Tool {
