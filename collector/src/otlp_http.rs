@@ -209,9 +209,23 @@ fn encode<T: Message + Serialize>(encoding: Encoding, status: StatusCode, value:
     let body = match encoding {
         Encoding::Protobuf => value.encode_to_vec(),
         // Serialising the generated types cannot fail.
-        Encoding::Json => serde_json::to_vec(value).unwrap_or_default(),
+        Encoding::Json => {
+            serde_json::to_value(value).and_then(|v| serde_json::to_vec(&without_nulls(v))).unwrap_or_default()
+        }
     };
     (status, [(header::CONTENT_TYPE, encoding.content_type())], body).into_response()
+}
+
+/// `value` without its `null` members. The generated types serialise an absent message field as `null`, where
+/// OTLP/JSON (proto3's JSON mapping) leaves it out: a fully accepted export answers `{}`, not
+/// `{"partialSuccess": null}`, which clients that check for the key read as a partial success.
+fn without_nulls(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(members) => {
+            members.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, without_nulls(v))).collect()
+        }
+        other => other,
+    }
 }
 
 /// `google.rpc.Status`, the body of OTLP/HTTP error responses.

@@ -5,6 +5,52 @@
 
 use crate::support::Server;
 
+/// POSTs `body` to OTLP/HTTP `/v1/traces` at `base` with the given headers; the status, headers and body.
+async fn post_traces(
+    base: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let mut request = reqwest::Client::new().post(format!("{base}/v1/traces")).body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let r = request.send().await.unwrap_or_else(|e| panic!("POST {base}/v1/traces: {e}"));
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fully_accepted_export_answers_without_partial_success() {
+    let server = Server::start().await;
+    let json = serde_json::json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "conventions"}}]},
+        "scopeSpans": [{"spans": [{
+            "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "chat",
+            "startTimeUnixNano": now_ns().to_string(), "endTimeUnixNano": (now_ns() + 1_000_000).to_string()
+        }]}]
+    }]});
+    let (status, _, body) =
+        post_traces(&server.http_url(), &[("content-type", "application/json")], json.to_string().into_bytes()).await;
+    assert_eq!(status, 200);
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer, serde_json::json!({}), "no partialSuccess, not even null");
+    let (status, _, body) =
+        post_traces(&server.http_url(), &[("content-type", "application/x-protobuf")], spans(1, 1).encode_to_vec())
+            .await;
+    assert_eq!(status, 200);
+    assert!(body.is_empty(), "protobuf: no partial_success field: {body:?}");
+    // A span rejected still says so.
+    let mut bad = json.clone();
+    bad["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["traceId"] = "00000000000000000000000000000000".into();
+    let (_, _, body) =
+        post_traces(&server.http_url(), &[("content-type", "application/json")], bad.to_string().into_bytes()).await;
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let rejected = &answer["partialSuccess"]["rejectedSpans"];
+    assert!(rejected == 1 || rejected == "1", "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     let server = Server::start().await;
