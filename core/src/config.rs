@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::cost::{AlertsConfig, BudgetConfig, PricingConfig};
 use crate::error::ConfigError;
 
+pub mod units;
+
 /// One MiB.
 const MIB: usize = 1024 * 1024;
 /// The largest size any setting may have, in MiB: 1 TiB. Far above any machine tailscope runs on, and small
@@ -237,26 +239,26 @@ pub struct ServerConfig {
     pub flight: SocketAddr,
     /// A connection with no request in progress for this long is closed (HTTP/2: GOAWAY, then close). Longer
     /// than the OpenTelemetry SDKs' 60 s metric export interval, so a metrics exporter keeps its connection.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub idle_timeout: Duration,
     /// Time allowed for a request's headers, counted from when the connection can take a request (accepted, or
     /// the previous response sent): slowloris clients are cut here. On HTTP/1.1 this also closes keep-alive
     /// connections that wait this long for their next request. HTTP/2 headers arrive as one frame; a connection
     /// that never completes one is idle and falls under `idle_timeout`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub header_timeout: Duration,
     /// Total time allowed to receive one request's body, from its headers (not an inactivity timeout: a body
     /// trickled a byte at a time is cut too). A request cut here is answered 408 / DEADLINE_EXCEEDED and nothing
     /// of it is stored. Generous: OTLP exporters give up on an export after 10 s by default. The other way, a
     /// peer that takes no byte of a response for this long is dropped (slow readers that make progress are not).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub body_timeout: Duration,
     /// HTTP/2 PING interval on connections (gRPC and HTTP/2 clients), to find dead peers; TCP keepalive probes
     /// start after it too.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub keepalive_interval: Duration,
     /// A peer that does not answer a PING within this is dropped.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub keepalive_timeout: Duration,
     /// Open connections per listener. At the cap, the longest-idle connection (no request in progress) is closed
     /// to admit a new one (HTTP/2: GOAWAY); when every connection is busy, new ones wait in the kernel's accept
@@ -366,12 +368,14 @@ impl LiveConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
     /// Largest accepted request body after decompression (the OTLP spec's 413 / RESOURCE_EXHAUSTED beyond it).
+    #[serde(with = "units::bytes")]
     pub max_body_bytes: usize,
     /// Normalised-but-unflushed data held in memory. Past it, ingest answers 503 / UNAVAILABLE with a retry
     /// delay until a flush frees room: backpressure instead of memory growth.
+    #[serde(with = "units::bytes")]
     pub max_buffer_bytes: usize,
     /// The delay suggested to clients in `Retry-After` / `RetryInfo` when backpressure applies.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub retry_after: Duration,
     /// Attributes kept per span; further ones are dropped and reported in `partial_success.error_message`
     /// (the span itself is stored). Bounds the memory one span's attribute list takes while it is normalised.
@@ -402,9 +406,10 @@ impl Default for IngestConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Flush when this much Arrow data is buffered (all signals together).
+    #[serde(with = "units::bytes")]
     pub flush_max_bytes: usize,
     /// Flush at least this often while anything is buffered.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub flush_interval: Duration,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
@@ -434,22 +439,26 @@ impl Default for StorageConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct QueryConfig {
     /// A query running longer is cancelled.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub timeout: Duration,
     /// DataFusion's memory pool per query, in MiB; operators that can spill do so beyond it.
+    #[serde(with = "units::mib")]
     pub memory_limit_mb: usize,
     /// Queries running at once; more wait for a slot (and time out waiting).
     pub max_concurrent: usize,
     /// The longest SQL statement accepted, in bytes (every surface: HTTP, Flight SQL, the CLI).
+    #[serde(with = "units::bytes")]
     pub max_sql_bytes: usize,
     /// How deeply expressions, subqueries and plan steps may nest; a chain `a OR b OR ...` is as deep as it is
     /// long. Bounds every recursive pass over the statement (planning, optimisation, evaluation).
     pub max_expr_depth: usize,
     /// The most one call of a growing function (`repeat`, `lpad`, `rpad`, `replace`, `regexp_replace`,
     /// `array_repeat`, `array_resize`, `range`, `generate_series`) may produce for one batch of rows, in MiB.
+    #[serde(with = "units::mib")]
     pub max_function_output_mb: usize,
     /// DataFusion's cache of Parquet footers and page indexes (read once per file, kept for the next queries), in
     /// MiB. Reserved from `memory.limit_mb` at start; 0 turns the cache off (every query reads the footers again).
+    #[serde(with = "units::mib")]
     pub metadata_cache_mb: usize,
 }
 
@@ -487,6 +496,7 @@ impl Default for QueryConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct MemoryConfig {
     /// The budget in MiB.
+    #[serde(with = "units::mib")]
     pub limit_mb: usize,
 }
 
@@ -508,11 +518,13 @@ impl Default for MemoryConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct LiveConfig {
     /// p99 above this (ms) is shown as an SLO breach in the dashboard.
+    #[serde(with = "units::millis")]
     pub slo_p99_ms: f64,
     /// Routes (provider, region, model, operation) tracked at once; spans of further routes are counted under
     /// provider `(other)`. Each active route holds up to ~2 MiB of histograms.
     pub max_routes: usize,
     /// Longest provider, region, model or operation kept as a route key; longer values are cut to it.
+    #[serde(with = "units::bytes")]
     pub max_key_bytes: usize,
 }
 

@@ -53,13 +53,16 @@ pub struct PricingConfig {
     /// ahead of the built-in map (`aws.bedrock` -> aws, `azure.ai.*` -> azure, `gcp.*` -> gcp).
     pub provider_clouds: BTreeMap<String, String>,
     /// Bytes in the "GB" that egress prices are quoted per. Clouds meter in binary gigabytes (2^30), the default.
+    #[serde(with = "crate::config::units::bytes")]
     pub bytes_per_gb: u64,
     /// Longest model, provider or region name used to look a price up. A longer one (no real name comes close)
     /// is treated as absent: a span priced by such a model is `unknown`. Bounds the work and memory a hostile
     /// name costs per span.
+    #[serde(with = "crate::config::units::bytes")]
     pub max_name_bytes: usize,
     /// Bytes the price-resolution cache may hold (names, the prices they resolve to and the map's slots) before it
     /// is emptied; it holds at most 8,192 entries too. Reserved from `memory.limit_mb` at start.
+    #[serde(with = "crate::config::units::bytes")]
     pub cache_bytes: usize,
 }
 
@@ -234,19 +237,19 @@ pub struct AlertsConfig {
     /// `http://` or `https://` (TLS with the system's root certificates).
     pub webhooks: Vec<String>,
     /// Per-attempt timeout.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::units::duration")]
     pub timeout: Duration,
     /// Attempts per event and webhook before the event is given up (and logged as an error).
     pub max_attempts: u32,
     /// Delay before the first retry; doubles each attempt (with jitter) up to `max_backoff`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::units::duration")]
     pub initial_backoff: Duration,
     /// Longest delay between attempts.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::units::duration")]
     pub max_backoff: Duration,
     /// Budgets are re-evaluated at least this often (period ends, rolling windows, forecasts), and at most
     /// a few times a second while spans arrive.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::units::duration")]
     pub evaluate_interval: Duration,
 }
 

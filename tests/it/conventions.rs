@@ -3,7 +3,7 @@
 //! deflate bodies, CORS for browser exporters, answers without `partialSuccess` when everything was accepted, logs
 //! without colour codes in files, and Flight SQL prepared statements with parameters and the metadata JDBC asks for.
 
-use crate::support::Server;
+use crate::support::{Server, rpc_status};
 
 /// POSTs `body` to OTLP/HTTP `/v1/traces` at `base` with the given headers; the status, headers and body.
 async fn post_traces(
@@ -19,6 +19,25 @@ async fn post_traces(
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     (status, headers, r.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sizes_and_durations_are_written_as_people_write_them() {
+    let server = Server::start_with(
+        "[ingest]\nmax_body_bytes = \"1KiB\"\nmax_buffer_bytes = \"64 MiB\"\nretry_after = \"2s\"\n\
+         [storage]\nflush_max_bytes = \"32MiB\"\nflush_interval = \"10m\"\n\
+         [memory]\nlimit_mb = \"256MiB\"\n[query]\nmemory_limit_mb = \"0.125GiB\"\nmetadata_cache_mb = \"8MiB\"\n\
+         [pricing]\ncache_bytes = \"1MB\"\n[live]\nslo_p99_ms = \"250ms\"\n",
+    )
+    .await;
+    let (status, headers, body) =
+        post_traces(&server.http_url(), &[("content-type", "application/json")], vec![b' '; 2048]).await;
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    let ct = headers.get("content-type").and_then(|v| v.to_str().ok());
+    assert!(rpc_status(ct, &body).message.contains("1024-byte limit"), "{}", String::from_utf8_lossy(&body));
+    let live: serde_json::Value =
+        reqwest::get(format!("{}/api/v1/live", server.api_url())).await.unwrap().json().await.unwrap();
+    assert_eq!(live["slo_p99_ms"], 250.0, "{live}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
