@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 use crate::cost::{AlertsConfig, BudgetConfig, PricingConfig};
 use crate::error::ConfigError;
 
+mod listen;
 pub mod units;
+
+pub use listen::ListenAddr;
 
 /// One MiB.
 const MIB: usize = 1024 * 1024;
@@ -229,14 +232,15 @@ const MAX_BUDGET_WINDOW: Duration = Duration::from_secs(31_557_600);
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
-    /// OTLP/gRPC.
-    pub otlp_grpc: SocketAddr,
+    /// OTLP/gRPC. Each address is `host:port`; the host an IP address (IPv6 in brackets: `[::]:4317`) or a name
+    /// (`localhost:4317`), resolved at start (see [`ListenAddr`]).
+    pub otlp_grpc: ListenAddr,
     /// OTLP/HTTP.
-    pub otlp_http: SocketAddr,
+    pub otlp_http: ListenAddr,
     /// Health, Prometheus metrics, SQL, live windows, alerts and guardrails.
-    pub api: SocketAddr,
+    pub api: ListenAddr,
     /// Arrow Flight SQL.
-    pub flight: SocketAddr,
+    pub flight: ListenAddr,
     /// A connection with no request in progress for this long is closed (HTTP/2: GOAWAY, then close). Longer
     /// than the OpenTelemetry SDKs' 60 s metric export interval, so a metrics exporter keeps its connection.
     #[serde(with = "units::duration")]
@@ -269,10 +273,10 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            otlp_grpc: SocketAddr::from(([127, 0, 0, 1], 4317)),
-            otlp_http: SocketAddr::from(([127, 0, 0, 1], 4318)),
-            api: SocketAddr::from(([127, 0, 0, 1], 4319)),
-            flight: SocketAddr::from(([127, 0, 0, 1], 4320)),
+            otlp_grpc: ListenAddr::from(SocketAddr::from(([127, 0, 0, 1], 4317))),
+            otlp_http: ListenAddr::from(SocketAddr::from(([127, 0, 0, 1], 4318))),
+            api: ListenAddr::from(SocketAddr::from(([127, 0, 0, 1], 4319))),
+            flight: ListenAddr::from(SocketAddr::from(([127, 0, 0, 1], 4320))),
             idle_timeout: Duration::from_secs(120),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),

@@ -3,7 +3,14 @@
 //! deflate bodies, CORS for browser exporters, answers without `partialSuccess` when everything was accepted, logs
 //! without colour codes in files, and Flight SQL prepared statements with parameters and the metadata JDBC asks for.
 
-use crate::support::{Server, rpc_status};
+use std::path::Path;
+
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::FlightInfo;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::Int64Type;
+
+use crate::support::{Custom, Server, free_addr, rpc_status};
 
 /// POSTs `body` to OTLP/HTTP `/v1/traces` at `base` with the given headers; the status, headers and body.
 async fn post_traces(
@@ -19,6 +26,60 @@ async fn post_traces(
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     (status, headers, r.bytes().await.unwrap().to_vec())
+}
+
+/// A temp dir and four free loopback ports, for servers launched by hand.
+fn launch_parts() -> (tempfile::TempDir, [std::net::SocketAddr; 4]) {
+    (tempfile::tempdir().unwrap(), [free_addr(), free_addr(), free_addr(), free_addr()])
+}
+
+fn path_arg(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_addresses_take_host_names_in_flags_and_the_config() {
+    let (tmp, [grpc, http, api, flight]) = launch_parts();
+    let config = tmp.path().join("tailscope.toml");
+    // `0.0.0.0` and `[::]` (every interface) in the file, `localhost` in the flags.
+    let toml = format!("[server]\napi = \"0.0.0.0:{}\"\nflight = \"[::]:{}\"\n", api.port(), flight.port());
+    std::fs::write(&config, toml).unwrap();
+    let data_dir = tmp.path().join("data");
+    let args = vec![
+        "--config".into(),
+        path_arg(&config),
+        "--data-dir".into(),
+        path_arg(&data_dir),
+        "--otlp-grpc".into(),
+        format!("localhost:{}", grpc.port()),
+        "--otlp-http".into(),
+        format!("localhost:{}", http.port()),
+    ];
+    let flight_v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, flight.port()));
+    let server =
+        Server::start_custom(Custom { tmp, args, env: Vec::new(), data_dir, addrs: [grpc, http, api, flight_v6] })
+            .await;
+
+    // Each listener answers where its name says.
+    let (status, _, body) = post_traces(
+        &format!("http://localhost:{}", http.port()),
+        &[("content-type", "application/x-protobuf")],
+        spans(1, 2).encode_to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let mut client =
+        opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient::connect(format!(
+            "http://localhost:{}",
+            grpc.port()
+        ))
+        .await
+        .expect("OTLP/gRPC on localhost");
+    client.export(spans(10, 3)).await.expect("a gRPC export");
+    server.wait_count("SELECT count(*) AS n FROM spans", 5).await;
+    let mut flight_client = flight_client(&format!("http://[::1]:{}", flight.port())).await;
+    let info = flight_client.execute("SELECT count(*) AS n FROM spans".into(), None).await.expect("Flight SQL on [::]");
+    assert_eq!(int64s(&fetch(&mut flight_client, &info).await, "n"), [5]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,4 +137,25 @@ async fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     let log = server.log();
     assert!(log.contains("tailscope is serving"), "{log}");
     assert!(!log.contains('\u{1b}'), "ANSI escape codes in a log file: {log:?}");
+}
+
+async fn flight_client(url: &str) -> FlightSqlServiceClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("Flight SQL at {url}: {e}"));
+    FlightSqlServiceClient::new(channel)
+}
+
+async fn fetch(client: &mut FlightSqlServiceClient<tonic::transport::Channel>, info: &FlightInfo) -> Vec<RecordBatch> {
+    let ticket = info.endpoint[0].ticket.clone().expect("a ticket");
+    client.do_get(ticket).await.expect("do_get").try_collect().await.expect("the batches")
+}
+
+fn int64s(batches: &[RecordBatch], column: &str) -> Vec<i64> {
+    batches
+        .iter()
+        .flat_map(|b| b.column_by_name(column).unwrap().as_primitive::<Int64Type>().values().to_vec())
+        .collect()
 }

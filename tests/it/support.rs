@@ -92,6 +92,24 @@ pub struct Server {
     log_path: PathBuf,
     /// RLIMIT_NOFILE (soft and hard) of the child, if lowered.
     nofile: Option<u64>,
+    /// Set by [`Server::start_custom`]: the arguments after `serve` and the environment, instead of the config file
+    /// and the data dir and addresses as flags.
+    custom: Option<(Vec<String>, Vec<(String, String)>)>,
+}
+
+/// How [`Server::start_custom`] launches `tailscope serve`.
+pub struct Custom {
+    /// The directory that holds the config (if any), the log, and is removed with the server.
+    pub tmp: tempfile::TempDir,
+    /// The arguments after `serve`.
+    pub args: Vec<String>,
+    /// Environment variables set for the server.
+    pub env: Vec<(String, String)>,
+    /// The data dir the arguments, config or environment name.
+    pub data_dir: PathBuf,
+    /// Where the test reaches the four listeners (OTLP/gRPC, OTLP/HTTP, API, Flight SQL), whatever names the
+    /// server was given for them.
+    pub addrs: [SocketAddr; 4],
 }
 
 impl Server {
@@ -134,8 +152,30 @@ impl Server {
             flight_addr: free_addr(),
             config_path,
             nofile,
+            custom: None,
         };
         server.spawn(true).await;
+        server
+    }
+
+    /// Starts a server launched as `custom` says (addresses by host name, settings from the environment). Its ports
+    /// are in its arguments, so a port found taken is retried as it is, not replaced.
+    pub async fn start_custom(custom: Custom) -> Server {
+        let Custom { tmp, args, env, data_dir, addrs: [grpc, http, api, flight_addr] } = custom;
+        let mut server = Server {
+            child: None,
+            data_dir,
+            log_path: tmp.path().join("server.log"),
+            config_path: tmp.path().join("tailscope.toml"),
+            tmp,
+            grpc,
+            http,
+            api,
+            flight_addr,
+            nofile: None,
+            custom: Some((args, env)),
+        };
+        server.spawn(false).await;
         server
     }
 
@@ -182,6 +222,20 @@ impl Server {
                     Ok(())
                 });
             }
+        }
+        if let Some((args, env)) = &self.custom {
+            let child = command
+                .arg("serve")
+                .args(args)
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn tailscope serve");
+            self.child = Some(child);
+            return;
         }
         let child = command
             .arg("serve")
