@@ -14,7 +14,8 @@ use tokio::task::JoinSet;
 
 use super::CmdResult;
 
-/// Flags of `tailscope serve`. Each overrides the matching key of the TOML config file.
+/// Flags of `tailscope serve`. Each overrides the matching key of the TOML config file, and each can be given as a
+/// `TAILSCOPE_*` environment variable instead (a flag wins over its variable).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Args {
     /// TOML config file (every key is shown in tailscope.example.toml, the syntax in docs/config.md); flags
@@ -22,21 +23,21 @@ pub struct Args {
     #[arg(long, short = 'c', value_name = "FILE", env = "TAILSCOPE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where the WAL and Parquet files live [config: data_dir; default: ./tailscope-data].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "TAILSCOPE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// OTLP/gRPC listen address, host:port (localhost:4317, 0.0.0.0:4317, [::]:4317) [config: server.otlp_grpc;
     /// default: 127.0.0.1:4317].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "TAILSCOPE_OTLP_GRPC")]
     pub otlp_grpc: Option<ListenAddr>,
     /// OTLP/HTTP listen address [config: server.otlp_http; default: 127.0.0.1:4318].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "TAILSCOPE_OTLP_HTTP")]
     pub otlp_http: Option<ListenAddr>,
     /// API listen address: health, Prometheus metrics, SQL, live windows, alerts [config: server.api;
     /// default: 127.0.0.1:4319].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "TAILSCOPE_API")]
     pub api: Option<ListenAddr>,
     /// Arrow Flight SQL listen address [config: server.flight; default: 127.0.0.1:4320].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "TAILSCOPE_FLIGHT")]
     pub flight: Option<ListenAddr>,
 }
 

@@ -4,13 +4,14 @@
 //! without colour codes in files, and Flight SQL prepared statements with parameters and the metadata JDBC asks for.
 
 use std::path::Path;
+use std::process::Command;
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::FlightInfo;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::Int64Type;
 
-use crate::support::{Custom, Server, free_addr, rpc_status};
+use crate::support::{Custom, Server, free_addr, rpc_status, tailscope_bin};
 
 /// POSTs `body` to OTLP/HTTP `/v1/traces` at `base` with the given headers; the status, headers and body.
 async fn post_traces(
@@ -80,6 +81,53 @@ async fn listen_addresses_take_host_names_in_flags_and_the_config() {
     let mut flight_client = flight_client(&format!("http://[::1]:{}", flight.port())).await;
     let info = flight_client.execute("SELECT count(*) AS n FROM spans".into(), None).await.expect("Flight SQL on [::]");
     assert_eq!(int64s(&fetch(&mut flight_client, &info).await, "n"), [5]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_serve_flag_can_come_from_a_tailscope_environment_variable() {
+    // `--help` names each variable (checked first: an old binary would bind the default ports instead).
+    let help = Command::new(tailscope_bin()).args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    let vars = [
+        "TAILSCOPE_CONFIG",
+        "TAILSCOPE_DATA_DIR",
+        "TAILSCOPE_OTLP_GRPC",
+        "TAILSCOPE_OTLP_HTTP",
+        "TAILSCOPE_API",
+        "TAILSCOPE_FLIGHT",
+    ];
+    for var in vars {
+        assert!(help.contains(var), "serve --help does not name {var}:\n{help}");
+    }
+
+    let (tmp, [grpc, http, api, flight]) = launch_parts();
+    let config = tmp.path().join("from-env.toml");
+    std::fs::write(&config, "[ingest]\nmax_body_bytes = 2048\n").unwrap();
+    let data_dir = tmp.path().join("data-from-env");
+    let values = [
+        path_arg(&config),
+        path_arg(&data_dir),
+        grpc.to_string(),
+        format!("localhost:{}", http.port()),
+        api.to_string(),
+        flight.to_string(),
+    ];
+    let env = vars.iter().map(|v| v.to_string()).zip(values).collect();
+    let server = Server::start_custom(Custom {
+        tmp,
+        args: Vec::new(),
+        env,
+        data_dir: data_dir.clone(),
+        addrs: [grpc, http, api, flight],
+    })
+    .await;
+    assert!(data_dir.join("wal").is_dir(), "the data dir is the one TAILSCOPE_DATA_DIR names");
+    // The config file TAILSCOPE_CONFIG names applies: its 2 KiB body limit refuses a 4 KiB body.
+    let (status, headers, body) =
+        post_traces(&server.http_url(), &[("content-type", "application/json")], vec![b' '; 4096]).await;
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    let ct = headers.get("content-type").and_then(|v| v.to_str().ok());
+    assert!(rpc_status(ct, &body).message.contains("2048"), "{}", String::from_utf8_lossy(&body));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
