@@ -14,6 +14,7 @@ use crate::cost::{AlertsConfig, BudgetConfig, PricingConfig};
 use crate::error::ConfigError;
 
 mod listen;
+pub mod substitute;
 pub mod units;
 
 pub use listen::ListenAddr;
@@ -126,10 +127,27 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Parses a TOML document; `origin` names it in errors.
+    /// Parses a TOML document, substituting `${env:...}` and `${file:...}` in its values ([`substitute`]);
+    /// `origin` names it in errors, and relative `${file:...}` paths start from its directory.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|source| ConfigError::Parse { path: origin.to_path_buf(), message: source.to_string() })?;
+        Config::from_toml_with_env(text, origin, &substitute::process_env)
+    }
+
+    /// [`Config::from_toml`] with the environment `env` instead of the process's.
+    pub fn from_toml_with_env(
+        text: &str,
+        origin: &Path,
+        env: substitute::EnvLookup<'_>,
+    ) -> Result<Config, ConfigError> {
+        let parse_error =
+            |e: toml::de::Error| ConfigError::Parse { path: origin.to_path_buf(), message: e.to_string() };
+        let mut document = toml::de::DeTable::parse(text).map_err(parse_error)?;
+        substitute::substitute_document(document.get_mut(), origin, env)?;
+        let config = Config::deserialize(toml::de::Deserializer::from(document)).map_err(|mut e| {
+            // Errors show the line as written, `${...}` and all, never the substituted secret.
+            e.set_input(Some(text));
+            parse_error(e)
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -672,6 +690,23 @@ mod tests {
         // A config built in code and never validated is taken at the nearest bound, never wrapped.
         assert_eq!(MemoryConfig { limit_mb: usize::MAX }.limit_bytes(), MAX_SIZE_BYTES);
         assert_eq!(MemoryConfig { limit_mb: 0 }.limit_bytes(), MIB);
+    }
+
+    #[test]
+    fn values_are_substituted_before_they_are_read_and_checked() {
+        let hook = "https://hooks.example.com/T0/B0/x\"y";
+        let env = |name: &str| Ok((name == "HOOK").then(|| hook.to_string()));
+        let toml = "[alerts]\nwebhooks = [\"${env:HOOK}\"]\n[memory]\nlimit_mb = \"${env:MEM:-512MiB}\"\n\
+                    [server]\napi = \"localhost:${env:PORT:-4400}\"\n";
+        let config = Config::from_toml_with_env(toml, Path::new("t.toml"), &env).unwrap();
+        assert_eq!(config.alerts.webhooks, [hook]);
+        assert_eq!(config.memory.limit_mb, 512);
+        assert_eq!(config.server.api.to_string(), "localhost:4400");
+        // A value that does not read shows its line as written.
+        let env = |_: &str| Ok(Some("many".to_string()));
+        let err = Config::from_toml_with_env("[memory]\nlimit_mb = \"${env:MEM}\"\n", Path::new("t.toml"), &env);
+        let err = err.unwrap_err().to_string();
+        assert!(err.contains("limit_mb = \"${env:MEM}\"") && err.contains("t.toml"), "{err}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use arrow_flight::FlightInfo;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::Int64Type;
 
-use crate::support::{Custom, Server, free_addr, rpc_status, tailscope_bin};
+use crate::support::{Custom, Server, free_addr, rpc_status, serve_fails_to_start, tailscope_bin};
 
 /// POSTs `body` to OTLP/HTTP `/v1/traces` at `base` with the given headers; the status, headers and body.
 async fn post_traces(
@@ -128,6 +128,67 @@ async fn every_serve_flag_can_come_from_a_tailscope_environment_variable() {
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
     let ct = headers.get("content-type").and_then(|v| v.to_str().ok());
     assert!(rpc_status(ct, &body).message.contains("2048"), "{}", String::from_utf8_lossy(&body));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_values_come_from_environment_variables_and_files() {
+    let (tmp, [grpc, http, api, flight]) = launch_parts();
+    // A data dir whose name holds a quote and a backslash: substituted into a value, it cannot break the TOML.
+    let data_parent = tmp.path().join("dirs");
+    std::fs::create_dir(&data_parent).unwrap();
+    let hook_file = tmp.path().join("hook-url");
+    std::fs::write(&hook_file, "http://127.0.0.1:9/hook-from-a-file\n").unwrap();
+    let config = tmp.path().join("tailscope.toml");
+    std::fs::write(
+        &config,
+        "data_dir = \"${env:TS_IT_DATA_PARENT}/da\\\"ta\\\\ $${not_substituted}\"\n\
+         [alerts]\nwebhooks = [\"${file:hook-url}\", \"${env:TS_IT_HOOK}\"]\n",
+    )
+    .unwrap();
+    let data_dir = data_parent.join("da\"ta\\ ${not_substituted}");
+    let args = vec![
+        "--config".into(),
+        path_arg(&config),
+        "--otlp-grpc".into(),
+        grpc.to_string(),
+        "--otlp-http".into(),
+        http.to_string(),
+        "--api".into(),
+        api.to_string(),
+        "--flight".into(),
+        flight.to_string(),
+    ];
+    let env = vec![
+        ("TS_IT_DATA_PARENT".to_string(), path_arg(&data_parent)),
+        ("TS_IT_HOOK".to_string(), "http://127.0.0.1:9/hook\"from-the-env".to_string()),
+    ];
+    let server =
+        Server::start_custom(Custom { tmp, args, env, data_dir: data_dir.clone(), addrs: [grpc, http, api, flight] })
+            .await;
+    assert!(data_dir.join("wal").is_dir(), "the data dir is {data_dir:?}: {:?}", std::fs::read_dir(&data_parent));
+    drop(server);
+
+    // What cannot be substituted stops start-up, naming the key and the variable or file.
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big-secret");
+    std::fs::write(&big, vec![b'x'; 2 << 20]).unwrap();
+    let cases = [
+        ("data_dir = \"${env:TS_IT_SURELY_UNSET}\"\n".to_string(), vec!["data_dir", "TS_IT_SURELY_UNSET"]),
+        ("[alerts]\nwebhooks = [\"${file:no-such-file}\"]\n".to_string(), vec!["alerts.webhooks[0]", "no-such-file"]),
+        (
+            format!("[alerts]\nwebhooks = [\"${{file:{}}}\"]\n", big.display()),
+            vec!["alerts.webhooks[0]", "big-secret", "1 MiB"],
+        ),
+        ("[[budget]]\nname = \"${vault:x}\"\n".to_string(), vec!["budget[0].name", "vault"]),
+    ];
+    for (toml, says) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, &toml).unwrap();
+        let stderr = serve_fails_to_start(Some(&path), &dir.path().join("data"));
+        for word in says {
+            assert!(stderr.contains(word), "{toml}: the error does not name {word:?}: {stderr}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
