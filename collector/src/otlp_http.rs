@@ -1,4 +1,5 @@
-//! OTLP/HTTP: `POST /v1/traces`, `/v1/metrics`, `/v1/logs`, protobuf or JSON, optionally gzip-compressed.
+//! OTLP/HTTP: `POST /v1/traces`, `/v1/metrics`, `/v1/logs`, protobuf or JSON, optionally compressed (gzip, deflate
+//! or zstd).
 //!
 //! Follows the OTLP/HTTP specification: the response uses the request's encoding; errors carry a
 //! `google.rpc.Status` body (protobuf or JSON) whose message says what was wrong; 503 comes with `Retry-After`.
@@ -20,7 +21,7 @@ use serde::de::DeserializeOwned;
 use tailscope_core::memory::Reservation;
 use tailscope_core::schema::Signal;
 
-use crate::admission::RequestMemory;
+use crate::admission::{Codec, RequestMemory};
 use crate::error::IngestError;
 use crate::receiver::Receiver;
 
@@ -163,8 +164,8 @@ fn body_error(receiver: &Receiver, rejection: BytesRejection) -> IngestError {
     IngestError::BodyRead(rejection.body_text())
 }
 
-/// Inflates a gzip body, refusing to go past `limit` bytes, and reserving what it inflates in `reservation` as
-/// it goes (the compressed body's share is given back at the end).
+/// Inflates a body in its `Content-Encoding` (gzip, deflate or zstd), refusing to go past `limit` bytes, and
+/// reserving what it inflates in `reservation` as it goes (the compressed body's share is given back at the end).
 pub fn decompress(
     headers: &HeaderMap,
     body: Bytes,
@@ -172,22 +173,21 @@ pub fn decompress(
     reservation: &mut Reservation,
 ) -> Result<Bytes, IngestError> {
     let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
-    match encoding.trim().to_ascii_lowercase().as_str() {
-        "" | "identity" => {
+    match Codec::from_content_encoding(encoding)? {
+        None => {
             if body.len() > limit {
                 return Err(IngestError::TooLarge { limit });
             }
             Ok(body)
         }
-        "gzip" | "x-gzip" => {
+        Some(codec) => {
             let compressed = body.len();
             let mut out = Vec::new();
-            crate::admission::inflate_gzip(&body, limit, &mut out, reservation)?;
+            crate::admission::inflate(codec, &body, limit, &mut out, reservation)?;
             drop(body);
             reservation.shrink(compressed);
             Ok(Bytes::from(out))
         }
-        other => Err(IngestError::UnsupportedEncoding(other.to_string())),
     }
 }
 

@@ -3,6 +3,7 @@
 //! deflate bodies, CORS for browser exporters, answers without `partialSuccess` when everything was accepted, logs
 //! without colour codes in files, and Flight SQL prepared statements with parameters and the metadata JDBC asks for.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
@@ -10,8 +11,9 @@ use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::FlightInfo;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::Int64Type;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
-use crate::support::{Custom, Server, free_addr, rpc_status, serve_fails_to_start, tailscope_bin};
+use crate::support::{Custom, Server, free_addr, proc_mib, rpc_status, serve_fails_to_start, tailscope_bin};
 
 /// POSTs `body` to OTLP/HTTP `/v1/traces` at `base` with the given headers; the status, headers and body.
 async fn post_traces(
@@ -208,6 +210,85 @@ async fn sizes_and_durations_are_written_as_people_write_them() {
     let live: serde_json::Value =
         reqwest::get(format!("{}/api/v1/live", server.api_url())).await.unwrap().json().await.unwrap();
     assert_eq!(live["slo_p99_ms"], 250.0, "{live}");
+}
+
+/// A protobuf `ExportTraceServiceRequest` whose one span's name is `n` bytes of 'a', compressed by `compress` as
+/// it is written: a bomb of a few kB, built without holding the `n` bytes.
+fn span_name_bomb(n: usize, mut compress: impl Write) {
+    // resource_spans (1) > scope_spans (2) > spans (2) > name (5), from the inside out.
+    let mut inner = n;
+    let mut heads = Vec::new();
+    for tag in [5u32, 2, 2, 1] {
+        let mut head = Vec::new();
+        prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, &mut head);
+        prost::encoding::encode_varint(inner as u64, &mut head);
+        inner += head.len();
+        heads.push(head);
+    }
+    for head in heads.iter().rev() {
+        compress.write_all(head).unwrap();
+    }
+    let chunk = vec![b'a'; 1 << 20];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(chunk.len());
+        compress.write_all(&chunk[..k]).unwrap();
+        left -= k;
+    }
+    compress.flush().unwrap();
+}
+
+fn zstd_bytes(body: &[u8]) -> Vec<u8> {
+    zstd::stream::encode_all(body, 3).unwrap()
+}
+
+fn zlib_bytes(body: &[u8]) -> Vec<u8> {
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(body).unwrap();
+    z.finish().unwrap()
+}
+
+fn raw_deflate_bytes(body: &[u8]) -> Vec<u8> {
+    let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(body).unwrap();
+    z.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_http_takes_zstd_and_deflate_and_refuses_their_bombs_after_decompression() {
+    let server = Server::start_with("[ingest]\nmax_body_bytes = 4194304\n").await;
+    let base = server.http_url();
+    let cases: [(&str, fn(&[u8]) -> Vec<u8>); 3] =
+        [("zstd", zstd_bytes), ("deflate", zlib_bytes), ("deflate", raw_deflate_bytes)];
+    for (i, (encoding, compress)) in cases.iter().enumerate() {
+        let body = compress(&spans(100 * i as u64, 4).encode_to_vec());
+        let headers = [("content-type", "application/x-protobuf"), ("content-encoding", *encoding)];
+        let (status, _, answer) = post_traces(&base, &headers, body).await;
+        assert_eq!(status, 200, "{encoding} #{i}: {}", String::from_utf8_lossy(&answer));
+    }
+    server.wait_count("SELECT count(*) AS n FROM spans", 12).await;
+
+    // Past the 4 MiB limit once inflated: 413, decided while inflating (1 GiB would not fit the process).
+    let mut zstd_bomb = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+    span_name_bomb(1 << 30, &mut zstd_bomb);
+    let zstd_bomb = zstd_bomb.finish().unwrap();
+    let mut deflate_bomb = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    span_name_bomb(256 << 20, &mut deflate_bomb);
+    let deflate_bomb = deflate_bomb.finish().unwrap();
+    assert!(zstd_bomb.len() < 1 << 20 && deflate_bomb.len() < 4 << 20);
+    for (encoding, bomb) in [("zstd", zstd_bomb), ("deflate", deflate_bomb)] {
+        let headers = [("content-type", "application/x-protobuf"), ("content-encoding", encoding)];
+        let (status, headers, body) = post_traces(&base, &headers, bomb).await;
+        assert_eq!(status, 413, "{encoding}: {}", String::from_utf8_lossy(&body));
+        let ct = headers.get("content-type").and_then(|v| v.to_str().ok());
+        assert!(rpc_status(ct, &body).message.contains("4194304-byte limit"), "{encoding}");
+    }
+    let peak = proc_mib(server.pid(), "VmHWM");
+    assert!(peak < 512, "the bombs were inflated: peak RSS {peak} MiB");
+    // Still serving.
+    let body = zstd_bytes(&spans(1000, 1).encode_to_vec());
+    let headers = [("content-type", "application/x-protobuf"), ("content-encoding", "zstd")];
+    assert_eq!(post_traces(&base, &headers, body).await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
