@@ -18,8 +18,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tailscope_core::config::CorsConfig;
 use tailscope_core::memory::Reservation;
 use tailscope_core::schema::Signal;
+use tower_http::cors::CorsLayer;
 
 use crate::admission::{Codec, RequestMemory};
 use crate::error::IngestError;
@@ -60,7 +62,8 @@ pub fn router(receiver: Receiver) -> Router {
     // The compressed body may not exceed the decompressed limit either; the limit after decompression is
     // enforced while inflating.
     let limit = receiver.max_body_bytes();
-    Router::new()
+    let cors = cors(&receiver.config().server.cors);
+    let router = Router::new()
         .route("/v1/traces", post(traces))
         .route("/v1/metrics", post(metrics))
         .route("/v1/logs", post(logs))
@@ -68,7 +71,41 @@ pub fn router(receiver: Receiver) -> Router {
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(receiver.clone(), admit))
-        .with_state(receiver)
+        .with_state(receiver);
+    // Outermost: a preflight is answered before admission, and every answer, refusals too, carries the headers
+    // that let the page read it.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// `[server.cors]` as a layer; `None` when no origin is allowed, so that no CORS header is ever sent.
+fn cors(config: &CorsConfig) -> Option<CorsLayer> {
+    use tower_http::cors::{AllowOrigin, ExposeHeaders};
+    if !config.enabled() {
+        return None;
+    }
+    // Validated at start (`CorsConfig::validate`); what would not convert is left out rather than trusted.
+    let origins = if config.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(config.allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    // What OTLP exporters in browsers send, and the operator's additions.
+    let headers = [header::CONTENT_TYPE, header::CONTENT_ENCODING, header::ACCEPT]
+        .into_iter()
+        .chain(config.allowed_headers.iter().filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()));
+    let mut layer = CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([http::Method::POST])
+        .allow_headers(headers.collect::<Vec<_>>())
+        // A page told to retry may read when.
+        .expose_headers(ExposeHeaders::list([header::RETRY_AFTER]));
+    if !config.max_age.is_zero() {
+        layer = layer.max_age(config.max_age);
+    }
+    Some(layer)
 }
 
 fn signal_of(path: &str) -> Signal {

@@ -286,6 +286,72 @@ pub struct ServerConfig {
     /// to admit a new one (HTTP/2: GOAWAY); when every connection is busy, new ones wait in the kernel's accept
     /// queue (using no file descriptor of the process) until one closes.
     pub max_connections: usize,
+    /// CORS on the OTLP/HTTP listener (`[server.cors]`), so that exporters in web pages may send.
+    pub cors: CorsConfig,
+}
+
+/// CORS for browser exporters on the OTLP/HTTP listener. Off, with no CORS header at all, unless origins are listed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins whose pages may send, as browsers write them: `scheme://host`, with `:port` when it is not the
+    /// scheme's default, no path (`https://app.example.com`, `http://localhost:3000`); or `"*"` for any page.
+    pub allowed_origins: Vec<String>,
+    /// Request headers allowed beside those OTLP exporters send (`Content-Type`, `Content-Encoding`, `Accept`).
+    pub allowed_headers: Vec<String>,
+    /// How long a browser may reuse a preflight's answer (`Access-Control-Max-Age`); zero, the default, sends no
+    /// such header and browsers ask again after a few seconds.
+    #[serde(with = "units::duration")]
+    pub max_age: Duration,
+}
+
+/// The most origins and extra headers `[server.cors]` may list: far more than any deployment names.
+const MAX_CORS_ENTRIES: usize = 1024;
+
+impl CorsConfig {
+    /// Whether CORS is on: some origin is allowed.
+    pub fn enabled(&self) -> bool {
+        !self.allowed_origins.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid =
+            |field: &str, reason: String| ConfigError::Invalid { field: format!("server.cors.{field}"), reason };
+        if self.allowed_origins.len() > MAX_CORS_ENTRIES || self.allowed_headers.len() > MAX_CORS_ENTRIES {
+            return Err(invalid("allowed_origins", format!("at most {MAX_CORS_ENTRIES} origins and headers")));
+        }
+        for origin in &self.allowed_origins {
+            if origin == "*" {
+                continue;
+            }
+            // Browsers send the origin serialised: lower-case scheme and host, no default port, no path.
+            let serialised = url::Url::parse(origin).ok().map(|u| u.origin().ascii_serialization());
+            match serialised {
+                Some(s) if &s == origin => {}
+                Some(s) if s != "null" => {
+                    return Err(invalid(
+                        "allowed_origins",
+                        format!("{origin:?} is not an origin as browsers send it: write {s:?}"),
+                    ));
+                }
+                _ => {
+                    return Err(invalid(
+                        "allowed_origins",
+                        format!(
+                            "{origin:?} is not an origin: write scheme://host[:port], e.g. https://app.example.com, or \"*\""
+                        ),
+                    ));
+                }
+            }
+        }
+        for name in &self.allowed_headers {
+            let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            if name.is_empty() || name.len() > 256 || !name.bytes().all(token) {
+                return Err(invalid("allowed_headers", format!("{name:?} is not a header name")));
+            }
+        }
+        check_duration("server.cors.max_age", self.max_age, Duration::ZERO, MAX_DURATION)
+    }
 }
 
 impl Default for ServerConfig {
@@ -301,6 +367,7 @@ impl Default for ServerConfig {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             max_connections: 2048,
+            cors: CorsConfig::default(),
         }
     }
 }
@@ -318,7 +385,8 @@ impl ServerConfig {
         for (field, value) in timeouts {
             check_duration(field, value, Duration::from_millis(100), MAX_DURATION)?;
         }
-        check_count("server.max_connections", self.max_connections, 1_000_000)
+        check_count("server.max_connections", self.max_connections, 1_000_000)?;
+        self.cors.validate()
     }
 }
 
@@ -733,5 +801,21 @@ mod tests {
         assert!(err.to_string().contains("server.max_connections"), "{err}");
         let err = Config::from_toml("[server]\nheader_timeout = \"0s\"\n", Path::new("t.toml")).unwrap_err();
         assert!(err.to_string().contains("server.header_timeout"), "{err}");
+        for (origin, says) in [
+            ("https://App.example.com/", "\"https://app.example.com\""),
+            ("https://app.example.com:443", "\"https://app.example.com\""),
+            ("app.example.com", "scheme://host"),
+            ("file:///tmp/x", "scheme://host"),
+        ] {
+            let toml = format!("[server.cors]\nallowed_origins = [{origin:?}]\n");
+            let err = Config::from_toml(&toml, Path::new("t.toml")).unwrap_err().to_string();
+            assert!(err.contains("server.cors.allowed_origins") && err.contains(says), "{origin}: {err}");
+        }
+        let toml = "[server.cors]\nallowed_origins = [\"*\", \"http://localhost:3000\"]\nallowed_headers = [\"x-tenant\"]\n\
+                    max_age = \"2h\"\n";
+        let config = Config::from_toml(toml, Path::new("t.toml")).unwrap();
+        assert!(config.server.cors.enabled() && !Config::default().server.cors.enabled());
+        let err = Config::from_toml("[server.cors]\nallowed_headers = [\"bad header\"]\n", Path::new("t.toml"));
+        assert!(err.unwrap_err().to_string().contains("server.cors.allowed_headers"));
     }
 }

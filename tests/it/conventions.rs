@@ -292,6 +292,72 @@ async fn otlp_http_takes_zstd_and_deflate_and_refuses_their_bombs_after_decompre
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_exporters_may_send_from_the_configured_origins() {
+    let server = Server::start_with("[server.cors]\nallowed_origins = [\"https://app.example.com\"]\n").await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/traces", server.http_url());
+    let preflight = |origin: &'static str| {
+        client
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type,content-encoding")
+            .send()
+    };
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers().get(name).map(|v| v.to_str().unwrap().to_ascii_lowercase()).unwrap_or_default()
+    };
+
+    let r = preflight("https://app.example.com").await.unwrap();
+    assert!(r.status().is_success(), "preflight: {}", r.status());
+    assert_eq!(header(&r, "access-control-allow-origin"), "https://app.example.com");
+    assert!(header(&r, "access-control-allow-methods").contains("post"), "{:?}", r.headers());
+    let allowed = header(&r, "access-control-allow-headers");
+    assert!(allowed.contains("content-type") && allowed.contains("content-encoding"), "{:?}", r.headers());
+
+    let export = serde_json::json!({"resourceSpans": []}).to_string().into_bytes();
+    let (status, headers, _) = post_traces(
+        &server.http_url(),
+        &[("content-type", "application/json"), ("origin", "https://app.example.com")],
+        export.clone(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers.get("access-control-allow-origin").unwrap(), "https://app.example.com");
+    // A refusal is readable by the page too, with its Retry-After when it has one.
+    let (status, headers, _) = post_traces(
+        &server.http_url(),
+        &[("content-type", "text/plain"), ("origin", "https://app.example.com")],
+        export.clone(),
+    )
+    .await;
+    assert_eq!(status, 415);
+    assert_eq!(headers.get("access-control-allow-origin").unwrap(), "https://app.example.com");
+
+    // Another origin is not allowed.
+    let r = preflight("https://evil.example.net").await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none(), "{:?}", r.headers());
+    let (_, headers, _) = post_traces(
+        &server.http_url(),
+        &[("content-type", "application/json"), ("origin", "https://evil.example.net")],
+        export,
+    )
+    .await;
+    assert!(headers.get("access-control-allow-origin").is_none(), "{headers:?}");
+
+    // Without configured origins there is no CORS at all.
+    let plain = Server::start().await;
+    let r = client
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/traces", plain.http_url()))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().keys().all(|k| !k.as_str().starts_with("access-control-")), "{:?}", r.headers());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fully_accepted_export_answers_without_partial_success() {
     let server = Server::start().await;
     let json = serde_json::json!({"resourceSpans": [{
