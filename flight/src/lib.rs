@@ -4,8 +4,10 @@
 //! Prepared statements take parameters (`?`, or `$1`, `$2`, ...) bound with `DoPut`, so they are state the server
 //! holds behind a random handle, bounded in number, bytes and idle time ([`prepared`]); values are bound into the
 //! planned statement as data, after the same read-only checks and limits as any statement. Metadata calls
-//! (`GetCatalogs`, `GetDbSchemas`, `GetTables`, `GetTableTypes`, `GetSqlInfo`) answer from the engine's relations.
-//! Writes are refused as in every other surface. There is no authentication: the listener is on loopback by default; put it behind a TLS-terminating
+//! (`GetCatalogs`, `GetDbSchemas`, `GetTables`, `GetTableTypes`, `GetSqlInfo`, `GetXdbcTypeInfo`) answer from the
+//! engine's relations and types; the key calls (`GetPrimaryKeys`, `GetImportedKeys`, `GetExportedKeys`,
+//! `GetCrossReference`) answer empty, as tailscope's tables have no keys. Writes are refused as in every other
+//! surface. There is no authentication: the listener is on loopback by default; put it behind a TLS-terminating
 //! proxy to expose it.
 //!
 //! A crate of its own above `query`: the gRPC server (tonic) and Arrow Flight are linked by the binary that serves
@@ -23,9 +25,10 @@ use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
-    Any, CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
-    CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
-    TicketStatementQuery,
+    Any, CommandGetCatalogs, CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys,
+    CommandGetImportedKeys, CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandGetXdbcTypeInfo, CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult,
+    ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
     Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc,
@@ -41,6 +44,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use query::{CATALOG_NAME, Engine, QueryError, SCHEMA_NAME};
 
+mod metadata;
 pub mod prepared;
 mod status;
 #[cfg(test)]
@@ -161,6 +165,11 @@ fn stream_batches(schema: SchemaRef, batches: Vec<RecordBatch>) -> Response<DoGe
         .build(futures::stream::iter(batches.into_iter().map(Ok)))
         .map_err(Status::from);
     Response::new(Box::pin(stream))
+}
+
+/// An answer of no rows: the key calls, since tailscope's tables have no keys.
+fn no_rows(schema: &SchemaRef) -> Response<DoGetStream> {
+    stream_batches(schema.clone(), vec![RecordBatch::new_empty(schema.clone())])
 }
 
 fn one_batch<E: std::fmt::Display>(schema: SchemaRef, batch: Result<RecordBatch, E>) -> Response<DoGetStream> {
@@ -398,6 +407,92 @@ impl FlightSqlService for FlightSqlServer {
         let builder = query.into_builder(&SQL_INFO);
         let schema = builder.schema();
         Ok(one_batch(schema, builder.build()))
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder(&metadata::XDBC_TYPES).schema();
+        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let builder = query.into_builder(&metadata::XDBC_TYPES);
+        Ok(one_batch(builder.schema(), builder.build()))
+    }
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let info = flight_info(&metadata::PRIMARY_KEYS, query.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_primary_keys(
+        &self,
+        _query: CommandGetPrimaryKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        Ok(no_rows(&metadata::PRIMARY_KEYS))
+    }
+
+    async fn get_flight_info_imported_keys(
+        &self,
+        query: CommandGetImportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let info = flight_info(&metadata::FOREIGN_KEYS, query.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_imported_keys(
+        &self,
+        _query: CommandGetImportedKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        Ok(no_rows(&metadata::FOREIGN_KEYS))
+    }
+
+    async fn get_flight_info_exported_keys(
+        &self,
+        query: CommandGetExportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let info = flight_info(&metadata::FOREIGN_KEYS, query.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_exported_keys(
+        &self,
+        _query: CommandGetExportedKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        Ok(no_rows(&metadata::FOREIGN_KEYS))
+    }
+
+    async fn get_flight_info_cross_reference(
+        &self,
+        query: CommandGetCrossReference,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let info = flight_info(&metadata::FOREIGN_KEYS, query.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_cross_reference(
+        &self,
+        _query: CommandGetCrossReference,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        Ok(no_rows(&metadata::FOREIGN_KEYS))
     }
 
     async fn do_get_fallback(&self, _request: Request<Ticket>, message: Any) -> Result<Response<DoGetStream>, Status> {

@@ -7,15 +7,61 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
-use arrow_flight::sql::CommandPreparedStatementQuery;
+use arrow_flight::sql::{
+    CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys, CommandGetXdbcTypeInfo,
+    CommandPreparedStatementQuery, ProstMessageExt, XdbcDataType,
+};
 use arrow_flight::{FlightDescriptor, FlightInfo};
-use datafusion::arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Int64Type};
+use futures::TryStreamExt;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
 
 use crate::support::{Custom, Server, free_addr, proc_mib, rpc_status, serve_fails_to_start, tailscope_bin};
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }),
+        ..Default::default()
+    }
+}
+
+/// `n` chat spans with trace ids from `first`.
+fn spans(first: u64, n: u64) -> ExportTraceServiceRequest {
+    let t = now_ns();
+    let spans = (first..first + n)
+        .map(|id| Span {
+            trace_id: [&[0xc0; 8][..], &id.to_be_bytes()].concat(),
+            span_id: (id + 1).to_be_bytes().to_vec(),
+            name: "chat".into(),
+            start_time_unix_nano: t,
+            end_time_unix_nano: t + 1_000_000,
+            attributes: vec![kv("gen_ai.provider.name", "openai"), kv("gen_ai.request.model", "gpt-4o")],
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
+                attributes: vec![kv("service.name", "conventions")],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+}
 
 /// POSTs `body` to OTLP/HTTP `/v1/traces` at `base` with the given headers; the status, headers and body.
 async fn post_traces(
@@ -505,5 +551,46 @@ with flight_sql.connect("grpc://" + sys.argv[1]) as conn:
             panic!("ADBC with parameters failed: {}", String::from_utf8_lossy(&out.stderr))
         }
         _ => eprintln!("note: python3 -m pip install adbc-driver-flightsql pyarrow to test ADBC parameters"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_sql_answers_the_metadata_jdbc_asks_for() {
+    let server = Server::start().await;
+    let mut client = flight_client(&format!("http://{}", server.flight_addr)).await;
+
+    let info = client.get_xdbc_type_info(CommandGetXdbcTypeInfo { data_type: None }).await.expect("GetXdbcTypeInfo");
+    let batches = fetch(&mut client, &info).await;
+    let names = strings(&batches, "type_name");
+    for name in ["BIGINT", "DOUBLE", "VARCHAR", "BOOLEAN", "TIMESTAMP"] {
+        assert!(names.iter().any(|n| n == name), "{name} missing from {names:?}");
+    }
+    let varchar = XdbcDataType::XdbcVarchar as i32;
+    let info = client.get_xdbc_type_info(CommandGetXdbcTypeInfo { data_type: Some(varchar) }).await.unwrap();
+    let batches = fetch(&mut client, &info).await;
+    assert_eq!(strings(&batches, "type_name"), ["VARCHAR"]);
+
+    let info = client
+        .get_primary_keys(CommandGetPrimaryKeys { catalog: None, db_schema: None, table: "spans".into() })
+        .await
+        .expect("GetPrimaryKeys");
+    let batches = fetch(&mut client, &info).await;
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 0, "no primary keys");
+    let schema = info.try_decode_schema().unwrap();
+    let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(columns, ["catalog_name", "db_schema_name", "table_name", "column_name", "key_name", "key_sequence"]);
+    // Foreign keys, which DBeaver asks for when it opens a table: none either.
+    let imported = client
+        .get_imported_keys(CommandGetImportedKeys { catalog: None, db_schema: None, table: "spans".into() })
+        .await
+        .expect("GetImportedKeys");
+    let exported = client
+        .get_exported_keys(CommandGetExportedKeys { catalog: None, db_schema: None, table: "spans".into() })
+        .await
+        .expect("GetExportedKeys");
+    for info in [imported, exported] {
+        let batches = fetch(&mut client, &info).await;
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 0, "no foreign keys");
+        assert_eq!(info.try_decode_schema().unwrap().field(0).name(), "pk_catalog_name");
     }
 }
