@@ -7,7 +7,6 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::{
@@ -19,48 +18,16 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int32Array, Int64Array,
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use futures::TryStreamExt;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 
-use crate::support::{Custom, Server, free_addr, proc_mib, rpc_status, serve_fails_to_start, tailscope_bin};
+use crate::support::{
+    Custom, Server, free_addr, now_ns, proc_mib, rpc_status, serve_fails_to_start, string_kv as kv, tailscope_bin,
+    trace_export, write_nested_string,
+};
 
-fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
-}
-
-fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }),
-        ..Default::default()
-    }
-}
-
-/// `n` chat spans with trace ids from `first`.
+/// `n` chat spans with ids from `first`.
 fn spans(first: u64, n: u64) -> ExportTraceServiceRequest {
-    let t = now_ns();
-    let spans = (first..first + n)
-        .map(|id| Span {
-            trace_id: [&[0xc0; 8][..], &id.to_be_bytes()].concat(),
-            span_id: (id + 1).to_be_bytes().to_vec(),
-            name: "chat".into(),
-            start_time_unix_nano: t,
-            end_time_unix_nano: t + 1_000_000,
-            attributes: vec![kv("gen_ai.provider.name", "openai"), kv("gen_ai.request.model", "gpt-4o")],
-            ..Default::default()
-        })
-        .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
-                attributes: vec![kv("service.name", "conventions")],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
-            ..Default::default()
-        }],
-    }
+    trace_export("conventions", first, n, &[kv("gen_ai.provider.name", "openai"), kv("gen_ai.request.model", "gpt-4o")])
 }
 
 /// POSTs `body` to OTLP/HTTP `/v1/traces` at `base` with the given headers; the status, headers and body.
@@ -260,32 +227,6 @@ async fn sizes_and_durations_are_written_as_people_write_them() {
     assert_eq!(live["slo_p99_ms"], 250.0, "{live}");
 }
 
-/// A protobuf `ExportTraceServiceRequest` whose one span's name is `n` bytes of 'a', compressed by `compress` as
-/// it is written: a bomb of a few kB, built without holding the `n` bytes.
-fn span_name_bomb(n: usize, mut compress: impl Write) {
-    // resource_spans (1) > scope_spans (2) > spans (2) > name (5), from the inside out.
-    let mut inner = n;
-    let mut heads = Vec::new();
-    for tag in [5u32, 2, 2, 1] {
-        let mut head = Vec::new();
-        prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, &mut head);
-        prost::encoding::encode_varint(inner as u64, &mut head);
-        inner += head.len();
-        heads.push(head);
-    }
-    for head in heads.iter().rev() {
-        compress.write_all(head).unwrap();
-    }
-    let chunk = vec![b'a'; 1 << 20];
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(chunk.len());
-        compress.write_all(&chunk[..k]).unwrap();
-        left -= k;
-    }
-    compress.flush().unwrap();
-}
-
 fn zstd_bytes(body: &[u8]) -> Vec<u8> {
     zstd::stream::encode_all(body, 3).unwrap()
 }
@@ -317,11 +258,14 @@ async fn otlp_http_takes_zstd_and_deflate_and_refuses_their_bombs_after_decompre
     server.wait_count("SELECT count(*) AS n FROM spans", 12).await;
 
     // Past the 4 MiB limit once inflated: 413, decided while inflating (1 GiB would not fit the process).
+    // An `ExportTraceServiceRequest` whose one span's name is 1 GiB (zstd) or 256 MiB (deflate) of 'a':
+    // resource_spans (1) > scope_spans (2) > spans (2) > name (5).
+    let name = [1, 2, 2, 5];
     let mut zstd_bomb = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
-    span_name_bomb(1 << 30, &mut zstd_bomb);
+    write_nested_string(&name, 1 << 30, &mut zstd_bomb);
     let zstd_bomb = zstd_bomb.finish().unwrap();
     let mut deflate_bomb = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
-    span_name_bomb(256 << 20, &mut deflate_bomb);
+    write_nested_string(&name, 256 << 20, &mut deflate_bomb);
     let deflate_bomb = deflate_bomb.finish().unwrap();
     assert!(zstd_bomb.len() < 1 << 20 && deflate_bomb.len() < 4 << 20);
     for (encoding, bomb) in [("zstd", zstd_bomb), ("deflate", deflate_bomb)] {

@@ -18,6 +18,79 @@ use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_nanos() as u64
+}
+
+/// A string attribute, in the OTLP protocol's types.
+pub fn string_kv(key: &str, value: &str) -> opentelemetry_proto::tonic::common::v1::KeyValue {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }),
+        ..Default::default()
+    }
+}
+
+/// A trace export from `service` of `n` spans named `chat`, 1 ms long, with ids from `first`, each with
+/// `attributes`.
+pub fn trace_export(
+    service: &str,
+    first: u64,
+    n: u64,
+    attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let t = now_ns();
+    let spans = (first..first + n)
+        .map(|id| Span {
+            trace_id: [&[0xcd; 8][..], &id.to_be_bytes()].concat(),
+            span_id: (id + 1).to_be_bytes().to_vec(),
+            name: "chat".into(),
+            start_time_unix_nano: t,
+            end_time_unix_nano: t + 1_000_000,
+            attributes: attributes.to_vec(),
+            ..Default::default()
+        })
+        .collect();
+    opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
+                attributes: vec![string_kv("service.name", service)],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// Writes to `out` a protobuf message that holds, through the length-delimited fields `path` (outermost first), a
+/// string of `n` bytes of 'a', chunk by chunk: through a compressing writer, a bomb of a few kB built without
+/// holding the `n` bytes.
+pub fn write_nested_string(path: &[u32], n: usize, out: &mut impl std::io::Write) {
+    let mut inner = n;
+    let mut heads = Vec::new();
+    for tag in path.iter().rev() {
+        let mut head = Vec::new();
+        prost::encoding::encode_key(*tag, prost::encoding::WireType::LengthDelimited, &mut head);
+        prost::encoding::encode_varint(inner as u64, &mut head);
+        inner += head.len();
+        heads.push(head);
+    }
+    for head in heads.iter().rev() {
+        out.write_all(head).expect("write the prefix");
+    }
+    let chunk = vec![b'a'; 1 << 20];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(chunk.len());
+        out.write_all(&chunk[..k]).expect("write the string");
+        left -= k;
+    }
+}
+
 /// The `tailscope` binary under test.
 pub fn tailscope_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tailscope"))
@@ -223,34 +296,28 @@ impl Server {
                 });
             }
         }
-        if let Some((args, env)) = &self.custom {
-            let child = command
-                .arg("serve")
-                .args(args)
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn tailscope serve");
-            self.child = Some(child);
-            return;
+        command.arg("serve");
+        match &self.custom {
+            Some((args, env)) => {
+                command.args(args).envs(env.iter().map(|(k, v)| (k, v)));
+            }
+            None => {
+                command
+                    .arg("--config")
+                    .arg(&self.config_path)
+                    .arg("--data-dir")
+                    .arg(&self.data_dir)
+                    .arg("--otlp-grpc")
+                    .arg(self.grpc.to_string())
+                    .arg("--otlp-http")
+                    .arg(self.http.to_string())
+                    .arg("--api")
+                    .arg(self.api.to_string())
+                    .arg("--flight")
+                    .arg(self.flight_addr.to_string());
+            }
         }
         let child = command
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--otlp-grpc")
-            .arg(self.grpc.to_string())
-            .arg("--otlp-http")
-            .arg(self.http.to_string())
-            .arg("--api")
-            .arg(self.api.to_string())
-            .arg("--flight")
-            .arg(self.flight_addr.to_string())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
