@@ -414,7 +414,7 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetXdbcTypeInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder(&metadata::XDBC_TYPES).schema();
+        let schema = query.into_builder(&metadata::XDBC_TYPES).schema();
         Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
     }
 

@@ -131,7 +131,7 @@ impl PreparedStatements {
 
     /// Statements held now.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    fn held(&self) -> usize {
         self.state.lock().entries.len()
     }
 
@@ -226,14 +226,14 @@ mod tests {
         // Using the first makes the second the least recently used: a fourth statement replaces it.
         table.get(&handles[0], at(10)).unwrap();
         let fourth = table.create("SELECT 3".into(), at(11)).unwrap();
-        assert_eq!(table.len(), 3);
+        assert_eq!(table.held(), 3);
         assert_eq!(table.get(&handles[1], at(12)).unwrap_err().code(), tonic::Code::NotFound);
         table.get(&handles[0], at(12)).unwrap();
 
         // Bytes: a bound value that needs most of the bound pushes the others out, never the one it is bound to.
         let big = vec![ScalarValue::Binary(Some(vec![0; 3700]))];
         table.bind(&fourth, big, at(13)).unwrap();
-        assert_eq!(table.len(), 1);
+        assert_eq!(table.held(), 1);
         assert!(budget.used() <= 4096, "{}", budget.used());
         let too_big = vec![ScalarValue::Binary(Some(vec![0; 5000]))];
         assert_eq!(table.bind(&fourth, too_big, at(14)).unwrap_err().code(), tonic::Code::ResourceExhausted);
@@ -241,7 +241,7 @@ mod tests {
 
         // Time: unused for the idle limit, a statement is gone, and its bytes with it.
         assert_eq!(table.get(&fourth, at(14 + 61)).unwrap_err().code(), tonic::Code::NotFound);
-        assert_eq!((table.len(), budget.used()), (0, 0));
+        assert_eq!((table.held(), budget.used()), (0, 0));
     }
 
     #[test]

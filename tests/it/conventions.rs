@@ -247,8 +247,8 @@ fn raw_deflate_bytes(body: &[u8]) -> Vec<u8> {
 async fn otlp_http_takes_zstd_and_deflate_and_refuses_their_bombs_after_decompression() {
     let server = Server::start_with("[ingest]\nmax_body_bytes = 4194304\n").await;
     let base = server.http_url();
-    let cases: [(&str, fn(&[u8]) -> Vec<u8>); 3] =
-        [("zstd", zstd_bytes), ("deflate", zlib_bytes), ("deflate", raw_deflate_bytes)];
+    type Compress = fn(&[u8]) -> Vec<u8>;
+    let cases: [(&str, Compress); 3] = [("zstd", zstd_bytes), ("deflate", zlib_bytes), ("deflate", raw_deflate_bytes)];
     for (i, (encoding, compress)) in cases.iter().enumerate() {
         let body = compress(&spans(100 * i as u64, 4).encode_to_vec());
         let headers = [("content-type", "application/x-protobuf"), ("content-encoding", *encoding)];

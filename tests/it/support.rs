@@ -167,8 +167,11 @@ pub struct Server {
     nofile: Option<u64>,
     /// Set by [`Server::start_custom`]: the arguments after `serve` and the environment, instead of the config file
     /// and the data dir and addresses as flags.
-    custom: Option<(Vec<String>, Vec<(String, String)>)>,
+    custom: Option<Launch>,
 }
+
+/// The arguments after `serve` and the environment of a [`Server::start_custom`] server.
+type Launch = (Vec<String>, Vec<(String, String)>);
 
 /// How [`Server::start_custom`] launches `tailscope serve`.
 pub struct Custom {
