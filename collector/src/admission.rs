@@ -127,13 +127,99 @@ where
     }
 }
 
-/// Inflates the gzip stream `compressed`, appending at most `limit` bytes to `out` (past that: the request can
+/// A content encoding request bodies may come in (OTLP/HTTP `Content-Encoding`, gRPC's compressed flag for gzip).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// `gzip` (and `x-gzip`).
+    Gzip,
+    /// `deflate`: zlib-wrapped as RFC 9110 says, or raw deflate as some clients send it (told apart by the zlib
+    /// header, as browsers do).
+    Deflate,
+    /// `zstd` (RFC 8878), with a window of at most 8 MiB as RFC 9659 requires of HTTP's zstd.
+    Zstd,
+}
+
+impl Codec {
+    /// The codec a `Content-Encoding` value names: `None` for none (`identity`, or an empty value).
+    pub fn from_content_encoding(value: &str) -> Result<Option<Codec>, IngestError> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "" | "identity" => Ok(None),
+            "gzip" | "x-gzip" => Ok(Some(Codec::Gzip)),
+            "deflate" => Ok(Some(Codec::Deflate)),
+            "zstd" => Ok(Some(Codec::Zstd)),
+            _ => Err(IngestError::UnsupportedEncoding(value.to_string())),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Codec::Gzip => "gzip",
+            Codec::Deflate => "deflate",
+            Codec::Zstd => "zstd",
+        }
+    }
+}
+
+/// The largest zstd window accepted, as a power of two: 8 MiB, RFC 9659's bound for HTTP's `zstd` coding. The
+/// decoder refuses a frame that asks for more instead of allocating it.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+/// What a zstd decoder holds besides the output: its window at the bound, two 128 KiB blocks and its own state.
+const ZSTD_DECODER_BYTES: usize = (1 << ZSTD_WINDOW_LOG_MAX) + 384 * 1024;
+
+/// Whether `stream` starts with a zlib header (RFC 1950: deflate, a window of at most 32 KiB, a check value that
+/// makes the first two bytes a multiple of 31). A raw deflate stream rarely does.
+fn is_zlib(stream: &[u8]) -> bool {
+    match stream {
+        [cmf, flg, ..] => cmf & 0x0f == 8 && cmf >> 4 <= 7 && (u16::from(*cmf) << 8 | u16::from(*flg)) % 31 == 0,
+        _ => false,
+    }
+}
+
+/// Inflates `compressed`, encoded by `codec`, appending at most `limit` bytes to `out` (past that: the request can
 /// never be accepted, [`IngestError::TooLarge`]), and reserving what it appends in `reservation` before it is
-/// allocated, in doubling steps: a small body may inflate to `limit`, and a gzip bomb must stop at the ceiling
-/// instead of growing the process. A step never asks for more than the whole budget could give, so a refusal
-/// means "not now" ([`IngestError::MemoryLimit`]) unless the output alone cannot fit ([`IngestError::NeverFits`]).
-pub fn inflate_gzip(
+/// allocated, in doubling steps: a small body may inflate to `limit`, and a bomb must stop at the ceiling instead
+/// of growing the process. A step never asks for more than the whole budget could give, so a refusal means "not
+/// now" ([`IngestError::MemoryLimit`]) unless the output alone cannot fit ([`IngestError::NeverFits`]). A zstd
+/// decoder's window is reserved too, for as long as it lives.
+pub fn inflate(
+    codec: Codec,
     compressed: &[u8],
+    limit: usize,
+    out: &mut Vec<u8>,
+    reservation: &mut Reservation,
+) -> Result<(), IngestError> {
+    match codec {
+        Codec::Gzip => inflate_from(flate2::read::GzDecoder::new(compressed), codec, limit, out, reservation),
+        Codec::Deflate if is_zlib(compressed) => {
+            inflate_from(flate2::read::ZlibDecoder::new(compressed), codec, limit, out, reservation)
+        }
+        Codec::Deflate => inflate_from(flate2::read::DeflateDecoder::new(compressed), codec, limit, out, reservation),
+        Codec::Zstd => {
+            reservation.try_grow(ZSTD_DECODER_BYTES, &"a zstd decoder's window")?;
+            let inflated = zstd::stream::read::Decoder::with_buffer(compressed)
+                .and_then(|mut decoder| decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map(|()| decoder))
+                .map_err(|e| malformed(codec, e))
+                .and_then(|decoder| inflate_from(decoder, codec, limit, out, reservation));
+            // The decoder is gone.
+            reservation.shrink(ZSTD_DECODER_BYTES);
+            inflated
+        }
+    }
+}
+
+/// A body its decoder cannot read.
+fn malformed(codec: Codec, e: std::io::Error) -> IngestError {
+    let window = if codec == Codec::Zstd { ", or its window is larger than 8 MiB (RFC 9659's limit)" } else { "" };
+    IngestError::Malformed {
+        format: codec.name(),
+        detail: format!("{e}; the body does not match its {} content encoding{window}", codec.name()),
+    }
+}
+
+/// [`inflate`] with the decoder made.
+fn inflate_from(
+    decoder: impl std::io::Read,
+    codec: Codec,
     limit: usize,
     out: &mut Vec<u8>,
     reservation: &mut Reservation,
@@ -141,7 +227,7 @@ pub fn inflate_gzip(
     use std::io::Read;
     const MIN_STEP: usize = 64 * 1024;
     let start = out.len();
-    let mut decoder = flate2::read::GzDecoder::new(compressed).take(limit as u64 + 1);
+    let mut decoder = decoder.take(limit as u64 + 1);
     loop {
         if out.len() == out.capacity() {
             let room_in_budget = reservation.budget().limit().saturating_sub(reservation.size()).max(MIN_STEP);
@@ -150,10 +236,7 @@ pub fn inflate_gzip(
             out.reserve_exact(more);
         }
         let room = (out.capacity() - out.len()) as u64;
-        let read = (&mut decoder).take(room).read_to_end(out).map_err(|e| IngestError::Malformed {
-            format: "gzip",
-            detail: format!("{e}; the body does not match its gzip content encoding"),
-        })?;
+        let read = (&mut decoder).take(room).read_to_end(out).map_err(|e| malformed(codec, e))?;
         if out.len() - start > limit {
             return Err(IngestError::TooLarge { limit });
         }

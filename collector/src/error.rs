@@ -37,7 +37,7 @@ pub enum IngestError {
     #[error("unsupported content type {0:?}: send application/x-protobuf or application/json")]
     UnsupportedMediaType(String),
     /// The content encoding is not supported.
-    #[error("unsupported content encoding {0:?}: send identity or gzip")]
+    #[error("unsupported content encoding {0:?}: send identity, gzip, deflate or zstd")]
     UnsupportedEncoding(String),
     /// The write path is behind; the client should retry after the suggested delay.
     #[error("tailscope is applying backpressure: the write buffer is full ({buffered} of {limit} bytes); retry later")]

@@ -327,7 +327,13 @@ impl OtlpGrpc {
                     reservation.try_grow(len, &"a request message")?;
                     out.extend_from_slice(message);
                 }
-                1 => crate::admission::inflate_gzip(message, limit, &mut out, &mut reservation)?,
+                1 => crate::admission::inflate(
+                    crate::admission::Codec::Gzip,
+                    message,
+                    limit,
+                    &mut out,
+                    &mut reservation,
+                )?,
                 flag => return Err(malformed(&format!("unknown compressed flag {flag}"))),
             }
             let inflated = out.len() - start - GRPC_PREFIX;

@@ -1,4 +1,5 @@
-//! OTLP/HTTP: `POST /v1/traces`, `/v1/metrics`, `/v1/logs`, protobuf or JSON, optionally gzip-compressed.
+//! OTLP/HTTP: `POST /v1/traces`, `/v1/metrics`, `/v1/logs`, protobuf or JSON, optionally compressed (gzip, deflate
+//! or zstd).
 //!
 //! Follows the OTLP/HTTP specification: the response uses the request's encoding; errors carry a
 //! `google.rpc.Status` body (protobuf or JSON) whose message says what was wrong; 503 comes with `Retry-After`.
@@ -17,10 +18,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tailscope_core::config::CorsConfig;
 use tailscope_core::memory::Reservation;
 use tailscope_core::schema::Signal;
+use tower_http::cors::CorsLayer;
 
-use crate::admission::RequestMemory;
+use crate::admission::{Codec, RequestMemory};
 use crate::error::IngestError;
 use crate::receiver::Receiver;
 
@@ -59,7 +62,8 @@ pub fn router(receiver: Receiver) -> Router {
     // The compressed body may not exceed the decompressed limit either; the limit after decompression is
     // enforced while inflating.
     let limit = receiver.max_body_bytes();
-    Router::new()
+    let cors = cors(&receiver.config().server.cors);
+    let router = Router::new()
         .route("/v1/traces", post(traces))
         .route("/v1/metrics", post(metrics))
         .route("/v1/logs", post(logs))
@@ -67,7 +71,41 @@ pub fn router(receiver: Receiver) -> Router {
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(receiver.clone(), admit))
-        .with_state(receiver)
+        .with_state(receiver);
+    // Outermost: a preflight is answered before admission, and every answer, refusals too, carries the headers
+    // that let the page read it.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// `[server.cors]` as a layer; `None` when no origin is allowed, so that no CORS header is ever sent.
+fn cors(config: &CorsConfig) -> Option<CorsLayer> {
+    use tower_http::cors::{AllowOrigin, ExposeHeaders};
+    if !config.enabled() {
+        return None;
+    }
+    // Validated at start (`CorsConfig::validate`); what would not convert is left out rather than trusted.
+    let origins = if config.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(config.allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    // What OTLP exporters in browsers send, and the operator's additions.
+    let headers = [header::CONTENT_TYPE, header::CONTENT_ENCODING, header::ACCEPT]
+        .into_iter()
+        .chain(config.allowed_headers.iter().filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()));
+    let mut layer = CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([http::Method::POST])
+        .allow_headers(headers.collect::<Vec<_>>())
+        // A page told to retry may read when.
+        .expose_headers(ExposeHeaders::list([header::RETRY_AFTER]));
+    if !config.max_age.is_zero() {
+        layer = layer.max_age(config.max_age);
+    }
+    Some(layer)
 }
 
 fn signal_of(path: &str) -> Signal {
@@ -163,8 +201,8 @@ fn body_error(receiver: &Receiver, rejection: BytesRejection) -> IngestError {
     IngestError::BodyRead(rejection.body_text())
 }
 
-/// Inflates a gzip body, refusing to go past `limit` bytes, and reserving what it inflates in `reservation` as
-/// it goes (the compressed body's share is given back at the end).
+/// Inflates a body in its `Content-Encoding` (gzip, deflate or zstd), refusing to go past `limit` bytes, and
+/// reserving what it inflates in `reservation` as it goes (the compressed body's share is given back at the end).
 pub fn decompress(
     headers: &HeaderMap,
     body: Bytes,
@@ -172,22 +210,21 @@ pub fn decompress(
     reservation: &mut Reservation,
 ) -> Result<Bytes, IngestError> {
     let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
-    match encoding.trim().to_ascii_lowercase().as_str() {
-        "" | "identity" => {
+    match Codec::from_content_encoding(encoding)? {
+        None => {
             if body.len() > limit {
                 return Err(IngestError::TooLarge { limit });
             }
             Ok(body)
         }
-        "gzip" | "x-gzip" => {
+        Some(codec) => {
             let compressed = body.len();
             let mut out = Vec::new();
-            crate::admission::inflate_gzip(&body, limit, &mut out, reservation)?;
+            crate::admission::inflate(codec, &body, limit, &mut out, reservation)?;
             drop(body);
             reservation.shrink(compressed);
             Ok(Bytes::from(out))
         }
-        other => Err(IngestError::UnsupportedEncoding(other.to_string())),
     }
 }
 
@@ -209,9 +246,23 @@ fn encode<T: Message + Serialize>(encoding: Encoding, status: StatusCode, value:
     let body = match encoding {
         Encoding::Protobuf => value.encode_to_vec(),
         // Serialising the generated types cannot fail.
-        Encoding::Json => serde_json::to_vec(value).unwrap_or_default(),
+        Encoding::Json => {
+            serde_json::to_value(value).and_then(|v| serde_json::to_vec(&without_nulls(v))).unwrap_or_default()
+        }
     };
     (status, [(header::CONTENT_TYPE, encoding.content_type())], body).into_response()
+}
+
+/// `value` without its `null` members. The generated types serialise an absent message field as `null`, where
+/// OTLP/JSON (proto3's JSON mapping) leaves it out: a fully accepted export answers `{}`, not
+/// `{"partialSuccess": null}`, which clients that check for the key read as a partial success.
+fn without_nulls(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(members) => {
+            members.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, without_nulls(v))).collect()
+        }
+        other => other,
+    }
 }
 
 /// `google.rpc.Status`, the body of OTLP/HTTP error responses.

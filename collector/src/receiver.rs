@@ -72,6 +72,11 @@ impl Receiver {
         self.ingest.metrics()
     }
 
+    /// The server's configuration.
+    pub fn config(&self) -> &tailscope_core::config::Config {
+        self.ingest.config()
+    }
+
     /// The configured largest body, after decompression.
     pub fn max_body_bytes(&self) -> usize {
         self.ingest.config().ingest.max_body_bytes

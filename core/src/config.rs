@@ -13,6 +13,12 @@ use serde::{Deserialize, Serialize};
 use crate::cost::{AlertsConfig, BudgetConfig, PricingConfig};
 use crate::error::ConfigError;
 
+mod listen;
+pub mod substitute;
+pub mod units;
+
+pub use listen::ListenAddr;
+
 /// One MiB.
 const MIB: usize = 1024 * 1024;
 /// The largest size any setting may have, in MiB: 1 TiB. Far above any machine tailscope runs on, and small
@@ -124,10 +130,27 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Parses a TOML document; `origin` names it in errors.
+    /// Parses a TOML document, substituting `${env:...}` and `${file:...}` in its values ([`substitute`]);
+    /// `origin` names it in errors, and relative `${file:...}` paths start from its directory.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|source| ConfigError::Parse { path: origin.to_path_buf(), message: source.to_string() })?;
+        Config::from_toml_with_env(text, origin, &substitute::process_env)
+    }
+
+    /// [`Config::from_toml`] with the environment `env` instead of the process's.
+    pub fn from_toml_with_env(
+        text: &str,
+        origin: &Path,
+        env: substitute::EnvLookup<'_>,
+    ) -> Result<Config, ConfigError> {
+        let parse_error =
+            |e: toml::de::Error| ConfigError::Parse { path: origin.to_path_buf(), message: e.to_string() };
+        let mut document = toml::de::DeTable::parse(text).map_err(parse_error)?;
+        substitute::substitute_document(document.get_mut(), origin, env)?;
+        let config = Config::deserialize(toml::de::Deserializer::from(document)).map_err(|mut e| {
+            // Errors show the line as written, `${...}` and all, never the substituted secret.
+            e.set_input(Some(text));
+            parse_error(e)
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -238,36 +261,37 @@ const MAX_BUDGET_WINDOW: Duration = Duration::from_secs(31_557_600);
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
-    /// OTLP/gRPC.
-    pub otlp_grpc: SocketAddr,
+    /// OTLP/gRPC. Each address is `host:port`; the host an IP address (IPv6 in brackets: `[::]:4317`) or a name
+    /// (`localhost:4317`), resolved at start (see [`ListenAddr`]).
+    pub otlp_grpc: ListenAddr,
     /// OTLP/HTTP.
-    pub otlp_http: SocketAddr,
+    pub otlp_http: ListenAddr,
     /// Health, Prometheus metrics, SQL, live windows, alerts and guardrails.
-    pub api: SocketAddr,
+    pub api: ListenAddr,
     /// Arrow Flight SQL.
-    pub flight: SocketAddr,
+    pub flight: ListenAddr,
     /// A connection with no request in progress for this long is closed (HTTP/2: GOAWAY, then close). Longer
     /// than the OpenTelemetry SDKs' 60 s metric export interval, so a metrics exporter keeps its connection.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub idle_timeout: Duration,
     /// Time allowed for a request's headers, counted from when the connection can take a request (accepted, or
     /// the previous response sent): slowloris clients are cut here. On HTTP/1.1 this also closes keep-alive
     /// connections that wait this long for their next request. HTTP/2 headers arrive as one frame; a connection
     /// that never completes one is idle and falls under `idle_timeout`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub header_timeout: Duration,
     /// Total time allowed to receive one request's body, from its headers (not an inactivity timeout: a body
     /// trickled a byte at a time is cut too). A request cut here is answered 408 / DEADLINE_EXCEEDED and nothing
     /// of it is stored. Generous: OTLP exporters give up on an export after 10 s by default. The other way, a
     /// peer that takes no byte of a response for this long is dropped (slow readers that make progress are not).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub body_timeout: Duration,
     /// HTTP/2 PING interval on connections (gRPC and HTTP/2 clients), to find dead peers; TCP keepalive probes
     /// start after it too.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub keepalive_interval: Duration,
     /// A peer that does not answer a PING within this is dropped.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub keepalive_timeout: Duration,
     /// Open connections per listener. At the cap, the longest-idle connection (no request in progress) is closed
     /// to admit a new one (HTTP/2: GOAWAY); when every connection is busy, new ones wait in the kernel's accept
@@ -277,6 +301,8 @@ pub struct ServerConfig {
     pub tls: TlsConfig,
     /// Serve a listener bound beyond loopback without TLS or API keys. Off: start-up refuses, saying what to add.
     pub insecure: bool,
+    /// CORS on the OTLP/HTTP listener (`[server.cors]`), so that exporters in web pages may send.
+    pub cors: CorsConfig,
 }
 
 /// One of the four listeners, to name it in settings, logs and metrics.
@@ -407,13 +433,77 @@ impl TlsConfig {
     }
 }
 
+/// CORS for browser exporters on the OTLP/HTTP listener. Off, with no CORS header at all, unless origins are listed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins whose pages may send, as browsers write them: `scheme://host`, with `:port` when it is not the
+    /// scheme's default, no path (`https://app.example.com`, `http://localhost:3000`); or `"*"` for any page.
+    pub allowed_origins: Vec<String>,
+    /// Request headers allowed beside those OTLP exporters send (`Content-Type`, `Content-Encoding`, `Accept`).
+    pub allowed_headers: Vec<String>,
+    /// How long a browser may reuse a preflight's answer (`Access-Control-Max-Age`); zero, the default, sends no
+    /// such header and browsers ask again after a few seconds.
+    #[serde(with = "units::duration")]
+    pub max_age: Duration,
+}
+
+/// The most origins and extra headers `[server.cors]` may list: far more than any deployment names.
+const MAX_CORS_ENTRIES: usize = 1024;
+
+impl CorsConfig {
+    /// Whether CORS is on: some origin is allowed.
+    pub fn enabled(&self) -> bool {
+        !self.allowed_origins.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid =
+            |field: &str, reason: String| ConfigError::Invalid { field: format!("server.cors.{field}"), reason };
+        if self.allowed_origins.len() > MAX_CORS_ENTRIES || self.allowed_headers.len() > MAX_CORS_ENTRIES {
+            return Err(invalid("allowed_origins", format!("at most {MAX_CORS_ENTRIES} origins and headers")));
+        }
+        for origin in &self.allowed_origins {
+            if origin == "*" {
+                continue;
+            }
+            // Browsers send the origin serialised: lower-case scheme and host, no default port, no path.
+            let serialised = url::Url::parse(origin).ok().map(|u| u.origin().ascii_serialization());
+            match serialised {
+                Some(s) if &s == origin => {}
+                Some(s) if s != "null" => {
+                    return Err(invalid(
+                        "allowed_origins",
+                        format!("{origin:?} is not an origin as browsers send it: write {s:?}"),
+                    ));
+                }
+                _ => {
+                    return Err(invalid(
+                        "allowed_origins",
+                        format!(
+                            "{origin:?} is not an origin: write scheme://host[:port], e.g. https://app.example.com, or \"*\""
+                        ),
+                    ));
+                }
+            }
+        }
+        for name in &self.allowed_headers {
+            let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            if name.is_empty() || name.len() > 256 || !name.bytes().all(token) {
+                return Err(invalid("allowed_headers", format!("{name:?} is not a header name")));
+            }
+        }
+        check_duration("server.cors.max_age", self.max_age, Duration::ZERO, MAX_DURATION)
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            otlp_grpc: SocketAddr::from(([127, 0, 0, 1], 4317)),
-            otlp_http: SocketAddr::from(([127, 0, 0, 1], 4318)),
-            api: SocketAddr::from(([127, 0, 0, 1], 4319)),
-            flight: SocketAddr::from(([127, 0, 0, 1], 4320)),
+            otlp_grpc: ListenAddr::from(SocketAddr::from(([127, 0, 0, 1], 4317))),
+            otlp_http: ListenAddr::from(SocketAddr::from(([127, 0, 0, 1], 4318))),
+            api: ListenAddr::from(SocketAddr::from(([127, 0, 0, 1], 4319))),
+            flight: ListenAddr::from(SocketAddr::from(([127, 0, 0, 1], 4320))),
             idle_timeout: Duration::from_secs(120),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
@@ -422,6 +512,7 @@ impl Default for ServerConfig {
             max_connections: 2048,
             tls: TlsConfig::default(),
             insecure: false,
+            cors: CorsConfig::default(),
         }
     }
 }
@@ -440,17 +531,8 @@ impl ServerConfig {
             check_duration(field, value, Duration::from_millis(100), MAX_DURATION)?;
         }
         check_count("server.max_connections", self.max_connections, 1_000_000)?;
-        self.tls.validate()
-    }
-
-    /// The address `listener` binds.
-    pub fn addr(&self, listener: Listener) -> SocketAddr {
-        match listener {
-            Listener::OtlpGrpc => self.otlp_grpc,
-            Listener::OtlpHttp => self.otlp_http,
-            Listener::Api => self.api,
-            Listener::Flight => self.flight,
-        }
+        self.tls.validate()?;
+        self.cors.validate()
     }
 }
 
@@ -522,12 +604,14 @@ impl LiveConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
     /// Largest accepted request body after decompression (the OTLP spec's 413 / RESOURCE_EXHAUSTED beyond it).
+    #[serde(with = "units::bytes")]
     pub max_body_bytes: usize,
     /// Normalised-but-unflushed data held in memory. Past it, ingest answers 503 / UNAVAILABLE with a retry
     /// delay until a flush frees room: backpressure instead of memory growth.
+    #[serde(with = "units::bytes")]
     pub max_buffer_bytes: usize,
     /// The delay suggested to clients in `Retry-After` / `RetryInfo` when backpressure applies.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub retry_after: Duration,
     /// Attributes kept per span; further ones are dropped and reported in `partial_success.error_message`
     /// (the span itself is stored). Bounds the memory one span's attribute list takes while it is normalised.
@@ -558,9 +642,10 @@ impl Default for IngestConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Flush when this much Arrow data is buffered (all signals together).
+    #[serde(with = "units::bytes")]
     pub flush_max_bytes: usize,
     /// Flush at least this often while anything is buffered.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub flush_interval: Duration,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
@@ -590,22 +675,26 @@ impl Default for StorageConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct QueryConfig {
     /// A query running longer is cancelled.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub timeout: Duration,
     /// DataFusion's memory pool per query, in MiB; operators that can spill do so beyond it.
+    #[serde(with = "units::mib")]
     pub memory_limit_mb: usize,
     /// Queries running at once; more wait for a slot (and time out waiting).
     pub max_concurrent: usize,
     /// The longest SQL statement accepted, in bytes (every surface: HTTP, Flight SQL, the CLI).
+    #[serde(with = "units::bytes")]
     pub max_sql_bytes: usize,
     /// How deeply expressions, subqueries and plan steps may nest; a chain `a OR b OR ...` is as deep as it is
     /// long. Bounds every recursive pass over the statement (planning, optimisation, evaluation).
     pub max_expr_depth: usize,
     /// The most one call of a growing function (`repeat`, `lpad`, `rpad`, `replace`, `regexp_replace`,
     /// `array_repeat`, `array_resize`, `range`, `generate_series`) may produce for one batch of rows, in MiB.
+    #[serde(with = "units::mib")]
     pub max_function_output_mb: usize,
     /// DataFusion's cache of Parquet footers and page indexes (read once per file, kept for the next queries), in
     /// MiB. Reserved from `memory.limit_mb` at start; 0 turns the cache off (every query reads the footers again).
+    #[serde(with = "units::mib")]
     pub metadata_cache_mb: usize,
 }
 
@@ -643,6 +732,7 @@ impl Default for QueryConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct MemoryConfig {
     /// The budget in MiB.
+    #[serde(with = "units::mib")]
     pub limit_mb: usize,
 }
 
@@ -664,11 +754,13 @@ impl Default for MemoryConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct LiveConfig {
     /// p99 above this (ms) is shown as an SLO breach in the dashboard.
+    #[serde(with = "units::millis")]
     pub slo_p99_ms: f64,
     /// Routes (provider, region, model, operation) tracked at once; spans of further routes are counted under
     /// provider `(other)`. Each active route holds up to ~2 MiB of histograms.
     pub max_routes: usize,
     /// Longest provider, region, model or operation kept as a route key; longer values are cut to it.
+    #[serde(with = "units::bytes")]
     pub max_key_bytes: usize,
 }
 
@@ -820,6 +912,23 @@ mod tests {
     }
 
     #[test]
+    fn values_are_substituted_before_they_are_read_and_checked() {
+        let hook = "https://hooks.example.com/T0/B0/x\"y";
+        let env = |name: &str| Ok((name == "HOOK").then(|| hook.to_string()));
+        let toml = "[alerts]\nwebhooks = [\"${env:HOOK}\"]\n[memory]\nlimit_mb = \"${env:MEM:-512MiB}\"\n\
+                    [server]\napi = \"localhost:${env:PORT:-4400}\"\n";
+        let config = Config::from_toml_with_env(toml, Path::new("t.toml"), &env).unwrap();
+        assert_eq!(config.alerts.webhooks, [crate::webhook::WebhookConfig::url(hook)]);
+        assert_eq!(config.memory.limit_mb, 512);
+        assert_eq!(config.server.api.to_string(), "localhost:4400");
+        // A value that does not read shows its line as written.
+        let env = |_: &str| Ok(Some("many".to_string()));
+        let err = Config::from_toml_with_env("[memory]\nlimit_mb = \"${env:MEM}\"\n", Path::new("t.toml"), &env);
+        let err = err.unwrap_err().to_string();
+        assert!(err.contains("limit_mb = \"${env:MEM}\"") && err.contains("t.toml"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_and_impossible_values_are_refused_with_their_name() {
         let err = Config::from_toml("[storage]\nflush_intervall = \"1s\"\n", Path::new("t.toml")).unwrap_err();
         assert!(err.to_string().contains("flush_intervall"), "{err}");
@@ -843,6 +952,22 @@ mod tests {
         assert!(err.to_string().contains("server.max_connections"), "{err}");
         let err = Config::from_toml("[server]\nheader_timeout = \"0s\"\n", Path::new("t.toml")).unwrap_err();
         assert!(err.to_string().contains("server.header_timeout"), "{err}");
+        for (origin, says) in [
+            ("https://App.example.com/", "\"https://app.example.com\""),
+            ("https://app.example.com:443", "\"https://app.example.com\""),
+            ("app.example.com", "scheme://host"),
+            ("file:///tmp/x", "scheme://host"),
+        ] {
+            let toml = format!("[server.cors]\nallowed_origins = [{origin:?}]\n");
+            let err = Config::from_toml(&toml, Path::new("t.toml")).unwrap_err().to_string();
+            assert!(err.contains("server.cors.allowed_origins") && err.contains(says), "{origin}: {err}");
+        }
+        let toml = "[server.cors]\nallowed_origins = [\"*\", \"http://localhost:3000\"]\nallowed_headers = [\"x-tenant\"]\n\
+                    max_age = \"2h\"\n";
+        let config = Config::from_toml(toml, Path::new("t.toml")).unwrap();
+        assert!(config.server.cors.enabled() && !Config::default().server.cors.enabled());
+        let err = Config::from_toml("[server.cors]\nallowed_headers = [\"bad header\"]\n", Path::new("t.toml"));
+        assert!(err.unwrap_err().to_string().contains("server.cors.allowed_headers"));
     }
 }
 

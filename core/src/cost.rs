@@ -54,13 +54,16 @@ pub struct PricingConfig {
     /// ahead of the built-in map (`aws.bedrock` -> aws, `azure.ai.*` -> azure, `gcp.*` -> gcp).
     pub provider_clouds: BTreeMap<String, String>,
     /// Bytes in the "GB" that egress prices are quoted per. Clouds meter in binary gigabytes (2^30), the default.
+    #[serde(with = "crate::config::units::bytes")]
     pub bytes_per_gb: u64,
     /// Longest model, provider or region name used to look a price up. A longer one (no real name comes close)
     /// is treated as absent: a span priced by such a model is `unknown`. Bounds the work and memory a hostile
     /// name costs per span.
+    #[serde(with = "crate::config::units::bytes")]
     pub max_name_bytes: usize,
     /// Bytes the price-resolution cache may hold (names, the prices they resolve to and the map's slots) before it
     /// is emptied; it holds at most 8,192 entries too. Reserved from `memory.limit_mb` at start.
+    #[serde(with = "crate::config::units::bytes")]
     pub cache_bytes: usize,
 }
 
@@ -237,16 +240,16 @@ pub struct AlertsConfig {
     #[serde(deserialize_with = "crate::webhook::deserialize_webhooks")]
     pub webhooks: Vec<WebhookConfig>,
     /// Per-attempt timeout.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::units::duration")]
     pub timeout: Duration,
     /// Attempts per event and webhook in a row, before the event waits in the webhook's outbox and the webhook is
     /// tried again less often (up to `outbox_max_backoff` apart). No event is given up.
     pub max_attempts: u32,
     /// Delay before the first retry; doubles each attempt (with jitter) up to `max_backoff`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::units::duration")]
     pub initial_backoff: Duration,
     /// Longest delay between attempts in a row.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::units::duration")]
     pub max_backoff: Duration,
     /// Once `max_attempts` failed, a webhook is tried again after `max_backoff`, doubling (with jitter) up to this;
     /// an event a webhook refused (3xx, 4xx) is tried again after this long, and at every start.
@@ -259,7 +262,7 @@ pub struct AlertsConfig {
     pub outbox_max_bytes: usize,
     /// Budgets are re-evaluated at least this often (period ends, rolling windows, forecasts), and at most
     /// a few times a second while spans arrive.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::units::duration")]
     pub evaluate_interval: Duration,
 }
 

@@ -19,6 +19,9 @@ pub enum ConfigError {
     /// A value parses but cannot work.
     #[error("invalid config value {field}: {reason}")]
     Invalid { field: String, reason: String },
+    /// A `${env:...}` or `${file:...}` in a value cannot be substituted (see `config::substitute`).
+    #[error("config file {path}, key {key}: {reason}")]
+    Substitution { path: PathBuf, key: String, reason: String },
 }
 
 /// Parquet writer settings ([`crate::layout::ParquetOptions`]) that Parquet refuses.

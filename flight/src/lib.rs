@@ -1,43 +1,56 @@
 //! Arrow Flight SQL, so ADBC, JDBC (DBeaver) and Grafana's Flight SQL data source can query tailscope.
 //!
-//! Statements and prepared statements are stateless: the handle and the ticket carry the SQL itself, so any
-//! server instance can answer any ticket and nothing leaks when a client forgets to close a statement. Metadata
-//! calls (`GetCatalogs`, `GetDbSchemas`, `GetTables`, `GetTableTypes`, `GetSqlInfo`) answer from the engine's
-//! relations. Writes are refused as in every other surface. There is no authentication: the listener is on
-//! loopback by default; put it behind a TLS-terminating proxy to expose it.
+//! Statements are stateless: the ticket carries the SQL itself, so any server instance can answer any ticket.
+//! Prepared statements take parameters (`?`, or `$1`, `$2`, ...) bound with `DoPut`, so they are state the server
+//! holds behind a random handle, bounded in number, bytes and idle time ([`prepared`]); values are bound into the
+//! planned statement as data, after the same read-only checks and limits as any statement. Metadata calls
+//! (`GetCatalogs`, `GetDbSchemas`, `GetTables`, `GetTableTypes`, `GetSqlInfo`, `GetXdbcTypeInfo`) answer from the
+//! engine's relations and types; the key calls (`GetPrimaryKeys`, `GetImportedKeys`, `GetExportedKeys`,
+//! `GetCrossReference`) answer empty, as tailscope's tables have no keys. Writes are refused as in every other
+//! surface. There is no authentication: the listener is on loopback by default; put it behind a TLS-terminating
+//! proxy to expose it.
 //!
 //! A crate of its own above `query`: the gRPC server (tonic) and Arrow Flight are linked by the binary that serves
 //! them, not by every reader of the engine (the dashboard, the CLI's `--data-dir`).
 
 use std::pin::Pin;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
 
+use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
-use arrow_flight::sql::server::FlightSqlService;
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
-    Any, CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
-    CommandPreparedStatementQuery, CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    Any, CommandGetCatalogs, CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys,
+    CommandGetImportedKeys, CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandGetXdbcTypeInfo, CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult,
+    ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
     Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc,
     Ticket,
 };
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::ScalarValue;
 use futures::{Stream, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use query::{CATALOG_NAME, Engine, QueryError, SCHEMA_NAME};
 
+mod metadata;
+pub mod prepared;
 mod status;
 #[cfg(test)]
 mod tests;
+
+use prepared::PreparedStatements;
 
 pub use status::grpc_status;
 
@@ -63,12 +76,19 @@ static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
 #[derive(Clone)]
 pub struct FlightSqlServer {
     engine: Engine,
+    prepared: Arc<PreparedStatements>,
 }
 
 impl FlightSqlServer {
-    /// A service answering from `engine`.
+    /// A service answering from `engine`, holding prepared statements within the default [`prepared::Limits`].
     pub fn new(engine: Engine) -> FlightSqlServer {
-        FlightSqlServer { engine }
+        FlightSqlServer::with_limits(engine, prepared::Limits::default())
+    }
+
+    /// A service answering from `engine`, holding prepared statements within `limits`.
+    pub fn with_limits(engine: Engine, limits: prepared::Limits) -> FlightSqlServer {
+        let prepared = Arc::new(PreparedStatements::new(limits, engine.memory()));
+        FlightSqlServer { engine, prepared }
     }
 
     /// The tonic service, to add to a `tonic::transport::Server`.
@@ -89,6 +109,47 @@ fn sql_from_bytes(bytes: &[u8]) -> Result<&str, Status> {
     std::str::from_utf8(bytes).map_err(|_| Status::invalid_argument("statement handle is not UTF-8 SQL"))
 }
 
+/// `schema` as the IPC message Flight SQL carries schemas in.
+fn ipc_schema(schema: &Schema) -> Result<prost::bytes::Bytes, Status> {
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default()).try_into().map_err(
+        |e: datafusion::arrow::error::ArrowError| Status::internal(format!("cannot encode the schema: {e}")),
+    )?;
+    Ok(bytes)
+}
+
+/// The one row of parameter values a `DoPut` carries, read batch by batch and refused as soon as it passes
+/// `max_bytes` or a second row arrives (a query runs with one set of values at a time).
+async fn parameter_row(stream: PeekableFlightDataStream, max_bytes: usize) -> Result<Vec<ScalarValue>, Status> {
+    let data = stream.map_err(|status| arrow_flight::error::FlightError::Tonic(Box::new(status)));
+    let mut batches = FlightRecordBatchStream::new_from_flight_data(data);
+    let mut row = None;
+    let mut bytes = 0usize;
+    while let Some(batch) = batches.try_next().await.map_err(Status::from)? {
+        bytes = bytes.saturating_add(batch.get_array_memory_size());
+        if bytes > max_bytes {
+            return Err(Status::invalid_argument(format!(
+                "the parameter values take more than {max_bytes} bytes, the bound of a statement \
+                 (query.max_sql_bytes)"
+            )));
+        }
+        for i in 0..batch.num_rows() {
+            if row.is_some() {
+                return Err(Status::invalid_argument(
+                    "bind one row of parameter values per execution (a query runs with one set of values)",
+                ));
+            }
+            let values = batch
+                .columns()
+                .iter()
+                .map(|column| ScalarValue::try_from_array(column, i))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Status::invalid_argument(format!("cannot read the parameter values: {e}")))?;
+            row = Some(values);
+        }
+    }
+    Ok(row.unwrap_or_default())
+}
+
 fn flight_info(schema: &SchemaRef, ticket: Vec<u8>, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
     Ok(FlightInfo::new()
         .try_with_schema(schema)
@@ -106,6 +167,11 @@ fn stream_batches(schema: SchemaRef, batches: Vec<RecordBatch>) -> Response<DoGe
     Response::new(Box::pin(stream))
 }
 
+/// An answer of no rows: the key calls, since tailscope's tables have no keys.
+fn no_rows(schema: &SchemaRef) -> Response<DoGetStream> {
+    stream_batches(schema.clone(), vec![RecordBatch::new_empty(schema.clone())])
+}
+
 fn one_batch<E: std::fmt::Display>(schema: SchemaRef, batch: Result<RecordBatch, E>) -> Response<DoGetStream> {
     match batch {
         Ok(batch) => stream_batches(schema, vec![batch]),
@@ -117,10 +183,10 @@ fn one_batch<E: std::fmt::Display>(schema: SchemaRef, batch: Result<RecordBatch,
 }
 
 impl FlightSqlServer {
-    /// Streams the statement's rows as DataFusion produces them: gRPC flow control paces the query, and the
-    /// timeout or an error ends the stream with its status.
-    async fn run(&self, sql: &str) -> Result<Response<DoGetStream>, Status> {
-        let stream = self.engine.stream(sql).await.map_err(|e| log_error(sql, e))?;
+    /// Streams the statement's rows, with `parameters` bound, as DataFusion produces them: gRPC flow control paces
+    /// the query, and the timeout or an error ends the stream with its status.
+    async fn run(&self, sql: &str, parameters: Vec<ScalarValue>) -> Result<Response<DoGetStream>, Status> {
+        let stream = self.engine.stream_with_parameters(sql, parameters).await.map_err(|e| log_error(sql, e))?;
         let schema = stream.schema();
         let owned_sql = sql.to_string();
         let batches = stream.map_err(move |e| FlightError::Tonic(Box::new(log_error(&owned_sql, e))));
@@ -167,7 +233,7 @@ impl FlightSqlService for FlightSqlServer {
         ticket: TicketStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.run(sql_from_bytes(&ticket.statement_handle)?).await
+        self.run(sql_from_bytes(&ticket.statement_handle)?, Vec::new()).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -175,23 +241,41 @@ impl FlightSqlService for FlightSqlServer {
         query: ActionCreatePreparedStatementRequest,
         _request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let schema = self.schema_of(&query.query).await?;
-        let IpcMessage(dataset_schema) = SchemaAsIpc::new(&schema, &IpcWriteOptions::default()).try_into().map_err(
-            |e: datafusion::arrow::error::ArrowError| Status::internal(format!("cannot encode the schema: {e}")),
-        )?;
+        let prepared = self.engine.prepare(&query.query).await.map_err(|e| log_error(&query.query, e))?;
+        // A parameter whose type nothing in the statement says takes any value: `Null` says so.
+        let parameters: Vec<Field> = prepared
+            .parameters
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Field::new(format!("${}", i + 1), t.clone().unwrap_or(DataType::Null), true))
+            .collect();
         Ok(ActionCreatePreparedStatementResult {
-            prepared_statement_handle: query.query.into_bytes().into(),
-            dataset_schema,
-            parameter_schema: Default::default(),
+            dataset_schema: ipc_schema(&prepared.schema)?,
+            parameter_schema: ipc_schema(&Schema::new(parameters))?,
+            prepared_statement_handle: self.prepared.create(query.query, Instant::now())?.into(),
         })
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let handle = query.prepared_statement_handle;
+        // An unknown handle is refused before its values are read.
+        self.prepared.get(&handle, Instant::now())?;
+        let values = parameter_row(request.into_inner(), self.engine.config().max_sql_bytes).await?;
+        self.prepared.bind(&handle, values, Instant::now())?;
+        // The same handle: the values are held under it.
+        Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(handle) })
     }
 
     async fn do_action_close_prepared_statement(
         &self,
-        _query: ActionClosePreparedStatementRequest,
+        query: ActionClosePreparedStatementRequest,
         _request: Request<Action>,
     ) -> Result<(), Status> {
-        // Stateless handles: nothing to free.
+        self.prepared.close(&query.prepared_statement_handle);
         Ok(())
     }
 
@@ -200,7 +284,13 @@ impl FlightSqlService for FlightSqlServer {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = self.schema_of(sql_from_bytes(&cmd.prepared_statement_handle)?).await?;
+        let statement = self.prepared.get(&cmd.prepared_statement_handle, Instant::now())?;
+        // Planned with the values bound: too few or mistyped values are refused here, before a ticket is given.
+        let schema = self
+            .engine
+            .schema_with_parameters(&statement.sql, statement.values)
+            .await
+            .map_err(|e| log_error(&statement.sql, e))?;
         let info = flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())?;
         Ok(Response::new(info))
     }
@@ -210,7 +300,8 @@ impl FlightSqlService for FlightSqlServer {
         cmd: CommandPreparedStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.run(sql_from_bytes(&cmd.prepared_statement_handle)?).await
+        let statement = self.prepared.get(&cmd.prepared_statement_handle, Instant::now())?;
+        self.run(&statement.sql, statement.values).await
     }
 
     async fn get_flight_info_catalogs(
@@ -316,6 +407,92 @@ impl FlightSqlService for FlightSqlServer {
         let builder = query.into_builder(&SQL_INFO);
         let schema = builder.schema();
         Ok(one_batch(schema, builder.build()))
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder(&metadata::XDBC_TYPES).schema();
+        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let builder = query.into_builder(&metadata::XDBC_TYPES);
+        Ok(one_batch(builder.schema(), builder.build()))
+    }
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let info = flight_info(&metadata::PRIMARY_KEYS, query.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_primary_keys(
+        &self,
+        _query: CommandGetPrimaryKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        Ok(no_rows(&metadata::PRIMARY_KEYS))
+    }
+
+    async fn get_flight_info_imported_keys(
+        &self,
+        query: CommandGetImportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let info = flight_info(&metadata::FOREIGN_KEYS, query.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_imported_keys(
+        &self,
+        _query: CommandGetImportedKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        Ok(no_rows(&metadata::FOREIGN_KEYS))
+    }
+
+    async fn get_flight_info_exported_keys(
+        &self,
+        query: CommandGetExportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let info = flight_info(&metadata::FOREIGN_KEYS, query.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_exported_keys(
+        &self,
+        _query: CommandGetExportedKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        Ok(no_rows(&metadata::FOREIGN_KEYS))
+    }
+
+    async fn get_flight_info_cross_reference(
+        &self,
+        query: CommandGetCrossReference,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let info = flight_info(&metadata::FOREIGN_KEYS, query.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_cross_reference(
+        &self,
+        _query: CommandGetCrossReference,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        Ok(no_rows(&metadata::FOREIGN_KEYS))
     }
 
     async fn do_get_fallback(&self, _request: Request<Ticket>, message: Any) -> Result<Response<DoGetStream>, Status> {

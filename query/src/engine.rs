@@ -10,8 +10,8 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
-use datafusion::common::DataFusionError;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, ScalarValue};
 use datafusion::execution::FunctionRegistry;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
@@ -101,6 +101,16 @@ impl Stream for QueryStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.inner.as_mut().poll_next(cx)
     }
+}
+
+/// A statement planned but not run ([`Engine::prepare`]).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Column names and types of its rows.
+    pub schema: SchemaRef,
+    /// Its parameters, `$1` (the first `?`) first: each the type the planner inferred from where it stands, or
+    /// `None` where nothing says (`SELECT ?`) and any value goes. A bound value is cast to its parameter's type.
+    pub parameters: Vec<Option<DataType>>,
 }
 
 /// A table or view as listed by `\d` and Flight SQL `GetTables`.
@@ -270,6 +280,11 @@ impl Engine {
         Engine::new(catalog, config).await
     }
 
+    /// The process-wide memory budget queries draw from.
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.inner.memory
+    }
+
     /// The limits this engine enforces.
     pub fn config(&self) -> &QueryConfig {
         &self.inner.config
@@ -305,9 +320,28 @@ impl Engine {
         self.stream_within(sql, self.inner.config.timeout).await
     }
 
+    /// [`Engine::stream`] for a statement with parameters (`?` or `$1`, `$2`, ...; see [`Engine::prepare`]), one
+    /// value each, bound after the statement was checked and planned: values are data, never SQL.
+    pub async fn stream_with_parameters(
+        &self,
+        sql: &str,
+        parameters: Vec<ScalarValue>,
+    ) -> Result<QueryStream, QueryError> {
+        self.stream_bound(sql, parameters, self.inner.config.timeout).await
+    }
+
     /// [`Engine::stream`] with a timeout of the caller's instead of `query.timeout`: for the engine's own readers
     /// (budgets rebuilding a month of spend at start-up), whose work is not a user's request.
     pub(crate) async fn stream_within(&self, sql: &str, timeout: Duration) -> Result<QueryStream, QueryError> {
+        self.stream_bound(sql, Vec::new(), timeout).await
+    }
+
+    async fn stream_bound(
+        &self,
+        sql: &str,
+        parameters: Vec<ScalarValue>,
+        timeout: Duration,
+    ) -> Result<QueryStream, QueryError> {
         let deadline = Instant::now() + timeout;
         let permit = self.acquire_slot(deadline).await?;
         let ctx = self.context()?;
@@ -319,7 +353,7 @@ impl Engine {
         let thread_permit = permit.clone();
         let planned = limits::on_planner_thread(async move {
             let _slot = thread_permit;
-            let plan = engine.plan(&ctx, &sql).await?;
+            let plan = crate::parameters::bind(engine.plan(&ctx, &sql).await?, parameters)?;
             let schema = outward_schema(plan.schema().as_arrow());
             let physical = ctx.state().create_physical_plan(&plan).await?;
             // The logical plan is dropped here, on the large stack.
@@ -342,15 +376,50 @@ impl Engine {
 
     /// The schema a statement would produce, without running it (Flight SQL `GetFlightInfo`).
     pub async fn schema_of(&self, sql: &str) -> Result<SchemaRef, QueryError> {
+        self.schema_with_parameters(sql, Vec::new()).await
+    }
+
+    /// The schema a statement with `parameters` bound would produce (see [`Engine::stream_with_parameters`]),
+    /// without running it: refused as running it would be, a wrong number of values or one of the wrong type too.
+    pub async fn schema_with_parameters(
+        &self,
+        sql: &str,
+        parameters: Vec<ScalarValue>,
+    ) -> Result<SchemaRef, QueryError> {
+        self.planned(sql, move |plan| {
+            let plan = crate::parameters::bind(plan, parameters)?;
+            Ok(outward_schema(plan.schema().as_arrow()))
+        })
+        .await
+    }
+
+    /// Plans a statement without running it: the schema of its rows and the parameters it takes (`?`, numbered in
+    /// the order they are written, or `$1`, `$2`, ...). For Flight SQL prepared statements; run it with
+    /// [`Engine::stream_with_parameters`].
+    pub async fn prepare(&self, sql: &str) -> Result<Prepared, QueryError> {
+        self.planned(sql, |plan| {
+            let parameters = crate::parameters::parameter_types(&plan)?;
+            Ok(Prepared {
+                schema: outward_schema(plan.schema().as_arrow()),
+                parameters: parameters.into_iter().map(|t| t.as_ref().map(outward_type)).collect(),
+            })
+        })
+        .await
+    }
+
+    /// Plans `sql` on a planner thread (see [`Engine::stream`]) and hands the plan to `then` there, within
+    /// `query.timeout`.
+    async fn planned<T: Send + 'static>(
+        &self,
+        sql: &str,
+        then: impl FnOnce(LogicalPlan) -> Result<T, QueryError> + Send + 'static,
+    ) -> Result<T, QueryError> {
         let timeout = self.inner.config.timeout;
         let ctx = self.context()?;
         let engine = self.clone();
         let sql = sql.to_string();
-        let planned = limits::on_planner_thread(async move {
-            let plan = engine.plan(&ctx, &sql).await?;
-            Ok::<_, QueryError>(outward_schema(plan.schema().as_arrow()))
-        })
-        .map_err(|e| QueryError::Internal(format!("cannot start a planner thread: {e}")))?;
+        let planned = limits::on_planner_thread(async move { then(engine.plan(&ctx, &sql).await?) })
+            .map_err(|e| QueryError::Internal(format!("cannot start a planner thread: {e}")))?;
         match tokio::time::timeout(timeout, planned).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(QueryError::Internal("the query planner panicked".into())),
@@ -381,8 +450,9 @@ impl Engine {
         limits::check_sql_size(sql, config.max_sql_bytes)?;
         let state = ctx.state();
         let dialect = state.config().options().sql_parser.dialect;
-        let statement = state.sql_to_statement(sql, &dialect)?;
+        let mut statement = state.sql_to_statement(sql, &dialect)?;
         check_statement_depth(&statement, config.max_expr_depth)?;
+        crate::parameters::number_placeholders(&mut statement)?;
         let plan = state.statement_to_plan(statement).await?;
         refuse_writes(&plan)?;
         // Belt and braces: DataFusion's own check, in case a new plan kind appears.

@@ -19,6 +19,7 @@ mod history;
 mod http;
 mod limits;
 mod output_memory;
+mod parameters;
 mod quantile;
 pub mod shell;
 #[cfg(test)]
@@ -31,7 +32,7 @@ mod unnest_guard;
 mod unreadable;
 mod views;
 
-pub use engine::{CATALOG_NAME, Engine, QueryOutput, QueryStream, Relation, SCHEMA_NAME, memory_pool};
+pub use engine::{CATALOG_NAME, Engine, Prepared, QueryOutput, QueryStream, Relation, SCHEMA_NAME, memory_pool};
 pub use error::QueryError;
 pub use http::router;
 pub use quantile::{QUANTILE_EXACT, quantile_linear};

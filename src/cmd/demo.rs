@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use query::Engine;
 use query::format::{self, Format};
-use tailscope_core::config::Config;
+use tailscope_core::config::{Config, ListenAddr};
 use tailscope_core::cost::{BudgetConfig, BudgetKind, BudgetPeriod};
 use tailscope_core::display::{duration_ms, usd};
 
@@ -66,10 +66,10 @@ const EGRESS_USD_PER_SPAN: f64 = 1.1e-6;
 fn demo_config(args: &Args) -> Config {
     let mut config = Config { data_dir: args.data_dir.clone(), ..Config::default() };
     // Ephemeral ports: the demo must not collide with a `tailscope serve` already on the default ports.
-    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.server.otlp_grpc = any_port;
-    config.server.otlp_http = any_port;
-    config.server.api = any_port;
+    let any_port = ListenAddr::from(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.server.otlp_grpc = any_port.clone();
+    config.server.otlp_http = any_port.clone();
+    config.server.api = any_port.clone();
     config.server.flight = any_port;
     config.alerts.evaluate_interval = Duration::from_secs(5);
     let per_second = args.rate * USD_PER_SPAN;

@@ -9,48 +9,51 @@ use collector::auth::{ApiKeys, Authenticated};
 use collector::net::{self, ConnectionLimits, Protocol};
 use collector::server::Collector;
 use collector::tls::ReloadingTls;
-use tailscope_core::config::{Config, Listener};
+use tailscope_core::config::{Config, ListenAddr, Listener};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::CmdResult;
 
-/// Flags of `tailscope serve`. Each overrides the matching key of the TOML config file.
+/// Flags of `tailscope serve`. Each overrides the matching key of the TOML config file, and each can be given as a
+/// `TAILSCOPE_*` environment variable instead (a flag wins over its variable).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Args {
-    /// TOML config file (every key is shown in tailscope.example.toml); flags override its values.
+    /// TOML config file (every key is shown in tailscope.example.toml, the syntax in docs/config.md); flags
+    /// override its values.
     #[arg(long, short = 'c', value_name = "FILE", env = "TAILSCOPE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where the WAL and Parquet files live [config: data_dir; default: ./tailscope-data].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "TAILSCOPE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// OTLP/gRPC listen address [config: server.otlp_grpc; default: 127.0.0.1:4317].
-    #[arg(long, value_name = "ADDR")]
-    pub otlp_grpc: Option<SocketAddr>,
+    /// OTLP/gRPC listen address, host:port (localhost:4317, 0.0.0.0:4317, [::]:4317) [config: server.otlp_grpc;
+    /// default: 127.0.0.1:4317].
+    #[arg(long, value_name = "ADDR", env = "TAILSCOPE_OTLP_GRPC")]
+    pub otlp_grpc: Option<ListenAddr>,
     /// OTLP/HTTP listen address [config: server.otlp_http; default: 127.0.0.1:4318].
-    #[arg(long, value_name = "ADDR")]
-    pub otlp_http: Option<SocketAddr>,
+    #[arg(long, value_name = "ADDR", env = "TAILSCOPE_OTLP_HTTP")]
+    pub otlp_http: Option<ListenAddr>,
     /// API listen address: health, Prometheus metrics, SQL, live windows, alerts [config: server.api;
     /// default: 127.0.0.1:4319].
-    #[arg(long, value_name = "ADDR")]
-    pub api: Option<SocketAddr>,
+    #[arg(long, value_name = "ADDR", env = "TAILSCOPE_API")]
+    pub api: Option<ListenAddr>,
     /// Arrow Flight SQL listen address [config: server.flight; default: 127.0.0.1:4320].
-    #[arg(long, value_name = "ADDR")]
-    pub flight: Option<SocketAddr>,
+    #[arg(long, value_name = "ADDR", env = "TAILSCOPE_FLIGHT")]
+    pub flight: Option<ListenAddr>,
     /// Serve listeners bound beyond loopback without TLS or API keys (e.g. behind a proxy that provides both)
     /// [config: server.insecure].
-    #[arg(long)]
+    #[arg(long, env = "TAILSCOPE_INSECURE")]
     pub insecure: bool,
     /// TLS certificate chain (PEM) for every listener [config: server.tls.cert_file].
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[arg(long, value_name = "FILE", requires = "tls_key", env = "TAILSCOPE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// The certificate's private key (PEM) [config: server.tls.key_file].
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, value_name = "FILE", requires = "tls_cert", env = "TAILSCOPE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// CA certificates (PEM) that client certificates must chain to: mutual TLS [config:
     /// server.tls.client_ca_file].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "TAILSCOPE_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
 }
 
@@ -64,17 +67,16 @@ impl Args {
         if let Some(d) = &self.data_dir {
             config.data_dir = d.clone();
         }
-        if let Some(a) = self.otlp_grpc {
-            config.server.otlp_grpc = a;
-        }
-        if let Some(a) = self.otlp_http {
-            config.server.otlp_http = a;
-        }
-        if let Some(a) = self.api {
-            config.server.api = a;
-        }
-        if let Some(a) = self.flight {
-            config.server.flight = a;
+        let server = &mut config.server;
+        for (flag, key) in [
+            (&self.otlp_grpc, &mut server.otlp_grpc),
+            (&self.otlp_http, &mut server.otlp_http),
+            (&self.api, &mut server.api),
+            (&self.flight, &mut server.flight),
+        ] {
+            if let Some(addr) = flag {
+                *key = addr.clone();
+            }
         }
         if self.insecure {
             config.server.insecure = true;
@@ -152,13 +154,30 @@ fn raise_open_file_limit(max_connections: usize) {
 #[cfg(not(unix))]
 fn raise_open_file_limit(_max_connections: usize) {}
 
-async fn bind(addr: SocketAddr, what: &str, key: &str) -> Result<TcpListener, String> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        format!(
-            "cannot listen on {addr} for {what}: {e}; choose another address with --{key} or server.{}",
-            key.replace('-', "_")
-        )
-    })
+/// Binds `addr`. A host name is resolved first, and the first of its addresses that binds is used, IPv4 ones first
+/// (as Go's `net.Listen` does): `localhost` listens on 127.0.0.1 where it also names ::1.
+async fn bind(addr: &ListenAddr, what: &str, key: &str) -> Result<TcpListener, String> {
+    let hint = format!("choose another address with --{key} or server.{}", key.replace('-', "_"));
+    let mut candidates: Vec<SocketAddr> = match addr.socket_addr() {
+        Some(ip) => vec![ip],
+        None => tokio::net::lookup_host(addr.to_string())
+            .await
+            .map_err(|e| format!("cannot resolve {addr} for {what}: {e}; {hint}"))?
+            .collect(),
+    };
+    candidates.sort_by_key(SocketAddr::is_ipv6);
+    let mut failed = Vec::new();
+    for candidate in candidates {
+        match TcpListener::bind(candidate).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) if candidate.to_string() == addr.to_string() => failed.push(e.to_string()),
+            Err(e) => failed.push(format!("{candidate}: {e}")),
+        }
+    }
+    if failed.is_empty() {
+        return Err(format!("{addr} resolves to no address for {what}; {hint}"));
+    }
+    Err(format!("cannot listen on {addr} for {what}: {}; {hint}", failed.join("; ")))
 }
 
 /// A bound listener with its TLS loaded (and reloaded as its files change), or plaintext when none is configured.
@@ -214,10 +233,10 @@ fn exposure_is_safe(config: &Config, listeners: &[&net::Listening], keys: bool) 
 pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
     raise_open_file_limit(config.server.max_connections);
     // Bind first: a port in use is an error now, before recovery work, not a dying background task.
-    let grpc = bind(config.server.otlp_grpc, "OTLP/gRPC", "otlp-grpc").await?;
-    let http = bind(config.server.otlp_http, "OTLP/HTTP", "otlp-http").await?;
-    let api = bind(config.server.api, "the API", "api").await?;
-    let flight = bind(config.server.flight, "Flight SQL", "flight").await?;
+    let grpc = bind(&config.server.otlp_grpc, "OTLP/gRPC", "otlp-grpc").await?;
+    let http = bind(&config.server.otlp_http, "OTLP/HTTP", "otlp-http").await?;
+    let api = bind(&config.server.api, "the API", "api").await?;
+    let flight = bind(&config.server.flight, "Flight SQL", "flight").await?;
     let addrs = Addrs {
         otlp_grpc: grpc.local_addr()?,
         otlp_http: http.local_addr()?,

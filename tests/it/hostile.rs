@@ -1,52 +1,17 @@
 //! Hostile OTLP input (issue #12): requests that are valid but huge in one dimension, or nested without end, must
 //! get an answer and leave the server serving, over both transports.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
-use crate::support::Server;
-
-fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
-}
-
-fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }),
-        ..Default::default()
-    }
-}
+use crate::support::{Server, now_ns, string_kv as kv, trace_export};
 
 /// `n` spans with ids from `first`, each with `attributes`.
 fn request(first: u64, n: u64, attributes: &[KeyValue]) -> ExportTraceServiceRequest {
-    let t = now_ns();
-    let spans = (first..first + n)
-        .map(|id| Span {
-            trace_id: [&[0xcd; 8][..], &id.to_be_bytes()].concat(),
-            span_id: (id + 1).to_be_bytes().to_vec(),
-            name: "chat".into(),
-            start_time_unix_nano: t,
-            end_time_unix_nano: t + 1_000_000,
-            attributes: attributes.to_vec(),
-            ..Default::default()
-        })
-        .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
-                attributes: vec![kv("service.name", "hostile")],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
-            ..Default::default()
-        }],
-    }
+    trace_export("hostile", first, n, attributes)
 }
 
 fn ordinary(first: u64, n: u64) -> ExportTraceServiceRequest {
@@ -507,42 +472,13 @@ async fn framing_is_decided_from_the_head() {
     }
 }
 
-/// The length of `n` as a protobuf varint.
-fn varint_len(n: usize) -> usize {
-    let mut out = Vec::new();
-    prost::encoding::encode_varint(n as u64, &mut out);
-    out.len()
-}
-
 /// A gRPC message frame (compressed flag set) holding an `ExportLogsServiceRequest` of one log record whose
 /// body is a string of `n` bytes of 'a', gzip-compressed as it is written: a gzip bomb of ~n/1000 bytes, built
 /// without holding the `n` bytes.
 fn gzip_log_bomb(n: usize) -> Vec<u8> {
-    use std::io::Write;
-    // resource_logs (1) > scope_logs (2) > log_records (2) > body (5) > string_value (1), from the inside out.
-    let mut prefix = Vec::new();
-    let mut inner = n;
-    let mut heads = Vec::new();
-    for tag in [1u32, 5, 2, 2, 1] {
-        let mut head = Vec::new();
-        prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, &mut head);
-        prost::encoding::encode_varint(inner as u64, &mut head);
-        inner += head.len();
-        heads.push(head);
-    }
-    for head in heads.iter().rev() {
-        prefix.extend_from_slice(head);
-    }
-    assert_eq!(prefix.len() + n, inner, "{}", varint_len(n));
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&prefix).unwrap();
-    let chunk = vec![b'a'; 1 << 20];
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(chunk.len());
-        gz.write_all(&chunk[..k]).unwrap();
-        left -= k;
-    }
+    // resource_logs (1) > scope_logs (2) > log_records (2) > body (5) > string_value (1).
+    crate::support::write_nested_string(&[1, 2, 2, 5, 1], n, &mut gz);
     let compressed = gz.finish().unwrap();
     let mut frame = vec![1u8];
     frame.extend_from_slice(&(compressed.len() as u32).to_be_bytes());

@@ -2,6 +2,7 @@
 
 mod budget;
 mod connections;
+mod conventions;
 mod demo;
 mod faults;
 mod hostile;

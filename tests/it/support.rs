@@ -16,6 +16,79 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tailscope_sim::export::OnRuntime;
 
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_nanos() as u64
+}
+
+/// A string attribute, in the OTLP protocol's types.
+pub fn string_kv(key: &str, value: &str) -> opentelemetry_proto::tonic::common::v1::KeyValue {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }),
+        ..Default::default()
+    }
+}
+
+/// A trace export from `service` of `n` spans named `chat`, 1 ms long, with ids from `first`, each with
+/// `attributes`.
+pub fn trace_export(
+    service: &str,
+    first: u64,
+    n: u64,
+    attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let t = now_ns();
+    let spans = (first..first + n)
+        .map(|id| Span {
+            trace_id: [&[0xcd; 8][..], &id.to_be_bytes()].concat(),
+            span_id: (id + 1).to_be_bytes().to_vec(),
+            name: "chat".into(),
+            start_time_unix_nano: t,
+            end_time_unix_nano: t + 1_000_000,
+            attributes: attributes.to_vec(),
+            ..Default::default()
+        })
+        .collect();
+    opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
+                attributes: vec![string_kv("service.name", service)],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// Writes to `out` a protobuf message that holds, through the length-delimited fields `path` (outermost first), a
+/// string of `n` bytes of 'a', chunk by chunk: through a compressing writer, a bomb of a few kB built without
+/// holding the `n` bytes.
+pub fn write_nested_string(path: &[u32], n: usize, out: &mut impl std::io::Write) {
+    let mut inner = n;
+    let mut heads = Vec::new();
+    for tag in path.iter().rev() {
+        let mut head = Vec::new();
+        prost::encoding::encode_key(*tag, prost::encoding::WireType::LengthDelimited, &mut head);
+        prost::encoding::encode_varint(inner as u64, &mut head);
+        inner += head.len();
+        heads.push(head);
+    }
+    for head in heads.iter().rev() {
+        out.write_all(head).expect("write the prefix");
+    }
+    let chunk = vec![b'a'; 1 << 20];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(chunk.len());
+        out.write_all(&chunk[..k]).expect("write the string");
+        left -= k;
+    }
+}
+
 /// The `tailscope` binary under test.
 pub fn tailscope_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tailscope"))
@@ -95,6 +168,27 @@ pub struct Server {
     secured: Option<(String, String)>,
     /// Environment variables set for the child (secrets the config names by `*_env`).
     env: Vec<(String, String)>,
+    /// Set by [`Server::start_custom`]: the arguments after `serve` and the environment, instead of the config file
+    /// and the data dir and addresses as flags.
+    custom: Option<Launch>,
+}
+
+/// The arguments after `serve` and the environment of a [`Server::start_custom`] server.
+type Launch = (Vec<String>, Vec<(String, String)>);
+
+/// How [`Server::start_custom`] launches `tailscope serve`.
+pub struct Custom {
+    /// The directory that holds the config (if any), the log, and is removed with the server.
+    pub tmp: tempfile::TempDir,
+    /// The arguments after `serve`.
+    pub args: Vec<String>,
+    /// Environment variables set for the server.
+    pub env: Vec<(String, String)>,
+    /// The data dir the arguments, config or environment name.
+    pub data_dir: PathBuf,
+    /// Where the test reaches the four listeners (OTLP/gRPC, OTLP/HTTP, API, Flight SQL), whatever names the
+    /// server was given for them.
+    pub addrs: [SocketAddr; 4],
 }
 
 impl Server {
@@ -157,8 +251,32 @@ impl Server {
             nofile,
             secured,
             env,
+            custom: None,
         };
         server.spawn(true).await;
+        server
+    }
+
+    /// Starts a server launched as `custom` says (addresses by host name, settings from the environment). Its ports
+    /// are in its arguments, so a port found taken is retried as it is, not replaced.
+    pub async fn start_custom(custom: Custom) -> Server {
+        let Custom { tmp, args, env, data_dir, addrs: [grpc, http, api, flight_addr] } = custom;
+        let mut server = Server {
+            child: None,
+            data_dir,
+            log_path: tmp.path().join("server.log"),
+            config_path: tmp.path().join("tailscope.toml"),
+            tmp,
+            grpc,
+            http,
+            api,
+            flight_addr,
+            nofile: None,
+            secured: None,
+            env: Vec::new(),
+            custom: Some((args, env)),
+        };
+        server.spawn(false).await;
         server
     }
 
@@ -206,20 +324,28 @@ impl Server {
                 });
             }
         }
+        command.arg("serve");
+        match &self.custom {
+            Some((args, env)) => {
+                command.args(args).envs(env.iter().map(|(k, v)| (k, v)));
+            }
+            None => {
+                command
+                    .arg("--config")
+                    .arg(&self.config_path)
+                    .arg("--data-dir")
+                    .arg(&self.data_dir)
+                    .arg("--otlp-grpc")
+                    .arg(self.grpc.to_string())
+                    .arg("--otlp-http")
+                    .arg(self.http.to_string())
+                    .arg("--api")
+                    .arg(self.api.to_string())
+                    .arg("--flight")
+                    .arg(self.flight_addr.to_string());
+            }
+        }
         let child = command
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--otlp-grpc")
-            .arg(self.grpc.to_string())
-            .arg("--otlp-http")
-            .arg(self.http.to_string())
-            .arg("--api")
-            .arg(self.api.to_string())
-            .arg("--flight")
-            .arg(self.flight_addr.to_string())
             .env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
