@@ -37,9 +37,17 @@ pub enum KeyError {
     Env { name: String, var: String },
     #[error("auth key {name:?}: cannot read key file {path}: {reason}")]
     File { name: String, path: std::path::PathBuf, reason: String },
-    #[error("auth key {name:?}: the key read from {source_name} is empty")]
-    Empty { name: String, source_name: String },
+    #[error(
+        "auth key {name:?}: the key read from {source_name} is shorter than {MIN_KEY_CHARS} characters; use \
+         `tailscope keys new` (256 random bits)"
+    )]
+    Weak { name: String, source_name: String },
+    #[error("auth keys {first:?} and {second:?} are the same key; give each client its own")]
+    Duplicate { first: String, second: String },
 }
+
+/// Clear keys shorter than this are refused: a guessable key on a public listener is no key.
+const MIN_KEY_CHARS: usize = 20;
 
 /// One configured key.
 struct Key {
@@ -108,6 +116,10 @@ impl ApiKeys {
             } else {
                 continue;
             };
+            // One key under two names would get the scopes of whichever is checked last.
+            if let Some(other) = keys.iter().find(|k: &&Key| k.hash == hash) {
+                return Err(KeyError::Duplicate { first: other.name.clone(), second: name });
+            }
             keys.push(Key { name, hash, scopes: key.scopes.clone() });
         }
         Ok(ApiKeys { keys, metrics_open: config.metrics_open })
@@ -166,6 +178,10 @@ impl ApiKeys {
 
 fn read_key_file(path: &std::path::Path) -> Result<String, String> {
     use std::io::Read;
+    // Only regular files: opening a FIFO would block start-up until something writes to it.
+    if !std::fs::metadata(path).map_err(|e| e.to_string())?.is_file() {
+        return Err("not a regular file".into());
+    }
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let mut text = String::new();
     file.take(MAX_KEY_FILE_BYTES + 1).read_to_string(&mut text).map_err(|e| e.to_string())?;
@@ -176,8 +192,8 @@ fn read_key_file(path: &std::path::Path) -> Result<String, String> {
 }
 
 fn hash_clear(name: &str, clear: &str, source_name: &str) -> Result<[u8; 32], KeyError> {
-    if clear.is_empty() {
-        return Err(KeyError::Empty { name: name.to_string(), source_name: source_name.to_string() });
+    if clear.chars().count() < MIN_KEY_CHARS {
+        return Err(KeyError::Weak { name: name.to_string(), source_name: source_name.to_string() });
     }
     Ok(Sha256::digest(clear.as_bytes()).into())
 }
@@ -409,6 +425,20 @@ mod tests {
     }
 
     #[test]
+    fn one_key_under_two_names_is_refused() {
+        let clear = new_key();
+        let entry = |name: &str, scope| ApiKeyConfig {
+            name: name.into(),
+            hash: Some(key_hash(&clear)),
+            scopes: vec![scope],
+            ..Default::default()
+        };
+        let config =
+            AuthConfig { keys: vec![entry("a", Scope::Query), entry("b", Scope::Ingest)], metrics_open: false };
+        assert!(matches!(ApiKeys::load(&config), Err(KeyError::Duplicate { .. })));
+    }
+
+    #[test]
     fn without_keys_everything_is_open() {
         let none = ApiKeys::load(&AuthConfig::default()).unwrap();
         assert!(!none.enabled());
@@ -416,11 +446,11 @@ mod tests {
     }
 
     #[test]
-    fn clear_keys_come_from_files_and_an_empty_one_is_refused() {
+    fn clear_keys_come_from_files_and_short_ones_or_directories_are_refused() {
         let dir = std::env::temp_dir().join(format!("tailscope-keyfile-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("key");
-        std::fs::write(&path, "  tsk_from_a_file\n").unwrap();
+        std::fs::write(&path, "  tsk_from_a_file_0123456789\n").unwrap();
         let config = |path: std::path::PathBuf| AuthConfig {
             keys: vec![ApiKeyConfig {
                 name: "f".into(),
@@ -431,9 +461,13 @@ mod tests {
             metrics_open: false,
         };
         let keys = ApiKeys::load(&config(path.clone())).unwrap();
-        assert!(keys.check(Listener::Api, "/api/v1/query", &bearer("tsk_from_a_file")).is_ok());
+        assert!(keys.check(Listener::Api, "/api/v1/query", &bearer("tsk_from_a_file_0123456789")).is_ok());
         std::fs::write(&path, "\n").unwrap();
-        assert!(matches!(ApiKeys::load(&config(path)), Err(KeyError::Empty { .. })));
+        assert!(matches!(ApiKeys::load(&config(path.clone())), Err(KeyError::Weak { .. })));
+        std::fs::write(&path, "tsk_short").unwrap();
+        assert!(matches!(ApiKeys::load(&config(path)), Err(KeyError::Weak { .. })));
+        // A FIFO would block start-up if it were opened.
+        assert!(matches!(ApiKeys::load(&config(dir.clone())), Err(KeyError::File { .. })));
         assert!(matches!(ApiKeys::load(&config(dir.join("missing"))), Err(KeyError::File { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
     }

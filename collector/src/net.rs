@@ -613,25 +613,41 @@ where
     async fn run(self, stream: TcpStream) {
         let io = StallIo::new(stream, self.limits.body_timeout);
         let writing = io.writing.clone();
+        // Registered from the start: a connection still in its TLS handshake has no request in progress, so at the
+        // cap it is as sheddable as an idle one. Otherwise peers that connect and never finish a handshake would
+        // hold every slot until `header_timeout` and lock real clients out.
+        let registered = self.registry.register(writing.clone());
         let Some(acceptor) = self.tls.clone() else {
-            return self.drive(io, writing).await;
+            return self.drive(io, registered, writing).await;
         };
-        // The handshake gets the header timeout: a peer that connects and stalls it holds a slot no longer than a
-        // plaintext peer that sends no request line.
-        match tokio::time::timeout(self.limits.header_timeout, acceptor.accept(io)).await {
-            Ok(Ok(tls)) => self.drive(tls, writing).await,
-            Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
-            Err(_) => tracing::debug!("TLS handshake not completed within server.header_timeout; dropped"),
-        }
+        let mut stop = self.stop.clone();
+        // The handshake gets the header timeout: a peer that stalls it holds a slot no longer than a plaintext peer
+        // that sends no request line.
+        let handshake = tokio::time::timeout(self.limits.header_timeout, acceptor.accept(io));
+        let stopping = async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        let tls = tokio::select! {
+            done = handshake => match done {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
+                Err(_) => return tracing::debug!("TLS handshake not completed within server.header_timeout; dropped"),
+            },
+            _ = registered.state.shed.notified() => {
+                self.registry.shed_total.inc();
+                return tracing::debug!("connection shed at the cap during its TLS handshake");
+            }
+            _ = stopping => return,
+        };
+        self.drive(tls, registered, writing).await
     }
 
     /// Serves HTTP on `io` (plaintext or TLS) until it closes, idles out, is shed or the server stops.
-    async fn drive<I>(self, io: I, writing: Arc<AtomicBool>)
+    async fn drive<I>(self, io: I, registered: Registered, writing: Arc<AtomicBool>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Connection { tls: _, permit, service, builder, mut stop, limits, registry } = self;
-        let registered = registry.register(writing.clone());
         let state = registered.state.clone();
         let mut busy_rx = state.busy.subscribe();
         let service = ConnService { inner: service, conn: state.clone(), body_timeout: limits.body_timeout };

@@ -133,6 +133,11 @@ fn read_contents(files: &TlsFiles) -> Result<Contents, TlsError> {
 
 fn read_pem_file(path: &Path) -> Result<Vec<u8>, TlsError> {
     let read = |source| TlsError::Read { path: path.to_path_buf(), source };
+    // Only regular files: opening a FIFO blocks until a writer comes, which would hang start-up, freeze the
+    // reloader for good and keep the process from exiting.
+    if !std::fs::metadata(path).map_err(read)?.is_file() {
+        return Err(read(std::io::Error::other("not a regular file")));
+    }
     let file = std::fs::File::open(path).map_err(read)?;
     let mut bytes = Vec::new();
     file.take(MAX_PEM_BYTES + 1).read_to_end(&mut bytes).map_err(read)?;

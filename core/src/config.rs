@@ -404,7 +404,8 @@ impl TlsConfig {
         let cert = pick(|l| l.cert_file.as_ref(), &self.cert_file);
         let key = pick(|l| l.key_file.as_ref(), &self.key_file);
         let client_ca = pick(|l| l.client_ca_file.as_ref(), &self.client_ca_file);
-        let enabled = own.and_then(|l| l.enabled).unwrap_or(cert.is_some() || key.is_some());
+        // A client CA alone turns TLS on (and so needs a certificate): mutual TLS must never be silently off.
+        let enabled = own.and_then(|l| l.enabled).unwrap_or(cert.is_some() || key.is_some() || client_ca.is_some());
         if !enabled {
             return Ok(None);
         }

@@ -59,8 +59,10 @@ fn path_arg(p: &Path) -> String {
 async fn listen_addresses_take_host_names_in_flags_and_the_config() {
     let (tmp, [grpc, http, api, flight]) = launch_parts();
     let config = tmp.path().join("tailscope.toml");
-    // `0.0.0.0` and `[::]` (every interface) in the file, `localhost` in the flags.
-    let toml = format!("[server]\napi = \"0.0.0.0:{}\"\nflight = \"[::]:{}\"\n", api.port(), flight.port());
+    // `0.0.0.0` and `[::]` (every interface) in the file, `localhost` in the flags. Serving every interface without
+    // TLS and keys takes `insecure` (docs/security.md); this test is about how addresses are written.
+    let toml =
+        format!("[server]\napi = \"0.0.0.0:{}\"\nflight = \"[::]:{}\"\ninsecure = true\n", api.port(), flight.port());
     std::fs::write(&config, toml).unwrap();
     let data_dir = tmp.path().join("data");
     let args = vec![

@@ -468,3 +468,35 @@ fn wait_exit(mut child: std::process::Child, wait: Duration) -> (Option<i32>, St
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     (code, stderr)
 }
+
+/// Peers that connect and never start their TLS handshake must not lock clients out: at the connection cap a
+/// handshaking connection is shed like an idle one. (Before: each held its slot until `header_timeout`, so a few
+/// idle sockets made a TLS listener refuse everyone, while plaintext shed them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_stalled_before_the_tls_handshake_are_shed_at_the_cap() {
+    let pki = Pki::new();
+    pki.write("server", &pki.leaf(&["localhost", "127.0.0.1"]));
+    let toml = "[server]\nmax_connections = 4\nheader_timeout = \"60s\"\n".to_string()
+        + &tls_toml(&pki, "")
+        + "[server.tls.api]\nenabled = false\n";
+    let server = Server::start_with(&toml).await;
+    let mut stalled = Vec::new();
+    for _ in 0..12 {
+        stalled.push(tokio::net::TcpStream::connect(server.http).await.unwrap());
+    }
+    // The SDK's export timeout (10 s) is far below header_timeout: it succeeds only if stalled peers make room.
+    let ca = pki.ca_pem();
+    assert!(export(exporter(&server, Client::Http { ca: &ca }, None), "past-the-stall", 1).await);
+    assert_eq!(count(&server, "past-the-stall").await, 1);
+    assert!(server.metric("tailscope_connections_shed_total").await >= 1.0);
+    drop(stalled);
+}
+
+#[test]
+fn a_client_ca_without_a_certificate_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[server.tls]\nclient_ca_file = \"/etc/hostname\"\n").unwrap();
+    let stderr = crate::support::serve_fails_to_start(Some(&config), &dir.path().join("data"));
+    assert!(stderr.contains("server.tls.cert_file"), "{stderr}");
+}
