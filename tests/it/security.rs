@@ -150,8 +150,9 @@ fn exporter(server: &Server, client: Client<'_>, key: Option<&str>) -> opentelem
     }
 }
 
-/// Exports `n` spans named `name` through `exporter` and says whether every export succeeded.
-async fn export(exporter: opentelemetry_otlp::SpanExporter, name: &str, n: usize) -> bool {
+/// A provider exporting each span at once through `exporter` (on the test's runtime), and its count of failed
+/// exports.
+fn counted_provider(exporter: opentelemetry_otlp::SpanExporter) -> (SdkTracerProvider, Arc<AtomicU64>) {
     let failed = Arc::new(AtomicU64::new(0));
     let provider = SdkTracerProvider::builder()
         .with_span_processor(SimpleSpanProcessor::new(OnRuntimeCounted {
@@ -161,6 +162,12 @@ async fn export(exporter: opentelemetry_otlp::SpanExporter, name: &str, n: usize
         }))
         .with_resource(Resource::builder_empty().with_attributes([KeyValue::new("service.name", "secure")]).build())
         .build();
+    (provider, failed)
+}
+
+/// Exports `n` spans named `name` through `exporter` and says whether every export succeeded.
+async fn export(exporter: opentelemetry_otlp::SpanExporter, name: &str, n: usize) -> bool {
+    let (provider, failed) = counted_provider(exporter);
     let name = name.to_string();
     let sent = tokio::task::spawn_blocking(move || {
         let tracer = provider.tracer("it-security");
@@ -371,14 +378,7 @@ async fn a_certificate_rotated_while_an_exporter_sends_fails_no_export() {
 
 /// Sends one span at a time for `duration`; (spans sent, exports failed).
 async fn export_for(exporter: opentelemetry_otlp::SpanExporter, duration: Duration) -> (u64, u64) {
-    let failed = Arc::new(AtomicU64::new(0));
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(SimpleSpanProcessor::new(OnRuntimeCounted {
-            inner: exporter,
-            handle: tokio::runtime::Handle::current(),
-            failed: failed.clone(),
-        }))
-        .build();
+    let (provider, failed) = counted_provider(exporter);
     let sent = tokio::task::spawn_blocking(move || {
         let tracer = provider.tracer("it-rotation");
         let start = Instant::now();
