@@ -522,6 +522,18 @@ pub mod span_keys {
     pub const REQUEST_BODY_SIZE: &str = "http.request.body.size";
     pub const RESPONSE_BODY_SIZE: &str = "http.response.body.size";
     pub const EGRESS_BYTES: &str = "egress.bytes";
+    /// The service tier (`priority`, `flex`, `batch`, `default`), an input of the price: the response's first (it
+    /// says what was served; a request for `auto` is answered with the tier used), then the request's, each under
+    /// its current and its older `gen_ai.`-prefixed name. Kept in `attributes` too.
+    pub const SERVICE_TIER: &[&str] = &[
+        "openai.response.service_tier",
+        "gen_ai.openai.response.service_tier",
+        "openai.request.service_tier",
+        "gen_ai.openai.request.service_tier",
+    ];
+    /// Cache writes with a 1-hour lifetime (Anthropic's `usage.cache_creation.ephemeral_1h_input_tokens`), an
+    /// input of the price; part of the cache-creation count. Kept in `attributes` too.
+    pub const CACHE_CREATION_1H: &str = "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens";
     /// The host of the endpoint called (the provider's API, a tool or a vector store). Kept in `attributes` too, as
     /// it was before it had a column, so queries of `attributes['server.address']` still find it.
     pub const SERVER_ADDRESS: &str = "server.address";
@@ -558,6 +570,8 @@ struct SpanAttrs<'a> {
     response_bytes: Option<Val<'a>>,
     egress_bytes: Option<Val<'a>>,
     server_address: Option<Val<'a>>,
+    service_tier: [Option<Val<'a>>; 4],
+    cache_creation_1h: Option<Val<'a>>,
 }
 
 fn first_of(values: &[Option<Val<'_>>]) -> Option<i64> {
@@ -613,7 +627,17 @@ impl<'a> SpanAttrs<'a> {
                     rest.push(kv);
                     continue;
                 }
+                CACHE_CREATION_1H => {
+                    a.cache_creation_1h = v;
+                    rest.push(kv);
+                    continue;
+                }
                 _ => {
+                    if let Some(i) = SERVICE_TIER.iter().position(|n| *n == key) {
+                        a.service_tier[i] = v;
+                        rest.push(kv);
+                        continue;
+                    }
                     let lists: [(&[&str], &mut [Option<Val<'a>>; 3]); 3] = [
                         (CACHE_READ, &mut a.cache_read),
                         (CACHE_CREATION, &mut a.cache_creation),
@@ -1071,7 +1095,9 @@ fn append_span(
         output_tokens,
         cache_read_tokens: cache_read,
         cache_creation_tokens: cache_creation,
+        cache_creation_1h_tokens: as_i64(a.cache_creation_1h),
         reasoning_tokens: reasoning,
+        service_tier: a.service_tier.iter().find_map(|v| as_str(*v)),
         cloud_provider: resource.cloud_provider.as_deref(),
         cloud_region: resource.cloud_region.as_deref(),
         peer_cloud_provider: peer_provider,
