@@ -491,4 +491,35 @@ mod tests {
             assert!(clouds.contains(&c), "no service on {c}");
         }
     }
+
+    /// Issue #17: the built-in price table prices every model the simulator names, under the names it sends
+    /// (request model, dated response model, where it is hosted), so the demo shows no unpriced spans but the
+    /// one it means to: the private fine-tune ([`UNKNOWN_MODEL`]), which no public table can know.
+    #[test]
+    fn the_builtin_table_prices_every_simulated_model() {
+        use collector::cost::{Pricer, SpanFacts};
+        use tailscope_core::rules::UNPRICED;
+        let pricer = Pricer::default();
+        for m in MODELS {
+            for (request, response) in [(Some(m.request), Some(m.response)), (Some(m.request), None)] {
+                let cost = pricer.price(&SpanFacts {
+                    gen_ai_provider: Some(m.provider),
+                    request_model: request,
+                    response_model: response,
+                    peer_cloud_provider: m.hosted_in.map(|p| p.cloud),
+                    peer_cloud_region: m.hosted_in.map(|p| p.region),
+                    input_tokens: Some(1_000),
+                    output_tokens: Some(100),
+                    ..SpanFacts::default()
+                });
+                let source = cost.price_source.as_deref();
+                if m.request == UNKNOWN_MODEL {
+                    assert_eq!(source, Some(UNPRICED), "the fine-tune stays the demo's one unpriced model");
+                } else {
+                    assert_ne!(source, Some(UNPRICED), "{}/{} ({response:?}) has no price", m.provider, m.request);
+                    assert!(cost.token_cost_usd.is_some_and(|c| c > 0.0), "{}/{}: {cost:?}", m.provider, m.request);
+                }
+            }
+        }
+    }
 }
