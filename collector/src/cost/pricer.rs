@@ -498,6 +498,20 @@ mod tests {
         assert!(close(p.price(&f).token_cost_usd.unwrap(), 1_000.0 * 2e-6));
     }
 
+    /// Issue #17: the newest families as of the table's date are priced under the names their SDKs report.
+    #[test]
+    fn the_newest_families_are_priced() {
+        let p = Pricer::default();
+        let cost = |provider, model, input, output| p.price(&llm(provider, model, input, output)).token_cost_usd;
+        assert!(close(cost("openai", "gpt-5.1-2025-11-13", 1_000_000, 100_000).unwrap(), 1.25 + 1.0));
+        assert!(close(cost("azure.ai.openai", "gpt-5.1", 1_000_000, 0).unwrap(), 1.25));
+        // Gemini 3 Pro: $2/M in and $12/M out, $4 and $18 once the prompt exceeds 200k tokens.
+        assert!(close(cost("gcp.gemini", "gemini-3-pro-preview", 100_000, 10_000).unwrap(), 0.2 + 0.12));
+        assert!(close(cost("gcp.vertex_ai", "gemini-3-pro-preview", 300_000, 10_000).unwrap(), 1.2 + 0.18));
+        let f = SpanFacts { service_tier: Some("flex"), ..llm("openai", "gpt-5.1", 1_000_000, 0) };
+        assert!(close(p.price(&f).token_cost_usd.unwrap(), 0.625));
+    }
+
     #[test]
     fn bedrock_prefixes_and_arns_resolve_to_the_base_model() {
         let p = Pricer::default();
