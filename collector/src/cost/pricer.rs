@@ -80,8 +80,7 @@ impl Pricer {
         for file in &config.model_files {
             let text =
                 std::fs::read_to_string(file).map_err(|source| CostError::ReadFile { path: file.clone(), source })?;
-            let origin = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
-            models.merge(PriceTable::from_litellm_json(&text, &origin)?);
+            models.merge(PriceTable::from_litellm_json(&text, &file_origin(file))?);
         }
         if !config.models.is_empty() {
             models.merge(PriceTable::from_entries(config.models.iter().map(|(k, v)| (k.as_str(), v)), "config")?);
@@ -288,6 +287,11 @@ impl Pricer {
         }
         None
     }
+}
+
+/// How `price_source` names the entries of a price file: by its file name.
+pub fn file_origin(file: &std::path::Path) -> String {
+    file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into())
 }
 
 /// The key prefixes a provider's entries may use: its OpenTelemetry name and LiteLLM's name for it.
