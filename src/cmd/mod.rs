@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod keys;
+pub mod prices;
 pub mod query;
 pub mod serve;
 pub mod simulate;
