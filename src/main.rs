@@ -29,6 +29,8 @@ enum Command {
     Keys(cmd::keys::Args),
     /// Check the price table: `prices check` lists its sources and dates, unpriced models and stale entries.
     Prices(cmd::prices::Args),
+    /// Re-price stored spans with the current price table and rewrite their cost columns (collector stopped).
+    Reprice(cmd::reprice::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +54,7 @@ fn main() -> std::process::ExitCode {
             Command::Simulate(args) => cmd::simulate::run(args).await,
             Command::Keys(args) => cmd::keys::run(args),
             Command::Prices(args) => cmd::prices::run(args).await,
+            Command::Reprice(args) => cmd::reprice::run(args).await,
         }
     });
     match result {

@@ -104,6 +104,8 @@ pub struct Ingest {
     max_buffer_bytes: usize,
     shutting_down: AtomicBool,
     flush_lock: Mutex<FlushState>,
+    /// The data dir's exclusive lock, held for the life of the process ([`tailscope_core::layout::DATA_DIR_LOCK`]).
+    _data_dir_lock: std::fs::File,
     config: Config,
     /// When the buffer last became non-empty (ns since start of `epoch`), or -1.
     oldest_unflushed: AtomicI64,
@@ -147,6 +149,7 @@ impl Ingest {
     ) -> Result<(Arc<Ingest>, RecoveryReport), StorageError> {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(StorageError::io("creating data directory", &data_dir))?;
+        let data_dir_lock = tailscope_core::layout::lock_data_dir(&data_dir)?;
         let wal_dir = data_dir.join("wal");
         // No legitimate record is larger than a request body or the whole write buffer.
         let max_record_bytes = config.ingest.max_body_bytes.max(config.ingest.max_buffer_bytes);
@@ -224,6 +227,7 @@ impl Ingest {
             max_buffer_bytes: config.ingest.max_buffer_bytes,
             shutting_down: AtomicBool::new(false),
             flush_lock: Mutex::new(FlushState::default()),
+            _data_dir_lock: data_dir_lock,
             config,
             oldest_unflushed: AtomicI64::new(if buffered > 0 { 0 } else { -1 }),
             last_backpressure: AtomicI64::new(-1),

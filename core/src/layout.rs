@@ -212,6 +212,25 @@ impl EncodedColumns {
 
 const RESOURCE_ATTRIBUTES: &str = crate::schema::ResourceColumn::ResourceAttributes.name();
 
+/// The file in a data dir that the one process writing it (`serve`, `reprice`) holds an exclusive lock on. The
+/// operating system releases the lock when that process exits, however it exits, so a stale lock never blocks a
+/// restart; and two processes never rewrite, replay or clean up the same WAL and files at once.
+pub const DATA_DIR_LOCK: &str = "tailscope.lock";
+
+/// Takes the exclusive lock of `data_dir` (created if missing) for as long as the returned file is kept open.
+pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, crate::error::DataDirLockError> {
+    use crate::error::DataDirLockError;
+    let path = data_dir.join(DATA_DIR_LOCK);
+    let io = |source| DataDirLockError::Io { path: path.clone(), source };
+    std::fs::create_dir_all(data_dir).map_err(io)?;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DataDirLockError::InUse { data_dir: data_dir.to_path_buf() }),
+        Err(std::fs::TryLockError::Error(source)) => Err(io(source)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

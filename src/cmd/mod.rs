@@ -4,6 +4,7 @@ pub mod demo;
 pub mod keys;
 pub mod prices;
 pub mod query;
+pub mod reprice;
 pub mod serve;
 pub mod simulate;
 pub mod tui;

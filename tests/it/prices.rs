@@ -174,3 +174,115 @@ fn the_builtin_table_prices_every_simulated_model() {
     }
 }
 
+fn reprice(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(tailscope_bin()).arg("reprice").args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The price file the collector of [`reprice_rewrites_stored_costs_and_budgets_follow`] reads, at `input` and
+/// `output` USD per million tokens.
+fn acme_prices(path: &std::path::Path, input: f64, output: f64) {
+    std::fs::write(
+        path,
+        format!(
+            r#"{{"acme-model": {{"input_cost_per_token": {}, "output_cost_per_token": {}, "litellm_provider": "openai"}}}}"#,
+            input / 1e6,
+            output / 1e6
+        ),
+    )
+    .unwrap();
+}
+
+/// Issue #17: after a price change, `tailscope reprice` rewrites the stored cost columns, `session_cost` equals a
+/// hand computation at the new prices, the budget's spend follows after a restart, a second run changes nothing,
+/// and it refuses to run beside the collector that owns the data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reprice_rewrites_stored_costs_and_budgets_follow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prices = tmp.path().join("acme.json");
+    acme_prices(&prices, 1.0, 2.0);
+    let toml = format!(
+        "[pricing]\nmodel_files = [{:?}]\n\n[[budget]]\nname = \"all\"\nkind = \"total\"\nperiod = \"day\"\n\
+         cap_usd = 1000.0\nforecast = false\n",
+        prices.display().to_string()
+    );
+    let mut server = Server::start_with(&toml).await;
+    // Two sessions: s1 two calls (100k in + 10k out each), s2 one call (1M in + 0 out), one unpriced call.
+    let provider = tracer_provider(&server, Transport::Grpc, vec![KeyValue::new("service.name", "reprice")]);
+    let tracer = provider.tracer("it-reprice");
+    let t0 = SystemTime::now() - Duration::from_secs(5);
+    for (session, model, input, output) in [
+        ("s1", "acme-model", 100_000i64, 10_000i64),
+        ("s1", "acme-model", 100_000, 10_000),
+        ("s2", "acme-model", 1_000_000, 0),
+        ("s2", "acme-unlisted", 1_000, 1_000),
+    ] {
+        let mut span = tracer
+            .span_builder(format!("chat {model}"))
+            .with_kind(SpanKind::Client)
+            .with_start_time(t0)
+            .with_attributes(vec![
+                KeyValue::new("gen_ai.provider.name", "openai"),
+                KeyValue::new("gen_ai.operation.name", "chat"),
+                KeyValue::new("gen_ai.request.model", model),
+                KeyValue::new("gen_ai.usage.input_tokens", input),
+                KeyValue::new("gen_ai.usage.output_tokens", output),
+                KeyValue::new("session.id", session),
+            ])
+            .start(&tracer);
+        span.end_with_timestamp(t0 + Duration::from_millis(100));
+    }
+    provider.force_flush().expect("flush");
+    let _ = provider.shutdown();
+    server.wait_count("SELECT count(*) AS n FROM spans", 4).await;
+    let session_costs = |rows: Vec<serde_json::Value>| -> Vec<(String, f64)> {
+        rows.iter()
+            .map(|r| (r["session_id"].as_str().unwrap().to_string(), r["total_cost_usd"].as_f64().unwrap()))
+            .collect()
+    };
+    let sql = "SELECT session_id, total_cost_usd FROM session_cost ORDER BY session_id";
+    // At $1/M in and $2/M out: s1 = 2 x (0.1 + 0.02) = 0.24, s2 = 1.0.
+    let before = session_costs(server.sql(sql).await);
+    assert_eq!(before.len(), 2, "{before:?}");
+    assert!(close(before[0].1, 0.24) && close(before[1].1, 1.0), "{before:?}");
+
+    let data_dir = server.data_dir.display().to_string();
+    let config = server.dir().join("tailscope.toml").display().to_string();
+    let today = chrono::Utc::now().date_naive() - chrono::Days::new(1);
+    let since = today.to_string();
+    let (ok, _, err) = reprice(&["--since", &since, "--data-dir", &data_dir, "--config", &config]);
+    assert!(!ok && err.contains("in use by another tailscope process"), "the collector owns its data dir: {err}");
+
+    assert!(server.terminate().success());
+    acme_prices(&prices, 3.0, 5.0);
+    let (ok, out, err) = reprice(&["--since", &since, "--data-dir", &data_dir, "--config", &config, "--dry-run"]);
+    assert!(ok && out.contains("3 changed; would rewrite"), "{out}\n{err}");
+    let (ok, out, err) = reprice(&["--since", &since, "--data-dir", &data_dir, "--config", &config]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("4 spans") && out.contains("3 changed; rewrote"), "{out}");
+    assert!(out.contains("1 span(s) still have no price"), "{out}");
+    // Idempotent: the same table again changes nothing.
+    let (ok, out, err) = reprice(&["--since", &since, "--data-dir", &data_dir, "--config", &config]);
+    assert!(ok && out.contains("0 changed; rewrote 0 file(s)"), "{out}\n{err}");
+
+    server.restart().await;
+    // At $3/M in and $5/M out: s1 = 2 x (0.3 + 0.05) = 0.70, s2 = 3.0.
+    let after = session_costs(server.sql(sql).await);
+    assert!(close(after[0].1, 0.70) && close(after[1].1, 3.0), "{after:?}");
+    let rows = server.sql("SELECT price_source, count(*) AS n FROM spans GROUP BY price_source ORDER BY 1").await;
+    assert_eq!(rows[0]["price_source"], "acme.json:acme-model", "{rows:?}");
+    assert_eq!(rows[1]["price_source"], "unknown", "{rows:?}");
+    // The budget rebuilt from the stored spans counts the new figures.
+    let budgets: serde_json::Value =
+        server.client().get(format!("{}/api/v1/alerts", server.api_url())).send().await.unwrap().json().await.unwrap();
+    let spend = budgets["budgets"][0]["spend_usd"].as_f64().unwrap_or_else(|| panic!("{budgets}"));
+    assert!(close(spend, 3.70), "{budgets}");
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9 * b.abs().max(1.0)
+}

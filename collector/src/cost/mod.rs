@@ -20,6 +20,7 @@ pub mod engine;
 pub mod outbox;
 pub mod pricer;
 pub mod prices;
+pub mod reprice;
 pub mod series;
 pub mod webhook;
 
