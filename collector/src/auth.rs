@@ -204,6 +204,13 @@ enum Credentials {
     Key(String),
 }
 
+/// Base64 as `Basic` credentials come: the standard alphabet, with or without padding.
+const BASIC_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 /// The key a request carries: `Authorization: Bearer <key>`, or on the Flight handshake `Basic` credentials
 /// whose password is the key (the user name is not used).
 fn credentials(headers: &HeaderMap, basic_allowed: bool) -> Credentials {
@@ -215,7 +222,8 @@ fn credentials(headers: &HeaderMap, basic_allowed: bool) -> Credentials {
         return Credentials::Key(rest.to_string());
     }
     if basic_allowed && scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(rest).ok();
+        // Padded or not: ADBC's Go Flight SQL driver (`AuthenticateBasicToken`) sends base64 without padding.
+        let decoded = BASIC_BASE64.decode(rest).ok();
         let text = decoded.and_then(|d| String::from_utf8(d).ok());
         if let Some((_, password)) = text.as_deref().and_then(|t| t.split_once(':'))
             && !password.is_empty()
@@ -422,6 +430,12 @@ mod tests {
             Some(Refusal::Malformed)
         );
         assert_eq!(bearer_from(&h).unwrap().to_str().unwrap(), format!("Bearer {key}"));
+        // Unpadded, as ADBC's Go driver sends it (the key's length makes the padding matter).
+        for user in ["a", "ab", "abc"] {
+            let unpadded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(format!("{user}:{key}"));
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Basic {unpadded}")).unwrap());
+            assert!(query.check(Listener::Flight, FLIGHT_HANDSHAKE, &h).is_ok(), "{unpadded}");
+        }
     }
 
     #[test]

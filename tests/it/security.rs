@@ -500,3 +500,107 @@ fn a_client_ca_without_a_certificate_refuses_to_start() {
     let stderr = crate::support::serve_fails_to_start(Some(&config), &dir.path().join("data"));
     assert!(stderr.contains("server.tls.cert_file"), "{stderr}");
 }
+
+/// Runs `script` with python3 and `env`; a missing module fails the test with what to install (`.ci/run` installs
+/// them), never skips it.
+fn python(script: &str, args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+    let mut command = Command::new("python3");
+    command.args(["-c", script]).args(args);
+    // `requests` lets these override the exporter's own CA file (OTEL_EXPORTER_OTLP_CERTIFICATE): a machine that
+    // sets them (as some images do) would test the variable's shadow, not the variable. docs/security.md says so.
+    command.env_remove("REQUESTS_CA_BUNDLE").env_remove("CURL_CA_BUNDLE");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().expect("python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("ModuleNotFoundError"),
+        "python3 -m pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-grpc \
+         opentelemetry-exporter-otlp-proto-http adbc-driver-flightsql pyarrow: {stderr}"
+    );
+    out
+}
+
+/// The Python SDK's exporter, configured only by the standard environment variables, exports `n` spans named
+/// `name`; prints OK when every export succeeded.
+const PYTHON_EXPORT: &str = r#"
+import sys
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+protocol, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if protocol == "grpc":
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+else:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+exporter = OTLPSpanExporter()
+results = []
+class Counted(SimpleSpanProcessor):
+    def on_end(self, span):
+        results.append(exporter.export([span]))
+provider = TracerProvider(resource=Resource.create({"service.name": "python-" + protocol}))
+provider.add_span_processor(Counted(exporter))
+tracer = provider.get_tracer("it-security-python")
+for _ in range(n):
+    with tracer.start_as_current_span(name):
+        pass
+ok = len(results) == n and all(r == SpanExportResult.SUCCESS for r in results)
+print("OK" if ok else "FAILED %s" % results)
+"#;
+
+/// ADBC's Flight SQL driver over TLS, trusting `ca`, with the key as the password.
+const PYTHON_ADBC: &str = r#"
+import sys
+import adbc_driver_flightsql.dbapi as flight_sql
+from adbc_driver_flightsql import DatabaseOptions
+uri, ca_file, key = sys.argv[1], sys.argv[2], sys.argv[3]
+options = {DatabaseOptions.TLS_ROOT_CERTS.value: open(ca_file).read(), "username": "analyst", "password": key}
+with flight_sql.connect(uri, db_kwargs=options) as conn:
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) AS n FROM spans WHERE service_name LIKE ?", parameters=("python-%",))
+        print(cur.fetchone()[0])
+"#;
+
+/// Issue 14: Python's official SDK over TLS with `OTEL_EXPORTER_OTLP_CERTIFICATE` and `OTEL_EXPORTER_OTLP_HEADERS`
+/// (gRPC and HTTP), refused without the key and storing nothing then; ADBC Flight SQL over TLS with a query key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_and_adbc_work_over_tls_with_keys() {
+    let pki = Pki::new();
+    pki.write("server", &pki.leaf(&["localhost", "127.0.0.1"]));
+    let keys = Keys::new();
+    let server = Server::start_secured(&(tls_toml(&pki, "") + &keys.toml()), &pki.ca_pem(), &keys.admin).await;
+    let env = |port: u16, key: Option<&str>| {
+        let mut env = vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("https://localhost:{port}")),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", pki.path("ca.crt")),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "10".to_string()),
+            ("OTEL_EXPORTER_OTLP_HEADERS", String::new()),
+        ];
+        if let Some(key) = key {
+            // The variable's values are URL-encoded (the OTel spec's W3C Baggage format): the space is %20.
+            env[3].1 = format!("authorization=Bearer%20{key}");
+        }
+        env
+    };
+    for (protocol, port) in [("grpc", server.grpc.port()), ("http", server.http.port())] {
+        let out = python(PYTHON_EXPORT, &[protocol, "py-ok", "3"], &env(port, Some(&keys.ingest)));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("OK"), "{protocol}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        for key in [None, Some(keys.query.as_str())] {
+            let out = python(PYTHON_EXPORT, &[protocol, "py-refused", "1"], &env(port, key));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains("FAILED"), "{protocol} with {key:?}: {stdout}");
+        }
+    }
+    assert_eq!(count(&server, "py-ok").await, 6);
+    assert_eq!(count(&server, "py-refused").await, 0);
+
+    let uri = format!("grpc+tls://localhost:{}", server.flight_addr.port());
+    let out = python(PYTHON_ADBC, &[&uri, &pki.path("ca.crt"), &keys.query], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "6");
+    let out = python(PYTHON_ADBC, &[&uri, &pki.path("ca.crt"), &keys.ingest], &[]);
+    assert!(!out.status.success(), "an ingest key cannot query");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("query scope"), "{}", String::from_utf8_lossy(&out.stderr));
+}
