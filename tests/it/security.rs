@@ -604,3 +604,71 @@ async fn the_python_sdk_and_adbc_work_over_tls_with_keys() {
     assert!(!out.status.success(), "an ingest key cannot query");
     assert!(String::from_utf8_lossy(&out.stderr).contains("query scope"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Issue 14: `tailscope query` presents a client certificate (`--client-cert`/`--client-key`) to an API behind
+/// mutual TLS, and without one, or with one from another CA, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_presents_a_client_certificate_to_an_api_behind_mutual_tls() {
+    let pki = Pki::new();
+    pki.write("server", &pki.leaf(&["localhost", "127.0.0.1"]));
+    pki.write("cli", &pki.leaf(&["analyst"]));
+    let stranger = Pki::new();
+    stranger.write("cli", &stranger.leaf(&["analyst"]));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tailscope.toml");
+    std::fs::write(&config, tls_toml(&pki, &format!("client_ca_file = \"{}\"", pki.path("ca.crt")))).unwrap();
+    let api = free_addr();
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let mut child = Command::new(tailscope_bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--otlp-grpc", &free_addr().to_string(), "--otlp-http", &free_addr().to_string()])
+        .args(["--api", &api.to_string(), "--flight", &free_addr().to_string()])
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let url = format!("https://localhost:{}", api.port());
+    let cli = |identity: Option<&Pki>| {
+        let mut command = Command::new(tailscope_bin());
+        command.args(["query", "--format", "csv", "--server", &url, "--ca-cert", &pki.path("ca.crt")]);
+        if let Some(issuer) = identity {
+            command.args(["--client-cert", &issuer.path("cli.crt"), "--client-key", &issuer.path("cli.key")]);
+        }
+        command.arg("SELECT 40 + 2 AS n").output().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let out = loop {
+        let out = cli(Some(&pki));
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+    assert!(out.status.success(), "{}\n{log}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n42\n");
+    for identity in [None, Some(&stranger)] {
+        let out = cli(identity);
+        assert!(!out.status.success(), "refused without a certificate from the CA");
+    }
+    // A flag that names something that is not a PEM file says so.
+    let out = Command::new(tailscope_bin())
+        .args([
+            "query",
+            "--server",
+            &url,
+            "--client-cert",
+            "/etc/hostname",
+            "--client-key",
+            "/etc/hostname",
+            "SELECT 1",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a PEM certificate and its key"), "{out:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
