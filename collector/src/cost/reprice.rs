@@ -115,6 +115,90 @@ fn attribute<'a>(attributes: Option<&'a MapArray>, row: usize, key: &str) -> Opt
     (start..end).find(|&i| keys.value(i) == key).and_then(|i| values.is_valid(i).then(|| values.value(i)))
 }
 
+/// The columns of a stored batch that price a span, and the cost columns as they were.
+struct StoredColumns<'a> {
+    provider: Option<&'a StringArray>,
+    operation: Option<&'a StringArray>,
+    request_model: Option<&'a StringArray>,
+    response_model: Option<&'a StringArray>,
+    input: Option<&'a Int64Array>,
+    output: Option<&'a Int64Array>,
+    cache_read: Option<&'a Int64Array>,
+    cache_creation: Option<&'a Int64Array>,
+    reasoning: Option<&'a Int64Array>,
+    cloud_provider: Option<&'a StringArray>,
+    cloud_region: Option<&'a StringArray>,
+    peer_provider: Option<&'a StringArray>,
+    peer_region: Option<&'a StringArray>,
+    egress_bytes: Option<&'a Int64Array>,
+    attributes: Option<&'a MapArray>,
+    old_token: Option<&'a Float64Array>,
+    old_egress: Option<&'a Float64Array>,
+    old_cost: Option<&'a Float64Array>,
+    old_source: Option<&'a StringArray>,
+}
+
+impl<'a> StoredColumns<'a> {
+    fn of(batch: &'a RecordBatch, path: &Path) -> Result<StoredColumns<'a>, RepriceError> {
+        use SpanColumn as C;
+        Ok(StoredColumns {
+            provider: strings(batch, C::GenAiProvider, path)?,
+            operation: strings(batch, C::GenAiOperation, path)?,
+            request_model: strings(batch, C::RequestModel, path)?,
+            response_model: strings(batch, C::ResponseModel, path)?,
+            input: ints(batch, C::InputTokens, path)?,
+            output: ints(batch, C::OutputTokens, path)?,
+            cache_read: ints(batch, C::CacheReadTokens, path)?,
+            cache_creation: ints(batch, C::CacheCreationTokens, path)?,
+            reasoning: ints(batch, C::ReasoningTokens, path)?,
+            cloud_provider: strings(batch, C::Resource(ResourceColumn::CloudProvider), path)?,
+            cloud_region: strings(batch, C::Resource(ResourceColumn::CloudRegion), path)?,
+            peer_provider: strings(batch, C::PeerCloudProvider, path)?,
+            peer_region: strings(batch, C::PeerCloudRegion, path)?,
+            egress_bytes: ints(batch, C::EgressBytes, path)?,
+            attributes: column::<MapArray>(batch, C::Attributes, path, "Map<Utf8, Utf8>")?,
+            old_token: floats(batch, C::TokenCostUsd, path)?,
+            old_egress: floats(batch, C::EgressCostUsd, path)?,
+            old_cost: floats(batch, C::CostUsd, path)?,
+            old_source: strings(batch, C::PriceSource, path)?,
+        })
+    }
+
+    /// What the pricer needs to know about row `row`, as the normaliser told it at ingest.
+    fn facts(&self, row: usize) -> SpanFacts<'a> {
+        SpanFacts {
+            gen_ai_provider: str_at(self.provider, row),
+            gen_ai_operation: str_at(self.operation, row),
+            request_model: str_at(self.request_model, row),
+            response_model: str_at(self.response_model, row),
+            input_tokens: i64_at(self.input, row),
+            output_tokens: i64_at(self.output, row),
+            cache_read_tokens: i64_at(self.cache_read, row),
+            cache_creation_tokens: i64_at(self.cache_creation, row),
+            cache_creation_1h_tokens: attribute(self.attributes, row, span_keys::CACHE_CREATION_1H)
+                .and_then(|v| v.parse().ok()),
+            reasoning_tokens: i64_at(self.reasoning, row),
+            service_tier: span_keys::SERVICE_TIER.iter().find_map(|k| attribute(self.attributes, row, k)),
+            cloud_provider: str_at(self.cloud_provider, row),
+            cloud_region: str_at(self.cloud_region, row),
+            peer_cloud_provider: str_at(self.peer_provider, row),
+            peer_cloud_region: str_at(self.peer_region, row),
+            // The stored byte count is what the span's body sizes (or `egress.bytes`) came to at ingest.
+            request_bytes: None,
+            response_bytes: None,
+            egress_bytes: i64_at(self.egress_bytes, row),
+        }
+    }
+
+    /// Whether `priced` differs from row `row`'s stored cost columns.
+    fn changed(&self, row: usize, priced: &super::SpanCost) -> bool {
+        priced.token_cost_usd != f64_at(self.old_token, row)
+            || priced.egress_cost_usd != f64_at(self.old_egress, row)
+            || priced.cost_usd != f64_at(self.old_cost, row)
+            || priced.price_source.as_deref() != str_at(self.old_source, row)
+    }
+}
+
 /// `batch` (rows of `spans`, as read back from `path`) with its cost columns computed again by `pricer`.
 pub fn reprice_batch(
     pricer: &Pricer,
@@ -122,26 +206,7 @@ pub fn reprice_batch(
     path: &Path,
 ) -> Result<(RecordBatch, RepriceTotals), RepriceError> {
     use SpanColumn as C;
-    let provider = strings(batch, C::GenAiProvider, path)?;
-    let operation = strings(batch, C::GenAiOperation, path)?;
-    let request_model = strings(batch, C::RequestModel, path)?;
-    let response_model = strings(batch, C::ResponseModel, path)?;
-    let input = ints(batch, C::InputTokens, path)?;
-    let output = ints(batch, C::OutputTokens, path)?;
-    let cache_read = ints(batch, C::CacheReadTokens, path)?;
-    let cache_creation = ints(batch, C::CacheCreationTokens, path)?;
-    let reasoning = ints(batch, C::ReasoningTokens, path)?;
-    let cloud_provider = strings(batch, C::Resource(ResourceColumn::CloudProvider), path)?;
-    let cloud_region = strings(batch, C::Resource(ResourceColumn::CloudRegion), path)?;
-    let peer_provider = strings(batch, C::PeerCloudProvider, path)?;
-    let peer_region = strings(batch, C::PeerCloudRegion, path)?;
-    let egress_bytes = ints(batch, C::EgressBytes, path)?;
-    let attributes = column::<MapArray>(batch, C::Attributes, path, "Map<Utf8, Utf8>")?;
-    let old_token = floats(batch, C::TokenCostUsd, path)?;
-    let old_egress = floats(batch, C::EgressCostUsd, path)?;
-    let old_cost = floats(batch, C::CostUsd, path)?;
-    let old_source = strings(batch, C::PriceSource, path)?;
-
+    let stored = StoredColumns::of(batch, path)?;
     let rows = batch.num_rows();
     let mut token = Float64Builder::with_capacity(rows);
     let mut egress = Float64Builder::with_capacity(rows);
@@ -150,35 +215,9 @@ pub fn reprice_batch(
     let mut bytes = Int64Builder::with_capacity(rows);
     let mut totals = RepriceTotals { rows: rows as u64, ..RepriceTotals::default() };
     for row in 0..rows {
-        let service_tier = span_keys::SERVICE_TIER.iter().find_map(|k| attribute(attributes, row, k));
-        let cache_1h = attribute(attributes, row, span_keys::CACHE_CREATION_1H).and_then(|v| v.parse().ok());
-        let priced = pricer.price(&SpanFacts {
-            gen_ai_provider: str_at(provider, row),
-            gen_ai_operation: str_at(operation, row),
-            request_model: str_at(request_model, row),
-            response_model: str_at(response_model, row),
-            input_tokens: i64_at(input, row),
-            output_tokens: i64_at(output, row),
-            cache_read_tokens: i64_at(cache_read, row),
-            cache_creation_tokens: i64_at(cache_creation, row),
-            cache_creation_1h_tokens: cache_1h,
-            reasoning_tokens: i64_at(reasoning, row),
-            service_tier,
-            cloud_provider: str_at(cloud_provider, row),
-            cloud_region: str_at(cloud_region, row),
-            peer_cloud_provider: str_at(peer_provider, row),
-            peer_cloud_region: str_at(peer_region, row),
-            // The stored byte count is what the span's body sizes (or `egress.bytes`) came to at ingest.
-            request_bytes: None,
-            response_bytes: None,
-            egress_bytes: i64_at(egress_bytes, row),
-        });
-        let changed = priced.token_cost_usd != f64_at(old_token, row)
-            || priced.egress_cost_usd != f64_at(old_egress, row)
-            || priced.cost_usd != f64_at(old_cost, row)
-            || priced.price_source.as_deref() != str_at(old_source, row);
-        totals.changed_rows += u64::from(changed);
-        totals.cost_before_usd += f64_at(old_cost, row).unwrap_or(0.0);
+        let priced = pricer.price(&stored.facts(row));
+        totals.changed_rows += u64::from(stored.changed(row, &priced));
+        totals.cost_before_usd += f64_at(stored.old_cost, row).unwrap_or(0.0);
         totals.cost_after_usd += priced.cost_usd.unwrap_or(0.0);
         totals.unpriced_rows += u64::from(priced.price_source.as_deref() == Some(tailscope_core::rules::UNPRICED));
         token.append_option(priced.token_cost_usd);
