@@ -807,6 +807,7 @@ mod tests {
     /// absurd values: each is refused at start by `validate`, naming the key, the value and the allowed range,
     /// instead of overflowing when converted to bytes, panicking when added to an instant, or sizing anything.
     #[test]
+    // Long by design: a table of (key, absurd value, bound) cases.
     fn absurd_sizes_and_durations_are_refused_with_the_key_and_the_bound() {
         let cases: &[(&str, &str, &str, &str)] = &[
             ("[memory]\nlimit_mb = 99999999999\n", "memory.limit_mb", "99999999999", "1..=1048576 MiB"),

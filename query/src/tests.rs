@@ -674,6 +674,7 @@ async fn string_group_aggregate_matches_an_independent_computation() {
     }
 }
 
+// Long by design: every aggregate StringGroupAggregateExec takes over, each run with the rule on and off and compared.
 async fn string_group_matches(source: &str) {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine(&Catalog::new(dir.path())).await;

@@ -43,6 +43,7 @@ fn figure<'a>(summary: &'a str, label: &str) -> &'a str {
 }
 
 #[test]
+// Long by design: one demo run whose printed summary is checked figure by figure against SQL over its data.
 fn demo_summary_is_sql_over_the_stored_data() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");

@@ -97,6 +97,7 @@ fn by_name<'a>(rows: &'a [serde_json::Value], name: &str) -> &'a serde_json::Val
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Long by design: one span per column family, sent by the SDK and checked column by column against what was sent.
 async fn sdk_spans_over_grpc_and_http_fill_every_column() {
     let mut server = Server::start().await;
     let resource = |service: &str| {
@@ -409,6 +410,7 @@ async fn otlp_json_protobuf_and_gzip_bodies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Long by design: a table of bad inputs against one server, which must still serve after each.
 async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     let server = Server::start_with("[ingest]\nmax_body_bytes = 65536\n").await;
     let client = reqwest::Client::new();

@@ -228,6 +228,7 @@ async fn flight_count(client: &mut FlightSqlServiceClient<Channel>) -> Result<i6
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Long by design: one secured server tried on every listener and surface, in the order a client meets them.
 async fn keys_and_tls_admit_the_sdk_and_refuse_everyone_else_on_every_listener() {
     let pki = Pki::new();
     pki.write("server", &pki.leaf(&["localhost", "127.0.0.1"]));

@@ -340,6 +340,11 @@ impl Measured {
     fn spans_per_cpu_second(&self) -> f64 {
         self.spans as f64 / self.cpu_seconds
     }
+    /// Parquet bytes per stored row.
+    fn bytes_per_span(&self) -> f64 {
+        let (bytes, rows) = self.stored.unwrap_or_default();
+        bytes as f64 / rows.max(1) as f64
+    }
 }
 
 async fn measure_baseline(args: &Args, corpus: Arc<corpus::Corpus>) -> Result<Measured, BoxError> {
@@ -482,12 +487,33 @@ async fn bench(args: Args) -> Result<(), BoxError> {
         rounds.push((baseline, ours));
     }
 
+    let corpus_facts = CorpusFacts { attrs, otlp_per_span, zstd_per_span };
+    report(&args, &corpus_facts, &rounds, &secured, (cores, &cpu));
+    Ok(())
+}
+
+/// What the report says about the corpus.
+struct CorpusFacts {
+    attrs: f64,
+    otlp_per_span: f64,
+    zstd_per_span: f64,
+}
+
+/// Prints the run as markdown: the machine and command, a row per server and round, bytes per span, and the ratios.
+fn report(
+    args: &Args,
+    corpus: &CorpusFacts,
+    rounds: &[(Option<Measured>, Option<Measured>)],
+    secured: &[Measured],
+    machine: (usize, &str),
+) {
     let command: Vec<String> = std::env::args().collect();
+    let (cores, cpu) = machine;
     println!("Machine: {cores} cores ({cpu}); client and server share them.");
     println!("Command: `{}`", command.join(" "));
     println!(
         "Corpus: {} distinct requests of {} spans; {:.1} attributes and {:.0} bytes of OTLP protobuf per span.",
-        args.corpus_requests, args.spans_per_request, attrs, otlp_per_span
+        args.corpus_requests, args.spans_per_request, corpus.attrs, corpus.otlp_per_span
     );
     println!();
     println!(
@@ -515,17 +541,13 @@ async fn bench(args: Args) -> Result<(), BoxError> {
     println!();
     println!("| storage | bytes per span |");
     println!("|---|---:|");
-    println!("| OTLP protobuf, uncompressed | {otlp_per_span:.1} |");
-    println!("| OTLP protobuf, zstd level 3 per request | {zstd_per_span:.1} |");
-    let bytes_per_span = |m: &Measured| {
-        let (bytes, rows) = m.stored.unwrap_or_default();
-        bytes as f64 / rows.max(1) as f64
-    };
+    println!("| OTLP protobuf, uncompressed | {:.1} |", corpus.otlp_per_span);
+    println!("| OTLP protobuf, zstd level 3 per request | {:.1} |", corpus.zstd_per_span);
     for (round, m) in rounds.iter().enumerate().filter_map(|(i, (_, t))| t.as_ref().map(|t| (i + 1, t))) {
         let (bytes, rows) = m.stored.unwrap_or_default();
         println!(
             "| tailscope Parquet on disk, round {round} (after SIGTERM flush; {rows} rows, {bytes} bytes) | {:.1} |",
-            bytes_per_span(m)
+            m.bytes_per_span()
         );
         if rows != m.spans {
             println!();
@@ -533,47 +555,5 @@ async fn bench(args: Args) -> Result<(), BoxError> {
         }
     }
     println!();
-    let paired: Vec<(&Measured, &Measured)> =
-        rounds.iter().filter_map(|(b, t)| Some((b.as_ref()?, t.as_ref()?))).collect();
-    if !paired.is_empty() {
-        let cpu: Vec<f64> = paired.iter().map(|(b, t)| t.spans_per_cpu_second() / b.spans_per_cpu_second()).collect();
-        let disk: Vec<f64> = paired.iter().map(|(_, t)| bytes_per_span(t) / zstd_per_span).collect();
-        let speed: Vec<f64> = paired.iter().map(|(b, t)| t.spans_per_s() / b.spans_per_s()).collect();
-        let list = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
-        println!(
-            "Ratios, median of {} rounds (each round's in brackets): tailscope spans per CPU-second / decode-only = \
-             {:.2} [{}] (target >= 0.5); Parquet bytes per span / OTLP+zstd = {:.2} [{}] (target <= 0.7); \
-             throughput tailscope / decode-only = {:.2} [{}].",
-            paired.len(),
-            median(&cpu),
-            list(&cpu),
-            median(&disk),
-            list(&disk),
-            median(&speed),
-            list(&speed)
-        );
-    }
-    let tls: Vec<f64> = rounds
-        .iter()
-        .zip(&secured)
-        .filter_map(|((_, t), s)| Some(s.spans_per_cpu_second() / t.as_ref()?.spans_per_cpu_second()))
-        .collect();
-    if !tls.is_empty() {
-        let list = tls.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
-        println!();
-        println!(
-            "TLS + API key: tailscope spans per CPU-second with them / without = {:.2} [{list}] (target >= 0.85: \
-             TLS and auth cost at most 15%).",
-            median(&tls)
-        );
-    }
-    Ok(())
-}
-
-/// The median (the mean of the middle two for an even count).
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    ratios(corpus, rounds, secured);
 }
