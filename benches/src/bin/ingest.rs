@@ -557,3 +557,49 @@ fn report(
     println!();
     ratios(corpus, rounds, secured);
 }
+
+/// The ratios against the baselines, per round and their median.
+fn ratios(corpus: &CorpusFacts, rounds: &[(Option<Measured>, Option<Measured>)], secured: &[Measured]) {
+    let paired: Vec<(&Measured, &Measured)> =
+        rounds.iter().filter_map(|(b, t)| Some((b.as_ref()?, t.as_ref()?))).collect();
+    if !paired.is_empty() {
+        let cpu: Vec<f64> = paired.iter().map(|(b, t)| t.spans_per_cpu_second() / b.spans_per_cpu_second()).collect();
+        let disk: Vec<f64> = paired.iter().map(|(_, t)| t.bytes_per_span() / corpus.zstd_per_span).collect();
+        let speed: Vec<f64> = paired.iter().map(|(b, t)| t.spans_per_s() / b.spans_per_s()).collect();
+        let list = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
+        println!(
+            "Ratios, median of {} rounds (each round's in brackets): tailscope spans per CPU-second / decode-only = \
+             {:.2} [{}] (target >= 0.5); Parquet bytes per span / OTLP+zstd = {:.2} [{}] (target <= 0.7); \
+             throughput tailscope / decode-only = {:.2} [{}].",
+            paired.len(),
+            median(&cpu),
+            list(&cpu),
+            median(&disk),
+            list(&disk),
+            median(&speed),
+            list(&speed)
+        );
+    }
+    let tls: Vec<f64> = rounds
+        .iter()
+        .zip(secured)
+        .filter_map(|((_, t), s)| Some(s.spans_per_cpu_second() / t.as_ref()?.spans_per_cpu_second()))
+        .collect();
+    if !tls.is_empty() {
+        let list = tls.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
+        println!();
+        println!(
+            "TLS + API key: tailscope spans per CPU-second with them / without = {:.2} [{list}] (target >= 0.85: \
+             TLS and auth cost at most 15%).",
+            median(&tls)
+        );
+    }
+}
+
+/// The median (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
