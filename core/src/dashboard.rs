@@ -35,6 +35,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("hedging.toml", include_str!("../../dashboards/hedging.toml")),
     ("alerts.toml", include_str!("../../dashboards/alerts.toml")),
     ("session.toml", include_str!("../../dashboards/session.toml")),
+    ("health.toml", include_str!("../../dashboards/health.toml")),
 ];
 
 /// The placeholders a panel's SQL may use.
@@ -474,7 +475,7 @@ mod tests {
         let all = defaults().unwrap();
         assert_eq!(
             all.iter().map(|d| d.title.as_str()).collect::<Vec<_>>(),
-            ["Overview", "Cost", "Hedging", "Alerts", "Session"]
+            ["Overview", "Cost", "Hedging", "Alerts", "Session", "Health"]
         );
     }
 

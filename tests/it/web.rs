@@ -14,6 +14,10 @@ use crate::support::{Server, Transport, tracer_provider};
 /// Written by whoever sends telemetry: must show as text, never run.
 const HOSTILE: &str = "<img src=x onerror=\"document.title='pwned';window.pwned=1\">";
 
+/// A monthly budget over all spend, evaluated every second, for the Health screen's projection.
+const BUDGET: &str = "[alerts]\nevaluate_interval = \"1s\"\n\n[[budget]]\nname = \"team-monthly\"\nkind = \"total\"\n\
+                      period = \"month\"\ncap_usd = 500\n";
+
 /// Sends two sessions through the SDK: `sess-web-a` (20 openai/us-east-1 calls of 100..290 ms) and `sess-web-b`
 /// (anthropic/eu-west-1 calls, a failed tool step named [`HOSTILE`], and a provider named [`HOSTILE`]).
 async fn ingest(server: &Server) {
@@ -114,7 +118,7 @@ fn assert_clean(browser: &mut Browser, screen: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_screen_drill_down_deep_link_and_hostile_text() {
-    let server = Server::start().await;
+    let server = Server::start_with(BUDGET).await;
     ingest(&server).await;
     let base = server.api_url();
     let mut browser = Browser::launch(1400, 900);
@@ -171,6 +175,32 @@ async fn every_screen_drill_down_deep_link_and_hostile_text() {
         browser.screenshot(screen);
     }
     browser.wait_text(&["Hedging", "Alerts"]);
+
+    // Health, in plain words: service planner had two sessions, one with a failed step; its cost per session and
+    // p95 session time equal the views' answers; the monthly budget shows its spend and month-end projection.
+    browser.open(&format!("{base}/?screen=health&window=1h"));
+    browser.settled();
+    let row = row_of(&mut browser, "Health by service (this window, trend vs the one before)", &["planner"]);
+    assert_eq!(row["success rate"], json!("50%"));
+    assert_eq!(row["sessions per day"], json!("48"), "2 sessions in an hour");
+    let health = server
+        .sql(
+            "SELECT sum(cost_usd) / count(*) AS c, quantile_exact(wall_duration_ms, 0.95) AS w FROM service_sessions \
+             WHERE service_name = 'planner'",
+        )
+        .await;
+    assert_eq!(row["cost per session $"], json!(tailscope_core::display::usd(health[0]["c"].as_f64().unwrap())));
+    assert_eq!(row["p95 session wall"], json!(tailscope_core::display::duration_ms(health[0]["w"].as_f64().unwrap())));
+    let budgets: Value =
+        server.client().get(format!("{base}/api/v1/alerts")).send().await.unwrap().json().await.unwrap();
+    let budget = &budgets["budgets"][0];
+    let row = row_of(&mut browser, "Budgets (projected to the end of their period)", &["team-monthly"]);
+    assert_eq!(row["period"], json!("month"));
+    assert_eq!(row["cap $"], json!("$500.00"));
+    assert_eq!(row["spend $"], json!(tailscope_core::display::usd(budget["spend_usd"].as_f64().unwrap())));
+    assert_ne!(row["projected $"], json!("-"), "a month-end projection: {budget}");
+    assert_clean(&mut browser, "health");
+    browser.screenshot("health");
 
     // Drill-down: a session row on Cost opens its waterfall, and the URL says so.
     browser.js("document.querySelectorAll('#tabs a')[1].click()");
@@ -240,7 +270,7 @@ async fn page_and_assets_are_served_embedded_with_a_strict_policy() {
     assert!(!page.contains("http://") && !page.contains("https://"), "no other origin: {page}");
     let screens: Value = client.get(format!("{base}/api/v1/dashboards")).send().await.unwrap().json().await.unwrap();
     let names: Vec<&str> = screens["screens"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names[..5], ["overview", "cost", "hedging", "alerts", "session"]);
+    assert_eq!(names, ["overview", "cost", "hedging", "alerts", "session", "health"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

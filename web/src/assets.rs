@@ -152,9 +152,16 @@ mod tests {
             assert!(asset.path.starts_with(PREFIX), "{}", asset.path);
         }
         // Every src/href the page has is one of ours: nothing from another origin.
-        for part in page.split(['"', '\'']).filter(|p| p.starts_with('/') || p.contains("://")) {
-            assert!(ASSETS.iter().any(|a| a.path == part), "the page refers to {part}, not an embedded asset");
+        let mut refs = 0;
+        for attribute in ["src=\"", "href=\""] {
+            for (at, _) in page.match_indices(attribute) {
+                let rest = &page[at + attribute.len()..];
+                let target = &rest[..rest.find('"').unwrap()];
+                assert!(ASSETS.iter().any(|a| a.path == target), "the page refers to {target}, not an embedded asset");
+                refs += 1;
+            }
         }
+        assert_eq!(refs, 5, "favicon, two stylesheets, two scripts");
         let js = std::str::from_utf8(ASSETS[1].body).unwrap();
         assert!(!js.contains("innerHTML") && !js.contains("eval("), "data is never parsed as markup or code");
     }
