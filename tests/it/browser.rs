@@ -147,6 +147,11 @@ impl Browser {
     }
 
     fn command(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        self.try_command(session, method, params).unwrap_or_else(|error| panic!("{method} failed: {error}"))
+    }
+
+    /// A command, with the protocol's error as an Err (e.g. a page navigating away while evaluating).
+    fn try_command(&mut self, session: Option<&str>, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut message = json!({ "id": id, "method": method, "params": params });
@@ -161,10 +166,10 @@ impl Browser {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.from_browser.recv_timeout(left) {
                 Ok(answer) if answer["id"] == json!(id) => {
-                    if let Some(error) = answer.get("error") {
-                        panic!("{method} failed: {error}");
-                    }
-                    return answer["result"].clone();
+                    return match answer.get("error") {
+                        Some(error) => Err(error.clone()),
+                        None => Ok(answer["result"].clone()),
+                    };
                 }
                 Ok(event) => self.note(&event),
                 Err(RecvTimeoutError::Timeout) => panic!("Chromium did not answer {method} within {COMMAND_TIMEOUT:?}"),
@@ -212,11 +217,15 @@ impl Browser {
         answer["result"]["value"].clone()
     }
 
-    /// Waits until `expression` is true in the page; panics with the page's text when it never is.
+    /// Waits until `expression` is true in the page; panics with the page's text when it never is. While the page
+    /// is (re)loading, an evaluation that fails (no body yet, the context replaced) counts as false.
     pub fn wait_js(&mut self, expression: &str, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            if self.js(&format!("!!({expression})")) == json!(true) {
+            let session = self.session.clone();
+            let probe = json!({ "expression": format!("!!({expression})"), "returnByValue": true });
+            let answer = self.try_command(Some(&session), "Runtime.evaluate", probe);
+            if answer.is_ok_and(|a| a["result"]["value"] == json!(true)) {
                 return;
             }
             if Instant::now() > deadline {
@@ -230,7 +239,10 @@ impl Browser {
     /// Waits until the page's text holds every one of `want`, and returns that text.
     pub fn wait_text(&mut self, want: &[&str]) -> String {
         let probe = serde_json::to_string(want).expect("json");
-        self.wait_js(&format!("{probe}.every(w => document.body.innerText.includes(w))"), Duration::from_secs(30));
+        self.wait_js(
+            &format!("document.body && {probe}.every(w => document.body.innerText.includes(w))"),
+            Duration::from_secs(30),
+        );
         self.text()
     }
 
