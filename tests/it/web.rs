@@ -85,6 +85,32 @@ async fn ingest(server: &Server) {
     server.wait_count("SELECT COUNT(*) AS n FROM spans", 27).await;
 }
 
+/// Ten more openai/us-east-1 calls of 3 s each (session sess-web-a): the p99 of that route becomes 3 s.
+async fn slow_calls(server: &Server) {
+    let sdk = tracer_provider(
+        server,
+        Transport::Grpc,
+        vec![KeyValue::new("service.name", "planner"), KeyValue::new("cloud.region", "us-east-1")],
+    );
+    let tracer = sdk.tracer("it-web");
+    let t0 = SystemTime::now() - Duration::from_secs(4);
+    for _ in 0..10 {
+        let mut span = tracer
+            .span_builder("chat gpt-4o")
+            .with_kind(SpanKind::Client)
+            .with_start_time(t0)
+            .with_attributes(vec![
+                KeyValue::new("gen_ai.provider.name", "openai"),
+                KeyValue::new("gen_ai.operation.name", "chat"),
+                KeyValue::new("gen_ai.request.model", "gpt-4o"),
+                KeyValue::new("gen_ai.conversation.id", "sess-web-a"),
+            ])
+            .start(&tracer);
+        span.end_with_timestamp(t0 + Duration::from_millis(3000));
+    }
+    sdk.force_flush().expect("flush");
+}
+
 /// The text of each cell of the first table row whose cells include every one of `keys`, by column header.
 fn row_of(browser: &mut Browser, panel_title: &str, keys: &[&str]) -> serde_json::Map<String, Value> {
     let expression = format!(
@@ -152,6 +178,27 @@ async fn every_screen_drill_down_deep_link_and_hostile_text() {
     assert_clean(&mut browser, "overview");
     browser.screenshot("overview");
 
+    // Live: new spans change the overview without a reload, pushed by /api/v1/live/stream (live panels are not
+    // polled).
+    browser.js("window.samePage = 1");
+    slow_calls(&server).await;
+    browser.wait_js(
+        "(() => { const p = document.querySelector('.panel'); return Number(p.dataset.pushes) > 1 && \
+         p.querySelector('.note').textContent.includes('pushed'); })()",
+        Duration::from_secs(10),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let row = row_of(&mut browser, "Tail latency by provider x region", &["openai", "us-east-1"]);
+        if row["p99"] == json!("3.00 s") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the live p99 never changed: {row:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(browser.js("window.samePage"), json!(1), "updated in place, not reloaded");
+    server.wait_count("SELECT COUNT(*) AS n FROM spans", 37).await;
+
     // Cost: a session's cost equals the same SQL's answer.
     browser.js("document.querySelectorAll('#tabs a')[1].click()");
     browser.wait_text(&["Top sessions by cost", "sess-web-a"]);
@@ -162,7 +209,7 @@ async fn every_screen_drill_down_deep_link_and_hostile_text() {
     let cost = tailscope_core::display::usd(sql[0]["cost_usd"].as_f64().expect("priced"));
     let row = row_of(&mut browser, "Top sessions by cost (Enter: waterfall)", &["sess-web-a"]);
     assert_eq!(row["cost $"], json!(cost));
-    assert_eq!(row["steps"], json!("20"));
+    assert_eq!(row["steps"], json!("30"));
     assert_clean(&mut browser, "cost");
     browser.screenshot("cost");
 
@@ -206,14 +253,14 @@ async fn every_screen_drill_down_deep_link_and_hostile_text() {
     browser.js("document.querySelectorAll('#tabs a')[1].click()");
     browser.wait_text(&["sess-web-a"]);
     browser.js("[...document.querySelectorAll('tbody tr')].find(tr => tr.textContent.includes('sess-web-a')).click()");
-    browser.wait_text(&["session sess-web-a: 20 steps", "chat gpt-4o"]);
+    browser.wait_text(&["session sess-web-a: 30 steps", "chat gpt-4o"]);
     let url = browser.js("location.search");
     assert!(url.as_str().unwrap().contains("screen=session") && url.as_str().unwrap().contains("session=sess-web-a"));
     browser.screenshot("waterfall");
 
     // A deep link opens the same view in a fresh page: screen, window and session from the URL.
     browser.open(&format!("{base}/?screen=session&window=24h&session=sess-web-a"));
-    browser.wait_text(&["session sess-web-a: 20 steps", "chat gpt-4o"]);
+    browser.wait_text(&["session sess-web-a: 30 steps", "chat gpt-4o"]);
     assert_eq!(browser.js("document.getElementById('window').value"), json!("24h"));
     assert_eq!(browser.js("document.querySelector('#tabs a[aria-current]').textContent"), json!("5 Session"));
     // ... and a filter from the URL hides the rows that do not match it.
@@ -315,6 +362,12 @@ async fn with_keys_the_page_asks_for_a_query_key() {
     browser.wait_text(&["Top sessions by cost", "sess-web-a"]);
     browser.settled();
     assert_eq!(browser.js("sessionStorage.getItem('tailscope.key')"), json!(key));
+    // The live stream carries the key too (fetch, not EventSource, which cannot send it).
+    browser.js("document.querySelectorAll('#tabs a')[0].click()");
+    browser.wait_js(
+        "(() => { const p = document.querySelector('.panel'); return p && Number(p.dataset.pushes) > 0; })()",
+        Duration::from_secs(10),
+    );
     // A reload keeps the tab signed in; signing out forgets the key.
     browser.open(&format!("{base}/?screen=cost"));
     browser.wait_text(&["sess-web-a"]);

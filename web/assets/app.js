@@ -18,7 +18,7 @@
     epoch: 0,          // bumped on every view change: answers for an older view are dropped
     panels: [],        // the current screen's panels and their state
     timer: null,
-    signedOut: false,
+    streams: [],       // the open live streams of the current screen
   };
 
   const $ = (id) => document.getElementById(id);
@@ -154,6 +154,32 @@
       headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
       body: JSON.stringify({ sql }),
     });
+  }
+
+  // Server-Sent Events read with fetch (EventSource cannot send the Authorization header): calls `onEvent` with
+  // each event's parsed data until `signal` aborts or the server ends the stream. An event is at most 4 MiB.
+  async function stream(path, signal, onEvent) {
+    const headers = new Headers({ Accept: 'text/event-stream' });
+    const key = sessionStorage.getItem(KEY_STORE);
+    if (key) headers.set('Authorization', 'Bearer ' + key);
+    const r = await fetch(path, { headers, signal, cache: 'no-store', credentials: 'omit' });
+    if (r.status === 401 || r.status === 403) throw new Unauthorized(await errorText(r));
+    if (!r.ok || !r.body) throw new Error(await errorText(r));
+    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value;
+      if (buffer.length > 4 * 1024 * 1024) throw new Error('a live event larger than 4 MiB');
+      let end;
+      while ((end = buffer.indexOf('\n\n')) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).replace(/^ /, '')).join('\n');
+        if (data) onEvent(JSON.parse(data));
+      }
+    }
   }
 
   // A JSON pointer into an answer, as the terminal reads `pointer`: absent in an array answer = the whole answer.
@@ -474,6 +500,7 @@
       ctx.root.dataset.state = 'idle';
       return;
     }
+    if (req.kind === 'live') { subscribe(ctx, req, epoch); return; }
     if (ctx.inFlight) return;
     ctx.inFlight = true;
     if (!ctx.data) ctx.root.dataset.state = 'loading';
@@ -495,6 +522,40 @@
     } finally {
       ctx.inFlight = false;
     }
+  }
+
+  // Live panels are pushed by /api/v1/live/stream (one report a second) rather than polled; a dropped stream is
+  // opened again by the next refresh tick.
+  function subscribe(ctx, req, epoch) {
+    if (ctx.stream) return;
+    const abort = new AbortController();
+    ctx.stream = abort;
+    S.streams.push(abort);
+    if (!ctx.data) ctx.root.dataset.state = 'loading';
+    const path = req.path.replace('/api/v1/live?', '/api/v1/live/stream?');
+    stream(path, abort.signal, (doc) => {
+      if (epoch !== S.epoch) { abort.abort(); return; }
+      const t = toTable(doc.rows || []);
+      t.slo = num(doc.slo_p99_ms);
+      ctx.data = t;
+      ctx.pushes = (ctx.pushes || 0) + 1;
+      ctx.source = 'live ' + windowInfo().live + ' · pushed';
+      render(ctx);
+      ctx.root.dataset.state = 'ok';
+      ctx.root.dataset.pushes = String(ctx.pushes);
+      banner(null);
+      if (ctx.isFirstTable) redrawLocal();
+    }).catch((e) => {
+      if (abort.signal.aborted || epoch !== S.epoch) return;
+      if (e instanceof Unauthorized) { signIn(e.message); return; }
+      ctx.root.dataset.state = 'error';
+      ctx.note.textContent = e.message;
+    }).finally(() => { if (ctx.stream === abort) ctx.stream = null; });
+  }
+
+  function closeStreams() {
+    for (const abort of S.streams) abort.abort();
+    S.streams = [];
   }
 
   function banner(message) {
@@ -525,6 +586,7 @@
   }
 
   function draw() {
+    closeStreams();
     S.epoch++;
     S.selected = null;
     const screen = currentScreen();
@@ -568,6 +630,7 @@
   // ---- Sign-in --------------------------------------------------------------------------------------------------
 
   function signIn(message) {
+    closeStreams();
     clearInterval(S.timer);
     S.timer = null;
     S.epoch++;
