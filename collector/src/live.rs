@@ -722,23 +722,20 @@ pub fn routes(live: Arc<LiveWindows>) -> Router {
 /// How often `/api/v1/live/stream` pushes a report: the live windows' finest slices are a second or more apart.
 pub const STREAM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The window and grouping asked for, or the 400 answer saying what is wrong.
-fn report_params(params: &LiveParams) -> Result<(Window, Grouping), Response> {
+/// The window and grouping asked for, or what is wrong with them.
+fn report_params(params: &LiveParams) -> Result<(Window, Grouping), String> {
     let window = match params.window.as_deref() {
         None => Window::OneMinute,
         Some(w) => match Window::parse(w) {
             Some(w) => w,
             None => {
-                return Err(bad_request(format!("unknown window {w:?}: use window=1m, 5m or 1h")));
+                return Err(format!("unknown window {w:?}: use window=1m, 5m or 1h"));
             }
         },
     };
     let grouping = match params.group.as_deref() {
         None => Grouping::default(),
-        Some(g) => match Grouping::parse(g) {
-            Ok(g) => g,
-            Err(e) => return Err(bad_request(e)),
-        },
+        Some(g) => Grouping::parse(g)?,
     };
     Ok((window, grouping))
 }
@@ -746,7 +743,7 @@ fn report_params(params: &LiveParams) -> Result<(Window, Grouping), Response> {
 async fn live_handler(State(live): State<Arc<LiveWindows>>, Query(params): Query<LiveParams>) -> Response {
     let (window, grouping) = match report_params(&params) {
         Ok(asked) => asked,
-        Err(answer) => return answer,
+        Err(e) => return bad_request(e),
     };
     Json(live.report(window, grouping, &params.filter, params.buckets.unwrap_or(true))).into_response()
 }
@@ -755,7 +752,7 @@ async fn live_stream(State(live): State<Arc<LiveWindows>>, Query(params): Query<
     use axum::response::sse::{Event, KeepAlive, Sse};
     let (window, grouping) = match report_params(&params) {
         Ok(asked) => asked,
-        Err(answer) => return answer,
+        Err(e) => return bad_request(e),
     };
     let buckets = params.buckets.unwrap_or(true);
     let filter = params.filter;
