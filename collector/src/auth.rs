@@ -150,6 +150,8 @@ impl ApiKeys {
             Listener::Api => match path {
                 // Probes (load balancers, Kubernetes) carry no credentials.
                 "/healthz" | "/readyz" => None,
+                // The web UI's page and assets hold no data; the page asks for a key when the API refuses it.
+                p if tailscope_core::dashboard::is_web_ui_path(p) => None,
                 "/metrics" if self.metrics_open => None,
                 "/metrics" => Some(Scope::Admin),
                 _ => Some(Scope::Query),

@@ -709,28 +709,65 @@ struct LiveParams {
 ///
 /// `group` names the key columns kept apart (default all four); merged columns read `"*"`. Filters are exact
 /// matches. Each row carries its histogram buckets unless `buckets=false`.
+///
+/// `GET /api/v1/live/stream` with the same parameters pushes the same report as Server-Sent Events (`event: live`,
+/// the JSON as data) at once and then every [`STREAM_EVERY`], so a page shows live values without polling.
 pub fn routes(live: Arc<LiveWindows>) -> Router {
-    Router::new().route("/api/v1/live", get(live_handler)).with_state(live)
+    Router::new()
+        .route("/api/v1/live", get(live_handler))
+        .route("/api/v1/live/stream", get(live_stream))
+        .with_state(live)
 }
 
-async fn live_handler(State(live): State<Arc<LiveWindows>>, Query(params): Query<LiveParams>) -> Response {
+/// How often `/api/v1/live/stream` pushes a report: the live windows' finest slices are a second or more apart.
+pub const STREAM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The window and grouping asked for, or what is wrong with them.
+fn report_params(params: &LiveParams) -> Result<(Window, Grouping), String> {
     let window = match params.window.as_deref() {
         None => Window::OneMinute,
         Some(w) => match Window::parse(w) {
             Some(w) => w,
             None => {
-                return bad_request(format!("unknown window {w:?}: use window=1m, 5m or 1h"));
+                return Err(format!("unknown window {w:?}: use window=1m, 5m or 1h"));
             }
         },
     };
     let grouping = match params.group.as_deref() {
         None => Grouping::default(),
-        Some(g) => match Grouping::parse(g) {
-            Ok(g) => g,
-            Err(e) => return bad_request(e),
-        },
+        Some(g) => Grouping::parse(g)?,
+    };
+    Ok((window, grouping))
+}
+
+async fn live_handler(State(live): State<Arc<LiveWindows>>, Query(params): Query<LiveParams>) -> Response {
+    let (window, grouping) = match report_params(&params) {
+        Ok(asked) => asked,
+        Err(e) => return bad_request(e),
     };
     Json(live.report(window, grouping, &params.filter, params.buckets.unwrap_or(true))).into_response()
+}
+
+async fn live_stream(State(live): State<Arc<LiveWindows>>, Query(params): Query<LiveParams>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let (window, grouping) = match report_params(&params) {
+        Ok(asked) => asked,
+        Err(e) => return bad_request(e),
+    };
+    let buckets = params.buckets.unwrap_or(true);
+    let filter = params.filter;
+    // One report per tick, made when the client has taken the previous one (a slow reader gets fewer, never a
+    // queue): nothing is buffered per connection beyond the report being sent.
+    let ticks = tokio_stream::wrappers::IntervalStream::new({
+        let mut every = tokio::time::interval(STREAM_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        every
+    });
+    let events = futures::StreamExt::map(ticks, move |_| {
+        let report = live.report(window, grouping, &filter, buckets);
+        Event::default().event("live").json_data(&report)
+    });
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
 }
 
 fn bad_request(message: String) -> Response {

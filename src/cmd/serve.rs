@@ -276,7 +276,9 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
         .ops_router()
         .merge(query::router(engine.clone()))
         .merge(collector::live::routes(live))
-        .merge(collector::cost::routes(budgets));
+        .merge(collector::cost::routes(budgets))
+        // The web UI: the same dashboards as `tailscope tui`, drawn in the browser from the routes above.
+        .merge(web::router(tailscope_core::dashboard::defaults()?));
     // Every route of the API counted and timed, by its pattern (`tailscope_api_requests_total`).
     let api_router = collector::telemetry::track_requests(api_router, collector.metrics().clone());
 

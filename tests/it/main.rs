@@ -1,5 +1,6 @@
 //! Integration tests: one binary that drives the real `tailscope` over real sockets.
 
+mod browser;
 mod budget;
 mod connections;
 mod conventions;
@@ -16,3 +17,4 @@ mod security;
 mod sql_limits;
 mod support;
 mod tui;
+mod web;
