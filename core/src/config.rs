@@ -1033,6 +1033,10 @@ pub struct ApiKeyConfig {
     /// A file holding the clear key (surrounding whitespace ignored).
     pub key_file: Option<PathBuf>,
     pub scopes: Vec<Scope>,
+    /// The projects (tenants) the key belongs to (`crate::projects`): an ingest key's rows go to the first, or to
+    /// the one its request names in `x-tailscope-project`; a query key sees these projects' rows only. Empty:
+    /// the `default` project. An `admin` key sees every project.
+    pub projects: Vec<String>,
 }
 
 /// The prefix of [`ApiKeyConfig::hash`].
@@ -1068,6 +1072,9 @@ impl AuthConfig {
             }
             if key.scopes.is_empty() {
                 return Err(invalid("scopes", "give the key at least one of ingest, query, admin".into()));
+            }
+            for project in &key.projects {
+                crate::projects::Project::parse(project).map_err(|reason| invalid("projects", reason))?;
             }
         }
         Ok(())

@@ -10,6 +10,7 @@ mod ingest;
 mod operations;
 mod overload;
 mod parsers;
+mod projects;
 mod query;
 mod security;
 mod sql_limits;

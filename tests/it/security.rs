@@ -449,6 +449,30 @@ fn binding_beyond_loopback_without_tls_and_keys_refuses_to_start() {
     assert_eq!(code, None, "{stderr}");
 }
 
+/// An IPv4-mapped IPv6 loopback address (`[::ffff:127.0.0.1]`) is loopback: it serves without TLS and keys.
+#[test]
+fn an_ipv4_mapped_loopback_bind_counts_as_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    // A free port, spelled as the IPv4-mapped address of 127.0.0.1.
+    let mapped = format!("[::ffff:127.0.0.1]:{}", free_addr().port());
+    let child = Command::new(tailscope_bin())
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--otlp-grpc", &mapped, "--otlp-http", &free_addr().to_string()])
+        .args(["--api", &free_addr().to_string(), "--flight", &free_addr().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, stderr) = wait_exit(child, Duration::from_secs(5));
+    if stderr.contains("Address family not supported") || stderr.contains("Cannot assign requested address") {
+        eprintln!("no IPv6 here; skipped: {stderr}");
+        return;
+    }
+    assert_eq!(code, None, "a mapped loopback address must serve without TLS and keys: {stderr}");
+}
+
 /// Waits up to `wait` for `child` to exit: its exit code (None if it was still running: then it is killed) and
 /// stderr.
 fn wait_exit(mut child: std::process::Child, wait: Duration) -> (Option<i32>, String) {

@@ -45,10 +45,20 @@ pub struct SpanColumns {
     egress_cost: Float64Array,
     hedge_id: StringArray,
     hedge_winner: BooleanArray,
+    /// The project of each row: the batch's `project` column when it has one (history read through SQL), else
+    /// the project the whole batch belongs to (an acknowledged batch, see [`SpanColumns::of_project`]).
+    project: RowProjects,
+}
+
+/// The project of a batch's rows.
+enum RowProjects {
+    One(String),
+    PerRow(StringArray),
 }
 
 /// The `spans` columns budgets need, in the order [`SpanColumns::from_batch`] expects when reading history.
-pub const BUDGET_COLUMNS: [&str; 10] = [
+pub const BUDGET_COLUMNS: [&str; 11] = [
+    tailscope_core::schema::PROJECT_COLUMN,
     SpanColumn::StartTime.name(),
     SpanColumn::Resource(ResourceColumn::ServiceName).name(),
     SpanColumn::Resource(ResourceColumn::CloudRegion).name(),
@@ -91,7 +101,26 @@ impl SpanColumns {
             egress_cost: f(SpanColumn::EgressCostUsd)?,
             hedge_id: s(SpanColumn::HedgeId)?,
             hedge_winner: get(SpanColumn::HedgeWinner, &DataType::Boolean)?.as_boolean().clone(),
+            project: match batch.column_by_name(tailscope_core::schema::PROJECT_COLUMN) {
+                Some(c) => RowProjects::PerRow(
+                    cast(c, &DataType::Utf8).map_err(|e| format!("column project: {e}"))?.as_string::<i32>().clone(),
+                ),
+                None => RowProjects::One(tailscope_core::projects::DEFAULT_PROJECT.to_string()),
+            },
         })
+    }
+
+    /// These columns, all of whose rows belong to `project` (an acknowledged batch carries no project column).
+    pub fn of_project(mut self, project: &str) -> SpanColumns {
+        self.project = RowProjects::One(project.to_string());
+        self
+    }
+
+    fn project(&self, i: usize) -> &str {
+        match &self.project {
+            RowProjects::One(p) => p,
+            RowProjects::PerRow(a) => opt_str(a, i).unwrap_or(tailscope_core::projects::DEFAULT_PROJECT),
+        }
     }
 
     /// Number of rows.
@@ -231,6 +260,9 @@ pub struct SessionStatus {
 pub struct BudgetStatus {
     pub name: String,
     pub kind: BudgetKind,
+    /// The project whose spend the budget counts; none: every project's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// `day`, `month` or the rolling window (`24h`).
     pub period: String,
     /// `2026-11`, `2026-11-22` or `rolling`.
@@ -311,7 +343,8 @@ impl Budget {
         let test = |patterns: &[String], value: Option<&str>| {
             patterns.is_empty() || value.is_some_and(|v| patterns.iter().any(|p| glob_match(p, v)))
         };
-        test(&self.config.providers, opt_str(&cols.provider, i))
+        self.config.project.as_deref().is_none_or(|p| p == cols.project(i))
+            && test(&self.config.providers, opt_str(&cols.provider, i))
             && test(&self.config.regions, opt_str(&cols.region, i))
             && test(&self.config.services, opt_str(&cols.service, i))
     }
@@ -391,6 +424,7 @@ impl Budget {
         let mut status = BudgetStatus {
             name: c.name.clone(),
             kind: c.kind,
+            project: c.project.clone(),
             period: c.period.to_string(),
             period_key: bounds.key.clone(),
             period_start: DateTime::<Utc>::from_timestamp_nanos(bounds.start_ns),
@@ -541,6 +575,7 @@ pub(crate) mod tests {
             cap_usd: Some(cap),
             warn_at: vec![0.5, 0.8, 1.0],
             forecast: true,
+            project: None,
             ..Default::default()
         }
     }
