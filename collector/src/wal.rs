@@ -1141,7 +1141,8 @@ mod tests {
         let mut buf = Vec::new();
         frame_record(&mut buf, wal.reserve(1), RecordKind::Rows(Signal::Spans), &encode_batch(&batch(3)).unwrap());
         assert!(matches!(wal.append(&buf), Err(StorageError::WalVanished { .. })));
-        let lost: Vec<(u64, Signal, RecordBatch)> = (1..=3).map(|v| (v as u64, Signal::Spans, batch(v))).collect();
+        let lost: Vec<(u64, Signal, Project, RecordBatch)> =
+            (1..=3).map(|v| (v as u64, Signal::Spans, Project::default(), batch(v))).collect();
         wal.replace_lost_segment(&lost).unwrap();
         assert!(!wal.segment_lost());
         assert_eq!(wal.last_written(), 3);

@@ -341,7 +341,8 @@ mod tests {
                 projected_share: None,
             },
             message: "m".into(),
-            project: None,
+            // Set, so that it is serialised (an event of a budget over every project has none).
+            project: Some("a".into()),
         };
         let json = serde_json::to_value(&event).unwrap();
         let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();

@@ -57,8 +57,7 @@ enum RowProjects {
 }
 
 /// The `spans` columns budgets need, in the order [`SpanColumns::from_batch`] expects when reading history.
-pub const BUDGET_COLUMNS: [&str; 11] = [
-    tailscope_core::schema::PROJECT_COLUMN,
+pub const BUDGET_COLUMNS: [&str; 10] = [
     SpanColumn::StartTime.name(),
     SpanColumn::Resource(ResourceColumn::ServiceName).name(),
     SpanColumn::Resource(ResourceColumn::CloudRegion).name(),
@@ -582,6 +581,29 @@ pub(crate) mod tests {
 
     fn add(b: &mut Budget, rows: &[Row], now: i64) {
         b.add(&SpanColumns::from_batch(&batch(rows)).unwrap(), now);
+    }
+
+    #[test]
+    fn a_project_budget_counts_its_project_only_acknowledged_or_read_back() {
+        let now = ns("2026-11-15T12:00:00Z");
+        let mut c = config("a-total", BudgetKind::Total, BudgetPeriod::Month, 10.0);
+        c.project = Some("a".into());
+        let mut b = Budget::new(c, now);
+        let rows = [Row { t: now, cost: Some(2.0), ..Default::default() }];
+        // Acknowledged batches: the project comes with the batch.
+        for project in ["b", "default", "a"] {
+            b.add(&SpanColumns::from_batch(&batch(&rows)).unwrap().of_project(project), now);
+        }
+        // History read through SQL: a `project` column per row.
+        let narrow = batch(&[rows[0].clone(), rows[0].clone()]);
+        let mut fields: Vec<_> = narrow.schema().fields().iter().cloned().collect();
+        fields.push(Arc::new(datafusion::arrow::datatypes::Field::new("project", DataType::Utf8, false)));
+        let mut columns = narrow.columns().to_vec();
+        columns.push(Arc::new(StringArray::from(vec!["a", "b"])));
+        let wide = RecordBatch::try_new(Arc::new(datafusion::arrow::datatypes::Schema::new(fields)), columns).unwrap();
+        b.add(&SpanColumns::from_batch(&wide).unwrap(), now);
+        assert_eq!(b.status(now).figures.spend_usd, 4.0, "two spans of project a, none of the others");
+        assert_eq!(b.status(now).project.as_deref(), Some("a"));
     }
 
     #[test]

@@ -251,7 +251,10 @@ async fn rebuild(budgets: &mut [Budget], history: &dyn SpanHistory, now: i64) ->
     let earliest = budgets.iter().map(|b| b.config.period.bounds(now).start_ns).min().unwrap_or(now);
     let started = std::time::Instant::now();
     let mut rows = 0usize;
-    let mut batches = history.spans_since(earliest, &BUDGET_COLUMNS).await?;
+    // With each row's project (a partition column of the table), for budgets of one project.
+    let mut columns = BUDGET_COLUMNS.to_vec();
+    columns.push(tailscope_core::schema::PROJECT_COLUMN);
+    let mut batches = history.spans_since(earliest, &columns).await?;
     while let Some(batch) = batches.next().await {
         let batch = batch?;
         let cols = SpanColumns::from_batch(&batch).map_err(|detail| CostError::HistoryShape { detail })?;
@@ -494,7 +497,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
         let catalog = Catalog::new(dir.path());
-        catalog.add_batch(Signal::Spans, 1, buffered(batch(&[loser(0.7), loser(0.7)])));
+        catalog.add_batch(
+            Signal::Spans,
+            1,
+            tailscope_core::projects::Project::default(),
+            buffered(batch(&[loser(0.7), loser(0.7)])),
+        );
         let engine = BudgetEngine::start(&config, &history(catalog).await, &Metrics::new()).await.unwrap();
         assert_eq!(engine.statuses()[0].figures.spend_usd, 1.4);
         assert!(!engine.hedging_decision(None).allow);
