@@ -970,6 +970,25 @@ mod tests {
         let err = Config::from_toml("[server.cors]\nallowed_headers = [\"bad header\"]\n", Path::new("t.toml"));
         assert!(err.unwrap_err().to_string().contains("server.cors.allowed_headers"));
     }
+
+    #[test]
+    fn project_names_of_keys_and_budgets_are_checked_at_start() {
+        let key = |projects: &str| {
+            format!(
+                "[[auth.keys]]\nname = \"k\"\nhash = \"sha256:{}\"\nscopes = [\"query\"]\nprojects = [{projects}]\n",
+                "0".repeat(64)
+            )
+        };
+        let config = Config::from_toml(&key("\"a\", \"team-b\""), Path::new("t.toml")).unwrap();
+        assert_eq!(config.auth.keys[0].projects, ["a", "team-b"]);
+        for bad in ["\"../a\"", "\"A\"", "\"\""] {
+            let err = Config::from_toml(&key(bad), Path::new("t.toml")).unwrap_err().to_string();
+            assert!(err.contains("auth.keys[0].projects") && err.contains("not a project name"), "{bad}: {err}");
+        }
+        let budget = "[[budget]]\nname = \"b\"\nkind = \"total\"\nperiod = \"day\"\ncap_usd = 1\nproject = \"x/y\"\n";
+        let err = Config::from_toml(budget, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("budget[0]") && err.contains("project"), "{err}");
+    }
 }
 
 /// What an API key may do. `admin` may do everything.

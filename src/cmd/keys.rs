@@ -66,5 +66,13 @@ pub fn run(args: Args) -> CmdResult {
         "Clients send it as `Authorization: Bearer <key>`; OTLP exporters:\n  \
          OTEL_EXPORTER_OTLP_HEADERS=\"Authorization=Bearer {key}\""
     );
+    if new.projects.len() > 1 {
+        println!(
+            "An ingest request goes to the key's first project, or to the one it names:\n  \
+             OTEL_EXPORTER_OTLP_HEADERS=\"Authorization=Bearer {key},{}={}\"",
+            tailscope_core::projects::PROJECT_HEADER,
+            new.projects[1]
+        );
+    }
     Ok(())
 }

@@ -261,6 +261,21 @@ async fn each_project_sees_exactly_its_own_rows_through_every_surface() {
         serde_json::json!([{"project": "a", "n": 4}, {"project": "b", "n": 3}])
     );
     assert_eq!(n(&server, &keys.admin, "SELECT count(*) AS n FROM spans WHERE name = 'refused'").await, 0);
+    // The refusals are counted on /metrics, by listener and reason (the exporter may retry one, never fewer).
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", server.api_url()))
+        .bearer_auth(&keys.admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = crate::support::Scrape::parse(&metrics);
+    for listener in ["otlp_grpc", "otlp_http"] {
+        let refused = scrape.sum("tailscope_auth_refusals_total", &[("listener", listener), ("reason", "project")]);
+        assert!(refused >= 1.0, "{listener}: {refused}\n{metrics}");
+    }
 
     for (key, own, other, count) in [(&keys.query_a, "a", "b", 4), (&keys.query_b, "b", "a", 3)] {
         let own_call = format!("{own}-call");

@@ -308,10 +308,21 @@ async fn keys_and_tls_admit_the_sdk_and_refuse_everyone_else_on_every_listener()
 
     // Plaintext on a TLS listener gets no answer.
     assert!(reqwest::Client::new().get(format!("http://{}/healthz", server.api)).send().await.is_err());
+    // Failed handshakes and refused keys are counted, by listener (and reason).
+    let scrape = server.scrape().await;
+    assert!(scrape.sum("tailscope_tls_handshake_failures_total", &[("listener", "api")]) >= 1.0, "{}", scrape.text);
+    let refused = |listener: &str, reason: &str| {
+        scrape.sum("tailscope_auth_refusals_total", &[("listener", listener), ("reason", reason)])
+    };
+    assert!(refused("otlp_http", "missing") >= 1.0 && refused("otlp_http", "unknown") >= 1.0, "{}", scrape.text);
+    assert!(refused("otlp_grpc", "forbidden") >= 1.0 && refused("api", "forbidden") >= 1.0, "{}", scrape.text);
 
     // Flight SQL: the key as the handshake's password (the user name is not used), then its bearer token.
     let mut client = flight(&server, &ca).await;
     assert_eq!(flight_count(&mut client).await, Err(tonic::Code::Unauthenticated));
+    // The refusal says what a Flight client sends, not the OTLP exporters' variable.
+    let missing = client.execute("SELECT 1".to_string(), None).await.unwrap_err().to_string();
+    assert!(missing.contains("handshake") && !missing.contains("OTEL_EXPORTER_OTLP_HEADERS"), "{missing}");
     let mut wrong = flight(&server, &ca).await;
     assert!(wrong.handshake("analyst", "tsk_wrong").await.is_err());
     // An ingest key is refused at the handshake already, and as a bearer token on a query.
