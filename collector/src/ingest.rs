@@ -28,6 +28,7 @@ use tailscope_core::catalog::{Catalog, ParquetFile};
 use tailscope_core::config::Config;
 use tailscope_core::layout::ParquetOptions;
 use tailscope_core::memory::{MemoryBudget, Reservation};
+use tailscope_core::projects::Project;
 use tailscope_core::schema::Signal;
 use tokio::sync::{Mutex, oneshot};
 
@@ -51,15 +52,16 @@ const WAL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 enum WalCommand {
     Append {
         kind: RecordKind,
+        project: Project,
         batch: RecordBatch,
+        /// The record's tag and payload, project included ([`wal::project_payload`]).
+        tag: u8,
         payload: Bytes,
         ack: oneshot::Sender<Result<u64, String>>,
     },
     /// Start a new segment; answers the last sequence number written and the closed segments (which a flush
     /// through that sequence number may remove once committed).
-    Rotate {
-        ack: oneshot::Sender<Result<(u64, Vec<u64>), String>>,
-    },
+    Rotate { ack: oneshot::Sender<Result<(u64, Vec<u64>), String>> },
 }
 
 /// Why the WAL cannot be written right now, if it cannot; shared by the WAL thread and `/readyz`.
@@ -171,6 +173,7 @@ impl Ingest {
         let mut buffered = 0;
         let limits = normalize::Limits::from(&config.ingest);
         for record in recovered.records {
+            let project = record.project;
             let (signal, batch) = match record.data {
                 RecordData::Rows(signal, batch) => (signal, batch),
                 RecordData::OtlpTraces(request) => {
@@ -193,7 +196,7 @@ impl Ingest {
             report.records += 1;
             report.rows += batch.num_rows();
             buffered += batch.get_array_memory_size();
-            catalog.add_batch(signal, record.seq, batch);
+            catalog.add_batch(signal, record.seq, project, batch);
         }
         // Replayed rows exist already: reserve them past the limit if need be (the flush below releases them).
         memory.force_add(buffered);
@@ -272,9 +275,14 @@ impl Ingest {
     ///
     /// `request` is the OTLP trace export (protobuf) that `normalized` was made from, when there is one: the WAL
     /// then stores it instead of encoding the rows, and replay normalises it again.
-    pub async fn submit(&self, normalized: &Normalized, request: Option<Bytes>) -> Result<(), IngestError> {
+    pub async fn submit(
+        &self,
+        normalized: &Normalized,
+        project: Project,
+        request: Option<Bytes>,
+    ) -> Result<(), IngestError> {
         let mut reservation = self.memory.empty();
-        self.submit_reserved(normalized, request, &mut reservation).await
+        self.submit_reserved(normalized, project, request, &mut reservation).await
     }
 
     /// [`Self::submit`] for a request whose memory is held by `reservation` (body and normalised batch, see
@@ -283,6 +291,7 @@ impl Ingest {
     pub async fn submit_reserved(
         &self,
         normalized: &Normalized,
+        project: Project,
         request: Option<Bytes>,
         reservation: &mut Reservation,
     ) -> Result<(), IngestError> {
@@ -314,7 +323,7 @@ impl Ingest {
         if before < self.config.storage.flush_max_bytes && before + size >= self.config.storage.flush_max_bytes {
             self.flush_wanted.notify_one();
         }
-        let result = self.append(signal, batch, request).await;
+        let result = self.append(signal, &project, batch, request).await;
         match result {
             Ok(_) => {
                 self.metrics.buffered_bytes.set(self.buffered.load(Ordering::Acquire) as i64);
@@ -322,7 +331,7 @@ impl Ingest {
                 let _ = self.oldest_unflushed.compare_exchange(-1, now, Ordering::AcqRel, Ordering::Acquire);
                 if signal == Signal::Spans {
                     for observer in self.observers.read().iter() {
-                        observer.observe(batch);
+                        observer.observe(&project, batch);
                     }
                 }
                 Ok(())
@@ -340,7 +349,13 @@ impl Ingest {
         self.last_backpressure.store(self.epoch.elapsed().as_nanos() as i64, Ordering::Release);
     }
 
-    async fn append(&self, signal: Signal, batch: &RecordBatch, request: Option<Bytes>) -> Result<u64, IngestError> {
+    async fn append(
+        &self,
+        signal: Signal,
+        project: &Project,
+        batch: &RecordBatch,
+        request: Option<Bytes>,
+    ) -> Result<u64, IngestError> {
         let (kind, payload) = match request {
             Some(request) if signal == Signal::Spans => (RecordKind::OtlpTraces, request),
             _ => {
@@ -348,8 +363,9 @@ impl Ingest {
                 (RecordKind::Rows(signal), Bytes::from(rows))
             }
         };
+        let (tag, payload) = wal::project_payload(kind, project, payload);
         let (ack, done) = oneshot::channel();
-        let command = WalCommand::Append { kind, batch: batch.clone(), payload, ack };
+        let command = WalCommand::Append { kind, project: project.clone(), batch: batch.clone(), tag, payload, ack };
         self.send(command)?;
         match done.await {
             Ok(Ok(seq)) => Ok(seq),
@@ -373,13 +389,17 @@ impl Ingest {
         last >= 0 && self.epoch.elapsed().as_nanos() as i64 - last <= within.as_nanos() as i64
     }
 
-    /// Why the write path cannot take data right now, if it cannot: the WAL cannot be written, or flushes to
-    /// Parquet fail (rows then pile up in the buffer until backpressure refuses them).
-    pub fn not_ready(&self) -> Option<String> {
-        if let Some(problem) = self.wal_health.problem() {
-            return Some(format!("the WAL cannot be written: {problem}"));
+    /// Why the write path refuses every request now (the WAL or flushes fail), if it does: what `/readyz` says.
+    /// Without the error's text (paths, OS messages), since probes are open to anyone; the text is in the log,
+    /// where the failure was reported when it happened.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if self.wal_health.problem().is_some() {
+            return Some("the WAL cannot be written (the log says why; tailscope_wal_writable on /metrics)");
         }
-        self.flush_problem.lock().as_ref().map(|p| format!("flushes to Parquet fail: {p}"))
+        self.flush_problem
+            .lock()
+            .is_some()
+            .then_some("flushes to Parquet fail (the log says why; tailscope_flush_errors_total on /metrics)")
     }
 
     /// Bytes of Arrow data not yet flushed.
@@ -431,8 +451,8 @@ impl Ingest {
             row_group_rows: self.config.storage.row_group_rows,
             zstd_level: self.config.storage.zstd_level,
         };
-        let flushed_bytes: usize = batches.values().flatten().map(|b| b.get_array_memory_size()).sum();
-        let flushed_rows: usize = batches.values().flatten().map(|b| b.num_rows()).sum();
+        let flushed_bytes: usize = batches.values().flatten().map(|(_, b)| b.get_array_memory_size()).sum();
+        let flushed_rows: usize = batches.values().flatten().map(|(_, b)| b.num_rows()).sum();
         // The flush's own working set (sort keys, the gather chunk, the Parquet writer's encoded row group and page
         // buffers) is reserved too, past the limit if need be: refusing the flush would keep memory, not free it.
         // While it runs, ingest is refused earlier instead of filling the buffer past the flush mark by as much.
@@ -544,7 +564,7 @@ impl Ingest {
 /// are removed, or, should that fail, left listed in the manifest for the next flush or start-up to remove).
 fn write_flush(
     data_dir: &Path,
-    batches: &BTreeMap<Signal, Vec<RecordBatch>>,
+    batches: &BTreeMap<Signal, Vec<(Project, RecordBatch)>>,
     through_seq: u64,
     options: &ParquetOptions,
 ) -> Result<Vec<(Signal, ParquetFile)>, StorageError> {
@@ -552,17 +572,26 @@ fn write_flush(
     // A manifest still here belongs to an earlier flush whose cleanup failed, or whose commit was uncertain.
     let committed = wal::read_checkpoint(&wal_dir).ok().flatten();
     writer::settle_pending_flush(data_dir, &wal_dir, committed)?;
-    let plans = batches
+    // One plan per table and project: a project's rows go to its own directories only.
+    let mut by_project: BTreeMap<(Signal, Project), Vec<RecordBatch>> = BTreeMap::new();
+    for (signal, batches) in batches {
+        for (project, batch) in batches {
+            by_project.entry((*signal, project.clone())).or_default().push(batch.clone());
+        }
+    }
+    let plans = by_project
         .iter()
-        .map(|(signal, batches)| writer::plan_signal(*signal, batches, through_seq).map(|p| (*signal, p)))
+        .map(|((signal, project), batches)| {
+            writer::plan_signal(*signal, project, batches, through_seq).map(|p| ((*signal, project.clone()), p))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let manifest =
         writer::FlushManifest { through_seq, files: plans.iter().flat_map(|(_, p)| p.relative_paths()).collect() };
     manifest.write(&wal_dir)?;
     let mut files = Vec::new();
-    let written = plans.iter().try_for_each(|(signal, plan)| {
-        let batches = batches.get(signal).map(Vec::as_slice).unwrap_or_default();
-        files.extend(writer::write_plan(data_dir, plan, batches, options)?.into_iter().map(|f| (*signal, f)));
+    let written = plans.iter().try_for_each(|(key, plan)| {
+        let batches = by_project.get(key).map(Vec::as_slice).unwrap_or_default();
+        files.extend(writer::write_plan(data_dir, plan, batches, options)?.into_iter().map(|f| (key.0, f)));
         Ok::<_, StorageError>(())
     });
     let result = written.and_then(|()| wal::write_checkpoint(&wal_dir, through_seq));
@@ -590,7 +619,7 @@ fn write_flush(
 }
 
 /// A record of the group being written: its sequence number, rows and the request's acknowledgement.
-type Queued = (u64, Signal, RecordBatch, oneshot::Sender<Result<u64, String>>);
+type Queued = (u64, Signal, Project, RecordBatch, oneshot::Sender<Result<u64, String>>);
 
 /// The group-commit loop: blocks for one command, takes whatever else is queued, writes it all with one
 /// fsync, then makes the rows visible and acknowledges. Between commands it checks that its segment still exists
@@ -622,12 +651,12 @@ fn wal_writer(
         group.clear();
         while let Some(command) = pending.take() {
             match command {
-                WalCommand::Append { kind, batch, payload, ack } => {
+                WalCommand::Append { kind, project, batch, tag, payload, ack } => {
                     let seq = wal.reserve(1);
-                    headers.push(wal::record_header(seq, kind, &payload));
+                    headers.push(wal::record_header_tagged(seq, tag, &payload));
                     group_bytes += wal::RECORD_HEADER + payload.len();
                     payloads.push(payload);
-                    group.push((seq, kind.signal(), batch, ack));
+                    group.push((seq, kind.signal(), project, batch, ack));
                 }
                 WalCommand::Rotate { ack } => {
                     // Rotation applies after the records queued before it.
@@ -662,8 +691,8 @@ fn wal_writer(
                     metrics.wal_bytes.inc_by(group_bytes as u64);
                     metrics.wal_pending_bytes.inc_by(group_bytes as i64);
                     metrics.wal_syncs.inc();
-                    for (seq, signal, batch, ack) in group.drain(..) {
-                        catalog.add_batch(signal, seq, batch);
+                    for (seq, signal, project, batch, ack) in group.drain(..) {
+                        catalog.add_batch(signal, seq, project, batch);
                         let _ = ack.send(Ok(seq));
                     }
                 }
@@ -671,7 +700,7 @@ fn wal_writer(
                     let message = e.to_string();
                     tracing::error!(error = %message, records = group.len(), "WAL write failed; requests get a retryable error");
                     health.fail(&metrics, message.clone());
-                    for (_, _, _, ack) in group.drain(..) {
+                    for (_, _, _, _, ack) in group.drain(..) {
                         let _ = ack.send(Err(message.clone()));
                     }
                 }
@@ -786,7 +815,7 @@ mod tests {
         assert_eq!((acknowledged.batch.num_rows(), acknowledged.rejected), (3, 1));
         {
             let (ingest, _) = Ingest::start(config.clone(), Metrics::new(), &pricer).await.unwrap();
-            ingest.submit(&acknowledged, Some(body.clone())).await.unwrap();
+            ingest.submit(&acknowledged, Project::default(), Some(body.clone())).await.unwrap();
             // Dropped without a flush or shutdown: the rows exist only in the WAL, as after `kill -9`.
         }
         let (ingest, report) = Ingest::start(config, Metrics::new(), &pricer).await.unwrap();
@@ -835,8 +864,8 @@ mod tests {
         let huge_rows = normalize::normalize_traces_protobuf(&huge_body, &pricer).unwrap();
         {
             let (ingest, _) = Ingest::start(config.clone(), Metrics::new(), &pricer).await.unwrap();
-            ingest.submit(&huge_rows, Some(huge_body)).await.unwrap();
-            ingest.submit(&big_rows, Some(big_body)).await.unwrap();
+            ingest.submit(&huge_rows, Project::default(), Some(huge_body)).await.unwrap();
+            ingest.submit(&big_rows, Project::default(), Some(big_body)).await.unwrap();
         }
         let (ingest, report) = Ingest::start(config, Metrics::new(), &pricer).await.unwrap();
         assert_eq!((report.records, report.rows), (2, 60_002));

@@ -971,6 +971,25 @@ mod tests {
         let err = Config::from_toml("[server.cors]\nallowed_headers = [\"bad header\"]\n", Path::new("t.toml"));
         assert!(err.unwrap_err().to_string().contains("server.cors.allowed_headers"));
     }
+
+    #[test]
+    fn project_names_of_keys_and_budgets_are_checked_at_start() {
+        let key = |projects: &str| {
+            format!(
+                "[[auth.keys]]\nname = \"k\"\nhash = \"sha256:{}\"\nscopes = [\"query\"]\nprojects = [{projects}]\n",
+                "0".repeat(64)
+            )
+        };
+        let config = Config::from_toml(&key("\"a\", \"team-b\""), Path::new("t.toml")).unwrap();
+        assert_eq!(config.auth.keys[0].projects, ["a", "team-b"]);
+        for bad in ["\"../a\"", "\"A\"", "\"\""] {
+            let err = Config::from_toml(&key(bad), Path::new("t.toml")).unwrap_err().to_string();
+            assert!(err.contains("auth.keys[0].projects") && err.contains("not a project name"), "{bad}: {err}");
+        }
+        let budget = "[[budget]]\nname = \"b\"\nkind = \"total\"\nperiod = \"day\"\ncap_usd = 1\nproject = \"x/y\"\n";
+        let err = Config::from_toml(budget, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("budget[0]") && err.contains("project"), "{err}");
+    }
 }
 
 /// What an API key may do. `admin` may do everything.
@@ -1034,6 +1053,10 @@ pub struct ApiKeyConfig {
     /// A file holding the clear key (surrounding whitespace ignored).
     pub key_file: Option<PathBuf>,
     pub scopes: Vec<Scope>,
+    /// The projects (tenants) the key belongs to (`crate::projects`): an ingest key's rows go to the first, or to
+    /// the one its request names in `x-tailscope-project`; a query key sees these projects' rows only. Empty:
+    /// the `default` project. An `admin` key sees every project.
+    pub projects: Vec<String>,
 }
 
 /// The prefix of [`ApiKeyConfig::hash`].
@@ -1069,6 +1092,9 @@ impl AuthConfig {
             }
             if key.scopes.is_empty() {
                 return Err(invalid("scopes", "give the key at least one of ingest, query, admin".into()));
+            }
+            for project in &key.projects {
+                crate::projects::Project::parse(project).map_err(|reason| invalid("projects", reason))?;
             }
         }
         Ok(())

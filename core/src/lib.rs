@@ -23,6 +23,7 @@ pub mod history;
 pub mod keys;
 pub mod layout;
 pub mod memory;
+pub mod projects;
 pub mod rules;
 pub mod schema;
 pub mod webhook;

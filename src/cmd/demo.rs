@@ -84,6 +84,7 @@ fn demo_config(args: &Args) -> Config {
         regions: Vec::new(),
         services: Vec::new(),
         forecast: false,
+        project: None,
     };
     let hour = BudgetPeriod::Rolling(Duration::from_secs(3600));
     config.budgets = vec![

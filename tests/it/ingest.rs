@@ -29,8 +29,11 @@ pub async fn parquet_rows(data_dir: &std::path::Path, table: &str, order_by: &st
         return Vec::new();
     }
     let ctx = SessionContext::new();
-    let options = ParquetReadOptions::default()
-        .table_partition_cols(vec![("date".into(), DataType::Utf8), ("hour".into(), DataType::Utf8)]);
+    let options = ParquetReadOptions::default().table_partition_cols(vec![
+        ("project".into(), DataType::Utf8),
+        ("date".into(), DataType::Utf8),
+        ("hour".into(), DataType::Utf8),
+    ]);
     ctx.register_parquet(table, dir.to_str().unwrap(), options).await.expect("register parquet");
     let df = ctx.sql(&format!("SELECT * FROM {table} ORDER BY {order_by}")).await.expect("sql");
     let schema = df.schema().inner().clone();
@@ -283,7 +286,10 @@ async fn sdk_spans_over_grpc_and_http_fill_every_column() {
     assert!(!files.is_empty());
     for f in &files {
         let rel = f.strip_prefix(&server.data_dir).unwrap().to_str().unwrap().to_string();
-        assert!(rel.starts_with("spans/date=") && rel.contains("/hour=") && rel.ends_with(".parquet"), "{rel}");
+        assert!(
+            rel.starts_with("spans/project=default/date=") && rel.contains("/hour=") && rel.ends_with(".parquet"),
+            "{rel}"
+        );
     }
 }
 

@@ -12,6 +12,7 @@ mod operations;
 mod overload;
 mod parsers;
 mod prices;
+mod projects;
 mod query;
 mod security;
 mod sql_limits;

@@ -309,10 +309,21 @@ async fn keys_and_tls_admit_the_sdk_and_refuse_everyone_else_on_every_listener()
 
     // Plaintext on a TLS listener gets no answer.
     assert!(reqwest::Client::new().get(format!("http://{}/healthz", server.api)).send().await.is_err());
+    // Failed handshakes and refused keys are counted, by listener (and reason).
+    let scrape = server.scrape().await;
+    assert!(scrape.sum("tailscope_tls_handshake_failures_total", &[("listener", "api")]) >= 1.0, "{}", scrape.text);
+    let refused = |listener: &str, reason: &str| {
+        scrape.sum("tailscope_auth_refusals_total", &[("listener", listener), ("reason", reason)])
+    };
+    assert!(refused("otlp_http", "missing") >= 1.0 && refused("otlp_http", "unknown") >= 1.0, "{}", scrape.text);
+    assert!(refused("otlp_grpc", "forbidden") >= 1.0 && refused("api", "forbidden") >= 1.0, "{}", scrape.text);
 
     // Flight SQL: the key as the handshake's password (the user name is not used), then its bearer token.
     let mut client = flight(&server, &ca).await;
     assert_eq!(flight_count(&mut client).await, Err(tonic::Code::Unauthenticated));
+    // The refusal says what a Flight client sends, not the OTLP exporters' variable.
+    let missing = client.execute("SELECT 1".to_string(), None).await.unwrap_err().to_string();
+    assert!(missing.contains("handshake") && !missing.contains("OTEL_EXPORTER_OTLP_HEADERS"), "{missing}");
     let mut wrong = flight(&server, &ca).await;
     assert!(wrong.handshake("analyst", "tsk_wrong").await.is_err());
     // An ingest key is refused at the handshake already, and as a bearer token on a query.
@@ -448,6 +459,30 @@ fn binding_beyond_loopback_without_tls_and_keys_refuses_to_start() {
     // --insecure serves (it is still running when we stop it).
     let (code, stderr) = start(&["--insecure"]);
     assert_eq!(code, None, "{stderr}");
+}
+
+/// An IPv4-mapped IPv6 loopback address (`[::ffff:127.0.0.1]`) is loopback: it serves without TLS and keys.
+#[test]
+fn an_ipv4_mapped_loopback_bind_counts_as_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    // A free port, spelled as the IPv4-mapped address of 127.0.0.1.
+    let mapped = format!("[::ffff:127.0.0.1]:{}", free_addr().port());
+    let child = Command::new(tailscope_bin())
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--otlp-grpc", &mapped, "--otlp-http", &free_addr().to_string()])
+        .args(["--api", &free_addr().to_string(), "--flight", &free_addr().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, stderr) = wait_exit(child, Duration::from_secs(5));
+    if stderr.contains("Address family not supported") || stderr.contains("Cannot assign requested address") {
+        eprintln!("no IPv6 here; skipped: {stderr}");
+        return;
+    }
+    assert_eq!(code, None, "a mapped loopback address must serve without TLS and keys: {stderr}");
 }
 
 /// Waits up to `wait` for `child` to exit: its exit code (None if it was still running: then it is killed) and

@@ -173,6 +173,7 @@ fn budget_app() -> App {
         threshold: Some(1.0),
         figures: BudgetFigures { projected_share: None, ..*f },
         message: format!("BREACH {budget}: {} this 1h; crossed the 100% threshold", f.summary()),
+        project: None,
     };
     let events =
         [event("hedge-duplicates", BudgetKind::DuplicateInference, &share), event("tiny", BudgetKind::Total, &tiny)];
