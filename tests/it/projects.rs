@@ -182,6 +182,23 @@ async fn get(server: &Server, key: &str, path: &str) -> serde_json::Value {
     response.json().await.unwrap()
 }
 
+/// The JSON of the first `data:` line of a Server-Sent Events stream.
+async fn first_stream_event(server: &Server, key: &str, path: &str) -> serde_json::Value {
+    let mut response =
+        reqwest::Client::new().get(format!("{}{path}", server.api_url())).bearer_auth(key).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let Some(chunk) = response.chunk().await.unwrap() else { break };
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        if let Some(line) = text.lines().find(|l| l.starts_with("data:")).filter(|_| text.contains("\n\n")) {
+            return serde_json::from_str(line.trim_start_matches("data:").trim()).unwrap();
+        }
+    }
+    panic!("no event from {path}: {text:?}")
+}
+
 /// Waits until the admin key sees `want` rows of `sql` (column `n`).
 async fn wait_n(server: &Server, admin: &str, sql: &str, want: i64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -371,6 +388,11 @@ async fn each_project_sees_exactly_its_own_rows_through_every_surface() {
         assert!(!live_rows.is_empty(), "{live}");
         assert!(live_rows.iter().all(|r| r["project"] == own), "{live}");
         assert_eq!(live_rows.iter().map(|r| r["count"].as_i64().unwrap()).sum::<i64>(), count);
+        // The web UI's pushed stream is scoped the same way: its first event holds the same rows.
+        let pushed = first_stream_event(&server, key, "/api/v1/live/stream?window=1h").await;
+        let pushed_rows = pushed["rows"].as_array().unwrap();
+        assert!(pushed_rows.iter().all(|r| r["project"] == own), "{pushed}");
+        assert_eq!(pushed_rows.iter().map(|r| r["count"].as_i64().unwrap()).sum::<i64>(), count);
 
         // The guardrail consults the project's own duplicate budget only.
         let guard = get(&server, key, "/api/v1/guardrails/hedging?provider=openai").await;
