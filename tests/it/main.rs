@@ -13,5 +13,6 @@ mod parsers;
 mod query;
 mod security;
 mod sql_limits;
+mod storage;
 mod support;
 mod tui;
