@@ -726,7 +726,7 @@ impl Ingest {
                     tracing::warn!(table = signal.table_name(), error = %e, "compaction failed; retrying later");
                 }
             }
-            match self.tables.vacuum(signal, storage.vacuum_grace).await {
+            match self.tables.vacuum(signal, self.config.vacuum_grace()).await {
                 Ok(0) => {}
                 Ok(deleted) => {
                     self.metrics.vacuum_files_deleted.get_or_create(&label).inc_by(deleted as u64);

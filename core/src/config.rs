@@ -162,6 +162,12 @@ impl Config {
         Config::from_toml(&text, path)
     }
 
+    /// How long after their removal removed files are deleted: `storage.vacuum_grace`, but longer than the longest
+    /// query, which may still read a snapshot from before the removal.
+    pub fn vacuum_grace(&self) -> Duration {
+        self.storage.vacuum_grace.max(self.query.timeout + Duration::from_secs(1))
+    }
+
     /// Checks values that parse but cannot work: every size, duration and count is within its range (the error
     /// names the key, the value and the range), and the settings that depend on each other agree.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -173,15 +179,6 @@ impl Config {
         self.query.validate()?;
         self.live.validate()?;
         let memory_bytes = check_mib("memory.limit_mb", self.memory.limit_mb)?;
-        if self.storage.vacuum_grace <= self.query.timeout {
-            return Err(invalid(
-                "storage.vacuum_grace",
-                format!(
-                    "({:?}) must be longer than query.timeout ({:?}): a query may still read the files a commit removed",
-                    self.storage.vacuum_grace, self.query.timeout
-                ),
-            ));
-        }
         if self.storage.flush_max_bytes > self.ingest.max_buffer_bytes {
             return Err(invalid(
                 "storage.flush_max_bytes",
@@ -716,7 +713,7 @@ pub struct StorageConfig {
     #[serde(with = "units::age", skip_serializing_if = "Option::is_none")]
     pub retention_logs: Option<Duration>,
     /// Files removed from a table (by compaction or retention) are deleted from storage this long after their
-    /// removal: longer than the longest query (`query.timeout`), which may still read them.
+    /// removal, and never sooner than `query.timeout` + 1 s ([`Config::vacuum_grace`]): a query may still read them.
     #[serde(with = "units::duration")]
     pub vacuum_grace: Duration,
 }
@@ -922,6 +919,10 @@ mod tests {
                 "1..=1048576",
             ),
             ("[query]\ntimeout = \"0s\"\n", "query.timeout", "0s", "1ms..=1day"),
+            ("[storage]\ncompaction_min_files = 1\n", "storage.compaction_min_files", "1", "2..=100000"),
+            ("[storage]\nretention = \"10m\"\n", "storage.retention", "10m", "1h..="),
+            ("[storage]\nretention_logs = \"1000years\"\n", "storage.retention_logs", "1000years", "1h..="),
+            ("[storage]\ncompaction_target_bytes = 0\n", "storage.compaction_target_bytes", "0", "1..="),
             ("[query]\ntimeout = \"100years\"\n", "query.timeout", "100years", "1ms..=1day"),
             ("[query]\ntimeout = \"500000000000years\"\n", "query.timeout", "500000000000years", "1ms..=1day"),
             (

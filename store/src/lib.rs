@@ -120,6 +120,15 @@ fn table_url(data_dir: &Path, signal: Signal) -> Result<Url, StoreError> {
     let dir = table_dir(data_dir, signal);
     let location = |detail: String| StoreError::Location { table: signal.table_name(), path: dir.clone(), detail };
     let absolute = std::path::absolute(&dir).map_err(|e| location(e.to_string()))?;
+    // delta-rs's kernel reads a backslash in a table's path as a directory separator (it then finds no log where
+    // it wrote one): refuse it at start with the reason instead.
+    if absolute.to_string_lossy().contains('\\') {
+        return Err(location(
+            "delta-rs reads a backslash in a table's path as a directory separator; choose a data dir whose path \
+             has no backslash"
+                .into(),
+        ));
+    }
     Url::from_directory_path(&absolute).map_err(|()| location("not an absolute path".into()))
 }
 
