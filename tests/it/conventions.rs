@@ -385,6 +385,11 @@ async fn a_fully_accepted_export_answers_without_partial_success() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     let server = Server::start().await;
+    // The line is written just after the listeners start, so `/readyz` may answer a moment before it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !server.log().contains("tailscope is serving") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let log = server.log();
     assert!(log.contains("tailscope is serving"), "{log}");
     assert!(!log.contains('\u{1b}'), "ANSI escape codes in a log file: {log:?}");
