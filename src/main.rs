@@ -27,6 +27,10 @@ enum Command {
     Simulate(cmd::simulate::Args),
     /// Manage API keys: `keys new --name N --scope ingest` prints a key and the config lines that accept it.
     Keys(cmd::keys::Args),
+    /// Check the price table: `prices check` lists its sources and dates, unpriced models and stale entries.
+    Prices(cmd::prices::Args),
+    /// Re-price stored spans with the current price table and rewrite their cost columns (collector stopped).
+    Reprice(cmd::reprice::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,6 +53,8 @@ fn main() -> std::process::ExitCode {
             Command::Demo(args) => cmd::demo::run(args).await,
             Command::Simulate(args) => cmd::simulate::run(args).await,
             Command::Keys(args) => cmd::keys::run(args),
+            Command::Prices(args) => cmd::prices::run(args).await,
+            Command::Reprice(args) => cmd::reprice::run(args).await,
         }
     });
     match result {

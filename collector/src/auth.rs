@@ -22,7 +22,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tailscope_core::config::{AuthConfig, KEY_HASH_PREFIX, Listener, Scope};
+use tailscope_core::projects::{IngestProject, PROJECT_HEADER, Project, Visibility};
+
+use crate::telemetry::AuthRefusalLabel;
 
 /// Key files larger than this are refused: a key is tens of bytes.
 const MAX_KEY_FILE_BYTES: u64 = 4096;
@@ -54,11 +59,32 @@ struct Key {
     name: String,
     hash: [u8; 32],
     scopes: Vec<Scope>,
+    /// Its projects, never empty (`default` when the config names none).
+    projects: Vec<Project>,
 }
 
 impl Key {
     fn allows(&self, needed: Scope) -> bool {
         self.scopes.iter().any(|s| *s == needed || *s == Scope::Admin)
+    }
+
+    fn is_admin(&self) -> bool {
+        self.scopes.contains(&Scope::Admin)
+    }
+
+    /// What the key's queries see: every project for an admin key, its own projects otherwise.
+    fn visibility(&self) -> Visibility {
+        if self.is_admin() { Visibility::All } else { Visibility::only(self.projects.iter().cloned()) }
+    }
+
+    /// The project an ingest request with this key writes to: the one `asked` names (`x-tailscope-project`) if it
+    /// is one of the key's (any project for an admin key), else the key's first project.
+    fn ingest_project(&self, asked: Option<Project>) -> Result<Project, Refusal> {
+        match asked {
+            None => Ok(self.projects.first().cloned().unwrap_or_default()),
+            Some(p) if self.is_admin() || self.projects.contains(&p) => Ok(p),
+            Some(p) => Err(Refusal::Project { key: self.name.clone(), project: p.to_string() }),
+        }
     }
 }
 
@@ -120,7 +146,12 @@ impl ApiKeys {
             if let Some(other) = keys.iter().find(|k: &&Key| k.hash == hash) {
                 return Err(KeyError::Duplicate { first: other.name.clone(), second: name });
             }
-            keys.push(Key { name, hash, scopes: key.scopes.clone() });
+            // Validated with the config.
+            let mut projects: Vec<Project> = key.projects.iter().filter_map(|p| Project::parse(p).ok()).collect();
+            if projects.is_empty() {
+                projects.push(Project::default_project());
+            }
+            keys.push(Key { name, hash, scopes: key.scopes.clone(), projects });
         }
         Ok(ApiKeys { keys, metrics_open: config.metrics_open })
     }
@@ -150,11 +181,38 @@ impl ApiKeys {
             Listener::Api => match path {
                 // Probes (load balancers, Kubernetes) carry no credentials.
                 "/healthz" | "/readyz" => None,
+                // The web UI's page and assets hold no data; the page asks for a key when the API refuses it.
+                p if tailscope_core::dashboard::is_web_ui_path(p) => None,
                 "/metrics" if self.metrics_open => None,
                 "/metrics" => Some(Scope::Admin),
                 _ => Some(Scope::Query),
             },
         }
+    }
+
+    /// What a request that passed [`Self::check`] with `key` may reach: the projects it sees, and on the OTLP
+    /// listeners the project its rows go to (chosen with `x-tailscope-project`; without keys any project may be
+    /// named, and `default` is the rest).
+    fn access(&self, listener: Listener, key: Option<&Key>, headers: &HeaderMap) -> Result<Access, Refusal> {
+        let visibility = key.map_or(Visibility::All, Key::visibility);
+        let ingest = match listener {
+            Listener::OtlpGrpc | Listener::OtlpHttp => {
+                let asked = match headers.get(PROJECT_HEADER) {
+                    None => None,
+                    Some(value) => {
+                        let text = value.to_str().unwrap_or_default().trim();
+                        Some(Project::parse(text).map_err(Refusal::BadProject)?)
+                    }
+                };
+                let project = match key {
+                    Some(key) => key.ingest_project(asked)?,
+                    None => asked.unwrap_or_default(),
+                };
+                Some(IngestProject(project))
+            }
+            Listener::Api | Listener::Flight => None,
+        };
+        Ok(Access { visibility, ingest })
     }
 
     /// Checks a request's credentials: Ok with the key it carries (None when none was needed), or why not.
@@ -204,6 +262,13 @@ enum Credentials {
     Key(String),
 }
 
+/// Base64 as `Basic` credentials come: the standard alphabet, with or without padding.
+const BASIC_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 /// The key a request carries: `Authorization: Bearer <key>`, or on the Flight handshake `Basic` credentials
 /// whose password is the key (the user name is not used).
 fn credentials(headers: &HeaderMap, basic_allowed: bool) -> Credentials {
@@ -215,7 +280,8 @@ fn credentials(headers: &HeaderMap, basic_allowed: bool) -> Credentials {
         return Credentials::Key(rest.to_string());
     }
     if basic_allowed && scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(rest).ok();
+        // Padded or not: ADBC's Go Flight SQL driver (`AuthenticateBasicToken`) sends base64 without padding.
+        let decoded = BASIC_BASE64.decode(rest).ok();
         let text = decoded.and_then(|d| String::from_utf8(d).ok());
         if let Some((_, password)) = text.as_deref().and_then(|t| t.split_once(':'))
             && !password.is_empty()
@@ -226,26 +292,57 @@ fn credentials(headers: &HeaderMap, basic_allowed: bool) -> Credentials {
     Credentials::Malformed
 }
 
+/// What an accepted request may reach, from its key.
+struct Access {
+    visibility: Visibility,
+    ingest: Option<IngestProject>,
+}
+
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq)]
 enum Refusal {
     Missing,
     Malformed,
     Unknown,
-    Forbidden { key: String, needed: Scope },
+    Forbidden {
+        key: String,
+        needed: Scope,
+    },
+    /// `x-tailscope-project` names a project the key does not belong to.
+    Project {
+        key: String,
+        project: String,
+    },
+    /// `x-tailscope-project` is no project name.
+    BadProject(String),
 }
 
 impl Refusal {
-    fn message(&self) -> String {
+    /// What went wrong and what to send instead, in the terms of `listener`'s clients.
+    fn message(&self, listener: Listener) -> String {
         match self {
-            Refusal::Missing => "this endpoint needs an API key: send `Authorization: Bearer <key>` (OTLP exporters: \
-                                 OTEL_EXPORTER_OTLP_HEADERS=\"Authorization=Bearer <key>\")"
-                .into(),
+            Refusal::Missing => match listener {
+                Listener::OtlpGrpc | Listener::OtlpHttp => "this endpoint needs an API key: send `Authorization: \
+                     Bearer <key>` (OTLP exporters: OTEL_EXPORTER_OTLP_HEADERS=\"Authorization=Bearer <key>\")"
+                    .into(),
+                Listener::Flight => "Flight SQL needs an API key: give it as the handshake's password (any user \
+                     name; ADBC username/password, JDBC user/password) or send the header `authorization: Bearer \
+                     <key>` on every call"
+                    .into(),
+                Listener::Api => "this endpoint needs an API key: send `Authorization: Bearer <key>` (curl -H; \
+                     tailscope query/tui --token or TAILSCOPE_TOKEN)"
+                    .into(),
+            },
             Refusal::Malformed => "the Authorization header is not `Bearer <key>`".into(),
             Refusal::Unknown => "the API key is not valid (unknown or revoked)".into(),
             Refusal::Forbidden { key, needed } => {
                 format!("API key {key:?} lacks the {} scope this endpoint needs", needed.name())
             }
+            Refusal::Project { key, project } => format!(
+                "API key {key:?} does not belong to project {project:?} ({PROJECT_HEADER}); send one of the key's \
+                 projects, or no {PROJECT_HEADER} for its first"
+            ),
+            Refusal::BadProject(reason) => format!("{PROJECT_HEADER}: {reason}"),
         }
     }
 
@@ -255,18 +352,19 @@ impl Refusal {
             Refusal::Malformed => "malformed",
             Refusal::Unknown => "unknown",
             Refusal::Forbidden { .. } => "forbidden",
+            Refusal::Project { .. } | Refusal::BadProject(_) => "project",
         }
     }
 
     fn is_forbidden(&self) -> bool {
-        matches!(self, Refusal::Forbidden { .. })
+        matches!(self, Refusal::Forbidden { .. } | Refusal::Project { .. } | Refusal::BadProject(_))
     }
 }
 
 /// The refusal in the listener's protocol: a gRPC status (UNAUTHENTICATED / PERMISSION_DENIED) on gRPC listeners,
 /// 401 / 403 otherwise, OTLP/HTTP's with a `google.rpc.Status` body in the request's encoding.
 fn refusal_response(listener: Listener, headers: &HeaderMap, refusal: &Refusal) -> Response<Full<Bytes>> {
-    let message = refusal.message();
+    let message = refusal.message(listener);
     match listener {
         Listener::OtlpGrpc | Listener::Flight => {
             let status = if refusal.is_forbidden() {
@@ -303,11 +401,17 @@ pub struct Authenticated<S> {
     inner: S,
     keys: Arc<ApiKeys>,
     listener: Listener,
+    /// `tailscope_auth_refusals_total{listener,reason}`.
+    refusals: Family<AuthRefusalLabel, Counter>,
 }
 
 impl<S> Authenticated<S> {
-    pub fn new(inner: S, keys: Arc<ApiKeys>, listener: Listener) -> Self {
-        Authenticated { inner, keys, listener }
+    /// `inner` behind `keys` on `listener`, counting refusals in `refusals`.
+    pub fn new(
+        inner: S,
+        (keys, listener, refusals): (Arc<ApiKeys>, Listener, Family<AuthRefusalLabel, Counter>),
+    ) -> Self {
+        Authenticated { inner, keys, listener, refusals }
     }
 }
 
@@ -324,10 +428,22 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let path = request.uri().path();
-        match self.keys.check(self.listener, path, request.headers()) {
-            Ok(key) => {
+        let checked = self
+            .keys
+            .check(self.listener, path, request.headers())
+            .and_then(|key| Ok((key, self.keys.access(self.listener, key, request.headers())?)));
+        match checked {
+            Ok((key, access)) => {
+                let path = path.to_string();
+                let path = path.as_str();
+                // The handlers read what the key may reach from the request: the projects its queries see (the
+                // query engine's table scan enforces it) and the project its rows go to.
+                request.extensions_mut().insert(access.visibility);
+                if let Some(project) = access.ingest {
+                    request.extensions_mut().insert(project);
+                }
                 // The handshake answers with the bearer header Flight SQL clients send on every later call.
                 let handshake = self.listener == Listener::Flight && path == FLIGHT_HANDSHAKE;
                 let bearer = if handshake && key.is_some() { bearer_from(request.headers()) } else { None };
@@ -342,6 +458,9 @@ where
             }
             Err(refusal) => {
                 tracing::debug!(listener = self.listener.name(), path, reason = refusal.reason(), "request refused");
+                let label =
+                    AuthRefusalLabel { listener: self.listener.name().to_string(), reason: refusal.reason().into() };
+                self.refusals.get_or_create(&label).inc();
                 let response = refusal_response(self.listener, request.headers(), &refusal);
                 Box::pin(async move { Ok(response.map(Either::Right)) })
             }
@@ -422,6 +541,60 @@ mod tests {
             Some(Refusal::Malformed)
         );
         assert_eq!(bearer_from(&h).unwrap().to_str().unwrap(), format!("Bearer {key}"));
+        // Unpadded, as ADBC's Go driver sends it (the key's length makes the padding matter).
+        for user in ["a", "ab", "abc"] {
+            let unpadded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(format!("{user}:{key}"));
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Basic {unpadded}")).unwrap());
+            assert!(query.check(Listener::Flight, FLIGHT_HANDSHAKE, &h).is_ok(), "{unpadded}");
+        }
+    }
+
+    #[test]
+    fn a_missing_key_is_explained_in_the_terms_of_the_listeners_clients() {
+        assert!(Refusal::Missing.message(Listener::Flight).contains("handshake's password"));
+        assert!(!Refusal::Missing.message(Listener::Flight).contains("OTEL_EXPORTER_OTLP_HEADERS"));
+        assert!(Refusal::Missing.message(Listener::OtlpHttp).contains("OTEL_EXPORTER_OTLP_HEADERS"));
+    }
+
+    #[test]
+    fn projects_choose_where_rows_go_and_what_queries_see() {
+        let clear = new_key();
+        let admin = new_key();
+        let entry = |name: &str, key: &str, scopes: Vec<Scope>, projects: &[&str]| ApiKeyConfig {
+            name: name.into(),
+            hash: Some(key_hash(key)),
+            scopes,
+            projects: projects.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        };
+        let config = AuthConfig {
+            keys: vec![
+                entry("ab", &clear, vec![Scope::Ingest, Scope::Query], &["a", "b"]),
+                entry("root", &admin, vec![Scope::Admin], &[]),
+            ],
+            metrics_open: false,
+        };
+        let keys = ApiKeys::load(&config).unwrap();
+        let access = |key: &str, listener, project: Option<&str>| {
+            let mut h = bearer(key);
+            if let Some(p) = project {
+                h.insert(PROJECT_HEADER, HeaderValue::from_str(p).unwrap());
+            }
+            let found = keys.check(listener, "/v1/traces", &h).unwrap();
+            keys.access(listener, found, &h).map(|a| (a.visibility, a.ingest.map(|p| p.0.to_string())))
+        };
+        let (_, project) = access(&clear, Listener::OtlpHttp, None).unwrap();
+        assert_eq!(project.as_deref(), Some("a"), "the first project without a header");
+        let (_, project) = access(&clear, Listener::OtlpGrpc, Some("b")).unwrap();
+        assert_eq!(project.as_deref(), Some("b"));
+        assert!(matches!(access(&clear, Listener::OtlpHttp, Some("c")), Err(Refusal::Project { .. })));
+        assert!(matches!(access(&clear, Listener::OtlpHttp, Some("../a")), Err(Refusal::BadProject(_))));
+        let (visible, _) = access(&clear, Listener::Api, None).unwrap();
+        assert!(visible.sees("a") && visible.sees("b") && !visible.sees("default"));
+        let (visible, _) = access(&admin, Listener::Api, None).unwrap();
+        assert!(visible.is_all());
+        let (_, project) = access(&admin, Listener::OtlpHttp, Some("zeta")).unwrap();
+        assert_eq!(project.as_deref(), Some("zeta"), "an admin key may write to any project");
     }
 
     #[test]

@@ -169,6 +169,9 @@ pub enum StorageError {
     /// A Delta table could not be opened, read or committed to.
     #[error(transparent)]
     Table(#[from] store::StoreError),
+    /// Another process holds the data dir.
+    #[error(transparent)]
+    DataDirLocked(#[from] tailscope_core::error::DataDirLockError),
 }
 
 impl StorageError {

@@ -44,6 +44,12 @@ impl OtlpGrpc {
         }
     }
 
+    /// The project the request's rows go to, as its key chose it (see `crate::auth`); `default` outside the
+    /// authentication layer.
+    fn project<T>(request: &Request<T>) -> tailscope_core::projects::Project {
+        request.extensions().get::<tailscope_core::projects::IngestProject>().map(|p| p.0.clone()).unwrap_or_default()
+    }
+
     /// Reserves a decoded message of `len` bytes (tonic inflated and buffered it; the frames were reserved as
     /// they arrived).
     fn reserve_message(
@@ -124,9 +130,14 @@ impl UnaryService<Bytes> for TraceExport {
         let svc = self.svc.clone();
         Box::pin(async move {
             let mut reservation = svc.reservation(&request);
+            let project = OtlpGrpc::project(&request);
             let body = request.into_inner();
             svc.reserve_message(Signal::Spans, &mut reservation, body.len())?;
-            svc.receiver.traces_protobuf(body, &mut reservation).await.map(Response::new).map_err(|e| svc.status(e))
+            svc.receiver
+                .traces_protobuf(body, project, &mut reservation)
+                .await
+                .map(Response::new)
+                .map_err(|e| svc.status(e))
         })
     }
 }
@@ -175,9 +186,14 @@ impl MetricsService for OtlpGrpc {
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
         let mut reservation = self.reservation(&request);
+        let project = OtlpGrpc::project(&request);
         let request = request.into_inner();
         self.reserve_message(Signal::Metrics, &mut reservation, request.encoded_len())?;
-        self.receiver.metrics_export(request, &mut reservation).await.map(Response::new).map_err(|e| self.status(e))
+        self.receiver
+            .metrics_export(request, project, &mut reservation)
+            .await
+            .map(Response::new)
+            .map_err(|e| self.status(e))
     }
 }
 
@@ -188,9 +204,10 @@ impl LogsService for OtlpGrpc {
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
         let mut reservation = self.reservation(&request);
+        let project = OtlpGrpc::project(&request);
         let request = request.into_inner();
         self.reserve_message(Signal::Logs, &mut reservation, request.encoded_len())?;
-        self.receiver.logs(request, &mut reservation).await.map(Response::new).map_err(|e| self.status(e))
+        self.receiver.logs(request, project, &mut reservation).await.map(Response::new).map_err(|e| self.status(e))
     }
 }
 

@@ -28,6 +28,7 @@ use tailscope_core::catalog::{Catalog, ParquetFile};
 use tailscope_core::config::Config;
 use tailscope_core::layout::ParquetOptions;
 use tailscope_core::memory::{MemoryBudget, Reservation};
+use tailscope_core::projects::Project;
 use tailscope_core::schema::Signal;
 use tokio::sync::{Mutex, oneshot};
 
@@ -56,15 +57,16 @@ const WAL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 enum WalCommand {
     Append {
         kind: RecordKind,
+        project: Project,
         batch: RecordBatch,
+        /// The record's tag and payload, project included ([`wal::project_payload`]).
+        tag: u8,
         payload: Bytes,
         ack: oneshot::Sender<Result<u64, String>>,
     },
     /// Start a new segment; answers the last sequence number written and the closed segments (which a flush
     /// through that sequence number may remove once committed).
-    Rotate {
-        ack: oneshot::Sender<Result<(u64, Vec<u64>), String>>,
-    },
+    Rotate { ack: oneshot::Sender<Result<(u64, Vec<u64>), String>> },
 }
 
 /// Why the WAL cannot be written right now, if it cannot; shared by the WAL thread and `/readyz`.
@@ -111,6 +113,8 @@ pub struct Ingest {
     max_buffer_bytes: usize,
     shutting_down: AtomicBool,
     flush_lock: Mutex<FlushState>,
+    /// The data dir's exclusive lock, held for the life of the process ([`tailscope_core::layout::DATA_DIR_LOCK`]).
+    _data_dir_lock: std::fs::File,
     config: Config,
     /// When the buffer last became non-empty (ns since start of `epoch`), or -1.
     oldest_unflushed: AtomicI64,
@@ -157,6 +161,7 @@ impl Ingest {
     ) -> Result<(Arc<Ingest>, RecoveryReport), StorageError> {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(StorageError::io("creating data directory", &data_dir))?;
+        let data_dir_lock = tailscope_core::layout::lock_data_dir(&data_dir)?;
         let wal_dir = data_dir.join("wal");
         // No legitimate record is larger than a request body or the whole write buffer.
         let max_record_bytes = config.ingest.max_body_bytes.max(config.ingest.max_buffer_bytes);
@@ -197,6 +202,7 @@ impl Ingest {
                 report.already_committed += 1;
                 continue;
             }
+            let project = record.project;
             let (signal, batch) = match record.data {
                 RecordData::Rows(signal, batch) => (signal, batch),
                 RecordData::OtlpTraces(request) => {
@@ -219,7 +225,7 @@ impl Ingest {
             report.records += 1;
             report.rows += batch.num_rows();
             buffered += batch.get_array_memory_size();
-            catalog.add_batch(signal, record.seq, batch);
+            catalog.add_batch(signal, record.seq, project, batch);
         }
         // Replayed rows exist already: reserve them past the limit if need be (the flush below releases them).
         memory.force_add(buffered);
@@ -254,6 +260,7 @@ impl Ingest {
             max_buffer_bytes: config.ingest.max_buffer_bytes,
             shutting_down: AtomicBool::new(false),
             flush_lock: Mutex::new(FlushState::default()),
+            _data_dir_lock: data_dir_lock,
             config,
             oldest_unflushed: AtomicI64::new(if buffered > 0 { 0 } else { -1 }),
             last_backpressure: AtomicI64::new(-1),
@@ -305,9 +312,14 @@ impl Ingest {
     ///
     /// `request` is the OTLP trace export (protobuf) that `normalized` was made from, when there is one: the WAL
     /// then stores it instead of encoding the rows, and replay normalises it again.
-    pub async fn submit(&self, normalized: &Normalized, request: Option<Bytes>) -> Result<(), IngestError> {
+    pub async fn submit(
+        &self,
+        normalized: &Normalized,
+        project: Project,
+        request: Option<Bytes>,
+    ) -> Result<(), IngestError> {
         let mut reservation = self.memory.empty();
-        self.submit_reserved(normalized, request, &mut reservation).await
+        self.submit_reserved(normalized, project, request, &mut reservation).await
     }
 
     /// [`Self::submit`] for a request whose memory is held by `reservation` (body and normalised batch, see
@@ -316,6 +328,7 @@ impl Ingest {
     pub async fn submit_reserved(
         &self,
         normalized: &Normalized,
+        project: Project,
         request: Option<Bytes>,
         reservation: &mut Reservation,
     ) -> Result<(), IngestError> {
@@ -347,7 +360,7 @@ impl Ingest {
         if before < self.config.storage.flush_max_bytes && before + size >= self.config.storage.flush_max_bytes {
             self.flush_wanted.notify_one();
         }
-        let result = self.append(signal, batch, request).await;
+        let result = self.append(signal, &project, batch, request).await;
         match result {
             Ok(_) => {
                 self.metrics.buffered_bytes.set(self.buffered.load(Ordering::Acquire) as i64);
@@ -355,7 +368,7 @@ impl Ingest {
                 let _ = self.oldest_unflushed.compare_exchange(-1, now, Ordering::AcqRel, Ordering::Acquire);
                 if signal == Signal::Spans {
                     for observer in self.observers.read().iter() {
-                        observer.observe(batch);
+                        observer.observe(&project, batch);
                     }
                 }
                 Ok(())
@@ -373,7 +386,13 @@ impl Ingest {
         self.last_backpressure.store(self.epoch.elapsed().as_nanos() as i64, Ordering::Release);
     }
 
-    async fn append(&self, signal: Signal, batch: &RecordBatch, request: Option<Bytes>) -> Result<u64, IngestError> {
+    async fn append(
+        &self,
+        signal: Signal,
+        project: &Project,
+        batch: &RecordBatch,
+        request: Option<Bytes>,
+    ) -> Result<u64, IngestError> {
         let (kind, payload) = match request {
             Some(request) if signal == Signal::Spans => (RecordKind::OtlpTraces, request),
             _ => {
@@ -381,8 +400,9 @@ impl Ingest {
                 (RecordKind::Rows(signal), Bytes::from(rows))
             }
         };
+        let (tag, payload) = wal::project_payload(kind, project, payload);
         let (ack, done) = oneshot::channel();
-        let command = WalCommand::Append { kind, batch: batch.clone(), payload, ack };
+        let command = WalCommand::Append { kind, project: project.clone(), batch: batch.clone(), tag, payload, ack };
         self.send(command)?;
         match done.await {
             Ok(Ok(seq)) => Ok(seq),
@@ -406,13 +426,17 @@ impl Ingest {
         last >= 0 && self.epoch.elapsed().as_nanos() as i64 - last <= within.as_nanos() as i64
     }
 
-    /// Why the write path cannot take data right now, if it cannot: the WAL cannot be written, or flushes to
-    /// Parquet fail (rows then pile up in the buffer until backpressure refuses them).
-    pub fn not_ready(&self) -> Option<String> {
-        if let Some(problem) = self.wal_health.problem() {
-            return Some(format!("the WAL cannot be written: {problem}"));
+    /// Why the write path refuses every request now (the WAL or flushes fail), if it does: what `/readyz` says.
+    /// Without the error's text (paths, OS messages), since probes are open to anyone; the text is in the log,
+    /// where the failure was reported when it happened.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if self.wal_health.problem().is_some() {
+            return Some("the WAL cannot be written (the log says why; tailscope_wal_writable on /metrics)");
         }
-        self.flush_problem.lock().as_ref().map(|p| format!("flushes to Parquet fail: {p}"))
+        self.flush_problem
+            .lock()
+            .is_some()
+            .then_some("flushes to Parquet fail (the log says why; tailscope_flush_errors_total on /metrics)")
     }
 
     /// Bytes of Arrow data not yet flushed.
@@ -465,10 +489,10 @@ impl Ingest {
             zstd_level: self.config.storage.zstd_level,
         };
         let bytes_of = |signal: &Signal| -> usize {
-            batches.get(signal).map_or(0, |b| b.iter().map(|b| b.get_array_memory_size()).sum())
+            batches.get(signal).map_or(0, |b| b.iter().map(|(_, b)| b.get_array_memory_size()).sum())
         };
         let flushed_bytes: usize = Signal::ALL.iter().map(bytes_of).sum();
-        let flushed_rows: usize = batches.values().flatten().map(|b| b.num_rows()).sum();
+        let flushed_rows: usize = batches.values().flatten().map(|(_, b)| b.num_rows()).sum();
         // The flush's own working set (sort keys, the gather chunk, the Parquet writer's encoded row group and page
         // buffers) is reserved too, past the limit if need be: refusing the flush would keep memory, not free it.
         // While it runs, ingest is refused earlier instead of filling the buffer past the flush mark by as much.
@@ -764,24 +788,33 @@ impl Ingest {
 /// the next flush or start-up to remove).
 fn write_flush_files(
     data_dir: &Path,
-    batches: &BTreeMap<Signal, Vec<RecordBatch>>,
+    batches: &BTreeMap<Signal, Vec<(Project, RecordBatch)>>,
     through_seq: u64,
     options: &ParquetOptions,
     committed_through: impl Fn(Signal) -> Option<u64> + Copy,
 ) -> Result<Vec<(Signal, ParquetFile)>, StorageError> {
     let wal_dir = data_dir.join("wal");
     writer::settle_pending_flush(data_dir, &wal_dir, committed_through)?;
-    let plans = batches
+    // One plan per table and project: a project's rows go to its own directories only.
+    let mut by_project: BTreeMap<(Signal, Project), Vec<RecordBatch>> = BTreeMap::new();
+    for (signal, batches) in batches {
+        for (project, batch) in batches {
+            by_project.entry((*signal, project.clone())).or_default().push(batch.clone());
+        }
+    }
+    let plans = by_project
         .iter()
-        .map(|(signal, batches)| writer::plan_signal(*signal, batches, through_seq).map(|p| (*signal, p)))
+        .map(|((signal, project), batches)| {
+            writer::plan_signal(*signal, project, batches, through_seq).map(|p| ((*signal, project.clone()), p))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let manifest =
         writer::FlushManifest { through_seq, files: plans.iter().flat_map(|(_, p)| p.relative_paths()).collect() };
     manifest.write(&wal_dir)?;
     let mut files = Vec::new();
-    let written = plans.iter().try_for_each(|(signal, plan)| {
-        let batches = batches.get(signal).map(Vec::as_slice).unwrap_or_default();
-        files.extend(writer::write_plan(data_dir, plan, batches, options)?.into_iter().map(|f| (*signal, f)));
+    let written = plans.iter().try_for_each(|(key, plan)| {
+        let batches = by_project.get(key).map(Vec::as_slice).unwrap_or_default();
+        files.extend(writer::write_plan(data_dir, plan, batches, options)?.into_iter().map(|f| (key.0, f)));
         Ok::<_, StorageError>(())
     });
     match written {
@@ -825,7 +858,7 @@ fn is_writer_id(text: &str) -> bool {
 }
 
 /// A record of the group being written: its sequence number, rows and the request's acknowledgement.
-type Queued = (u64, Signal, RecordBatch, oneshot::Sender<Result<u64, String>>);
+type Queued = (u64, Signal, Project, RecordBatch, oneshot::Sender<Result<u64, String>>);
 
 /// The group-commit loop: blocks for one command, takes whatever else is queued, writes it all with one
 /// fsync, then makes the rows visible and acknowledges. Between commands it checks that its segment still exists
@@ -857,12 +890,12 @@ fn wal_writer(
         group.clear();
         while let Some(command) = pending.take() {
             match command {
-                WalCommand::Append { kind, batch, payload, ack } => {
+                WalCommand::Append { kind, project, batch, tag, payload, ack } => {
                     let seq = wal.reserve(1);
-                    headers.push(wal::record_header(seq, kind, &payload));
+                    headers.push(wal::record_header_tagged(seq, tag, &payload));
                     group_bytes += wal::RECORD_HEADER + payload.len();
                     payloads.push(payload);
-                    group.push((seq, kind.signal(), batch, ack));
+                    group.push((seq, kind.signal(), project, batch, ack));
                 }
                 WalCommand::Rotate { ack } => {
                     // Rotation applies after the records queued before it.
@@ -897,8 +930,8 @@ fn wal_writer(
                     metrics.wal_bytes.inc_by(group_bytes as u64);
                     metrics.wal_pending_bytes.inc_by(group_bytes as i64);
                     metrics.wal_syncs.inc();
-                    for (seq, signal, batch, ack) in group.drain(..) {
-                        catalog.add_batch(signal, seq, batch);
+                    for (seq, signal, project, batch, ack) in group.drain(..) {
+                        catalog.add_batch(signal, seq, project, batch);
                         let _ = ack.send(Ok(seq));
                     }
                 }
@@ -906,7 +939,7 @@ fn wal_writer(
                     let message = e.to_string();
                     tracing::error!(error = %message, records = group.len(), "WAL write failed; requests get a retryable error");
                     health.fail(&metrics, message.clone());
-                    for (_, _, _, ack) in group.drain(..) {
+                    for (_, _, _, _, ack) in group.drain(..) {
                         let _ = ack.send(Err(message.clone()));
                     }
                 }
@@ -1021,7 +1054,7 @@ mod tests {
         assert_eq!((acknowledged.batch.num_rows(), acknowledged.rejected), (3, 1));
         {
             let (ingest, _) = Ingest::start(config.clone(), Metrics::new(), &pricer).await.unwrap();
-            ingest.submit(&acknowledged, Some(body.clone())).await.unwrap();
+            ingest.submit(&acknowledged, Project::default(), Some(body.clone())).await.unwrap();
             // Dropped without a flush or shutdown: the rows exist only in the WAL, as after `kill -9`.
         }
         let (ingest, report) = Ingest::start(config, Metrics::new(), &pricer).await.unwrap();
@@ -1070,8 +1103,8 @@ mod tests {
         let huge_rows = normalize::normalize_traces_protobuf(&huge_body, &pricer).unwrap();
         {
             let (ingest, _) = Ingest::start(config.clone(), Metrics::new(), &pricer).await.unwrap();
-            ingest.submit(&huge_rows, Some(huge_body)).await.unwrap();
-            ingest.submit(&big_rows, Some(big_body)).await.unwrap();
+            ingest.submit(&huge_rows, Project::default(), Some(huge_body)).await.unwrap();
+            ingest.submit(&big_rows, Project::default(), Some(big_body)).await.unwrap();
         }
         let (ingest, report) = Ingest::start(config, Metrics::new(), &pricer).await.unwrap();
         assert_eq!((report.records, report.rows), (2, 60_002));

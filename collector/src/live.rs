@@ -50,6 +50,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tailscope_core::config::LiveConfig;
 use tailscope_core::memory::{MemoryBudget, Reservation};
+use tailscope_core::projects::{Project, Visibility};
 use tailscope_core::schema::{ResourceColumn, SpanColumn};
 
 use crate::observe::SpanObserver;
@@ -135,6 +136,9 @@ impl std::fmt::Display for Window {
 /// The identity of a route: what the live view groups spans by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RouteKey {
+    /// The project the spans belong to (`crate::auth`): routes are never merged across projects, and a caller
+    /// sees only its projects' routes.
+    pub project: String,
     /// `gen_ai_provider`, or `"(no provider)"`.
     pub provider: String,
     /// `cloud_region` (where the caller runs), or `"none"`.
@@ -187,6 +191,7 @@ impl Grouping {
     fn project(&self, k: &RouteKey) -> RouteKey {
         let pick = |keep: bool, v: &String| if keep { v.clone() } else { "*".to_string() };
         RouteKey {
+            project: k.project.clone(),
             provider: pick(self.provider, &k.provider),
             region: pick(self.region, &k.region),
             model: pick(self.model, &k.model),
@@ -198,6 +203,11 @@ impl Grouping {
 /// Exact-match filters on the key columns (`None` = any).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct RouteFilter {
+    /// Only the routes of these projects: set from the caller's key, never from the query string.
+    #[serde(skip)]
+    pub visible: Visibility,
+    /// Only this project.
+    pub project: Option<String>,
     /// Only this provider.
     pub provider: Option<String>,
     /// Only this region.
@@ -211,7 +221,9 @@ pub struct RouteFilter {
 impl RouteFilter {
     fn matches(&self, k: &RouteKey) -> bool {
         let ok = |f: &Option<String>, v: &String| f.as_ref().is_none_or(|f| f == v);
-        ok(&self.provider, &k.provider)
+        self.visible.sees(&k.project)
+            && ok(&self.project, &k.project)
+            && ok(&self.provider, &k.provider)
             && ok(&self.region, &k.region)
             && ok(&self.model, &k.model)
             && ok(&self.operation, &k.operation)
@@ -455,8 +467,8 @@ impl LiveWindows {
         self
     }
 
-    /// Records one batch in the `spans` schema as acknowledged at `now_ns`.
-    pub fn observe_at(&self, spans: &RecordBatch, now_ns: i64) {
+    /// Records one batch of `project`'s spans in the `spans` schema as acknowledged at `now_ns`.
+    pub fn observe_at(&self, project: &Project, spans: &RecordBatch, now_ns: i64) {
         let rows = spans.num_rows();
         if rows == 0 {
             return;
@@ -510,6 +522,7 @@ impl LiveWindows {
         let Routes { map, bytes, memory } = &mut *routes;
         for ([provider, region, model, operation], samples) in groups {
             let key = RouteKey {
+                project: project.to_string(),
                 provider: provider.into(),
                 region: region.into(),
                 model: model.into(),
@@ -525,7 +538,20 @@ impl LiveWindows {
             let key = if admitted {
                 key
             } else {
-                RouteKey { provider: OVERFLOW.into(), region: NONE.into(), model: NONE.into(), operation: NONE.into() }
+                // The project's own overflow route, so its spans stay its own; a further project past the cap
+                // shares one overflow route that only admin keys see (projects come from configured keys, but
+                // without keys a client may name any).
+                let mut overflow = RouteKey {
+                    project: project.to_string(),
+                    provider: OVERFLOW.into(),
+                    region: NONE.into(),
+                    model: NONE.into(),
+                    operation: NONE.into(),
+                };
+                if !map.contains_key(&overflow) && map.len() >= self.max_routes {
+                    overflow.project = OVERFLOW.into();
+                }
+                overflow
             };
             let fixed = route_bytes(&key, &RouteState::default());
             let route = map.entry(key).or_default();
@@ -659,8 +685,8 @@ impl LiveWindows {
 }
 
 impl SpanObserver for LiveWindows {
-    fn observe(&self, spans: &RecordBatch) {
-        self.observe_at(spans, now_ns());
+    fn observe(&self, project: &Project, spans: &RecordBatch) {
+        self.observe_at(project, spans, now_ns());
     }
 }
 
@@ -709,28 +735,81 @@ struct LiveParams {
 ///
 /// `group` names the key columns kept apart (default all four); merged columns read `"*"`. Filters are exact
 /// matches. Each row carries its histogram buckets unless `buckets=false`.
+///
+/// `GET /api/v1/live/stream` with the same parameters pushes the same report as Server-Sent Events (`event: live`,
+/// the JSON as data) at once and then every [`STREAM_EVERY`], so a page shows live values without polling.
 pub fn routes(live: Arc<LiveWindows>) -> Router {
-    Router::new().route("/api/v1/live", get(live_handler)).with_state(live)
+    Router::new()
+        .route("/api/v1/live", get(live_handler))
+        .route("/api/v1/live/stream", get(live_stream))
+        .with_state(live)
 }
 
-async fn live_handler(State(live): State<Arc<LiveWindows>>, Query(params): Query<LiveParams>) -> Response {
+/// How often `/api/v1/live/stream` pushes a report: the live windows' finest slices are a second or more apart.
+pub const STREAM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The window and grouping asked for, or what is wrong with them.
+fn report_params(params: &LiveParams) -> Result<(Window, Grouping), String> {
     let window = match params.window.as_deref() {
         None => Window::OneMinute,
         Some(w) => match Window::parse(w) {
             Some(w) => w,
             None => {
-                return bad_request(format!("unknown window {w:?}: use window=1m, 5m or 1h"));
+                return Err(format!("unknown window {w:?}: use window=1m, 5m or 1h"));
             }
         },
     };
     let grouping = match params.group.as_deref() {
         None => Grouping::default(),
-        Some(g) => match Grouping::parse(g) {
-            Ok(g) => g,
-            Err(e) => return bad_request(e),
-        },
+        Some(g) => Grouping::parse(g)?,
+    };
+    Ok((window, grouping))
+}
+
+/// What the caller's key may see (`crate::auth`); outside the authentication layer, everything.
+fn visibility(visible: Option<axum::Extension<Visibility>>) -> Visibility {
+    visible.map(|axum::Extension(v)| v).unwrap_or_default()
+}
+
+async fn live_handler(
+    State(live): State<Arc<LiveWindows>>,
+    visible: Option<axum::Extension<Visibility>>,
+    Query(mut params): Query<LiveParams>,
+) -> Response {
+    params.filter.visible = visibility(visible);
+    let (window, grouping) = match report_params(&params) {
+        Ok(asked) => asked,
+        Err(e) => return bad_request(e),
     };
     Json(live.report(window, grouping, &params.filter, params.buckets.unwrap_or(true))).into_response()
+}
+
+async fn live_stream(
+    State(live): State<Arc<LiveWindows>>,
+    visible: Option<axum::Extension<Visibility>>,
+    Query(mut params): Query<LiveParams>,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    // The stream is scoped like the report: a project key sees only its projects' routes, every tick.
+    params.filter.visible = visibility(visible);
+    let (window, grouping) = match report_params(&params) {
+        Ok(asked) => asked,
+        Err(e) => return bad_request(e),
+    };
+    let buckets = params.buckets.unwrap_or(true);
+    let filter = params.filter;
+    // One report per tick, made when the client has taken the previous one (a slow reader gets fewer, never a
+    // queue): nothing is buffered per connection beyond the report being sent.
+    let ticks = tokio_stream::wrappers::IntervalStream::new({
+        let mut every = tokio::time::interval(STREAM_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        every
+    });
+    let events = futures::StreamExt::map(ticks, move |_| {
+        let report = live.report(window, grouping, &filter, buckets);
+        Event::default().event("live").json_data(&report)
+    });
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
 }
 
 fn bad_request(message: String) -> Response {
@@ -783,7 +862,7 @@ mod tests {
         // 1..=1000 ms in 1 ms steps plus 45.2 ms: exact p50 is 500 ms, p99 990 ms.
         let mut rows: Vec<_> = (1..=1000).map(|i| ("openai", "us-east-1", "gpt-4o", i * 1_000_000, "ok")).collect();
         rows.push(("openai", "us-east-1", "gpt-4o", 45_200_000, "error"));
-        live.observe_at(&batch(&rows), T0);
+        live.observe_at(&Project::default(), &batch(&rows), T0);
         let r = live.report_at(Window::OneMinute, Grouping::default(), &RouteFilter::default(), true, T0);
         assert_eq!(r.rows.len(), 1);
         let row = &r.rows[0];
@@ -793,7 +872,7 @@ mod tests {
             assert!((got - want).abs() / want < 0.001, "got {got}, want {want} within 0.1%");
         }
         let one = LiveWindows::new_at(0.0, T0);
-        one.observe_at(&batch(&[("x", "r", "m", 45_200_000, "ok")]), T0);
+        one.observe_at(&Project::default(), &batch(&[("x", "r", "m", 45_200_000, "ok")]), T0);
         let p = one.report_at(Window::OneHour, Grouping::default(), &RouteFilter::default(), false, T0).rows[0].p99_ms;
         assert!((p - 45.2).abs() < 0.05, "45.2 ms read back as {p}");
         assert_eq!(row.buckets.iter().map(|b| b.count).sum::<u64>(), 1001);
@@ -803,9 +882,13 @@ mod tests {
     #[test]
     fn windows_age_out_and_group() {
         let live = LiveWindows::new_at(0.0, T0 - 7200 * NS_PER_S);
-        live.observe_at(&batch(&[("openai", "eu-west-1", "gpt-4o", 100_000_000, "ok")]), T0);
-        live.observe_at(&batch(&[("openai", "eu-west-1", "gpt-4o-mini", 300_000_000, "error")]), T0 + 50 * NS_PER_S);
-        live.observe_at(&batch(&[("", "us-east-1", "", 10_000_000, "ok")]), T0 + 50 * NS_PER_S);
+        live.observe_at(&Project::default(), &batch(&[("openai", "eu-west-1", "gpt-4o", 100_000_000, "ok")]), T0);
+        live.observe_at(
+            &Project::default(),
+            &batch(&[("openai", "eu-west-1", "gpt-4o-mini", 300_000_000, "error")]),
+            T0 + 50 * NS_PER_S,
+        );
+        live.observe_at(&Project::default(), &batch(&[("", "us-east-1", "", 10_000_000, "ok")]), T0 + 50 * NS_PER_S);
         let now = T0 + 90 * NS_PER_S;
         let none = RouteFilter::default();
         let by_pr = Grouping::parse("provider,region").unwrap();
@@ -814,7 +897,7 @@ mod tests {
         let openai = m1.rows.iter().find(|r| r.key.provider == "openai").unwrap();
         assert_eq!((openai.count, openai.errors, openai.key.model.as_str()), (1, 1, "*"));
         // The span without a provider is its own row, after the providers', though it is the busier route here.
-        live.observe_at(&batch(&[("", "us-east-1", "", 20_000_000, "ok")]), T0 + 51 * NS_PER_S);
+        live.observe_at(&Project::default(), &batch(&[("", "us-east-1", "", 20_000_000, "ok")]), T0 + 51 * NS_PER_S);
         let m1 = live.report_at(Window::OneMinute, by_pr, &none, false, now);
         let providers: Vec<&str> = m1.rows.iter().map(|r| r.key.provider.as_str()).collect();
         assert_eq!(providers, ["openai", NO_PROVIDER]);
@@ -843,7 +926,11 @@ mod tests {
         let spans: Vec<(i64, i64, bool)> =
             (0..343).map(|k| (start + k * 7 * NS_PER_S, (k + 1) * 1_000_000, k % 5 == 0)).collect();
         for &(at, ns, error) in &spans {
-            live.observe_at(&batch(&[("openai", "r", "m", ns, if error { "error" } else { "ok" })]), at);
+            live.observe_at(
+                &Project::default(),
+                &batch(&[("openai", "r", "m", ns, if error { "error" } else { "ok" })]),
+                at,
+            );
         }
         for now in [start + 2400 * NS_PER_S, start + 2403 * NS_PER_S, start + 2700 * NS_PER_S] {
             for window in Window::ALL {
@@ -882,7 +969,7 @@ mod tests {
         let live = LiveWindows::new_at(0.0, T0).with_limits(100, 64);
         let names: Vec<String> = (0..300).map(|i| format!("{i:03}{}é", "m".repeat(64 << 10))).collect();
         let rows: Vec<_> = names.iter().map(|n| ("openai", "r", n.as_str(), 1_000_000, "ok")).collect();
-        live.observe_at(&batch(&rows), T0);
+        live.observe_at(&Project::default(), &batch(&rows), T0);
         let guard = live.routes.lock();
         let routes = &guard.map;
         assert_eq!(routes.len(), 101, "100 routes and the overflow route");
@@ -924,7 +1011,7 @@ mod tests {
             .collect();
         let (_, _, peak) = crate::alloc_meter::measure(|| {
             for (b, at) in &batches {
-                live.observe_at(b, *at);
+                live.observe_at(&Project::default(), b, *at);
             }
         });
         let accounted = live.routes.lock().bytes;
@@ -941,9 +1028,10 @@ mod tests {
         let late = T0 + 55 * NS_PER_S;
         let regions: Vec<String> = (0..300).map(|i| format!("region-{i}")).collect();
         let rows: Vec<_> = regions.iter().map(|r| ("anthropic", r.as_str(), "m", 5_000_000, "ok")).collect();
-        live.observe_at(&batch(&rows), late);
+        live.observe_at(&Project::default(), &batch(&rows), late);
         let admitted = live.route_count() - 40 - 1;
         let fresh = new_route_bytes(&RouteKey {
+            project: "default".into(),
             provider: "anthropic".into(),
             region: "region-100".into(),
             model: "m".into(),
@@ -959,7 +1047,7 @@ mod tests {
         let later = T0 + 3 * 3600 * NS_PER_S;
         live.report_at(Window::OneMinute, Grouping::default(), &RouteFilter::default(), false, later);
         assert_eq!((live.route_count(), budget.used()), (0, 0));
-        live.observe_at(&batch(&[("openai", "r", "m", 1_000_000, "ok")]), later);
+        live.observe_at(&Project::default(), &batch(&[("openai", "r", "m", 1_000_000, "ok")]), later);
         assert_eq!(budget.used(), RESERVATION_STEP);
         drop(live);
         assert_eq!(budget.used(), 0, "dropping the windows releases their reservation");

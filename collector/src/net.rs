@@ -228,16 +228,30 @@ struct Registry {
     epoch: Instant,
     /// `tailscope_connections_shed_total{listener}`.
     shed_total: Counter,
+    /// `tailscope_tls_handshake_failures_total{listener}`.
+    tls_failures: Counter,
+}
+
+/// The counters of one listener on `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerCounters {
+    /// Connections shed at the cap (`tailscope_connections_shed_total{listener}`).
+    pub shed: Counter,
+    /// TLS handshakes that failed or did not finish within `server.header_timeout`
+    /// (`tailscope_tls_handshake_failures_total{listener}`).
+    pub tls_handshake_failures: Counter,
 }
 
 impl Registry {
-    fn new(shed_total: Counter) -> Registry {
+    fn new(counters: ListenerCounters) -> Registry {
+        let ListenerCounters { shed: shed_total, tls_handshake_failures: tls_failures } = counters;
         Registry {
             conns: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             pending_sheds: AtomicUsize::new(0),
             epoch: Instant::now(),
             shed_total,
+            tls_failures,
         }
     }
 
@@ -430,7 +444,7 @@ pub async fn serve<S, B>(
     listening: Listening,
     service: S,
     limits: ConnectionLimits,
-    shed: Counter,
+    counters: ListenerCounters,
     shutdown: impl Future<Output = ()>,
 ) where
     S: tower::Service<Request<TimedBody>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
@@ -441,7 +455,7 @@ pub async fn serve<S, B>(
     let Listening { name, listener, protocol, tls } = listening;
     let builder = Arc::new(builder(protocol, &limits));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let registry = Arc::new(Registry::new(shed));
+    let registry = Arc::new(Registry::new(counters));
     let (stop, stopped) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
     let mut failures = AcceptFailures::new(name);
@@ -630,8 +644,14 @@ where
         let tls = tokio::select! {
             done = handshake => match done {
                 Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
-                Err(_) => return tracing::debug!("TLS handshake not completed within server.header_timeout; dropped"),
+                Ok(Err(e)) => {
+                    self.registry.tls_failures.inc();
+                    return tracing::debug!("TLS handshake failed: {e}");
+                }
+                Err(_) => {
+                    self.registry.tls_failures.inc();
+                    return tracing::debug!("TLS handshake not completed within server.header_timeout; dropped");
+                }
             },
             _ = registered.state.shed.notified() => {
                 self.registry.shed_total.inc();

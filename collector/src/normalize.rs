@@ -503,6 +503,8 @@ struct SpanAttrs<'a> {
     response_bytes: Option<Val<'a>>,
     egress_bytes: Option<Val<'a>>,
     server_address: Option<Val<'a>>,
+    service_tier: [Option<Val<'a>>; 4],
+    cache_creation_1h: Option<Val<'a>>,
 }
 
 fn first_of(values: &[Option<Val<'_>>]) -> Option<i64> {
@@ -558,7 +560,17 @@ impl<'a> SpanAttrs<'a> {
                     rest.push(kv);
                     continue;
                 }
+                CACHE_CREATION_1H => {
+                    a.cache_creation_1h = v;
+                    rest.push(kv);
+                    continue;
+                }
                 _ => {
+                    if let Some(i) = SERVICE_TIER.iter().position(|n| *n == key) {
+                        a.service_tier[i] = v;
+                        rest.push(kv);
+                        continue;
+                    }
                     let lists: [(&[&str], &mut [Option<Val<'a>>; 3]); 3] = [
                         (CACHE_READ, &mut a.cache_read),
                         (CACHE_CREATION, &mut a.cache_creation),
@@ -1016,7 +1028,9 @@ fn append_span(
         output_tokens,
         cache_read_tokens: cache_read,
         cache_creation_tokens: cache_creation,
+        cache_creation_1h_tokens: as_i64(a.cache_creation_1h),
         reasoning_tokens: reasoning,
+        service_tier: a.service_tier.iter().find_map(|v| as_str(*v)),
         cloud_provider: resource.cloud_provider.as_deref(),
         cloud_region: resource.cloud_region.as_deref(),
         peer_cloud_provider: peer_provider,

@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tailscope_core::config::CorsConfig;
 use tailscope_core::memory::Reservation;
+use tailscope_core::projects::IngestProject;
 use tailscope_core::schema::Signal;
 use tower_http::cors::CorsLayer;
 
@@ -353,18 +354,20 @@ fn decode_counted<T: Message + Default + DeserializeOwned>(
 async fn traces(
     State(receiver): State<Receiver>,
     Extension(memory): Extension<RequestMemory>,
+    project: Option<Extension<IngestProject>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let project = project.map(|Extension(p)| p.0).unwrap_or_default();
     handle(receiver, Signal::Spans, headers, memory, body, |r, encoding, body, mut reservation| async move {
         match encoding {
             // Protobuf is read in place, without prost's owned structs (the hot path).
-            Encoding::Protobuf => r.traces_protobuf(body, &mut reservation).await,
+            Encoding::Protobuf => r.traces_protobuf(body, project, &mut reservation).await,
             Encoding::Json => {
                 r.reserve_owned_decoding(Signal::Spans, &mut reservation, body.len())?;
                 let request: ExportTraceServiceRequest = decode_counted(&r, Signal::Spans, encoding, &body)?;
                 drop(body);
-                r.traces(request, &mut reservation).await
+                r.traces(request, project, &mut reservation).await
             }
         }
     })
@@ -374,9 +377,11 @@ async fn traces(
 async fn metrics(
     State(receiver): State<Receiver>,
     Extension(memory): Extension<RequestMemory>,
+    project: Option<Extension<IngestProject>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let project = project.map(|Extension(p)| p.0).unwrap_or_default();
     handle(receiver, Signal::Metrics, headers, memory, body, |r, encoding, body, mut reservation| async move {
         match encoding {
             Encoding::Protobuf => r.reserve_prescanned(Signal::Metrics, &mut reservation, &body)?,
@@ -384,7 +389,7 @@ async fn metrics(
         }
         let request: ExportMetricsServiceRequest = decode_counted(&r, Signal::Metrics, encoding, &body)?;
         drop(body);
-        r.metrics_export(request, &mut reservation).await
+        r.metrics_export(request, project, &mut reservation).await
     })
     .await
 }
@@ -392,9 +397,11 @@ async fn metrics(
 async fn logs(
     State(receiver): State<Receiver>,
     Extension(memory): Extension<RequestMemory>,
+    project: Option<Extension<IngestProject>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let project = project.map(|Extension(p)| p.0).unwrap_or_default();
     handle(receiver, Signal::Logs, headers, memory, body, |r, encoding, body, mut reservation| async move {
         match encoding {
             Encoding::Protobuf => r.reserve_prescanned(Signal::Logs, &mut reservation, &body)?,
@@ -402,7 +409,7 @@ async fn logs(
         }
         let request: ExportLogsServiceRequest = decode_counted(&r, Signal::Logs, encoding, &body)?;
         drop(body);
-        r.logs(request, &mut reservation).await
+        r.logs(request, project, &mut reservation).await
     })
     .await
 }

@@ -17,6 +17,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 
 use tailscope_core::memory::{MemoryBudget, Reservation};
+use tailscope_core::projects::Project;
 use tailscope_core::schema::Signal;
 
 use crate::cost::Pricer;
@@ -145,6 +146,7 @@ impl Receiver {
     async fn accept(
         &self,
         normalized: Normalized,
+        project: Project,
         request: Option<Bytes>,
         body_len: usize,
         reservation: &mut Reservation,
@@ -155,7 +157,7 @@ impl Receiver {
         // What the request holds now: its body (the WAL writes it) and the batch. Both exist already, so this is
         // not refused; the decode peak reserved before is given back.
         reservation.force_resize(body_len + normalized.batch.get_array_memory_size());
-        if let Err(e) = self.ingest.submit_reserved(&normalized, request, reservation).await {
+        if let Err(e) = self.ingest.submit_reserved(&normalized, project, request, reservation).await {
             metrics.reject_request(signal, e.reason());
             metrics.reject(signal, e.reason(), normalized.received());
             return Err(e);
@@ -174,6 +176,7 @@ impl Receiver {
     pub async fn traces_protobuf(
         &self,
         body: Bytes,
+        project: Project,
         reservation: &mut Reservation,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
         self.reserve_decoding(Signal::Spans, reservation, body.len(), NORMALISED_BYTES_PER_BODY_BYTE)?;
@@ -188,20 +191,21 @@ impl Receiver {
             error
         })?;
         let body_len = body.len();
-        Ok(Self::trace_response(self.accept(normalized, Some(body), body_len, reservation).await?))
+        Ok(Self::trace_response(self.accept(normalized, project, Some(body), body_len, reservation).await?))
     }
 
     /// Stores a decoded trace export (OTLP/JSON).
     pub async fn traces(
         &self,
         request: ExportTraceServiceRequest,
+        project: Project,
         reservation: &mut Reservation,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
         // One normaliser for both encodings: prost's encoding of what it decoded is well-formed, and it is what
         // the WAL keeps.
         let body = Bytes::from(request.encode_to_vec());
         drop(request);
-        self.traces_protobuf(body, reservation).await
+        self.traces_protobuf(body, project, reservation).await
     }
 
     /// Reserves the decode peak of a body in a format decoded to owned structs (OTLP/JSON, metrics, logs) before
@@ -268,12 +272,13 @@ impl Receiver {
     pub async fn metrics_export(
         &self,
         request: ExportMetricsServiceRequest,
+        project: Project,
         reservation: &mut Reservation,
     ) -> Result<ExportMetricsServiceResponse, IngestError> {
         let normalized = normalize::normalize_metrics(&request);
         let held = request.encoded_len();
         drop(request);
-        let outcome = self.accept(normalized, None, held, reservation).await?;
+        let outcome = self.accept(normalized, project, None, held, reservation).await?;
         Ok(ExportMetricsServiceResponse {
             partial_success: (outcome.rejected > 0).then_some(ExportMetricsPartialSuccess {
                 rejected_data_points: outcome.rejected,
@@ -286,13 +291,14 @@ impl Receiver {
     pub async fn logs(
         &self,
         request: ExportLogsServiceRequest,
+        project: Project,
         reservation: &mut Reservation,
     ) -> Result<ExportLogsServiceResponse, IngestError> {
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
         let normalized = normalize::normalize_logs(&request, now);
         let held = request.encoded_len();
         drop(request);
-        let outcome = self.accept(normalized, None, held, reservation).await?;
+        let outcome = self.accept(normalized, project, None, held, reservation).await?;
         Ok(ExportLogsServiceResponse {
             partial_success: (outcome.rejected > 0).then_some(ExportLogsPartialSuccess {
                 rejected_log_records: outcome.rejected,

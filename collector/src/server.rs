@@ -111,7 +111,8 @@ async fn readyz(State(c): State<Collector>) -> impl IntoResponse {
     if ingest.is_shutting_down() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".to_string());
     }
-    // Writes that fail (disk full, permissions, the WAL directory deleted) refuse every request: say so, with why.
+    // Writes that fail (disk full, permissions, the WAL directory deleted) refuse every request: say so. Probes are
+    // open to anyone, so the error's own text (paths, OS messages) stays in the log.
     if let Some(problem) = ingest.not_ready() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {problem}\n"));
     }

@@ -64,6 +64,15 @@ pub struct ListenerLabel {
     pub listener: String,
 }
 
+/// Labels of `tailscope_auth_refusals_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthRefusalLabel {
+    /// `otlp_grpc`, `otlp_http`, `api` or `flight`.
+    pub listener: String,
+    /// `missing`, `malformed`, `unknown`, `forbidden` or `project`.
+    pub reason: String,
+}
+
 /// Labels of a webhook's series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLabel {
@@ -205,6 +214,10 @@ pub struct Metrics {
     pub parquet_skipped_files: Gauge,
     /// Idle connections closed to admit a new one at `server.max_connections`, per listener.
     pub connections_shed: Family<ListenerLabel, Counter>,
+    /// TLS handshakes that failed or stalled past `server.header_timeout`, per listener.
+    pub tls_handshake_failures: Family<ListenerLabel, Counter>,
+    /// Requests refused for their API key (`crate::auth`), per listener and reason.
+    pub auth_refusals: Family<AuthRefusalLabel, Counter>,
     /// Alert events delivered (answered 2xx), per webhook.
     pub webhook_deliveries: Family<WebhookLabel, Counter>,
     /// Delivery attempts that failed, per webhook and reason.
@@ -226,6 +239,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Creates and registers every metric.
+    // Long by design: one registration per metric, in the order /metrics lists them; split, the list would only be scattered.
     pub fn new() -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("tailscope");
         let received = Family::<SignalLabel, Counter>::default();
@@ -264,6 +278,8 @@ impl Metrics {
         let parquet_unreadable_files = Counter::default();
         let parquet_skipped_files = Gauge::default();
         let connections_shed = Family::<ListenerLabel, Counter>::default();
+        let tls_handshake_failures = Family::<ListenerLabel, Counter>::default();
+        let auth_refusals = Family::<AuthRefusalLabel, Counter>::default();
         let webhook_deliveries = Family::<WebhookLabel, Counter>::default();
         let webhook_failures = Family::<WebhookReasonLabel, Counter>::default();
         let webhook_outbox_events = Family::<WebhookLabel, Gauge>::default();
@@ -386,6 +402,17 @@ impl Metrics {
             connections_shed.clone(),
         );
         registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed (no shared version or cipher, a bad or missing client certificate, plaintext \
+             on a TLS port) or did not finish within server.header_timeout",
+            tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "auth_refusals",
+            "Requests refused for their API key: missing, malformed, unknown, forbidden (scope) or project",
+            auth_refusals.clone(),
+        );
+        registry.register(
             "webhook_deliveries",
             "Alert events delivered to a webhook (answered 2xx)",
             webhook_deliveries.clone(),
@@ -465,6 +492,8 @@ impl Metrics {
             parquet_unreadable_files,
             parquet_skipped_files,
             connections_shed,
+            tls_handshake_failures,
+            auth_refusals,
             webhook_deliveries,
             webhook_failures,
             webhook_outbox_events,
@@ -495,6 +524,15 @@ impl Metrics {
     /// The counter of idle connections shed at the cap on `listener` (for [`crate::net::serve`]).
     pub fn connections_shed(&self, listener: &str) -> Counter {
         self.connections_shed.get_or_create(&ListenerLabel { listener: listener.into() }).clone()
+    }
+
+    /// The counters of `listener` for [`crate::net::serve`]: connections shed, TLS handshakes failed.
+    pub fn listener_counters(&self, listener: &str) -> crate::net::ListenerCounters {
+        let label = ListenerLabel { listener: listener.into() };
+        crate::net::ListenerCounters {
+            shed: self.connections_shed.get_or_create(&label).clone(),
+            tls_handshake_failures: self.tls_handshake_failures.get_or_create(&label).clone(),
+        }
     }
 
     /// Counts `n` items of `signal` under a per-signal family.

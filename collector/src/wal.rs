@@ -44,6 +44,7 @@ use std::path::{Path, PathBuf};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
+use tailscope_core::projects::Project;
 use tailscope_core::schema::Signal;
 
 use crate::error::StorageError;
@@ -94,6 +95,39 @@ pub enum RecordKind {
 /// Tag of [`RecordKind::OtlpTraces`]; the high bit keeps it apart from signal tags (the tags of `Rows`).
 const OTLP_TRACES_TAG: u8 = 0x81;
 
+/// Set in a record's tag when its rows belong to a project other than `default`: the payload then begins with
+/// the project's name (one length byte, then the name, see [`project_payload`]). Records without it (all records
+/// written before projects existed) are the `default` project's, so old WALs replay as they were.
+const PROJECT_FLAG: u8 = 0x40;
+
+/// The tag and payload of a record of `kind` holding `payload` for `project`: as they are for `default`, else
+/// flagged and prefixed with the project's name. The prefix costs one copy of the payload, for other projects only.
+pub fn project_payload(kind: RecordKind, project: &Project, payload: bytes::Bytes) -> (u8, bytes::Bytes) {
+    if project.as_str() == tailscope_core::projects::DEFAULT_PROJECT {
+        return (kind.tag(), payload);
+    }
+    let name = project.as_str().as_bytes();
+    // Project names are at most 64 bytes (`Project::parse`), so the length fits its byte.
+    let mut out = Vec::with_capacity(1 + name.len() + payload.len());
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.extend_from_slice(&payload);
+    (kind.tag() | PROJECT_FLAG, bytes::Bytes::from(out))
+}
+
+/// The kind, project and payload proper of a record with `tag` and `payload`; `None` when the tag is unknown or the
+/// project prefix is not a project name.
+fn split_project(tag: u8, payload: &[u8]) -> Option<(RecordKind, Project, &[u8])> {
+    if tag & PROJECT_FLAG == 0 {
+        return Some((RecordKind::from_tag(tag)?, Project::default_project(), payload));
+    }
+    let kind = RecordKind::from_tag(tag & !PROJECT_FLAG)?;
+    let (&len, rest) = payload.split_first()?;
+    let name = rest.get(..usize::from(len))?;
+    let project = Project::parse(std::str::from_utf8(name).ok()?).ok()?;
+    Some((kind, project, &rest[usize::from(len)..]))
+}
+
 impl RecordKind {
     fn tag(self) -> u8 {
         match self {
@@ -120,11 +154,16 @@ impl RecordKind {
 
 /// The bytes of a record that come before `payload` (the record is these, then the payload itself).
 pub fn record_header(seq: u64, kind: RecordKind, payload: &[u8]) -> [u8; RECORD_HEADER] {
+    record_header_tagged(seq, kind.tag(), payload)
+}
+
+/// [`record_header`] with the tag as [`project_payload`] made it.
+pub fn record_header_tagged(seq: u64, tag: u8, payload: &[u8]) -> [u8; RECORD_HEADER] {
     let mut header = [0u8; RECORD_HEADER];
     header[0..4].copy_from_slice(&MAGIC);
     header[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
     header[8..16].copy_from_slice(&seq.to_le_bytes());
-    header[16] = kind.tag();
+    header[16] = tag;
     header[17..21].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
     let header_crc = crc32fast::hash(&header[..21]);
     header[21..25].copy_from_slice(&header_crc.to_le_bytes());
@@ -143,6 +182,8 @@ pub fn frame_record(out: &mut Vec<u8>, seq: u64, kind: RecordKind, payload: &[u8
 pub struct WalRecord {
     /// Its sequence number.
     pub seq: u64,
+    /// The project its rows belong to.
+    pub project: Project,
     /// Its contents.
     pub data: RecordData,
 }
@@ -442,15 +483,19 @@ impl Wal {
                 }
             }
             for (offset, p) in scan.records {
-                let decoded = match RecordKind::from_tag(p.tag) {
-                    Some(RecordKind::OtlpTraces) => Ok(RecordData::OtlpTraces(p.payload.to_vec())),
-                    Some(RecordKind::Rows(signal)) => {
-                        decode_batch(p.payload).map(|b| RecordData::Rows(signal, b)).map_err(|e| e.to_string())
+                let decoded = match split_project(p.tag, p.payload) {
+                    Some((RecordKind::OtlpTraces, project, payload)) => {
+                        Ok((project, RecordData::OtlpTraces(payload.to_vec())))
                     }
-                    None => Err(format!("unknown record tag {} (written by a newer tailscope?)", p.tag)),
+                    Some((RecordKind::Rows(signal), project, payload)) => {
+                        decode_batch(payload).map(|b| (project, RecordData::Rows(signal, b))).map_err(|e| e.to_string())
+                    }
+                    None => {
+                        Err(format!("unknown record tag {} or project prefix (written by a newer tailscope?)", p.tag))
+                    }
                 };
                 match decoded {
-                    Ok(data) => records.push(WalRecord { seq: p.seq, data }),
+                    Ok((project, data)) => records.push(WalRecord { seq: p.seq, project, data }),
                     Err(detail) => {
                         out.corrupt_records += 1;
                         out.corrupt_bytes += p.len as u64;
@@ -592,7 +637,10 @@ impl Wal {
     /// Recreates the WAL directory and a fresh segment after the current one was lost, and writes `records`
     /// (every acknowledged record not yet in committed Parquet, as rows) into it, synced. Until this succeeds
     /// nothing more may be acknowledged: acknowledged rows would otherwise live only in memory.
-    pub fn replace_lost_segment(&mut self, records: &[(u64, Signal, RecordBatch)]) -> Result<(), StorageError> {
+    pub fn replace_lost_segment(
+        &mut self,
+        records: &[(u64, Signal, Project, RecordBatch)],
+    ) -> Result<(), StorageError> {
         std::fs::create_dir_all(&self.dir).map_err(StorageError::io("recreating WAL directory", &self.dir))?;
         let (segment_id, file) = create_segment(&self.dir, self.segment_id)?;
         let lost = std::mem::replace(&mut self.file, file);
@@ -602,8 +650,12 @@ impl Wal {
         self.len = 0;
         let mut framed = Vec::new();
         let mut last = 0;
-        for (seq, signal, batch) in records {
-            frame_record(&mut framed, *seq, RecordKind::Rows(*signal), &encode_batch(batch)?);
+        for (seq, signal, project, batch) in records {
+            let rows = bytes::Bytes::from(encode_batch(batch)?);
+            let (tag, payload) = project_payload(RecordKind::Rows(*signal), project, rows);
+            framed.reserve(RECORD_HEADER + payload.len());
+            framed.extend_from_slice(&record_header_tagged(*seq, tag, &payload));
+            framed.extend_from_slice(&payload);
             last = last.max(*seq);
         }
         if !framed.is_empty() {
@@ -719,6 +771,31 @@ fn parse_old_record(data: &[u8], max_record_bytes: usize) -> Option<Parsed<'_>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_project_other_than_default_rides_in_the_record_and_default_records_are_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let team = Project::parse("team-a").unwrap();
+        let mut buf = Vec::new();
+        for (seq, project) in [(1, Project::default_project()), (2, team.clone())] {
+            let (tag, payload) =
+                project_payload(RecordKind::OtlpTraces, &project, bytes::Bytes::from_static(b"\x0a\x00"));
+            buf.extend_from_slice(&record_header_tagged(seq, tag, &payload));
+            buf.extend_from_slice(&payload);
+        }
+        let (tag, _) = project_payload(RecordKind::OtlpTraces, &Project::default_project(), bytes::Bytes::new());
+        assert_eq!(tag, OTLP_TRACES_TAG, "default records keep the tag they always had");
+        std::fs::write(segment_path(dir.path(), 1), &buf).unwrap();
+        let rec = Wal::recover(dir.path(), 1 << 20).unwrap();
+        let got: Vec<(&str, bool)> = rec
+            .records
+            .iter()
+            .map(|r| (r.project.as_str(), matches!(&r.data, RecordData::OtlpTraces(b) if b == b"\x0a\x00")))
+            .collect();
+        assert_eq!(got, [("default", true), ("team-a", true)]);
+        // A prefix that is no project name is damage, not a directory to write to.
+        assert!(split_project(OTLP_TRACES_TAG | PROJECT_FLAG, b"\x02..rest").is_none());
+    }
     use datafusion::arrow::array::Int64Array;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use std::sync::Arc;
@@ -1064,7 +1141,8 @@ mod tests {
         let mut buf = Vec::new();
         frame_record(&mut buf, wal.reserve(1), RecordKind::Rows(Signal::Spans), &encode_batch(&batch(3)).unwrap());
         assert!(matches!(wal.append(&buf), Err(StorageError::WalVanished { .. })));
-        let lost: Vec<(u64, Signal, RecordBatch)> = (1..=3).map(|v| (v as u64, Signal::Spans, batch(v))).collect();
+        let lost: Vec<(u64, Signal, Project, RecordBatch)> =
+            (1..=3).map(|v| (v as u64, Signal::Spans, Project::default(), batch(v))).collect();
         wal.replace_lost_segment(&lost).unwrap();
         assert!(!wal.segment_lost());
         assert_eq!(wal.last_written(), 3);

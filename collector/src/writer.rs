@@ -1,4 +1,4 @@
-//! Parquet files in the hive layout `DATA/SIGNAL/date=YYYY-MM-DD/hour=HH/NAME.parquet`: a flush's rows sorted, split
+//! Parquet files in the hive layout `DATA/SIGNAL/project=P/date=YYYY-MM-DD/hour=HH/NAME.parquet`: a flush's rows sorted, split
 //! by hour and written under the names and with the settings of [`tailscope_core::layout`], each file renamed into
 //! place only once complete, with a manifest ([`FlushManifest`]) so that an interrupted flush is cleaned up.
 
@@ -11,7 +11,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::properties::WriterProperties;
 use tailscope_core::catalog::ParquetFile;
-use tailscope_core::layout::{FileName, ParquetOptions};
+use tailscope_core::layout::{FileName, ParquetOptions, Partition};
+use tailscope_core::projects::Project;
 use tailscope_core::schema::Signal;
 
 use crate::error::StorageError;
@@ -19,7 +20,7 @@ use crate::wal::sync_dir;
 
 const NS_PER_HOUR: i64 = 3_600_000_000_000;
 
-/// Writes one flush's rows of one signal: [`plan_signal`], then [`write_plan`].
+/// Writes one flush's rows of one signal of the `default` project: [`plan_signal`], then [`write_plan`].
 pub fn write_signal(
     data_dir: &Path,
     signal: Signal,
@@ -27,7 +28,7 @@ pub fn write_signal(
     wal_seq: u64,
     options: &ParquetOptions,
 ) -> Result<Vec<ParquetFile>, StorageError> {
-    let plan = plan_signal(signal, batches, wal_seq)?;
+    let plan = plan_signal(signal, &Project::default(), batches, wal_seq)?;
     write_plan(data_dir, &plan, batches, options)
 }
 
@@ -46,9 +47,8 @@ struct PlannedFile {
     /// The rows: `keys[start..end]`.
     start: usize,
     end: usize,
-    date: String,
-    hour: String,
-    /// `SIGNAL/date=…/hour=…` relative to the data dir.
+    partition: Partition,
+    /// `SIGNAL/project=…/date=…/hour=…` relative to the data dir.
     dir: PathBuf,
     name: String,
     time_range_ns: (i64, i64),
@@ -71,7 +71,12 @@ fn non_empty(batches: &[RecordBatch]) -> Vec<&RecordBatch> {
 /// 67.3 bytes per span), since timestamps delta-encode tightly and a trace's spans sit together. It costs one
 /// gather: only (time, batch, row) keys are sorted, and rows are copied once, straight from the buffered batches
 /// into [`WRITE_CHUNK_ROWS`]-row slices handed to the Parquet writer (no concatenated copy of the flush).
-pub fn plan_signal(signal: Signal, batches: &[RecordBatch], wal_seq: u64) -> Result<SignalPlan, StorageError> {
+pub fn plan_signal(
+    signal: Signal,
+    project: &Project,
+    batches: &[RecordBatch],
+    wal_seq: u64,
+) -> Result<SignalPlan, StorageError> {
     let batches = non_empty(batches);
     let time_column = signal.time_column();
     let mut keys: Vec<(i64, u32, u32)> = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
@@ -96,9 +101,10 @@ pub fn plan_signal(signal: Signal, batches: &[RecordBatch], wal_seq: u64) -> Res
         let begins = chrono::DateTime::from_timestamp(hour * 3600, 0).unwrap_or_default();
         let date = begins.format("%Y-%m-%d").to_string();
         let hh = begins.format("%H").to_string();
-        let dir = PathBuf::from(signal.table_name()).join(format!("date={date}")).join(format!("hour={hh}"));
+        let partition = Partition { project: project.clone(), date, hour: hh };
+        let dir = partition.dir(signal);
         let name = FileName { wal_seq, min_time_ns, max_time_ns, nonce: rand::random() }.to_string();
-        files.push(PlannedFile { start, end, date, hour: hh, dir, name, time_range_ns: (min_time_ns, max_time_ns) });
+        files.push(PlannedFile { start, end, partition, dir, name, time_range_ns: (min_time_ns, max_time_ns) });
         start = end;
     }
     Ok(SignalPlan { signal, keys, files })
@@ -210,8 +216,9 @@ fn write_file(
     Ok(ParquetFile {
         relative_path: relative,
         size,
-        date: planned.date.clone(),
-        hour: planned.hour.clone(),
+        project: planned.partition.project.clone(),
+        date: planned.partition.date.clone(),
+        hour: planned.partition.hour.clone(),
         time_range_ns: Some(planned.time_range_ns),
         rows: Some((planned.end - planned.start) as u64),
     })
@@ -444,7 +451,7 @@ mod tests {
         let batches = [spans_at(&[h + 1, h + NS_PER_HOUR + 1])];
         // Another collector's files, with higher sequence numbers than ours.
         let others = write_signal(dir.path(), Signal::Spans, &batches, 900, &options).unwrap();
-        let plan = plan_signal(Signal::Spans, &batches, 7).unwrap();
+        let plan = plan_signal(Signal::Spans, &Project::default(), &batches, 7).unwrap();
         let manifest = FlushManifest { through_seq: 7, files: plan.relative_paths().collect() };
         assert_eq!(manifest.files.len(), 2);
         manifest.write(&wal_dir).unwrap();

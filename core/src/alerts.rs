@@ -55,6 +55,10 @@ pub struct AlertEvent {
     pub figures: BudgetFigures,
     /// One line for humans (and Slack's `text`).
     pub message: String,
+    /// The project of the budget (`crate::projects`); none for a budget over every project. Only keys of the
+    /// project (and admin keys) see the event; events logged before projects existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 /// An event as `/api/v1/alerts` lists it and webhooks POST it: its fields, then its figures as text in the units of
@@ -135,6 +139,7 @@ crate::schema::columns! {
         Used = "used": Utf8;
         Cap = "cap": Utf8;
         Projected = "projected": Utf8, nullable;
+        Project = "project": Utf8, nullable;
     }
 }
 
@@ -145,10 +150,20 @@ pub fn alerts_schema() -> SchemaRef {
 
 /// Every alert event recorded under `data_dir`, as the `alerts` table. Reads the log afresh on each call (it
 /// is small: one line per alert transition).
-pub fn alerts_table(data_dir: &Path) -> Result<RecordBatch, String> {
+///
+/// `visible`: the projects the reader sees; an event of a budget over every project (or logged before projects
+/// existed) is seen only by readers who see every project, since it sums other projects' spend.
+pub fn alerts_table(data_dir: &Path, visible: &crate::projects::Visibility) -> Result<RecordBatch, String> {
     let path = data_dir.join(ALERTS_DIR).join(EVENTS_FILE);
-    let (events, _) = read_events(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let (mut events, _) = read_events(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    events.retain(|e| event_visible(e, visible));
     events_batch(&events).map_err(|e| format!("cannot build the alerts table: {e}"))
+}
+
+/// Whether a reader who sees `visible` may see `event`: every event when it sees every project, else the events of
+/// budgets of one of its projects.
+pub fn event_visible(event: &AlertEvent, visible: &crate::projects::Visibility) -> bool {
+    visible.is_all() || event.project.as_deref().is_some_and(|p| visible.sees(p))
 }
 
 /// Builds the `alerts` table from events.
@@ -193,6 +208,7 @@ pub fn events_batch(events: &[AlertEvent]) -> Result<RecordBatch, datafusion::ar
             AlertColumn::Used => s(&|e| e.figures.used()),
             AlertColumn::Cap => s(&|e| e.figures.cap()),
             AlertColumn::Projected => os(&|e| e.figures.projected()),
+            AlertColumn::Project => os(&|e| e.project.clone()),
         }
     };
     let columns: Vec<ArrayRef> = AlertColumn::ALL.iter().map(|&c| column(c)).collect();
@@ -235,6 +251,7 @@ mod tests {
                 projected_share: None,
             },
             message: "BREACH hedge-duplicates".into(),
+            project: None,
         }
     }
 
@@ -324,6 +341,8 @@ mod tests {
                 projected_share: None,
             },
             message: "m".into(),
+            // Set, so that it is serialised (an event of a budget over every project has none).
+            project: Some("a".into()),
         };
         let json = serde_json::to_value(&event).unwrap();
         let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();

@@ -16,16 +16,20 @@ use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
+use crate::layout::Partition;
 use crate::memory::MemoryBudget;
+use crate::projects::Project;
 use crate::schema::Signal;
 
 /// One committed Parquet file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParquetFile {
-    /// Path relative to the data dir, e.g. `spans/date=2026-11-21/hour=09/000000000042_…parquet`.
+    /// Path relative to the data dir, e.g. `spans/project=a/date=2026-11-21/hour=09/000000000042_…parquet`.
     pub relative_path: PathBuf,
     /// Size in bytes.
     pub size: u64,
+    /// The project whose rows the file holds (its `project=` directory; `default` without one).
+    pub project: Project,
     /// The `date=` partition value (`YYYY-MM-DD`).
     pub date: String,
     /// The `hour=` partition value (`HH`).
@@ -38,20 +42,17 @@ pub struct ParquetFile {
 }
 
 impl ParquetFile {
-    /// Builds the entry for a file at `relative_path` (`SIGNAL/date=…/hour=…/NAME.parquet`), or `None` when the
-    /// path is not in tailscope's layout.
+    /// Builds the entry for a file at `relative_path` (`SIGNAL/[project=P/]date=…/hour=…/NAME.parquet`, see
+    /// [`Partition`]), or `None` when the path is not in tailscope's layout.
     pub fn from_relative_path(relative_path: &Path, size: u64) -> Option<ParquetFile> {
-        let mut parts = relative_path.iter().map(|p| p.to_str());
-        let _signal = parts.next()??;
-        let date = parts.next()??.strip_prefix("date=")?.to_string();
-        let hour = parts.next()??.strip_prefix("hour=")?.to_string();
-        let name = parts.next()??;
-        if parts.next().is_some() || !name.ends_with(".parquet") {
+        let (_, Partition { project, date, hour }, name) = Partition::parse(relative_path)?;
+        if !name.ends_with(".parquet") {
             return None;
         }
         Some(ParquetFile {
             relative_path: relative_path.to_path_buf(),
             size,
+            project,
             date,
             hour,
             time_range_ns: crate::layout::FileName::parse(name).map(|n| (n.min_time_ns, n.max_time_ns)),
@@ -119,8 +120,8 @@ impl FileHealth {
 pub struct TableSnapshot {
     /// Committed Parquet files.
     pub files: Vec<ParquetFile>,
-    /// Acknowledged rows not yet in a committed file, in the table's stored schema.
-    pub batches: Vec<RecordBatch>,
+    /// Acknowledged rows not yet in a committed file, in the table's stored schema, each batch with its project.
+    pub batches: Vec<(Project, RecordBatch)>,
 }
 
 #[derive(Debug, Default)]
@@ -130,7 +131,7 @@ struct TableState {
     version: Option<u64>,
     /// Batches keyed by the WAL sequence number that made them durable, so a flush can retire exactly the
     /// batches it wrote.
-    batches: BTreeMap<u64, Vec<RecordBatch>>,
+    batches: BTreeMap<u64, Vec<(Project, RecordBatch)>>,
 }
 
 /// The live list of what each table holds. Cheap to clone (an `Arc` inside).
@@ -251,12 +252,12 @@ impl Catalog {
         true
     }
 
-    /// Makes rows made durable by WAL record `wal_seq` visible to queries.
-    pub fn add_batch(&self, signal: Signal, wal_seq: u64, batch: RecordBatch) {
+    /// Makes rows of `project` made durable by WAL record `wal_seq` visible to queries.
+    pub fn add_batch(&self, signal: Signal, wal_seq: u64, project: Project, batch: RecordBatch) {
         if batch.num_rows() == 0 {
             return;
         }
-        self.tables.write().entry(signal).or_default().batches.entry(wal_seq).or_default().push(batch);
+        self.tables.write().entry(signal).or_default().batches.entry(wal_seq).or_default().push((project, batch));
     }
 
     /// Commits a flush in one step: the files become visible and the buffered batches with WAL sequence numbers
@@ -273,7 +274,7 @@ impl Catalog {
 
     /// The buffered batches of every signal with WAL sequence numbers up to and including `through_seq`: what a
     /// flush through that sequence writes.
-    pub fn batches_through(&self, through_seq: u64) -> BTreeMap<Signal, Vec<RecordBatch>> {
+    pub fn batches_through(&self, through_seq: u64) -> BTreeMap<Signal, Vec<(Project, RecordBatch)>> {
         let tables = self.tables.read();
         tables
             .iter()
@@ -284,22 +285,28 @@ impl Catalog {
             .collect()
     }
 
-    /// Every buffered (acknowledged, unflushed) record: its WAL sequence number, signal and rows (one batch per
-    /// sequence number). What the WAL must hold again if its segment is lost.
-    pub fn buffered_records(&self) -> Result<Vec<(u64, Signal, RecordBatch)>, datafusion::arrow::error::ArrowError> {
+    /// Every buffered (acknowledged, unflushed) record: its WAL sequence number, signal, project and rows (one
+    /// batch per sequence number: a record holds one request's rows, of one project). What the WAL must hold again
+    /// if its segment is lost.
+    #[allow(clippy::type_complexity)]
+    pub fn buffered_records(
+        &self,
+    ) -> Result<Vec<(u64, Signal, Project, RecordBatch)>, datafusion::arrow::error::ArrowError> {
         let tables = self.tables.read();
         let mut out = Vec::new();
         for (signal, state) in tables.iter() {
             for (seq, batches) in &state.batches {
-                let batch = match batches.as_slice() {
-                    [] => continue,
-                    [one] => one.clone(),
-                    many => datafusion::arrow::compute::concat_batches(&many[0].schema(), many)?,
+                let Some((project, first)) = batches.first() else { continue };
+                let batch = if batches.len() == 1 {
+                    first.clone()
+                } else {
+                    let many: Vec<RecordBatch> = batches.iter().map(|(_, b)| b.clone()).collect();
+                    datafusion::arrow::compute::concat_batches(&first.schema(), &many)?
                 };
-                out.push((*seq, *signal, batch));
+                out.push((*seq, *signal, project.clone(), batch));
             }
         }
-        out.sort_by_key(|(seq, _, _)| *seq);
+        out.sort_by_key(|(seq, _, _, _)| *seq);
         Ok(out)
     }
 
@@ -371,45 +378,65 @@ impl Catalog {
 
     /// Number of buffered (unflushed) rows per signal, for `/metrics`.
     pub fn buffered_rows(&self, signal: Signal) -> usize {
-        self.tables.read()[&signal].batches.values().flatten().map(|b| b.num_rows()).sum()
+        self.tables.read()[&signal].batches.values().flatten().map(|(_, b)| b.num_rows()).sum()
     }
 }
 
-/// Every tailscope-layout Parquet file of one signal under `data_dir`, sorted by path.
+/// Every tailscope-layout Parquet file of one signal under `data_dir`, sorted by path: those in project
+/// directories (`SIGNAL/project=P/date=…/hour=…/`) and those stored before projects existed (`SIGNAL/date=…/…`).
 pub fn list_parquet_files(data_dir: &Path, signal: Signal) -> std::io::Result<Vec<ParquetFile>> {
     let root = data_dir.join(signal.table_name());
     let mut out = Vec::new();
-    let dates = match std::fs::read_dir(&root) {
+    let entries = match std::fs::read_dir(&root) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
         Err(e) => return Err(e),
     };
-    for date in dates {
-        let date = date?;
-        if !date.file_type()?.is_dir() {
+    let table = PathBuf::from(signal.table_name());
+    let mut legacy_dates = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() {
             continue;
         }
-        for hour in std::fs::read_dir(date.path())? {
-            let hour = hour?;
-            if !hour.file_type()?.is_dir() {
-                continue;
-            }
-            for file in std::fs::read_dir(hour.path())? {
-                let file = file?;
-                let meta = file.metadata()?;
-                if !meta.is_file() {
-                    continue;
-                }
-                let relative = PathBuf::from(signal.table_name())
-                    .join(date.file_name())
-                    .join(hour.file_name())
-                    .join(file.file_name());
-                if let Some(pf) = ParquetFile::from_relative_path(&relative, meta.len()) {
-                    out.push(pf);
+        let name = entry.file_name();
+        if name.to_str().and_then(Partition::project_of_dir).is_some() {
+            let relative = table.join(&name);
+            for date in std::fs::read_dir(entry.path())? {
+                let date = date?;
+                if date.file_type()?.is_dir() {
+                    list_hours(&date.path(), &relative.join(date.file_name()), &mut out)?;
                 }
             }
+        } else {
+            legacy_dates.push(entry);
         }
+    }
+    for date in legacy_dates {
+        list_hours(&date.path(), &table.join(date.file_name()), &mut out)?;
     }
     out.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
     Ok(out)
+}
+
+/// The layout's files under one `date=` directory at `dir` (`relative` to the data dir), added to `out`.
+fn list_hours(dir: &Path, relative: &Path, out: &mut Vec<ParquetFile>) -> std::io::Result<()> {
+    for hour in std::fs::read_dir(dir)? {
+        let hour = hour?;
+        if !hour.file_type()?.is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(hour.path())? {
+            let file = file?;
+            let meta = file.metadata()?;
+            if !meta.is_file() {
+                continue;
+            }
+            let path = relative.join(hour.file_name()).join(file.file_name());
+            if let Some(pf) = ParquetFile::from_relative_path(&path, meta.len()) {
+                out.push(pf);
+            }
+        }
+    }
+    Ok(())
 }

@@ -888,6 +888,7 @@ mod tests {
     /// absurd values: each is refused at start by `validate`, naming the key, the value and the allowed range,
     /// instead of overflowing when converted to bytes, panicking when added to an instant, or sizing anything.
     #[test]
+    // Long by design: a table of (key, absurd value, bound) cases.
     fn absurd_sizes_and_durations_are_refused_with_the_key_and_the_bound() {
         let cases: &[(&str, &str, &str, &str)] = &[
             ("[memory]\nlimit_mb = 99999999999\n", "memory.limit_mb", "99999999999", "1..=1048576 MiB"),
@@ -1055,6 +1056,25 @@ mod tests {
         let err = Config::from_toml("[server.cors]\nallowed_headers = [\"bad header\"]\n", Path::new("t.toml"));
         assert!(err.unwrap_err().to_string().contains("server.cors.allowed_headers"));
     }
+
+    #[test]
+    fn project_names_of_keys_and_budgets_are_checked_at_start() {
+        let key = |projects: &str| {
+            format!(
+                "[[auth.keys]]\nname = \"k\"\nhash = \"sha256:{}\"\nscopes = [\"query\"]\nprojects = [{projects}]\n",
+                "0".repeat(64)
+            )
+        };
+        let config = Config::from_toml(&key("\"a\", \"team-b\""), Path::new("t.toml")).unwrap();
+        assert_eq!(config.auth.keys[0].projects, ["a", "team-b"]);
+        for bad in ["\"../a\"", "\"A\"", "\"\""] {
+            let err = Config::from_toml(&key(bad), Path::new("t.toml")).unwrap_err().to_string();
+            assert!(err.contains("auth.keys[0].projects") && err.contains("not a project name"), "{bad}: {err}");
+        }
+        let budget = "[[budget]]\nname = \"b\"\nkind = \"total\"\nperiod = \"day\"\ncap_usd = 1\nproject = \"x/y\"\n";
+        let err = Config::from_toml(budget, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("budget[0]") && err.contains("project"), "{err}");
+    }
 }
 
 /// What an API key may do. `admin` may do everything.
@@ -1118,6 +1138,10 @@ pub struct ApiKeyConfig {
     /// A file holding the clear key (surrounding whitespace ignored).
     pub key_file: Option<PathBuf>,
     pub scopes: Vec<Scope>,
+    /// The projects (tenants) the key belongs to (`crate::projects`): an ingest key's rows go to the first, or to
+    /// the one its request names in `x-tailscope-project`; a query key sees these projects' rows only. Empty:
+    /// the `default` project. An `admin` key sees every project.
+    pub projects: Vec<String>,
 }
 
 /// The prefix of [`ApiKeyConfig::hash`].
@@ -1153,6 +1177,9 @@ impl AuthConfig {
             }
             if key.scopes.is_empty() {
                 return Err(invalid("scopes", "give the key at least one of ingest, query, admin".into()));
+            }
+            for project in &key.projects {
+                crate::projects::Project::parse(project).map_err(|reason| invalid("projects", reason))?;
             }
         }
         Ok(())

@@ -144,6 +144,10 @@ pub struct BudgetConfig {
     /// Warn when the burn rate projects a breach before the period ends (calendar periods only).
     #[serde(default = "yes")]
     pub forecast: bool,
+    /// Only spans of this project (`crate::projects`); its alerts carry it and only keys of the project (and
+    /// admin keys) see the budget and its alerts. None: every project's spans.
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 fn default_warn_at() -> Vec<f64> {
@@ -162,6 +166,9 @@ impl BudgetConfig {
         }
         if self.name.chars().any(|c| c.is_control() || c == '/') {
             return Err(format!("name {:?} must not contain '/' or control characters", self.name));
+        }
+        if let Some(project) = &self.project {
+            crate::projects::Project::parse(project).map_err(|e| format!("project: {e}"))?;
         }
         let positive = |v: Option<f64>, what: &str| -> Result<(), String> {
             match v {

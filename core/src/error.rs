@@ -31,3 +31,15 @@ pub enum ParquetSettingsError {
     #[error("zstd level: {source}")]
     ZstdLevel { level: i32, source: ParquetError },
 }
+
+/// The data dir could not be taken for this process alone ([`crate::layout::lock_data_dir`]).
+#[derive(Debug, Error)]
+pub enum DataDirLockError {
+    #[error(
+        "the data dir {data_dir} is in use by another tailscope process (serve, demo or reprice): stop it first, \
+         or give this one its own data_dir"
+    )]
+    InUse { data_dir: PathBuf },
+    #[error("cannot lock {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}

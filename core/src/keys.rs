@@ -46,6 +46,18 @@ pub mod span {
     pub const REQUEST_BODY_SIZE: &str = "http.request.body.size";
     pub const RESPONSE_BODY_SIZE: &str = "http.response.body.size";
     pub const EGRESS_BYTES: &str = "egress.bytes";
+    /// The service tier (`priority`, `flex`, `batch`, `default`), an input of the price: the response's first (it
+    /// says what was served; a request for `auto` is answered with the tier used), then the request's, each under
+    /// its current and its older `gen_ai.`-prefixed name. Kept in `attributes` too.
+    pub const SERVICE_TIER: &[&str] = &[
+        "openai.response.service_tier",
+        "gen_ai.openai.response.service_tier",
+        "openai.request.service_tier",
+        "gen_ai.openai.request.service_tier",
+    ];
+    /// Cache writes with a 1-hour lifetime (Anthropic's `usage.cache_creation.ephemeral_1h_input_tokens`), an
+    /// input of the price; part of the cache-creation count. Kept in `attributes` too.
+    pub const CACHE_CREATION_1H: &str = "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens";
     /// The host of the endpoint called (the provider's API, a tool or a vector store). Kept in `attributes` too, as
     /// it was before it had a column, so queries of `attributes['server.address']` still find it.
     pub const SERVER_ADDRESS: &str = "server.address";

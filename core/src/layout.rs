@@ -1,6 +1,6 @@
 //! The on-disk layout of the stored tables: Parquet files in the hive layout
-//! `DATA/SIGNAL/date=YYYY-MM-DD/hour=HH/NAME.parquet`, how tailscope names them ([`FileName`]) and how it encodes
-//! them ([`ParquetOptions`]). The collector's writer (`collector::writer`) writes them; the [`crate::catalog`]
+//! `DATA/SIGNAL/project=P/date=YYYY-MM-DD/hour=HH/NAME.parquet` ([`Partition`]), how tailscope names them
+//! ([`FileName`]) and how it encodes them ([`ParquetOptions`]). The collector's writer (`collector::writer`) writes them; the [`crate::catalog`]
 //! lists them; test fixtures and benchmarks write files exactly like the collector's with the same settings.
 
 use datafusion::arrow::datatypes::DataType;
@@ -8,8 +8,70 @@ use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::schema::types::ColumnPath;
 
+use std::path::{Path, PathBuf};
+
 use crate::error::ParquetSettingsError;
+use crate::projects::Project;
 use crate::schema::{MAP_ENTRIES, MAP_KEYS, MAP_VALUES, Signal};
+
+/// Where a file sits in the hive layout: its project, date and hour, the directories
+/// `SIGNAL/project=P/date=YYYY-MM-DD/hour=HH/` (the partition columns [`crate::schema::PARTITION_COLUMNS`]). The one
+/// definition of the directory levels: the writer names directories with [`Partition::dir`], the catalog reads
+/// them back with [`Partition::parse`].
+///
+/// The project is the outermost level so that one project's data is one directory per table: pruned, retained,
+/// backed up or deleted on its own (`rm -r DATA/*/project=P`). Files stored before projects existed
+/// (`SIGNAL/date=…/hour=…/`) still read, as project [`crate::projects::DEFAULT_PROJECT`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    /// The project the file's rows belong to.
+    pub project: Project,
+    /// `YYYY-MM-DD` (UTC) of the file's rows' time column.
+    pub date: String,
+    /// `HH` (UTC).
+    pub hour: String,
+}
+
+/// The prefix of the project directory level.
+const PROJECT_DIR: &str = "project=";
+
+impl Partition {
+    /// The directory of this partition's files of `signal`, relative to the data dir.
+    pub fn dir(&self, signal: Signal) -> PathBuf {
+        Partition::project_dir(signal, &self.project)
+            .join(format!("date={}", self.date))
+            .join(format!("hour={}", self.hour))
+    }
+
+    /// The directory of everything `project` stored in `signal`'s table, relative to the data dir.
+    pub fn project_dir(signal: Signal, project: &Project) -> PathBuf {
+        PathBuf::from(signal.table_name()).join(format!("{PROJECT_DIR}{project}"))
+    }
+
+    /// The partition and file name of a file at `relative_path` (`SIGNAL/[project=P/]date=…/hour=…/NAME`), or
+    /// `None` when the path is not in the layout (a project directory whose name is no project name included).
+    pub fn parse(relative_path: &Path) -> Option<(Signal, Partition, &str)> {
+        let parts: Vec<&str> = relative_path.iter().map(|p| p.to_str()).collect::<Option<_>>()?;
+        let (signal, project, rest) = match parts.as_slice() {
+            [signal, project, rest @ ..] if project.starts_with(PROJECT_DIR) => {
+                (*signal, Project::parse(&project[PROJECT_DIR.len()..]).ok()?, rest)
+            }
+            [signal, rest @ ..] => (*signal, Project::default_project(), rest),
+            [] => return None,
+        };
+        let signal = Signal::ALL.into_iter().find(|s| s.table_name() == signal)?;
+        let [date, hour, name] = rest else { return None };
+        let date = date.strip_prefix("date=")?.to_string();
+        let hour = hour.strip_prefix("hour=")?.to_string();
+        Some((signal, Partition { project, date, hour }, name))
+    }
+
+    /// Whether a directory directly under a table's directory holds one project's partitions (`project=P`);
+    /// otherwise it is a `date=` directory of the layout before projects.
+    pub fn project_of_dir(name: &str) -> Option<Project> {
+        Project::parse(name.strip_prefix(PROJECT_DIR)?).ok()
+    }
+}
 
 /// The parts of a Parquet file name tailscope writes: `{wal_seq:020}_{min_ns}_{max_ns}_{nonce}.parquet`.
 ///
@@ -212,6 +274,25 @@ impl EncodedColumns {
 
 const RESOURCE_ATTRIBUTES: &str = crate::schema::ResourceColumn::ResourceAttributes.name();
 
+/// The file in a data dir that the one process writing it (`serve`, `reprice`) holds an exclusive lock on. The
+/// operating system releases the lock when that process exits, however it exits, so a stale lock never blocks a
+/// restart; and two processes never rewrite, replay or clean up the same WAL and files at once.
+pub const DATA_DIR_LOCK: &str = "tailscope.lock";
+
+/// Takes the exclusive lock of `data_dir` (created if missing) for as long as the returned file is kept open.
+pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, crate::error::DataDirLockError> {
+    use crate::error::DataDirLockError;
+    let path = data_dir.join(DATA_DIR_LOCK);
+    let io = |source| DataDirLockError::Io { path: path.clone(), source };
+    std::fs::create_dir_all(data_dir).map_err(io)?;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DataDirLockError::InUse { data_dir: data_dir.to_path_buf() }),
+        Err(std::fs::TryLockError::Error(source)) => Err(io(source)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +307,19 @@ mod tests {
         };
         assert_eq!(FileName::parse(&n.to_string()), Some(n));
         assert_eq!(FileName::parse("part-0.parquet"), None);
+    }
+
+    #[test]
+    fn partitions_round_trip_and_the_layout_before_projects_reads_as_default() {
+        let p = Partition { project: Project::parse("team-a").unwrap(), date: "2026-11-21".into(), hour: "09".into() };
+        let path = p.dir(Signal::Logs).join("f.parquet");
+        assert_eq!(path, PathBuf::from("logs/project=team-a/date=2026-11-21/hour=09/f.parquet"));
+        assert_eq!(Partition::parse(&path), Some((Signal::Logs, p, "f.parquet")));
+        let (signal, old, _) = Partition::parse(Path::new("spans/date=2026-11-21/hour=09/f.parquet")).unwrap();
+        assert_eq!((signal, old.project.as_str(), old.hour.as_str()), (Signal::Spans, "default", "09"));
+        for bad in ["spans/project=../date=x/hour=y/f", "spans/project=A/date=x/hour=y/f", "other/date=x/hour=y/f"] {
+            assert_eq!(Partition::parse(Path::new(bad)), None, "{bad}");
+        }
     }
 
     #[test]

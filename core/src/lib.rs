@@ -3,7 +3,8 @@
 //! settings), the process-wide [`memory`] budget, the typed [`config`] (with its [`cost`] sections and the alert
 //! [`webhook`] settings), the [`alerts`] table, the [`history`] trait that budgets read stored spans through, the
 //! business [`rules`] every reader shares, the attribute names the normaliser reads ([`keys`]), and how figures
-//! read to people ([`display`]: money, shares, latencies).
+//! read to people ([`display`]: money, shares, latencies), and the [`dashboard`] files both renderers (terminal and
+//! web) draw.
 //!
 //! The crate graph reads as the data path: `tailscope-core` -> `tailscope-collector` (receive, normalise, price,
 //! WAL, Parquet) and `tailscope-query` (SQL over what the catalog lists) -> `tailscope-tui` -> the `tailscope`
@@ -15,12 +16,14 @@ pub mod alerts;
 pub mod catalog;
 pub mod config;
 pub mod cost;
+pub mod dashboard;
 pub mod display;
 pub mod error;
 pub mod history;
 pub mod keys;
 pub mod layout;
 pub mod memory;
+pub mod projects;
 pub mod rules;
 pub mod schema;
 pub mod webhook;

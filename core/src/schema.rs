@@ -10,8 +10,9 @@
 //! Columns are only ever appended at the end of a table: files written before a column existed lack it, and the
 //! query layer reads them with the column NULL.
 //!
-//! The hive partition columns `date` (`YYYY-MM-DD`) and `hour` (`HH`) are not stored inside the files: they are
-//! the directory names (`spans/date=2026-11-21/hour=09/…`), and query engines add them as columns.
+//! The hive partition columns `date` (`YYYY-MM-DD`), `hour` (`HH`) and `project` are not stored inside the files:
+//! they are the directory names (`spans/project=a/date=2026-11-21/hour=09/…`, see [`crate::layout::Partition`]),
+//! and query engines add them as columns.
 
 use std::sync::{Arc, LazyLock};
 
@@ -96,8 +97,13 @@ impl std::fmt::Display for Signal {
     }
 }
 
-/// The hive partition columns every table gains at query time.
-pub const PARTITION_COLUMNS: [&str; 2] = ["date", "hour"];
+/// The column naming the project (tenant) a row belongs to ([`crate::projects`]): a partition column, stored as
+/// the `project=` directory level, never inside the files. Rows stored before projects existed read `default`.
+pub const PROJECT_COLUMN: &str = "project";
+
+/// The hive partition columns every table gains at query time, in the order they follow the stored columns.
+/// Where they are on disk is [`crate::layout::Partition`].
+pub const PARTITION_COLUMNS: [&str; 3] = ["date", "hour", PROJECT_COLUMN];
 
 /// Timestamps are nanoseconds since the epoch in UTC, as OTLP sends them.
 pub fn timestamp_type() -> DataType {

@@ -43,6 +43,7 @@ use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use query::{CATALOG_NAME, Engine, QueryError, SCHEMA_NAME};
+use tailscope_core::projects::Visibility;
 
 mod metadata;
 pub mod prepared;
@@ -185,8 +186,13 @@ fn one_batch<E: std::fmt::Display>(schema: SchemaRef, batch: Result<RecordBatch,
 impl FlightSqlServer {
     /// Streams the statement's rows, with `parameters` bound, as DataFusion produces them: gRPC flow control paces
     /// the query, and the timeout or an error ends the stream with its status.
-    async fn run(&self, sql: &str, parameters: Vec<ScalarValue>) -> Result<Response<DoGetStream>, Status> {
-        let stream = self.engine.stream_with_parameters(sql, parameters).await.map_err(|e| log_error(sql, e))?;
+    async fn run(
+        &self,
+        engine: &Engine,
+        sql: &str,
+        parameters: Vec<ScalarValue>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let stream = engine.stream_with_parameters(sql, parameters).await.map_err(|e| log_error(sql, e))?;
         let schema = stream.schema();
         let owned_sql = sql.to_string();
         let batches = stream.map_err(move |e| FlightError::Tonic(Box::new(log_error(&owned_sql, e))));
@@ -194,8 +200,15 @@ impl FlightSqlServer {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn schema_of(&self, sql: &str) -> Result<SchemaRef, Status> {
-        self.engine.schema_of(sql).await.map_err(|e| log_error(sql, e))
+    async fn schema_of(&self, engine: &Engine, sql: &str) -> Result<SchemaRef, Status> {
+        engine.schema_of(sql).await.map_err(|e| log_error(sql, e))
+    }
+
+    /// The engine as the request's key sees it: only its projects (the authentication layer puts what the key may
+    /// see in the request, `collector::auth`); every project outside that layer. Every call that plans or runs SQL
+    /// goes through it, so a ticket or a prepared statement handle runs with the projects of whoever presents it.
+    fn engine_for<T>(&self, request: &Request<T>) -> Engine {
+        self.engine.scoped(request.extensions().get::<Visibility>().cloned().unwrap_or_default())
     }
 }
 
@@ -222,7 +235,7 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = self.schema_of(&query.query).await?;
+        let schema = self.schema_of(&self.engine_for(&request), &query.query).await?;
         let ticket = TicketStatementQuery { statement_handle: query.query.into_bytes().into() };
         let info = flight_info(&schema, ticket.as_any().encode_to_vec(), request.into_inner())?;
         Ok(Response::new(info))
@@ -231,17 +244,17 @@ impl FlightSqlService for FlightSqlServer {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.run(sql_from_bytes(&ticket.statement_handle)?, Vec::new()).await
+        self.run(&self.engine_for(&request), sql_from_bytes(&ticket.statement_handle)?, Vec::new()).await
     }
 
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let prepared = self.engine.prepare(&query.query).await.map_err(|e| log_error(&query.query, e))?;
+        let prepared = self.engine_for(&request).prepare(&query.query).await.map_err(|e| log_error(&query.query, e))?;
         // A parameter whose type nothing in the statement says takes any value: `Null` says so.
         let parameters: Vec<Field> = prepared
             .parameters
@@ -287,7 +300,7 @@ impl FlightSqlService for FlightSqlServer {
         let statement = self.prepared.get(&cmd.prepared_statement_handle, Instant::now())?;
         // Planned with the values bound: too few or mistyped values are refused here, before a ticket is given.
         let schema = self
-            .engine
+            .engine_for(&request)
             .schema_with_parameters(&statement.sql, statement.values)
             .await
             .map_err(|e| log_error(&statement.sql, e))?;
@@ -298,10 +311,10 @@ impl FlightSqlService for FlightSqlServer {
     async fn do_get_prepared_statement(
         &self,
         cmd: CommandPreparedStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let statement = self.prepared.get(&cmd.prepared_statement_handle, Instant::now())?;
-        self.run(&statement.sql, statement.values).await
+        self.run(&self.engine_for(&request), &statement.sql, statement.values).await
     }
 
     async fn get_flight_info_catalogs(

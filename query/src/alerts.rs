@@ -38,12 +38,14 @@ impl TableProvider for AlertsTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = tailscope_core::alerts::alerts_table(&self.data_dir)
+        // Only the caller's projects' alerts (see `crate::table::visibility`).
+        let visible = crate::table::visibility(state);
+        let batch = tailscope_core::alerts::alerts_table(&self.data_dir, &visible)
             .map_err(|e| DataFusionError::Execution(format!("cannot read the alerts: {e}")))?;
         let batch = batch.with_schema(self.schema.clone())?;
         let source =

@@ -25,6 +25,7 @@ use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{CopyToSource, Statement as DFStatement};
 use futures::{Stream, StreamExt};
+use tailscope_core::projects::Visibility;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -148,6 +149,8 @@ impl Default for Planning {
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
+    /// The projects this engine's queries see ([`Engine::scoped`]); every project unless scoped.
+    visible: Visibility,
 }
 
 struct Inner {
@@ -260,6 +263,7 @@ impl Engine {
         }
 
         Ok(Engine {
+            visible: Visibility::All,
             inner: Arc::new(Inner {
                 base: ctx.state(),
                 slots: Arc::new(Semaphore::new(config.max_concurrent.clamp(1, Semaphore::MAX_PERMITS))),
@@ -280,6 +284,18 @@ impl Engine {
             .await
             .map_err(|e| QueryError::Internal(format!("cannot read the tables under {}: {e}", data_dir.display())))?;
         Engine::new(catalog, config).await
+    }
+
+    /// This engine with its queries seeing only what `visible` allows: the projects of the caller's key. The scan
+    /// of every table (`crate::table`, `alerts`) reads the visibility from the query's session, so it holds for
+    /// every statement, view, join, subquery and prepared statement run through the returned engine.
+    pub fn scoped(&self, visible: Visibility) -> Engine {
+        Engine { inner: self.inner.clone(), visible }
+    }
+
+    /// The projects this engine's queries see.
+    pub fn visibility(&self) -> &Visibility {
+        &self.visible
     }
 
     /// The process-wide memory budget queries draw from.
@@ -433,8 +449,10 @@ impl Engine {
     fn context(&self) -> Result<SessionContext, QueryError> {
         let mut runtime = RuntimeEnv::clone(self.inner.base.runtime_env());
         runtime.memory_pool = memory_pool(&self.inner.memory, &self.inner.config);
-        let state =
+        let mut state =
             SessionStateBuilder::new_from_existing(self.inner.base.clone()).with_runtime_env(Arc::new(runtime)).build();
+        // The projects the scans may read travel in the session's config, where every table scan finds them.
+        state.config_mut().set_extension(Arc::new(self.visible.clone()));
         let ctx = SessionContext::new_with_state(state);
         // The builder re-registers every function in hash order, and DataFusion's `percentile_cont` also answers to
         // `quantile_cont`: register ours last so `quantile_cont` is always the exact, numpy-matching one.

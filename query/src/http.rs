@@ -2,7 +2,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -13,6 +13,7 @@ use futures::StreamExt;
 use crate::engine::{Engine, QueryStream};
 use crate::error::QueryError;
 use crate::format::{Encoder, Format};
+use tailscope_core::projects::Visibility;
 
 /// The body of `POST /api/v1/query`.
 #[derive(Debug, Deserialize)]
@@ -68,8 +69,15 @@ async fn refuse_oversized(limit: usize, request: axum::extract::Request, next: a
     next.run(request).await
 }
 
+/// The engine as the caller's key sees it: only its projects (the authentication layer puts what it may see in the
+/// request); every project outside that layer.
+fn scoped(engine: &Engine, visible: Option<Extension<Visibility>>) -> Engine {
+    engine.scoped(visible.map(|Extension(v)| v).unwrap_or_default())
+}
+
 async fn query_post(
     State(engine): State<Engine>,
+    visible: Option<Extension<Visibility>>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
@@ -88,7 +96,7 @@ async fn query_post(
         Ok(sql) => sql,
         Err(e) => return error_response(e),
     };
-    run(engine, &headers, &sql).await
+    run(scoped(&engine, visible), &headers, &sql).await
 }
 
 /// The SQL of a `POST` body. A JSON object `{"sql": ...}` is read as JSON whatever the content type says: `curl -d`
@@ -125,8 +133,13 @@ struct QueryParams {
     sql: String,
 }
 
-async fn query_get(State(engine): State<Engine>, headers: HeaderMap, Query(params): Query<QueryParams>) -> Response {
-    run(engine, &headers, &params.sql).await
+async fn query_get(
+    State(engine): State<Engine>,
+    visible: Option<Extension<Visibility>>,
+    headers: HeaderMap,
+    Query(params): Query<QueryParams>,
+) -> Response {
+    run(scoped(&engine, visible), &headers, &params.sql).await
 }
 
 /// Runs the statement and streams its result: the status line waits for the first batch (so the errors that come

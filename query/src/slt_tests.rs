@@ -689,7 +689,7 @@ fn load_dataset(dir: &Path) -> Catalog {
         (Signal::Spans, write_parquet(dir, Signal::Spans, &batch(&hour(1)), 2).unwrap()),
     ];
     catalog.commit_flush(files, 2);
-    catalog.add_batch(Signal::Spans, 3, batch(&hour(2)));
+    catalog.add_batch(Signal::Spans, 3, tailscope_core::projects::Project::default(), batch(&hour(2)));
     assert_eq!(hour(0).len() + hour(1).len() + hour(2).len(), spans.len(), "every span is in 09, 10 or 11");
     catalog
 }

@@ -5,6 +5,11 @@
 //! since 52). Files are pruned before they are opened: a file's `date`/`hour` and the time range of its rows
 //! (known from the catalog) are the statistics of a [`PruningPredicate`] built from the query's filters, so
 //! `WHERE start_time > now() - INTERVAL '1 hour'` opens only the last hour's files.
+//!
+//! Projects are enforced here, below SQL: a scan takes only the files and buffered batches of the projects its
+//! session may see ([`visibility`]), before any filter or pruning. Every view, join, subquery, CTE and prepared
+//! statement reads the tables through this scan, so none can reach another project's rows; a file or batch of
+//! another project is never opened.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -42,6 +47,7 @@ use datafusion::physical_plan::union::UnionExec;
 use futures::StreamExt;
 
 use tailscope_core::catalog::{Catalog, FileCheck, FileStamp, ParquetFile};
+use tailscope_core::projects::{Project, Visibility};
 use tailscope_core::schema::{PARTITION_COLUMNS, Signal, SpanColumn};
 
 use crate::unreadable::{self, GuardedSource, ScanFiles};
@@ -57,8 +63,14 @@ pub struct ScanCounters {
     pub buffered_rows_scanned: AtomicU64,
 }
 
+/// What the session of a scan may see: the [`Visibility`] the engine put in its config (`Engine::scoped`), every
+/// project when there is none (a session the engine did not make, as in unit tests).
+pub fn visibility(state: &dyn Session) -> Visibility {
+    state.config().get_extension::<Visibility>().map(|v| v.as_ref().clone()).unwrap_or_default()
+}
+
 /// The query-time schema of a signal: the stored columns (strings as `Utf8View`, see [`scan_file_schema`]), then
-/// `date` and `hour`.
+/// `date`, `hour` and `project`.
 pub fn table_schema(signal: Signal) -> SchemaRef {
     let stored = scan_file_schema(signal);
     let mut fields: Vec<FieldRef> = stored.fields().iter().cloned().collect();
@@ -337,13 +349,13 @@ impl SignalTable {
     fn buffer_scan(
         &self,
         state: &dyn Session,
-        batches: Vec<RecordBatch>,
+        batches: Vec<(Project, RecordBatch)>,
         projection: Option<&Vec<usize>>,
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let schema = project_schema(&self.schema, projection)?;
         let partitions = state.config().target_partitions().clamp(1, batches.len().max(1));
-        let mut spread: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
+        let mut spread: Vec<Vec<(Project, RecordBatch)>> = vec![Vec::new(); partitions];
         for (i, batch) in batches.into_iter().enumerate() {
             spread[i % partitions].push(batch);
         }
@@ -366,7 +378,7 @@ impl SignalTable {
 /// One partition of a [`SignalTable::buffer_scan`].
 #[derive(Debug)]
 struct BufferPartition {
-    batches: Vec<RecordBatch>,
+    batches: Vec<(Project, RecordBatch)>,
     signal: Signal,
     table_schema: SchemaRef,
     projection: Option<Vec<usize>>,
@@ -383,8 +395,8 @@ impl PartitionStream for BufferPartition {
         let (signal, table_schema, projection) = (self.signal, self.table_schema.clone(), self.projection.clone());
         let reservation =
             MemoryConsumer::new(format!("{} buffer scan", signal.table_name())).register(context.memory_pool());
-        let batches = futures::stream::iter(self.batches.clone()).map(move |batch| {
-            let converted = add_partition_columns(&batch, signal, &table_schema, projection.as_deref())?;
+        let batches = futures::stream::iter(self.batches.clone()).map(move |(project, batch)| {
+            let converted = add_partition_columns(&batch, &project, signal, &table_schema, projection.as_deref())?;
             // What the conversion made (partition columns, casts); the stored columns are the buffer's own.
             let made: usize = converted
                 .columns()
@@ -431,7 +443,13 @@ impl TableProvider for SignalTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let snapshot = self.catalog.snapshot(self.signal);
+        let mut snapshot = self.catalog.snapshot(self.signal);
+        // Before anything else: the rest of the scan never sees another project's files or batches.
+        let visible = visibility(state);
+        if !visible.is_all() {
+            snapshot.files.retain(|f| visible.sees(f.project.as_str()));
+            snapshot.batches.retain(|(project, _)| visible.sees(project.as_str()));
+        }
         let pruned = self.prune(state, filters, &snapshot.files)?;
         let present = self.present(pruned);
         let readable = self.readable(present, state.config().target_partitions()).await;
@@ -441,7 +459,7 @@ impl TableProvider for SignalTable {
         let files: Vec<&ParquetFile> = readable.iter().collect();
         self.counters.files_listed.fetch_add(snapshot.files.len() as u64, Ordering::Relaxed);
         self.counters.files_scanned.fetch_add(files.len() as u64, Ordering::Relaxed);
-        let buffered: usize = snapshot.batches.iter().map(|b| b.num_rows()).sum();
+        let buffered: usize = snapshot.batches.iter().map(|(_, b)| b.num_rows()).sum();
         self.counters.buffered_rows_scanned.fetch_add(buffered as u64, Ordering::Relaxed);
         tracing::debug!(
             table = self.signal.table_name(),
@@ -570,6 +588,7 @@ fn balanced_groups(
         let mut part = PartitionedFile::new(location(data_dir, file), file.size).with_partition_values(vec![
             ScalarValue::Utf8(Some(file.date.clone())),
             ScalarValue::Utf8(Some(file.hour.clone())),
+            ScalarValue::Utf8(Some(file.project.to_string())),
         ]);
         let stored_columns = checked.get(&file.relative_path).and_then(|c| c.stored_columns);
         if let Some(n) = stored_columns.filter(|_| file.time_range_ns.is_some()) {
@@ -585,12 +604,14 @@ fn location(data_dir: &Path, file: &ParquetFile) -> String {
     data_dir.join(&file.relative_path).to_string_lossy().trim_start_matches('/').to_string()
 }
 
-/// The columns `projection` asks for (all when `None`) of a buffered batch in the table's types: `date` and `hour`
-/// computed from the time column, as the writer names the directories, and stored columns cast to the table's types
+/// The columns `projection` asks for (all when `None`) of a buffered batch of `project` in the table's types: `date`
+/// and `hour` computed from the time column, as the writer names the directories, `project` the batch's, and stored
+/// columns cast to the table's types
 /// (strings to `Utf8View`, whose views share the batch's string buffers, and [`DICTIONARY_COLUMNS`] to
 /// dictionaries).
 fn add_partition_columns(
     batch: &RecordBatch,
+    project: &Project,
     signal: Signal,
     schema: &SchemaRef,
     projection: Option<&[usize]>,
@@ -620,9 +641,13 @@ fn add_partition_columns(
             }
             (Some(0), Some((date, _))) => date.clone(),
             (Some(1), Some((_, hour))) => hour.clone(),
+            (Some(2), Some(_)) => {
+                let value = ScalarValue::Utf8(Some(project.to_string()));
+                value.to_array_of_size(batch.num_rows())?
+            }
             _ => {
                 return Err(datafusion::error::DataFusionError::Internal(format!(
-                    "{signal} has no column {i} ({} stored, then date and hour)",
+                    "{signal} has no column {i} ({} stored, then date, hour and project)",
                     stored
                 )));
             }
@@ -676,10 +701,11 @@ struct FileStatistics<'a> {
 
 impl FileStatistics<'_> {
     fn partition_values(&self, column: &Column) -> Option<StringArray> {
-        let [date, hour] = PARTITION_COLUMNS;
+        let [date, hour, project] = PARTITION_COLUMNS;
         match column.name.as_str() {
             name if name == date => Some(self.files.iter().map(|f| Some(f.date.as_str())).collect()),
             name if name == hour => Some(self.files.iter().map(|f| Some(f.hour.as_str())).collect()),
+            name if name == project => Some(self.files.iter().map(|f| Some(f.project.as_str())).collect()),
             _ => None,
         }
     }
@@ -757,7 +783,7 @@ mod tests {
         let loose = Arc::new(Schema::new(
             schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
         ));
-        let out = add_partition_columns(&batch, Signal::Logs, &loose, None).unwrap();
+        let out = add_partition_columns(&batch, &Project::default(), Signal::Logs, &loose, None).unwrap();
         let date = out.column_by_name("date").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
         let hour = out.column_by_name("hour").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!((date.value(0), hour.value(0)), ("2026-11-21", "23"));

@@ -13,6 +13,9 @@ use tailscope_core::schema::{Signal, SpanColumn};
 /// [`SESSIONS_SINCE`].
 pub const SESSIONS: &str = "sessions";
 
+/// Per service and session: the base of the health views.
+pub const SERVICE_SESSIONS: &str = "service_sessions";
+
 /// `(view name, SQL)` in registration order: a view may use the ones before it.
 pub fn base_views() -> Vec<(&'static str, String)> {
     let inference = inference_operations_sql();
@@ -42,6 +45,41 @@ pub fn base_views() -> Vec<(&'static str, String)> {
                 FROM spans
                 WHERE session_id IS NOT NULL
                 GROUP BY session_id"
+            ),
+        ),
+        // Health per service, for people who do not write SQL (dashboards/health.toml): one row per service and
+        // session (a session that crossed services counts for each), then per service and day. A session
+        // succeeded when none of its steps in that service failed.
+        (
+            SERVICE_SESSIONS,
+            format!(
+                "SELECT
+                    service_name,
+                    session_id,
+                    min(start_time) AS first_time,
+                    max(end_time) AS last_time,
+                    (CAST(max(end_time) AS BIGINT) - CAST(min(start_time) AS BIGINT)) / 1e6 AS wall_duration_ms,
+                    count(*) AS steps,
+                    count(*) FILTER (WHERE status_code = '{error}') AS error_count,
+                    sum(cost_usd) AS cost_usd
+                FROM spans
+                WHERE session_id IS NOT NULL
+                GROUP BY service_name, session_id"
+            ),
+        ),
+        (
+            "service_health",
+            format!(
+                "SELECT
+                    service_name,
+                    date_trunc('day', first_time) AS day,
+                    count(*) AS sessions,
+                    avg(CASE WHEN error_count = 0 THEN 1.0 ELSE 0.0 END) AS success_rate,
+                    quantile_exact(wall_duration_ms, 0.95) AS p95_session_wall_ms,
+                    sum(cost_usd) / count(*) AS cost_per_session_usd,
+                    sum(cost_usd) AS cost_usd
+                FROM {SERVICE_SESSIONS}
+                GROUP BY service_name, date_trunc('day', first_time)"
             ),
         ),
         (

@@ -84,6 +84,7 @@ fn demo_config(args: &Args) -> Config {
         regions: Vec::new(),
         services: Vec::new(),
         forecast: false,
+        project: None,
     };
     let hour = BudgetPeriod::Rolling(Duration::from_secs(3600));
     config.budgets = vec![
@@ -147,6 +148,8 @@ pub async fn run(args: Args) -> CmdResult {
         addrs.flight,
         config_path.display()
     );
+    // The same screens in a browser, for whoever is watching beside the terminal.
+    eprintln!("  web UI: {api}/  (the dashboards in a browser; docs/web.md)");
     eprintln!(
         "  fleet: {} spans/s from agent services on aws, azure, gcp and coreweave (seed {}){}",
         args.rate,

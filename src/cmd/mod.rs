@@ -2,7 +2,9 @@
 
 pub mod demo;
 pub mod keys;
+pub mod prices;
 pub mod query;
+pub mod reprice;
 pub mod serve;
 pub mod simulate;
 pub mod tui;
@@ -16,10 +18,33 @@ pub struct ServerAuth {
     /// Trust this CA certificate (PEM) for an https:// server whose certificate is not publicly trusted.
     #[arg(long, value_name = "FILE", env = "TAILSCOPE_CA_CERT")]
     pub ca_cert: Option<std::path::PathBuf>,
+    /// Present this client certificate (PEM) to a server that requires mutual TLS; with --client-key.
+    #[arg(long, value_name = "FILE", env = "TAILSCOPE_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --client-cert.
+    #[arg(long, value_name = "FILE", env = "TAILSCOPE_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+/// PEM files are kilobytes; anything past this is a wrong path (a log, a device), not a certificate or key.
+const MAX_PEM_BYTES: u64 = 1 << 20;
+
+/// Reads the PEM file a flag names, refusing more than [`MAX_PEM_BYTES`].
+fn read_pem(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))?;
+    let mut pem = Vec::new();
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))?;
+    if pem.len() as u64 > MAX_PEM_BYTES {
+        return Err(format!("{flag} {} is larger than 1 MiB: it is not a PEM file", path.display()));
+    }
+    Ok(pem)
 }
 
 impl ServerAuth {
-    /// An HTTP client builder that sends the token and trusts the CA.
+    /// An HTTP client builder that sends the token, trusts the CA and presents the client certificate.
     pub fn client_builder(&self) -> Result<reqwest::ClientBuilder, String> {
         let mut builder = reqwest::Client::builder();
         if let Some(token) = &self.token {
@@ -31,12 +56,25 @@ impl ServerAuth {
             builder = builder.default_headers(headers);
         }
         if let Some(path) = &self.ca_cert {
-            let pem = std::fs::read(path).map_err(|e| format!("cannot read --ca-cert {}: {e}", path.display()))?;
+            let pem = read_pem("--ca-cert", path)?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| format!("--ca-cert {} is not PEM certificates: {e}", path.display()))?;
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
+        }
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            let mut pem = read_pem("--client-cert", cert)?;
+            pem.push(b'\n');
+            pem.extend(read_pem("--client-key", key)?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                format!(
+                    "--client-cert {} with --client-key {}: not a PEM certificate and its key: {e}",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+            builder = builder.identity(identity);
         }
         Ok(builder)
     }

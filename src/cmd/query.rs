@@ -35,7 +35,7 @@ pub struct Args {
 }
 
 /// Where statements run.
-enum Backend {
+pub(super) enum Backend {
     Local(Engine),
     Remote { url: String, http: reqwest::Client },
 }
@@ -45,7 +45,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 impl Backend {
     /// Runs `sql` and writes its result in `format` to `out` batch by batch, as the rows come (a large export
     /// never sits whole in memory). Returns the number of rows.
-    async fn run(&self, sql: &str, format: Format, out: &mut (dyn Write + Send)) -> Result<usize, BoxError> {
+    pub(super) async fn run(&self, sql: &str, format: Format, out: &mut (dyn Write + Send)) -> Result<usize, BoxError> {
         let mut rows = 0;
         match self {
             Backend::Local(engine) => {
@@ -119,18 +119,31 @@ pub async fn run(args: Args) -> CmdResult {
     }
 }
 
-async fn backend(args: &Args) -> Result<Backend, Box<dyn std::error::Error + Send + Sync>> {
+async fn backend(args: &Args) -> Result<Backend, BoxError> {
     if let Some(server) = &args.server {
-        let base = server.trim_end_matches('/');
-        let base = if base.contains("://") { base.to_string() } else { format!("http://{base}") };
-        let http = args.auth.client_builder()?.build()?;
-        return Ok(Backend::Remote { url: format!("{base}/api/v1/query"), http });
+        return remote(server, &args.auth);
     }
     let config = match &args.config {
         Some(path) => tailscope_core::config::Config::load(path)?,
         None => tailscope_core::config::Config::default(),
     };
-    let data_dir = args.data_dir.clone().unwrap_or(config.data_dir);
+    local(args.data_dir.clone(), config).await
+}
+
+/// A running collector's SQL API at `server` (`http://` assumed when no scheme is given).
+pub(super) fn remote(server: &str, auth: &super::ServerAuth) -> Result<Backend, BoxError> {
+    let base = server.trim_end_matches('/');
+    let base = if base.contains("://") { base.to_string() } else { format!("http://{base}") };
+    let http = auth.client_builder()?.build()?;
+    Ok(Backend::Remote { url: format!("{base}/api/v1/query"), http })
+}
+
+/// The Parquet files under `data_dir` (default: the config's).
+pub(super) async fn local(
+    data_dir: Option<PathBuf>,
+    config: tailscope_core::config::Config,
+) -> Result<Backend, BoxError> {
+    let data_dir = data_dir.unwrap_or(config.data_dir);
     if !data_dir.is_dir() {
         return Err(format!(
             "no data dir at {}: pass --data-dir DIR (where `tailscope serve` writes) or --server URL",

@@ -207,7 +207,8 @@ fn exposure_is_safe(config: &Config, listeners: &[&net::Listening], keys: bool) 
     }
     for listening in listeners {
         let addr = listening.listener.local_addr().map_err(|e| e.to_string())?;
-        if addr.ip().is_loopback() {
+        // `[::ffff:127.0.0.1]` is loopback too: an IPv4-mapped address is its IPv4 address.
+        if addr.ip().to_canonical().is_loopback() {
             continue;
         }
         let mut missing = Vec::new();
@@ -276,7 +277,9 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
         .ops_router()
         .merge(query::router(engine.clone()))
         .merge(collector::live::routes(live))
-        .merge(collector::cost::routes(budgets));
+        .merge(collector::cost::routes(budgets))
+        // The web UI: the same dashboards as `tailscope tui`, drawn in the browser from the routes above.
+        .merge(web::router(tailscope_core::dashboard::defaults()?));
     // Every route of the API counted and timed, by its pattern (`tailscope_api_requests_total`).
     let api_router = collector::telemetry::track_requests(api_router, collector.metrics().clone());
 
@@ -290,14 +293,16 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
     let mut tasks = JoinSet::new();
     // Every listener gets the same connection limits: a cap, idle/header/body timeouts, keepalive (collector::net).
     let limits = ConnectionLimits::from_config(&config.server);
-    let shed = |listener: &str| collector.metrics().connections_shed(listener);
+    let shed = |listener: &str| collector.metrics().listener_counters(listener);
     let (grpc_service, http_router) = (collector.otlp_grpc_service(), collector.otlp_http_router());
     let flight_service = flight::service(engine);
     // Every listener behind the same keys (collector::auth); with none configured, every request passes.
-    let grpc_service = Authenticated::new(grpc_service, keys.clone(), Listener::OtlpGrpc);
-    let http_router = Authenticated::new(http_router, keys.clone(), Listener::OtlpHttp);
-    let api_router = Authenticated::new(api_router, keys.clone(), Listener::Api);
-    let flight_service = Authenticated::new(flight_service, keys, Listener::Flight);
+    let refusals = collector.metrics().auth_refusals.clone();
+    let authenticated = |listener| (keys.clone(), listener, refusals.clone());
+    let grpc_service = Authenticated::new(grpc_service, authenticated(Listener::OtlpGrpc));
+    let http_router = Authenticated::new(http_router, authenticated(Listener::OtlpHttp));
+    let api_router = Authenticated::new(api_router, authenticated(Listener::Api));
+    let flight_service = Authenticated::new(flight_service, authenticated(Listener::Flight));
     tasks.spawn(net::serve(grpc, grpc_service, limits, shed(Listener::OtlpGrpc.name()), until_stopped()));
     tasks.spawn(net::serve(http, http_router, limits, shed(Listener::OtlpHttp.name()), until_stopped()));
     tasks.spawn(net::serve(api, api_router, limits, shed(Listener::Api.name()), until_stopped()));

@@ -28,7 +28,8 @@ use deltalake_core::protocol::{DeltaOperation, SaveMode};
 use deltalake_core::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use tailscope_core::catalog::{Catalog, ParquetFile, list_parquet_files};
 use tailscope_core::layout::FileName;
-use tailscope_core::schema::{PARTITION_COLUMNS, Signal};
+use tailscope_core::projects::Project;
+use tailscope_core::schema::{PARTITION_COLUMNS, PROJECT_COLUMN, Signal};
 use url::Url;
 
 pub mod maintenance;
@@ -151,13 +152,20 @@ pub fn delta_schema(signal: Signal) -> Result<Vec<StructField>, StoreError> {
     Ok(fields)
 }
 
-/// The partition values of a file, from the `name=value` directories of its path (every partition column's).
+/// The partition values of a file: its project, date and hour, which the catalog read from its path
+/// ([`tailscope_core::layout::Partition`]; a file from before projects is in project `default`).
 fn partition_values(file: &ParquetFile) -> HashMap<String, Option<String>> {
-    file.relative_path
+    PARTITION_COLUMNS
         .iter()
-        .filter_map(|part| part.to_str()?.split_once('='))
-        .filter(|(name, _)| PARTITION_COLUMNS.contains(name))
-        .map(|(name, value)| (name.to_string(), Some(value.to_string())))
+        .map(|&column| {
+            let value = match column {
+                "date" => file.date.clone(),
+                "hour" => file.hour.clone(),
+                PROJECT_COLUMN => file.project.as_str().to_string(),
+                other => unreachable!("partition column {other} has no value in ParquetFile"),
+            };
+            (column.to_string(), Some(value))
+        })
         .collect()
 }
 
@@ -346,13 +354,24 @@ fn file_of(
         });
     }
     let value = |column: &str| partition_values.get(column).cloned().flatten().unwrap_or_default();
-    let [date_column, hour_column] = [PARTITION_COLUMNS[0], PARTITION_COLUMNS[1]];
+    let project = partition_values
+        .get(PROJECT_COLUMN)
+        .cloned()
+        .flatten()
+        .map(|p| Project::parse(&p))
+        .transpose()
+        .map_err(|detail| StoreError::Log {
+            table: signal.table_name(),
+            detail: format!("the log gives the file {path:?} a project that is no project name: {detail}"),
+        })?
+        .unwrap_or_default();
     let name = relative.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     Ok(ParquetFile {
         relative_path: Path::new(signal.table_name()).join(relative),
         size: u64::try_from(size).unwrap_or(0),
-        date: value(date_column),
-        hour: value(hour_column),
+        project,
+        date: value("date"),
+        hour: value("hour"),
         time_range_ns: FileName::parse(name).map(|n| (n.min_time_ns, n.max_time_ns)),
         rows: rows.map(|r| r as u64),
     })

@@ -646,6 +646,7 @@ async fn http2_keepalive_drops_peers_that_do_not_answer_pings() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Long by design: a receiver that redirects and one behind the redirect, both watched through one alert's life.
 async fn alert_webhooks_do_not_follow_redirects() {
     use axum::Router;
     use axum::http::{StatusCode, header};

@@ -43,6 +43,7 @@ fn figure<'a>(summary: &'a str, label: &str) -> &'a str {
 }
 
 #[test]
+// Long by design: one demo run whose printed summary is checked figure by figure against SQL over its data.
 fn demo_summary_is_sql_over_the_stored_data() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
@@ -55,6 +56,8 @@ fn demo_summary_is_sql_over_the_stored_data() {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    // The web UI's address is printed beside the dashboard's.
+    assert!(stderr.contains("web UI: http://127.0.0.1:"), "{stderr}");
     // Headless progress lines came before the summary.
     assert!(stdout.lines().filter(|l| l.starts_with('[') && l.contains("sent ")).count() >= 2, "{stdout}");
     let summary = &stdout[stdout.find("summary (SQL").unwrap_or_else(|| panic!("no summary:\n{stdout}"))..];

@@ -294,6 +294,7 @@ fn chunked(path: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
 /// the memory ceiling (for now: 503 + Retry-After; for good: 413), a body cut at the body timeout (it used to be
 /// plain text), a body that does not decode, a bad gzip stream, and a wrong method or path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Long by design: every refusal path of the OTLP routes, as a table run against one server.
 async fn every_refusal_on_the_otlp_routes_is_an_otlp_status() {
     use crate::support::{raw_http, rpc_status};
     use std::time::Duration;
@@ -597,6 +598,7 @@ fn repeated_field(tag: u32, head: &[u8], item: &[u8], n: usize) -> Vec<u8> {
 /// RESOURCE_EXHAUSTED, it can never fit) before prost runs, one of 200,000 empty log records is stored with RSS in
 /// proportion, and ordinary exports work as before, over both transports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Long by design: a table of hostile bodies, each sent to the same server with its refusal and memory checked.
 async fn metrics_and_logs_are_bounded_before_prost_decodes_them() {
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;

@@ -29,8 +29,11 @@ pub async fn parquet_rows(data_dir: &std::path::Path, table: &str, order_by: &st
         return Vec::new();
     }
     let ctx = SessionContext::new();
-    let options = ParquetReadOptions::default()
-        .table_partition_cols(vec![("date".into(), DataType::Utf8), ("hour".into(), DataType::Utf8)]);
+    let options = ParquetReadOptions::default().table_partition_cols(vec![
+        ("project".into(), DataType::Utf8),
+        ("date".into(), DataType::Utf8),
+        ("hour".into(), DataType::Utf8),
+    ]);
     ctx.register_parquet(table, dir.to_str().unwrap(), options).await.expect("register parquet");
     let df = ctx.sql(&format!("SELECT * FROM {table} ORDER BY {order_by}")).await.expect("sql");
     let schema = df.schema().inner().clone();
@@ -97,6 +100,7 @@ fn by_name<'a>(rows: &'a [serde_json::Value], name: &str) -> &'a serde_json::Val
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Long by design: one span per column family, sent by the SDK and checked column by column against what was sent.
 async fn sdk_spans_over_grpc_and_http_fill_every_column() {
     let mut server = Server::start().await;
     let resource = |service: &str| {
@@ -285,7 +289,10 @@ async fn sdk_spans_over_grpc_and_http_fill_every_column() {
     assert!(!files.is_empty());
     for f in &files {
         let rel = f.strip_prefix(&server.data_dir).unwrap().to_str().unwrap().to_string();
-        assert!(rel.starts_with("spans/date=") && rel.contains("/hour=") && rel.ends_with(".parquet"), "{rel}");
+        assert!(
+            rel.starts_with("spans/project=default/date=") && rel.contains("/hour=") && rel.ends_with(".parquet"),
+            "{rel}"
+        );
     }
 }
 
@@ -412,6 +419,7 @@ async fn otlp_json_protobuf_and_gzip_bodies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Long by design: a table of bad inputs against one server, which must still serve after each.
 async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     let server = Server::start_with("[ingest]\nmax_body_bytes = 65536\n").await;
     let client = reqwest::Client::new();

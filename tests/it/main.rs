@@ -1,5 +1,6 @@
 //! Integration tests: one binary that drives the real `tailscope` over real sockets.
 
+mod browser;
 mod budget;
 mod connections;
 mod conventions;
@@ -10,9 +11,12 @@ mod ingest;
 mod operations;
 mod overload;
 mod parsers;
+mod prices;
+mod projects;
 mod query;
 mod security;
 mod sql_limits;
 mod storage;
 mod support;
 mod tui;
+mod web;

@@ -313,6 +313,7 @@ async fn back_to_back(clients: Arc<Clients>, transport: Transport, until: Instan
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Long by design: one overload run sampled while it happens; every check reads the same timeline.
 async fn ten_times_overload_stays_under_the_memory_ceiling_and_loses_nothing() {
     // Small caches: they hold their bounds in the budget for good, and the 24,000-span requests need ~49 MiB of it
     // at once (with the default 20 MiB of caches, they could never fit, and are refused for good with 413).

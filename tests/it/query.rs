@@ -96,6 +96,8 @@ fn f64s(batches: &[RecordBatch], column: &str) -> Vec<f64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Long by design: one dataset asked the same questions over HTTP, Flight SQL and the CLI, their answers
+// compared in one place.
 async fn every_surface_answers_exact_percentiles_and_clear_errors() {
     let mut server = Server::start().await;
     ingest_known_spans(&server).await;

@@ -228,6 +228,7 @@ async fn flight_count(client: &mut FlightSqlServiceClient<Channel>) -> Result<i6
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Long by design: one secured server tried on every listener and surface, in the order a client meets them.
 async fn keys_and_tls_admit_the_sdk_and_refuse_everyone_else_on_every_listener() {
     let pki = Pki::new();
     pki.write("server", &pki.leaf(&["localhost", "127.0.0.1"]));
@@ -308,10 +309,21 @@ async fn keys_and_tls_admit_the_sdk_and_refuse_everyone_else_on_every_listener()
 
     // Plaintext on a TLS listener gets no answer.
     assert!(reqwest::Client::new().get(format!("http://{}/healthz", server.api)).send().await.is_err());
+    // Failed handshakes and refused keys are counted, by listener (and reason).
+    let scrape = server.scrape().await;
+    assert!(scrape.sum("tailscope_tls_handshake_failures_total", &[("listener", "api")]) >= 1.0, "{}", scrape.text);
+    let refused = |listener: &str, reason: &str| {
+        scrape.sum("tailscope_auth_refusals_total", &[("listener", listener), ("reason", reason)])
+    };
+    assert!(refused("otlp_http", "missing") >= 1.0 && refused("otlp_http", "unknown") >= 1.0, "{}", scrape.text);
+    assert!(refused("otlp_grpc", "forbidden") >= 1.0 && refused("api", "forbidden") >= 1.0, "{}", scrape.text);
 
     // Flight SQL: the key as the handshake's password (the user name is not used), then its bearer token.
     let mut client = flight(&server, &ca).await;
     assert_eq!(flight_count(&mut client).await, Err(tonic::Code::Unauthenticated));
+    // The refusal says what a Flight client sends, not the OTLP exporters' variable.
+    let missing = client.execute("SELECT 1".to_string(), None).await.unwrap_err().to_string();
+    assert!(missing.contains("handshake") && !missing.contains("OTEL_EXPORTER_OTLP_HEADERS"), "{missing}");
     let mut wrong = flight(&server, &ca).await;
     assert!(wrong.handshake("analyst", "tsk_wrong").await.is_err());
     // An ingest key is refused at the handshake already, and as a bearer token on a query.
@@ -449,6 +461,30 @@ fn binding_beyond_loopback_without_tls_and_keys_refuses_to_start() {
     assert_eq!(code, None, "{stderr}");
 }
 
+/// An IPv4-mapped IPv6 loopback address (`[::ffff:127.0.0.1]`) is loopback: it serves without TLS and keys.
+#[test]
+fn an_ipv4_mapped_loopback_bind_counts_as_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    // A free port, spelled as the IPv4-mapped address of 127.0.0.1.
+    let mapped = format!("[::ffff:127.0.0.1]:{}", free_addr().port());
+    let child = Command::new(tailscope_bin())
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--otlp-grpc", &mapped, "--otlp-http", &free_addr().to_string()])
+        .args(["--api", &free_addr().to_string(), "--flight", &free_addr().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, stderr) = wait_exit(child, Duration::from_secs(5));
+    if stderr.contains("Address family not supported") || stderr.contains("Cannot assign requested address") {
+        eprintln!("no IPv6 here; skipped: {stderr}");
+        return;
+    }
+    assert_eq!(code, None, "a mapped loopback address must serve without TLS and keys: {stderr}");
+}
+
 /// Waits up to `wait` for `child` to exit: its exit code (None if it was still running: then it is killed) and
 /// stderr.
 fn wait_exit(mut child: std::process::Child, wait: Duration) -> (Option<i32>, String) {
@@ -499,4 +535,176 @@ fn a_client_ca_without_a_certificate_refuses_to_start() {
     std::fs::write(&config, "[server.tls]\nclient_ca_file = \"/etc/hostname\"\n").unwrap();
     let stderr = crate::support::serve_fails_to_start(Some(&config), &dir.path().join("data"));
     assert!(stderr.contains("server.tls.cert_file"), "{stderr}");
+}
+
+/// Runs `script` with python3 and `env`; a missing module fails the test with what to install (`.ci/run` installs
+/// them), never skips it.
+fn python(script: &str, args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+    let mut command = Command::new("python3");
+    command.args(["-c", script]).args(args);
+    // `requests` lets these override the exporter's own CA file (OTEL_EXPORTER_OTLP_CERTIFICATE): a machine that
+    // sets them (as some images do) would test the variable's shadow, not the variable. docs/security.md says so.
+    command.env_remove("REQUESTS_CA_BUNDLE").env_remove("CURL_CA_BUNDLE");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().expect("python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("ModuleNotFoundError"),
+        "python3 -m pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-grpc \
+         opentelemetry-exporter-otlp-proto-http adbc-driver-flightsql pyarrow: {stderr}"
+    );
+    out
+}
+
+/// The Python SDK's exporter, configured only by the standard environment variables, exports `n` spans named
+/// `name`; prints OK when every export succeeded.
+const PYTHON_EXPORT: &str = r#"
+import sys
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+protocol, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if protocol == "grpc":
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+else:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+exporter = OTLPSpanExporter()
+results = []
+class Counted(SimpleSpanProcessor):
+    def on_end(self, span):
+        results.append(exporter.export([span]))
+provider = TracerProvider(resource=Resource.create({"service.name": "python-" + protocol}))
+provider.add_span_processor(Counted(exporter))
+tracer = provider.get_tracer("it-security-python")
+for _ in range(n):
+    with tracer.start_as_current_span(name):
+        pass
+ok = len(results) == n and all(r == SpanExportResult.SUCCESS for r in results)
+print("OK" if ok else "FAILED %s" % results)
+"#;
+
+/// ADBC's Flight SQL driver over TLS, trusting `ca`, with the key as the password.
+const PYTHON_ADBC: &str = r#"
+import sys
+import adbc_driver_flightsql.dbapi as flight_sql
+from adbc_driver_flightsql import DatabaseOptions
+uri, ca_file, key = sys.argv[1], sys.argv[2], sys.argv[3]
+options = {DatabaseOptions.TLS_ROOT_CERTS.value: open(ca_file).read(), "username": "analyst", "password": key}
+with flight_sql.connect(uri, db_kwargs=options) as conn:
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) AS n FROM spans WHERE service_name LIKE ?", parameters=("python-%",))
+        print(cur.fetchone()[0])
+"#;
+
+/// Issue 14: Python's official SDK over TLS with `OTEL_EXPORTER_OTLP_CERTIFICATE` and `OTEL_EXPORTER_OTLP_HEADERS`
+/// (gRPC and HTTP), refused without the key and storing nothing then; ADBC Flight SQL over TLS with a query key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_and_adbc_work_over_tls_with_keys() {
+    let pki = Pki::new();
+    pki.write("server", &pki.leaf(&["localhost", "127.0.0.1"]));
+    let keys = Keys::new();
+    let server = Server::start_secured(&(tls_toml(&pki, "") + &keys.toml()), &pki.ca_pem(), &keys.admin).await;
+    let env = |port: u16, key: Option<&str>| {
+        let mut env = vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("https://localhost:{port}")),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", pki.path("ca.crt")),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "10".to_string()),
+            ("OTEL_EXPORTER_OTLP_HEADERS", String::new()),
+        ];
+        if let Some(key) = key {
+            // The variable's values are URL-encoded (the OTel spec's W3C Baggage format): the space is %20.
+            env[3].1 = format!("authorization=Bearer%20{key}");
+        }
+        env
+    };
+    for (protocol, port) in [("grpc", server.grpc.port()), ("http", server.http.port())] {
+        let out = python(PYTHON_EXPORT, &[protocol, "py-ok", "3"], &env(port, Some(&keys.ingest)));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("OK"), "{protocol}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        for key in [None, Some(keys.query.as_str())] {
+            let out = python(PYTHON_EXPORT, &[protocol, "py-refused", "1"], &env(port, key));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains("FAILED"), "{protocol} with {key:?}: {stdout}");
+        }
+    }
+    assert_eq!(count(&server, "py-ok").await, 6);
+    assert_eq!(count(&server, "py-refused").await, 0);
+
+    let uri = format!("grpc+tls://localhost:{}", server.flight_addr.port());
+    let out = python(PYTHON_ADBC, &[&uri, &pki.path("ca.crt"), &keys.query], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "6");
+    let out = python(PYTHON_ADBC, &[&uri, &pki.path("ca.crt"), &keys.ingest], &[]);
+    assert!(!out.status.success(), "an ingest key cannot query");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("query scope"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Issue 14: `tailscope query` presents a client certificate (`--client-cert`/`--client-key`) to an API behind
+/// mutual TLS, and without one, or with one from another CA, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_presents_a_client_certificate_to_an_api_behind_mutual_tls() {
+    let pki = Pki::new();
+    pki.write("server", &pki.leaf(&["localhost", "127.0.0.1"]));
+    pki.write("cli", &pki.leaf(&["analyst"]));
+    let stranger = Pki::new();
+    stranger.write("cli", &stranger.leaf(&["analyst"]));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tailscope.toml");
+    std::fs::write(&config, tls_toml(&pki, &format!("client_ca_file = \"{}\"", pki.path("ca.crt")))).unwrap();
+    let api = free_addr();
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let mut child = Command::new(tailscope_bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--otlp-grpc", &free_addr().to_string(), "--otlp-http", &free_addr().to_string()])
+        .args(["--api", &api.to_string(), "--flight", &free_addr().to_string()])
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let url = format!("https://localhost:{}", api.port());
+    let cli = |identity: Option<&Pki>| {
+        let mut command = Command::new(tailscope_bin());
+        command.args(["query", "--format", "csv", "--server", &url, "--ca-cert", &pki.path("ca.crt")]);
+        if let Some(issuer) = identity {
+            command.args(["--client-cert", &issuer.path("cli.crt"), "--client-key", &issuer.path("cli.key")]);
+        }
+        command.arg("SELECT 40 + 2 AS n").output().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let out = loop {
+        let out = cli(Some(&pki));
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+    assert!(out.status.success(), "{}\n{log}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n42\n");
+    for identity in [None, Some(&stranger)] {
+        let out = cli(identity);
+        assert!(!out.status.success(), "refused without a certificate from the CA");
+    }
+    // A flag that names something that is not a PEM file says so.
+    let out = Command::new(tailscope_bin())
+        .args([
+            "query",
+            "--server",
+            &url,
+            "--client-cert",
+            "/etc/hostname",
+            "--client-key",
+            "/etc/hostname",
+            "SELECT 1",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a PEM certificate and its key"), "{out:?}");
+    let _ = child.kill();
+    let _ = child.wait();
 }

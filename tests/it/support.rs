@@ -481,8 +481,8 @@ impl Server {
 
     /// Every sample of `GET /metrics`, parsed.
     pub async fn scrape(&self) -> Scrape {
-        let text = reqwest::get(format!("{}/metrics", self.api_url())).await.unwrap().text().await.unwrap();
-        Scrape::parse(&text)
+        let text = self.client().get(format!("{}/metrics", self.api_url())).send().await.unwrap();
+        Scrape::parse(&text.text().await.unwrap())
     }
 
     /// Polls `GET /metrics` until `ready` holds for a scrape, and returns that scrape; panics after 20 s with

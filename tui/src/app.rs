@@ -7,67 +7,10 @@ use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
+pub use crate::dashboard::TimeWindow;
 use crate::dashboard::{Dashboard, Panel, Widget};
 use crate::data::Table;
 use crate::source::FetchError;
-
-/// The history a screen covers; `t` cycles through them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimeWindow {
-    /// Last five minutes.
-    FiveMinutes,
-    /// Last hour.
-    Hour,
-    /// Last day.
-    Day,
-    /// Last week.
-    Week,
-}
-
-impl TimeWindow {
-    /// Short label.
-    pub fn label(self) -> &'static str {
-        match self {
-            TimeWindow::FiveMinutes => "5m",
-            TimeWindow::Hour => "1h",
-            TimeWindow::Day => "24h",
-            TimeWindow::Week => "7d",
-        }
-    }
-    fn next(self) -> TimeWindow {
-        match self {
-            TimeWindow::FiveMinutes => TimeWindow::Hour,
-            TimeWindow::Hour => TimeWindow::Day,
-            TimeWindow::Day => TimeWindow::Week,
-            TimeWindow::Week => TimeWindow::FiveMinutes,
-        }
-    }
-    /// Length in seconds.
-    pub fn seconds(self) -> u64 {
-        match self {
-            TimeWindow::FiveMinutes => 300,
-            TimeWindow::Hour => 3600,
-            TimeWindow::Day => 86_400,
-            TimeWindow::Week => 604_800,
-        }
-    }
-    fn interval(self) -> &'static str {
-        match self {
-            TimeWindow::FiveMinutes => "5 minutes",
-            TimeWindow::Hour => "1 hour",
-            TimeWindow::Day => "1 day",
-            TimeWindow::Week => "7 days",
-        }
-    }
-    /// The live window that covers this one, when the collector keeps one that long.
-    pub fn live(self) -> Option<&'static str> {
-        match self {
-            TimeWindow::FiveMinutes => Some("5m"),
-            TimeWindow::Hour => Some("1h"),
-            TimeWindow::Day | TimeWindow::Week => None,
-        }
-    }
-}
 
 /// One fetch a panel needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -280,11 +223,7 @@ impl App {
 
     /// SQL with its placeholders filled in.
     pub fn fill(&self, sql: &str) -> String {
-        let session = self.session.as_deref().map(|s| format!("'{}'", s.replace('\'', "''"))).unwrap_or("NULL".into());
-        sql.replace("{since}", &format!("(now() - INTERVAL '{}')", self.window.interval()))
-            .replace("{window_seconds}", &format!("{}.0", self.window.seconds()))
-            .replace("{window}", &format!("'{}'", self.window.label()))
-            .replace("{session_id}", &session)
+        crate::dashboard::fill(sql, self.window, self.session.as_deref())
     }
 
     /// The fetches due now on the current screen; marks them in flight.

@@ -7,7 +7,8 @@
 //! with exponential backoff. `ratatui::init` installs a panic hook that restores the terminal.
 
 pub mod app;
-pub mod dashboard;
+/// The dashboard files' model, shared with the web UI (it lives in `tailscope-core`).
+pub use tailscope_core::dashboard;
 pub mod data;
 pub mod source;
 pub mod ui;

@@ -67,7 +67,7 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
         Line::from(vec![Span::styled("/", Style::new().fg(Color::Yellow)), Span::raw(format!("{input}_"))])
     } else {
         let mut spans = vec![Span::styled(
-            " 1-5 screen  j/k move  ⏎ drill  / filter  t window  r refresh  ? help  q quit",
+            " 1-9 screen  j/k move  ⏎ drill  / filter  t window  r refresh  ? help  q quit",
             Style::new().fg(Color::DarkGray),
         )];
         if !app.filter.is_empty() {
@@ -707,7 +707,7 @@ fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
     let plain = Style::new();
     let dim = Style::new().fg(Color::DarkGray);
     let mut logical: Vec<(String, Style)> = vec![
-        ("1-5, Tab     switch screen".into(), bold),
+        ("1-9, Tab     switch screen".into(), bold),
         ("↑↓ / j k     move the selection (PgUp PgDn g G)".into(), plain),
         ("Enter        drill into the selected session".into(), plain),
         ("Esc          back / clear the filter".into(), plain),
@@ -759,7 +759,7 @@ mod tests {
 
     #[test]
     fn wrap_breaks_at_spaces_keeps_inner_runs_and_ellipsizes_the_last_line() {
-        assert_eq!(wrap("1-5, Tab     switch screen", 40, 9), ["1-5, Tab     switch screen"]);
+        assert_eq!(wrap("1-9, Tab     switch screen", 40, 9), ["1-9, Tab     switch screen"]);
         assert_eq!(wrap("aaa bbb ccc", 7, 9), ["aaa bbb", "ccc"]);
         assert_eq!(wrap("abcdefgh", 3, 9), ["abc", "def", "gh"]);
         assert_eq!(wrap("aaa bbb ccc ddd eee", 7, 2), ["aaa bbb", "ccc dd…"]);

@@ -79,6 +79,7 @@ fn write_alerts(dir: &std::path::Path) {
         threshold: Some(1.0),
         figures: BudgetFigures::default(),
         message: format!("BREACH {budget}"),
+        project: None,
     };
     let share_figures = BudgetFigures {
         spend_usd: 0.69,

@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Each round measures the decode-only server, then tailscope; the ratios are reported per round and as their
-//! median, so that load from other work on the machine falls on both servers alike.
+//! median, so that load from other work on the machine falls on both servers alike. With `--tls`, each round also
+//! measures tailscope with TLS on its gRPC listener and an API key required (what a public bind needs), and reports
+//! its spans per CPU-second against plaintext tailscope's in the same round (the issue's target: at most 15% less).
 //!
 //! Both servers run as child processes, so their CPU time and memory come from the kernel's accounting of
 //! exactly that process (the decode-only server is this binary re-executed with `--baseline-server`).
@@ -69,6 +71,10 @@ struct Args {
     /// the machine moves single figures by ±5 %; alternating lets it fall on both servers alike.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Also measure tailscope with TLS and API keys on (a certificate made for the run, an ingest key sent as a
+    /// bearer token on every request), beside plaintext tailscope in the same round.
+    #[arg(long)]
+    tls: bool,
     /// Internal: run as the decode-only baseline server on this address and print `LISTENING <addr>`.
     #[arg(long, hide = true)]
     baseline_server: Option<SocketAddr>,
@@ -179,6 +185,7 @@ struct Load {
 /// Sends `total` spans from `exporters` concurrent connections; returns the load counters and the wall time.
 async fn drive(
     endpoint: &str,
+    secure: Option<&Secure>,
     corpus: Arc<corpus::Corpus>,
     total: u64,
     exporters: usize,
@@ -189,12 +196,18 @@ async fn drive(
     let requests_total = total.div_ceil(per_request);
     let mut channels = Vec::new();
     for _ in 0..exporters {
-        channels.push(Channel::from_shared(endpoint.to_string())?.tcp_nodelay(true).connect().await?);
+        let mut channel = Channel::from_shared(endpoint.to_string())?.tcp_nodelay(true);
+        if let Some(secure) = secure {
+            channel = channel.tls_config(secure.client_tls())?;
+        }
+        channels.push(channel.connect().await?);
     }
     let started = Instant::now();
     let mut tasks = Vec::new();
+    let bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+        secure.map(|s| format!("Bearer {}", s.key).parse()).transpose()?;
     for channel in channels {
-        let (load, next, corpus) = (load.clone(), next.clone(), corpus.clone());
+        let (load, next, corpus, bearer) = (load.clone(), next.clone(), corpus.clone(), bearer.clone());
         tasks.push(tokio::spawn(async move {
             let mut grpc = tonic::client::Grpc::new(channel);
             loop {
@@ -207,7 +220,11 @@ async fn drive(
                 loop {
                     grpc.ready().await.map_err(|e| format!("connection lost: {e}"))?;
                     let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
-                    match grpc.unary(tonic::Request::new(body.clone()), path, RawCodec).await {
+                    let mut request = tonic::Request::new(body.clone());
+                    if let Some(bearer) = &bearer {
+                        request.metadata_mut().insert("authorization", bearer.clone());
+                    }
+                    match grpc.unary(request, path, RawCodec).await {
                         Ok(resp) => {
                             let rejected =
                                 resp.get_ref().partial_success.as_ref().map(|p| p.rejected_spans as u64).unwrap_or(0);
@@ -235,6 +252,49 @@ async fn drive(
 
 // ---------------------------------------------------------------------------------------------------------------
 // Servers under test.
+
+/// TLS and an API key for `--tls`: a CA and a `localhost` certificate made for the run, and an ingest key.
+struct Secure {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+    key: String,
+}
+
+impl Secure {
+    fn new() -> Result<Secure, BoxError> {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+        let leaf_key = KeyPair::generate()?;
+        let leaf = CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&leaf_key, &ca)?;
+        Ok(Secure {
+            ca_pem: ca.pem(),
+            cert_pem: leaf.pem(),
+            key_pem: leaf_key.serialize_pem(),
+            key: collector::auth::new_key(),
+        })
+    }
+
+    /// The config lines that turn TLS and keys on, with the certificate files written in `dir`.
+    fn config(&self, dir: &Path) -> Result<String, BoxError> {
+        let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+        std::fs::write(&cert, &self.cert_pem)?;
+        std::fs::write(&key, &self.key_pem)?;
+        Ok(format!(
+            "[server.tls]\ncert_file = {cert:?}\nkey_file = {key:?}\n\n[[auth.keys]]\nname = \"bench\"\nhash = \"{}\"\n\
+             scopes = [\"ingest\"]\n",
+            collector::auth::key_hash(&self.key)
+        ))
+    }
+
+    fn client_tls(&self) -> tonic::transport::ClientTlsConfig {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .domain_name("localhost")
+    }
+}
 
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -280,6 +340,11 @@ impl Measured {
     fn spans_per_cpu_second(&self) -> f64 {
         self.spans as f64 / self.cpu_seconds
     }
+    /// Parquet bytes per stored row.
+    fn bytes_per_span(&self) -> f64 {
+        let (bytes, rows) = self.stored.unwrap_or_default();
+        bytes as f64 / rows.max(1) as f64
+    }
 }
 
 async fn measure_baseline(args: &Args, corpus: Arc<corpus::Corpus>) -> Result<Measured, BoxError> {
@@ -292,7 +357,7 @@ async fn measure_baseline(args: &Args, corpus: Arc<corpus::Corpus>) -> Result<Me
     let addr: SocketAddr =
         line.trim().strip_prefix("LISTENING ").ok_or_else(|| format!("unexpected: {line}"))?.parse()?;
     let cpu_before = process::cpu_seconds(child.id())?;
-    let (load, wall) = drive(&format!("http://{addr}"), corpus, args.spans, args.exporters).await?;
+    let (load, wall) = drive(&format!("http://{addr}"), None, corpus, args.spans, args.exporters).await?;
     let exited = process::terminate(&mut child, Duration::from_secs(30))?;
     Ok(Measured {
         name: "decode-only (tonic + prost)",
@@ -306,16 +371,24 @@ async fn measure_baseline(args: &Args, corpus: Arc<corpus::Corpus>) -> Result<Me
     })
 }
 
-async fn measure_tailscope(args: &Args, binary: &Path, corpus: Arc<corpus::Corpus>) -> Result<Measured, BoxError> {
+async fn measure_tailscope(
+    args: &Args,
+    binary: &Path,
+    secure: Option<&Secure>,
+    corpus: Arc<corpus::Corpus>,
+) -> Result<Measured, BoxError> {
     let dir = tempfile::Builder::new().prefix("tailscope-ingest-bench-").tempdir()?;
     let data = dir.path().join("data");
     let grpc: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-    let config = format!(
+    let mut config = format!(
         "data_dir = {data:?}\n[server]\notlp_grpc = \"{grpc}\"\notlp_http = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{}\"\nflight = \"127.0.0.1:{}\"\n",
         free_port()?,
         free_port()?,
         free_port()?,
     );
+    if let Some(secure) = secure {
+        config.push_str(&secure.config(dir.path())?);
+    }
     let config_path = dir.path().join("tailscope.toml");
     std::fs::write(&config_path, config)?;
     let log = std::fs::File::create(dir.path().join("serve.log"))?;
@@ -333,7 +406,11 @@ async fn measure_tailscope(args: &Args, binary: &Path, corpus: Arc<corpus::Corpu
         return Err(format!("{e}\n{log}").into());
     }
     let cpu_before = process::cpu_seconds(child.id())?;
-    let (load, wall) = drive(&format!("http://{grpc}"), corpus, args.spans, args.exporters).await?;
+    let endpoint = match secure {
+        Some(_) => format!("https://localhost:{}", grpc.port()),
+        None => format!("http://{grpc}"),
+    };
+    let (load, wall) = drive(&endpoint, secure, corpus, args.spans, args.exporters).await?;
     // SIGTERM: tailscope flushes everything to Parquet and exits; its CPU time includes that flush.
     let exited = process::terminate(&mut child, Duration::from_secs(300))?;
     if !exited.clean {
@@ -351,7 +428,11 @@ async fn measure_tailscope(args: &Args, binary: &Path, corpus: Arc<corpus::Corpu
         eprintln!("tailscope data kept in {}", dir.keep().display());
     }
     Ok(Measured {
-        name: "tailscope serve (WAL fsync on)",
+        name: if secure.is_some() {
+            "tailscope serve, TLS + API key (WAL fsync on)"
+        } else {
+            "tailscope serve (WAL fsync on)"
+        },
         spans: load.acked_spans.load(Ordering::Relaxed),
         wall,
         cpu_seconds: exited.cpu_seconds - cpu_before,
@@ -374,8 +455,10 @@ async fn bench(args: Args) -> Result<(), BoxError> {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("tailscope"),
     };
-    // One entry per round: (decode-only, tailscope), either missing when skipped.
+    let secure = if args.tls { Some(Secure::new()?) } else { None };
+    // One entry per round: (decode-only, tailscope), either missing when skipped; and tailscope with TLS + keys.
     let mut rounds: Vec<(Option<Measured>, Option<Measured>)> = Vec::new();
+    let mut secured: Vec<Measured> = Vec::new();
     for round in 1..=args.rounds.max(1) {
         let baseline = if args.skip_baseline {
             None
@@ -392,25 +475,56 @@ async fn bench(args: Args) -> Result<(), BoxError> {
                 args.spans,
                 args.exporters
             );
-            Some(measure_tailscope(&args, &binary, corpus.clone()).await?)
+            Some(measure_tailscope(&args, &binary, None, corpus.clone()).await?)
         };
+        if let Some(secure) = secure.as_ref().filter(|_| !args.skip_tailscope) {
+            eprintln!(
+                "round {round}: tailscope with TLS and API keys: {} spans, {} exporters",
+                args.spans, args.exporters
+            );
+            secured.push(measure_tailscope(&args, &binary, Some(secure), corpus.clone()).await?);
+        }
         rounds.push((baseline, ours));
     }
 
+    let corpus_facts = CorpusFacts { attrs, otlp_per_span, zstd_per_span };
+    report(&args, &corpus_facts, &rounds, &secured, (cores, &cpu));
+    Ok(())
+}
+
+/// What the report says about the corpus.
+struct CorpusFacts {
+    attrs: f64,
+    otlp_per_span: f64,
+    zstd_per_span: f64,
+}
+
+/// Prints the run as markdown: the machine and command, a row per server and round, bytes per span, and the ratios.
+fn report(
+    args: &Args,
+    corpus: &CorpusFacts,
+    rounds: &[(Option<Measured>, Option<Measured>)],
+    secured: &[Measured],
+    machine: (usize, &str),
+) {
     let command: Vec<String> = std::env::args().collect();
+    let (cores, cpu) = machine;
     println!("Machine: {cores} cores ({cpu}); client and server share them.");
     println!("Command: `{}`", command.join(" "));
     println!(
         "Corpus: {} distinct requests of {} spans; {:.1} attributes and {:.0} bytes of OTLP protobuf per span.",
-        args.corpus_requests, args.spans_per_request, attrs, otlp_per_span
+        args.corpus_requests, args.spans_per_request, corpus.attrs, corpus.otlp_per_span
     );
     println!();
     println!(
         "| round | server | spans | spans/s | server CPU-s per 1M spans | spans per CPU-second | peak RSS | retries (backpressure) | rejected |"
     );
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (round, m) in
-        rounds.iter().enumerate().flat_map(|(i, (b, t))| [b, t].into_iter().flatten().map(move |m| (i + 1, m)))
+    let secured_of = |i: usize| secured.get(i);
+    for (round, m) in rounds
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (b, t))| [b.as_ref(), t.as_ref(), secured_of(i)].into_iter().flatten().map(move |m| (i + 1, m)))
     {
         println!(
             "| {round} | {} | {} | {:.0} | {:.2} | {:.0} | {:.0} MiB | {} | {} |",
@@ -427,17 +541,13 @@ async fn bench(args: Args) -> Result<(), BoxError> {
     println!();
     println!("| storage | bytes per span |");
     println!("|---|---:|");
-    println!("| OTLP protobuf, uncompressed | {otlp_per_span:.1} |");
-    println!("| OTLP protobuf, zstd level 3 per request | {zstd_per_span:.1} |");
-    let bytes_per_span = |m: &Measured| {
-        let (bytes, rows) = m.stored.unwrap_or_default();
-        bytes as f64 / rows.max(1) as f64
-    };
+    println!("| OTLP protobuf, uncompressed | {:.1} |", corpus.otlp_per_span);
+    println!("| OTLP protobuf, zstd level 3 per request | {:.1} |", corpus.zstd_per_span);
     for (round, m) in rounds.iter().enumerate().filter_map(|(i, (_, t))| t.as_ref().map(|t| (i + 1, t))) {
         let (bytes, rows) = m.stored.unwrap_or_default();
         println!(
             "| tailscope Parquet on disk, round {round} (after SIGTERM flush; {rows} rows, {bytes} bytes) | {:.1} |",
-            bytes_per_span(m)
+            m.bytes_per_span()
         );
         if rows != m.spans {
             println!();
@@ -445,11 +555,16 @@ async fn bench(args: Args) -> Result<(), BoxError> {
         }
     }
     println!();
+    ratios(corpus, rounds, secured);
+}
+
+/// The ratios against the baselines, per round and their median.
+fn ratios(corpus: &CorpusFacts, rounds: &[(Option<Measured>, Option<Measured>)], secured: &[Measured]) {
     let paired: Vec<(&Measured, &Measured)> =
         rounds.iter().filter_map(|(b, t)| Some((b.as_ref()?, t.as_ref()?))).collect();
     if !paired.is_empty() {
         let cpu: Vec<f64> = paired.iter().map(|(b, t)| t.spans_per_cpu_second() / b.spans_per_cpu_second()).collect();
-        let disk: Vec<f64> = paired.iter().map(|(_, t)| bytes_per_span(t) / zstd_per_span).collect();
+        let disk: Vec<f64> = paired.iter().map(|(_, t)| t.bytes_per_span() / corpus.zstd_per_span).collect();
         let speed: Vec<f64> = paired.iter().map(|(b, t)| t.spans_per_s() / b.spans_per_s()).collect();
         let list = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
         println!(
@@ -465,7 +580,20 @@ async fn bench(args: Args) -> Result<(), BoxError> {
             list(&speed)
         );
     }
-    Ok(())
+    let tls: Vec<f64> = rounds
+        .iter()
+        .zip(secured)
+        .filter_map(|((_, t), s)| Some(s.spans_per_cpu_second() / t.as_ref()?.spans_per_cpu_second()))
+        .collect();
+    if !tls.is_empty() {
+        let list = tls.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
+        println!();
+        println!(
+            "TLS + API key: tailscope spans per CPU-second with them / without = {:.2} [{list}] (target >= 0.85: \
+             TLS and auth cost at most 15%).",
+            median(&tls)
+        );
+    }
 }
 
 /// The median (the mean of the middle two for an even count).

@@ -40,6 +40,7 @@ struct Args {
     spans_per_request: usize,
 }
 
+// Long by design: the stages of the path timed one after another, each printed as it is measured.
 fn main() {
     let args = Args::parse();
     let corpus = corpus::build(args.requests, args.spans_per_request, 42);

@@ -349,6 +349,7 @@ fn draft(
         alert_id: id.to_string(),
         budget: status.name.clone(),
         kind: status.kind,
+        project: status.project.clone(),
         scope: scope.map(str::to_string),
         period: status.period.clone(),
         period_key: status.period_key.clone(),
@@ -429,7 +430,7 @@ mod tests {
         assert!(eval(&mut book, &b, next).is_empty());
 
         // The table mirrors the log.
-        let table = alerts_table(dir.path()).unwrap();
+        let table = alerts_table(dir.path(), &tailscope_core::projects::Visibility::All).unwrap();
         assert_eq!(table.num_rows(), 3);
         assert_eq!(table.schema(), alerts_schema());
     }

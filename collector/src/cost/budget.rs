@@ -45,6 +45,15 @@ pub struct SpanColumns {
     egress_cost: Float64Array,
     hedge_id: StringArray,
     hedge_winner: BooleanArray,
+    /// The project of each row: the batch's `project` column when it has one (history read through SQL), else
+    /// the project the whole batch belongs to (an acknowledged batch, see [`SpanColumns::of_project`]).
+    project: RowProjects,
+}
+
+/// The project of a batch's rows.
+enum RowProjects {
+    One(String),
+    PerRow(StringArray),
 }
 
 /// The `spans` columns budgets need, in the order [`SpanColumns::from_batch`] expects when reading history.
@@ -91,7 +100,26 @@ impl SpanColumns {
             egress_cost: f(SpanColumn::EgressCostUsd)?,
             hedge_id: s(SpanColumn::HedgeId)?,
             hedge_winner: get(SpanColumn::HedgeWinner, &DataType::Boolean)?.as_boolean().clone(),
+            project: match batch.column_by_name(tailscope_core::schema::PROJECT_COLUMN) {
+                Some(c) => RowProjects::PerRow(
+                    cast(c, &DataType::Utf8).map_err(|e| format!("column project: {e}"))?.as_string::<i32>().clone(),
+                ),
+                None => RowProjects::One(tailscope_core::projects::DEFAULT_PROJECT.to_string()),
+            },
         })
+    }
+
+    /// These columns, all of whose rows belong to `project` (an acknowledged batch carries no project column).
+    pub fn of_project(mut self, project: &str) -> SpanColumns {
+        self.project = RowProjects::One(project.to_string());
+        self
+    }
+
+    fn project(&self, i: usize) -> &str {
+        match &self.project {
+            RowProjects::One(p) => p,
+            RowProjects::PerRow(a) => opt_str(a, i).unwrap_or(tailscope_core::projects::DEFAULT_PROJECT),
+        }
     }
 
     /// Number of rows.
@@ -231,6 +259,9 @@ pub struct SessionStatus {
 pub struct BudgetStatus {
     pub name: String,
     pub kind: BudgetKind,
+    /// The project whose spend the budget counts; none: every project's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// `day`, `month` or the rolling window (`24h`).
     pub period: String,
     /// `2026-11`, `2026-11-22` or `rolling`.
@@ -311,7 +342,8 @@ impl Budget {
         let test = |patterns: &[String], value: Option<&str>| {
             patterns.is_empty() || value.is_some_and(|v| patterns.iter().any(|p| glob_match(p, v)))
         };
-        test(&self.config.providers, opt_str(&cols.provider, i))
+        self.config.project.as_deref().is_none_or(|p| p == cols.project(i))
+            && test(&self.config.providers, opt_str(&cols.provider, i))
             && test(&self.config.regions, opt_str(&cols.region, i))
             && test(&self.config.services, opt_str(&cols.service, i))
     }
@@ -391,6 +423,7 @@ impl Budget {
         let mut status = BudgetStatus {
             name: c.name.clone(),
             kind: c.kind,
+            project: c.project.clone(),
             period: c.period.to_string(),
             period_key: bounds.key.clone(),
             period_start: DateTime::<Utc>::from_timestamp_nanos(bounds.start_ns),
@@ -541,12 +574,36 @@ pub(crate) mod tests {
             cap_usd: Some(cap),
             warn_at: vec![0.5, 0.8, 1.0],
             forecast: true,
+            project: None,
             ..Default::default()
         }
     }
 
     fn add(b: &mut Budget, rows: &[Row], now: i64) {
         b.add(&SpanColumns::from_batch(&batch(rows)).unwrap(), now);
+    }
+
+    #[test]
+    fn a_project_budget_counts_its_project_only_acknowledged_or_read_back() {
+        let now = ns("2026-11-15T12:00:00Z");
+        let mut c = config("a-total", BudgetKind::Total, BudgetPeriod::Month, 10.0);
+        c.project = Some("a".into());
+        let mut b = Budget::new(c, now);
+        let rows = [Row { t: now, cost: Some(2.0), ..Default::default() }];
+        // Acknowledged batches: the project comes with the batch.
+        for project in ["b", "default", "a"] {
+            b.add(&SpanColumns::from_batch(&batch(&rows)).unwrap().of_project(project), now);
+        }
+        // History read through SQL: a `project` column per row.
+        let narrow = batch(&[rows[0].clone(), rows[0].clone()]);
+        let mut fields: Vec<_> = narrow.schema().fields().iter().cloned().collect();
+        fields.push(Arc::new(datafusion::arrow::datatypes::Field::new("project", DataType::Utf8, false)));
+        let mut columns = narrow.columns().to_vec();
+        columns.push(Arc::new(StringArray::from(vec!["a", "b"])));
+        let wide = RecordBatch::try_new(Arc::new(datafusion::arrow::datatypes::Schema::new(fields)), columns).unwrap();
+        b.add(&SpanColumns::from_batch(&wide).unwrap(), now);
+        assert_eq!(b.status(now).figures.spend_usd, 4.0, "two spans of project a, none of the others");
+        assert_eq!(b.status(now).project.as_deref(), Some("a"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tailscope_core::alerts::{AlertEvent, AlertView};
 use tailscope_core::config::Config;
 use tailscope_core::cost::{BudgetKind, validate_budgets};
 use tailscope_core::history::SpanHistory;
+use tailscope_core::projects::{Project, Visibility};
 
 use super::CostError;
 use super::alerts::AlertBook;
@@ -138,8 +139,14 @@ impl BudgetEngine {
 
     /// Every budget's figures now.
     pub fn statuses(&self) -> Vec<BudgetStatus> {
+        self.statuses_for(&Visibility::All)
+    }
+
+    /// The figures of the budgets a caller who sees `visible` may see: a budget of one of its projects; a budget
+    /// over every project only when it sees every project (its spend sums other projects' too).
+    pub fn statuses_for(&self, visible: &Visibility) -> Vec<BudgetStatus> {
         let now = now_ns();
-        self.inner.budgets.lock().iter().map(|b| b.status(now)).collect()
+        self.inner.budgets.lock().iter().filter(|b| budget_visible(b, visible)).map(|b| b.status(now)).collect()
     }
 
     /// The latest event of each alert, most recent first.
@@ -150,6 +157,12 @@ impl BudgetEngine {
     /// Whether a gateway may send a hedged (duplicate) request to `provider` now: denied once a
     /// `duplicate_inference` budget that covers the provider has reached its cap (USD or share).
     pub fn hedging_decision(&self, provider: Option<&str>) -> HedgingDecision {
+        self.hedging_decision_for(provider, &Visibility::All)
+    }
+
+    /// [`Self::hedging_decision`] for a caller who sees `visible`: decided by the budgets it may see (its
+    /// projects' budgets; budgets over every project only for a caller who sees every project).
+    pub fn hedging_decision_for(&self, provider: Option<&str>, visible: &Visibility) -> HedgingDecision {
         let now = now_ns();
         let statuses: Vec<BudgetStatus> = self
             .inner
@@ -157,6 +170,7 @@ impl BudgetEngine {
             .lock()
             .iter()
             .filter(|b| b.config.kind == BudgetKind::DuplicateInference)
+            .filter(|b| budget_visible(b, visible))
             .filter(|b| match provider {
                 Some(p) => b.config.providers.is_empty() || b.config.providers.iter().any(|pat| glob_match(pat, p)),
                 None => true,
@@ -182,13 +196,18 @@ impl BudgetEngine {
     }
 }
 
+/// Whether a caller who sees `visible` may see `budget`: see [`BudgetEngine::statuses_for`].
+fn budget_visible(budget: &Budget, visible: &Visibility) -> bool {
+    visible.is_all() || budget.config.project.as_deref().is_some_and(|p| visible.sees(p))
+}
+
 /// A budget's figures against its cap in words, in the cap's units.
 fn describe(s: &BudgetStatus) -> String {
     format!("{} this {}", s.figures.summary(), s.period)
 }
 
 impl SpanObserver for BudgetEngine {
-    fn observe(&self, spans: &RecordBatch) {
+    fn observe(&self, project: &Project, spans: &RecordBatch) {
         if spans.num_rows() == 0 {
             return;
         }
@@ -198,7 +217,7 @@ impl SpanObserver for BudgetEngine {
                 return;
             }
             let cols = match SpanColumns::from_batch(spans) {
-                Ok(c) => c,
+                Ok(c) => c.of_project(project.as_str()),
                 Err(e) => {
                     tracing::error!("budget engine cannot read a span batch ({e}); its spend is not counted");
                     return;
@@ -232,7 +251,10 @@ async fn rebuild(budgets: &mut [Budget], history: &dyn SpanHistory, now: i64) ->
     let earliest = budgets.iter().map(|b| b.config.period.bounds(now).start_ns).min().unwrap_or(now);
     let started = std::time::Instant::now();
     let mut rows = 0usize;
-    let mut batches = history.spans_since(earliest, &BUDGET_COLUMNS).await?;
+    // With each row's project (a partition column of the table), for budgets of one project.
+    let mut columns = BUDGET_COLUMNS.to_vec();
+    columns.push(tailscope_core::schema::PROJECT_COLUMN);
+    let mut batches = history.spans_since(earliest, &columns).await?;
     while let Some(batch) = batches.next().await {
         let batch = batch?;
         let cols = SpanColumns::from_batch(&batch).map_err(|detail| CostError::HistoryShape { detail })?;
@@ -285,7 +307,17 @@ pub fn routes(engine: Arc<BudgetEngine>) -> Router {
         .with_state(engine)
 }
 
-async fn alerts_handler(State(engine): State<Arc<BudgetEngine>>, Query(q): Query<AlertsQuery>) -> Response {
+/// What the caller's key may see (`crate::auth`); outside the authentication layer, everything.
+fn visible_of(visible: Option<axum::Extension<Visibility>>) -> Visibility {
+    visible.map(|axum::Extension(v)| v).unwrap_or_default()
+}
+
+async fn alerts_handler(
+    State(engine): State<Arc<BudgetEngine>>,
+    visible: Option<axum::Extension<Visibility>>,
+    Query(q): Query<AlertsQuery>,
+) -> Response {
+    let visible = visible_of(visible);
     let firing_only = match q.state.as_deref() {
         None | Some("all") => false,
         Some("firing") => true,
@@ -295,13 +327,21 @@ async fn alerts_handler(State(engine): State<Arc<BudgetEngine>>, Query(q): Query
         }
     };
     let alerts = engine.alerts(firing_only);
-    let alerts = alerts.iter().map(|e| AlertView::from(e.as_ref())).collect();
-    Json(AlertsResponse { alerts, budgets: engine.statuses() }).into_response()
+    let alerts = alerts
+        .iter()
+        .filter(|e| tailscope_core::alerts::event_visible(e, &visible))
+        .map(|e| AlertView::from(e.as_ref()))
+        .collect();
+    Json(AlertsResponse { alerts, budgets: engine.statuses_for(&visible) }).into_response()
 }
 
-async fn hedging_handler(State(engine): State<Arc<BudgetEngine>>, Query(q): Query<HedgingQuery>) -> Response {
+async fn hedging_handler(
+    State(engine): State<Arc<BudgetEngine>>,
+    visible: Option<axum::Extension<Visibility>>,
+    Query(q): Query<HedgingQuery>,
+) -> Response {
     let provider = q.provider.as_deref().map(str::trim).filter(|p| !p.is_empty());
-    Json(engine.hedging_decision(provider)).into_response()
+    Json(engine.hedging_decision_for(provider, &visible_of(visible))).into_response()
 }
 
 #[cfg(test)]
@@ -323,6 +363,7 @@ mod tests {
             warn_at: vec![0.5, 1.0],
             providers: vec!["aws.*".into()],
             forecast: false,
+            project: None,
             ..Default::default()
         });
         c
@@ -363,11 +404,11 @@ mod tests {
             BudgetEngine::start(&config, &history(Catalog::new(dir.path())).await, &Metrics::new()).await.unwrap();
         let d = engine.hedging_decision(Some("aws.bedrock"));
         assert!(d.allow, "{d:?}");
-        engine.observe(&batch(&[loser(0.6)]));
+        engine.observe(&Project::default(), &batch(&[loser(0.6)]));
         assert!(engine.hedging_decision(Some("aws.bedrock")).allow);
         let events = engine.evaluate_now();
         assert_eq!(events.len(), 1);
-        engine.observe(&batch(&[loser(0.6)]));
+        engine.observe(&Project::default(), &batch(&[loser(0.6)]));
         let d = engine.hedging_decision(Some("aws.bedrock"));
         assert!(!d.allow);
         assert!(d.reason.contains("dup-daily") && d.reason.contains("$1.20 of $1.00"), "{}", d.reason);
@@ -406,7 +447,7 @@ mod tests {
         let engine =
             BudgetEngine::start(&config, &history(Catalog::new(dir.path())).await, &Metrics::new()).await.unwrap();
         let winner = Row { winner: Some(true), cost: Some(16.14), token_cost: Some(16.14), ..loser(0.0) };
-        engine.observe(&batch(&[winner, loser(0.69)]));
+        engine.observe(&Project::default(), &batch(&[winner, loser(0.69)]));
         assert_eq!(engine.evaluate_now().len(), 1);
         let d = engine.hedging_decision(Some("aws.bedrock"));
         assert!(!d.allow, "{d:?}");
@@ -456,7 +497,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
         let catalog = Catalog::new(dir.path());
-        catalog.add_batch(Signal::Spans, 1, buffered(batch(&[loser(0.7), loser(0.7)])));
+        catalog.add_batch(
+            Signal::Spans,
+            1,
+            tailscope_core::projects::Project::default(),
+            buffered(batch(&[loser(0.7), loser(0.7)])),
+        );
         let engine = BudgetEngine::start(&config, &history(catalog).await, &Metrics::new()).await.unwrap();
         assert_eq!(engine.statuses()[0].figures.spend_usd, 1.4);
         assert!(!engine.hedging_decision(None).allow);

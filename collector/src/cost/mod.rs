@@ -20,6 +20,7 @@ pub mod engine;
 pub mod outbox;
 pub mod pricer;
 pub mod prices;
+pub mod reprice;
 pub mod series;
 pub mod webhook;
 
@@ -80,7 +81,12 @@ pub struct SpanFacts<'a> {
     pub output_tokens: Option<i64>,
     pub cache_read_tokens: Option<i64>,
     pub cache_creation_tokens: Option<i64>,
+    /// The part of `cache_creation_tokens` written with a 1-hour lifetime.
+    pub cache_creation_1h_tokens: Option<i64>,
     pub reasoning_tokens: Option<i64>,
+    /// The service tier that served the call (`priority`, `flex`, `batch`, `default`...): the response's, else
+    /// the request's.
+    pub service_tier: Option<&'a str>,
     /// Resource `cloud.provider` / `cloud.region`: where the caller runs.
     pub cloud_provider: Option<&'a str>,
     pub cloud_region: Option<&'a str>,

@@ -9,7 +9,7 @@ use tailscope_core::memory::{MemoryBudget, MemoryError, Reservation};
 use tailscope_core::rules::UNPRICED;
 
 use super::egress::{EgressTable, Endpoint, Path, ProviderClouds, path};
-use super::prices::{ModelPrice, PriceTable, Tier, TokenUsage, candidates, glob_match};
+use super::prices::{ModelPrice, PriceTable, ServiceTier, Tier, TokenUsage, candidates, glob_match};
 use super::{CostError, SpanCost, SpanFacts};
 
 /// Resolutions cached before the cache is reset (model names are few; this bounds a pathological client, and
@@ -80,8 +80,7 @@ impl Pricer {
         for file in &config.model_files {
             let text =
                 std::fs::read_to_string(file).map_err(|source| CostError::ReadFile { path: file.clone(), source })?;
-            let origin = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
-            models.merge(PriceTable::from_litellm_json(&text, &origin)?);
+            models.merge(PriceTable::from_litellm_json(&text, &file_origin(file))?);
         }
         if !config.models.is_empty() {
             models.merge(PriceTable::from_entries(config.models.iter().map(|(k, v)| (k.as_str(), v)), "config")?);
@@ -131,18 +130,22 @@ impl Pricer {
         let has_tokens = f.input_tokens.is_some()
             || f.output_tokens.is_some()
             || f.cache_read_tokens.is_some()
-            || f.cache_creation_tokens.is_some();
+            || f.cache_creation_tokens.is_some()
+            || f.cache_creation_1h_tokens.is_some();
         let (token_cost_usd, price_source) = if has_tokens {
             match self.resolve(f) {
                 Some(price) => {
                     let usage = TokenUsage {
                         input: f.input_tokens.unwrap_or(0).max(0),
                         output: f.output_tokens.unwrap_or(0).max(0),
+                        // A span that reports only its 1-hour cache writes wrote that many.
+                        cache_creation: f.cache_creation_tokens.or(f.cache_creation_1h_tokens).unwrap_or(0).max(0),
                         cache_read: f.cache_read_tokens.unwrap_or(0).max(0),
-                        cache_creation: f.cache_creation_tokens.unwrap_or(0).max(0),
+                        cache_creation_1h: f.cache_creation_1h_tokens.unwrap_or(0).max(0),
                         reasoning: f.reasoning_tokens.unwrap_or(0).max(0),
                     };
-                    (Some(usage.cost(&price)), Some(price.label()))
+                    let service = f.service_tier.and_then(ServiceTier::from_attribute);
+                    (Some(usage.cost(&price, service)), Some(price.label()))
                 }
                 None => (None, Some(UNPRICED.to_string())),
             }
@@ -286,6 +289,11 @@ impl Pricer {
     }
 }
 
+/// How `price_source` names the entries of a price file: by its file name.
+pub fn file_origin(file: &std::path::Path) -> String {
+    file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into())
+}
+
 /// The key prefixes a provider's entries may use: its OpenTelemetry name and LiteLLM's name for it.
 fn provider_prefixes(provider: &str) -> Vec<String> {
     let p = provider.to_lowercase();
@@ -364,14 +372,15 @@ mod tests {
     #[test]
     fn long_context_tier_applies_above_200k() {
         let p = Pricer::default();
-        let below = p.price(&llm("anthropic", "claude-sonnet-4-5", 200_000, 1_000)).token_cost_usd.unwrap();
+        // claude-sonnet-4 (retired: LiteLLM's last list price) kept Anthropic's long-context tier.
+        let below = p.price(&llm("anthropic", "claude-sonnet-4-20250514", 200_000, 1_000)).token_cost_usd.unwrap();
         assert!(close(below, 200_000.0 * 3e-6 + 1_000.0 * 15e-6));
-        let above = p.price(&llm("anthropic", "claude-sonnet-4-5", 200_001, 1_000)).token_cost_usd.unwrap();
+        let above = p.price(&llm("anthropic", "claude-sonnet-4-20250514", 200_001, 1_000)).token_cost_usd.unwrap();
         assert!(close(above, 200_001.0 * 6e-6 + 1_000.0 * 22.5e-6), "{above}");
         // Cached tokens count toward the threshold and are priced at the tier's cache rate.
         let f = SpanFacts { cache_read_tokens: Some(150_000), ..llm("gcp.gemini", "gemini-2.5-pro", 250_000, 0) };
         let c = p.price(&f).token_cost_usd.unwrap();
-        assert!(close(c, 100_000.0 * 2.5e-6 + 150_000.0 * 0.625e-6), "{c}");
+        assert!(close(c, 100_000.0 * 2.5e-6 + 150_000.0 * 0.25e-6), "{c}");
     }
 
     #[test]
@@ -387,6 +396,133 @@ mod tests {
         // Without a reasoning rate, reasoning is billed as output and never double counted.
         let f = SpanFacts { reasoning_tokens: Some(600), ..llm("openai", "o3", 0, 1_000) };
         assert!(close(Pricer::default().price(&f).token_cost_usd.unwrap(), 1_000.0 * 8e-6));
+    }
+
+    /// Issue #17: the service tier that served a call prices it (OpenAI's Priority is twice Standard, Flex and
+    /// Batch half). Figures from the built-in gpt-5 entry, computed by hand.
+    #[test]
+    fn service_tiers_price_priority_flex_and_batch() {
+        let p = Pricer::default();
+        // 1M input tokens of which 200k cached, 100k output.
+        let at = |tier: Option<&'static str>| {
+            let f = SpanFacts {
+                cache_read_tokens: Some(200_000),
+                service_tier: tier,
+                ..llm("openai", "gpt-5-2025-08-07", 1_000_000, 100_000)
+            };
+            p.price(&f).token_cost_usd.unwrap()
+        };
+        let standard = 800_000.0 * 1.25e-6 + 200_000.0 * 1.25e-7 + 100_000.0 * 1e-5;
+        assert!(close(standard, 2.025));
+        for tier in [None, Some("default"), Some("auto"), Some("scale"), Some("standard"), Some("nonsense")] {
+            assert!(close(at(tier), standard), "{tier:?}: {}", at(tier));
+        }
+        assert!(close(at(Some("priority")), 800_000.0 * 2.5e-6 + 200_000.0 * 2.5e-7 + 100_000.0 * 2e-5), "priority");
+        assert!(close(at(Some("PRIORITY")), 4.05));
+        assert!(close(at(Some("flex")), 800_000.0 * 6.25e-7 + 200_000.0 * 6.25e-8 + 100_000.0 * 5e-6), "flex");
+        assert!(close(at(Some("batch")), 800_000.0 * 6.25e-7 + 200_000.0 * 6.25e-8 + 100_000.0 * 5e-6), "batch");
+        // A tier the model has no price for is priced as standard (gpt-5-nano has no Priority tier).
+        let f = SpanFacts { service_tier: Some("priority"), ..llm("openai", "gpt-5-nano", 1_000_000, 0) };
+        assert!(close(p.price(&f).token_cost_usd.unwrap(), 0.05));
+    }
+
+    /// Service-tier rates combine with long-context thresholds: the tier's own long-context rate where the file
+    /// gives one, otherwise the rates the tier sets over the standard long-context ones.
+    #[test]
+    fn service_tiers_combine_with_long_context_tiers() {
+        let mut config = PricingConfig::default();
+        config.models.insert(
+            "tiered".into(),
+            serde_json::json!({
+                "input_cost_per_token": 1e-6, "output_cost_per_token": 4e-6,
+                "input_cost_per_token_above_200k_tokens": 2e-6, "output_cost_per_token_above_200k_tokens": 6e-6,
+                "input_cost_per_token_priority": 3e-6,
+                "input_cost_per_token_above_200k_tokens_priority": "6e-6",
+                "input_cost_per_token_flex": 5e-7,
+            }),
+        );
+        let p = Pricer::from_config(&config).unwrap();
+        let cost = |input: i64, tier: Option<&'static str>| {
+            let f = SpanFacts { service_tier: tier, ..llm("x", "tiered", input, 1_000) };
+            p.price(&f).token_cost_usd.unwrap()
+        };
+        assert!(close(cost(100_000, None), 100_000.0 * 1e-6 + 1_000.0 * 4e-6));
+        assert!(close(cost(300_000, None), 300_000.0 * 2e-6 + 1_000.0 * 6e-6));
+        // Priority sets no output rate: output stays standard (long-context above 200k).
+        assert!(close(cost(100_000, Some("priority")), 100_000.0 * 3e-6 + 1_000.0 * 4e-6));
+        assert!(close(cost(300_000, Some("priority")), 300_000.0 * 6e-6 + 1_000.0 * 6e-6));
+        // Flex has no long-context input rate of its own: its flat rate applies at any prompt size.
+        assert!(close(cost(300_000, Some("flex")), 300_000.0 * 5e-7 + 1_000.0 * 6e-6));
+        // A malformed tier field names the entry and field.
+        let mut config = PricingConfig::default();
+        config
+            .models
+            .insert("bad".into(), serde_json::json!({"input_cost_per_token": 1e-6, "output_cost_per_token_flex": -1}));
+        let err = Pricer::from_config(&config).unwrap_err().to_string();
+        assert!(err.contains("bad.output_cost_per_token_flex"), "{err}");
+    }
+
+    /// Issue #17: 1-hour cache writes cost more than 5-minute ones (Anthropic: 2x input against 1.25x).
+    #[test]
+    fn one_hour_cache_writes_have_their_own_rate() {
+        let p = Pricer::default();
+        // claude-sonnet-4-5: input $3/M, 5-minute write $3.75/M, 1-hour write $6/M.
+        // 10k input of which 8k cache writes, 6k of them for an hour.
+        let f = SpanFacts {
+            cache_creation_tokens: Some(8_000),
+            cache_creation_1h_tokens: Some(6_000),
+            ..llm("anthropic", "claude-sonnet-4-5-20250929", 10_000, 0)
+        };
+        assert!(close(p.price(&f).token_cost_usd.unwrap(), 2_000.0 * 3e-6 + 2_000.0 * 3.75e-6 + 6_000.0 * 6e-6));
+        // Only the 1-hour count reported: that many were written.
+        let f = SpanFacts { cache_creation_1h_tokens: Some(6_000), ..llm("anthropic", "claude-sonnet-4-5", 10_000, 0) };
+        assert!(close(p.price(&f).token_cost_usd.unwrap(), 4_000.0 * 3e-6 + 6_000.0 * 6e-6));
+        // More 1-hour writes than writes: never more than the writes.
+        let f = SpanFacts {
+            cache_creation_tokens: Some(1_000),
+            cache_creation_1h_tokens: Some(9_000),
+            ..llm("anthropic", "claude-sonnet-4-5", 10_000, 0)
+        };
+        assert!(close(p.price(&f).token_cost_usd.unwrap(), 9_000.0 * 3e-6 + 1_000.0 * 6e-6));
+        // Above 200k tokens of prompt, the long-context 1-hour rate ($12/M), LiteLLM's
+        // `cache_creation_input_token_cost_above_1hr_above_200k_tokens`.
+        let mut config = PricingConfig::default();
+        config.models.insert(
+            "lc".into(),
+            serde_json::json!({"input_cost_per_token": 3e-6, "input_cost_per_token_above_200k_tokens": 6e-6,
+                "output_cost_per_token": 1.5e-5, "cache_creation_input_token_cost_above_1hr": 6e-6,
+                "cache_creation_input_token_cost_above_1hr_above_200k_tokens": 1.2e-5}),
+        );
+        let lc = Pricer::from_config(&config).unwrap();
+        let f = SpanFacts {
+            cache_creation_tokens: Some(100_000),
+            cache_creation_1h_tokens: Some(100_000),
+            ..llm("anthropic", "lc", 300_000, 0)
+        };
+        assert!(close(lc.price(&f).token_cost_usd.unwrap(), 200_000.0 * 6e-6 + 100_000.0 * 1.2e-5));
+        // A table without a 1-hour rate prices 1-hour writes at the cache-write rate.
+        let mut config = PricingConfig::default();
+        config.models.insert(
+            "cw".into(),
+            serde_json::json!({"input_cost_per_token": 1e-6, "output_cost_per_token": 1e-6, "cache_creation_input_token_cost": 2e-6}),
+        );
+        let p = Pricer::from_config(&config).unwrap();
+        let f = SpanFacts { cache_creation_1h_tokens: Some(1_000), ..llm("x", "cw", 1_000, 0) };
+        assert!(close(p.price(&f).token_cost_usd.unwrap(), 1_000.0 * 2e-6));
+    }
+
+    /// Issue #17: the newest families as of the table's date are priced under the names their SDKs report.
+    #[test]
+    fn the_newest_families_are_priced() {
+        let p = Pricer::default();
+        let cost = |provider, model, input, output| p.price(&llm(provider, model, input, output)).token_cost_usd;
+        assert!(close(cost("openai", "gpt-5.1-2025-11-13", 1_000_000, 100_000).unwrap(), 1.25 + 1.0));
+        assert!(close(cost("azure.ai.openai", "gpt-5.1", 1_000_000, 0).unwrap(), 1.25));
+        // Gemini 3 Pro: $2/M in and $12/M out, $4 and $18 once the prompt exceeds 200k tokens.
+        assert!(close(cost("gcp.gemini", "gemini-3-pro-preview", 100_000, 10_000).unwrap(), 0.2 + 0.12));
+        assert!(close(cost("gcp.vertex_ai", "gemini-3-pro-preview", 300_000, 10_000).unwrap(), 1.2 + 0.18));
+        let f = SpanFacts { service_tier: Some("flex"), ..llm("openai", "gpt-5.1", 1_000_000, 0) };
+        assert!(close(p.price(&f).token_cost_usd.unwrap(), 0.625));
     }
 
     #[test]

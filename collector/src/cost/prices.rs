@@ -2,8 +2,10 @@
 //!
 //! The format is LiteLLM's so that users can drop their copy of that file in unchanged: a JSON object keyed by
 //! model name whose entries carry `input_cost_per_token`, `output_cost_per_token`, `cache_read_input_token_cost`,
-//! `cache_creation_input_token_cost`, `output_cost_per_reasoning_token` and tiered variants such as
-//! `input_cost_per_token_above_200k_tokens`. Every other key (context windows, capability flags, tailscope's own
+//! `cache_creation_input_token_cost`, `cache_creation_input_token_cost_above_1hr` (1-hour cache writes),
+//! `output_cost_per_reasoning_token`, long-context variants such as `input_cost_per_token_above_200k_tokens`, and
+//! service-tier variants of any of these (`_priority`, `_flex`, `_batches`, e.g. `input_cost_per_token_flex`,
+//! `input_cost_per_token_above_200k_tokens_priority`). Every other key (context windows, capability flags, tailscope's own
 //! `source` / `as_of` citations) is ignored. Entries without a token price (image or audio models) are skipped.
 
 use std::collections::BTreeMap;
@@ -23,6 +25,8 @@ pub struct Rates {
     pub cache_read: Option<f64>,
     /// Input tokens written to the prompt cache; priced at `input` when absent.
     pub cache_creation: Option<f64>,
+    /// Input tokens written to the prompt cache with a 1-hour lifetime; priced at `cache_creation` when absent.
+    pub cache_creation_1h: Option<f64>,
     /// Reasoning output tokens; priced at `output` when absent.
     pub reasoning: Option<f64>,
 }
@@ -35,15 +39,55 @@ impl Rates {
             output: over.output.or(self.output),
             cache_read: over.cache_read.or(self.cache_read),
             cache_creation: over.cache_creation.or(self.cache_creation),
+            cache_creation_1h: over.cache_creation_1h.or(self.cache_creation_1h),
             reasoning: over.reasoning.or(self.reasoning),
         }
     }
 }
 
-/// Higher rates that apply to the whole request once its prompt exceeds `above_input_tokens`.
+/// A provider's service tier, which prices the same tokens differently (LiteLLM's field suffix in brackets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ServiceTier {
+    /// Faster, dearer processing (`_priority`).
+    Priority,
+    /// Slower, cheaper processing that may be refused under load (`_flex`).
+    Flex,
+    /// Asynchronous batch jobs (`_batches`).
+    Batch,
+}
+
+impl ServiceTier {
+    /// Every tier, with the suffix LiteLLM's field names carry for it.
+    const SUFFIXES: [(&'static str, ServiceTier); 3] =
+        [("_priority", ServiceTier::Priority), ("_flex", ServiceTier::Flex), ("_batches", ServiceTier::Batch)];
+
+    /// The tier a span's service-tier attribute names. `default`, `auto`, `standard`, `scale` and anything unknown
+    /// are the standard price (`None`): a tier this table cannot tell apart is priced as the common case.
+    pub fn from_attribute(value: &str) -> Option<ServiceTier> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "priority" => Some(ServiceTier::Priority),
+            "flex" => Some(ServiceTier::Flex),
+            "batch" | "batches" => Some(ServiceTier::Batch),
+            _ => None,
+        }
+    }
+
+    /// `input_cost_per_token_flex` -> (`input_cost_per_token`, `Flex`).
+    fn split(field: &str) -> (&str, Option<ServiceTier>) {
+        ServiceTier::SUFFIXES
+            .iter()
+            .find_map(|(suffix, tier)| field.strip_suffix(suffix).map(|base| (base, Some(*tier))))
+            .unwrap_or((field, None))
+    }
+}
+
+/// Rates that replace the base rates for one service tier and/or once the prompt exceeds `above_input_tokens`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tier {
-    /// Prompt size (input tokens, cached ones included) above which the tier applies.
+    /// The service tier these rates are for; `None` for the standard tier.
+    pub service: Option<ServiceTier>,
+    /// Prompt size (input tokens, cached ones included) above which the tier applies; 0 for a service tier's
+    /// rates at any prompt size.
     pub above_input_tokens: i64,
     /// The rates this tier changes.
     pub rates: Rates,
@@ -58,7 +102,8 @@ pub struct ModelPrice {
     pub key: String,
     /// Base rates.
     pub rates: Rates,
-    /// Long-context tiers, ascending by threshold.
+    /// Long-context and service tiers: the standard tier's first, then each service tier's, each ascending by
+    /// threshold (the order [`ModelPrice::rates_for`] overlays them in).
     pub tiers: Vec<Tier>,
 }
 
@@ -68,15 +113,25 @@ impl ModelPrice {
         format!("{}:{}", self.origin, self.key)
     }
 
-    /// The rates for a request whose prompt has `prompt_tokens` tokens.
-    pub fn rates_for(&self, prompt_tokens: i64) -> Rates {
+    /// The rates for a request served in `service` whose prompt has `prompt_tokens` tokens.
+    ///
+    /// The standard tier's long-context rates apply first, then the service tier's own rates (and its long-context
+    /// rates, where the table has them): a rate the service tier does not set stays the standard one, so a table
+    /// that gives only a tier's input and output prices still prices its cached tokens.
+    pub fn rates_for(&self, prompt_tokens: i64, service: Option<ServiceTier>) -> Rates {
         let mut rates = self.rates;
         for tier in &self.tiers {
-            if prompt_tokens > tier.above_input_tokens {
+            let applies = tier.service.is_none() || tier.service == service;
+            if applies && (tier.above_input_tokens == 0 || prompt_tokens > tier.above_input_tokens) {
                 rates = rates.overlay(&tier.rates);
             }
         }
         rates
+    }
+
+    /// Whether the table prices `service` differently from the standard tier.
+    pub fn has_service_tier(&self, service: ServiceTier) -> bool {
+        self.tiers.iter().any(|t| t.service == Some(service))
     }
 }
 
@@ -88,6 +143,8 @@ pub struct TokenUsage {
     pub output: i64,
     pub cache_read: i64,
     pub cache_creation: i64,
+    /// The part of `cache_creation` written with a 1-hour lifetime.
+    pub cache_creation_1h: i64,
     pub reasoning: i64,
 }
 
@@ -108,11 +165,22 @@ impl TokenUsage {
         if cached > self.input { self.input + cached } else { self.input }
     }
 
-    /// Cost in USD at `price`.
-    pub fn cost(&self, price: &ModelPrice) -> f64 {
-        let r = price.rates_for(self.prompt_tokens());
+    /// Cache writes with a 1-hour lifetime: part of `cache_creation`, never more than it.
+    fn cache_creation_1h(&self) -> i64 {
+        self.cache_creation_1h.clamp(0, self.cache_creation)
+    }
+
+    /// Cache writes with the default (5-minute) lifetime.
+    fn cache_creation_5m(&self) -> i64 {
+        self.cache_creation - self.cache_creation_1h()
+    }
+
+    /// Cost in USD at `price`, in the service tier `service` (`None`: standard).
+    pub fn cost(&self, price: &ModelPrice, service: Option<ServiceTier>) -> f64 {
+        let r = price.rates_for(self.prompt_tokens(), service);
         let input = r.input.unwrap_or(0.0);
         let output = r.output.unwrap_or(0.0);
+        let cache_creation = r.cache_creation.unwrap_or(input);
         // Reasoning tokens are part of `output` per the conventions; a reasoning count larger than the output
         // count means the instrumentation reported them separately.
         let (plain_output, reasoning) = if self.reasoning <= self.output {
@@ -122,7 +190,8 @@ impl TokenUsage {
         };
         self.uncached_input() as f64 * input
             + self.cache_read as f64 * r.cache_read.unwrap_or(input)
-            + self.cache_creation as f64 * r.cache_creation.unwrap_or(input)
+            + self.cache_creation_5m() as f64 * cache_creation
+            + self.cache_creation_1h() as f64 * r.cache_creation_1h.unwrap_or(cache_creation)
             + plain_output as f64 * output
             + reasoning as f64 * r.reasoning.unwrap_or(output)
     }
@@ -205,13 +274,28 @@ impl PriceTable {
     }
 }
 
-const TOKEN_FIELDS: [&str; 5] = [
+/// The per-token fields read, each also with a long-context and/or service-tier suffix. The 1-hour cache write
+/// comes before the cache write it extends, so that its longer name is matched first ([`tier_field`]).
+const TOKEN_FIELDS: [&str; 6] = [
     "input_cost_per_token",
     "output_cost_per_token",
     "cache_read_input_token_cost",
+    "cache_creation_input_token_cost_above_1hr",
     "cache_creation_input_token_cost",
     "output_cost_per_reasoning_token",
 ];
+
+/// Sets the rate a [`TOKEN_FIELDS`] name stands for.
+fn set_rate(rates: &mut Rates, base: &str, v: f64) {
+    match base {
+        "input_cost_per_token" => rates.input = Some(v),
+        "output_cost_per_token" => rates.output = Some(v),
+        "cache_read_input_token_cost" => rates.cache_read = Some(v),
+        "cache_creation_input_token_cost_above_1hr" => rates.cache_creation_1h = Some(v),
+        "cache_creation_input_token_cost" => rates.cache_creation = Some(v),
+        _ => rates.reasoning = Some(v),
+    }
+}
 
 fn parse_entry(
     key: &str,
@@ -227,40 +311,44 @@ fn parse_entry(
             }),
         }
     };
-    let rates = Rates {
-        input: num(TOKEN_FIELDS[0])?,
-        output: num(TOKEN_FIELDS[1])?,
-        cache_read: num(TOKEN_FIELDS[2])?,
-        cache_creation: num(TOKEN_FIELDS[3])?,
-        reasoning: num(TOKEN_FIELDS[4])?,
-    };
+    let mut rates = Rates::default();
+    for base in TOKEN_FIELDS {
+        if let Some(v) = num(base)? {
+            set_rate(&mut rates, base, v);
+        }
+    }
     if rates.input.is_none() && rates.output.is_none() {
         return Ok(None); // priced per image, second or character: not a token model
     }
-    // Tiered fields: `<token field>_above_<N>k_tokens`.
-    let mut tiers: BTreeMap<i64, Rates> = BTreeMap::new();
+    // Tiered fields: `<token field>[_above_<N>k_tokens][_priority|_flex|_batches]`. A hostile file can name many
+    // of them, but each distinct (tier, threshold) needs its own field, so the tiers are bounded by the entry.
+    let mut tiers: BTreeMap<(Option<ServiceTier>, i64), Rates> = BTreeMap::new();
     for (field, value) in fields {
-        let Some((base, threshold)) = tier_field(field) else { continue };
+        let (unsuffixed, service) = ServiceTier::split(field);
+        let (base, threshold) = match (tier_field(unsuffixed), service) {
+            (Some(long_context), _) => long_context,
+            (None, Some(_)) => match TOKEN_FIELDS.iter().find(|f| **f == unsuffixed) {
+                Some(base) => (*base, 0),
+                None => continue,
+            },
+            (None, None) => continue,
+        };
         let Some(v) = number(value) else {
             return Err(CostError::PriceFile {
                 origin: origin.to_string(),
                 detail: format!("{key}.{field} must be a non-negative number, got {value}"),
             });
         };
-        let tier = tiers.entry(threshold).or_default();
-        match base {
-            "input_cost_per_token" => tier.input = Some(v),
-            "output_cost_per_token" => tier.output = Some(v),
-            "cache_read_input_token_cost" => tier.cache_read = Some(v),
-            "cache_creation_input_token_cost" => tier.cache_creation = Some(v),
-            _ => tier.reasoning = Some(v),
-        }
+        set_rate(tiers.entry((service, threshold)).or_default(), base, v);
     }
     Ok(Some(ModelPrice {
         origin: origin.to_string(),
         key: key.to_string(),
         rates,
-        tiers: tiers.into_iter().map(|(above_input_tokens, rates)| Tier { above_input_tokens, rates }).collect(),
+        tiers: tiers
+            .into_iter()
+            .map(|((service, above_input_tokens), rates)| Tier { service, above_input_tokens, rates })
+            .collect(),
     }))
 }
 
@@ -457,6 +545,12 @@ mod tests {
             Some(("cache_read_input_token_cost", 128_000))
         );
         assert_eq!(tier_field("input_cost_per_token_batches"), None);
+        // The 1-hour cache write is a rate of its own, not a threshold of 1 token.
+        assert_eq!(tier_field("cache_creation_input_token_cost_above_1hr"), None);
+        assert_eq!(
+            tier_field("cache_creation_input_token_cost_above_1hr_above_200k_tokens"),
+            Some(("cache_creation_input_token_cost_above_1hr", 200_000))
+        );
     }
 
     #[test]

@@ -803,6 +803,7 @@ pub(crate) mod tests {
                 ..Default::default()
             },
             message: "BREACH egress-monthly: $512.00 of $500.00 (102%)".into(),
+            project: None,
         }
     }
 

@@ -17,12 +17,16 @@
 //! ```
 //!
 //! SQL placeholders: `{since}` (start of the selected time window, a timestamp expression), `{window}` (its
-//! label, e.g. `'1h'`), `{session_id}` (the session picked with Enter, as a quoted literal).
+//! label, e.g. `'1h'`), `{window_seconds}` (its length), `{session_id}` (the session picked with Enter, as a quoted
+//! literal).
+//!
+//! The model lives here, below both renderers: the terminal dashboard (`tailscope-tui`) and the web UI
+//! (`tailscope-web`) read the same files, the same [`TimeWindow`]s and fill placeholders by the same [`fill`].
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The default screens, in order: (file name, contents).
 pub const DEFAULTS: &[(&str, &str)] = &[
@@ -31,10 +35,115 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("hedging.toml", include_str!("../../dashboards/hedging.toml")),
     ("alerts.toml", include_str!("../../dashboards/alerts.toml")),
     ("session.toml", include_str!("../../dashboards/session.toml")),
+    ("health.toml", include_str!("../../dashboards/health.toml")),
 ];
 
 /// The placeholders a panel's SQL may use.
 pub const PLACEHOLDERS: &[&str] = &["since", "window", "window_seconds", "session_id"];
+
+/// The history a screen covers; the renderers cycle through them (`t` in the terminal, a selector on the web).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeWindow {
+    /// Last five minutes.
+    FiveMinutes,
+    /// Last hour.
+    Hour,
+    /// Last day.
+    Day,
+    /// Last week.
+    Week,
+}
+
+impl TimeWindow {
+    /// Every window, shortest first.
+    pub const ALL: [TimeWindow; 4] = [TimeWindow::FiveMinutes, TimeWindow::Hour, TimeWindow::Day, TimeWindow::Week];
+
+    /// Short label (`5m`, `1h`, `24h`, `7d`), as deep links and `{window}` write it.
+    pub fn label(self) -> &'static str {
+        match self {
+            TimeWindow::FiveMinutes => "5m",
+            TimeWindow::Hour => "1h",
+            TimeWindow::Day => "24h",
+            TimeWindow::Week => "7d",
+        }
+    }
+
+    /// The window a label names.
+    pub fn parse(label: &str) -> Option<TimeWindow> {
+        TimeWindow::ALL.into_iter().find(|w| w.label() == label)
+    }
+
+    /// The next longer window, wrapping around.
+    pub fn next(self) -> TimeWindow {
+        match self {
+            TimeWindow::FiveMinutes => TimeWindow::Hour,
+            TimeWindow::Hour => TimeWindow::Day,
+            TimeWindow::Day => TimeWindow::Week,
+            TimeWindow::Week => TimeWindow::FiveMinutes,
+        }
+    }
+
+    /// Length in seconds.
+    pub fn seconds(self) -> u64 {
+        match self {
+            TimeWindow::FiveMinutes => 300,
+            TimeWindow::Hour => 3600,
+            TimeWindow::Day => 86_400,
+            TimeWindow::Week => 604_800,
+        }
+    }
+
+    /// The SQL interval literal's text.
+    pub fn interval(self) -> &'static str {
+        match self {
+            TimeWindow::FiveMinutes => "5 minutes",
+            TimeWindow::Hour => "1 hour",
+            TimeWindow::Day => "1 day",
+            TimeWindow::Week => "7 days",
+        }
+    }
+
+    /// The live window that covers this one, when the collector keeps one that long.
+    pub fn live(self) -> Option<&'static str> {
+        match self {
+            TimeWindow::FiveMinutes => Some("5m"),
+            TimeWindow::Hour => Some("1h"),
+            TimeWindow::Day | TimeWindow::Week => None,
+        }
+    }
+
+    /// What each SQL placeholder but `{session_id}` stands for in this window: (placeholder, SQL text).
+    pub fn substitutions(self) -> [(&'static str, String); 3] {
+        [
+            ("since", format!("(now() - INTERVAL '{}')", self.interval())),
+            ("window_seconds", format!("{}.0", self.seconds())),
+            ("window", format!("'{}'", self.label())),
+        ]
+    }
+}
+
+/// A string as a SQL literal (`'it''s'`), or `NULL`.
+pub fn sql_literal(value: Option<&str>) -> String {
+    value.map(|s| format!("'{}'", s.replace('\'', "''"))).unwrap_or_else(|| "NULL".into())
+}
+
+/// A panel's SQL with its placeholders filled in for `window` and the picked `session`.
+pub fn fill(sql: &str, window: TimeWindow, session: Option<&str>) -> String {
+    let mut out = sql.to_string();
+    for (name, value) in window.substitutions() {
+        out = out.replace(&format!("{{{name}}}"), &value);
+    }
+    out.replace("{session_id}", &sql_literal(session))
+}
+
+/// The path prefix of the web UI's assets on the API listener (`/ui/app.js`, ...).
+pub const WEB_UI_PREFIX: &str = "/ui/";
+
+/// Whether an API path is the web UI's page or one of its assets: served without a key, as they hold no data (the
+/// page asks for a key when the API answers 401). Every data path keeps its scope.
+pub fn is_web_ui_path(path: &str) -> bool {
+    path == "/" || path == "/favicon.ico" || path.starts_with(WEB_UI_PREFIX)
+}
 
 /// A dashboard file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +179,7 @@ pub enum DashboardError {
 }
 
 /// The widget a panel draws.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Widget {
     /// Rows and columns; Up/Down select a row, Enter drills in.
@@ -101,6 +210,17 @@ pub enum Size {
     Fill,
 }
 
+impl Serialize for Size {
+    /// As the file writes it: `12`, `"40%"`, `"fill"`.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Size::Fixed(n) => s.serialize_u16(*n),
+            Size::Percent(p) => s.serialize_str(&format!("{p}%")),
+            Size::Fill => s.serialize_str("fill"),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
         #[derive(Deserialize)]
@@ -122,7 +242,7 @@ impl<'de> Deserialize<'de> for Size {
 }
 
 /// One panel: a title, where its data comes from, and how it is drawn.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Panel {
     /// Shown in the panel's border.
@@ -172,7 +292,7 @@ impl Panel {
 }
 
 /// A row of panels.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Row {
     /// Height within the screen.
@@ -237,6 +357,11 @@ impl Dashboard {
         let text = std::fs::read_to_string(path)
             .map_err(|source| DashboardError::Read { path: path.to_path_buf(), source })?;
         Dashboard::parse(&text, path)
+    }
+
+    /// The short name deep links and `--dashboard` use: the file name without `.toml` (`overview`).
+    pub fn name(&self) -> String {
+        self.origin.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| self.title.to_lowercase())
     }
 
     /// The panels of the dashboard in reading order.
@@ -333,11 +458,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn placeholders_fill_the_same_for_every_renderer() {
+        let sql = "SELECT {window}, {window_seconds} FROM t WHERE ts >= {since} AND s = {session_id}";
+        assert_eq!(
+            fill(sql, TimeWindow::Day, Some("it's")),
+            "SELECT '24h', 86400.0 FROM t WHERE ts >= (now() - INTERVAL '1 day') AND s = 'it''s'"
+        );
+        assert!(fill(sql, TimeWindow::Hour, None).ends_with("s = NULL"));
+        assert_eq!(TimeWindow::parse("7d"), Some(TimeWindow::Week));
+        assert_eq!(TimeWindow::parse("2h"), None);
+        assert_eq!(defaults().unwrap()[0].name(), "overview");
+    }
+
+    #[test]
     fn defaults_parse() {
         let all = defaults().unwrap();
         assert_eq!(
             all.iter().map(|d| d.title.as_str()).collect::<Vec<_>>(),
-            ["Overview", "Cost", "Hedging", "Alerts", "Session"]
+            ["Overview", "Cost", "Hedging", "Alerts", "Session", "Health"]
         );
     }
 
