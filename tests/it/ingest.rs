@@ -596,8 +596,9 @@ async fn a_stalled_write_path_applies_backpressure_then_recovers() {
     // Flushes fail while a file stands where today's (and, past midnight, tomorrow's) partition directory should be.
     let blockers: Vec<_> = [chrono::Utc::now(), chrono::Utc::now() + chrono::Duration::hours(1)]
         .iter()
-        .map(|t| server.data_dir.join("spans").join(t.format("date=%Y-%m-%d").to_string()))
+        .map(|t| server.data_dir.join("spans/project=default").join(t.format("date=%Y-%m-%d").to_string()))
         .collect();
+    std::fs::create_dir_all(server.data_dir.join("spans/project=default")).unwrap();
     for b in &blockers {
         std::fs::write(b, b"blocker").unwrap();
     }

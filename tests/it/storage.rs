@@ -287,7 +287,7 @@ print(json.dumps(r))
     assert_eq!(theirs["d"], ours[0]["d"]);
     assert_eq!(theirs["date"], ours[0]["date"]);
     assert_eq!(theirs["t"], ours[0]["t"]);
-    assert_eq!(theirs["partitions"], serde_json::json!(["date", "hour"]));
+    assert_eq!(theirs["partitions"], serde_json::json!(["date", "hour", "project"]));
 }
 
 const HOUR_NS: u64 = 3_600_000_000_000;
