@@ -431,7 +431,6 @@ async fn each_project_sees_exactly_its_own_rows_through_every_surface() {
     assert_eq!(n(&server, &keys.query_a, "SELECT count(*) AS n FROM spans").await, 4);
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_project_budget_fires_on_its_own_spend_only_and_only_its_keys_see_it() {
     let keys = Keys::new();
