@@ -166,6 +166,9 @@ pub enum StorageError {
     /// Parquet refused the writer settings (`storage.*`).
     #[error(transparent)]
     ParquetSettings(#[from] tailscope_core::error::ParquetSettingsError),
+    /// A Delta table could not be opened, read or committed to.
+    #[error(transparent)]
+    Table(#[from] store::StoreError),
     /// Another process holds the data dir.
     #[error(transparent)]
     DataDirLocked(#[from] tailscope_core::error::DataDirLockError),

@@ -36,9 +36,14 @@ use crate::cost::Pricer;
 use crate::error::{IngestError, StorageError};
 use crate::normalize::{self, Normalized};
 use crate::observe::SpanObserver;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, TableLabel};
 use crate::wal::{self, RecordData, RecordKind, Wal};
 use crate::writer;
+use store::{AppId, Tables};
+
+/// How often the tables' logs are read again for commits of other writers (other collectors sharing the tables,
+/// compaction): the freshness of their rows in this collector's queries.
+const TABLE_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Most records written under one fsync.
 const GROUP_MAX_RECORDS: usize = 4096;
@@ -93,6 +98,8 @@ pub struct Ingest {
     wal_tx: std::sync::Mutex<Option<std_mpsc::Sender<WalCommand>>>,
     wal_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     catalog: Catalog,
+    /// The Delta tables flushes commit to.
+    tables: Arc<Tables>,
     metrics: Arc<Metrics>,
     observers: parking_lot::RwLock<Vec<Arc<dyn SpanObserver>>>,
     /// Arrow bytes accepted (or being accepted) and not yet flushed. They are reserved in `memory` (detached from
@@ -138,6 +145,9 @@ pub struct RecoveryReport {
     pub corrupt_records: u64,
     /// Records found in more than one segment, replayed once.
     pub duplicate_records: u64,
+    /// Records past the checkpoint that their table's commit already holds (a crash between commit and
+    /// checkpoint), not replayed.
+    pub already_committed: usize,
 }
 
 impl Ingest {
@@ -156,23 +166,42 @@ impl Ingest {
         // No legitimate record is larger than a request body or the whole write buffer.
         let max_record_bytes = config.ingest.max_body_bytes.max(config.ingest.max_buffer_bytes);
         let recovered = Wal::recover(&wal_dir, max_record_bytes)?;
-        let trusted_checkpoint = recovered.checkpoint_trusted.then_some(recovered.checkpoint);
-        let removed_files = writer::settle_pending_flush(&data_dir, &wal_dir, trusted_checkpoint)?;
+        let app_id = AppId::for_wal(&writer_id(&wal_dir)?);
+        let tables = Arc::new(Tables::open(&data_dir, Some(app_id)).await?);
+        // What each table holds of this WAL decides what is replayed, not the checkpoint: a crash between a table's
+        // commit and the checkpoint leaves records in the WAL that the table holds already.
+        let mut views = BTreeMap::new();
+        for signal in Signal::ALL {
+            views.insert(signal, tables.view(signal).await?);
+        }
+        let committed = |signal: Signal| views.get(&signal).and_then(|v| v.committed_through);
+        let removed_files = writer::settle_pending_flush(&data_dir, &wal_dir, committed)?;
         let memory = MemoryBudget::new(config.memory.limit_bytes());
-        let catalog = Catalog::open(&data_dir)
-            .map_err(StorageError::io("listing Parquet files", &data_dir))?
+        let catalog = Catalog::new(&data_dir)
             .with_memory(memory.clone())
             .with_file_metrics(metrics.parquet_unreadable_files.clone(), metrics.parquet_skipped_files.clone());
+        for (signal, view) in &views {
+            catalog.reconcile(*signal, Some(view.version), view.files.clone(), None);
+        }
         let mut report = RecoveryReport {
             records: 0,
             rows: 0,
             removed_files,
             corrupt_records: recovered.corrupt_records,
             duplicate_records: recovered.duplicate_records,
+            already_committed: 0,
         };
         let mut buffered = 0;
         let limits = normalize::Limits::from(&config.ingest);
         for record in recovered.records {
+            let signal_of_record = match &record.data {
+                RecordData::Rows(signal, _) => *signal,
+                RecordData::OtlpTraces(_) => Signal::Spans,
+            };
+            if committed(signal_of_record).is_some_and(|c| record.seq <= c) {
+                report.already_committed += 1;
+                continue;
+            }
             let project = record.project;
             let (signal, batch) = match record.data {
                 RecordData::Rows(signal, batch) => (signal, batch),
@@ -222,6 +251,7 @@ impl Ingest {
             wal_tx: std::sync::Mutex::new(Some(tx)),
             wal_thread: std::sync::Mutex::new(Some(thread)),
             catalog,
+            tables,
             metrics: metrics.clone(),
             observers: Default::default(),
             buffered: AtomicUsize::new(buffered),
@@ -239,6 +269,13 @@ impl Ingest {
             flush_problem: parking_lot::Mutex::new(None),
         });
         metrics.buffered_bytes.set(buffered as i64);
+        if report.already_committed > 0 {
+            tracing::info!(
+                records = report.already_committed,
+                "WAL records past the checkpoint are in their tables already (the last flush committed, then stopped \
+                 before its checkpoint); not replayed"
+            );
+        }
         if report.records > 0 {
             tracing::info!(records = report.records, rows = report.rows, "replayed WAL; flushing it to Parquet");
             ingest.flush().await?;
@@ -451,13 +488,26 @@ impl Ingest {
             row_group_rows: self.config.storage.row_group_rows,
             zstd_level: self.config.storage.zstd_level,
         };
-        let flushed_bytes: usize = batches.values().flatten().map(|(_, b)| b.get_array_memory_size()).sum();
+        let bytes_of = |signal: &Signal| -> usize {
+            batches.get(signal).map_or(0, |b| b.iter().map(|(_, b)| b.get_array_memory_size()).sum())
+        };
+        let flushed_bytes: usize = Signal::ALL.iter().map(bytes_of).sum();
         let flushed_rows: usize = batches.values().flatten().map(|(_, b)| b.num_rows()).sum();
         // The flush's own working set (sort keys, the gather chunk, the Parquet writer's encoded row group and page
         // buffers) is reserved too, past the limit if need be: refusing the flush would keep memory, not free it.
         // While it runs, ingest is refused earlier instead of filling the buffer past the flush mark by as much.
         let _working_set = self.memory.force_reserve(writer::flush_working_set(flushed_bytes, flushed_rows));
-        let write = tokio::task::spawn_blocking(move || write_flush(&data_dir, &batches, through_seq, &options)).await;
+        let committed = match self.committed_through().await {
+            Ok(c) => c,
+            Err(e) => return Err(self.flush_failed(&mut state, e)),
+        };
+        let write = {
+            let batches = batches.clone();
+            tokio::task::spawn_blocking(move || {
+                write_flush_files(&data_dir, &batches, through_seq, &options, |s| committed.get(&s).copied().flatten())
+            })
+            .await
+        };
         let files = match write {
             Ok(Ok(files)) => files,
             Ok(Err(e)) => return Err(self.flush_failed(&mut state, e)),
@@ -472,21 +522,78 @@ impl Ingest {
                 ));
             }
         };
-        let bytes: u64 = files.iter().map(|(_, f)| f.size).sum();
-        let nfiles = files.len();
-        self.catalog.commit_flush(files, through_seq);
-        let freed = flushed_bytes.min(self.buffered_bytes());
+        crate::failpoint::hit("flush-before-commit");
+        // One commit per table, each with the WAL position it covers. A table whose commit fails keeps its rows in
+        // the buffer and the WAL; the others' rows leave the buffer as their commit becomes visible.
+        let mut failed = None;
+        let mut freed = 0;
+        for signal in Signal::ALL {
+            let mine: Vec<ParquetFile> = files.iter().filter(|(s, _)| *s == signal).map(|(_, f)| f.clone()).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let outcome = match self.tables.commit_flush(signal, &mine, through_seq).await {
+                Ok(view) => Ok(view),
+                // A commit whose answer was lost may still have happened: the table says.
+                Err(e) => match self.tables.view(signal).await {
+                    Ok(view) if view.committed_through.is_some_and(|c| c >= through_seq) => Ok(view),
+                    _ => Err(e),
+                },
+            };
+            match outcome {
+                Ok(view) => {
+                    self.metrics.table_commits.get_or_create(&TableLabel::of(signal)).inc();
+                    self.catalog.reconcile(signal, Some(view.version), view.files, view.committed_through);
+                    freed += bytes_of(&signal);
+                }
+                Err(e) => {
+                    failed.get_or_insert(StorageError::from(e));
+                }
+            }
+        }
+        crate::failpoint::hit("flush-after-commit");
+        let freed = freed.min(self.buffered_bytes());
         self.buffered.fetch_sub(freed, Ordering::AcqRel);
         self.memory.release(freed);
         let remaining: usize = Signal::ALL.iter().map(|s| self.catalog.buffered_rows(*s)).sum();
         let now = self.epoch.elapsed().as_nanos() as i64;
         self.oldest_unflushed.store(if remaining > 0 { now } else { -1 }, Ordering::Release);
-        match Wal::remove_segments(&self.config.data_dir.join("wal"), &closed_segments) {
-            Ok(freed) => {
-                self.metrics.wal_pending_bytes.dec_by(freed as i64);
+        self.metrics.buffered_bytes.set(self.buffered_bytes() as i64);
+        let wal_dir = self.config.data_dir.join("wal");
+        if let Some(e) = failed {
+            // The files of the tables whose commit failed are removed (their rows are still in the WAL).
+            let committed = self.committed_through().await.unwrap_or_default();
+            let data_dir = self.config.data_dir.clone();
+            let settle = tokio::task::spawn_blocking(move || {
+                writer::settle_pending_flush(&data_dir, &wal_dir, |s| committed.get(&s).copied().flatten())
+            })
+            .await;
+            if !matches!(settle, Ok(Ok(_))) {
+                tracing::error!("cannot remove the files of a failed commit; the next flush retries");
             }
-            Err(e) => tracing::warn!(error = %e, "flushed, but could not remove old WAL segments; will retry"),
+            return Err(self.flush_failed(&mut state, e));
         }
+        // Every table holds every row through `through_seq`: the checkpoint only spares the next start reading
+        // records the tables' transaction versions would skip anyway.
+        let checkpoint = {
+            let wal_dir = wal_dir.clone();
+            tokio::task::spawn_blocking(move || {
+                wal::write_checkpoint(&wal_dir, through_seq).and_then(|()| writer::FlushManifest::remove(&wal_dir))
+            })
+            .await
+        };
+        match checkpoint {
+            Ok(Ok(())) => match Wal::remove_segments(&wal_dir, &closed_segments) {
+                Ok(freed) => {
+                    self.metrics.wal_pending_bytes.dec_by(freed as i64);
+                }
+                Err(e) => tracing::warn!(error = %e, "flushed, but could not remove old WAL segments; will retry"),
+            },
+            Ok(Err(e)) => tracing::warn!(error = %e, "committed, but could not write the WAL checkpoint; will retry"),
+            Err(e) => tracing::warn!(error = %e, "committed, but could not write the WAL checkpoint; will retry"),
+        }
+        let bytes: u64 = files.iter().map(|(_, f)| f.size).sum();
+        let nfiles = files.len();
         state.failures = 0;
         self.flush_problem.lock().take();
         self.metrics.flushes.inc();
@@ -499,9 +606,32 @@ impl Ingest {
             bytes,
             through_seq,
             ms = started.elapsed().as_millis() as u64,
-            "flushed to Parquet"
+            "flushed to Parquet and committed to the Delta tables"
         );
         Ok(())
+    }
+
+    /// Each table's transaction version for this collector's WAL (the last record it holds), as the log says now.
+    async fn committed_through(&self) -> Result<BTreeMap<Signal, Option<u64>>, StorageError> {
+        let mut out = BTreeMap::new();
+        for signal in Signal::ALL {
+            out.insert(signal, self.tables.view(signal).await?.committed_through);
+        }
+        Ok(out)
+    }
+
+    /// Reads every table's log again and shows what other writers (other collectors, compaction) committed.
+    pub async fn refresh_tables(&self) -> Result<(), StorageError> {
+        for signal in Signal::ALL {
+            let view = self.tables.view(signal).await?;
+            self.catalog.reconcile(signal, Some(view.version), view.files, view.committed_through);
+        }
+        Ok(())
+    }
+
+    /// The Delta tables this collector commits to.
+    pub fn tables(&self) -> &Arc<Tables> {
+        &self.tables
     }
 
     fn flush_failed(&self, state: &mut FlushState, e: StorageError) -> StorageError {
@@ -521,6 +651,7 @@ impl Ingest {
     /// Flushes whenever due, until shutdown begins. Run it as a task.
     pub async fn run_flusher(self: Arc<Self>) {
         let mut wait = Duration::from_millis(250);
+        let mut last_refresh = Instant::now();
         loop {
             if wait > Duration::from_millis(250) {
                 // Backing off after a failed flush: a full buffer must not hurry the retry.
@@ -537,6 +668,98 @@ impl Ingest {
             wait = Duration::from_millis(250);
             if self.flush_due() && self.flush().await.is_err() {
                 wait = self.flush_backoff().await;
+            }
+            if last_refresh.elapsed() >= TABLE_REFRESH_INTERVAL {
+                last_refresh = Instant::now();
+                if let Err(e) = self.refresh_tables().await {
+                    tracing::warn!(error = %e, "cannot read the tables' logs; queries show what was read last");
+                }
+            }
+        }
+    }
+
+    /// Compaction, retention and vacuum of every table, every `storage.maintenance_interval`, until shutdown
+    /// begins. Run it as a task. Each step is a Delta commit (or delta-rs's vacuum) of one table; a failed step is
+    /// logged, counted (`tailscope_maintenance_errors`) and tried again at the next interval.
+    pub async fn run_maintenance(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.config.storage.maintenance_interval).await;
+            if self.shutting_down.load(Ordering::Acquire) {
+                return;
+            }
+            self.maintain(chrono::Utc::now()).await;
+        }
+    }
+
+    /// One round of compaction, retention and vacuum over every table, as of `now`.
+    pub async fn maintain(&self, now: chrono::DateTime<chrono::Utc>) {
+        let storage = &self.config.storage;
+        let options = ParquetOptions { row_group_rows: storage.row_group_rows, zstd_level: storage.zstd_level };
+        let policy = store::maintenance::CompactionPolicy {
+            target_bytes: storage.compaction_target_bytes as u64,
+            min_files: storage.compaction_min_files,
+            closed_after: storage.compaction_after,
+        };
+        for signal in Signal::ALL {
+            let label = TableLabel::of(signal);
+            if let Some(age) = storage.retention_of(signal) {
+                let cutoff = now - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+                match self.tables.expire(signal, cutoff, false).await {
+                    Ok((removed, view)) => {
+                        if let Some(view) = view {
+                            self.catalog.reconcile(signal, Some(view.version), view.files, view.committed_through);
+                        }
+                        if !removed.is_empty() {
+                            self.metrics.retention_files_removed.get_or_create(&label).inc_by(removed.len() as u64);
+                            tracing::info!(
+                                table = signal.table_name(), files = removed.len(), %cutoff,
+                                "retention removed the partitions past the table's maximum age"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        self.metrics.maintenance_errors.get_or_create(&label).inc();
+                        tracing::warn!(table = signal.table_name(), error = %e, "retention failed; retrying later");
+                    }
+                }
+            }
+            match self.tables.compact(&self.config.data_dir, signal, &options, &policy, now).await {
+                Ok((report, view)) => {
+                    if let Some(view) = view {
+                        self.catalog.reconcile(signal, Some(view.version), view.files, view.committed_through);
+                    }
+                    if report.partitions > 0 {
+                        self.metrics.compactions.get_or_create(&label).inc_by(report.partitions as u64);
+                        self.metrics.compaction_files_removed.get_or_create(&label).inc_by(report.files_removed as u64);
+                        self.metrics.compaction_files_written.get_or_create(&label).inc_by(report.files_written as u64);
+                        self.metrics.compaction_bytes_written.get_or_create(&label).inc_by(report.bytes_written);
+                        tracing::info!(
+                            table = signal.table_name(),
+                            partitions = report.partitions,
+                            files_removed = report.files_removed,
+                            files_written = report.files_written,
+                            rows = report.rows,
+                            bytes_read = report.bytes_read,
+                            bytes_written = report.bytes_written,
+                            "compacted"
+                        );
+                    }
+                }
+                Err(e) => {
+                    self.metrics.maintenance_errors.get_or_create(&label).inc();
+                    tracing::warn!(table = signal.table_name(), error = %e, "compaction failed; retrying later");
+                }
+            }
+            match self.tables.vacuum(signal, self.config.vacuum_grace()).await {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    self.metrics.vacuum_files_deleted.get_or_create(&label).inc_by(deleted as u64);
+                    tracing::info!(table = signal.table_name(), files = deleted, "vacuum deleted removed files");
+                }
+                Err(e) => {
+                    self.metrics.maintenance_errors.get_or_create(&label).inc();
+                    tracing::warn!(table = signal.table_name(), error = %e, "vacuum failed; retrying later");
+                }
             }
         }
     }
@@ -559,19 +782,19 @@ impl Ingest {
     }
 }
 
-/// Writes one flush: settles a manifest an earlier flush left behind, lists the files in a new manifest, writes
-/// them, then the checkpoint. Returns the committed files. On error nothing of this flush stays visible (its files
-/// are removed, or, should that fail, left listed in the manifest for the next flush or start-up to remove).
-fn write_flush(
+/// Writes one flush's files: settles a manifest an earlier flush left behind (`committed_through`: each table's
+/// transaction version for this WAL), lists the files in a new manifest, writes them. Returns the files, to be
+/// committed; on error none of them stays (they are removed, or, should that fail, left listed in the manifest for
+/// the next flush or start-up to remove).
+fn write_flush_files(
     data_dir: &Path,
     batches: &BTreeMap<Signal, Vec<(Project, RecordBatch)>>,
     through_seq: u64,
     options: &ParquetOptions,
+    committed_through: impl Fn(Signal) -> Option<u64> + Copy,
 ) -> Result<Vec<(Signal, ParquetFile)>, StorageError> {
     let wal_dir = data_dir.join("wal");
-    // A manifest still here belongs to an earlier flush whose cleanup failed, or whose commit was uncertain.
-    let committed = wal::read_checkpoint(&wal_dir).ok().flatten();
-    writer::settle_pending_flush(data_dir, &wal_dir, committed)?;
+    writer::settle_pending_flush(data_dir, &wal_dir, committed_through)?;
     // One plan per table and project: a project's rows go to its own directories only.
     let mut by_project: BTreeMap<(Signal, Project), Vec<RecordBatch>> = BTreeMap::new();
     for (signal, batches) in batches {
@@ -594,28 +817,44 @@ fn write_flush(
         files.extend(writer::write_plan(data_dir, plan, batches, options)?.into_iter().map(|f| (key.0, f)));
         Ok::<_, StorageError>(())
     });
-    let result = written.and_then(|()| wal::write_checkpoint(&wal_dir, through_seq));
-    match result {
-        Ok(()) => {
-            if let Err(e) = writer::FlushManifest::remove(&wal_dir) {
-                // Harmless: the next flush or start-up finds the checkpoint covers it and removes it.
-                tracing::warn!(error = %e, "flushed, but could not remove the pending-flush manifest");
-            }
-            Ok(files)
-        }
-        // The checkpoint was renamed into place but syncing its directory failed: the flush may or may not survive
-        // a crash. Keep the manifest: start-up then removes the files exactly when the checkpoint did not survive.
-        Err(e) if wal::read_checkpoint(&wal_dir).ok().flatten() == Some(through_seq) => {
-            tracing::warn!(error = %e, "checkpoint written but not synced; keeping the pending-flush manifest");
-            Ok(files)
-        }
+    match written {
+        Ok(()) => Ok(files),
         Err(e) => {
-            if let Err(cleanup) = writer::settle_pending_flush(data_dir, &wal_dir, None) {
+            if let Err(cleanup) = writer::settle_pending_flush(data_dir, &wal_dir, committed_through) {
                 tracing::error!(error = %cleanup, "cannot remove the files of a failed flush; the next flush retries");
             }
             Err(e)
         }
     }
+}
+
+/// The WAL segment's writer id (`wal/writer-id`), made once: names this WAL in the tables' transaction identifiers.
+fn writer_id(wal_dir: &Path) -> Result<String, StorageError> {
+    let path = wal_dir.join(WRITER_ID);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if is_writer_id(text.trim()) => return Ok(text.trim().to_string()),
+        Ok(_) => {
+            return Err(StorageError::Io {
+                action: "reading the WAL's writer id (it is damaged: restore it, or remove the WAL directory once \
+                         its records are flushed)",
+                path,
+                source: std::io::Error::other("not 32 hex digits"),
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StorageError::Io { action: "reading the WAL's writer id", path, source: e }),
+    }
+    std::fs::create_dir_all(wal_dir).map_err(StorageError::io("creating WAL directory", wal_dir))?;
+    let id = format!("{:032x}", rand::random::<u128>());
+    wal::write_atomically(wal_dir, WRITER_ID, id.as_bytes())?;
+    Ok(id)
+}
+
+/// The file in the WAL directory that holds its writer id.
+pub const WRITER_ID: &str = "writer-id";
+
+fn is_writer_id(text: &str) -> bool {
+    text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// A record of the group being written: its sequence number, rows and the request's acknowledgement.

@@ -1,6 +1,7 @@
 //! The tailscope collector: receives OTLP (gRPC and HTTP, protobuf and JSON), normalises agent spans to one
 //! columnar schema ([`tailscope_core::schema`]), prices them ([`cost`]), makes them durable in a write-ahead log
-//! ([`wal`]) before acknowledging, and flushes them to Parquet in a hive layout ([`writer`]). The catalog
+//! ([`wal`]) before acknowledging, and flushes them to Parquet in a hive layout ([`writer`]), each flush one commit per Delta table (`tailscope-store`).
+//! The catalog
 //! ([`tailscope_core::catalog`]) tells queries which files and buffered rows exist.
 //!
 //! Data path: `grpc`/`http` receive -> [`normalize`] -> [`ingest`] (WAL group commit, buffer, backpressure)
@@ -15,6 +16,7 @@ mod alloc_meter;
 pub mod auth;
 pub mod cost;
 pub mod error;
+pub mod failpoint;
 pub mod grpc;
 pub mod ingest;
 pub mod live;

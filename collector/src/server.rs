@@ -93,8 +93,10 @@ impl Collector {
             .with_state(self.clone())
     }
 
-    /// Runs the periodic flusher until shutdown begins.
+    /// Runs the periodic flusher, and the tables' compaction, retention and vacuum beside it, until shutdown
+    /// begins. Returns the flusher's task.
     pub fn spawn_flusher(&self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.ingest.clone().run_maintenance());
         tokio::spawn(self.ingest.clone().run_flusher())
     }
 

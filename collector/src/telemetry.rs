@@ -34,6 +34,20 @@ pub struct SignalLabel {
     pub signal: String,
 }
 
+/// Labels for per-table counters of the Delta tables.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    /// `spans`, `metrics` or `logs`.
+    pub table: String,
+}
+
+impl TableLabel {
+    /// The label of `signal`'s table.
+    pub fn of(signal: tailscope_core::schema::Signal) -> TableLabel {
+        TableLabel { table: signal.table_name().to_string() }
+    }
+}
+
 /// Labels for rejection counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabel {
@@ -167,6 +181,22 @@ pub struct Metrics {
     pub flush_seconds: Histogram,
     /// Parquet bytes written.
     pub parquet_bytes: Counter,
+    /// Delta commits of flushes, per table.
+    pub table_commits: Family<TableLabel, Counter>,
+    /// Compaction commits, per table.
+    pub compactions: Family<TableLabel, Counter>,
+    /// Small files removed by compaction, per table.
+    pub compaction_files_removed: Family<TableLabel, Counter>,
+    /// Files written by compaction, per table.
+    pub compaction_files_written: Family<TableLabel, Counter>,
+    /// Bytes written by compaction, per table.
+    pub compaction_bytes_written: Family<TableLabel, Counter>,
+    /// Files removed by retention (partitions past the table's maximum age), per table.
+    pub retention_files_removed: Family<TableLabel, Counter>,
+    /// Removed files deleted from storage by vacuum, per table.
+    pub vacuum_files_deleted: Family<TableLabel, Counter>,
+    /// Compaction, retention or vacuum runs that failed, per table (retried at the next interval).
+    pub maintenance_errors: Family<TableLabel, Counter>,
     /// Spans whose model has no price (cost NULL, `price_source = 'unknown'`).
     pub unpriced_spans: Counter,
     /// Requests refused at the process memory ceiling (also in `requests_rejected{reason="memory_limit"}`).
@@ -232,6 +262,14 @@ impl Metrics {
         let flush_errors = Counter::default();
         let flush_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let parquet_bytes = Counter::default();
+        let table_commits = Family::<TableLabel, Counter>::default();
+        let compactions = Family::<TableLabel, Counter>::default();
+        let compaction_files_removed = Family::<TableLabel, Counter>::default();
+        let compaction_files_written = Family::<TableLabel, Counter>::default();
+        let compaction_bytes_written = Family::<TableLabel, Counter>::default();
+        let retention_files_removed = Family::<TableLabel, Counter>::default();
+        let vacuum_files_deleted = Family::<TableLabel, Counter>::default();
+        let maintenance_errors = Family::<TableLabel, Counter>::default();
         let unpriced_spans = Counter::default();
         let memory_refusals = Counter::default();
         let memory_refusals_permanent = Counter::default();
@@ -294,6 +332,38 @@ impl Metrics {
         registry.register("flush_errors", "Failed flush attempts (retried)", flush_errors.clone());
         registry.register("flush_duration_seconds", "Time to write one flush", flush_seconds.clone());
         registry.register("parquet_written_bytes", "Parquet bytes written", parquet_bytes.clone());
+        registry.register("table_commits", "Delta commits of flushes, per table", table_commits.clone());
+        registry.register("compactions", "Compaction commits, per table", compactions.clone());
+        registry.register(
+            "compaction_files_removed",
+            "Small files removed by compaction (deleted later by vacuum), per table",
+            compaction_files_removed.clone(),
+        );
+        registry.register(
+            "compaction_files_written",
+            "Files written by compaction, per table",
+            compaction_files_written.clone(),
+        );
+        registry.register(
+            "compaction_written_bytes",
+            "Bytes written by compaction, per table",
+            compaction_bytes_written.clone(),
+        );
+        registry.register(
+            "retention_files_removed",
+            "Files removed by retention (partitions past the maximum age), per table",
+            retention_files_removed.clone(),
+        );
+        registry.register(
+            "vacuum_files_deleted",
+            "Removed files deleted from storage by vacuum, per table",
+            vacuum_files_deleted.clone(),
+        );
+        registry.register(
+            "maintenance_errors",
+            "Compaction, retention or vacuum runs that failed (retried), per table",
+            maintenance_errors.clone(),
+        );
         registry.register("unpriced_spans", "Spans with tokens whose model has no price", unpriced_spans.clone());
         registry.register(
             "memory_refusals",
@@ -406,6 +476,14 @@ impl Metrics {
             flush_errors,
             flush_seconds,
             parquet_bytes,
+            table_commits,
+            compactions,
+            compaction_files_removed,
+            compaction_files_written,
+            compaction_bytes_written,
+            retention_files_removed,
+            vacuum_files_deleted,
+            maintenance_errors,
             unpriced_spans,
             memory_refusals,
             memory_refusals_permanent,

@@ -220,6 +220,7 @@ fn write_file(
         date: planned.partition.date.clone(),
         hour: planned.partition.hour.clone(),
         time_range_ns: Some(planned.time_range_ns),
+        rows: Some((planned.end - planned.start) as u64),
     })
 }
 
@@ -310,15 +311,15 @@ impl FlushManifest {
     }
 }
 
-/// Settles a flush that was interrupted (by a crash, or an error whose cleanup failed): when `committed_through`
-/// (a checkpoint that can be trusted) covers it, its files are committed and only the manifest goes; otherwise its
-/// files and their temporary files are removed (their rows are still in the WAL and will be written again). Without
+/// Settles a flush that was interrupted (by a crash, or an error whose cleanup failed): the files of a table whose
+/// commit covers it (`committed_through(signal)`, the table's transaction version for this collector's WAL) are
+/// committed and stay; the others and their temporary files are removed (their rows are still in the WAL and will be written again). Without
 /// a manifest nothing is removed. A manifest that does not parse is kept aside in `wal/corrupt/`, and nothing is
 /// removed. Returns the number of files removed.
 pub fn settle_pending_flush(
     data_dir: &Path,
     wal_dir: &Path,
-    committed_through: Option<u64>,
+    committed_through: impl Fn(Signal) -> Option<u64>,
 ) -> Result<usize, StorageError> {
     let path = wal_dir.join(PENDING_FLUSH);
     let text = match std::fs::read(&path) {
@@ -335,12 +336,17 @@ pub fn settle_pending_flush(
             return Ok(0);
         }
     };
-    if committed_through.is_some_and(|c| c >= manifest.through_seq) {
-        FlushManifest::remove(wal_dir)?;
-        return Ok(0);
-    }
     let mut removed = 0;
     for relative in &manifest.files {
+        // Each table commits on its own: a file stays when its table's commit covers the flush.
+        let signal = relative
+            .components()
+            .next()
+            .and_then(|c| c.as_os_str().to_str())
+            .and_then(|name| Signal::ALL.into_iter().find(|s| s.table_name() == name));
+        if signal.and_then(&committed_through).is_some_and(|c| c >= manifest.through_seq) {
+            continue;
+        }
         let file = data_dir.join(relative);
         let tmp = file.with_file_name(temp_name(&file.file_name().unwrap_or_default().to_string_lossy()));
         for p in [&file, &tmp] {
@@ -429,7 +435,7 @@ mod tests {
         assert_eq!(starts, vec![vec![h - 1], vec![h + 1, h + 5, h + 10], vec![h + NS_PER_HOUR + 7]]);
         for f in &files {
             let parsed = tailscope_core::catalog::ParquetFile::from_relative_path(&f.relative_path, f.size).unwrap();
-            assert_eq!(&parsed, f, "the catalog reads back what the writer wrote");
+            assert_eq!(parsed, ParquetFile { rows: None, ..f.clone() }, "the catalog reads back what the writer wrote");
         }
     }
 
@@ -456,9 +462,9 @@ mod tests {
         std::fs::write(&tmp_ours, b"other").unwrap();
 
         // Committed: nothing removed, the manifest goes.
-        assert_eq!(settle_pending_flush(dir.path(), &wal_dir, Some(7)).unwrap(), 0);
+        assert_eq!(settle_pending_flush(dir.path(), &wal_dir, |_| Some(7)).unwrap(), 0);
         assert!(!wal_dir.join(PENDING_FLUSH).exists());
-        assert_eq!(settle_pending_flush(dir.path(), &wal_dir, None).unwrap(), 0, "no manifest, nothing removed");
+        assert_eq!(settle_pending_flush(dir.path(), &wal_dir, |_| None).unwrap(), 0, "no manifest, nothing removed");
         for f in ours.iter().chain(&others) {
             assert!(dir.path().join(&f.relative_path).exists());
         }
@@ -466,7 +472,7 @@ mod tests {
         for committed in [Some(6), None] {
             manifest.write(&wal_dir).unwrap();
             let ours = write_plan(dir.path(), &plan, &batches, &options).unwrap();
-            assert_eq!(settle_pending_flush(dir.path(), &wal_dir, committed).unwrap(), 2);
+            assert_eq!(settle_pending_flush(dir.path(), &wal_dir, |_| committed).unwrap(), 2);
             for f in &ours {
                 assert!(!dir.path().join(&f.relative_path).exists());
             }
@@ -495,7 +501,7 @@ mod tests {
             "garbage",
         ] {
             std::fs::write(wal_dir.join(PENDING_FLUSH), text).unwrap();
-            assert_eq!(settle_pending_flush(dir.path(), &wal_dir, None).unwrap(), 0, "{text}");
+            assert_eq!(settle_pending_flush(dir.path(), &wal_dir, |_| None).unwrap(), 0, "{text}");
             assert!(victim.exists() && outside.exists(), "{text}");
             assert!(!wal_dir.join(PENDING_FLUSH).exists());
             assert!(wal_dir.join("corrupt/flush.pending.bin").exists());

@@ -37,6 +37,8 @@ pub struct ParquetFile {
     /// Smallest and largest value of the signal's time column in the file, in ns since the epoch, when known
     /// (from the file name tailscope gives its files; `None` for files placed there by others).
     pub time_range_ns: Option<(i64, i64)>,
+    /// Rows in the file, when known (the writer's count, or the Delta log's `numRecords`).
+    pub rows: Option<u64>,
 }
 
 impl ParquetFile {
@@ -54,6 +56,7 @@ impl ParquetFile {
             date,
             hour,
             time_range_ns: crate::layout::FileName::parse(name).map(|n| (n.min_time_ns, n.max_time_ns)),
+            rows: None,
         })
     }
 }
@@ -124,6 +127,8 @@ pub struct TableSnapshot {
 #[derive(Debug, Default)]
 struct TableState {
     files: BTreeMap<PathBuf, ParquetFile>,
+    /// The Delta version `files` come from, when they come from a Delta snapshot ([`Catalog::reconcile`]).
+    version: Option<u64>,
     /// Batches keyed by the WAL sequence number that made them durable, so a flush can retire exactly the
     /// batches it wrote.
     batches: BTreeMap<u64, Vec<(Project, RecordBatch)>>,
@@ -215,6 +220,36 @@ impl Catalog {
             files: state.files.values().cloned().collect(),
             batches: state.batches.values().flatten().cloned().collect(),
         }
+    }
+
+    /// Replaces a table's files with those of a snapshot of it (a Delta version, or `None` for a listing) and
+    /// retires the buffered batches that snapshot holds (this collector's WAL records up to `committed_through`), in
+    /// one step under one lock: a query sees those rows in the buffer or in the files, never both, never neither. A
+    /// snapshot older than the one shown is ignored (a refresh that read the log before a flush's commit finished
+    /// after it). Returns whether it was applied.
+    pub fn reconcile(
+        &self,
+        signal: Signal,
+        version: Option<u64>,
+        files: Vec<ParquetFile>,
+        committed_through: Option<u64>,
+    ) -> bool {
+        let mut tables = self.tables.write();
+        let state = tables.entry(signal).or_default();
+        if let (Some(shown), Some(new)) = (state.version, version)
+            && new < shown
+        {
+            return false;
+        }
+        state.version = version;
+        state.files = files.into_iter().map(|f| (f.relative_path.clone(), f)).collect();
+        if let Some(through) = committed_through {
+            state.batches = state.batches.split_off(&through.saturating_add(1));
+        }
+        let mut checked = self.health.checked.lock();
+        checked.retain(|path, _| tables.values().any(|state| state.files.contains_key(path)));
+        self.health.update_gauge(&checked);
+        true
     }
 
     /// Makes rows of `project` made durable by WAL record `wal_seq` visible to queries.

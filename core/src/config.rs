@@ -162,6 +162,12 @@ impl Config {
         Config::from_toml(&text, path)
     }
 
+    /// How long after their removal removed files are deleted: `storage.vacuum_grace`, but longer than the longest
+    /// query, which may still read a snapshot from before the removal.
+    pub fn vacuum_grace(&self) -> Duration {
+        self.storage.vacuum_grace.max(self.query.timeout + Duration::from_secs(1))
+    }
+
     /// Checks values that parse but cannot work: every size, duration and count is within its range (the error
     /// names the key, the value and the range), and the settings that depend on each other agree.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -556,6 +562,30 @@ impl StorageConfig {
         if !(1..=22).contains(&self.zstd_level) {
             return Err(out_of_range("storage.zstd_level", self.zstd_level, "1..=22"));
         }
+        check_bytes("storage.compaction_target_bytes", self.compaction_target_bytes)?;
+        if !(2..=100_000).contains(&self.compaction_min_files) {
+            return Err(out_of_range("storage.compaction_min_files", self.compaction_min_files, "2..=100000"));
+        }
+        check_duration("storage.compaction_after", self.compaction_after, Duration::ZERO, MAX_DURATION)?;
+        check_duration(
+            "storage.maintenance_interval",
+            self.maintenance_interval,
+            Duration::from_millis(100),
+            MAX_DURATION,
+        )?;
+        const HOUR: Duration = Duration::from_secs(3600);
+        const CENTURY: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
+        for (field, age) in [
+            ("storage.retention", self.retention),
+            ("storage.retention_spans", self.retention_spans),
+            ("storage.retention_metrics", self.retention_metrics),
+            ("storage.retention_logs", self.retention_logs),
+        ] {
+            if let Some(age) = age {
+                check_duration(field, age, HOUR, CENTURY)?;
+            }
+        }
+        check_duration("storage.vacuum_grace", self.vacuum_grace, Duration::from_secs(1), 30 * MAX_DURATION)?;
         Ok(())
     }
 }
@@ -657,6 +687,48 @@ pub struct StorageConfig {
     /// fsync the WAL before acknowledging. Turning this off trades durability on power loss for throughput;
     /// a process crash still loses nothing that was written.
     pub wal_fsync: bool,
+    /// Compaction: files under this size in a closed partition are rewritten into files of about this size.
+    #[serde(with = "units::bytes")]
+    pub compaction_target_bytes: usize,
+    /// Compaction: a partition is rewritten once it holds at least this many files under the target size.
+    pub compaction_min_files: usize,
+    /// Compaction: a partition is rewritten only once its hour ended this long ago (late rows keep arriving until
+    /// then).
+    #[serde(with = "units::duration")]
+    pub compaction_after: Duration,
+    /// How often compaction, retention and vacuum run (in the background, one table and partition at a time).
+    #[serde(with = "units::duration")]
+    pub maintenance_interval: Duration,
+    /// The maximum age of every table's rows (`"30d"`), or `"forever"` (the default). Whole partitions whose hour
+    /// ended longer ago are removed by a Delta commit, then vacuumed after `vacuum_grace`.
+    #[serde(with = "units::age")]
+    pub retention: Option<Duration>,
+    /// `retention` for the `spans` table alone (default: `retention`).
+    #[serde(with = "units::age", skip_serializing_if = "Option::is_none")]
+    pub retention_spans: Option<Duration>,
+    /// `retention` for the `metrics` table alone (default: `retention`).
+    #[serde(with = "units::age", skip_serializing_if = "Option::is_none")]
+    pub retention_metrics: Option<Duration>,
+    /// `retention` for the `logs` table alone (default: `retention`).
+    #[serde(with = "units::age", skip_serializing_if = "Option::is_none")]
+    pub retention_logs: Option<Duration>,
+    /// Files removed from a table (by compaction or retention) are deleted from storage this long after their
+    /// removal, and never sooner than `query.timeout` + 1 s ([`Config::vacuum_grace`]): a query may still read them.
+    #[serde(with = "units::duration")]
+    pub vacuum_grace: Duration,
+}
+
+impl StorageConfig {
+    /// The maximum age of `table`'s rows (`None`: kept forever).
+    pub fn retention_of(&self, table: crate::schema::Signal) -> Option<Duration> {
+        use crate::schema::Signal;
+        let own = match table {
+            Signal::Spans => self.retention_spans,
+            Signal::Metrics => self.retention_metrics,
+            Signal::Logs => self.retention_logs,
+        };
+        own.or(self.retention)
+    }
 }
 
 impl Default for StorageConfig {
@@ -667,6 +739,15 @@ impl Default for StorageConfig {
             row_group_rows: 1024 * 1024,
             zstd_level: 1,
             wal_fsync: true,
+            compaction_target_bytes: 128 * 1024 * 1024,
+            compaction_min_files: 4,
+            compaction_after: Duration::from_secs(600),
+            maintenance_interval: Duration::from_secs(60),
+            retention: None,
+            retention_spans: None,
+            retention_metrics: None,
+            retention_logs: None,
+            vacuum_grace: Duration::from_secs(3600),
         }
     }
 }
@@ -839,6 +920,10 @@ mod tests {
                 "1..=1048576",
             ),
             ("[query]\ntimeout = \"0s\"\n", "query.timeout", "0s", "1ms..=1day"),
+            ("[storage]\ncompaction_min_files = 1\n", "storage.compaction_min_files", "1", "2..=100000"),
+            ("[storage]\nretention = \"10m\"\n", "storage.retention", "10m", "1h..="),
+            ("[storage]\nretention_logs = \"1000years\"\n", "storage.retention_logs", "1000years", "1h..="),
+            ("[storage]\ncompaction_target_bytes = 0\n", "storage.compaction_target_bytes", "0", "1..="),
             ("[query]\ntimeout = \"100years\"\n", "query.timeout", "100years", "1ms..=1day"),
             ("[query]\ntimeout = \"500000000000years\"\n", "query.timeout", "500000000000years", "1ms..=1day"),
             (

@@ -276,11 +276,13 @@ impl Engine {
         })
     }
 
-    /// An engine over the files under `data_dir` as they are now (no running collector): the CLI's `--data-dir`.
+    /// An engine over the tables under `data_dir` as their logs say now (no running collector): the CLI's
+    /// `--data-dir`.
     pub async fn open(data_dir: impl Into<std::path::PathBuf>, config: QueryConfig) -> Result<Engine, QueryError> {
         let data_dir = data_dir.into();
-        let catalog = Catalog::open(&data_dir)
-            .map_err(|e| QueryError::Internal(format!("cannot list {}: {e}", data_dir.display())))?;
+        let catalog = store::open_catalog(&data_dir)
+            .await
+            .map_err(|e| QueryError::Internal(format!("cannot read the tables under {}: {e}", data_dir.display())))?;
         Engine::new(catalog, config).await
     }
 

@@ -92,7 +92,17 @@ pub fn init_logging(to_stderr: bool) {
     if !to_stderr {
         return;
     }
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // delta-rs's kernel logs every snapshot it loads at info (several lines a second) and, as an error, every look
+    // for a table that does not exist yet (each first start): silent unless RUST_LOG names it. What fails reaches
+    // tailscope's own log through the error delta-rs returns.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("kernel") || v.contains("deltalake")) {
+        for directive in ["buoyant_kernel=off", "buoyant_kernel_engine=off", "deltalake_core=warn"] {
+            if let Ok(d) = directive.parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     if std::env::var("TAILSCOPE_LOG_FORMAT").is_ok_and(|v| v == "json") {

@@ -281,8 +281,11 @@ async fn sdk_spans_over_grpc_and_http_fill_every_column() {
     assert!(new["links"].as_str().unwrap().contains("0af7651916cd43dd8448eb211c80319c"), "{new}");
     assert!(new["date"].as_str().unwrap().len() == 10 && new["hour"].as_str().unwrap().len() == 2);
 
-    // The hive layout any engine can read, and no temporary files left behind.
-    let files = walk(&server.data_dir.join("spans"));
+    // The hive layout any engine can read (beside the Delta log), and no temporary files left behind.
+    let files: Vec<_> = walk(&server.data_dir.join("spans"))
+        .into_iter()
+        .filter(|f| !f.to_string_lossy().contains("/_delta_log/"))
+        .collect();
     assert!(!files.is_empty());
     for f in &files {
         let rel = f.strip_prefix(&server.data_dir).unwrap().to_str().unwrap().to_string();
@@ -590,8 +593,15 @@ async fn a_stalled_write_path_applies_backpressure_then_recovers() {
         "[ingest]\nmax_buffer_bytes = 400000\nretry_after = \"2s\"\n[storage]\nflush_max_bytes = 100000\n",
     )
     .await;
-    // Flushes fail while `spans` is a file where the partition directory should be.
-    std::fs::write(server.data_dir.join("spans"), b"blocker").unwrap();
+    // Flushes fail while a file stands where today's (and, past midnight, tomorrow's) partition directory should be.
+    let blockers: Vec<_> = [chrono::Utc::now(), chrono::Utc::now() + chrono::Duration::hours(1)]
+        .iter()
+        .map(|t| server.data_dir.join("spans/project=default").join(t.format("date=%Y-%m-%d").to_string()))
+        .collect();
+    std::fs::create_dir_all(server.data_dir.join("spans/project=default")).unwrap();
+    for b in &blockers {
+        std::fs::write(b, b"blocker").unwrap();
+    }
     let client = reqwest::Client::new();
     let url = format!("{}/v1/traces", server.http_url());
     let mut accepted = 0;
@@ -628,7 +638,9 @@ async fn a_stalled_write_path_applies_backpressure_then_recovers() {
     }
 
     // The disk comes back: flushes succeed, ingest resumes, nothing acknowledged was lost.
-    std::fs::remove_file(server.data_dir.join("spans")).unwrap();
+    for b in &blockers {
+        let _ = std::fs::remove_file(b);
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let ok = grpc.export(request("bp", 1 << 41, 10)).await.is_ok();

@@ -16,6 +16,7 @@ mod projects;
 mod query;
 mod security;
 mod sql_limits;
+mod storage;
 mod support;
 mod tui;
 mod web;

@@ -442,6 +442,11 @@ impl Server {
         child.wait().expect("wait for tailscope")
     }
 
+    /// Replaces the environment variables set for the server's next (re)starts.
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    }
+
     /// Starts the server again on the same data dir, ports and config.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server before restarting it");

@@ -51,18 +51,17 @@ impl LocalSource {
         if !dir.is_dir() {
             return Err(format!("--data-dir {} is not a directory", dir.display()));
         }
-        let catalog =
-            tailscope_core::catalog::Catalog::open(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        let catalog = store::open_catalog(&dir).await.map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
         let engine = query::Engine::new(catalog.clone(), tailscope_core::config::QueryConfig::default())
             .await
             .map_err(|e| e.to_string())?;
         Ok(LocalSource { dir: Arc::new(dir), catalog, engine })
     }
 
-    /// Runs `sql` and returns the record batches. The directory is listed again first, so files flushed by a
+    /// Runs `sql` and returns the record batches. The tables' logs are read again first, so files committed by a
     /// collector writing there appear without restarting the dashboard.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, String> {
-        self.catalog.rescan().map_err(|e| format!("cannot list {}: {e}", self.dir.display()))?;
+        store::refresh_catalog(&self.catalog).await.map_err(|e| format!("cannot read {}: {e}", self.dir.display()))?;
         Ok(self.engine.sql(sql).await.map_err(|e| e.to_string())?.batches)
     }
 }

@@ -191,6 +191,47 @@ pub mod duration {
     }
 }
 
+/// `#[serde(with = "units::age")]`: a maximum age, as a duration (`"30d"`, `"12h"`), or `"forever"` (`None`, the
+/// default: nothing expires).
+pub mod age {
+    use super::*;
+
+    /// Reads an age or `"forever"`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+        struct AgeVisitor;
+        impl<'de> Visitor<'de> for AgeVisitor {
+            type Value = Option<Duration>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as \"30d\" or \"12h\", or \"forever\"")
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+                duration::DurationVisitor.visit_i64(n).map(Some)
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+                duration::DurationVisitor.visit_u64(n).map(Some)
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Self::Value, E> {
+                duration::DurationVisitor.visit_f64(n).map(Some)
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                if text.trim().eq_ignore_ascii_case("forever") {
+                    return Ok(None);
+                }
+                duration::DurationVisitor.visit_str(text).map(Some)
+            }
+        }
+        deserializer.deserialize_any(AgeVisitor)
+    }
+
+    /// Writes an age as humantime does, or `"forever"`.
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => serializer.collect_str(&humantime::format_duration(*d)),
+            None => serializer.serialize_str("forever"),
+        }
+    }
+}
+
 /// `#[serde(with = "units::millis")]`: a duration kept as fractional milliseconds (`live.slo_p99_ms`), written as a
 /// number of milliseconds, as it always was, or as a duration string (`"250ms"`, `"2s"`).
 pub mod millis {
