@@ -1,6 +1,7 @@
 //! `tailscope reprice --since DATE`: computes the cost columns of stored spans again with the current price table
-//! (after a price file update or a correction) and rewrites their files, each replaced whole. Budgets follow: they
-//! are rebuilt from the stored spans when the collector starts again.
+//! (after a price file update or a correction), writes the changed files anew and swaps them for the old ones in one
+//! Delta commit: readers see the table before or after, never a mix. Budgets follow: they are rebuilt from the
+//! stored spans when the collector starts again.
 //!
 //! It runs on a stopped collector's data dir (it takes the data dir's lock, as `serve` does), so no flush, replay
 //! or start-up clean-up runs beside it. Re-pricing is idempotent: a run cut short is finished by running it again.
@@ -9,8 +10,8 @@ use std::path::PathBuf;
 
 use chrono::NaiveDate;
 use collector::cost::Pricer;
-use collector::cost::reprice::{RepriceTotals, reprice_file};
-use tailscope_core::catalog::list_parquet_files;
+use collector::cost::reprice::{RepriceTotals, WriterProperties, reprice_file};
+use tailscope_core::catalog::ParquetFile;
 use tailscope_core::config::Config;
 use tailscope_core::layout::{ParquetOptions, lock_data_dir};
 use tailscope_core::schema::Signal;
@@ -59,29 +60,34 @@ pub async fn run(args: Args) -> CmdResult {
     let props = ParquetOptions { row_group_rows: config.storage.row_group_rows, zstd_level: config.storage.zstd_level }
         .properties(Signal::Spans)?;
     let (since, until) = (args.since.to_string(), args.until.map(|d| d.to_string()));
-    let mut files: Vec<_> = list_parquet_files(&data_dir, Signal::Spans)
-        .map_err(|e| format!("cannot list {}: {e}", data_dir.join(Signal::Spans.table_name()).display()))?
+    // The files the table holds now (its Delta snapshot), never a directory listing.
+    let tables = store::Tables::open(&data_dir, None).await?;
+    let files: Vec<ParquetFile> = tables
+        .view(Signal::Spans)
+        .await?
+        .files
         .into_iter()
         .filter(|f| f.date >= since && until.as_ref().is_none_or(|u| &f.date <= u))
         .collect();
-    files.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
 
     let dry_run = args.dry_run;
-    let (totals, rewritten, failed) = tokio::task::spawn_blocking(move || {
-        let mut totals = RepriceTotals::default();
-        let (mut rewritten, mut failed) = (0usize, Vec::new());
-        for file in &files {
-            match reprice_file(&pricer, &data_dir.join(&file.relative_path), &props, dry_run) {
-                Ok(t) => {
-                    rewritten += usize::from(t.changed_rows > 0);
-                    totals.add(&t);
-                }
-                Err(e) => failed.push(e.to_string()),
-            }
+    let root = data_dir.clone();
+    let (totals, swaps, failed) =
+        tokio::task::spawn_blocking(move || reprice_files(&pricer, &root, files, &props, dry_run)).await?;
+    let rewritten = swaps.len();
+    if !dry_run && !failed.is_empty() {
+        // All or nothing: a partial re-pricing would leave the table's figures from two price tables.
+        remove_new_files(&data_dir, &swaps);
+        for e in &failed {
+            eprintln!("error: {e}");
         }
-        (totals, rewritten, failed)
-    })
-    .await?;
+        return Err(format!("{} file(s) could not be re-priced; nothing was changed", failed.len()).into());
+    }
+    if !dry_run && !swaps.is_empty() {
+        let what =
+            format!("re-priced spans from {since}{}", until.as_ref().map(|u| format!(" to {u}")).unwrap_or_default());
+        commit_swaps(&tables, &data_dir, &swaps, &what).await?;
+    }
 
     let verb = if dry_run { "would rewrite" } else { "rewrote" };
     println!(
@@ -95,7 +101,7 @@ pub async fn run(args: Args) -> CmdResult {
         println!("{} span(s) still have no price: `tailscope prices check` lists their models", totals.unpriced_rows);
     }
     if !dry_run && rewritten > 0 {
-        println!("budgets and alerts follow the new figures when the collector starts again");
+        println!("one commit swapped them; budgets and alerts follow the new figures when the collector starts again");
     }
     if failed.is_empty() {
         return Ok(());
@@ -103,5 +109,64 @@ pub async fn run(args: Args) -> CmdResult {
     for e in &failed {
         eprintln!("error: {e}");
     }
-    Err(format!("{} file(s) could not be re-priced and were left as they were", failed.len()).into())
+    Err(format!("{} file(s) could not be re-priced", failed.len()).into())
+}
+
+/// A file whose rows changed, and the new file holding them (none in a dry run).
+type Swap = (ParquetFile, Option<PathBuf>);
+
+/// Re-prices `files` one after the other: the totals, the files that changed, and the errors of those that failed.
+fn reprice_files(
+    pricer: &Pricer,
+    data_dir: &std::path::Path,
+    files: Vec<ParquetFile>,
+    props: &WriterProperties,
+    dry_run: bool,
+) -> (RepriceTotals, Vec<Swap>, Vec<String>) {
+    let mut totals = RepriceTotals::default();
+    let (mut swaps, mut failed) = (Vec::new(), Vec::new());
+    for file in files {
+        match reprice_file(pricer, &data_dir.join(&file.relative_path), props, dry_run) {
+            Ok(repriced) => {
+                totals.add(&repriced.totals);
+                if repriced.totals.changed_rows > 0 {
+                    swaps.push((file, repriced.new_file));
+                }
+            }
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    (totals, swaps, failed)
+}
+
+/// Swaps the old files for the new ones in one commit of the `spans` table; on failure deletes the new files.
+async fn commit_swaps(tables: &store::Tables, data_dir: &std::path::Path, swaps: &[Swap], what: &str) -> CmdResult {
+    let (old, new): (Vec<ParquetFile>, Vec<ParquetFile>) = swaps
+        .iter()
+        .filter_map(|(old, new)| {
+            let new = new.as_ref()?;
+            let size = std::fs::metadata(new).ok()?.len();
+            let mut entry = ParquetFile::from_relative_path(new.strip_prefix(data_dir).ok()?, size)?;
+            entry.rows = old.rows;
+            Some((old.clone(), entry))
+        })
+        .unzip();
+    if old.len() != swaps.len() {
+        remove_new_files(data_dir, swaps);
+        return Err("a re-priced file is not in the table's layout; nothing was changed".into());
+    }
+    if let Err(e) = tables.commit_rewrite(Signal::Spans, &old, &new, what).await {
+        remove_new_files(data_dir, swaps);
+        return Err(format!("committing the re-priced files failed; nothing was changed: {e}").into());
+    }
+    Ok(())
+}
+
+/// Deletes the new files of a re-pricing that is not committed (no commit added them, so no reader saw them).
+fn remove_new_files(data_dir: &std::path::Path, swaps: &[Swap]) {
+    for new in swaps.iter().filter_map(|(_, new)| new.as_ref()) {
+        if let Err(e) = std::fs::remove_file(new) {
+            tracing::warn!(file = %new.display(), data_dir = %data_dir.display(), error = %e, "cannot remove an uncommitted re-priced file");
+        }
+    }
 }

@@ -296,6 +296,22 @@ impl Tables {
         self.commit(signal, actions, operation, properties, "committing a flush").await
     }
 
+    /// Replaces `old` files of `signal`'s table with `new` ones that hold the same rows with changed values (a
+    /// re-pricing), in one commit: a reader sees every old file or every new one, never a mix. `what` says in the
+    /// log what changed.
+    pub async fn commit_rewrite(
+        &self,
+        signal: Signal,
+        old: &[ParquetFile],
+        new: &[ParquetFile],
+        what: &str,
+    ) -> Result<TableView, StoreError> {
+        let mut actions: Vec<Action> = old.iter().map(|f| Action::Remove(remove_action(f, true))).collect();
+        actions.extend(new.iter().map(|f| Action::Add(add_action(signal, f, true))));
+        let operation = DeltaOperation::Update { predicate: Some(what.to_string()) };
+        self.commit(signal, actions, operation, CommitProperties::default(), "committing a rewrite").await
+    }
+
     /// Commits `actions` to `signal`'s table (retrying on conflicts with other writers' appends, which delta-rs
     /// checks), then returns the table after the commit.
     pub async fn commit(

@@ -212,7 +212,13 @@ async fn reprice_rewrites_stored_costs_and_budgets_follow() {
     );
     let mut server = Server::start_with(&toml).await;
     // Two sessions: s1 two calls (100k in + 10k out each), s2 one call (1M in + 0 out), one unpriced call.
-    let provider = tracer_provider(&server, Transport::Grpc, vec![KeyValue::new("service.name", "reprice")]);
+    // Callers on AWS calling a GCP endpoint: egress is priced from the bodies' sizes, one direction's.
+    let resource = vec![
+        KeyValue::new("service.name", "reprice"),
+        KeyValue::new("cloud.provider", "aws"),
+        KeyValue::new("cloud.region", "us-west-2"),
+    ];
+    let provider = tracer_provider(&server, Transport::Grpc, resource);
     let tracer = provider.tracer("it-reprice");
     let t0 = SystemTime::now() - Duration::from_secs(5);
     for (session, model, input, output) in [
@@ -232,6 +238,10 @@ async fn reprice_rewrites_stored_costs_and_budgets_follow() {
                 KeyValue::new("gen_ai.usage.input_tokens", input),
                 KeyValue::new("gen_ai.usage.output_tokens", output),
                 KeyValue::new("session.id", session),
+                KeyValue::new("cloud.provider", "gcp"),
+                KeyValue::new("cloud.region", "us-central1"),
+                KeyValue::new("http.request.body.size", 2_005i64),
+                KeyValue::new("http.response.body.size", 207_475i64),
             ])
             .start(&tracer);
         span.end_with_timestamp(t0 + Duration::from_millis(100));
@@ -241,10 +251,14 @@ async fn reprice_rewrites_stored_costs_and_budgets_follow() {
     server.wait_count("SELECT count(*) AS n FROM spans", 4).await;
     let session_costs = |rows: Vec<serde_json::Value>| -> Vec<(String, f64)> {
         rows.iter()
-            .map(|r| (r["session_id"].as_str().unwrap().to_string(), r["total_cost_usd"].as_f64().unwrap()))
+            .map(|r| (r["session_id"].as_str().unwrap().to_string(), r["token_cost_usd"].as_f64().unwrap()))
             .collect()
     };
-    let sql = "SELECT session_id, total_cost_usd FROM session_cost ORDER BY session_id";
+    let sql = "SELECT session_id, token_cost_usd FROM session_cost ORDER BY session_id";
+    // The priced spans' egress: an unpriced call has no cost_usd (its tokens' price is unknown), so no budget counts it.
+    let egress_sql = "SELECT sum(egress_cost_usd) AS e FROM spans WHERE cost_usd IS NOT NULL";
+    let egress_before = server.sql(egress_sql).await;
+    assert!(egress_before[0]["e"].as_f64().is_some_and(|e| e > 0.0), "egress is priced: {egress_before:?}");
     // At $1/M in and $2/M out: s1 = 2 x (0.1 + 0.02) = 0.24, s2 = 1.0.
     let before = session_costs(server.sql(sql).await);
     assert_eq!(before.len(), 2, "{before:?}");
@@ -258,6 +272,10 @@ async fn reprice_rewrites_stored_costs_and_budgets_follow() {
     assert!(!ok && err.contains("in use by another tailscope process"), "the collector owns its data dir: {err}");
 
     assert!(server.terminate().success());
+    // The same prices: nothing changes (egress is priced from the same inputs as at ingest, not from the stored
+    // total of bytes).
+    let (ok, out, err) = reprice(&["--since", &since, "--data-dir", &data_dir, "--config", &config]);
+    assert!(ok && out.contains("0 changed; rewrote 0 file(s)"), "{out}\n{err}");
     acme_prices(&prices, 3.0, 5.0);
     let (ok, out, err) = reprice(&["--since", &since, "--data-dir", &data_dir, "--config", &config, "--dry-run"]);
     assert!(ok && out.contains("3 changed; would rewrite"), "{out}\n{err}");
@@ -272,6 +290,8 @@ async fn reprice_rewrites_stored_costs_and_budgets_follow() {
     server.restart().await;
     // At $3/M in and $5/M out: s1 = 2 x (0.3 + 0.05) = 0.70, s2 = 3.0.
     let after = session_costs(server.sql(sql).await);
+    // Egress costs what it cost (same egress prices), and is still part of cost_usd.
+    assert_eq!(server.sql(egress_sql).await, egress_before);
     assert!(close(after[0].1, 0.70) && close(after[1].1, 3.0), "{after:?}");
     let rows = server.sql("SELECT price_source, count(*) AS n FROM spans GROUP BY price_source ORDER BY 1").await;
     assert_eq!(rows[0]["price_source"], "acme.json:acme-model", "{rows:?}");
@@ -280,7 +300,8 @@ async fn reprice_rewrites_stored_costs_and_budgets_follow() {
     let budgets: serde_json::Value =
         server.client().get(format!("{}/api/v1/alerts", server.api_url())).send().await.unwrap().json().await.unwrap();
     let spend = budgets["budgets"][0]["spend_usd"].as_f64().unwrap_or_else(|| panic!("{budgets}"));
-    assert!(close(spend, 3.70), "{budgets}");
+    let egress = egress_before[0]["e"].as_f64().unwrap();
+    assert!(close(spend, 3.70 + egress), "{budgets} (egress {egress})");
 }
 
 fn close(a: f64, b: f64) -> bool {

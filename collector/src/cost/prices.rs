@@ -307,7 +307,7 @@ fn parse_entry(
             None | Some(Value::Null) => Ok(None),
             Some(v) => number(v).map(Some).ok_or_else(|| CostError::PriceFile {
                 origin: origin.to_string(),
-                detail: format!("{key}.{field} must be a non-negative number, got {v}"),
+                detail: format!("{key}.{field} must be a number of USD per token from 0 to 1, got {v}"),
             }),
         }
     };
@@ -336,7 +336,7 @@ fn parse_entry(
         let Some(v) = number(value) else {
             return Err(CostError::PriceFile {
                 origin: origin.to_string(),
-                detail: format!("{key}.{field} must be a non-negative number, got {value}"),
+                detail: format!("{key}.{field} must be a number of USD per token from 0 to 1, got {value}"),
             });
         };
         set_rate(tiers.entry((service, threshold)).or_default(), base, v);
@@ -352,14 +352,19 @@ fn parse_entry(
     }))
 }
 
-/// LiteLLM writes some figures as strings (`"1e-06"`); both are accepted.
+/// The most a token may cost: the dearest models list a few hundredths of a cent per token, so a dollar is already
+/// absurd; past this a figure is a typo (per million instead of per token) or hostile, and a product with a token
+/// count could overflow to an infinite cost that sums would then hide.
+pub const MAX_USD_PER_TOKEN: f64 = 1.0;
+
+/// LiteLLM writes some figures as strings (`"1e-06"`); both are accepted, from 0 to [`MAX_USD_PER_TOKEN`].
 fn number(v: &Value) -> Option<f64> {
     let n = match v {
         Value::Number(n) => n.as_f64()?,
         Value::String(s) => s.trim().parse().ok()?,
         _ => return None,
     };
-    (n.is_finite() && n >= 0.0).then_some(n)
+    (n.is_finite() && (0.0..=MAX_USD_PER_TOKEN).contains(&n)).then_some(n)
 }
 
 /// `input_cost_per_token_above_200k_tokens` -> (`input_cost_per_token`, 200000).

@@ -19,8 +19,10 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::errors::ParquetError;
-use datafusion::parquet::file::properties::WriterProperties;
+/// The writer settings [`reprice_file`] takes (`tailscope_core::layout::ParquetOptions::properties`).
+pub use datafusion::parquet::file::properties::WriterProperties;
 use tailscope_core::keys::span as span_keys;
+use tailscope_core::layout::FileName;
 use tailscope_core::schema::{ResourceColumn, SpanColumn};
 use thiserror::Error;
 
@@ -130,7 +132,6 @@ struct StoredColumns<'a> {
     cloud_region: Option<&'a StringArray>,
     peer_provider: Option<&'a StringArray>,
     peer_region: Option<&'a StringArray>,
-    egress_bytes: Option<&'a Int64Array>,
     attributes: Option<&'a MapArray>,
     old_token: Option<&'a Float64Array>,
     old_egress: Option<&'a Float64Array>,
@@ -155,7 +156,6 @@ impl<'a> StoredColumns<'a> {
             cloud_region: strings(batch, C::Resource(ResourceColumn::CloudRegion), path)?,
             peer_provider: strings(batch, C::PeerCloudProvider, path)?,
             peer_region: strings(batch, C::PeerCloudRegion, path)?,
-            egress_bytes: ints(batch, C::EgressBytes, path)?,
             attributes: column::<MapArray>(batch, C::Attributes, path, "Map<Utf8, Utf8>")?,
             old_token: floats(batch, C::TokenCostUsd, path)?,
             old_egress: floats(batch, C::EgressCostUsd, path)?,
@@ -183,11 +183,17 @@ impl<'a> StoredColumns<'a> {
             cloud_region: str_at(self.cloud_region, row),
             peer_cloud_provider: str_at(self.peer_provider, row),
             peer_cloud_region: str_at(self.peer_region, row),
-            // The stored byte count is what the span's body sizes (or `egress.bytes`) came to at ingest.
-            request_bytes: None,
-            response_bytes: None,
-            egress_bytes: i64_at(self.egress_bytes, row),
+            // The inputs the normaliser priced egress from, kept in `attributes`: the stored `egress_bytes` column
+            // is a result (every byte), while the price may count only one direction's.
+            request_bytes: self.attribute_i64(row, span_keys::REQUEST_BODY_SIZE),
+            response_bytes: self.attribute_i64(row, span_keys::RESPONSE_BODY_SIZE),
+            egress_bytes: self.attribute_i64(row, span_keys::EGRESS_BYTES),
         }
+    }
+
+    /// An integer attribute of row `row` (attributes are stored as text).
+    fn attribute_i64(&self, row: usize, key: &str) -> Option<i64> {
+        attribute(self.attributes, row, key).and_then(|v| v.parse().ok())
     }
 
     /// Whether `priced` differs from row `row`'s stored cost columns.
@@ -248,16 +254,25 @@ pub fn reprice_batch(
     Ok((out, totals))
 }
 
-/// Re-prices one spans file in place: the rows are read [`BATCH_ROWS`] at a time, re-priced and written to a
-/// temporary file beside it with `props`; only when a row changed is the new file synced and renamed over the old
-/// one (readers see the old file or the new one, never a part); otherwise it is dropped. With `dry_run` nothing is
-/// written.
+/// A file re-priced: what changed, and the new file holding the re-priced rows when any row changed.
+#[derive(Debug)]
+pub struct RepricedFile {
+    pub totals: RepriceTotals,
+    /// Beside the old file, under a new name (a new nonce): the table commits the swap
+    /// (`store::Tables::commit_rewrite`), so readers see the old file or the new one, and a crash before the
+    /// commit leaves a file no commit added, which no reader sees and vacuum ignores.
+    pub new_file: Option<PathBuf>,
+}
+
+/// Re-prices one spans file: the rows are read [`BATCH_ROWS`] at a time, re-priced and written to a new file beside
+/// it with `props`, synced; when no row changed, the new file is dropped. With `dry_run` nothing is written. The
+/// old file is never touched.
 pub fn reprice_file(
     pricer: &Pricer,
     path: &Path,
     props: &WriterProperties,
     dry_run: bool,
-) -> Result<RepriceTotals, RepriceError> {
+) -> Result<RepricedFile, RepriceError> {
     let io = |context: &'static str| {
         let path = path.to_path_buf();
         move |source| RepriceError::Io { path, context, source }
@@ -268,11 +283,16 @@ pub fn reprice_file(
     let schema = Arc::clone(reader.schema());
     let reader = reader.build().map_err(parquet)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.reprice.tmp"));
+    // The same flush and time range, a new nonce; a file not named by tailscope gets a tailscope name too.
+    let new_name = match FileName::parse(&name) {
+        Some(n) => FileName { nonce: rand_nonce(n.nonce), ..n },
+        None => FileName { wal_seq: 0, min_time_ns: 0, max_time_ns: 0, nonce: rand_nonce(0) },
+    };
+    let new_path = path.with_file_name(new_name.to_string());
     let mut writer = if dry_run {
         None
     } else {
-        let out = File::create(&tmp).map_err(io("creating the re-priced file"))?;
+        let out = File::create_new(&new_path).map_err(io("creating the re-priced file"))?;
         Some(ArrowWriter::try_new(out, schema, Some(props.clone())).map_err(parquet)?)
     };
     let mut totals = RepriceTotals::default();
@@ -285,19 +305,39 @@ pub fn reprice_file(
                 w.write(&repriced).map_err(parquet)?;
             }
         }
-        let Some(w) = writer.take() else { return Ok(()) };
+        let Some(w) = writer.take() else { return Ok(false) };
         let out = w.into_inner().map_err(parquet)?;
         if totals.changed_rows == 0 {
-            return Ok(());
+            return Ok(false);
         }
         out.sync_all().map_err(io("syncing the re-priced file"))?;
-        std::fs::rename(&tmp, path).map_err(io("renaming the re-priced file into place"))?;
         if let Some(dir) = path.parent() {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing the directory"))?;
         }
-        Ok(())
+        Ok(true)
     })();
-    // Left only when unchanged or on failure: the old file stays as it was.
-    let _ = std::fs::remove_file(&tmp);
-    result.map(|()| totals)
+    match result {
+        Ok(true) => Ok(RepricedFile { totals, new_file: Some(new_path) }),
+        Ok(false) => {
+            if !dry_run {
+                let _ = std::fs::remove_file(&new_path);
+            }
+            Ok(RepricedFile { totals, new_file: None })
+        }
+        Err(e) => {
+            if !dry_run {
+                let _ = std::fs::remove_file(&new_path);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// A nonce other than `old`, so the new file never takes the old one's name.
+fn rand_nonce(old: u32) -> u32 {
+    let mut nonce = rand::random::<u32>();
+    while nonce == old {
+        nonce = rand::random();
+    }
+    nonce
 }
