@@ -38,6 +38,15 @@ fn main() -> std::process::ExitCode {
     // The dashboard owns the terminal: log lines would tear its frames.
     let log_to_stderr = !matches!(cli.command, Command::Tui(_)) && !cmd::demo::owns_terminal(&cli.command);
     cmd::init_logging(log_to_stderr);
+    if matches!(cli.command, Command::Prices(_) | Command::Reprice(_) | Command::Keys(_)) {
+        // Reports piped into `head` end quietly when the reader goes, as other command-line tools do, instead of
+        // panicking on the write (Rust ignores SIGPIPE, so println! fails with EPIPE). Only these commands: the
+        // servers must see EPIPE on a socket as an error, not die of it.
+        // SAFETY: called before any thread is started; SIG_DFL is a valid disposition for SIGPIPE.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -419,7 +419,14 @@ pub struct LiveWindows {
     started_ns: i64,
     max_routes: usize,
     max_key_bytes: usize,
+    /// Permits for `/api/v1/live/stream`: a stream holds one for as long as it is open ([`MAX_LIVE_STREAMS`]).
+    streams: Arc<tokio::sync::Semaphore>,
 }
+
+/// Live streams open at once. Each is a connection held open and a report made every second, so without a cap a
+/// client with a query key could hold every connection the API listener takes and starve the probes and every
+/// other client; past it a stream is refused with 503 and `Retry-After` (the page falls back to polling).
+pub const MAX_LIVE_STREAMS: usize = 64;
 
 impl std::fmt::Debug for LiveWindows {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -432,6 +439,71 @@ impl std::fmt::Debug for LiveWindows {
 
 fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// A key column's value in row `i`, cut to `max` bytes; `missing` when NULL or empty.
+fn value<'a>(
+    col: Option<&'a datafusion::arrow::array::StringArray>,
+    i: usize,
+    max: usize,
+    missing: &'static str,
+) -> &'a str {
+    match col {
+        Some(c) if c.is_valid(i) && !c.value(i).is_empty() => truncate(c.value(i), max),
+        _ => missing,
+    }
+}
+
+/// Where spans of a new route go when no route can be added: the project's own overflow route, so its spans stay
+/// its own; a further project past the cap shares one overflow route that only admin keys see (projects come from
+/// configured keys, but without keys a client may name any).
+fn overflow_route(project: &Project, map: &HashMap<RouteKey, RouteState>, max_routes: usize) -> RouteKey {
+    let mut overflow = RouteKey {
+        project: project.to_string(),
+        provider: OVERFLOW.into(),
+        region: NONE.into(),
+        model: NONE.into(),
+        operation: NONE.into(),
+    };
+    if !map.contains_key(&overflow) && map.len() >= max_routes {
+        overflow.project = OVERFLOW.into();
+    }
+    overflow
+}
+
+/// One group's figures as a live report adds them up: every slice's histogram, its errors, and each slice apart.
+struct Acc {
+    total: Histogram<u32>,
+    errors: u64,
+    per_slice: Vec<Option<Histogram<u32>>>,
+}
+
+impl Acc {
+    /// The report's row for `key`, over `covered_ns` of the window; `buckets` adds the histogram's buckets.
+    fn row(self, key: RouteKey, covered_ns: i64, buckets: bool) -> LiveRow {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        let h = &self.total;
+        let count = h.len();
+        LiveRow {
+            count,
+            rate: count as f64 / (covered_ns as f64 / NS_PER_S as f64),
+            errors: self.errors,
+            error_rate: self.errors as f64 / count as f64,
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p95_ms: ms(h.value_at_quantile(0.95)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+            mean_ms: h.mean() / 1000.0,
+            p99_series_ms: self
+                .per_slice
+                .iter()
+                .map(|s| s.as_ref().filter(|h| !h.is_empty()).map(|h| ms(h.value_at_quantile(0.99))))
+                .collect(),
+            buckets: if buckets { log_buckets(h) } else { Vec::new() },
+            key,
+        }
+    }
 }
 
 impl LiveWindows {
@@ -448,6 +520,7 @@ impl LiveWindows {
             started_ns: now_ns,
             max_routes: LiveConfig::DEFAULT_MAX_ROUTES,
             max_key_bytes: LiveConfig::DEFAULT_MAX_KEY_BYTES,
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_LIVE_STREAMS)),
         }
     }
 
@@ -491,17 +564,6 @@ impl LiveWindows {
             str_col(SpanColumn::RequestModel),
             str_col(SpanColumn::GenAiOperation),
         );
-        fn value<'a>(
-            col: Option<&'a datafusion::arrow::array::StringArray>,
-            i: usize,
-            max: usize,
-            missing: &'static str,
-        ) -> &'a str {
-            match col {
-                Some(c) if c.is_valid(i) && !c.value(i).is_empty() => truncate(c.value(i), max),
-                _ => missing,
-            }
-        }
         let max = self.max_key_bytes;
         // Samples are grouped by borrowed keys outside the lock: a batch holds few routes, so owned keys are
         // built once per route and batch rather than once per span, and the critical section is only
@@ -535,24 +597,7 @@ impl LiveWindows {
                     && memory.as_mut().is_none_or(|m| {
                         m.try_follow(*bytes + new_route_bytes(&key), RESERVATION_STEP, &"a live-window route").is_ok()
                     }));
-            let key = if admitted {
-                key
-            } else {
-                // The project's own overflow route, so its spans stay its own; a further project past the cap
-                // shares one overflow route that only admin keys see (projects come from configured keys, but
-                // without keys a client may name any).
-                let mut overflow = RouteKey {
-                    project: project.to_string(),
-                    provider: OVERFLOW.into(),
-                    region: NONE.into(),
-                    model: NONE.into(),
-                    operation: NONE.into(),
-                };
-                if !map.contains_key(&overflow) && map.len() >= self.max_routes {
-                    overflow.project = OVERFLOW.into();
-                }
-                overflow
-            };
+            let key = if admitted { key } else { overflow_route(project, map, self.max_routes) };
             let fixed = route_bytes(&key, &RouteState::default());
             let route = map.entry(key).or_default();
             for (micros, error) in samples {
@@ -582,11 +627,6 @@ impl LiveWindows {
         let current = now_ns.div_euclid(slice_ns);
         let first = current - window.slices() + 1;
         let covered_ns = (now_ns - first * slice_ns).min(now_ns - self.started_ns).max(1);
-        struct Acc {
-            total: Histogram<u32>,
-            errors: u64,
-            per_slice: Vec<Option<Histogram<u32>>>,
-        }
         let mut groups: HashMap<RouteKey, Acc> = HashMap::new();
         {
             let mut routes = self.routes.lock();
@@ -628,33 +668,10 @@ impl LiveWindows {
                 }
             }
         }
-        let ms = |micros: u64| micros as f64 / 1000.0;
         let mut rows: Vec<LiveRow> = groups
             .into_iter()
             .filter(|(_, acc)| !acc.total.is_empty())
-            .map(|(key, acc)| {
-                let h = &acc.total;
-                let count = h.len();
-                LiveRow {
-                    key,
-                    count,
-                    rate: count as f64 / (covered_ns as f64 / NS_PER_S as f64),
-                    errors: acc.errors,
-                    error_rate: acc.errors as f64 / count as f64,
-                    p50_ms: ms(h.value_at_quantile(0.50)),
-                    p95_ms: ms(h.value_at_quantile(0.95)),
-                    p99_ms: ms(h.value_at_quantile(0.99)),
-                    p999_ms: ms(h.value_at_quantile(0.999)),
-                    max_ms: ms(h.max()),
-                    mean_ms: h.mean() / 1000.0,
-                    p99_series_ms: acc
-                        .per_slice
-                        .iter()
-                        .map(|s| s.as_ref().filter(|h| !h.is_empty()).map(|h| ms(h.value_at_quantile(0.99))))
-                        .collect(),
-                    buckets: if buckets { log_buckets(h) } else { Vec::new() },
-                }
-            })
+            .map(|(key, acc)| acc.row(key, covered_ns, buckets))
             .collect();
         // Providers first, busiest first; spans without a provider after them.
         rows.sort_by(|a, b| {
@@ -796,6 +813,12 @@ async fn live_stream(
         Ok(asked) => asked,
         Err(e) => return bad_request(e),
     };
+    let Ok(permit) = live.streams.clone().try_acquire_owned() else {
+        let body = Json(serde_json::json!({
+            "error": format!("{MAX_LIVE_STREAMS} live streams are open already: retry later, or poll /api/v1/live")
+        }));
+        return (StatusCode::SERVICE_UNAVAILABLE, [(axum::http::header::RETRY_AFTER, "5")], body).into_response();
+    };
     let buckets = params.buckets.unwrap_or(true);
     let filter = params.filter;
     // One report per tick, made when the client has taken the previous one (a slow reader gets fewer, never a
@@ -806,6 +829,8 @@ async fn live_stream(
         every
     });
     let events = futures::StreamExt::map(ticks, move |_| {
+        // The permit lives as long as the stream: a closed stream frees its place.
+        let _open = &permit;
         let report = live.report(window, grouping, &filter, buckets);
         Event::default().event("live").json_data(&report)
     });

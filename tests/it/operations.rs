@@ -217,3 +217,38 @@ headers_env = {{ "Authorization" = "IT_WEBHOOK_AUTH" }}
     assert!(log.contains("outbox"), "the log says the event waits in the outbox:\n{log}");
     assert!(!log.contains(SECRET) && !log.contains(AUTH), "a secret reached the log:\n{log}");
 }
+
+/// Live streams are capped: a client holding many `/api/v1/live/stream` connections gets 503 with `Retry-After`
+/// past the cap, and the probes and other API calls still answer (before, streams could hold every connection of
+/// the API listener and starve `/healthz`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_streams_are_capped_and_the_api_keeps_answering() {
+    let server = Server::start().await;
+    let url = format!("{}/api/v1/live/stream?window=1m", server.api_url());
+    let cap = collector::live::MAX_LIVE_STREAMS;
+    let mut open = Vec::new();
+    for _ in 0..cap {
+        // Each stream on its own client, so each holds its own connection as a browser tab would.
+        let response = reqwest::Client::new().get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        open.push(response);
+    }
+    let refused = reqwest::Client::new().get(&url).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    assert!(refused.text().await.unwrap().contains("live streams are open already"));
+    let health = reqwest::Client::new().get(format!("{}/healthz", server.api_url())).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(server.sql("SELECT 1 AS n").await[0]["n"], 1);
+    // A closed stream frees its place.
+    drop(open.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = reqwest::Client::new().get(&url).send().await.unwrap();
+        if again.status() == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no place freed after a stream closed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
