@@ -150,6 +150,64 @@ pub struct RecoveryReport {
     pub already_committed: usize,
 }
 
+/// Puts the WAL's records back in the buffer at start: what queries see until the first flush commits them.
+struct Replay<'a> {
+    catalog: &'a Catalog,
+    pricer: &'a Pricer,
+    limits: normalize::Limits,
+    wal_dir: &'a Path,
+}
+
+impl Replay<'_> {
+    /// Replays `records` except those their table's commit holds already (`committed`: each table's transaction
+    /// version for this WAL); a trace request that no longer decodes is kept aside and counted. Returns the bytes
+    /// the replayed rows hold.
+    fn records(
+        &self,
+        records: Vec<wal::WalRecord>,
+        committed: impl Fn(Signal) -> Option<u64>,
+        metrics: &Metrics,
+        report: &mut RecoveryReport,
+    ) -> usize {
+        let mut buffered = 0;
+        for record in records {
+            let signal_of_record = match &record.data {
+                RecordData::Rows(signal, _) => *signal,
+                RecordData::OtlpTraces(_) => Signal::Spans,
+            };
+            if committed(signal_of_record).is_some_and(|c| record.seq <= c) {
+                report.already_committed += 1;
+                continue;
+            }
+            let project = record.project;
+            let (signal, batch) = match record.data {
+                RecordData::Rows(signal, batch) => (signal, batch),
+                RecordData::OtlpTraces(request) => {
+                    match normalize::normalize_traces_limited(&request, self.pricer, self.limits) {
+                        Ok(normalized) => (Signal::Spans, normalized.batch),
+                        Err(e) => {
+                            // Its crc holds, so these are the bytes that were written; keep them for inspection.
+                            report.corrupt_records += 1;
+                            metrics.wal_corrupt_bytes.inc_by(request.len() as u64);
+                            let kept = wal::keep_aside(self.wal_dir, &format!("record-{}", record.seq), &request);
+                            tracing::warn!(
+                                seq = record.seq, error = %e, kept_aside = kept.is_ok(),
+                                "WAL record holds a trace request that no longer decodes; skipped"
+                            );
+                            continue;
+                        }
+                    }
+                }
+            };
+            report.records += 1;
+            report.rows += batch.num_rows();
+            buffered += batch.get_array_memory_size();
+            self.catalog.add_batch(signal, record.seq, project, batch);
+        }
+        buffered
+    }
+}
+
 impl Ingest {
     /// Opens the data dir, repairs an interrupted flush, replays the WAL into the buffer and flushes it, then
     /// starts the WAL writer thread. The returned catalog view is the one queries should use. `pricer` prices
@@ -191,42 +249,9 @@ impl Ingest {
             duplicate_records: recovered.duplicate_records,
             already_committed: 0,
         };
-        let mut buffered = 0;
-        let limits = normalize::Limits::from(&config.ingest);
-        for record in recovered.records {
-            let signal_of_record = match &record.data {
-                RecordData::Rows(signal, _) => *signal,
-                RecordData::OtlpTraces(_) => Signal::Spans,
-            };
-            if committed(signal_of_record).is_some_and(|c| record.seq <= c) {
-                report.already_committed += 1;
-                continue;
-            }
-            let project = record.project;
-            let (signal, batch) = match record.data {
-                RecordData::Rows(signal, batch) => (signal, batch),
-                RecordData::OtlpTraces(request) => {
-                    match normalize::normalize_traces_limited(&request, pricer, limits) {
-                        Ok(normalized) => (Signal::Spans, normalized.batch),
-                        Err(e) => {
-                            // Its crc holds, so these are the bytes that were written; keep them for inspection.
-                            report.corrupt_records += 1;
-                            metrics.wal_corrupt_bytes.inc_by(request.len() as u64);
-                            let kept = wal::keep_aside(&wal_dir, &format!("record-{}", record.seq), &request);
-                            tracing::warn!(
-                                seq = record.seq, error = %e, kept_aside = kept.is_ok(),
-                                "WAL record holds a trace request that no longer decodes; skipped"
-                            );
-                            continue;
-                        }
-                    }
-                }
-            };
-            report.records += 1;
-            report.rows += batch.num_rows();
-            buffered += batch.get_array_memory_size();
-            catalog.add_batch(signal, record.seq, project, batch);
-        }
+        let replay =
+            Replay { catalog: &catalog, pricer, limits: normalize::Limits::from(&config.ingest), wal_dir: &wal_dir };
+        let buffered = replay.records(recovered.records, committed, &metrics, &mut report);
         // Replayed rows exist already: reserve them past the limit if need be (the flush below releases them).
         memory.force_add(buffered);
         metrics.wal_pending_bytes.set(recovered.pending_bytes as i64);
@@ -237,15 +262,7 @@ impl Ingest {
         let wal = Wal::open(&wal_dir, recovered.next_seq, recovered.segments, config.storage.wal_fsync)?;
         let wal_health = Arc::new(WalHealth::default());
         let (tx, rx) = std_mpsc::channel();
-        let thread = {
-            let catalog = catalog.clone();
-            let metrics = metrics.clone();
-            let health = wal_health.clone();
-            std::thread::Builder::new()
-                .name("tailscope-wal".into())
-                .spawn(move || wal_writer(wal, rx, catalog, metrics, health))
-                .map_err(StorageError::io("starting WAL writer thread", &wal_dir))?
-        };
+        let thread = spawn_wal_writer(wal, rx, &catalog, &metrics, &wal_health, &wal_dir)?;
         let epoch = Instant::now();
         let ingest = Arc::new(Ingest {
             wal_tx: std::sync::Mutex::new(Some(tx)),
@@ -483,7 +500,6 @@ impl Ingest {
             Err(_) => return Ok(()),
         };
         let batches = self.catalog.batches_through(through_seq);
-        let data_dir = self.config.data_dir.clone();
         let options = ParquetOptions {
             row_group_rows: self.config.storage.row_group_rows,
             zstd_level: self.config.storage.zstd_level,
@@ -497,34 +513,77 @@ impl Ingest {
         // buffers) is reserved too, past the limit if need be: refusing the flush would keep memory, not free it.
         // While it runs, ingest is refused earlier instead of filling the buffer past the flush mark by as much.
         let _working_set = self.memory.force_reserve(writer::flush_working_set(flushed_bytes, flushed_rows));
-        let committed = match self.committed_through().await {
-            Ok(c) => c,
+        let files = match self.write_files(&batches, through_seq, options).await {
+            Ok(files) => files,
             Err(e) => return Err(self.flush_failed(&mut state, e)),
         };
-        let write = {
-            let batches = batches.clone();
-            tokio::task::spawn_blocking(move || {
-                write_flush_files(&data_dir, &batches, through_seq, &options, |s| committed.get(&s).copied().flatten())
-            })
-            .await
-        };
-        let files = match write {
-            Ok(Ok(files)) => files,
-            Ok(Err(e)) => return Err(self.flush_failed(&mut state, e)),
-            Err(join) => {
-                return Err(self.flush_failed(
-                    &mut state,
-                    StorageError::Io {
-                        action: "flushing",
-                        path: self.config.data_dir.clone(),
-                        source: std::io::Error::other(join.to_string()),
-                    },
-                ));
-            }
-        };
         crate::failpoint::hit("flush-before-commit");
-        // One commit per table, each with the WAL position it covers. A table whose commit fails keeps its rows in
-        // the buffer and the WAL; the others' rows leave the buffer as their commit becomes visible.
+        let (freed, failed) = self.commit_tables(&files, through_seq, bytes_of).await;
+        crate::failpoint::hit("flush-after-commit");
+        let freed = freed.min(self.buffered_bytes());
+        self.buffered.fetch_sub(freed, Ordering::AcqRel);
+        self.memory.release(freed);
+        let remaining: usize = Signal::ALL.iter().map(|s| self.catalog.buffered_rows(*s)).sum();
+        let now = self.epoch.elapsed().as_nanos() as i64;
+        self.oldest_unflushed.store(if remaining > 0 { now } else { -1 }, Ordering::Release);
+        self.metrics.buffered_bytes.set(self.buffered_bytes() as i64);
+        if let Some(e) = failed {
+            self.remove_uncommitted_files().await;
+            return Err(self.flush_failed(&mut state, e));
+        }
+        self.checkpoint(through_seq, &closed_segments).await;
+        let bytes: u64 = files.iter().map(|(_, f)| f.size).sum();
+        let nfiles = files.len();
+        state.failures = 0;
+        self.flush_problem.lock().take();
+        self.metrics.flushes.inc();
+        self.metrics.parquet_bytes.inc_by(bytes);
+        self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.buffered_bytes.set(self.buffered_bytes() as i64);
+        tracing::info!(
+            rows = buffered_rows,
+            files = nfiles,
+            bytes,
+            through_seq,
+            ms = started.elapsed().as_millis() as u64,
+            "flushed to Parquet and committed to the Delta tables"
+        );
+        Ok(())
+    }
+
+    /// Writes the flush's files (not yet part of any table): each table's and project's rows, under the manifest.
+    async fn write_files(
+        &self,
+        batches: &BTreeMap<Signal, Vec<(Project, RecordBatch)>>,
+        through_seq: u64,
+        options: ParquetOptions,
+    ) -> Result<Vec<(Signal, ParquetFile)>, StorageError> {
+        let committed = self.committed_through().await?;
+        let data_dir = self.config.data_dir.clone();
+        let batches = batches.clone();
+        let write = tokio::task::spawn_blocking(move || {
+            write_flush_files(&data_dir, &batches, through_seq, &options, |s| committed.get(&s).copied().flatten())
+        })
+        .await;
+        match write {
+            Ok(result) => result,
+            Err(join) => Err(StorageError::Io {
+                action: "flushing",
+                path: self.config.data_dir.clone(),
+                source: std::io::Error::other(join.to_string()),
+            }),
+        }
+    }
+
+    /// One commit per table, each with the WAL position it covers (`through_seq`). A table whose commit fails keeps
+    /// its rows in the buffer and the WAL; the others' rows leave the buffer as their commit becomes visible.
+    /// Returns the buffered bytes freed and the first failure.
+    async fn commit_tables(
+        &self,
+        files: &[(Signal, ParquetFile)],
+        through_seq: u64,
+        bytes_of: impl Fn(&Signal) -> usize,
+    ) -> (usize, Option<StorageError>) {
         let mut failed = None;
         let mut freed = 0;
         for signal in Signal::ALL {
@@ -551,30 +610,27 @@ impl Ingest {
                 }
             }
         }
-        crate::failpoint::hit("flush-after-commit");
-        let freed = freed.min(self.buffered_bytes());
-        self.buffered.fetch_sub(freed, Ordering::AcqRel);
-        self.memory.release(freed);
-        let remaining: usize = Signal::ALL.iter().map(|s| self.catalog.buffered_rows(*s)).sum();
-        let now = self.epoch.elapsed().as_nanos() as i64;
-        self.oldest_unflushed.store(if remaining > 0 { now } else { -1 }, Ordering::Release);
-        self.metrics.buffered_bytes.set(self.buffered_bytes() as i64);
-        let wal_dir = self.config.data_dir.join("wal");
-        if let Some(e) = failed {
-            // The files of the tables whose commit failed are removed (their rows are still in the WAL).
-            let committed = self.committed_through().await.unwrap_or_default();
-            let data_dir = self.config.data_dir.clone();
-            let settle = tokio::task::spawn_blocking(move || {
-                writer::settle_pending_flush(&data_dir, &wal_dir, |s| committed.get(&s).copied().flatten())
-            })
-            .await;
-            if !matches!(settle, Ok(Ok(_))) {
-                tracing::error!("cannot remove the files of a failed commit; the next flush retries");
-            }
-            return Err(self.flush_failed(&mut state, e));
+        (freed, failed)
+    }
+
+    /// After a failed commit: removes the files of the tables whose commit failed (their rows are still in the WAL).
+    async fn remove_uncommitted_files(&self) {
+        let committed = self.committed_through().await.unwrap_or_default();
+        let data_dir = self.config.data_dir.clone();
+        let wal_dir = data_dir.join("wal");
+        let settle = tokio::task::spawn_blocking(move || {
+            writer::settle_pending_flush(&data_dir, &wal_dir, |s| committed.get(&s).copied().flatten())
+        })
+        .await;
+        if !matches!(settle, Ok(Ok(_))) {
+            tracing::error!("cannot remove the files of a failed commit; the next flush retries");
         }
-        // Every table holds every row through `through_seq`: the checkpoint only spares the next start reading
-        // records the tables' transaction versions would skip anyway.
+    }
+
+    /// Every table holds every row through `through_seq`: the checkpoint only spares the next start reading records
+    /// the tables' transaction versions would skip anyway. Then the WAL segments the flush covered go.
+    async fn checkpoint(&self, through_seq: u64, closed_segments: &[u64]) {
+        let wal_dir = self.config.data_dir.join("wal");
         let checkpoint = {
             let wal_dir = wal_dir.clone();
             tokio::task::spawn_blocking(move || {
@@ -583,7 +639,7 @@ impl Ingest {
             .await
         };
         match checkpoint {
-            Ok(Ok(())) => match Wal::remove_segments(&wal_dir, &closed_segments) {
+            Ok(Ok(())) => match Wal::remove_segments(&wal_dir, closed_segments) {
                 Ok(freed) => {
                     self.metrics.wal_pending_bytes.dec_by(freed as i64);
                 }
@@ -592,23 +648,6 @@ impl Ingest {
             Ok(Err(e)) => tracing::warn!(error = %e, "committed, but could not write the WAL checkpoint; will retry"),
             Err(e) => tracing::warn!(error = %e, "committed, but could not write the WAL checkpoint; will retry"),
         }
-        let bytes: u64 = files.iter().map(|(_, f)| f.size).sum();
-        let nfiles = files.len();
-        state.failures = 0;
-        self.flush_problem.lock().take();
-        self.metrics.flushes.inc();
-        self.metrics.parquet_bytes.inc_by(bytes);
-        self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
-        self.metrics.buffered_bytes.set(self.buffered_bytes() as i64);
-        tracing::info!(
-            rows = buffered_rows,
-            files = nfiles,
-            bytes,
-            through_seq,
-            ms = started.elapsed().as_millis() as u64,
-            "flushed to Parquet and committed to the Delta tables"
-        );
-        Ok(())
     }
 
     /// Each table's transaction version for this collector's WAL (the last record it holds), as the log says now.
@@ -860,9 +899,27 @@ fn is_writer_id(text: &str) -> bool {
 /// A record of the group being written: its sequence number, rows and the request's acknowledgement.
 type Queued = (u64, Signal, Project, RecordBatch, oneshot::Sender<Result<u64, String>>);
 
+/// Starts the WAL writer thread ([`wal_writer`]) on its own OS thread: its fsyncs must not block the runtime.
+fn spawn_wal_writer(
+    wal: Wal,
+    rx: std_mpsc::Receiver<WalCommand>,
+    catalog: &Catalog,
+    metrics: &Arc<Metrics>,
+    health: &Arc<WalHealth>,
+    wal_dir: &Path,
+) -> Result<std::thread::JoinHandle<()>, StorageError> {
+    let (catalog, metrics, health) = (catalog.clone(), metrics.clone(), health.clone());
+    std::thread::Builder::new()
+        .name("tailscope-wal".into())
+        .spawn(move || wal_writer(wal, rx, catalog, metrics, health))
+        .map_err(StorageError::io("starting WAL writer thread", wal_dir))
+}
+
 /// The group-commit loop: blocks for one command, takes whatever else is queued, writes it all with one
 /// fsync, then makes the rows visible and acknowledges. Between commands it checks that its segment still exists
 /// and, while writes fail, probes until they work again.
+// Long by design: the group-commit loop reads as one cycle (take commands, write, fsync, then make visible and
+// acknowledge); its steps share the group's buffers, reused across cycles.
 fn wal_writer(
     mut wal: Wal,
     rx: std_mpsc::Receiver<WalCommand>,

@@ -970,14 +970,7 @@ fn append_span(
     pricer: &Pricer,
     unpriced: &mut u64,
 ) {
-    let mut buf = [0u8; 32];
-    b.trace_id.append_value(hex_into(span.trace_id, &mut buf));
-    b.span_id.append_value(hex_into(span.span_id, &mut buf));
-    if span.parent_span_id.is_empty() || span.parent_span_id.iter().all(|x| *x == 0) {
-        b.parent_span_id.append_null();
-    } else {
-        b.parent_span_id.append_value(hex_into(span.parent_span_id, &mut buf));
-    }
+    append_ids(b, span);
     b.trace_state.append_option(Some(span.trace_state).filter(|s| !s.is_empty()));
     b.name.append_value(span.name);
     b.kind.append_value(span_kind(span.kind));
@@ -1019,7 +1012,7 @@ fn append_span(
     b.error_type.append_option(as_str(a.error_type));
     b.time_to_first_token_ms.append_option(as_f64(a.ttfc).or_else(|| as_f64(a.ttft)).map(|s| s * 1000.0));
 
-    let cost = pricer.price(&SpanFacts {
+    let facts = SpanFacts {
         gen_ai_provider: provider,
         gen_ai_operation: operation,
         request_model,
@@ -1038,7 +1031,32 @@ fn append_span(
         request_bytes: as_i64(a.request_bytes),
         response_bytes: as_i64(a.response_bytes),
         egress_bytes: as_i64(a.egress_bytes),
-    });
+    };
+    append_cost(b, &facts, pricer, unpriced);
+    append_any_value(&mut b.hedge_id, a.hedge_id);
+    b.hedge_winner.append_option(as_bool(a.hedge_winner));
+
+    append_attributes(&mut b.attributes, rest.iter().copied());
+    b.events.append_option(events_json(span));
+    b.links.append_option(links_json(span));
+    b.server_address.append_option(as_str(a.server_address));
+}
+
+/// The span's trace, span and parent ids as lowercase hex (a missing or all-zero parent is NULL).
+fn append_ids(b: &mut SpanBuilders, span: &SpanView<'_>) {
+    let mut buf = [0u8; 32];
+    b.trace_id.append_value(hex_into(span.trace_id, &mut buf));
+    b.span_id.append_value(hex_into(span.span_id, &mut buf));
+    if span.parent_span_id.is_empty() || span.parent_span_id.iter().all(|x| *x == 0) {
+        b.parent_span_id.append_null();
+    } else {
+        b.parent_span_id.append_value(hex_into(span.parent_span_id, &mut buf));
+    }
+}
+
+/// Prices the span once, at ingest, and fills its cost columns; counts it when no entry prices it.
+fn append_cost(b: &mut SpanBuilders, facts: &SpanFacts<'_>, pricer: &Pricer, unpriced: &mut u64) {
+    let cost = pricer.price(facts);
     if cost.price_source.as_deref() == Some(UNPRICED) {
         *unpriced += 1;
     }
@@ -1047,13 +1065,6 @@ fn append_span(
     b.egress_cost_usd.append_option(cost.egress_cost_usd);
     b.cost_usd.append_option(cost.cost_usd);
     b.price_source.append_option(cost.price_source.as_deref());
-    append_any_value(&mut b.hedge_id, a.hedge_id);
-    b.hedge_winner.append_option(as_bool(a.hedge_winner));
-
-    append_attributes(&mut b.attributes, rest.iter().copied());
-    b.events.append_option(events_json(span));
-    b.links.append_option(links_json(span));
-    b.server_address.append_option(as_str(a.server_address));
 }
 
 /// Lowercase hex of an id into a stack buffer (ids are at most 16 bytes), avoiding an allocation per id.
@@ -1222,114 +1233,137 @@ pub fn normalize_metrics(request: &ExportMetricsServiceRequest) -> Normalized {
         for sm in &rm.scope_metrics {
             let row = resource.with_scope(sm.scope.as_ref());
             for m in &sm.metrics {
-                let Some(data) = &m.data else {
-                    // A metric with no data has no points to store (and none to reject).
-                    continue;
-                };
-                let mut info = MetricInfo {
-                    name: &m.name,
-                    description: &m.description,
-                    unit: &m.unit,
-                    kind: "gauge",
-                    monotonic: None,
-                    temporality: None,
-                };
-                // Timestamps are stored as i64 nanoseconds: a u64 past i64::MAX would wrap to before 1970.
-                let check = |time: u64, start: u64, rejections: &mut Rejections| {
-                    let problem = if time == 0 {
-                        "time_unix_nano is missing"
-                    } else if time > i64::MAX as u64 {
-                        "time_unix_nano is out of range (after 2262)"
-                    } else if start > i64::MAX as u64 {
-                        "start_time_unix_nano is out of range (after 2262)"
-                    } else {
-                        return true;
-                    };
-                    rejections.add(format_args!("data point of {:?}: {problem}", m.name));
-                    false
-                };
-                match data {
-                    Data::Gauge(g) => {
-                        for p in &g.data_points {
-                            if check(p.time_unix_nano, p.start_time_unix_nano, &mut rejections) {
-                                let v = PointValues { value: number_value(&p.value), ..Default::default() };
-                                b.append(&info, p.time_unix_nano, p.start_time_unix_nano, &p.attributes, v, &row);
-                            }
-                        }
-                    }
-                    Data::Sum(s) => {
-                        info.kind = "sum";
-                        info.monotonic = Some(s.is_monotonic);
-                        info.temporality = temporality(s.aggregation_temporality);
-                        for p in &s.data_points {
-                            if check(p.time_unix_nano, p.start_time_unix_nano, &mut rejections) {
-                                let v = PointValues { value: number_value(&p.value), ..Default::default() };
-                                b.append(&info, p.time_unix_nano, p.start_time_unix_nano, &p.attributes, v, &row);
-                            }
-                        }
-                    }
-                    Data::Histogram(h) => {
-                        info.kind = "histogram";
-                        info.temporality = temporality(h.aggregation_temporality);
-                        for p in &h.data_points {
-                            if check(p.time_unix_nano, p.start_time_unix_nano, &mut rejections) {
-                                let buckets = serde_json::json!({
-                                    "explicit_bounds": p.explicit_bounds,
-                                    "bucket_counts": p.bucket_counts,
-                                });
-                                let v = PointValues::histogram(p.count, p.sum, p.min, p.max, &buckets);
-                                b.append(&info, p.time_unix_nano, p.start_time_unix_nano, &p.attributes, v, &row);
-                            }
-                        }
-                    }
-                    Data::ExponentialHistogram(h) => {
-                        info.kind = "exponential_histogram";
-                        info.temporality = temporality(h.aggregation_temporality);
-                        for p in &h.data_points {
-                            if check(p.time_unix_nano, p.start_time_unix_nano, &mut rejections) {
-                                let side = |b: &Option<_>| {
-                                    let b: &Option<opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets> = b;
-                                    b.as_ref().map(
-                                        |b| serde_json::json!({"offset": b.offset, "bucket_counts": b.bucket_counts}),
-                                    )
-                                };
-                                let buckets = serde_json::json!({
-                                    "scale": p.scale,
-                                    "zero_count": p.zero_count,
-                                    "zero_threshold": p.zero_threshold,
-                                    "positive": side(&p.positive),
-                                    "negative": side(&p.negative),
-                                });
-                                let v = PointValues::histogram(p.count, p.sum, p.min, p.max, &buckets);
-                                b.append(&info, p.time_unix_nano, p.start_time_unix_nano, &p.attributes, v, &row);
-                            }
-                        }
-                    }
-                    Data::Summary(s) => {
-                        info.kind = "summary";
-                        for p in &s.data_points {
-                            if check(p.time_unix_nano, p.start_time_unix_nano, &mut rejections) {
-                                let q: Vec<_> = p
-                                    .quantile_values
-                                    .iter()
-                                    .map(|q| serde_json::json!({"quantile": q.quantile, "value": q.value}))
-                                    .collect();
-                                let v = PointValues {
-                                    count: Some(i64_of(p.count)),
-                                    sum: Some(p.sum),
-                                    buckets: Some(serde_json::json!({ "quantiles": q }).to_string()),
-                                    ..Default::default()
-                                };
-                                b.append(&info, p.time_unix_nano, p.start_time_unix_nano, &p.attributes, v, &row);
-                            }
-                        }
-                    }
-                }
+                append_metric(&mut b, m, &row, &mut rejections);
             }
         }
     }
     let (rejected, reject_message) = rejections.finish();
     Normalized { signal: Signal::Metrics, batch: b.finish(), rejected, reject_message, unpriced: 0 }
+}
+
+/// Appends one row per data point of `m`, whatever its kind; points whose times do not fit are rejected.
+fn append_metric(
+    b: &mut MetricBuilders,
+    m: &opentelemetry_proto::tonic::metrics::v1::Metric,
+    row: &ResourceRow,
+    rejections: &mut Rejections,
+) {
+    let Some(data) = &m.data else {
+        // A metric with no data has no points to store (and none to reject).
+        return;
+    };
+    let mut info = MetricInfo {
+        name: &m.name,
+        description: &m.description,
+        unit: &m.unit,
+        kind: "gauge",
+        monotonic: None,
+        temporality: None,
+    };
+    let check = |time: u64, start: u64, rejections: &mut Rejections| match point_time_problem(time, start) {
+        None => true,
+        Some(problem) => {
+            rejections.add(format_args!("data point of {:?}: {problem}", m.name));
+            false
+        }
+    };
+    match data {
+        Data::Gauge(g) => {
+            for p in &g.data_points {
+                if check(p.time_unix_nano, p.start_time_unix_nano, rejections) {
+                    let v = PointValues { value: number_value(&p.value), ..Default::default() };
+                    b.append(&info, p.time_unix_nano, p.start_time_unix_nano, &p.attributes, v, row);
+                }
+            }
+        }
+        Data::Sum(s) => {
+            info.kind = "sum";
+            info.monotonic = Some(s.is_monotonic);
+            info.temporality = temporality(s.aggregation_temporality);
+            for p in &s.data_points {
+                if check(p.time_unix_nano, p.start_time_unix_nano, rejections) {
+                    let v = PointValues { value: number_value(&p.value), ..Default::default() };
+                    b.append(&info, p.time_unix_nano, p.start_time_unix_nano, &p.attributes, v, row);
+                }
+            }
+        }
+        Data::Histogram(h) => {
+            info.kind = "histogram";
+            info.temporality = temporality(h.aggregation_temporality);
+            for p in &h.data_points {
+                if check(p.time_unix_nano, p.start_time_unix_nano, rejections) {
+                    let buckets = serde_json::json!({
+                        "explicit_bounds": p.explicit_bounds,
+                        "bucket_counts": p.bucket_counts,
+                    });
+                    let v = PointValues::histogram(p.count, p.sum, p.min, p.max, &buckets);
+                    b.append(&info, p.time_unix_nano, p.start_time_unix_nano, &p.attributes, v, row);
+                }
+            }
+        }
+        Data::ExponentialHistogram(h) => {
+            info.kind = "exponential_histogram";
+            info.temporality = temporality(h.aggregation_temporality);
+            for p in &h.data_points {
+                if check(p.time_unix_nano, p.start_time_unix_nano, rejections) {
+                    let buckets = exponential_buckets(p);
+                    let v = PointValues::histogram(p.count, p.sum, p.min, p.max, &buckets);
+                    b.append(&info, p.time_unix_nano, p.start_time_unix_nano, &p.attributes, v, row);
+                }
+            }
+        }
+        Data::Summary(s) => {
+            info.kind = "summary";
+            for p in &s.data_points {
+                if check(p.time_unix_nano, p.start_time_unix_nano, rejections) {
+                    let v = summary_values(p);
+                    b.append(&info, p.time_unix_nano, p.start_time_unix_nano, &p.attributes, v, row);
+                }
+            }
+        }
+    }
+}
+
+/// Why a data point's times cannot be stored, if they cannot: they are stored as i64 nanoseconds, and a u64 past
+/// i64::MAX would wrap to before 1970.
+fn point_time_problem(time: u64, start: u64) -> Option<&'static str> {
+    if time == 0 {
+        Some("time_unix_nano is missing")
+    } else if time > i64::MAX as u64 {
+        Some("time_unix_nano is out of range (after 2262)")
+    } else if start > i64::MAX as u64 {
+        Some("start_time_unix_nano is out of range (after 2262)")
+    } else {
+        None
+    }
+}
+
+/// The `buckets` JSON of an exponential histogram point: its scale, zero bucket and both sides.
+fn exponential_buckets(
+    p: &opentelemetry_proto::tonic::metrics::v1::ExponentialHistogramDataPoint,
+) -> serde_json::Value {
+    let side = |b: &Option<opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets>| {
+        b.as_ref().map(|b| serde_json::json!({"offset": b.offset, "bucket_counts": b.bucket_counts}))
+    };
+    serde_json::json!({
+        "scale": p.scale,
+        "zero_count": p.zero_count,
+        "zero_threshold": p.zero_threshold,
+        "positive": side(&p.positive),
+        "negative": side(&p.negative),
+    })
+}
+
+/// A summary point: its count and sum, and its quantiles as the `buckets` JSON.
+fn summary_values(p: &opentelemetry_proto::tonic::metrics::v1::SummaryDataPoint) -> PointValues {
+    let q: Vec<_> =
+        p.quantile_values.iter().map(|q| serde_json::json!({"quantile": q.quantile, "value": q.value})).collect();
+    PointValues {
+        count: Some(i64_of(p.count)),
+        sum: Some(p.sum),
+        buckets: Some(serde_json::json!({ "quantiles": q }).to_string()),
+        ..Default::default()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

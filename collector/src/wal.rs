@@ -374,6 +374,97 @@ struct SegmentScan<'a> {
     tail: Option<usize>,
 }
 
+/// Reads one segment into `records`, setting aside what is damaged; returns whether the segment may be removed once
+/// its records are flushed (not when something damaged in it could not be kept aside).
+fn recover_segment(
+    dir: &Path,
+    id: u64,
+    max_record_bytes: usize,
+    out: &mut Recovered,
+    records: &mut Vec<WalRecord>,
+) -> Result<bool, StorageError> {
+    let path = segment_path(dir, id);
+    let data = std::fs::read(&path).map_err(StorageError::io("reading WAL segment", &path))?;
+    out.pending_bytes += data.len() as u64;
+    let stem = format!("{id:0width$}", width = SEGMENT_DIGITS);
+    let scan = scan_segment(&data, max_record_bytes);
+    let mut keep_segment = set_aside_damage(dir, &path, &stem, &data, &scan, out)?;
+    for (offset, p) in scan.records {
+        let decoded = match split_project(p.tag, p.payload) {
+            Some((RecordKind::OtlpTraces, project, payload)) => Ok((project, RecordData::OtlpTraces(payload.to_vec()))),
+            Some((RecordKind::Rows(signal), project, payload)) => {
+                decode_batch(payload).map(|b| (project, RecordData::Rows(signal, b))).map_err(|e| e.to_string())
+            }
+            None => Err(format!("unknown record tag {} or project prefix (written by a newer tailscope?)", p.tag)),
+        };
+        match decoded {
+            Ok((project, data)) => records.push(WalRecord { seq: p.seq, project, data }),
+            Err(detail) => {
+                out.corrupt_records += 1;
+                out.corrupt_bytes += p.len as u64;
+                let kept = keep_aside(dir, &format!("{stem}-{offset}"), &data[offset..offset + p.len]);
+                keep_segment |= kept.is_err();
+                tracing::warn!(
+                    segment = %path.display(), offset, seq = p.seq, %detail, kept_aside = kept.is_ok(),
+                    "WAL record passes its crc but cannot be read; skipped"
+                );
+            }
+        }
+    }
+    Ok(!keep_segment)
+}
+
+/// Keeps a segment's damaged records and torn tail aside (counted in `out`) and cuts the tail off; returns whether
+/// something could not be kept aside (then the segment itself is kept as is).
+fn set_aside_damage(
+    dir: &Path,
+    path: &Path,
+    stem: &str,
+    data: &[u8],
+    scan: &SegmentScan<'_>,
+    out: &mut Recovered,
+) -> Result<bool, StorageError> {
+    let mut keep_segment = false;
+    for &(offset, len) in &scan.corrupt {
+        out.corrupt_records += 1;
+        out.corrupt_bytes += len as u64;
+        match keep_aside(dir, &format!("{stem}-{offset}"), &data[offset..offset + len]) {
+            Ok(aside) => tracing::warn!(
+                segment = %path.display(), offset, bytes = len, kept_at = %aside.display(),
+                "corrupt WAL record skipped; the records after it are recovered"
+            ),
+            Err(e) => {
+                keep_segment = true;
+                tracing::error!(
+                    segment = %path.display(), offset, bytes = len, error = %e,
+                    "corrupt WAL record skipped, and it could not be kept aside: the segment is kept as is"
+                );
+            }
+        }
+    }
+    if let Some(tail) = scan.tail {
+        let bytes = &data[tail..];
+        out.torn_bytes += bytes.len() as u64;
+        match keep_aside(dir, &format!("{stem}-{tail}-tail"), bytes) {
+            Ok(aside) => {
+                tracing::warn!(
+                    segment = %path.display(), offset = tail, bytes = bytes.len(), kept_at = %aside.display(),
+                    "WAL segment ends in a torn or damaged record (a write cut short is never acknowledged); \
+                     its bytes are kept aside and cut off"
+                );
+                let f = OpenOptions::new().write(true).open(path).map_err(StorageError::io("opening", path))?;
+                f.set_len(tail as u64).map_err(StorageError::io("truncating torn WAL tail", path))?;
+                f.sync_all().map_err(StorageError::io("syncing", path))?;
+            }
+            Err(e) => {
+                keep_segment = true;
+                tracing::error!(segment = %path.display(), offset = tail, error = %e, "cannot keep a torn WAL tail aside; leaving the segment as is");
+            }
+        }
+    }
+    Ok(keep_segment)
+}
+
 /// Splits a segment into records, damaged stretches and a torn tail, trusting nothing in it.
 fn scan_segment(data: &[u8], max_record_bytes: usize) -> SegmentScan<'_> {
     let mut scan = SegmentScan { records: Vec::new(), corrupt: Vec::new(), tail: None };
@@ -438,77 +529,7 @@ impl Wal {
         let mut out = Recovered::default();
         let mut records = Vec::new();
         for id in segment_ids(dir)? {
-            let path = segment_path(dir, id);
-            let data = std::fs::read(&path).map_err(StorageError::io("reading WAL segment", &path))?;
-            out.pending_bytes += data.len() as u64;
-            let stem = format!("{id:0width$}", width = SEGMENT_DIGITS);
-            let scan = scan_segment(&data, max_record_bytes);
-            let mut keep_segment = false;
-            for &(offset, len) in &scan.corrupt {
-                out.corrupt_records += 1;
-                out.corrupt_bytes += len as u64;
-                match keep_aside(dir, &format!("{stem}-{offset}"), &data[offset..offset + len]) {
-                    Ok(aside) => tracing::warn!(
-                        segment = %path.display(), offset, bytes = len, kept_at = %aside.display(),
-                        "corrupt WAL record skipped; the records after it are recovered"
-                    ),
-                    Err(e) => {
-                        keep_segment = true;
-                        tracing::error!(
-                            segment = %path.display(), offset, bytes = len, error = %e,
-                            "corrupt WAL record skipped, and it could not be kept aside: the segment is kept as is"
-                        );
-                    }
-                }
-            }
-            if let Some(tail) = scan.tail {
-                let bytes = &data[tail..];
-                out.torn_bytes += bytes.len() as u64;
-                match keep_aside(dir, &format!("{stem}-{tail}-tail"), bytes) {
-                    Ok(aside) => {
-                        tracing::warn!(
-                            segment = %path.display(), offset = tail, bytes = bytes.len(), kept_at = %aside.display(),
-                            "WAL segment ends in a torn or damaged record (a write cut short is never acknowledged); \
-                             its bytes are kept aside and cut off"
-                        );
-                        let f =
-                            OpenOptions::new().write(true).open(&path).map_err(StorageError::io("opening", &path))?;
-                        f.set_len(tail as u64).map_err(StorageError::io("truncating torn WAL tail", &path))?;
-                        f.sync_all().map_err(StorageError::io("syncing", &path))?;
-                    }
-                    Err(e) => {
-                        keep_segment = true;
-                        tracing::error!(segment = %path.display(), offset = tail, error = %e, "cannot keep a torn WAL tail aside; leaving the segment as is");
-                    }
-                }
-            }
-            for (offset, p) in scan.records {
-                let decoded = match split_project(p.tag, p.payload) {
-                    Some((RecordKind::OtlpTraces, project, payload)) => {
-                        Ok((project, RecordData::OtlpTraces(payload.to_vec())))
-                    }
-                    Some((RecordKind::Rows(signal), project, payload)) => {
-                        decode_batch(payload).map(|b| (project, RecordData::Rows(signal, b))).map_err(|e| e.to_string())
-                    }
-                    None => {
-                        Err(format!("unknown record tag {} or project prefix (written by a newer tailscope?)", p.tag))
-                    }
-                };
-                match decoded {
-                    Ok((project, data)) => records.push(WalRecord { seq: p.seq, project, data }),
-                    Err(detail) => {
-                        out.corrupt_records += 1;
-                        out.corrupt_bytes += p.len as u64;
-                        let kept = keep_aside(dir, &format!("{stem}-{offset}"), &data[offset..offset + p.len]);
-                        keep_segment |= kept.is_err();
-                        tracing::warn!(
-                            segment = %path.display(), offset, seq = p.seq, %detail, kept_aside = kept.is_ok(),
-                            "WAL record passes its crc but cannot be read; skipped"
-                        );
-                    }
-                }
-            }
-            if !keep_segment {
+            if recover_segment(dir, id, max_record_bytes, &mut out, &mut records)? {
                 out.segments.push(id);
             }
         }

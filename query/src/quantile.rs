@@ -283,6 +283,36 @@ pub fn quantiles_linear(values: &mut [f64], qs: &[f64]) -> Vec<Option<f64>> {
 #[derive(Debug, Default)]
 pub struct ShareQuantiles;
 
+/// The `quantile_exact` calls of an aggregate that share everything but `q`, bucketed: (template call,
+/// [(aggr_expr index, q)]).
+fn quantile_buckets(aggr_expr: &[Expr]) -> Vec<(&AggregateFunction, Vec<(usize, f64)>)> {
+    let mut buckets: Vec<(&AggregateFunction, Vec<(usize, f64)>)> = Vec::new();
+    for (i, e) in aggr_expr.iter().enumerate() {
+        let inner = match e {
+            Expr::Alias(a) => a.expr.as_ref(),
+            other => other,
+        };
+        let Expr::AggregateFunction(f) = inner else { continue };
+        if f.func.inner().downcast_ref::<QuantileExact>().is_none() || f.params.distinct {
+            continue;
+        }
+        let [value, Expr::Literal(ScalarValue::Float64(Some(q)), _)] = f.params.args.as_slice() else {
+            continue;
+        };
+        let same = |t: &&AggregateFunction| {
+            t.params.args[0] == *value
+                && t.params.filter == f.params.filter
+                && t.params.order_by == f.params.order_by
+                && t.params.null_treatment == f.params.null_treatment
+        };
+        match buckets.iter_mut().find(|(t, _)| same(t)) {
+            Some((_, calls)) => calls.push((i, *q)),
+            None => buckets.push((f, vec![(i, *q)])),
+        }
+    }
+    buckets
+}
+
 impl OptimizerRule for ShareQuantiles {
     fn name(&self) -> &str {
         "share_exact_quantiles"
@@ -296,31 +326,7 @@ impl OptimizerRule for ShareQuantiles {
         let LogicalPlan::Aggregate(agg) = plan else {
             return Ok(Transformed::no(plan));
         };
-        // Buckets of calls that share everything but q: (template call, [(aggr_expr index, q)]).
-        let mut buckets: Vec<(&AggregateFunction, Vec<(usize, f64)>)> = Vec::new();
-        for (i, e) in agg.aggr_expr.iter().enumerate() {
-            let inner = match e {
-                Expr::Alias(a) => a.expr.as_ref(),
-                other => other,
-            };
-            let Expr::AggregateFunction(f) = inner else { continue };
-            if f.func.inner().downcast_ref::<QuantileExact>().is_none() || f.params.distinct {
-                continue;
-            }
-            let [value, Expr::Literal(ScalarValue::Float64(Some(q)), _)] = f.params.args.as_slice() else {
-                continue;
-            };
-            let same = |t: &&AggregateFunction| {
-                t.params.args[0] == *value
-                    && t.params.filter == f.params.filter
-                    && t.params.order_by == f.params.order_by
-                    && t.params.null_treatment == f.params.null_treatment
-            };
-            match buckets.iter_mut().find(|(t, _)| same(t)) {
-                Some((_, calls)) => calls.push((i, *q)),
-                None => buckets.push((f, vec![(i, *q)])),
-            }
-        }
+        let mut buckets = quantile_buckets(&agg.aggr_expr);
         buckets.retain(|(_, calls)| calls.len() > 1);
         if buckets.is_empty() {
             return Ok(Transformed::no(LogicalPlan::Aggregate(agg)));

@@ -116,46 +116,14 @@ fn round_cents(usd: f64) -> f64 {
 
 /// Runs `tailscope demo`.
 pub async fn run(args: Args) -> CmdResult {
-    if !(args.rate.is_finite() && args.rate > 0.0) {
-        return Err(format!("--rate must be a positive number of spans per second, got {}", args.rate).into());
-    }
-    if args.report_every < Duration::from_millis(200) {
-        return Err("--report-every must be at least 200ms".into());
-    }
-    if !args.no_tui && !std::io::stdout().is_terminal() {
-        return Err("the dashboard needs a terminal: run `tailscope demo --no-tui` to run headless".into());
-    }
+    check_args(&args)?;
     let earlier = stored_spans(&args.data_dir).await;
     let config = demo_config(&args);
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| format!("cannot create the data dir {}: {e}", config.data_dir.display()))?;
-    // The effective configuration, for reading (budget syntax) and for `tailscope serve --config` afterwards.
-    let config_path = config.data_dir.join("demo-config.toml");
-    let mut saved = config.clone();
-    saved.server = tailscope_core::config::ServerConfig::default();
-    std::fs::write(&config_path, toml::to_string(&saved)?)
-        .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
-
+    let config_path = save_effective_config(&config)?;
     let mut running = super::serve::start(config.clone()).await?;
     let addrs = running.addrs;
     let api = format!("http://{}", addrs.api);
-    eprintln!("tailscope demo: collector on loopback, data in {}", config.data_dir.display());
-    eprintln!(
-        "  OTLP/gRPC {}  OTLP/HTTP {}  API {}  Flight SQL {}  (budgets: {})",
-        addrs.otlp_grpc,
-        addrs.otlp_http,
-        addrs.api,
-        addrs.flight,
-        config_path.display()
-    );
-    // The same screens in a browser, for whoever is watching beside the terminal.
-    eprintln!("  web UI: {api}/  (the dashboards in a browser; docs/web.md)");
-    eprintln!(
-        "  fleet: {} spans/s from agent services on aws, azure, gcp and coreweave (seed {}){}",
-        args.rate,
-        args.seed,
-        args.duration.map(|d| format!(" for {}", humantime::format_duration(d))).unwrap_or_default()
-    );
+    print_banner(&args, &config, &addrs, &config_path);
 
     let stats = Arc::new(SimStats::default());
     let (stop_fleet, fleet_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -220,8 +188,60 @@ pub async fn run(args: Args) -> CmdResult {
     // Everything acknowledged goes to Parquet before the summary reads it.
     running.shutdown().await?;
     outcome?;
-    let sim_report = sim_report?;
+    summarise(&config, &sim_report?, &stats, earlier).await
+}
 
+/// Refuses flags the demo cannot run with, saying what to pass instead.
+fn check_args(args: &Args) -> CmdResult {
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        return Err(format!("--rate must be a positive number of spans per second, got {}", args.rate).into());
+    }
+    if args.report_every < Duration::from_millis(200) {
+        return Err("--report-every must be at least 200ms".into());
+    }
+    if !args.no_tui && !std::io::stdout().is_terminal() {
+        return Err("the dashboard needs a terminal: run `tailscope demo --no-tui` to run headless".into());
+    }
+    Ok(())
+}
+
+/// Writes the effective configuration in the data dir, for reading (budget syntax) and for `tailscope serve
+/// --config` afterwards; returns its path.
+fn save_effective_config(config: &Config) -> Result<PathBuf, Box<dyn std::error::Error + Send + Sync>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create the data dir {}: {e}", config.data_dir.display()))?;
+    let config_path = config.data_dir.join("demo-config.toml");
+    let mut saved = config.clone();
+    saved.server = tailscope_core::config::ServerConfig::default();
+    std::fs::write(&config_path, toml::to_string(&saved)?)
+        .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+    Ok(config_path)
+}
+
+/// Where everything is: the listeners, the web UI, the config and the fleet.
+fn print_banner(args: &Args, config: &Config, addrs: &super::serve::Addrs, config_path: &Path) {
+    eprintln!("tailscope demo: collector on loopback, data in {}", config.data_dir.display());
+    eprintln!(
+        "  OTLP/gRPC {}  OTLP/HTTP {}  API {}  Flight SQL {}  (budgets: {})",
+        addrs.otlp_grpc,
+        addrs.otlp_http,
+        addrs.api,
+        addrs.flight,
+        config_path.display()
+    );
+    // The same screens in a browser, for whoever is watching beside the terminal.
+    eprintln!("  web UI: http://{}/  (the dashboards in a browser; docs/web.md)", addrs.api);
+    eprintln!(
+        "  fleet: {} spans/s from agent services on aws, azure, gcp and coreweave (seed {}){}",
+        args.rate,
+        args.seed,
+        args.duration.map(|d| format!(" for {}", humantime::format_duration(d))).unwrap_or_default()
+    );
+}
+
+/// Prints the summary from SQL over the stored data and checks that every span the fleet sent was acknowledged and
+/// stored.
+async fn summarise(config: &Config, sim_report: &sim::SimReport, stats: &SimStats, earlier: Option<u64>) -> CmdResult {
     let summary = Summary::from_sql(&config.data_dir).await?;
     println!("{}", summary.render(&config.data_dir));
     let sent = sim_report.spans;

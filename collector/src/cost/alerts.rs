@@ -119,20 +119,23 @@ impl AlertBook {
         for (budget, status) in budgets {
             let levels = budget.levels();
             let base = format!("{}/{}", status.name, status.period_key);
-            self.threshold(
-                &mut drafts,
-                &base,
-                None,
-                levels,
-                status,
-                status.figures.utilization,
-                status.figures.spend_usd,
-                now,
-            );
+            let budget_subject = Subject {
+                id: &base,
+                scope: None,
+                utilization: status.figures.utilization,
+                spend: status.figures.spend_usd,
+            };
+            self.threshold(&mut drafts, &budget_subject, levels, status, now);
             let mut scoped = BTreeSet::new();
             for s in &status.sessions {
                 let id = format!("{base}/session={}", s.session_id);
-                self.threshold(&mut drafts, &id, Some(&s.session_id), levels, status, s.utilization, s.spend_usd, now);
+                let session = Subject {
+                    id: &id,
+                    scope: Some(s.session_id.as_str()),
+                    utilization: s.utilization,
+                    spend: s.spend_usd,
+                };
+                self.threshold(&mut drafts, &session, levels, status, now);
                 scoped.insert(id);
             }
             // Sessions that dropped out of the list (rolling window) resolve like any other alert.
@@ -165,18 +168,17 @@ impl AlertBook {
         self.record(drafts)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Fires `subject`'s alert at the highest threshold its use crossed (again only for a higher one), or resolves
+    /// it once its use is back under the lowest by the resolve margin.
     fn threshold(
         &self,
         drafts: &mut Vec<AlertEvent>,
-        id: &str,
-        scope: Option<&str>,
+        subject: &Subject<'_>,
         levels: &[f64],
         status: &BudgetStatus,
-        utilization: f64,
-        spend: f64,
         now: DateTime<Utc>,
     ) {
+        let Subject { id, utilization, spend, .. } = *subject;
         let state = self.states.get(id).filter(|s| s.firing);
         let top = levels
             .iter()
@@ -184,10 +186,8 @@ impl AlertBook {
             .filter(|l| utilization >= *l)
             .fold(None, |m: Option<f64>, l| Some(m.map_or(l, |m| m.max(l))));
         match (top, state) {
-            (Some(top), None) => drafts.push(fired(id, scope, status, top, utilization, spend, now)),
-            (Some(top), Some(st)) if top > st.max_fired => {
-                drafts.push(fired(id, scope, status, top, utilization, spend, now))
-            }
+            (Some(top), None) => drafts.push(fired(subject, status, top, now)),
+            (Some(top), Some(st)) if top > st.max_fired => drafts.push(fired(subject, status, top, now)),
             (None, Some(st)) => {
                 let lowest = levels.first().copied().unwrap_or(1.0);
                 if utilization < lowest * RESOLVE_MARGIN {
@@ -226,19 +226,10 @@ impl AlertBook {
             figures.summary(),
             status.period
         );
-        let mut e = draft(
-            &id,
-            None,
-            status,
-            now,
-            "firing",
-            "warning",
-            "forecast",
-            None,
-            status.figures.utilization,
-            status.figures.spend_usd,
-            message,
-        );
+        let subject =
+            Subject { id: &id, scope: None, utilization: status.figures.utilization, spend: status.figures.spend_usd };
+        let verdict = Verdict { severity: "warning", event: "forecast", threshold: None };
+        let mut e = draft(&subject, status, now, verdict, message);
         e.figures.projected_usd = status.figures.projected_usd;
         e.figures.projected_share = status.figures.projected_share;
         drafts.push(e);
@@ -266,15 +257,26 @@ impl AlertBook {
     }
 }
 
-fn fired(
-    id: &str,
-    scope: Option<&str>,
-    status: &BudgetStatus,
-    threshold: f64,
+/// What an alert is about: a budget, or one session of a per-session budget, with its use and spend.
+#[derive(Debug, Clone, Copy)]
+struct Subject<'a> {
+    id: &'a str,
+    /// The session, for a session's alert.
+    scope: Option<&'a str>,
     utilization: f64,
     spend: f64,
-    now: DateTime<Utc>,
-) -> AlertEvent {
+}
+
+/// How a firing event is classed: its severity, what raised it (`threshold`, `forecast`) and the threshold crossed.
+#[derive(Debug, Clone, Copy)]
+struct Verdict {
+    severity: &'static str,
+    event: &'static str,
+    threshold: Option<f64>,
+}
+
+fn fired(subject: &Subject<'_>, status: &BudgetStatus, threshold: f64, now: DateTime<Utc>) -> AlertEvent {
+    let Subject { scope, utilization, spend, .. } = *subject;
     let breach = threshold >= 1.0;
     let what = match scope {
         Some(session) => format!("session {session} of {}", status.name),
@@ -289,8 +291,8 @@ fn fired(
     );
     message.push_str(&format!("; crossed the {} threshold", percent(threshold)));
     let severity = if breach { "critical" } else { "warning" };
-    let mut e =
-        draft(id, scope, status, now, "firing", severity, "threshold", Some(threshold), utilization, spend, message);
+    let verdict = Verdict { severity, event: "threshold", threshold: Some(threshold) };
+    let mut e = draft(subject, status, now, verdict, message);
     e.figures.projected_usd = status.figures.projected_usd;
     e.figures.projected_share = status.figures.projected_share;
     e
@@ -329,20 +331,16 @@ fn resolved_plain(last: &AlertEvent, now: DateTime<Utc>, reason: &str) -> AlertE
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A firing event of `subject`, with the budget's period and figures as `status` has them.
 fn draft(
-    id: &str,
-    scope: Option<&str>,
+    subject: &Subject<'_>,
     status: &BudgetStatus,
     now: DateTime<Utc>,
-    state: &str,
-    severity: &str,
-    event: &str,
-    threshold: Option<f64>,
-    utilization: f64,
-    spend: f64,
+    verdict: Verdict,
     message: String,
 ) -> AlertEvent {
+    let Subject { id, scope, utilization, spend } = *subject;
+    let Verdict { severity, event, threshold } = verdict;
     AlertEvent {
         seq: 0,
         time: now,
@@ -355,7 +353,7 @@ fn draft(
         period_key: status.period_key.clone(),
         period_start: status.period_start,
         period_end: status.period_end,
-        state: state.into(),
+        state: "firing".into(),
         severity: severity.into(),
         event: event.into(),
         threshold,
