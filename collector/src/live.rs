@@ -783,9 +783,14 @@ fn report_params(params: &LiveParams) -> Result<(Window, Grouping), String> {
     Ok((window, grouping))
 }
 
-/// What the caller's key may see (`crate::auth`); outside the authentication layer, everything.
-fn visibility(visible: Option<axum::Extension<Visibility>>) -> Visibility {
-    visible.map(|axum::Extension(v)| v).unwrap_or_default()
+/// Scopes `params` to what the caller's key may see (`crate::auth`; outside the authentication layer, everything)
+/// and reads the window and grouping asked for, or what is wrong with them.
+fn scoped_params(
+    visible: Option<axum::Extension<Visibility>>,
+    params: &mut LiveParams,
+) -> Result<(Window, Grouping), String> {
+    params.filter.visible = visible.map(|axum::Extension(v)| v).unwrap_or_default();
+    report_params(params)
 }
 
 async fn live_handler(
@@ -793,8 +798,7 @@ async fn live_handler(
     visible: Option<axum::Extension<Visibility>>,
     Query(mut params): Query<LiveParams>,
 ) -> Response {
-    params.filter.visible = visibility(visible);
-    let (window, grouping) = match report_params(&params) {
+    let (window, grouping) = match scoped_params(visible, &mut params) {
         Ok(asked) => asked,
         Err(e) => return bad_request(e),
     };
@@ -808,8 +812,7 @@ async fn live_stream(
 ) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     // The stream is scoped like the report: a project key sees only its projects' routes, every tick.
-    params.filter.visible = visibility(visible);
-    let (window, grouping) = match report_params(&params) {
+    let (window, grouping) = match scoped_params(visible, &mut params) {
         Ok(asked) => asked,
         Err(e) => return bad_request(e),
     };

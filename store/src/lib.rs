@@ -393,17 +393,15 @@ fn file_of(
     })
 }
 
+/// Wraps a delta-rs error with the table, its location and what was being done.
+fn delta_error(signal: Signal, url: &Url, action: &'static str) -> impl FnOnce(DeltaTableError) -> StoreError {
+    let location = url.to_string();
+    move |e| StoreError::Delta { table: signal.table_name(), location, action, source: Box::new(e) }
+}
+
 async fn open_or_create(data_dir: &Path, signal: Signal) -> Result<DeltaTable, StoreError> {
     let url = table_url(data_dir, signal)?;
-    let error = |action: &'static str| {
-        let location = url.to_string();
-        move |e: DeltaTableError| StoreError::Delta {
-            table: signal.table_name(),
-            location,
-            action,
-            source: Box::new(e),
-        }
-    };
+    let error = |action| delta_error(signal, &url, action);
     let dir = table_dir(data_dir, signal);
     std::fs::create_dir_all(&dir).map_err(|e| StoreError::Location {
         table: signal.table_name(),
@@ -464,15 +462,7 @@ pub async fn refresh_catalog(catalog: &Catalog) -> Result<(), StoreError> {
     for signal in Signal::ALL {
         if is_delta_table(&data_dir, signal) {
             let url = table_url(&data_dir, signal)?;
-            let error = |action: &'static str| {
-                let location = url.to_string();
-                move |e: DeltaTableError| StoreError::Delta {
-                    table: signal.table_name(),
-                    location,
-                    action,
-                    source: Box::new(e),
-                }
-            };
+            let error = |action| delta_error(signal, &url, action);
             let table = DeltaTableBuilder::from_url(url.clone())
                 .map_err(error("opening"))?
                 .load()
