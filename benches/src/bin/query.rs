@@ -1,8 +1,9 @@
 //! Query benchmark: tailscope's engine against DuckDB on the same Parquet files, in the same run.
 //!
 //! Generates `--rows` realistic LLM spans (providers, regions, models, log-normal latencies with a tail, sessions,
-//! costs) over 24 hours into the collector's layout, then times, in tailscope and in DuckDB (Python module, timed
-//! inside Python so process start is not counted):
+//! costs) over 24 hours into a Delta table committed as the collector commits a flush, then times, in tailscope
+//! and in DuckDB (Python module, timed inside Python so process start is not counted; DuckDB reads the same Parquet
+//! files by glob):
 //! - p50/p95/p99 latency by provider, exact (`quantile_exact` vs DuckDB `quantile_cont`) and approximate
 //!   (`approx_percentile_cont` vs DuckDB `approx_quantile`);
 //! - cost per session (top 10 sessions by cost);
@@ -28,7 +29,7 @@ use rand::{Rng, SeedableRng};
 
 use query::Engine;
 use query::fixture::{SpanRow, spans_batch, write_parquet};
-use tailscope_core::catalog::Catalog;
+use tailscope_core::catalog::ParquetFile;
 use tailscope_core::config::QueryConfig;
 use tailscope_core::schema::Signal;
 
@@ -75,12 +76,14 @@ fn normal(rng: &mut StdRng) -> f64 {
 
 /// Writes `rows` rows of the stored `spans` table, straight into Parquet: the query benchmark measures queries, not
 /// ingest, so it does not go through the simulator and the collector. Its own providers, latencies and seed are
-/// kept because the figures in docs/benchmarks.md were measured on exactly these rows.
-fn generate(dir: &Path, rows: usize) -> std::io::Result<()> {
+/// kept because the figures in docs/benchmarks.md were measured on exactly these rows. Returns the files written,
+/// with their row counts, for the Delta commit that makes them the table.
+fn generate(dir: &Path, rows: usize) -> std::io::Result<Vec<ParquetFile>> {
     let mut rng = StdRng::seed_from_u64(42);
     let per_hour = rows.div_ceil(24);
     let mut seq = 0;
     let mut written = 0;
+    let mut files = Vec::new();
     for hour in 0..24i64 {
         let n = per_hour.min(rows - written);
         if n == 0 {
@@ -120,9 +123,22 @@ fn generate(dir: &Path, rows: usize) -> std::io::Result<()> {
             });
         }
         seq += 1;
-        write_parquet(dir, Signal::Spans, &spans_batch(&batch), seq)?;
+        let mut file = write_parquet(dir, Signal::Spans, &spans_batch(&batch), seq)?;
+        file.rows = Some(n as u64);
+        files.push(file);
         written += n;
     }
+    Ok(files)
+}
+
+/// Makes `dir` a data dir whose `spans` Delta table holds `rows` generated rows, committed as a collector's flush
+/// is (one commit of `add` actions with row counts and time statistics), so the engine reads the Delta snapshot as
+/// it does behind `tailscope serve`. The tables are created before the files are written: a table directory of
+/// Parquet files without a log would be converted instead, without row counts.
+async fn generate_table(dir: &Path, rows: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let tables = store::Tables::open(dir, Some(store::AppId::for_wal("query-bench"))).await?;
+    let files = generate(dir, rows)?;
+    tables.commit_flush(Signal::Spans, &files, 1).await?;
     Ok(())
 }
 
@@ -226,7 +242,8 @@ for line in sys.stdin:
 "#;
 
     fn start(dir: &Path) -> Result<(DuckDb, String), String> {
-        let glob = format!("{}/spans/**/*.parquet", dir.display());
+        // The data files only: a Delta checkpoint under `_delta_log/` is Parquet too.
+        let glob = format!("{}/spans/date=*/hour=*/*.parquet", dir.display());
         let mut child = Command::new("python3")
             .args(["-c", Self::SCRIPT, &glob])
             .stdin(Stdio::piped())
@@ -307,9 +324,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     let started = Instant::now();
     if !dir.join("spans").exists() {
-        generate(&dir, args.rows)?;
+        generate_table(&dir, args.rows).await?;
     }
-    let bytes: u64 = Catalog::open(&dir)?.snapshot(Signal::Spans).files.iter().map(|f| f.size).sum();
+    let bytes: u64 = store::open_catalog(&dir).await?.snapshot(Signal::Spans).files.iter().map(|f| f.size).sum();
     let generated_s = started.elapsed().as_secs_f64();
 
     let config = QueryConfig {
