@@ -478,7 +478,7 @@ const fn release_version(version: &'static str) -> Service {
         agent: "checkout-assistant",
         models: &[("openai", "gpt-4o", 0.5), ("openai", "gpt-4o-mini", 0.5)],
         hedge_after_ms: None,
-        hedge_to: ("openai", "gpt-4o"),
+        hedge_to: ("anthropic", "claude-3-5-haiku-20241022"),
         names: Names::Current,
         tools: &["lookup_order", "create_ticket"],
         retrieval: 1,
