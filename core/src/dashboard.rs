@@ -18,7 +18,8 @@
 //!
 //! SQL placeholders: `{since}` (start of the selected time window, a timestamp expression), `{window}` (its
 //! label, e.g. `'1h'`), `{window_seconds}` (its length), `{session_id}` (the session picked with Enter, as a quoted
-//! literal).
+//! literal), and the [`PICKED`] ones (`{service}`, `{version_a}`, `{version_b}`), set from the row picked in a table
+//! with `pick` (the release screen's pair of versions), as quoted literals.
 //!
 //! The model lives here, below both renderers: the terminal dashboard (`tailscope-tui`) and the web UI
 //! (`tailscope-web`) read the same files, the same [`TimeWindow`]s and fill placeholders by the same [`fill`].
@@ -36,10 +37,17 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("alerts.toml", include_str!("../../dashboards/alerts.toml")),
     ("session.toml", include_str!("../../dashboards/session.toml")),
     ("health.toml", include_str!("../../dashboards/health.toml")),
+    ("release.toml", include_str!("../../dashboards/release.toml")),
+    ("trends.toml", include_str!("../../dashboards/trends.toml")),
 ];
 
 /// The placeholders a panel's SQL may use.
-pub const PLACEHOLDERS: &[&str] = &["since", "window", "window_seconds", "session_id"];
+pub const PLACEHOLDERS: &[&str] =
+    &["since", "window", "window_seconds", "session_id", "service", "version_a", "version_b"];
+
+/// The placeholders a row picked in a table with `pick` sets (each from the row's column of that name). Deep
+/// links carry them under the same names.
+pub const PICKED: &[&str] = &["service", "version_a", "version_b"];
 
 /// The history a screen covers; the renderers cycle through them (`t` in the terminal, a selector on the web).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,9 +137,20 @@ pub fn sql_literal(value: Option<&str>) -> String {
 
 /// A panel's SQL with its placeholders filled in for `window` and the picked `session`.
 pub fn fill(sql: &str, window: TimeWindow, session: Option<&str>) -> String {
+    fill_picked(sql, window, session, &Picked::default())
+}
+
+/// The values of the [`PICKED`] placeholders: placeholder name -> value.
+pub type Picked = std::collections::BTreeMap<String, String>;
+
+/// [`fill`] with the [`PICKED`] placeholders too (`NULL` for one not picked).
+pub fn fill_picked(sql: &str, window: TimeWindow, session: Option<&str>, picked: &Picked) -> String {
     let mut out = sql.to_string();
     for (name, value) in window.substitutions() {
         out = out.replace(&format!("{{{name}}}"), &value);
+    }
+    for name in PICKED {
+        out = out.replace(&format!("{{{name}}}"), &sql_literal(picked.get(*name).map(String::as_str)));
     }
     out.replace("{session_id}", &sql_literal(session))
 }
@@ -266,6 +285,9 @@ pub struct Panel {
     pub label: Option<String>,
     /// The value column (bar, gauge, sparkline, histogram count); line: the y columns, comma-separated.
     pub value: Option<String>,
+    /// Line: one line per value of this column (e.g. `provider`), its points from the rows of that value (x from
+    /// `label`), or from an array in the first `value` column (the live windows' `p99_series_ms`).
+    pub series: Option<String>,
     /// Gauge: the column holding the maximum (the cap).
     pub max: Option<String>,
     /// Gauge: a column holding the filled share directly (a budget's `utilization`, computed in the unit of its
@@ -275,6 +297,11 @@ pub struct Panel {
     pub state: Option<String>,
     /// Table: Enter on a row opens the session screen for this column's value.
     pub drill: Option<String>,
+    /// Table: Enter (a click on the web) on a row sets the [`PICKED`] placeholders named here (comma-separated,
+    /// e.g. `"service,version_a,version_b"`) to the row's values in the columns of the same names.
+    pub pick: Option<String>,
+    /// Table: highlight the rows where this column is true (the release screen's `beyond_noise`).
+    pub mark: Option<String>,
     /// Table: colour a row when this column exceeds the SLO (live panels: the server's `slo_p99_ms`).
     pub slo_column: Option<String>,
     /// Table: the SLO for `slo_column` when the source does not provide one.
@@ -288,6 +315,19 @@ impl Panel {
     /// Whether the SQL needs a session to have been picked.
     pub fn needs_session(&self) -> bool {
         self.sql.as_deref().is_some_and(|s| s.contains("{session_id}"))
+    }
+
+    /// Whether the SQL uses a [`PICKED`] placeholder, so it waits for a row to be picked.
+    pub fn needs_pick(&self) -> bool {
+        self.sql.as_deref().is_some_and(|s| PICKED.iter().any(|p| s.contains(&format!("{{{p}}}"))))
+    }
+
+    /// The placeholders a row of this table sets when picked (`pick`).
+    pub fn picks(&self) -> Vec<&str> {
+        self.pick
+            .as_deref()
+            .map(|p| p.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -399,7 +439,8 @@ fn check_panel(p: &Panel) -> Result<(), String> {
                 !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if looks_like_placeholder && !PLACEHOLDERS.contains(&name) {
                 return Err(format!(
-                    "panel {title:?}: unknown placeholder {{{name}}} in sql; use {{since}}, {{window}} or {{session_id}}"
+                    "panel {title:?}: unknown placeholder {{{name}}} in sql; use one of {{{}}}",
+                    PLACEHOLDERS.join("}, {")
                 ));
             }
             rest = &after[close + 1..];
@@ -407,6 +448,21 @@ fn check_panel(p: &Panel) -> Result<(), String> {
     }
     if matches!(p.widget, Widget::Gauge) && p.value.is_none() {
         return Err(format!("panel {title:?}: a gauge needs `value` (and usually `max`) column names"));
+    }
+    for name in p.picks() {
+        if !PICKED.contains(&name) {
+            return Err(format!(
+                "panel {title:?}: pick = {:?} names {name:?}; use {}",
+                p.pick.as_deref().unwrap_or(""),
+                PICKED.join(", ")
+            ));
+        }
+    }
+    if p.series.is_some() && p.widget != Widget::Line {
+        return Err(format!("panel {title:?}: `series` only applies to widget = \"line\""));
+    }
+    if (p.pick.is_some() || p.mark.is_some()) && p.widget != Widget::Table {
+        return Err(format!("panel {title:?}: `pick` and `mark` only apply to widget = \"table\""));
     }
     if p.selected && p.widget != Widget::Histogram {
         return Err(format!("panel {title:?}: `selected = true` only applies to widget = \"histogram\""));
@@ -465,6 +521,12 @@ mod tests {
             "SELECT '24h', 86400.0 FROM t WHERE ts >= (now() - INTERVAL '1 day') AND s = 'it''s'"
         );
         assert!(fill(sql, TimeWindow::Hour, None).ends_with("s = NULL"));
+        let picked: Picked =
+            [("service".to_string(), "shop".to_string()), ("version_a".to_string(), "1'0".to_string())].into();
+        assert_eq!(
+            fill_picked("f({service}, {version_a}, {version_b})", TimeWindow::Hour, None, &picked),
+            "f('shop', '1''0', NULL)"
+        );
         assert_eq!(TimeWindow::parse("7d"), Some(TimeWindow::Week));
         assert_eq!(TimeWindow::parse("2h"), None);
         assert_eq!(defaults().unwrap()[0].name(), "overview");
@@ -475,7 +537,7 @@ mod tests {
         let all = defaults().unwrap();
         assert_eq!(
             all.iter().map(|d| d.title.as_str()).collect::<Vec<_>>(),
-            ["Overview", "Cost", "Hedging", "Alerts", "Session", "Health"]
+            ["Overview", "Cost", "Hedging", "Alerts", "Session", "Health", "Release", "Trends"]
         );
     }
 

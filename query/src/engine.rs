@@ -42,7 +42,7 @@ use crate::quantile::{ShareQuantiles, quantile_exact_udaf};
 use crate::string_group::StringGroupAggregate;
 use crate::table::{ScanCounters, SignalTable};
 use crate::unnest_guard::BoundUnnest;
-use crate::views::{SESSIONS, SESSIONS_SINCE, SessionsSince};
+use crate::views::{RELEASE_COMPARE, ReleaseCompare, SESSIONS, SESSIONS_SINCE, SessionsSince};
 
 /// The catalog name clients see (Flight SQL `GetCatalogs`, `information_schema`).
 pub const CATALOG_NAME: &str = "tailscope";
@@ -261,6 +261,11 @@ impl Engine {
             relations.push(Relation::new(name, "VIEW", outward_schema(&view.schema())));
             ctx.register_table(name, view)?;
         }
+        let release = ctx
+            .sql(&crate::views::release_compare_sql())
+            .await
+            .map_err(|e| QueryError::Internal(format!("{RELEASE_COMPARE} does not plan: {e}")))?;
+        ctx.register_udtf(RELEASE_COMPARE, Arc::new(ReleaseCompare::new(release.logical_plan().clone())));
 
         Ok(Engine {
             visible: Visibility::All,

@@ -712,6 +712,16 @@ fn batch(spans: &[Span]) -> RecordBatch {
         ("hedge_id", texts(|s| s.hedge_id)),
         ("hedge_winner", Arc::new(spans.iter().map(|s| s.hedge_winner).collect::<BooleanArray>())),
         ("agent_name", texts(|s| s.agent_name)),
+        // Two releases of service `agent` for `release_compare`: sess-a0 and sess-a1 on 1.0, sess-a2 and sess-a3
+        // (the slower half of the A calls, and the failed tool) on 1.1.
+        (
+            "service_version",
+            texts(|s| match s.row.session_id.as_deref() {
+                Some("sess-a0" | "sess-a1") => Some("1.0"),
+                Some("sess-a2" | "sess-a3") => Some("1.1"),
+                _ => None,
+            }),
+        ),
     ];
     let schema = base.schema();
     let columns = schema

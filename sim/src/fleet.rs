@@ -449,7 +449,43 @@ pub const SERVICES: &[Service] = &[
         memory: 1,
         weight: 0.7,
     },
+    release_version(RELEASE_BEFORE),
+    release_version(RELEASE_AFTER),
 ];
+
+/// The release scenario ([`crate::Scenario::Release`]): one service in two versions, side by side in one region,
+/// the same in everything but what [`RELEASE_SLOWER`] and [`RELEASE_LEANER`] say the new version changed. What the
+/// release comparison (`release_compare`, the Release screen) must find, and find alone.
+pub const RELEASE_SERVICE: &str = "checkout-agent";
+/// The version before the release.
+pub const RELEASE_BEFORE: &str = "4.1.0";
+/// The release.
+pub const RELEASE_AFTER: &str = "4.2.0";
+/// The release's calls to this model (request model) take this many times as long (a new, slower code path).
+pub const RELEASE_SLOWER: (&str, f64) = ("gpt-4o", 1.8);
+/// The release's prompts to this model are this share of the ones before (a compressed prompt): fewer input
+/// tokens, a cheaper call; the answers, and so every later prompt, stay the same.
+pub const RELEASE_LEANER: (&str, f64) = ("gpt-4o-mini", 0.4);
+
+/// One version of [`RELEASE_SERVICE`] (weight 0: only the release scenario sends it). No hedging, so the slower
+/// model does not change the hedge rate, and a region no incident is drawn in.
+const fn release_version(version: &'static str) -> Service {
+    Service {
+        name: RELEASE_SERVICE,
+        version,
+        place: AWS_EU_WEST_1,
+        environment: "production",
+        agent: "checkout-assistant",
+        models: &[("openai", "gpt-4o", 0.5), ("openai", "gpt-4o-mini", 0.5)],
+        hedge_after_ms: None,
+        hedge_to: ("anthropic", "claude-3-5-haiku-20241022"),
+        names: Names::Current,
+        tools: &["lookup_order", "create_ticket"],
+        retrieval: 1,
+        memory: 1,
+        weight: 0.0,
+    }
+}
 
 /// Looks a service up by name and region; panics on a typo (static data).
 pub fn service(name: &str, region: &str) -> &'static Service {

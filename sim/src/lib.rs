@@ -32,6 +32,19 @@ pub enum Transport {
     Http,
 }
 
+/// Which traffic the fleet sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Scenario {
+    /// The multi-cloud fleet: every service of [`fleet::SERVICES`] by its weight, with the regional incident.
+    #[default]
+    Fleet,
+    /// A release side by side with the version before it: [`fleet::RELEASE_SERVICE`] in versions
+    /// [`fleet::RELEASE_BEFORE`] and [`fleet::RELEASE_AFTER`], half the sessions each; the release is slower on one
+    /// model and cheaper on another ([`fleet::RELEASE_SLOWER`], [`fleet::RELEASE_LEANER`]) and the same otherwise.
+    Release,
+}
+
 /// What to simulate and where to send it.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -49,6 +62,8 @@ pub struct SimConfig {
     pub sessions: usize,
     /// How often metrics are exported.
     pub metric_interval: Duration,
+    /// Which traffic.
+    pub scenario: Scenario,
 }
 
 /// Errors of the simulator.
@@ -202,7 +217,7 @@ fn generate(
     started: Instant,
 ) -> Result<(), SimError> {
     let wall_start = SystemTime::now();
-    let mut generator = plan::Generator::new(config.seed, config.sessions);
+    let mut generator = plan::Generator::new(config.seed, config.sessions).scenario(config.scenario);
     tracing::info!(
         seed = config.seed,
         incident_region = generator.incident().place.region,

@@ -147,9 +147,16 @@ struct Conditions {
     incident: Place,
     /// The calling service runs in the incident region.
     caller_hit: bool,
+    /// The calling service is the release of the release scenario ([`fleet::RELEASE_AFTER`]).
+    release: bool,
 }
 
 impl Conditions {
+    /// How many times as long the caller's calls to `model` take for what its version changed.
+    fn release_latency(&self, model: &Model) -> f64 {
+        if self.release && model.request == fleet::RELEASE_SLOWER.0 { fleet::RELEASE_SLOWER.1 } else { 1.0 }
+    }
+
     /// Latency multiplier and stall probability for a call to `dest` (None: a SaaS endpoint outside any cloud).
     fn degradation(&self, dest: Option<Place>) -> (f64, f64, f64) {
         let dest_hit = self.incident_on && dest == Some(self.incident);
@@ -184,6 +191,19 @@ impl Generator {
             incident,
             service_weights: fleet::SERVICES.iter().map(|s| s.weight).collect(),
         }
+    }
+
+    /// The generator for `scenario`: the release scenario opens its conversations on the two versions of
+    /// [`fleet::RELEASE_SERVICE`] alike, and on no other service.
+    pub fn scenario(mut self, scenario: crate::Scenario) -> Generator {
+        self.service_weights = fleet::SERVICES
+            .iter()
+            .map(|s| match scenario {
+                crate::Scenario::Fleet => s.weight,
+                crate::Scenario::Release => f64::from(u8::from(s.name == fleet::RELEASE_SERVICE)),
+            })
+            .collect();
+        self
     }
 
     /// The incident schedule of this run.
@@ -258,6 +278,7 @@ impl Generator {
             incident_on,
             incident: self.incident.place,
             caller_hit: incident_on && service.place == self.incident.place,
+            release: service.name == fleet::RELEASE_SERVICE && service.version == fleet::RELEASE_AFTER,
         };
         let mut trace_id = 0u128;
         while trace_id == 0 {
@@ -331,6 +352,7 @@ impl Generator {
     /// One model call's timing (latency, time to first token) and whether it stalled.
     fn call_latency(&mut self, model: &'static Model, start: u64, output: u64, cond: &Conditions) -> (Timing, bool) {
         let (factor, stall_p, _) = cond.degradation(model.hosted_in);
+        let factor = factor * cond.release_latency(model);
         let ttft = self.lognormal(model.ttft_ms, 0.45) * factor;
         let stream = if model.tokens_per_s > 0.0 {
             output as f64 / model.tokens_per_s * 1000.0 * self.lognormal(1.0, 0.25) * factor
@@ -465,7 +487,18 @@ impl Generator {
             0
         };
         let reasoning = (prompt.output as f64 * model.reasoning_share * self.rng.random_range(1.0..3.0)) as u64;
-        Tokens { input, output: prompt.output + reasoning, cache_read, cache_creation, reasoning }
+        let tokens = Tokens { input, output: prompt.output + reasoning, cache_read, cache_creation, reasoning };
+        if turn.cond.release && model.request == fleet::RELEASE_LEANER.0 {
+            // The compressed prompt: every input count shrinks alike; the answer (and so the context) does not.
+            let lean = |n: u64| (n as f64 * fleet::RELEASE_LEANER.1) as u64;
+            return Tokens {
+                input: lean(tokens.input),
+                cache_read: lean(tokens.cache_read),
+                cache_creation: lean(tokens.cache_creation),
+                ..tokens
+            };
+        }
+        tokens
     }
 
     /// The client span of one copy of a chat call.

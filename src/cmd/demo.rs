@@ -135,6 +135,7 @@ pub async fn run(args: Args) -> CmdResult {
         seed: args.seed,
         sessions: args.sessions,
         metric_interval: Duration::from_secs(10),
+        scenario: sim::Scenario::Fleet,
     };
     let mut fleet = tokio::spawn(sim::run(sim_config, stats.clone(), async move {
         let _ = fleet_stopped.await;

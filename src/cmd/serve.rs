@@ -280,6 +280,8 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
         .merge(collector::cost::routes(budgets))
         // The web UI: the same dashboards as `tailscope tui`, drawn in the browser from the routes above.
         .merge(web::router(tailscope_core::dashboard::defaults()?));
+    // Data answers are never cached and never sniffed (docs/web.md).
+    let api_router = web::api_answers_not_stored(api_router);
     // Every route of the API counted and timed, by its pattern (`tailscope_api_requests_total`).
     let api_router = collector::telemetry::track_requests(api_router, collector.metrics().clone());
 

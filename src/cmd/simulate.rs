@@ -31,6 +31,10 @@ pub struct Args {
     /// Agent conversations open at once (each runs a few turns, then a new one starts).
     #[arg(long, default_value_t = 40)]
     pub sessions: usize,
+    /// Which traffic: `fleet` (the multi-cloud fleet) or `release` (one service in two versions, the newer one
+    /// slower on gpt-4o and cheaper on gpt-4o-mini: what the Release screen should find).
+    #[arg(long, value_enum, default_value_t = sim::Scenario::Fleet)]
+    pub scenario: sim::Scenario,
     /// Print a progress line this often.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub report_every: Duration,
@@ -47,6 +51,7 @@ impl Args {
             seed: self.seed,
             sessions: self.sessions,
             metric_interval: Duration::from_secs(10),
+            scenario: self.scenario,
         }
     }
 }

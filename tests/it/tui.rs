@@ -10,15 +10,33 @@ use opentelemetry::trace::{Span as _, SpanKind, Tracer, TracerProvider};
 use crate::support::{Server, Transport, free_addr, tailscope_bin, tracer_provider};
 
 /// One tmux server of our own (its own socket), killed on drop.
-struct Tmux {
+pub(crate) struct Tmux {
     socket: String,
 }
 
 impl Tmux {
     fn start(command: &str) -> Tmux {
+        Tmux::start_sized(command, 100, 30)
+    }
+
+    /// A pane of `width` x `height` cells running `command`.
+    pub(crate) fn start_sized(command: &str, width: u16, height: u16) -> Tmux {
         let socket = format!("tailscope-it-{}-{}", std::process::id(), free_addr().port());
         let ok = Command::new("tmux")
-            .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d", "-s", "t", "-x", "100", "-y", "30"])
+            .args([
+                "-L",
+                &socket,
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-s",
+                "t",
+                "-x",
+                &width.to_string(),
+                "-y",
+                &height.to_string(),
+            ])
             .arg(format!("{command}; echo EXITED $?; sleep 30"))
             .env("TERM", "xterm-256color")
             .status()
@@ -27,17 +45,17 @@ impl Tmux {
         Tmux { socket }
     }
 
-    fn screen(&self) -> String {
+    pub(crate) fn screen(&self) -> String {
         let out = Command::new("tmux").args(["-L", &self.socket, "capture-pane", "-p", "-t", "t"]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn keys(&self, keys: &[&str]) {
+    pub(crate) fn keys(&self, keys: &[&str]) {
         let ok = Command::new("tmux").args(["-L", &self.socket, "send-keys", "-t", "t"]).args(keys).status().unwrap();
         assert!(ok.success());
     }
 
-    async fn wait_for(&self, want: &[&str]) -> String {
+    pub(crate) async fn wait_for(&self, want: &[&str]) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let screen = self.screen();

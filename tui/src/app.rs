@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 pub use crate::dashboard::TimeWindow;
-use crate::dashboard::{Dashboard, Panel, Widget};
+use crate::dashboard::{Dashboard, Panel, Picked, Widget};
 use crate::data::Table;
 use crate::source::FetchError;
 
@@ -102,6 +102,8 @@ pub struct App {
     pub help_max_scroll: std::cell::Cell<u16>,
     /// The session picked for drill-down.
     pub session: Option<String>,
+    /// The values picked in a table with `pick` (the release screen's service and versions).
+    pub picked: Picked,
     /// Per (screen, panel) state.
     pub panels: HashMap<(usize, usize), PanelState>,
     /// Selected (visible) row of each screen's focused table.
@@ -136,6 +138,7 @@ impl App {
             help_scroll: 0,
             help_max_scroll: std::cell::Cell::new(0),
             session: None,
+            picked: Picked::new(),
             panels: HashMap::new(),
             selected: HashMap::new(),
             offline: None,
@@ -152,12 +155,12 @@ impl App {
         self.screens.get(screen).map(|d| d.panels().collect()).unwrap_or_default()
     }
 
-    /// The panel Up/Down/Enter act on: the first table with a drill column, else the first table.
+    /// The panel Up/Down/Enter act on: the first table with a drill or pick column, else the first table.
     pub fn focused_panel(&self, screen: usize) -> Option<usize> {
         let panels = self.screen_panels(screen);
         panels
             .iter()
-            .position(|p| p.widget == Widget::Table && p.drill.is_some())
+            .position(|p| p.widget == Widget::Table && (p.drill.is_some() || p.pick.is_some()))
             .or_else(|| panels.iter().position(|p| p.widget == Widget::Table))
     }
 
@@ -213,6 +216,9 @@ impl App {
             if panel.needs_session() && self.session.is_none() {
                 return Err("pick a session: Enter on a session row (here or on Cost)".into());
             }
+            if panel.needs_pick() && self.picked.is_empty() {
+                return Err("pick what to compare: Enter on a row of the table above".into());
+            }
             return Ok(Request::Sql(self.fill(sql)));
         }
         if panel.selected {
@@ -223,7 +229,7 @@ impl App {
 
     /// SQL with its placeholders filled in.
     pub fn fill(&self, sql: &str) -> String {
-        crate::dashboard::fill(sql, self.window, self.session.as_deref())
+        crate::dashboard::fill_picked(sql, self.window, self.session.as_deref(), &self.picked)
     }
 
     /// The fetches due now on the current screen; marks them in flight.
@@ -396,9 +402,45 @@ impl App {
         Action::Continue
     }
 
+    /// Enter on a row of a table with `pick`: its values become the picked placeholders, and the panels that
+    /// read them load again.
+    fn pick(&mut self, screen: usize, panel: usize, row: usize) {
+        let names: Vec<String> = self.screen_panels(screen)[panel].picks().into_iter().map(str::to_string).collect();
+        let Some(table) = self.panels.get(&(screen, panel)).and_then(|s| s.data.as_ref()) else { return };
+        let mut picked = Picked::new();
+        for name in names {
+            let Some(value) = table.column(&name).and_then(|c| table.rows[row][c].as_str().map(str::to_string)) else {
+                return;
+            };
+            picked.insert(name, value);
+        }
+        if picked == self.picked {
+            return;
+        }
+        self.picked = picked;
+        self.epoch += 1;
+        let keys: Vec<_> = self.panels.keys().copied().collect();
+        for key in keys {
+            let uses = self.screen_panels(key.0).get(key.1).is_some_and(|p| p.needs_pick());
+            if let Some(s) = self.panels.get_mut(&key) {
+                if uses {
+                    s.data = None;
+                    s.error = None;
+                }
+                if uses || s.in_flight {
+                    s.fetched_at = None;
+                }
+            }
+        }
+    }
+
     fn drill(&mut self) {
         let screen = self.current;
         let Some((panel, row)) = self.selected_row(screen) else { return };
+        if self.screen_panels(screen)[panel].pick.is_some() {
+            self.pick(screen, panel, row);
+            return;
+        }
         let Some(column) = self.screen_panels(screen)[panel].drill.clone() else { return };
         let Some(table) = self.panels.get(&(screen, panel)).and_then(|s| s.data.as_ref()) else { return };
         let Some(value) = table.column(&column).and_then(|c| table.rows[row][c].as_str().map(str::to_string)) else {
@@ -501,5 +543,34 @@ mod tests {
         app.loaded(m, now);
         assert!(app.offline.is_none());
         assert_eq!(app.on_key(key(KeyCode::Char('q')), now), Action::Quit);
+    }
+
+    #[test]
+    fn a_picked_pair_of_versions_fills_the_release_panels() {
+        let now = Instant::now();
+        let mut app = App::new(defaults().unwrap(), "test".into(), true, Duration::from_secs(1));
+        let release = app.screens.iter().position(|d| d.name() == "release").unwrap();
+        app.on_key(key(KeyCode::Char(char::from(b'1' + release as u8))), now);
+        let due = app.due(now);
+        assert_eq!(due.len(), 1, "only the versions table loads before a pick: {due:?}");
+        assert!(app.panel_state(release, 1).idle.unwrap().contains("pick"));
+        let focus = app.focused_panel(release).unwrap();
+        app.set_data(
+            release,
+            focus,
+            Table::from_objects(vec![vec![
+                ("service".into(), json!("shop")),
+                ("version_a".into(), json!("1.0")),
+                ("version_b".into(), json!("1.1")),
+            ]]),
+        );
+        app.on_key(key(KeyCode::Enter), now);
+        assert_eq!(app.picked.get("version_b").map(String::as_str), Some("1.1"));
+        let due = app.due(now);
+        assert!(
+            due.iter()
+                .any(|(_, _, r)| matches!(r, Request::Sql(s) if s.contains("release_compare('shop', '1.0', '1.1'"))),
+            "{due:?}"
+        );
     }
 }

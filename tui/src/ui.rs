@@ -79,6 +79,11 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
         if let Some(s) = &app.session {
             spans.push(Span::styled(format!("  session {s}"), Style::new().fg(Color::DarkGray)));
         }
+        if let (Some(service), Some(a), Some(b)) =
+            (app.picked.get("service"), app.picked.get("version_a"), app.picked.get("version_b"))
+        {
+            spans.push(Span::styled(format!("  {service}: {b} against {a}"), Style::new().fg(Color::DarkGray)));
+        }
         Line::from(spans)
     };
     frame.render_widget(line, area);
@@ -240,6 +245,7 @@ fn draw_table(frame: &mut Frame, app: &App, panel: &Panel, table: &Table, focuse
     let visible = app.visible_rows(table);
     let slo = panel.slo.or(table.slo).filter(|s| *s > 0.0);
     let slo_col = panel.slo_column.as_deref().and_then(|c| table.column(c));
+    let mark_col = panel.mark.as_deref().and_then(|c| table.column(c));
     let text: Vec<Vec<String>> = visible
         .iter()
         .map(|&r| cols.iter().map(|&c| format_cell(&table.columns[c], &table.rows[r][c])).collect())
@@ -298,7 +304,14 @@ fn draw_table(frame: &mut Frame, app: &App, panel: &Panel, table: &Table, focuse
                 })
                 .collect();
             let row = TableRow::new(cells).height(height);
-            if breach { row.style(Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)) } else { row }
+            let marked = mark_col.is_some_and(|c| table.rows[r][c] == Value::Bool(true));
+            if breach {
+                row.style(Style::new().fg(Color::Red).add_modifier(Modifier::BOLD))
+            } else if marked {
+                row.style(Style::new().fg(Color::Magenta).add_modifier(Modifier::BOLD))
+            } else {
+                row
+            }
         })
         .collect();
     let head = TableRow::new(headers.into_iter().enumerate().map(|(i, s)| align(i, s)))
@@ -514,25 +527,64 @@ fn draw_sparkline(frame: &mut Frame, panel: &Panel, table: &Table, area: Rect) {
     frame.render_widget(Sparkline::default().data(&data).max(100).style(Style::new().fg(Color::Cyan)), spark);
 }
 
+/// At most this many lines in one chart (the first in the data's order): more cannot be told apart.
+const MAX_LINES: usize = 8;
+
+/// The lines of a line panel, named: one per `value` column, or with `series` one per value of that column, its
+/// points from the rows of that value (x from `label`, else their order) or from an array cell (the live windows'
+/// `p99_series_ms`, one point per time bucket).
+fn line_series(panel: &Panel, table: &Table, xc: Option<usize>, ys: &[usize]) -> Vec<(String, Vec<(f64, f64)>)> {
+    let Some((sc, &yc)) = panel.series.as_deref().and_then(|s| table.column(s)).zip(ys.first()) else {
+        return ys
+            .iter()
+            .map(|&c| {
+                let pts = (0..table.rows.len())
+                    .filter_map(|r| {
+                        let x = xc.and_then(|x| table.number(r, x)).unwrap_or(r as f64);
+                        table.number(r, c).map(|y| (x, y))
+                    })
+                    .collect();
+                (header(&table.columns[c]), pts)
+            })
+            .collect();
+    };
+    let mut lines: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for r in 0..table.rows.len() {
+        let name = match &table.rows[r][sc] {
+            Value::String(s) => s.clone(),
+            other => format_cell(&table.columns[sc], other),
+        };
+        let i = match lines.iter().position(|(n, _)| *n == name) {
+            Some(i) => i,
+            None if lines.len() < MAX_LINES => {
+                lines.push((name, Vec::new()));
+                lines.len() - 1
+            }
+            None => continue,
+        };
+        let points = &mut lines[i].1;
+        match &table.rows[r][yc] {
+            Value::Array(items) => {
+                points.extend(items.iter().enumerate().filter_map(|(k, v)| Some((k as f64, as_number(v)?))));
+            }
+            _ => {
+                let x = xc.and_then(|x| table.number(r, x)).unwrap_or(points.len() as f64);
+                points.extend(table.number(r, yc).map(|y| (x, y)));
+            }
+        }
+    }
+    lines
+}
+
 fn draw_line(frame: &mut Frame, panel: &Panel, table: &Table, area: Rect) {
     let xc = panel.label.as_deref().and_then(|l| table.column(l));
     let ys: Vec<usize> = match &panel.value {
         Some(v) => v.split(',').filter_map(|n| table.column(n.trim())).collect(),
         None => (0..table.columns.len()).filter(|&c| Some(c) != xc && table.number(0, c).is_some()).collect(),
     };
-    let colors = [Color::Cyan, Color::Magenta, Color::Yellow, Color::Green];
-    let series: Vec<Vec<(f64, f64)>> = ys
-        .iter()
-        .map(|&c| {
-            (0..table.rows.len())
-                .filter_map(|r| {
-                    let x = xc.and_then(|x| table.number(r, x)).unwrap_or(r as f64);
-                    table.number(r, c).map(|y| (x, y))
-                })
-                .collect()
-        })
-        .collect();
-    let all = series.iter().flatten();
+    let colors = [Color::Cyan, Color::Magenta, Color::Yellow, Color::Green, Color::Red, Color::Blue, Color::White];
+    let named = line_series(panel, table, xc, &ys);
+    let all = named.iter().flat_map(|(_, pts)| pts);
     let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0.0_f64);
     for (x, y) in all {
         x0 = x0.min(*x);
@@ -542,13 +594,12 @@ fn draw_line(frame: &mut Frame, panel: &Panel, table: &Table, area: Rect) {
     if x0 >= x1 {
         x1 = x0 + 1.0;
     }
-    let datasets: Vec<Dataset> = series
+    let datasets: Vec<Dataset> = named
         .iter()
-        .zip(&ys)
         .enumerate()
-        .map(|(i, (pts, &c))| {
+        .map(|(i, (name, pts))| {
             Dataset::default()
-                .name(header(&table.columns[c]))
+                .name(name.clone())
                 .graph_type(GraphType::Line)
                 .style(Style::new().fg(colors[i % colors.len()]))
                 .data(pts)
@@ -709,7 +760,7 @@ fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
     let mut logical: Vec<(String, Style)> = vec![
         ("1-9, Tab     switch screen".into(), bold),
         ("↑↓ / j k     move the selection (PgUp PgDn g G)".into(), plain),
-        ("Enter        drill into the selected session".into(), plain),
+        ("Enter        drill into the selected session (Release: compare the selected pair)".into(), plain),
         ("Esc          back / clear the filter".into(), plain),
         ("/            filter rows (provider, region, model, …)".into(), plain),
         (format!("t            time window (now {}: 5m, 1h, 24h, 7d)", app.window.label()), plain),

@@ -173,6 +173,12 @@ async fn every_dashboard_sql_runs_on_a_fixture() {
         let dash = Dashboard::load(&file).unwrap();
         let mut app = App::new(vec![dash.clone()], "fixture".into(), false, std::time::Duration::from_secs(1));
         app.session = Some("sess-1".into());
+        // The release panels run too (on versions the fixture does not have: they answer no rows; the simulator's
+        // release scenario fills them in tests/it/release.rs).
+        app.picked = [("service", "agent"), ("version_a", "1.0"), ("version_b", "1.1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         for panel in dash.panels() {
             let Ok(Request::Sql(sql)) = app.request_for(panel) else { continue };
             let table = source
@@ -181,7 +187,8 @@ async fn every_dashboard_sql_runs_on_a_fixture() {
                 .unwrap_or_else(|e| panic!("{} panel {:?}: {e}\n{sql}", file.display(), panel.title));
             ran += 1;
             let uses_spans = sql.contains("FROM spans") || sql.contains("FROM spans\n");
-            if uses_spans && !panel.title.starts_with("Hedge rate") {
+            // The fixture's spans carry no service_version: the release screen's pair table has nothing to pair.
+            if uses_spans && !panel.title.starts_with("Hedge rate") && panel.pick.is_none() {
                 assert!(!table.rows.is_empty(), "{} panel {:?} gave no rows", file.display(), panel.title);
             }
             if let Some(cols) = &panel.columns {

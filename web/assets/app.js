@@ -14,6 +14,7 @@
     window: '1h',
     filter: '',
     session: null,     // the session picked for the waterfall
+    picked: {},        // the values picked in a table with `pick` (service, version_a, version_b)
     selected: null,    // index of the selected row in the screen's first table (histogram of that row)
     epoch: 0,          // bumped on every view change: answers for an older view are dropped
     panels: [],        // the current screen's panels and their state
@@ -220,14 +221,18 @@
     S.window = q.get('window') || '1h';
     S.filter = q.get('filter') || '';
     S.session = q.get('session') || null;
+    S.picked = {};
+    for (const name of pickedNames()) if (q.get(name)) S.picked[name] = q.get(name);
   }
+  function pickedNames() { return (S.meta && S.meta.picked) || []; }
   function urlOf(over) {
-    const v = Object.assign({ screen: S.screen, window: S.window, filter: S.filter, session: S.session }, over || {});
+    const v = Object.assign({ screen: S.screen, window: S.window, filter: S.filter, session: S.session, picked: S.picked }, over || {});
     const q = new URLSearchParams();
     if (v.screen) q.set('screen', v.screen);
     if (v.window) q.set('window', v.window);
     if (v.filter) q.set('filter', v.filter);
     if (v.session) q.set('session', v.session);
+    for (const name of pickedNames()) if (v.picked && v.picked[name]) q.set(name, v.picked[name]);
     return '?' + q.toString();
   }
   function go(over, replace) {
@@ -244,8 +249,10 @@
     let out = sql;
     const subs = windowInfo().substitutions;
     for (const name of Object.keys(subs)) out = out.split('{' + name + '}').join(subs[name]);
+    for (const name of pickedNames()) out = out.split('{' + name + '}').join(sqlLiteral(S.picked[name]));
     return out.split('{session_id}').join(sqlLiteral(S.session));
   }
+  const needsPick = (sql) => pickedNames().some((name) => sql.includes('{' + name + '}'));
 
   // Where a panel's rows come from now, as the terminal's `request_for` decides it.
   function requestFor(p) {
@@ -256,6 +263,7 @@
     if (p.api) return { kind: 'api', path: p.api, pointer: p.pointer };
     if (p.sql) {
       if (p.sql.includes('{session_id}') && !S.session) return { idle: 'pick a session: click a session row (here or on Cost)' };
+      if (needsPick(p.sql) && !Object.keys(S.picked).length) return { idle: 'pick what to compare: click a row of the table above' };
       return { kind: 'sql', sql: fill(p.sql) };
     }
     if (p.selected) return { idle: '' };
@@ -324,7 +332,15 @@
         if (Array.isArray(v)) td.appendChild(sparkline(v)); else td.textContent = formatCell(c, v);
         tr.appendChild(td);
       }
-      if (p.drill && r[p.drill] !== null && r[p.drill] !== undefined) {
+      if (p.mark && r[p.mark] === true) tr.classList.add('marked');
+      const picks = String(p.pick || '').split(',').map((c) => c.trim()).filter(Boolean);
+      if (picks.length && picks.every((c) => r[c] !== null && r[c] !== undefined)) {
+        tr.classList.add('clickable');
+        const values = Object.fromEntries(picks.map((c) => [c, String(r[c])]));
+        if (picks.every((c) => S.picked[c] === values[c])) tr.classList.add('selected');
+        tr.title = 'compare these';
+        tr.addEventListener('click', () => go({ picked: values }));
+      } else if (p.drill && r[p.drill] !== null && r[p.drill] !== undefined) {
         tr.classList.add('clickable');
         tr.title = 'open this session\'s waterfall';
         tr.addEventListener('click', () => drill(String(r[p.drill])));
@@ -384,29 +400,57 @@
     return rows.length + ' points';
   }
 
+  // With `series`, one line per value of that column (at most 8), as the terminal draws them: points from the
+  // rows of that value, or from an array cell (the live windows' p99_series_ms, one point per time bucket); uPlot
+  // wants one shared x axis, so each line is null where it has no point.
+  function seriesLines(p, rows, xOf, y) {
+    const lines = new Map();
+    rows.forEach((r, i) => {
+      const name = r[p.series] === null || r[p.series] === undefined ? '-' : String(r[p.series]);
+      if (!lines.has(name)) { if (lines.size >= 8) return; lines.set(name, new Map()); }
+      const points = lines.get(name);
+      if (Array.isArray(r[y])) r[y].forEach((v, k) => points.set(k, num(v)));
+      else points.set(xOf(r, points.size), num(r[y]));
+    });
+    const xs = [...new Set([...lines.values()].flatMap((m) => [...m.keys()]))].sort((a, b) => a - b);
+    const names = [...lines.keys()];
+    return { xs, names, series: names.map((n) => xs.map((x) => (lines.get(n).has(x) ? lines.get(n).get(x) : null))) };
+  }
+
   function drawLine(ctx, t) {
     const p = ctx.panel;
-    const ys = String(p.value || '').split(',').map((s) => s.trim()).filter(Boolean);
+    let ys = String(p.value || '').split(',').map((s) => s.trim()).filter(Boolean);
     const rows = visibleRows(t);
-    const xs = rows.map((r, i) => {
+    const xOf = (r, i) => {
       const v = r[p.label];
       const n = num(v);
       if (n !== null) return n;
       const d = Date.parse(String(v));
       return Number.isFinite(d) ? d / 1000 : i;
-    });
-    const series = ys.map((c) => rows.map((r) => num(r[c])));
+    };
+    let xs = rows.map(xOf);
+    let series = ys.map((c) => rows.map((r) => num(r[c])));
+    let labels = ys.map(header);
+    if (p.series && ys.length) {
+      const y = ys[0];
+      const lines = seriesLines(p, rows, xOf, y);
+      xs = lines.xs;
+      series = lines.series;
+      labels = lines.names;
+      ys = lines.names.map(() => y);
+    }
     if (typeof uPlot !== 'function') {
       ctx.body.replaceChildren(...series.map((s) => sparkline(s, 'spark spark-big')));
       return rows.length + ' points';
     }
     const width = Math.max(200, ctx.body.clientWidth - 10);
-    const colours = ['#5fb3d9', '#f1c40f', '#e74c3c', '#4caf50', '#c792ea'];
+    const colours = ['#5fb3d9', '#f1c40f', '#e74c3c', '#4caf50', '#c792ea', '#ff9f43', '#8a96a8', '#1abc9c'];
     const opts = {
       width, height: 180,
-      series: [{}].concat(ys.map((c, i) => ({ label: header(c), stroke: colours[i % colours.length], value: (u, v) => formatCell(c, v) }))),
+      series: [{}].concat(ys.map((c, i) => ({ label: labels[i], stroke: colours[i % colours.length], value: (u, v) => formatCell(c, v) }))),
       axes: [{ stroke: '#8a96a8', grid: { stroke: '#2a3441' } }, { stroke: '#8a96a8', grid: { stroke: '#2a3441' } }],
-      scales: { x: { time: rows.some((r) => num(r[p.label]) === null) } },
+      // Seconds since the epoch (a time axis) when the label column holds times; bucket numbers otherwise.
+      scales: { x: { time: p.label !== undefined && p.label !== null && xs.some((x) => x > 1e9) } },
     };
     const holder = el('div');
     ctx.body.replaceChildren(holder);
@@ -454,9 +498,12 @@
     return '';
   }
 
+  // Every draw of a panel is a User Timing measure, `render WIDGET: TITLE` (one per panel: the older one is cleared,
+  // so a page left open keeps a bounded timeline), for the render-time figures (docs/benchmarks.md, "Web").
   function render(ctx) {
     const t = ctx.data;
     if (!t) return;
+    const started = performance.now();
     let note = '';
     switch (ctx.panel.widget) {
       case 'table': note = drawTable(ctx, t); break;
@@ -469,6 +516,9 @@
       default: note = 'unknown widget ' + ctx.panel.widget;
     }
     ctx.note.textContent = note + (ctx.source ? (note ? ' · ' : '') + ctx.source : '');
+    const name = 'render ' + ctx.panel.widget + ': ' + ctx.panel.title;
+    performance.clearMeasures(name);
+    performance.measure(name, { start: started, detail: { rows: t.rows.length } });
   }
 
   // The histogram of the row selected in the screen's first table (`selected = true`).
@@ -624,7 +674,8 @@
     const epoch = S.epoch;
     for (const ctx of S.panels) load(ctx, epoch);
     $('status').textContent = 'updated ' + new Date().toLocaleTimeString() + ' · window ' + S.window +
-      (S.session ? ' · session ' + S.session : '') + ' · refresh every ' + REFRESH_MS / 1000 + ' s';
+      (S.session ? ' · session ' + S.session : '') +
+      (S.picked.service ? ' · ' + S.picked.service + ': ' + S.picked.version_b + ' against ' + S.picked.version_a : '') + ' · refresh every ' + REFRESH_MS / 1000 + ' s';
   }
 
   // ---- Sign-in --------------------------------------------------------------------------------------------------

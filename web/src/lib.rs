@@ -26,6 +26,30 @@ pub fn router(screens: Vec<Dashboard>) -> Router {
     Router::new().route("/api/v1/dashboards", get(dashboards)).with_state(catalog).merge(assets::router())
 }
 
+/// The API path prefix whose answers carry data.
+const API_PREFIX: &str = "/api/";
+
+/// `router` with every answer under `/api/` marked `Cache-Control: no-store` (figures and key-scoped data must not
+/// linger in a browser's or a proxy's cache, where the next user of the machine or a shared cache would find them)
+/// and `X-Content-Type-Options: nosniff` (a JSON or CSV answer holding telemetry text is never sniffed into HTML).
+/// A route that set its own `Cache-Control` keeps it.
+pub fn api_answers_not_stored(router: Router) -> Router {
+    router.layer(axum::middleware::from_fn(
+        |request: axum::extract::Request, next: axum::middleware::Next| async move {
+            let api = request.uri().path().starts_with(API_PREFIX);
+            let mut response = next.run(request).await;
+            if api {
+                let headers = response.headers_mut();
+                if !headers.contains_key(http::header::CACHE_CONTROL) {
+                    headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+                }
+                headers.insert(http::header::X_CONTENT_TYPE_OPTIONS, http::HeaderValue::from_static("nosniff"));
+            }
+            response
+        },
+    ))
+}
+
 /// `GET /api/v1/dashboards`: the screens and the time windows, as the page needs them.
 #[derive(Debug, Serialize)]
 struct ScreensAnswer {
@@ -33,6 +57,8 @@ struct ScreensAnswer {
     windows: Vec<WindowAnswer>,
     /// The screens, in tab order.
     screens: Vec<ScreenAnswer>,
+    /// The placeholders a table's `pick` sets, as deep links name them (`service`, `version_a`, `version_b`).
+    picked: &'static [&'static str],
 }
 
 #[derive(Debug, Serialize)]
@@ -78,7 +104,7 @@ impl ScreensAnswer {
                 rows: d.rows.clone(),
             })
             .collect();
-        ScreensAnswer { windows, screens }
+        ScreensAnswer { windows, screens, picked: tailscope_core::dashboard::PICKED }
     }
 }
 
