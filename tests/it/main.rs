@@ -14,6 +14,7 @@ mod parsers;
 mod prices;
 mod projects;
 mod query;
+mod retention;
 mod security;
 mod sql_limits;
 mod storage;
