@@ -31,6 +31,10 @@ enum Command {
     Prices(cmd::prices::Args),
     /// Re-price stored spans with the current price table and rewrite their cost columns (collector stopped).
     Reprice(cmd::reprice::Args),
+    /// List what retention (age and size caps, per table and project) removes now, or remove it (collector stopped).
+    Retention(cmd::retention::Args),
+    /// List the projects in the tables, or delete one project's data from every table (collector stopped).
+    Projects(cmd::projects::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,7 +42,10 @@ fn main() -> std::process::ExitCode {
     // The dashboard owns the terminal: log lines would tear its frames.
     let log_to_stderr = !matches!(cli.command, Command::Tui(_)) && !cmd::demo::owns_terminal(&cli.command);
     cmd::init_logging(log_to_stderr);
-    if matches!(cli.command, Command::Prices(_) | Command::Reprice(_) | Command::Keys(_)) {
+    if matches!(
+        cli.command,
+        Command::Prices(_) | Command::Reprice(_) | Command::Keys(_) | Command::Retention(_) | Command::Projects(_)
+    ) {
         // Reports piped into `head` end quietly when the reader goes, as other command-line tools do, instead of
         // panicking on the write (Rust ignores SIGPIPE, so println! fails with EPIPE). Only these commands: the
         // servers must see EPIPE on a socket as an error, not die of it.
@@ -64,6 +71,8 @@ fn main() -> std::process::ExitCode {
             Command::Keys(args) => cmd::keys::run(args),
             Command::Prices(args) => cmd::prices::run(args).await,
             Command::Reprice(args) => cmd::reprice::run(args).await,
+            Command::Retention(args) => cmd::retention::run(args).await,
+            Command::Projects(args) => cmd::projects::run(args).await,
         }
     });
     match result {

@@ -36,7 +36,7 @@ use crate::cost::Pricer;
 use crate::error::{IngestError, StorageError};
 use crate::normalize::{self, Normalized};
 use crate::observe::SpanObserver;
-use crate::telemetry::{Metrics, TableLabel};
+use crate::telemetry::{Metrics, RetentionLabel, TableLabel};
 use crate::wal::{self, RecordData, RecordKind, Wal};
 use crate::writer;
 use store::{AppId, Tables};
@@ -741,27 +741,7 @@ impl Ingest {
         };
         for signal in Signal::ALL {
             let label = TableLabel::of(signal);
-            if let Some(age) = storage.retention_of(signal) {
-                let cutoff = now - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
-                match self.tables.expire(signal, cutoff, false).await {
-                    Ok((removed, view)) => {
-                        if let Some(view) = view {
-                            self.catalog.reconcile(signal, Some(view.version), view.files, view.committed_through);
-                        }
-                        if !removed.is_empty() {
-                            self.metrics.retention_files_removed.get_or_create(&label).inc_by(removed.len() as u64);
-                            tracing::info!(
-                                table = signal.table_name(), files = removed.len(), %cutoff,
-                                "retention removed the partitions past the table's maximum age"
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        self.metrics.maintenance_errors.get_or_create(&label).inc();
-                        tracing::warn!(table = signal.table_name(), error = %e, "retention failed; retrying later");
-                    }
-                }
-            }
+            self.apply_retention(signal, now).await;
             match self.tables.compact(&self.config.data_dir, signal, &options, &policy, now).await {
                 Ok((report, view)) => {
                     if let Some(view) = view {
@@ -800,6 +780,61 @@ impl Ingest {
                     tracing::warn!(table = signal.table_name(), error = %e, "vacuum failed; retrying later");
                 }
             }
+        }
+    }
+
+    /// Retention of one table, as of `now`: the partitions past their maximum age or over a size cap
+    /// (`store::retention::plan`) go in one Delta commit, logged and counted; the table's committed bytes are set
+    /// on `/metrics`. A failure is logged, counted and tried again at the next round.
+    async fn apply_retention(&self, signal: Signal, now: chrono::DateTime<chrono::Utc>) {
+        let label = TableLabel::of(signal);
+        let policy = store::retention::RetentionPolicy::from_config(&self.config, signal);
+        let result = async {
+            let view = self.tables.view(signal).await?;
+            let plan = store::retention::plan(signal, &view, &policy, now);
+            let after = self.tables.remove_partitions(&plan).await?;
+            Ok::<_, store::StoreError>((plan, after))
+        }
+        .await;
+        let (plan, after) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                self.metrics.maintenance_errors.get_or_create(&label).inc();
+                tracing::warn!(table = signal.table_name(), error = %e, "retention failed; retrying later");
+                return;
+            }
+        };
+        let bytes = match after {
+            Some(view) => {
+                let bytes = view.files.iter().map(|f| f.size).sum::<u64>();
+                self.catalog.reconcile(signal, Some(view.version), view.files, view.committed_through);
+                bytes
+            }
+            None => plan.bytes_before,
+        };
+        self.metrics.table_bytes.get_or_create(&label).set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        for removal in &plan.removals {
+            let reason = RetentionLabel { table: label.table.clone(), reason: removal.reason.label().to_string() };
+            self.metrics.retention_partitions_removed.get_or_create(&reason).inc();
+            self.metrics.retention_bytes_removed.get_or_create(&reason).inc_by(removal.bytes());
+            self.metrics.retention_files_removed.get_or_create(&label).inc_by(removal.files.len() as u64);
+            tracing::info!(
+                table = signal.table_name(),
+                project = %removal.partition.project,
+                date = %removal.partition.date,
+                hour = %removal.partition.hour,
+                files = removal.files.len(),
+                bytes = removal.bytes(),
+                rows = removal.rows(),
+                reason = %removal.reason,
+                "retention removed a partition"
+            );
+        }
+        for (what, cap, left) in &plan.still_over {
+            tracing::warn!(
+                table = signal.table_name(), over = %what, max_bytes = cap, bytes = left,
+                "retention cannot meet a size cap without removing the current hour, which it never removes"
+            );
         }
     }
 

@@ -48,6 +48,15 @@ impl TableLabel {
     }
 }
 
+/// Labels for retention's counters: the table, and why partitions went (`age`, `table_size`, `project_size`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetentionLabel {
+    /// `spans`, `metrics` or `logs`.
+    pub table: String,
+    /// `store::retention::Reason::label`.
+    pub reason: String,
+}
+
 /// Labels for rejection counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabel {
@@ -193,6 +202,13 @@ pub struct Metrics {
     pub compaction_bytes_written: Family<TableLabel, Counter>,
     /// Files removed by retention (partitions past the table's maximum age), per table.
     pub retention_files_removed: Family<TableLabel, Counter>,
+    /// Partitions removed by retention, per table and reason (age, table or project size cap).
+    pub retention_partitions_removed: Family<RetentionLabel, Counter>,
+    /// Bytes of the files removed by retention (from the Delta log), per table and reason.
+    pub retention_bytes_removed: Family<RetentionLabel, Counter>,
+    /// Each table's committed bytes (the Delta snapshot's file sizes), as of the last maintenance round: what
+    /// `storage.max_bytes` caps.
+    pub table_bytes: Family<TableLabel, Gauge>,
     /// Removed files deleted from storage by vacuum, per table.
     pub vacuum_files_deleted: Family<TableLabel, Counter>,
     /// Compaction, retention or vacuum runs that failed, per table (retried at the next interval).
@@ -268,6 +284,9 @@ impl Metrics {
         let compaction_files_written = Family::<TableLabel, Counter>::default();
         let compaction_bytes_written = Family::<TableLabel, Counter>::default();
         let retention_files_removed = Family::<TableLabel, Counter>::default();
+        let retention_partitions_removed = Family::<RetentionLabel, Counter>::default();
+        let retention_bytes_removed = Family::<RetentionLabel, Counter>::default();
+        let table_bytes = Family::<TableLabel, Gauge>::default();
         let vacuum_files_deleted = Family::<TableLabel, Counter>::default();
         let maintenance_errors = Family::<TableLabel, Counter>::default();
         let unpriced_spans = Counter::default();
@@ -353,6 +372,21 @@ impl Metrics {
             "retention_files_removed",
             "Files removed by retention (partitions past the maximum age), per table",
             retention_files_removed.clone(),
+        );
+        registry.register(
+            "retention_partitions_removed",
+            "Partitions removed by retention, per table and reason (age, table_size, project_size)",
+            retention_partitions_removed.clone(),
+        );
+        registry.register(
+            "retention_removed_bytes",
+            "Bytes of the files removed by retention, per table and reason",
+            retention_bytes_removed.clone(),
+        );
+        registry.register(
+            "table_bytes",
+            "Committed bytes of each table (its Delta snapshot's file sizes), as of the last maintenance round",
+            table_bytes.clone(),
         );
         registry.register(
             "vacuum_files_deleted",
@@ -482,6 +516,9 @@ impl Metrics {
             compaction_files_written,
             compaction_bytes_written,
             retention_files_removed,
+            retention_partitions_removed,
+            retention_bytes_removed,
+            table_bytes,
             vacuum_files_deleted,
             maintenance_errors,
             unpriced_spans,

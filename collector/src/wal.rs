@@ -282,6 +282,23 @@ fn segment_ids(dir: &Path) -> Result<Vec<u64>, StorageError> {
     Ok(ids)
 }
 
+/// Bytes in the WAL segments of `dir`: zero after a collector stopped cleanly (its last flush covered every record
+/// and removed their segments), more when records may still be replayed into the tables at the next start (after
+/// a crash). Commands that change the tables of a stopped collector (`tailscope projects delete`) read it: rows
+/// they remove could otherwise come back from the WAL. A missing directory holds nothing.
+pub fn segment_bytes(dir: &Path) -> Result<u64, StorageError> {
+    if !dir.is_dir() {
+        return Ok(0);
+    }
+    let mut total = 0u64;
+    for id in segment_ids(dir)? {
+        let path = segment_path(dir, id);
+        total = total
+            .saturating_add(std::fs::metadata(&path).map_err(StorageError::io("reading WAL segment", &path))?.len());
+    }
+    Ok(total)
+}
+
 /// An unused segment id after `after`: the next one up, or, past `u64::MAX` (a segment can only be named that by
 /// hand), the smallest free one. Recovery orders records by sequence number, not by segment id, so ids only need
 /// to be unique.

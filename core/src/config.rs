@@ -4,6 +4,7 @@
 //! every port on loopback. Unknown keys are refused, so a typo in a budget name is an error at start, not a
 //! silently ignored setting.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -109,6 +110,8 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// API keys: who may send, query and administer.
     pub auth: AuthConfig,
+    /// `[projects.NAME]`: settings of one project (tenant) that override the tables' (retention, size cap).
+    pub projects: BTreeMap<String, ProjectConfig>,
 }
 
 impl Default for Config {
@@ -125,6 +128,7 @@ impl Default for Config {
             live: LiveConfig::default(),
             memory: MemoryConfig::default(),
             auth: AuthConfig::default(),
+            projects: BTreeMap::new(),
         }
     }
 }
@@ -218,7 +222,25 @@ impl Config {
         crate::cost::validate_budgets(&self.budgets)?;
         self.alerts.validate()?;
         self.pricing.validate()?;
+        for (name, project) in &self.projects {
+            project.validate(name)?;
+        }
         Ok(())
+    }
+
+    /// The maximum age of `project`'s rows in `table` (`None`: kept forever): the project's own `retention` when it
+    /// sets one (`[projects.NAME]`), else the table's ([`StorageConfig::retention_of`]).
+    pub fn retention_for(&self, table: crate::schema::Signal, project: &str) -> Option<Duration> {
+        match self.projects.get(project).map(|p| p.retention) {
+            Some(ProjectRetention::MaxAge(age)) => Some(age),
+            Some(ProjectRetention::Forever) => None,
+            Some(ProjectRetention::Table) | None => self.storage.retention_of(table),
+        }
+    }
+
+    /// The most bytes `project`'s rows may take in each table (`[projects.NAME] max_bytes`), if capped.
+    pub fn max_bytes_of_project(&self, project: &str) -> Option<u64> {
+        self.projects.get(project).and_then(|p| p.max_bytes)
     }
 
     /// The ranges of the `[alerts]`, `[pricing]` and `[[budget]]` settings (their other rules are the cost
@@ -573,8 +595,6 @@ impl StorageConfig {
             Duration::from_millis(100),
             MAX_DURATION,
         )?;
-        const HOUR: Duration = Duration::from_secs(3600);
-        const CENTURY: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
         for (field, age) in [
             ("storage.retention", self.retention),
             ("storage.retention_spans", self.retention_spans),
@@ -582,8 +602,16 @@ impl StorageConfig {
             ("storage.retention_logs", self.retention_logs),
         ] {
             if let Some(age) = age {
-                check_duration(field, age, HOUR, CENTURY)?;
+                check_duration(field, age, MIN_RETENTION, MAX_RETENTION)?;
             }
+        }
+        for (field, cap) in [
+            ("storage.max_bytes", self.max_bytes),
+            ("storage.max_bytes_spans", self.max_bytes_spans),
+            ("storage.max_bytes_metrics", self.max_bytes_metrics),
+            ("storage.max_bytes_logs", self.max_bytes_logs),
+        ] {
+            check_cap(field, cap)?;
         }
         check_duration("storage.vacuum_grace", self.vacuum_grace, Duration::from_secs(1), 30 * MAX_DURATION)?;
         Ok(())
@@ -712,6 +740,19 @@ pub struct StorageConfig {
     /// `retention` for the `logs` table alone (default: `retention`).
     #[serde(with = "units::age", skip_serializing_if = "Option::is_none")]
     pub retention_logs: Option<Duration>,
+    /// The most bytes each table's committed files may take (from the Delta log's file sizes), or none (the
+    /// default). Past it, its oldest whole partitions are removed, never the current hour's.
+    #[serde(default, with = "units::optional_bytes", skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// `max_bytes` for the `spans` table alone (default: `max_bytes`).
+    #[serde(default, with = "units::optional_bytes", skip_serializing_if = "Option::is_none")]
+    pub max_bytes_spans: Option<u64>,
+    /// `max_bytes` for the `metrics` table alone (default: `max_bytes`).
+    #[serde(default, with = "units::optional_bytes", skip_serializing_if = "Option::is_none")]
+    pub max_bytes_metrics: Option<u64>,
+    /// `max_bytes` for the `logs` table alone (default: `max_bytes`).
+    #[serde(default, with = "units::optional_bytes", skip_serializing_if = "Option::is_none")]
+    pub max_bytes_logs: Option<u64>,
     /// Files removed from a table (by compaction or retention) are deleted from storage this long after their
     /// removal, and never sooner than `query.timeout` + 1 s ([`Config::vacuum_grace`]): a query may still read them.
     #[serde(with = "units::duration")]
@@ -728,6 +769,74 @@ impl StorageConfig {
             Signal::Logs => self.retention_logs,
         };
         own.or(self.retention)
+    }
+
+    /// The most bytes `table`'s committed files may take (`None`: no cap).
+    pub fn max_bytes_of(&self, table: crate::schema::Signal) -> Option<u64> {
+        use crate::schema::Signal;
+        let own = match table {
+            Signal::Spans => self.max_bytes_spans,
+            Signal::Metrics => self.max_bytes_metrics,
+            Signal::Logs => self.max_bytes_logs,
+        };
+        own.or(self.max_bytes)
+    }
+}
+
+/// How long one project's rows are kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProjectRetention {
+    /// As long as the table's retention says (`storage.retention*`): the project sets none.
+    #[default]
+    Table,
+    /// Forever, whatever the table's retention.
+    Forever,
+    /// Partitions whose hour ended longer ago than this are removed.
+    MaxAge(Duration),
+}
+
+/// `[projects.NAME]`: one project's own storage limits, which win over the tables' for its partitions.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// The maximum age of the project's rows in every table (`"7d"`), or `"forever"`; unset: the table's.
+    #[serde(with = "units::project_retention", skip_serializing_if = "is_table_retention")]
+    pub retention: ProjectRetention,
+    /// The most bytes the project's committed files may take in each table; past it its oldest whole partitions
+    /// are removed (never the current hour's). Unset: no cap of the project's own (the table's still applies).
+    #[serde(with = "units::optional_bytes", skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+}
+
+fn is_table_retention(r: &ProjectRetention) -> bool {
+    *r == ProjectRetention::Table
+}
+
+/// The shortest retention: partitions are whole hours, and the current one is still written.
+const MIN_RETENTION: Duration = Duration::from_secs(3600);
+/// The longest retention that is not `"forever"`.
+const MAX_RETENTION: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
+/// The largest size cap: 1 EiB, far past any table, and small enough that sums of sizes do not overflow.
+pub const MAX_CAP_BYTES: u64 = 1 << 60;
+
+/// A size cap within 1 byte ..= [`MAX_CAP_BYTES`].
+fn check_cap(field: &str, cap: Option<u64>) -> Result<(), ConfigError> {
+    match cap {
+        Some(bytes) if !(1..=MAX_CAP_BYTES).contains(&bytes) => {
+            Err(out_of_range(field, bytes, &format!("1..={MAX_CAP_BYTES} bytes (1 EiB)")))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl ProjectConfig {
+    fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        crate::projects::Project::parse(name)
+            .map_err(|reason| ConfigError::Invalid { field: format!("projects.{name}"), reason })?;
+        if let ProjectRetention::MaxAge(age) = self.retention {
+            check_duration(&format!("projects.{name}.retention"), age, MIN_RETENTION, MAX_RETENTION)?;
+        }
+        check_cap(&format!("projects.{name}.max_bytes"), self.max_bytes)
     }
 }
 
@@ -747,6 +856,10 @@ impl Default for StorageConfig {
             retention_spans: None,
             retention_metrics: None,
             retention_logs: None,
+            max_bytes: None,
+            max_bytes_spans: None,
+            max_bytes_metrics: None,
+            max_bytes_logs: None,
             vacuum_grace: Duration::from_secs(3600),
         }
     }
@@ -1055,6 +1168,37 @@ mod tests {
         assert!(config.server.cors.enabled() && !Config::default().server.cors.enabled());
         let err = Config::from_toml("[server.cors]\nallowed_headers = [\"bad header\"]\n", Path::new("t.toml"));
         assert!(err.unwrap_err().to_string().contains("server.cors.allowed_headers"));
+    }
+
+    #[test]
+    fn projects_override_the_tables_retention_and_caps_are_checked() {
+        use crate::schema::Signal;
+        let toml = "[storage]\nretention = \"30d\"\nretention_logs = \"2d\"\nmax_bytes = \"1GiB\"\n\
+                    max_bytes_logs = 4096\n[projects.a]\nretention = \"7d\"\nmax_bytes = \"10MB\"\n\
+                    [projects.b]\nretention = \"forever\"\n[projects.c]\n";
+        let config = Config::from_toml(toml, Path::new("t.toml")).unwrap();
+        let day = Duration::from_secs(86_400);
+        assert_eq!(config.retention_for(Signal::Spans, "a"), Some(7 * day));
+        assert_eq!(config.retention_for(Signal::Logs, "a"), Some(7 * day), "the project's wins over the table's");
+        assert_eq!(config.retention_for(Signal::Spans, "b"), None);
+        assert_eq!(config.retention_for(Signal::Logs, "c"), Some(2 * day));
+        assert_eq!(config.retention_for(Signal::Spans, "unnamed"), Some(30 * day));
+        assert_eq!(config.storage.max_bytes_of(Signal::Spans), Some(1 << 30));
+        assert_eq!(config.storage.max_bytes_of(Signal::Logs), Some(4096));
+        assert_eq!((config.max_bytes_of_project("a"), config.max_bytes_of_project("b")), (Some(10_000_000), None));
+        // What it serialises reads back the same.
+        let again = Config::from_toml(&toml::to_string(&config).unwrap(), Path::new("t.toml")).unwrap();
+        assert_eq!(again, config);
+        for (bad, says) in [
+            ("[projects.\"A/b\"]\n", "projects.A/b"),
+            ("[projects.a]\nretention = \"10m\"\n", "projects.a.retention"),
+            ("[projects.a]\nmax_bytes = 0\n", "projects.a.max_bytes"),
+            ("[projects.a]\nkeep = 1\n", "keep"),
+            ("[storage]\nmax_bytes_spans = 0\n", "storage.max_bytes_spans"),
+        ] {
+            let err = Config::from_toml(bad, Path::new("t.toml")).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -3,8 +3,10 @@
 pub mod demo;
 pub mod keys;
 pub mod prices;
+pub mod projects;
 pub mod query;
 pub mod reprice;
+pub mod retention;
 pub mod serve;
 pub mod simulate;
 pub mod tui;

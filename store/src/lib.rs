@@ -33,6 +33,7 @@ use tailscope_core::schema::{PARTITION_COLUMNS, PROJECT_COLUMN, Signal};
 use url::Url;
 
 pub mod maintenance;
+pub mod retention;
 
 /// What went wrong with a table, with the table and what was being done.
 #[derive(Debug, thiserror::Error)]

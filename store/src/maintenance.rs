@@ -5,8 +5,8 @@
 //!   the `remove` of the small files and the `add` of the large ones, both with `dataChange = false` (the rows are
 //!   the same; streaming readers skip the commit). A reader sees the snapshot before or after, never both or
 //!   neither. Memory is bounded: one input batch and one output row group at a time.
-//! - **Retention** removes whole partitions older than a table's maximum age with one `remove` commit
-//!   (`dataChange = true`).
+//! - **Retention** (`crate::retention`) removes whole partitions past their maximum age or over a size cap with one
+//!   `DELETE` commit (`dataChange = true`).
 //! - **Vacuum** deletes the files that commits removed, once they have been removed longer than the grace period
 //!   (longer than the longest query, which may still read a snapshot from before the remove).
 
@@ -145,28 +145,6 @@ impl Tables {
             }
         }
         Ok((report, last))
-    }
-
-    /// Removes, in one commit, every file of `signal` whose partition's hour ended before `cutoff`. Returns the
-    /// files removed (their bytes stay until vacuumed) and the table after the commit; `dry_run` commits nothing.
-    pub async fn expire(
-        &self,
-        signal: Signal,
-        cutoff: chrono::DateTime<chrono::Utc>,
-        dry_run: bool,
-    ) -> Result<(Vec<ParquetFile>, Option<TableView>), StoreError> {
-        let view = self.view(signal).await?;
-        let old: Vec<ParquetFile> =
-            view.files.into_iter().filter(|f| partition_end(f).is_some_and(|end| end <= cutoff)).collect();
-        if old.is_empty() || dry_run {
-            return Ok((old, None));
-        }
-        let actions = old.iter().map(|f| Action::Remove(remove_action(f, true))).collect();
-        let operation = DeltaOperation::Delete {
-            predicate: Some(format!("partitions whose hour ended before {}", cutoff.format("%Y-%m-%dT%H:%M:%SZ"))),
-        };
-        let view = self.commit(signal, actions, operation, CommitProperties::default(), "committing retention").await?;
-        Ok((old, Some(view)))
     }
 
     /// Deletes the files of `signal`'s table that commits removed more than `grace` ago (delta-rs's vacuum, `lite`

@@ -15,6 +15,7 @@ mod prices;
 mod projects;
 mod query;
 mod release;
+mod retention;
 mod security;
 mod sql_limits;
 mod storage;

@@ -232,6 +232,49 @@ pub mod age {
     }
 }
 
+/// `#[serde(with = "units::optional_bytes")]`: a size in bytes that may be left unset (a cap that is off).
+pub mod optional_bytes {
+    use super::*;
+
+    /// Reads a number of bytes or a size with a unit.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+        deserializer.deserialize_any(SizeVisitor { base: 1, unit: "byte" }).map(Some)
+    }
+
+    /// Writes the number of bytes (unset values are skipped by the field's `skip_serializing_if`).
+    pub fn serialize<S: Serializer>(value: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(bytes) => serializer.serialize_u64(*bytes),
+            None => serializer.serialize_none(),
+        }
+    }
+}
+
+/// `#[serde(with = "units::project_retention")]`: a project's retention, an age or `"forever"` as [`age`] reads
+/// them; a project that writes none keeps its table's ([`crate::config::ProjectRetention::Table`], the field's
+/// default).
+pub mod project_retention {
+    use super::*;
+    use crate::config::ProjectRetention;
+
+    /// Reads an age or `"forever"`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ProjectRetention, D::Error> {
+        Ok(match age::deserialize(deserializer)? {
+            Some(max_age) => ProjectRetention::MaxAge(max_age),
+            None => ProjectRetention::Forever,
+        })
+    }
+
+    /// Writes an age or `"forever"` (the table's retention is skipped by the field's `skip_serializing_if`).
+    pub fn serialize<S: Serializer>(value: &ProjectRetention, serializer: S) -> Result<S::Ok, S::Error> {
+        match value {
+            ProjectRetention::MaxAge(d) => serializer.collect_str(&humantime::format_duration(*d)),
+            ProjectRetention::Forever => serializer.serialize_str("forever"),
+            ProjectRetention::Table => serializer.serialize_none(),
+        }
+    }
+}
+
 /// `#[serde(with = "units::millis")]`: a duration kept as fractional milliseconds (`live.slo_p99_ms`), written as a
 /// number of milliseconds, as it always was, or as a duration string (`"250ms"`, `"2s"`).
 pub mod millis {
