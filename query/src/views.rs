@@ -166,6 +166,7 @@ const RELEASE_QUANTILES: [(f64, &str); 3] = [(0.5, "p50_ms"), (0.95, "p95_ms"), 
 /// Tokens and cost per session: every session of the version counts, with 0 when it had no such step, and the
 /// Mann-Whitney U test (average ranks for ties, the tie-corrected variance) compares the two sets. Error and hedge
 /// rates: the two-proportion z-test with the pooled rate.
+// Long by design: one SQL statement, its CTEs in the order they feed each other; split, its parts would be read apart.
 pub fn release_compare_sql() -> String {
     let step = step_type_sql();
     let error = status::ERROR;

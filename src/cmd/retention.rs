@@ -130,96 +130,102 @@ pub(super) fn report(
     what: &str,
 ) {
     match format {
-        ReportFormat::Json => {
-            let tables: Vec<serde_json::Value> = plans
+        ReportFormat::Json => report_json(plans, dry_run, vacuumed),
+        ReportFormat::Table => report_table(plans, dry_run, vacuumed, what),
+    }
+}
+
+/// [`report`] as one JSON document: per table, each partition with its file paths.
+fn report_json(plans: &[RetentionPlan], dry_run: bool, vacuumed: Option<&[usize]>) {
+    let tables: Vec<serde_json::Value> = plans
+        .iter()
+        .enumerate()
+        .map(|(i, plan)| {
+            let partitions: Vec<serde_json::Value> = plan
+                .removals
                 .iter()
-                .enumerate()
-                .map(|(i, plan)| {
-                    let partitions: Vec<serde_json::Value> = plan
-                        .removals
-                        .iter()
-                        .map(|r| {
-                            json!({
-                                "project": r.partition.project.as_str(),
-                                "date": r.partition.date,
-                                "hour": r.partition.hour,
-                                "files": r.files.len(),
-                                "rows": r.rows(),
-                                "bytes": r.bytes(),
-                                "reason": r.reason.label(),
-                                "why": r.reason.to_string(),
-                                "paths": r.files.iter().map(|f| f.relative_path.to_string_lossy().into_owned()).collect::<Vec<_>>(),
-                            })
-                        })
-                        .collect();
-                    let still_over: Vec<serde_json::Value> = plan
-                        .still_over
-                        .iter()
-                        .map(|(over, cap, left)| json!({"over": over, "max_bytes": cap, "bytes": left}))
-                        .collect();
+                .map(|r| {
                     json!({
-                        "table": plan.signal.table_name(),
-                        "version": plan.version,
-                        "bytes_before": plan.bytes_before,
-                        "bytes_after": plan.bytes_after(),
-                        "partitions": partitions,
-                        "still_over": still_over,
-                        "vacuum_deleted_files": vacuumed.and_then(|v| v.get(i)),
+                        "project": r.partition.project.as_str(),
+                        "date": r.partition.date,
+                        "hour": r.partition.hour,
+                        "files": r.files.len(),
+                        "rows": r.rows(),
+                        "bytes": r.bytes(),
+                        "reason": r.reason.label(),
+                        "why": r.reason.to_string(),
+                        "paths": r.files.iter().map(|f| f.relative_path.to_string_lossy().into_owned()).collect::<Vec<_>>(),
                     })
                 })
                 .collect();
-            println!("{}", json!({ "dry_run": dry_run, "tables": tables }));
+            let still_over: Vec<serde_json::Value> = plan
+                .still_over
+                .iter()
+                .map(|(over, cap, left)| json!({"over": over, "max_bytes": cap, "bytes": left}))
+                .collect();
+            json!({
+                "table": plan.signal.table_name(),
+                "version": plan.version,
+                "bytes_before": plan.bytes_before,
+                "bytes_after": plan.bytes_after(),
+                "partitions": partitions,
+                "still_over": still_over,
+                "vacuum_deleted_files": vacuumed.and_then(|v| v.get(i)),
+            })
+        })
+        .collect();
+    println!("{}", json!({ "dry_run": dry_run, "tables": tables }));
+}
+
+/// [`report`] as a table of partitions, then a line per table.
+fn report_table(plans: &[RetentionPlan], dry_run: bool, vacuumed: Option<&[usize]>, what: &str) {
+    let header = ["table", "project", "partition", "files", "rows", "bytes", "why"];
+    let mut rows: Vec<[String; 7]> = Vec::new();
+    for plan in plans {
+        for r in &plan.removals {
+            rows.push([
+                plan.signal.table_name().to_string(),
+                r.partition.project.to_string(),
+                format!("{} {}:00", r.partition.date, r.partition.hour),
+                r.files.len().to_string(),
+                r.rows().map_or("-".to_string(), |n| n.to_string()),
+                human_bytes(r.bytes()),
+                r.reason.to_string(),
+            ]);
         }
-        ReportFormat::Table => {
-            let header = ["table", "project", "partition", "files", "rows", "bytes", "why"];
-            let mut rows: Vec<[String; 7]> = Vec::new();
-            for plan in plans {
-                for r in &plan.removals {
-                    rows.push([
-                        plan.signal.table_name().to_string(),
-                        r.partition.project.to_string(),
-                        format!("{} {}:00", r.partition.date, r.partition.hour),
-                        r.files.len().to_string(),
-                        r.rows().map_or("-".to_string(), |n| n.to_string()),
-                        human_bytes(r.bytes()),
-                        r.reason.to_string(),
-                    ]);
-                }
-            }
-            if !rows.is_empty() {
-                print_columns(&header, &rows);
-                println!();
-            }
-            let verb = if dry_run { "would remove" } else { "removed" };
-            for (i, plan) in plans.iter().enumerate() {
-                let files = plan.files().count();
-                let mut line = format!(
-                    "{}: {verb} {} partition(s), {files} file(s), {} of {} (left: {})",
-                    plan.signal.table_name(),
-                    plan.removals.len(),
-                    human_bytes(plan.bytes_before - plan.bytes_after()),
-                    human_bytes(plan.bytes_before),
-                    human_bytes(plan.bytes_after()),
-                );
-                if let Some(deleted) = vacuumed.and_then(|v| v.get(i)) {
-                    line.push_str(&format!("; vacuum deleted {deleted} file(s) removed earlier"));
-                }
-                println!("{line}");
-                for (over, cap, left) in &plan.still_over {
-                    println!(
-                        "  still over: {over} holds {} against its cap of {}; the current hour is never removed",
-                        human_bytes(*left),
-                        human_bytes(*cap)
-                    );
-                }
-            }
-            if !dry_run && plans.iter().any(|p| !p.removals.is_empty()) {
-                println!(
-                    "{what}: one DELETE commit per table; the files stay on disk for queries still reading them and \
-                     are deleted by vacuum after storage.vacuum_grace"
-                );
-            }
+    }
+    if !rows.is_empty() {
+        print_columns(&header, &rows);
+        println!();
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for (i, plan) in plans.iter().enumerate() {
+        let files = plan.files().count();
+        let mut line = format!(
+            "{}: {verb} {} partition(s), {files} file(s), {} of {} (left: {})",
+            plan.signal.table_name(),
+            plan.removals.len(),
+            human_bytes(plan.bytes_before - plan.bytes_after()),
+            human_bytes(plan.bytes_before),
+            human_bytes(plan.bytes_after()),
+        );
+        if let Some(deleted) = vacuumed.and_then(|v| v.get(i)) {
+            line.push_str(&format!("; vacuum deleted {deleted} file(s) removed earlier"));
         }
+        println!("{line}");
+        for (over, cap, left) in &plan.still_over {
+            println!(
+                "  still over: {over} holds {} against its cap of {}; the current hour is never removed",
+                human_bytes(*left),
+                human_bytes(*cap)
+            );
+        }
+    }
+    if !dry_run && plans.iter().any(|p| !p.removals.is_empty()) {
+        println!(
+            "{what}: one DELETE commit per table; the files stay on disk for queries still reading them and \
+             are deleted by vacuum after storage.vacuum_grace"
+        );
     }
 }
 
