@@ -217,11 +217,11 @@ fn budget_caps_read_in_their_unit_at_140_columns() {
 fn help_overlay_shows_its_last_line_or_scrolls_to_it() {
     let mut app = app();
     app.help = true;
-    let last = "projections.";
+    let last = "their caps.";
     for (w, h) in [(80u16, 24u16), (120, 32)] {
         let screen = render(&app, w, h);
-        // Six screens' descriptions fit at 120x32; at 80x24 the overlay says there is more below.
-        let whole = screen.contains(last) && screen.contains("6 Health:");
+        // Eight screens' descriptions fit at 120x32; at 80x24 the overlay says there is more below.
+        let whole = screen.contains(last) && screen.contains("8 Trends:");
         assert!(if w == 80 { !whole && screen.contains("↓ more") } else { whole }, "{w}x{h}:\n{screen}");
         assert!(screen.contains("scroll; any other key closes it"), "{w}x{h}:\n{screen}");
         insta::assert_snapshot!(format!("help_{w}x{h}"), screen);
