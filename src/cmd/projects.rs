@@ -8,15 +8,13 @@
 //! unflushed: rows still in a WAL would come back into the project at the next start.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use serde_json::json;
-use tailscope_core::config::Config;
 use tailscope_core::projects::Project;
 use tailscope_core::schema::Signal;
 
 use super::CmdResult;
-use super::retention::{ReportFormat, apply, human_bytes, open_tables, print_columns, report};
+use super::retention::{Location, ReportFormat, apply, human_bytes, open_tables, print_columns, report};
 
 /// Flags of `tailscope projects`.
 #[derive(Debug, clap::Args)]
@@ -32,20 +30,6 @@ pub enum ProjectsCommand {
     List(ListArgs),
     /// Remove every partition of one project from every table: one Delta commit per table (collector stopped).
     Delete(DeleteArgs),
-}
-
-/// Where the data is.
-#[derive(Debug, clap::Args)]
-pub struct Location {
-    /// The data dir (default: the config's data_dir).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// The tailscope config file: its data_dir and [storage] vacuum_grace.
-    #[arg(long, short, env = "TAILSCOPE_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t)]
-    pub format: ReportFormat,
 }
 
 /// Flags of `tailscope projects list`.
@@ -75,15 +59,6 @@ pub async fn run(args: Args) -> CmdResult {
     }
 }
 
-fn load(location: &Location) -> Result<(Config, PathBuf), Box<dyn std::error::Error + Send + Sync>> {
-    let config = match &location.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    let data_dir = location.data_dir.clone().unwrap_or_else(|| config.data_dir.clone());
-    Ok((config, data_dir))
-}
-
 /// One project's data in one table.
 #[derive(Debug, Default)]
 struct Holding {
@@ -96,7 +71,7 @@ struct Holding {
 }
 
 async fn list(args: ListArgs) -> CmdResult {
-    let (_, data_dir) = load(&args.location)?;
+    let (_, data_dir) = args.location.load()?;
     let (tables, _) = open_tables(&data_dir, true).await?;
     let mut found: BTreeMap<(Project, Signal), Holding> = BTreeMap::new();
     for signal in Signal::ALL {
@@ -157,7 +132,7 @@ async fn list(args: ListArgs) -> CmdResult {
 
 async fn delete(args: DeleteArgs) -> CmdResult {
     let project = Project::parse(&args.name)?;
-    let (config, data_dir) = load(&args.location)?;
+    let (config, data_dir) = args.location.load()?;
     let (tables, _lock) = open_tables(&data_dir, args.dry_run).await?;
     if !args.dry_run {
         let unflushed = collector::wal::segment_bytes(&data_dir.join("wal"))?;

@@ -32,10 +32,17 @@ pub struct Args {
     /// List what would go, change nothing (allowed while a collector runs).
     #[arg(long)]
     pub dry_run: bool,
-    /// The data dir (default: the config's data_dir). Without --dry-run, that of a stopped collector.
+    #[command(flatten)]
+    pub location: Location,
+}
+
+/// Where the data is and how to print the answer: the flags `retention` and `projects` share.
+#[derive(Debug, clap::Args)]
+pub struct Location {
+    /// The data dir (default: the config's data_dir). To change the tables, that of a stopped collector.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// The tailscope config file: its data_dir, [storage] retention and size caps, and [projects.NAME].
+    /// The tailscope config file: its data_dir, [storage] retention, size caps and vacuum_grace, and [projects.NAME].
     #[arg(long, short, env = "TAILSCOPE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Output format.
@@ -43,13 +50,21 @@ pub struct Args {
     pub format: ReportFormat,
 }
 
+impl Location {
+    /// The config (the defaults without `--config`) and the data dir it or `--data-dir` names.
+    pub fn load(&self) -> Result<(Config, PathBuf), Box<dyn std::error::Error + Send + Sync>> {
+        let config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        let data_dir = self.data_dir.clone().unwrap_or_else(|| config.data_dir.clone());
+        Ok((config, data_dir))
+    }
+}
+
 /// Runs `tailscope retention`.
 pub async fn run(args: Args) -> CmdResult {
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| config.data_dir.clone());
+    let (config, data_dir) = args.location.load()?;
     let (tables, _lock) = open_tables(&data_dir, args.dry_run).await?;
     let now = chrono::Utc::now();
     let mut plans = Vec::new();
@@ -59,7 +74,7 @@ pub async fn run(args: Args) -> CmdResult {
         plans.push(store::retention::plan(signal, &view, &policy, now));
     }
     let vacuumed = if args.dry_run { None } else { Some(apply(&tables, &plans, &config).await?) };
-    report(&plans, args.dry_run, vacuumed.as_deref(), args.format, "retention");
+    report(&plans, args.dry_run, vacuumed.as_deref(), args.location.format, "retention");
     Ok(())
 }
 

@@ -12,11 +12,9 @@ use datafusion::arrow::datatypes::Int64Type;
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::TryStreamExt;
 use opentelemetry::KeyValue;
-use opentelemetry::logs::{LogRecord as _, Logger as _, LoggerProvider as _};
 use opentelemetry::trace::{SpanKind, Tracer, TracerProvider as _};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SimpleSpanProcessor};
 use tonic::transport::Channel;
 
@@ -136,18 +134,7 @@ async fn send_log(server: &Server, key: &str, body: &'static str) {
         .with_headers(std::collections::HashMap::from([("authorization".into(), format!("Bearer {key}"))]))
         .build()
         .unwrap();
-    let provider = SdkLoggerProvider::builder()
-        .with_batch_exporter(OnRuntime::new(exporter, tokio::runtime::Handle::current()))
-        .build();
-    tokio::task::spawn_blocking(move || {
-        let logger = provider.logger("it-projects");
-        let mut record = logger.create_log_record();
-        record.set_body(body.into());
-        logger.emit(record);
-        provider.shutdown().unwrap();
-    })
-    .await
-    .unwrap();
+    crate::support::emit_one_log(exporter, "it-projects", body).await;
 }
 
 /// `POST /api/v1/query` with `key`: the status and the body.

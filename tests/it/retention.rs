@@ -8,11 +8,9 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::KeyValue;
-use opentelemetry::logs::{LogRecord as _, Logger as _, LoggerProvider as _};
 use opentelemetry::trace::{SpanKind, Tracer, TracerProvider as _};
 use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SimpleSpanProcessor};
 use tailscope_sim::export::OnRuntime;
 
@@ -82,18 +80,7 @@ async fn send_log(server: &Server, project: &str, body: &'static str) {
         .with_metadata(project_metadata(project))
         .build()
         .unwrap();
-    let provider = SdkLoggerProvider::builder()
-        .with_batch_exporter(OnRuntime::new(exporter, tokio::runtime::Handle::current()))
-        .build();
-    tokio::task::spawn_blocking(move || {
-        let logger = provider.logger("it-retention");
-        let mut record = logger.create_log_record();
-        record.set_body(body.into());
-        logger.emit(record);
-        provider.shutdown().unwrap();
-    })
-    .await
-    .unwrap();
+    crate::support::emit_one_log(exporter, "it-retention", body).await;
 }
 
 /// Rows per project and hour (`date hour`), in order.

@@ -621,6 +621,23 @@ impl RawAnswer {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
+/// Emits one log record with `body` through `exporter` (a batch exporter on the test's runtime) and shuts the
+/// provider down, which exports it: one record's worth of the SDK's log pipeline, for tests that need a log row.
+pub async fn emit_one_log(exporter: opentelemetry_otlp::LogExporter, scope: &'static str, body: &'static str) {
+    use opentelemetry::logs::{LogRecord as _, Logger as _, LoggerProvider as _};
+    let provider = SdkLoggerProvider::builder()
+        .with_batch_exporter(OnRuntime::new(exporter, tokio::runtime::Handle::current()))
+        .build();
+    tokio::task::spawn_blocking(move || {
+        let logger = provider.logger(scope);
+        let mut record = logger.create_log_record();
+        record.set_body(body.into());
+        logger.emit(record);
+        provider.shutdown().unwrap();
+    })
+    .await
+    .unwrap();
+}
 
 /// Sends `request` (a head, and whatever body bytes) on a new connection to `addr`, keeps the write side open, and
 /// reads until the server closes the connection or `wait` passes. Write errors are ignored: a server may answer and
