@@ -16,6 +16,10 @@
 //! sql = "SELECT … WHERE start_time >= {since}"   # used without a server, or for windows over 1h
 //! ```
 //!
+//! A line panel may draw reference lines from another panel of its screen, named by that panel's `id`:
+//! `caps = { panel = "budgets", label = "name", value = "cap_usd" }` draws each budget's cap across the spend
+//! chart ([`Caps`]).
+//!
 //! SQL placeholders: `{since}` (start of the selected time window, a timestamp expression), `{window}` (its
 //! label, e.g. `'1h'`), `{window_seconds}` (its length), `{session_id}` (the session picked with Enter, as a quoted
 //! literal), and the [`PICKED`] ones (`{service}`, `{version_a}`, `{version_b}`), set from the row picked in a table
@@ -260,12 +264,41 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
+/// A line panel's reference lines (`caps = { panel = "budgets", label = "name", value = "cap_usd" }`): one
+/// horizontal line across the chart per row of another panel of the same screen, at that row's `value`, named by
+/// its `label`. The spend chart draws each budget's cap this way from the budgets panel beside it, so the caps are
+/// fetched once and the chart and the gauges cannot disagree.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Caps {
+    /// The `id` of the panel whose rows give the lines.
+    pub panel: String,
+    /// The column naming each line (a budget's name).
+    pub label: String,
+    /// The column holding each line's height, in the chart's unit (a budget's `cap_usd`). A row where it is not a
+    /// number (a cap that is a share of inference spend, not dollars) draws no line.
+    pub value: String,
+    /// Rows left out: column -> the values that leave a row out (`except = { kind = ["session_cost"] }`: a cap on
+    /// each session's cost is no line on a chart of spend summed over sessions).
+    #[serde(default)]
+    pub except: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Caps {
+    /// Whether a row is left out, given its text cells by column name.
+    pub fn leaves_out<'a>(&self, cell: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.except.iter().any(|(column, values)| cell(column).is_some_and(|v| values.iter().any(|x| x == v)))
+    }
+}
+
 /// One panel: a title, where its data comes from, and how it is drawn.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Panel {
     /// Shown in the panel's border.
     pub title: String,
+    /// A name other panels of the screen refer to it by (a line panel's `caps`).
+    pub id: Option<String>,
     /// How the data is drawn.
     pub widget: Widget,
     /// SQL over the telemetry (placeholders: `{since}`, `{window}`, `{session_id}`).
@@ -285,6 +318,8 @@ pub struct Panel {
     pub label: Option<String>,
     /// The value column (bar, gauge, sparkline, histogram count); line: the y columns, comma-separated.
     pub value: Option<String>,
+    /// Line: a horizontal reference line per row of another panel of the screen (budget caps), see [`Caps`].
+    pub caps: Option<Caps>,
     /// Line: one line per value of this column (e.g. `provider`), its points from the rows of that value (x from
     /// `label`), or from an array in the first `value` column (the live windows' `p99_series_ms`).
     pub series: Option<String>,
@@ -384,6 +419,7 @@ impl Dashboard {
                 check_panel(spanned.get_ref()).map_err(|m| invalid(Some(spanned.span()), m))?;
             }
         }
+        check_references(&file.rows).map_err(|(span, m)| invalid(Some(span), m))?;
         Ok(Dashboard {
             origin: origin.to_path_buf(),
             title: file.title,
@@ -407,6 +443,11 @@ impl Dashboard {
     /// The panels of the dashboard in reading order.
     pub fn panels(&self) -> impl Iterator<Item = &Panel> {
         self.rows.iter().flat_map(|r| r.panels.iter().map(|p| p.get_ref()))
+    }
+
+    /// The index (in reading order) of the panel with this `id`.
+    pub fn panel_index(&self, id: &str) -> Option<usize> {
+        self.panels().position(|p| p.id.as_deref() == Some(id))
     }
 }
 
@@ -461,11 +502,55 @@ fn check_panel(p: &Panel) -> Result<(), String> {
     if p.series.is_some() && p.widget != Widget::Line {
         return Err(format!("panel {title:?}: `series` only applies to widget = \"line\""));
     }
+    if p.caps.is_some() && p.widget != Widget::Line {
+        return Err(format!("panel {title:?}: `caps` only applies to widget = \"line\""));
+    }
     if (p.pick.is_some() || p.mark.is_some()) && p.widget != Widget::Table {
         return Err(format!("panel {title:?}: `pick` and `mark` only apply to widget = \"table\""));
     }
     if p.selected && p.widget != Widget::Histogram {
         return Err(format!("panel {title:?}: `selected = true` only applies to widget = \"histogram\""));
+    }
+    Ok(())
+}
+
+/// Panel ids are unique in a screen, and a line's `caps` names one of them: a panel that is not itself a chart with
+/// caps (so that redrawing one never asks for the other again).
+fn check_references(rows: &[Row]) -> Result<(), (Range<usize>, String)> {
+    let panels: Vec<&toml::Spanned<Panel>> = rows.iter().flat_map(|r| r.panels.iter()).collect();
+    for (i, spanned) in panels.iter().enumerate() {
+        let p = spanned.get_ref();
+        if let Some(id) = &p.id
+            && panels[..i].iter().any(|q| q.get_ref().id.as_deref() == Some(id))
+        {
+            return Err((
+                spanned.span(),
+                format!("panel {:?}: id = {id:?} is used by another panel of the screen", p.title),
+            ));
+        }
+        let Some(caps) = &p.caps else { continue };
+        let target = panels.iter().map(|q| q.get_ref()).find(|q| q.id.as_deref() == Some(caps.panel.as_str()));
+        match target {
+            None => {
+                return Err((
+                    spanned.span(),
+                    format!(
+                        "panel {:?}: caps.panel = {:?} names no panel of this screen; give that panel `id = {:?}`",
+                        p.title, caps.panel, caps.panel
+                    ),
+                ));
+            }
+            Some(q) if q.caps.is_some() => {
+                return Err((
+                    spanned.span(),
+                    format!(
+                        "panel {:?}: caps.panel = {:?} has caps of its own; name a panel of data",
+                        p.title, caps.panel
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
     }
     Ok(())
 }
@@ -565,5 +650,35 @@ mod tests {
         );
         assert!(e.starts_with("my.toml:3:") && e.contains("size"), "{e}");
         assert!(resolve(Some("nope")).unwrap_err().to_string().contains("overview"));
+    }
+
+    #[test]
+    fn caps_name_a_panel_of_the_screen() {
+        let line = "[[rows.panels]]\ntitle = \"spend\"\nwidget = \"line\"\nsql = \"s\"\n\
+                    caps = { panel = \"budgets\", label = \"name\", value = \"cap_usd\" }\n";
+        let gauge =
+            "[[rows.panels]]\nid = \"budgets\"\ntitle = \"b\"\nwidget = \"gauge\"\nvalue = \"used\"\nsql = \"s\"\n";
+        let ok = format!("title = \"x\"\n[[rows]]\n{line}{gauge}");
+        let d = Dashboard::parse(&ok, Path::new("my.toml")).unwrap();
+        assert_eq!(d.panel_index("budgets"), Some(1));
+        assert_eq!(d.panels().next().unwrap().caps.as_ref().unwrap().value, "cap_usd");
+        let e = err(&format!("title = \"x\"\n[[rows]]\n{line}"));
+        assert!(e.starts_with("my.toml:3:") && e.contains("names no panel") && e.contains("id = \"budgets\""), "{e}");
+        let e = err(&format!("title = \"x\"\n[[rows]]\n{line}{gauge}{gauge}"));
+        assert!(e.contains("is used by another panel"), "{e}");
+        let e = err(&ok.replace("widget = \"line\"", "widget = \"table\""));
+        assert!(e.contains("`caps` only applies"), "{e}");
+        let e = err(&format!(
+            "title = \"x\"\n[[rows]]\n{}",
+            line.replace("title = \"spend\"", "id = \"budgets\"\ntitle = \"s\"")
+        ));
+        assert!(e.contains("has caps of its own"), "{e}");
+        // The default Trends screen's spend chart takes its caps from the budgets beside it.
+        let trends = defaults().unwrap().into_iter().find(|d| d.name() == "trends").unwrap();
+        let caps = trends.panels().find_map(|p| p.caps.clone()).unwrap();
+        let budgets = trends.panels().nth(trends.panel_index(&caps.panel).unwrap()).unwrap();
+        assert_eq!((budgets.widget, caps.value.as_str()), (Widget::Gauge, "cap_usd"));
+        let kind = |k: &'static str| move |c: &str| (c == "kind").then_some(k);
+        assert!(caps.leaves_out(kind("session_cost")) && !caps.leaves_out(kind("total")));
     }
 }

@@ -250,7 +250,8 @@ async fn every_screen_drill_down_deep_link_and_hostile_text() {
     browser.screenshot("health");
 
     // Trends: p99 per provider over time, a uPlot chart fed by the live windows' stream and redrawn in place as
-    // reports are pushed; spend over the window per provider and in total; the budget against its cap.
+    // reports are pushed; spend over the window per provider and in total, with the budget's cap across it; the
+    // budget against its cap.
     browser.open(&format!("{base}/?screen=trends&window=1h"));
     browser.wait_js(
         "(() => { const p = [...document.querySelectorAll('.panel')].find(p => p.querySelector('h2').textContent === \
@@ -259,6 +260,15 @@ async fn every_screen_drill_down_deep_link_and_hostile_text() {
         Duration::from_secs(15),
     );
     browser.wait_text(&["Spend over the window (cumulative, USD)", "total", "team-monthly"]);
+    // The budget's cap is a line on the spend chart itself ($500, from the same /api/v1/alerts answer as the gauge
+    // beside it), named in the chart's legend.
+    browser.wait_js(
+        "(() => { const p = [...document.querySelectorAll('.panel')].find(p => p.querySelector('h2').textContent === \
+         'Spend over the window (cumulative, USD)'); return !!p && p.dataset.caps === 'team-monthly=500' \
+         && p.querySelector('canvas') !== null && [...p.querySelectorAll('.u-legend .u-label')].some(l => \
+         l.textContent === 'team-monthly'); })()",
+        Duration::from_secs(15),
+    );
     browser.settled();
     assert_clean(&mut browser, "trends");
     browser.screenshot("trends");

@@ -5,14 +5,14 @@ use ratatui::layout::{Alignment, Constraint, Direction, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{
-    Axis, Bar, BarChart, BarGroup, Block, Borders, Cell, Chart, Clear, Dataset, GraphType, LineGauge, Paragraph,
-    Row as TableRow, Sparkline, Table as TableWidget, TableState, Wrap,
+    Axis, Bar, BarChart, BarGroup, Block, Borders, Cell, Chart, Clear, Dataset, GraphType, LegendPosition, LineGauge,
+    Paragraph, Row as TableRow, Sparkline, Table as TableWidget, TableState, Wrap,
 };
 use serde_json::Value;
 use tailscope_core::display::{duration_ms, percent, usd};
 
 use crate::app::App;
-use crate::dashboard::{Panel, Size, Widget};
+use crate::dashboard::{Caps, Panel, Size, Widget};
 use crate::data::{Table, as_number};
 
 const SPINNER: [&str; 4] = ["|", "/", "-", "\\"];
@@ -46,20 +46,63 @@ pub fn draw(frame: &mut Frame, app: &App) {
     }
 }
 
+/// The tab bar: every screen's number and title, and the time window at the right. When the tabs do not all fit
+/// beside the window, a run of whole tabs around the selected one is shown, with `<` or `>` where tabs are hidden;
+/// a tab is never cut.
 fn draw_tabs(frame: &mut Frame, app: &App, area: Rect) {
+    let spin = if app.loading() { SPINNER[(app.tick % 4) as usize] } else { " " };
+    let right = Line::from(format!("{spin} {} ", app.window.label())).right_aligned().bold();
+    let labels: Vec<String> = app.screens.iter().enumerate().map(|(i, d)| format!(" {} {} ", i + 1, d.title)).collect();
+    let widths: Vec<usize> = labels.iter().map(|l| Span::raw(l.as_str()).width()).collect();
+    // One column apart from the window's label.
+    let room = usize::from(area.width).saturating_sub(right.width() + 1);
+    let marker = Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD);
     let mut spans = Vec::new();
-    for (i, d) in app.screens.iter().enumerate() {
-        let label = format!(" {} {} ", i + 1, d.title);
-        spans.push(if i == app.current {
-            Span::styled(label, Style::new().fg(Color::Black).bg(Color::Cyan).add_modifier(Modifier::BOLD))
-        } else {
-            Span::raw(label)
-        });
+    if let Some((first, last)) = visible_tabs(&widths, app.current, room) {
+        if first > 0 {
+            spans.push(Span::styled("<", marker));
+        }
+        for (i, label) in labels.into_iter().enumerate().take(last + 1).skip(first) {
+            spans.push(if i == app.current {
+                Span::styled(label, Style::new().fg(Color::Black).bg(Color::Cyan).add_modifier(Modifier::BOLD))
+            } else {
+                Span::raw(label)
+            });
+        }
+        if last + 1 < widths.len() {
+            spans.push(Span::styled(">", marker));
+        }
     }
     frame.render_widget(Line::from(spans), area);
-    let spin = if app.loading() { SPINNER[(app.tick % 4) as usize] } else { " " };
-    let right = format!("{spin} {} ", app.window.label());
-    frame.render_widget(Line::from(right).right_aligned().bold(), area);
+    frame.render_widget(right, area);
+}
+
+/// Which tabs of these widths to show in `room` columns, as (first, last): all of them when they fit; else a run
+/// around `current`, grown by a neighbour on the right, then on the left, in turn while it fits, counting a column
+/// for the `<` / `>` at each end that hides tabs. The current tab is always in the run (cut by the terminal only
+/// when it alone is wider than the room). `None` when there are no tabs.
+pub fn visible_tabs(widths: &[usize], current: usize, room: usize) -> Option<(usize, usize)> {
+    let n = widths.len();
+    let last = n.checked_sub(1)?;
+    let width = |a: usize, b: usize| widths[a..=b].iter().sum::<usize>() + usize::from(a > 0) + usize::from(b < last);
+    if width(0, last) <= room {
+        return Some((0, last));
+    }
+    let (mut a, mut b) = (current.min(last), current.min(last));
+    loop {
+        let mut grew = false;
+        if b < last && width(a, b + 1) <= room {
+            b += 1;
+            grew = true;
+        }
+        if a > 0 && width(a - 1, b) <= room {
+            a -= 1;
+            grew = true;
+        }
+        if !grew {
+            return Some((a, b));
+        }
+    }
 }
 
 fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
@@ -145,7 +188,7 @@ fn draw_panel(frame: &mut Frame, app: &App, index: usize, panel: &Panel, area: R
         Widget::Bar => draw_bar(frame, panel, table, inner),
         Widget::Gauge => draw_gauges(frame, panel, table, inner),
         Widget::Sparkline => draw_sparkline(frame, panel, table, inner),
-        Widget::Line => draw_line(frame, panel, table, inner),
+        Widget::Line => draw_line(frame, panel, table, &cap_lines(app, panel), inner),
         Widget::Histogram => {
             let buckets = table_buckets(panel, table);
             draw_histogram(frame, &buckets, inner);
@@ -576,13 +619,33 @@ fn line_series(panel: &Panel, table: &Table, xc: Option<usize>, ys: &[usize]) ->
     lines
 }
 
-fn draw_line(frame: &mut Frame, panel: &Panel, table: &Table, area: Rect) {
+/// The colour of reference lines (budget caps): one colour for all, apart from the lines of data.
+const CAP_COLOR: Color = Color::Red;
+
+/// A line panel's reference lines, from the rows of the panel its `caps` names on the current screen: (name, height,
+/// the column the height came from). Rows whose value is not a finite number (a share cap) draw none.
+fn cap_lines(app: &App, panel: &Panel) -> Vec<(String, f64, String)> {
+    let Some(caps @ Caps { panel: id, label, value, .. }) = &panel.caps else { return Vec::new() };
+    let Some(index) = app.screens.get(app.current).and_then(|d| d.panel_index(id)) else { return Vec::new() };
+    let Some(table) = app.panels.get(&(app.current, index)).and_then(|s| s.data.as_ref()) else { return Vec::new() };
+    let (Some(lc), Some(vc)) = (table.column(label), table.column(value)) else { return Vec::new() };
+    (0..table.rows.len())
+        .filter(|&r| !caps.leaves_out(|c| table.column(c).and_then(|c| table.rows[r][c].as_str())))
+        .filter_map(|r| {
+            let y = table.number(r, vc).filter(|y| y.is_finite())?;
+            Some((format_cell(label, &table.rows[r][lc]), y, value.clone()))
+        })
+        .collect()
+}
+
+fn draw_line(frame: &mut Frame, panel: &Panel, table: &Table, caps: &[(String, f64, String)], area: Rect) {
     let xc = panel.label.as_deref().and_then(|l| table.column(l));
     let ys: Vec<usize> = match &panel.value {
         Some(v) => v.split(',').filter_map(|n| table.column(n.trim())).collect(),
         None => (0..table.columns.len()).filter(|&c| Some(c) != xc && table.number(0, c).is_some()).collect(),
     };
-    let colors = [Color::Cyan, Color::Magenta, Color::Yellow, Color::Green, Color::Red, Color::Blue, Color::White];
+    let colors =
+        [Color::Cyan, Color::Magenta, Color::Yellow, Color::Green, Color::Blue, Color::White, Color::LightCyan];
     let named = line_series(panel, table, xc, &ys);
     let all = named.iter().flat_map(|(_, pts)| pts);
     let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0.0_f64);
@@ -591,10 +654,18 @@ fn draw_line(frame: &mut Frame, panel: &Panel, table: &Table, area: Rect) {
         x1 = x1.max(*x);
         y1 = y1.max(*y);
     }
+    if x0 > x1 {
+        (x0, x1) = (0.0, 1.0);
+    }
     if x0 >= x1 {
         x1 = x0 + 1.0;
     }
-    let datasets: Vec<Dataset> = named
+    // The caps are on the chart even when spend is far below them: how far is what the chart is for.
+    for (_, cap, _) in caps {
+        y1 = y1.max(*cap);
+    }
+    let cap_points: Vec<[(f64, f64); 2]> = caps.iter().map(|(_, cap, _)| [(x0, *cap), (x1, *cap)]).collect();
+    let mut datasets: Vec<Dataset> = named
         .iter()
         .enumerate()
         .map(|(i, (name, pts))| {
@@ -605,13 +676,53 @@ fn draw_line(frame: &mut Frame, panel: &Panel, table: &Table, area: Rect) {
                 .data(pts)
         })
         .collect();
+    // Unnamed: `label_caps` names each on its line, which the legend could only do by colour.
+    datasets.extend(cap_points.iter().map(|pts| {
+        Dataset::default()
+            .marker(ratatui::symbols::Marker::Dot)
+            .graph_type(GraphType::Line)
+            .style(Style::new().fg(CAP_COLOR))
+            .data(pts)
+    }));
     let name = ys.first().map(|&c| table.columns[c].clone()).unwrap_or_default();
-    let chart = Chart::new(datasets).x_axis(Axis::default().bounds([x0, x1])).y_axis(
-        Axis::default()
-            .bounds([0.0, y1 * 1.1 + f64::EPSILON])
-            .labels(vec![Line::from("0"), Line::from(format_number(&name, y1))]),
-    );
+    let top = y1 * 1.1 + f64::EPSILON;
+    // The legend names the lines where it takes at most a third of the width and half the height; with caps it
+    // stays at the left, clear of their labels at the right end.
+    let legend = if caps.is_empty() { LegendPosition::TopRight } else { LegendPosition::TopLeft };
+    let chart = Chart::new(datasets)
+        .x_axis(Axis::default().bounds([x0, x1]))
+        .y_axis(Axis::default().bounds([0.0, top]).labels(vec![Line::from("0"), Line::from(format_number(&name, y1))]))
+        .legend_position(Some(legend))
+        .hidden_legend_constraints((Constraint::Ratio(1, 3), Constraint::Ratio(1, 2)));
     frame.render_widget(chart, area);
+    label_caps(frame, caps, top, area);
+}
+
+/// Writes each cap's name and figure at the right end of its line (the legend is hidden in small panels, and
+/// names the lines only by colour). The chart's plot has the panel's full height, as the x axis has no labels, and
+/// a dot-marker line at height y is on the row ratatui's canvas puts it: `round((top - y) * (rows - 1) / top)`
+/// from the top. Caps on the same row share one label.
+fn label_caps(frame: &mut Frame, caps: &[(String, f64, String)], top: f64, area: Rect) {
+    if area.height == 0 || area.width < 4 || top <= 0.0 {
+        return;
+    }
+    let mut rows: Vec<(u16, Vec<String>)> = Vec::new();
+    for (name, cap, column) in caps {
+        let offset = ((top - cap) * f64::from(area.height - 1) / top).round().clamp(0.0, f64::from(area.height - 1));
+        let y = area.y + offset as u16;
+        let text = format!("{name} {}", format_number(column, *cap));
+        match rows.iter_mut().find(|(r, _)| *r == y) {
+            Some((_, names)) => names.push(text),
+            None => rows.push((y, vec![text])),
+        }
+    }
+    for (y, names) in rows {
+        // At most two thirds of the width, so that the line itself shows left of its label.
+        let text = ellipsize(&format!(" {} ", names.join(" · ")), usize::from(area.width) * 2 / 3);
+        let width = u16::try_from(text.chars().count()).unwrap_or(area.width).min(area.width);
+        let at = Rect { x: area.right() - width, y, width, height: 1 };
+        frame.render_widget(Line::from(text).style(Style::new().fg(CAP_COLOR).add_modifier(Modifier::BOLD)), at);
+    }
 }
 
 fn table_buckets(panel: &Panel, table: &Table) -> Vec<(f64, u64)> {
@@ -817,5 +928,22 @@ mod tests {
         assert_eq!(wrap("aaa bbb ccc ddd", 7, 1), ["aaa bb…"]);
         assert_eq!(wrap("", 5, 3), [""]);
         assert_eq!(ellipsize("$1,210.00", 6), "$1,21…");
+    }
+
+    #[test]
+    fn tabs_that_do_not_fit_scroll_around_the_selected_one() {
+        let w = [12, 8, 11, 10, 11, 10, 11, 10];
+        assert_eq!(visible_tabs(&w, 3, 200), Some((0, 7)));
+        assert_eq!(visible_tabs(&w, 3, 83), Some((0, 7)), "exactly the room: no markers");
+        // The last tab: its left neighbours, and one column for `<`.
+        assert_eq!(visible_tabs(&w, 7, 74), Some((1, 7)));
+        // The first: its right neighbours and `>`.
+        assert_eq!(visible_tabs(&w, 0, 74), Some((0, 6)));
+        // In the middle both markers count.
+        assert_eq!(visible_tabs(&w, 4, 40), Some((3, 5)));
+        // Too narrow for its neighbours: the current one alone.
+        assert_eq!(visible_tabs(&w, 2, 5), Some((2, 2)));
+        assert_eq!(visible_tabs(&[], 0, 80), None);
+        assert_eq!(visible_tabs(&w, 99, 12), Some((7, 7)), "an index past the end is the last tab");
     }
 }

@@ -133,6 +133,16 @@ async fn budgets_and_alerts_over_sql_read_caps_in_their_unit() {
     app.current = 3;
     let alerts = render(&app, 140, 12);
     assert!(alerts.contains("3% of inference") && alerts.contains("$0.001"), "{alerts}");
+    // Trends: the spend chart's cap lines come from the same alert log: `tiny`'s $0.001 is a line, the share cap none.
+    let trends = app.screens.iter().position(|d| d.name() == "trends").unwrap();
+    for panel in [1usize, 2] {
+        let p = app.screen_panels(trends)[panel].clone();
+        let Ok(Request::Sql(sql)) = app.request_for(&p) else { panic!("{}", p.title) };
+        app.set_data(trends, panel, source.sql(sql).await.unwrap());
+    }
+    app.current = trends;
+    let screen = render(&app, 160, 48);
+    assert!(screen.contains("tiny $0.001") && !screen.contains("hedge-duplicates $"), "{screen}");
 }
 
 /// Spans without a provider are one "(no provider)" row after the providers', never a provider called "none".

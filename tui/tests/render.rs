@@ -64,7 +64,66 @@ fn app() -> App {
         {"name":"web_fetch","kind":"tool","offset_ms":22100.0,"duration_ms":9000.0,"provider":null,"tokens":0,"cost_usd":null,"status_code":"error"},
         {"name":"chat claude","kind":"llm","offset_ms":31200.0,"duration_ms":16500.0,"provider":"aws.bedrock","tokens":63000,"cost_usd":1.02,"status_code":"ok"}]"#));
     app.session = Some("sess-7f3a".into());
+    set_release(&mut app);
+    set_trends(&mut app);
     app
+}
+
+/// The screen named `name` (its index in the tab order).
+fn screen(app: &App, name: &str) -> usize {
+    app.screens.iter().position(|d| d.name() == name).unwrap()
+}
+
+/// Release: checkout-agent 4.2.0 (B) against 4.1.0 (A), as `tailscope simulate --scenario release` sends them: B is
+/// 1.8 times as slow on gpt-4o and sends fewer tokens to gpt-4o-mini; those rows are beyond noise, the rest not.
+fn set_release(app: &mut App) {
+    let s = screen(app, "release");
+    app.set_data(s, 0, t(r#"[
+        {"service":"checkout-agent","version_a":"4.1.0","version_b":"4.2.0","sessions_a":412,"sessions_b":398,"b_last_seen":"2026-11-21T09:14:03.120Z"},
+        {"service":"checkout-agent","version_a":"4.2.0","version_b":"4.1.0","sessions_a":398,"sessions_b":412,"b_last_seen":"2026-11-21T09:13:58.004Z"}]"#));
+    app.picked = [("service", "checkout-agent"), ("version_a", "4.1.0"), ("version_b", "4.2.0")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    app.set_data(s, 1, t(r#"[
+        {"step":"model call","model":"gpt-4o","metric":"p50_ms","n_a":1650,"n_b":1592,"a_ms":812.0,"b_ms":1461.6,"change_ms":649.6,"change_share":0.8,"beyond_noise":true},
+        {"step":"model call","model":"gpt-4o","metric":"p95_ms","n_a":1650,"n_b":1592,"a_ms":2210.0,"b_ms":3978.0,"change_ms":1768.0,"change_share":0.8,"beyond_noise":true},
+        {"step":"model call","model":"gpt-4o","metric":"p99_ms","n_a":1650,"n_b":1592,"a_ms":3120.0,"b_ms":5616.0,"change_ms":2496.0,"change_share":0.8,"beyond_noise":true},
+        {"step":"model call","model":"gpt-4o-mini","metric":"p50_ms","n_a":824,"n_b":796,"a_ms":402.0,"b_ms":396.5,"change_ms":-5.5,"change_share":-0.0137,"beyond_noise":false},
+        {"step":"model call","model":"gpt-4o-mini","metric":"p95_ms","n_a":824,"n_b":796,"a_ms":980.0,"b_ms":1004.0,"change_ms":24.0,"change_share":0.0245,"beyond_noise":false},
+        {"step":"model call","model":"gpt-4o-mini","metric":"p99_ms","n_a":824,"n_b":796,"a_ms":1410.0,"b_ms":1380.0,"change_ms":-30.0,"change_share":-0.0213,"beyond_noise":false},
+        {"step":"tool","model":"-","metric":"p50_ms","n_a":1236,"n_b":1194,"a_ms":45.2,"b_ms":44.8,"change_ms":-0.4,"change_share":-0.0088,"beyond_noise":false},
+        {"step":"tool","model":"-","metric":"p95_ms","n_a":1236,"n_b":1194,"a_ms":120.0,"b_ms":118.0,"change_ms":-2.0,"change_share":-0.0167,"beyond_noise":false}]"#));
+    app.set_data(s, 2, t(r#"[
+        {"step":"model call","model":"gpt-4o","sessions_a":412,"sessions_b":398,"a_usd":0.0412,"b_usd":0.0415,"cost_change_share":0.0073,"a_tokens":8210.0,"b_tokens":8190.0,"tokens_change_share":-0.0024,"beyond_noise":false},
+        {"step":"model call","model":"gpt-4o-mini","sessions_a":412,"sessions_b":398,"a_usd":0.0061,"b_usd":0.0025,"cost_change_share":-0.59,"a_tokens":10120.0,"b_tokens":4150.0,"tokens_change_share":-0.59,"beyond_noise":true},
+        {"step":"tool","model":"-","sessions_a":412,"sessions_b":398,"a_usd":0.0,"b_usd":0.0,"cost_change_share":null,"a_tokens":0.0,"b_tokens":0.0,"tokens_change_share":null,"beyond_noise":false}]"#));
+    app.set_data(s, 3, t(r#"[
+        {"step":"model call","model":"gpt-4o","metric":"error_rate","n_a":1650,"n_b":1592,"a_rate":0.012,"b_rate":0.0132,"beyond_noise":false},
+        {"step":"model call","model":"gpt-4o","metric":"hedge_rate","n_a":1650,"n_b":1592,"a_rate":0.1,"b_rate":0.104,"beyond_noise":false},
+        {"step":"tool","model":"-","metric":"error_rate","n_a":1236,"n_b":1194,"a_rate":0.031,"b_rate":0.029,"beyond_noise":false}]"#));
+}
+
+/// The start of the fixture's hour (the Trends charts' x axis, seconds since the epoch).
+const T0: i64 = 1_795_770_000;
+
+/// Trends: the live windows' p99 series per provider, spend accumulating over the hour to the Cost screen's totals,
+/// and the budgets of the Cost screen (whose dollar caps are drawn across the spend chart).
+fn set_trends(app: &mut App) {
+    let s = screen(app, "trends");
+    app.set_data(s, 0, t(LIVE));
+    // Five-minute buckets; each provider's spend reaches its total of the hour at the end, in rising steps.
+    let mut rows = Vec::new();
+    let finals = [("total", 703.62), ("aws.bedrock", 233.1), ("gcp.vertex_ai", 58.02), ("openai", 412.5)];
+    for (provider, total) in finals {
+        for k in 1..=12_i64 {
+            let share = (k * k) as f64 / 144.0;
+            rows.push(serde_json::json!({"provider": provider, "t_s": T0 + (k - 1) * 300, "spend_usd": total * share}));
+        }
+    }
+    app.set_data(s, 1, t(&serde_json::Value::Array(rows).to_string()));
+    let budgets = app.panel_state(1, 3).data.unwrap();
+    app.set_data(s, 2, budgets);
 }
 
 fn render(app: &App, w: u16, h: u16) -> String {
@@ -76,9 +135,9 @@ fn render(app: &App, w: u16, h: u16) -> String {
 #[test]
 fn every_default_screen_at_two_sizes() {
     let mut app = app();
-    let names = ["overview", "cost", "hedging", "alerts", "session"];
-    for (i, name) in names.iter().enumerate() {
-        app.current = i;
+    let names = ["overview", "cost", "hedging", "alerts", "session", "release", "trends"];
+    for name in names {
+        app.current = screen(&app, name);
         for (w, h) in [(80u16, 24u16), (160, 48)] {
             let screen = render(&app, w, h);
             insta::assert_snapshot!(format!("{name}_{w}x{h}"), screen);
@@ -243,4 +302,132 @@ fn help_overlay_shows_its_last_line_or_scrolls_to_it() {
     assert!(!render(&app, 60, 14).contains(last));
     app.on_key(key(crossterm::event::KeyCode::Char('x')), now);
     assert!(!app.help && app.help_scroll == 0);
+}
+
+/// The cells of the buffer's row `y` with the colour of each, as (symbol, fg).
+fn row_cells(app: &App, w: u16, h: u16, y: u16) -> Vec<(String, ratatui::style::Color)> {
+    let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+    terminal.draw(|f| tui::ui::draw(f, app)).unwrap();
+    let buf = terminal.backend().buffer().clone();
+    (0..w).map(|x| (buf[(x, y)].symbol().to_string(), buf[(x, y)].fg)).collect()
+}
+
+/// The rendered lines without the quotes `TestBackend` writes around each.
+fn lines(screen: &str) -> Vec<String> {
+    screen.lines().map(|l| l.strip_prefix('"').and_then(|l| l.strip_suffix('"')).unwrap_or(l).to_string()).collect()
+}
+
+/// The column (in cells) where `needle` last starts in `line`.
+fn column_of(line: &str, needle: &str) -> Option<usize> {
+    line.rfind(needle).map(|b| line[..b].chars().count())
+}
+
+/// The release comparison shows both versions' figures and marks exactly the rows beyond noise: gpt-4o's latency
+/// (B 1.8 times as slow) and gpt-4o-mini's cost and tokens (B cheaper).
+#[test]
+fn release_shows_the_pair_and_marks_only_what_is_beyond_noise() {
+    use ratatui::style::Color;
+    let mut app = app();
+    app.current = screen(&app, "release");
+    let screen = render(&app, 160, 48);
+    assert!(screen.contains("checkout-agent: 4.2.0 against 4.1.0"), "{screen}");
+    assert!(screen.contains("812 ms") && screen.contains("1.46 s") && screen.contains("80%"), "{screen}");
+    assert!(screen.contains("$0.0061") && screen.contains("$0.0025") && screen.contains("-59%"), "{screen}");
+    let text = lines(&screen);
+    // Whether each line matching `needle` is drawn marked (magenta), read at its step cell.
+    let marked = |needle: &dyn Fn(&str) -> bool| -> Vec<bool> {
+        text.iter()
+            .enumerate()
+            .filter(|(_, l)| needle(l))
+            .map(|(y, l)| {
+                let x = l.chars().position(char::is_alphabetic).unwrap();
+                row_cells(&app, 160, 48, y as u16)[x].1 == Color::Magenta
+            })
+            .collect()
+    };
+    let latency = |model: &'static str| move |l: &str| l.contains(&format!(" {model} ")) && l.contains(" p9");
+    assert_eq!(marked(&latency("gpt-4o")), [true, true], "gpt-4o p95, p99\n{screen}");
+    assert_eq!(marked(&latency("gpt-4o-mini")), [false, false], "{screen}");
+    assert_eq!(marked(&|l| l.contains("gpt-4o-mini") && l.contains("$0.0061")), [true], "{screen}");
+    assert_eq!(marked(&|l| l.contains("gpt-4o ") && l.contains("$0.041 ")), [false], "{screen}");
+    assert_eq!(marked(&|l| l.contains("tool") && l.contains("error_rate")), [false], "{screen}");
+}
+
+/// Each budget's dollar cap is a horizontal line on the spend chart itself, named at its right end, and the gauges
+/// beside the chart still show spend against cap and the projection.
+#[test]
+fn spend_chart_draws_each_budget_cap_across_it() {
+    let mut app = app();
+    app.current = screen(&app, "trends");
+    for (w, h) in [(160u16, 48u16), (80, 24)] {
+        let screen = render(&app, w, h);
+        let text = lines(&screen);
+        // The spend chart is the lower left panel: its box starts at the line with its title.
+        let top = text.iter().position(|l| l.contains("Spend over the window")).unwrap();
+        let row_of = |needle: &str| text.iter().skip(top).position(|l| l.contains(needle)).map(|y| y + top);
+        for label in ["total $1,000.00", "egress-monthly $500.00", "dup-inference $100.00"] {
+            let y = row_of(label).unwrap_or_else(|| panic!("{label} at {w}x{h}:\n{screen}"));
+            let start = column_of(&text[y], label).unwrap();
+            let cells = row_cells(&app, w, h, y as u16);
+            // The line runs up to its label (past the space before it), in the caps' colour, on the label's row.
+            let before: Vec<_> = cells[start - 7..start - 1].iter().collect();
+            assert!(
+                before.iter().all(|(s, c)| s == "•" && *c == ratatui::style::Color::Red),
+                "{label} at {w}x{h}: {before:?}\n{screen}"
+            );
+        }
+        // Higher caps are higher up; the total spend ($703.62) is between the total cap and the egress cap.
+        assert!(row_of("total $1,000.00") < row_of("egress-monthly $500.00"), "{screen}");
+        assert!(row_of("egress-monthly $500.00") < row_of("dup-inference $100.00"), "{screen}");
+        if w == 160 {
+            assert!(screen.contains("egress-monthly  $410.00 / $500.00  → $640.00"), "the gauges stay: {screen}");
+        }
+        // The screen's snapshots are `trends_{w}x{h}` (every_default_screen_at_two_sizes).
+    }
+    // A cap on each session's cost is not drawn against spend summed over sessions; a share cap has no dollar line.
+    let trends = app.current;
+    app.set_data(trends, 2, t(r#"[{"name":"per-session","kind":"session_cost","cap_usd":600.0,"used":"$4.12","cap":"$600.00","utilization":0.0069},
+        {"name":"hedge-duplicates","kind":"duplicate_inference","cap_usd":null,"cap_share":0.03,"used":"4.1%","cap":"3% of inference","utilization":1.37},
+        {"name":"monthly","kind":"total","cap_usd":800.0,"used":"$703.62","cap":"$800.00","utilization":0.88}]"#));
+    let screen = render(&app, 160, 48);
+    assert!(screen.contains("monthly $800.00") && !screen.contains("per-session $600.00"), "{screen}");
+    assert!(!screen.contains("hedge-duplicates $") && screen.contains("per-session  $4.12 / $600.00"), "{screen}");
+    // Without the budgets' figures the chart has no cap lines (and no labels).
+    app.panels.remove(&(trends, 2));
+    let screen = render(&app, 160, 48);
+    assert!(!screen.contains("monthly $800.00"), "{screen}");
+}
+
+/// With eight screens the tab bar does not fit in 80 columns beside the window: it shows whole tabs around the
+/// selected one and `<` / `>` where others are hidden, never a label cut short ("8" for "8 Trends").
+#[test]
+fn tab_bar_keeps_every_shown_tab_whole_at_80_columns() {
+    let mut app = app();
+    let titles: Vec<String> = app.screens.iter().enumerate().map(|(i, d)| format!("{} {}", i + 1, d.title)).collect();
+    for _ in 0..4 {
+        for current in 0..app.screens.len() {
+            app.current = current;
+            let screen = render(&app, 80, 24);
+            let bar = lines(&screen).remove(0);
+            assert!(bar.contains(&format!(" {} ", titles[current])), "{bar}");
+            let mut hidden = false;
+            for title in &titles {
+                let number = title.split(' ').next().unwrap();
+                let whole = bar.contains(&format!(" {title} "));
+                let any = bar.split_whitespace().any(|w| w == number);
+                assert!(whole || !any, "tab {title:?} cut: {bar:?}");
+                hidden |= !whole;
+            }
+            assert!(hidden, "eight tabs do not fit in 80 columns: {bar:?}");
+            assert!(bar.contains('<') || bar.contains('>'), "{bar:?}");
+            assert!(bar.trim_end().ends_with(app.window.label()), "{bar:?}");
+        }
+        app.on_key(crossterm::event::KeyEvent::from(crossterm::event::KeyCode::Char('t')), std::time::Instant::now());
+    }
+    app.current = screen(&app, "trends");
+    let bar = render(&app, 80, 24).lines().next().unwrap().to_string();
+    assert!(bar.contains("< 2 Cost ") && bar.contains(" 8 Trends "), "{bar}");
+    // At 160 columns every tab is there, without markers.
+    let bar = render(&app, 160, 48).lines().next().unwrap().to_string();
+    assert!(titles.iter().all(|t| bar.contains(t.as_str())) && !bar.contains('<') && !bar.contains('>'), "{bar}");
 }

@@ -417,6 +417,22 @@
     return { xs, names, series: names.map((n) => xs.map((x) => (lines.get(n).has(x) ? lines.get(n).get(x) : null))) };
   }
 
+  // A line panel's reference lines (`caps`, core's dashboard::Caps): one per row of the panel of this screen whose
+  // `id` it names, at the row's `value` and named by its `label`; a row whose value is not a number (a budget capped
+  // at a share of inference spend) draws none, nor one `except` leaves out (a cap on each session's cost). The rows
+  // are not filtered: a cap is not a row of the chart.
+  function capLines(p) {
+    if (!p.caps) return [];
+    const source = S.panels.find((c) => c.panel.id === p.caps.panel);
+    if (!source || !source.data) return [];
+    const except = p.caps.except || {};
+    const leftOut = (r) => Object.keys(except).some((c) => typeof r[c] === 'string' && except[c].includes(r[c]));
+    return source.data.rows
+      .filter((r) => !leftOut(r))
+      .map((r) => ({ name: formatCell(p.caps.label, r[p.caps.label]), value: num(r[p.caps.value]) }))
+      .filter((c) => c.value !== null && Number.isFinite(c.value));
+  }
+
   function drawLine(ctx, t) {
     const p = ctx.panel;
     let ys = String(p.value || '').split(',').map((s) => s.trim()).filter(Boolean);
@@ -444,10 +460,16 @@
       return rows.length + ' points';
     }
     const width = Math.max(200, ctx.body.clientWidth - 10);
-    const colours = ['#5fb3d9', '#f1c40f', '#e74c3c', '#4caf50', '#c792ea', '#ff9f43', '#8a96a8', '#1abc9c'];
+    // Red is the caps' (as in the terminal), so no line of data is drawn in it.
+    const colours = ['#5fb3d9', '#f1c40f', '#4caf50', '#c792ea', '#ff9f43', '#8a96a8', '#1abc9c', '#ffffff'];
+    const caps = capLines(p);
+    // Each cap a flat dashed line across the x range, named by its budget in the legend; uPlot's y scale takes it
+    // in, so a cap far above the spend is still on the chart.
+    const capSeries = caps.map((c) => ({ label: c.name, stroke: '#ff5c5c', dash: [8, 4], width: 1.5, value: (u, v) => formatCell(p.caps.value, v) }));
+    ctx.root.dataset.caps = caps.map((c) => c.name + '=' + c.value).join(';');
     const opts = {
       width, height: 180,
-      series: [{}].concat(ys.map((c, i) => ({ label: labels[i], stroke: colours[i % colours.length], value: (u, v) => formatCell(c, v) }))),
+      series: [{}].concat(ys.map((c, i) => ({ label: labels[i], stroke: colours[i % colours.length], value: (u, v) => formatCell(c, v) })), capSeries),
       axes: [{ stroke: '#8a96a8', grid: { stroke: '#2a3441' } }, { stroke: '#8a96a8', grid: { stroke: '#2a3441' } }],
       // Seconds since the epoch (a time axis) when the label column holds times; bucket numbers otherwise.
       scales: { x: { time: p.label !== undefined && p.label !== null && xs.some((x) => x > 1e9) } },
@@ -455,7 +477,7 @@
     const holder = el('div');
     ctx.body.replaceChildren(holder);
     // uPlot builds its own DOM from numbers and labels (set as text).
-    new uPlot(opts, [xs].concat(series), holder);
+    new uPlot(opts, [xs].concat(series, caps.map((c) => xs.map(() => c.value))), holder);
     return rows.length + ' points';
   }
 
@@ -519,6 +541,11 @@
     const name = 'render ' + ctx.panel.widget + ': ' + ctx.panel.title;
     performance.clearMeasures(name);
     performance.measure(name, { start: started, detail: { rows: t.rows.length } });
+    // The charts that draw this panel's rows as caps follow its new rows (a panel with caps is never one of them,
+    // core checks, so this goes one step deep).
+    if (ctx.panel.id) {
+      for (const other of S.panels) if (other.panel.caps && other.panel.caps.panel === ctx.panel.id && other.data) render(other);
+    }
   }
 
   // The histogram of the row selected in the screen's first table (`selected = true`).
