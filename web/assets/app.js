@@ -463,6 +463,13 @@
     // Red is the caps' (as in the terminal), so no line of data is drawn in it.
     const colours = ['#5fb3d9', '#f1c40f', '#4caf50', '#c792ea', '#ff9f43', '#8a96a8', '#1abc9c', '#ffffff'];
     const caps = capLines(p);
+    // With one x (one bucket of spend so far) a cap would be a dot: the x range gets a second point one bucket (a
+    // sixtieth of the window, as the SQL buckets) later, where the lines of data have none, as the terminal
+    // widens a one-point range.
+    if (caps.length && xs.length === 1) {
+      xs = [xs[0], xs[0] + (xs[0] > 1e9 ? windowInfo().seconds / 60 : 1)];
+      series = series.map((s) => [s[0], null]);
+    }
     // Each cap a flat dashed line across the x range, named by its budget in the legend; uPlot's y scale takes it
     // in, so a cap far above the spend is still on the chart.
     const capSeries = caps.map((c) => ({ label: c.name, stroke: '#ff5c5c', dash: [8, 4], width: 1.5, value: (u, v) => formatCell(p.caps.value, v) }));
