@@ -4,8 +4,8 @@
 //!
 //! Commits on an object store are delta-rs's default log store: the log entry `N.json` is written with
 //! `PutMode::Create`, which object_store sends to S3 as a conditional write (`If-None-Match: *`, its default
-//! `S3ConditionalPut::ETagMatch`), to Azure as `If-None-Match: *` and to GCS as `ifGenerationMatch=0`: of two
-//! writers racing for one version, the store lets one win and the other reads the log again and takes the next.
+//! `S3ConditionalPut::ETagMatch`), to Azure as `If-None-Match: *` and to GCS as `x-goog-if-generation-match: 0`: of
+//! two writers racing for one version, the store lets one win and the other reads the log again and takes the next.
 
 use std::path::Path;
 use std::sync::Arc;
