@@ -55,6 +55,13 @@ pub enum IngestError {
         purpose = .0.purpose, needed = .0.held.saturating_add(.0.requested), limit = .0.limit
     )]
     NeverFits(tailscope_core::memory::MemoryError),
+    /// The WAL holds `storage.wal_max_bytes` not yet committed to the tables (flushes fail: the object store is
+    /// unreachable, the disk is full); the client should retry after the suggested delay.
+    #[error(
+        "tailscope is applying backpressure: {pending} bytes of the WAL wait for the tables (storage.wal_max_bytes is \
+         {limit}; flushes fail, the log says why); retry later"
+    )]
+    WalFull { pending: u64, limit: u64 },
     /// The WAL could not be written (disk full, read-only, I/O error). Nothing of the request was acknowledged.
     #[error("cannot write to the WAL ({0}); nothing was stored, retry later")]
     Storage(String),
@@ -82,6 +89,7 @@ impl IngestError {
         matches!(
             self,
             IngestError::Backpressure { .. }
+                | IngestError::WalFull { .. }
                 | IngestError::MemoryLimit(_)
                 | IngestError::Storage(_)
                 | IngestError::ShuttingDown
@@ -100,6 +108,7 @@ impl IngestError {
             // Without RetryInfo, OTLP clients do not retry RESOURCE_EXHAUSTED.
             IngestError::TooLarge { .. } | IngestError::NeverFits(_) => tonic::Code::ResourceExhausted,
             IngestError::Backpressure { .. }
+            | IngestError::WalFull { .. }
             | IngestError::MemoryLimit(_)
             | IngestError::Storage(_)
             | IngestError::ShuttingDown => tonic::Code::Unavailable,
@@ -119,6 +128,7 @@ impl IngestError {
             IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => S::UNSUPPORTED_MEDIA_TYPE,
             IngestError::TooLarge { .. } | IngestError::NeverFits(_) => S::PAYLOAD_TOO_LARGE,
             IngestError::Backpressure { .. }
+            | IngestError::WalFull { .. }
             | IngestError::MemoryLimit(_)
             | IngestError::Storage(_)
             | IngestError::ShuttingDown => S::SERVICE_UNAVAILABLE,
@@ -137,6 +147,7 @@ impl IngestError {
             IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
             IngestError::UnsupportedEncoding(_) => "unsupported_encoding",
             IngestError::Backpressure { .. } => "backpressure",
+            IngestError::WalFull { .. } => "wal_full",
             IngestError::MemoryLimit(_) => "memory_limit",
             IngestError::NeverFits(_) => "exceeds_memory_limit",
             IngestError::Storage(_) => "storage",

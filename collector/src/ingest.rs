@@ -36,7 +36,7 @@ use crate::cost::Pricer;
 use crate::error::{IngestError, StorageError};
 use crate::normalize::{self, Normalized};
 use crate::observe::SpanObserver;
-use crate::telemetry::{Metrics, RetentionLabel, TableLabel};
+use crate::telemetry::{Metrics, RetentionLabel, StoreLabel, TableLabel};
 use crate::wal::{self, RecordData, RecordKind, Wal};
 use crate::writer;
 use store::{AppId, Tables};
@@ -225,7 +225,15 @@ impl Ingest {
         let max_record_bytes = config.ingest.max_body_bytes.max(config.ingest.max_buffer_bytes);
         let recovered = Wal::recover(&wal_dir, max_record_bytes)?;
         let app_id = AppId::for_wal(&writer_id(&wal_dir)?);
-        let tables = Arc::new(Tables::open(&data_dir, Some(app_id)).await?);
+        let remote = config.storage.url.as_deref().map(store::remote::connect).transpose()?;
+        let tables = Arc::new(Tables::open_at(&data_dir, remote.as_ref(), Some(app_id)).await?);
+        if let Some(remote) = &remote {
+            tracing::warn!(
+                url = %remote.url,
+                "the tables are on an object store: compaction does not run there yet (small files stay); retention \
+                 and vacuum do"
+            );
+        }
         // What each table holds of this WAL decides what is replayed, not the checkpoint: a crash between a table's
         // commit and the checkpoint leaves records in the WAL that the table holds already.
         let mut views = BTreeMap::new();
@@ -233,9 +241,13 @@ impl Ingest {
             views.insert(signal, tables.view(signal).await?);
         }
         let committed = |signal: Signal| views.get(&signal).and_then(|v| v.committed_through);
+        if let Some(remote) = &remote {
+            settle_remote(remote, &data_dir, &wal_dir, committed).await?;
+        }
         let removed_files = writer::settle_pending_flush(&data_dir, &wal_dir, committed)?;
         let memory = MemoryBudget::new(config.memory.limit_bytes());
         let catalog = Catalog::new(&data_dir)
+            .with_remote(remote)
             .with_memory(memory.clone())
             .with_file_metrics(metrics.parquet_unreadable_files.clone(), metrics.parquet_skipped_files.clone());
         for (signal, view) in &views {
@@ -356,6 +368,14 @@ impl Ingest {
         }
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(IngestError::ShuttingDown);
+        }
+        // What the WAL holds beyond the last flush is on local disk until the tables take it: bounded, so that an
+        // object store down for hours cannot fill the disk.
+        let pending = u64::try_from(self.metrics.wal_pending_bytes.get()).unwrap_or(0);
+        let wal_cap = self.config.storage.wal_max_bytes as u64;
+        if pending >= wal_cap {
+            self.note_refusal();
+            return Err(IngestError::WalFull { pending, limit: wal_cap });
         }
         let size = batch.get_array_memory_size();
         let before = self.buffered.fetch_add(size, Ordering::AcqRel);
@@ -517,6 +537,10 @@ impl Ingest {
             Ok(files) => files,
             Err(e) => return Err(self.flush_failed(&mut state, e)),
         };
+        if let Err(e) = self.upload(&files).await {
+            self.remove_uncommitted_files().await;
+            return Err(self.flush_failed(&mut state, e));
+        }
         crate::failpoint::hit("flush-before-commit");
         let (freed, failed) = self.commit_tables(&files, through_seq, bytes_of).await;
         crate::failpoint::hit("flush-after-commit");
@@ -560,6 +584,9 @@ impl Ingest {
     ) -> Result<Vec<(Signal, ParquetFile)>, StorageError> {
         let committed = self.committed_through().await?;
         let data_dir = self.config.data_dir.clone();
+        if let Some(remote) = self.tables.remote() {
+            settle_remote(remote, &data_dir, &data_dir.join("wal"), |s| committed.get(&s).copied().flatten()).await?;
+        }
         let batches = batches.clone();
         let write = tokio::task::spawn_blocking(move || {
             write_flush_files(&data_dir, &batches, through_seq, &options, |s| committed.get(&s).copied().flatten())
@@ -602,8 +629,15 @@ impl Ingest {
             match outcome {
                 Ok(view) => {
                     self.metrics.table_commits.get_or_create(&TableLabel::of(signal)).inc();
+                    self.metrics.store_commits.get_or_create(&self.store_label()).inc();
                     self.catalog.reconcile(signal, Some(view.version), view.files, view.committed_through);
                     freed += bytes_of(&signal);
+                    if self.tables.remote().is_some() {
+                        // The store holds the committed files now; the local copies only took disk.
+                        for file in &mine {
+                            remove_local_copy(&self.config.data_dir, &file.relative_path);
+                        }
+                    }
                 }
                 Err(e) => {
                     failed.get_or_insert(StorageError::from(e));
@@ -615,9 +649,24 @@ impl Ingest {
 
     /// After a failed commit: removes the files of the tables whose commit failed (their rows are still in the WAL).
     async fn remove_uncommitted_files(&self) {
-        let committed = self.committed_through().await.unwrap_or_default();
+        // Only what the logs say is not committed may go: without an answer from them (a store that does not
+        // answer) nothing is removed, and the manifest stays for the next flush or start-up to settle.
+        let committed = match self.committed_through().await {
+            Ok(committed) => committed,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the tables' logs to remove a failed flush's files; the next flush retries");
+                return;
+            }
+        };
         let data_dir = self.config.data_dir.clone();
         let wal_dir = data_dir.join("wal");
+        if let Some(remote) = self.tables.remote()
+            && let Err(e) = settle_remote(remote, &data_dir, &wal_dir, |s| committed.get(&s).copied().flatten()).await
+        {
+            // The manifest stays, so the next flush or start-up deletes them.
+            tracing::error!(error = %e, "cannot delete the uploaded objects of a failed commit; the next flush retries");
+            return;
+        }
         let settle = tokio::task::spawn_blocking(move || {
             writer::settle_pending_flush(&data_dir, &wal_dir, |s| committed.get(&s).copied().flatten())
         })
@@ -625,6 +674,28 @@ impl Ingest {
         if !matches!(settle, Ok(Ok(_))) {
             tracing::error!("cannot remove the files of a failed commit; the next flush retries");
         }
+    }
+
+    /// The `/metrics` label of the store the tables are on.
+    fn store_label(&self) -> StoreLabel {
+        StoreLabel { store: self.tables.remote().map_or_else(|| "local".to_string(), |r| r.url.to_string()) }
+    }
+
+    /// Uploads a flush's files to the object store the tables are on (nothing to do for tables under the data
+    /// dir), one after the other, before their commit: a commit never names an object that is not there.
+    async fn upload(&self, files: &[(Signal, ParquetFile)]) -> Result<(), StorageError> {
+        let Some(remote) = self.tables.remote() else {
+            return Ok(());
+        };
+        let label = self.store_label();
+        for (_, file) in files {
+            let local = self.config.data_dir.join(&file.relative_path);
+            let started = Instant::now();
+            let bytes = store::remote::upload(remote, &local, &file.relative_path).await?;
+            self.metrics.store_upload_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+            self.metrics.store_uploaded_bytes.get_or_create(&label).inc_by(bytes);
+        }
+        Ok(())
     }
 
     /// Every table holds every row through `through_seq`: the checkpoint only spares the next start reading records
@@ -676,6 +747,7 @@ impl Ingest {
     fn flush_failed(&self, state: &mut FlushState, e: StorageError) -> StorageError {
         state.failures += 1;
         self.metrics.flush_errors.inc();
+        self.metrics.store_retries.get_or_create(&self.store_label()).inc();
         *self.flush_problem.lock() = Some(e.to_string());
         tracing::error!(error = %e, attempt = state.failures, "flush failed; data stays in the WAL and the buffer, retrying");
         e
@@ -742,7 +814,12 @@ impl Ingest {
         for signal in Signal::ALL {
             let label = TableLabel::of(signal);
             self.apply_retention(signal, now).await;
-            match self.tables.compact(&self.config.data_dir, signal, &options, &policy, now).await {
+            // Compaction does not run on tables on an object store (said once at start); retention and vacuum do.
+            let compacted = match self.tables.remote() {
+                Some(_) => Ok((Default::default(), None)),
+                None => self.tables.compact(&self.config.data_dir, signal, &options, &policy, now).await,
+            };
+            match compacted {
                 Ok((report, view)) => {
                     if let Some(view) = view {
                         self.catalog.reconcile(signal, Some(view.version), view.files, view.committed_through);
@@ -898,6 +975,55 @@ fn write_flush_files(
                 tracing::error!(error = %cleanup, "cannot remove the files of a failed flush; the next flush retries");
             }
             Err(e)
+        }
+    }
+}
+
+/// For tables on an object store, the store's half of settling an interrupted flush, before
+/// [`writer::settle_pending_flush`] settles the local files and removes the manifest: the uploaded objects of a table
+/// whose commit does not cover the flush are deleted (only this collector's own: the files its manifest lists, named
+/// with the flush's WAL position), and the local copies of committed files, which the store holds, go. Should a
+/// delete fail, the manifest stays for the next try.
+async fn settle_remote(
+    remote: &tailscope_core::catalog::RemoteTables,
+    data_dir: &Path,
+    wal_dir: &Path,
+    committed_through: impl Fn(Signal) -> Option<u64>,
+) -> Result<(), StorageError> {
+    let Some(manifest) = writer::FlushManifest::read(wal_dir) else {
+        return Ok(());
+    };
+    let mut deleted = 0;
+    for relative in &manifest.files {
+        let committed = writer::FlushManifest::signal_of(relative)
+            .and_then(&committed_through)
+            .is_some_and(|c| c >= manifest.through_seq);
+        if committed {
+            remove_local_copy(data_dir, relative);
+        } else if store::remote::delete(remote, relative).await? {
+            deleted += 1;
+        }
+    }
+    if deleted > 0 {
+        tracing::info!(
+            objects = deleted,
+            through_seq = manifest.through_seq,
+            url = %remote.url,
+            "deleted the uploaded objects of this collector's own flush that never committed; its rows are replayed \
+             from the WAL"
+        );
+    }
+    Ok(())
+}
+
+/// Removes the local copy of a file the object store holds (committed); a failure only leaves a file on disk.
+fn remove_local_copy(data_dir: &Path, relative: &Path) {
+    let path = data_dir.join(relative);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot remove the local copy of an uploaded file")
         }
     }
 }

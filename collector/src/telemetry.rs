@@ -48,6 +48,18 @@ impl TableLabel {
     }
 }
 
+/// Labels for per-store counters: the store the tables are on (`storage.url`, e.g. `s3://bucket/prefix`), or
+/// `local` for tables under the data dir.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabel {
+    /// The store's URL, or `local`.
+    pub store: String,
+}
+
+fn upload_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 18))
+}
+
 /// Labels for retention's counters: the table, and why partitions went (`age`, `table_size`, `project_size`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetentionLabel {
@@ -192,6 +204,14 @@ pub struct Metrics {
     pub parquet_bytes: Counter,
     /// Delta commits of flushes, per table.
     pub table_commits: Family<TableLabel, Counter>,
+    /// Delta commits of flushes, per store.
+    pub store_commits: Family<StoreLabel, Counter>,
+    /// Bytes of flushed files uploaded to the store, per store (object stores only).
+    pub store_uploaded_bytes: Family<StoreLabel, Counter>,
+    /// Seconds to upload one flushed file, per store (object stores only).
+    pub store_upload_seconds: Family<StoreLabel, Histogram, fn() -> Histogram>,
+    /// Flushes that failed (an upload, a commit) and are retried with backoff, per store.
+    pub store_retries: Family<StoreLabel, Counter>,
     /// Compaction commits, per table.
     pub compactions: Family<TableLabel, Counter>,
     /// Small files removed by compaction, per table.
@@ -279,6 +299,11 @@ impl Metrics {
         let flush_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let parquet_bytes = Counter::default();
         let table_commits = Family::<TableLabel, Counter>::default();
+        let store_commits = Family::<StoreLabel, Counter>::default();
+        let store_uploaded_bytes = Family::<StoreLabel, Counter>::default();
+        let store_upload_seconds =
+            Family::<StoreLabel, Histogram, fn() -> Histogram>::new_with_constructor(upload_histogram);
+        let store_retries = Family::<StoreLabel, Counter>::default();
         let compactions = Family::<TableLabel, Counter>::default();
         let compaction_files_removed = Family::<TableLabel, Counter>::default();
         let compaction_files_written = Family::<TableLabel, Counter>::default();
@@ -352,6 +377,22 @@ impl Metrics {
         registry.register("flush_duration_seconds", "Time to write one flush", flush_seconds.clone());
         registry.register("parquet_written_bytes", "Parquet bytes written", parquet_bytes.clone());
         registry.register("table_commits", "Delta commits of flushes, per table", table_commits.clone());
+        registry.register("store_commits", "Delta commits of flushes, per store", store_commits.clone());
+        registry.register(
+            "store_uploaded_bytes",
+            "Bytes of flushed files uploaded to the object store, per store",
+            store_uploaded_bytes.clone(),
+        );
+        registry.register(
+            "store_upload_duration_seconds",
+            "Time to upload one flushed file to the object store, per store",
+            store_upload_seconds.clone(),
+        );
+        registry.register(
+            "store_retries",
+            "Flushes that failed (an upload or a commit) and are retried with backoff, per store",
+            store_retries.clone(),
+        );
         registry.register("compactions", "Compaction commits, per table", compactions.clone());
         registry.register(
             "compaction_files_removed",
@@ -511,6 +552,10 @@ impl Metrics {
             flush_seconds,
             parquet_bytes,
             table_commits,
+            store_commits,
+            store_uploaded_bytes,
+            store_upload_seconds,
+            store_retries,
             compactions,
             compaction_files_removed,
             compaction_files_written,

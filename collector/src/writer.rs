@@ -300,6 +300,22 @@ impl FlushManifest {
         crate::wal::write_atomically(wal_dir, PENDING_FLUSH, self.encode().as_bytes())
     }
 
+    /// The manifest of an interrupted flush, if there is one that parses (a damaged one is for
+    /// [`settle_pending_flush`] to keep aside).
+    pub fn read(wal_dir: &Path) -> Option<FlushManifest> {
+        let bytes = std::fs::read(wal_dir.join(PENDING_FLUSH)).ok()?;
+        std::str::from_utf8(&bytes).ok().and_then(|text| FlushManifest::parse(text).ok())
+    }
+
+    /// The table a file of a manifest belongs to (its first path component).
+    pub fn signal_of(relative: &Path) -> Option<Signal> {
+        relative
+            .components()
+            .next()
+            .and_then(|c| c.as_os_str().to_str())
+            .and_then(|name| Signal::ALL.into_iter().find(|s| s.table_name() == name))
+    }
+
     /// Removes the manifest (its flush committed, or its files are gone).
     pub fn remove(wal_dir: &Path) -> Result<(), StorageError> {
         let path = wal_dir.join(PENDING_FLUSH);
@@ -339,11 +355,7 @@ pub fn settle_pending_flush(
     let mut removed = 0;
     for relative in &manifest.files {
         // Each table commits on its own: a file stays when its table's commit covers the flush.
-        let signal = relative
-            .components()
-            .next()
-            .and_then(|c| c.as_os_str().to_str())
-            .and_then(|name| Signal::ALL.into_iter().find(|s| s.table_name() == name));
+        let signal = FlushManifest::signal_of(relative);
         if signal.and_then(&committed_through).is_some_and(|c| c >= manifest.through_seq) {
             continue;
         }

@@ -134,10 +134,43 @@ struct TableState {
     batches: BTreeMap<u64, Vec<(Project, RecordBatch)>>,
 }
 
+/// Where the tables' files are when they are on an object store (`storage.url`) instead of under the data dir: the
+/// file at relative path `spans/project=…/x.parquet` is the object `{prefix}/spans/project=…/x.parquet` of `store`.
+#[derive(Debug, Clone)]
+pub struct RemoteTables {
+    /// The configured URL (`s3://bucket/prefix`), without a trailing slash: for messages and table URLs.
+    pub url: url::Url,
+    /// The store, `/` at the root of the bucket (or container).
+    pub store: Arc<dyn datafusion::object_store::ObjectStore>,
+    /// The URL's path inside the bucket (`prefix`; empty for the bucket's root).
+    pub prefix: String,
+}
+
+impl RemoteTables {
+    /// The object path of the file at `relative_path` (relative to the data dir, as the catalog holds it).
+    pub fn object_path(&self, relative_path: &Path) -> datafusion::object_store::path::Path {
+        let relative = relative_path.iter().map(|p| p.to_string_lossy()).collect::<Vec<_>>().join("/");
+        let full = if self.prefix.is_empty() { relative } else { format!("{}/{relative}", self.prefix) };
+        datafusion::object_store::path::Path::from(full)
+    }
+
+    /// The scheme and bucket (`s3://bucket`), the store's key in DataFusion's object store registry.
+    pub fn store_url(&self) -> String {
+        format!("{}://{}", self.url.scheme(), &self.url[url::Position::BeforeHost..url::Position::AfterPort])
+    }
+
+    /// The full URL of the file at `relative_path`, to name it in messages.
+    pub fn display(&self, relative_path: &Path) -> String {
+        format!("{}/{}", self.store_url(), self.object_path(relative_path))
+    }
+}
+
 /// The live list of what each table holds. Cheap to clone (an `Arc` inside).
 #[derive(Debug, Clone)]
 pub struct Catalog {
     data_dir: Arc<PathBuf>,
+    /// The object store the files are on, or `None`: under `data_dir`.
+    remote: Option<RemoteTables>,
     tables: Arc<RwLock<BTreeMap<Signal, TableState>>>,
     /// The process-wide memory budget that the buffer is reserved from and that queries over this catalog draw
     /// their operators' memory from. Unlimited for a catalog without a collector.
@@ -152,6 +185,7 @@ impl Catalog {
         let tables = Signal::ALL.iter().map(|s| (*s, TableState::default())).collect();
         Catalog {
             data_dir: Arc::new(data_dir.into()),
+            remote: None,
             tables: Arc::new(RwLock::new(tables)),
             memory: MemoryBudget::unlimited(),
             health: FileHealth::default(),
@@ -170,6 +204,17 @@ impl Catalog {
     pub fn with_memory(mut self, memory: MemoryBudget) -> Catalog {
         self.memory = memory;
         self
+    }
+
+    /// This catalog's files on the object store `remote` instead of under the data dir.
+    pub fn with_remote(mut self, remote: Option<RemoteTables>) -> Catalog {
+        self.remote = remote;
+        self
+    }
+
+    /// The object store the files are on (`None`: under the data dir).
+    pub fn remote(&self) -> Option<&RemoteTables> {
+        self.remote.as_ref()
     }
 
     /// The memory budget that the buffer and queries over this catalog share.

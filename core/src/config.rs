@@ -577,7 +577,11 @@ impl IngestConfig {
 
 impl StorageConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.url {
+            storage_url(url)?;
+        }
         check_bytes("storage.flush_max_bytes", self.flush_max_bytes)?;
+        check_bytes("storage.wal_max_bytes", self.wal_max_bytes)?;
         check_duration("storage.flush_interval", self.flush_interval, Duration::from_millis(1), MAX_DURATION)?;
         // 64 Mi rows: 64 times the default, beyond which one row group outgrows any flush's memory.
         check_count("storage.row_group_rows", self.row_group_rows, 1 << 26)?;
@@ -700,9 +704,20 @@ impl Default for IngestConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
+    /// Where the tables are: an object store URL (`s3://bucket/prefix`, `gs://bucket/prefix`,
+    /// `az://container/prefix`, `abfs[s]://container@account.dfs.core.windows.net/prefix`), with each cloud's
+    /// credentials from its standard environment variables (docs/storage.md). Unset (the default): under
+    /// `data_dir`. The WAL stays under `data_dir` either way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// Flush when this much Arrow data is buffered (all signals together).
     #[serde(with = "units::bytes")]
     pub flush_max_bytes: usize,
+    /// The most WAL bytes (on local disk) waiting for the tables: while flushes fail (the object store
+    /// unreachable or throttling, a full disk) ingest keeps acknowledging into the WAL up to this, then answers
+    /// 503 / `UNAVAILABLE` with a retry hint (`ingest.retry_after`) until a flush commits.
+    #[serde(with = "units::bytes")]
+    pub wal_max_bytes: usize,
     /// Flush at least this often while anything is buffered.
     #[serde(with = "units::duration")]
     pub flush_interval: Duration,
@@ -795,6 +810,40 @@ pub enum ProjectRetention {
     MaxAge(Duration),
 }
 
+/// The URL schemes of the object stores `storage.url` may name.
+pub const STORAGE_SCHEMES: [&str; 6] = ["s3", "s3a", "gs", "az", "abfs", "abfss"];
+
+/// `storage.url` parsed and checked: one of [`STORAGE_SCHEMES`], a bucket (or container), no query or fragment.
+pub fn storage_url(text: &str) -> Result<url::Url, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid { field: "storage.url".into(), reason };
+    let url = url::Url::parse(text).map_err(|e| {
+        invalid(format!(
+            "{text:?} is not a URL ({e}); write s3://bucket/prefix, gs://bucket/prefix or az://container/prefix"
+        ))
+    })?;
+    if !STORAGE_SCHEMES.contains(&url.scheme()) {
+        return Err(invalid(format!(
+            "{text:?}: the scheme {:?} is none of {}; leave storage.url unset to keep the tables under data_dir",
+            url.scheme(),
+            STORAGE_SCHEMES.join(", ")
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(format!(
+            "{text:?} names no bucket (or container): write {}://BUCKET/prefix",
+            url.scheme()
+        )));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(format!("{text:?}: a query (?...) or fragment (#...) has no meaning here; remove it")));
+    }
+    // The URL parser resolves `..` away (`s3://b/a/../c` is `s3://b/c`): refuse what was written instead.
+    if text.split('/').any(|p| p == "." || p == "..") {
+        return Err(invalid(format!("{text:?}: `.` and `..` are not allowed in the prefix")));
+    }
+    Ok(url)
+}
+
 /// `[projects.NAME]`: one project's own storage limits, which win over the tables' for its partitions.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -843,7 +892,9 @@ impl ProjectConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
+            url: None,
             flush_max_bytes: 128 * 1024 * 1024,
+            wal_max_bytes: 4 * 1024 * 1024 * 1024,
             flush_interval: Duration::from_secs(600),
             row_group_rows: 1024 * 1024,
             zstd_level: 1,
@@ -980,6 +1031,32 @@ impl Default for LiveConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_url_takes_object_store_urls_and_refuses_the_rest_saying_why() {
+        for ok in [
+            "s3://bucket/prefix",
+            "s3://bucket",
+            "gs://b/a/b",
+            "az://container/p",
+            "abfss://c@acct.dfs.core.windows.net/p",
+        ] {
+            let config = Config::from_toml(&format!("[storage]\nurl = \"{ok}\"\n"), Path::new("t.toml")).unwrap();
+            assert_eq!(config.storage.url.as_deref(), Some(ok));
+        }
+        for (bad, says) in [
+            ("bucket/prefix", "not a URL"),
+            ("http://host/x", "scheme"),
+            ("file:///tmp/x", "scheme"),
+            ("s3:///prefix", "no bucket"),
+            ("s3://b/p?x=1", "query"),
+            ("s3://b/a/../c", "`..`"),
+        ] {
+            let err = Config::from_toml(&format!("[storage]\nurl = \"{bad}\"\n"), Path::new("t.toml")).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("storage.url") && text.contains(says), "{bad}: {text}");
+        }
+    }
 
     #[test]
     fn the_example_config_parses_and_matches_the_defaults_it_claims() {

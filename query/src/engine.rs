@@ -220,6 +220,12 @@ impl Engine {
             }))
             .build();
         let mut ctx = SessionContext::new_with_state(state);
+        // The tables' files on an object store (`storage.url`) are read through it: the scan names it by its
+        // scheme and bucket (`table::SignalTable`).
+        if let Some(remote) = catalog.remote() {
+            let url = datafusion::execution::object_store::ObjectStoreUrl::parse(remote.store_url())?;
+            ctx.runtime_env().register_object_store(url.as_ref(), remote.store.clone());
+        }
         ctx.register_udaf(quantile_exact_udaf());
         ctx.add_optimizer_rule(Arc::new(ShareQuantiles));
         // Every function bounded, the growing ones per call and all of them in the process budget (expression
@@ -288,6 +294,23 @@ impl Engine {
         let catalog = store::open_catalog(&data_dir)
             .await
             .map_err(|e| QueryError::Internal(format!("cannot read the tables under {}: {e}", data_dir.display())))?;
+        Engine::new(catalog, config).await
+    }
+
+    /// [`Engine::open`] with the tables on the object store `storage_url` names (`storage.url`) when given.
+    pub async fn open_at(
+        data_dir: impl Into<std::path::PathBuf>,
+        storage_url: Option<&str>,
+        config: QueryConfig,
+    ) -> Result<Engine, QueryError> {
+        let Some(text) = storage_url else {
+            return Engine::open(data_dir, config).await;
+        };
+        let remote = store::remote::connect(text).map_err(|e| QueryError::Internal(e.to_string()))?;
+        let data_dir: std::path::PathBuf = data_dir.into();
+        let catalog = store::open_remote_catalog(&data_dir, &remote)
+            .await
+            .map_err(|e| QueryError::Internal(format!("cannot read the tables on {}: {e}", remote.url)))?;
         Engine::new(catalog, config).await
     }
 

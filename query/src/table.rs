@@ -46,7 +46,7 @@ use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::union::UnionExec;
 use futures::StreamExt;
 
-use tailscope_core::catalog::{Catalog, FileCheck, FileStamp, ParquetFile};
+use tailscope_core::catalog::{Catalog, FileCheck, FileStamp, ParquetFile, RemoteTables};
 use tailscope_core::projects::{Project, Visibility};
 use tailscope_core::schema::{PARTITION_COLUMNS, Signal, SpanColumn};
 
@@ -120,6 +120,8 @@ pub struct SignalTable {
     catalog: Catalog,
     /// The catalog's data dir made absolute once, for object-store paths.
     data_dir: PathBuf,
+    /// The object store the files are on (`storage.url`), or `None`: under `data_dir`.
+    remote: Option<RemoteTables>,
     schema: SchemaRef,
     counters: Arc<ScanCounters>,
 }
@@ -128,7 +130,17 @@ impl SignalTable {
     /// The table of `signal` over `catalog`.
     pub fn new(signal: Signal, catalog: Catalog, counters: Arc<ScanCounters>) -> std::io::Result<SignalTable> {
         let data_dir = std::path::absolute(catalog.data_dir())?;
-        Ok(SignalTable { signal, catalog, data_dir, schema: table_schema(signal), counters })
+        let remote = catalog.remote().cloned();
+        Ok(SignalTable { signal, catalog, data_dir, remote, schema: table_schema(signal), counters })
+    }
+
+    /// The object store DataFusion reads the files from: the one `storage.url` names (registered with the
+    /// runtime by `Engine::new`), or the local file system.
+    fn object_store_url(&self) -> Result<ObjectStoreUrl> {
+        match &self.remote {
+            Some(remote) => ObjectStoreUrl::parse(remote.store_url()),
+            None => Ok(ObjectStoreUrl::local_filesystem()),
+        }
     }
 
     /// The files of `files` that the filters cannot rule out.
@@ -162,6 +174,12 @@ impl SignalTable {
     /// hand is dropped from the catalog (and logged) instead of failing this and every later query on the table:
     /// queries go on with the data that is there. One `stat` per file to read, next to the reads themselves.
     fn present(&self, files: Vec<&ParquetFile>) -> Vec<(ParquetFile, FileStamp)> {
+        if self.remote.is_some() {
+            // A committed object never changes (a rewrite gets a new name), so the log's size is its size, and a
+            // request per file per query would cost a round trip each: an object deleted by hand fails the query
+            // that reads it, naming it.
+            return files.into_iter().map(|f| (f.clone(), FileStamp { size: f.size, changed_ns: 0 })).collect();
+        }
         let mut out = Vec::with_capacity(files.len());
         for file in files {
             match std::fs::metadata(self.data_dir.join(&file.relative_path)) {
@@ -186,7 +204,13 @@ impl SignalTable {
     /// whose footer reads now ([`unreadable::check_footer`], on blocking threads, a few at a time). A file found
     /// unreadable now or before is left out, and the catalog logs and counts it once (it is never deleted): every
     /// query answers from the other files instead of failing on it.
-    async fn readable(&self, files: Vec<(ParquetFile, FileStamp)>, parallel: usize) -> Vec<(ParquetFile, Checked)> {
+    /// On an object store, a footer that cannot be fetched (the store unreachable, refusing) fails the query
+    /// instead: the file is not at fault, and leaving it out would answer with rows missing.
+    async fn readable(
+        &self,
+        files: Vec<(ParquetFile, FileStamp)>,
+        parallel: usize,
+    ) -> Result<Vec<(ParquetFile, Checked)>> {
         let mut known = Vec::with_capacity(files.len());
         let mut unknown = Vec::new();
         for (file, stamp) in files {
@@ -197,27 +221,42 @@ impl SignalTable {
             }
         }
         if unknown.is_empty() {
-            return known;
+            return Ok(known);
         }
         let signal = self.signal;
         let checks = futures::stream::iter(unknown)
             .map(|(file, stamp)| {
                 let path = self.data_dir.join(&file.relative_path);
+                let remote = self.remote.clone();
                 async move {
+                    if let Some(remote) = remote {
+                        let location = remote.object_path(&file.relative_path);
+                        let verdict =
+                            unreadable::check_footer_remote(remote.store.as_ref(), &location, file.size, signal).await;
+                        let verdict = verdict.map_err(|e| {
+                            datafusion::error::DataFusionError::Execution(format!(
+                                "object store {}: reading the footer of {} failed: {e}; check that the store is \
+                                 reachable and the credentials may read there (docs/storage.md), then query again",
+                                remote.url,
+                                remote.display(&file.relative_path)
+                            ))
+                        });
+                        return (file, stamp, verdict);
+                    }
                     let check = move || unreadable::check_footer(&path, signal);
                     let verdict = match tokio::task::spawn_blocking(check).await {
                         Ok(verdict) => verdict,
                         // A reader that panics on a hostile footer: the file is what is wrong.
                         Err(e) => Err(format!("reading its footer failed: {e}")),
                     };
-                    (file, stamp, verdict)
+                    (file, stamp, Ok(verdict))
                 }
             })
             .buffer_unordered(parallel.max(1))
             .collect::<Vec<_>>()
             .await;
         for (file, stamp, verdict) in checks {
-            match verdict {
+            match verdict? {
                 Ok(stored_columns) => {
                     self.catalog.set_readable(&file.relative_path, stamp, stored_columns);
                     known.push((file, Checked { stamp, stored_columns }));
@@ -227,7 +266,7 @@ impl SignalTable {
                 }
             }
         }
-        known
+        Ok(known)
     }
 
     /// A filter the scan can apply exactly and decide per file from the catalog: deterministic, over the time
@@ -307,7 +346,7 @@ impl SignalTable {
         // once and kept in the runtime's metadata cache (bounded by `datafusion.runtime.metadata_cache_limit`).
         let runtime = state.runtime_env();
         let reader = CachedParquetFileReaderFactory::new(
-            runtime.object_store(ObjectStoreUrl::local_filesystem())?,
+            runtime.object_store(self.object_store_url()?)?,
             runtime.cache_manager.get_file_metadata_cache(),
         );
         let mut source = ParquetSource::new(table_schema)
@@ -325,17 +364,26 @@ impl SignalTable {
             source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
         }
         // Every error of reading a file names the file, and marks it to be skipped by later queries.
-        let scan_files = ScanFiles::new(
+        let remote = self.remote.as_ref();
+        let named_under = match remote {
+            Some(remote) => PathBuf::from(remote.url.as_str()),
+            None => self.data_dir.clone(),
+        };
+        let mut scan_files = ScanFiles::new(
             self.catalog.clone(),
-            self.data_dir.clone(),
+            named_under,
             files.iter().filter_map(|f| {
                 let stamp = checked.get(&f.relative_path)?.stamp;
-                Some((location(&self.data_dir, f), f.relative_path.clone(), stamp))
+                Some((location(&self.data_dir, remote, f), f.relative_path.clone(), stamp))
             }),
         );
+        if remote.is_some() {
+            scan_files = scan_files.on_object_store();
+        }
         let source = GuardedSource::wrapping(Arc::new(source), Arc::new(scan_files));
-        let groups = balanced_groups(&self.data_dir, files, checked, state.config().target_partitions(), &file_schema);
-        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
+        let groups =
+            balanced_groups(&self.data_dir, remote, files, checked, state.config().target_partitions(), &file_schema);
+        let config = FileScanConfigBuilder::new(self.object_store_url()?, source)
             .with_file_groups(groups)
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
@@ -452,7 +500,7 @@ impl TableProvider for SignalTable {
         }
         let pruned = self.prune(state, filters, &snapshot.files)?;
         let present = self.present(pruned);
-        let readable = self.readable(present, state.config().target_partitions()).await;
+        let readable = self.readable(present, state.config().target_partitions()).await?;
         let checked: HashMap<PathBuf, Checked> =
             readable.iter().map(|(f, check)| (f.relative_path.clone(), *check)).collect();
         let readable: Vec<ParquetFile> = readable.into_iter().map(|(f, _)| f).collect();
@@ -562,6 +610,7 @@ struct Checked {
 /// lacks with NULL. Files placed there by others are read with their own schema and adapted.
 fn balanced_groups(
     data_dir: &Path,
+    remote: Option<&RemoteTables>,
     files: Vec<&ParquetFile>,
     checked: &HashMap<PathBuf, Checked>,
     partitions: usize,
@@ -585,7 +634,7 @@ fn balanced_groups(
     for file in sorted {
         let lightest = groups.iter_mut().min_by_key(|(bytes, _)| *bytes).expect("n >= 1");
         lightest.0 += file.size;
-        let mut part = PartitionedFile::new(location(data_dir, file), file.size).with_partition_values(vec![
+        let mut part = PartitionedFile::new(location(data_dir, remote, file), file.size).with_partition_values(vec![
             ScalarValue::Utf8(Some(file.date.clone())),
             ScalarValue::Utf8(Some(file.hour.clone())),
             ScalarValue::Utf8(Some(file.project.to_string())),
@@ -599,9 +648,13 @@ fn balanced_groups(
     groups.into_iter().filter(|(_, g)| !g.is_empty()).map(|(_, g)| FileGroup::new(g)).collect()
 }
 
-/// The object-store location of `file`: its absolute path without the leading `/`.
-fn location(data_dir: &Path, file: &ParquetFile) -> String {
-    data_dir.join(&file.relative_path).to_string_lossy().trim_start_matches('/').to_string()
+/// The object-store location of `file`: its absolute path without the leading `/`, or on an object store its
+/// object path (`prefix/spans/…`).
+fn location(data_dir: &Path, remote: Option<&RemoteTables>, file: &ParquetFile) -> String {
+    match remote {
+        Some(remote) => remote.object_path(&file.relative_path).to_string(),
+        None => data_dir.join(&file.relative_path).to_string_lossy().trim_start_matches('/').to_string(),
+    }
 }
 
 /// The columns `projection` asks for (all when `None`) of a buffered batch of `project` in the table's types: `date`

@@ -27,7 +27,7 @@ use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileScanConfig, FileSource};
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::DataFusionError;
-use datafusion::object_store::ObjectStore;
+use datafusion::object_store::{ObjectStore, ObjectStoreExt as _};
 use datafusion::parquet::arrow::parquet_to_arrow_schema;
 use datafusion::parquet::file::metadata::{PageIndexPolicy, ParquetMetaDataReader};
 use datafusion::physical_expr::projection::ProjectionExprs;
@@ -100,6 +100,56 @@ pub fn check_footer(path: &Path, signal: Signal) -> Result<Option<usize>, String
         .with_page_index_policy(PageIndexPolicy::Optional)
         .parse_and_finish(&file)
         .map_err(|e| format!("its footer does not decode: {e}"))?;
+    check_metadata(&metadata, size, signal)
+}
+
+/// [`check_footer`] of an object on a store (`storage.url`), from two ranged reads: the last 8 bytes, then the
+/// footer (at most [`MAX_FOOTER_BYTES`]). The page index is left to the scan, whose errors name the file too. The
+/// outer `Err` is the store's (unreachable, refused): not the file's fault, so the file is not marked.
+pub async fn check_footer_remote(
+    store: &dyn ObjectStore,
+    location: &datafusion::object_store::path::Path,
+    size: u64,
+    signal: Signal,
+) -> std::result::Result<std::result::Result<Option<usize>, String>, datafusion::object_store::Error> {
+    if size < 12 {
+        return Ok(Err(format!("{size} bytes is too short for a Parquet file (a truncated copy?)")));
+    }
+    let tail = store.get_range(location, size - 8..size).await?;
+    if tail.len() != 8 {
+        return Ok(Err(format!("the store gave {} bytes for its last 8", tail.len())));
+    }
+    match &tail[4..] {
+        b"PAR1" => {}
+        b"PARE" => return Ok(Err("its footer is encrypted, which tailscope does not read".into())),
+        _ => return Ok(Err("it does not end with Parquet's magic bytes `PAR1` (truncated, or not Parquet)".into())),
+    }
+    let footer = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    if footer > size - 12 {
+        return Ok(Err(format!(
+            "its footer length ({footer} bytes) reaches past the start of the file ({size} bytes)"
+        )));
+    }
+    if footer > MAX_FOOTER_BYTES {
+        return Ok(Err(format!(
+            "its footer is {footer} bytes, more than the {MAX_FOOTER_BYTES} bytes tailscope reads"
+        )));
+    }
+    let bytes = store.get_range(location, size - 8 - footer..size - 8).await?;
+    let metadata = match ParquetMetaDataReader::decode_metadata(&bytes) {
+        Ok(metadata) => metadata,
+        Err(e) => return Ok(Err(format!("its footer does not decode: {e}"))),
+    };
+    Ok(check_metadata(&metadata, size, signal))
+}
+
+/// The checks of a decoded footer: every column chunk inside the file's `size` bytes; then how many of `signal`'s
+/// stored columns the file holds (see [`check_footer`]).
+fn check_metadata(
+    metadata: &datafusion::parquet::file::metadata::ParquetMetaData,
+    size: u64,
+    signal: Signal,
+) -> std::result::Result<Option<usize>, String> {
     // The reader asserts on negative offsets (a panic in the middle of a query): refuse them here.
     for (i, row_group) in metadata.row_groups().iter().enumerate() {
         for column in row_group.columns() {
@@ -149,6 +199,9 @@ pub struct ScanFiles {
     /// Location (the absolute path without its leading `/`, as in [`PartitionedFile`]) to the path relative to the
     /// data dir and the stamp the file was checked at.
     by_location: HashMap<String, (PathBuf, FileStamp)>,
+    /// The files are on an object store: its errors (unreachable, throttled, refused) are the store's, not a
+    /// file's, and must not mark a file that is fine.
+    remote: bool,
 }
 
 impl ScanFiles {
@@ -165,13 +218,22 @@ impl ScanFiles {
                 (datafusion::object_store::path::Path::from(location).as_ref().to_string(), (relative, stamp))
             })
             .collect();
-        ScanFiles { catalog, data_dir, by_location }
+        ScanFiles { catalog, data_dir, by_location, remote: false }
+    }
+
+    /// These files on an object store ([`ScanFiles::remote`]); `data_dir` is then the store's URL and prefix.
+    pub fn on_object_store(mut self) -> ScanFiles {
+        self.remote = true;
+        self
     }
 
     /// `e`, from reading the file at `location`, named with the file when it is the file's fault; the file is then
     /// recorded unreadable (logged and counted once), so later queries skip it.
     fn fail(&self, location: &str, e: DataFusionError) -> DataFusionError {
-        if find_unreadable(&e).is_some() || !is_the_files_fault(&e) {
+        if find_unreadable(&e).is_some()
+            || !is_the_files_fault(&e)
+            || (self.remote && matches!(e.find_root(), DataFusionError::ObjectStore(_)))
+        {
             return e;
         }
         let reason = e.strip_backtrace();

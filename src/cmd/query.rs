@@ -144,6 +144,10 @@ pub(super) async fn local(
     config: tailscope_core::config::Config,
 ) -> Result<Backend, BoxError> {
     let data_dir = data_dir.unwrap_or(config.data_dir);
+    if let Some(url) = config.storage.url.as_deref() {
+        // The tables are on the object store: the data dir (the collector's WAL) is not read.
+        return Ok(Backend::Local(Engine::open_at(data_dir, Some(url), config.query).await?));
+    }
     if !data_dir.is_dir() {
         return Err(format!(
             "no data dir at {}: pass --data-dir DIR (where `tailscope serve` writes) or --server URL",

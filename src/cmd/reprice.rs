@@ -47,6 +47,13 @@ pub async fn run(args: Args) -> CmdResult {
     if args.until.is_some_and(|until| until < args.since) {
         return Err(format!("--until {} is before --since {}", args.until.unwrap_or(args.since), args.since).into());
     }
+    if let Some(url) = &config.storage.url {
+        return Err(format!(
+            "tailscope reprice rewrites files under the data dir; the tables are on {url} (storage.url), where it \
+             does not run yet"
+        )
+        .into());
+    }
     let pricer = Pricer::from_config(&config.pricing)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| config.data_dir.clone());
     if !data_dir.is_dir() {

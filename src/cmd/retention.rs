@@ -58,6 +58,15 @@ impl Location {
             None => Config::default(),
         };
         let data_dir = self.data_dir.clone().unwrap_or_else(|| config.data_dir.clone());
+        // These commands work on the tables under a stopped collector's data dir, under its lock; on an object
+        // store that lock guards nothing, and a running collector applies retention there itself.
+        if let Some(url) = &config.storage.url {
+            return Err(format!(
+                "the tables are on {url} (storage.url): this command works on tables under the data dir only; a \
+                 collector on that store applies the retention settings itself every storage.maintenance_interval"
+            )
+            .into());
+        }
         Ok((config, data_dir))
     }
 }

@@ -26,13 +26,14 @@ use deltalake_core::kernel::{Action, Add, Remove, StructField, StructType, Trans
 use deltalake_core::operations::create::CreateBuilder;
 use deltalake_core::protocol::{DeltaOperation, SaveMode};
 use deltalake_core::{DeltaTable, DeltaTableBuilder, DeltaTableError};
-use tailscope_core::catalog::{Catalog, ParquetFile, list_parquet_files};
+use tailscope_core::catalog::{Catalog, ParquetFile, RemoteTables, list_parquet_files};
 use tailscope_core::layout::FileName;
 use tailscope_core::projects::Project;
 use tailscope_core::schema::{PARTITION_COLUMNS, PROJECT_COLUMN, Signal};
 use url::Url;
 
 pub mod maintenance;
+pub mod remote;
 pub mod retention;
 
 /// What went wrong with a table, with the table and what was being done.
@@ -60,6 +61,38 @@ pub enum StoreError {
         path: PathBuf,
         /// Why.
         detail: String,
+    },
+    /// `storage.url` names no store tailscope can build.
+    #[error("cannot use the object store {url}: {detail}")]
+    Connect {
+        /// The configured URL.
+        url: String,
+        /// Why, and what to do.
+        detail: String,
+    },
+    /// An object of a store could not be written, read or deleted.
+    #[error("object store {store}: {action} {object} failed: {detail}; {hint}")]
+    Object {
+        /// The store's URL.
+        store: String,
+        /// The object's URL.
+        object: String,
+        /// What was being done.
+        action: &'static str,
+        /// The store's (or the local file's) error.
+        detail: String,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// Something tailscope does not do on tables on an object store yet.
+    #[error("{what} is not done on tables on an object store ({url}) yet: {instead}")]
+    Unsupported {
+        /// What was asked.
+        what: &'static str,
+        /// The store.
+        url: String,
+        /// What happens instead, or what to do.
+        instead: &'static str,
     },
     /// The table's log holds something tailscope cannot use as one of its files.
     #[error("Delta table {table}: {detail}")]
@@ -98,6 +131,8 @@ pub struct TableView {
 /// versions) once. Commits and refreshes of a table run one at a time.
 pub struct Tables {
     app_id: Option<AppId>,
+    /// The object store the tables are on, or `None`: under the data dir.
+    remote: Option<RemoteTables>,
     tables: BTreeMap<Signal, tokio::sync::Mutex<DeltaTable>>,
     locations: BTreeMap<Signal, String>,
 }
@@ -225,14 +260,32 @@ impl Tables {
     /// every file found, nothing is copied or moved. `app_id`: the collector's, for its flushes' commits; `None`
     /// for a reader.
     pub async fn open(data_dir: &Path, app_id: Option<AppId>) -> Result<Tables, StoreError> {
+        Tables::open_at(data_dir, None, app_id).await
+    }
+
+    /// [`Tables::open`] with the tables on `remote` (`storage.url`) when given, else under `data_dir`. A table on
+    /// an object store is created there when missing; nothing of an earlier version is converted there.
+    pub async fn open_at(
+        data_dir: &Path,
+        remote: Option<&RemoteTables>,
+        app_id: Option<AppId>,
+    ) -> Result<Tables, StoreError> {
         let mut tables = BTreeMap::new();
         let mut locations = BTreeMap::new();
         for signal in Signal::ALL {
-            let table = open_or_create(data_dir, signal).await?;
+            let table = match remote {
+                Some(remote) => open_or_create_remote(remote, signal).await?,
+                None => open_or_create(data_dir, signal).await?,
+            };
             locations.insert(signal, table.table_url().to_string());
             tables.insert(signal, tokio::sync::Mutex::new(table));
         }
-        Ok(Tables { app_id, tables, locations })
+        Ok(Tables { app_id, remote: remote.cloned(), tables, locations })
+    }
+
+    /// The object store the tables are on (`None`: under the data dir).
+    pub fn remote(&self) -> Option<&RemoteTables> {
+        self.remote.as_ref()
     }
 
     fn error(&self, signal: Signal, action: &'static str) -> impl FnOnce(DeltaTableError) -> StoreError + '_ {
@@ -448,6 +501,64 @@ async fn open_or_create(data_dir: &Path, signal: Signal) -> Result<DeltaTable, S
     }
 }
 
+/// Opens `signal`'s table on `remote`, creating it when its log does not exist.
+async fn open_or_create_remote(remote: &RemoteTables, signal: Signal) -> Result<DeltaTable, StoreError> {
+    let url = remote::table_url(remote, signal)?;
+    let error = |action| delta_error(signal, &url, action);
+    let mut table = DeltaTable::new(remote::log_store(remote, &url).map_err(error("opening"))?);
+    match table.load().await {
+        Ok(()) => return Ok(table),
+        Err(DeltaTableError::NotATable(_)) => {}
+        Err(e) => return Err(error("reading the log")(e)),
+    }
+    let created = CreateBuilder::new()
+        .with_log_store(table.log_store())
+        .with_table_name(signal.table_name())
+        .with_columns(delta_schema(signal)?)
+        .with_partition_columns(PARTITION_COLUMNS)
+        .with_save_mode(SaveMode::Ignore)
+        .await;
+    match created {
+        Ok(created) => {
+            tracing::info!(table = signal.table_name(), url = %url, "created the table on the object store");
+            Ok(created)
+        }
+        // Another collector created it at the same moment: use theirs.
+        Err(_) if table.load().await.is_ok() => Ok(table),
+        Err(e) => Err(error("creating the table")(e)),
+    }
+}
+
+/// A catalog of the tables on `remote` as they are now, for a reader without a collector; `data_dir` is where the
+/// reader's own files would be (none are read from it). A table no collector has created yet is empty.
+pub async fn open_remote_catalog(data_dir: &Path, remote: &RemoteTables) -> Result<Catalog, StoreError> {
+    let catalog = Catalog::new(data_dir).with_remote(Some(remote.clone()));
+    refresh_remote_catalog(&catalog, remote).await?;
+    Ok(catalog)
+}
+
+async fn refresh_remote_catalog(catalog: &Catalog, remote: &RemoteTables) -> Result<(), StoreError> {
+    for signal in Signal::ALL {
+        let url = remote::table_url(remote, signal)?;
+        let error = |action| delta_error(signal, &url, action);
+        let mut table = DeltaTable::new(remote::log_store(remote, &url).map_err(error("opening"))?);
+        match table.load().await {
+            Ok(()) => {}
+            Err(DeltaTableError::NotATable(_)) => continue,
+            Err(e) => return Err(error("reading the log")(e)),
+        }
+        let reader = Tables {
+            app_id: None,
+            remote: Some(remote.clone()),
+            tables: BTreeMap::new(),
+            locations: BTreeMap::from([(signal, url.to_string())]),
+        };
+        let view = reader.view_of(signal, &table).await?;
+        catalog.reconcile(signal, Some(view.version), view.files, None);
+    }
+    Ok(())
+}
+
 /// A catalog of the tables under `data_dir` as they are now, for a reader without a collector (the CLI's
 /// `--data-dir`, the dashboard): a Delta table's snapshot; a table directory of an earlier version that no collector
 /// has converted yet is listed as before (a reader does not write).
@@ -459,6 +570,9 @@ pub async fn open_catalog(data_dir: &Path) -> Result<Catalog, StoreError> {
 
 /// Reads every table of `catalog`'s data dir again (see [`open_catalog`]).
 pub async fn refresh_catalog(catalog: &Catalog) -> Result<(), StoreError> {
+    if let Some(remote) = catalog.remote() {
+        return refresh_remote_catalog(catalog, remote).await;
+    }
     let data_dir = catalog.data_dir().to_path_buf();
     for signal in Signal::ALL {
         if is_delta_table(&data_dir, signal) {
@@ -471,6 +585,7 @@ pub async fn refresh_catalog(catalog: &Catalog) -> Result<(), StoreError> {
                 .map_err(error("reading the log"))?;
             let reader = Tables {
                 app_id: None,
+                remote: None,
                 tables: BTreeMap::new(),
                 locations: BTreeMap::from([(signal, url.to_string())]),
             };

@@ -83,6 +83,15 @@ impl Tables {
         policy: &CompactionPolicy,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<(CompactionReport, Option<TableView>), StoreError> {
+        // The rewrite reads and writes files under the data dir; on an object store they are not there.
+        if let Some(remote) = self.remote() {
+            return Err(StoreError::Unsupported {
+                what: "compaction",
+                url: remote.url.to_string(),
+                instead: "the tables' small files stay as they are (queries read them all); retention and vacuum do \
+                          run there",
+            });
+        }
         let view = self.view(signal).await?;
         let mut groups: std::collections::BTreeMap<PathBuf, Vec<ParquetFile>> = Default::default();
         for file in view.files {
