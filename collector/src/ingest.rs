@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::io::IoSlice;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -28,6 +28,7 @@ use tailscope_core::catalog::{Catalog, ParquetFile};
 use tailscope_core::config::Config;
 use tailscope_core::layout::ParquetOptions;
 use tailscope_core::memory::{MemoryBudget, Reservation};
+use tailscope_core::placement::{Placement, StoreId};
 use tailscope_core::projects::Project;
 use tailscope_core::schema::Signal;
 use tokio::sync::{Mutex, oneshot};
@@ -98,8 +99,15 @@ pub struct Ingest {
     wal_tx: std::sync::Mutex<Option<std_mpsc::Sender<WalCommand>>>,
     wal_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     catalog: Catalog,
-    /// The Delta tables flushes commit to.
-    tables: Arc<Tables>,
+    /// The stores flushes commit to: the default store first (`storage.url`, or the data dir), then one per
+    /// placement rule, in the config's order (`StoreId(i)` is `stores[i]`).
+    stores: Vec<Store>,
+    /// The placement rules that send each row to its store.
+    placement: Placement,
+    /// Tables one of whose stores committed a flush that another store's commit then failed: their rows stay in
+    /// the buffer for the retry, so the committed store's new files are not shown until it succeeds (a query
+    /// would see those rows twice).
+    partly_committed: parking_lot::Mutex<std::collections::BTreeSet<Signal>>,
     metrics: Arc<Metrics>,
     observers: parking_lot::RwLock<Vec<Arc<dyn SpanObserver>>>,
     /// Arrow bytes accepted (or being accepted) and not yet flushed. They are reserved in `memory` (detached from
@@ -124,6 +132,33 @@ pub struct Ingest {
     wal_health: Arc<WalHealth>,
     /// The last flush's error while flushes fail (for `/readyz`), else `None`.
     flush_problem: parking_lot::Mutex<Option<String>>,
+}
+
+/// One store of the placement: its Delta tables and where its flushes are staged.
+struct Store {
+    id: StoreId,
+    /// `default`, or the placement rule's name.
+    name: String,
+    tables: Arc<Tables>,
+    /// Where its flushes' files are written (then uploaded, on an object store): the data dir for the default
+    /// store, `DATA/placement/NAME/` for a rule's.
+    staging: PathBuf,
+    /// Where its pending-flush manifest is kept: `wal/` for the default store, the staging directory for a rule's.
+    manifest_dir: PathBuf,
+}
+
+impl Store {
+    /// The `/metrics` label of the store: its URL, or `local`.
+    fn label(&self) -> StoreLabel {
+        StoreLabel { store: self.tables.remote().map_or_else(|| "local".to_string(), |r| r.url.to_string()) }
+    }
+}
+
+/// Per store and table, the last WAL record of this collector's that the table holds.
+type Committed = BTreeMap<StoreId, BTreeMap<Signal, Option<u64>>>;
+
+fn committed_of(committed: &Committed, store: StoreId) -> impl Fn(Signal) -> Option<u64> + Copy + '_ {
+    move |signal| committed.get(&store).and_then(|c| c.get(&signal).copied().flatten())
 }
 
 #[derive(Default)]
@@ -226,7 +261,7 @@ impl Ingest {
         let recovered = Wal::recover(&wal_dir, max_record_bytes)?;
         let app_id = AppId::for_wal(&writer_id(&wal_dir)?);
         let remote = config.storage.url.as_deref().map(store::remote::connect).transpose()?;
-        let tables = Arc::new(Tables::open_at(&data_dir, remote.as_ref(), Some(app_id)).await?);
+        let tables = Arc::new(Tables::open_at(&data_dir, remote.as_ref(), Some(app_id.clone())).await?);
         if let Some(remote) = &remote {
             tracing::warn!(
                 url = %remote.url,
@@ -234,24 +269,72 @@ impl Ingest {
                  and vacuum do"
             );
         }
-        // What each table holds of this WAL decides what is replayed, not the checkpoint: a crash between a table's
-        // commit and the checkpoint leaves records in the WAL that the table holds already.
-        let mut views = BTreeMap::new();
+        let mut stores = vec![Store {
+            id: StoreId::DEFAULT,
+            name: "default".into(),
+            tables,
+            staging: data_dir.clone(),
+            manifest_dir: wal_dir.clone(),
+        }];
+        let placement = Placement::new(&config.storage.placement);
+        for (i, rule) in config.storage.placement.iter().enumerate() {
+            let remote = store::remote::connect_placement(&rule.url)?;
+            let staging = data_dir.join("placement").join(&rule.name);
+            std::fs::create_dir_all(&staging)
+                .map_err(StorageError::io("creating a placement's staging directory", &staging))?;
+            let tables = Arc::new(Tables::open_at(&staging, Some(&remote), Some(app_id.clone())).await?);
+            tracing::info!(rule = %rule.name, url = %remote.url, "placement rule's store opened");
+            stores.push(Store {
+                id: StoreId(u16::try_from(i + 1).unwrap_or(u16::MAX)),
+                name: rule.name.clone(),
+                tables,
+                staging: staging.clone(),
+                manifest_dir: staging,
+            });
+        }
         for signal in Signal::ALL {
-            views.insert(signal, tables.view(signal).await?);
+            let rules = placement.inapplicable(signal);
+            if !rules.is_empty() {
+                tracing::info!(
+                    table = signal.table_name(), rules = ?rules,
+                    "these placement rules name a column the table lacks, so they never take its rows"
+                );
+            }
         }
-        let committed = |signal: Signal| views.get(&signal).and_then(|v| v.committed_through);
-        if let Some(remote) = &remote {
-            settle_remote(remote, &data_dir, &wal_dir, committed).await?;
+        // What each table of each store holds of this WAL decides what is replayed, not the checkpoint: a crash
+        // between a table's commit and the checkpoint leaves records in the WAL that the table holds already.
+        let mut views: BTreeMap<StoreId, BTreeMap<Signal, store::TableView>> = BTreeMap::new();
+        let mut committed: Committed = BTreeMap::new();
+        for st in &stores {
+            for signal in Signal::ALL {
+                let view = st.tables.view(signal).await?;
+                committed.entry(st.id).or_default().insert(signal, view.committed_through);
+                views.entry(st.id).or_default().insert(signal, view);
+            }
         }
-        let removed_files = writer::settle_pending_flush(&data_dir, &wal_dir, committed)?;
+        let mut removed_files = 0;
+        for st in &stores {
+            let committed = committed_of(&committed, st.id);
+            if let Some(remote) = st.tables.remote() {
+                settle_remote(remote, &st.staging, &st.manifest_dir, committed).await?;
+            }
+            removed_files += writer::settle_pending_flush(&st.staging, &st.manifest_dir, committed)?;
+        }
+        // A record is replayed unless every store holds it; the flush then leaves out, per store, what it holds.
+        let committed_everywhere =
+            |signal: Signal| stores.iter().map(|st| committed_of(&committed, st.id)(signal)).min().flatten();
         let memory = MemoryBudget::new(config.memory.limit_bytes());
         let catalog = Catalog::new(&data_dir)
             .with_remote(remote)
+            .with_placed(stores[1..].iter().filter_map(|st| st.tables.remote().cloned()).collect())
             .with_memory(memory.clone())
             .with_file_metrics(metrics.parquet_unreadable_files.clone(), metrics.parquet_skipped_files.clone());
-        for (signal, view) in &views {
-            catalog.reconcile(*signal, Some(view.version), view.files.clone(), None);
+        for signal in Signal::ALL {
+            let snapshots = views
+                .iter()
+                .filter_map(|(id, v)| v.get(&signal).map(|v| (*id, Some(v.version), v.files.clone())))
+                .collect();
+            catalog.reconcile_stores(signal, snapshots, None);
         }
         let mut report = RecoveryReport {
             records: 0,
@@ -263,7 +346,7 @@ impl Ingest {
         };
         let replay =
             Replay { catalog: &catalog, pricer, limits: normalize::Limits::from(&config.ingest), wal_dir: &wal_dir };
-        let buffered = replay.records(recovered.records, committed, &metrics, &mut report);
+        let buffered = replay.records(recovered.records, committed_everywhere, &metrics, &mut report);
         // Replayed rows exist already: reserve them past the limit if need be (the flush below releases them).
         memory.force_add(buffered);
         metrics.wal_pending_bytes.set(recovered.pending_bytes as i64);
@@ -280,7 +363,9 @@ impl Ingest {
             wal_tx: std::sync::Mutex::new(Some(tx)),
             wal_thread: std::sync::Mutex::new(Some(thread)),
             catalog,
-            tables,
+            stores,
+            placement,
+            partly_committed: Default::default(),
             metrics: metrics.clone(),
             observers: Default::default(),
             buffered: AtomicUsize::new(buffered),
@@ -519,27 +604,43 @@ impl Ingest {
             }
             Err(_) => return Ok(()),
         };
-        let batches = self.catalog.batches_through(through_seq);
+        let seq_batches = self.catalog.batches_with_seq_through(through_seq);
         let options = ParquetOptions {
             row_group_rows: self.config.storage.row_group_rows,
             zstd_level: self.config.storage.zstd_level,
         };
         let bytes_of = |signal: &Signal| -> usize {
-            batches.get(signal).map_or(0, |b| b.iter().map(|(_, b)| b.get_array_memory_size()).sum())
+            seq_batches.get(signal).map_or(0, |b| b.iter().map(|(_, _, b)| b.get_array_memory_size()).sum())
         };
         let flushed_bytes: usize = Signal::ALL.iter().map(bytes_of).sum();
-        let flushed_rows: usize = batches.values().flatten().map(|(_, b)| b.num_rows()).sum();
+        let flushed_rows: usize = seq_batches.values().flatten().map(|(_, _, b)| b.num_rows()).sum();
         // The flush's own working set (sort keys, the gather chunk, the Parquet writer's encoded row group and page
         // buffers) is reserved too, past the limit if need be: refusing the flush would keep memory, not free it.
         // While it runs, ingest is refused earlier instead of filling the buffer past the flush mark by as much.
         let _working_set = self.memory.force_reserve(writer::flush_working_set(flushed_bytes, flushed_rows));
-        let files = match self.write_files(&batches, through_seq, options).await {
-            Ok(files) => files,
+        let committed = match self.settle_stores().await {
+            Ok(committed) => committed,
             Err(e) => return Err(self.flush_failed(&mut state, e)),
         };
-        if let Err(e) = self.upload(&files).await {
-            self.remove_uncommitted_files().await;
-            return Err(self.flush_failed(&mut state, e));
+        let per_store = match self.place(&seq_batches, &committed) {
+            Ok(per_store) => per_store,
+            Err(e) => return Err(self.flush_failed(&mut state, e)),
+        };
+        let mut files: BTreeMap<StoreId, Vec<(Signal, ParquetFile)>> = BTreeMap::new();
+        for (id, batches) in &per_store {
+            let st = &self.stores[usize::from(id.0)];
+            let written = match self.write_files(st, batches, through_seq, options.clone()).await {
+                Ok(written) => written,
+                Err(e) => {
+                    self.remove_uncommitted_files().await;
+                    return Err(self.flush_failed(&mut state, e));
+                }
+            };
+            if let Err(e) = self.upload(st, &written).await {
+                self.remove_uncommitted_files().await;
+                return Err(self.flush_failed(&mut state, e));
+            }
+            files.insert(*id, written);
         }
         crate::failpoint::hit("flush-before-commit");
         let (freed, failed) = self.commit_tables(&files, through_seq, bytes_of).await;
@@ -555,9 +656,9 @@ impl Ingest {
             self.remove_uncommitted_files().await;
             return Err(self.flush_failed(&mut state, e));
         }
-        self.checkpoint(through_seq, &closed_segments).await;
-        let bytes: u64 = files.iter().map(|(_, f)| f.size).sum();
-        let nfiles = files.len();
+        self.checkpoint(through_seq, &closed_segments, files.keys()).await;
+        let bytes: u64 = files.values().flatten().map(|(_, f)| f.size).sum();
+        let nfiles = files.values().map(Vec::len).sum::<usize>();
         state.failures = 0;
         self.flush_problem.lock().take();
         self.metrics.flushes.inc();
@@ -575,121 +676,168 @@ impl Ingest {
         Ok(())
     }
 
-    /// Writes the flush's files (not yet part of any table): each table's and project's rows, under the manifest.
+    /// Settles what an earlier flush of each store left behind (its manifest: objects uploaded and never committed,
+    /// local copies of committed files), and returns each store's tables' transaction versions for this WAL.
+    async fn settle_stores(&self) -> Result<Committed, StorageError> {
+        let committed = self.committed_through().await?;
+        for st in &self.stores {
+            let of = committed_of(&committed, st.id);
+            if let Some(remote) = st.tables.remote() {
+                settle_remote(remote, &st.staging, &st.manifest_dir, of).await?;
+            }
+            let (staging, manifest_dir) = (st.staging.clone(), st.manifest_dir.clone());
+            let owned = committed.get(&st.id).cloned().unwrap_or_default();
+            let settled = tokio::task::spawn_blocking(move || {
+                writer::settle_pending_flush(&staging, &manifest_dir, |s| owned.get(&s).copied().flatten())
+            })
+            .await;
+            match settled {
+                Ok(result) => {
+                    result?;
+                }
+                Err(join) => {
+                    return Err(StorageError::Io {
+                        action: "settling an earlier flush",
+                        path: st.staging.clone(),
+                        source: std::io::Error::other(join.to_string()),
+                    });
+                }
+            }
+        }
+        Ok(committed)
+    }
+
+    /// Splits a flush's rows by placement rule (one pass over each batch, Arrow's `filter` per store it touches),
+    /// leaving out for each store the WAL records its table holds already (a crash between two stores' commits).
+    #[allow(clippy::type_complexity)]
+    fn place(
+        &self,
+        batches: &BTreeMap<Signal, Vec<(u64, Project, RecordBatch)>>,
+        committed: &Committed,
+    ) -> Result<BTreeMap<StoreId, BTreeMap<Signal, Vec<(Project, RecordBatch)>>>, StorageError> {
+        let mut out: BTreeMap<StoreId, BTreeMap<Signal, Vec<(Project, RecordBatch)>>> = BTreeMap::new();
+        for (signal, batches) in batches {
+            for (seq, project, batch) in batches {
+                let parts = self.placement.split(*signal, project, batch).map_err(|source| StorageError::Arrow {
+                    context: format!("placing the {} rows of WAL record {seq}", signal.table_name()),
+                    source,
+                })?;
+                for (store, part) in parts {
+                    if committed_of(committed, store)(*signal).is_some_and(|c| *seq <= c) {
+                        continue;
+                    }
+                    out.entry(store).or_default().entry(*signal).or_default().push((project.clone(), part));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes one store's files of a flush (not yet part of any table): each table's and project's rows, under the
+    /// store's manifest.
     async fn write_files(
         &self,
+        st: &Store,
         batches: &BTreeMap<Signal, Vec<(Project, RecordBatch)>>,
         through_seq: u64,
         options: ParquetOptions,
     ) -> Result<Vec<(Signal, ParquetFile)>, StorageError> {
-        let committed = self.committed_through().await?;
-        let data_dir = self.config.data_dir.clone();
-        if let Some(remote) = self.tables.remote() {
-            settle_remote(remote, &data_dir, &data_dir.join("wal"), |s| committed.get(&s).copied().flatten()).await?;
-        }
+        let (staging, manifest_dir) = (st.staging.clone(), st.manifest_dir.clone());
         let batches = batches.clone();
         let write = tokio::task::spawn_blocking(move || {
-            write_flush_files(&data_dir, &batches, through_seq, &options, |s| committed.get(&s).copied().flatten())
+            write_flush_files(&staging, &manifest_dir, &batches, through_seq, &options)
         })
         .await;
         match write {
             Ok(result) => result,
             Err(join) => Err(StorageError::Io {
                 action: "flushing",
-                path: self.config.data_dir.clone(),
+                path: st.staging.clone(),
                 source: std::io::Error::other(join.to_string()),
             }),
         }
     }
 
-    /// One commit per table, each with the WAL position it covers (`through_seq`). A table whose commit fails keeps
-    /// its rows in the buffer and the WAL; the others' rows leave the buffer as their commit becomes visible.
-    /// Returns the buffered bytes freed and the first failure.
+    /// Per table, one commit per store the flush wrote to, each with the WAL position it covers (`through_seq`)
+    /// in that store's log. A table's rows leave the buffer, and its stores' new files appear, in one step once
+    /// every store of the table committed; a table one of whose commits failed keeps its rows in the buffer and the
+    /// WAL (the stores that committed skip them on the retry). Returns the buffered bytes freed and the first
+    /// failure.
     async fn commit_tables(
         &self,
-        files: &[(Signal, ParquetFile)],
+        files: &BTreeMap<StoreId, Vec<(Signal, ParquetFile)>>,
         through_seq: u64,
         bytes_of: impl Fn(&Signal) -> usize,
     ) -> (usize, Option<StorageError>) {
         let mut failed = None;
         let mut freed = 0;
         for signal in Signal::ALL {
-            let mine: Vec<ParquetFile> = files.iter().filter(|(s, _)| *s == signal).map(|(_, f)| f.clone()).collect();
-            if mine.is_empty() {
-                continue;
-            }
-            let outcome = match self.tables.commit_flush(signal, &mine, through_seq).await {
-                Ok(view) => Ok(view),
-                // A commit whose answer was lost may still have happened: the table says.
-                Err(e) => match self.tables.view(signal).await {
-                    Ok(view) if view.committed_through.is_some_and(|c| c >= through_seq) => Ok(view),
-                    _ => Err(e),
-                },
-            };
-            match outcome {
-                Ok(view) => {
-                    self.metrics.table_commits.get_or_create(&TableLabel::of(signal)).inc();
-                    self.metrics.store_commits.get_or_create(&self.store_label()).inc();
-                    self.catalog.reconcile(signal, Some(view.version), view.files, view.committed_through);
-                    freed += bytes_of(&signal);
-                    if self.tables.remote().is_some() {
-                        // The store holds the committed files now; the local copies only took disk.
-                        for file in &mine {
-                            remove_local_copy(&self.config.data_dir, &file.relative_path);
+            let mut views = Vec::new();
+            let mut all = true;
+            for (id, written) in files {
+                let st = &self.stores[usize::from(id.0)];
+                let mine: Vec<ParquetFile> =
+                    written.iter().filter(|(s, _)| *s == signal).map(|(_, f)| f.clone()).collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                let outcome = match st.tables.commit_flush(signal, &mine, through_seq).await {
+                    Ok(view) => Ok(view),
+                    // A commit whose answer was lost may still have happened: the table says.
+                    Err(e) => match st.tables.view(signal).await {
+                        Ok(view) if view.committed_through.is_some_and(|c| c >= through_seq) => Ok(view),
+                        _ => Err(e),
+                    },
+                };
+                match outcome {
+                    Ok(view) => {
+                        self.metrics.table_commits.get_or_create(&TableLabel::of(signal)).inc();
+                        self.metrics.store_commits.get_or_create(&st.label()).inc();
+                        if st.tables.remote().is_some() {
+                            // The store holds the committed files now; the local copies only took disk.
+                            for file in &mine {
+                                remove_local_copy(&st.staging, &file.relative_path);
+                            }
                         }
+                        views.push((st.id, Some(view.version), view.files));
+                    }
+                    Err(e) => {
+                        all = false;
+                        tracing::error!(store = %st.name, table = signal.table_name(), error = %e, "commit failed");
+                        failed.get_or_insert(StorageError::from(e));
                     }
                 }
-                Err(e) => {
-                    failed.get_or_insert(StorageError::from(e));
-                }
+            }
+            if all {
+                self.partly_committed.lock().remove(&signal);
+                self.catalog.reconcile_stores(signal, views, Some(through_seq));
+                freed += bytes_of(&signal);
+            } else if !views.is_empty() {
+                self.partly_committed.lock().insert(signal);
             }
         }
         (freed, failed)
     }
 
-    /// After a failed commit: removes the files of the tables whose commit failed (their rows are still in the WAL).
+    /// After a failed flush: removes the files of the tables whose commit failed, in every store (their rows are
+    /// still in the WAL).
     async fn remove_uncommitted_files(&self) {
         // Only what the logs say is not committed may go: without an answer from them (a store that does not
-        // answer) nothing is removed, and the manifest stays for the next flush or start-up to settle.
-        let committed = match self.committed_through().await {
-            Ok(committed) => committed,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the tables' logs to remove a failed flush's files; the next flush retries");
-                return;
-            }
-        };
-        let data_dir = self.config.data_dir.clone();
-        let wal_dir = data_dir.join("wal");
-        if let Some(remote) = self.tables.remote()
-            && let Err(e) = settle_remote(remote, &data_dir, &wal_dir, |s| committed.get(&s).copied().flatten()).await
-        {
-            // The manifest stays, so the next flush or start-up deletes them.
-            tracing::error!(error = %e, "cannot delete the uploaded objects of a failed commit; the next flush retries");
-            return;
-        }
-        let settle = tokio::task::spawn_blocking(move || {
-            writer::settle_pending_flush(&data_dir, &wal_dir, |s| committed.get(&s).copied().flatten())
-        })
-        .await;
-        if !matches!(settle, Ok(Ok(_))) {
-            tracing::error!("cannot remove the files of a failed commit; the next flush retries");
+        // answer) nothing is removed, and the manifests stay for the next flush or start-up to settle.
+        if let Err(e) = self.settle_stores().await {
+            tracing::error!(error = %e, "cannot remove a failed flush's files yet; the next flush or start-up retries");
         }
     }
 
-    /// The `/metrics` label of the store the tables are on.
-    fn store_label(&self) -> StoreLabel {
-        StoreLabel { store: self.tables.remote().map_or_else(|| "local".to_string(), |r| r.url.to_string()) }
-    }
-
-    /// Uploads a flush's files to the object store the tables are on (nothing to do for tables under the data
-    /// dir), one after the other, before their commit: a commit never names an object that is not there.
-    async fn upload(&self, files: &[(Signal, ParquetFile)]) -> Result<(), StorageError> {
-        let Some(remote) = self.tables.remote() else {
+    /// Uploads a store's files of a flush to its object store (nothing to do for tables under the data dir), one
+    /// after the other, before their commit: a commit never names an object that is not there.
+    async fn upload(&self, st: &Store, files: &[(Signal, ParquetFile)]) -> Result<(), StorageError> {
+        let Some(remote) = st.tables.remote() else {
             return Ok(());
         };
-        let label = self.store_label();
+        let label = st.label();
         for (_, file) in files {
-            let local = self.config.data_dir.join(&file.relative_path);
+            let local = st.staging.join(&file.relative_path);
             let started = Instant::now();
             let bytes = store::remote::upload(remote, &local, &file.relative_path).await?;
             self.metrics.store_upload_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
@@ -698,14 +846,22 @@ impl Ingest {
         Ok(())
     }
 
-    /// Every table holds every row through `through_seq`: the checkpoint only spares the next start reading records
-    /// the tables' transaction versions would skip anyway. Then the WAL segments the flush covered go.
-    async fn checkpoint(&self, through_seq: u64, closed_segments: &[u64]) {
+    /// Every store's tables hold every row through `through_seq`: the checkpoint only spares the next start reading
+    /// records the tables' transaction versions would skip anyway. Then the stores' manifests (`written`: the
+    /// stores this flush wrote to) and the WAL segments the flush covered go.
+    async fn checkpoint<'a>(
+        &self,
+        through_seq: u64,
+        closed_segments: &[u64],
+        written: impl Iterator<Item = &'a StoreId>,
+    ) {
         let wal_dir = self.config.data_dir.join("wal");
+        let manifests: Vec<PathBuf> = written.map(|id| self.stores[usize::from(id.0)].manifest_dir.clone()).collect();
         let checkpoint = {
             let wal_dir = wal_dir.clone();
             tokio::task::spawn_blocking(move || {
-                wal::write_checkpoint(&wal_dir, through_seq).and_then(|()| writer::FlushManifest::remove(&wal_dir))
+                wal::write_checkpoint(&wal_dir, through_seq)?;
+                manifests.iter().try_for_each(|dir| writer::FlushManifest::remove(dir))
             })
             .await
         };
@@ -721,33 +877,49 @@ impl Ingest {
         }
     }
 
-    /// Each table's transaction version for this collector's WAL (the last record it holds), as the log says now.
-    async fn committed_through(&self) -> Result<BTreeMap<Signal, Option<u64>>, StorageError> {
-        let mut out = BTreeMap::new();
-        for signal in Signal::ALL {
-            out.insert(signal, self.tables.view(signal).await?.committed_through);
+    /// Each store's tables' transaction versions for this collector's WAL (the last record each holds), as the
+    /// logs say now.
+    async fn committed_through(&self) -> Result<Committed, StorageError> {
+        let mut out: Committed = BTreeMap::new();
+        for st in &self.stores {
+            for signal in Signal::ALL {
+                out.entry(st.id).or_default().insert(signal, st.tables.view(signal).await?.committed_through);
+            }
         }
         Ok(out)
     }
 
-    /// Reads every table's log again and shows what other writers (other collectors, compaction) committed.
+    /// Reads every store's tables' logs again and shows what other writers (other collectors, compaction)
+    /// committed. A table with a flush committed to some of its stores only is left as shown until the retry.
     pub async fn refresh_tables(&self) -> Result<(), StorageError> {
         for signal in Signal::ALL {
-            let view = self.tables.view(signal).await?;
-            self.catalog.reconcile(signal, Some(view.version), view.files, view.committed_through);
+            let mut snapshots = Vec::with_capacity(self.stores.len());
+            let mut through: Option<Option<u64>> = None;
+            for st in &self.stores {
+                let view = st.tables.view(signal).await?;
+                // Retire only what every store holds.
+                through = Some(through.map_or(view.committed_through, |t| t.min(view.committed_through)));
+                snapshots.push((st.id, Some(view.version), view.files));
+            }
+            if self.partly_committed.lock().contains(&signal) {
+                continue;
+            }
+            self.catalog.reconcile_stores(signal, snapshots, through.flatten());
         }
         Ok(())
     }
 
-    /// The Delta tables this collector commits to.
+    /// The Delta tables of the default store (`storage.url`, or the data dir).
     pub fn tables(&self) -> &Arc<Tables> {
-        &self.tables
+        &self.stores[0].tables
     }
 
     fn flush_failed(&self, state: &mut FlushState, e: StorageError) -> StorageError {
         state.failures += 1;
         self.metrics.flush_errors.inc();
-        self.metrics.store_retries.get_or_create(&self.store_label()).inc();
+        for st in &self.stores {
+            self.metrics.store_retries.get_or_create(&st.label()).inc();
+        }
         *self.flush_problem.lock() = Some(e.to_string());
         tracing::error!(error = %e, attempt = state.failures, "flush failed; data stays in the WAL and the buffer, retrying");
         e
@@ -811,18 +983,39 @@ impl Ingest {
             min_files: storage.compaction_min_files,
             closed_after: storage.compaction_after,
         };
+        // Every store's tables, one after the other: retention and vacuum run on each (with the same settings, a
+        // size cap applying to each store's table on its own); compaction on tables under the data dir only.
         for signal in Signal::ALL {
+            let mut table_bytes = 0u64;
+            for st in &self.stores {
+                table_bytes = table_bytes.saturating_add(self.maintain_table(st, signal, &options, &policy, now).await);
+            }
             let label = TableLabel::of(signal);
-            self.apply_retention(signal, now).await;
+            self.metrics.table_bytes.get_or_create(&label).set(i64::try_from(table_bytes).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// One round of maintenance of one store's table; returns its committed bytes after retention.
+    async fn maintain_table(
+        &self,
+        st: &Store,
+        signal: Signal,
+        options: &ParquetOptions,
+        policy: &store::maintenance::CompactionPolicy,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> u64 {
+        {
+            let label = TableLabel::of(signal);
+            let bytes = self.apply_retention(st, signal, now).await;
             // Compaction does not run on tables on an object store (said once at start); retention and vacuum do.
-            let compacted = match self.tables.remote() {
+            let compacted = match st.tables.remote() {
                 Some(_) => Ok((Default::default(), None)),
-                None => self.tables.compact(&self.config.data_dir, signal, &options, &policy, now).await,
+                None => st.tables.compact(&st.staging, signal, options, policy, now).await,
             };
             match compacted {
                 Ok((report, view)) => {
                     if let Some(view) = view {
-                        self.catalog.reconcile(signal, Some(view.version), view.files, view.committed_through);
+                        self.catalog.reconcile_stores(signal, vec![(st.id, Some(view.version), view.files)], None);
                     }
                     if report.partitions > 0 {
                         self.metrics.compactions.get_or_create(&label).inc_by(report.partitions as u64);
@@ -846,7 +1039,7 @@ impl Ingest {
                     tracing::warn!(table = signal.table_name(), error = %e, "compaction failed; retrying later");
                 }
             }
-            match self.tables.vacuum(signal, self.config.vacuum_grace()).await {
+            match st.tables.vacuum(signal, self.config.vacuum_grace()).await {
                 Ok(0) => {}
                 Ok(deleted) => {
                     self.metrics.vacuum_files_deleted.get_or_create(&label).inc_by(deleted as u64);
@@ -857,19 +1050,20 @@ impl Ingest {
                     tracing::warn!(table = signal.table_name(), error = %e, "vacuum failed; retrying later");
                 }
             }
+            bytes
         }
     }
 
     /// Retention of one table, as of `now`: the partitions past their maximum age or over a size cap
-    /// (`store::retention::plan`) go in one Delta commit, logged and counted; the table's committed bytes are set
-    /// on `/metrics`. A failure is logged, counted and tried again at the next round.
-    async fn apply_retention(&self, signal: Signal, now: chrono::DateTime<chrono::Utc>) {
+    /// (`store::retention::plan`) go in one Delta commit, logged and counted. Returns the table's committed bytes
+    /// (before the round, when it failed). A failure is logged, counted and tried again at the next round.
+    async fn apply_retention(&self, st: &Store, signal: Signal, now: chrono::DateTime<chrono::Utc>) -> u64 {
         let label = TableLabel::of(signal);
         let policy = store::retention::RetentionPolicy::from_config(&self.config, signal);
         let result = async {
-            let view = self.tables.view(signal).await?;
+            let view = st.tables.view(signal).await?;
             let plan = store::retention::plan(signal, &view, &policy, now);
-            let after = self.tables.remove_partitions(&plan).await?;
+            let after = st.tables.remove_partitions(&plan).await?;
             Ok::<_, store::StoreError>((plan, after))
         }
         .await;
@@ -877,19 +1071,18 @@ impl Ingest {
             Ok(done) => done,
             Err(e) => {
                 self.metrics.maintenance_errors.get_or_create(&label).inc();
-                tracing::warn!(table = signal.table_name(), error = %e, "retention failed; retrying later");
-                return;
+                tracing::warn!(table = signal.table_name(), store = %st.name, error = %e, "retention failed; retrying later");
+                return st.tables.view(signal).await.map_or(0, |v| v.files.iter().map(|f| f.size).sum());
             }
         };
         let bytes = match after {
             Some(view) => {
                 let bytes = view.files.iter().map(|f| f.size).sum::<u64>();
-                self.catalog.reconcile(signal, Some(view.version), view.files, view.committed_through);
+                self.catalog.reconcile_stores(signal, vec![(st.id, Some(view.version), view.files)], None);
                 bytes
             }
             None => plan.bytes_before,
         };
-        self.metrics.table_bytes.get_or_create(&label).set(i64::try_from(bytes).unwrap_or(i64::MAX));
         for removal in &plan.removals {
             let reason = RetentionLabel { table: label.table.clone(), reason: removal.reason.label().to_string() };
             self.metrics.retention_partitions_removed.get_or_create(&reason).inc();
@@ -897,6 +1090,7 @@ impl Ingest {
             self.metrics.retention_files_removed.get_or_create(&label).inc_by(removal.files.len() as u64);
             tracing::info!(
                 table = signal.table_name(),
+                store = %st.name,
                 project = %removal.partition.project,
                 date = %removal.partition.date,
                 hour = %removal.partition.hour,
@@ -909,10 +1103,11 @@ impl Ingest {
         }
         for (what, cap, left) in &plan.still_over {
             tracing::warn!(
-                table = signal.table_name(), over = %what, max_bytes = cap, bytes = left,
+                table = signal.table_name(), store = %st.name, over = %what, max_bytes = cap, bytes = left,
                 "retention cannot meet a size cap without removing the current hour, which it never removes"
             );
         }
+        bytes
     }
 
     /// Stops accepting, flushes everything and stops the WAL thread. Returns the final flush's result.
@@ -939,13 +1134,14 @@ impl Ingest {
 /// the next flush or start-up to remove).
 fn write_flush_files(
     data_dir: &Path,
+    wal_dir: &Path,
     batches: &BTreeMap<Signal, Vec<(Project, RecordBatch)>>,
     through_seq: u64,
     options: &ParquetOptions,
-    committed_through: impl Fn(Signal) -> Option<u64> + Copy,
 ) -> Result<Vec<(Signal, ParquetFile)>, StorageError> {
-    let wal_dir = data_dir.join("wal");
-    writer::settle_pending_flush(data_dir, &wal_dir, committed_through)?;
+    // The store's earlier manifest was settled before ([`Ingest::settle_stores`]): none of these files is
+    // committed, so on error every one of them goes.
+    let committed_through = |_: Signal| None;
     // One plan per table and project: a project's rows go to its own directories only.
     let mut by_project: BTreeMap<(Signal, Project), Vec<RecordBatch>> = BTreeMap::new();
     for (signal, batches) in batches {
@@ -961,7 +1157,7 @@ fn write_flush_files(
         .collect::<Result<Vec<_>, _>>()?;
     let manifest =
         writer::FlushManifest { through_seq, files: plans.iter().flat_map(|(_, p)| p.relative_paths()).collect() };
-    manifest.write(&wal_dir)?;
+    manifest.write(wal_dir)?;
     let mut files = Vec::new();
     let written = plans.iter().try_for_each(|(key, plan)| {
         let batches = by_project.get(key).map(Vec::as_slice).unwrap_or_default();
@@ -971,7 +1167,7 @@ fn write_flush_files(
     match written {
         Ok(()) => Ok(files),
         Err(e) => {
-            if let Err(cleanup) = writer::settle_pending_flush(data_dir, &wal_dir, committed_through) {
+            if let Err(cleanup) = writer::settle_pending_flush(data_dir, wal_dir, committed_through) {
                 tracing::error!(error = %cleanup, "cannot remove the files of a failed flush; the next flush retries");
             }
             Err(e)

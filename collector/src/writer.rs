@@ -221,6 +221,8 @@ fn write_file(
         hour: planned.partition.hour.clone(),
         time_range_ns: Some(planned.time_range_ns),
         rows: Some((planned.end - planned.start) as u64),
+        // The flush sets the store its rows were placed in when it shows the file (`Catalog::reconcile_stores`).
+        store: tailscope_core::placement::StoreId::DEFAULT,
     })
 }
 

@@ -18,6 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::layout::Partition;
 use crate::memory::MemoryBudget;
+use crate::placement::StoreId;
 use crate::projects::Project;
 use crate::schema::Signal;
 
@@ -39,6 +40,9 @@ pub struct ParquetFile {
     pub time_range_ns: Option<(i64, i64)>,
     /// Rows in the file, when known (the writer's count, or the Delta log's `numRecords`).
     pub rows: Option<u64>,
+    /// The store the file is on (placement rules, [`crate::placement`]): the default store unless a rule sent its
+    /// rows elsewhere.
+    pub store: StoreId,
 }
 
 impl ParquetFile {
@@ -57,6 +61,7 @@ impl ParquetFile {
             hour,
             time_range_ns: crate::layout::FileName::parse(name).map(|n| (n.min_time_ns, n.max_time_ns)),
             rows: None,
+            store: StoreId::DEFAULT,
         })
     }
 }
@@ -127,8 +132,9 @@ pub struct TableSnapshot {
 #[derive(Debug, Default)]
 struct TableState {
     files: BTreeMap<PathBuf, ParquetFile>,
-    /// The Delta version `files` come from, when they come from a Delta snapshot ([`Catalog::reconcile`]).
-    version: Option<u64>,
+    /// Per store, the Delta version its `files` come from, when they come from a Delta snapshot
+    /// ([`Catalog::reconcile`]).
+    versions: BTreeMap<StoreId, u64>,
     /// Batches keyed by the WAL sequence number that made them durable, so a flush can retire exactly the
     /// batches it wrote.
     batches: BTreeMap<u64, Vec<(Project, RecordBatch)>>,
@@ -169,8 +175,10 @@ impl RemoteTables {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     data_dir: Arc<PathBuf>,
-    /// The object store the files are on, or `None`: under `data_dir`.
+    /// The object store the default store's files are on, or `None`: under `data_dir`.
     remote: Option<RemoteTables>,
+    /// The stores of the placement rules, in order: `StoreId(i)` is `placed[i - 1]`.
+    placed: Vec<RemoteTables>,
     tables: Arc<RwLock<BTreeMap<Signal, TableState>>>,
     /// The process-wide memory budget that the buffer is reserved from and that queries over this catalog draw
     /// their operators' memory from. Unlimited for a catalog without a collector.
@@ -186,6 +194,7 @@ impl Catalog {
         Catalog {
             data_dir: Arc::new(data_dir.into()),
             remote: None,
+            placed: Vec::new(),
             tables: Arc::new(RwLock::new(tables)),
             memory: MemoryBudget::unlimited(),
             health: FileHealth::default(),
@@ -212,9 +221,29 @@ impl Catalog {
         self
     }
 
-    /// The object store the files are on (`None`: under the data dir).
+    /// The object store the default store's files are on (`None`: under the data dir).
     pub fn remote(&self) -> Option<&RemoteTables> {
         self.remote.as_ref()
+    }
+
+    /// This catalog with the stores of the placement rules (`StoreId(1)` first).
+    pub fn with_placed(mut self, placed: Vec<RemoteTables>) -> Catalog {
+        self.placed = placed;
+        self
+    }
+
+    /// The object store `store`'s files are on (`None`: under the data dir, for the default store without
+    /// `storage.url`, or a store this catalog does not know).
+    pub fn remote_of(&self, store: StoreId) -> Option<&RemoteTables> {
+        match store.0 {
+            0 => self.remote.as_ref(),
+            i => self.placed.get(usize::from(i) - 1),
+        }
+    }
+
+    /// Every object store of this catalog: the default store's (if on one) and the placement rules'.
+    pub fn remotes(&self) -> impl Iterator<Item = &RemoteTables> {
+        self.remote.iter().chain(self.placed.iter())
     }
 
     /// The memory budget that the buffer and queries over this catalog share.
@@ -279,15 +308,38 @@ impl Catalog {
         files: Vec<ParquetFile>,
         committed_through: Option<u64>,
     ) -> bool {
+        self.reconcile_stores(signal, vec![(StoreId::DEFAULT, version, files)], committed_through)
+    }
+
+    /// [`Catalog::reconcile`] of several stores' snapshots of one table at once (placement rules): each store's
+    /// files replace that store's, and the buffered batches through `committed_through` retire, in one step under
+    /// one lock. A store's snapshot older than the one shown is ignored. Returns whether any was applied.
+    pub fn reconcile_stores(
+        &self,
+        signal: Signal,
+        snapshots: Vec<(StoreId, Option<u64>, Vec<ParquetFile>)>,
+        committed_through: Option<u64>,
+    ) -> bool {
         let mut tables = self.tables.write();
         let state = tables.entry(signal).or_default();
-        if let (Some(shown), Some(new)) = (state.version, version)
-            && new < shown
-        {
+        let mut applied = false;
+        for (store, version, files) in snapshots {
+            if let (Some(shown), Some(new)) = (state.versions.get(&store), version)
+                && new < *shown
+            {
+                continue;
+            }
+            match version {
+                Some(v) => state.versions.insert(store, v),
+                None => state.versions.remove(&store),
+            };
+            state.files.retain(|_, f| f.store != store);
+            state.files.extend(files.into_iter().map(|f| (f.relative_path.clone(), ParquetFile { store, ..f })));
+            applied = true;
+        }
+        if !applied {
             return false;
         }
-        state.version = version;
-        state.files = files.into_iter().map(|f| (f.relative_path.clone(), f)).collect();
         if let Some(through) = committed_through {
             state.batches = state.batches.split_off(&through.saturating_add(1));
         }
@@ -325,6 +377,24 @@ impl Catalog {
             .iter()
             .map(|(signal, state)| {
                 let batches = state.batches.range(..=through_seq).flat_map(|(_, b)| b.iter().cloned()).collect();
+                (*signal, batches)
+            })
+            .collect()
+    }
+
+    /// [`Catalog::batches_through`] with each batch's WAL sequence number: a flush to several stores (placement
+    /// rules) leaves out, per store, the records that store's commit holds already.
+    #[allow(clippy::type_complexity)]
+    pub fn batches_with_seq_through(&self, through_seq: u64) -> BTreeMap<Signal, Vec<(u64, Project, RecordBatch)>> {
+        let tables = self.tables.read();
+        tables
+            .iter()
+            .map(|(signal, state)| {
+                let batches = state
+                    .batches
+                    .range(..=through_seq)
+                    .flat_map(|(seq, b)| b.iter().map(|(p, b)| (*seq, p.clone(), b.clone())))
+                    .collect();
                 (*signal, batches)
             })
             .collect()

@@ -580,6 +580,7 @@ impl StorageConfig {
         if let Some(url) = &self.url {
             storage_url(url)?;
         }
+        crate::placement::validate(&self.placement)?;
         check_bytes("storage.flush_max_bytes", self.flush_max_bytes)?;
         check_bytes("storage.wal_max_bytes", self.wal_max_bytes)?;
         check_duration("storage.flush_interval", self.flush_interval, Duration::from_millis(1), MAX_DURATION)?;
@@ -710,6 +711,11 @@ pub struct StorageConfig {
     /// `data_dir`. The WAL stays under `data_dir` either way.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Placement (residency) rules, `[[storage.placement]]`: the first rule whose `match` a row satisfies sends it
+    /// to that rule's store; rows no rule takes go to `url` (or the data dir). See [`crate::placement`] and
+    /// docs/storage.md.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<crate::placement::PlacementRule>,
     /// Flush when this much Arrow data is buffered (all signals together).
     #[serde(with = "units::bytes")]
     pub flush_max_bytes: usize,
@@ -893,6 +899,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             url: None,
+            placement: Vec::new(),
             flush_max_bytes: 128 * 1024 * 1024,
             wal_max_bytes: 4 * 1024 * 1024 * 1024,
             flush_interval: Duration::from_secs(600),

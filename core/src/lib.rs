@@ -23,6 +23,7 @@ pub mod history;
 pub mod keys;
 pub mod layout;
 pub mod memory;
+pub mod placement;
 pub mod projects;
 pub mod rules;
 pub mod schema;

@@ -222,7 +222,8 @@ impl Engine {
         let mut ctx = SessionContext::new_with_state(state);
         // The tables' files on an object store (`storage.url`) are read through it: the scan names it by its
         // scheme and bucket (`table::SignalTable`).
-        if let Some(remote) = catalog.remote() {
+        // Every store's (the placement rules' too): each file names its own.
+        for remote in catalog.remotes() {
             let url = datafusion::execution::object_store::ObjectStoreUrl::parse(remote.store_url())?;
             ctx.runtime_env().register_object_store(url.as_ref(), remote.store.clone());
         }
@@ -311,6 +312,28 @@ impl Engine {
         let catalog = store::open_remote_catalog(&data_dir, &remote)
             .await
             .map_err(|e| QueryError::Internal(format!("cannot read the tables on {}: {e}", remote.url)))?;
+        Engine::new(catalog, config).await
+    }
+
+    /// [`Engine::open_at`] over every store of the placement rules (`rules`) too: the tables a query sees are the
+    /// union of the default store's (`storage_url`, or under `data_dir`) and each rule's.
+    pub async fn open_placed(
+        data_dir: impl Into<std::path::PathBuf>,
+        storage_url: Option<&str>,
+        rules: &[tailscope_core::placement::PlacementRule],
+        config: QueryConfig,
+    ) -> Result<Engine, QueryError> {
+        let connect_error = |e: store::StoreError| QueryError::Internal(e.to_string());
+        let default = storage_url.map(store::remote::connect).transpose().map_err(connect_error)?;
+        let placed = rules
+            .iter()
+            .map(|rule| store::remote::connect_placement(&rule.url))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(connect_error)?;
+        let data_dir: std::path::PathBuf = data_dir.into();
+        let catalog = store::open_placed_catalog(&data_dir, default.as_ref(), placed)
+            .await
+            .map_err(|e| QueryError::Internal(format!("cannot read the tables of every store: {e}")))?;
         Engine::new(catalog, config).await
     }
 

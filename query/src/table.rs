@@ -47,6 +47,7 @@ use datafusion::physical_plan::union::UnionExec;
 use futures::StreamExt;
 
 use tailscope_core::catalog::{Catalog, FileCheck, FileStamp, ParquetFile, RemoteTables};
+use tailscope_core::placement::StoreId;
 use tailscope_core::projects::{Project, Visibility};
 use tailscope_core::schema::{PARTITION_COLUMNS, Signal, SpanColumn};
 
@@ -120,8 +121,6 @@ pub struct SignalTable {
     catalog: Catalog,
     /// The catalog's data dir made absolute once, for object-store paths.
     data_dir: PathBuf,
-    /// The object store the files are on (`storage.url`), or `None`: under `data_dir`.
-    remote: Option<RemoteTables>,
     schema: SchemaRef,
     counters: Arc<ScanCounters>,
 }
@@ -130,14 +129,18 @@ impl SignalTable {
     /// The table of `signal` over `catalog`.
     pub fn new(signal: Signal, catalog: Catalog, counters: Arc<ScanCounters>) -> std::io::Result<SignalTable> {
         let data_dir = std::path::absolute(catalog.data_dir())?;
-        let remote = catalog.remote().cloned();
-        Ok(SignalTable { signal, catalog, data_dir, remote, schema: table_schema(signal), counters })
+        Ok(SignalTable { signal, catalog, data_dir, schema: table_schema(signal), counters })
     }
 
-    /// The object store DataFusion reads the files from: the one `storage.url` names (registered with the
+    /// The object store `store`'s files are on (`storage.url`, a placement rule's), or `None`: under `data_dir`.
+    fn remote(&self, store: StoreId) -> Option<&RemoteTables> {
+        self.catalog.remote_of(store)
+    }
+
+    /// The object store DataFusion reads `store`'s files from: the one its URL names (registered with the
     /// runtime by `Engine::new`), or the local file system.
-    fn object_store_url(&self) -> Result<ObjectStoreUrl> {
-        match &self.remote {
+    fn object_store_url(&self, store: StoreId) -> Result<ObjectStoreUrl> {
+        match self.remote(store) {
             Some(remote) => ObjectStoreUrl::parse(remote.store_url()),
             None => Ok(ObjectStoreUrl::local_filesystem()),
         }
@@ -174,14 +177,15 @@ impl SignalTable {
     /// hand is dropped from the catalog (and logged) instead of failing this and every later query on the table:
     /// queries go on with the data that is there. One `stat` per file to read, next to the reads themselves.
     fn present(&self, files: Vec<&ParquetFile>) -> Vec<(ParquetFile, FileStamp)> {
-        if self.remote.is_some() {
-            // A committed object never changes (a rewrite gets a new name), so the log's size is its size, and a
-            // request per file per query would cost a round trip each: an object deleted by hand fails the query
-            // that reads it, naming it.
-            return files.into_iter().map(|f| (f.clone(), FileStamp { size: f.size, changed_ns: 0 })).collect();
-        }
         let mut out = Vec::with_capacity(files.len());
         for file in files {
+            if self.remote(file.store).is_some() {
+                // A committed object never changes (a rewrite gets a new name), so the log's size is its size, and a
+                // request per file per query would cost a round trip each: an object deleted by hand fails the
+                // query that reads it, naming it.
+                out.push((file.clone(), FileStamp { size: file.size, changed_ns: 0 }));
+                continue;
+            }
             match std::fs::metadata(self.data_dir.join(&file.relative_path)) {
                 Ok(meta) => out.push((ParquetFile { size: meta.len(), ..file.clone() }, FileStamp::of(&meta))),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -227,7 +231,7 @@ impl SignalTable {
         let checks = futures::stream::iter(unknown)
             .map(|(file, stamp)| {
                 let path = self.data_dir.join(&file.relative_path);
-                let remote = self.remote.clone();
+                let remote = self.remote(file.store).cloned();
                 async move {
                     if let Some(remote) = remote {
                         let location = remote.object_path(&file.relative_path);
@@ -330,9 +334,36 @@ impl SignalTable {
         Ok(Arc::new(ProjectionExec::try_new(columns, filter)?))
     }
 
+    /// The scan of `files`: one Parquet scan per store they are on (placement rules), unioned.
     fn parquet_scan(
         &self,
         state: &dyn Session,
+        files: Vec<&ParquetFile>,
+        checked: &HashMap<PathBuf, Checked>,
+        filters: &[Expr],
+        projection: Option<&Vec<usize>>,
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut by_store: std::collections::BTreeMap<StoreId, Vec<&ParquetFile>> = Default::default();
+        for file in files {
+            by_store.entry(file.store).or_default().push(file);
+        }
+        let mut scans = by_store
+            .into_iter()
+            .map(|(store, files)| self.store_scan(state, store, files, checked, filters, projection, limit))
+            .collect::<Result<Vec<_>>>()?;
+        match scans.len() {
+            1 => Ok(scans.remove(0)),
+            _ => UnionExec::try_new(scans),
+        }
+    }
+
+    /// The Parquet scan of `files`, all on `store`.
+    #[allow(clippy::too_many_arguments)]
+    fn store_scan(
+        &self,
+        state: &dyn Session,
+        store: StoreId,
         files: Vec<&ParquetFile>,
         checked: &HashMap<PathBuf, Checked>,
         filters: &[Expr],
@@ -346,7 +377,7 @@ impl SignalTable {
         // once and kept in the runtime's metadata cache (bounded by `datafusion.runtime.metadata_cache_limit`).
         let runtime = state.runtime_env();
         let reader = CachedParquetFileReaderFactory::new(
-            runtime.object_store(self.object_store_url()?)?,
+            runtime.object_store(self.object_store_url(store)?)?,
             runtime.cache_manager.get_file_metadata_cache(),
         );
         let mut source = ParquetSource::new(table_schema)
@@ -364,7 +395,7 @@ impl SignalTable {
             source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
         }
         // Every error of reading a file names the file, and marks it to be skipped by later queries.
-        let remote = self.remote.as_ref();
+        let remote = self.remote(store);
         let named_under = match remote {
             Some(remote) => PathBuf::from(remote.url.as_str()),
             None => self.data_dir.clone(),
@@ -383,7 +414,7 @@ impl SignalTable {
         let source = GuardedSource::wrapping(Arc::new(source), Arc::new(scan_files));
         let groups =
             balanced_groups(&self.data_dir, remote, files, checked, state.config().target_partitions(), &file_schema);
-        let config = FileScanConfigBuilder::new(self.object_store_url()?, source)
+        let config = FileScanConfigBuilder::new(self.object_store_url(store)?, source)
             .with_file_groups(groups)
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)

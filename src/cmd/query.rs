@@ -144,6 +144,11 @@ pub(super) async fn local(
     config: tailscope_core::config::Config,
 ) -> Result<Backend, BoxError> {
     let data_dir = data_dir.unwrap_or(config.data_dir);
+    if !config.storage.placement.is_empty() {
+        // Placement rules: the tables are the union of every rule's store and the default store.
+        let url = config.storage.url.as_deref();
+        return Ok(Backend::Local(Engine::open_placed(data_dir, url, &config.storage.placement, config.query).await?));
+    }
     if let Some(url) = config.storage.url.as_deref() {
         // The tables are on the object store: the data dir (the collector's WAL) is not read.
         return Ok(Backend::Local(Engine::open_at(data_dir, Some(url), config.query).await?));

@@ -54,6 +54,13 @@ pub async fn run(args: Args) -> CmdResult {
         )
         .into());
     }
+    if !config.storage.placement.is_empty() {
+        return Err(
+            "tailscope reprice rewrites files under the data dir; storage.placement puts the tables on several \
+                    stores, where it does not run yet"
+                .into(),
+        );
+    }
     let pricer = Pricer::from_config(&config.pricing)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| config.data_dir.clone());
     if !data_dir.is_dir() {

@@ -67,6 +67,12 @@ impl Location {
             )
             .into());
         }
+        if !config.storage.placement.is_empty() {
+            return Err("storage.placement puts the tables on several stores: this command works on tables under the \
+                        data dir only; a collector applies the retention settings to every store itself every \
+                        storage.maintenance_interval"
+                .into());
+        }
         Ok((config, data_dir))
     }
 }

@@ -28,6 +28,7 @@ use deltalake_core::protocol::{DeltaOperation, SaveMode};
 use deltalake_core::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use tailscope_core::catalog::{Catalog, ParquetFile, RemoteTables, list_parquet_files};
 use tailscope_core::layout::FileName;
+use tailscope_core::placement::StoreId;
 use tailscope_core::projects::Project;
 use tailscope_core::schema::{PARTITION_COLUMNS, PROJECT_COLUMN, Signal};
 use url::Url;
@@ -444,6 +445,8 @@ fn file_of(
         hour: value("hour"),
         time_range_ns: FileName::parse(name).map(|n| (n.min_time_ns, n.max_time_ns)),
         rows: rows.map(|r| r as u64),
+        // The catalog says which store a table's files are on (`Catalog::reconcile_stores`).
+        store: StoreId::DEFAULT,
     })
 }
 
@@ -533,11 +536,23 @@ async fn open_or_create_remote(remote: &RemoteTables, signal: Signal) -> Result<
 /// reader's own files would be (none are read from it). A table no collector has created yet is empty.
 pub async fn open_remote_catalog(data_dir: &Path, remote: &RemoteTables) -> Result<Catalog, StoreError> {
     let catalog = Catalog::new(data_dir).with_remote(Some(remote.clone()));
-    refresh_remote_catalog(&catalog, remote).await?;
+    refresh_remote_catalog(&catalog, remote, StoreId::DEFAULT).await?;
     Ok(catalog)
 }
 
-async fn refresh_remote_catalog(catalog: &Catalog, remote: &RemoteTables) -> Result<(), StoreError> {
+/// A catalog for a reader of the tables of every store: the default store (`default`, `storage.url`, or under
+/// `data_dir` when `None`) and those of the placement rules (`placed`, in order). A query sees their union.
+pub async fn open_placed_catalog(
+    data_dir: &Path,
+    default: Option<&RemoteTables>,
+    placed: Vec<RemoteTables>,
+) -> Result<Catalog, StoreError> {
+    let catalog = Catalog::new(data_dir).with_remote(default.cloned()).with_placed(placed);
+    refresh_catalog(&catalog).await?;
+    Ok(catalog)
+}
+
+async fn refresh_remote_catalog(catalog: &Catalog, remote: &RemoteTables, store: StoreId) -> Result<(), StoreError> {
     for signal in Signal::ALL {
         let url = remote::table_url(remote, signal)?;
         let error = |action| delta_error(signal, &url, action);
@@ -554,7 +569,7 @@ async fn refresh_remote_catalog(catalog: &Catalog, remote: &RemoteTables) -> Res
             locations: BTreeMap::from([(signal, url.to_string())]),
         };
         let view = reader.view_of(signal, &table).await?;
-        catalog.reconcile(signal, Some(view.version), view.files, None);
+        catalog.reconcile_stores(signal, vec![(store, Some(view.version), view.files)], None);
     }
     Ok(())
 }
@@ -570,8 +585,13 @@ pub async fn open_catalog(data_dir: &Path) -> Result<Catalog, StoreError> {
 
 /// Reads every table of `catalog`'s data dir again (see [`open_catalog`]).
 pub async fn refresh_catalog(catalog: &Catalog) -> Result<(), StoreError> {
+    // The placement rules' stores first, then the default store (which returns early on an object store).
+    let placed: Vec<RemoteTables> = catalog.remotes().skip(usize::from(catalog.remote().is_some())).cloned().collect();
+    for (i, remote) in placed.iter().enumerate() {
+        refresh_remote_catalog(catalog, remote, StoreId(u16::try_from(i + 1).unwrap_or(u16::MAX))).await?;
+    }
     if let Some(remote) = catalog.remote() {
-        return refresh_remote_catalog(catalog, remote).await;
+        return refresh_remote_catalog(catalog, remote, StoreId::DEFAULT).await;
     }
     let data_dir = catalog.data_dir().to_path_buf();
     for signal in Signal::ALL {

@@ -57,6 +57,29 @@ pub fn connect(text: &str) -> Result<RemoteTables, StoreError> {
     Ok(RemoteTables { url: base, store, prefix })
 }
 
+/// Connects to the store of a placement rule (`url` of `[[storage.placement]]`, checked by the config already): an
+/// object store as [`connect`], or a local directory (an absolute path or `file://` URL), used through
+/// object_store's local file system like a bucket, so that a flush uploads to it and commits there the same way.
+pub fn connect_placement(text: &str) -> Result<RemoteTables, StoreError> {
+    let url = tailscope_core::placement::store_url(text)
+        .map_err(|detail| StoreError::Connect { url: text.to_string(), detail })?;
+    if url.scheme() != "file" {
+        return connect(text);
+    }
+    let path = url
+        .to_file_path()
+        .map_err(|()| StoreError::Connect { url: text.to_string(), detail: "not a local directory path".into() })?;
+    std::fs::create_dir_all(&path).map_err(|e| StoreError::Connect {
+        url: text.to_string(),
+        detail: format!("cannot create the directory {}: {e}", path.display()),
+    })?;
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
+    let prefix = url.path().trim_matches('/').to_string();
+    let mut base = url.clone();
+    base.set_path(&format!("/{prefix}"));
+    Ok(RemoteTables { url: base, store, prefix })
+}
+
 /// The URL of `signal`'s table on `remote` (`s3://bucket/prefix/spans/`).
 pub(crate) fn table_url(remote: &RemoteTables, signal: Signal) -> Result<Url, StoreError> {
     let mut url = remote.url.clone();

@@ -12,6 +12,7 @@ mod object_store;
 mod operations;
 mod overload;
 mod parsers;
+mod placement;
 mod prices;
 mod projects;
 mod query;

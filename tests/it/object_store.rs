@@ -21,11 +21,11 @@ use crate::support::{Server, Transport, free_addr, tailscope_bin, trace_export, 
 
 /// Where a test's tables are: the `storage.url`, the environment that reaches the store, and the bucket (or
 /// container) as an object store with the URL's prefix, for the test's own listings.
-struct Target {
-    url: String,
-    env: Vec<(&'static str, String)>,
-    store: Arc<dyn ObjectStore>,
-    prefix: String,
+pub(crate) struct Target {
+    pub(crate) url: String,
+    pub(crate) env: Vec<(&'static str, String)>,
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) prefix: String,
 }
 
 /// Says that `program` cannot run, and skips (or fails, when the emulators are required).
@@ -45,14 +45,14 @@ async fn wait_listening(url: &str, what: &str) {
 }
 
 /// A moto S3 server on a loopback port, killed when dropped.
-struct Moto {
+pub(crate) struct Moto {
     child: Child,
     port: u16,
 }
 
 impl Moto {
     /// Starts moto, or `None` (with a note) when it is not installed and the emulators are not required.
-    async fn start() -> Option<Moto> {
+    pub(crate) async fn start() -> Option<Moto> {
         let port = free_addr().port();
         let spawned = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -73,7 +73,7 @@ impl Moto {
     }
 
     /// A new bucket, and the tables at `s3://bucket/prefix`.
-    async fn target(&self, bucket: &str, prefix: &str) -> Target {
+    pub(crate) async fn target(&self, bucket: &str, prefix: &str) -> Target {
         self.bucket(bucket).await;
         Target {
             url: format!("s3://{bucket}/{prefix}"),
