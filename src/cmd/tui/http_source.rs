@@ -247,6 +247,13 @@ mod tests {
         assert_eq!(err, "--server \"127.0.0.1:4319\" must be an http:// or https:// URL");
         let source = HttpSource::new("http://127.0.0.1:4319/", Duration::from_secs(1), &Default::default()).unwrap();
         assert_eq!(source.describe(), "http://127.0.0.1:4319");
+        // Several servers: all named; twice the same would count its spans twice in the merged view.
+        let several = HttpSource::new("http://a:4319/, https://b:4319", Duration::from_secs(1), &Default::default());
+        assert_eq!(several.unwrap().describe(), "http://a:4319, https://b:4319");
+        let twice = HttpSource::new("http://a:4319,http://a:4319/", Duration::from_secs(1), &Default::default());
+        assert_eq!(twice.unwrap_err(), "--server lists http://a:4319 twice");
+        let none = HttpSource::new(" , ", Duration::from_secs(1), &Default::default());
+        assert_eq!(none.unwrap_err(), "--server needs at least one http:// or https:// URL");
     }
 
     #[tokio::test]
