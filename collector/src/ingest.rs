@@ -262,13 +262,6 @@ impl Ingest {
         let app_id = AppId::for_wal(&writer_id(&wal_dir)?);
         let remote = config.storage.url.as_deref().map(store::remote::connect).transpose()?;
         let tables = Arc::new(Tables::open_at(&data_dir, remote.as_ref(), Some(app_id.clone())).await?);
-        if let Some(remote) = &remote {
-            tracing::warn!(
-                url = %remote.url,
-                "the tables are on an object store: compaction does not run there yet (small files stay); retention \
-                 and vacuum do"
-            );
-        }
         let mut stores = vec![Store {
             id: StoreId::DEFAULT,
             name: "default".into(),
@@ -1007,11 +1000,8 @@ impl Ingest {
         {
             let label = TableLabel::of(signal);
             let bytes = self.apply_retention(st, signal, now).await;
-            // Compaction does not run on tables on an object store (said once at start); retention and vacuum do.
-            let compacted = match st.tables.remote() {
-                Some(_) => Ok((Default::default(), None)),
-                None => st.tables.compact(&st.staging, signal, options, policy, now).await,
-            };
+            // On an object store the staging dir holds compaction's local copies (`store::maintenance`).
+            let compacted = st.tables.compact(&st.staging, signal, options, policy, now).await;
             match compacted {
                 Ok((report, view)) => {
                     if let Some(view) = view {

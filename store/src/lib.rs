@@ -85,16 +85,6 @@ pub enum StoreError {
         /// What to do.
         hint: &'static str,
     },
-    /// Something tailscope does not do on tables on an object store yet.
-    #[error("{what} is not done on tables on an object store ({url}) yet: {instead}")]
-    Unsupported {
-        /// What was asked.
-        what: &'static str,
-        /// The store.
-        url: String,
-        /// What happens instead, or what to do.
-        instead: &'static str,
-    },
     /// The table's log holds something tailscope cannot use as one of its files.
     #[error("Delta table {table}: {detail}")]
     Log {

@@ -22,7 +22,7 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake_core::kernel::Action;
 use deltalake_core::kernel::transaction::CommitProperties;
 use deltalake_core::protocol::DeltaOperation;
-use tailscope_core::catalog::ParquetFile;
+use tailscope_core::catalog::{ParquetFile, RemoteTables};
 use tailscope_core::layout::{FileName, ParquetOptions};
 use tailscope_core::schema::Signal;
 
@@ -83,15 +83,18 @@ impl Tables {
         policy: &CompactionPolicy,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<(CompactionReport, Option<TableView>), StoreError> {
-        // The rewrite reads and writes files under the data dir; on an object store they are not there.
-        if let Some(remote) = self.remote() {
-            return Err(StoreError::Unsupported {
-                what: "compaction",
-                url: remote.url.to_string(),
-                instead: "the tables' small files stay as they are (queries read them all); retention and vacuum do \
-                          run there",
-            });
-        }
+        // On an object store the rewrite works on local copies: the partition's small files are downloaded under a
+        // scratch directory (this compaction's own, emptied first: nothing else writes there), rewritten there as on
+        // a local disk, and the outputs uploaded before the commit names them.
+        let remote = self.remote().cloned();
+        let root = match &remote {
+            Some(_) => {
+                let scratch = data_dir.join(REMOTE_SCRATCH);
+                let _ = tokio::fs::remove_dir_all(&scratch).await;
+                scratch
+            }
+            None => data_dir.to_path_buf(),
+        };
         let view = self.view(signal).await?;
         let mut groups: std::collections::BTreeMap<PathBuf, Vec<ParquetFile>> = Default::default();
         for file in view.files {
@@ -109,22 +112,38 @@ impl Tables {
             }
             // Time order, so the output stays nearly sorted (each input is sorted) and delta-encodes well.
             files.sort_by_key(|f| (f.time_range_ns.map(|r| r.0), f.relative_path.clone()));
-            let (dir, inputs, opts, target) =
-                (data_dir.to_path_buf(), files.clone(), options.clone(), policy.target_bytes);
+            if let Some(remote) = &remote
+                && let Err(e) = download_inputs(remote, &root, &files).await
+            {
+                tracing::warn!(table = signal.table_name(), partition = %partition.display(), error = %e, "compaction skipped this partition");
+                let _ = tokio::fs::remove_dir_all(root.join(&partition)).await;
+                continue;
+            }
+            let (dir, inputs, opts, target) = (root.clone(), files.clone(), options.clone(), policy.target_bytes);
             let rewrite = tokio::task::spawn_blocking(move || rewrite(&dir, signal, &inputs, &opts, target)).await;
             let rewritten = match rewrite {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
                     tracing::warn!(table = signal.table_name(), partition = %partition.display(), error = %e, "compaction skipped this partition");
+                    clear_scratch(remote.as_ref(), &root, &partition).await;
                     continue;
                 }
                 Err(e) => {
                     tracing::warn!(table = signal.table_name(), error = %e, "compaction task failed");
+                    clear_scratch(remote.as_ref(), &root, &partition).await;
                     continue;
                 }
             };
             if rewritten.inputs.len() < 2 {
-                remove_files(data_dir, &rewritten.outputs);
+                remove_files(&root, &rewritten.outputs);
+                clear_scratch(remote.as_ref(), &root, &partition).await;
+                continue;
+            }
+            if let Some(remote) = &remote
+                && let Err(e) = upload_outputs(remote, &root, &rewritten.outputs).await
+            {
+                tracing::warn!(table = signal.table_name(), partition = %partition.display(), error = %e, "compaction skipped this partition");
+                clear_scratch(Some(remote), &root, &partition).await;
                 continue;
             }
             let mut actions: Vec<Action> =
@@ -148,10 +167,17 @@ impl Tables {
                 Err(e) => {
                     // Another writer removed some of the inputs first (a compaction elsewhere, retention): the
                     // outputs were never part of the table.
-                    remove_files(data_dir, &rewritten.outputs);
+                    remove_files(&root, &rewritten.outputs);
+                    if let Some(remote) = &remote {
+                        for f in &rewritten.outputs {
+                            let _ = crate::remote::delete(remote, &f.relative_path).await;
+                        }
+                    }
                     tracing::warn!(table = signal.table_name(), partition = %partition.display(), error = %e, "compaction commit failed; its files were removed");
                 }
             }
+            // The store holds what was committed; the local copies only took disk.
+            clear_scratch(remote.as_ref(), &root, &partition).await;
         }
         Ok((report, last))
     }
@@ -177,6 +203,39 @@ impl Tables {
             Ok(metrics.files_deleted.len())
         })
         .await
+    }
+}
+
+/// Where compaction of a table on an object store keeps its local copies, under the store's staging dir.
+const REMOTE_SCRATCH: &str = "compaction";
+
+/// Downloads `files` of a table on `remote` to their relative paths under `root`, one after the other.
+async fn download_inputs(remote: &RemoteTables, root: &Path, files: &[ParquetFile]) -> Result<(), StoreError> {
+    for f in files {
+        crate::remote::download(remote, &f.relative_path, &root.join(&f.relative_path), f.size).await?;
+    }
+    Ok(())
+}
+
+/// Uploads compaction's `outputs` from under `root` to `remote`; on an error the ones already uploaded are deleted
+/// (no commit names them).
+async fn upload_outputs(remote: &RemoteTables, root: &Path, outputs: &[ParquetFile]) -> Result<(), StoreError> {
+    for (i, f) in outputs.iter().enumerate() {
+        if let Err(e) = crate::remote::upload(remote, &root.join(&f.relative_path), &f.relative_path).await {
+            for done in &outputs[..=i] {
+                let _ = crate::remote::delete(remote, &done.relative_path).await;
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Removes the local copies of one partition's compaction on an object store (nothing for a local table, whose
+/// files are the table's own).
+async fn clear_scratch(remote: Option<&RemoteTables>, root: &Path, partition: &Path) {
+    if remote.is_some() {
+        let _ = tokio::fs::remove_dir_all(root.join(partition)).await;
     }
 }
 

@@ -124,6 +124,44 @@ pub async fn upload(remote: &RemoteTables, local: &Path, relative_path: &Path) -
     Ok(copied)
 }
 
+/// Copies the object of `relative_path` on `remote` to the local file `local` (its directories created), streamed
+/// chunk by chunk, never whole in memory. `expected` is its size as the table's log says: an object that turns
+/// out larger is refused once past it (a store's answer sizes nothing here), so the copy never exceeds what the
+/// log promised. Returns the bytes copied.
+pub async fn download(
+    remote: &RemoteTables,
+    relative_path: &Path,
+    local: &Path,
+    expected: u64,
+) -> Result<u64, StoreError> {
+    use futures::StreamExt as _;
+    let fail = |detail: String| StoreError::Object {
+        store: remote.url.to_string(),
+        object: remote.display(relative_path),
+        action: "downloading",
+        detail,
+        hint: HINT,
+    };
+    if let Some(dir) = local.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(|e| fail(format!("creating {}: {e}", dir.display())))?;
+    }
+    let answer = remote.store.get(&remote.object_path(relative_path)).await.map_err(|e| fail(e.to_string()))?;
+    let mut chunks = answer.into_stream();
+    let mut file =
+        tokio::fs::File::create(local).await.map_err(|e| fail(format!("creating {}: {e}", local.display())))?;
+    let mut copied = 0u64;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| fail(e.to_string()))?;
+        copied = copied.saturating_add(chunk.len() as u64);
+        if copied > expected {
+            return Err(fail(format!("the object is larger than the {expected} bytes the table's log says")));
+        }
+        file.write_all(&chunk).await.map_err(|e| fail(format!("writing {}: {e}", local.display())))?;
+    }
+    file.flush().await.map_err(|e| fail(format!("writing {}: {e}", local.display())))?;
+    Ok(copied)
+}
+
 /// Deletes the object of `relative_path` on `remote` (gone already is fine). Returns whether it was there.
 pub async fn delete(remote: &RemoteTables, relative_path: &Path) -> Result<bool, StoreError> {
     match remote.store.delete(&remote.object_path(relative_path)).await {

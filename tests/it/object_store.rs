@@ -537,6 +537,82 @@ async fn three_collectors_killed_mid_load_on_one_s3_table_store_each_span_once()
     assert_every_object_committed(&target).await;
 }
 
+/// Compaction on S3 while queries loop: a closed hour's small objects are downloaded, rewritten into one and
+/// uploaded, in one commit that removes the small ones with `dataChange = false`; no query fails and the answer never
+/// changes; vacuum then deletes the small objects, and the bucket holds the one file the log names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_merges_a_closed_hours_small_objects_on_s3_while_queries_run() {
+    let Some(moto) = Moto::start().await else { return };
+    let target = moto.target("compact", "t").await;
+    let env: Vec<(&str, &str)> = target.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let config = format!(
+        "[storage]\nurl = \"{}\"\nflush_interval = \"50ms\"\ncompaction_min_files = 4\ncompaction_after = \"0s\"\n\
+         maintenance_interval = \"1h\"\nvacuum_grace = \"3s\"\n[query]\ntimeout = \"2s\"\n",
+        target.url
+    );
+    let mut server = Server::start_with_env(&config, &env).await;
+    const HOUR_NS: u64 = 3_600_000_000_000;
+    let hour = (crate::support::now_ns() / HOUR_NS - 3) * HOUR_NS;
+    let mut client = TraceServiceClient::connect(server.grpc_url()).await.unwrap();
+    for i in 0..20u64 {
+        client.export(crate::storage::spans_at(hour + i * 1_000_000, i * 100, 100)).await.unwrap();
+        // A flush to S3 (upload, then commit) takes a few hundred ms: pause longer than one, for many objects.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(server.terminate().success());
+    let table = format!("{}/spans", target.prefix);
+    let parquet = |all: Vec<(String, u64)>| -> Vec<String> {
+        all.into_iter().map(|(p, _)| p).filter(|p| p.ends_with(".parquet") && !p.contains("/_delta_log/")).collect()
+    };
+    let small = parquet(objects(target.store.as_ref(), &table).await).len();
+    assert!(small >= 6, "expected many small objects, found {small}");
+    let fast = config.replace("maintenance_interval = \"1h\"", "maintenance_interval = \"500ms\"");
+    std::fs::write(server.data_dir.parent().unwrap().join("tailscope.toml"), fast).unwrap();
+    server.restart().await;
+    let sql = "SELECT count(*) AS n, count(DISTINCT span_id) AS d, sum(duration_ns) AS s FROM spans";
+    let first = server.sql(sql).await;
+    assert_eq!(first[0]["n"], 2000);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut queries = 0;
+    loop {
+        let (status, body) = server.sql_raw(sql).await;
+        assert!(status.is_success(), "a query failed during compaction: {status} {body}");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        assert_eq!(rows, first, "the answer changed during compaction");
+        queries += 1;
+        if server.metric("tailscope_vacuum_files_deleted").await >= small as f64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "compaction and vacuum did not finish:\n{}", server.log());
+    }
+    assert!(server.metric("tailscope_compactions").await >= 1.0);
+    let left = parquet(objects(target.store.as_ref(), &table).await);
+    assert_eq!(left.len(), 1, "one object after compaction and vacuum: {left:?}");
+    assert_every_object_committed(&target).await;
+    // The compaction commit's removes say the rows did not change.
+    let mut removes = 0;
+    for (entry, _) in objects(target.store.as_ref(), &format!("{table}/_delta_log")).await {
+        if entry.ends_with(".json") {
+            let text = target.store.get(&ObjectPath::from(entry.as_str())).await.unwrap().bytes().await.unwrap();
+            for line in String::from_utf8_lossy(&text).lines() {
+                let action: serde_json::Value = serde_json::from_str(line).unwrap();
+                if let Some(remove) = action.get("remove") {
+                    assert_eq!(remove["dataChange"], false, "{line}");
+                    removes += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(removes, small, "one remove per small object");
+    // No local copy stays behind in the data dir.
+    let local: Vec<_> = walk(&server.data_dir).into_iter().filter(|p| p.ends_with(".parquet")).collect();
+    assert!(local.is_empty(), "local copies left: {local:?}");
+    assert_eq!(server.sql(sql).await, first);
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(cli_count(&target, dir.path(), "SELECT count(*) AS n FROM spans"), 2000);
+    eprintln!("compaction on S3: {small} objects -> 1; {queries} queries during it");
+}
+
 /// A TCP proxy in front of the S3 server, to take the store away and bring it back without losing what it holds
 /// (moto keeps everything in memory): while down, new connections are closed at once and open ones are cut.
 struct Outage {

@@ -29,7 +29,7 @@ fn spans(first_id: u64, n: u64) -> ExportTraceServiceRequest {
 }
 
 /// `n` spans starting at `t` (ns since the epoch).
-fn spans_at(t: u64, first_id: u64, n: u64) -> ExportTraceServiceRequest {
+pub(crate) fn spans_at(t: u64, first_id: u64, n: u64) -> ExportTraceServiceRequest {
     let spans = (first_id..first_id + n)
         .map(|id| Span {
             trace_id: [&[0xcd; 8][..], &id.to_be_bytes()].concat(),
