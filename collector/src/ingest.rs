@@ -809,7 +809,18 @@ impl Ingest {
                 }
             }
             if all {
-                self.partly_committed.lock().remove(&signal);
+                if self.partly_committed.lock().remove(&signal) {
+                    // A store that committed an earlier, partly failed flush of this table got none of its rows
+                    // again: its files of then are shown now, as the buffer retires their rows.
+                    for st in &self.stores {
+                        if views.iter().any(|(id, _, _)| *id == st.id) {
+                            continue;
+                        }
+                        if let Ok(view) = st.tables.view(signal).await {
+                            views.push((st.id, Some(view.version), view.files));
+                        }
+                    }
+                }
                 self.catalog.reconcile_stores(signal, views, Some(through_seq));
                 freed += bytes_of(&signal);
             } else if !views.is_empty() {
