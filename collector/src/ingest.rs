@@ -771,6 +771,7 @@ impl Ingest {
     ) -> (usize, Option<StorageError>) {
         let mut failed = None;
         let mut freed = 0;
+        let mut commits = 0;
         for signal in Signal::ALL {
             let mut views = Vec::new();
             let mut all = true;
@@ -781,6 +782,10 @@ impl Ingest {
                 if mine.is_empty() {
                     continue;
                 }
+                if commits > 0 && files.len() > 1 {
+                    crate::failpoint::hit("flush-between-store-commits");
+                }
+                commits += 1;
                 let outcome = match st.tables.commit_flush(signal, &mine, through_seq).await {
                     Ok(view) => Ok(view),
                     // A commit whose answer was lost may still have happened: the table says.
