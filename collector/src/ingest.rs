@@ -813,6 +813,8 @@ impl Ingest {
                     }
                 }
             }
+            // `all` with no commit of this table: every store held its buffered rows already (a restart replayed
+            // records that one store lacked, and none of them is that store's); they retire all the same.
             if all {
                 if self.partly_committed.lock().remove(&signal) {
                     // A store that committed an earlier, partly failed flush of this table got none of its rows

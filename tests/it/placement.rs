@@ -290,3 +290,38 @@ async fn a_crash_between_two_stores_commits_stores_each_row_once_in_its_own_stor
     assert_eq!(rows_of(&server), (300, 200));
     assert_eq!(cli_by_region(&server, &toml, &server.data_dir, &[]), want);
 }
+
+/// A crash after the flush committed, before the checkpoint, with a rule's store that never received a row (its
+/// `txn` says nothing): the restart replays the WAL (one store lacks the records), every record's rows are found held
+/// by their own store, nothing is committed again, and the replayed rows leave the buffer: each span counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_records_every_store_holds_are_committed_nowhere_and_counted_once() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let eu_dir = elsewhere.path().join("eu");
+    let toml = format!(
+        "[storage]\nflush_interval = \"1h\"\n[[storage.placement]]\nname = \"eu\"\nurl = \"{}\"\n\
+         match = {{ cloud_region = [\"eu-*\"] }}\n",
+        eu_dir.display()
+    );
+    let mut server = Server::start_with_env(&toml, &[("TAILSCOPE_FAILPOINT", "flush-after-commit")]).await;
+    let mut client = TraceServiceClient::connect(server.grpc_url()).await.unwrap();
+    for first in [0, 100, 200] {
+        let mut request = trace_export("crash", first, 100, &[]);
+        request.resource_spans[0].resource.as_mut().unwrap().attributes.push(string_kv("cloud.region", "us-east-1"));
+        client.export(request).await.unwrap();
+    }
+    let status = server.terminate();
+    assert!(!status.success() && server.log().contains("flush-after-commit: aborting"), "{}", server.log());
+    server.set_env(&[]);
+    server.restart().await;
+    let rows = server.sql("SELECT count(*) AS n, count(DISTINCT span_id) AS d FROM spans").await;
+    assert_eq!((rows[0]["n"].as_i64(), rows[0]["d"].as_i64()), (Some(300), Some(300)), "{}", server.log());
+    let (us, _) = crate::storage::log_rows_and_txns(&server.data_dir.join("spans"));
+    let (eu, _) = crate::storage::log_rows_and_txns(&eu_dir.join("spans"));
+    assert_eq!((us, eu), (300, 0));
+    // Nothing stays buffered: the replayed rows retired with the restart's flush.
+    let scrape = server.scrape_until("an empty buffer", |s| s.sum("tailscope_buffered_bytes", &[]) == 0.0).await;
+    assert_eq!(scrape.sum("tailscope_buffered_bytes", &[]), 0.0);
+    assert!(server.terminate().success());
+    assert_eq!(crate::storage::log_rows_and_txns(&server.data_dir.join("spans")).0, 300);
+}
