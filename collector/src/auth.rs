@@ -199,10 +199,7 @@ impl ApiKeys {
             Listener::OtlpGrpc | Listener::OtlpHttp => {
                 let asked = match headers.get(PROJECT_HEADER) {
                     None => None,
-                    Some(value) => {
-                        let text = value.to_str().unwrap_or_default().trim();
-                        Some(Project::parse(text).map_err(Refusal::BadProject)?)
-                    }
+                    Some(value) => Some(Project::parse_bytes(value.as_bytes()).map_err(Refusal::BadProject)?),
                 };
                 let project = match key {
                     Some(key) => key.ingest_project(asked)?,

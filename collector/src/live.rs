@@ -45,7 +45,7 @@ use axum::{Json, Router};
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::arrow::record_batch::RecordBatch;
-use hdrhistogram::Histogram;
+use hdrhistogram::{Counter, Histogram};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tailscope_core::config::LiveConfig;
@@ -54,6 +54,10 @@ use tailscope_core::projects::{Project, Visibility};
 use tailscope_core::schema::{ResourceColumn, SpanColumn};
 
 use crate::observe::SpanObserver;
+
+pub mod merge;
+
+pub use merge::{HistogramRow, LiveHistograms, LiveMerge, MergeError};
 
 /// The value used for a missing region, model or operation.
 pub const NONE: &str = "none";
@@ -472,21 +476,23 @@ fn overflow_route(project: &Project, map: &HashMap<RouteKey, RouteState>, max_ro
 }
 
 /// One group's figures as a live report adds them up: every slice's histogram, its errors, and each slice apart.
-struct Acc {
-    total: Histogram<u32>,
+/// The counter type is the collector's `u32` for its own windows and `u64` where reports of several collectors
+/// are merged ([`merge`]).
+struct Acc<T: Counter> {
+    total: Histogram<T>,
     errors: u64,
-    per_slice: Vec<Option<Histogram<u32>>>,
+    per_slice: Vec<Option<Histogram<T>>>,
 }
 
-impl Acc {
-    /// The report's row for `key`, over `covered_ns` of the window; `buckets` adds the histogram's buckets.
-    fn row(self, key: RouteKey, covered_ns: i64, buckets: bool) -> LiveRow {
+impl<T: Counter> Acc<T> {
+    /// The report's row for `key` at `rate` spans per second; `buckets` adds the histogram's buckets.
+    fn row(self, key: RouteKey, rate: f64, buckets: bool) -> LiveRow {
         let ms = |micros: u64| micros as f64 / 1000.0;
         let h = &self.total;
         let count = h.len();
         LiveRow {
             count,
-            rate: count as f64 / (covered_ns as f64 / NS_PER_S as f64),
+            rate,
             errors: self.errors,
             error_rate: self.errors as f64 / count as f64,
             p50_ms: ms(h.value_at_quantile(0.50)),
@@ -504,6 +510,25 @@ impl Acc {
             key,
         }
     }
+}
+
+/// The rows of a report in their order: providers first, busiest first; spans without a provider after them.
+fn sort_rows(rows: &mut [LiveRow]) {
+    rows.sort_by(|a, b| {
+        (a.key.provider == NO_PROVIDER)
+            .cmp(&(b.key.provider == NO_PROVIDER))
+            .then_with(|| b.count.cmp(&a.count))
+            .then_with(|| a.key.cmp(&b.key))
+    });
+}
+
+/// What a window holds for a report, before it is turned into rows or serialised histograms.
+struct Gathered {
+    /// Nanoseconds of history the window covers.
+    covered_ns: i64,
+    /// Index of the window's oldest slice (in slices of the window's length since the Unix epoch).
+    first: i64,
+    groups: HashMap<RouteKey, Acc<u32>>,
 }
 
 impl LiveWindows {
@@ -623,71 +648,117 @@ impl LiveWindows {
         buckets: bool,
         now_ns: i64,
     ) -> LiveReport {
-        let slice_ns = window.slice_ns();
-        let current = now_ns.div_euclid(slice_ns);
-        let first = current - window.slices() + 1;
-        let covered_ns = (now_ns - first * slice_ns).min(now_ns - self.started_ns).max(1);
-        let mut groups: HashMap<RouteKey, Acc> = HashMap::new();
-        {
-            let mut routes = self.routes.lock();
-            let Routes { map: routes, bytes, memory } = &mut *routes;
-            let longest = Window::OneHour.length_ns() + Window::OneHour.slice_ns();
-            routes.retain(|_, r| {
-                let keep = r.last_seen_ns > now_ns - longest;
-                if !keep {
-                    *bytes = bytes.saturating_sub(r.bytes);
-                }
-                keep
-            });
-            if let Some(m) = memory {
-                m.follow(*bytes, RESERVATION_STEP);
-            }
-            for (key, route) in routes.iter() {
-                if !filter.matches(key) {
-                    continue;
-                }
-                let slices = route.slices(window, first, current);
-                if slices.is_empty() {
-                    continue;
-                }
-                let acc = groups.entry(grouping.project(key)).or_insert_with(|| Acc {
-                    total: new_histogram(),
-                    errors: 0,
-                    per_slice: (0..window.slices()).map(|_| None).collect(),
-                });
-                for (index, hist, errors) in slices {
-                    let _ = acc.total.add(hist);
-                    acc.errors += errors;
-                    let slot = &mut acc.per_slice[(index - first) as usize];
-                    match slot {
-                        Some(h) => {
-                            let _ = h.add(hist);
-                        }
-                        None => *slot = Some(hist.clone()),
-                    }
-                }
-            }
-        }
+        let Gathered { covered_ns, groups, .. } = self.gather(window, grouping, filter, now_ns);
+        let covered_s = covered_ns as f64 / NS_PER_S as f64;
         let mut rows: Vec<LiveRow> = groups
             .into_iter()
             .filter(|(_, acc)| !acc.total.is_empty())
-            .map(|(key, acc)| acc.row(key, covered_ns, buckets))
+            .map(|(key, acc)| {
+                let rate = acc.total.len() as f64 / covered_s;
+                acc.row(key, rate, buckets)
+            })
             .collect();
-        // Providers first, busiest first; spans without a provider after them.
-        rows.sort_by(|a, b| {
-            (a.key.provider == NO_PROVIDER)
-                .cmp(&(b.key.provider == NO_PROVIDER))
-                .then_with(|| b.count.cmp(&a.count))
-                .then_with(|| a.key.cmp(&b.key))
-        });
+        sort_rows(&mut rows);
         LiveReport {
             window,
-            covered_s: covered_ns as f64 / NS_PER_S as f64,
-            series_step_s: slice_ns as f64 / NS_PER_S as f64,
+            covered_s,
+            series_step_s: window.slice_ns() as f64 / NS_PER_S as f64,
             slo_p99_ms: self.slo_p99_ms,
             generated_at: chrono::DateTime::from_timestamp_nanos(now_ns).to_rfc3339(),
             rows,
         }
+    }
+
+    /// The same window, grouping and filter as [`LiveWindows::report_at`], as serialised histograms that reports
+    /// of other collectors can be merged with ([`merge::LiveMerge`]).
+    pub fn histograms_at(
+        &self,
+        window: Window,
+        grouping: Grouping,
+        filter: &RouteFilter,
+        now_ns: i64,
+    ) -> LiveHistograms {
+        let Gathered { covered_ns, first, groups } = self.gather(window, grouping, filter, now_ns);
+        let mut rows: Vec<(u64, HistogramRow)> = groups
+            .into_iter()
+            .filter(|(_, acc)| !acc.total.is_empty())
+            .filter_map(|(key, acc)| {
+                let encoded = merge::encode(&acc.total)
+                    .and_then(|total| {
+                        let slices = acc.per_slice.iter().map(|s| s.as_ref().map(merge::encode).transpose());
+                        Ok((total, slices.collect::<Result<Vec<_>, _>>()?))
+                    })
+                    .inspect_err(|e| tracing::warn!("live histograms: route {key:?} left out: {e}"))
+                    .ok()?;
+                let (histogram, slices) = encoded;
+                Some((acc.total.len(), HistogramRow { key, errors: acc.errors, histogram, slices }))
+            })
+            .collect();
+        // The report's order (the count is the histogram's, kept aside so as not to decode it again).
+        rows.sort_by(|(ca, a), (cb, b)| {
+            (a.key.provider == NO_PROVIDER)
+                .cmp(&(b.key.provider == NO_PROVIDER))
+                .then_with(|| cb.cmp(ca))
+                .then_with(|| a.key.cmp(&b.key))
+        });
+        LiveHistograms {
+            window,
+            covered_s: covered_ns as f64 / NS_PER_S as f64,
+            series_step_s: window.slice_ns() as f64 / NS_PER_S as f64,
+            first_slice: first,
+            slo_p99_ms: self.slo_p99_ms,
+            generated_at: chrono::DateTime::from_timestamp_nanos(now_ns).to_rfc3339(),
+            encoding: merge::ENCODING.to_string(),
+            rows: rows.into_iter().map(|(_, r)| r).collect(),
+        }
+    }
+
+    /// Drops idle routes and adds up, per group, the slices of `window` as of `now_ns`.
+    fn gather(&self, window: Window, grouping: Grouping, filter: &RouteFilter, now_ns: i64) -> Gathered {
+        let slice_ns = window.slice_ns();
+        let current = now_ns.div_euclid(slice_ns);
+        let first = current - window.slices() + 1;
+        let covered_ns = (now_ns - first * slice_ns).min(now_ns - self.started_ns).max(1);
+        let mut groups: HashMap<RouteKey, Acc<u32>> = HashMap::new();
+        let mut routes = self.routes.lock();
+        let Routes { map: routes, bytes, memory } = &mut *routes;
+        let longest = Window::OneHour.length_ns() + Window::OneHour.slice_ns();
+        routes.retain(|_, r| {
+            let keep = r.last_seen_ns > now_ns - longest;
+            if !keep {
+                *bytes = bytes.saturating_sub(r.bytes);
+            }
+            keep
+        });
+        if let Some(m) = memory {
+            m.follow(*bytes, RESERVATION_STEP);
+        }
+        for (key, route) in routes.iter() {
+            if !filter.matches(key) {
+                continue;
+            }
+            let slices = route.slices(window, first, current);
+            if slices.is_empty() {
+                continue;
+            }
+            let acc = groups.entry(grouping.project(key)).or_insert_with(|| Acc {
+                total: new_histogram(),
+                errors: 0,
+                per_slice: (0..window.slices()).map(|_| None).collect(),
+            });
+            for (index, hist, errors) in slices {
+                let _ = acc.total.add(hist);
+                acc.errors += errors;
+                let slot = &mut acc.per_slice[(index - first) as usize];
+                match slot {
+                    Some(h) => {
+                        let _ = h.add(hist);
+                    }
+                    None => *slot = Some(hist.clone()),
+                }
+            }
+        }
+        Gathered { covered_ns, first, groups }
     }
 
     /// [`LiveWindows::report_at`] as of now.
@@ -720,7 +791,7 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// Power-of-two buckets from 1 ms up to the largest value (sub-millisecond spans fall in the first).
-fn log_buckets(h: &Histogram<u32>) -> Vec<Bucket> {
+fn log_buckets<T: Counter>(h: &Histogram<T>) -> Vec<Bucket> {
     let mut out = Vec::new();
     let mut le_us: u64 = 1000;
     let mut below: u64 = 0;
@@ -755,9 +826,13 @@ struct LiveParams {
 ///
 /// `GET /api/v1/live/stream` with the same parameters pushes the same report as Server-Sent Events (`event: live`,
 /// the JSON as data) at once and then every [`STREAM_EVERY`], so a page shows live values without polling.
+///
+/// `GET /api/v1/live/histograms` with the same parameters (`buckets` aside) answers each row's histograms
+/// instead of its figures ([`LiveHistograms`]), for a client that merges several collectors ([`LiveMerge`]).
 pub fn routes(live: Arc<LiveWindows>) -> Router {
     Router::new()
         .route("/api/v1/live", get(live_handler))
+        .route("/api/v1/live/histograms", get(histograms_handler))
         .route("/api/v1/live/stream", get(live_stream))
         .with_state(live)
 }
@@ -805,6 +880,19 @@ async fn live_handler(
     Json(live.report(window, grouping, &params.filter, params.buckets.unwrap_or(true))).into_response()
 }
 
+async fn histograms_handler(
+    State(live): State<Arc<LiveWindows>>,
+    visible: Option<axum::Extension<Visibility>>,
+    Query(mut params): Query<LiveParams>,
+) -> Response {
+    // Scoped like the report: a project key gets only its projects' histograms.
+    let (window, grouping) = match scoped_params(visible, &mut params) {
+        Ok(asked) => asked,
+        Err(e) => return bad_request(e),
+    };
+    Json(live.histograms_at(window, grouping, &params.filter, now_ns())).into_response()
+}
+
 async fn live_stream(
     State(live): State<Arc<LiveWindows>>,
     visible: Option<axum::Extension<Visibility>>,
@@ -842,6 +930,31 @@ async fn live_stream(
 
 fn bad_request(message: String) -> Response {
     (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// Windows for the merge's tests.
+#[cfg(test)]
+mod tests_support {
+    use super::*;
+
+    /// The 1m histograms of a collector that saw one span of `micros` µs (provider `openai`, everything else
+    /// grouped).
+    pub(super) fn one_span_windows(micros: i64) -> LiveHistograms {
+        use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
+        use datafusion::arrow::datatypes::Schema;
+        let t0 = 1_800_000_000 * NS_PER_S;
+        let live = LiveWindows::new_at(0.0, t0 - 600 * NS_PER_S);
+        let s = |v: &str| -> ArrayRef { Arc::new(StringArray::from(vec![v])) };
+        let columns = [SpanColumn::GenAiProvider, SpanColumn::DurationNs, SpanColumn::StatusCode];
+        let schema = Schema::new(columns.map(SpanColumn::field).to_vec());
+        let batch = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![s("openai"), Arc::new(Int64Array::from(vec![micros * 1000])), s("error")],
+        )
+        .unwrap();
+        live.observe_at(&Project::default(), &batch, t0);
+        live.histograms_at(Window::OneMinute, Grouping::parse("provider").unwrap(), &RouteFilter::default(), t0)
+    }
 }
 
 #[cfg(test)]

@@ -33,11 +33,18 @@ impl Project {
         let first_ok = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         if name.is_empty() || name.len() > MAX_PROJECT_CHARS || !first_ok || !name.chars().all(valid_char) {
             return Err(format!(
-                "{name:?} is not a project name: use 1 to {MAX_PROJECT_CHARS} of a-z, 0-9, '-' and '_', starting \
-                 with a letter or digit"
+                "{} is not a project name: use 1 to {MAX_PROJECT_CHARS} of a-z, 0-9, '-' and '_', starting with a \
+                 letter or digit",
+                quoted(name)
             ));
         }
         Ok(Project(Arc::from(name)))
+    }
+
+    /// Checks a project name sent as raw bytes (an HTTP header, gRPC metadata): bytes that are not UTF-8 are shown
+    /// as U+FFFD in the error rather than dropped, so the sender sees what arrived.
+    pub fn parse_bytes(bytes: &[u8]) -> Result<Project, String> {
+        Project::parse(String::from_utf8_lossy(bytes).trim())
     }
 
     /// The [`DEFAULT_PROJECT`].
@@ -48,6 +55,15 @@ impl Project {
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// `name` quoted for an error message, cut to the first [`MAX_PROJECT_CHARS`] characters and its length in bytes when
+/// longer (a client may send a name of megabytes: the error must not echo it whole).
+fn quoted(name: &str) -> String {
+    match name.char_indices().nth(MAX_PROJECT_CHARS) {
+        None => format!("{name:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &name[..cut], name.len()),
     }
 }
 
@@ -110,6 +126,19 @@ mod tests {
         for bad in ["", "A", "-a", "_a", "a/b", "..", "a b", "é", "a=b", &"a".repeat(MAX_PROJECT_CHARS + 1)] {
             assert!(Project::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// A refused name is shown as it arrived, but never whole when long: a 100 KB name gives a short error, and a
+    /// header of Latin-1 bytes shows them as U+FFFD instead of an empty `""`.
+    #[test]
+    fn a_refused_name_is_quoted_short_and_visible() {
+        let long = "x".repeat(100_000) + "/";
+        let e = Project::parse(&long).unwrap_err();
+        assert!(e.len() < 400, "{} bytes: {}", e.len(), &e[..200]);
+        assert!(e.contains(&format!("\"{}\"... (100001 bytes)", "x".repeat(MAX_PROJECT_CHARS))), "{e}");
+        let e = Project::parse_bytes(b"caf\xe9").unwrap_err();
+        assert!(e.starts_with("\"caf\u{fffd}\" is not a project name"), "{e}");
+        assert_eq!(Project::parse_bytes(b" team-a ").unwrap().as_str(), "team-a");
     }
 
     #[test]

@@ -147,6 +147,9 @@ pub async fn run(args: Args) -> CmdResult {
         let engine = Engine::new(running.collector().catalog(), config.query.clone()).await?;
         let mut tick = tokio::time::interval(args.report_every);
         tick.tick().await;
+        // One set of signal handlers for the whole loop, so a signal between two turns is not missed.
+        let stop = super::serve::shutdown_signal();
+        tokio::pin!(stop);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -157,7 +160,7 @@ pub async fn run(args: Args) -> CmdResult {
                     fleet_done = Some(done);
                     break Ok(());
                 }
-                () = super::serve::shutdown_signal() => {
+                () = &mut stop => {
                     eprintln!("stopping the fleet");
                     break Ok(());
                 }

@@ -351,32 +351,46 @@ impl Running {
 }
 
 /// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+///
+/// The handlers are installed when this is called, not when the future is first polled: a SIGTERM that arrives
+/// while the collector is still starting (replaying its WAL, opening its stores) is kept until the collector
+/// serves, and then shuts it down cleanly, instead of killing the process with the signal's default action.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let unix = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok())
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let (term, int) = unix;
+            tokio::select! {
+                () = wait(term) => {},
+                () = wait(int) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
 /// Runs the collector until SIGTERM / Ctrl-C, then flushes and exits.
 pub async fn run(args: Args) -> CmdResult {
     let config = args.load_config()?;
+    let signal = shutdown_signal();
     let mut running = start(config).await?;
-    let outcome = running.serve_until(shutdown_signal()).await;
+    let outcome = running.serve_until(signal).await;
     tracing::info!("shutting down: flushing acknowledged data to Parquet");
     running.shutdown().await?;
     outcome.map_err(Into::into)

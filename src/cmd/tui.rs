@@ -13,8 +13,17 @@ use http_source::HttpSource;
 /// Flags of `tailscope tui`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The tailscope server to read live figures and SQL from (its API address).
-    #[arg(long, default_value = "http://127.0.0.1:4319", env = "TAILSCOPE_SERVER", conflicts_with = "data_dir")]
+    /// The tailscope server to read live figures and SQL from (its API address). Several, comma-separated
+    /// (A,B,C): live panels merge every server's live windows into one view (percentiles of the union of their
+    /// spans; a server that cannot be read is named in the status bar), while SQL and alert panels read the first
+    /// server only (SQL across collectors is distributed SQL, not a merge).
+    #[arg(
+        long,
+        value_name = "URL[,URL...]",
+        default_value = "http://127.0.0.1:4319",
+        env = "TAILSCOPE_SERVER",
+        conflicts_with = "data_dir"
+    )]
     pub server: String,
     /// Browse the history in a data directory instead, without a server (SQL only: no live windows or alerts API).
     #[arg(long, value_name = "DIR")]

@@ -8,6 +8,7 @@ mod demo;
 mod faults;
 mod hostile;
 mod ingest;
+mod live_merge;
 mod object_store;
 mod operations;
 mod overload;

@@ -181,10 +181,12 @@ async fn eu_and_us_spans_land_only_in_their_own_buckets_and_one_query_sees_both(
     assert!(scrape.sum("tailscope_store_uploaded_bytes_total", &[("store", eu.url.as_str())]) > 0.0);
     // ... after a restart (the catalog read from both stores' logs, nothing replayed twice), and through
     // `tailscope query` with the same config (no collector).
-    assert!(server.terminate().success());
+    let status = server.terminate();
+    assert!(status.success(), "{status}; log:\n{}", server.log());
     server.restart().await;
     assert_eq!(region_counts(&server.sql(BY_REGION).await), want);
-    assert!(server.terminate().success());
+    let status = server.terminate();
+    assert!(status.success(), "{status}; log:\n{}", server.log());
     assert_eq!(cli_by_region(&server, &toml, &server.dir().join("cli-data"), &us.env), want);
 }
 
@@ -230,7 +232,8 @@ async fn acknowledged_spans_survive_kill_9_with_two_stores_exactly_once_each_in_
     let acked = acked.load(Ordering::SeqCst) as i64;
     assert!(acked > 0);
     // A clean stop commits everything, once, to each store.
-    assert!(server.terminate().success());
+    let status = server.terminate();
+    assert!(status.success(), "{status}; log:\n{}", server.log());
     let (eu_rows, eu_orphans) = committed_spans(eu.store.as_ref(), &eu.prefix).await;
     let (us_rows, us_orphans) = committed_spans(us.store.as_ref(), &us.prefix).await;
     assert!(eu_rows.iter().all(|(r, _)| r.as_deref() == Some("eu-central-1")), "{:?}", by_region(&eu_rows));

@@ -380,6 +380,15 @@ async fn each_project_sees_exactly_its_own_rows_through_every_surface() {
         let pushed_rows = pushed["rows"].as_array().unwrap();
         assert!(pushed_rows.iter().all(|r| r["project"] == own), "{pushed}");
         assert_eq!(pushed_rows.iter().map(|r| r["count"].as_i64().unwrap()).sum::<i64>(), count);
+        // And the histograms other collectors' live views merge (issue #16): the project's routes only, whose
+        // histograms count its spans.
+        let hist = get(&server, key, "/api/v1/live/histograms?window=1h").await;
+        let hist_rows = hist["rows"].as_array().unwrap();
+        assert!(!hist_rows.is_empty() && hist_rows.iter().all(|r| r["project"] == own), "{hist}");
+        let merged =
+            collector::live::merge::merge_answers(vec![(own.to_string(), hist.to_string().into_bytes())], false);
+        let merged_rows = merged.0.expect("merged").rows;
+        assert_eq!(merged_rows.iter().map(|r| r.count as i64).sum::<i64>(), count);
 
         // The guardrail consults the project's own duplicate budget only.
         let guard = get(&server, key, "/api/v1/guardrails/hedging?provider=openai").await;

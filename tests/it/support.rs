@@ -447,6 +447,19 @@ impl Server {
         self.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     }
 
+    /// Starts the server again on the same data dir, ports and config without waiting for it to be ready, and
+    /// returns once its log has a new line containing `text` (start-up got that far), within 60 s.
+    pub async fn restart_until_logged(&mut self, text: &str) {
+        assert!(self.child.is_none(), "stop the server before restarting it");
+        let logged = self.log().len();
+        self.spawn_once();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.log().get(logged..).is_some_and(|new| new.contains(text)) {
+            assert!(Instant::now() < deadline, "no {text:?} in the log after 60 s:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Starts the server again on the same data dir, ports and config.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server before restarting it");

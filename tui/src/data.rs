@@ -12,6 +12,9 @@ pub struct Table {
     pub rows: Vec<Vec<Value>>,
     /// A number the source attached (the live windows' p99 objective), used for SLO colouring.
     pub slo: Option<f64>,
+    /// What the source says about the figures, shown in the status bar (a merge of several servers names those
+    /// it could not read).
+    pub notice: Option<String>,
 }
 
 impl Table {
@@ -37,7 +40,7 @@ impl Table {
                 row
             })
             .collect();
-        Table { columns, rows, slo: None }
+        Table { columns, rows, slo: None, notice: None }
     }
 
     /// Parses a JSON array of objects (the SQL API's answer), keeping the key order of the text.

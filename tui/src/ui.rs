@@ -119,6 +119,19 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
                 Span::styled(format!(" filter: {} (Esc clears) ", app.filter), Style::new().fg(Color::Yellow)),
             );
         }
+        // What the source says about the current screen's figures (servers left out of a merged view), first so
+        // that a narrow terminal still shows it.
+        let mut notices: Vec<&str> = app
+            .panels
+            .iter()
+            .filter(|((screen, _), _)| *screen == app.current)
+            .filter_map(|(_, state)| state.data.as_ref()?.notice.as_deref())
+            .collect();
+        notices.sort_unstable();
+        notices.dedup();
+        if !notices.is_empty() {
+            spans.insert(0, Span::styled(format!(" {} ", notices.join(" · ")), Style::new().fg(Color::Red)));
+        }
         if let Some(s) = &app.session {
             spans.push(Span::styled(format!("  session {s}"), Style::new().fg(Color::DarkGray)));
         }

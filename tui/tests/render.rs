@@ -187,6 +187,25 @@ fn banner_help_and_filter() {
     }
 }
 
+/// A merged live view (`tailscope tui --server A,B,C`) that left a server out says so in the status bar, in red,
+/// on the screen whose figures lack it only.
+#[test]
+fn a_notice_from_the_source_shows_in_the_status_bar() {
+    let mut app = app();
+    let mut live = t(LIVE);
+    live.notice = Some("merged without http://10.0.0.3:4319: cannot connect: Connection refused".into());
+    app.set_data(0, 0, live);
+    let mut terminal = Terminal::new(TestBackend::new(120, 24)).unwrap();
+    terminal.draw(|f| tui::ui::draw(f, &app)).unwrap();
+    let buf = terminal.backend().buffer().clone();
+    let bottom: String = (0..120).map(|x| buf[(x, 23)].symbol()).collect();
+    assert!(bottom.starts_with(" merged without http://10.0.0.3:4319: cannot connect"), "{bottom}");
+    assert_eq!(buf[(2, 23)].fg, ratatui::style::Color::Red);
+    app.current = screen(&app, "cost");
+    let screen = render(&app, 120, 24);
+    assert!(!screen.contains("merged without"), "{screen}");
+}
+
 /// A `duplicate_inference` budget capped at 3% of inference spend (no dollar cap) and a `total` budget capped at
 /// $0.001, as `/api/v1/alerts` gives them: the budget figures (`BudgetStatus`) and the alerts' events with their
 /// figures as text ([`AlertView`]).

@@ -75,6 +75,11 @@ struct Args {
     /// bearer token on every request), beside plaintext tailscope in the same round.
     #[arg(long)]
     tls: bool,
+    /// Also measure tailscope with its tables on this object store (`storage.url`, e.g. `s3://bench/tables`; the
+    /// store's credentials and endpoint come from the environment, e.g. `AWS_ENDPOINT` for an S3 server on
+    /// loopback), beside plaintext tailscope on local disk in the same round.
+    #[arg(long)]
+    storage_url: Option<String>,
     /// Internal: run as the decode-only baseline server on this address and print `LISTENING <addr>`.
     #[arg(long, hide = true)]
     baseline_server: Option<SocketAddr>,
@@ -374,9 +379,13 @@ async fn measure_baseline(args: &Args, corpus: Arc<corpus::Corpus>) -> Result<Me
 async fn measure_tailscope(
     args: &Args,
     binary: &Path,
-    secure: Option<&Secure>,
+    variant: Variant<'_>,
     corpus: Arc<corpus::Corpus>,
 ) -> Result<Measured, BoxError> {
+    let secure = match variant {
+        Variant::Secure(s) => Some(s),
+        _ => None,
+    };
     let dir = tempfile::Builder::new().prefix("tailscope-ingest-bench-").tempdir()?;
     let data = dir.path().join("data");
     let grpc: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
@@ -388,6 +397,11 @@ async fn measure_tailscope(
     );
     if let Some(secure) = secure {
         config.push_str(&secure.config(dir.path())?);
+    }
+    if let Variant::Store(url) = variant {
+        // A prefix per run, so that rounds do not append to one table.
+        let prefix = dir.path().file_name().and_then(|n| n.to_str()).unwrap_or("run");
+        config.push_str(&format!("[storage]\nurl = \"{}/{prefix}\"\n", url.trim_end_matches('/')));
     }
     let config_path = dir.path().join("tailscope.toml");
     std::fs::write(&config_path, config)?;
@@ -417,21 +431,27 @@ async fn measure_tailscope(
         let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
         return Err(format!("tailscope did not exit cleanly (wait status {}):\n{log}", exited.status).into());
     }
-    let (bytes, files) = process::files_with_suffix(&data.join("spans"), ".parquet")?;
-    let mut rows = 0u64;
-    for f in &files {
-        use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
-        let reader = SerializedFileReader::new(std::fs::File::open(f)?)?;
-        rows += reader.metadata().file_metadata().num_rows() as u64;
-    }
+    // Files on an object store are not counted here (the local disk holds only the WAL then).
+    let stored = if matches!(variant, Variant::Store(_)) {
+        None
+    } else {
+        let (bytes, files) = process::files_with_suffix(&data.join("spans"), ".parquet")?;
+        let mut rows = 0u64;
+        for f in &files {
+            use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+            let reader = SerializedFileReader::new(std::fs::File::open(f)?)?;
+            rows += reader.metadata().file_metadata().num_rows() as u64;
+        }
+        Some((bytes, rows))
+    };
     if args.keep_data {
         eprintln!("tailscope data kept in {}", dir.keep().display());
     }
     Ok(Measured {
-        name: if secure.is_some() {
-            "tailscope serve, TLS + API key (WAL fsync on)"
-        } else {
-            "tailscope serve (WAL fsync on)"
+        name: match variant {
+            Variant::Secure(_) => "tailscope serve, TLS + API key (WAL fsync on)",
+            Variant::Store(_) => "tailscope serve, tables on the object store (WAL fsync on)",
+            Variant::Plain => "tailscope serve (WAL fsync on)",
         },
         spans: load.acked_spans.load(Ordering::Relaxed),
         wall,
@@ -439,8 +459,16 @@ async fn measure_tailscope(
         peak_rss: exited.max_rss_bytes,
         retries: load.retries.load(Ordering::Relaxed),
         rejected: load.rejected_spans.load(Ordering::Relaxed),
-        stored: Some((bytes, rows)),
+        stored,
     })
+}
+
+/// Which tailscope a measurement runs: defaults, TLS + API keys, or tables on an object store.
+#[derive(Clone, Copy)]
+enum Variant<'a> {
+    Plain,
+    Secure(&'a Secure),
+    Store(&'a str),
 }
 
 async fn bench(args: Args) -> Result<(), BoxError> {
@@ -459,6 +487,7 @@ async fn bench(args: Args) -> Result<(), BoxError> {
     // One entry per round: (decode-only, tailscope), either missing when skipped; and tailscope with TLS + keys.
     let mut rounds: Vec<(Option<Measured>, Option<Measured>)> = Vec::new();
     let mut secured: Vec<Measured> = Vec::new();
+    let mut stored: Vec<Measured> = Vec::new();
     for round in 1..=args.rounds.max(1) {
         let baseline = if args.skip_baseline {
             None
@@ -475,20 +504,27 @@ async fn bench(args: Args) -> Result<(), BoxError> {
                 args.spans,
                 args.exporters
             );
-            Some(measure_tailscope(&args, &binary, None, corpus.clone()).await?)
+            Some(measure_tailscope(&args, &binary, Variant::Plain, corpus.clone()).await?)
         };
         if let Some(secure) = secure.as_ref().filter(|_| !args.skip_tailscope) {
             eprintln!(
                 "round {round}: tailscope with TLS and API keys: {} spans, {} exporters",
                 args.spans, args.exporters
             );
-            secured.push(measure_tailscope(&args, &binary, Some(secure), corpus.clone()).await?);
+            secured.push(measure_tailscope(&args, &binary, Variant::Secure(secure), corpus.clone()).await?);
+        }
+        if let Some(url) = args.storage_url.as_deref().filter(|_| !args.skip_tailscope) {
+            eprintln!(
+                "round {round}: tailscope with tables on {url}: {} spans, {} exporters",
+                args.spans, args.exporters
+            );
+            stored.push(measure_tailscope(&args, &binary, Variant::Store(url), corpus.clone()).await?);
         }
         rounds.push((baseline, ours));
     }
 
     let corpus_facts = CorpusFacts { attrs, otlp_per_span, zstd_per_span };
-    report(&args, &corpus_facts, &rounds, &secured, (cores, &cpu));
+    report(&args, &corpus_facts, &rounds, &[&secured, &stored], (cores, &cpu));
     Ok(())
 }
 
@@ -504,9 +540,10 @@ fn report(
     args: &Args,
     corpus: &CorpusFacts,
     rounds: &[(Option<Measured>, Option<Measured>)],
-    secured: &[Measured],
+    variants: &[&[Measured]; 2],
     machine: (usize, &str),
 ) {
+    let [secured, stored] = *variants;
     let command: Vec<String> = std::env::args().collect();
     let (cores, cpu) = machine;
     println!("Machine: {cores} cores ({cpu}); client and server share them.");
@@ -520,12 +557,9 @@ fn report(
         "| round | server | spans | spans/s | server CPU-s per 1M spans | spans per CPU-second | peak RSS | retries (backpressure) | rejected |"
     );
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
-    let secured_of = |i: usize| secured.get(i);
-    for (round, m) in rounds
-        .iter()
-        .enumerate()
-        .flat_map(|(i, (b, t))| [b.as_ref(), t.as_ref(), secured_of(i)].into_iter().flatten().map(move |m| (i + 1, m)))
-    {
+    for (round, m) in rounds.iter().enumerate().flat_map(|(i, (b, t))| {
+        [b.as_ref(), t.as_ref(), secured.get(i), stored.get(i)].into_iter().flatten().map(move |m| (i + 1, m))
+    }) {
         println!(
             "| {round} | {} | {} | {:.0} | {:.2} | {:.0} | {:.0} MiB | {} | {} |",
             m.name,
@@ -556,6 +590,27 @@ fn report(
     }
     println!();
     ratios(corpus, rounds, secured);
+    let on_store: Vec<(f64, f64)> = rounds
+        .iter()
+        .zip(stored)
+        .filter_map(|((_, t), s)| {
+            let t = t.as_ref()?;
+            Some((s.spans_per_cpu_second() / t.spans_per_cpu_second(), s.spans_per_s() / t.spans_per_s()))
+        })
+        .collect();
+    if !on_store.is_empty() {
+        let (cpu, speed): (Vec<f64>, Vec<f64>) = on_store.into_iter().unzip();
+        let list = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
+        println!();
+        println!(
+            "Tables on the object store / on local disk: tailscope spans per CPU-second = {:.2} [{}]; throughput = \
+             {:.2} [{}].",
+            median(&cpu),
+            list(&cpu),
+            median(&speed),
+            list(&speed)
+        );
+    }
 }
 
 /// The ratios against the baselines, per round and their median.
