@@ -4,7 +4,8 @@
 //! load of a value read once. Documented in `docs/storage.md`; never set it in production.
 //!
 //! Points: `flush-before-commit` (a flush's files are written, no table committed), `flush-after-commit` (every
-//! table committed, the WAL checkpoint not written).
+//! table committed, the WAL checkpoint not written), `flush-between-store-commits` (with placement rules: one store's
+//! table committed, the next store's commit of the flush not made).
 
 use std::sync::OnceLock;
 

@@ -764,6 +764,7 @@ impl Ingest {
     ) -> (usize, Option<StorageError>) {
         let mut failed = None;
         let mut freed = 0;
+        let mut commits = 0;
         for signal in Signal::ALL {
             let mut views = Vec::new();
             let mut all = true;
@@ -774,6 +775,10 @@ impl Ingest {
                 if mine.is_empty() {
                     continue;
                 }
+                if commits > 0 && files.len() > 1 {
+                    crate::failpoint::hit("flush-between-store-commits");
+                }
+                commits += 1;
                 let outcome = match st.tables.commit_flush(signal, &mine, through_seq).await {
                     Ok(view) => Ok(view),
                     // A commit whose answer was lost may still have happened: the table says.
@@ -801,8 +806,21 @@ impl Ingest {
                     }
                 }
             }
+            // `all` with no commit of this table: every store held its buffered rows already (a restart replayed
+            // records that one store lacked, and none of them is that store's); they retire all the same.
             if all {
-                self.partly_committed.lock().remove(&signal);
+                if self.partly_committed.lock().remove(&signal) {
+                    // A store that committed an earlier, partly failed flush of this table got none of its rows
+                    // again: its files of then are shown now, as the buffer retires their rows.
+                    for st in &self.stores {
+                        if views.iter().any(|(id, _, _)| *id == st.id) {
+                            continue;
+                        }
+                        if let Ok(view) = st.tables.view(signal).await {
+                            views.push((st.id, Some(view.version), view.files));
+                        }
+                    }
+                }
                 self.catalog.reconcile_stores(signal, views, Some(through_seq));
                 freed += bytes_of(&signal);
             } else if !views.is_empty() {

@@ -313,7 +313,9 @@ impl Catalog {
 
     /// [`Catalog::reconcile`] of several stores' snapshots of one table at once (placement rules): each store's
     /// files replace that store's, and the buffered batches through `committed_through` retire, in one step under
-    /// one lock. A store's snapshot older than the one shown is ignored. Returns whether any was applied.
+    /// one lock. A store's snapshot older than the one shown is ignored; when every one given is, nothing changes.
+    /// With no snapshot at all, only the batches retire (a flush whose rows every store held already). Returns
+    /// whether anything was applied.
     pub fn reconcile_stores(
         &self,
         signal: Signal,
@@ -322,7 +324,7 @@ impl Catalog {
     ) -> bool {
         let mut tables = self.tables.write();
         let state = tables.entry(signal).or_default();
-        let mut applied = false;
+        let mut applied = snapshots.is_empty();
         for (store, version, files) in snapshots {
             if let (Some(shown), Some(new)) = (state.versions.get(&store), version)
                 && new < *shown

@@ -580,7 +580,7 @@ impl StorageConfig {
         if let Some(url) = &self.url {
             storage_url(url)?;
         }
-        crate::placement::validate(&self.placement)?;
+        crate::placement::validate(&self.placement, self.url.as_deref())?;
         check_bytes("storage.flush_max_bytes", self.flush_max_bytes)?;
         check_bytes("storage.wal_max_bytes", self.wal_max_bytes)?;
         check_duration("storage.flush_interval", self.flush_interval, Duration::from_millis(1), MAX_DURATION)?;

@@ -89,9 +89,9 @@ impl PlacementMatch {
     }
 }
 
-/// Checks the rules as a whole: names unique and usable as a directory, URLs that name a store, at least one key
-/// per rule and at least one glob per key.
-pub fn validate(rules: &[PlacementRule]) -> Result<(), ConfigError> {
+/// Checks the rules as a whole: names unique and usable as a directory, URLs that name a store (each its own, and
+/// none the default store's, `default_url`), at least one key per rule and at least one glob per key.
+pub fn validate(rules: &[PlacementRule], default_url: Option<&str>) -> Result<(), ConfigError> {
     if rules.len() > MAX_RULES {
         return Err(ConfigError::Invalid {
             field: "storage.placement".into(),
@@ -99,6 +99,12 @@ pub fn validate(rules: &[PlacementRule]) -> Result<(), ConfigError> {
         });
     }
     let mut seen = std::collections::BTreeSet::new();
+    // Two stores on one location would be one set of tables shown twice: every row counted twice by queries.
+    let same_place = |url: &str| url.trim_end_matches('/').to_string();
+    let mut urls: BTreeMap<String, String> = BTreeMap::new();
+    if let Some(url) = default_url {
+        urls.insert(same_place(url), "storage.url".into());
+    }
     for (i, rule) in rules.iter().enumerate() {
         let field = format!("storage.placement[{i}] ({:?})", rule.name);
         let invalid = |reason: String| ConfigError::Invalid { field: field.clone(), reason };
@@ -113,7 +119,13 @@ pub fn validate(rules: &[PlacementRule]) -> Result<(), ConfigError> {
         if !seen.insert(rule.name.as_str()) {
             return Err(invalid("another rule has the same name; give each rule its own".into()));
         }
-        store_url(&rule.url).map_err(|reason| invalid(format!("url: {reason}")))?;
+        let parsed = store_url(&rule.url).map_err(|reason| invalid(format!("url: {reason}")))?;
+        if let Some(other) = urls.insert(same_place(parsed.as_str()), format!("rule {:?}", rule.name)) {
+            return Err(invalid(format!(
+                "url {:?} is the store of {other} already; each rule needs a store (or prefix) of its own",
+                rule.url
+            )));
+        }
         let keys = rule.matches.keys();
         if keys.is_empty() {
             return Err(invalid(
@@ -380,7 +392,7 @@ mod tests {
             placement: Vec<PlacementRule>,
         }
         let w: Wrapper = toml::from_str(toml_text).map_err(|e| e.to_string())?;
-        validate(&w.placement).map_err(|e| e.to_string())?;
+        validate(&w.placement, Some("s3://tailscope-us/prod/")).map_err(|e| e.to_string())?;
         Ok(w.placement)
     }
 
@@ -460,6 +472,24 @@ mod tests {
             ),
             (
                 r#"[[placement]]
+                name = "eu"
+                url = "s3://a/b"
+                match = { cloud_region = ["eu-*"] }
+                [[placement]]
+                name = "eu2"
+                url = "s3://a/b/"
+                match = { cloud_region = ["europe-*"] }"#,
+                "the store of rule \"eu\" already",
+            ),
+            (
+                r#"[[placement]]
+                name = "us"
+                url = "s3://tailscope-us/prod"
+                match = { cloud_region = ["us-*"] }"#,
+                "the store of storage.url already",
+            ),
+            (
+                r#"[[placement]]
                 name = "EU West"
                 url = "s3://a/b"
                 match = { cloud_region = ["eu-*"] }"#,
@@ -486,6 +516,44 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    /// `resource."key"` reads the row's `resource_attributes` map; a row without the key is not taken.
+    #[test]
+    fn a_resource_attribute_key_reads_the_rows_resource_attributes() {
+        use datafusion::arrow::array::{MapBuilder, StringBuilder};
+        let rules = rules(
+            r#"
+            [[placement]]
+            name = "onprem"
+            url = "/srv/onprem"
+            match = { project = ["factory-*"], resource = { "k8s.cluster.name" = ["onprem-*"] } }
+        "#,
+        )
+        .unwrap();
+        let mut map = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+        for row in [Some("onprem-1"), Some("gke-eu"), None] {
+            map.keys().append_value("host.name");
+            map.values().append_value("h");
+            if let Some(cluster) = row {
+                map.keys().append_value("k8s.cluster.name");
+                map.values().append_value(cluster);
+            }
+            map.append(true).unwrap();
+        }
+        let map = map.finish();
+        let schema = datafusion::arrow::datatypes::Schema::new(vec![datafusion::arrow::datatypes::Field::new(
+            ResourceColumn::ResourceAttributes.name(),
+            map.data_type().clone(),
+            true,
+        )]);
+        let batch = RecordBatch::try_new(std::sync::Arc::new(schema), vec![std::sync::Arc::new(map)]).unwrap();
+        let placement = Placement::new(&rules);
+        let factory = Project::parse("factory-7").unwrap();
+        for signal in Signal::ALL {
+            assert_eq!(placement.route(signal, &factory, &batch), vec![StoreId(1), StoreId(0), StoreId(0)]);
+            assert_eq!(placement.route(signal, &Project::default(), &batch), vec![StoreId(0); 3]);
+        }
     }
 
     #[test]

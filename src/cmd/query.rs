@@ -27,7 +27,8 @@ pub struct Args {
     /// Write the result to this file instead of stdout.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
-    /// The tailscope config file (data_dir and [query] limits).
+    /// The tailscope config file (data_dir, [query] limits, and where the tables are: storage.url and
+    /// [[storage.placement]], whose stores are all read).
     #[arg(long, short, env = "TAILSCOPE_CONFIG")]
     pub config: Option<PathBuf>,
     #[command(flatten)]

@@ -689,4 +689,33 @@ mod tests {
         let catalog = open_catalog(dir.path()).await.unwrap();
         assert_eq!(catalog.snapshot(Signal::Spans).files.len(), 1);
     }
+
+    /// A placement rule's store on a local path is used like a bucket (object_store's local file system): its
+    /// tables are created and committed to there, and a reader's catalog shows their files as that store's, next to
+    /// the default store's.
+    #[tokio::test]
+    async fn a_placement_store_on_a_local_path_holds_its_own_tables_and_readers_union_them() {
+        let data = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let url = elsewhere.path().join("eu").to_string_lossy().into_owned();
+        let remote = remote::connect_placement(&url).unwrap();
+        assert_eq!(remote.store_url(), "file://");
+        let app = Some(AppId::for_wal("00ff"));
+        let placed = Tables::open_at(&data.path().join("placement/eu"), Some(&remote), app.clone()).await.unwrap();
+        let default = Tables::open(data.path(), app).await.unwrap();
+        let f = file(
+            "spans/date=2026-12-03/hour=14/00000000000000000042_1764770400000001500_1764770400000002001_0000abcd.parquet",
+        );
+        let view = placed.commit_flush(Signal::Spans, std::slice::from_ref(&f), 42).await.unwrap();
+        assert_eq!((view.committed_through, view.files.len()), (Some(42), 1));
+        assert!(elsewhere.path().join("eu/spans/_delta_log/00000000000000000001.json").is_file());
+        assert_eq!(default.view(Signal::Spans).await.unwrap().files.len(), 0, "the default store holds none of it");
+        let catalog = open_placed_catalog(data.path(), None, vec![remote]).await.unwrap();
+        let files = catalog.snapshot(Signal::Spans).files;
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].store, StoreId(1));
+        assert!(catalog.remote_of(StoreId(1)).is_some() && catalog.remote_of(StoreId::DEFAULT).is_none());
+        // A relative path names no store.
+        assert!(remote::connect_placement("relative/eu").is_err());
+    }
 }

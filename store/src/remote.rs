@@ -69,10 +69,14 @@ pub fn connect_placement(text: &str) -> Result<RemoteTables, StoreError> {
     let path = url
         .to_file_path()
         .map_err(|()| StoreError::Connect { url: text.to_string(), detail: "not a local directory path".into() })?;
-    std::fs::create_dir_all(&path).map_err(|e| StoreError::Connect {
-        url: text.to_string(),
-        detail: format!("cannot create the directory {}: {e}", path.display()),
-    })?;
+    // delta-rs opens a table on a local path only when its directory exists (an object store has no directories).
+    for signal in Signal::ALL {
+        let dir = path.join(signal.table_name());
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::Connect {
+            url: text.to_string(),
+            detail: format!("cannot create the directory {}: {e}", dir.display()),
+        })?;
+    }
     let store: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
     let prefix = url.path().trim_matches('/').to_string();
     let mut base = url.clone();

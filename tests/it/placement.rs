@@ -94,15 +94,21 @@ fn region_counts(rows: &[serde_json::Value]) -> BTreeMap<String, i64> {
 
 const BY_REGION: &str = "SELECT cloud_region, count(*) AS n FROM spans GROUP BY 1 ORDER BY 1";
 
-/// `tailscope query` (the CLI, no collector) with the collector's config: the union of both stores.
-fn cli_by_region(server: &Server, toml: &str, env: &[(&'static str, String)]) -> BTreeMap<String, i64> {
+/// `tailscope query` (the CLI, no collector) with the collector's config, over `data_dir` (where the default store is
+/// when `storage.url` is unset): the union of every store.
+fn cli_by_region(
+    server: &Server,
+    toml: &str,
+    data_dir: &std::path::Path,
+    env: &[(&'static str, String)],
+) -> BTreeMap<String, i64> {
     let config = server.dir().join("cli.toml");
     std::fs::write(&config, toml).unwrap();
     let out = Command::new(tailscope_bin())
         .args(["query", "--format", "json", "--config"])
         .arg(&config)
         .arg("--data-dir")
-        .arg(server.dir().join("cli-data"))
+        .arg(data_dir)
         .arg(BY_REGION)
         .envs(env.iter().cloned())
         .output()
@@ -181,7 +187,7 @@ async fn eu_and_us_spans_land_only_in_their_own_buckets_and_one_query_sees_both(
     assert_eq!(region_counts(&server.sql(BY_REGION).await), want);
     let status = server.terminate();
     assert!(status.success(), "{status}; log:\n{}", server.log());
-    assert_eq!(cli_by_region(&server, &toml, &us.env), want);
+    assert_eq!(cli_by_region(&server, &toml, &server.dir().join("cli-data"), &us.env), want);
 }
 
 /// `kill -9` mid-load, three times, with flushes committing to two stores all along (a crash may fall between the
@@ -242,5 +248,83 @@ async fn acknowledged_spans_survive_kill_9_with_two_stores_exactly_once_each_in_
     // Each kill can catch each of the 2 senders with one request of 50 spans in flight.
     assert!(n <= acked + 3 * 2 * 50, "stored {n} but only {acked} acknowledged plus 6 requests in flight");
     eprintln!("stored {} in eu, {} in us; acknowledged {acked}", eu_rows.len(), us_rows.len());
-    assert_eq!(cli_by_region(&server, &toml, &us.env).values().sum::<i64>(), n);
+    assert_eq!(cli_by_region(&server, &toml, &server.dir().join("cli-data"), &us.env).values().sum::<i64>(), n);
+}
+
+/// A crash between two stores' commits of one flush (the `flush-between-store-commits` failpoint, at the flush of
+/// a clean stop): the default store (the data dir) committed its spans, the rule's store (a local path) did not.
+/// The restart replays the WAL: the default store leaves out the records its `txn` covers, the rule's store gets its
+/// rows once; each row is in its own store exactly once, and a query sees them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_two_stores_commits_stores_each_row_once_in_its_own_store() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let eu_dir = elsewhere.path().join("eu");
+    let toml = format!(
+        "[storage]\nflush_interval = \"1h\"\n[[storage.placement]]\nname = \"eu\"\nurl = \"{}\"\n\
+         match = {{ cloud_region = [\"eu-*\"] }}\n",
+        eu_dir.display()
+    );
+    let mut server = Server::start_with_env(&toml, &[("TAILSCOPE_FAILPOINT", "flush-between-store-commits")]).await;
+    let mut client = TraceServiceClient::connect(server.grpc_url()).await.unwrap();
+    let sent = [(0, "eu-west-1"), (100, "us-east-1"), (200, "eu-west-1"), (300, "us-east-1"), (400, "us-east-1")];
+    for (first, region) in sent {
+        let mut request = trace_export("crash", first, 100, &[]);
+        request.resource_spans[0].resource.as_mut().unwrap().attributes.push(string_kv("cloud.region", region));
+        client.export(request).await.unwrap();
+    }
+    let status = server.terminate();
+    let aborted = server.log().contains("TAILSCOPE_FAILPOINT=flush-between-store-commits: aborting");
+    assert!(!status.success() && aborted, "{status:?}\n{}", server.log());
+    let rows_of = |server: &Server| {
+        let (us, _) = crate::storage::log_rows_and_txns(&server.data_dir.join("spans"));
+        let (eu, _) = crate::storage::log_rows_and_txns(&eu_dir.join("spans"));
+        (us, eu)
+    };
+    assert_eq!(rows_of(&server), (300, 0), "the default store committed first, the EU store not yet");
+    server.set_env(&[]);
+    server.restart().await;
+    let want = BTreeMap::from([("eu-west-1".to_string(), 200), ("us-east-1".to_string(), 300)]);
+    assert_eq!(rows_of(&server), (300, 200), "each row once, in its own store");
+    assert_eq!(region_counts(&server.sql(BY_REGION).await), want);
+    let distinct = server.sql("SELECT count(DISTINCT span_id) AS d FROM spans").await;
+    assert_eq!(distinct[0]["d"], 500);
+    assert_eq!(rows_of(&server), (300, 200), "each row once, in its own store");
+    assert!(server.terminate().success());
+    assert_eq!(rows_of(&server), (300, 200));
+    assert_eq!(cli_by_region(&server, &toml, &server.data_dir, &[]), want);
+}
+
+/// A crash after the flush committed, before the checkpoint, with a rule's store that never received a row (its
+/// `txn` says nothing): the restart replays the WAL (one store lacks the records), every record's rows are found held
+/// by their own store, nothing is committed again, and the replayed rows leave the buffer: each span counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_records_every_store_holds_are_committed_nowhere_and_counted_once() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let eu_dir = elsewhere.path().join("eu");
+    let toml = format!(
+        "[storage]\nflush_interval = \"1h\"\n[[storage.placement]]\nname = \"eu\"\nurl = \"{}\"\n\
+         match = {{ cloud_region = [\"eu-*\"] }}\n",
+        eu_dir.display()
+    );
+    let mut server = Server::start_with_env(&toml, &[("TAILSCOPE_FAILPOINT", "flush-after-commit")]).await;
+    let mut client = TraceServiceClient::connect(server.grpc_url()).await.unwrap();
+    for first in [0, 100, 200] {
+        let mut request = trace_export("crash", first, 100, &[]);
+        request.resource_spans[0].resource.as_mut().unwrap().attributes.push(string_kv("cloud.region", "us-east-1"));
+        client.export(request).await.unwrap();
+    }
+    let status = server.terminate();
+    assert!(!status.success() && server.log().contains("flush-after-commit: aborting"), "{}", server.log());
+    server.set_env(&[]);
+    server.restart().await;
+    let rows = server.sql("SELECT count(*) AS n, count(DISTINCT span_id) AS d FROM spans").await;
+    assert_eq!((rows[0]["n"].as_i64(), rows[0]["d"].as_i64()), (Some(300), Some(300)), "{}", server.log());
+    let (us, _) = crate::storage::log_rows_and_txns(&server.data_dir.join("spans"));
+    let (eu, _) = crate::storage::log_rows_and_txns(&eu_dir.join("spans"));
+    assert_eq!((us, eu), (300, 0));
+    // Nothing stays buffered: the replayed rows retired with the restart's flush.
+    let scrape = server.scrape_until("an empty buffer", |s| s.sum("tailscope_buffered_bytes", &[]) == 0.0).await;
+    assert_eq!(scrape.sum("tailscope_buffered_bytes", &[]), 0.0);
+    assert!(server.terminate().success());
+    assert_eq!(crate::storage::log_rows_and_txns(&server.data_dir.join("spans")).0, 300);
 }

@@ -81,7 +81,7 @@ fn commits(table_dir: &Path) -> Vec<(u64, Vec<serde_json::Value>)> {
 }
 
 /// Rows the log's live `add` actions count (`numRecords`), and the `txn` versions per app id, from the log alone.
-fn log_rows_and_txns(table_dir: &Path) -> (u64, Vec<(String, u64)>) {
+pub(crate) fn log_rows_and_txns(table_dir: &Path) -> (u64, Vec<(String, u64)>) {
     let mut live = std::collections::BTreeMap::new();
     let mut txns = std::collections::BTreeMap::new();
     for (_, actions) in commits(table_dir) {
