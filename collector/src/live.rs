@@ -17,7 +17,7 @@
 //! window holds exactly the spans of its slices at the cost of one histogram update per span.
 //!
 //! A window therefore covers the current (partial) slice plus the previous complete ones: between `window - slice`
-//! and `window` of history; rates divide by the time actually covered. The per-slice p99 of the window's slices is
+//! and `window` of history; rates divide by the time actually covered (at least a second). The per-slice p99 of the window's slices is
 //! the sparkline series. Durations are recorded in microseconds with 3 significant digits (relative error
 //! < 0.1%), so a 45.2 ms call reads back as 45.2 ms, not 45 ms.
 //!
@@ -718,7 +718,9 @@ impl LiveWindows {
         let slice_ns = window.slice_ns();
         let current = now_ns.div_euclid(slice_ns);
         let first = current - window.slices() + 1;
-        let covered_ns = (now_ns - first * slice_ns).min(now_ns - self.started_ns).max(1);
+        // At least a second: in a collector's first second a rate over the few nanoseconds covered would be a
+        // spike no one means, and a merge refuses a peer's report covering less (`merge::MIN_COVERED_S`).
+        let covered_ns = (now_ns - first * slice_ns).min(now_ns - self.started_ns).max(NS_PER_S);
         let mut groups: HashMap<RouteKey, Acc<u32>> = HashMap::new();
         let mut routes = self.routes.lock();
         let Routes { map: routes, bytes, memory } = &mut *routes;

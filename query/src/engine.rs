@@ -39,6 +39,7 @@ use crate::error::QueryError;
 use crate::limits;
 use crate::output_memory::{STRING_CONCAT, StringConcat, StringConcatPlanner};
 use crate::quantile::{ShareQuantiles, quantile_exact_udaf};
+use crate::redact::PathRedactor;
 use crate::string_group::StringGroupAggregate;
 use crate::table::{ScanCounters, SignalTable};
 use crate::unnest_guard::BoundUnnest;
@@ -162,6 +163,8 @@ struct Inner {
     slots: Arc<Semaphore>,
     counters: Arc<ScanCounters>,
     relations: Vec<Relation>,
+    /// Hides where the tables' files live in the plans `EXPLAIN` answers (`crate::redact`).
+    redactor: PathRedactor,
     /// `query.metadata_cache_mb`, the bound of the runtime's Parquet metadata cache, held in the process budget for
     /// as long as the engine (and so the cache) lives.
     _metadata_cache: Reservation,
@@ -248,6 +251,8 @@ impl Engine {
         let counters = Arc::new(ScanCounters::default());
         let mut relations = Vec::new();
         let internal = |e: std::io::Error| QueryError::Internal(format!("cannot resolve the data dir: {e}"));
+        // Made absolute as the scans make it (`SignalTable::new`), so that the plans' paths start with it.
+        let redactor = PathRedactor::new(&catalog, &std::path::absolute(catalog.data_dir()).map_err(internal)?);
         for signal in Signal::ALL {
             let table = Arc::new(SignalTable::new(signal, catalog.clone(), counters.clone()).map_err(internal)?);
             relations.push(Relation::new(signal.table_name(), "TABLE", outward_schema(&table.schema())));
@@ -283,6 +288,7 @@ impl Engine {
                 config,
                 counters,
                 relations,
+                redactor,
                 _metadata_cache: metadata_cache,
             }),
         })
@@ -423,23 +429,31 @@ impl Engine {
         let planned = limits::on_planner_thread(async move {
             let _slot = thread_permit;
             let plan = crate::parameters::bind(engine.plan(&ctx, &sql).await?, parameters)?;
+            let explains = matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
             let schema = outward_schema(plan.schema().as_arrow());
             let physical = ctx.state().create_physical_plan(&plan).await?;
             // The logical plan is dropped here, on the large stack.
             drop(plan);
-            Ok::<_, QueryError>((physical, ctx.task_ctx(), schema))
+            Ok::<_, QueryError>((physical, ctx.task_ctx(), schema, explains))
         })
         .map_err(|e| QueryError::Internal(format!("cannot start a planner thread: {e}")))?;
-        let (physical, task_ctx, schema) = match tokio::time::timeout_at(deadline, planned).await {
+        let (physical, task_ctx, schema, explains) = match tokio::time::timeout_at(deadline, planned).await {
             Ok(Ok(result)) => result?,
             Ok(Err(_)) => return Err(QueryError::Internal("the query planner panicked".into())),
             Err(_) => return Err(QueryError::Timeout { timeout }),
         };
         let batches = execute_stream(physical, task_ctx)?;
+        // A plan names its files without the server's paths, whoever asks (`crate::redact`).
+        let redactor = explains.then(|| self.inner.redactor.clone());
+        let batches =
+            bounded_stream(batches, schema.clone(), deadline, timeout, permit).map(move |batch| match &redactor {
+                Some(redactor) => batch.and_then(|b| redactor.redact_batch(b)),
+                None => batch,
+            });
         Ok(QueryStream {
-            schema: schema.clone(),
+            schema,
             // Fused: polling after the end (or after an error) answers `None` again.
-            inner: Box::pin(bounded_stream(batches, schema, deadline, timeout, permit).fuse()),
+            inner: Box::pin(batches.fuse()),
         })
     }
 

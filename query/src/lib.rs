@@ -21,6 +21,7 @@ mod limits;
 mod output_memory;
 mod parameters;
 mod quantile;
+mod redact;
 pub mod shell;
 #[cfg(test)]
 mod slt_tests;

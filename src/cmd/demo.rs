@@ -174,6 +174,7 @@ pub async fn run(args: Args) -> CmdResult {
             dashboard: None,
             refresh: Duration::from_secs(1),
             timeout: Duration::from_secs(30),
+            max_answer_mb: super::tui::DEFAULT_MAX_ANSWER_MB,
             auth: Default::default(),
         };
         super::tui::run(tui_args).await.map_err(|e| format!("dashboard: {e}"))

@@ -8,6 +8,7 @@ use super::CmdResult;
 
 mod http_source;
 
+pub(crate) use http_source::DEFAULT_MAX_ANSWER_MB;
 use http_source::HttpSource;
 
 /// Flags of `tailscope tui`.
@@ -38,6 +39,11 @@ pub struct Args {
     /// Give up on one fetch after this long (the panel shows the error; the screen never blocks).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Read at most this many MiB of one SQL or API answer; past it the panel shows an error instead of the
+    /// dashboard allocating without limit (live histograms from several servers are read to 16 MiB each).
+    #[arg(long, value_name = "MIB", default_value_t = http_source::DEFAULT_MAX_ANSWER_MB,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_answer_mb: u64,
     #[command(flatten)]
     pub auth: super::ServerAuth,
 }
@@ -54,7 +60,7 @@ pub async fn run(args: Args) -> CmdResult {
     }
     let source: Arc<dyn tui::DataSource> = match args.data_dir {
         Some(dir) => Arc::new(tui::LocalSource::new(dir).await?),
-        None => Arc::new(HttpSource::new(&args.server, args.timeout, &args.auth)?),
+        None => Arc::new(HttpSource::new(&args.server, args.timeout, args.max_answer_mb, &args.auth)?),
     };
     tui::run(screens, source, args.refresh).await?;
     Ok(())

@@ -321,6 +321,11 @@ async fn sdk_spans_reach_the_store(target: &Target) {
     };
     let partitions = format!("{table}/project=default/date=");
     assert!(parquet.iter().all(|(p, size)| p.starts_with(&partitions) && *size > 0), "{parquet:?}");
+    // A plan names the files relative to the store's root and prefix, not by the store's URL or the bucket's layout.
+    let plan: String =
+        server.sql("EXPLAIN SELECT count(*) FROM spans").await.iter().map(|r| r["plan"].to_string()).collect();
+    assert!(plan.contains("[spans/project=default/date="), "{plan}");
+    assert!(!plan.contains(&format!("{}/", target.prefix)) && !plan.contains("://"), "{plan}");
     // `/metrics` per store: commits and uploaded bytes (as much as the bucket holds in Parquet files), upload times.
     let store = [("store", target.url.as_str())];
     let scrape =

@@ -469,3 +469,50 @@ async fn a_project_budget_fires_on_its_own_spend_only_and_only_its_keys_see_it()
     assert_eq!(n(&server, &keys.query_b, "SELECT count(*) AS n FROM alerts").await, 0);
     assert_eq!(n(&server, &keys.admin, "SELECT count(*) AS n FROM alerts").await, 1);
 }
+
+/// `EXPLAIN` names the files a scan reads: relative to the data dir (`spans/project=a/…`), never the server's
+/// absolute paths, through the HTTP API and Flight SQL alike; and a project's key sees only its projects' files in a
+/// plan, as in the rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_names_files_relative_to_their_table_and_only_the_callers_projects() {
+    let keys = Keys::new();
+    let server = Server::start_with(&config(&keys)).await;
+    send(tracer(&server, true, &keys.ingest_a, None), "a-call", "session-a", 1).await;
+    send(tracer(&server, false, &keys.ingest_b, None), "b-call", "session-b", 1).await;
+    let plan =
+        |rows: Vec<serde_json::Value>| rows.iter().map(|r| r["plan"].as_str().unwrap_or_default()).collect::<String>();
+    // Both projects' spans flushed to Parquet (the plan names their files).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let all = loop {
+        let all = plan(rows(&server, &keys.admin, "EXPLAIN SELECT count(*) FROM spans").await);
+        if all.contains("spans/project=a/") && all.contains("spans/project=b/") {
+            break all;
+        }
+        assert!(std::time::Instant::now() < deadline, "no files in the plan:\n{all}\nlog:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The server's directory, as object-store paths (no leading `/`) and as file paths.
+    let dir = server.dir().to_string_lossy().into_owned();
+    let hidden = |what: &str, text: &str| {
+        assert!(!text.contains(dir.trim_start_matches('/')), "{what} shows the server's directory {dir}:\n{text}");
+        assert!(text.contains(".parquet"), "{what} names no file:\n{text}");
+    };
+    hidden("the admin's plan", &all);
+    assert!(all.contains("[spans/project=") || all.contains(" spans/project="), "{all}");
+
+    for (key, own, other) in [(&keys.query_a, "a", "b"), (&keys.query_b, "b", "a")] {
+        for sql in ["EXPLAIN SELECT count(*) FROM spans", "EXPLAIN ANALYZE SELECT count(*) FROM spans"] {
+            let text = plan(rows(&server, key, sql).await);
+            hidden(&format!("{own}'s {sql}"), &text);
+            assert!(text.contains(&format!("spans/project={own}/")), "{own}'s {sql}:\n{text}");
+            assert!(!text.contains(&format!("project={other}")), "{own}'s {sql} names {other}'s files:\n{text}");
+        }
+    }
+
+    // Flight SQL answers the same plans.
+    let mut client = flight(&server, &keys.query_a).await;
+    let info = client.execute("EXPLAIN SELECT * FROM spans".to_string(), None).await.unwrap();
+    let text = flight_strings(&mut client, info).await;
+    hidden("a's plan over Flight SQL", &text);
+    assert!(text.contains("spans/project=a/") && !text.contains("project=b"), "{text}");
+}

@@ -52,6 +52,11 @@ pub const MAX_SPANS: u64 = 1 << 36;
 /// The most spans a merged route may count, so that no count the crate sums can overflow.
 const MAX_MERGED_SPANS: u64 = 1 << 62;
 
+/// The least `covered_s` a peer's report may declare: a collector never reports less (its rates divide by at least
+/// a second), and with it a route's rate is at most its count, so a tiny `covered_s` (1e-300) cannot turn a few
+/// spans into an enormous or infinite rate. The most is the window's length plus one slice of slack.
+pub const MIN_COVERED_S: f64 = 1.0;
+
 /// HdrHistogram's V2 cookie (uncompressed; the crate does not export it).
 const V2_COOKIE: u32 = 0x1c84_9303 | 0x10;
 /// Cookie, payload length, normalising offset, significant digits, lowest, highest, integer-to-double ratio.
@@ -297,12 +302,17 @@ impl LiveMerge {
         {
             return Err(MergeError::Window { want, got: window });
         }
-        let nominal_s = (window.length_ns() / NS_PER_S) as f64;
-        if !(report.covered_s > 0.0 && report.covered_s <= nominal_s) {
+        let most_s = ((window.length_ns() + window.slice_ns()) / NS_PER_S) as f64;
+        // Written so that NaN fails too.
+        if !(report.covered_s >= MIN_COVERED_S && report.covered_s <= most_s) {
             return Err(MergeError::Inconsistent(format!(
-                "covered_s {} is not within (0, {nominal_s}] for window {window}",
+                "covered_s {:?} is not within [{MIN_COVERED_S}, {most_s}] for window {window} (its length and a slice)",
                 report.covered_s
             )));
+        }
+        // The one other number a merged report takes from a peer as is.
+        if !(report.slo_p99_ms.is_finite() && report.slo_p99_ms >= 0.0) {
+            return Err(MergeError::Inconsistent(format!("slo_p99_ms {:?} is not a duration", report.slo_p99_ms)));
         }
         let last = report
             .first_slice
@@ -344,6 +354,7 @@ impl LiveMerge {
             if self.groups.get(&row.key).map_or(0, |g| g.total.len()) + total.len() > MAX_MERGED_SPANS {
                 return Err(MergeError::Inconsistent(format!("route {}: more than {MAX_MERGED_SPANS} spans", route())));
             }
+            // Finite: at most the count (covered_s >= 1 s), itself below 2^62.
             let rate = total.len() as f64 / report.covered_s;
             let mut bytes = self.bytes;
             let group = self.groups.entry(row.key.clone()).or_insert_with(|| {
@@ -663,6 +674,27 @@ mod tests {
         );
         refused(&|r| r.rows[0].slices[0] = Some(r.rows[0].histogram.clone()), "4 in the slices");
         refused(&|r| r.covered_s = f64::NAN, "covered_s NaN");
+        // A hostile peer's tiny or endless coverage would make a huge or infinite rate.
+        refused(&|r| r.covered_s = 1e-300, "covered_s 1e-300 is not within [1, 70]");
+        refused(&|r| r.covered_s = 0.5, "covered_s 0.5");
+        refused(&|r| r.covered_s = 70.5, "covered_s 70.5");
+        refused(&|r| r.covered_s = f64::INFINITY, "covered_s inf");
+        refused(&|r| r.covered_s = -60.0, "covered_s -60.0");
+        refused(&|r| r.slo_p99_ms = f64::INFINITY, "slo_p99_ms inf");
+        refused(&|r| r.slo_p99_ms = f64::NAN, "slo_p99_ms NaN");
+        refused(&|r| r.slo_p99_ms = -1.0, "slo_p99_ms -1.0");
+        // The bounds themselves pass (a collector in its first second, a window a slice longer by clock skew), and
+        // every number of the merged rows is finite.
+        for covered_s in [1.0, 70.0] {
+            let mut merge = LiveMerge::new();
+            merge.add(&LiveHistograms { covered_s, ..good.clone() }).unwrap();
+            let report = merge.report(true).unwrap();
+            let row = &report.rows[0];
+            assert_eq!(row.rate, 2.0 / covered_s);
+            let numbers = [row.rate, row.error_rate, row.p50_ms, row.p95_ms, row.p99_ms, row.p999_ms, row.max_ms];
+            assert!(numbers.iter().chain([&row.mean_ms, &report.covered_s, &report.slo_p99_ms]).all(|v| v.is_finite()));
+            assert!(row.p99_series_ms.iter().flatten().all(|v| v.is_finite()));
+        }
         refused(&|r| r.first_slice = i64::MAX, "out of range");
         refused(&|r| r.encoding = "hdrhistogram-v2-deflate".into(), "encoded as");
         assert!(matches!(LiveMerge::new().add_json(b"{}"), Err(MergeError::NotHistograms(_))));
