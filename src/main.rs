@@ -35,6 +35,10 @@ enum Command {
     Retention(cmd::retention::Args),
     /// List the projects in the tables, or delete one project's data from every table (collector stopped).
     Projects(cmd::projects::Args),
+    /// Run a Ballista scheduler over the tables: distributed SQL with `query --cluster df://HOST:PORT`.
+    Scheduler(cmd::cluster::SchedulerArgs),
+    /// Run a Ballista executor that joins a scheduler and runs the stages of its queries.
+    Executor(cmd::cluster::ExecutorArgs),
 }
 
 /// Caps glibc's malloc arenas at one per core (at least 2) unless the operator set `MALLOC_ARENA_MAX`.
@@ -96,6 +100,8 @@ fn main() -> std::process::ExitCode {
             Command::Reprice(args) => cmd::reprice::run(args).await,
             Command::Retention(args) => cmd::retention::run(args).await,
             Command::Projects(args) => cmd::projects::run(args).await,
+            Command::Scheduler(args) => cmd::cluster::scheduler(args).await,
+            Command::Executor(args) => cmd::cluster::executor(args).await,
         }
     });
     match result {

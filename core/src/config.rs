@@ -112,6 +112,67 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[projects.NAME]`: settings of one project (tenant) that override the tables' (retention, size cap).
     pub projects: BTreeMap<String, ProjectConfig>,
+    /// `tailscope scheduler` and `tailscope executor`: distributed SQL on Ballista.
+    pub cluster: ClusterConfig,
+}
+
+/// A Ballista cluster of tailscope nodes (docs/deploy.md, "Distributed SQL"). The scheduler and executors read the
+/// tables of the stores this config names (`storage.url`, `[[storage.placement]]`, or under `data_dir`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `tailscope scheduler`: where its gRPC service listens (clients and executors connect there). Port 0 picks
+    /// a free port, printed at start.
+    pub scheduler_listen: std::net::SocketAddr,
+    /// `tailscope executor`: the scheduler to join, `HOST:PORT`.
+    pub scheduler: String,
+    /// `tailscope executor`: where its Arrow Flight service listens (other executors fetch shuffle data there, and
+    /// clients the results). The port must be given: the executor announces it to the scheduler as it is.
+    pub executor_listen: std::net::SocketAddr,
+    /// The host other nodes reach this executor at; default: the listen address's IP.
+    pub executor_host: Option<String>,
+    /// Tasks an executor runs at once; 0: one per core.
+    pub executor_slots: usize,
+    /// Where an executor keeps shuffle files; default: `DATA_DIR/ballista`.
+    pub work_dir: Option<PathBuf>,
+    /// How often the scheduler reads the tables' logs again: a commit is visible to cluster queries this long after
+    /// it lands, at most.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            scheduler_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 50050)),
+            scheduler: "127.0.0.1:50050".into(),
+            executor_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 50051)),
+            executor_host: None,
+            executor_slots: 0,
+            work_dir: None,
+            refresh_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl ClusterConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: String| ConfigError::Invalid { field: format!("cluster.{field}"), reason };
+        if self.executor_listen.port() == 0 {
+            return Err(invalid(
+                "executor_listen",
+                "the port must be given (not 0): the executor announces it to the scheduler as it is".into(),
+            ));
+        }
+        match self.scheduler.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+            _ => return Err(invalid("scheduler", format!("{:?} is not HOST:PORT", self.scheduler))),
+        }
+        if self.executor_slots > 0 {
+            check_count("cluster.executor_slots", self.executor_slots, 1024)?;
+        }
+        check_duration("cluster.refresh_interval", self.refresh_interval, Duration::from_millis(100), MAX_DURATION)
+    }
 }
 
 impl Default for Config {
@@ -129,6 +190,7 @@ impl Default for Config {
             memory: MemoryConfig::default(),
             auth: AuthConfig::default(),
             projects: BTreeMap::new(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -181,6 +243,7 @@ impl Config {
         self.ingest.validate()?;
         self.storage.validate()?;
         self.query.validate()?;
+        self.cluster.validate()?;
         self.live.validate()?;
         let memory_bytes = check_mib("memory.limit_mb", self.memory.limit_mb)?;
         if self.storage.flush_max_bytes > self.ingest.max_buffer_bytes {
@@ -637,7 +700,17 @@ impl QueryConfig {
         check_count("query.max_sql_bytes", self.max_sql_bytes, 64 * MIB)?;
         // The planner thread's stack (`query::limits::PLANNER_STACK_BYTES`) is sized for statements at the default
         // depth, 512: twice that is the most allowed, so no setting lets a statement overflow it.
-        check_count("query.max_expr_depth", self.max_expr_depth, 1024)
+        check_count("query.max_expr_depth", self.max_expr_depth, 1024)?;
+        if let Some(url) = &self.cluster {
+            let address = url.strip_prefix("df://").unwrap_or_default();
+            if address.is_empty() || address.contains('/') || !address.contains(':') {
+                return Err(ConfigError::Invalid {
+                    field: "query.cluster".into(),
+                    reason: format!("{url:?} is not df://HOST:PORT, the address of `tailscope scheduler`"),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// `memory_limit_mb` in bytes.
@@ -949,6 +1022,9 @@ pub struct QueryConfig {
     /// MiB. Reserved from `memory.limit_mb` at start; 0 turns the cache off (every query reads the footers again).
     #[serde(with = "units::mib")]
     pub metadata_cache_mb: usize,
+    /// The Ballista scheduler (`df://HOST:PORT`, see `[cluster]`) that runs the statements of the HTTP API, Flight
+    /// SQL and `tailscope query`, over the committed tables; none: they run in this process.
+    pub cluster: Option<String>,
 }
 
 impl QueryConfig {
@@ -968,6 +1044,7 @@ impl Default for QueryConfig {
             max_expr_depth: 512,
             max_function_output_mb: 64,
             metadata_cache_mb: 16,
+            cluster: None,
         }
     }
 }

@@ -34,7 +34,12 @@ use tailscope_core::config::QueryConfig;
 use tailscope_core::memory::{MemoryBudget, Reservation};
 use tailscope_core::schema::Signal;
 
+use ballista_core::extension::{SessionConfigExt, SessionStateExt};
+use ballista_core::planner::BallistaQueryPlanner;
+use datafusion_proto::protobuf::LogicalPlanNode;
+
 use crate::alerts::AlertsTable;
+use crate::distributed::{OperatorsCodec, TablesCodec};
 use crate::error::QueryError;
 use crate::limits;
 use crate::output_memory::{STRING_CONCAT, StringConcat, StringConcatPlanner};
@@ -132,17 +137,20 @@ impl Relation {
     }
 }
 
-/// How an engine plans, beyond what [`QueryConfig`] sets. Not a setting: every engine outside tests plans with the
-/// defaults.
-#[derive(Debug, Clone, Copy)]
+/// How an engine plans, beyond what [`QueryConfig`] sets.
+#[derive(Debug, Clone)]
 struct Planning {
-    /// `GROUP BY` one string column runs in `StringGroupAggregateExec` (see `crate::string_group`).
+    /// `GROUP BY` one string column runs in `StringGroupAggregateExec` (see `crate::string_group`). Only tests
+    /// turn it off on one node; a cluster's scheduler never plans it (see `crate::distributed`).
     string_group_aggregate: bool,
+    /// The Ballista scheduler (`df://host:port`) a client engine sends its statements to, or `None`: they run
+    /// here.
+    cluster: Option<String>,
 }
 
 impl Default for Planning {
     fn default() -> Planning {
-        Planning { string_group_aggregate: true }
+        Planning { string_group_aggregate: true, cluster: None }
     }
 }
 
@@ -168,6 +176,8 @@ struct Inner {
     /// `query.metadata_cache_mb`, the bound of the runtime's Parquet metadata cache, held in the process budget for
     /// as long as the engine (and so the cache) lives.
     _metadata_cache: Reservation,
+    /// The scheduler statements run on ([`Engine::on_cluster`]).
+    cluster: Option<String>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -191,7 +201,28 @@ impl Engine {
         config: QueryConfig,
         on: bool,
     ) -> Result<Engine, QueryError> {
-        Engine::build(catalog, config, Planning { string_group_aggregate: on }).await
+        Engine::build(catalog, config, Planning { string_group_aggregate: on, cluster: None }).await
+    }
+
+    /// An engine whose statements run on the Ballista cluster whose scheduler is at `scheduler` (`df://host:port`,
+    /// `[query] cluster`): planned here (the same SQL, views, functions and limits as one node), scanned and
+    /// computed by the executors over the committed tables (the scheduler's stores; not this process's unflushed
+    /// buffer). `catalog` gives the tables' columns only.
+    pub async fn on_cluster(catalog: Catalog, config: QueryConfig, scheduler: &str) -> Result<Engine, QueryError> {
+        let url = scheduler.trim();
+        let address = url.strip_prefix("df://").unwrap_or_default();
+        if address.is_empty() || address.contains('/') {
+            return Err(QueryError::InvalidSql(format!(
+                "cluster address {url:?} is not df://HOST:PORT (the scheduler's gRPC address)"
+            )));
+        }
+        Engine::build(catalog, config, Planning { string_group_aggregate: false, cluster: Some(url.to_string()) }).await
+    }
+
+    /// An engine for a cluster's scheduler or executor ([`Engine::job_state`], [`Engine::function_registry`]): the
+    /// same SQL surface as one node, with the tables of `catalog` scanned portably.
+    pub async fn for_cluster_node(catalog: Catalog, config: QueryConfig) -> Result<Engine, QueryError> {
+        Engine::build(catalog, config, Planning { string_group_aggregate: false, cluster: None }).await
     }
 
     async fn build(catalog: Catalog, config: QueryConfig, planning: Planning) -> Result<Engine, QueryError> {
@@ -202,14 +233,13 @@ impl Engine {
                 &"DataFusion's Parquet metadata cache (query.metadata_cache_mb)",
             )
             .map_err(|e| QueryError::ResourcesExhausted(e.to_string()))?;
-        let session = SessionConfig::new()
-            .with_information_schema(true)
-            .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME)
-            // The scan already spreads files over the partitions by size (`table::balanced_groups`). Splitting a
-            // file into byte ranges on top of that only helps a file of several row groups; for the usual file of
-            // one row group it leaves one partition empty, where one partition and a round-robin repartition above
-            // it let the second core aggregate while the first decodes.
-            .set_bool("datafusion.optimizer.repartition_file_scans", false);
+        let session = session_config(SessionConfig::new());
+        let session = match &planning.cluster {
+            Some(_) => session_config(SessionConfig::new_with_ballista())
+                .with_ballista_adaptive_query_planner(false)
+                .with_ballista_physical_extension_codec(Arc::new(OperatorsCodec::default())),
+            None => session,
+        };
         let mut state = SessionStateBuilder::new()
             .with_config(session)
             .with_runtime_env(runtime_env(&config)?)
@@ -222,6 +252,11 @@ impl Engine {
                 max_output_bytes: config.max_function_output_bytes(),
             }))
             .build();
+        let state = match &planning.cluster {
+            // Ballista's planner in place of DataFusion's; the functions registered below come after its own.
+            Some(url) => state.upgrade_for_ballista(url.clone())?,
+            None => state,
+        };
         let mut ctx = SessionContext::new_with_state(state);
         // The tables' files on an object store (`storage.url`) are read through it: the scan names it by its
         // scheme and bucket (`table::SignalTable`).
@@ -290,6 +325,7 @@ impl Engine {
                 relations,
                 redactor,
                 _metadata_cache: metadata_cache,
+                cluster: planning.cluster,
             }),
         })
     }
@@ -518,11 +554,59 @@ impl Engine {
             SessionStateBuilder::new_from_existing(self.inner.base.clone()).with_runtime_env(Arc::new(runtime)).build();
         // The projects the scans may read travel in the session's config, where every table scan finds them.
         state.config_mut().set_extension(Arc::new(self.visible.clone()));
+        if let Some(url) = &self.inner.cluster {
+            // On a cluster they travel in each table of the plan instead, written by this query's codec.
+            let planner = BallistaQueryPlanner::<LogicalPlanNode>::with_extension(
+                url.clone(),
+                state.config().ballista_config(),
+                Arc::new(TablesCodec::client(self.visible.clone())),
+            );
+            state = SessionStateBuilder::new_from_existing(state).with_query_planner(Arc::new(planner)).build();
+        }
         let ctx = SessionContext::new_with_state(state);
         // The builder re-registers every function in hash order, and DataFusion's `percentile_cont` also answers to
         // `quantile_cont`: register ours last so `quantile_cont` is always the exact, numpy-matching one.
         ctx.register_udaf(quantile_exact_udaf());
         Ok(ctx)
+    }
+
+    /// The session a cluster's scheduler plans one job in (Ballista's `SessionBuilder`): this engine's functions,
+    /// rules and object stores, the job's settings (`config`, the client's), Ballista's logical rules, and a memory
+    /// pool of the job's own. Adaptive planning stays off whatever the client asked: it would replace the physical
+    /// rules, and with them the bound on `unnest`.
+    pub fn job_state(&self, config: SessionConfig) -> SessionState {
+        let mut runtime = RuntimeEnv::clone(self.inner.base.runtime_env());
+        runtime.memory_pool = memory_pool(&self.inner.memory, &self.inner.config);
+        let config = session_config(config).with_ballista_adaptive_query_planner(false);
+        let base = &self.inner.base;
+        let rules = ballista_core::optimizer::with_ballista_optimizer_rules(base.optimizers());
+        let mut state = SessionStateBuilder::new_from_existing(base.clone())
+            .with_config(config)
+            .with_runtime_env(Arc::new(runtime))
+            .with_optimizer_rules(rules)
+            .build();
+        // As in `context`: ours answers `quantile_cont`.
+        if let Err(e) = state.register_udaf(Arc::new(quantile_exact_udaf())) {
+            tracing::warn!("cannot register quantile_exact: {e}");
+        }
+        state
+    }
+
+    /// The functions an executor finds by name in the plans it runs: the same bounded ones as one node's.
+    pub fn function_registry(&self) -> ballista_core::registry::BallistaFunctionRegistry {
+        let mut registry = ballista_core::registry::BallistaFunctionRegistry::from(&self.inner.base);
+        let quantile = Arc::new(quantile_exact_udaf());
+        for name in std::iter::once(quantile.name()).chain(quantile.aliases().iter().map(String::as_str)) {
+            registry.aggregate_functions.insert(name.to_string(), quantile.clone());
+        }
+        registry
+    }
+
+    /// The runtime an executor runs one job's tasks in: this engine's object stores, a memory pool of the job's own.
+    pub fn job_runtime(&self) -> Arc<RuntimeEnv> {
+        let mut runtime = RuntimeEnv::clone(self.inner.base.runtime_env());
+        runtime.memory_pool = memory_pool(&self.inner.memory, &self.inner.config);
+        Arc::new(runtime)
     }
 
     /// Parses and plans, refusing anything that is not a read and anything beyond the size and depth limits.
@@ -540,6 +624,9 @@ impl Engine {
         crate::parameters::number_placeholders(&mut statement)?;
         let plan = state.statement_to_plan(statement).await?;
         refuse_writes(&plan)?;
+        if self.inner.cluster.is_some() {
+            refuse_local_tables(&plan)?;
+        }
         // Belt and braces: DataFusion's own check, in case a new plan kind appears.
         SQLOptions::new()
             .with_allow_ddl(false)
@@ -562,6 +649,40 @@ impl Engine {
             }),
         }
     }
+}
+
+/// Refuses a statement a cluster cannot answer: one that reads `alerts`, each collector's own table.
+fn refuse_local_tables(plan: &LogicalPlan) -> Result<(), QueryError> {
+    let mut reads_alerts = false;
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && scan.table_name.table() == "alerts"
+        {
+            reads_alerts = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    if reads_alerts {
+        return Err(QueryError::InvalidSql(
+            "the alerts table is each collector's own (under its data dir): query it on a collector, not on the \
+             cluster"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// tailscope's settings on top of `base` (DataFusion's, or Ballista's on a cluster): every node of a cluster plans
+/// with the same ones.
+pub fn session_config(base: SessionConfig) -> SessionConfig {
+    base.with_information_schema(true)
+        .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME)
+        // The scan already spreads files over the partitions by size (`table::balanced_groups`). Splitting a
+        // file into byte ranges on top of that only helps a file of several row groups; for the usual file of
+        // one row group it leaves one partition empty, where one partition and a round-robin repartition above
+        // it let the second core aggregate while the first decodes.
+        .set_bool("datafusion.optimizer.repartition_file_scans", false)
 }
 
 /// The runtime every query's runtime is cloned from (sharing its caches): DataFusion's defaults, with the caches

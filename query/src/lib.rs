@@ -11,6 +11,7 @@
 
 mod alerts;
 mod cost_views;
+pub mod distributed;
 mod engine;
 mod error;
 pub mod fixture;
@@ -33,7 +34,9 @@ mod unnest_guard;
 mod unreadable;
 mod views;
 
-pub use engine::{CATALOG_NAME, Engine, Prepared, QueryOutput, QueryStream, Relation, SCHEMA_NAME, memory_pool};
+pub use engine::{
+    CATALOG_NAME, Engine, Prepared, QueryOutput, QueryStream, Relation, SCHEMA_NAME, memory_pool, session_config,
+};
 pub use error::QueryError;
 pub use http::router;
 pub use quantile::{QUANTILE_EXACT, quantile_linear};

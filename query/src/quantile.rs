@@ -174,13 +174,22 @@ impl QuantilesExact {
     }
 }
 
+/// The aggregate [`ShareQuantiles`] plans, for the codecs that carry its plans to a cluster's nodes (by name:
+/// it is not in any registry, so SQL cannot call it).
+pub fn quantiles_exact_shared_udaf() -> AggregateUDF {
+    AggregateUDF::from(QuantilesExact::new())
+}
+
+/// The name of [`quantiles_exact_shared_udaf`].
+pub const QUANTILE_EXACT_SHARED: &str = "quantile_exact_shared";
+
 fn quantile_fields(n: usize) -> Fields {
     (0..n).map(|i| Field::new(format!("q{i}"), DataType::Float64, true)).collect()
 }
 
 impl AggregateUDFImpl for QuantilesExact {
     fn name(&self) -> &str {
-        "quantile_exact_shared"
+        QUANTILE_EXACT_SHARED
     }
 
     fn signature(&self) -> &Signature {

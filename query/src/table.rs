@@ -123,13 +123,35 @@ pub struct SignalTable {
     data_dir: PathBuf,
     schema: SchemaRef,
     counters: Arc<ScanCounters>,
+    /// On a cluster's scheduler ([`SignalTable::portable`]): the projects the client's caller may see, decided by
+    /// the client (the session here is the scheduler's).
+    pinned: Option<Visibility>,
 }
 
 impl SignalTable {
     /// The table of `signal` over `catalog`.
     pub fn new(signal: Signal, catalog: Catalog, counters: Arc<ScanCounters>) -> std::io::Result<SignalTable> {
         let data_dir = std::path::absolute(catalog.data_dir())?;
-        Ok(SignalTable { signal, catalog, data_dir, schema: table_schema(signal), counters })
+        Ok(SignalTable { signal, catalog, data_dir, schema: table_schema(signal), counters, pinned: None })
+    }
+
+    /// This table as a cluster's scheduler scans it (`crate::distributed`): for a caller who sees `visible`, and
+    /// with DataFusion's own Parquet scan, which Ballista sends to the executors as it is. The checks of one node
+    /// that need its catalog at read time (a file found unreadable is left out of later queries) stay on the
+    /// scheduler's footer check; an executor that cannot read a file fails the query, naming it.
+    pub fn portable(mut self, visible: Visibility) -> SignalTable {
+        self.pinned = Some(visible);
+        self
+    }
+
+    /// The signal whose rows this table holds.
+    pub fn signal(&self) -> Signal {
+        self.signal
+    }
+
+    /// The projects a portable table's scans see (every project for a table of one node, whose sessions say).
+    pub fn visibility(&self) -> &Visibility {
+        self.pinned.as_ref().unwrap_or(&Visibility::All)
     }
 
     /// The object store `store`'s files are on (`storage.url`, a placement rule's), or `None`: under `data_dir`.
@@ -375,14 +397,17 @@ impl SignalTable {
             TableSchema::builder(file_schema.clone()).with_table_partition_cols(partition_fields()).build();
         // Committed files never change (a rewrite gets a new name), so their footers and page indexes are read
         // once and kept in the runtime's metadata cache (bounded by `datafusion.runtime.metadata_cache_limit`).
-        let runtime = state.runtime_env();
-        let reader = CachedParquetFileReaderFactory::new(
-            runtime.object_store(self.object_store_url(store)?)?,
-            runtime.cache_manager.get_file_metadata_cache(),
-        );
-        let mut source = ParquetSource::new(table_schema)
-            .with_table_parquet_options(state.table_options().parquet.clone())
-            .with_parquet_file_reader_factory(Arc::new(reader));
+        // A portable scan runs on the executors, whose readers and caches are their own.
+        let mut source =
+            ParquetSource::new(table_schema).with_table_parquet_options(state.table_options().parquet.clone());
+        if self.pinned.is_none() {
+            let runtime = state.runtime_env();
+            let reader = CachedParquetFileReaderFactory::new(
+                runtime.object_store(self.object_store_url(store)?)?,
+                runtime.cache_manager.get_file_metadata_cache(),
+            );
+            source = source.with_parquet_file_reader_factory(Arc::new(reader));
+        }
         // Row-group and page pruning inside each file, from the filters over stored columns only.
         let stored = self.signal.schema();
         let file_filters: Vec<Expr> = filters
@@ -394,8 +419,26 @@ impl SignalTable {
             let df_schema = DFSchema::try_from(self.schema.clone())?;
             source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
         }
-        // Every error of reading a file names the file, and marks it to be skipped by later queries.
         let remote = self.remote(store);
+        let groups = balanced_groups(
+            &self.data_dir,
+            remote,
+            files.clone(),
+            checked,
+            state.config().target_partitions(),
+            &file_schema,
+        );
+        if self.pinned.is_some() {
+            // One partition even without files, as an `EmptyExec` has (a plan over no partitions fails its checks).
+            let groups = if groups.is_empty() { vec![FileGroup::new(Vec::new())] } else { groups };
+            let config = FileScanConfigBuilder::new(self.object_store_url(store)?, Arc::new(source))
+                .with_file_groups(groups)
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+            return Ok(DataSourceExec::from_data_source(config));
+        }
+        // Every error of reading a file names the file, and marks it to be skipped by later queries.
         let named_under = match remote {
             Some(remote) => PathBuf::from(remote.url.as_str()),
             None => self.data_dir.clone(),
@@ -412,8 +455,6 @@ impl SignalTable {
             scan_files = scan_files.on_object_store();
         }
         let source = GuardedSource::wrapping(Arc::new(source), Arc::new(scan_files));
-        let groups =
-            balanced_groups(&self.data_dir, remote, files, checked, state.config().target_partitions(), &file_schema);
         let config = FileScanConfigBuilder::new(self.object_store_url(store)?, source)
             .with_file_groups(groups)
             .with_projection_indices(projection.cloned())?
@@ -524,7 +565,10 @@ impl TableProvider for SignalTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut snapshot = self.catalog.snapshot(self.signal);
         // Before anything else: the rest of the scan never sees another project's files or batches.
-        let visible = visibility(state);
+        let visible = match &self.pinned {
+            Some(pinned) => pinned.clone(),
+            None => visibility(state),
+        };
         if !visible.is_all() {
             snapshot.files.retain(|f| visible.sees(f.project.as_str()));
             snapshot.batches.retain(|(project, _)| visible.sees(project.as_str()));
@@ -578,6 +622,13 @@ impl TableProvider for SignalTable {
             }
         }
         if inputs.is_empty() {
+            if self.pinned.is_some() {
+                // On a cluster, a Parquet scan of no files instead: with an `EmptyExec` beside a shuffle under a union,
+                // Ballista 55's scheduler refuses the executors' task statuses ("task metrics array size 7 does not
+                // equal with the stage metrics array size 6") and the job never finishes (seen with `... WHERE
+                // project = 'b' UNION ALL ... IN (subquery)` when no file is of `b`).
+                return self.store_scan(state, StoreId::DEFAULT, Vec::new(), &checked, filters, projection, limit);
+            }
             return Ok(Arc::new(EmptyExec::new(project_schema(&self.schema, projection)?)));
         }
         UnionExec::try_new(inputs)

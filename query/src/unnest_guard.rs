@@ -74,6 +74,23 @@ pub struct UnnestInputGuardExec {
     max_output_bytes: usize,
 }
 
+impl UnnestInputGuardExec {
+    /// The guard over `input` of an unnest of `lists` (as `UnnestExec` names them).
+    pub fn new(input: Arc<dyn ExecutionPlan>, lists: Vec<ListUnnest>, max_output_bytes: usize) -> UnnestInputGuardExec {
+        UnnestInputGuardExec { input, lists, max_output_bytes }
+    }
+
+    /// The lists of the unnest above.
+    pub fn lists(&self) -> &[ListUnnest] {
+        &self.lists
+    }
+
+    /// The bound on one input slice's output.
+    pub fn max_output_bytes(&self) -> usize {
+        self.max_output_bytes
+    }
+}
+
 impl DisplayAs for UnnestInputGuardExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "UnnestInputGuardExec: max_output_bytes={}", self.max_output_bytes)

@@ -1,5 +1,6 @@
 //! One module per subcommand: its flags (`Args`) and its `run`.
 
+pub mod cluster;
 pub mod demo;
 pub mod keys;
 pub mod prices;

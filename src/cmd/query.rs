@@ -21,6 +21,10 @@ pub struct Args {
     /// Query a running collector instead, e.g. http://127.0.0.1:4319 (sees unflushed spans too).
     #[arg(long, env = "TAILSCOPE_SERVER")]
     pub server: Option<String>,
+    /// Run the statement on a Ballista cluster, df://HOST:PORT (`tailscope scheduler`), over the committed tables
+    /// of the scheduler's stores [config: query.cluster].
+    #[arg(long, value_name = "df://HOST:PORT", env = "TAILSCOPE_CLUSTER", conflicts_with = "server")]
+    pub cluster: Option<String>,
     /// Output format: table, csv, json (an array of row objects), ndjson, arrow or parquet.
     #[arg(long, short, default_value = "table")]
     pub format: Format,
@@ -128,6 +132,12 @@ async fn backend(args: &Args) -> Result<Backend, BoxError> {
         Some(path) => tailscope_core::config::Config::load(path)?,
         None => tailscope_core::config::Config::default(),
     };
+    if let Some(url) = args.cluster.clone().or_else(|| config.query.cluster.clone()) {
+        // The scheduler reads the tables; here they only give the statement its columns.
+        let data_dir = args.data_dir.clone().unwrap_or(config.data_dir);
+        let catalog = tailscope_core::catalog::Catalog::new(data_dir);
+        return Ok(Backend::Local(Engine::on_cluster(catalog, config.query, &url).await?));
+    }
     local(args.data_dir.clone(), config).await
 }
 

@@ -272,6 +272,12 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
     // through the engine, like every other reader of the history.
     let budgets = collector::cost::BudgetEngine::start(&config, &engine, collector.metrics()).await?;
     collector.add_observer(budgets.clone());
+    // `[query] cluster`: the users' statements run on the Ballista cluster (over the committed tables); budgets
+    // read the history here, buffer included.
+    let engine = match &config.query.cluster {
+        Some(url) => query::Engine::on_cluster(collector.catalog(), config.query.clone(), url).await?,
+        None => engine,
+    };
 
     let api_router = collector
         .ops_router()

@@ -2,6 +2,7 @@
 
 mod browser;
 mod budget;
+mod cluster;
 mod connections;
 mod conventions;
 mod demo;

@@ -1,0 +1,64 @@
+//! `tailscope executor`: Ballista's executor, running the stages of tailscope's plans.
+
+use std::sync::Arc;
+
+use ballista_core::config::TaskSchedulingPolicy;
+use ballista_core::extension::SessionConfigExt;
+use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use datafusion::prelude::SessionConfig;
+use query::distributed::{OperatorsCodec, TablesCodec};
+use query::{Engine, session_config};
+use tailscope_core::config::Config;
+use tailscope_core::projects::Visibility;
+
+use crate::ClusterError;
+
+/// Runs an executor for `config` until the process is asked to stop (SIGTERM or Ctrl-C, which Ballista's executor
+/// handles itself: it tells the scheduler it is leaving first).
+pub async fn run(config: &Config) -> Result<(), ClusterError> {
+    let cluster = &config.cluster;
+    // No snapshot is read: an executor is handed its files by the scheduler, and needs only the stores to read them.
+    let engine = Engine::for_cluster_node(crate::catalog(config)?, config.query.clone()).await?;
+    let (scheduler_host, scheduler_port) = cluster
+        .scheduler
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host.trim_matches(['[', ']']).to_string(), port.parse::<u16>().ok()?)))
+        .ok_or_else(|| ClusterError::Ballista {
+            what: "cluster.scheduler",
+            detail: format!("{:?} is not HOST:PORT", cluster.scheduler),
+        })?;
+    let work_dir = cluster.work_dir.clone().unwrap_or_else(|| config.data_dir.join("ballista"));
+    std::fs::create_dir_all(&work_dir)
+        .map_err(|source| ClusterError::Io { what: format!("cannot create {}", work_dir.display()), source })?;
+    let slots = match cluster.executor_slots {
+        0 => std::thread::available_parallelism().map_or(2, usize::from),
+        n => n,
+    };
+    let listen = cluster.executor_listen;
+    let registry = Arc::new(engine.function_registry());
+    let runtime = engine.clone();
+    let process = ExecutorProcessConfig {
+        bind_host: listen.ip().to_string(),
+        external_host: Some(cluster.executor_host.clone().unwrap_or_else(|| listen.ip().to_string())),
+        port: listen.port(),
+        scheduler_host,
+        scheduler_port,
+        // The scheduler may still be starting (a whole cluster started at once).
+        scheduler_connect_timeout_seconds: 30,
+        vcores: slots,
+        task_scheduling_policy: TaskSchedulingPolicy::PullStaged,
+        work_dir: Some(work_dir.to_string_lossy().into_owned()),
+        // Tasks share `memory.limit_mb`, as one node's queries do.
+        memory_pool_size: Some(config.memory.limit_bytes() as u64),
+        override_function_registry: Some(registry),
+        override_runtime_producer: Some(Arc::new(move |_: &SessionConfig| Ok(runtime.job_runtime()))),
+        override_config_producer: Some(Arc::new(|| session_config(SessionConfig::new_with_ballista()))),
+        // An executor never decodes a table (the scheduler plans the scans); this codec refuses one, naming why.
+        override_logical_codec: Some(Arc::new(TablesCodec::client(Visibility::only([])))),
+        override_physical_codec: Some(Arc::new(OperatorsCodec::default())),
+        ..ExecutorProcessConfig::default()
+    };
+    start_executor_process(Arc::new(process))
+        .await
+        .map_err(|e| ClusterError::Ballista { what: "the executor stopped", detail: e.to_string() })
+}
