@@ -4,14 +4,15 @@ use std::sync::Arc;
 
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::extension::SessionConfigExt;
+use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use datafusion::prelude::SessionConfig;
-use query::distributed::{OperatorsCodec, TablesCodec};
 use query::{Engine, session_config};
 use tailscope_core::config::Config;
 use tailscope_core::projects::Visibility;
 
 use crate::ClusterError;
+use crate::codec::{OperatorsCodec, TablesCodec};
 
 /// Runs an executor for `config` until the process is asked to stop (SIGTERM or Ctrl-C, which Ballista's executor
 /// handles itself: it tells the scheduler it is leaving first).
@@ -35,7 +36,13 @@ pub async fn run(config: &Config) -> Result<(), ClusterError> {
         n => n,
     };
     let listen = cluster.executor_listen;
-    let registry = Arc::new(engine.function_registry());
+    // Ballista's executor logs a port it cannot bind and exits with success; a supervisor must see a failure.
+    drop(
+        std::net::TcpListener::bind(listen)
+            .map_err(|source| ClusterError::Io { what: format!("cannot listen on {listen}"), source })?,
+    );
+    // The functions of one node's sessions, bounded as there, `quantile_exact` answering `quantile_cont`.
+    let registry = Arc::new(BallistaFunctionRegistry::from(&engine.job_state(SessionConfig::new())));
     let runtime = engine.clone();
     let process = ExecutorProcessConfig {
         bind_host: listen.ip().to_string(),
@@ -52,7 +59,9 @@ pub async fn run(config: &Config) -> Result<(), ClusterError> {
         memory_pool_size: Some(config.memory.limit_bytes() as u64),
         override_function_registry: Some(registry),
         override_runtime_producer: Some(Arc::new(move |_: &SessionConfig| Ok(runtime.job_runtime()))),
-        override_config_producer: Some(Arc::new(|| session_config(SessionConfig::new_with_ballista()))),
+        override_config_producer: Some(Arc::new(|| {
+            crate::client::cluster_settings(session_config(SessionConfig::new_with_ballista()))
+        })),
         // An executor never decodes a table (the scheduler plans the scans); this codec refuses one, naming why.
         override_logical_codec: Some(Arc::new(TablesCodec::client(Visibility::only([])))),
         override_physical_codec: Some(Arc::new(OperatorsCodec::default())),

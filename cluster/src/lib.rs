@@ -5,16 +5,20 @@
 //!
 //! - [`scheduler::run`]: Ballista's scheduler, whose jobs plan in a session with tailscope's functions, rules and
 //!   object stores ([`query::Engine::job_state`]), over a catalog of the tables' Delta snapshots read again every
-//!   `cluster.refresh_interval`. It decodes tailscope's tables from the clients' plans
-//!   ([`query::distributed::TablesCodec`]).
-//! - [`executor::run`]: Ballista's executor, which finds tailscope's functions by name
-//!   ([`query::Engine::function_registry`]) and reads the stores' objects itself.
+//!   `cluster.refresh_interval`. It decodes tailscope's tables from the clients' plans ([`codec::TablesCodec`]).
+//! - [`executor::run`]: Ballista's executor, which finds tailscope's functions by name (the registry of
+//!   [`query::Engine::job_state`]) and reads the stores' objects itself.
 //!
-//! A client is any [`query::Engine`] made with [`query::Engine::on_cluster`]: `tailscope query --cluster`, and the
-//! HTTP API and Flight SQL of `tailscope serve` with `[query] cluster`. docs/deploy.md says how to run one.
+//! A client is any [`query::Engine`] made with [`query::Engine::on_cluster`] and a [`BallistaClient`]: `tailscope
+//! query --cluster`, and the HTTP API and Flight SQL of `tailscope serve` with `[query] cluster`. docs/deploy.md
+//! says how to run one.
 
+pub mod client;
+pub mod codec;
 pub mod executor;
 pub mod scheduler;
+
+pub use client::BallistaClient;
 
 use tailscope_core::catalog::{Catalog, RemoteTables};
 use tailscope_core::config::Config;
@@ -129,9 +133,8 @@ mod tests {
         let executor_config = config.clone();
         tokio::spawn(async move { executor::run(&executor_config).await });
 
-        let client = Engine::on_cluster(Catalog::new(dir.path()), QueryConfig::default(), &format!("df://{address}"))
-            .await
-            .unwrap();
+        let cluster = BallistaClient::new(&format!("df://{address}")).unwrap();
+        let client = Engine::on_cluster(Catalog::new(dir.path()), QueryConfig::default(), cluster).await.unwrap();
         let count = async |visible: Visibility, sql: &str| -> i64 {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {

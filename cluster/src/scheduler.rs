@@ -10,11 +10,11 @@ use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
-use query::distributed::{OperatorsCodec, TablesCodec};
 use query::{Engine, session_config};
 use tailscope_core::config::Config;
 
 use crate::ClusterError;
+use crate::codec::{OperatorsCodec, TablesCodec};
 
 /// Runs a scheduler for `config` until `shutdown` resolves. `on_listening` is told the address it listens on
 /// (`cluster.scheduler_listen`, with the port chosen when that says 0) once clients may connect.
@@ -59,13 +59,19 @@ pub async fn run(
 
     let mut scheduler = SchedulerConfig::default()
         .with_scheduler_policy(TaskSchedulingPolicy::PullStaged)
-        .with_override_session_builder(Arc::new(move |job: SessionConfig| Ok(engine.job_state(job))))
-        .with_override_config_producer(Arc::new(|| session_config(SessionConfig::new_with_ballista())));
+        .with_override_session_builder(Arc::new(move |job: SessionConfig| Ok(job_state(&engine, job))))
+        .with_override_config_producer(Arc::new(|| {
+            crate::client::cluster_settings(session_config(SessionConfig::new_with_ballista()))
+        }));
     scheduler.bind_host = address.ip().to_string();
     scheduler.external_host = address.ip().to_string();
     scheduler.bind_port = address.port();
     scheduler.override_logical_codec = Some(Arc::new(TablesCodec::scheduler(catalog, Arc::default())));
     scheduler.override_physical_codec = Some(Arc::new(OperatorsCodec::default()));
+    // A finished job's state (its plans, statuses) is dropped after a minute instead of Ballista's hour: it is
+    // memory the scheduler holds per statement, and nothing reads it after the client has its answer.
+    scheduler.finished_job_state_clean_up_interval_seconds = 60;
+    scheduler.finished_job_data_clean_up_interval_seconds = 60;
     scheduler
         .validate()
         .map_err(|e| ClusterError::Ballista { what: "the scheduler's settings", detail: e.to_string() })?;
@@ -84,4 +90,12 @@ pub async fn run(
     };
     refresher.abort();
     served
+}
+
+/// The session one job plans in: the engine's ([`Engine::job_state`]) with Ballista's logical rules, and adaptive
+/// planning off whatever the client asked: it would replace the physical rules, and with them the bound on `unnest`.
+fn job_state(engine: &Engine, job: SessionConfig) -> datafusion::execution::session_state::SessionState {
+    let state = engine.job_state(crate::client::cluster_settings(job).with_ballista_adaptive_query_planner(false));
+    let rules = ballista_core::optimizer::with_ballista_optimizer_rules(state.optimizers());
+    datafusion::execution::SessionStateBuilder::new_from_existing(state).with_optimizer_rules(rules).build()
 }

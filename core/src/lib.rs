@@ -19,6 +19,7 @@ pub mod cost;
 pub mod dashboard;
 pub mod display;
 pub mod error;
+pub mod glob;
 pub mod history;
 pub mod keys;
 pub mod layout;

@@ -16,6 +16,7 @@ use datafusion::arrow::array::{Array, AsArray as _, MapArray, RecordBatch, Strin
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
+use crate::glob::{self, Dialect};
 use crate::projects::Project;
 use crate::schema::{ResourceColumn, Signal, SpanColumn};
 
@@ -170,31 +171,6 @@ pub fn store_url(text: &str) -> Result<url::Url, String> {
     })
 }
 
-/// `text` matches `glob`: `*` any run of characters (also none), `?` one character, the rest itself (case
-/// sensitive, as the values are stored).
-pub fn glob_matches(glob: &str, text: &str) -> bool {
-    let (g, t): (Vec<char>, Vec<char>) = (glob.chars().collect(), text.chars().collect());
-    // Iterative matching with one backtrack point: linear in practice, never exponential.
-    let (mut gi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if gi < g.len() && (g[gi] == '?' || g[gi] == t[ti]) {
-            gi += 1;
-            ti += 1;
-        } else if gi < g.len() && g[gi] == '*' {
-            star = Some(gi);
-            mark = ti;
-            gi += 1;
-        } else if let Some(s) = star {
-            gi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    g[gi..].iter().all(|c| *c == '*')
-}
-
 /// What a rule's key reads in a table.
 #[derive(Debug, Clone)]
 enum Source {
@@ -337,7 +313,7 @@ impl Placement {
             for (i, rule) in rules.iter().enumerate() {
                 let Some(keys) = rule else { continue };
                 let all = keys.iter().all(|(values, globs)| {
-                    let matches = |v: &str| globs.iter().any(|g| glob_matches(g, v));
+                    let matches = |v: &str| globs.iter().any(|g| glob::matches(Dialect::Exact, g, v));
                     match values {
                         Values::Column(Some(column)) => column.is_valid(row) && matches(column.value(row)),
                         Values::Column(None) => false,
@@ -394,18 +370,6 @@ mod tests {
         let w: Wrapper = toml::from_str(toml_text).map_err(|e| e.to_string())?;
         validate(&w.placement, Some("s3://tailscope-us/prod/")).map_err(|e| e.to_string())?;
         Ok(w.placement)
-    }
-
-    #[test]
-    fn globs_match_runs_and_single_characters() {
-        assert!(glob_matches("eu-*", "eu-west-1"));
-        assert!(glob_matches("europe-*", "europe-west4"));
-        assert!(!glob_matches("eu-*", "us-east-1"));
-        assert!(glob_matches("*-west-?", "eu-west-1"));
-        assert!(!glob_matches("*-west-?", "eu-west-10"));
-        assert!(glob_matches("*", ""));
-        assert!(glob_matches("a*b*c", "aXbYbZc"));
-        assert!(!glob_matches("EU-*", "eu-west-1"), "case sensitive");
     }
 
     #[test]

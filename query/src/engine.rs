@@ -34,12 +34,9 @@ use tailscope_core::config::QueryConfig;
 use tailscope_core::memory::{MemoryBudget, Reservation};
 use tailscope_core::schema::Signal;
 
-use ballista_core::extension::{SessionConfigExt, SessionStateExt};
-use ballista_core::planner::BallistaQueryPlanner;
-use datafusion_proto::protobuf::LogicalPlanNode;
+use datafusion::execution::context::QueryPlanner;
 
 use crate::alerts::AlertsTable;
-use crate::distributed::{OperatorsCodec, TablesCodec};
 use crate::error::QueryError;
 use crate::limits;
 use crate::output_memory::{STRING_CONCAT, StringConcat, StringConcatPlanner};
@@ -137,15 +134,27 @@ impl Relation {
     }
 }
 
+/// A cluster that plans and runs a client engine's statements ([`Engine::on_cluster`]): the `tailscope-cluster`
+/// crate's Ballista client. The engine plans each statement here as on one node (limits, views, functions), then
+/// hands the logical plan to the cluster's planner.
+pub trait Cluster: Send + Sync + std::fmt::Debug {
+    /// The session settings statements start from: the cluster's own, then tailscope's ([`session_config`]).
+    fn session_config(&self) -> SessionConfig;
+    /// The engine's session made a client of the cluster (its planner and logical rules), before tailscope's
+    /// functions are registered.
+    fn upgrade(&self, state: SessionState) -> datafusion::common::Result<SessionState>;
+    /// The planner that sends one statement, whose caller may see `visible`, to the cluster.
+    fn planner(&self, config: &SessionConfig, visible: &Visibility) -> Arc<dyn QueryPlanner + Send + Sync>;
+}
+
 /// How an engine plans, beyond what [`QueryConfig`] sets.
 #[derive(Debug, Clone)]
 struct Planning {
     /// `GROUP BY` one string column runs in `StringGroupAggregateExec` (see `crate::string_group`). Only tests
     /// turn it off on one node; a cluster's scheduler never plans it (see `crate::distributed`).
     string_group_aggregate: bool,
-    /// The Ballista scheduler (`df://host:port`) a client engine sends its statements to, or `None`: they run
-    /// here.
-    cluster: Option<String>,
+    /// The cluster a client engine sends its statements to, or `None`: they run here.
+    cluster: Option<Arc<dyn Cluster>>,
 }
 
 impl Default for Planning {
@@ -176,8 +185,8 @@ struct Inner {
     /// `query.metadata_cache_mb`, the bound of the runtime's Parquet metadata cache, held in the process budget for
     /// as long as the engine (and so the cache) lives.
     _metadata_cache: Reservation,
-    /// The scheduler statements run on ([`Engine::on_cluster`]).
-    cluster: Option<String>,
+    /// The cluster statements run on ([`Engine::on_cluster`]).
+    cluster: Option<Arc<dyn Cluster>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -204,19 +213,15 @@ impl Engine {
         Engine::build(catalog, config, Planning { string_group_aggregate: on, cluster: None }).await
     }
 
-    /// An engine whose statements run on the Ballista cluster whose scheduler is at `scheduler` (`df://host:port`,
-    /// `[query] cluster`): planned here (the same SQL, views, functions and limits as one node), scanned and
-    /// computed by the executors over the committed tables (the scheduler's stores; not this process's unflushed
-    /// buffer). `catalog` gives the tables' columns only.
-    pub async fn on_cluster(catalog: Catalog, config: QueryConfig, scheduler: &str) -> Result<Engine, QueryError> {
-        let url = scheduler.trim();
-        let address = url.strip_prefix("df://").unwrap_or_default();
-        if address.is_empty() || address.contains('/') {
-            return Err(QueryError::InvalidSql(format!(
-                "cluster address {url:?} is not df://HOST:PORT (the scheduler's gRPC address)"
-            )));
-        }
-        Engine::build(catalog, config, Planning { string_group_aggregate: false, cluster: Some(url.to_string()) }).await
+    /// An engine whose statements run on `cluster` (`[query] cluster`, `tailscope query --cluster`): planned here
+    /// with the same SQL, views, functions and limits as one node, scanned and computed by the cluster over the
+    /// committed tables (its stores; not this process's unflushed buffer). `catalog` gives the tables' columns only.
+    pub async fn on_cluster(
+        catalog: Catalog,
+        config: QueryConfig,
+        cluster: Arc<dyn Cluster>,
+    ) -> Result<Engine, QueryError> {
+        Engine::build(catalog, config, Planning { string_group_aggregate: false, cluster: Some(cluster) }).await
     }
 
     /// An engine for a cluster's scheduler or executor ([`Engine::job_state`], [`Engine::function_registry`]): the
@@ -233,12 +238,9 @@ impl Engine {
                 &"DataFusion's Parquet metadata cache (query.metadata_cache_mb)",
             )
             .map_err(|e| QueryError::ResourcesExhausted(e.to_string()))?;
-        let session = session_config(SessionConfig::new());
         let session = match &planning.cluster {
-            Some(_) => session_config(SessionConfig::new_with_ballista())
-                .with_ballista_adaptive_query_planner(false)
-                .with_ballista_physical_extension_codec(Arc::new(OperatorsCodec::default())),
-            None => session,
+            Some(cluster) => cluster.session_config(),
+            None => session_config(SessionConfig::new()),
         };
         let mut state = SessionStateBuilder::new()
             .with_config(session)
@@ -253,8 +255,8 @@ impl Engine {
             }))
             .build();
         let state = match &planning.cluster {
-            // Ballista's planner in place of DataFusion's; the functions registered below come after its own.
-            Some(url) => state.upgrade_for_ballista(url.clone())?,
+            // The cluster's planner in place of DataFusion's; the functions registered below come after its own.
+            Some(cluster) => cluster.upgrade(state)?,
             None => state,
         };
         let mut ctx = SessionContext::new_with_state(state);
@@ -277,6 +279,9 @@ impl Engine {
         functions.dedup_by(|a, b| a.name() == b.name());
         for udf in limits::bounded_functions(functions, catalog.memory(), max_output) {
             if udf.name() == STRING_CONCAT {
+                // Registered by name too: a plan that travels to a cluster names the function it calls, and the
+                // scheduler and executors find it in their registries (made from this one).
+                ctx.register_udf(udf.clone());
                 ctx.register_expr_planner(Arc::new(StringConcatPlanner::new(Arc::new(udf))))?;
             } else {
                 ctx.register_udf(udf);
@@ -554,14 +559,10 @@ impl Engine {
             SessionStateBuilder::new_from_existing(self.inner.base.clone()).with_runtime_env(Arc::new(runtime)).build();
         // The projects the scans may read travel in the session's config, where every table scan finds them.
         state.config_mut().set_extension(Arc::new(self.visible.clone()));
-        if let Some(url) = &self.inner.cluster {
-            // On a cluster they travel in each table of the plan instead, written by this query's codec.
-            let planner = BallistaQueryPlanner::<LogicalPlanNode>::with_extension(
-                url.clone(),
-                state.config().ballista_config(),
-                Arc::new(TablesCodec::client(self.visible.clone())),
-            );
-            state = SessionStateBuilder::new_from_existing(state).with_query_planner(Arc::new(planner)).build();
+        if let Some(cluster) = &self.inner.cluster {
+            // On a cluster they travel in each table of the plan instead, written by this statement's planner.
+            let planner = cluster.planner(state.config(), &self.visible);
+            state = SessionStateBuilder::new_from_existing(state).with_query_planner(planner).build();
         }
         let ctx = SessionContext::new_with_state(state);
         // The builder re-registers every function in hash order, and DataFusion's `percentile_cont` also answers to
@@ -570,20 +571,13 @@ impl Engine {
         Ok(ctx)
     }
 
-    /// The session a cluster's scheduler plans one job in (Ballista's `SessionBuilder`): this engine's functions,
-    /// rules and object stores, the job's settings (`config`, the client's), Ballista's logical rules, and a memory
-    /// pool of the job's own. Adaptive planning stays off whatever the client asked: it would replace the physical
-    /// rules, and with them the bound on `unnest`.
+    /// The session a cluster's scheduler plans one job in: this engine's functions, rules and object stores, the
+    /// job's settings (`config`), and a memory pool of the job's own. Also what an executor's function registry
+    /// is made from: the same bounded functions as one node's.
     pub fn job_state(&self, config: SessionConfig) -> SessionState {
-        let mut runtime = RuntimeEnv::clone(self.inner.base.runtime_env());
-        runtime.memory_pool = memory_pool(&self.inner.memory, &self.inner.config);
-        let config = session_config(config).with_ballista_adaptive_query_planner(false);
-        let base = &self.inner.base;
-        let rules = ballista_core::optimizer::with_ballista_optimizer_rules(base.optimizers());
-        let mut state = SessionStateBuilder::new_from_existing(base.clone())
-            .with_config(config)
-            .with_runtime_env(Arc::new(runtime))
-            .with_optimizer_rules(rules)
+        let mut state = SessionStateBuilder::new_from_existing(self.inner.base.clone())
+            .with_config(session_config(config))
+            .with_runtime_env(self.job_runtime())
             .build();
         // As in `context`: ours answers `quantile_cont`.
         if let Err(e) = state.register_udaf(Arc::new(quantile_exact_udaf())) {
@@ -592,17 +586,7 @@ impl Engine {
         state
     }
 
-    /// The functions an executor finds by name in the plans it runs: the same bounded ones as one node's.
-    pub fn function_registry(&self) -> ballista_core::registry::BallistaFunctionRegistry {
-        let mut registry = ballista_core::registry::BallistaFunctionRegistry::from(&self.inner.base);
-        let quantile = Arc::new(quantile_exact_udaf());
-        for name in std::iter::once(quantile.name()).chain(quantile.aliases().iter().map(String::as_str)) {
-            registry.aggregate_functions.insert(name.to_string(), quantile.clone());
-        }
-        registry
-    }
-
-    /// The runtime an executor runs one job's tasks in: this engine's object stores, a memory pool of the job's own.
+    /// The runtime one job runs in: this engine's object stores, a memory pool of the job's own.
     pub fn job_runtime(&self) -> Arc<RuntimeEnv> {
         let mut runtime = RuntimeEnv::clone(self.inner.base.runtime_env());
         runtime.memory_pool = memory_pool(&self.inner.memory, &self.inner.config);

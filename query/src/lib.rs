@@ -11,7 +11,6 @@
 
 mod alerts;
 mod cost_views;
-pub mod distributed;
 mod engine;
 mod error;
 pub mod fixture;
@@ -34,10 +33,13 @@ mod unnest_guard;
 mod unreadable;
 mod views;
 
+pub use alerts::AlertsTable;
 pub use engine::{
-    CATALOG_NAME, Engine, Prepared, QueryOutput, QueryStream, Relation, SCHEMA_NAME, memory_pool, session_config,
+    CATALOG_NAME, Cluster, Engine, Prepared, QueryOutput, QueryStream, Relation, SCHEMA_NAME, memory_pool,
+    session_config,
 };
 pub use error::QueryError;
 pub use http::router;
-pub use quantile::{QUANTILE_EXACT, quantile_linear};
-pub use table::{ScanCounters, table_schema};
+pub use quantile::{QUANTILE_EXACT, QUANTILE_EXACT_SHARED, quantile_linear, quantiles_exact_shared_udaf};
+pub use table::{ScanCounters, SignalTable, table_schema};
+pub use unnest_guard::UnnestInputGuardExec;

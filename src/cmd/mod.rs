@@ -100,7 +100,16 @@ pub fn init_logging(to_stderr: bool) {
     // for a table that does not exist yet (each first start): silent unless RUST_LOG names it. What fails reaches
     // tailscope's own log through the error delta-rs returns.
     if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("kernel") || v.contains("deltalake")) {
-        for directive in ["buoyant_kernel=off", "buoyant_kernel_engine=off", "deltalake_core=warn"] {
+        // Ballista logs each job's whole plan at info (megabytes for a long IN list) and a line per job submitted.
+        for directive in [
+            "buoyant_kernel=off",
+            "buoyant_kernel_engine=off",
+            "deltalake_core=warn",
+            "ballista_scheduler=warn",
+            "ballista_executor=warn",
+            "ballista_core=warn",
+            "ballista=warn",
+        ] {
             if let Ok(d) = directive.parse() {
                 filter = filter.add_directive(d);
             }

@@ -136,7 +136,8 @@ async fn backend(args: &Args) -> Result<Backend, BoxError> {
         // The scheduler reads the tables; here they only give the statement its columns.
         let data_dir = args.data_dir.clone().unwrap_or(config.data_dir);
         let catalog = tailscope_core::catalog::Catalog::new(data_dir);
-        return Ok(Backend::Local(Engine::on_cluster(catalog, config.query, &url).await?));
+        let cluster = cluster::BallistaClient::new(&url)?;
+        return Ok(Backend::Local(Engine::on_cluster(catalog, config.query, cluster).await?));
     }
     local(args.data_dir.clone(), config).await
 }

@@ -275,7 +275,10 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
     // `[query] cluster`: the users' statements run on the Ballista cluster (over the committed tables); budgets
     // read the history here, buffer included.
     let engine = match &config.query.cluster {
-        Some(url) => query::Engine::on_cluster(collector.catalog(), config.query.clone(), url).await?,
+        Some(url) => {
+            let cluster = cluster::BallistaClient::new(url)?;
+            query::Engine::on_cluster(collector.catalog(), config.query.clone(), cluster).await?
+        }
         None => engine,
     };
 

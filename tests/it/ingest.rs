@@ -3,8 +3,6 @@
 //! files with plain DataFusion, independent of tailscope's query layer.
 
 use std::io::Write;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::datatypes::DataType;
@@ -20,7 +18,9 @@ use opentelemetry_proto::tonic::resource::v1::Resource as PResource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as PSpan};
 use prost::Message;
 
-use crate::support::{Server, Transport, logger_provider, meter_provider, tracer_provider};
+use crate::support::{
+    CRASH_BATCH, Server, Transport, kill_9_under_load, logger_provider, meter_provider, tracer_provider,
+};
 
 /// Every row of `table` in the Parquet files under `data_dir`, as JSON objects, ordered by `order_by`.
 pub async fn parquet_rows(data_dir: &std::path::Path, table: &str, order_by: &str) -> Vec<serde_json::Value> {
@@ -545,36 +545,8 @@ async fn invalid_spans_are_rejected_one_by_one() {
 async fn acknowledged_spans_survive_kill_9_without_duplicates() {
     // Small, frequent flushes so that kills land before, during and after flushes.
     let mut server = Server::start_with("[storage]\nflush_interval = \"150ms\"\nflush_max_bytes = 200000\n").await;
-    let acked = Arc::new(AtomicU64::new(0));
-    let next_id = Arc::new(AtomicU64::new(0));
-    for round in 0..3u64 {
-        let mut senders = Vec::new();
-        for _ in 0..3 {
-            let url = server.grpc_url();
-            let acked = acked.clone();
-            let next_id = next_id.clone();
-            senders.push(tokio::spawn(async move {
-                let Ok(mut client) = TraceServiceClient::connect(url).await else { return };
-                loop {
-                    let first = next_id.fetch_add(50, Ordering::SeqCst);
-                    match client.export(request("crash", first, 50)).await {
-                        Ok(_) => {
-                            acked.fetch_add(50, Ordering::SeqCst);
-                        }
-                        Err(_) => return,
-                    }
-                }
-            }));
-        }
-        tokio::time::sleep(Duration::from_millis(400 + 170 * round)).await;
-        server.kill();
-        for s in senders {
-            let _ = s.await;
-        }
-        server.restart().await;
-    }
-    let acked = acked.load(Ordering::SeqCst) as i64;
-    assert!(acked > 0);
+    let pause = |round| Duration::from_millis(400 + 170 * round);
+    let acked = kill_9_under_load(&mut server, 3, 3, pause, |_, first| request("crash", first, CRASH_BATCH)).await;
     let rows = server.sql("SELECT count(*) AS n, count(DISTINCT span_id) AS d FROM spans").await;
     let (n, d) = (rows[0]["n"].as_i64().unwrap(), rows[0]["d"].as_i64().unwrap());
     assert_eq!(n, d, "a span was stored twice");

@@ -17,7 +17,10 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::{Tracer as _, TracerProvider as _};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 
-use crate::support::{Server, Transport, free_addr, tailscope_bin, trace_export, tracer_provider};
+use crate::support::{
+    CRASH_BATCH, Server, Transport, free_addr, kill_9_under_load, query_while_compacting, tailscope_bin, trace_export,
+    tracer_provider,
+};
 
 /// Where a test's tables are: the `storage.url`, the environment that reaches the store, and the bucket (or
 /// container) as an object store with the URL's prefix, for the test's own listings.
@@ -351,33 +354,9 @@ async fn sdk_spans_reach_the_store(target: &Target) {
 /// is left that no commit names.
 async fn acknowledged_spans_survive_kill_9_exactly_once(target: &Target) {
     let mut server = collector(target).await;
-    let acked = Arc::new(AtomicU64::new(0));
-    let next_id = Arc::new(AtomicU64::new(0));
-    for round in 0..3u64 {
-        let mut senders = Vec::new();
-        for _ in 0..2 {
-            let grpc = server.grpc_url();
-            let (acked, next_id) = (acked.clone(), next_id.clone());
-            senders.push(tokio::spawn(async move {
-                let Ok(mut client) = TraceServiceClient::connect(grpc).await else { return };
-                loop {
-                    let first = next_id.fetch_add(50, Ordering::SeqCst);
-                    match client.export(trace_export("crash", first, 50, &[])).await {
-                        Ok(_) => acked.fetch_add(50, Ordering::SeqCst),
-                        Err(_) => return,
-                    };
-                }
-            }));
-        }
-        tokio::time::sleep(Duration::from_millis(700 + 300 * round)).await;
-        server.kill();
-        for s in senders {
-            let _ = s.await;
-        }
-        server.restart().await;
-    }
-    let acked = acked.load(Ordering::SeqCst) as i64;
-    assert!(acked > 0);
+    let pause = |round| Duration::from_millis(700 + 300 * round);
+    let acked =
+        kill_9_under_load(&mut server, 2, 3, pause, |_, first| trace_export("crash", first, CRASH_BATCH, &[])).await;
     let rows = server.sql("SELECT count(*) AS n, count(DISTINCT span_id) AS d FROM spans").await;
     let (n, d) = (rows[0]["n"].as_i64().unwrap(), rows[0]["d"].as_i64().unwrap());
     assert_eq!(n, d, "a span was stored twice");
@@ -571,25 +550,9 @@ async fn compaction_merges_a_closed_hours_small_objects_on_s3_while_queries_run(
     };
     let small = parquet(objects(target.store.as_ref(), &table).await).len();
     assert!(small >= 6, "expected many small objects, found {small}");
-    let fast = config.replace("maintenance_interval = \"1h\"", "maintenance_interval = \"500ms\"");
-    std::fs::write(server.data_dir.parent().unwrap().join("tailscope.toml"), fast).unwrap();
-    server.restart().await;
     let sql = "SELECT count(*) AS n, count(DISTINCT span_id) AS d, sum(duration_ns) AS s FROM spans";
-    let first = server.sql(sql).await;
+    let (first, queries) = query_while_compacting(&mut server, &config, sql, small).await;
     assert_eq!(first[0]["n"], 2000);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut queries = 0;
-    loop {
-        let (status, body) = server.sql_raw(sql).await;
-        assert!(status.is_success(), "a query failed during compaction: {status} {body}");
-        let rows: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
-        assert_eq!(rows, first, "the answer changed during compaction");
-        queries += 1;
-        if server.metric("tailscope_vacuum_files_deleted").await >= small as f64 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "compaction and vacuum did not finish:\n{}", server.log());
-    }
     assert!(server.metric("tailscope_compactions").await >= 1.0);
     let left = parquet(objects(target.store.as_ref(), &table).await);
     assert_eq!(left.len(), 1, "one object after compaction and vacuum: {left:?}");

@@ -5,8 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, AsArray as _};
@@ -19,7 +17,9 @@ use opentelemetry::trace::{Tracer as _, TracerProvider as _};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 
 use crate::object_store::Moto;
-use crate::support::{Server, Transport, string_kv, tailscope_bin, trace_export, tracer_provider};
+use crate::support::{
+    CRASH_BATCH, Server, Transport, kill_9_under_load, string_kv, tailscope_bin, trace_export, tracer_provider,
+};
 
 /// The config of a collector with the US bucket as its default store and a rule that sends EU regions to the EU
 /// bucket.
@@ -200,37 +200,16 @@ async fn acknowledged_spans_survive_kill_9_with_two_stores_exactly_once_each_in_
     let toml = config("flush_interval = \"200ms\"\nflush_max_bytes = 200000");
     let env: Vec<(&str, &str)> = us.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut server = Server::start_with_env(&toml, &env).await;
-    let acked = Arc::new(AtomicU64::new(0));
-    let next_id = Arc::new(AtomicU64::new(0));
-    for round in 0..3u64 {
-        let mut senders = Vec::new();
-        for region in ["eu-central-1", "us-west-2"] {
-            let grpc = server.grpc_url();
-            let (acked, next_id) = (acked.clone(), next_id.clone());
-            senders.push(tokio::spawn(async move {
-                let Ok(mut client) = TraceServiceClient::connect(grpc).await else { return };
-                loop {
-                    let first = next_id.fetch_add(50, Ordering::SeqCst);
-                    let mut request = trace_export("crash", first, 50, &[]);
-                    if let Some(resource) = request.resource_spans[0].resource.as_mut() {
-                        resource.attributes.push(string_kv("cloud.region", region));
-                    }
-                    match client.export(request).await {
-                        Ok(_) => acked.fetch_add(50, Ordering::SeqCst),
-                        Err(_) => return,
-                    };
-                }
-            }));
+    let regions = ["eu-central-1", "us-west-2"];
+    let pause = |round| Duration::from_millis(700 + 300 * round);
+    let acked = kill_9_under_load(&mut server, regions.len(), 3, pause, move |sender, first| {
+        let mut request = trace_export("crash", first, CRASH_BATCH, &[]);
+        if let Some(resource) = request.resource_spans[0].resource.as_mut() {
+            resource.attributes.push(string_kv("cloud.region", regions[sender]));
         }
-        tokio::time::sleep(Duration::from_millis(700 + 300 * round)).await;
-        server.kill();
-        for s in senders {
-            let _ = s.await;
-        }
-        server.restart().await;
-    }
-    let acked = acked.load(Ordering::SeqCst) as i64;
-    assert!(acked > 0);
+        request
+    })
+    .await;
     // A clean stop commits everything, once, to each store.
     let status = server.terminate();
     assert!(status.success(), "{status}; log:\n{}", server.log());

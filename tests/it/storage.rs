@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
-use crate::support::{Server, now_ns};
+use crate::support::{Server, now_ns, query_while_compacting};
 
 /// No time- or size-triggered flush: a test decides when the one flush happens (at shutdown).
 const NO_AUTOMATIC_FLUSH: &str = "[storage]\nflush_interval = \"1h\"\n";
@@ -313,31 +313,11 @@ async fn compaction_merges_a_closed_hours_small_files_while_queries_run() {
     let query_before = median_time(&server, sql).await;
     // Everything flushed (the restart replays nothing and shows the committed files).
     assert!(server.terminate().success());
-    // Maintenance every 500 ms from now on.
     let table = server.data_dir.join("spans");
     let small = data_files(&table).len();
     assert!(small >= 10, "expected many small files, found {small}");
-    let config_fast = config.replace("maintenance_interval = \"1h\"", "maintenance_interval = \"500ms\"");
-    // The harness keeps the config file beside the data dir.
-    std::fs::write(server.data_dir.parent().unwrap().join("tailscope.toml"), config_fast).unwrap();
-    server.restart().await;
-    let first = server.sql(sql).await;
+    let (first, queries) = query_while_compacting(&mut server, config, sql, small).await;
     assert_eq!(first[0]["n"], requests * 100);
-    let mut compacted = false;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut queries = 0;
-    while std::time::Instant::now() < deadline {
-        let (status, body) = server.sql_raw(sql).await;
-        assert!(status.is_success(), "a query failed during compaction: {status} {body}");
-        let rows: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
-        assert_eq!(rows, first, "the answer changed during compaction");
-        queries += 1;
-        if server.metric("tailscope_vacuum_files_deleted").await >= small as f64 {
-            compacted = true;
-            break;
-        }
-    }
-    assert!(compacted, "compaction and vacuum did not finish: {}", server.log());
     assert!(server.metric("tailscope_compactions").await >= 1.0);
     let files = data_files(&table);
     assert_eq!(files.len(), 1, "one file after compaction and vacuum: {files:?}");

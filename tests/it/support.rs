@@ -16,6 +16,89 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tailscope_sim::export::OnRuntime;
 
+/// Spans per request of [`kill_9_under_load`].
+pub const CRASH_BATCH: u64 = 50;
+
+/// Loads `server` through OTLP/gRPC from `senders` clients at once, each sending requests of [`CRASH_BATCH`] spans
+/// (`request(sender, first_id)`; ids are never reused), and kills it with SIGKILL mid-load `rounds` times, after
+/// `pause(round)` each, restarting it every time. Returns how many spans were acknowledged: each of those must be
+/// stored exactly once, and at most one request per sender per kill more (in flight, stored, never acknowledged).
+pub async fn kill_9_under_load<R>(
+    server: &mut Server,
+    senders: usize,
+    rounds: u64,
+    pause: impl Fn(u64) -> Duration,
+    request: R,
+) -> i64
+where
+    R: Fn(usize, u64) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest
+        + Clone
+        + Send
+        + 'static,
+{
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let acked = Arc::new(AtomicU64::new(0));
+    let next_id = Arc::new(AtomicU64::new(0));
+    for round in 0..rounds {
+        let mut tasks = Vec::new();
+        for sender in 0..senders {
+            let grpc = server.grpc_url();
+            let (acked, next_id, request) = (acked.clone(), next_id.clone(), request.clone());
+            tasks.push(tokio::spawn(async move {
+                let Ok(mut client) = TraceServiceClient::connect(grpc).await else { return };
+                loop {
+                    let first = next_id.fetch_add(CRASH_BATCH, Ordering::SeqCst);
+                    match client.export(request(sender, first)).await {
+                        Ok(_) => acked.fetch_add(CRASH_BATCH, Ordering::SeqCst),
+                        Err(_) => return,
+                    };
+                }
+            }));
+        }
+        tokio::time::sleep(pause(round)).await;
+        server.kill();
+        for t in tasks {
+            let _ = t.await;
+        }
+        server.restart().await;
+    }
+    let acked = acked.load(Ordering::SeqCst) as i64;
+    assert!(acked > 0, "nothing was acknowledged before the kills");
+    acked
+}
+
+/// Restarts `server` with `config` but maintenance every 500 ms (from `maintenance_interval = "1h"`), then runs
+/// `sql` over and over until vacuum has deleted `replaced` files: every answer must be the first one, and no query
+/// may fail, while compaction rewrites and vacuum deletes. Returns the answer and how many queries ran.
+pub async fn query_while_compacting(
+    server: &mut Server,
+    config: &str,
+    sql: &str,
+    replaced: usize,
+) -> (Vec<serde_json::Value>, usize) {
+    let fast = config.replace("maintenance_interval = \"1h\"", "maintenance_interval = \"500ms\"");
+    assert_ne!(fast, config, "the config must set maintenance_interval = \"1h\"");
+    // The harness keeps the config file beside the data dir.
+    std::fs::write(server.data_dir.parent().unwrap().join("tailscope.toml"), fast).unwrap();
+    server.restart().await;
+    let first = server.sql(sql).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut queries = 0;
+    loop {
+        let (status, body) = server.sql_raw(sql).await;
+        assert!(status.is_success(), "a query failed during compaction: {status} {body}");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        assert_eq!(rows, first, "the answer changed during compaction");
+        queries += 1;
+        if server.metric("tailscope_vacuum_files_deleted").await >= replaced as f64 {
+            return (first, queries);
+        }
+        assert!(Instant::now() < deadline, "compaction and vacuum did not finish:\n{}", server.log());
+    }
+}
+
 /// Nanoseconds since the Unix epoch, now.
 pub fn now_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_nanos() as u64

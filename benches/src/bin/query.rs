@@ -50,9 +50,21 @@ struct Args {
     /// Only the queries whose name contains this.
     #[arg(long)]
     only: Option<String>,
-    /// Print tailscope's `EXPLAIN ANALYZE` of each query after timing it.
+    /// Print tailscope's `EXPLAIN ANALYZE` of each query after timing it (with `--cluster`, the cluster's `EXPLAIN`
+    /// too: its stages).
     #[arg(long)]
     explain: bool,
+    /// Also run every query on a Ballista cluster, checked against one node's answer and timed in the same rounds:
+    /// `local` starts a scheduler and `--executors` executors in this process over `--data-dir` (as `tailscope
+    /// scheduler` and `tailscope executor` run them); `df://HOST:PORT` uses a running one over the same files.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Executors of `--cluster local`, each running `--executor-slots` tasks at once.
+    #[arg(long, default_value_t = 2)]
+    executors: usize,
+    /// Tasks each local executor runs at once.
+    #[arg(long, default_value_t = 1)]
+    executor_slots: usize,
 }
 
 /// 2026-11-20T00:00:00Z.
@@ -317,6 +329,52 @@ fn same_answer(ours: &[serde_json::Value], theirs: &[serde_json::Value]) -> Resu
     Ok(())
 }
 
+/// A scheduler and `executors` executors on loopback in this process, over the tables under `dir`, as `tailscope
+/// scheduler` and `tailscope executor` run them; returns the scheduler's `df://` address once a query runs there.
+async fn local_cluster(dir: &Path, executors: usize, slots: usize) -> Result<String, Box<dyn std::error::Error>> {
+    let mut config = tailscope_core::config::Config { data_dir: dir.to_path_buf(), ..Default::default() };
+    config.cluster.scheduler_listen = "127.0.0.1:0".parse()?;
+    config.cluster.executor_slots = slots;
+    config.memory.limit_mb = 4096;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let scheduler_config = config.clone();
+    tokio::spawn(async move {
+        let on_listening = move |address| {
+            let _ = tx.send(address);
+        };
+        if let Err(e) = cluster::scheduler::run(&scheduler_config, std::future::pending(), on_listening).await {
+            eprintln!("scheduler: {e}");
+        }
+    });
+    let address = rx.await?;
+    config.cluster.scheduler = address.to_string();
+    for i in 0..executors {
+        let mut config = config.clone();
+        config.cluster.executor_listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        config.cluster.work_dir = Some(dir.join(format!("ballista-{i}")));
+        tokio::spawn(async move {
+            if let Err(e) = cluster::executor::run(&config).await {
+                eprintln!("executor: {e}");
+            }
+        });
+    }
+    let url = format!("df://{address}");
+    let probe = Engine::on_cluster(
+        tailscope_core::catalog::Catalog::new(dir),
+        QueryConfig::default(),
+        cluster::BallistaClient::new(&url)?,
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = probe.sql("SELECT count(*) FROM spans").await {
+        if Instant::now() > deadline {
+            return Err(format!("the local cluster never answered: {e}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(url)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
@@ -334,6 +392,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         memory_limit_mb: 8192,
         max_concurrent: 1,
         ..QueryConfig::default()
+    };
+    let cluster = match args.cluster.as_deref() {
+        Some("local") => {
+            let url = local_cluster(&dir, args.executors, args.executor_slots).await?;
+            eprintln!("a scheduler and {} executors of {} slots at {url}", args.executors, args.executor_slots);
+            let client = cluster::BallistaClient::new(&url)?;
+            Some(Engine::on_cluster(tailscope_core::catalog::Catalog::new(&dir), config.clone(), client).await?)
+        }
+        Some(url) => {
+            let client = cluster::BallistaClient::new(url)?;
+            Some(Engine::on_cluster(tailscope_core::catalog::Catalog::new(&dir), config.clone(), client).await?)
+        }
+        None => None,
     };
     let engine = Engine::open(&dir, config).await?;
     // A reused `--data-dir` holds however many spans it was generated with, whatever `--rows` says now.
@@ -356,7 +427,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let benches: Vec<Bench> =
         benches().into_iter().filter(|b| args.only.as_deref().is_none_or(|o| b.name.contains(o))).collect();
 
-    let mut table = Vec::new();
+    let (mut table, mut cluster_table) = (Vec::new(), Vec::new());
     for b in &benches {
         // Warm-up, and the check that both engines answer the same.
         let (_, ours) = run_tailscope(&engine, &b.tailscope).await?;
@@ -366,15 +437,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 same_answer(&ours, &theirs).map_err(|e| format!("{}: the engines disagree: {e}", b.name))?;
             }
         }
-        let (mut our_times, mut their_times) = (Vec::new(), Vec::new());
+        if let Some(cluster) = &cluster {
+            let (_, many) = run_tailscope(cluster, &b.tailscope).await?;
+            if b.exact {
+                same_answer(&ours, &many).map_err(|e| format!("{}: the cluster disagrees: {e}", b.name))?;
+            }
+        }
+        let (mut our_times, mut their_times, mut cluster_times) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..args.runs {
             our_times.push(run_tailscope(&engine, &b.tailscope).await?.0);
             if let Some(duck) = duck.as_mut() {
                 their_times.push(duck.run(&b.duckdb)?.0);
             }
+            if let Some(cluster) = &cluster {
+                cluster_times.push(run_tailscope(cluster, &b.tailscope).await?.0);
+            }
         }
         let ours_s = median(our_times);
         let theirs_s = (!their_times.is_empty()).then(|| median(their_times));
+        let cluster_s = (!cluster_times.is_empty()).then(|| median(cluster_times));
+        if let Some(t) = cluster_s {
+            eprintln!("{:<40} cluster   {:>8.1} ms  ({:+.1} ms against one node)", b.name, t * 1e3, (t - ours_s) * 1e3);
+        }
         eprintln!(
             "{:<40} tailscope {:>8.1} ms  DuckDB {:>8} ms  ({} rows{})",
             b.name,
@@ -387,8 +471,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let plan = engine.sql(&format!("EXPLAIN ANALYZE {}", b.tailscope)).await?;
             let text = query::format::to_bytes(query::format::Format::Table, &plan)?;
             eprintln!("{}", String::from_utf8_lossy(&text));
+            if let Some(cluster) = &cluster {
+                let plan = cluster.sql(&format!("EXPLAIN {}", b.tailscope)).await?;
+                let text = query::format::to_bytes(query::format::Format::Table, &plan)?;
+                eprintln!("{}", String::from_utf8_lossy(&text));
+            }
         }
         table.push((b.name, ours_s, theirs_s));
+        cluster_table.push((b.name, ours_s, cluster_s));
     }
 
     println!("| Query ({rows} spans) | tailscope (ms) | DuckDB (ms) | tailscope / DuckDB |");
@@ -397,6 +487,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         match theirs {
             Some(t) => println!("| {name} | {:.1} | {:.1} | {:.2} |", ours * 1e3, t * 1e3, ours / t),
             None => println!("| {name} | {:.1} | - | - |", ours * 1e3),
+        }
+    }
+    if cluster.is_some() {
+        println!();
+        println!("| Query ({rows} spans) | one node (ms) | cluster (ms) | overhead (ms) | cluster / one node |");
+        println!("|---|---:|---:|---:|---:|");
+        for (name, one, many) in cluster_table {
+            if let Some(many) = many {
+                let (one, many) = (one * 1e3, many * 1e3);
+                println!("| {name} | {one:.1} | {many:.1} | {:.1} | {:.2} |", many - one, many / one);
+            }
         }
     }
     Ok(())
