@@ -383,7 +383,8 @@ mod tests {
         assert_eq!(back.lists().iter().map(|l| (l.index_in_input_schema, l.depth)).collect::<Vec<_>>(), [(3, 1)]);
 
         let bad = [GUARD_TAG, br#"{"lists":[[9999,1]],"max_output_bytes":1}"#].concat();
-        let error = codec.try_decode(&bad, &[input.clone()], &TaskContext::default(), &converter).unwrap_err();
+        let error =
+            codec.try_decode(&bad, std::slice::from_ref(&input), &TaskContext::default(), &converter).unwrap_err();
         assert!(error.to_string().contains("names column 9999"), "{error}");
         let error = codec.try_decode(&buf, &[], &TaskContext::default(), &converter).unwrap_err();
         assert!(error.to_string().contains("takes one input"), "{error}");

@@ -57,9 +57,12 @@ pub async fn run(
         .local_addr()
         .map_err(|source| ClusterError::Io { what: "cannot read the scheduler's address".into(), source })?;
 
+    let partitions = config.cluster.partitions;
     let mut scheduler = SchedulerConfig::default()
         .with_scheduler_policy(TaskSchedulingPolicy::PullStaged)
-        .with_override_session_builder(Arc::new(move |job: SessionConfig| Ok(job_state(&engine, job))))
+        .with_override_session_builder(Arc::new(move |job: SessionConfig| {
+            Ok(job_state(&engine, job.with_target_partitions(partitions)))
+        }))
         .with_override_config_producer(Arc::new(|| {
             crate::client::cluster_settings(session_config(SessionConfig::new_with_ballista()))
         }));

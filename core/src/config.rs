@@ -135,6 +135,10 @@ pub struct ClusterConfig {
     pub executor_slots: usize,
     /// Where an executor keeps shuffle files; default: `DATA_DIR/ballista`.
     pub work_dir: Option<PathBuf>,
+    /// `tailscope scheduler`: the partitions each stage of a job is cut into (tasks per stage): about the task slots
+    /// of all executors together. Each task costs a round trip to an executor (tens of ms), so more partitions than
+    /// slots only add waiting; Ballista's own default is 16.
+    pub partitions: usize,
     /// How often the scheduler reads the tables' logs again: a commit is visible to cluster queries this long after
     /// it lands, at most.
     #[serde(with = "humantime_serde")]
@@ -150,6 +154,7 @@ impl Default for ClusterConfig {
             executor_host: None,
             executor_slots: 0,
             work_dir: None,
+            partitions: 4,
             refresh_interval: Duration::from_secs(1),
         }
     }
@@ -168,6 +173,7 @@ impl ClusterConfig {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
             _ => return Err(invalid("scheduler", format!("{:?} is not HOST:PORT", self.scheduler))),
         }
+        check_count("cluster.partitions", self.partitions, 4096)?;
         if self.executor_slots > 0 {
             check_count("cluster.executor_slots", self.executor_slots, 1024)?;
         }

@@ -335,6 +335,7 @@ async fn local_cluster(dir: &Path, executors: usize, slots: usize) -> Result<Str
     let mut config = tailscope_core::config::Config { data_dir: dir.to_path_buf(), ..Default::default() };
     config.cluster.scheduler_listen = "127.0.0.1:0".parse()?;
     config.cluster.executor_slots = slots;
+    config.cluster.partitions = executors * slots;
     config.memory.limit_mb = 4096;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let scheduler_config = config.clone();
