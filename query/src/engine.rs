@@ -491,6 +491,24 @@ impl Engine {
                 Some(redactor) => batch.and_then(|b| redactor.redact_batch(b)),
                 None => batch,
             });
+        // A panic inside DataFusion's operators (their tasks re-raise it where the rows are read) ends this statement
+        // with an error instead of unwinding into the caller: the CLI, a server's request task. Nothing the panic
+        // interrupted is reused: the statement's plan, streams and memory pool are its own and are dropped here.
+        let batches = std::panic::AssertUnwindSafe(batches).catch_unwind().map(|item| match item {
+            Ok(batch) => batch,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                tracing::error!("the query engine panicked on a statement ({what}); it was stopped");
+                Err(QueryError::Internal(format!(
+                    "the query engine failed on this statement ({what}), a fault in DataFusion rather than in the \
+                     statement; it was stopped. Rewrite it (e.g. join on a key instead of filtering a cross join)"
+                )))
+            }
+        });
         Ok(QueryStream {
             schema,
             // Fused: polling after the end (or after an error) answers `None` again.
