@@ -6,14 +6,13 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tailscope_sim::{Endpoints, Scenario, SimConfig, SimStats};
+use tailscope_sim::Scenario;
 
 use crate::object_store::{Moto, Target};
-use crate::support::{Server, free_addr, tailscope_bin};
+use crate::support::{Server, free_addr, simulate, tailscope_bin};
 
 /// A child process of the cluster, killed when dropped.
 struct Node {
@@ -143,24 +142,6 @@ fn same_rows(a: &[Value], b: &[Value]) -> Result<(), String> {
     Ok(())
 }
 
-/// The simulated fleet for `seconds` at `rate` spans/s into `server`, every span stored before it returns.
-async fn fleet(server: &Server, seed: u64, rate: f64, seconds: u64) -> u64 {
-    let config = SimConfig {
-        endpoints: Endpoints::from_base(&server.grpc_url(), tailscope_sim::Transport::Grpc),
-        transport: tailscope_sim::Transport::Grpc,
-        rate,
-        duration: Some(Duration::from_secs(seconds)),
-        seed,
-        sessions: 40,
-        metric_interval: Duration::from_secs(60),
-        scenario: Scenario::Fleet,
-    };
-    let report = tailscope_sim::run(config, Arc::new(SimStats::default()), std::future::pending()).await.unwrap();
-    assert!(report.shutdown_errors.is_empty(), "{:?}", report.shutdown_errors);
-    assert_eq!(report.exported_spans, report.spans, "every span exported");
-    report.spans
-}
-
 /// The statements the cluster must answer as one node does.
 /// The last three answered wrongly or failed on Ballista's defaults (a `TopK` below a sort-merge join kept too few
 /// rows; `||` was not found by name).
@@ -203,7 +184,8 @@ async fn a_cluster_answers_as_one_node_over_tables_two_collectors_wrote() {
     let env: Vec<(&str, &str)> = target.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let toml = format!("[storage]\nurl = \"{}\"\nflush_interval = \"200ms\"\n", target.url);
     let (mut a, mut b) = (Server::start_with_env(&toml, &env).await, Server::start_with_env(&toml, &env).await);
-    let (sent_a, sent_b) = tokio::join!(fleet(&a, 7, 1000.0, 4), fleet(&b, 8, 1000.0, 4));
+    let (sent_a, sent_b) =
+        tokio::join!(simulate(&a, Scenario::Fleet, 7, 1000.0, 4), simulate(&b, Scenario::Fleet, 8, 1000.0, 4));
     assert!(a.terminate().success() && b.terminate().success(), "both collectors flushed and stopped");
 
     let dir = tempfile::tempdir().unwrap();

@@ -4,34 +4,21 @@
 //! real headless Chromium must show both changes and mark nothing else as beyond noise.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tailscope_sim::Scenario;
 use tailscope_sim::fleet::{RELEASE_AFTER, RELEASE_BEFORE, RELEASE_LEANER, RELEASE_SERVICE, RELEASE_SLOWER};
-use tailscope_sim::{Endpoints, Scenario, SimConfig, SimStats};
 
 use crate::browser::Browser;
-use crate::support::{Server, tailscope_bin};
+use crate::support::{Server, simulate, tailscope_bin};
 use crate::tui::Tmux;
 
 /// Six seconds of the release scenario at 2,500 spans/s (about 15,000 spans, 1,000 turns, 250 sessions), every
 /// span stored before it returns.
 async fn release_traffic(server: &Server) {
-    let config = SimConfig {
-        endpoints: Endpoints::from_base(&server.grpc_url(), tailscope_sim::Transport::Grpc),
-        transport: tailscope_sim::Transport::Grpc,
-        rate: 2500.0,
-        duration: Some(Duration::from_secs(6)),
-        seed: 18,
-        sessions: 40,
-        metric_interval: Duration::from_secs(60),
-        scenario: Scenario::Release,
-    };
-    let report = tailscope_sim::run(config, Arc::new(SimStats::default()), std::future::pending()).await.unwrap();
-    assert!(report.shutdown_errors.is_empty(), "{:?}", report.shutdown_errors);
-    assert_eq!(report.exported_spans, report.spans, "every span exported");
-    server.wait_count("SELECT COUNT(*) AS n FROM spans", report.spans as i64).await;
+    let spans = simulate(server, Scenario::Release, 18, 2500.0, 6).await;
+    server.wait_count("SELECT COUNT(*) AS n FROM spans", spans as i64).await;
 }
 
 /// What the release changed, as (step type, model, metric) rows that may be marked: the slower model's latencies

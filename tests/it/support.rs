@@ -16,6 +16,26 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tailscope_sim::export::OnRuntime;
 
+/// The simulated fleet's `scenario` for `seconds` at `rate` spans/s from `seed` into `server` over OTLP/gRPC, through
+/// the official SDK. Returns the spans sent, after checking every one was exported (acknowledged).
+pub async fn simulate(server: &Server, scenario: tailscope_sim::Scenario, seed: u64, rate: f64, seconds: u64) -> u64 {
+    let config = tailscope_sim::SimConfig {
+        endpoints: tailscope_sim::Endpoints::from_base(&server.grpc_url(), tailscope_sim::Transport::Grpc),
+        transport: tailscope_sim::Transport::Grpc,
+        rate,
+        duration: Some(Duration::from_secs(seconds)),
+        seed,
+        sessions: 40,
+        metric_interval: Duration::from_secs(60),
+        scenario,
+    };
+    let stats = std::sync::Arc::new(tailscope_sim::SimStats::default());
+    let report = tailscope_sim::run(config, stats, std::future::pending()).await.unwrap();
+    assert!(report.shutdown_errors.is_empty(), "{:?}", report.shutdown_errors);
+    assert_eq!(report.exported_spans, report.spans, "every span exported");
+    report.spans
+}
+
 /// Spans per request of [`kill_9_under_load`].
 pub const CRASH_BATCH: u64 = 50;
 
