@@ -185,6 +185,8 @@ impl ApiKeys {
                 p if tailscope_core::dashboard::is_web_ui_path(p) => None,
                 "/metrics" if self.metrics_open => None,
                 "/metrics" => Some(Scope::Admin),
+                // A report moves the fleet's budgets: only a key that may administer the coordinator sends one.
+                crate::cost::fleet::REPORT_PATH => Some(Scope::Admin),
                 _ => Some(Scope::Query),
             },
         }

@@ -121,6 +121,8 @@ pub struct Ingest {
     max_buffer_bytes: usize,
     shutting_down: AtomicBool,
     flush_lock: Mutex<FlushState>,
+    /// This collector's writer id in the tables' transaction identifiers.
+    app_id: AppId,
     /// The data dir's exclusive lock, held for the life of the process ([`tailscope_core::layout::DATA_DIR_LOCK`]).
     _data_dir_lock: std::fs::File,
     config: Config,
@@ -132,6 +134,21 @@ pub struct Ingest {
     wal_health: Arc<WalHealth>,
     /// The last flush's error while flushes fail (for `/readyz`), else `None`.
     flush_problem: parking_lot::Mutex<Option<String>>,
+}
+
+/// One store's `spans` table as [`Ingest::span_stores`] read it.
+#[derive(Debug, Clone)]
+pub struct SpanStore {
+    pub id: StoreId,
+    /// The table's URL.
+    pub location: String,
+    /// The object store its files are on, or `None`: under `local_dir`.
+    pub remote: Option<tailscope_core::catalog::RemoteTables>,
+    pub local_dir: PathBuf,
+    /// The snapshot's files.
+    pub files: Vec<ParquetFile>,
+    /// For each app asked about, the last WAL record of its that this snapshot holds.
+    pub committed: Vec<Option<u64>>,
 }
 
 /// One store of the placement: its Delta tables and where its flushes are staged.
@@ -367,6 +384,7 @@ impl Ingest {
             max_buffer_bytes: config.ingest.max_buffer_bytes,
             shutting_down: AtomicBool::new(false),
             flush_lock: Mutex::new(FlushState::default()),
+            app_id,
             _data_dir_lock: data_dir_lock,
             config,
             oldest_unflushed: AtomicI64::new(if buffered > 0 { 0 } else { -1 }),
@@ -388,6 +406,47 @@ impl Ingest {
             ingest.flush().await?;
         }
         Ok((ingest, report))
+    }
+
+    /// This collector's writer id in the tables' transaction identifiers (one per WAL directory).
+    pub fn app_id(&self) -> &AppId {
+        &self.app_id
+    }
+
+    /// The stores this collector's rows can reach that another process can read too (the object stores and local
+    /// directories of `storage.url` and the placement rules), by location: not the default store under the data dir.
+    pub fn shared_store_locations(&self) -> Vec<String> {
+        self.stores
+            .iter()
+            .filter(|st| st.tables.remote().is_some())
+            .map(|st| st.tables.location(Signal::Spans).to_string())
+            .collect()
+    }
+
+    /// The acknowledged spans no table holds yet, each with its WAL sequence number, read while no flush runs: every
+    /// flush from here on commits through a record at or after the last one returned, so a reader of the tables
+    /// sees either none of these records as committed or all of them.
+    pub async fn unflushed_spans(&self) -> Vec<(u64, Project, RecordBatch)> {
+        let _no_flush = self.flush_lock.lock().await;
+        self.catalog.batches_with_seq_through(u64::MAX).remove(&Signal::Spans).unwrap_or_default()
+    }
+
+    /// The `spans` table of every store as its latest snapshot shows it, with the transaction version of each of
+    /// `apps` in that same snapshot (what a fleet's coordinator counts).
+    pub async fn span_stores(&self, apps: &[AppId]) -> Result<Vec<SpanStore>, StorageError> {
+        let mut out = Vec::with_capacity(self.stores.len());
+        for st in &self.stores {
+            let (view, committed) = st.tables.view_with_apps(Signal::Spans, apps).await?;
+            out.push(SpanStore {
+                id: st.id,
+                location: st.tables.location(Signal::Spans).to_string(),
+                remote: st.tables.remote().cloned(),
+                local_dir: st.staging.clone(),
+                files: view.files,
+                committed,
+            });
+        }
+        Ok(out)
     }
 
     /// Adds a consumer of acknowledged spans (live windows, budgets). Add observers before serving.

@@ -114,6 +114,145 @@ pub struct Config {
     pub projects: BTreeMap<String, ProjectConfig>,
     /// `tailscope scheduler` and `tailscope executor`: distributed SQL on Ballista.
     pub cluster: ClusterConfig,
+    /// One set of budgets across several collectors (docs/deploy.md, "One budget across collectors").
+    pub fleet: FleetConfig,
+}
+
+/// What a collector is in a fleet whose budgets are counted as one.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetRole {
+    /// Budgets count this collector's spans only (the default).
+    #[default]
+    Standalone,
+    /// Decides for the fleet: sums the committed spans of every store plus each member's unflushed spend, fires
+    /// the alerts and webhooks, and answers the members' guardrails.
+    Coordinator,
+    /// Reports its unflushed spend to the coordinator and answers its guardrail from the coordinator's verdict.
+    Member,
+}
+
+/// What a member's guardrail answers while the coordinator's verdict is stale.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Allow hedging: duplicate spend goes unchecked until the coordinator answers again.
+    #[default]
+    Open,
+    /// Deny hedging until the coordinator answers again.
+    Closed,
+}
+
+impl FailMode {
+    /// `open` or `closed`, as in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailMode::Open => "open",
+            FailMode::Closed => "closed",
+        }
+    }
+}
+
+/// `[fleet]`: one budget across collectors. Every collector of a fleet has the same `[[budget]]` tables and writes
+/// its spans to stores the coordinator reads (`storage.url` or placement rules, with a rule that takes every row
+/// when `storage.url` is not set).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// `standalone`, `coordinator` or `member`.
+    pub role: FleetRole,
+    /// A member: the coordinator's API, `http://HOST:PORT` or `https://…` (its `server.api`).
+    pub coordinator: Option<String>,
+    /// A member: the API key it sends the coordinator (an `admin` key of the coordinator's `[auth]`); use
+    /// `${env:VAR}` or `${file:PATH}` rather than the key itself.
+    pub key: Option<String>,
+    /// How often a member reports and fetches the verdict, and how often the coordinator sums: a member's
+    /// guardrail reflects spend acknowledged anywhere in the fleet within twice this.
+    #[serde(with = "humantime_serde")]
+    pub exchange_interval: Duration,
+    /// A member: what its guardrail answers once the coordinator's verdict is older than three exchange intervals
+    /// (`open`: allow, `closed`: deny); the answer says which.
+    pub on_coordinator_down: FailMode,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            role: FleetRole::Standalone,
+            coordinator: None,
+            key: None,
+            exchange_interval: Duration::from_secs(1),
+            on_coordinator_down: FailMode::Open,
+        }
+    }
+}
+
+impl FleetConfig {
+    /// How old a member may let the coordinator's verdict get before it answers as `on_coordinator_down` says.
+    pub fn stale_after(&self) -> Duration {
+        self.exchange_interval.saturating_mul(3)
+    }
+
+    fn validate(&self, config: &Config) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: String| ConfigError::Invalid { field: format!("fleet.{field}"), reason };
+        check_duration(
+            "fleet.exchange_interval",
+            self.exchange_interval,
+            Duration::from_millis(100),
+            Duration::from_secs(60),
+        )?;
+        match self.role {
+            FleetRole::Standalone => return Ok(()),
+            FleetRole::Member => {
+                let Some(url) = &self.coordinator else {
+                    return Err(invalid(
+                        "coordinator",
+                        "a member needs the coordinator's API URL (http://HOST:PORT)".into(),
+                    ));
+                };
+                match url::Url::parse(url) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                    _ => return Err(invalid("coordinator", format!("{url:?} is not an http:// or https:// URL"))),
+                }
+            }
+            FleetRole::Coordinator => {
+                if self.coordinator.is_some() {
+                    return Err(invalid("coordinator", "only a member names a coordinator; remove it here".into()));
+                }
+            }
+        }
+        if let Some(b) = config.budgets.iter().find(|b| b.kind == crate::cost::BudgetKind::SessionCost) {
+            return Err(ConfigError::Invalid {
+                field: format!("budget {:?}", b.name),
+                reason: "session_cost budgets are not counted across a fleet (a session's spans may reach several \
+                         collectors); watch sessions with the session_cost view in SQL, or run this collector \
+                         standalone"
+                    .into(),
+            });
+        }
+        // The coordinator counts committed spend from the stores it reads: a row in a collector's own data dir
+        // would be invisible to it.
+        let takes_every_row = |rule: &crate::placement::PlacementRule| {
+            let m = &rule.matches;
+            m.cloud_provider.is_none()
+                && m.cloud_region.is_none()
+                && m.peer_cloud_region.is_none()
+                && m.resource.is_empty()
+                && m.project.as_ref().is_some_and(|globs| globs.iter().any(|g| g == "*"))
+        };
+        if self.role == FleetRole::Member
+            && config.storage.url.is_none()
+            && !config.storage.placement.iter().any(takes_every_row)
+        {
+            return Err(invalid(
+                "role",
+                "a member's spans must reach stores the coordinator reads: set storage.url, or end \
+                 [[storage.placement]] with a rule that takes every row (match = { project = [\"*\"] })"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A Ballista cluster of tailscope nodes (docs/deploy.md, "Distributed SQL"). The scheduler and executors read the
@@ -197,6 +336,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             projects: BTreeMap::new(),
             cluster: ClusterConfig::default(),
+            fleet: FleetConfig::default(),
         }
     }
 }
@@ -250,6 +390,7 @@ impl Config {
         self.storage.validate()?;
         self.query.validate()?;
         self.cluster.validate()?;
+        self.fleet.validate(self)?;
         self.live.validate()?;
         let memory_bytes = check_mib("memory.limit_mb", self.memory.limit_mb)?;
         if self.storage.flush_max_bytes > self.ingest.max_buffer_bytes {
@@ -1161,7 +1302,33 @@ mod tests {
         assert_eq!(config.memory, defaults.memory);
         assert_eq!(config.auth, defaults.auth);
         assert_eq!(config.alerts, defaults.alerts);
+        assert_eq!(config.fleet, defaults.fleet);
         assert_eq!(config.budgets.len(), 2);
+    }
+
+    #[test]
+    fn a_fleet_config_that_cannot_count_every_span_is_refused_saying_why() {
+        let check = |toml: &str| Config::from_toml(toml, Path::new("t.toml")).and_then(|c| c.validate().map(|()| c));
+        let all_rows = "[[storage.placement]]\nname = \"all\"\nurl = \"/srv/fleet\"\nmatch = { project = [\"*\"] }\n";
+        let member = "[fleet]\nrole = \"member\"\ncoordinator = \"http://10.0.0.1:4319\"\n";
+        assert!(check(&format!("{all_rows}{member}")).is_ok());
+        assert!(check(&format!("[storage]\nurl = \"s3://b/p\"\n{member}")).is_ok());
+        for (toml, says) in [
+            (format!("{all_rows}[fleet]\nrole = \"member\"\n"), "coordinator's API URL"),
+            (format!("{all_rows}[fleet]\nrole = \"member\"\ncoordinator = \"10.0.0.1:4319\"\n"), "http://"),
+            (member.to_string(), "stores the coordinator reads"),
+            (
+                format!(
+                    "{all_rows}{member}[[budget]]\nname = \"s\"\nkind = \"session_cost\"\nperiod = \"day\"\ncap_usd = 1.0\n"
+                ),
+                "session_cost budgets are not counted across a fleet",
+            ),
+            (format!("{all_rows}{member}exchange_interval = \"10ms\"\n"), "fleet.exchange_interval"),
+            ("[fleet]\nrole = \"coordinator\"\ncoordinator = \"http://x:1\"\n".to_string(), "only a member"),
+        ] {
+            let err = check(&toml).err().unwrap_or_else(|| panic!("accepted:\n{toml}")).to_string();
+            assert!(err.contains(says), "{toml}\n{err}");
+        }
     }
 
     /// Sizes, durations and counts an operator (or an attacker with write access to the config) could set to

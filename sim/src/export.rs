@@ -195,6 +195,8 @@ pub struct Fleet {
 pub struct Target {
     /// Each signal's endpoint.
     pub endpoints: Endpoints,
+    /// Each cloud's own endpoints, where it has them (see [`crate::SimConfig::by_cloud`]).
+    pub by_cloud: std::collections::BTreeMap<String, Endpoints>,
     /// gRPC or HTTP/protobuf.
     pub transport: Transport,
     /// How often metrics are exported.
@@ -216,11 +218,11 @@ impl Fleet {
         let mut pipelines = HashMap::new();
         for (i, s) in fleet::SERVICES.iter().enumerate() {
             let resource = resource(s.name, s.version, s.place, s.environment, Some(s.agent));
-            pipelines.insert(Emitter::Service(i), pipeline(target, &handle, counters, resource)?);
+            pipelines.insert(Emitter::Service(i), pipeline(target, s.place.cloud, &handle, counters, resource)?);
         }
         for (i, b) in fleet::backends().iter().enumerate() {
             let resource = resource(b.service, "1.8.2", b.place, "production", None);
-            pipelines.insert(Emitter::Backend(i), pipeline(target, &handle, counters, resource)?);
+            pipelines.insert(Emitter::Backend(i), pipeline(target, b.place.cloud, &handle, counters, resource)?);
         }
         Ok(Fleet { pipelines })
     }
@@ -347,9 +349,8 @@ fn resource(
 type Exporters =
     (opentelemetry_otlp::SpanExporter, opentelemetry_otlp::MetricExporter, opentelemetry_otlp::LogExporter);
 
-fn exporters(target: &Target) -> Result<Exporters, SimError> {
-    let e = &target.endpoints;
-    Ok(match target.transport {
+fn exporters(e: &Endpoints, transport: Transport) -> Result<Exporters, SimError> {
+    Ok(match transport {
         Transport::Grpc => (
             opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
@@ -414,12 +415,13 @@ fn instruments(meter: &Meter) -> (Histogram<u64>, Histogram<f64>) {
 
 fn pipeline(
     target: &Target,
+    cloud: &str,
     handle: &Handle,
     counters: &ExportCounters,
     resource: Resource,
 ) -> Result<Pipeline, SimError> {
     let scope = InstrumentationScope::builder("tailscope-simulator").with_version(env!("CARGO_PKG_VERSION")).build();
-    let (spans, metrics, logs) = exporters(target)?;
+    let (spans, metrics, logs) = exporters(target.by_cloud.get(cloud).unwrap_or(&target.endpoints), target.transport)?;
     let span_processor =
         BatchSpanProcessor::builder(OnRuntime::new(spans, handle.clone()).counting(counters.spans.clone()))
             .with_batch_config(

@@ -50,6 +50,9 @@ pub enum Scenario {
 pub struct SimConfig {
     /// Where each signal goes.
     pub endpoints: Endpoints,
+    /// Where the agents and backends of one cloud (`cloud.provider`: `aws`, `azure`, `gcp`, `coreweave`) send instead:
+    /// a collector per cloud. Clouds not named here use `endpoints`.
+    pub by_cloud: std::collections::BTreeMap<String, Endpoints>,
     /// gRPC or HTTP.
     pub transport: Transport,
     /// Spans per second, on average (a turn's spans leave together).
@@ -176,6 +179,7 @@ pub async fn run(
     }
     let target = export::Target {
         endpoints: config.endpoints.clone(),
+        by_cloud: config.by_cloud.clone(),
         transport: config.transport,
         metric_interval: config.metric_interval,
         // Short batches keep the live dashboard fresh; the queue absorbs a few seconds at the requested rate.

@@ -49,6 +49,20 @@ pub struct Args {
     /// Headless only: how often the one-line summary is printed.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub report_every: Duration,
+    /// `single`: one collector. `multi-cloud`: three collectors standing for AWS, Azure and GCP. Each writes its
+    /// cloud's store by placement, they keep one budget across the fleet, and a Ballista scheduler with two
+    /// executors answers their SQL. The dashboard merges the three. Everything runs on loopback under --data-dir.
+    #[arg(long, value_enum, default_value_t = Topology::Single)]
+    pub topology: Topology,
+}
+
+/// What `tailscope demo` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Topology {
+    /// One collector.
+    Single,
+    /// Three collectors, one per cloud, with one budget, and a Ballista cluster (docs/deploy.md).
+    MultiCloud,
 }
 
 /// Whether this command shows the dashboard (and so must not log to stderr).
@@ -117,6 +131,10 @@ fn round_cents(usd: f64) -> f64 {
 /// Runs `tailscope demo`.
 pub async fn run(args: Args) -> CmdResult {
     check_args(&args)?;
+    if args.topology == Topology::MultiCloud {
+        let config = demo_config(&args);
+        return super::demo_multi_cloud::run(args, config).await;
+    }
     let earlier = stored_spans(&args.data_dir).await;
     let config = demo_config(&args);
     let config_path = save_effective_config(&config)?;
@@ -129,6 +147,7 @@ pub async fn run(args: Args) -> CmdResult {
     let (stop_fleet, fleet_stopped) = tokio::sync::oneshot::channel::<()>();
     let sim_config = SimConfig {
         endpoints: Endpoints::from_base(&format!("http://{}", addrs.otlp_grpc), Transport::Grpc),
+        by_cloud: Default::default(),
         transport: Transport::Grpc,
         rate: args.rate,
         duration: args.duration,
@@ -153,7 +172,7 @@ pub async fn run(args: Args) -> CmdResult {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let line = progress_line(&engine, &stats, started.elapsed()).await;
+                    let line = progress_line(&engine, &engine, &stats, started.elapsed()).await;
                     println!("{line}");
                 }
                 done = &mut fleet => {
@@ -247,8 +266,24 @@ fn print_banner(args: &Args, config: &Config, addrs: &super::serve::Addrs, confi
 /// Prints the summary from SQL over the stored data and checks that every span the fleet sent was acknowledged and
 /// stored.
 async fn summarise(config: &Config, sim_report: &sim::SimReport, stats: &SimStats, earlier: Option<u64>) -> CmdResult {
-    let summary = Summary::from_sql(&config.data_dir).await?;
-    println!("{}", summary.render(&config.data_dir));
+    let engine = Engine::open(&config.data_dir, Default::default()).await.map_err(|e| e.to_string())?;
+    let summary = Summary::from_engines(&engine, &engine).await?;
+    println!("{}", summary.render(&format!("the Parquet files in {}", config.data_dir.display())));
+    println!("rerun any figure: tailscope query --data-dir {} \"{SQL_P99_BY_PROVIDER}\"", config.data_dir.display());
+    if let Some(n) = earlier.filter(|n| *n > 0) {
+        println!("note: {n} of the stored spans come from earlier runs in {}", config.data_dir.display());
+    }
+    summarise_run(&summary, sim_report, stats, earlier)
+}
+
+/// Prints what the fleet sent and checks that every span was acknowledged and stored (`earlier`: spans stored
+/// before this run).
+pub(super) fn summarise_run(
+    summary: &Summary,
+    sim_report: &sim::SimReport,
+    stats: &SimStats,
+    earlier: Option<u64>,
+) -> CmdResult {
     let sent = sim_report.spans;
     let acked = sim_report.exported_spans;
     println!(
@@ -256,9 +291,6 @@ async fn summarise(config: &Config, sim_report: &sim::SimReport, stats: &SimStat
         sim_report.traces,
         sim_report.elapsed.as_secs_f64()
     );
-    if let Some(n) = earlier.filter(|n| *n > 0) {
-        println!("note: {n} of the stored spans come from earlier runs in {}", config.data_dir.display());
-    }
     let failures = stats.export_failures();
     if !failures.is_empty() || acked < sent {
         return Err(format!("the collector did not acknowledge every span: {}", failures.join("; ")).into());
@@ -280,14 +312,14 @@ async fn stored_spans(dir: &Path) -> Option<u64> {
     rows.first().and_then(|r| r["n"].as_u64())
 }
 
-async fn sql_json(engine: &Engine, sql: &str) -> Result<Vec<serde_json::Value>, String> {
+pub(super) async fn sql_json(engine: &Engine, sql: &str) -> Result<Vec<serde_json::Value>, String> {
     let output = engine.sql(sql).await.map_err(|e| format!("{e} (in: {sql})"))?;
     let bytes = format::to_bytes(Format::Json, &output).map_err(|e| e.to_string())?;
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }
 
 /// The headless progress line: the fleet's rate, and SQL figures from the running collector.
-async fn progress_line(engine: &Engine, stats: &SimStats, elapsed: Duration) -> String {
+pub(super) async fn progress_line(engine: &Engine, alerts: &Engine, stats: &SimStats, elapsed: Duration) -> String {
     let sent = stats.spans.load(Ordering::Relaxed);
     let mut line =
         format!("[{:>4.0}s] sent {sent} spans ({:.0}/s)", elapsed.as_secs_f64(), sent as f64 / elapsed.as_secs_f64());
@@ -322,13 +354,13 @@ async fn progress_line(engine: &Engine, stats: &SimStats, elapsed: Duration) -> 
         }
     }
     if let Ok(rows) =
-        sql_json(engine, "SELECT count(*) AS n, max(seq) AS last FROM alerts WHERE state = 'firing'").await
+        sql_json(alerts, "SELECT count(*) AS n, max(seq) AS last FROM alerts WHERE state = 'firing'").await
     {
         let n = rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0);
         line.push_str(&format!(" · {n} alerts"));
         if n > 0
             && let Ok(last) =
-                sql_json(engine, "SELECT message FROM alerts WHERE state = 'firing' ORDER BY seq DESC LIMIT 1").await
+                sql_json(alerts, "SELECT message FROM alerts WHERE state = 'firing' ORDER BY seq DESC LIMIT 1").await
             && let Some(m) = last.first().and_then(|r| r["message"].as_str())
         {
             line.push_str(&format!(" (latest: {m})"));
@@ -350,7 +382,7 @@ pub const SQL_ALERTS: &str =
 
 /// The end-of-run figures, every one from SQL over the data dir's files.
 #[derive(Debug)]
-struct Summary {
+pub(super) struct Summary {
     spans: u64,
     sessions: u64,
     cost_usd: f64,
@@ -360,11 +392,11 @@ struct Summary {
 }
 
 impl Summary {
-    async fn from_sql(dir: &Path) -> Result<Summary, String> {
-        let engine = Engine::open(dir, Default::default()).await.map_err(|e| e.to_string())?;
-        let totals = sql_json(&engine, SQL_TOTALS).await?;
+    /// The figures from `engine`'s tables, alerts from `alerts`' alert log (a collector's: a cluster has none).
+    pub(super) async fn from_engines(engine: &Engine, alerts: &Engine) -> Result<Summary, String> {
+        let totals = sql_json(engine, SQL_TOTALS).await?;
         let t = totals.first().cloned().unwrap_or_default();
-        let p99 = sql_json(&engine, SQL_P99_BY_PROVIDER)
+        let p99 = sql_json(engine, SQL_P99_BY_PROVIDER)
             .await?
             .iter()
             .map(|r| {
@@ -375,7 +407,7 @@ impl Summary {
                 )
             })
             .collect();
-        let alerts = sql_json(&engine, SQL_ALERTS).await?;
+        let alerts = sql_json(alerts, SQL_ALERTS).await?;
         let a = alerts.first().cloned().unwrap_or_default();
         Ok(Summary {
             spans: t["spans"].as_u64().unwrap_or(0),
@@ -387,8 +419,9 @@ impl Summary {
         })
     }
 
-    fn render(&self, dir: &Path) -> String {
-        let mut out = format!("\nsummary (SQL over the Parquet files in {}):\n", dir.display());
+    /// The figures, saying what they were computed over (`over`).
+    pub(super) fn render(&self, over: &str) -> String {
+        let mut out = format!("\nsummary (SQL over {over}):\n");
         out.push_str(&format!("  spans         {}\n", self.spans));
         out.push_str(&format!("  sessions      {}\n", self.sessions));
         out.push_str(&format!("  cost_usd      {:.6}\n", self.cost_usd));
@@ -396,10 +429,7 @@ impl Summary {
         for (provider, calls, p99) in &self.p99 {
             out.push_str(&format!("  p99_ms        {provider:<16} {p99:>12.3}   ({calls} chat calls)\n"));
         }
-        out.push_str(&format!(
-            "rerun any figure: tailscope query --data-dir {} \"{SQL_P99_BY_PROVIDER}\"",
-            dir.display()
-        ));
+        out.pop();
         out
     }
 }

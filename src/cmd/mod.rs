@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod demo;
+pub mod demo_multi_cloud;
 pub mod keys;
 pub mod prices;
 pub mod projects;

@@ -270,7 +270,9 @@ pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error 
     let engine = query::Engine::new(collector.catalog(), config.query.clone()).await?;
     // After recovery, so that period-to-date spend is rebuilt from everything stored, replayed WAL included; read
     // through the engine, like every other reader of the history.
-    let budgets = collector::cost::BudgetEngine::start(&config, &engine, collector.metrics()).await?;
+    let budgets =
+        collector::cost::BudgetEngine::start_fleet(&config, &engine, collector.ingest().clone(), collector.metrics())
+            .await?;
     collector.add_observer(budgets.clone());
     // `[query] cluster`: the users' statements run on the Ballista cluster (over the committed tables); budgets
     // read the history here, buffer included.

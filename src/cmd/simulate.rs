@@ -45,6 +45,7 @@ impl Args {
     pub fn sim_config(&self) -> SimConfig {
         SimConfig {
             endpoints: Endpoints::resolve(self.endpoint.as_deref(), self.protocol, |name| std::env::var(name).ok()),
+            by_cloud: Default::default(),
             transport: self.protocol,
             rate: self.rate,
             duration: self.duration,

@@ -295,6 +295,31 @@ impl Tables {
         self.view_of(signal, &table).await
     }
 
+    /// The table as its latest version shows it, with the transaction version (the last WAL record the table holds)
+    /// of each of `apps`, read from the same snapshot: a fleet's coordinator reads which of its members' rows are
+    /// committed and which files hold them in one consistent cut.
+    pub async fn view_with_apps(
+        &self,
+        signal: Signal,
+        apps: &[AppId],
+    ) -> Result<(TableView, Vec<Option<u64>>), StoreError> {
+        let mut table = self.tables[&signal].lock().await;
+        table.update_incremental(None).await.map_err(self.error(signal, "reading the log"))?;
+        let view = self.view_of(signal, &table).await?;
+        let snapshot = table.snapshot().map_err(self.error(signal, "reading the snapshot"))?;
+        let log_store = table.log_store();
+        let mut versions = Vec::with_capacity(apps.len());
+        for app in apps {
+            let version = snapshot
+                .transaction_version(log_store.as_ref(), &app.0)
+                .await
+                .map_err(self.error(signal, "reading a writer's transaction version"))?
+                .and_then(|v| u64::try_from(v).ok());
+            versions.push(version);
+        }
+        Ok((view, versions))
+    }
+
     async fn view_of(&self, signal: Signal, table: &DeltaTable) -> Result<TableView, StoreError> {
         let snapshot = table.snapshot().map_err(self.error(signal, "reading the snapshot"))?;
         let log_store = table.log_store();

@@ -18,8 +18,8 @@ use crate::support::{Server, Transport, tracer_provider, wait_for_items};
 
 /// Webhook bodies received, in order. The first POST is answered 503 to exercise the retry path.
 #[derive(Clone, Default)]
-struct Receiver {
-    bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+pub(crate) struct Receiver {
+    pub(crate) bodies: Arc<Mutex<Vec<serde_json::Value>>>,
     hits: Arc<Mutex<u32>>,
 }
 
@@ -33,7 +33,7 @@ async fn receive(State(r): State<Receiver>, axum::Json(body): axum::Json<serde_j
     StatusCode::OK
 }
 
-async fn webhook_receiver() -> (String, Receiver) {
+pub(crate) async fn webhook_receiver() -> (String, Receiver) {
     let r = Receiver::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -43,7 +43,7 @@ async fn webhook_receiver() -> (String, Receiver) {
 }
 
 impl Receiver {
-    async fn wait_for(&self, n: usize) -> Vec<serde_json::Value> {
+    pub(crate) async fn wait_for(&self, n: usize) -> Vec<serde_json::Value> {
         wait_for_items(&self.bodies, n, "webhook calls").await
     }
 }
@@ -71,7 +71,7 @@ pub(crate) fn hedged_request(provider: &SdkTracerProvider, hedge: &str) {
     provider.force_flush().expect("flush");
 }
 
-async fn guardrail(server: &Server) -> serde_json::Value {
+pub(crate) async fn guardrail(server: &Server) -> serde_json::Value {
     reqwest::get(format!("{}/api/v1/guardrails/hedging?provider=openai", server.api_url()))
         .await
         .unwrap()

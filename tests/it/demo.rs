@@ -283,3 +283,50 @@ async fn simulate_over_http_follows_the_otel_environment() {
     assert!(first.trim_end().ends_with("over OTLP/HTTP to http://127.0.0.1:4318/v1/traces (seed 42)"), "{first}");
     child.kill().await.unwrap();
 }
+
+/// `demo --topology multi-cloud`: three collectors, each cloud's rows in its own store, a Ballista cluster answering
+/// the summary, and the fleet's budget alerts fired once, by the coordinator only.
+#[test]
+fn multi_cloud_demo_fires_each_alert_once_for_the_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(support::tailscope_bin())
+        .args(["demo", "--topology", "multi-cloud", "--no-tui", "--duration", "22s", "--rate", "400"])
+        .args(["--report-every", "3s", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run tailscope demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("summary (SQL over the cluster at df://"), "{stdout}");
+    let spans: u64 = figure(&stdout, "spans ").parse().unwrap();
+
+    // Each cloud's rows in its own store, CoreWeave's in `other`; together, every span of the summary.
+    let mut stored = 0;
+    for (store, clouds) in [("aws", "aws"), ("azure", "azure"), ("gcp", "gcp"), ("other", "coreweave")] {
+        let rows = query(
+            &dir.path().join("stores").join(store),
+            "SELECT cloud_provider AS c, count(*) AS n FROM spans GROUP BY 1",
+        );
+        assert_eq!(rows.len(), 1, "{store}: {rows:?}");
+        assert_eq!(rows[0]["c"], clouds, "{store}: {rows:?}");
+        stored += rows[0]["n"].as_u64().unwrap();
+    }
+    assert_eq!(stored, spans, "the stores hold every span the summary counted");
+
+    // The hedged-duplicates share budget breaches within seconds: the coordinator fires it, each threshold once,
+    // and the members fire nothing.
+    let collectors = dir.path().join("collectors");
+    let fired = query(
+        &collectors.join("aws"),
+        "SELECT budget, threshold, count(*) AS n FROM alerts WHERE state = 'firing' GROUP BY 1, 2",
+    );
+    assert!(fired.iter().any(|r| r["budget"] == "hedge-duplicates"), "{fired:?}\n{stdout}");
+    assert!(fired.iter().all(|r| r["n"] == 1), "an alert fired more than once: {fired:?}");
+    assert!(stdout.contains(&format!("alerts fired by the aws collector: {}", fired.len())), "{stdout}");
+    for member in ["azure", "gcp"] {
+        let n = &query(&collectors.join(member), "SELECT count(*) AS n FROM alerts")[0];
+        assert_eq!(n["n"], 0, "the {member} member fired an alert itself");
+        assert!(stdout.contains(&format!("alerts fired by the {member} collector: 0")), "{stdout}");
+    }
+}

@@ -7,6 +7,7 @@ mod connections;
 mod conventions;
 mod demo;
 mod faults;
+mod fleet;
 mod hostile;
 mod ingest;
 mod live_merge;

@@ -21,6 +21,7 @@ use tailscope_sim::export::OnRuntime;
 pub async fn simulate(server: &Server, scenario: tailscope_sim::Scenario, seed: u64, rate: f64, seconds: u64) -> u64 {
     let config = tailscope_sim::SimConfig {
         endpoints: tailscope_sim::Endpoints::from_base(&server.grpc_url(), tailscope_sim::Transport::Grpc),
+        by_cloud: Default::default(),
         transport: tailscope_sim::Transport::Grpc,
         rate,
         duration: Some(Duration::from_secs(seconds)),

@@ -15,7 +15,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tailscope_core::cost::{BudgetConfig, BudgetFigures, BudgetKind, BudgetPeriod};
 use tailscope_core::rules::is_duplicate_copy;
 use tailscope_core::schema::{ResourceColumn, SpanColumn};
@@ -247,20 +247,20 @@ impl SessionTallies {
 }
 
 /// One session's figures against a `session_cost` budget.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SessionStatus {
     pub session_id: String,
     pub spend_usd: f64,
     pub utilization: f64,
 }
 
-/// Where a budget stands now.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// Where a budget stands now (also as a fleet's coordinator sends it to its members).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BudgetStatus {
     pub name: String,
     pub kind: BudgetKind,
     /// The project whose spend the budget counts; none: every project's.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
     /// `day`, `month` or the rolling window (`24h`).
     pub period: String,
@@ -275,7 +275,7 @@ pub struct BudgetStatus {
     #[serde(flatten)]
     pub figures: BudgetFigures,
     /// `duplicate_inference`: all inference (token) spend in scope.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inference_usd: Option<f64>,
     /// The projection against the cap, like `utilization`.
     pub projected_utilization: Option<f64>,
@@ -286,11 +286,11 @@ pub struct BudgetStatus {
     /// The projection like `used`, when there is one.
     pub projected: Option<String>,
     /// `session_cost`: sessions at or above the lowest threshold, most expensive first (at most 100).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sessions: Vec<SessionStatus>,
     /// `session_cost`: sessions this period that were forgotten to keep the budget's memory bounded (the least
     /// expensive ones, see [`MAX_SESSION_BYTES`]); their spend is no longer followed.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub sessions_forgotten: u64,
 }
 
@@ -391,6 +391,25 @@ impl Budget {
             b.spend += spend;
             b.inference += inference;
         }
+    }
+
+    /// The spend counted so far, per time bucket: `(bucket start ns, spend, inference spend)`.
+    pub fn buckets(&self) -> Vec<(i64, f64, f64)> {
+        self.buckets.iter().map(|(t, tally)| (*t, tally.spend, tally.inference)).collect()
+    }
+
+    /// Adds spend another counter tallied for this budget (a fleet's coordinator sums files and members this
+    /// way). `t` is any time in the bucket; spend before the current period is left out, as [`Self::add`] does.
+    pub fn absorb(&mut self, t: i64, spend: f64, inference: f64, now_ns: i64) {
+        let width = bucket_ns(self.config.period);
+        let from = self.config.period.bounds(now_ns).start_ns.div_euclid(width) * width;
+        if t < from || (spend == 0.0 && inference == 0.0) {
+            return;
+        }
+        let t = t.min(now_ns.saturating_add(MAX_CLOCK_SKEW_NS));
+        let b = self.buckets.entry(t.div_euclid(width) * width).or_default();
+        b.spend += spend;
+        b.inference += inference;
     }
 
     /// Starts a new calendar period when the old one ended and drops data that left a rolling window.

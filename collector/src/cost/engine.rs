@@ -20,14 +20,16 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tailscope_core::alerts::{AlertEvent, AlertView};
-use tailscope_core::config::Config;
-use tailscope_core::cost::{BudgetKind, validate_budgets};
+use tailscope_core::config::FailMode;
+use tailscope_core::config::{Config, FleetRole};
+use tailscope_core::cost::{BudgetConfig, BudgetKind, validate_budgets};
 use tailscope_core::history::SpanHistory;
 use tailscope_core::projects::{Project, Visibility};
 
 use super::CostError;
 use super::alerts::AlertBook;
 use super::budget::{BUDGET_COLUMNS, Budget, BudgetStatus, SpanColumns};
+use super::fleet::{Coordinator, Known, MemberLink, SpendReport};
 use super::prices::glob_match;
 use super::webhook::{DeliveryLog, Webhooks};
 use crate::observe::SpanObserver;
@@ -35,7 +37,7 @@ use crate::telemetry::Metrics;
 
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
@@ -75,11 +77,32 @@ impl Inner {
     }
 }
 
-/// Budget guardrails for one collector. Create with [`BudgetEngine::start`], register as a span observer,
-/// serve [`routes`].
+/// What decides this collector's budgets.
+enum Fleet {
+    /// This collector, from its own spans.
+    Standalone,
+    /// This collector, for the fleet ([`super::fleet`]).
+    Coordinator(Arc<Coordinator>),
+    /// The coordinator; this collector reports to it.
+    Member(Arc<MemberLink>),
+}
+
+/// Budget guardrails for one collector. Create with [`BudgetEngine::start`] (or [`BudgetEngine::start_fleet`]),
+/// register as a span observer, serve [`routes`].
 pub struct BudgetEngine {
     inner: Arc<Inner>,
     wake: SyncSender<()>,
+    fleet: Fleet,
+    /// The fleet's exchange loop: it ends with the engine (a collector shut down in-process, as the demo does).
+    exchange: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for BudgetEngine {
+    fn drop(&mut self) {
+        if let Some(task) = &self.exchange {
+            task.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for BudgetEngine {
@@ -117,7 +140,7 @@ impl BudgetEngine {
         let webhooks = Webhooks::start(&config.alerts, data_dir, log, book.events(), metrics, &runtime)?;
         let inner = Arc::new(Inner { budgets: Mutex::new(budgets), book: Mutex::new(book), webhooks });
         let (wake, rx) = sync_channel(1);
-        let engine = Arc::new(BudgetEngine { inner: inner.clone(), wake });
+        let engine = Arc::new(BudgetEngine { inner: inner.clone(), wake, fleet: Fleet::Standalone, exchange: None });
         let series = Arc::downgrade(&engine);
         metrics.add_scraped(series);
         let interval = config.alerts.evaluate_interval;
@@ -128,6 +151,66 @@ impl BudgetEngine {
                 field: "alerts".into(),
                 reason: format!("cannot start the evaluator thread: {e}"),
             })?;
+        Ok(engine)
+    }
+
+    /// The budget engine of `config.fleet.role`: [`Self::start`] for a standalone collector; for a fleet's
+    /// coordinator, the fleet's figures summed every half exchange interval from the stores `ingest` commits to and
+    /// the members' reports, alerts and webhooks fired from them; for a member, reports to the coordinator every
+    /// exchange interval and guardrail answers from its verdict (no alert or webhook fires here).
+    pub async fn start_fleet(
+        config: &Config,
+        history: &dyn SpanHistory,
+        ingest: Arc<crate::ingest::Ingest>,
+        metrics: &Metrics,
+    ) -> Result<Arc<BudgetEngine>, CostError> {
+        let role = config.fleet.role;
+        if role == FleetRole::Standalone {
+            return BudgetEngine::start(config, history, metrics).await;
+        }
+        validate_budgets(&config.budgets)?;
+        config.alerts.validate()?;
+        let data_dir = &config.data_dir;
+        let now = now_ns();
+        let budgets: Vec<Budget> = config.budgets.iter().map(|c| Budget::new(c.clone(), now)).collect();
+        let runtime = tokio::runtime::Handle::current();
+        let log = Arc::new(DeliveryLog::open(data_dir));
+        let book = AlertBook::open(data_dir)?;
+        let mut alerts = config.alerts.clone();
+        if role == FleetRole::Member && !alerts.webhooks.is_empty() {
+            tracing::warn!(
+                "[alerts] webhooks are not called by a fleet member: the coordinator fires the fleet's alerts; \
+                 configure them there"
+            );
+            alerts.webhooks.clear();
+        }
+        let webhooks = Webhooks::start(&alerts, data_dir, log, book.events(), metrics, &runtime)?;
+        let inner = Arc::new(Inner { budgets: Mutex::new(budgets), book: Mutex::new(book), webhooks });
+        // No evaluator thread: the coordinator evaluates after each complete sum only (an evaluation of figures
+        // not yet summed would resolve alerts that are firing), and a member never does.
+        let (wake, _) = sync_channel(1);
+        let configs = config.budgets.clone();
+        let (fleet, exchange) = match role {
+            FleetRole::Coordinator => {
+                let coordinator = Arc::new(Coordinator::new(&ingest, configs, &config.fleet));
+                let task = runtime.spawn(coordinate(coordinator.clone(), inner.clone()));
+                (Fleet::Coordinator(coordinator), task.abort_handle())
+            }
+            _ => {
+                let link = Arc::new(
+                    MemberLink::new(&ingest, configs, &config.fleet)
+                        .map_err(|reason| CostError::Config { field: "fleet".into(), reason })?,
+                );
+                let task = runtime.spawn(report_to_coordinator(link.clone()));
+                (Fleet::Member(link), task.abort_handle())
+            }
+        };
+        let engine = Arc::new(BudgetEngine { inner, wake, fleet, exchange: Some(exchange) });
+        if role == FleetRole::Coordinator {
+            // A member's figures are the coordinator's: only the coordinator exports them.
+            let series = Arc::downgrade(&engine);
+            metrics.add_scraped(series);
+        }
         Ok(engine)
     }
 
@@ -145,13 +228,71 @@ impl BudgetEngine {
     /// The figures of the budgets a caller who sees `visible` may see: a budget of one of its projects; a budget
     /// over every project only when it sees every project (its spend sums other projects' too).
     pub fn statuses_for(&self, visible: &Visibility) -> Vec<BudgetStatus> {
+        if let Fleet::Member(link) = &self.fleet {
+            let (verdict, _, _) = link.last();
+            return verdict
+                .map(|v| v.budgets.iter().filter(|s| status_visible(s, visible)).cloned().collect())
+                .unwrap_or_default();
+        }
         let now = now_ns();
         self.inner.budgets.lock().iter().filter(|b| budget_visible(b, visible)).map(|b| b.status(now)).collect()
     }
 
-    /// The latest event of each alert, most recent first.
+    /// The latest event of each alert, most recent first (a member: the coordinator's, as of its last verdict).
     pub fn alerts(&self, firing_only: bool) -> Vec<Arc<AlertEvent>> {
+        if let Fleet::Member(link) = &self.fleet {
+            let (verdict, _, _) = link.last();
+            return verdict
+                .map(|v| {
+                    let firing = |e: &&AlertEvent| !firing_only || e.state != "resolved";
+                    v.alerts.iter().filter(firing).map(|e| Arc::new(e.clone())).collect()
+                })
+                .unwrap_or_default();
+        }
         self.inner.book.lock().alerts(firing_only)
+    }
+
+    /// Who decides this collector's budgets, and how fresh its figures are (`GET /api/v1/alerts`).
+    pub fn decider(&self) -> Decider {
+        match &self.fleet {
+            Fleet::Standalone => Decider { role: "standalone", coordinator: None, verdict_age_ms: None, error: None },
+            Fleet::Coordinator(_) => {
+                Decider { role: "coordinator", coordinator: None, verdict_age_ms: None, error: None }
+            }
+            Fleet::Member(link) => {
+                let (_, age, error) = link.last();
+                Decider {
+                    role: "member",
+                    coordinator: Some(link.coordinator.clone()),
+                    verdict_age_ms: age.map(|a| a.as_millis() as u64),
+                    error,
+                }
+            }
+        }
+    }
+
+    /// A fleet coordinator's answer to a member's report: the fleet's verdict, or why not.
+    fn take_report(&self, report: SpendReport) -> Response {
+        let Fleet::Coordinator(coordinator) = &self.fleet else {
+            let body = serde_json::json!({"error": "this collector is not a fleet coordinator ([fleet] role)"});
+            return (axum::http::StatusCode::NOT_FOUND, Json(body)).into_response();
+        };
+        if let Err(refusal) = coordinator.receive(report) {
+            return (refusal.status, Json(serde_json::json!({"error": refusal.error}))).into_response();
+        }
+        match coordinator.verdict() {
+            Some(verdict) => Json(verdict.as_ref()).into_response(),
+            None => {
+                let body = serde_json::json!({
+                    "error": format!(
+                        "{} (it waits for its members' reports, then reads every stored file of the budgets' \
+                         periods once); the report is kept, ask again",
+                        super::fleet::WARMING
+                    )
+                });
+                (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+            }
+        }
     }
 
     /// Whether a gateway may send a hedged (duplicate) request to `provider` now: denied once a
@@ -164,36 +305,94 @@ impl BudgetEngine {
     /// projects' budgets; budgets over every project only for a caller who sees every project).
     pub fn hedging_decision_for(&self, provider: Option<&str>, visible: &Visibility) -> HedgingDecision {
         let now = now_ns();
-        let statuses: Vec<BudgetStatus> = self
-            .inner
-            .budgets
-            .lock()
-            .iter()
-            .filter(|b| b.config.kind == BudgetKind::DuplicateInference)
-            .filter(|b| budget_visible(b, visible))
-            .filter(|b| match provider {
-                Some(p) => b.config.providers.is_empty() || b.config.providers.iter().any(|pat| glob_match(pat, p)),
-                None => true,
-            })
-            .map(|b| b.status(now))
-            .collect();
-        let exhausted: Vec<&BudgetStatus> = statuses.iter().filter(|s| s.figures.utilization >= 1.0).collect();
-        let (allow, reason) = if let Some(s) = exhausted.first() {
-            (false, format!("duplicate-inference budget {:?} is exhausted: {}", s.name, describe(s)))
-        } else if statuses.is_empty() {
-            (true, "no duplicate_inference budget covers this provider".to_string())
-        } else {
-            let parts: Vec<String> = statuses.iter().map(|s| format!("{:?}: {}", s.name, describe(s))).collect();
-            (true, format!("within budget ({})", parts.join("; ")))
+        let covers = |c: &BudgetConfig| {
+            c.kind == BudgetKind::DuplicateInference
+                && (visible.is_all() || c.project.as_deref().is_some_and(|p| visible.sees(p)))
+                && match provider {
+                    Some(p) => c.providers.is_empty() || c.providers.iter().any(|pat| glob_match(pat, p)),
+                    None => true,
+                }
         };
-        HedgingDecision {
-            decision: if allow { "allow" } else { "deny" }.to_string(),
-            allow,
-            provider: provider.map(str::to_string),
-            reason,
-            budgets: statuses,
+        let Fleet::Member(link) = &self.fleet else {
+            let statuses: Vec<BudgetStatus> =
+                self.inner.budgets.lock().iter().filter(|b| covers(&b.config)).map(|b| b.status(now)).collect();
+            let decided_by = match self.fleet {
+                Fleet::Coordinator(_) => "this collector, the fleet's coordinator",
+                _ => "this collector",
+            };
+            return decide(provider, statuses, decided_by.to_string(), None);
+        };
+        let covered: Vec<String> =
+            self.inner.budgets.lock().iter().filter(|b| covers(&b.config)).map(|b| b.config.name.clone()).collect();
+        match link.known() {
+            Known::Fresh(verdict, age) => {
+                let statuses = verdict.budgets.iter().filter(|s| covered.contains(&s.name)).cloned().collect();
+                decide(provider, statuses, format!("the fleet's coordinator at {}", link.coordinator), Some(age))
+            }
+            Known::Stale { age, error } => {
+                let allow = link.on_down == FailMode::Open;
+                let heard = match age {
+                    Some(age) => format!("has not answered for {:.1} s", age.as_secs_f64()),
+                    None => "has not answered since this collector started".to_string(),
+                };
+                let error = error.map(|e| format!(" (last error: {e})")).unwrap_or_default();
+                let consequence = if allow {
+                    "hedging is allowed and duplicate spend goes unchecked until it answers"
+                } else {
+                    "hedging is denied until it answers"
+                };
+                HedgingDecision {
+                    decision: if allow { "allow" } else { "deny" }.to_string(),
+                    allow,
+                    provider: provider.map(str::to_string),
+                    reason: format!(
+                        "the fleet's budget coordinator at {} {heard}{error}; failing {} as [fleet] \
+                         on_coordinator_down = \"{}\" says: {consequence}",
+                        link.coordinator,
+                        link.on_down.name(),
+                        link.on_down.name()
+                    ),
+                    budgets: Vec::new(),
+                    decided_by: format!("this collector, failing {} (coordinator unreachable)", link.on_down.name()),
+                    verdict_age_ms: age.map(|a| a.as_millis() as u64),
+                    fail_mode: Some(link.on_down.name().to_string()),
+                }
+            }
         }
     }
+}
+
+/// The guardrail's answer from the `duplicate_inference` budgets that cover the request (`statuses`).
+fn decide(
+    provider: Option<&str>,
+    statuses: Vec<BudgetStatus>,
+    decided_by: String,
+    age: Option<std::time::Duration>,
+) -> HedgingDecision {
+    let exhausted: Vec<&BudgetStatus> = statuses.iter().filter(|s| s.figures.utilization >= 1.0).collect();
+    let (allow, reason) = if let Some(s) = exhausted.first() {
+        (false, format!("duplicate-inference budget {:?} is exhausted: {}", s.name, describe(s)))
+    } else if statuses.is_empty() {
+        (true, "no duplicate_inference budget covers this provider".to_string())
+    } else {
+        let parts: Vec<String> = statuses.iter().map(|s| format!("{:?}: {}", s.name, describe(s))).collect();
+        (true, format!("within budget ({})", parts.join("; ")))
+    };
+    HedgingDecision {
+        decision: if allow { "allow" } else { "deny" }.to_string(),
+        allow,
+        provider: provider.map(str::to_string),
+        reason,
+        budgets: statuses,
+        decided_by,
+        verdict_age_ms: age.map(|a| a.as_millis() as u64),
+        fail_mode: None,
+    }
+}
+
+/// Whether a caller who sees `visible` may see the figures of `status` (see [`BudgetEngine::statuses_for`]).
+fn status_visible(status: &BudgetStatus, visible: &Visibility) -> bool {
+    visible.is_all() || status.project.as_deref().is_some_and(|p| visible.sees(p))
 }
 
 /// Whether a caller who sees `visible` may see `budget`: see [`BudgetEngine::statuses_for`].
@@ -208,7 +407,8 @@ fn describe(s: &BudgetStatus) -> String {
 
 impl SpanObserver for BudgetEngine {
     fn observe(&self, project: &Project, spans: &RecordBatch) {
-        if spans.num_rows() == 0 {
+        // In a fleet, acknowledged spans are counted from the buffer and the stores ([`super::fleet`]).
+        if spans.num_rows() == 0 || !matches!(self.fleet, Fleet::Standalone) {
             return;
         }
         {
@@ -278,6 +478,31 @@ pub struct HedgingDecision {
     pub reason: String,
     /// The `duplicate_inference` budgets that were consulted.
     pub budgets: Vec<BudgetStatus>,
+    /// Who decided: this collector, or the fleet's coordinator (`[fleet]`), or this collector failing open or
+    /// closed while the coordinator does not answer.
+    pub decided_by: String,
+    /// A fleet member: how old the coordinator's verdict is (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict_age_ms: Option<u64>,
+    /// A fleet member whose coordinator does not answer: `open` or `closed` (`[fleet] on_coordinator_down`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail_mode: Option<String>,
+}
+
+/// Who decides a collector's budgets (`fleet` in `GET /api/v1/alerts`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Decider {
+    /// `standalone`, `coordinator` or `member`.
+    pub role: &'static str,
+    /// A member: the coordinator's URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coordinator: Option<String>,
+    /// A member: the age of the coordinator's last verdict (ms), none before the first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict_age_ms: Option<u64>,
+    /// A member: why the last exchange with the coordinator failed, while it fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -296,6 +521,8 @@ struct AlertsResponse<'a> {
     /// Each with its figures as text in the units of the budget's cap.
     alerts: Vec<AlertView<'a>>,
     budgets: Vec<BudgetStatus>,
+    /// Who decides these figures.
+    fleet: Decider,
 }
 
 /// `GET /api/v1/alerts` (each alert's latest event, plus every budget's figures; `?state=firing` filters) and
@@ -304,6 +531,11 @@ pub fn routes(engine: Arc<BudgetEngine>) -> Router {
     Router::new()
         .route("/api/v1/alerts", get(alerts_handler))
         .route("/api/v1/guardrails/hedging", get(hedging_handler))
+        .route(
+            super::fleet::REPORT_PATH,
+            axum::routing::post(report_handler)
+                .layer(axum::extract::DefaultBodyLimit::max(super::fleet::MAX_REPORT_BYTES)),
+        )
         .with_state(engine)
 }
 
@@ -332,7 +564,7 @@ async fn alerts_handler(
         .filter(|e| tailscope_core::alerts::event_visible(e, &visible))
         .map(|e| AlertView::from(e.as_ref()))
         .collect();
-    Json(AlertsResponse { alerts, budgets: engine.statuses_for(&visible) }).into_response()
+    Json(AlertsResponse { alerts, budgets: engine.statuses_for(&visible), fleet: engine.decider() }).into_response()
 }
 
 async fn hedging_handler(
@@ -342,6 +574,68 @@ async fn hedging_handler(
 ) -> Response {
     let provider = q.provider.as_deref().map(str::trim).filter(|p| !p.is_empty());
     Json(engine.hedging_decision_for(provider, &visible_of(visible))).into_response()
+}
+
+async fn report_handler(
+    State(engine): State<Arc<BudgetEngine>>,
+    report: Result<Json<SpendReport>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    match report {
+        Ok(Json(report)) => engine.take_report(report),
+        Err(e) => {
+            let body = serde_json::json!({"error": format!("not a spend report: {}", e.body_text())});
+            (e.status(), Json(body)).into_response()
+        }
+    }
+}
+
+/// The coordinator's loop: sums the fleet's spend, installs the figures, evaluates alerts (firing webhooks) and
+/// publishes the verdict members fetch, every half exchange interval.
+async fn coordinate(coordinator: Arc<Coordinator>, inner: Arc<Inner>) {
+    // A coordinator that (re)starts knows no member yet: every live member reports within an exchange interval.
+    // Summing before then would leave their unflushed spend out, and an evaluation of such figures could resolve
+    // an alert that is firing (to fire it again a moment later).
+    tokio::time::sleep(coordinator.round_interval() * 4).await;
+    let mut failing: Option<String> = None;
+    loop {
+        tokio::time::sleep(coordinator.round_interval()).await;
+        let now = now_ns();
+        match coordinator.sum(now).await {
+            Ok((budgets, collectors)) => {
+                if failing.take().is_some() {
+                    tracing::info!("the fleet's budget figures are summed again");
+                }
+                *inner.budgets.lock() = budgets;
+                let evaluating = inner.clone();
+                // Appends to the alert log with fsync: off the async threads.
+                if tokio::task::spawn_blocking(move || evaluating.evaluate(now)).await.is_err() {
+                    tracing::error!("the fleet's alert evaluation panicked; retrying at the next sum");
+                    continue;
+                }
+                let alerts = inner.book.lock().alerts(false);
+                let verdict = super::fleet::verdict_of(&inner.budgets.lock(), alerts, collectors, now);
+                coordinator.set_verdict(verdict);
+            }
+            Err(e) => {
+                if failing.as_deref() != Some(e.as_str()) {
+                    tracing::error!(
+                        error = %e,
+                        "cannot sum the fleet's spend; alerts wait and members get the last verdict until it works"
+                    );
+                }
+                failing = Some(e);
+            }
+        }
+    }
+}
+
+/// A member's loop: one exchange with the coordinator every exchange interval.
+async fn report_to_coordinator(link: Arc<MemberLink>) {
+    loop {
+        let started = std::time::Instant::now();
+        link.exchange().await;
+        tokio::time::sleep(link.interval.saturating_sub(started.elapsed())).await;
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod alerts;
 pub mod budget;
 pub mod egress;
 pub mod engine;
+pub mod fleet;
 pub mod outbox;
 pub mod pricer;
 pub mod prices;
@@ -32,7 +33,7 @@ use thiserror::Error;
 
 pub use budget::BudgetStatus;
 pub use egress::EgressTable;
-pub use engine::{BudgetEngine, HedgingDecision, routes};
+pub use engine::{BudgetEngine, Decider, HedgingDecision, routes};
 pub use pricer::Pricer;
 pub use prices::{ModelPrice, PriceTable};
 
