@@ -203,3 +203,69 @@ async fn a_member_with_other_budgets_is_refused_and_says_why() {
     let g = guardrail(&coordinator).await;
     assert_eq!(g["decision"], "allow", "{g}");
 }
+
+/// A hostile coordinator (regressions from the hostile pass): a 10 MB error went whole into every guardrail answer
+/// and log line, and a verdict without the member's budget read as "allow" even when failing closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_coordinator_cannot_flood_a_member_or_turn_its_guardrail_to_allow() {
+    use axum::routing::post;
+    let mode = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answer = mode.clone();
+    let app = axum::Router::new().route(
+        "/api/v1/fleet/report",
+        post(move || {
+            let verdict = answer.load(std::sync::atomic::Ordering::Relaxed);
+            async move {
+                if verdict {
+                    let body = serde_json::json!({"computed_at": "2026-12-04T00:00:00Z", "collectors": 1,
+                                                  "budgets": [], "alerts": []});
+                    (axum::http::StatusCode::OK, body.to_string())
+                } else {
+                    let body = serde_json::json!({"error": "A".repeat(10 << 20)});
+                    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, body.to_string())
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let shared = tempfile::tempdir().unwrap();
+    let toml = fleet_toml(
+        shared.path(),
+        "member",
+        &format!("coordinator = \"http://{addr}\"\non_coordinator_down = \"closed\"\n"),
+    );
+    let member = Server::start_with(&toml).await;
+    let deny_saying = |g: &serde_json::Value, says: &str| {
+        g["decision"] == "deny" && g["fail_mode"] == "closed" && g["reason"].as_str().is_some_and(|r| r.contains(says))
+    };
+    let wait_for = |says: &'static str| {
+        let member = &member;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let text = member
+                    .client()
+                    .get(format!("{}/api/v1/guardrails/hedging?provider=openai", member.api_url()))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                let g: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if deny_saying(&g, says) {
+                    return text;
+                }
+                assert!(Instant::now() < deadline, "no deny saying {says:?}: {}", &text[..text.len().min(2000)]);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let text = wait_for("500 Internal Server Error: AAAA").await;
+    assert!(text.len() < 8 << 10, "a guardrail answer of {} bytes", text.len());
+    mode.store(true, std::sync::atomic::Ordering::Relaxed);
+    wait_for("no usable figures for budget \"dup-daily\"").await;
+    assert!(member.log().len() < 1 << 20, "the member's log grew to {} bytes", member.log().len());
+}

@@ -398,15 +398,22 @@ impl Budget {
         self.buckets.iter().map(|(t, tally)| (*t, tally.spend, tally.inference)).collect()
     }
 
+    /// The first bucket of the current period, the latest time a span may be counted at (`now_ns` plus the clock
+    /// skew allowed), and the buckets' width, in ns.
+    pub fn bucket_range(&self, now_ns: i64) -> (i64, i64, i64) {
+        let width = bucket_ns(self.config.period);
+        let from = self.config.period.bounds(now_ns).start_ns.div_euclid(width) * width;
+        (from, now_ns.saturating_add(MAX_CLOCK_SKEW_NS), width)
+    }
+
     /// Adds spend another counter tallied for this budget (a fleet's coordinator sums files and members this
     /// way). `t` is any time in the bucket; spend before the current period is left out, as [`Self::add`] does.
     pub fn absorb(&mut self, t: i64, spend: f64, inference: f64, now_ns: i64) {
-        let width = bucket_ns(self.config.period);
-        let from = self.config.period.bounds(now_ns).start_ns.div_euclid(width) * width;
-        if t < from || (spend == 0.0 && inference == 0.0) {
+        let (from, until, width) = self.bucket_range(now_ns);
+        // Past the skew no counter puts a span (see `add`): such a bucket would stay in every period.
+        if t < from || t > until || (spend == 0.0 && inference == 0.0) {
             return;
         }
-        let t = t.min(now_ns.saturating_add(MAX_CLOCK_SKEW_NS));
         let b = self.buckets.entry(t.div_euclid(width) * width).or_default();
         b.spend += spend;
         b.inference += inference;

@@ -324,7 +324,27 @@ impl BudgetEngine {
         };
         let covered: Vec<String> =
             self.inner.budgets.lock().iter().filter(|b| covers(&b.config)).map(|b| b.config.name.clone()).collect();
-        match link.known() {
+        let known = match link.known() {
+            // A verdict is used only when it answers for every budget that covers the request, with figures that
+            // are figures: a coordinator with other budgets, or a broken one, must not read as "allow".
+            Known::Fresh(verdict, age) => {
+                let missing = covered.iter().find(|n| {
+                    !verdict
+                        .budgets
+                        .iter()
+                        .any(|s| &s.name == *n && s.figures.utilization.is_finite() && s.figures.utilization >= 0.0)
+                });
+                match missing {
+                    None => Known::Fresh(verdict, age),
+                    Some(n) => Known::Stale {
+                        age: Some(age),
+                        error: Some(format!("its verdict has no usable figures for budget {n:?}")),
+                    },
+                }
+            }
+            stale => stale,
+        };
+        match known {
             Known::Fresh(verdict, age) => {
                 let statuses = verdict.budgets.iter().filter(|s| covered.contains(&s.name)).cloned().collect();
                 decide(provider, statuses, format!("the fleet's coordinator at {}", link.coordinator), Some(age))
@@ -332,8 +352,8 @@ impl BudgetEngine {
             Known::Stale { age, error } => {
                 let allow = link.on_down == FailMode::Open;
                 let heard = match age {
-                    Some(age) => format!("has not answered for {:.1} s", age.as_secs_f64()),
-                    None => "has not answered since this collector started".to_string(),
+                    Some(age) => format!("has given no usable verdict for {:.1} s", age.as_secs_f64()),
+                    None => "has given no usable verdict since this collector started".to_string(),
                 };
                 let error = error.map(|e| format!(" (last error: {e})")).unwrap_or_default();
                 let consequence = if allow {

@@ -43,14 +43,19 @@ use crate::ingest::{Ingest, SpanStore};
 
 /// Where members send their reports on the coordinator's API (an `admin` key's route).
 pub const REPORT_PATH: &str = "/api/v1/fleet/report";
-/// The most members one coordinator follows: far past a collector per cloud region, and a bound on its memory.
-pub const MAX_MEMBERS: usize = 256;
+/// The most members one coordinator follows: far past a collector per cloud region, and a bound on its memory and
+/// on the transaction versions each sum reads.
+pub const MAX_MEMBERS: usize = 64;
+/// A member not heard from for this long leaves the sum (its unflushed spend with it) until it reports again: a
+/// collector taken out of the fleet must not hold a place, nor its last figures, for ever.
+const MEMBER_EXPIRY: Duration = Duration::from_secs(600);
+/// The largest spend (or inference spend) one time bucket of a report may carry, in USD: far past any real
+/// minute or hour, and small enough that sums over every member and bucket stay finite.
+const MAX_BUCKET_USD: f64 = 1e12;
 /// The largest report a coordinator reads: a report is a few time buckets per budget.
 pub const MAX_REPORT_BYTES: usize = 4 << 20;
 /// The largest verdict a member reads.
 const MAX_VERDICT_BYTES: usize = 16 << 20;
-/// Time buckets one budget of a report may hold: a month of hours, or a rolling window of minutes up to 30 days.
-const MAX_REPORT_BUCKETS: usize = 45_000;
 /// Why a fleet's loop has nothing to count: the collector it belongs to stopped.
 const SHUT_DOWN: &str = "the collector is shutting down";
 /// How a coordinator's answer begins while it has not summed the fleet yet.
@@ -60,6 +65,7 @@ const MAX_VERDICT_ALERTS: usize = 100;
 
 /// Spend per time bucket of one budget, as counters exchange it: `(bucket start ns, spend, inference spend)`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct BudgetBuckets {
     pub name: String,
     pub buckets: Vec<(i64, f64, f64)>,
@@ -67,6 +73,7 @@ pub struct BudgetBuckets {
 
 /// A collector's acknowledged spans no table holds yet, tallied per budget.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Unflushed {
     /// The first and last WAL record they came from.
     pub first_seq: u64,
@@ -168,6 +175,53 @@ impl UnflushedSpend {
     }
 }
 
+/// A report's unflushed spend per budget in the config's order, each amount checked and each bucket of the
+/// budget's current period kept (a bucket before it is spend of an earlier period, one past the clock skew no span
+/// can have: both are left out, so a member holds at most a period of buckets per budget), with its WAL range; or
+/// why the report is refused.
+fn checked_buckets(configs: &[BudgetConfig], u: Unflushed, now: i64) -> Result<(u64, u64, Vec<BudgetBuckets>), String> {
+    if u.first_seq > u.last_seq {
+        return Err(format!("unflushed.first_seq {} is after last_seq {}", u.first_seq, u.last_seq));
+    }
+    let mut out: Vec<Option<BTreeMap<i64, (f64, f64)>>> = vec![None; configs.len()];
+    for b in u.budgets {
+        let Some(i) = configs.iter().position(|c| c.name == b.name) else {
+            return Err(format!("unflushed spend of an unknown budget {:?}", b.name));
+        };
+        if out[i].is_some() {
+            return Err(format!("budget {:?} is in the report twice", b.name));
+        }
+        let mut kept = BTreeMap::new();
+        let (from, until, width) = Budget::new(configs[i].clone(), now).bucket_range(now);
+        for (t, spend, inference) in b.buckets {
+            let ok = |v: f64| v.is_finite() && (0.0..=MAX_BUCKET_USD).contains(&v);
+            if !(ok(spend) && ok(inference)) {
+                return Err(format!(
+                    "budget {:?}: bucket {t} has spend {spend} and inference {inference}; each is an amount from \
+                     0 to {MAX_BUCKET_USD:e} USD",
+                    b.name
+                ));
+            }
+            if t < from || t > until {
+                continue;
+            }
+            let e: &mut (f64, f64) = kept.entry(t.div_euclid(width) * width).or_default();
+            e.0 += spend;
+            e.1 += inference;
+        }
+        out[i] = Some(kept);
+    }
+    let budgets = out
+        .into_iter()
+        .zip(configs)
+        .map(|(kept, c)| BudgetBuckets {
+            name: c.name.clone(),
+            buckets: kept.unwrap_or_default().into_iter().map(|(t, (s, i))| (t, s, i)).collect(),
+        })
+        .collect();
+    Ok((u.first_seq, u.last_seq, budgets))
+}
+
 /// The budget columns of a stored file's batch, a column the file lacks (an older schema) as nulls.
 fn budget_columns(batch: &RecordBatch) -> Result<RecordBatch, String> {
     let mut fields = Vec::with_capacity(BUDGET_COLUMNS.len());
@@ -235,8 +289,12 @@ struct Ledger {
 }
 
 /// A member as the coordinator follows it.
+#[derive(Clone)]
 struct MemberState {
-    unflushed: Option<Unflushed>,
+    /// Its unflushed spend: the WAL records it came from, and per budget (in the config's order) the buckets of
+    /// the budget's current period.
+    unflushed: Option<(u64, u64, Vec<BudgetBuckets>)>,
+    heard: Instant,
 }
 
 /// The deciding side of a fleet.
@@ -285,7 +343,10 @@ impl Coordinator {
         let bad = |error: String| Refusal { status: axum::http::StatusCode::BAD_REQUEST, error };
         let conflict = |error: String| Refusal { status: axum::http::StatusCode::CONFLICT, error };
         let id = &report.app_id;
-        if !id.starts_with("tailscope-wal-") || id.len() > 128 || id.chars().any(char::is_control) {
+        let well_formed = id.strip_prefix("tailscope-wal-").is_some_and(|rest| {
+            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+        if !well_formed || id.len() > 128 {
             return Err(bad(format!("app_id {id:?} is not a collector's writer id (tailscope-wal-…)")));
         }
         if *id == self.own_app.0 {
@@ -310,39 +371,25 @@ impl Coordinator {
                  give every collector of a fleet the same storage.url and [[storage.placement]] rules"
             )));
         }
-        if let Some(u) = &report.unflushed {
-            if u.first_seq > u.last_seq {
-                return Err(bad(format!("unflushed.first_seq {} is after last_seq {}", u.first_seq, u.last_seq)));
+        let unflushed = match report.unflushed {
+            None => None,
+            Some(u) => {
+                let checked = checked_buckets(&self.configs, u, super::engine::now_ns()).map_err(bad)?;
+                Some(checked)
             }
-            for b in &u.budgets {
-                if !self.configs.iter().any(|c| c.name == b.name) {
-                    return Err(bad(format!("unflushed spend of an unknown budget {:?}", b.name)));
-                }
-                if b.buckets.len() > MAX_REPORT_BUCKETS {
-                    return Err(bad(format!(
-                        "budget {:?}: {} time buckets, at most {MAX_REPORT_BUCKETS} are taken",
-                        b.name,
-                        b.buckets.len()
-                    )));
-                }
-                if let Some((t, s, i)) =
-                    b.buckets.iter().find(|(_, s, i)| !(s.is_finite() && i.is_finite() && *s >= 0.0 && *i >= 0.0))
-                {
-                    return Err(bad(format!(
-                        "budget {:?}: bucket {t} has spend {s} and inference {i}; spend is a finite amount >= 0",
-                        b.name
-                    )));
-                }
-            }
-        }
+        };
         let mut members = self.members.lock();
         if !members.contains_key(id) && members.len() >= MAX_MEMBERS {
             return Err(Refusal {
                 status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                error: format!("the coordinator follows {MAX_MEMBERS} members already; no more are taken"),
+                error: format!(
+                    "the coordinator follows {MAX_MEMBERS} members already (a member silent for {} s leaves); no \
+                     more are taken",
+                    MEMBER_EXPIRY.as_secs()
+                ),
             });
         }
-        members.insert(id.clone(), MemberState { unflushed: report.unflushed });
+        members.insert(id.clone(), MemberState { unflushed, heard: Instant::now() });
         Ok(())
     }
 
@@ -361,17 +408,26 @@ impl Coordinator {
         // Own buffer first, then the snapshots: a flush in between moves rows into the snapshot, never out of both.
         let ingest = self.ingest.upgrade().ok_or_else(|| SHUT_DOWN.to_string())?;
         let own = self.own.read(&ingest, &self.configs, now).await?;
-        let (ids, reports): (Vec<String>, Vec<Option<Unflushed>>) = {
-            let members = self.members.lock();
+        let (ids, reports): (Vec<String>, Vec<Option<(u64, u64, Vec<BudgetBuckets>)>>) = {
+            let mut members = self.members.lock();
+            members.retain(|id, m| {
+                let live = m.heard.elapsed() < MEMBER_EXPIRY;
+                if !live {
+                    tracing::warn!(member = %id, "a fleet member has not reported for 10 minutes; its unflushed spend leaves the sum");
+                }
+                live
+            });
             members.iter().map(|(id, m)| (id.clone(), m.unflushed.clone())).unzip()
         };
+        let own = own.map(|u| (u.first_seq, u.last_seq, u.budgets));
         let mut apps = vec![self.own_app.clone()];
         apps.extend(ids.iter().map(|id| store::AppId(id.clone())));
         let stores = ingest.span_stores(&apps).await.map_err(|e| e.to_string())?;
         let mut fleet: Vec<Budget> = self.configs.iter().map(|c| Budget::new(c.clone(), now)).collect();
         let earliest = fleet.iter().map(|b| b.config.period.bounds(now).start_ns).min().unwrap_or(now);
         let absorb = |fleet: &mut [Budget], tallies: &[BudgetBuckets]| {
-            for (b, t) in fleet.iter_mut().zip(tallies) {
+            for t in tallies {
+                let Some(b) = fleet.iter_mut().find(|b| b.config.name == t.name) else { continue };
                 for (bucket, spend, inference) in &t.buckets {
                     b.absorb(*bucket, *spend, *inference, now);
                 }
@@ -418,10 +474,10 @@ impl Coordinator {
             if i > 0 {
                 collectors += 1;
             }
-            let Some(u) = report else { continue };
+            let Some((first_seq, _, budgets)) = report else { continue };
             // Counted unless a snapshot holds the records already (see the module's notes).
-            if committed(i).is_none_or(|c| c < u.first_seq) {
-                absorb(&mut fleet, &u.budgets);
+            if committed(i).is_none_or(|c| c < first_seq) {
+                absorb(&mut fleet, &budgets);
             }
         }
         Ok((fleet, collectors))
@@ -577,7 +633,9 @@ impl MemberLink {
             let why = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned());
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            // What the coordinator says goes into this collector's log and answers: a few lines of it.
+            let why: String = why.chars().filter(|c| !c.is_control()).take(512).collect();
             let warming = status == reqwest::StatusCode::SERVICE_UNAVAILABLE && why.contains(WARMING);
             return Err((format!("the coordinator answered {status}: {why}"), warming));
         }
@@ -620,6 +678,48 @@ mod tests {
         // Spend of an earlier period is not absorbed.
         fleet.absorb(now - 3 * 86_400_000_000_000, 100.0, 0.0, now);
         assert_eq!(fleet.status(now).figures.spend_usd, 7.0);
+    }
+
+    fn dup_budget() -> BudgetConfig {
+        BudgetConfig {
+            name: "dup".into(),
+            kind: tailscope_core::cost::BudgetKind::DuplicateInference,
+            period: tailscope_core::cost::BudgetPeriod::Rolling(Duration::from_secs(120)),
+            cap_usd: Some(1.0),
+            warn_at: vec![1.0],
+            ..Default::default()
+        }
+    }
+
+    fn report(buckets: Vec<(i64, f64, f64)>) -> Unflushed {
+        Unflushed { first_seq: 1, last_seq: 1, budgets: vec![BudgetBuckets { name: "dup".into(), buckets }] }
+    }
+
+    /// Regressions from the hostile pass: each of these reports was taken, and made the fleet's figures infinite,
+    /// kept a future bucket counted for ever, or held 360,000 buckets per member.
+    #[test]
+    fn hostile_reports_are_refused_or_held_to_one_period_of_buckets() {
+        let configs = vec![dup_budget()];
+        let now = super::super::engine::now_ns();
+        let err = checked_buckets(&configs, report(vec![(now, 1.7e308, 0.0)]), now).unwrap_err();
+        assert!(err.contains("each is an amount from 0 to 1e12"), "{err}");
+        let twice = Unflushed {
+            first_seq: 1,
+            last_seq: 1,
+            budgets: vec![report(vec![]).budgets[0].clone(), report(vec![]).budgets[0].clone()],
+        };
+        assert!(checked_buckets(&configs, twice, now).unwrap_err().contains("twice"));
+        // 45,000 buckets at one time, one far in the future, one before the window: one bucket is kept.
+        let mut many = vec![(now, 0.001, 0.0); 45_000];
+        many.push((i64::MAX, 5.0, 0.0));
+        many.push((now - 3_600_000_000_000, 5.0, 0.0));
+        let (_, _, kept) = checked_buckets(&configs, report(many), now).unwrap();
+        assert_eq!(kept[0].buckets.len(), 1, "{:?}", kept[0].buckets);
+        assert!((kept[0].buckets[0].1 - 45.0).abs() < 1e-6);
+        // A bucket past the clock skew is never absorbed (it used to be moved to "now" at every sum).
+        let mut b = Budget::new(configs[0].clone(), now);
+        b.absorb(i64::MAX, 5.0, 0.0, now);
+        assert_eq!(b.status(now).figures.spend_usd, 0.0);
     }
 
     #[test]
