@@ -80,6 +80,11 @@ struct Args {
     /// loopback), beside plaintext tailscope on local disk in the same round.
     #[arg(long)]
     storage_url: Option<String>,
+    /// Also measure tailscope with three budgets (total, egress, duplicate inference), standalone and as a fleet's
+    /// budget coordinator (`[fleet] role = "coordinator"`: it tallies its buffer and every committed file), in the
+    /// same round: what joining a fleet costs a collector.
+    #[arg(long)]
+    fleet: bool,
     /// Internal: run as the decode-only baseline server on this address and print `LISTENING <addr>`.
     #[arg(long, hide = true)]
     baseline_server: Option<SocketAddr>,
@@ -322,7 +327,7 @@ async fn wait_for_port(addr: SocketAddr, child: &mut Child, timeout: Duration) -
 }
 
 /// What one server did with the load.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Measured {
     name: &'static str,
     spans: u64,
@@ -398,6 +403,16 @@ async fn measure_tailscope(
     if let Some(secure) = secure {
         config.push_str(&secure.config(dir.path())?);
     }
+    if let Variant::Budgets { fleet } = variant {
+        for (name, kind) in [("total", "total"), ("egress", "egress"), ("dup", "duplicate_inference")] {
+            config.push_str(&format!(
+                "[[budget]]\nname = \"{name}\"\nkind = \"{kind}\"\nperiod = \"day\"\ncap_usd = 1e9\nwarn_at = [1.0]\n"
+            ));
+        }
+        if fleet {
+            config.push_str("[fleet]\nrole = \"coordinator\"\n");
+        }
+    }
     if let Variant::Store(url) = variant {
         // A prefix per run, so that rounds do not append to one table.
         let prefix = dir.path().file_name().and_then(|n| n.to_str()).unwrap_or("run");
@@ -452,6 +467,8 @@ async fn measure_tailscope(
             Variant::Secure(_) => "tailscope serve, TLS + API key (WAL fsync on)",
             Variant::Store(_) => "tailscope serve, tables on the object store (WAL fsync on)",
             Variant::Plain => "tailscope serve (WAL fsync on)",
+            Variant::Budgets { fleet: false } => "tailscope serve, 3 budgets, standalone (WAL fsync on)",
+            Variant::Budgets { fleet: true } => "tailscope serve, 3 budgets, fleet coordinator (WAL fsync on)",
         },
         spans: load.acked_spans.load(Ordering::Relaxed),
         wall,
@@ -469,6 +486,7 @@ enum Variant<'a> {
     Plain,
     Secure(&'a Secure),
     Store(&'a str),
+    Budgets { fleet: bool },
 }
 
 async fn bench(args: Args) -> Result<(), BoxError> {
@@ -488,6 +506,8 @@ async fn bench(args: Args) -> Result<(), BoxError> {
     let mut rounds: Vec<(Option<Measured>, Option<Measured>)> = Vec::new();
     let mut secured: Vec<Measured> = Vec::new();
     let mut stored: Vec<Measured> = Vec::new();
+    let mut budgeted: Vec<Measured> = Vec::new();
+    let mut coordinated: Vec<Measured> = Vec::new();
     for round in 1..=args.rounds.max(1) {
         let baseline = if args.skip_baseline {
             None
@@ -520,11 +540,17 @@ async fn bench(args: Args) -> Result<(), BoxError> {
             );
             stored.push(measure_tailscope(&args, &binary, Variant::Store(url), corpus.clone()).await?);
         }
+        if args.fleet && !args.skip_tailscope {
+            eprintln!("round {round}: tailscope with budgets, standalone then as a fleet coordinator");
+            budgeted.push(measure_tailscope(&args, &binary, Variant::Budgets { fleet: false }, corpus.clone()).await?);
+            coordinated
+                .push(measure_tailscope(&args, &binary, Variant::Budgets { fleet: true }, corpus.clone()).await?);
+        }
         rounds.push((baseline, ours));
     }
 
     let corpus_facts = CorpusFacts { attrs, otlp_per_span, zstd_per_span };
-    report(&args, &corpus_facts, &rounds, &[&secured, &stored], (cores, &cpu));
+    report(&args, &corpus_facts, &rounds, &[&secured, &stored, &budgeted, &coordinated], (cores, &cpu));
     Ok(())
 }
 
@@ -540,10 +566,10 @@ fn report(
     args: &Args,
     corpus: &CorpusFacts,
     rounds: &[(Option<Measured>, Option<Measured>)],
-    variants: &[&[Measured]; 2],
+    variants: &[&[Measured]; 4],
     machine: (usize, &str),
 ) {
-    let [secured, stored] = *variants;
+    let [secured, stored, budgeted, coordinated] = *variants;
     let command: Vec<String> = std::env::args().collect();
     let (cores, cpu) = machine;
     println!("Machine: {cores} cores ({cpu}); client and server share them.");
@@ -558,7 +584,10 @@ fn report(
     );
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for (round, m) in rounds.iter().enumerate().flat_map(|(i, (b, t))| {
-        [b.as_ref(), t.as_ref(), secured.get(i), stored.get(i)].into_iter().flatten().map(move |m| (i + 1, m))
+        [b.as_ref(), t.as_ref(), secured.get(i), stored.get(i), budgeted.get(i), coordinated.get(i)]
+            .into_iter()
+            .flatten()
+            .map(move |m| (i + 1, m))
     }) {
         println!(
             "| {round} | {} | {} | {:.0} | {:.2} | {:.0} | {:.0} MiB | {} | {} |",
@@ -590,6 +619,23 @@ fn report(
     }
     println!();
     ratios(corpus, rounds, secured);
+    if !coordinated.is_empty() {
+        let per_round = |a: &[Measured], b: &[Measured]| -> Vec<f64> {
+            a.iter().zip(b).map(|(x, y)| x.spans_per_cpu_second() / y.spans_per_cpu_second()).collect()
+        };
+        let plain: Vec<Measured> = rounds.iter().filter_map(|(_, t)| t.clone()).collect();
+        let list = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
+        let (budgets, fleet) = (per_round(budgeted, &plain), per_round(coordinated, budgeted));
+        println!();
+        println!(
+            "Budgets: spans per CPU-second with 3 budgets / without = {:.2} [{}]; as the fleet's coordinator / \
+             standalone with the same budgets = {:.2} [{}].",
+            median(&budgets),
+            list(&budgets),
+            median(&fleet),
+            list(&fleet)
+        );
+    }
     let on_store: Vec<(f64, f64)> = rounds
         .iter()
         .zip(stored)
