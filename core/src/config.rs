@@ -166,6 +166,8 @@ pub struct FleetConfig {
     /// A member: the API key it sends the coordinator (an `admin` key of the coordinator's `[auth]`); use
     /// `${env:VAR}` or `${file:PATH}` rather than the key itself.
     pub key: Option<String>,
+    /// A member: CA certificates (PEM) an `https://` coordinator's certificate chains to, besides the system's.
+    pub ca_file: Option<PathBuf>,
     /// How often a member reports and fetches the verdict, and how often the coordinator sums: a member's
     /// guardrail reflects spend acknowledged anywhere in the fleet within twice this.
     #[serde(with = "humantime_serde")]
@@ -181,6 +183,7 @@ impl Default for FleetConfig {
             role: FleetRole::Standalone,
             coordinator: None,
             key: None,
+            ca_file: None,
             exchange_interval: Duration::from_secs(1),
             on_coordinator_down: FailMode::Open,
         }

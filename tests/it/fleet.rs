@@ -13,7 +13,7 @@ use crate::support::{Server, Transport, tracer_provider};
 
 const INTERVAL_MS: u64 = 250;
 
-fn fleet_toml(shared: &std::path::Path, role: &str, extra: &str) -> String {
+pub(crate) fn fleet_toml(shared: &std::path::Path, role: &str, extra: &str) -> String {
     format!(
         r#"
 [[budget]]

@@ -708,3 +708,39 @@ async fn the_cli_presents_a_client_certificate_to_an_api_behind_mutual_tls() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A fleet behind TLS and keys: a member trusting the coordinator's CA (`fleet.ca_file`) reports with an `admin`
+/// key and answers from the verdict; a member with a `query` key is refused, and its guardrail says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_members_report_over_tls_with_an_admin_key_only() {
+    let pki = Pki::new();
+    pki.write("server", &pki.leaf(&["localhost", "127.0.0.1"]));
+    let keys = Keys::new();
+    let shared = tempfile::tempdir().unwrap();
+    let coordinator_toml =
+        tls_toml(&pki, "") + &keys.toml() + &crate::fleet::fleet_toml(shared.path(), "coordinator", "");
+    let coordinator = Server::start_secured(&coordinator_toml, &pki.ca_pem(), &keys.admin).await;
+    let member_toml = |key: &str| {
+        crate::fleet::fleet_toml(
+            shared.path(),
+            "member",
+            &format!(
+                "coordinator = \"{}\"\nkey = \"{key}\"\nca_file = \"{}\"\non_coordinator_down = \"closed\"\n",
+                coordinator.api_url(),
+                pki.path("ca.crt")
+            ),
+        )
+    };
+    let admitted = Server::start_with(&member_toml(&keys.admin)).await;
+    let refused = Server::start_with(&member_toml(&keys.query)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (mut fresh, mut forbidden) = (false, false);
+    while !(fresh && forbidden) {
+        let g = crate::budget::guardrail(&admitted).await;
+        fresh = g["decided_by"].as_str().is_some_and(|d| d.contains("coordinator at https://localhost"));
+        let g = crate::budget::guardrail(&refused).await;
+        forbidden = g["decision"] == "deny" && g["reason"].as_str().is_some_and(|r| r.contains("403"));
+        assert!(std::time::Instant::now() < deadline, "admitted fresh: {fresh}, refused says 403: {forbidden}: {g}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -494,6 +494,18 @@ pub(crate) fn verdict_of(budgets: &[Budget], alerts: Vec<Arc<AlertEvent>>, colle
     }
 }
 
+/// A file of at most 1 MiB (a CA bundle), whole.
+fn read_small(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    file.take((1 << 20) + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    if bytes.len() > 1 << 20 {
+        return Err("larger than 1 MiB: not a CA bundle".into());
+    }
+    Ok(bytes)
+}
+
 /// What a member knows of the coordinator.
 #[derive(Default)]
 struct LinkState {
@@ -537,7 +549,16 @@ impl MemberLink {
         let coordinator = fleet.coordinator.clone().unwrap_or_default().trim_end_matches('/').to_string();
         // A report waits at most one interval (at least a second) for its answer: the next one is due then.
         let timeout = fleet.exchange_interval.max(Duration::from_secs(1));
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &fleet.ca_file {
+            let pem = read_small(path).map_err(|e| format!("fleet.ca_file {}: {e}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("fleet.ca_file {} is not PEM certificates: {e}", path.display()))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
