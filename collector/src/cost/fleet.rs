@@ -179,7 +179,7 @@ impl UnflushedSpend {
 /// budget's current period kept (a bucket before it is spend of an earlier period, one past the clock skew no span
 /// can have: both are left out, so a member holds at most a period of buckets per budget), with its WAL range; or
 /// why the report is refused.
-fn checked_buckets(configs: &[BudgetConfig], u: Unflushed, now: i64) -> Result<(u64, u64, Vec<BudgetBuckets>), String> {
+fn checked_buckets(configs: &[BudgetConfig], u: Unflushed, now: i64) -> Result<Unflushed, String> {
     if u.first_seq > u.last_seq {
         return Err(format!("unflushed.first_seq {} is after last_seq {}", u.first_seq, u.last_seq));
     }
@@ -219,7 +219,7 @@ fn checked_buckets(configs: &[BudgetConfig], u: Unflushed, now: i64) -> Result<(
             buckets: kept.unwrap_or_default().into_iter().map(|(t, (s, i))| (t, s, i)).collect(),
         })
         .collect();
-    Ok((u.first_seq, u.last_seq, budgets))
+    Ok(Unflushed { first_seq: u.first_seq, last_seq: u.last_seq, budgets })
 }
 
 /// The budget columns of a stored file's batch, a column the file lacks (an older schema) as nulls.
@@ -293,7 +293,7 @@ struct Ledger {
 struct MemberState {
     /// Its unflushed spend: the WAL records it came from, and per budget (in the config's order) the buckets of
     /// the budget's current period.
-    unflushed: Option<(u64, u64, Vec<BudgetBuckets>)>,
+    unflushed: Option<Unflushed>,
     heard: Instant,
 }
 
@@ -408,7 +408,7 @@ impl Coordinator {
         // Own buffer first, then the snapshots: a flush in between moves rows into the snapshot, never out of both.
         let ingest = self.ingest.upgrade().ok_or_else(|| SHUT_DOWN.to_string())?;
         let own = self.own.read(&ingest, &self.configs, now).await?;
-        let (ids, reports): (Vec<String>, Vec<Option<(u64, u64, Vec<BudgetBuckets>)>>) = {
+        let (ids, reports): (Vec<String>, Vec<Option<Unflushed>>) = {
             let mut members = self.members.lock();
             members.retain(|id, m| {
                 let live = m.heard.elapsed() < MEMBER_EXPIRY;
@@ -419,7 +419,6 @@ impl Coordinator {
             });
             members.iter().map(|(id, m)| (id.clone(), m.unflushed.clone())).unzip()
         };
-        let own = own.map(|u| (u.first_seq, u.last_seq, u.budgets));
         let mut apps = vec![self.own_app.clone()];
         apps.extend(ids.iter().map(|id| store::AppId(id.clone())));
         let stores = ingest.span_stores(&apps).await.map_err(|e| e.to_string())?;
@@ -474,10 +473,10 @@ impl Coordinator {
             if i > 0 {
                 collectors += 1;
             }
-            let Some((first_seq, _, budgets)) = report else { continue };
+            let Some(u) = report else { continue };
             // Counted unless a snapshot holds the records already (see the module's notes).
-            if committed(i).is_none_or(|c| c < first_seq) {
-                absorb(&mut fleet, &budgets);
+            if committed(i).is_none_or(|c| c < u.first_seq) {
+                absorb(&mut fleet, &u.budgets);
             }
         }
         Ok((fleet, collectors))
@@ -734,7 +733,7 @@ mod tests {
         let mut many = vec![(now, 0.001, 0.0); 45_000];
         many.push((i64::MAX, 5.0, 0.0));
         many.push((now - 3_600_000_000_000, 5.0, 0.0));
-        let (_, _, kept) = checked_buckets(&configs, report(many), now).unwrap();
+        let kept = checked_buckets(&configs, report(many), now).unwrap().budgets;
         assert_eq!(kept[0].buckets.len(), 1, "{:?}", kept[0].buckets);
         assert!((kept[0].buckets[0].1 - 45.0).abs() < 1e-6);
         // A bucket past the clock skew is never absorbed (it used to be moved to "now" at every sum).
