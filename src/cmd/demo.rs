@@ -187,32 +187,46 @@ pub async fn run(args: Args) -> CmdResult {
             }
         }
     } else {
-        let tui_args = super::tui::Args {
-            server: api.clone(),
-            data_dir: None,
-            dashboard: None,
-            refresh: Duration::from_secs(1),
-            timeout: Duration::from_secs(30),
-            max_answer_mb: super::tui::DEFAULT_MAX_ANSWER_MB,
-            auth: Default::default(),
-        };
-        super::tui::run(tui_args).await.map_err(|e| format!("dashboard: {e}"))
+        dashboard(api.clone()).await
     };
 
     // Stop the fleet; its SDK pipelines flush what they still hold into the collector, which is still up.
-    let _ = stop_fleet.send(());
-    let done = match fleet_done {
-        Some(done) => done,
-        None => fleet.await,
-    };
-    let sim_report = match done {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("the fleet task failed: {e}")),
-    };
+    let sim_report = stop_fleet_task(stop_fleet, fleet_done, fleet).await;
     // Everything acknowledged goes to Parquet before the summary reads it.
     running.shutdown().await?;
     outcome?;
     summarise(&config, &sim_report?, &stats, earlier).await
+}
+
+/// The dashboard on `server` (one API URL, or several separated by commas: one merged live view), until quit.
+pub(super) async fn dashboard(server: String) -> Result<(), String> {
+    let tui_args = super::tui::Args {
+        server,
+        data_dir: None,
+        dashboard: None,
+        refresh: Duration::from_secs(1),
+        timeout: Duration::from_secs(30),
+        max_answer_mb: super::tui::DEFAULT_MAX_ANSWER_MB,
+        auth: Default::default(),
+    };
+    super::tui::run(tui_args).await.map_err(|e| format!("dashboard: {e}"))
+}
+
+/// The fleet's report once it stopped: told to stop (`stop`) unless it already ended (`done`).
+pub(super) async fn stop_fleet_task(
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: Option<Result<Result<sim::SimReport, sim::SimError>, tokio::task::JoinError>>,
+    fleet: tokio::task::JoinHandle<Result<sim::SimReport, sim::SimError>>,
+) -> Result<sim::SimReport, String> {
+    let _ = stop.send(());
+    let done = match done {
+        Some(done) => done,
+        None => fleet.await,
+    };
+    match done {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("the fleet task failed: {e}")),
+    }
 }
 
 /// Refuses flags the demo cannot run with, saying what to pass instead.

@@ -202,27 +202,10 @@ pub async fn run(args: Args, base: Config) -> CmdResult {
         }
     } else {
         let servers: Vec<String> = collectors.iter().map(|(_, r)| format!("http://{}", r.addrs.api)).collect();
-        let tui_args = super::tui::Args {
-            server: servers.join(","),
-            data_dir: None,
-            dashboard: None,
-            refresh: Duration::from_secs(1),
-            timeout: Duration::from_secs(30),
-            max_answer_mb: super::tui::DEFAULT_MAX_ANSWER_MB,
-            auth: Default::default(),
-        };
-        super::tui::run(tui_args).await.map_err(|e| format!("dashboard: {e}"))
+        super::demo::dashboard(servers.join(",")).await
     };
 
-    let _ = stop_fleet.send(());
-    let done = match fleet_done {
-        Some(done) => done,
-        None => fleet.await,
-    };
-    let sim_report = match done {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("the fleet task failed: {e}")),
-    };
+    let sim_report = super::demo::stop_fleet_task(stop_fleet, fleet_done, fleet).await;
     // Members first, so that their last spans are committed before the coordinator's final sum; each flushes
     // everything it acknowledged.
     let mut alerts_by_collector = Vec::new();
