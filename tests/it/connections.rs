@@ -624,9 +624,11 @@ async fn emfile_on_accept_is_survived_without_spinning() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_keepalive_drops_peers_that_do_not_answer_pings() {
-    let config = "[server]\nidle_timeout = \"10s\"\nkeepalive_interval = \"300ms\"\nkeepalive_timeout = \"300ms\"\n";
+    // A PING every 300 ms, answered within 1 s: the live peer's answers have a second to get through a loaded
+    // test runtime, and the dead peer is dropped after ~1.3 s, well inside the 5 s asserted below.
+    let config = "[server]\nidle_timeout = \"10s\"\nkeepalive_interval = \"300ms\"\nkeepalive_timeout = \"1s\"\n";
     let server = Server::start_with(config).await;
-    let limit = Duration::from_millis(2500);
+    let limit = Duration::from_millis(6000);
     for (name, addr) in [("otlp_grpc", server.grpc), ("flight", server.flight_addr)] {
         let start = Instant::now();
         let (mut live, mut live_reader) = h2_connect(addr).await;
@@ -641,7 +643,7 @@ async fn http2_keepalive_drops_peers_that_do_not_answer_pings() {
         let (kinds, closed) = dead_result;
         let closed = closed.unwrap_or_else(|| panic!("{name}: a peer ignoring PINGs is still connected ({kinds:?})"));
         assert!(kinds.contains(&PING), "{name}: {kinds:?}");
-        assert!(closed < Duration::from_millis(2000), "{name}: dropped after {closed:?}");
+        assert!(closed < Duration::from_millis(5000), "{name}: dropped after {closed:?}");
     }
 }
 

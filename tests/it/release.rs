@@ -85,6 +85,8 @@ async fn terminal(server: &Server) {
         200,
         150,
     );
+    // Keys sent before the TUI holds the terminal may be lost.
+    tmux.wait_for(&["1 Overview"]).await;
     tmux.keys(&["7"]);
     let screen = tmux.wait_for(&["Versions seen in the window", RELEASE_BEFORE, RELEASE_AFTER]).await;
     // Two rows, both ways round: select the one with the release as B.
@@ -97,23 +99,35 @@ async fn terminal(server: &Server) {
     tmux.keys(&["Enter"]);
     let against = format!("{RELEASE_SERVICE}: {RELEASE_AFTER} against {RELEASE_BEFORE}");
     tmux.wait_for(&[&against, "p50_ms", "hedge_rate", "yes"]).await;
-    // Every panel refreshed at least once since (500 ms each).
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let screen = tmux.screen();
-    let mut seen = BTreeSet::new();
-    for line in screen.lines().filter(|l| l.split_whitespace().any(|w| w == "yes")) {
-        let words: Vec<&str> = line.split(|c: char| c.is_whitespace() || c == '│').filter(|w| !w.is_empty()).collect();
-        let model = words.iter().find(|w| w.starts_with("gpt-")).copied().unwrap_or("-");
-        let step = if words.contains(&"agent") { "agent" } else { "model call" };
-        let metric = words.iter().find(|w| w.ends_with("_ms") || w.ends_with("_rate")).copied();
-        let ok = match metric {
-            Some(m) => allowed(step, model, m),
-            // The cost and tokens table has no metric column.
-            None => allowed(step, model, "cost_per_session_usd"),
-        };
-        assert!(ok, "marked in the terminal but not changed by the release: {line}\n{screen}");
-        seen.insert((model.to_string(), metric.unwrap_or("per session").to_string()));
-    }
+    // The panels refresh on their own (every 500 ms, each its own query): read the screen until both marked rows
+    // are on it, checking every marked row each time.
+    let want = [
+        (RELEASE_SLOWER.0.to_string(), "p50_ms".to_string()),
+        (RELEASE_LEANER.0.to_string(), "per session".to_string()),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (screen, seen) = loop {
+        let screen = tmux.screen();
+        let mut seen = BTreeSet::new();
+        for line in screen.lines().filter(|l| l.split_whitespace().any(|w| w == "yes")) {
+            let words: Vec<&str> =
+                line.split(|c: char| c.is_whitespace() || c == '│').filter(|w| !w.is_empty()).collect();
+            let model = words.iter().find(|w| w.starts_with("gpt-")).copied().unwrap_or("-");
+            let step = if words.contains(&"agent") { "agent" } else { "model call" };
+            let metric = words.iter().find(|w| w.ends_with("_ms") || w.ends_with("_rate")).copied();
+            let ok = match metric {
+                Some(m) => allowed(step, model, m),
+                // The cost and tokens table has no metric column.
+                None => allowed(step, model, "cost_per_session_usd"),
+            };
+            assert!(ok, "marked in the terminal but not changed by the release: {line}\n{screen}");
+            seen.insert((model.to_string(), metric.unwrap_or("per session").to_string()));
+        }
+        if want.iter().all(|w| seen.contains(w)) || std::time::Instant::now() > deadline {
+            break (screen, seen);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     assert!(seen.contains(&(RELEASE_SLOWER.0.to_string(), "p50_ms".to_string())), "{seen:?}\n{screen}");
     assert!(seen.contains(&(RELEASE_LEANER.0.to_string(), "per session".to_string())), "{seen:?}\n{screen}");
     tmux.keys(&["q"]);
