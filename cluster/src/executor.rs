@@ -36,11 +36,17 @@ pub async fn run(config: &Config) -> Result<(), ClusterError> {
         n => n,
     };
     let listen = cluster.executor_listen;
+    let grpc = cluster.executor_grpc().ok_or_else(|| ClusterError::Ballista {
+        what: "cluster.executor_grpc_port",
+        detail: format!("none given, and the Flight port {} has no next port", listen.port()),
+    })?;
     // Ballista's executor logs a port it cannot bind and exits with success; a supervisor must see a failure.
-    drop(
-        std::net::TcpListener::bind(listen)
-            .map_err(|source| ClusterError::Io { what: format!("cannot listen on {listen}"), source })?,
-    );
+    for address in [listen, grpc] {
+        drop(
+            std::net::TcpListener::bind(address)
+                .map_err(|source| ClusterError::Io { what: format!("cannot listen on {address}"), source })?,
+        );
+    }
     // The functions of one node's sessions, bounded as there, `quantile_exact` answering `quantile_cont`.
     let registry = Arc::new(BallistaFunctionRegistry::from(&engine.job_state(SessionConfig::new())));
     let runtime = engine.clone();
@@ -48,12 +54,15 @@ pub async fn run(config: &Config) -> Result<(), ClusterError> {
         bind_host: listen.ip().to_string(),
         external_host: Some(cluster.executor_host.clone().unwrap_or_else(|| listen.ip().to_string())),
         port: listen.port(),
+        grpc_port: grpc.port(),
         scheduler_host,
         scheduler_port,
         // The scheduler may still be starting (a whole cluster started at once).
         scheduler_connect_timeout_seconds: 30,
         vcores: slots,
-        task_scheduling_policy: TaskSchedulingPolicy::PullStaged,
+        // Pushed, not pulled: only an executor that serves gRPC can be told to stop the tasks of a cancelled job
+        // (a statement whose client timed out or went away); a pulling one runs them to their end.
+        task_scheduling_policy: TaskSchedulingPolicy::PushStaged,
         work_dir: Some(work_dir.to_string_lossy().into_owned()),
         // Tasks share `memory.limit_mb`, as one node's queries do.
         memory_pool_size: Some(config.memory.limit_bytes() as u64),

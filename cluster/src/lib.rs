@@ -104,19 +104,16 @@ mod tests {
         }
     }
 
-    /// A scheduler and an executor in this process over a data dir of three projects: a statement scoped to some
-    /// projects sees only their rows on the cluster, whatever the SQL, because each table in the plan carries its
-    /// caller's projects (`query::distributed`).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_scoped_statement_sees_only_its_projects_on_the_cluster() {
-        let dir = tempfile::tempdir().unwrap();
-        three_projects(dir.path());
-        let mut config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+    /// A scheduler and an executor with `slots` task slots in this process, over the tables under `dir`: the
+    /// cluster's `df://` address.
+    async fn in_process_cluster(dir: &std::path::Path, slots: usize) -> String {
+        let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut config = Config { data_dir: dir.to_path_buf(), ..Config::default() };
         config.cluster.scheduler_listen = "127.0.0.1:0".parse().unwrap();
-        let executor_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        config.cluster.executor_listen = std::net::SocketAddr::from(([127, 0, 0, 1], executor_port));
-        config.cluster.executor_slots = 2;
-        config.cluster.work_dir = Some(dir.path().join("work"));
+        config.cluster.executor_listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        config.cluster.executor_grpc_port = Some(free_port());
+        config.cluster.executor_slots = slots;
+        config.cluster.work_dir = Some(dir.join("work"));
 
         let (tx, rx) = tokio::sync::oneshot::channel();
         let scheduler_config = config.clone();
@@ -130,29 +127,41 @@ mod tests {
         });
         let address = rx.await.unwrap();
         config.cluster.scheduler = address.to_string();
-        let executor_config = config.clone();
-        tokio::spawn(async move { executor::run(&executor_config).await });
+        tokio::spawn(async move { executor::run(&config).await });
+        format!("df://{address}")
+    }
 
-        let cluster = BallistaClient::new(&format!("df://{address}")).unwrap();
-        let client = Engine::on_cluster(Catalog::new(dir.path()), QueryConfig::default(), cluster).await.unwrap();
-        let count = async |visible: Visibility, sql: &str| -> i64 {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                match client.scoped(visible.clone()).sql(sql).await {
-                    Ok(out) => {
-                        let column = out.batches[0].column(0);
-                        let n = column.as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap();
-                        return n.value(0);
-                    }
-                    // The executor may not have joined yet.
-                    Err(e) if Instant::now() < deadline => {
-                        tracing::debug!("waiting for the cluster: {e}");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    Err(e) => panic!("{sql}: {e}"),
+    /// The first column of the first row of `sql` on `client`, as `i64`, retried for 30 s while the executor may
+    /// not have joined yet.
+    async fn count_on(client: &Engine, visible: Visibility, sql: &str) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match client.scoped(visible.clone()).sql(sql).await {
+                Ok(out) => {
+                    let column = out.batches[0].column(0);
+                    let n = column.as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap();
+                    return n.value(0);
                 }
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!("waiting for the cluster: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("{sql}: {e}"),
             }
-        };
+        }
+    }
+
+    /// A scheduler and an executor in this process over a data dir of three projects: a statement scoped to some
+    /// projects sees only their rows on the cluster, whatever the SQL, because each table in the plan carries its
+    /// caller's projects (`query::distributed`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scoped_statement_sees_only_its_projects_on_the_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        three_projects(dir.path());
+        let url = in_process_cluster(dir.path(), 2).await;
+        let cluster = BallistaClient::new(&url).unwrap();
+        let client = Engine::on_cluster(Catalog::new(dir.path()), QueryConfig::default(), cluster).await.unwrap();
+        let count = async |visible: Visibility, sql: &str| count_on(&client, visible, sql).await;
         let project = |name: &str| Project::parse(name).unwrap();
         let all = "SELECT count(*) FROM spans";
         assert_eq!(count(Visibility::All, all).await, 6);
@@ -166,5 +175,71 @@ mod tests {
                       (SELECT span_id FROM spans WHERE project = 'default'))";
         assert_eq!(count(Visibility::only([project("a")]), sneaky).await, 2);
         assert_eq!(count(Visibility::only([project("nobody")]), all).await, 0);
+    }
+
+    /// A statement that outlives `query.timeout` on the cluster is cancelled there, not only at the client: its job
+    /// ends as cancelled at the scheduler (which tells the executors to stop its tasks) instead of running to its
+    /// end for nobody. A statement read to its end cancels nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_timed_out_statement_is_cancelled_on_the_cluster() {
+        use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+        use ballista_core::serde::protobuf::{GetJobStatusParams, job_status};
+
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<SpanRow> = (0..2000)
+            .map(|i: i64| SpanRow {
+                trace_id: format!("{i:032x}"),
+                span_id: format!("{i:016x}"),
+                name: "chat".into(),
+                start_ns: 1_764_841_200_000_000_000 + i * 1_000_000,
+                duration_ns: 1_000_000 + i,
+                service_name: "svc".into(),
+                ..SpanRow::default()
+            })
+            .collect();
+        write_parquet(dir.path(), Signal::Spans, &spans_batch(&rows), 1).unwrap();
+        let url = in_process_cluster(dir.path(), 1).await;
+        let cluster = BallistaClient::new(&url).unwrap();
+        let engine = async |timeout: Duration| {
+            let config = QueryConfig { timeout, ..QueryConfig::default() };
+            Engine::on_cluster(Catalog::new(dir.path()), config, cluster.clone()).await.unwrap()
+        };
+        let patient = engine(Duration::from_secs(120)).await;
+        assert_eq!(count_on(&patient, Visibility::All, "SELECT count(*) FROM spans").await, 2000);
+        assert_eq!(cluster.cancelled_jobs(), Vec::<String>::new(), "a statement read to its end is not cancelled");
+
+        // 8e9 rows of a cross join, summed (a count could come from the files' statistics): many seconds.
+        let hurried = engine(Duration::from_secs(2)).await;
+        let endless = "SELECT sum(a.duration_ns + b.duration_ns + c.duration_ns) FROM spans a, spans b, spans c";
+        match hurried.sql(endless).await {
+            Err(query::QueryError::Timeout { .. }) => {}
+            other => panic!("the cross join should time out at the client: {other:?}"),
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let job = loop {
+            if let Some(job) = cluster.cancelled_jobs().pop() {
+                break job;
+            }
+            assert!(Instant::now() < deadline, "the timed-out statement's job was not cancelled");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // The scheduler says so: the job failed as cancelled, not still running.
+        let mut scheduler = SchedulerGrpcClient::connect(url.replace("df://", "http://")).await.unwrap();
+        let status = loop {
+            let answer = scheduler.get_job_status(GetJobStatusParams { job_id: job.clone() }).await.unwrap();
+            let status = answer.into_inner().status.and_then(|s| s.status);
+            if !matches!(status, Some(job_status::Status::Running(_)) | Some(job_status::Status::Queued(_))) {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "job {job} still runs: {status:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        match status {
+            Some(job_status::Status::Failed(failed)) => assert!(failed.error.contains("Cancelled"), "{failed:?}"),
+            other => panic!("job {job} should have been cancelled: {other:?}"),
+        }
+        // And the cluster goes on answering.
+        assert_eq!(count_on(&patient, Visibility::All, "SELECT count(*) FROM spans").await, 2000);
+        assert_eq!(cluster.cancelled_jobs(), vec![job]);
     }
 }

@@ -59,7 +59,8 @@ pub async fn run(
 
     let partitions = config.cluster.partitions;
     let mut scheduler = SchedulerConfig::default()
-        .with_scheduler_policy(TaskSchedulingPolicy::PullStaged)
+        // Executors serve gRPC and are handed their tasks (`crate::executor`), so a cancelled job's tasks stop.
+        .with_scheduler_policy(TaskSchedulingPolicy::PushStaged)
         .with_override_session_builder(Arc::new(move |job: SessionConfig| {
             Ok(job_state(&engine, job.with_target_partitions(partitions)))
         }))

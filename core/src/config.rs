@@ -271,6 +271,10 @@ pub struct ClusterConfig {
     /// `tailscope executor`: where its Arrow Flight service listens (other executors fetch shuffle data there, and
     /// clients the results). The port must be given: the executor announces it to the scheduler as it is.
     pub executor_listen: std::net::SocketAddr,
+    /// `tailscope executor`: the port of its gRPC service, on the listen address's IP: the scheduler hands it tasks
+    /// there and cancels the tasks of a statement whose client went away or timed out. Default: the Flight port + 1
+    /// (Ballista's own pair, 50051 and 50052).
+    pub executor_grpc_port: Option<u16>,
     /// The host other nodes reach this executor at; default: the listen address's IP.
     pub executor_host: Option<String>,
     /// Tasks an executor runs at once; 0: one per core.
@@ -293,6 +297,7 @@ impl Default for ClusterConfig {
             scheduler_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 50050)),
             scheduler: "127.0.0.1:50050".into(),
             executor_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 50051)),
+            executor_grpc_port: None,
             executor_host: None,
             executor_slots: 0,
             work_dir: None,
@@ -303,6 +308,16 @@ impl Default for ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// Where an executor's gRPC service listens: `executor_grpc_port`, or the Flight port + 1; `None` when neither
+    /// is a port (the Flight port is 65535 and none was given).
+    pub fn executor_grpc(&self) -> Option<std::net::SocketAddr> {
+        let port = match self.executor_grpc_port {
+            Some(port) => port,
+            None => self.executor_listen.port().checked_add(1)?,
+        };
+        Some(std::net::SocketAddr::new(self.executor_listen.ip(), port))
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field: &str, reason: String| ConfigError::Invalid { field: format!("cluster.{field}"), reason };
         if self.executor_listen.port() == 0 {
@@ -310,6 +325,24 @@ impl ClusterConfig {
                 "executor_listen",
                 "the port must be given (not 0): the executor announces it to the scheduler as it is".into(),
             ));
+        }
+        match self.executor_grpc() {
+            None => {
+                return Err(invalid(
+                    "executor_grpc_port",
+                    format!(
+                        "none given, and the Flight port {} has no next port: give one (not 0, not the Flight port)",
+                        self.executor_listen.port()
+                    ),
+                ));
+            }
+            Some(grpc) if grpc.port() == 0 || grpc.port() == self.executor_listen.port() => {
+                return Err(invalid(
+                    "executor_grpc_port",
+                    format!("{} is 0 or the Flight port: give another port", grpc.port()),
+                ));
+            }
+            Some(_) => {}
         }
         match self.scheduler.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}

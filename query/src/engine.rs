@@ -21,7 +21,7 @@ use datafusion::execution::memory_pool::{
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
-use datafusion::physical_plan::execute_stream;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{CopyToSource, Statement as DFStatement};
 use futures::{Stream, StreamExt};
@@ -145,6 +145,26 @@ pub trait Cluster: Send + Sync + std::fmt::Debug {
     fn upgrade(&self, state: SessionState) -> datafusion::common::Result<SessionState>;
     /// The planner that sends one statement, whose caller may see `visible`, to the cluster.
     fn planner(&self, config: &SessionConfig, visible: &Visibility) -> Arc<dyn QueryPlanner + Send + Sync>;
+    /// The rows of `plan` stopped being read before their end (the statement's timeout passed, a batch failed, or
+    /// its caller went away): stop the work the cluster still does for it. Called from a `Drop`, so it must not
+    /// block; dropping the client's stream alone leaves the cluster's job running to its end.
+    fn abandon(&self, plan: &Arc<dyn ExecutionPlan>);
+}
+
+/// Tells the cluster when a statement's rows are dropped before their end ([`Cluster::abandon`]).
+struct AbandonOnDrop {
+    cluster: Arc<dyn Cluster>,
+    plan: Arc<dyn ExecutionPlan>,
+    /// Every row was read: the job ended by itself.
+    finished: bool,
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.cluster.abandon(&self.plan);
+        }
+    }
 }
 
 /// How an engine plans, beyond what [`QueryConfig`] sets.
@@ -483,13 +503,20 @@ impl Engine {
             Ok(Err(_)) => return Err(QueryError::Internal("the query planner panicked".into())),
             Err(_) => return Err(QueryError::Timeout { timeout }),
         };
+        let on_abandon = self.inner.cluster.as_ref().map(|cluster| AbandonOnDrop {
+            cluster: cluster.clone(),
+            plan: physical.clone(),
+            finished: false,
+        });
         let batches = execute_stream(physical, task_ctx)?;
         // A plan names its files without the server's paths, whoever asks (`crate::redact`).
         let redactor = explains.then(|| self.inner.redactor.clone());
         let batches =
-            bounded_stream(batches, schema.clone(), deadline, timeout, permit).map(move |batch| match &redactor {
-                Some(redactor) => batch.and_then(|b| redactor.redact_batch(b)),
-                None => batch,
+            bounded_stream(batches, schema.clone(), deadline, timeout, permit, on_abandon).map(move |batch| {
+                match &redactor {
+                    Some(redactor) => batch.and_then(|b| redactor.redact_batch(b)),
+                    None => batch,
+                }
             });
         // A panic inside DataFusion's operators (their tasks re-raise it where the rows are read) ends this statement
         // with an error instead of unwinding into the caller: the CLI, a server's request task. Nothing the panic
@@ -788,13 +815,14 @@ fn check_statement_depth(statement: &DFStatement, max_depth: usize) -> Result<()
 }
 
 /// The batches of a running plan in their outward types, ended by a timeout at `deadline`, holding the query's
-/// slot until dropped.
+/// slot until dropped, and telling a cluster (`on_abandon`) when they are dropped before their end.
 fn bounded_stream(
     batches: datafusion::physical_plan::SendableRecordBatchStream,
     schema: SchemaRef,
     deadline: Instant,
     timeout: Duration,
     permit: Arc<OwnedSemaphorePermit>,
+    on_abandon: Option<AbandonOnDrop>,
 ) -> impl Stream<Item = Result<RecordBatch, QueryError>> + Send {
     struct State {
         batches: Option<datafusion::physical_plan::SendableRecordBatchStream>,
@@ -802,6 +830,7 @@ fn bounded_stream(
         schema: SchemaRef,
         timeout: Duration,
         _permit: Arc<OwnedSemaphorePermit>,
+        on_abandon: Option<AbandonOnDrop>,
     }
     let state = State {
         batches: Some(batches),
@@ -809,6 +838,7 @@ fn bounded_stream(
         schema,
         timeout,
         _permit: permit,
+        on_abandon,
     };
     futures::stream::unfold(state, |mut state| async move {
         let next = {
@@ -821,7 +851,12 @@ fn bounded_stream(
         };
         let next = match next {
             None => Err(QueryError::Timeout { timeout: state.timeout }),
-            Some(None) => return None,
+            Some(None) => {
+                if let Some(on_abandon) = state.on_abandon.as_mut() {
+                    on_abandon.finished = true;
+                }
+                return None;
+            }
             Some(Some(batch)) => batch.map_err(QueryError::from).and_then(|b| outward_batch(&b, &state.schema)),
         };
         if next.is_err() {

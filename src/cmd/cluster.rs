@@ -57,6 +57,11 @@ pub struct ExecutorArgs {
     /// [config: cluster.executor_listen; default: 127.0.0.1:50051].
     #[arg(long, value_name = "ADDR", env = "TAILSCOPE_EXECUTOR_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// The port of the executor's gRPC service, on the listen IP: the scheduler hands it tasks there, and cancels
+    /// those of a statement whose client timed out or went away [config: cluster.executor_grpc_port; default: the
+    /// --listen port + 1].
+    #[arg(long, value_name = "PORT", env = "TAILSCOPE_EXECUTOR_GRPC_PORT")]
+    pub grpc_port: Option<u16>,
     /// The host other nodes reach this executor at [config: cluster.executor_host; default: the listen IP].
     #[arg(long, value_name = "HOST", env = "TAILSCOPE_EXECUTOR_HOST")]
     pub host: Option<String>,
@@ -95,6 +100,9 @@ pub async fn executor(args: ExecutorArgs) -> CmdResult {
     if let Some(listen) = args.listen {
         cluster.executor_listen = listen;
     }
+    if let Some(port) = args.grpc_port {
+        cluster.executor_grpc_port = Some(port);
+    }
     if let Some(host) = args.host {
         cluster.executor_host = Some(host);
     }
@@ -105,7 +113,9 @@ pub async fn executor(args: ExecutorArgs) -> CmdResult {
         cluster.work_dir = Some(dir);
     }
     config.validate()?;
-    tracing::info!(scheduler = %config.cluster.scheduler, listen = %config.cluster.executor_listen, "executor starting");
+    let cluster = &config.cluster;
+    let grpc = cluster.executor_grpc().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(scheduler = %cluster.scheduler, listen = %cluster.executor_listen, %grpc, "executor starting");
     cluster::executor::run(&config).await?;
     Ok(())
 }

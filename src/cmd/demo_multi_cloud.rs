@@ -122,6 +122,7 @@ pub async fn run(args: Args, base: Config) -> CmdResult {
         let mut config = cluster_config.clone();
         config.cluster.scheduler = scheduler_addr.to_string();
         config.cluster.executor_listen = free_port()?;
+        config.cluster.executor_grpc_port = Some(free_port()?.port());
         config.cluster.executor_slots = 1;
         config.cluster.work_dir = Some(layout.cluster().join(format!("executor-{i}")));
         executors.push(tokio::spawn(async move {

@@ -67,6 +67,8 @@ impl Cluster {
                 let child = Command::new(tailscope_bin())
                     .args(["executor", "--slots", "2", "--scheduler", url.trim_start_matches("df://"), "--listen"])
                     .arg(free_addr().to_string())
+                    .arg("--grpc-port")
+                    .arg(free_addr().port().to_string())
                     .arg("--work-dir")
                     .arg(work.path().join(format!("executor-{i}")))
                     .arg("--config")

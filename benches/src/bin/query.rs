@@ -352,6 +352,7 @@ async fn local_cluster(dir: &Path, executors: usize, slots: usize) -> Result<Str
     for i in 0..executors {
         let mut config = config.clone();
         config.cluster.executor_listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        config.cluster.executor_grpc_port = Some(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
         config.cluster.work_dir = Some(dir.join(format!("ballista-{i}")));
         tokio::spawn(async move {
             if let Err(e) = cluster::executor::run(&config).await {
