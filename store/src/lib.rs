@@ -36,6 +36,7 @@ use url::Url;
 pub mod maintenance;
 pub mod remote;
 pub mod retention;
+mod txn;
 
 /// What went wrong with a table, with the table and what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +127,9 @@ pub struct Tables {
     remote: Option<RemoteTables>,
     tables: BTreeMap<Signal, tokio::sync::Mutex<DeltaTable>>,
     locations: BTreeMap<Signal, String>,
+    /// Other writers' `txn` versions, followed commit by commit ([`Tables::view_with_apps`]); locked after the
+    /// table's lock.
+    app_versions: tokio::sync::Mutex<BTreeMap<Signal, txn::AppVersions>>,
 }
 
 impl std::fmt::Debug for Tables {
@@ -271,7 +275,7 @@ impl Tables {
             locations.insert(signal, table.table_url().to_string());
             tables.insert(signal, tokio::sync::Mutex::new(table));
         }
-        Ok(Tables { app_id, remote: remote.cloned(), tables, locations })
+        Ok(Tables { app_id, remote: remote.cloned(), tables, locations, app_versions: Default::default() })
     }
 
     /// The object store the tables are on (`None`: under the data dir).
@@ -308,16 +312,14 @@ impl Tables {
         let view = self.view_of(signal, &table).await?;
         let snapshot = table.snapshot().map_err(self.error(signal, "reading the snapshot"))?;
         let log_store = table.log_store();
-        let mut versions = Vec::with_capacity(apps.len());
-        for app in apps {
-            let version = snapshot
-                .transaction_version(log_store.as_ref(), &app.0)
-                .await
-                .map_err(self.error(signal, "reading a writer's transaction version"))?
-                .and_then(|v| u64::try_from(v).ok());
-            versions.push(version);
-        }
-        Ok((view, versions))
+        let mut followed = self.app_versions.lock().await;
+        let versions = followed
+            .entry(signal)
+            .or_default()
+            .read(snapshot, log_store.as_ref(), apps)
+            .await
+            .map_err(self.error(signal, "reading the writers' transaction versions"))?;
+        Ok((view, versions.into_iter().map(|v| v.and_then(|v| u64::try_from(v).ok())).collect()))
     }
 
     async fn view_of(&self, signal: Signal, table: &DeltaTable) -> Result<TableView, StoreError> {
@@ -582,6 +584,7 @@ async fn refresh_remote_catalog(catalog: &Catalog, remote: &RemoteTables, store:
             remote: Some(remote.clone()),
             tables: BTreeMap::new(),
             locations: BTreeMap::from([(signal, url.to_string())]),
+            app_versions: Default::default(),
         };
         let view = reader.view_of(signal, &table).await?;
         catalog.reconcile_stores(signal, vec![(store, Some(view.version), view.files)], None);
@@ -623,6 +626,7 @@ pub async fn refresh_catalog(catalog: &Catalog) -> Result<(), StoreError> {
                 remote: None,
                 tables: BTreeMap::new(),
                 locations: BTreeMap::from([(signal, url.to_string())]),
+                app_versions: Default::default(),
             };
             let view = reader.view_of(signal, &table).await?;
             catalog.reconcile(signal, Some(view.version), view.files, None);
@@ -742,5 +746,67 @@ mod tests {
         assert!(catalog.remote_of(StoreId(1)).is_some() && catalog.remote_of(StoreId::DEFAULT).is_none());
         // A relative path names no store.
         assert!(remote::connect_placement("relative/eu").is_err());
+    }
+
+    /// A reader's view of other writers' `txn` versions, followed from commit to commit, always equals what the log
+    /// says when read afresh: across interleaved commits, a checkpoint, a writer asked about only later, and a jump
+    /// of more commits than are followed one by one.
+    #[tokio::test]
+    async fn other_writers_versions_follow_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, never) = (AppId::for_wal("000a"), AppId::for_wal("000b"), AppId::for_wal("0000"));
+        let writer_a = Tables::open(dir.path(), Some(a.clone())).await.unwrap();
+        let writer_b = Tables::open(dir.path(), Some(b.clone())).await.unwrap();
+        let reader = Tables::open(dir.path(), Some(AppId::for_wal("00cc"))).await.unwrap();
+        let mut n = 0u64;
+        let mut commit = async |writer: &Tables, seq: u64| {
+            n += 1;
+            let f = file(&format!(
+                "spans/date=2026-12-03/hour=14/{seq:020}_1764770400000001500_1764770400000002001_{n:08x}.parquet"
+            ));
+            writer.commit_flush(Signal::Spans, std::slice::from_ref(&f), seq).await.unwrap();
+        };
+        let truth = async |apps: &[AppId]| -> Vec<Option<u64>> {
+            let fresh = Tables::open(dir.path(), None).await.unwrap();
+            let table = fresh.tables[&Signal::Spans].lock().await;
+            let snapshot = table.snapshot().unwrap();
+            let mut out = Vec::new();
+            for app in apps {
+                let v = snapshot.transaction_version(table.log_store().as_ref(), &app.0).await.unwrap();
+                out.push(v.map(|v| v as u64));
+            }
+            out
+        };
+        let check = async |apps: &[AppId], want: &[Option<u64>]| {
+            let (_, seen) = reader.view_with_apps(Signal::Spans, apps).await.unwrap();
+            assert_eq!(seen, want);
+            assert_eq!(seen, truth(apps).await, "against the log read afresh");
+        };
+        check(&[a.clone(), b.clone()], &[None, None]).await;
+        commit(&writer_a, 10).await;
+        commit(&writer_b, 20).await;
+        check(&[a.clone(), b.clone()], &[Some(10), Some(20)]).await;
+        // Interleaved commits, read after each few, past the checkpoint at version 100.
+        let mut seq = 20;
+        for round in 0..35u64 {
+            for _ in 0..3 {
+                seq += 1;
+                commit(if seq % 2 == 0 { &writer_a } else { &writer_b }, seq).await;
+            }
+            let (last_a, last_b) = if seq % 2 == 0 { (seq, seq - 1) } else { (seq - 1, seq) };
+            check(&[a.clone(), b.clone()], &[Some(last_a), Some(last_b)]).await;
+            if round == 20 {
+                // A writer asked about for the first time, and one that never committed.
+                check(&[b.clone(), never.clone(), a.clone()], &[Some(last_b), None, Some(last_a)]).await;
+            }
+        }
+        // More commits at once than are followed one by one: read again from the snapshot.
+        for _ in 0..(txn::MAX_COMMITS_FOLLOWED + 5) {
+            seq += 1;
+            commit(&writer_b, seq).await;
+        }
+        let (_, seen) = reader.view_with_apps(Signal::Spans, &[a.clone(), b.clone()]).await.unwrap();
+        assert_eq!(seen, truth(&[a.clone(), b.clone()]).await);
+        assert_eq!(seen[1], Some(seq));
     }
 }
