@@ -20,6 +20,7 @@ use datafusion::prelude::SessionConfig;
 use datafusion_proto::protobuf::LogicalPlanNode;
 use query::{Cluster, session_config};
 use tailscope_core::projects::Visibility;
+use tokio::sync::Semaphore;
 
 use crate::ClusterError;
 use crate::codec::{OperatorsCodec, TablesCodec};
@@ -30,6 +31,9 @@ pub struct BallistaClient {
     url: String,
     /// The jobs whose cancellation the scheduler accepted, newest last, at most [`CANCELLED_KEPT`].
     cancelled: Arc<Mutex<VecDeque<JobId>>>,
+    /// One permit per cancellation being sent, at most [`CANCELS_IN_FLIGHT`]: a scheduler too slow to answer (when
+    /// timeouts happen most) does not collect a task and a connection per abandoned statement.
+    cancels: Arc<Semaphore>,
 }
 
 impl BallistaClient {
@@ -46,7 +50,11 @@ impl BallistaClient {
                 });
             }
         }
-        Ok(Arc::new(BallistaClient { url: url.to_string(), cancelled: Arc::default() }))
+        Ok(Arc::new(BallistaClient {
+            url: url.to_string(),
+            cancelled: Arc::default(),
+            cancels: Arc::new(Semaphore::new(CANCELS_IN_FLIGHT)),
+        }))
     }
 
     /// The last jobs this client cancelled at the scheduler (statements dropped before their end), newest last.
@@ -90,9 +98,15 @@ impl Cluster for BallistaClient {
             tracing::warn!(%job, "cannot cancel the cluster job of an abandoned statement: no runtime to send it on");
             return;
         };
+        let Ok(permit) = self.cancels.clone().try_acquire_owned() else {
+            tracing::warn!(%job, "{CANCELS_IN_FLIGHT} cancellations are waiting for the scheduler already; this \
+                abandoned statement's job runs to its end");
+            return;
+        };
         let scheduler = format!("http://{}", self.url.trim_start_matches("df://"));
         let cancelled = self.cancelled.clone();
         runtime.spawn(async move {
+            let _permit = permit;
             let cancel = async {
                 let channel = create_grpc_client_endpoint(scheduler.clone(), None)?.connect().await?;
                 let answer = SchedulerGrpcClient::new(channel)
@@ -117,7 +131,23 @@ impl Cluster for BallistaClient {
             }
         });
     }
+
+    fn settle(&self, within: Duration) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // Every permit back: no cancellation is being sent.
+            let all = self.cancels.acquire_many(CANCELS_IN_FLIGHT as u32);
+            if tokio::time::timeout(within, all).await.is_err() {
+                tracing::warn!(
+                    "cancellations of abandoned statements still unsent after {within:?}; their jobs may \
+                    run to their end"
+                );
+            }
+        })
+    }
 }
+
+/// How many cancellations a client sends at once ([`BallistaClient::abandon`]).
+const CANCELS_IN_FLIGHT: usize = 64;
 
 /// How many cancelled jobs a client remembers ([`BallistaClient::cancelled_jobs`]).
 const CANCELLED_KEPT: usize = 16;

@@ -36,6 +36,17 @@ pub async fn run(config: &Config) -> Result<(), ClusterError> {
         n => n,
     };
     let listen = cluster.executor_listen;
+    // The executor announces where it is reached; `0.0.0.0` reaches nobody, and the scheduler would drop the
+    // executor each time it hands it a task.
+    if listen.ip().is_unspecified() && cluster.executor_host.is_none() {
+        return Err(ClusterError::Ballista {
+            what: "cluster.executor_host",
+            detail: format!(
+                "the executor listens on {listen}, which other nodes cannot connect to: give the host they reach \
+                 it at (--host or cluster.executor_host)"
+            ),
+        });
+    }
     let grpc = cluster.executor_grpc().ok_or_else(|| ClusterError::Ballista {
         what: "cluster.executor_grpc_port",
         detail: format!("none given, and the Flight port {} has no next port", listen.port()),

@@ -242,4 +242,23 @@ mod tests {
         assert_eq!(count_on(&patient, Visibility::All, "SELECT count(*) FROM spans").await, 2000);
         assert_eq!(cluster.cancelled_jobs(), vec![job]);
     }
+
+    /// An executor that nobody could reach, or whose gRPC port is taken, stops at start with the reason instead of
+    /// joining: the scheduler would drop it at every task it pushed.
+    #[tokio::test]
+    async fn an_executor_refuses_to_start_where_it_cannot_be_reached() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+        config.cluster.work_dir = Some(dir.path().join("work"));
+        let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        config.cluster.executor_listen = std::net::SocketAddr::from(([0, 0, 0, 0], free_port()));
+        let e = executor::run(&config).await.unwrap_err().to_string();
+        assert!(e.contains("executor_host") && e.contains("0.0.0.0"), "{e}");
+
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        config.cluster.executor_listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        config.cluster.executor_grpc_port = Some(taken.local_addr().unwrap().port());
+        let e = executor::run(&config).await.unwrap_err().to_string();
+        assert!(e.contains(&format!("cannot listen on {}", taken.local_addr().unwrap())), "{e}");
+    }
 }

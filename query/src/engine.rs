@@ -149,6 +149,9 @@ pub trait Cluster: Send + Sync + std::fmt::Debug {
     /// its caller went away): stop the work the cluster still does for it. Called from a `Drop`, so it must not
     /// block; dropping the client's stream alone leaves the cluster's job running to its end.
     fn abandon(&self, plan: &Arc<dyn ExecutionPlan>);
+    /// Waits up to `within` until what [`Cluster::abandon`] started has reached the cluster: a process about to exit
+    /// (the CLI after a timed-out statement) would otherwise drop it with its runtime.
+    fn settle(&self, within: Duration) -> futures::future::BoxFuture<'_, ()>;
 }
 
 /// Tells the cluster when a statement's rows are dropped before their end ([`Cluster::abandon`]).
@@ -440,6 +443,14 @@ impl Engine {
     /// Every table and view, tables first.
     pub fn relations(&self) -> &[Relation] {
         &self.inner.relations
+    }
+
+    /// Waits up to `within` until the cancellations of this engine's abandoned cluster statements have been sent
+    /// ([`Cluster::settle`]); at once on one node. For a process about to exit.
+    pub async fn settle(&self, within: Duration) {
+        if let Some(cluster) = &self.inner.cluster {
+            cluster.settle(within).await;
+        }
     }
 
     /// Runs one read-only statement and collects its rows, within the configured timeout, memory and slots.
@@ -857,7 +868,14 @@ fn bounded_stream(
                 }
                 return None;
             }
-            Some(Some(batch)) => batch.map_err(QueryError::from).and_then(|b| outward_batch(&b, &state.schema)),
+            Some(Some(batch)) => {
+                // A cluster's client yields rows only once its job has ended (Ballista fetches the results after the
+                // job succeeded): from the first batch on there is nothing left to cancel.
+                if let (Ok(_), Some(on_abandon)) = (&batch, state.on_abandon.as_mut()) {
+                    on_abandon.finished = true;
+                }
+                batch.map_err(QueryError::from).and_then(|b| outward_batch(&b, &state.schema))
+            }
         };
         if next.is_err() {
             // Dropping DataFusion's stream cancels its tasks; nothing follows an error.

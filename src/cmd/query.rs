@@ -118,10 +118,16 @@ pub async fn run(args: Args) -> CmdResult {
         None if !std::io::stdin().is_terminal() => Some(read_stdin()?),
         None => None,
     };
-    match sql {
+    let done = match sql {
         Some(sql) => emit(&args, &backend, &sql).await,
         None => shell(&args, &backend).await,
+    };
+    // A statement that timed out on a cluster is cancelled there by a message this process sends in the background:
+    // give it a moment before the runtime, and the message with it, is dropped.
+    if let Backend::Local(engine) = &backend {
+        engine.settle(std::time::Duration::from_secs(3)).await;
     }
+    done
 }
 
 async fn backend(args: &Args) -> Result<Backend, BoxError> {

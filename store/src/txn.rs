@@ -8,10 +8,11 @@
 
 use std::collections::HashMap;
 
-use deltalake_core::DeltaResult;
-use deltalake_core::kernel::Action;
-use deltalake_core::logstore::{LogStore, get_actions};
+use deltalake_core::kernel::Transaction;
+use deltalake_core::logstore::LogStore;
 use deltalake_core::table::state::DeltaTableState;
+use deltalake_core::{DeltaResult, DeltaTableError};
+use serde::Deserialize;
 
 use crate::AppId;
 
@@ -39,8 +40,16 @@ impl AppVersions {
     ) -> DeltaResult<Vec<Option<i64>>> {
         let target = snapshot.version();
         let followed = match self.as_of {
+            // A commit that cannot be read or parsed here is left to delta-rs, which reads the versions from the
+            // snapshot: its answer is the reference, and a commit this reader trips on must not stop the sum.
             Some(from) if from <= target && target - from <= MAX_COMMITS_FOLLOWED => {
-                self.follow(log_store, from, target).await?
+                match self.follow(log_store, from, target).await {
+                    Ok(followed) => followed,
+                    Err(e) => {
+                        tracing::debug!("reading the writers' versions from the snapshot instead: {e}");
+                        false
+                    }
+                }
             }
             _ => false,
         };
@@ -65,8 +74,10 @@ impl AppVersions {
             let Some(commit) = log_store.read_commit_entry(version).await? else {
                 return Ok(false);
             };
-            for action in get_actions(version, &commit)? {
-                if let Action::Txn(txn) = action
+            // One action per line; only `txn` is read, every other action (and field) is skipped unparsed.
+            for line in serde_json::Deserializer::from_slice(&commit).into_iter::<CommitLine>() {
+                let line = line.map_err(|e| DeltaTableError::Generic(format!("commit {version}: {e}")))?;
+                if let Some(txn) = line.txn
                     && let Some(known) = self.versions.get_mut(&txn.app_id)
                 {
                     *known = Some(txn.version);
@@ -75,4 +86,10 @@ impl AppVersions {
         }
         Ok(true)
     }
+}
+
+/// A line of a commit file, for its `txn` action only.
+#[derive(Deserialize)]
+struct CommitLine {
+    txn: Option<Transaction>,
 }
