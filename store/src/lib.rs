@@ -309,22 +309,35 @@ impl Tables {
     ) -> Result<(TableView, Vec<Option<u64>>), StoreError> {
         let mut table = self.tables[&signal].lock().await;
         table.update_incremental(None).await.map_err(self.error(signal, "reading the log"))?;
-        let view = self.view_of(signal, &table).await?;
+        let (version, files) = self.files_of(signal, &table)?;
         let snapshot = table.snapshot().map_err(self.error(signal, "reading the snapshot"))?;
         let log_store = table.log_store();
+        // This collector's own version is followed with the others' (not read by a replay of its own).
+        let mut asked = apps.to_vec();
+        if let Some(own) = self.app_id.as_ref().filter(|own| !apps.contains(own)) {
+            asked.push(own.clone());
+        }
         let mut followed = self.app_versions.lock().await;
-        let versions = followed
+        let mut versions: Vec<Option<u64>> = followed
             .entry(signal)
             .or_default()
-            .read(snapshot, log_store.as_ref(), apps)
+            .read(snapshot, log_store.as_ref(), &asked)
             .await
-            .map_err(self.error(signal, "reading the writers' transaction versions"))?;
-        Ok((view, versions.into_iter().map(|v| v.and_then(|v| u64::try_from(v).ok())).collect()))
+            .map_err(self.error(signal, "reading the writers' transaction versions"))?
+            .into_iter()
+            .map(|v| v.and_then(|v| u64::try_from(v).ok()))
+            .collect();
+        let committed_through = match &self.app_id {
+            Some(own) => asked.iter().position(|a| a == own).and_then(|i| versions[i]),
+            None => None,
+        };
+        versions.truncate(apps.len());
+        Ok((TableView { version, files, committed_through }, versions))
     }
 
-    async fn view_of(&self, signal: Signal, table: &DeltaTable) -> Result<TableView, StoreError> {
+    /// The snapshot's version and files, sorted by path.
+    fn files_of(&self, signal: Signal, table: &DeltaTable) -> Result<(u64, Vec<ParquetFile>), StoreError> {
         let snapshot = table.snapshot().map_err(self.error(signal, "reading the snapshot"))?;
-        let log_store = table.log_store();
         let log_data = snapshot.log_data();
         let mut files = Vec::with_capacity(log_data.num_files());
         // The snapshot holds its files already (delta-rs materialises them when it loads the log).
@@ -332,15 +345,22 @@ impl Tables {
             files.push(file_of(signal, &view.path(), view.size(), view.num_records(), &view.partition_values_map())?);
         }
         files.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
+        Ok((snapshot.version(), files))
+    }
+
+    async fn view_of(&self, signal: Signal, table: &DeltaTable) -> Result<TableView, StoreError> {
+        let (version, files) = self.files_of(signal, table)?;
         let committed_through = match &self.app_id {
-            Some(app) => snapshot
-                .transaction_version(log_store.as_ref(), &app.0)
+            Some(app) => table
+                .snapshot()
+                .map_err(self.error(signal, "reading the snapshot"))?
+                .transaction_version(table.log_store().as_ref(), &app.0)
                 .await
                 .map_err(self.error(signal, "reading this collector's transaction version"))?
                 .and_then(|v| u64::try_from(v).ok()),
             None => None,
         };
-        Ok(TableView { version: snapshot.version(), files, committed_through })
+        Ok(TableView { version, files, committed_through })
     }
 
     /// Commits a flush's files of one table with the WAL position they cover (`through_seq`, as this collector's
@@ -808,5 +828,10 @@ mod tests {
         let (_, seen) = reader.view_with_apps(Signal::Spans, &[a.clone(), b.clone()]).await.unwrap();
         assert_eq!(seen, truth(&[a.clone(), b.clone()]).await);
         assert_eq!(seen[1], Some(seq));
+        // A writer's own version comes with the others', as its replayed `view` says.
+        let (view, seen) = writer_a.view_with_apps(Signal::Spans, std::slice::from_ref(&b)).await.unwrap();
+        assert_eq!(seen, vec![Some(seq)]);
+        assert!(view.committed_through.is_some());
+        assert_eq!(view.committed_through, writer_a.view(Signal::Spans).await.unwrap().committed_through);
     }
 }
