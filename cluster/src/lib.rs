@@ -16,6 +16,7 @@
 pub mod client;
 pub mod codec;
 pub mod executor;
+pub mod local;
 pub mod scheduler;
 
 pub use client::BallistaClient;
@@ -104,31 +105,11 @@ mod tests {
         }
     }
 
-    /// A scheduler and an executor with `slots` task slots in this process, over the tables under `dir`: the
-    /// cluster's `df://` address.
-    async fn in_process_cluster(dir: &std::path::Path, slots: usize) -> String {
-        let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    /// A scheduler and an executor with `slots` task slots in this process, over the tables under `dir`.
+    async fn in_process_cluster(dir: &std::path::Path, slots: usize) -> local::InProcess {
         let mut config = Config { data_dir: dir.to_path_buf(), ..Config::default() };
-        config.cluster.scheduler_listen = "127.0.0.1:0".parse().unwrap();
-        config.cluster.executor_listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-        config.cluster.executor_grpc_port = Some(free_port());
         config.cluster.executor_slots = slots;
-        config.cluster.work_dir = Some(dir.join("work"));
-
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let scheduler_config = config.clone();
-        tokio::spawn(async move {
-            let on_listening = move |address| {
-                let _ = tx.send(address);
-            };
-            if let Err(e) = scheduler::run(&scheduler_config, std::future::pending(), on_listening).await {
-                panic!("scheduler: {e}");
-            }
-        });
-        let address = rx.await.unwrap();
-        config.cluster.scheduler = address.to_string();
-        tokio::spawn(async move { executor::run(&config).await });
-        format!("df://{address}")
+        local::InProcess::start(&config, 1, &dir.join("work")).await.unwrap()
     }
 
     /// The first column of the first row of `sql` on `client`, as `i64`, retried for 30 s while the executor may
@@ -158,8 +139,8 @@ mod tests {
     async fn a_scoped_statement_sees_only_its_projects_on_the_cluster() {
         let dir = tempfile::tempdir().unwrap();
         three_projects(dir.path());
-        let url = in_process_cluster(dir.path(), 2).await;
-        let cluster = BallistaClient::new(&url).unwrap();
+        let running = in_process_cluster(dir.path(), 2).await;
+        let cluster = BallistaClient::new(&running.url).unwrap();
         let client = Engine::on_cluster(Catalog::new(dir.path()), QueryConfig::default(), cluster).await.unwrap();
         let count = async |visible: Visibility, sql: &str| count_on(&client, visible, sql).await;
         let project = |name: &str| Project::parse(name).unwrap();
@@ -198,7 +179,8 @@ mod tests {
             })
             .collect();
         write_parquet(dir.path(), Signal::Spans, &spans_batch(&rows), 1).unwrap();
-        let url = in_process_cluster(dir.path(), 1).await;
+        let running = in_process_cluster(dir.path(), 1).await;
+        let url = running.url.clone();
         let cluster = BallistaClient::new(&url).unwrap();
         let engine = async |timeout: Duration| {
             let config = QueryConfig { timeout, ..QueryConfig::default() };

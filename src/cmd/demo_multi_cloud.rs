@@ -13,7 +13,6 @@
 //!   collectors' live windows (`tui --server A,B,C`).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,12 +67,6 @@ fn placement(layout: &Layout) -> Vec<PlacementRule> {
     rules
 }
 
-/// A free loopback port (an executor's listen address must name its port).
-fn free_port() -> Result<SocketAddr, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot find a free port: {e}"))?;
-    l.local_addr().map_err(|e| format!("cannot find a free port: {e}"))
-}
-
 /// Runs the multi-cloud demo. `base` is the single-collector demo's config (budgets, loopback ports).
 pub async fn run(args: Args, base: Config) -> CmdResult {
     std::fs::create_dir_all(&args.data_dir)
@@ -97,41 +90,9 @@ pub async fn run(args: Args, base: Config) -> CmdResult {
     // The cluster first: the collectors send their SQL there.
     let mut cluster_config = base.clone();
     cluster_config.data_dir = layout.cluster();
-    cluster_config.cluster.scheduler_listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    let (told, listening) = tokio::sync::oneshot::channel();
-    let (stop_scheduler, scheduler_stopped) = tokio::sync::oneshot::channel::<()>();
-    let scheduler_config = cluster_config.clone();
-    let scheduler = tokio::spawn(async move {
-        cluster::scheduler::run(
-            &scheduler_config,
-            async move {
-                let _ = scheduler_stopped.await;
-            },
-            move |address| {
-                let _ = told.send(address);
-            },
-        )
-        .await
-    });
-    let scheduler_addr = tokio::select! {
-        address = listening => address.map_err(|_| "the scheduler stopped before it listened".to_string())?,
-        done = scheduler => return Err(format!("the scheduler did not start: {:?}", done.map(|r| r.map_err(|e| e.to_string()))).into()),
-    };
-    let mut executors = Vec::new();
-    for i in 0..2 {
-        let mut config = cluster_config.clone();
-        config.cluster.scheduler = scheduler_addr.to_string();
-        config.cluster.executor_listen = free_port()?;
-        config.cluster.executor_grpc_port = Some(free_port()?.port());
-        config.cluster.executor_slots = 1;
-        config.cluster.work_dir = Some(layout.cluster().join(format!("executor-{i}")));
-        executors.push(tokio::spawn(async move {
-            if let Err(e) = cluster::executor::run(&config).await {
-                tracing::error!(error = %e, "a demo executor stopped");
-            }
-        }));
-    }
-    let cluster_url = format!("df://{scheduler_addr}");
+    cluster_config.cluster.executor_slots = 1;
+    let cluster = cluster::local::InProcess::start(&cluster_config, 2, &layout.cluster()).await?;
+    let cluster_url = cluster.url.clone();
 
     let mut collectors: Vec<(String, Running)> = Vec::new();
     let mut coordinator_api = None;
@@ -228,10 +189,7 @@ pub async fn run(args: Args, base: Config) -> CmdResult {
         tokio::time::sleep(base.cluster.refresh_interval / 4).await;
     }
     let summary = Summary::from_engines(&engine, &alerts).await;
-    let _ = stop_scheduler.send(());
-    for e in executors {
-        e.abort();
-    }
+    drop(cluster);
     let summary = summary?;
     println!(
         "{}",

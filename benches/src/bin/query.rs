@@ -330,37 +330,18 @@ fn same_answer(ours: &[serde_json::Value], theirs: &[serde_json::Value]) -> Resu
 }
 
 /// A scheduler and `executors` executors on loopback in this process, over the tables under `dir`, as `tailscope
-/// scheduler` and `tailscope executor` run them; returns the scheduler's `df://` address once a query runs there.
-async fn local_cluster(dir: &Path, executors: usize, slots: usize) -> Result<String, Box<dyn std::error::Error>> {
+/// scheduler` and `tailscope executor` run them; returns the cluster once a query runs there.
+async fn local_cluster(
+    dir: &Path,
+    executors: usize,
+    slots: usize,
+) -> Result<cluster::local::InProcess, Box<dyn std::error::Error>> {
     let mut config = tailscope_core::config::Config { data_dir: dir.to_path_buf(), ..Default::default() };
-    config.cluster.scheduler_listen = "127.0.0.1:0".parse()?;
     config.cluster.executor_slots = slots;
     config.cluster.partitions = executors * slots;
     config.memory.limit_mb = 4096;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let scheduler_config = config.clone();
-    tokio::spawn(async move {
-        let on_listening = move |address| {
-            let _ = tx.send(address);
-        };
-        if let Err(e) = cluster::scheduler::run(&scheduler_config, std::future::pending(), on_listening).await {
-            eprintln!("scheduler: {e}");
-        }
-    });
-    let address = rx.await?;
-    config.cluster.scheduler = address.to_string();
-    for i in 0..executors {
-        let mut config = config.clone();
-        config.cluster.executor_listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        config.cluster.executor_grpc_port = Some(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
-        config.cluster.work_dir = Some(dir.join(format!("ballista-{i}")));
-        tokio::spawn(async move {
-            if let Err(e) = cluster::executor::run(&config).await {
-                eprintln!("executor: {e}");
-            }
-        });
-    }
-    let url = format!("df://{address}");
+    let cluster = cluster::local::InProcess::start(&config, executors, &dir.join("ballista")).await?;
+    let url = cluster.url.clone();
     let probe = Engine::on_cluster(
         tailscope_core::catalog::Catalog::new(dir),
         QueryConfig::default(),
@@ -374,7 +355,7 @@ async fn local_cluster(dir: &Path, executors: usize, slots: usize) -> Result<Str
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(url)
+    Ok(cluster)
 }
 
 #[tokio::main]
@@ -395,9 +376,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_concurrent: 1,
         ..QueryConfig::default()
     };
+    // Kept running until the end of the run.
+    let mut _local = None;
     let cluster = match args.cluster.as_deref() {
         Some("local") => {
-            let url = local_cluster(&dir, args.executors, args.executor_slots).await?;
+            let running = local_cluster(&dir, args.executors, args.executor_slots).await?;
+            let url = running.url.clone();
+            _local = Some(running);
             eprintln!("a scheduler and {} executors of {} slots at {url}", args.executors, args.executor_slots);
             let client = cluster::BallistaClient::new(&url)?;
             Some(Engine::on_cluster(tailscope_core::catalog::Catalog::new(&dir), config.clone(), client).await?)
